@@ -1,0 +1,63 @@
+"""``run`` and ``arun``: run a graph on an executor chosen by name or given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._executor import Executor
+from ._registry import resolve_executor
+
+__all__ = ["arun", "run"]
+
+
+def run(
+    targets: Any,
+    *,
+    executor: str | Executor | None = None,
+    inputs: Mapping[Any, Any] | None = None,
+    throw: bool = True,
+    progress: bool = False,
+    report: str | None = None,
+    plugins: Iterable[object] = (),
+    **options: Any,
+) -> Any:
+    """Run the graph behind ``targets`` and return their values in the same shape.
+
+    ``targets`` is a node, a :class:`DispatchGraph` (its sinks, as a list) or a flat list,
+    tuple or dict of nodes. ``executor`` is a name (``"sync"``, ``"async"``, ``"mp"``,
+    ``"mpi"``, a plugin's), an :class:`Executor`, or ``None`` for ``$DISPATCHER_EXECUTOR``
+    or ``"async"``; ``options`` configure a named executor for this call only.
+    ``inputs`` gives values for nodes, which then do not run (nor what only they needed).
+    With ``throw=False`` every target's entry is a :class:`Result`.
+    """
+    ex, owned = resolve_executor(executor, options)
+    try:
+        return ex.run(
+            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
+        )
+    finally:
+        if owned:
+            ex.close()
+
+
+async def arun(
+    targets: Any,
+    *,
+    executor: str | Executor | None = None,
+    inputs: Mapping[Any, Any] | None = None,
+    throw: bool = True,
+    progress: bool = False,
+    report: str | None = None,
+    plugins: Iterable[object] = (),
+    **options: Any,
+) -> Any:
+    """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
+    ex, owned = resolve_executor(executor, options)
+    try:
+        return await ex.arun(
+            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
+        )
+    finally:
+        if owned:
+            ex.close()

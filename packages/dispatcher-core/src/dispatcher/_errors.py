@@ -1,0 +1,125 @@
+"""The exceptions dispatcher raises. Each names the node it is about, where there is one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CycleError",
+    "DependencyError",
+    "DispatcherError",
+    "ExecutorNotFound",
+    "RemoteError",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+]
+
+
+class DispatcherError(Exception):
+    """Base class of every error dispatcher raises itself."""
+
+
+class CycleError(DispatcherError):
+    """The graph has a cycle; ``.nodes`` are the nodes on it, in order."""
+
+    def __init__(self, nodes: list[Any]) -> None:
+        self.nodes = nodes
+        path = " -> ".join(repr(n) for n in [*nodes, nodes[0]]) if nodes else "?"
+        super().__init__(f"the graph has a cycle: {path}")
+
+
+class DependencyError(DispatcherError):
+    """A node could not run because an ancestor failed.
+
+    ``.node`` is the ancestor whose own call raised, ``.cause`` (also ``__cause__``) its
+    exception, ``.dependent`` the node that could not run.
+    """
+
+    def __init__(self, dependent: Any, node: Any, cause: BaseException) -> None:
+        self.dependent = dependent
+        self.node = node
+        self.cause = cause
+        self.__cause__ = cause
+        super().__init__(
+            f"{dependent!r} did not run because its ancestor {node!r} failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.dependent, self.node, self.cause))
+
+
+class ExecutorNotFound(DispatcherError, LookupError):
+    """No executor is registered under ``.name``; ``.available`` lists those that are."""
+
+    def __init__(self, name: str, available: list[str], install: str | None = None) -> None:
+        self.name = name
+        self.available = available
+        self.install = install
+        listing = ", ".join(repr(n) for n in sorted(available)) or "none"
+        text = f"no executor named {name!r}; available: {listing}"
+        if install:
+            text += f". {name!r} comes with the {install} distribution: pip install {install}"
+        super().__init__(text)
+
+    def __str__(self) -> str:
+        # LookupError would quote the message like a KeyError; keep it readable.
+        return str(self.args[0])
+
+
+class WorkerLostError(DispatcherError):
+    """The worker running ``.node`` died, and retries were used up."""
+
+    def __init__(self, node: Any, worker: str, reason: str) -> None:
+        self.node = node
+        self.worker = worker
+        self.reason = reason
+        super().__init__(f"worker {worker} was lost while running {node!r}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.node, self.worker, self.reason))
+
+
+class TaskTimeoutError(DispatcherError, TimeoutError):
+    """``.node`` ran longer than its ``timeout`` (``.seconds``)."""
+
+    def __init__(self, node: Any, seconds: float) -> None:
+        self.node = node
+        self.seconds = seconds
+        super().__init__(f"{node!r} ran past its timeout of {seconds:g} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.node, self.seconds))
+
+
+class SerializationError(DispatcherError):
+    """``.what`` (the function, an argument, the result) of ``.node`` could not be sent;
+    ``.type_name`` names the offending type."""
+
+    def __init__(self, node: Any, what: str, type_name: str) -> None:
+        self.node = node
+        self.what = what
+        self.type_name = type_name
+        super().__init__(
+            f"cannot send the {what} of {node!r} between processes: {type_name} cannot be pickled"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.node, self.what, self.type_name))
+
+
+class RemoteError(DispatcherError):
+    """Stands in for a worker-side exception that could not be brought back as itself."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback_text}"

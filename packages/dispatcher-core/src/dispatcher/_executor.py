@@ -1,0 +1,340 @@
+"""Executors: a transport plus the scheduler, and the loops that drive a run."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._errors import DispatcherError
+from ._hooks import Observers
+from ._plan import Plan, Result
+from ._scheduler import Options, Run
+from .transport import Capabilities, Key, Transport
+
+__all__ = ["COMMON_OPTIONS", "Executor", "ExecutorInfo"]
+
+COMMON_OPTIONS = ("workers", "retries", "retry_on", "timeout")
+
+KEY_BITS = 32  # a key is (run number << KEY_BITS) | position in the run's graph
+_KEY_MASK = (1 << KEY_BITS) - 1
+
+_open_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_executors() -> None:
+    for executor in list(_open_executors):
+        with contextlib.suppress(Exception):
+            executor.close()
+
+
+@dataclass(frozen=True)
+class ExecutorInfo:
+    """An executor a plugin provides, returned from its ``dispatcher_executors`` hook."""
+
+    name: str
+    factory: Callable[..., Executor] = field(repr=False)
+    """Called with the options given to :func:`get_executor` (already checked by name)."""
+    description: str = ""
+    distribution: str = ""
+    version: str = ""
+    options: tuple[str, ...] = ()
+    """Options this executor takes besides ``workers``, ``retries``, ``retry_on``, ``timeout``."""
+    capabilities: Capabilities = Capabilities()
+
+
+class Executor:
+    """Runs graphs. Use it as a context manager (or call :meth:`close`) to stop its workers.
+
+    ``Executor(name, transport, retries=..., retry_on=..., timeout=...)`` is all a backend
+    needs: scheduling is done here, the transport only moves tasks and data. One executor
+    may serve several runs at once, from threads or concurrent ``arun`` calls.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport | None = None,
+        *,
+        retries: int = 2,
+        retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+        timeout: float | None = None,
+    ) -> None:
+        self.name = name
+        self.options = Options(retries, retry_on, timeout)
+        self._transport = transport
+        self._closed = False
+        self._lock = threading.Lock()
+        self._run_numbers = itertools.count(1)
+        self._router: _Router | None = None
+        self._workers: dict[str, int] = {}
+        if transport is not None:
+            self._router = _Router(transport)
+            self._workers = self._router.workers
+            try:
+                workers = transport.start(self._router)
+            except BaseException:
+                transport.close()
+                raise
+            for worker, slots in workers.items():
+                self._workers.setdefault(worker, slots)
+        _open_executors.add(self)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this executor's transport can do."""
+        if self._transport is not None:
+            return self._transport.capabilities
+        return Capabilities()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name!r} {state}>"
+
+    def close(self) -> None:
+        """Stop the workers and free everything they hold. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _open_executors.discard(self)
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(
+        self,
+        targets: Any,
+        *,
+        inputs: Mapping[Any, Any] | None = None,
+        throw: bool = True,
+        progress: bool = False,
+        report: str | None = None,
+        plugins: Iterable[object] = (),
+    ) -> Any:
+        """Run ``targets``; return their values in the same shape (see :func:`dispatcher.run`)."""
+        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
+        error: BaseException | None = None
+        try:
+            self._drive(run)
+            return self._finish(plan, run)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(plan, run, observers, error)
+
+    async def arun(
+        self,
+        targets: Any,
+        *,
+        inputs: Mapping[Any, Any] | None = None,
+        throw: bool = True,
+        progress: bool = False,
+        report: str | None = None,
+        plugins: Iterable[object] = (),
+    ) -> Any:
+        """Like :meth:`run`, awaited inside a running asyncio or trio program."""
+        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
+        error: BaseException | None = None
+        try:
+            await self._adrive(run)
+            return self._finish(plan, run)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(plan, run, observers, error)
+
+    def _prepare(
+        self,
+        targets: Any,
+        inputs: Mapping[Any, Any] | None,
+        throw: bool,
+        progress: bool,
+        report: str | None,
+        plugins: Iterable[object],
+    ) -> tuple[Plan, Run, Observers]:
+        if self._closed:
+            raise DispatcherError(f"the {self.name!r} executor is closed")
+        plan = Plan(targets, inputs)
+        extra = list(plugins)
+        if progress:
+            from ._progress import ProgressBar
+
+            extra.append(ProgressBar())
+        if report is not None:
+            from ._report import ReportWriter
+
+            extra.append(ReportWriter(report))
+        observers = Observers(extra)
+        number = next(self._run_numbers)
+        run = Run(
+            plan.graph,
+            plan.targets,
+            plan.inputs,
+            self.options,
+            observers,
+            throw,
+            number << KEY_BITS,
+        )
+        if observers.run_started is not None:
+            observers.run_started(graph=plan.graph, executor=self)
+        return plan, run, observers
+
+    def _finish(self, plan: Plan, run: Run) -> Any:
+        if run.error is not None:
+            raise run.error
+        nodes = run.nodes
+        if run.throw:
+            values = {nodes[p]: run.results[p] for p in run.target_positions}
+        else:
+            values = {}
+            for p in run.target_positions:
+                error = run.errors.get(p)
+                if error is None:
+                    values[nodes[p]] = Result(run.results[p], None)
+                else:
+                    values[nodes[p]] = Result(None, error)
+        return plan.shape(values)
+
+    def _end(self, plan: Plan, run: Run, observers: Observers, error: BaseException | None) -> None:
+        if observers.run_finished is not None:
+            observers.run_finished(graph=plan.graph, executor=self, error=error)
+
+    # -- driving: overridden by executors whose tasks run on an event loop --------------
+
+    def _drive(self, run: Run) -> None:
+        """Run to the end on this thread, blocking."""
+        router = self._router
+        assert router is not None
+        assert self._transport is not None
+        router.attach(run)
+        try:
+            drive_blocking(run, self._transport, dict(self._workers))
+        finally:
+            router.detach(run)
+
+    async def _adrive(self, run: Run) -> None:
+        """Run to the end from inside an event loop: the blocking driver, in a thread."""
+        cancelled = threading.Event()
+
+        def drive() -> None:
+            router = self._router
+            assert router is not None
+            assert self._transport is not None
+            router.attach(run)
+            try:
+                drive_blocking(run, self._transport, dict(self._workers), cancelled)
+            finally:
+                router.detach(run)
+
+        try:
+            await anyio.to_thread.run_sync(drive, abandon_on_cancel=True)
+        except BaseException:
+            cancelled.set()
+            run.inbox.post((-1,))  # wake the driver so it sees the cancellation
+            raise
+
+
+class RunCancelled(BaseException):
+    """Raised inside a driver whose caller went away."""
+
+
+def drive_blocking(
+    run: Run,
+    transport: Transport,
+    workers: Mapping[str, int],
+    cancelled: threading.Event | None = None,
+) -> None:
+    """The loop for transports that report from their own threads (or inline)."""
+    run.start(transport, workers)
+    inbox = run.inbox
+    try:
+        while True:
+            run.dispatch()
+            if run.finished:
+                break
+            if not inbox.events:
+                if not run.inflight and not run.ready and run.slots:
+                    raise RuntimeError(
+                        "dispatcher's scheduler stalled: nothing is running or ready but "
+                        f"{run.remaining} nodes remain; please report this as a bug"
+                    )
+                inbox.wait(0.25)
+                if cancelled is not None and cancelled.is_set():
+                    raise RunCancelled
+                if not inbox.events:
+                    continue
+            run.process()
+            if run.finished:
+                break
+    except BaseException as exc:
+        run.abort(run.error or exc)
+        raise
+    finally:
+        run.release_all()
+
+
+class _Router:
+    """The executor's one event sink: routes each report to the run its key belongs to."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.runs: dict[int, Run] = {}
+        self.workers: dict[str, int] = {}
+
+    def attach(self, run: Run) -> None:
+        self.runs[run.base >> KEY_BITS] = run
+
+    def detach(self, run: Run) -> None:
+        self.runs.pop(run.base >> KEY_BITS, None)
+
+    def task_finished(
+        self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = ...
+    ) -> None:
+        run = self.runs.get(key >> KEY_BITS)
+        if run is None:
+            self.transport.free(worker, [key])  # its run is over: nobody wants it
+        else:
+            run.task_finished(key, worker, duration, nbytes, value)
+
+    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
+        run = self.runs.get(key >> KEY_BITS)
+        if run is not None:
+            run.task_failed(key, worker, error, duration)
+
+    def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
+        run = self.runs.get(key >> KEY_BITS)
+        if run is not None:
+            run.task_inputs_lost(key, worker, missing)
+
+    def worker_added(self, worker: str, slots: int) -> None:
+        self.workers[worker] = slots
+        for run in list(self.runs.values()):
+            run.worker_added(worker, slots)
+
+    def worker_lost(self, worker: str, reason: str) -> None:
+        self.workers.pop(worker, None)
+        for run in list(self.runs.values()):
+            run.worker_lost(worker, reason)

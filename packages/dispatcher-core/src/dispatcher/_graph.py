@@ -1,0 +1,250 @@
+"""DispatchGraph: the nodes needed for some targets, in topological order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from operator import attrgetter
+from typing import Any
+
+from ._errors import CycleError
+from ._nodes import DispatchNode
+
+__all__ = ["DispatchGraph"]
+
+_by_sequence = attrgetter("_seq")
+
+
+class DispatchGraph:
+    """Every node needed to compute ``targets`` (a node or an iterable of nodes).
+
+    Iteration is topological (dependencies first) and stable for the same construction.
+    Internally each node has a position; ``_deps[i]`` holds the positions of node ``i``'s
+    dependencies, which is all the scheduler needs.
+    """
+
+    __slots__ = ("_dependents", "_deps", "_index", "_nodes", "_targets")
+
+    _nodes: list[DispatchNode]
+    _index: dict[DispatchNode, int]
+    _deps: list[tuple[int, ...]]
+    _dependents: list[list[int]] | None
+    _targets: tuple[DispatchNode, ...]
+
+    def __init__(self, targets: DispatchNode | Iterable[DispatchNode]) -> None:
+        roots = _as_node_list(targets)
+        self._targets = tuple(dict.fromkeys(roots))
+        seen: set[DispatchNode] = set(roots)
+        stack = list(seen)
+        pop, push, add = stack.pop, stack.append, seen.add
+        while stack:
+            for dep in pop().dependencies():
+                if dep not in seen:
+                    add(dep)
+                    push(dep)
+        self._set_nodes(sorted(seen, key=_by_sequence))
+
+    @classmethod
+    def _from_parts(
+        cls,
+        nodes: list[DispatchNode],
+        targets: tuple[DispatchNode, ...],
+        cut: set[DispatchNode] | frozenset[DispatchNode] = frozenset(),
+    ) -> DispatchGraph:
+        graph = cls.__new__(cls)
+        graph._targets = targets
+        graph._set_nodes(nodes, cut)
+        return graph
+
+    def _set_nodes(
+        self,
+        nodes: list[DispatchNode],
+        cut: set[DispatchNode] | frozenset[DispatchNode] = frozenset(),
+    ) -> None:
+        index = {node: i for i, node in enumerate(nodes)}
+        deps: list[tuple[int, ...]] = []
+        append = deps.append
+        for i, node in enumerate(nodes):
+            if node in cut:
+                append(())
+                continue
+            positions = tuple([index[d] for d in node.dependencies()])
+            for p in positions:
+                if p >= i:  # creation order is not topological: a custom node misbehaves
+                    nodes = _topological(nodes)
+                    return self._set_nodes(nodes, cut)
+            append(positions)
+        self._nodes = nodes
+        self._index = index
+        self._deps = deps
+        self._dependents = None
+
+    def _dependent_positions(self) -> list[list[int]]:
+        if self._dependents is None:
+            dependents: list[list[int]] = [[] for _ in self._nodes]
+            for i, positions in enumerate(self._deps):
+                for p in positions:
+                    dependents[p].append(i)
+            self._dependents = dependents
+        return self._dependents
+
+    # -- queries -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._index
+
+    def __iter__(self) -> Iterator[DispatchNode]:
+        return iter(self._nodes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DispatchGraph):
+            return NotImplemented
+        if self._index.keys() != other._index.keys():
+            return False
+        return all(set(self.dependencies(n)) == set(other.dependencies(n)) for n in self._nodes)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _position(self, node: DispatchNode) -> int:
+        try:
+            return self._index[node]
+        except (KeyError, TypeError):
+            raise KeyError(f"{node!r} is not in this graph") from None
+
+    def dependencies(self, node: DispatchNode) -> tuple[DispatchNode, ...]:
+        """The direct dependencies of ``node`` within this graph."""
+        nodes = self._nodes
+        return tuple([nodes[p] for p in self._deps[self._position(node)]])
+
+    def dependents(self, node: DispatchNode) -> tuple[DispatchNode, ...]:
+        """The nodes of this graph that depend directly on ``node``."""
+        nodes = self._nodes
+        return tuple([nodes[p] for p in self._dependent_positions()[self._position(node)]])
+
+    def sources(self) -> list[DispatchNode]:
+        """Nodes without dependencies, in iteration order."""
+        return [n for n, d in zip(self._nodes, self._deps, strict=True) if not d]
+
+    def sinks(self) -> list[DispatchNode]:
+        """Nodes nothing depends on, in iteration order."""
+        dependents = self._dependent_positions()
+        return [n for n, d in zip(self._nodes, dependents, strict=True) if not d]
+
+    def ancestors(self, node: DispatchNode) -> set[DispatchNode]:
+        """Every node ``node`` depends on, directly or not."""
+        return self._closure(self._position(node), self._deps)
+
+    def descendants(self, node: DispatchNode) -> set[DispatchNode]:
+        """Every node that depends on ``node``, directly or not."""
+        return self._closure(self._position(node), self._dependent_positions())
+
+    def _closure(self, start: int, edges: list[Any]) -> set[DispatchNode]:
+        seen: set[int] = set()
+        stack = list(edges[start])
+        while stack:
+            p = stack.pop()
+            if p not in seen:
+                seen.add(p)
+                stack.extend(edges[p])
+        nodes = self._nodes
+        return {nodes[p] for p in seen}
+
+    def subgraph(
+        self,
+        targets: DispatchNode | Iterable[DispatchNode],
+        inputs: Iterable[DispatchNode] = (),
+    ) -> DispatchGraph:
+        """Just what is needed to compute ``targets`` when the nodes in ``inputs`` are given.
+
+        Given nodes that are needed stay as sources, their incoming edges cut.
+        """
+        roots = _as_node_list(targets)
+        for node in roots:
+            self._position(node)
+        given = {n for n in inputs if n in self._index}
+        deps, index = self._deps, self._index
+        needed: set[int] = set()
+        stack = [index[n] for n in roots]
+        while stack:
+            p = stack.pop()
+            if p in needed:
+                continue
+            needed.add(p)
+            if self._nodes[p] not in given:
+                stack.extend(deps[p])
+        nodes = [self._nodes[p] for p in sorted(needed)]
+        return DispatchGraph._from_parts(nodes, tuple(dict.fromkeys(roots)), given)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text: one vertex per node with its label and kind."""
+        lines = ["digraph dispatcher {", "  rankdir=LR;", "  node [fontname=Helvetica];"]
+        shapes = {
+            "Op": "box",
+            "DataNode": "ellipse",
+            "IndexNode": "diamond",
+            "CollectNode": "trapezium",
+        }
+        for i, node in enumerate(self._nodes):
+            kind = node.kind
+            text = f"{node.label}\\n({kind})" if kind != "Op" else node.label
+            shape = shapes.get(kind, "box")
+            lines.append(f'  n{i} [label="{_dot_escape(text)}", shape={shape}];')
+        for i, positions in enumerate(self._deps):
+            for p in positions:
+                lines.append(f"  n{p} -> n{i};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        return f"<DispatchGraph of {len(self._nodes)} nodes>"
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\\\\n", "\\n")
+
+
+def _as_node_list(targets: Any) -> list[DispatchNode]:
+    if isinstance(targets, DispatchNode):
+        return [targets]
+    if isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable):
+        raise TypeError(
+            f"targets must be a node or an iterable of nodes, got {type(targets).__name__}"
+        )
+    nodes = list(targets)
+    for item in nodes:
+        if not isinstance(item, DispatchNode):
+            raise TypeError(f"targets must be nodes; got {type(item).__name__}: {item!r}")
+    return nodes
+
+
+def _topological(nodes: list[DispatchNode]) -> list[DispatchNode]:
+    """Depth-first order for nodes whose creation order is not topological; finds cycles."""
+    members = set(nodes)
+    done: set[DispatchNode] = set()
+    on_path: dict[DispatchNode, int] = {}
+    order: list[DispatchNode] = []
+    for root in nodes:
+        if root in done:
+            continue
+        path: list[DispatchNode] = [root]
+        iters = [iter(root.dependencies())]
+        on_path[root] = 0
+        while iters:
+            for dep in iters[-1]:
+                if dep not in members or dep in done:
+                    continue
+                if dep in on_path:
+                    raise CycleError(path[on_path[dep] :])
+                on_path[dep] = len(path)
+                path.append(dep)
+                iters.append(iter(dep.dependencies()))
+                break
+            else:
+                iters.pop()
+                node = path.pop()
+                del on_path[node]
+                done.add(node)
+                order.append(node)
+    return order

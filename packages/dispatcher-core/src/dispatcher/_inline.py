@@ -1,0 +1,122 @@
+"""The ``sync`` executor: the scheduler with a transport that runs each task inline."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+from ._errors import TaskTimeoutError
+from ._executor import Executor, drive_blocking
+from ._scheduler import Run
+from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
+
+__all__ = ["InlineTransport", "SyncExecutor", "await_blocking"]
+
+
+class InlineTransport(Transport):
+    """One worker, ``"main"``: the calling thread. Tasks run one at a time, in order,
+    inside :meth:`submit`; results stay in a dict."""
+
+    capabilities = Capabilities(concurrent=False)
+
+    def __init__(self) -> None:
+        self.store: dict[Key, Any] = {}
+        self._events: EventSink | None = None
+
+    def start(self, events: EventSink) -> Mapping[str, int]:
+        self._events = events
+        return {"main": 1}
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        events = self._events
+        assert events is not None
+        store = self.store
+        for spec in tasks:
+            key = spec.key
+            inline = spec.inline
+            if inline is None:
+                values = [store[k] for k in spec.deps]
+            else:
+                values = [inline[k] if k in inline else store[k] for k in spec.deps]
+            start = perf_counter()
+            try:
+                value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
+                if inspect.isawaitable(value):
+                    value = await_blocking(value)
+            except Exception as exc:
+                events.task_failed(key, "main", exc, perf_counter() - start)
+                continue
+            duration = perf_counter() - start
+            if spec.timeout is not None and duration > spec.timeout:
+                # An inline call cannot be interrupted: it fails when it returns.
+                events.task_failed(
+                    key, "main", TaskTimeoutError(spec.label, spec.timeout), duration
+                )
+                continue
+            store[key] = value
+            if spec.want_result:
+                events.task_finished(key, "main", duration, None, value)
+            else:
+                events.task_finished(key, "main", duration, None)
+
+    def free(self, worker: str, keys: Sequence[Key]) -> None:
+        store = self.store
+        for key in keys:
+            store.pop(key, None)
+
+    def close(self) -> None:
+        self.store.clear()
+
+
+class SyncExecutor(Executor):
+    """Runs every task inline in the calling thread, in a deterministic order."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__("sync", None, **options)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return InlineTransport.capabilities
+
+    def _drive(self, run: Run) -> None:
+        transport = InlineTransport()
+        drive_blocking(run, transport, transport.start(run))
+
+    async def _adrive(self, run: Run) -> None:
+        # Synchronous by definition: the awaiting loop waits, as for any blocking call.
+        self._drive(run)
+
+
+def await_blocking(awaitable: Awaitable[Any]) -> Any:
+    """Run an awaitable to completion from synchronous code.
+
+    A fresh asyncio loop runs it here, or in a helper thread when this thread already
+    runs a loop (a nested ``run`` from inside a coroutine).
+    """
+
+    async def wrapper() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wrapper())
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, asyncio.run(wrapper())))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="dispatcher-await", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value

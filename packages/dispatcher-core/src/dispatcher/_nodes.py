@@ -1,0 +1,325 @@
+"""Nodes: deferred calls whose arguments may be other nodes.
+
+A node's dependencies are found when it is built, in its arguments and inside the plain
+containers among them, at any depth. Each dependency is replaced by a :class:`Ref`
+placeholder in a private copy of the arguments, so running a node is one
+:func:`~dispatcher.transport.call_task` and building one costs a few hundred nanoseconds:
+a million-node graph is built in seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .transport import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, _ref
+
+__all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Nodes are numbered as they are made. A node's dependencies exist before it does, so this
+# order is already topological; DispatchGraph sorts by it instead of searching.
+_sequence = itertools.count()
+
+SHAPE_CONSTANT = -1  # a DataNode: the value is held by the caller, nothing runs remotely
+
+
+class DispatchNode:
+    """The common base class of every node.
+
+    A node is a deferred call: ``func(*args, **kwargs)`` with dependency results in place of
+    the nodes found in the arguments. Nodes are hashable by identity and immutable but for
+    ``label``.
+    """
+
+    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "timeout")
+
+    _func: Callable[..., Any]
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any] | None
+    _deps: tuple[DispatchNode, ...]
+    _shape: int
+    _label: str | None
+    timeout: float | None
+
+    def _init_call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        label: str | None,
+        timeout: float | None = None,
+    ) -> None:
+        self._seq = next(_sequence)
+        self._func = func
+        self._label = label
+        self.timeout = timeout
+        # Fast path: every positional argument is a distinct node, and nothing else.
+        if (
+            not kwargs
+            and args
+            and (
+                isinstance(args[0], DispatchNode)
+                if len(args) == 1
+                else all(isinstance(a, DispatchNode) for a in args) and len(set(args)) == len(args)
+            )
+        ):
+            self._deps = args
+            self._args = ()
+            self._kwargs = None
+            self._shape = SHAPE_POSITIONAL
+            return
+        found: dict[DispatchNode, int] = {}
+        new_args = tuple([_capture(a, found) for a in args])
+        new_kwargs = {k: _capture(v, found) for k, v in kwargs.items()} if kwargs else None
+        self._args = new_args
+        self._kwargs = new_kwargs
+        self._deps = tuple(found)
+        self._shape = SHAPE_TEMPLATE if found else SHAPE_CALL
+
+    @property
+    def label(self) -> str:
+        """A name for messages and pictures; need not be unique."""
+        return self._label if self._label is not None else self._default_label()
+
+    @label.setter
+    def label(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"a label is a str, not {type(value).__name__}")
+        self._label = value
+
+    def _default_label(self) -> str:
+        return type(self).__name__
+
+    @property
+    def kind(self) -> str:
+        """The node's class name: ``Op``, ``DataNode``, ``IndexNode``, ``CollectNode``..."""
+        return type(self).__name__
+
+    def dependencies(self) -> tuple[DispatchNode, ...]:
+        """The direct dependencies, in first-seen order, without duplicates."""
+        return self._deps
+
+    def __getitem__(self, index: Any) -> IndexNode:
+        return IndexNode(self, index)
+
+    def __iter__(self) -> Iterator[IndexNode]:
+        raise TypeError(
+            f"{self!r} is a single node and cannot be unpacked or iterated; "
+            f"index it (node[0]) or build it with op(func, nout=N) to unpack N values"
+        )
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+def _capture(obj: Any, found: dict[DispatchNode, int]) -> Any:
+    """A copy of ``obj`` with every node in it replaced by a Ref to its dependency index."""
+    if isinstance(obj, DispatchNode):
+        index = found.get(obj)
+        if index is None:
+            index = found[obj] = len(found)
+        return _ref(index)
+    cls = type(obj)
+    if cls is list:
+        return [_capture(x, found) for x in obj]
+    if cls is tuple:
+        return tuple([_capture(x, found) for x in obj])
+    if cls is dict:
+        return {k: _capture(v, found) for k, v in obj.items()}
+    if cls is set or cls is frozenset:
+        return cls(_capture(x, found) for x in obj)
+    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
+        return cls._make(_capture(x, found) for x in obj)
+    return obj
+
+
+class Op(DispatchNode):
+    """A deferred call ``func(*args, **kwargs)``; nodes among the arguments are dependencies."""
+
+    __slots__ = ("_nout",)
+
+    def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        if not callable(func):
+            raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
+        self._nout: int | None = None
+        self._init_call(func, args, kwargs, None)
+
+    @property
+    def func(self) -> Callable[..., Any]:
+        """The function this node calls."""
+        return self._func
+
+    def _default_label(self) -> str:
+        func = self._func
+        return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+
+    def __iter__(self) -> Iterator[IndexNode]:
+        if self._nout is None:
+            return super().__iter__()
+        return iter([IndexNode(self, i) for i in range(self._nout)])
+
+
+class DataNode(DispatchNode):
+    """A constant: its value is used as it is."""
+
+    __slots__ = ()
+
+    def __init__(self, value: Any) -> None:
+        self._seq = next(_sequence)
+        self._func = _identity
+        self._args = (value,)
+        self._kwargs = None
+        self._deps = ()
+        self._shape = SHAPE_CONSTANT
+        self._label = None
+        self.timeout = None
+
+    @property
+    def value(self) -> Any:
+        """The constant."""
+        return self._args[0]
+
+    def _default_label(self) -> str:
+        text = repr(self._args[0])
+        return f"DataNode({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+class IndexNode(DispatchNode):
+    """``result(node)[index]``; also spelled ``node[index]``. The index is a constant."""
+
+    __slots__ = ()
+
+    def __init__(self, node: DispatchNode, index: Any) -> None:
+        if not isinstance(node, DispatchNode):
+            raise TypeError(f"IndexNode needs a node to index, got {node!r}")
+        self._seq = next(_sequence)
+        self._func = operator.getitem
+        self._args = (_ref(0), index)  # the index stays a constant, nodes in it included
+        self._kwargs = None
+        self._deps = (node,)
+        self._shape = SHAPE_TEMPLATE
+        self._label = None
+        self.timeout = None
+
+    @property
+    def node(self) -> DispatchNode:
+        """The node whose result is indexed."""
+        return self._deps[0]
+
+    @property
+    def index(self) -> Any:
+        """The index (a constant)."""
+        return self._args[1]
+
+    def _default_label(self) -> str:
+        return f"{self._deps[0].label}[{self._args[1]!r}]"
+
+
+class CollectNode(DispatchNode):
+    """``[result(n) for n in nodes]``; every item must be a node."""
+
+    __slots__ = ()
+
+    def __init__(self, nodes: Iterable[DispatchNode]) -> None:
+        if isinstance(nodes, DispatchNode) or not isinstance(nodes, Iterable):
+            raise TypeError(
+                f"CollectNode needs an iterable of nodes, got {type(nodes).__name__}: {nodes!r}"
+            )
+        items = list(nodes)
+        for position, item in enumerate(items):
+            if not isinstance(item, DispatchNode):
+                raise TypeError(
+                    f"CollectNode needs nodes only; item {position} is "
+                    f"{type(item).__name__}: {item!r} (wrap constants in DataNode)"
+                )
+        self._init_call(_identity, (items,), None, None)
+
+    def _default_label(self) -> str:
+        return f"CollectNode({len(self._deps)})"
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class OpFunction(Generic[P, R]):
+    """A function whose calls build :class:`Op` nodes instead of running (see :func:`op`)."""
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        label: str | None,
+        timeout: float | None,
+        nout: int | None,
+    ) -> None:
+        self.func = func
+        self.label = label
+        self.timeout = timeout
+        self.nout = nout
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Op:
+        node = Op.__new__(Op)
+        node._nout = self.nout
+        node._init_call(self.func, args, kwargs, self.label, self.timeout)
+        return node
+
+    def __repr__(self) -> str:
+        return f"<op {getattr(self.func, '__qualname__', self.func)!r}>"
+
+
+@overload
+def op(
+    func: Callable[P, R],
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    nout: int | None = None,
+) -> OpFunction[P, R]: ...
+
+
+@overload
+def op(
+    func: None = None,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    nout: int | None = None,
+) -> Callable[[Callable[P, R]], OpFunction[P, R]]: ...
+
+
+def op(
+    func: Callable[..., Any] | None = None,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    nout: int | None = None,
+) -> Any:
+    """Wrap ``func`` so that calling it builds an :class:`Op` node.
+
+    ``op(f)(1, 2)`` and ``@op def f(...)`` both work, as does ``@op(label=..., timeout=...)``.
+    ``timeout`` (seconds) replaces the executor's for these nodes; ``nout=N`` lets a node
+    unpack into N :class:`IndexNode` (``a, b = f(x)``).
+    """
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if nout is not None and (not isinstance(nout, int) or nout < 0):
+        raise ValueError(f"nout must be a non-negative int, got {nout!r}")
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"a label is a str, not {type(label).__name__}")
+
+    def wrap(f: Callable[..., Any]) -> OpFunction[Any, Any]:
+        if not callable(f):
+            raise TypeError(f"op needs a callable, got {f!r}")
+        return OpFunction(f, label, timeout, nout)
+
+    return wrap if func is None else wrap(func)

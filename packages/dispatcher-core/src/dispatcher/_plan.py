@@ -1,0 +1,113 @@
+"""What a call to ``run`` asks for: the graph to run, and the shape of the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+from ._graph import DispatchGraph
+from ._nodes import DispatchNode
+
+__all__ = ["Plan", "Result"]
+
+T = TypeVar("T")
+
+
+class Result(Generic[T]):
+    """One target's outcome when running with ``throw=False``."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: T | None, error: BaseException | None) -> None:
+        self.value = value
+        """The value, or ``None`` when the node failed."""
+        self.error = error
+        """The exception (a ``DependencyError`` if an ancestor failed), or ``None``."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the node produced a value."""
+        return self.error is None
+
+    def unwrap(self) -> T:
+        """The value, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        if self.error is None:
+            return f"Result(value={self.value!r})"
+        return f"Result(error={self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return self.value == other.value and self.error is other.error
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Plan:
+    """Targets normalised to a node list, inputs checked, and the graph that will run."""
+
+    __slots__ = ("graph", "inputs", "shape_kind", "targets", "template")
+
+    def __init__(self, targets: Any, inputs: Mapping[Any, Any] | None) -> None:
+        self.template = targets
+        if isinstance(targets, DispatchNode):
+            self.shape_kind = "node"
+            nodes = [targets]
+        elif isinstance(targets, DispatchGraph):
+            self.shape_kind = "graph"
+            nodes = targets.sinks()
+        elif type(targets) in (list, tuple) or isinstance(targets, tuple):
+            self.shape_kind = "sequence"
+            nodes = list(targets)
+        elif isinstance(targets, dict):
+            self.shape_kind = "dict"
+            nodes = list(targets.values())
+        else:
+            raise TypeError(
+                "run() takes a node, a DispatchGraph, or a list, tuple or dict of nodes; "
+                f"got {type(targets).__name__}: {targets!r}"
+            )
+        for item in nodes:
+            if not isinstance(item, DispatchNode):
+                raise TypeError(
+                    f"run() targets must be nodes; got {type(item).__name__}: {item!r} "
+                    "(a flat list, tuple or dict of nodes)"
+                )
+        unique = list(dict.fromkeys(nodes))
+        self.targets = unique
+        graph = targets if isinstance(targets, DispatchGraph) else DispatchGraph(unique)
+        if inputs:
+            if not isinstance(inputs, Mapping):
+                raise TypeError(f"inputs must be a mapping {{node: value}}, got {inputs!r}")
+            for key in inputs:
+                if key not in graph:
+                    raise ValueError(
+                        f"inputs names {key!r}, which is not among the targets' ancestors "
+                        "(nor a target): nothing would use its value"
+                    )
+            graph = graph.subgraph(unique, inputs)
+            self.inputs: Mapping[Any, Any] = {k: v for k, v in inputs.items() if k in graph}
+        else:
+            self.inputs = {}
+        self.graph = graph
+
+    def shape(self, values: dict[DispatchNode, Any]) -> Any:
+        """The answer, in the shape the targets were given."""
+        kind, template = self.shape_kind, self.template
+        if kind == "node":
+            return values[template]
+        if kind == "graph":
+            return [values[n] for n in self.targets]
+        if kind == "dict":
+            return {k: values[n] for k, n in template.items()}
+        items = [values[n] for n in template]
+        if type(template) is list:
+            return items
+        if type(template) is tuple:
+            return tuple(items)
+        return type(template)(*items)  # a namedtuple of nodes

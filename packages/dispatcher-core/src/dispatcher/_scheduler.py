@@ -1,0 +1,642 @@
+"""The scheduler: one run of a graph over a transport.
+
+Everything about *when* and *where* lives here, once, for every backend: dependency
+counting, the ready queue, placement by data locality, retries, recomputing results lost
+with a worker, releasing results nobody needs, fail-fast cancellation and the observer
+hooks. The transport only moves things (see :mod:`dispatcher.transport`).
+
+A :class:`Run` does no I/O of its own and never blocks: a driver (see ``_drivers``) calls
+:meth:`Run.dispatch`, waits for events in :attr:`Run.inbox`, and hands them to
+:meth:`Run.process` until :attr:`Run.finished`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._nodes import SHAPE_CONSTANT, DispatchNode
+from .transport import TaskSpec, Transport
+
+if TYPE_CHECKING:
+    from ._graph import DispatchGraph
+    from ._hooks import Observers
+
+# Node states.
+WAITING = 0  # some input is not available yet
+READY = 1  # in the ready queue
+RUNNING = 2  # handed to a worker
+DONE = 3  # result held by a worker (or by the caller)
+RELEASED = 4  # result no longer held: nobody needed it, or it was lost and is not needed
+FAILED = 5  # its own call raised
+SKIPPED = 6  # an ancestor failed
+TERMINAL = (DONE, RELEASED, FAILED, SKIPPED)
+
+CALLER = "main"  # where constants and inputs live, and the worker named in their hooks
+
+# Event kinds in the inbox.
+EV_FINISHED = 0
+EV_FAILED = 1
+EV_INPUTS_LOST = 2
+EV_WORKER_ADDED = 3
+EV_WORKER_LOST = 4
+
+_NOVALUE: Any = ...
+
+
+class Options:
+    """The scheduling options every executor accepts."""
+
+    __slots__ = ("retries", "retry_on", "timeout")
+
+    def __init__(
+        self,
+        retries: int = 2,
+        retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+        timeout: float | None = None,
+    ) -> None:
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        retry_on = tuple(retry_on)
+        for cls in retry_on:
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise TypeError(f"retry_on takes exception types, got {cls!r}")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.retries = retries
+        self.retry_on = retry_on
+        self.timeout = timeout
+
+
+class Inbox:
+    """Events from the transport, posted from any thread, consumed by the run's driver."""
+
+    __slots__ = ("_cond", "_sleeping", "_waker", "events")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[Any, ...]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._sleeping = False
+        self._waker: Any = None  # set by an async driver: called (on its loop) to wake it
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        self.events.append(event)
+        if self._sleeping:
+            with self._cond:
+                self._cond.notify()
+        elif self._waker is not None:
+            self._waker()
+
+    def wait(self, timeout: float | None) -> None:
+        """Block until an event is there (or ``timeout`` passes)."""
+        with self._cond:
+            # Announce the sleep before looking, so a post in between is not missed.
+            self._sleeping = True
+            try:
+                if not self.events:
+                    self._cond.wait(timeout)
+            finally:
+                self._sleeping = False
+
+
+class Run:
+    """The state of one run of ``graph``; implements the transport's event sink."""
+
+    def __init__(
+        self,
+        graph: DispatchGraph,
+        targets: Sequence[DispatchNode],
+        inputs: Mapping[DispatchNode, Any],
+        options: Options,
+        observers: Observers,
+        throw: bool,
+        key_base: int = 0,
+    ) -> None:
+        nodes = graph._nodes
+        n = len(nodes)
+        self.graph = graph
+        self.nodes = nodes
+        self.deps = graph._deps
+        self.dependents = graph._dependent_positions()
+        self.options = options
+        self.throw = throw
+        self.base = key_base
+        self.inbox = Inbox()
+        self.observers = observers
+        self._started = observers.task_started
+        self._finished_hook = observers.task_finished
+        self._failed_hook = observers.task_failed
+        self._retried_hook = observers.task_retried
+
+        index = graph._index
+        self.target_positions = [index[t] for t in targets]
+        self.wanted = bytearray(n)
+        for p in self.target_positions:
+            self.wanted[p] = 1
+        self.state = bytearray(n)
+        self.waiting = [len(d) for d in self.deps]
+        self.needed = [len(d) for d in self.dependents]
+        self.attempts = bytearray(n)  # attempts made so far (capped at 255: retries are few)
+        self.caller_values: dict[int, Any] = {}
+        self.results: dict[int, Any] = {}
+        self.errors: dict[int, BaseException] = {}
+        self.holders: list[set[str] | None] = [None] * n
+        self.nbytes: list[int | None] = [None] * n
+        self.inflight: dict[int, TaskSpec] = {}
+        self.ready: list[int] = []
+        self.remaining = n
+        self.error: BaseException | None = None  # what ends the run (throw=True)
+        self.aborted = False
+
+        self.transport: Transport | None = None
+        self.slots: dict[str, int] = {}
+        self.load: dict[str, int] = {}
+        self.running_on: dict[str, set[int]] = {}
+        self.held_on: dict[str, set[int]] = {}
+        self._frees: dict[str, list[int]] = {}
+
+        for node, value in inputs.items():
+            given = index.get(node)
+            if given is not None:
+                self._complete_at_caller(given, value, hooks=False)
+        # Sources first in the ready stack's pop order: push them in reverse.
+        state, waiting = self.state, self.waiting
+        for p in range(n - 1, -1, -1):
+            if state[p] == WAITING and waiting[p] == 0:
+                state[p] = READY
+                self.ready.append(p)
+
+    # -- driving ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.remaining == 0 or self.aborted
+
+    def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
+        self.transport = transport
+        for name, slots in workers.items():
+            self._add_worker(name, slots)
+
+    def dispatch(self) -> None:
+        """Hand ready tasks to workers with room for them."""
+        if self.aborted:
+            return
+        ready, state, nodes = self.ready, self.state, self.nodes
+        specs: list[TaskSpec] = []
+        single = self._single
+        while ready:
+            p = ready[-1]
+            if state[p] != READY:  # a stale entry (the node went back to waiting)
+                ready.pop()
+                continue
+            node = nodes[p]
+            if node._shape == SHAPE_CONSTANT:
+                ready.pop()
+                self._complete_at_caller(p, node._args[0], hooks=True)
+                continue
+            worker = single if single is not None else self._place(p)
+            if worker is None or self.load[worker] >= self.slots[worker]:
+                break
+            ready.pop()
+            specs.append(self._spec(p, node, worker))
+        if specs:
+            assert self.transport is not None
+            self.transport.submit(specs)
+        self._flush_frees()
+
+    @property
+    def _single(self) -> str | None:
+        # With one worker there is nothing to place.
+        slots = self.slots
+        if len(slots) == 1:
+            for name in slots:
+                return name
+        return None
+
+    def _place(self, p: int) -> str | None:
+        """The worker holding most of the task's input bytes when it has room, otherwise
+        the least loaded one with room; None when every worker is full."""
+        load, slots, holders, nbytes = self.load, self.slots, self.holders, self.nbytes
+        best: str | None = None
+        best_score = 0
+        score: dict[str, int] = {}
+        for d in self.deps[p]:
+            where = holders[d]
+            if where:
+                size = nbytes[d] or 1
+                for w in where:
+                    s = score.get(w, 0) + size
+                    score[w] = s
+                    if s > best_score and load[w] < slots[w]:
+                        best, best_score = w, s
+        if best is not None:
+            return best
+        free = [w for w in slots if load[w] < slots[w]]
+        if not free:
+            return None
+        return min(free, key=lambda w: load[w] / slots[w])
+
+    def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
+        base = self.base
+        deps = self.deps[p]
+        caller_values = self.caller_values
+        inline: dict[int, Any] | None = None
+        sources: tuple[str | None, ...] | None = None
+        if deps:
+            keys = tuple([base + d for d in deps])
+            if caller_values:
+                for d in deps:
+                    if d in caller_values:
+                        if inline is None:
+                            inline = {}
+                        inline[base + d] = caller_values[d]
+            if self._single is None:
+                holders = self.holders
+                picked: list[str | None] = []
+                local = True
+                for d in deps:
+                    where = holders[d]
+                    if where is None:
+                        picked.append(None)
+                    elif worker in where:
+                        picked.append(worker)
+                    else:
+                        picked.append(next(iter(where)))
+                        local = False
+                if not local:
+                    sources = tuple(picked)
+        else:
+            keys = ()
+        self.attempts[p] += 1
+        timeout = node.timeout if node.timeout is not None else self.options.timeout
+        spec = TaskSpec(
+            base + p,
+            node.label,
+            node._func,
+            node._args,
+            node._kwargs,
+            node._shape,
+            keys,
+            sources,
+            inline,
+            worker,
+            timeout,
+            bool(self.wanted[p]),
+            self.attempts[p],
+        )
+        self.state[p] = RUNNING
+        self.inflight[p] = spec
+        self.load[worker] += 1
+        self.running_on[worker].add(p)
+        if self._started is not None:
+            self._started(node=node, worker=worker)
+        return spec
+
+    def process(self) -> None:
+        """Apply every event waiting in the inbox."""
+        events = self.inbox.events
+        popleft = events.popleft
+        handlers = self._handlers
+        while events:
+            event = popleft()
+            handlers[event[0]](self, *event[1:])
+            if self.aborted:
+                events.clear()
+                break
+        self._flush_frees()
+
+    # -- the event sink (called by the transport, from any thread) -------------------------
+
+    def task_finished(
+        self, key: int, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
+    ) -> None:
+        self.inbox.post((EV_FINISHED, key - self.base, worker, duration, nbytes, value))
+
+    def task_failed(self, key: int, worker: str, error: BaseException, duration: float) -> None:
+        self.inbox.post((EV_FAILED, key - self.base, worker, error, duration))
+
+    def task_inputs_lost(self, key: int, worker: str, missing: Sequence[int]) -> None:
+        self.inbox.post((EV_INPUTS_LOST, key - self.base, worker, [m - self.base for m in missing]))
+
+    def worker_added(self, worker: str, slots: int) -> None:
+        self.inbox.post((EV_WORKER_ADDED, worker, slots))
+
+    def worker_lost(self, worker: str, reason: str) -> None:
+        self.inbox.post((EV_WORKER_LOST, worker, reason))
+
+    # -- event handlers (on the driver's thread) ------------------------------------------
+
+    def _on_finished(
+        self, p: int, worker: str, duration: float, nbytes: int | None, value: Any
+    ) -> None:
+        spec = self.inflight.get(p)
+        if spec is None or spec.worker != worker or self.state[p] != RUNNING:
+            self._queue_free(worker, p)  # a stale report: its result is not wanted
+            return
+        del self.inflight[p]
+        self.load[worker] -= 1
+        self.running_on[worker].discard(p)
+        self.state[p] = DONE
+        self.holders[p] = {worker}
+        self.held_on[worker].add(p)
+        self.nbytes[p] = nbytes
+        if self.wanted[p]:
+            self.results[p] = value
+        if self._finished_hook is not None:
+            self._finished_hook(node=self.nodes[p], worker=worker, duration=duration, nbytes=nbytes)
+        self._settled(p)
+
+    def _settled(self, p: int) -> None:
+        """``p`` has its result: release its inputs, wake its dependents."""
+        self.remaining -= 1
+        needed = self.needed
+        for d in self.deps[p]:
+            needed[d] -= 1
+            if needed[d] == 0:
+                self._release(d)
+        state, waiting, ready = self.state, self.waiting, self.ready
+        for j in self.dependents[p]:
+            waiting[j] -= 1
+            if waiting[j] == 0 and state[j] == WAITING:
+                state[j] = READY
+                ready.append(j)
+        if needed[p] == 0:
+            self._release(p)
+
+    def _complete_at_caller(self, p: int, value: Any, hooks: bool) -> None:
+        self.caller_values[p] = value
+        self.state[p] = DONE
+        if self.wanted[p]:
+            self.results[p] = value
+        if hooks:
+            node = self.nodes[p]
+            if self._started is not None:
+                self._started(node=node, worker=CALLER)
+            if self._finished_hook is not None:
+                self._finished_hook(node=node, worker=CALLER, duration=0.0, nbytes=None)
+            self._settled(p)
+        else:
+            # Given through ``inputs``: not run, so not counted as a settled task.
+            self.remaining -= 1
+            for d in self.deps[p]:
+                self.needed[d] -= 1
+            for j in self.dependents[p]:
+                self.waiting[j] -= 1
+
+    def _release(self, p: int) -> None:
+        if self.state[p] != DONE or p in self.caller_values:
+            return  # constants and inputs stay: recomputing a lost result may need them
+        self.state[p] = RELEASED
+        where = self.holders[p]
+        self.holders[p] = None
+        if where:
+            for w in where:
+                self._queue_free(w, p)
+
+    def _queue_free(self, worker: str, p: int) -> None:
+        held = self.held_on.get(worker)
+        if held is not None:
+            held.discard(p)
+        self._frees.setdefault(worker, []).append(self.base + p)
+
+    def _flush_frees(self) -> None:
+        if self._frees:
+            frees, self._frees = self._frees, {}
+            transport = self.transport
+            assert transport is not None
+            for worker, keys in frees.items():
+                if worker in self.slots:
+                    transport.free(worker, keys)
+
+    def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
+        spec = self.inflight.get(p)
+        if spec is None or spec.worker != worker or self.state[p] != RUNNING:
+            return
+        del self.inflight[p]
+        self.load[worker] -= 1
+        self.running_on[worker].discard(p)
+        node = self.nodes[p]
+        if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
+            if not isinstance(error.node, DispatchNode):
+                error.node = node  # the transport knew only the label
+        elif (
+            self.options.retry_on
+            and isinstance(error, self.options.retry_on)
+            and self.attempts[p] <= self.options.retries
+        ):
+            self._retry(p, worker, error)
+            return
+        self._fail(p, worker, error)
+
+    def _retry(self, p: int, worker: str, error: BaseException) -> None:
+        if self._retried_hook is not None:
+            self._retried_hook(
+                node=self.nodes[p], worker=worker, error=error, attempt=self.attempts[p] + 1
+            )
+        self._requeue(p)
+
+    def _requeue(self, p: int) -> None:
+        """Back to the queue once its inputs are available again."""
+        state = self.state
+        missing = sum(1 for d in self.deps[p] if state[d] != DONE)
+        self.waiting[p] = missing
+        if missing:
+            state[p] = WAITING
+        else:
+            state[p] = READY
+            self.ready.append(p)
+
+    def _fail(self, p: int, worker: str, error: BaseException) -> None:
+        node = self.nodes[p]
+        self.state[p] = FAILED
+        self.errors[p] = error
+        self.remaining -= 1
+        if self._failed_hook is not None:
+            self._failed_hook(node=node, worker=worker, error=error)
+        if self.throw:
+            error.add_note(f"dispatcher: raised by node {node.label!r} on worker {worker!r}")
+            self.abort(error)
+            return
+        self._consumed_inputs(p)
+        # Everything downstream cannot run: skip it, naming this node.
+        state, dependents = self.state, self.dependents
+        stack = list(dependents[p])
+        while stack:
+            j = stack.pop()
+            if state[j] in TERMINAL or state[j] == RUNNING:
+                continue
+            state[j] = SKIPPED
+            self.remaining -= 1
+            dep_error = DependencyError(self.nodes[j], node, error)
+            self.errors[j] = dep_error
+            if self._failed_hook is not None:
+                self._failed_hook(node=self.nodes[j], worker=CALLER, error=dep_error)
+            self._consumed_inputs(j)
+            stack.extend(dependents[j])
+
+    def _consumed_inputs(self, p: int) -> None:
+        # ``p`` will never use its inputs: they may be released.
+        needed = self.needed
+        for d in self.deps[p]:
+            needed[d] -= 1
+            if needed[d] == 0:
+                self._release(d)
+
+    def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
+        spec = self.inflight.get(p)
+        if spec is None or spec.worker != worker or self.state[p] != RUNNING:
+            return
+        del self.inflight[p]
+        self.load[worker] -= 1
+        self.running_on[worker].discard(p)
+        self.attempts[p] -= 1  # not an attempt: it never started
+        lost = []
+        for m in missing:
+            where = self.holders[m]
+            if self.state[m] == DONE and m not in self.caller_values:
+                for w in list(where or ()):
+                    if spec.sources is None or w in spec.sources:
+                        self._forget_holder(m, w)
+                if not self.holders[m]:
+                    lost.append(m)
+        self.state[p] = WAITING  # so the recomputation does not count it as waiting twice
+        self._recompute(lost, worker, "inputs missing")
+        self._requeue(p)
+
+    def _forget_holder(self, p: int, worker: str) -> None:
+        where = self.holders[p]
+        if where is not None:
+            where.discard(worker)
+            if not where:
+                self.holders[p] = None
+                self.state[p] = RELEASED
+        held = self.held_on.get(worker)
+        if held is not None:
+            held.discard(p)
+
+    def _on_worker_added(self, worker: str, slots: int) -> None:
+        self._add_worker(worker, slots)
+
+    def _add_worker(self, worker: str, slots: int) -> None:
+        self.slots[worker] = max(1, slots)
+        self.load.setdefault(worker, 0)
+        self.running_on.setdefault(worker, set())
+        self.held_on.setdefault(worker, set())
+
+    def _on_worker_lost(self, worker: str, reason: str) -> None:
+        if worker not in self.slots:
+            return
+        running = sorted(self.running_on.pop(worker, ()))
+        held = self.held_on.pop(worker, set())
+        del self.slots[worker]
+        del self.load[worker]
+        self._frees.pop(worker, None)
+        # Results that lived only there are gone; recompute those still needed.
+        lost: list[int] = []
+        for p in sorted(held):
+            self._forget_holder(p, worker)
+            if self.state[p] == RELEASED and self.needed[p] > 0:
+                lost.append(p)
+        self._recompute(lost, worker, reason)
+        # Tasks it was running are retried while attempts allow.
+        for p in running:
+            self.inflight.pop(p, None)
+            if self.state[p] != RUNNING:
+                continue
+            node = self.nodes[p]
+            error = WorkerLostError(node, worker, reason)
+            if self.attempts[p] <= self.options.retries:
+                self.state[p] = WAITING
+                self._recompute(
+                    [d for d in self.deps[p] if self.state[d] == RELEASED], worker, reason
+                )
+                self._retry(p, worker, error)
+            else:
+                self._fail(p, worker, error)
+                if self.aborted:
+                    return
+
+    def _recompute(self, roots: list[int], worker: str = "?", reason: str = "") -> None:
+        """Run again the results in ``roots`` (lost, still needed), and whatever released
+        ancestors they need in turn: their lineage."""
+        if not roots:
+            return
+        state, deps = self.state, self.deps
+        order: list[int] = []
+        seen: set[int] = set()
+        stack = list(roots)
+        while stack:
+            p = stack.pop()
+            if p in seen or state[p] != RELEASED:
+                continue
+            seen.add(p)
+            order.append(p)
+            stack.extend(d for d in deps[p] if state[d] == RELEASED)
+        for p in order:
+            state[p] = WAITING
+            self.remaining += 1
+        needed = self.needed
+        for p in order:
+            for d in deps[p]:
+                needed[d] += 1
+        for p in sorted(order):
+            self._requeue(p)
+            if self._retried_hook is not None:
+                error = WorkerLostError(self.nodes[p], worker, f"its result was lost: {reason}")
+                self._retried_hook(
+                    node=self.nodes[p], worker=worker, error=error, attempt=self.attempts[p] + 1
+                )
+        # Dependents that counted a recomputed result as available must wait for it again.
+        for p in order:
+            for j in self.dependents[p]:
+                if j not in seen and state[j] in (WAITING, READY):
+                    self._requeue(j)
+
+    _handlers: ClassVar[dict[int, Callable[..., None]]] = {
+        EV_FINISHED: _on_finished,
+        EV_FAILED: _on_failed,
+        EV_INPUTS_LOST: _on_inputs_lost,
+        EV_WORKER_ADDED: _on_worker_added,
+        EV_WORKER_LOST: _on_worker_lost,
+    }
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def abort(self, error: BaseException) -> None:
+        """Stop now: drop the queue, abandon what runs, free what is held."""
+        if self.aborted:
+            return
+        self.aborted = True
+        self.error = error
+        self.ready.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.inflight:
+            specs = list(self.inflight.values())
+            self.inflight.clear()
+            try:
+                transport.cancel(specs)
+            except Exception:  # cancelling is best effort; the run is over either way
+                pass
+        for p, where in enumerate(self.holders):
+            if where:
+                for w in where:
+                    self._queue_free(w, p)
+        with contextlib.suppress(Exception):
+            self._flush_frees()
+
+    def release_all(self) -> None:
+        """At the end of a run: free whatever workers still hold for it."""
+        for p, where in enumerate(self.holders):
+            if where:
+                self.holders[p] = None
+                for w in where:
+                    self._queue_free(w, p)
+        self._flush_frees()

@@ -1,0 +1,455 @@
+"""The behavioural contract every executor must meet, as a pytest test class.
+
+A backend proves itself by subclassing :class:`ExecutorConformance` in its own tests::
+
+    from dispatcher.testing import ExecutorConformance
+
+    class TestMyBackend(ExecutorConformance):
+        executor = "mine"
+        options = {"workers": 2}
+
+Checks that need something the executor's :class:`~dispatcher.transport.Capabilities`
+say it cannot do are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from .. import (
+    CollectNode,
+    DataNode,
+    DependencyError,
+    DispatchGraph,
+    Executor,
+    IndexNode,
+    Op,
+    RemoteError,
+    Result,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    get_executor,
+    hookimpl,
+    op,
+    run,
+)
+from ..transport import Capabilities
+from . import tasks
+
+__all__ = ["ExecutorConformance", "Recorder"]
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Recorder:
+    """An observer plugin that keeps every hook call, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+
+    def _add(self, *event: Any) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    @hookimpl
+    def dispatcher_run_started(self, graph: DispatchGraph) -> None:
+        self._add("run_started", len(graph))
+
+    @hookimpl
+    def dispatcher_run_finished(self, error: BaseException | None) -> None:
+        self._add("run_finished", error)
+
+    @hookimpl
+    def dispatcher_task_started(self, node: Any, worker: str) -> None:
+        self._add("started", node, worker)
+
+    @hookimpl
+    def dispatcher_task_finished(self, node: Any, worker: str, duration: float) -> None:
+        self._add("finished", node, worker, duration)
+
+    @hookimpl
+    def dispatcher_task_failed(self, node: Any, error: BaseException) -> None:
+        self._add("failed", node, error)
+
+    @hookimpl
+    def dispatcher_task_retried(self, node: Any, error: BaseException, attempt: int) -> None:
+        self._add("retried", node, error, attempt)
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == kind]
+
+
+class ExecutorConformance:
+    """Subclass and set :attr:`executor` (a registered name) and :attr:`options`."""
+
+    executor: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+
+    _capabilities: ClassVar[Capabilities | None] = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this executor, configured with :attr:`options`, says it can do."""
+        cls = type(self)
+        if cls._capabilities is None:
+            with get_executor(self.executor, **self.options) as executor:
+                cls._capabilities = executor.capabilities
+        return cls._capabilities
+
+    def require(self, capability: str) -> None:
+        if not getattr(self.capabilities, capability):
+            pytest.skip(f"the {self.executor!r} executor declares no {capability}")
+
+    def run(self, targets: Any, **kwargs: Any) -> Any:
+        return run(targets, executor=self.executor, **self.options, **kwargs)
+
+    @pytest.fixture
+    def log(self, tmp_path: Path) -> str:
+        path = tmp_path / "calls"
+        path.mkdir()
+        return str(path)
+
+    @pytest.fixture
+    def ex(self) -> Iterator[Executor]:
+        with get_executor(self.executor, **self.options) as executor:
+            yield executor
+
+    # -- nodes and argument substitution -------------------------------------------------
+
+    def test_chain_and_diamond(self) -> None:
+        a = Op(tasks.inc, 1)
+        b = Op(tasks.double, a)
+        c = Op(tasks.inc, a)
+        d = Op(tasks.add, b, c)
+        assert self.run(d) == 7
+
+    def test_nested_dependencies(self) -> None:
+        a, b, c = Op(tasks.identity, 1), Op(tasks.identity, 2), Op(tasks.identity, 3)
+        node = Op(tasks.describe, [a, (b, {"k": [c]})], Point(a, b), key={"x": {c}, "y": (a,)})
+        args, kwargs = self.run(node)
+        assert args == ([1, (2, {"k": [3]})], Point(1, 2))
+        assert kwargs == {"key": {"x": {3}, "y": (1,)}}
+        assert self.run(Op(tasks.kinds, [a], (a,), {"k": a}, {a}, frozenset([a]), Point(a, a))) == (
+            "list",
+            "tuple",
+            "dict",
+            "set",
+            "frozenset",
+            "Point",
+        )
+
+    def test_data_node(self) -> None:
+        data = DataNode({"n": 5})
+        assert self.run(data) == {"n": 5}
+        assert self.run(Op(tasks.identity, data)) == {"n": 5}
+
+    def test_index_node(self) -> None:
+        pair = Op(tasks.pair, 10, 20)
+        assert self.run([IndexNode(pair, 0), pair[1]]) == [10, 20]
+        first, second = op(tasks.pair, nout=2)(3, 4)
+        assert self.run(Op(tasks.add, first, second)) == 7
+
+    def test_collect_node(self) -> None:
+        parts = [Op(tasks.inc, i) for i in range(5)]
+        collected = CollectNode([*parts, parts[0]])
+        assert self.run(collected) == [1, 2, 3, 4, 5, 1]
+        assert self.run(Op(sum, collected)) == 16
+
+    def test_kwargs_and_constants(self) -> None:
+        a = Op(tasks.inc, 1)
+        assert self.run(Op(tasks.describe, 5, a, flag=True, other=a)) == (
+            (5, 2),
+            {"flag": True, "other": 2},
+        )
+
+    # -- results ---------------------------------------------------------------------------
+
+    def test_result_shapes(self) -> None:
+        a, b = Op(tasks.inc, 1), Op(tasks.inc, 2)
+        assert self.run(a) == 2
+        assert self.run([a, b]) == [2, 3]
+        assert self.run((a, b)) == (2, 3)
+        assert self.run({"a": a, "b": b}) == {"a": 2, "b": 3}
+        top = Op(tasks.add, a, b)
+        graph = DispatchGraph([top, Op(tasks.double, b)])
+        assert self.run(graph) == [5, 6]
+        assert self.run([a, a, b]) == [2, 2, 3]
+
+    def test_node_named_twice_runs_once(self, log: str) -> None:
+        node = Op(tasks.logged, log, "twice", 9)
+        assert self.run([node, node, Op(tasks.inc, node)]) == [9, 9, 10]
+        assert tasks.calls(log, "twice") == 1
+
+    def test_each_node_runs_once(self, log: str) -> None:
+        root = Op(tasks.logged, log, "root", 1)
+        middles = [Op(tasks.logged, log, f"mid{i}", root) for i in range(4)]
+        top = Op(tasks.total, *middles)
+        assert self.run([top, Op(tasks.total, *middles, root)]) == [4, 5]
+        assert tasks.calls(log, "root") == 1
+        assert all(tasks.calls(log, f"mid{i}") == 1 for i in range(4))
+
+    def test_only_needed_nodes_run(self, log: str) -> None:
+        shared = Op(tasks.logged, log, "shared", 1)
+        wanted = Op(tasks.logged, log, "wanted", shared)
+        Op(tasks.logged, log, "unwanted", shared)  # built, never asked for
+        assert self.run(wanted) == 1
+        assert tasks.calls(log, "unwanted") == 0
+        assert tasks.calls(log, "wanted") == 1
+
+    def test_inputs_substitute_values(self, log: str) -> None:
+        expensive = Op(tasks.logged, log, "expensive", 1)
+        middle = Op(tasks.logged, log, "middle", expensive)
+        top = Op(tasks.add, middle, 100)
+        assert self.run(top, inputs={middle: 5}) == 105
+        assert tasks.calls(log, "expensive") == 0
+        assert tasks.calls(log, "middle") == 0
+        assert self.run([middle, top], inputs={middle: 7}) == [7, 107]
+        results = self.run(middle, inputs={middle: 3}, throw=False)
+        assert results.ok
+        assert results.value == 3
+
+    def test_inputs_key_not_in_graph(self) -> None:
+        stranger = Op(tasks.inc, 1)
+        with pytest.raises(ValueError, match="not among the targets"):
+            self.run(Op(tasks.inc, 2), inputs={stranger: 1})
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def test_throw_raises_the_original_exception(self) -> None:
+        bad = op(tasks.fail_with, label="the-bad-one")(7, "seven")
+        with pytest.raises(tasks.TaskFailure) as info:
+            self.run(Op(tasks.inc, bad))
+        assert info.value.args == (7, "seven")
+        assert any("the-bad-one" in note for note in getattr(info.value, "__notes__", []))
+
+    def test_throw_keeps_a_chained_cause(self) -> None:
+        with pytest.raises(RuntimeError, match="outer") as info:
+            self.run(Op(tasks.fail_chained, "outer"))
+        assert isinstance(info.value.__cause__, KeyError)
+
+    def test_throw_false_gives_results(self) -> None:
+        good = Op(tasks.inc, 1)
+        bad = op(tasks.fail, label="bad")("boom")
+        after = op(tasks.add, label="after")(bad, good)
+        later = op(tasks.inc, label="later")(after)
+        results = self.run({"good": good, "bad": bad, "later": later}, throw=False)
+        assert all(isinstance(r, Result) for r in results.values())
+        assert results["good"].ok
+        assert results["good"].value == 2
+        assert results["good"].unwrap() == 2
+        assert not results["bad"].ok
+        assert results["bad"].value is None
+        assert isinstance(results["bad"].error, ValueError)
+        error = results["later"].error
+        assert isinstance(error, DependencyError)
+        assert error.node is bad
+        assert error.cause is results["bad"].error
+        assert error.__cause__ is error.cause
+        assert "later" in str(error)
+        assert "bad" in str(error)
+        with pytest.raises(DependencyError):
+            results["later"].unwrap()
+
+    def test_failed_dependency_never_hangs_collect_or_index(self) -> None:
+        bad = Op(tasks.fail, "boom")
+        good = Op(tasks.inc, 1)
+        collected = CollectNode([good, bad])
+        indexed = IndexNode(bad, 0)
+        results = self.run([collected, indexed, Op(tasks.identity, collected)], throw=False)
+        for result in results:
+            assert isinstance(result.error, DependencyError)
+            assert result.error.node is bad
+        with pytest.raises(ValueError, match="boom"):
+            self.run([collected, indexed])
+
+    def test_everything_that_can_run_runs(self, log: str) -> None:
+        bad = Op(tasks.fail, "boom")
+        independent = [Op(tasks.logged, log, f"free{i}", i) for i in range(6)]
+        results = self.run([bad, *independent], throw=False)
+        assert [r.value for r in results[1:]] == list(range(6))
+        assert all(tasks.calls(log, f"free{i}") == 1 for i in range(6))
+
+    @pytest.mark.timeout(60)
+    def test_fail_fast_does_not_wait(self, log: str) -> None:
+        bad = Op(tasks.fail, "first")
+        slow = Op(tasks.sleep_then, 120, "slow")
+        downstream = Op(tasks.logged, log, "downstream", bad)
+        with pytest.raises(ValueError, match="first"):
+            self.run([bad, slow, downstream])
+        assert tasks.calls(log, "downstream") == 0
+
+    def test_retry_on(self, log: str) -> None:
+        flaky = op(tasks.flaky, label="flaky")(log, "flaky", 2, "finally")
+        recorder = Recorder()
+        assert self.run(flaky, retry_on=ValueError, retries=2, plugins=[recorder]) == "finally"
+        assert [e[3] for e in recorder.of("retried")] == [2, 3]
+        with pytest.raises(ValueError):
+            self.run(Op(tasks.flaky, log, "hopeless", 5, 0), retry_on=ValueError, retries=1)
+        assert tasks.calls(log, "hopeless") == 2
+
+    def test_timeout(self) -> None:
+        interrupts = self.capabilities.interrupts_running_tasks
+        seconds = 60 if interrupts else 0.5
+        slow = op(tasks.sleep_then, label="sleepy", timeout=0.2)(seconds, "late")
+        with pytest.raises(TaskTimeoutError) as info:
+            self.run(slow)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.node is slow
+        fast = op(tasks.sleep_then, timeout=30)(0, "in time")
+        assert self.run(fast) == "in time"
+        results = self.run(
+            [Op(tasks.sleep_then, seconds, "late"), Op(tasks.inc, 1)], timeout=0.2, throw=False
+        )
+        assert isinstance(results[0].error, TaskTimeoutError)
+        assert results[1].value == 2
+
+    def test_unknown_option(self) -> None:
+        with pytest.raises(TypeError, match="retries"):
+            get_executor(self.executor, **self.options, not_an_option=1)
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def test_intermediates_are_released(self) -> None:
+        node = Op(tasks.tracked_start)
+        for _ in range(40):
+            node = Op(tasks.tracked_step, node)
+        most = self.run(Op(tasks.tracked_most, node))
+        assert most <= 4, f"{most} intermediate results were alive at once in a chain"
+
+    # -- executors -------------------------------------------------------------------------
+
+    def test_executor_reuse_across_runs(self, ex: Executor) -> None:
+        a = Op(tasks.inc, 1)
+        assert ex.run(a) == 2
+        with pytest.raises(ValueError):
+            ex.run(Op(tasks.fail, "once"))
+        assert ex.run(Op(tasks.double, a)) == 4
+        assert ex.run([Op(tasks.inc, i) for i in range(20)]) == list(range(1, 21))
+
+    def test_instance_rejects_options(self, ex: Executor) -> None:
+        with pytest.raises(TypeError):
+            run(Op(tasks.inc, 1), executor=ex, retries=1)
+
+    @pytest.mark.timeout(120)
+    def test_concurrent_runs_on_one_executor(self, ex: Executor) -> None:
+        results: dict[int, Any] = {}
+
+        def one(i: int) -> None:
+            chain = Op(tasks.inc, i)
+            for _ in range(10):
+                chain = Op(tasks.inc, chain)
+            try:
+                results[i] = ex.run(chain)
+            except BaseException as exc:  # reported below
+                results[i] = exc
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {i: i + 11 for i in range(4)}
+
+    def test_closed_executor_refuses(self) -> None:
+        executor = get_executor(self.executor, **self.options)
+        executor.close()
+        executor.close()
+        with pytest.raises(Exception, match="closed"):
+            executor.run(Op(tasks.inc, 1))
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def test_hooks_fire_for_every_node(self) -> None:
+        data = DataNode(1)
+        a = Op(tasks.inc, data)
+        pair = Op(tasks.pair, a, a)
+        first = pair[0]
+        both = CollectNode([first, a])
+        recorder = Recorder()
+        assert self.run(both, plugins=[recorder]) == [2, 2]
+        started = [e[1] for e in recorder.of("started")]
+        finished = [e[1] for e in recorder.of("finished")]
+        assert sorted(map(id, started)) == sorted(map(id, [data, a, pair, first, both]))
+        assert sorted(map(id, finished)) == sorted(map(id, started))
+        for node in started:
+            kinds = [e[0] for e in recorder.events if len(e) > 1 and e[1] is node]
+            assert kinds == ["started", "finished"]
+        assert recorder.events[0] == ("run_started", 5)
+        assert recorder.events[-1] == ("run_finished", None)
+        assert all(isinstance(e[2], str) and e[2] for e in recorder.of("started"))
+
+    def test_hooks_on_failure(self) -> None:
+        bad = Op(tasks.fail, "boom")
+        skipped = Op(tasks.inc, bad)
+        recorder = Recorder()
+        self.run(skipped, throw=False, plugins=[recorder])
+        failed = {id(e[1]): e[2] for e in recorder.of("failed")}
+        assert isinstance(failed[id(bad)], ValueError)
+        assert isinstance(failed[id(skipped)], DependencyError)
+        recorder = Recorder()
+        with pytest.raises(ValueError):
+            self.run(skipped, plugins=[recorder])
+        assert isinstance(recorder.events[-1][1], ValueError)
+
+    def test_observer_errors_do_not_fail_the_run(self) -> None:
+        class Broken:
+            @hookimpl
+            def dispatcher_task_finished(self) -> None:
+                raise RuntimeError("observer bug")
+
+        assert self.run(Op(tasks.inc, 1), plugins=[Broken()]) == 2
+
+    # -- across processes --------------------------------------------------------------------
+
+    def test_lambdas_and_closures(self) -> None:
+        offset = 10
+        node = Op(lambda x: x + offset, Op(tasks.inc, 1))
+        assert self.run(node) == 12
+
+    def test_unpicklable_argument(self) -> None:
+        self.require("separate_processes")
+        node = op(tasks.take, label="takes-a-lock")(threading.Lock())
+        with pytest.raises(SerializationError) as info:
+            self.run(node)
+        assert "lock" in str(info.value)
+        assert "takes-a-lock" in str(info.value)
+        assert self.run(Op(tasks.inc, 1)) == 2
+
+    def test_unpicklable_result(self) -> None:
+        self.require("separate_processes")
+        node = op(tasks.make_unpicklable, label="makes-trouble")()
+        with pytest.raises(SerializationError, match="makes-trouble"):
+            self.run(node)
+
+    def test_unpicklable_exception(self) -> None:
+        self.require("separate_processes")
+        with pytest.raises(RemoteError) as info:
+            self.run(Op(tasks.fail_unpicklable, "deep trouble"))
+        assert "UnpicklableError" in info.value.type_name
+        assert "deep trouble" in info.value.message
+        assert "fail_unpicklable" in info.value.traceback_text
+
+    @pytest.mark.timeout(120)
+    def test_worker_loss_is_survived(self, log: str) -> None:
+        self.require("survives_worker_loss")
+        before = Op(tasks.inc, 1)
+        crash = Op(tasks.die_once, log, "crash", before)
+        assert self.run(Op(tasks.inc, crash), retries=1) == 3
+
+    @pytest.mark.timeout(120)
+    def test_worker_loss_beyond_retries(self, log: str) -> None:
+        self.require("survives_worker_loss")
+        crash = op(tasks.die_once, label="crasher")(log, "crash0", 1)
+        with pytest.raises(WorkerLostError) as info:
+            self.run(crash, retries=0)
+        assert info.value.node is crash

@@ -1,0 +1,117 @@
+"""An in-memory transport with several pretend workers, for testing schedulers and hooks.
+
+Each worker is a dict of results. Tasks run inside :meth:`FakeTransport.submit`, in the
+order given, on the worker the scheduler chose; inputs held by another worker are copied
+over and the copy is recorded in :attr:`FakeTransport.moves`. Faults are injected with
+:meth:`FakeTransport.kill_on`: the worker dies as that task starts, losing everything it
+held, and comes back empty under the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+from .._executor import Executor
+from ..transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
+
+__all__ = ["FakeTransport", "fake_executor"]
+
+
+class FakeTransport(Transport):
+    """``workers`` pretend workers named ``fake-0``, ``fake-1``..., each with ``slots``."""
+
+    capabilities = Capabilities(survives_worker_loss=True, concurrent=False)
+
+    def __init__(self, workers: int = 2, slots: int = 1) -> None:
+        self.names = [f"fake-{i}" for i in range(workers)]
+        self.slots = slots
+        self.stores: dict[str, dict[Key, Any]] = {name: {} for name in self.names}
+        self.ran: list[tuple[str, str]] = []
+        """(label, worker) of every task run, in order."""
+        self.moves: list[tuple[Key, str, str]] = []
+        """(key, from worker, to worker) of every input copied between workers."""
+        self.freed: list[tuple[str, Key]] = []
+        self.cancelled: list[Key] = []
+        self.closed = False
+        self._kill: dict[str, int] = {}
+        self._events: EventSink | None = None
+
+    def kill_on(self, label: str, times: int = 1) -> None:
+        """The worker that starts the task labelled ``label`` dies, the next ``times`` times."""
+        self._kill[label] = times
+
+    def start(self, events: EventSink) -> Mapping[str, int]:
+        self._events = events
+        return {name: self.slots for name in self.names}
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        for spec in tasks:
+            self._run(spec)
+
+    def _run(self, spec: TaskSpec) -> None:
+        events = self._events
+        assert events is not None
+        worker = spec.worker
+        store = self.stores[worker]
+        if self._kill.get(spec.label, 0) > 0:
+            self._kill[spec.label] -= 1
+            store.clear()
+            events.worker_lost(worker, "killed by the test")
+            events.worker_added(worker, self.slots)
+            return
+        values = []
+        missing = []
+        for i, key in enumerate(spec.deps):
+            source = spec.source_of(i)
+            if source is None:
+                assert spec.inline is not None
+                values.append(spec.inline[key])
+            elif key in self.stores[source]:
+                value = self.stores[source][key]
+                if source != worker:
+                    self.moves.append((key, source, worker))
+                    store[key] = value
+                values.append(value)
+            else:
+                missing.append(key)
+        if missing:
+            events.task_inputs_lost(spec.key, worker, missing)
+            return
+        self.ran.append((spec.label, worker))
+        start = perf_counter()
+        try:
+            value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
+        except Exception as exc:
+            events.task_failed(spec.key, worker, exc, perf_counter() - start)
+            return
+        store[spec.key] = value
+        nbytes = len(value) if isinstance(value, (bytes, bytearray)) else None
+        if spec.want_result:
+            events.task_finished(spec.key, worker, perf_counter() - start, nbytes, value)
+        else:
+            events.task_finished(spec.key, worker, perf_counter() - start, nbytes)
+
+    def free(self, worker: str, keys: Sequence[Key]) -> None:
+        store = self.stores[worker]
+        for key in keys:
+            self.freed.append((worker, key))
+            store.pop(key, None)
+
+    def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        self.cancelled.extend(spec.key for spec in tasks)
+
+    def held(self) -> int:
+        """How many results the workers hold right now."""
+        return sum(len(store) for store in self.stores.values())
+
+    def close(self) -> None:
+        self.closed = True
+        for store in self.stores.values():
+            store.clear()
+
+
+def fake_executor(transport: FakeTransport | None = None, **options: Any) -> Executor:
+    """An executor on a :class:`FakeTransport` (a new two-worker one by default)."""
+    return Executor("fake", transport or FakeTransport(), **options)

@@ -1,0 +1,156 @@
+"""Functions the conformance suite runs as tasks.
+
+They live at module level in an installed module so that any backend, in any process,
+can import them. Calls are counted with marker files, which works across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def total(*values: Any) -> Any:
+    return sum(values)
+
+
+def pair(a: Any, b: Any) -> tuple[Any, Any]:
+    return (a, b)
+
+
+def describe(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    """Returns exactly what it was called with, to check argument substitution."""
+    return (args, kwargs)
+
+
+def kinds(*args: Any) -> tuple[str, ...]:
+    """The exact type names of the arguments (containers must keep their types)."""
+    return tuple(type(a).__name__ for a in args)
+
+
+def fail(message: str) -> Any:
+    raise ValueError(message)
+
+
+class TaskFailure(Exception):
+    """A user exception type with two arguments, to check type and args survive."""
+
+
+def fail_with(code: int, text: str) -> Any:
+    raise TaskFailure(code, text)
+
+
+def fail_chained(message: str) -> Any:
+    try:
+        raise KeyError("inner")
+    except KeyError as exc:
+        raise RuntimeError(message) from exc
+
+
+def sleep_then(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def calls(log: str, name: str) -> int:
+    """How many times ``logged``/``flaky`` ran under ``name``."""
+    return sum(1 for p in Path(log).iterdir() if p.name.startswith(name + "."))
+
+
+def logged(log: str, name: str, value: Any) -> Any:
+    """Returns ``value``, leaving a marker that it ran."""
+    (Path(log) / f"{name}.{uuid.uuid4().hex}").touch()
+    return value
+
+
+def flaky(log: str, name: str, failures: int, value: Any) -> Any:
+    """Raises ValueError the first ``failures`` times, then returns ``value``."""
+    seen = calls(log, name)
+    (Path(log) / f"{name}.{uuid.uuid4().hex}").touch()
+    if seen < failures:
+        raise ValueError(f"{name} fails on attempt {seen + 1}")
+    return value
+
+
+def die_once(log: str, name: str, value: Any) -> Any:
+    """Kills its own process the first time (a worker crash), then returns ``value``."""
+    marker = Path(log) / f"{name}.died"
+    if not marker.exists():
+        marker.touch()
+        os._exit(17)
+    return value
+
+
+class Tracked:
+    """Counts live instances in this process, to see results being released."""
+
+    live = 0
+
+    def __init__(self, most: int) -> None:
+        Tracked.live += 1
+        self.most = max(most, Tracked.live)
+
+    def __del__(self) -> None:
+        Tracked.live -= 1
+
+
+def tracked_start() -> Tracked:
+    return Tracked(0)
+
+
+def tracked_step(previous: Tracked) -> Tracked:
+    """A fresh object from the previous one; remembers the most ever alive at once."""
+    return Tracked(previous.most)
+
+
+def tracked_most(last: Tracked) -> int:
+    return last.most
+
+
+class Unpicklable:
+    """An object that refuses to be pickled."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unpicklable objects cannot be pickled")
+
+
+def make_unpicklable() -> Unpicklable:
+    return Unpicklable()
+
+
+def take(value: Any) -> str:
+    return type(value).__name__
+
+
+class UnpicklableError(Exception):
+    """An exception that cannot cross a process boundary."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.handle = Unpicklable()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("this exception cannot be pickled")
+
+
+def fail_unpicklable(message: str) -> Any:
+    raise UnpicklableError(message)
