@@ -8,11 +8,13 @@ made per run, on the run's own loop, and goes through the same scheduler as ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
+import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -242,6 +244,31 @@ class AsyncTransport(Transport):
         self.store.clear()
 
 
+@contextlib.contextmanager
+def _interruptible(inline: bool) -> Iterator[None]:
+    """Make Ctrl-C raise KeyboardInterrupt even while an inline task blocks the loop.
+
+    asyncio's runner answers the first SIGINT by cancelling its main task, which a plain
+    function running inline on the loop never notices.
+    """
+    if not (
+        inline
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class AsyncExecutor(Executor):
     """Tasks on an anyio event loop; see the module docstring."""
 
@@ -276,7 +303,8 @@ class AsyncExecutor(Executor):
 
     def _drive(self, run: Run) -> None:
         if not in_event_loop():
-            anyio.run(self._adrive, run, backend=self.backend)
+            with _interruptible(self.threads == 0):
+                anyio.run(self._adrive, run, backend=self.backend)
             return
         # Called from inside a running loop (a notebook, or a task calling run()): that
         # loop is busy with us, so this run gets a loop of its own on another thread.
@@ -300,6 +328,13 @@ class AsyncExecutor(Executor):
             raise box[0]
 
     async def _adrive(self, run: Run) -> None:
+        try:
+            await self._drive_on_loop(run)
+        except BaseExceptionGroup as group:
+            # A task group wraps what escapes it; callers get the exception itself.
+            raise _first_leaf(group) from None
+
+    async def _drive_on_loop(self, run: Run) -> None:
         inbox = run.inbox
         async with anyio.create_task_group() as group:
             transport = AsyncTransport(run, group, self._pool)
@@ -327,3 +362,20 @@ class AsyncExecutor(Executor):
                 run.release_all()
                 transport.close()
                 group.cancel_scope.cancel()
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in ``group`` that is not a cancellation, else the first one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    for exc in leaves:
+        if not isinstance(exc, cancelled):
+            return exc
+    return leaves[0]

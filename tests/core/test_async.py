@@ -1,0 +1,164 @@
+"""The async executor: coroutines, threads, loops already running, nesting."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+
+import anyio
+import pytest
+
+from dispatcher import Op, TaskTimeoutError, arun, get_executor, op, run
+from dispatcher.testing import tasks
+
+BACKENDS = ["asyncio", "trio"]
+
+
+async def async_inc(x: int) -> int:
+    await anyio.sleep(0)
+    return x + 1
+
+
+async def meet(barrier_name: str, x: int) -> int:
+    """Only returns once ``needed`` coroutines are waiting together: proves concurrency."""
+    event = BARRIERS[barrier_name]
+    event["count"] += 1
+    if event["count"] == event["needed"]:
+        event["event"].set()
+    await event["event"].wait()
+    return x
+
+
+BARRIERS: dict[str, dict[str, object]] = {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_coroutines_run_concurrently(backend: str) -> None:
+    async def main() -> list[int]:
+        BARRIERS["b"] = {"count": 0, "needed": 5, "event": anyio.Event()}
+        nodes = [Op(meet, "b", i) for i in range(5)]
+        return await arun(nodes, executor="async", threads=0)  # type: ignore[no-any-return]
+
+    assert anyio.run(main, backend=backend) == list(range(5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_inside_a_running_program(backend: str) -> None:
+    async def main() -> int:
+        node = Op(async_inc, Op(tasks.inc, Op(async_inc, 1)))
+        return await arun(node)  # type: ignore[no-any-return]
+
+    assert anyio.run(main, backend=backend) == 4
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_plain_and_coroutine_nodes_mix(threads: int) -> None:
+    node = Op(tasks.add, Op(async_inc, 1), Op(tasks.inc, 1))
+    assert run(node, executor="async", threads=threads) == 4
+
+
+def test_threads_limit_concurrency() -> None:
+    active = 0
+    most = 0
+    lock = threading.Lock()
+
+    def busy(x: int) -> int:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        threading.Event().wait(0.02)
+        with lock:
+            active -= 1
+        return x
+
+    assert run([Op(busy, i) for i in range(12)], executor="async", threads=3) == list(range(12))
+    assert most <= 3
+
+
+def test_run_inside_a_running_loop_still_works() -> None:
+    async def notebook_cell() -> int:
+        return run(Op(tasks.inc, 41), executor="async")  # type: ignore[no-any-return]
+
+    assert asyncio.run(notebook_cell()) == 42
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_nested_run_from_a_task(executor: str) -> None:
+    def inner(x: int) -> int:
+        return run(Op(tasks.inc, Op(tasks.inc, x)), executor=executor)  # type: ignore[no-any-return]
+
+    assert run(Op(inner, Op(inner, 0)), executor=executor) == 4
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_nested_coroutine_from_a_sync_task(executor: str) -> None:
+    assert run(Op(tasks.inc, Op(async_inc, 1)), executor=executor) == 3
+
+
+def test_coroutine_timeout_is_a_cancellation() -> None:
+    async def forever() -> None:
+        await anyio.sleep(3600)
+
+    node = op(forever, timeout=0.05)()
+    with pytest.raises(TaskTimeoutError):
+        run(node, executor="async")
+
+
+def test_a_users_own_timeout_error_is_not_a_task_timeout() -> None:
+    async def own() -> None:
+        raise TimeoutError("mine")
+
+    with pytest.raises(TimeoutError, match="mine") as info:
+        run(Op(own), executor="async")
+    assert not isinstance(info.value, TaskTimeoutError)
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_thread_never_delays_exit(tmp_path: object) -> None:
+    script = textwrap.dedent(
+        """
+        import time
+        from dispatcher import op, run, TaskTimeoutError
+        slow = op(time.sleep, timeout=0.1)(3600)
+        try:
+            run(slow, executor="async", threads=2)
+        except TaskTimeoutError:
+            print("timed out")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stderr
+    assert "timed out" in done.stdout
+
+
+def test_cancelling_arun_cancels_the_run() -> None:
+    started = anyio.Event()
+
+    async def waits() -> None:
+        started.set()
+        await anyio.sleep(3600)
+
+    async def main() -> bool:
+        with anyio.move_on_after(5) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(arun, Op(waits))
+                await started.wait()
+                group.cancel_scope.cancel()
+        return scope.cancelled_caught
+
+    assert anyio.run(main) is False
+
+
+def test_executor_options() -> None:
+    with pytest.raises(ValueError, match="threads"):
+        get_executor("async", threads=-1)
+    with pytest.raises(ValueError, match="backend"):
+        get_executor("async", backend="curio")
+    with get_executor("async", workers=3) as ex:
+        assert ex.threads == 3  # type: ignore[attr-defined]

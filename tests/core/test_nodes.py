@@ -1,0 +1,133 @@
+"""The node model: construction, dependencies, labels, bad input."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from dispatcher import CollectNode, DataNode, DispatchNode, IndexNode, Op, OpFunction, op
+
+
+def f(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def test_dependencies_are_found_at_any_depth_in_order_without_duplicates() -> None:
+    a, b, c, d = (DataNode(i) for i in range(4))
+    point = collections.namedtuple("point", "x y")
+    node = Op(f, a, [b, (c, {"k": {d}})], point(a, b), key=frozenset([c]))
+    assert node.dependencies() == (a, b, c, d)
+
+
+def test_constants_are_not_dependencies() -> None:
+    a = DataNode(1)
+
+    class MyList(list):  # type: ignore[type-arg]
+        pass
+
+    node = Op(f, {a_key: 1 for a_key in ["x"]}, MyList([a]), IndexNode(a, (a,)))
+    # dict keys and instances of container subclasses are constants; an IndexNode's
+    # index is a constant even when it holds a node.
+    assert node.dependencies()[0].dependencies() == (a,)
+    assert len(node.dependencies()) == 1
+
+
+def test_containers_are_copied_at_construction() -> None:
+    from dispatcher import run
+
+    items = [DataNode(1), 2]
+    node = Op(list, items)
+    items.append(3)
+    items[0] = 99
+    assert run(node, executor="sync") == [1, 2]
+
+
+def test_labels() -> None:
+    def compute(x: int) -> int:
+        return x
+
+    node = Op(compute, 1)
+    assert node.label == "test_labels.<locals>.compute"
+    assert "compute" in repr(node)
+    node.label = "renamed"
+    assert node.label == "renamed"
+    with pytest.raises(TypeError):
+        node.label = 3  # type: ignore[assignment]
+    assert op(compute, label="given")(1).label == "given"
+    assert DataNode([1, 2]).label == "DataNode([1, 2])"
+    assert IndexNode(node, 0).label == "renamed[0]"
+    assert CollectNode([node]).label == "CollectNode(1)"
+
+
+def test_nodes_hash_by_identity() -> None:
+    a, b = Op(f, 1), Op(f, 1)
+    assert a != b
+    assert len({a, b, a}) == 2
+
+
+@pytest.mark.parametrize("bad", [3, "text", None])
+def test_op_needs_a_callable(bad: object) -> None:
+    with pytest.raises(TypeError, match="callable"):
+        Op(bad)  # type: ignore[arg-type]
+
+
+def test_collect_node_needs_nodes() -> None:
+    with pytest.raises(TypeError, match="iterable of nodes"):
+        CollectNode(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="item 1 is int"):
+        CollectNode([DataNode(1), 5])  # type: ignore[list-item]
+
+
+def test_index_node_needs_a_node() -> None:
+    with pytest.raises(TypeError, match="node to index"):
+        IndexNode(5, 0)  # type: ignore[arg-type]
+
+
+def test_nodes_are_not_iterable_but_can_be_indexed() -> None:
+    node = Op(f, 1)
+    with pytest.raises(TypeError, match=r"node\[0\]"):
+        a, b = node  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        list(node)
+    item = node[2]
+    assert isinstance(item, IndexNode)
+    assert item.node is node
+    assert item.index == 2
+
+
+def test_nout_unpacks() -> None:
+    first, second = op(f, nout=2)(1)
+    assert isinstance(first, IndexNode)
+    assert first.index == 0
+    assert second.index == 1
+    assert first.node is second.node
+
+
+def test_op_decorator_forms() -> None:
+    @op
+    def plain(x: int) -> int:
+        return x
+
+    @op(label="named", timeout=5)
+    def configured(x: int) -> int:
+        return x
+
+    assert isinstance(plain, OpFunction)
+    assert plain.__name__ == "plain"
+    node = configured(1)
+    assert isinstance(node, Op)
+    assert node.label == "named"
+    assert node.timeout == 5
+    assert op(f)(1).timeout is None
+    with pytest.raises(ValueError, match="timeout"):
+        op(f, timeout=-1)
+    with pytest.raises(TypeError, match="callable"):
+        op(3)  # type: ignore[call-overload]
+
+
+def test_every_node_is_a_dispatch_node() -> None:
+    a = DataNode(1)
+    for node in (a, Op(f, a), a[0], CollectNode([a])):
+        assert isinstance(node, DispatchNode)
+        assert node.kind == type(node).__name__

@@ -1,0 +1,143 @@
+"""run(): executor resolution, options, bad input, environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import dispatcher
+from dispatcher import (
+    DataNode,
+    Executor,
+    ExecutorInfo,
+    ExecutorNotFound,
+    Op,
+    available_executors,
+    get_executor,
+    hookimpl,
+    run,
+)
+from dispatcher._hooks import Observers, plugin_manager
+from dispatcher.testing import FakeTransport, Recorder
+from dispatcher.testing import tasks
+
+
+def test_run_rejects_non_nodes() -> None:
+    with pytest.raises(TypeError, match="got int"):
+        run(42)
+    with pytest.raises(TypeError, match="must be nodes"):
+        run([Op(tasks.inc, 1), 5])
+    with pytest.raises(TypeError):
+        run({Op(tasks.inc, 1)})  # a set has no order to mirror
+
+
+def test_unknown_executor_lists_the_available_ones() -> None:
+    with pytest.raises(ExecutorNotFound) as info:
+        run(DataNode(1), executor="warp-drive")
+    assert isinstance(info.value, LookupError)
+    assert "'warp-drive'" in str(info.value)
+    assert "'sync'" in str(info.value)
+    assert "'async'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "distribution"), [("mp", "dispatcher-mp"), ("mpi", "dispatcher-mpi")]
+)
+def test_known_but_missing_executor_says_what_to_install(
+    name: str, distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed = {k: v for k, v in available_executors().items() if k != name}
+    monkeypatch.setattr(dispatcher._registry, "available_executors", lambda: installed)
+    with pytest.raises(ExecutorNotFound, match=f"pip install {distribution}"):
+        get_executor(name)
+
+
+def test_unknown_option_lists_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match="threads") as info:
+        run(DataNode(1), executor="async", thread=2)
+    assert "'thread'" in str(info.value)
+
+
+def test_default_executor_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    class Spy:
+        @hookimpl
+        def dispatcher_run_started(self, executor: Executor) -> None:
+            seen.append(executor.name)
+
+    monkeypatch.delenv("DISPATCHER_EXECUTOR", raising=False)
+    run(DataNode(1), plugins=[Spy()])
+    monkeypatch.setenv("DISPATCHER_EXECUTOR", "sync")
+    run(DataNode(1), plugins=[Spy()])
+    assert seen == ["async", "sync"]
+
+
+def test_executor_instance_is_not_closed_by_run() -> None:
+    with get_executor("sync") as ex:
+        assert run(Op(tasks.inc, 1), executor=ex) == 2
+        assert not ex.closed
+    assert ex.closed
+
+
+def test_a_plugin_can_provide_an_executor() -> None:
+    class Provider:
+        @hookimpl
+        def dispatcher_executors(self) -> list[ExecutorInfo]:
+            def factory(**options: Any) -> Executor:
+                options.pop("workers", None)
+                return Executor("fake", FakeTransport(), **options)
+
+            return [ExecutorInfo("fake", factory, "pretend workers", "tests")]
+
+    pm = plugin_manager()
+    provider = Provider()
+    pm.register(provider)
+    try:
+        assert "fake" in available_executors()
+        assert run(Op(tasks.inc, Op(tasks.inc, 1)), executor="fake", retries=0) == 3
+    finally:
+        pm.unregister(provider)
+    assert "fake" not in available_executors()
+
+
+def test_per_task_path_skips_pluggy_without_observers() -> None:
+    plain = Observers()
+    assert plain.task_started is None
+    assert plain.task_finished is None
+    watched = Observers([Recorder()])
+    assert watched.task_started is not None
+
+
+def test_exports_match_all() -> None:
+    for name in dispatcher.__all__:
+        assert hasattr(dispatcher, name), name
+    public = {n for n in vars(dispatcher) if not n.startswith("_")}
+    assert set(dispatcher.__all__) <= public
+    for required in (
+        "Op",
+        "op",
+        "DataNode",
+        "IndexNode",
+        "CollectNode",
+        "DispatchNode",
+        "DispatchGraph",
+        "run",
+        "arun",
+        "Result",
+        "DispatcherError",
+        "CycleError",
+        "DependencyError",
+        "ExecutorNotFound",
+        "WorkerLostError",
+        "TaskTimeoutError",
+        "SerializationError",
+        "RemoteError",
+        "hookimpl",
+        "get_executor",
+        "available_executors",
+        "Executor",
+        "ExecutorInfo",
+    ):
+        assert required in dispatcher.__all__

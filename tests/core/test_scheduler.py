@@ -1,0 +1,176 @@
+"""The scheduler on the in-memory fake transport: placement, release, faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher import DataNode, Op, WorkerLostError, op
+from dispatcher.testing import FakeTransport, Recorder, fake_executor
+from dispatcher.testing import tasks
+
+
+def blob(size: int) -> bytes:
+    return b"x" * size
+
+
+def size_of(data: bytes, extra: int = 0) -> int:
+    return len(data) + extra
+
+
+def test_consumer_runs_where_its_big_input_is() -> None:
+    transport = FakeTransport(workers=3)
+    big = op(blob, label="big")(1_000_000)
+    small = op(blob, label="small")(10)
+    consumer = op(size_of, label="consumer")(big, len(b"") + 0)
+    with fake_executor(transport) as ex:
+        assert ex.run([consumer, Op(size_of, small)]) == [1_000_000, 10]
+    where = dict(transport.ran)
+    assert where["consumer"] == where["big"]
+    assert not [m for m in transport.moves if m[1] == where["big"]]
+
+
+def test_inputs_move_when_they_must() -> None:
+    transport = FakeTransport(workers=2)
+    left = op(blob, label="left")(100)
+    right = op(blob, label="right")(200)
+    both = op(tasks.add, label="both")(left, right)
+    with fake_executor(transport) as ex:
+        assert len(ex.run(both)) == 300
+    where = dict(transport.ran)
+    assert where["left"] != where["right"]
+    # The larger input stays put; the smaller one travels.
+    assert where["both"] == where["right"]
+    assert len(transport.moves) == 1
+
+
+def test_results_are_released_as_soon_as_nothing_needs_them() -> None:
+    transport = FakeTransport(workers=2)
+    node = Op(tasks.inc, 0)
+    most = 0
+
+    class Watch:
+        from dispatcher import hookimpl
+
+        @hookimpl
+        def dispatcher_task_finished(self) -> None:
+            nonlocal most
+            most = max(most, transport.held())
+
+    for _ in range(50):
+        node = Op(tasks.inc, node)
+    with fake_executor(transport) as ex:
+        assert ex.run(node, plugins=[Watch()]) == 51
+        assert most <= 2
+        assert transport.held() == 0  # nothing stays behind after the run
+
+
+def test_targets_are_freed_on_workers_after_delivery() -> None:
+    transport = FakeTransport(workers=2)
+    a = Op(tasks.inc, 1)
+    b = Op(tasks.inc, a)
+    with fake_executor(transport) as ex:
+        assert ex.run([a, b]) == [2, 3]
+    assert transport.held() == 0
+
+
+def test_lost_worker_results_are_recomputed_from_lineage() -> None:
+    transport = FakeTransport(workers=1)
+    recorder = Recorder()
+    first = op(tasks.inc, label="first")(1)
+    second = op(tasks.inc, label="second")(first)
+    third = op(tasks.inc, label="third")(second)
+    transport.kill_on("third")  # the worker holding `second` (and `first`'s lineage) dies
+    with fake_executor(transport) as ex:
+        assert ex.run(third, plugins=[recorder]) == 4
+    labels = [label for label, _ in transport.ran]
+    assert labels == ["first", "second", "second", "third"] or labels.count("second") == 2
+    retried = [e[1].label for e in recorder.of("retried")]
+    assert "third" in retried
+    assert "second" in retried
+
+
+def test_released_ancestors_are_recomputed_too() -> None:
+    transport = FakeTransport(workers=1)
+    a = op(tasks.inc, label="a")(0)
+    b = op(tasks.inc, label="b")(a)  # after b runs, a is released
+    c = op(tasks.inc, label="c")(b)
+    transport.kill_on("c")
+    with fake_executor(transport) as ex:
+        assert ex.run(c) == 3
+    labels = [label for label, _ in transport.ran]
+    # b was lost with the worker; a had been released, so it runs again for b.
+    assert labels.count("b") == 2
+    assert labels.count("a") == 2
+
+
+def test_worker_loss_beyond_retries_names_the_node() -> None:
+    transport = FakeTransport(workers=2)
+    doomed = op(tasks.inc, label="doomed")(1)
+    transport.kill_on("doomed", times=5)
+    with fake_executor(transport, retries=2) as ex, pytest.raises(WorkerLostError) as info:
+        ex.run(doomed)
+    assert info.value.node is doomed
+    assert "doomed" in str(info.value)
+    assert [label for label, _ in transport.ran] == []
+
+
+def test_retries_are_shared_between_loss_and_retry_on(tmp_path: object) -> None:
+    transport = FakeTransport(workers=1)
+    log = str(tmp_path)
+    node = op(tasks.flaky, label="shaky")(log, "shaky", 1, "ok")
+    transport.kill_on("shaky", times=1)
+    recorder = Recorder()
+    with fake_executor(transport, retries=1, retry_on=ValueError) as ex, pytest.raises(ValueError):
+        ex.run(node, plugins=[recorder])
+    assert [e[3] for e in recorder.of("retried")] == [2]
+
+
+def test_fail_fast_cancels_and_frees() -> None:
+    transport = FakeTransport(workers=2, slots=4)
+    keep = Op(tasks.inc, 1)
+    bad = Op(tasks.fail, "boom")
+    with fake_executor(transport) as ex:
+        with pytest.raises(ValueError):
+            ex.run([keep, Op(tasks.inc, keep), bad, Op(tasks.inc, bad)])
+        assert transport.held() == 0
+
+
+def test_inputs_lost_is_not_an_attempt() -> None:
+    transport = FakeTransport(workers=2)
+    a = op(blob, label="a")(10)
+    b = op(blob, label="b")(100)
+    both = op(tasks.add, label="both")(a, b)
+
+    original = transport._run
+    dropped = False
+
+    def drop_a_then_run(spec):  # type: ignore[no-untyped-def]
+        nonlocal dropped
+        if spec.label == "both" and not dropped:
+            dropped = True
+            for store in transport.stores.values():
+                for key in list(store):
+                    if len(store[key]) == 10:
+                        del store[key]
+        original(spec)
+
+    transport._run = drop_a_then_run  # type: ignore[method-assign]
+    with fake_executor(transport, retries=0) as ex:
+        assert len(ex.run(both)) == 110
+    assert [label for label, _ in transport.ran].count("a") == 2
+
+
+def test_constants_live_with_the_caller() -> None:
+    transport = FakeTransport(workers=2)
+    data = DataNode(b"payload")
+    with fake_executor(transport) as ex:
+        assert ex.run(Op(len, data)) == 7
+        assert ex.run(data) == b"payload"
+    assert transport.moves == []
+
+
+def test_executor_close_closes_transport() -> None:
+    transport = FakeTransport()
+    ex = fake_executor(transport)
+    ex.close()
+    assert transport.closed
