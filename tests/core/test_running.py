@@ -19,8 +19,7 @@ from dispatcher import (
     run,
 )
 from dispatcher._hooks import Observers, plugin_manager
-from dispatcher.testing import FakeTransport, Recorder
-from dispatcher.testing import tasks
+from dispatcher.testing import FakeTransport, Recorder, tasks
 
 
 def test_run_rejects_non_nodes() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import DataNode, Op, WorkerLostError, op
-from dispatcher.testing import FakeTransport, Recorder, fake_executor
-from dispatcher.testing import tasks
+from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
 
 
 def blob(size: int) -> bytes:

@@ -157,4 +157,3 @@ def _is_provider_only(plugin: object) -> bool:
         hasattr(plugin, name)
         for name in (*TASK_HOOKS, "dispatcher_run_started", "dispatcher_run_finished")
     )
-
