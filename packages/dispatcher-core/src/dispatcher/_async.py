@@ -24,7 +24,8 @@ from anyio.abc import TaskGroup
 
 from ._errors import TaskTimeoutError
 from ._executor import Executor
-from ._scheduler import Run
+from ._inline import may_return_awaitable
+from ._scheduler import DirectSink, Run
 from ._threads import DaemonThreadPool
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
@@ -70,6 +71,7 @@ class AsyncTransport(Transport):
         self.failed_inline = False  # a task of this batch failed: the run is about to stop
         self._events: EventSink | None = None
         self._is_coroutine: dict[Any, bool] = {}
+        self._plain: dict[Any, bool] = {}  # known never to return an awaitable
         native: Any = anyio.lowlevel.current_token().native_token
         # How a worker thread gets a callback run on this loop, without blocking.
         self.call_soon: Callable[..., Any] = (
@@ -97,6 +99,7 @@ class AsyncTransport(Transport):
             coro = is_coroutine.get(func)
             if coro is None:
                 coro = is_coroutine[func] = inspect.iscoroutinefunction(func)
+                self._plain[func] = not may_return_awaitable(func)
             if coro:
                 self.group.start_soon(self._await, spec, self._values(spec))
             elif self.pool is None:
@@ -114,7 +117,7 @@ class AsyncTransport(Transport):
             self.failed_inline = True
             events.task_failed(spec.key, "main", exc, perf_counter() - start)
             return
-        if inspect.isawaitable(value):
+        if not self._plain[spec.func] and inspect.isawaitable(value):
             self.group.start_soon(self._await_value, spec, value, start)
             return
         self._done(spec, value, perf_counter() - start)
@@ -338,20 +341,22 @@ class AsyncExecutor(Executor):
         inbox = run.inbox
         async with anyio.create_task_group() as group:
             transport = AsyncTransport(run, group, self._pool)
-            run.start(transport, transport.start(run))
+            # Every report comes on this loop's thread: apply it at once.
+            run.start(transport, transport.start(DirectSink(run)))
             try:
                 while True:
-                    run.dispatch()
+                    progressed = run.dispatch()
                     if run.finished:
                         break
-                    if not inbox.events:
-                        wake = anyio.Event()
-                        inbox._waker = wake.set
-                        try:
-                            if not inbox.events:
-                                await wake.wait()
-                        finally:
-                            inbox._waker = None
+                    if progressed:
+                        continue  # inline tasks finished inside dispatch()
+                    # Nothing to do until a coroutine or a thread reports.
+                    wake = anyio.Event()
+                    inbox._waker = wake.set
+                    try:
+                        await wake.wait()
+                    finally:
+                        inbox._waker = None
                     run.process()
                     if run.finished:
                         break

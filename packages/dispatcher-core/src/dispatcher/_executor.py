@@ -272,10 +272,12 @@ def drive_blocking(
     inbox = run.inbox
     try:
         while True:
-            run.dispatch()
+            progressed = run.dispatch()
             if run.finished:
                 break
             if not inbox.events:
+                if progressed:
+                    continue  # inline transports finish work inside dispatch()
                 if not run.inflight and not run.ready and run.slots:
                     raise RuntimeError(
                         "dispatcher's scheduler stalled: nothing is running or ready but "

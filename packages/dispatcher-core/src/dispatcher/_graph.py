@@ -60,18 +60,18 @@ class DispatchGraph:
         nodes: list[DispatchNode],
         cut: set[DispatchNode] | frozenset[DispatchNode] = frozenset(),
     ) -> None:
-        index = {node: i for i, node in enumerate(nodes)}
+        index = dict(zip(nodes, range(len(nodes))))
+        lookup = index.__getitem__
         deps: list[tuple[int, ...]] = []
         append = deps.append
         for i, node in enumerate(nodes):
-            if node in cut:
+            if cut and node in cut:
                 append(())
                 continue
-            positions = tuple([index[d] for d in node.dependencies()])
-            for p in positions:
-                if p >= i:  # creation order is not topological: a custom node misbehaves
-                    nodes = _topological(nodes)
-                    return self._set_nodes(nodes, cut)
+            positions = tuple(map(lookup, node.dependencies()))
+            if positions and max(positions) >= i:
+                # Creation order is not topological: a custom node misbehaves.
+                return self._set_nodes(_topological(nodes), cut)
             append(positions)
         self._nodes = nodes
         self._index = index

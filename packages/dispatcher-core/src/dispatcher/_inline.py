@@ -11,7 +11,7 @@ from typing import Any
 
 from ._errors import TaskTimeoutError
 from ._executor import Executor, drive_blocking
-from ._scheduler import Run
+from ._scheduler import DirectSink, Run
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
 __all__ = ["InlineTransport", "SyncExecutor", "await_blocking"]
@@ -26,6 +26,7 @@ class InlineTransport(Transport):
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
         self._events: EventSink | None = None
+        self._is_coroutine: dict[Any, bool] = {}
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         self._events = events
@@ -35,6 +36,7 @@ class InlineTransport(Transport):
         events = self._events
         assert events is not None
         store = self.store
+        is_coroutine = self._is_coroutine
         for spec in tasks:
             key = spec.key
             inline = spec.inline
@@ -45,7 +47,10 @@ class InlineTransport(Transport):
             start = perf_counter()
             try:
                 value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
-                if inspect.isawaitable(value):
+                coroutine = is_coroutine.get(spec.func)
+                if coroutine is None:
+                    coroutine = is_coroutine[spec.func] = may_return_awaitable(spec.func)
+                if coroutine and inspect.isawaitable(value):
                     value = await_blocking(value)
             except Exception as exc:
                 events.task_failed(key, "main", exc, perf_counter() - start)
@@ -72,6 +77,14 @@ class InlineTransport(Transport):
         self.store.clear()
 
 
+def may_return_awaitable(func: Any) -> bool:
+    # Checking every result with inspect.isawaitable costs more than the rest of a tiny
+    # task; plain Python functions are known not to return awaitables unless async.
+    if inspect.isfunction(func) or inspect.isbuiltin(func):
+        return inspect.iscoroutinefunction(func)
+    return True
+
+
 class SyncExecutor(Executor):
     """Runs every task inline in the calling thread, in a deterministic order."""
 
@@ -84,7 +97,7 @@ class SyncExecutor(Executor):
 
     def _drive(self, run: Run) -> None:
         transport = InlineTransport()
-        drive_blocking(run, transport, transport.start(run))
+        drive_blocking(run, transport, transport.start(DirectSink(run)))
 
     async def _adrive(self, run: Run) -> None:
         # Synchronous by definition: the awaiting loop waits, as for any blocking call.

@@ -93,6 +93,11 @@ class Inbox:
         elif self._waker is not None:
             self._waker()
 
+    def wake(self) -> None:
+        """Wake an async driver that waits (something changed without an event)."""
+        if self._waker is not None:
+            self._waker()
+
     def wait(self, timeout: float | None) -> None:
         """Block until an event is there (or ``timeout`` passes)."""
         with self._cond:
@@ -103,6 +108,44 @@ class Inbox:
                     self._cond.wait(timeout)
             finally:
                 self._sleeping = False
+
+
+class DirectSink:
+    """The event sink of a transport that reports on the run's own thread, from inside
+    its calls into the transport or while the driver waits on its event loop: events are
+    applied at once instead of queued (the in-process executors' fast path)."""
+
+    __slots__ = ("_run", "_wake")
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._wake = run.inbox
+
+    def task_finished(
+        self, key: int, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
+    ) -> None:
+        run = self._run
+        run._on_finished(key - run.base, worker, duration, nbytes, value)
+        if self._wake._waker is not None:
+            self._wake._waker()
+
+    def task_failed(self, key: int, worker: str, error: BaseException, duration: float) -> None:
+        run = self._run
+        run._on_failed(key - run.base, worker, error, duration)
+        self._wake.wake()
+
+    def task_inputs_lost(self, key: int, worker: str, missing: Sequence[int]) -> None:
+        run = self._run
+        run._on_inputs_lost(key - run.base, worker, [m - run.base for m in missing])
+        self._wake.wake()
+
+    def worker_added(self, worker: str, slots: int) -> None:
+        self._run._on_worker_added(worker, slots)
+        self._wake.wake()
+
+    def worker_lost(self, worker: str, reason: str) -> None:
+        self._run._on_worker_lost(worker, reason)
+        self._wake.wake()
 
 
 class Run:
@@ -125,6 +168,7 @@ class Run:
         self.deps = graph._deps
         self.dependents = graph._dependent_positions()
         self.options = options
+        self._timeout = options.timeout
         self.throw = throw
         self.base = key_base
         self.inbox = Inbox()
@@ -146,7 +190,10 @@ class Run:
         self.caller_values: dict[int, Any] = {}
         self.results: dict[int, Any] = {}
         self.errors: dict[int, BaseException] = {}
-        self.holders: list[set[str] | None] = [None] * n
+        # Who holds each result: a shared frozenset per worker for the usual single holder,
+        # so finishing a task allocates nothing here.
+        self.holders: list[frozenset[str] | None] = [None] * n
+        self._alone: dict[str, frozenset[str]] = {}
         self.nbytes: list[int | None] = [None] * n
         self.inflight: dict[int, TaskSpec] = {}
         self.ready: list[int] = []
@@ -155,10 +202,9 @@ class Run:
         self.aborted = False
 
         self.transport: Transport | None = None
+        self._single: str | None = None
         self.slots: dict[str, int] = {}
         self.load: dict[str, int] = {}
-        self.running_on: dict[str, set[int]] = {}
-        self.held_on: dict[str, set[int]] = {}
         self._frees: dict[str, list[int]] = {}
 
         for node, value in inputs.items():
@@ -167,10 +213,9 @@ class Run:
                 self._complete_at_caller(given, value, hooks=False)
         # Sources first in the ready stack's pop order: push them in reverse.
         state, waiting = self.state, self.waiting
-        for p in range(n - 1, -1, -1):
-            if state[p] == WAITING and waiting[p] == 0:
-                state[p] = READY
-                self.ready.append(p)
+        self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and not state[p]]
+        for p in self.ready:
+            state[p] = READY
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -183,10 +228,11 @@ class Run:
         for name, slots in workers.items():
             self._add_worker(name, slots)
 
-    def dispatch(self) -> None:
-        """Hand ready tasks to workers with room for them."""
+    def dispatch(self) -> bool:
+        """Hand ready tasks to workers with room for them; True if anything happened."""
         if self.aborted:
-            return
+            return False
+        progressed = False
         ready, state, nodes = self.ready, self.state, self.nodes
         specs: list[TaskSpec] = []
         single = self._single
@@ -199,6 +245,7 @@ class Run:
             if node._shape == SHAPE_CONSTANT:
                 ready.pop()
                 self._complete_at_caller(p, node._args[0], hooks=True)
+                progressed = True
                 continue
             worker = single if single is not None else self._place(p)
             if worker is None or self.load[worker] >= self.slots[worker]:
@@ -208,16 +255,20 @@ class Run:
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)
-        self._flush_frees()
+            progressed = True
+        if self._frees:
+            self._flush_frees()
+        return progressed
 
-    @property
-    def _single(self) -> str | None:
-        # With one worker there is nothing to place.
-        slots = self.slots
-        if len(slots) == 1:
-            for name in slots:
-                return name
-        return None
+    def _only_on(self, worker: str) -> frozenset[str]:
+        where = self._alone.get(worker)
+        if where is None:
+            where = self._alone[worker] = frozenset((worker,))
+        return where
+
+    def _workers_changed(self) -> None:
+        # With one worker there is nothing to place, and inputs are always local.
+        self._single = next(iter(self.slots)) if len(self.slots) == 1 else None
 
     def _place(self, p: int) -> str | None:
         """The worker holding most of the task's input bytes when it has room, otherwise
@@ -249,7 +300,7 @@ class Run:
         inline: dict[int, Any] | None = None
         sources: tuple[str | None, ...] | None = None
         if deps:
-            keys = tuple([base + d for d in deps])
+            keys = tuple([base + d for d in deps]) if base else deps
             if caller_values:
                 for d in deps:
                     if d in caller_values:
@@ -274,10 +325,10 @@ class Run:
         else:
             keys = ()
         self.attempts[p] += 1
-        timeout = node.timeout if node.timeout is not None else self.options.timeout
+        timeout = node.timeout if node.timeout is not None else self._timeout
         spec = TaskSpec(
             base + p,
-            node.label,
+            node,
             node._func,
             node._args,
             node._kwargs,
@@ -293,7 +344,6 @@ class Run:
         self.state[p] = RUNNING
         self.inflight[p] = spec
         self.load[worker] += 1
-        self.running_on[worker].add(p)
         if self._started is not None:
             self._started(node=node, worker=worker)
         return spec
@@ -309,7 +359,8 @@ class Run:
             if self.aborted:
                 events.clear()
                 break
-        self._flush_frees()
+        if self._frees:
+            self._flush_frees()
 
     # -- the event sink (called by the transport, from any thread) -------------------------
 
@@ -341,10 +392,8 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
-        self.running_on[worker].discard(p)
         self.state[p] = DONE
-        self.holders[p] = {worker}
-        self.held_on[worker].add(p)
+        self.holders[p] = self._only_on(worker)
         self.nbytes[p] = nbytes
         if self.wanted[p]:
             self.results[p] = value
@@ -396,13 +445,15 @@ class Run:
         where = self.holders[p]
         self.holders[p] = None
         if where:
+            frees, key = self._frees, self.base + p
             for w in where:
-                self._queue_free(w, p)
+                pending = frees.get(w)
+                if pending is None:
+                    frees[w] = [key]
+                else:
+                    pending.append(key)
 
     def _queue_free(self, worker: str, p: int) -> None:
-        held = self.held_on.get(worker)
-        if held is not None:
-            held.discard(p)
         self._frees.setdefault(worker, []).append(self.base + p)
 
     def _flush_frees(self) -> None:
@@ -420,7 +471,6 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
-        self.running_on[worker].discard(p)
         node = self.nodes[p]
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):
@@ -494,7 +544,6 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
-        self.running_on[worker].discard(p)
         self.attempts[p] -= 1  # not an attempt: it never started
         lost = []
         for m in missing:
@@ -511,14 +560,11 @@ class Run:
 
     def _forget_holder(self, p: int, worker: str) -> None:
         where = self.holders[p]
-        if where is not None:
-            where.discard(worker)
+        if where is not None and worker in where:
+            where = where - {worker}
+            self.holders[p] = where or None
             if not where:
-                self.holders[p] = None
                 self.state[p] = RELEASED
-        held = self.held_on.get(worker)
-        if held is not None:
-            held.discard(p)
 
     def _on_worker_added(self, worker: str, slots: int) -> None:
         self._add_worker(worker, slots)
@@ -526,16 +572,18 @@ class Run:
     def _add_worker(self, worker: str, slots: int) -> None:
         self.slots[worker] = max(1, slots)
         self.load.setdefault(worker, 0)
-        self.running_on.setdefault(worker, set())
-        self.held_on.setdefault(worker, set())
+        self._workers_changed()
 
     def _on_worker_lost(self, worker: str, reason: str) -> None:
         if worker not in self.slots:
             return
-        running = sorted(self.running_on.pop(worker, ()))
-        held = self.held_on.pop(worker, set())
+        # Losses are rare: find what it ran and held by looking, rather than keeping
+        # per-worker books on every task.
+        running = sorted(p for p, spec in self.inflight.items() if spec.worker == worker)
+        held = [p for p, where in enumerate(self.holders) if where and worker in where]
         del self.slots[worker]
         del self.load[worker]
+        self._workers_changed()
         self._frees.pop(worker, None)
         # Results that lived only there are gone; recompute those still needed.
         lost: list[int] = []

@@ -137,6 +137,7 @@ class TaskSpec:
     """
 
     __slots__ = (
+        "_named",
         "args",
         "attempt",
         "deps",
@@ -144,7 +145,6 @@ class TaskSpec:
         "inline",
         "key",
         "kwargs",
-        "label",
         "shape",
         "sources",
         "timeout",
@@ -154,8 +154,6 @@ class TaskSpec:
 
     key: Key
     """The key the result will be known by."""
-    label: str
-    """The node's label, for messages."""
     func: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any] | None
@@ -182,7 +180,7 @@ class TaskSpec:
     def __init__(
         self,
         key: Key,
-        label: str,
+        label: Any,
         func: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any] | None,
@@ -196,7 +194,7 @@ class TaskSpec:
         attempt: int,
     ) -> None:
         self.key = key
-        self.label = label
+        self._named = label
         self.func = func
         self.args = args
         self.kwargs = kwargs
@@ -208,6 +206,13 @@ class TaskSpec:
         self.timeout = timeout
         self.want_result = want_result
         self.attempt = attempt
+
+    @property
+    def label(self) -> str:
+        """The node's label, for messages."""
+        named = self._named
+        # The scheduler passes the node itself: its label is worked out only if needed.
+        return named if isinstance(named, str) else str(named.label)
 
     def source_of(self, index: int) -> str | None:
         """The worker holding input ``index``; ``None`` when it is inline."""
