@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -41,13 +42,16 @@ def test_sigint_interrupts_a_run(executor: str, options: str) -> None:
         # A shell's background job ignores SIGINT; the child must see it as a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    import time
-
-    time.sleep(0.5)  # let the task start
-    child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=50)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # let the task start
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=50)
+    finally:
+        if child.poll() is None:  # never leave a stuck child behind
+            child.kill()
+            child.wait()
     assert "interrupted" in out
     assert "KeyboardInterrupt" in err
     assert child.returncode != 0
