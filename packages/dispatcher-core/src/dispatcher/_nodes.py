@@ -26,7 +26,10 @@ R = TypeVar("R")
 # order is already topological; DispatchGraph sorts by it instead of searching.
 _sequence = itertools.count()
 
-SHAPE_CONSTANT = -1  # a DataNode: the value is held by the caller, nothing runs remotely
+SHAPE_CONSTANT = -1
+
+# Immutable types that can hold no node: arguments of these need no scan and no copy.
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})  # a DataNode: the value is held by the caller, nothing runs remotely
 
 
 class DispatchNode:
@@ -59,20 +62,36 @@ class DispatchNode:
         self._func = func
         self._label = label
         self.timeout = timeout
-        # Fast path: every positional argument is a distinct node, and nothing else.
-        if (
-            not kwargs
-            and args
-            and (
-                isinstance(args[0], DispatchNode)
-                if len(args) == 1
-                else all(isinstance(a, DispatchNode) for a in args) and len(set(args)) == len(args)
-            )
+        # Fast paths, for the common shapes of a million-node graph: every positional
+        # argument a distinct node; or nothing but plain scalars.
+        if not kwargs and args:
+            count = len(args)
+            if count == 1:
+                positional = isinstance(args[0], DispatchNode)
+            elif count == 2:
+                first, second = args
+                positional = (
+                    isinstance(first, DispatchNode)
+                    and isinstance(second, DispatchNode)
+                    and first is not second
+                )
+            else:
+                positional = all(isinstance(a, DispatchNode) for a in args) and len(
+                    set(args)
+                ) == len(args)
+            if positional:
+                self._deps = args
+                self._args = ()
+                self._kwargs = None
+                self._shape = SHAPE_POSITIONAL
+                return
+        if all(type(a) in _SCALARS for a in args) and (
+            not kwargs or all(type(v) in _SCALARS for v in kwargs.values())
         ):
-            self._deps = args
-            self._args = ()
-            self._kwargs = None
-            self._shape = SHAPE_POSITIONAL
+            self._deps = ()
+            self._args = args
+            self._kwargs = kwargs or None
+            self._shape = SHAPE_CALL
             return
         found: dict[DispatchNode, int] = {}
         new_args = tuple([_capture(a, found) for a in args])
