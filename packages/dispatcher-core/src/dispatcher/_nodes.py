@@ -26,10 +26,10 @@ R = TypeVar("R")
 # order is already topological; DispatchGraph sorts by it instead of searching.
 _sequence = itertools.count()
 
-SHAPE_CONSTANT = -1
+SHAPE_CONSTANT = -1  # a DataNode: the value is held by the caller, nothing runs remotely
 
 # Immutable types that can hold no node: arguments of these need no scan and no copy.
-_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})  # a DataNode: the value is held by the caller, nothing runs remotely
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
 
 
 class DispatchNode:
