@@ -188,16 +188,10 @@ class Executor:
 
             extra.append(ReportWriter(report))
         observers = Observers(extra)
-        number = next(self._run_numbers)
-        run = Run(
-            plan.graph,
-            plan.targets,
-            plan.inputs,
-            self.options,
-            observers,
-            throw,
-            number << KEY_BITS,
-        )
+        # Runs that share a transport are told apart by the high bits of their keys; a
+        # transport made for one run can use positions as keys directly.
+        base = next(self._run_numbers) << KEY_BITS if self._router is not None else 0
+        run = Run(plan.graph, plan.targets, plan.inputs, self.options, observers, throw, base)
         if observers.run_started is not None:
             observers.run_started(graph=plan.graph, executor=self)
         return plan, run, observers
@@ -273,7 +267,7 @@ def drive_blocking(
     try:
         while True:
             progressed = run.dispatch()
-            if run.finished:
+            if run.remaining == 0 or run.aborted:
                 break
             if not inbox.events:
                 if progressed:

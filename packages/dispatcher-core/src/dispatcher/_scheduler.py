@@ -393,7 +393,7 @@ class Run:
         del self.inflight[p]
         self.load[worker] -= 1
         self.state[p] = DONE
-        self.holders[p] = self._only_on(worker)
+        self.holders[p] = self._alone.get(worker) or self._only_on(worker)
         self.nbytes[p] = nbytes
         if self.wanted[p]:
             self.results[p] = value
