@@ -11,9 +11,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import anyio.to_thread
-
 from ._errors import DispatcherError
 from ._hooks import Observers
 from ._plan import Plan, Result
@@ -242,6 +239,8 @@ class Executor:
                 drive_blocking(run, self._transport, dict(self._workers), cancelled)
             finally:
                 router.detach(run)
+
+        import anyio.to_thread  # only runs awaited from a loop need it
 
         try:
             await anyio.to_thread.run_sync(drive, abandon_on_cancel=True)

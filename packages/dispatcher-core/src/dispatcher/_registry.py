@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from typing import Any
 
 from ._errors import ExecutorNotFound
@@ -38,6 +37,7 @@ def available_executors() -> dict[str, ExecutorInfo]:
 
 def _with_version(info: ExecutorInfo) -> ExecutorInfo:
     from dataclasses import replace
+    from importlib import metadata  # slow to import; only needed once plugins load
 
     try:
         version = metadata.version(info.distribution)
