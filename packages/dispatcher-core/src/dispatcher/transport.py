@@ -57,6 +57,7 @@ __all__ = [
     "capture_error",
     "dumps_for",
     "restore_error",
+    "serialization_error",
 ]
 
 Key = int
@@ -359,6 +360,8 @@ class WireError:
     type_name: str
     message: str
     traceback_text: str
+    causes: tuple[bytes, ...] = ()
+    """Its ``__cause__`` chain, pickled one by one (pickling an exception drops it)."""
 
 
 def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireError:
@@ -369,7 +372,15 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         payload: bytes | None = dumps(exc)
     except Exception:
         payload = None
-    return WireError(payload, type_name, str(exc), tb_text)
+    causes: list[bytes] = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < 16:
+        try:
+            causes.append(dumps(cause))
+        except Exception:
+            break  # keep the part of the chain that travels
+        cause = cause.__cause__
+    return WireError(payload, type_name, str(exc), tb_text, tuple(causes))
 
 
 def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
@@ -382,6 +393,14 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
             exc = None
         if isinstance(exc, BaseException):
             exc.add_note(f"Traceback from the worker that ran {label!r}:\n{wire.traceback_text}")
+            link = exc
+            for data in wire.causes:
+                try:
+                    cause = loads(data)
+                except Exception:
+                    break
+                link.__cause__ = cause
+                link = cause
             return exc
     return RemoteError(wire.type_name, wire.message, wire.traceback_text)
 
@@ -392,7 +411,13 @@ def dumps_for(label: str, what: str, obj: Any, dumps: Callable[[Any], bytes]) ->
     try:
         return dumps(obj)
     except Exception as exc:
-        raise SerializationError(label, what, _culprit(obj, exc)) from exc
+        raise serialization_error(label, what, obj, exc) from exc
+
+
+def serialization_error(label: str, what: str, obj: Any, exc: BaseException) -> SerializationError:
+    """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
+    ``exc``, naming the offending type as precisely as the failure tells it."""
+    return SerializationError(label, what, _culprit(obj, exc))
 
 
 def _culprit(obj: Any, exc: BaseException) -> str:

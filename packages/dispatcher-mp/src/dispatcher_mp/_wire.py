@@ -1,0 +1,172 @@
+"""How values cross between processes: pickles, with large buffers in shared memory.
+
+A value is pickled with protocol 5. Buffers that pickle passes out of band (NumPy arrays,
+bytearrays, and large ``bytes``, which :class:`_Pickler` hands over as buffers too) are
+written once into one POSIX shared-memory segment (a file in ``/dev/shm``); the reader maps
+that segment copy-on-write and unpickles straight from the mapping. Small values travel
+inline in the message.
+
+Segments are named ``<prefix><counter>``; a prefix is unique to one worker incarnation of
+one executor, so the caller can sweep every segment of a worker that died, and of the whole
+executor at close, even those that the process which made them never got to unlink.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import mmap
+import os
+import pickle
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+SHM_DIR = "/dev/shm"
+SHM_THRESHOLD = 256 * 1024
+"""Values with at least this many bytes of out-of-band buffers go through shared memory."""
+_SHM_HEADROOM = 16 * 1024 * 1024  # leave this much of /dev/shm free for everybody else
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, plus large ``bytes`` passed out of band like any buffer."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is bytes and len(obj) >= SHM_THRESHOLD:
+            return bytes, (pickle.PickleBuffer(obj),)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
+
+
+@dataclass
+class Payload:
+    """A pickled value: the pickle stream, and its buffers inline or in a segment."""
+
+    data: bytes
+    buffers: list[bytes] | None = None
+    """Out-of-band buffers carried inline (small values, or no shared memory)."""
+    segment: str | None = None
+    """The shared-memory segment holding the out-of-band buffers back to back."""
+    sizes: tuple[int, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + (
+            sum(self.sizes) if self.segment else sum(len(b) for b in self.buffers or ())
+        )
+
+
+class SharedMemory:
+    """Creates, maps and sweeps this process's segments, all named ``prefix + n``."""
+
+    def __init__(self, prefix: str, enabled: bool = True) -> None:
+        self.prefix = prefix
+        self.enabled = enabled and os.path.isdir(SHM_DIR)
+        self._numbers = itertools.count()
+        self._warned = False
+
+    def dump(self, obj: Any) -> Payload:
+        """Pickle ``obj``; large buffers go to a new segment when there is room."""
+        raw: list[pickle.PickleBuffer] = []
+        stream = io.BytesIO()
+        _Pickler(stream, protocol=5, buffer_callback=raw.append).dump(obj)
+        data = stream.getvalue()
+        if not raw:
+            return Payload(data)
+        views = [b.raw() for b in raw]
+        total = sum(v.nbytes for v in views)
+        if total >= SHM_THRESHOLD and self.enabled:
+            name = self._write_segment(views, total)
+            if name is not None:
+                return Payload(data, None, name, tuple(v.nbytes for v in views))
+        return Payload(data, [bytes(v) for v in views])
+
+    def _write_segment(self, views: list[memoryview], total: int) -> str | None:
+        try:
+            stats = os.statvfs(SHM_DIR)
+            if stats.f_bavail * stats.f_frsize < total + _SHM_HEADROOM:
+                raise OSError(28, "not enough room in /dev/shm")
+            name = f"{self.prefix}{next(self._numbers)}"
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as exc:
+            self._fall_back(exc)
+            return None
+        try:
+            # Reserve the pages now: writing past a full tmpfs through a mapping is SIGBUS.
+            os.posix_fallocate(fd, 0, max(total, 1))
+            with mmap.mmap(fd, max(total, 1)) as target:
+                offset = 0
+                for view in views:
+                    size = view.nbytes
+                    target[offset : offset + size] = view.cast("B")
+                    offset += size
+        except OSError as exc:
+            os.close(fd)
+            unlink(name)
+            self._fall_back(exc)
+            return None
+        os.close(fd)
+        return name
+
+    def _fall_back(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"shared memory unavailable ({exc.strerror or exc}); large values go "
+                "through pipes instead, which is slower. A bigger /dev/shm helps "
+                "(docker: --shm-size).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def sweep(self, prefix: str | None = None) -> int:
+        """Unlink every segment whose name starts with ``prefix`` (default: ours)."""
+        return sweep(prefix or self.prefix)
+
+
+def load(payload: Payload, loads: Callable[..., Any] = pickle.loads) -> Any:
+    """The value back; buffers in a segment are mapped copy-on-write, not copied."""
+    if payload.segment is not None:
+        fd = os.open(os.path.join(SHM_DIR, payload.segment), os.O_RDONLY)
+        try:
+            total = max(sum(payload.sizes), 1)
+            mapping = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+        whole = memoryview(mapping)
+        views = []
+        offset = 0
+        for size in payload.sizes:
+            views.append(whole[offset : offset + size])
+            offset += size
+        return loads(payload.data, buffers=views)
+    if payload.buffers:
+        return loads(payload.data, buffers=payload.buffers)
+    return loads(payload.data)
+
+
+def unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        pass
+
+
+def sweep(prefix: str) -> int:
+    """Unlink every segment in /dev/shm whose name starts with ``prefix``."""
+    if not os.path.isdir(SHM_DIR):
+        return 0
+    count = 0
+    for name in os.listdir(SHM_DIR):
+        if name.startswith(prefix):
+            unlink(name)
+            count += 1
+    return count
