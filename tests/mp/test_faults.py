@@ -1,0 +1,246 @@
+"""The mp executor's behaviour when things go wrong, and its data path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mp_tasks
+import pytest
+
+from dispatcher import Op, WorkerLostError, get_executor, hookimpl, op, run
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def shm_entries() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("dispatcher-")}
+
+
+def children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_worker_killed_from_outside_is_replaced(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    before = Op(mp_tasks.pid)
+    victim = op(mp_tasks.report_pid_then_sleep, label="victim")(str(marker), 2)
+    killed: list[int] = []
+    with get_executor("mp", workers=2, retries=1) as ex:
+
+        def kill_when_started() -> None:
+            for _ in range(500):
+                if marker.exists() and marker.read_text():
+                    killed.append(int(marker.read_text()))
+                    os.kill(killed[0], signal.SIGKILL)
+                    return
+                time.sleep(0.02)
+
+        import threading
+
+        killer = threading.Thread(target=kill_when_started)
+        killer.start()
+        first_pid, final_pid = ex.run([before, victim])
+        killer.join()
+        assert killed, "the task never started"
+        assert final_pid != killed[0]  # it ran again, in the replacement
+        # The executor stays usable after the loss.
+        assert ex.run(Op(mp_tasks.sleep_then, 0, "still here")) == "still here"
+
+
+def test_worker_lost_beyond_retries(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    victim = op(mp_tasks.report_pid_then_sleep, label="doomed")(str(marker), 30)
+    with get_executor("mp", workers=1, retries=0) as ex:
+        import threading
+
+        def kill() -> None:
+            for _ in range(500):
+                if marker.exists() and marker.read_text():
+                    os.kill(int(marker.read_text()), signal.SIGKILL)
+                    return
+                time.sleep(0.02)
+
+        threading.Thread(target=kill).start()
+        with pytest.raises(WorkerLostError, match="doomed") as info:
+            ex.run(victim)
+        assert "SIGKILL" in str(info.value)
+        assert ex.run(Op(mp_tasks.sleep_then, 0, 1)) == 1
+
+
+def test_timeout_kills_and_replaces_the_worker() -> None:
+    with get_executor("mp", workers=1) as ex:
+        first = ex.run(Op(mp_tasks.pid))
+        from dispatcher import TaskTimeoutError
+
+        with pytest.raises(TaskTimeoutError):
+            ex.run(op(mp_tasks.sleep_then, timeout=0.3)(60, None))
+        assert ex.run(Op(mp_tasks.pid)) != first
+
+
+def test_print_and_logging_reach_the_caller(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="dispatcher.tests"):
+        assert (
+            run(Op(mp_tasks.shout, "hello from a worker"), executor="mp", workers=1)
+            == "hello from a worker"
+        )
+    out, _ = capfd.readouterr()
+    assert "hello from a worker" in out
+    assert "logged hello from a worker" in caplog.text
+
+
+def test_initializer_runs_once_in_each_worker() -> None:
+    with get_executor("mp", workers=2, initializer=mp_tasks.remember, initargs=("ready",)) as ex:
+        results = ex.run([Op(mp_tasks.initialized) for _ in range(4)])
+    assert all(r == ["ready"] for r in results)
+
+
+def test_failing_initializer_is_reported() -> None:
+    with pytest.raises(ZeroDivisionError):
+        get_executor("mp", workers=1, initializer=divmod, initargs=(1, 0))
+
+
+def test_large_arrays_travel_through_shared_memory_and_are_freed() -> None:
+    pytest.importorskip("numpy")
+    seen: list[str] = []
+
+    class Where:
+        @hookimpl
+        def dispatcher_task_finished(self, node: object, worker: str) -> None:
+            seen.append(f"{node}:{worker}")
+
+    before = shm_entries()
+    arrays = [Op(mp_tasks.array, 8, i) for i in range(4)]
+    pairs = [Op(mp_tasks.array_sum, arrays[i], arrays[(i + 1) % 4]) for i in range(4)]
+    total = Op(sum, pairs)
+    with get_executor("mp", workers=2) as ex:
+        assert ex.run(total, plugins=[Where()]) == 2 * sum(range(4)) * 8 * 1024 * 1024 / 8
+        big = ex.run(arrays[0])
+        assert big.nbytes == 8 * 1024 * 1024
+        assert ex.run(Op(mp_tasks.shm_segments)) == 0  # released after the run
+    assert shm_entries() == before
+
+
+def test_small_dev_shm_falls_back_to_pipes(capfd: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("numpy")
+    arrays = [Op(mp_tasks.array, 4, i) for i in range(2)]
+    with get_executor("mp", workers=2, initializer=mp_tasks.no_room_in_shm) as ex:
+        assert ex.run(Op(mp_tasks.array_sum, *arrays)) == 4 * 1024 * 1024 / 8
+        assert float(ex.run(arrays[1]).sum()) == 4 * 1024 * 1024 / 8
+    _, err = capfd.readouterr()
+    assert "shared memory unavailable" in err
+
+
+def test_consumer_runs_where_its_big_input_is() -> None:
+    pytest.importorskip("numpy")
+    where: dict[str, str] = {}
+
+    class Where:
+        @hookimpl
+        def dispatcher_task_started(self, node: object, worker: str) -> None:
+            where[node.label] = worker  # type: ignore[attr-defined]
+
+    big = op(mp_tasks.array, label="big")(16, 1)
+    small = op(mp_tasks.array, label="small")(1, 1)
+    consumer = op(mp_tasks.array_sum, label="consumer")(big, small)
+    with get_executor("mp", workers=2) as ex:
+        ex.run(consumer, plugins=[Where()])
+    assert where["consumer"] == where["big"]
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from dispatcher import Op, run
+    import mp_tasks
+
+    print("ready", flush=True)
+    try:
+        run([Op(mp_tasks.array, 8, i) for i in range(2)]
+            + [Op(mp_tasks.sleep_then, 3600, i) for i in range(4)], executor="mp", workers=2)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    """
+)
+
+
+@pytest.mark.parametrize("target", ["pid", "group"])
+def test_sigint_stops_everything(target: str) -> None:
+    pytest.importorskip("psutil")
+    before = shm_entries()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    import psutil
+
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while len(psutil.Process(child.pid).children(recursive=True)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # let the tasks start
+        workers = psutil.Process(child.pid).children(recursive=True)
+        if target == "pid":
+            os.kill(child.pid, signal.SIGINT)
+        else:
+            os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert "interrupted" in out
+    assert "KeyboardInterrupt" in err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    assert shm_entries() == before
+
+
+def test_workers_exit_when_the_caller_is_killed() -> None:
+    psutil = pytest.importorskip("psutil")
+    before = shm_entries()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while len(psutil.Process(child.pid).children(recursive=True)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        workers = psutil.Process(child.pid).children(recursive=True)
+        child.kill()
+        child.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"{len(alive)} processes outlived the caller"
+        assert shm_entries() == before
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
