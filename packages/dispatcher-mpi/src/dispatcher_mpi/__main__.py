@@ -1,0 +1,101 @@
+"""``mpiexec -n N python -m dispatcher_mpi script.py [args...]`` (or ``-m module``,
+``-c code``): rank 0 runs the program, ranks 1..N-1 serve as workers until it ends."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+
+USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
+
+Runs the program on rank 0; ranks 1..N-1 serve as workers for run(..., executor="mpi").
+"""
+
+
+def _parse(argv: list[str]) -> tuple[str, str, list[str]]:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] in ("-m", "-c"):
+        if len(argv) < 2:
+            sys.stderr.write(USAGE)
+            raise SystemExit(2)
+        kind = "module" if argv[0] == "-m" else "code"
+        rest = [argv[0] if kind == "code" else argv[1], *argv[2:]]
+        return kind, argv[1], rest
+    return "path", argv[0], argv
+
+
+def _program_dir(kind: str, target: str) -> str:
+    return os.path.dirname(os.path.abspath(target)) if kind == "path" else os.getcwd()
+
+
+def main() -> None:
+    kind, target, argv = _parse(sys.argv[1:])
+    # The program's directory is importable on every rank, as `python script.py` makes it.
+    sys.path.insert(0, _program_dir(kind, target))
+
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+        if comm.Get_rank() == 0:
+            sys.stderr.write("dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
+                             "better; this one offers less\n")
+        comm.Abort(2)
+    if comm.Get_rank() != 0:
+        from ._worker import WorkerRank
+
+        try:
+            WorkerRank(comm).serve()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.Abort(1)
+        return
+
+    from ._transport import Root, install_root
+
+    root = Root(comm)
+    install_root(root)
+    root.hub.start()
+    sys.argv = argv
+    status = 0
+    try:
+        if kind == "path":
+            runpy.run_path(target, run_name="__main__")
+        elif kind == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            sys.stderr.write(f"{code}\n")
+            status = 1
+    except BaseException:
+        # One failing rank must not leave the others waiting: end the whole job.
+        traceback.print_exc()
+        sys.stderr.write("dispatcher_mpi: the program on rank 0 failed; ending the job\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+    from dispatcher._executor import _close_open_executors
+
+    _close_open_executors()
+    root.stop()
+    install_root(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status:
+        # MPI_Finalize would turn any status into 0; Abort carries it to mpiexec.
+        comm.Abort(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Entry point of the ``mpi`` executor. Discovering it must not start MPI: nothing here
+imports mpi4py; the transport does, when an executor is made."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dispatcher import Executor, ExecutorInfo, hookimpl
+from dispatcher.transport import Capabilities
+
+
+def make_executor(
+    *,
+    workers: int | None = None,
+    retries: int = 2,
+    retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+    timeout: float | None = None,
+    prefetch: int = 1,
+) -> Executor:
+    """An executor on the worker ranks of the current ``python -m dispatcher_mpi`` job."""
+    from ._transport import MpiTransport
+
+    return Executor("mpi", MpiTransport(workers, prefetch), retries=retries,
+                    retry_on=retry_on, timeout=timeout)
+
+
+@hookimpl
+def dispatcher_executors() -> list[ExecutorInfo]:
+    return [
+        ExecutorInfo(
+            "mpi",
+            make_executor,
+            "MPI ranks as workers (mpiexec -n N python -m dispatcher_mpi app.py); data moves "
+            "rank to rank",
+            "dispatcher-mpi",
+            options=("prefetch",),
+            capabilities=Capabilities(separate_processes=True),
+        )
+    ]
