@@ -42,8 +42,10 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
         if comm.Get_rank() == 0:
-            sys.stderr.write("dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
-                             "better; this one offers less\n")
+            sys.stderr.write(
+                "dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
+                "better; this one offers less\n"
+            )
         comm.Abort(2)
     if comm.Get_rank() != 0:
         from ._worker import WorkerRank

@@ -55,8 +55,9 @@ class Hub:
     """The one thread of a rank that talks MPI. ``deliver(source, message)`` is called on
     this thread for every message received; keep it quick."""
 
-    def __init__(self, comm: Any, deliver: Callable[[int, Any], None],
-                 chunk_limit: int = CHUNK_LIMIT) -> None:
+    def __init__(
+        self, comm: Any, deliver: Callable[[int, Any], None], chunk_limit: int = CHUNK_LIMIT
+    ) -> None:
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -79,8 +80,7 @@ class Hub:
         self.wakeup.set()
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.loop, name="dispatcher-mpi-hub",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.loop, name="dispatcher-mpi-hub", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
@@ -153,8 +153,7 @@ class Hub:
             part = bytearray(size)
             view = memoryview(part)
             for start in range(0, max(size, 1), limit):
-                self.comm.Recv([view[start : start + limit], self.MPI.BYTE], source=source,
-                               tag=TAG)
+                self.comm.Recv([view[start : start + limit], self.MPI.BYTE], source=source, tag=TAG)
             parts.append(part)
             self.bytes_received += size
         if header is None:

@@ -20,8 +20,9 @@ def make_executor(
     """An executor on the worker ranks of the current ``python -m dispatcher_mpi`` job."""
     from ._transport import MpiTransport
 
-    return Executor("mpi", MpiTransport(workers, prefetch), retries=retries,
-                    retry_on=retry_on, timeout=timeout)
+    return Executor(
+        "mpi", MpiTransport(workers, prefetch), retries=retries, retry_on=retry_on, timeout=timeout
+    )
 
 
 @hookimpl

@@ -167,10 +167,21 @@ class MpiTransport(Transport):
                 else None
             )
             self.tasks[spec.key] = spec
-            batches.setdefault(rank, []).append((
-                spec.key, spec.label, token, spec.args, spec.kwargs, spec.inline, spec.shape,
-                spec.deps, sources, spec.want_result, spec.timeout is not None,
-            ))
+            batches.setdefault(rank, []).append(
+                (
+                    spec.key,
+                    spec.label,
+                    token,
+                    spec.args,
+                    spec.kwargs,
+                    spec.inline,
+                    spec.shape,
+                    spec.deps,
+                    sources,
+                    spec.want_result,
+                    spec.timeout is not None,
+                )
+            )
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
 
@@ -190,8 +201,9 @@ class MpiTransport(Transport):
                 spec = self.tasks.pop(task[0])
                 assert self.events is not None
                 try:
-                    dumps_for(spec.label, "arguments", (spec.args, spec.kwargs, spec.inline),
-                              _dumps)
+                    dumps_for(
+                        spec.label, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps
+                    )
                     error: BaseException = exc
                 except DispatcherError as serialization:
                     error = serialization
@@ -266,8 +278,9 @@ class MpiTransport(Transport):
             if spec is None or spec.timeout is None:
                 continue
             assert self.events is not None
-            self.events.task_failed(key, spec.worker, TaskTimeoutError(spec.label, spec.timeout),
-                                    spec.timeout)
+            self.events.task_failed(
+                key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
+            )
             self.root.hub.post(rank, ("reset",))
             self._retire(rank, key, f"still running {spec.label!r}, past its timeout")
 

@@ -51,8 +51,9 @@ class WorkerRank:
     def serve(self) -> None:
         """Until rank 0 says stop. Returns on the main thread, so MPI can finalise even if
         a task that ran past its timeout is still running."""
-        threading.Thread(target=self._execute_loop, name="dispatcher-mpi-tasks",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._execute_loop, name="dispatcher-mpi-tasks", daemon=True
+        ).start()
         self.hub.loop()
         self.hub.flush()
 
@@ -127,7 +128,7 @@ class WorkerRank:
         if key in self.cancelled:
             self.cancelled.discard(key)
             return
-        func = self.functions.get(token)
+        func = self.functions[token]  # sent before the first task that uses it
         if isinstance(func, _Unloadable):
             self._fail(key, serialization_error(label, "function", None, func.error), 0.0)
             return

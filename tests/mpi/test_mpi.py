@@ -1,0 +1,270 @@
+"""Real MPI jobs: pytest starts `mpiexec -n N python -m dispatcher_mpi ...` and checks them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
+
+HERE = Path(__file__).parent
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip(
+        "no mpiexec next to this Python or on PATH (pip install mpich)", allow_module_level=True
+    )
+
+
+def job(
+    ranks: int, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    assert MPIEXEC is not None
+    return subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "dispatcher_mpi", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=HERE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_conformance_suite() -> None:
+    done = job(4, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conformance_job.py", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
+
+
+def test_worker_ranks_do_the_work_and_arrays_move_rank_to_rank(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import numpy as np
+        from mpi4py import MPI
+        from dispatcher import Op, run, hookimpl
+        from dispatcher_mpi._transport import current_root
+
+        def rank(_):
+            return MPI.COMM_WORLD.Get_rank()
+
+        def big(fill):
+            return np.full(4 * 1024 * 1024, fill, dtype=np.float64)  # 32 MiB
+
+        def total(a, b):
+            return float(a.sum() + b.sum())
+
+        ranks = run([Op(rank, i) for i in range(8)], executor="mpi")
+        assert 0 not in ranks, ranks
+        assert len(set(ranks)) == 2, ranks
+
+        where = {}
+        class Where:
+            @hookimpl
+            def dispatcher_task_started(self, node, worker):
+                where[node.label] = worker
+
+        a, b = Op(big, 1.0), Op(big, 2.0)
+        a.label, b.label = "a", "b"
+        received = current_root().hub.bytes_received
+        assert run(Op(total, a, b), executor="mpi", plugins=[Where()]) == 3.0 * 4 * 1024 * 1024
+        through_root = current_root().hub.bytes_received - received
+        assert where["a"] != where["b"], where  # so one array had to move
+        assert through_root < 1024 * 1024, through_root  # and it did not pass rank 0
+        print("ok", through_root)
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok" in done.stdout
+
+
+def test_chunked_messages_arrive_whole(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import numpy as np
+        from dispatcher import Op, run
+
+        def make(n):
+            return np.arange(n, dtype=np.int64)
+
+        def check(a, b):
+            return int(a.sum() + b.sum()), a.dtype.name, a.shape
+
+        a, b = Op(make, 100_003), Op(make, 77_777)
+        assert run(Op(check, a, b), executor="mpi") == (
+            100_003 * 100_002 // 2 + 77_777 * 77_776 // 2, "int64", (100_003,))
+        assert int(run(a, executor="mpi")[-1]) == 100_002
+        print("ok")
+    """,
+    )
+    done = job(3, program, env={"DISPATCHER_MPI_CHUNK": "1000"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ok" in done.stdout
+
+
+def test_task_error_then_recovery_in_the_same_script(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        from dispatcher import Op, get_executor
+
+        class Oops(Exception):
+            pass
+
+        def bad():
+            raise Oops("broken", 7)
+
+        def inc(x):
+            return x + 1
+
+        with get_executor("mpi") as ex:
+            try:
+                ex.run(Op(inc, Op(bad)))
+            except Oops as exc:
+                assert exc.args == ("broken", 7)
+                assert any("Traceback from the worker" in n for n in exc.__notes__)
+            else:
+                raise AssertionError("no error")
+            assert ex.run(Op(inc, Op(inc, 1))) == 3
+        print("recovered")
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recovered" in done.stdout
+
+
+def test_timeout_fails_the_node_and_the_job_goes_on(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import time
+        from dispatcher import Op, op, run, TaskTimeoutError
+
+        stuck = op(time.sleep, timeout=0.5)(3600)
+        try:
+            run(stuck, executor="mpi")
+        except TaskTimeoutError as exc:
+            print("timed out:", exc)
+        print(run([Op(abs, -i) for i in range(10)], executor="mpi"))
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "timed out" in done.stdout
+    assert "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]" in done.stdout
+
+
+def test_argv_exit_status_and_modes(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import sys
+        print("argv", sys.argv)
+        sys.exit(int(sys.argv[1]))
+    """,
+    )
+    done = job(2, program, "3", "--flag")
+    assert done.returncode == 3
+    assert f"argv ['{program}', '3', '--flag']" in done.stdout
+    done = job(2, "-c", "import sys; print('code', sys.argv[1:])", "x")
+    assert done.returncode == 0
+    assert "code ['x']" in done.stdout
+    done = job(2, "-m", "json.tool", "--help")
+    assert done.returncode == 0
+
+
+def test_failure_on_rank_zero_ends_the_job(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        raise RuntimeError("the program itself failed")
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode != 0
+    assert "the program itself failed" in done.stderr
+
+
+def test_a_dead_rank_ends_the_job(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import os, signal
+        from dispatcher import Op, run
+
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        run([Op(die) for _ in range(2)], executor="mpi")
+        print("should not get here")
+    """,
+    )
+    done = job(3, program, timeout=120)
+    assert done.returncode != 0
+    assert "should not get here" not in done.stdout
+
+
+def test_without_the_launcher_the_error_says_how(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        from dispatcher import DataNode, run, DispatcherError
+        try:
+            run(DataNode(1), executor="mpi")
+        except DispatcherError as exc:
+            print("error:", exc)
+    """,
+    )
+    plain = subprocess.run([sys.executable, program], capture_output=True, text=True, timeout=60)
+    assert "mpiexec -n" in plain.stdout
+    assert "python -m dispatcher_mpi" in plain.stdout
+    single = job(1, program)
+    assert single.returncode == 0, single.stderr
+    assert "no worker ranks" in single.stdout
+
+
+def test_discovery_does_not_start_mpi() -> None:
+    code = (
+        "import sys, dispatcher, dispatcher_mpi; "
+        "assert 'mpi' in dispatcher.available_executors(); "
+        "assert 'mpi4py.MPI' not in sys.modules, 'MPI was initialised'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_idle_worker_ranks_do_not_burn_a_core(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import os, time
+        from dispatcher import Op, run
+
+        def cpu(_):
+            t = os.times()
+            return os.getpid(), t.user + t.system
+
+        before = dict(run([Op(cpu, i) for i in range(4)], executor="mpi"))
+        time.sleep(2.0)
+        after = dict(run([Op(cpu, i) for i in range(4)], executor="mpi"))
+        used = max(after[p] - before[p] for p in before if p in after)
+        print("idle cpu fraction", used / 2.0)
+        assert used / 2.0 < 0.2, used
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
