@@ -173,3 +173,19 @@ def test_executor_close_closes_transport() -> None:
     ex = fake_executor(transport)
     ex.close()
     assert transport.closed
+
+
+def test_task_keys_are_unique_across_executors() -> None:
+    # Workers can outlive an executor (MPI ranks serve every executor of a job): a late
+    # report from an old executor's task must never match a key of a new one.
+    keys: list[int] = []
+
+    class Spy(FakeTransport):
+        def submit(self, tasks):  # type: ignore[no-untyped-def]
+            keys.extend(spec.key for spec in tasks)
+            super().submit(tasks)
+
+    for _ in range(2):
+        with fake_executor(Spy()) as ex:
+            assert ex.run(Op(tasks.inc, 1)) == 2
+    assert len(keys) == len(set(keys)) == 2

@@ -26,6 +26,10 @@ _KEY_MASK = (1 << KEY_BITS) - 1
 
 _open_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 
+# Run numbers are unique in the process, not per executor: workers may outlive an executor
+# (MPI ranks serve every executor of a job), and a late report must never match a new key.
+_run_numbers = itertools.count(1)
+
 
 @atexit.register
 def _close_open_executors() -> None:
@@ -71,7 +75,6 @@ class Executor:
         self._transport = transport
         self._closed = False
         self._lock = threading.Lock()
-        self._run_numbers = itertools.count(1)
         self._router: _Router | None = None
         self._workers: dict[str, int] = {}
         if transport is not None:
@@ -187,7 +190,7 @@ class Executor:
         observers = Observers(extra)
         # Runs that share a transport are told apart by the high bits of their keys; a
         # transport made for one run can use positions as keys directly.
-        base = next(self._run_numbers) << KEY_BITS if self._router is not None else 0
+        base = next(_run_numbers) << KEY_BITS if self._router is not None else 0
         run = Run(plan.graph, plan.targets, plan.inputs, self.options, observers, throw, base)
         if observers.run_started is not None:
             observers.run_started(graph=plan.graph, executor=self)

@@ -73,6 +73,12 @@ class Root:
     def deliver(self, source: int, message: tuple[Any, ...]) -> None:
         """On the hub thread: a worker rank reports."""
         kind = message[0]
+        if kind == "busy":
+            # It still runs a task we gave up on (its run failed fast, or its executor
+            # closed): keep the rank out of scheduling until that task ends, whichever
+            # executor is open by then.
+            self.retire(source, message[1], "finishing a task that was abandoned")
+            return
         if kind in ("done", "fail"):
             keys = [entry[0] for entry in message[1]] if kind == "done" else [message[1]]
             if self.busy.get(source) in keys:
@@ -82,6 +88,16 @@ class Root:
             transport.on_message(source, message)
         elif kind == "done":  # nobody wants these any more
             self.hub.post(source, ("free", [entry[0] for entry in message[1]]))
+
+    def retire(self, rank: int, key: Key, reason: str) -> None:
+        """Take ``rank`` out of scheduling until the task ``key`` it runs returns."""
+        if rank in self.busy:
+            return
+        self.busy[rank] = key
+        self.hub.post(rank, ("reset",))  # what was queued there will run elsewhere
+        transport = self.transport
+        if transport is not None:
+            transport.lose(rank, reason)
 
     def _back(self, rank: int) -> None:
         del self.busy[rank]
@@ -243,30 +259,32 @@ class MpiTransport(Transport):
         if kind == "done":
             for entry in message[1]:
                 key = entry[0]
-                self.deadlines.pop(key, None)
-                spec = self.tasks.pop(key, None)
-                if spec is None:
+                spec = self.tasks.get(key)
+                if spec is None or spec.worker != worker:
                     self.root.hub.post(source, ("free", [key]))
-                elif len(entry) == 3:
+                    continue
+                del self.tasks[key]
+                self.deadlines.pop(key, None)
+                if len(entry) == 3:
                     events.task_finished(key, worker, entry[1], None, entry[2])
                 else:
                     events.task_finished(key, worker, entry[1], None)
         elif kind == "fail":
             _, key, duration, wire = message
-            self.deadlines.pop(key, None)
-            spec = self.tasks.pop(key, None)
-            if spec is not None:
+            spec = self.tasks.get(key)
+            if spec is not None and spec.worker == worker:
+                del self.tasks[key]
+                self.deadlines.pop(key, None)
                 events.task_failed(key, worker, restore_error(wire, spec.label, _loads), duration)
         elif kind == "lost":
-            if self.tasks.pop(message[1], None) is not None:
+            spec = self.tasks.get(message[1])
+            if spec is not None and spec.worker == worker:
+                del self.tasks[message[1]]
                 events.task_inputs_lost(message[1], worker, message[2])
         elif kind == "started":
             spec = self.tasks.get(message[1])
-            if spec is not None and spec.timeout is not None:
+            if spec is not None and spec.worker == worker and spec.timeout is not None:
                 self.deadlines[message[1]] = (time.monotonic() + spec.timeout, source)
-        elif kind == "busy":
-            # A task we gave up on is still running there: keep the rank out until it ends.
-            self._retire(source, message[1], "finishing a task that was abandoned")
 
     def enforce_deadlines(self) -> None:
         now = time.monotonic()
@@ -281,13 +299,12 @@ class MpiTransport(Transport):
             self.events.task_failed(
                 key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
-            self.root.hub.post(rank, ("reset",))
-            self._retire(rank, key, f"still running {spec.label!r}, past its timeout")
+            self.root.retire(rank, key, f"still running {spec.label!r}, past its timeout")
 
-    def _retire(self, rank: int, key: Key, reason: str) -> None:
-        if rank in self.root.busy:
+    def lose(self, rank: int, reason: str) -> None:
+        """Tell the scheduler ``rank`` is gone for now: its queue and results with it."""
+        if rank not in self.ranks or self.events is None:
             return
-        self.root.busy[rank] = key
         for other, spec in list(self.tasks.items()):
             if spec.worker == _name(rank):
                 del self.tasks[other]

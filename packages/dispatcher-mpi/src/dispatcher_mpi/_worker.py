@@ -98,6 +98,9 @@ class WorkerRank:
             # Rank 0 gave up on what it sent here: drop queued tasks and held results.
             self.cancelled.update(self.queued)
             self.store.clear()
+            current = self.current
+            if current is not None:
+                self.hub.post(source, ("busy", current))
         elif kind == "stop":
             self.hub.running = False
 
