@@ -162,3 +162,13 @@ def test_executor_options() -> None:
         get_executor("async", backend="curio")
     with get_executor("async", workers=3) as ex:
         assert ex.threads == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_durations_are_measured(threads: int) -> None:
+    from dispatcher.testing import Recorder
+
+    recorder = Recorder()
+    run(Op(tasks.sleep_then, 0.05, 1), executor="async", threads=threads, plugins=[recorder])
+    (finished,) = recorder.of("finished")
+    assert finished[3] >= 0.04

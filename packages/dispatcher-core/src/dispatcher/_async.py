@@ -210,7 +210,9 @@ class AsyncTransport(Transport):
         elif inspect.isawaitable(value):
             self.group.start_soon(self._await_value, spec, value, state["start"])
         else:
-            self._done(spec, value, 0.0 if spec.timeout is None else min(duration, spec.timeout))
+            self._done(
+                spec, value, duration if spec.timeout is None else min(duration, spec.timeout)
+            )
 
     async def _watch(self, spec: TaskSpec, state: dict[str, Any]) -> None:
         """Abandon a thread task at its deadline, counted from when it started."""
