@@ -13,6 +13,7 @@ from typing import Any
 
 from ._errors import DispatcherError
 from ._hooks import Observers
+from ._logging import log_observer
 from ._plan import Plan, Result
 from ._scheduler import Options, Run
 from .transport import Capabilities, Key, Transport
@@ -179,6 +180,9 @@ class Executor:
             raise DispatcherError(f"the {self.name!r} executor is closed")
         plan = Plan(targets, inputs)
         extra = list(plugins)
+        logger = log_observer()  # None unless the dispatcher loggers are enabled
+        if logger is not None:
+            extra.append(logger)
         if progress:
             from ._progress import ProgressBar
 

@@ -1,7 +1,7 @@
 """``progress=True``: a live progress bar, drawn by tqdm, fed by the observer hooks.
 
-tqdm is an optional dependency (``pip install 'dispatcher-core[progress]'`` or
-``pip install tqdm``); it is imported when a bar is made, so a run without a bar never pays
+tqdm is an optional dependency (``pip install tqdm``, or dispatcher-core's ``progress``
+extra); it is imported when a bar is made, so a run without a bar never pays
 for it and an install without tqdm fails only where a bar was asked for.
 """
 
@@ -17,15 +17,15 @@ if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._nodes import DispatchNode
 
-__all__ = ["ProgressBar", "in_notebook"]
+__all__ = ["ProgressBar", "in_notebook", "load_tqdm"]
 
 INSTALL_HINT = (
-    "progress=True draws its bar with tqdm, which is not installed: "
-    "pip install tqdm (or pip install 'dispatcher-core[progress]')"
+    "progress=True draws its bar with tqdm, which is not installed: pip install tqdm "
+    "(or install dispatcher-core with its 'progress' extra)"
 )
 
 
-def _tqdm_classes() -> tuple[Any, Any]:
+def load_tqdm() -> tuple[Any, Any]:
     """tqdm's automatic class (a widget in Jupyter, text elsewhere) and its text class."""
     try:
         from tqdm.auto import tqdm as auto
@@ -62,7 +62,7 @@ class ProgressBar:
 
     def __init__(self, *, file: TextIO | None = None, enabled: bool | None = None) -> None:
         # Fail here, when the run is being prepared, not in the middle of it.
-        self._auto, self._text = _tqdm_classes()
+        self._auto, self._text = load_tqdm()
         self._file = file
         self._enabled = enabled
         self._bar: Any = None
@@ -106,18 +106,18 @@ class ProgressBar:
                 pass  # a notebook without ipywidgets: tqdm cannot draw a widget there
         return self._text(file=file, **options)
 
-    def _show(self) -> None:
+    def _show(self, counts_changed: bool = False) -> None:
         bar = self._bar
         if bar is None:
             return
-        settled = len(self._finished) + len(self._failed)
-        parts = [f"failed={len(self._failed)}"]
-        if self.retried:
-            parts.append(f"retried={self.retried}")
-        # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a million
-        # tiny tasks is not slowed down by drawing a million frames.
-        bar.set_postfix_str(", ".join(parts), refresh=False)
-        bar.update(settled - bar.n)
+        if counts_changed:
+            parts = [f"failed={len(self._failed)}"]
+            if self.retried:
+                parts.append(f"retried={self.retried}")
+            # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
+            # million tiny tasks is not slowed down by drawing a million frames.
+            bar.set_postfix_str(", ".join(parts), refresh=False)
+        bar.update(len(self._finished) + len(self._failed) - bar.n)
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -141,16 +141,16 @@ class ProgressBar:
         # A recomputed node can fail after having finished once: it counts as failed.
         self._failed.add(node)
         self._finished.discard(node)
-        self._show()
+        self._show(counts_changed=True)
 
     @hookimpl
     def dispatcher_task_retried(self) -> None:
         self.retried += 1
-        self._show()
+        self._show(counts_changed=True)
 
     @hookimpl
     def dispatcher_run_finished(self, error: BaseException | None) -> None:
-        bar, self._bar = self._bar, None
+        bar = self._bar
         if bar is None:
             return
         settled = len(self._finished) + len(self._failed)
@@ -158,7 +158,6 @@ class ProgressBar:
             # Nodes given through ``inputs`` are in the graph but never run: a complete run
             # is complete, so the bar ends full rather than a few short.
             bar.total = settled
-        self._bar = bar
-        self._show()
+        self._show(counts_changed=True)
         self._bar = None
         bar.close()

@@ -1,0 +1,226 @@
+"""``report="run.html"``: record every task attempt of a run, then write an HTML report.
+
+:class:`ReportWriter` is an observer: it notes when each task was handed to a worker, when
+it finished, failed or was retried, and on ``dispatcher_run_finished`` writes a
+self-contained page (see :mod:`dispatcher._report_html`) next to nothing else: no network,
+no scripts from anywhere, so the file can be mailed, archived and opened offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._errors import DependencyError
+from ._hooks import hookimpl
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+    from ._graph import DispatchGraph
+    from ._nodes import DispatchNode
+
+__all__ = ["Attempt", "ReportWriter", "RunRecord"]
+
+log = logging.getLogger("dispatcher.report")
+
+# What an attempt ended as.
+RUNNING = "running"  # still running when the record was taken
+OK = "ok"
+FAILED = "failed"  # its own call raised (or it timed out, or its worker was lost for good)
+RETRIED = "retried"  # failed, and was run again
+LOST = "lost"  # finished, but its result was lost with its worker and recomputed
+SKIPPED = "skipped"  # never ran: an ancestor failed
+ABANDONED = "abandoned"  # still running when the run stopped (fail-fast or cancellation)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at running one node, times in seconds from the start of the run."""
+
+    task: int
+    """Index of the node in :attr:`RunRecord.labels` / :attr:`RunRecord.kinds`."""
+    worker: str
+    start: float
+    """When the node was handed to the worker."""
+    number: int = 1
+    end: float | None = None
+    """When its end was reported to the caller."""
+    duration: float | None = None
+    """How long the call itself took, as measured on the worker."""
+    status: str = RUNNING
+    error: str | None = None
+    """``Type: message`` of what ended it, for failures and retries."""
+    details: str | None = None
+    """The exception with its notes (remote traceback, failing node), for failures."""
+    nbytes: int | None = None
+
+    @property
+    def run_start(self) -> float:
+        """When the call itself started: the reported duration back from its end, if known."""
+        if self.end is not None and self.duration is not None:
+            return max(self.start, self.end - self.duration)
+        return self.start
+
+
+@dataclass
+class RunRecord:
+    """Everything a report shows about one run."""
+
+    executor: str
+    total: int
+    """Nodes in the graph that ran (inputs included)."""
+    started_at: datetime
+    labels: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    wall: float = 0.0
+    error: str | None = None
+    """``Type: message`` of what ended the run, or ``None`` if it completed."""
+
+    @property
+    def tasks(self) -> int:
+        """Distinct nodes the run saw (started, finished, failed or skipped)."""
+        return len(self.labels)
+
+
+class ReportWriter:
+    """An observer that writes an HTML report of each run it sees to ``path``.
+
+    ``run(..., report="run.html")`` makes one per run. The directory must exist; a path that
+    cannot be written is reported before the run starts, not after it ends.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"report path {str(self.path)!r} is a directory")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise FileNotFoundError(
+                f"cannot write the report to {str(self.path)!r}: "
+                f"directory {str(parent)!r} does not exist"
+            )
+        self.record: RunRecord | None = None
+        """The last run's record (kept after the report is written, for inspection)."""
+        self._t0 = 0.0
+        self._ids: dict[DispatchNode, int] = {}
+        self._running: dict[DispatchNode, Attempt] = {}
+        self._last: dict[DispatchNode, Attempt] = {}
+
+    def _now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def _task(self, node: DispatchNode) -> int:
+        task = self._ids.get(node)
+        if task is None:
+            assert self.record is not None
+            task = self._ids[node] = len(self.record.labels)
+            self.record.labels.append(node.label)
+            self.record.kinds.append(node.kind)
+        return task
+
+    def _close(self, node: DispatchNode, status: str, error: BaseException | None) -> Attempt:
+        """End the node's running attempt (or record one that never started)."""
+        attempt = self._running.pop(node, None)
+        now = self._now()
+        if attempt is None:
+            assert self.record is not None
+            attempt = Attempt(self._task(node), "main", now)
+            self.record.attempts.append(attempt)
+        attempt.end = now
+        attempt.status = status
+        if error is not None:
+            attempt.error = _one_line(error)
+        self._last[node] = attempt
+        return attempt
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @hookimpl
+    def dispatcher_run_started(self, graph: DispatchGraph, executor: Executor) -> None:
+        self._t0 = time.perf_counter()
+        self._ids.clear()
+        self._running.clear()
+        self._last.clear()
+        self.record = RunRecord(executor.name, len(graph), datetime.now().astimezone())
+
+    @hookimpl
+    def dispatcher_task_started(self, node: DispatchNode, worker: str) -> None:
+        assert self.record is not None
+        previous = self._last.get(node)
+        number = previous.number + 1 if previous is not None else 1
+        attempt = Attempt(self._task(node), worker, self._now(), number)
+        self.record.attempts.append(attempt)
+        self._running[node] = attempt
+
+    @hookimpl
+    def dispatcher_task_finished(
+        self, node: DispatchNode, worker: str, duration: float, nbytes: int | None
+    ) -> None:
+        attempt = self._close(node, OK, None)
+        attempt.worker = worker
+        attempt.duration = duration
+        attempt.nbytes = nbytes
+
+    @hookimpl
+    def dispatcher_task_failed(self, node: DispatchNode, worker: str, error: BaseException) -> None:
+        skipped = isinstance(error, DependencyError) and node not in self._running
+        attempt = self._close(node, SKIPPED if skipped else FAILED, error)
+        attempt.worker = worker
+        if not skipped:
+            attempt.details = "".join(traceback.format_exception_only(error)).rstrip()
+
+    @hookimpl
+    def dispatcher_task_retried(self, node: DispatchNode, error: BaseException) -> None:
+        if node in self._running:
+            self._close(node, RETRIED, error)
+            return
+        # Not running: a finished result was lost with its worker and will be recomputed.
+        last = self._last.get(node)
+        if last is not None and last.status == OK:
+            last.status = LOST
+            last.error = _one_line(error)
+
+    @hookimpl
+    def dispatcher_run_finished(self, error: BaseException | None) -> None:
+        record = self.record
+        if record is None:
+            return
+        now = self._now()
+        for attempt in self._running.values():
+            attempt.status = ABANDONED
+            attempt.end = now
+        self._running.clear()
+        record.wall = now
+        record.error = None if error is None else _one_line(error)
+        self.write(record)
+
+    def write(self, record: RunRecord) -> None:
+        """Write ``record`` as HTML to :attr:`path`, replacing the file in one step."""
+        from ._report_html import render
+
+        text = render(record)
+        # Into a temporary file beside the target, then renamed: a reader never sees half a
+        # report, and a failed write leaves the previous one in place.
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.info("report written to %s", self.path)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
