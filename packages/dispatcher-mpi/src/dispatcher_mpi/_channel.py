@@ -109,8 +109,11 @@ class Hub:
             if busy or self._pending:
                 last_activity = time.monotonic()
                 sleep = 0.0
+                # Let the threads we just fed run now, not at the next GIL switch (5 ms).
+                time.sleep(0)
                 continue
             if self.expecting or time.monotonic() - last_activity < _SPIN_SECONDS:
+                time.sleep(0)  # spin, but never hold the GIL against the other threads
                 continue
             sleep = min(_MAX_SLEEP, sleep * 2 or 50e-6)
             self.wakeup.wait(sleep)
