@@ -59,3 +59,7 @@ def no_room_in_shm() -> None:
     import dispatcher_mp._wire as wire
 
     wire._SHM_HEADROOM = 1 << 62
+
+
+def total(*values: Any) -> Any:
+    return sum(values)

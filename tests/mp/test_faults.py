@@ -244,3 +244,12 @@ def test_workers_exit_when_the_caller_is_killed() -> None:
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+
+
+def test_a_task_with_thousands_of_inputs_on_other_workers() -> None:
+    # Thousands of fetch requests once filled the pipes both ways while both ends were
+    # blocked sending: the run hung. Fetches are now batched, and a worker's listening
+    # thread never blocks on a send.
+    parts = [Op(mp_tasks.sleep_then, 0, i) for i in range(5000)]
+    with get_executor("mp", workers=2) as ex:
+        assert ex.run(Op(mp_tasks.total, *parts)) == sum(range(5000))

@@ -244,20 +244,33 @@ class MpTransport(Transport):
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         batches: dict[str, list[tuple[Any, ...]]] = {}
+        fetches: dict[str, list[Key]] = {}
         with self._lock:
             for spec in tasks:
                 worker = self._workers.get(spec.worker)
                 if worker is None or not worker.alive:
                     continue  # its loss is being reported; the scheduler will retry
                 worker.tasks[spec.key] = spec
-                remote, complete = self._gather_inputs(spec)
+                remote, complete = self._gather_inputs(spec, fetches)
                 if complete:
                     self._encode(spec, remote, batches)
+            for source, keys in fetches.items():
+                holder = self._workers.get(source)
+                try:
+                    if holder is None or not holder.alive:
+                        raise OSError
+                    holder.send(("fetch", next(self._requests), keys))
+                except OSError:
+                    for key in keys:
+                        self._fetch_failed(key, missing=True)
         self._send_batches(batches)
 
-    def _gather_inputs(self, spec: TaskSpec) -> tuple[dict[Key, Payload] | None, bool]:
+    def _gather_inputs(
+        self, spec: TaskSpec, fetches: dict[str, list[Key]]
+    ) -> tuple[dict[Key, Payload] | None, bool]:
         """The inputs ``spec`` needs from other workers, and whether all are at hand;
-        those that are not are requested, and the task is sent when they arrive."""
+        those that are not are added to ``fetches`` (by holder), and the task is sent
+        when they arrive."""
         if spec.sources is None:
             return None, True
         waiting = _Waiting(spec, set())
@@ -274,13 +287,7 @@ class MpTransport(Transport):
                 continue
             self._fetching[key] = [waiting]
             self._fetch_source[key] = source
-            holder = self._workers.get(source)
-            try:
-                if holder is None or not holder.alive:
-                    raise OSError
-                holder.send(("fetch", next(self._requests), key))
-            except OSError:
-                self._fetch_failed(key, missing=True)
+            fetches.setdefault(source, []).append(key)
         return (waiting.payloads or None), not waiting.missing
 
     def _encode(
@@ -440,13 +447,13 @@ class MpTransport(Transport):
             worker.tasks.pop(message[1], None)
             events.task_inputs_lost(message[1], worker.name, message[2])
         elif kind == "data":
-            _, _, key, ok, payload = message
             with self._lock:
-                if ok:
-                    self._cache[key] = (worker.name, payload)
-                    self._fetched(key, payload)
-                else:
-                    self._fetch_failed(key, missing=payload is None, reason=payload)
+                for key, ok, payload in message[2]:
+                    if ok:
+                        self._cache[key] = (worker.name, payload)
+                        self._fetched(key, payload)
+                    else:
+                        self._fetch_failed(key, missing=payload is None, reason=payload)
         elif kind == "out":
             _write(message[1], message[2])
         elif kind == "log":

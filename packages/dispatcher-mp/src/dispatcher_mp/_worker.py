@@ -40,16 +40,35 @@ def set_parent_death_signal() -> None:
 
 
 class _Channel:
-    """The pipe to the caller; both threads send, so sends are serialised."""
+    """The pipe to the caller; both threads send, so sends are serialised.
+
+    The listening thread must never block on a full pipe (the caller may be blocked
+    sending to us at that moment): it hands its replies to a sender thread instead.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.lock = threading.Lock()
+        self._later: SimpleQueue[bytes] = SimpleQueue()
+        threading.Thread(target=self._send_later, name="dispatcher-mp-send", daemon=True).start()
 
     def send(self, message: tuple[Any, ...]) -> None:
         data = pickle.dumps(message, protocol=5)
         with self.lock:
             self.conn.send_bytes(data)
+
+    def send_soon(self, message: tuple[Any, ...]) -> None:
+        """Send without ever blocking the calling thread."""
+        self._later.put(pickle.dumps(message, protocol=5))
+
+    def _send_later(self) -> None:
+        while True:
+            data = self._later.get()
+            try:
+                with self.lock:
+                    self.conn.send_bytes(data)
+            except OSError:
+                return
 
 
 class _Forward:
@@ -151,29 +170,25 @@ class Worker:
 
                 unlink(payload.segment)
 
-    def _serve(self, request: int, key: int) -> None:
-        """Another worker needs ``key``: hand over its serialised form."""
-        if key not in self.store:
-            self.channel.send(("data", request, key, False, None))
-            return
-        payload = self.published.get(key)
-        if payload is None:
-            try:
-                payload = self.shm.dump(self.store[key])
-            except Exception as exc:
-                value = self.store.get(key)
-                self.channel.send(
-                    (
-                        "data",
-                        request,
-                        key,
-                        False,
-                        f"{type(value).__module__}.{type(value).__qualname__}: {exc}",
-                    )
-                )
-                return
-            self.published[key] = payload
-        self.channel.send(("data", request, key, True, payload))
+    def _serve(self, request: int, keys: list[int]) -> None:
+        """Other workers need these results: hand over their serialised forms."""
+        replies = []
+        for key in keys:
+            if key not in self.store:
+                replies.append((key, False, None))
+                continue
+            payload = self.published.get(key)
+            if payload is None:
+                value = self.store[key]
+                try:
+                    payload = self.shm.dump(value)
+                except Exception as exc:
+                    culprit = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+                    replies.append((key, False, culprit))
+                    continue
+                self.published[key] = payload
+            replies.append((key, True, payload))
+        self.channel.send_soon(("data", request, replies))
 
     # -- the main thread -------------------------------------------------------------
 
