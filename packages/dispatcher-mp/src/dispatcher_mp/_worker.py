@@ -172,7 +172,7 @@ class Worker:
 
     def _serve(self, request: int, keys: list[int]) -> None:
         """Other workers need these results: hand over their serialised forms."""
-        replies = []
+        replies: list[tuple[int, bool, Payload | str | None]] = []
         for key in keys:
             if key not in self.store:
                 replies.append((key, False, None))

@@ -1,0 +1,66 @@
+"""Raw MPI floors, run under mpiexec: ping-pong round trip and Send/Recv bandwidth."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main() -> None:
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    last = size - 1
+    buffer = np.zeros(1, dtype=np.uint8)
+    n = 20000
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(n):
+        if rank == 0:
+            comm.Send(buffer, dest=last)
+            comm.Recv(buffer, source=last)
+        elif rank == last:
+            comm.Recv(buffer, source=0)
+            comm.Send(buffer, dest=0)
+    elapsed = time.perf_counter() - start
+    big = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(5):
+        if rank == 0:
+            comm.Send(big, dest=last)
+        elif rank == last:
+            comm.Recv(big, source=0)
+    comm.Barrier()
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        print(
+            json.dumps(
+                {
+                    "workload": "floor",
+                    "runner": f"floor: MPI ping-pong (-n {size})",
+                    "build": 0.0,
+                    "run": elapsed,
+                    "tasks": n,
+                }
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    "workload": "floor",
+                    "runner": f"floor: MPI Send/Recv (-n {size})",
+                    "build": 0.0,
+                    "run": seconds,
+                    "tasks": 5,
+                    "note": f"{5 * big.nbytes / seconds / 1e9:.2f} GB/s",
+                }
+            )
+        )
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["mpi"]:
+    main()

@@ -1,0 +1,358 @@
+"""Run every workload on every dispatcher executor and installed peer, in one run.
+
+    python benchmarks/run.py [--executors sync,async0,async,mp,mpi] [--peers ...]
+                             [--workloads W1,...] [--quick] [--repeat N]
+
+Prints a Markdown table: build and run time (medians), microseconds per task, and the
+ratio of the total to the best peer on the same workload (below 1 is faster). MPI runners
+are run in child jobs under mpiexec and merged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import peers
+from workloads import DESCRIPTIONS, WORKLOADS, Dep, Spec, sink
+
+EXECUTORS = {
+    "sync": ("sync", {}),
+    "async0": ("async", {"threads": 0}),
+    "async": ("async", {}),
+    "mp": ("mp", {"workers": 2}),
+    "mp8": ("mp", {"workers": 2, "prefetch": 8}),
+}
+
+
+def build_dispatcher(spec: Spec) -> Any:
+    from dispatcher import Op
+
+    nodes: dict[str, Any] = {}
+    for name, (func, args) in spec.items():
+        nodes[name] = Op(func, *[nodes[a] if isinstance(a, Dep) else a for a in args])
+    return nodes[sink(spec)]
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and its children."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = self.baseline = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        total = self.process.memory_info().rss
+        for child in self.process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakMemory:
+        self.baseline = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(
+    build: Callable[[Spec], Any],
+    execute: Callable[[Any], Any],
+    spec_of: Callable[[], Spec],
+    repeat: int,
+    workload: str,
+) -> dict[str, Any]:
+    builds, runs, extra = [], [], {}
+    for _ in range(repeat):
+        spec = spec_of()
+        start = time.perf_counter()
+        graph = build(spec)
+        built = time.perf_counter()
+        if workload == "W7":
+            with PeakMemory() as memory:
+                execute(graph)
+            extra["peak_arrays"] = (memory.peak - memory.baseline) / (10 * 1024 * 1024)
+        else:
+            execute(graph)
+        done = time.perf_counter()
+        builds.append(built - start)
+        runs.append(done - built)
+    tasks = len(spec_of())
+    return {
+        "build": statistics.median(builds),
+        "run": statistics.median(runs),
+        "tasks": tasks,
+        **extra,
+    }
+
+
+def dispatcher_runner(name: str, options: dict[str, Any]) -> tuple[Callable[..., Any], Any]:
+    from dispatcher import get_executor
+
+    executor = get_executor(name, **options)
+    return (lambda graph: executor.run(graph)), executor
+
+
+def run_all(args: argparse.Namespace, inside_mpi: bool = False) -> list[dict[str, Any]]:
+    scale = 0.1 if args.quick else 1.0
+    rows: list[dict[str, Any]] = []
+    workloads = [w for w in args.workloads if w in WORKLOADS]
+    runners: list[tuple[str, Callable[[Spec], Any], Callable[[Any], Any], Any]] = []
+    if inside_mpi:
+        execute, ex = dispatcher_runner("mpi", {})
+        runners.append(("dispatcher mpi", build_dispatcher, execute, ex))
+    else:
+        from dispatcher import available_executors
+
+        installed = available_executors()
+        for key in args.executors:
+            if key not in EXECUTORS or EXECUTORS[key][0] not in installed:
+                continue
+            name, options = EXECUTORS[key]
+            execute, ex = dispatcher_runner(name, options)
+            runners.append((f"dispatcher {key}", build_dispatcher, execute, ex))
+        for key in args.peers:
+            made = peers.make(key)
+            if made is not None:
+                runners.append((key, made[0], made[1], made[2]))
+    try:
+        for workload in workloads:
+            for label, build, execute, _ in runners:
+                if label.startswith("dask-delayed") and workload in ("W1",) and not args.quick:
+                    rows.append(
+                        {
+                            "workload": workload,
+                            "runner": label,
+                            "skipped": "building a 10,000-deep delayed chain takes minutes",
+                        }
+                    )
+                    continue
+                try:
+                    result = measure(
+                        build,
+                        execute,
+                        lambda w=workload: WORKLOADS[w](scale),
+                        args.repeat,
+                        workload,
+                    )
+                except Exception as exc:  # a peer that cannot do a workload says so
+                    rows.append(
+                        {
+                            "workload": workload,
+                            "runner": label,
+                            "skipped": f"{type(exc).__name__}: {exc}"[:80],
+                        }
+                    )
+                    continue
+                rows.append({"workload": workload, "runner": label, **result})
+                print(
+                    f"  {workload} {label}: {result['build'] + result['run']:.3f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        for *_, handle in runners:
+            close = getattr(handle, "close", None)
+            if close is not None:
+                close()
+    return rows
+
+
+def w8_rows() -> list[dict[str, Any]]:
+    import gc
+
+    import psutil
+    from workloads import add
+
+    from dispatcher import DataNode, Op
+
+    gc.collect()
+    process = psutil.Process()
+    before = process.memory_info().rss
+    start = time.perf_counter()
+    nodes: list[Any] = [DataNode(0)]
+    append = nodes.append
+    for i in range(1, 1_000_000):
+        append(Op(add, nodes[i - 1], nodes[i // 2]))
+    elapsed = time.perf_counter() - start
+    per_node = (process.memory_info().rss - before) / 1_000_000
+    return [
+        {
+            "workload": "W8",
+            "runner": "dispatcher (any)",
+            "build": elapsed,
+            "run": 0.0,
+            "tasks": 1_000_000,
+            "bytes_per_node": per_node,
+        }
+    ]
+
+
+def mpi_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    common = ["--workloads", ",".join(args.workloads), "--repeat", str(args.repeat)]
+    if args.quick:
+        common.append("--quick")
+    jobs = []
+    if "mpi" in args.executors:
+        jobs.append(
+            [
+                str(mpiexec),
+                "-n",
+                "3",
+                sys.executable,
+                "-m",
+                "dispatcher_mpi",
+                __file__,
+                "--inside-mpi",
+                *common,
+            ]
+        )
+    for backoff in ("0", None):
+        if "mpi4py-futures" in args.peers:
+            jobs.append(
+                (
+                    [
+                        str(mpiexec),
+                        "-n",
+                        "3",
+                        sys.executable,
+                        "-m",
+                        "mpi4py.futures",
+                        __file__,
+                        "--inside-mpi4py",
+                        *common,
+                    ],
+                    backoff,
+                )
+            )
+    for entry in jobs:
+        command, backoff = (entry, None) if isinstance(entry[0], str) else entry
+        env = dict(os.environ)
+        if backoff is not None:
+            env["MPI4PY_FUTURES_BACKOFF"] = backoff
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                if backoff is not None:
+                    row["runner"] += f" (backoff {backoff})"
+                elif "mpi4py" in row["runner"]:
+                    row["runner"] += " (default backoff)"
+                rows.append(row)
+        if done.returncode:
+            sys.stderr.write(done.stderr[-2000:])
+    floor = Path(__file__).parent / "floors.py"
+    for ranks in ("2", "3"):
+        done = subprocess.run(
+            [str(mpiexec), "-n", ranks, sys.executable, str(floor), "mpi"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        rows += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    best: dict[str, float] = {}
+    for row in rows:
+        if "skipped" in row or row["runner"].startswith(("dispatcher", "floor")):
+            continue
+        total = row["build"] + row["run"]
+        best[row["workload"]] = min(best.get(row["workload"], total), total)
+    lines = [
+        "| workload | runner | build s | run s | µs/task | vs best peer | notes |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['workload']} | {row['runner']} | | | | | {row['skipped']} |")
+            continue
+        total = row["build"] + row["run"]
+        per_task = total / row["tasks"] * 1e6 if row.get("tasks") else float("nan")
+        ratio = f"{total / best[row['workload']]:.2f}x" if row["workload"] in best else ""
+        notes = []
+        if "peak_arrays" in row:
+            notes.append(f"peak {row['peak_arrays']:.1f} arrays")
+        if "bytes_per_node" in row:
+            notes.append(f"{row['bytes_per_node']:.0f} bytes/node")
+        if row["workload"] == "W6" and row["run"] > 0:
+            ideal = row["tasks"] * 0.01 / 2
+            notes.append(f"efficiency {ideal / row['run']:.0%} (2 workers)")
+        if "note" in row:
+            notes.append(row["note"])
+        lines.append(
+            f"| {row['workload']} | {row['runner']} | {row['build']:.3f} | {row['run']:.3f} "
+            f"| {per_task:.1f} | {ratio} | {'; '.join(notes)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--executors", default="sync,async0,async,mp,mp8,mpi")
+    parser.add_argument("--peers", default=",".join(peers.PEERS))
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8")
+    parser.add_argument("--quick", action="store_true", help="workloads about 10x smaller")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--inside-mpi", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--inside-mpi4py", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.executors = args.executors.split(",")
+    args.peers = args.peers.split(",")
+    args.workloads = args.workloads.split(",")
+    if args.inside_mpi:
+        for row in run_all(args, inside_mpi=True):
+            print(json.dumps(row))
+        return
+    if args.inside_mpi4py:
+        for row in peers.mpi4py_rows(args):
+            print(json.dumps(row))
+        return
+    rows = peers.floor_rows(args)
+    rows += run_all(args)
+    if "W8" in args.workloads:
+        rows += w8_rows()
+    rows += mpi_rows(args)
+    rows.sort(key=lambda r: (r["workload"], r["runner"]))
+    print(
+        f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, median of {args.repeat}"
+        f"{', quick sizes' if args.quick else ''}\n"
+    )
+    for name, text in DESCRIPTIONS.items():
+        if name in args.workloads:
+            print(f"- {name}: {text}")
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
