@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
+from queue import SimpleQueue
 from typing import Any
 
 from workloads import WORKLOADS, Dep, Spec, sink
@@ -62,25 +63,28 @@ class PoolDriver:
             for d in deps:
                 dependents.setdefault(d, []).append(name)
         values: dict[str, Any] = {}
-        running: dict[Future[Any], str] = {}
+        finished: SimpleQueue[tuple[str, Future[Any]]] = SimpleQueue()
 
         def submit(name: str) -> None:
             func, args = spec[name]
             future = self.pool.submit(func, *[values[a] if isinstance(a, Dep) else a for a in args])
-            running[future] = name
+            # A callback per future, not wait() over all of them: O(1) per completion.
+            future.add_done_callback(lambda f, name=name: finished.put((name, f)))
 
+        outstanding = 0
         for name, deps in waiting.items():
             if not deps:
                 submit(name)
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                name = running.pop(future)
-                values[name] = future.result()
-                for dependent in dependents.get(name, ()):
-                    waiting[dependent].discard(name)
-                    if not waiting[dependent]:
-                        submit(dependent)
+                outstanding += 1
+        while outstanding:
+            name, future = finished.get()
+            outstanding -= 1
+            values[name] = future.result()
+            for dependent in dependents.get(name, ()):
+                waiting[dependent].discard(name)
+                if not waiting[dependent]:
+                    submit(dependent)
+                    outstanding += 1
         return values[sink(spec)]
 
     def close(self) -> None:

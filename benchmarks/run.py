@@ -217,7 +217,8 @@ def mpi_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not mpiexec.exists():
         return []
     rows: list[dict[str, Any]] = []
-    common = ["--workloads", ",".join(args.workloads), "--repeat", str(args.repeat)]
+    workloads = [w for w in args.workloads if w in args.mpi_workloads]
+    common = ["--workloads", ",".join(workloads), "--repeat", str(args.repeat)]
     if args.quick:
         common.append("--quick")
     jobs = []
@@ -321,6 +322,12 @@ def main() -> None:
     parser.add_argument("--executors", default="sync,async0,async,mp,mp8,mpi")
     parser.add_argument("--peers", default=",".join(peers.PEERS))
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8")
+    parser.add_argument(
+        "--mpi-workloads",
+        default="W1,W2,W5,W6,W7",
+        help="workloads for the MPI runners (mpi4py.futures with its default "
+        "backoff needs minutes for the larger graphs)",
+    )
     parser.add_argument("--quick", action="store_true", help="workloads about 10x smaller")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--inside-mpi", action="store_true", help=argparse.SUPPRESS)
@@ -329,6 +336,7 @@ def main() -> None:
     args.executors = args.executors.split(",")
     args.peers = args.peers.split(",")
     args.workloads = args.workloads.split(",")
+    args.mpi_workloads = args.mpi_workloads.split(",")
     if args.inside_mpi:
         for row in run_all(args, inside_mpi=True):
             print(json.dumps(row))
