@@ -6,6 +6,7 @@ apart from running it.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -28,12 +29,21 @@ PEERS = (
 Runner = tuple[Callable[[Spec], Any], Callable[[Any], Any], Any]
 
 
-def _dask_graph(spec: Spec) -> tuple[dict[str, Any], str]:
+def _dask_graph(spec: Spec, tag: str = "") -> tuple[dict[str, Any], str]:
     # dask's low-level graph: a dict of task tuples; strings naming keys are dependencies.
     return {
-        name: (func, *[str(a) if isinstance(a, Dep) else a for a in args])
+        name + tag: (func, *[str(a) + tag if isinstance(a, Dep) else a for a in args])
         for name, (func, args) in spec.items()
-    }, sink(spec)
+    }, sink(spec) + tag
+
+
+_builds = itertools.count()
+
+
+def _fresh_dask_graph(spec: Spec) -> tuple[dict[str, Any], str]:
+    # A cluster keeps results it still holds under their keys: new keys for every build,
+    # so no repetition is served from the one before.
+    return _dask_graph(spec, f"-{next(_builds)}")
 
 
 def _delayed(spec: Spec) -> Any:
@@ -113,7 +123,7 @@ def make(key: str) -> Runner | None:
                     client.close()
                     cluster.close()
 
-            return _dask_graph, lambda graph: client.get(*graph), Handle()
+            return _fresh_dask_graph, lambda graph: client.get(*graph), Handle()
         if key == "ppe":
             driver = PoolDriver(2)
             return (lambda spec: spec), driver.run, driver
