@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import mp_tasks
 import pytest
@@ -28,26 +30,30 @@ def children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def kill_once_started(marker: Path) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs the worker whose pid a task writes to ``marker``."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        for _ in range(1000):
+            if marker.exists() and marker.read_text():
+                killed.append(int(marker.read_text()))
+                os.kill(killed[0], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, killed
+
+
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     before = Op(mp_tasks.pid)
     victim = op(mp_tasks.report_pid_then_sleep, label="victim")(str(marker), 2)
-    killed: list[int] = []
     with get_executor("mp", workers=2, retries=1) as ex:
-
-        def kill_when_started() -> None:
-            for _ in range(500):
-                if marker.exists() and marker.read_text():
-                    killed.append(int(marker.read_text()))
-                    os.kill(killed[0], signal.SIGKILL)
-                    return
-                time.sleep(0.02)
-
-        import threading
-
-        killer = threading.Thread(target=kill_when_started)
-        killer.start()
-        first_pid, final_pid = ex.run([before, victim])
+        killer, killed = kill_once_started(marker)
+        _, final_pid = ex.run([before, victim])
         killer.join()
         assert killed, "the task never started"
         assert final_pid != killed[0]  # it ran again, in the replacement
@@ -59,18 +65,10 @@ def test_worker_lost_beyond_retries(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     victim = op(mp_tasks.report_pid_then_sleep, label="doomed")(str(marker), 30)
     with get_executor("mp", workers=1, retries=0) as ex:
-        import threading
-
-        def kill() -> None:
-            for _ in range(500):
-                if marker.exists() and marker.read_text():
-                    os.kill(int(marker.read_text()), signal.SIGKILL)
-                    return
-                time.sleep(0.02)
-
-        threading.Thread(target=kill).start()
+        killer, _ = kill_once_started(marker)
         with pytest.raises(WorkerLostError, match="doomed") as info:
             ex.run(victim)
+        killer.join()
         assert "SIGKILL" in str(info.value)
         assert ex.run(Op(mp_tasks.sleep_then, 0, 1)) == 1
 
@@ -174,10 +172,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("target", ["pid", "group"])
-def test_sigint_stops_everything(target: str) -> None:
-    pytest.importorskip("psutil")
-    before = shm_entries()
+def start_graph_child() -> tuple[subprocess.Popen[str], list[Any]]:
+    """A child process running SCRIPT, once its workers are up and busy; and the workers."""
+    import psutil
+
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
     child = subprocess.Popen(
         [sys.executable, "-c", SCRIPT],
@@ -186,19 +184,30 @@ def test_sigint_stops_everything(target: str) -> None:
         text=True,
         env=env,
         start_new_session=True,
+        # A shell's background job ignores SIGINT; the child must see it as a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    import psutil
-
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 60
         while len(psutil.Process(child.pid).children(recursive=True)) < 2:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.05)
         time.sleep(1.0)  # let the tasks start
-        workers = psutil.Process(child.pid).children(recursive=True)
+        return child, psutil.Process(child.pid).children(recursive=True)
+    except BaseException:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+
+
+@pytest.mark.parametrize("target", ["pid", "group"])
+def test_sigint_stops_everything(target: str) -> None:
+    psutil = pytest.importorskip("psutil")
+    before = shm_entries()
+    child, workers = start_graph_child()
+    try:
         if target == "pid":
             os.kill(child.pid, signal.SIGINT)
         else:
@@ -210,7 +219,7 @@ def test_sigint_stops_everything(target: str) -> None:
             child.wait()
     assert "interrupted" in out
     assert "KeyboardInterrupt" in err
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
     assert shm_entries() == before
 
@@ -218,27 +227,11 @@ def test_sigint_stops_everything(target: str) -> None:
 def test_workers_exit_when_the_caller_is_killed() -> None:
     psutil = pytest.importorskip("psutil")
     before = shm_entries()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    child = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    child, workers = start_graph_child()
     try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        while len(psutil.Process(child.pid).children(recursive=True)) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)
-        workers = psutil.Process(child.pid).children(recursive=True)
         child.kill()
         child.wait()
-        gone, alive = psutil.wait_procs(workers, timeout=20)
+        _, alive = psutil.wait_procs(workers, timeout=20)
         assert not alive, f"{len(alive)} processes outlived the caller"
         assert shm_entries() == before
     finally:
