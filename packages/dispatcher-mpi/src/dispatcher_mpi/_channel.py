@@ -71,6 +71,7 @@ class Hub:
         self._pending: list[tuple[Any, Any]] = []  # (request, buffer kept alive)
         self.bytes_received = 0
         self.tick: Callable[[], None] | None = None  # called every turn of the loop
+        self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
         self.thread: threading.Thread | None = None
 
     def post(self, dest: int, message: Any) -> None:
@@ -115,7 +116,7 @@ class Hub:
             if self.expecting or time.monotonic() - last_activity < _SPIN_SECONDS:
                 time.sleep(0)  # spin, but never hold the GIL against the other threads
                 continue
-            sleep = min(_MAX_SLEEP, sleep * 2 or 50e-6)
+            sleep = min(self.max_sleep, sleep * 2 or 50e-6)
             self.wakeup.wait(sleep)
             self.wakeup.clear()
 

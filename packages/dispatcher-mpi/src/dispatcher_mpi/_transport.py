@@ -44,6 +44,10 @@ LAUNCH_HELP = (
 )
 
 
+_BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
+_IDLE_SLEEP = 2e-3
+
+
 def _name(rank: int) -> str:
     return f"rank-{rank}"
 
@@ -107,6 +111,10 @@ class Root:
 
     def tick(self) -> None:
         transport = self.transport
+        # While tasks are out, a completion should not wait out a long nap: nap briefly.
+        self.hub.max_sleep = (
+            _BUSY_SLEEP if transport is not None and transport.tasks else (_IDLE_SLEEP)
+        )
         if transport is not None and transport.deadlines:
             transport.enforce_deadlines()
 
