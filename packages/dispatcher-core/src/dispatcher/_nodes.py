@@ -68,6 +68,12 @@ class DispatchNode:
             count = len(args)
             if count == 1:
                 positional = isinstance(args[0], DispatchNode)
+                if not positional and type(args[0]) in _SCALARS:
+                    self._deps = ()
+                    self._args = args
+                    self._kwargs = None
+                    self._shape = SHAPE_CALL
+                    return
             elif count == 2:
                 first, second = args
                 positional = (
