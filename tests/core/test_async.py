@@ -60,6 +60,20 @@ def test_plain_and_coroutine_nodes_mix(threads: int) -> None:
     assert run(node, executor="async", threads=threads) == 4
 
 
+@pytest.mark.parametrize(
+    ("executor", "options"), [("sync", {}), ("async", {"threads": 0}), ("async", {"threads": 2})]
+)
+def test_a_chain_alternating_plain_and_coroutine_nodes(
+    executor: str, options: dict[str, int]
+) -> None:
+    # Plain results made in the caller feed coroutines and the other way round.
+    node = Op(tasks.inc, 0)
+    for i in range(20):
+        node = Op(async_inc if i % 2 else tasks.inc, node)
+    side = Op(tasks.add, node, Op(async_inc, node))
+    assert run([node, side], executor=executor, **options) == [21, 43]
+
+
 def test_threads_limit_concurrency() -> None:
     active = 0
     most = 0

@@ -189,3 +189,54 @@ def test_task_keys_are_unique_across_executors() -> None:
         with fake_executor(Spy()) as ex:
             assert ex.run(Op(tasks.inc, 1)) == 2
     assert len(keys) == len(set(keys)) == 2
+
+
+def _only_inc(func: object) -> bool:
+    return func is tasks.inc
+
+
+def test_tasks_run_in_the_caller_mix_with_submitted_ones() -> None:
+    # inc runs in the caller; add goes to the workers, so values cross both ways.
+    transport = FakeTransport(workers=2, in_caller=_only_inc)
+    recorder = Recorder()
+    a = op(tasks.inc, label="a")(1)  # caller: 2
+    b = op(tasks.add, label="b")(a, 10)  # worker, with a shipped inline: 12
+    c = op(tasks.inc, label="c")(b)  # its input is on a worker: submitted, 13
+    d = op(tasks.inc, label="d")(a)  # caller again: 3
+    with fake_executor(transport) as ex:
+        assert ex.run([c, d], plugins=[recorder]) == [13, 3]
+    assert sorted(label for label, _ in transport.ran) == ["b", "c"]
+    assert sorted(e[1].label for e in recorder.of("finished")) == ["a", "b", "c", "d"]
+    assert {e[2] for e in recorder.of("finished") if e[1].label in ("a", "d")} == {"main"}
+    assert transport.held() == 0
+
+
+def test_results_made_in_the_caller_are_released_and_recomputed_when_lost() -> None:
+    transport = FakeTransport(workers=1, in_caller=_only_inc)
+    a = op(tasks.inc, label="a")(0)  # in the caller
+    b = op(tasks.add, label="b")(a, 1)  # on the worker; a is released after it
+    c = op(tasks.add, label="c")(b, 1)  # the worker dies as c starts: b is lost
+    transport.kill_on("c")
+    recorder = Recorder()
+    with fake_executor(transport) as ex:
+        assert ex.run(c, plugins=[recorder]) == 3
+    ran_a = [e for e in recorder.of("finished") if e[1] is a]
+    assert len(ran_a) == 2  # b's lineage reaches back to a, released in the caller
+    assert [label for label, _ in transport.ran].count("b") == 2
+
+
+def test_a_failure_in_the_caller_is_retried_then_fails_fast(tmp_path: object) -> None:
+    log = str(tmp_path)
+    transport = FakeTransport(workers=1, in_caller=lambda func: func is tasks.flaky)
+    flaky = op(tasks.flaky, label="flaky")(log, "flaky", 1, "ok")
+    with fake_executor(transport, retry_on=ValueError, retries=1) as ex:
+        assert ex.run(flaky) == "ok"
+    hopeless = op(tasks.flaky, label="hopeless")(log, "hopeless", 5, "never")
+    later = op(tasks.add, label="later")(hopeless, 1)
+    with (
+        fake_executor(transport, retry_on=ValueError, retries=1) as ex,
+        pytest.raises(ValueError),
+    ):
+        ex.run(later)
+    assert tasks.calls(log, "hopeless") == 2
+    assert "later" not in [label for label, _ in transport.ran]

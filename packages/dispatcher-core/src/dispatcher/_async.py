@@ -82,6 +82,11 @@ class AsyncTransport(Transport):
         self._events = events
         return {"main": UNLIMITED}
 
+    def runs_in_caller(self, func: Any) -> bool:
+        # With threads=0 a plain function runs inline on the loop anyway; the scheduler
+        # may as well call it itself.
+        return self.pool is None and not may_return_awaitable(func)
+
     def _values(self, spec: TaskSpec) -> list[Any]:
         store, inline = self.store, spec.inline
         if inline is None:

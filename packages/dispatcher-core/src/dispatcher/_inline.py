@@ -32,6 +32,11 @@ class InlineTransport(Transport):
         self._events = events
         return {"main": 1}
 
+    def runs_in_caller(self, func: Any) -> bool:
+        # Everything but what may need awaiting: the scheduler calling a plain function
+        # itself is the same call, minus a spec and a report.
+        return not may_return_awaitable(func)
+
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         events = self._events
         assert events is not None

@@ -16,11 +16,12 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
 from ._nodes import SHAPE_CONSTANT, DispatchNode
-from .transport import TaskSpec, Transport
+from .transport import TaskSpec, Transport, call_task
 
 if TYPE_CHECKING:
     from ._graph import DispatchGraph
@@ -187,7 +188,10 @@ class Run:
         self.waiting = [len(d) for d in self.deps]
         self.needed = [len(d) for d in self.dependents]
         self.attempts = bytearray(n)  # attempts made so far (capped at 255: retries are few)
+        # Values held by the caller: constants, inputs, and results of tasks the scheduler
+        # called itself (see Transport.runs_in_caller). Only the last are ever released.
         self.caller_values: dict[int, Any] = {}
+        self._kept: set[int] = set()
         self.results: dict[int, Any] = {}
         self.errors: dict[int, BaseException] = {}
         # Who holds each result: a shared frozenset per worker for the usual single holder,
@@ -202,6 +206,8 @@ class Run:
         self.aborted = False
 
         self.transport: Transport | None = None
+        self._runs_in_caller: Callable[[Callable[..., Any]], bool] | None = None
+        self._in_caller: dict[Any, bool] = {}  # function -> answer of runs_in_caller
         self._single: str | None = None
         self.slots: dict[str, int] = {}
         self.load: dict[str, int] = {}
@@ -225,6 +231,8 @@ class Run:
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         self.transport = transport
+        if type(transport).runs_in_caller is not Transport.runs_in_caller:
+            self._runs_in_caller = transport.runs_in_caller
         for name, slots in workers.items():
             self._add_worker(name, slots)
 
@@ -236,6 +244,8 @@ class Run:
         ready, state, nodes = self.ready, self.state, self.nodes
         specs: list[TaskSpec] = []
         single = self._single
+        asks = self._runs_in_caller
+        in_caller, caller_values, deps_of = self._in_caller, self.caller_values, self.deps
         while ready:
             p = ready[-1]
             if state[p] != READY:  # a stale entry (the node went back to waiting)
@@ -247,6 +257,22 @@ class Run:
                 self._complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
+            if asks is not None:
+                here = in_caller.get(node._func)
+                if here is None:
+                    here = in_caller[node._func] = asks(node._func)
+                if here:
+                    try:
+                        values = [caller_values[d] for d in deps_of[p]]
+                    except KeyError:
+                        pass  # an input is held by a worker: submit it like any task
+                    else:
+                        ready.pop()
+                        self._call_here(p, node, values)
+                        progressed = True
+                        if self.aborted:
+                            return True
+                        continue
             worker = single if single is not None else self._place(p)
             if worker is None or self.load[worker] >= self.slots[worker]:
                 break
@@ -259,6 +285,32 @@ class Run:
         if self._frees:
             self._flush_frees()
         return progressed
+
+    def _call_here(self, p: int, node: DispatchNode, values: list[Any]) -> None:
+        """Run task ``p`` in this thread (the transport said it may): the same bookkeeping
+        as a submitted task, without a spec or a report."""
+        self.attempts[p] += 1
+        if self._started is not None:
+            self._started(node=node, worker=CALLER)
+        start = perf_counter()
+        try:
+            value = call_task(node._func, node._args, node._kwargs, node._shape, values)
+        except Exception as exc:
+            self._task_error(p, CALLER, exc)
+            return
+        duration = perf_counter() - start
+        timeout = node.timeout if node.timeout is not None else self._timeout
+        if timeout is not None and duration > timeout:
+            # A call in this thread cannot be interrupted: it fails when it returns.
+            self._task_error(p, CALLER, TaskTimeoutError(node.label, timeout))
+            return
+        self.state[p] = DONE
+        self.caller_values[p] = value
+        if self.wanted[p]:
+            self.results[p] = value
+        if self._finished_hook is not None:
+            self._finished_hook(node=node, worker=CALLER, duration=duration, nbytes=None)
+        self._settled(p)
 
     def _only_on(self, worker: str) -> frozenset[str]:
         where = self._alone.get(worker)
@@ -420,6 +472,7 @@ class Run:
 
     def _complete_at_caller(self, p: int, value: Any, hooks: bool) -> None:
         self.caller_values[p] = value
+        self._kept.add(p)
         self.state[p] = DONE
         if self.wanted[p]:
             self.results[p] = value
@@ -439,8 +492,14 @@ class Run:
                 self.waiting[j] -= 1
 
     def _release(self, p: int) -> None:
-        if self.state[p] != DONE or p in self.caller_values:
-            return  # constants and inputs stay: recomputing a lost result may need them
+        if self.state[p] != DONE:
+            return
+        if p in self.caller_values:
+            if p in self._kept:
+                return  # constants and inputs stay: recomputing a lost result may need them
+            del self.caller_values[p]
+            self.state[p] = RELEASED
+            return
         self.state[p] = RELEASED
         where = self.holders[p]
         self.holders[p] = None
@@ -471,6 +530,10 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
+        self._task_error(p, worker, error)
+
+    def _task_error(self, p: int, worker: str, error: BaseException) -> None:
+        """Task ``p``'s attempt on ``worker`` raised ``error``: retry it or fail it."""
         node = self.nodes[p]
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):

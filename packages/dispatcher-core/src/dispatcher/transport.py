@@ -305,6 +305,18 @@ class Transport(abc.ABC):
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         """Drop these results from ``worker``: nobody needs them any more."""
 
+    def runs_in_caller(self, func: Callable[..., Any]) -> bool:
+        """May the scheduler call ``func`` itself, at once, in its own thread?
+
+        Only an in-process transport whose worker *is* the calling thread says yes, and
+        only for functions it would call plainly (not coroutine functions). Such a task
+        then skips :meth:`submit` and the event sink altogether: its result is held with
+        the caller's values and handed to submitted tasks through
+        :attr:`TaskSpec.inline`. Asked once per distinct function per run. The default,
+        for every transport with workers of its own, is no.
+        """
+        return False
+
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:  # noqa: B027 - optional
         """Best effort: do not start these tasks, abandon them if running.
 

@@ -4,12 +4,13 @@ Each worker is a dict of results. Tasks run inside :meth:`FakeTransport.submit`,
 order given, on the worker the scheduler chose; inputs held by another worker are copied
 over and the copy is recorded in :attr:`FakeTransport.moves`. Faults are injected with
 :meth:`FakeTransport.kill_on`: the worker dies as that task starts, losing everything it
-held, and comes back empty under the same name.
+held, and comes back empty under the same name. ``in_caller`` names the functions the
+scheduler may call itself (see :meth:`~dispatcher.transport.Transport.runs_in_caller`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -24,7 +25,13 @@ class FakeTransport(Transport):
 
     capabilities = Capabilities(survives_worker_loss=True, concurrent=False)
 
-    def __init__(self, workers: int = 2, slots: int = 1) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        slots: int = 1,
+        in_caller: Callable[[Callable[..., Any]], bool] | None = None,
+    ) -> None:
+        self.in_caller = in_caller
         self.names = [f"fake-{i}" for i in range(workers)]
         self.slots = slots
         self.stores: dict[str, dict[Key, Any]] = {name: {} for name in self.names}
@@ -45,6 +52,9 @@ class FakeTransport(Transport):
     def start(self, events: EventSink) -> Mapping[str, int]:
         self._events = events
         return {name: self.slots for name in self.names}
+
+    def runs_in_caller(self, func: Callable[..., Any]) -> bool:
+        return self.in_caller is not None and self.in_caller(func)
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         for spec in tasks:
