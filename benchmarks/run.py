@@ -333,10 +333,20 @@ def main() -> None:
     parser.add_argument("--inside-mpi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside-mpi4py", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.executors = args.executors.split(",")
-    args.peers = args.peers.split(",")
-    args.workloads = args.workloads.split(",")
-    args.mpi_workloads = args.mpi_workloads.split(",")
+    # An empty list ("--peers ''") runs none of that kind.
+    args.executors = [name for name in args.executors.split(",") if name]
+    args.peers = [name for name in args.peers.split(",") if name]
+    args.workloads = [name for name in args.workloads.split(",") if name]
+    args.mpi_workloads = [name for name in args.mpi_workloads.split(",") if name]
+    for option, given, known in (
+        ("--executors", args.executors, [*EXECUTORS, "mpi"]),
+        ("--peers", args.peers, list(peers.PEERS)),
+        ("--workloads", args.workloads, [*WORKLOADS, "W8"]),
+        ("--mpi-workloads", args.mpi_workloads, list(WORKLOADS)),
+    ):
+        unknown = [name for name in given if name not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.inside_mpi:
         for row in run_all(args, inside_mpi=True):
             print(json.dumps(row))
