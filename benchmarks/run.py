@@ -33,6 +33,8 @@ EXECUTORS = {
     "async": ("async", {}),
     "mp": ("mp", {"workers": 2}),
     "mp8": ("mp", {"workers": 2, "prefetch": 8}),
+    "mp1": ("mp", {"workers": 2, "prefetch": 1}),
+    "mp32": ("mp", {"workers": 2, "prefetch": 32}),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher import DataNode, Op, WorkerLostError, op
+from dispatcher import DataNode, DependencyError, Op, WorkerLostError, op
 from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
 
 
@@ -240,3 +240,88 @@ def test_a_failure_in_the_caller_is_retried_then_fails_fast(tmp_path: object) ->
         ex.run(later)
     assert tasks.calls(log, "hopeless") == 2
     assert "later" not in [label for label, _ in transport.ran]
+
+
+def _chain(length: int, first: object = None) -> list[Op]:
+    nodes = [op(tasks.inc, label="link0")(0) if first is None else first]
+    for i in range(1, length):
+        nodes.append(op(tasks.inc, label=f"link{i}")(nodes[-1]))
+    return nodes  # type: ignore[return-value]
+
+
+def test_a_chain_is_sent_ahead_to_the_worker_computing_its_input() -> None:
+    transport = FakeTransport(workers=2, slots=8)
+    links = _chain(5)
+    with fake_executor(transport) as ex:
+        assert ex.run(links[-1]) == 5
+    # Each link queued behind the one it needs, on the same worker: two messages (the
+    # queue is short until tasks have shown how long they take).
+    assert transport.batches == [["link0", "link1"], ["link2", "link3", "link4"]]
+    assert len({worker for _, worker in transport.ran}) == 1
+
+
+def test_what_was_sent_ahead_of_a_failure_is_skipped_not_stalled() -> None:
+    transport = FakeTransport(workers=1, slots=8)
+    links = _chain(4, first=op(tasks.fail, label="broken")("no"))
+    with fake_executor(transport) as ex:
+        results = ex.run(links, throw=False)
+    assert isinstance(results[0].error, ValueError)
+    for result in results[1:]:
+        assert isinstance(result.error, DependencyError)
+        assert result.error.node is links[0]
+    assert transport.batches == [["broken", "link1"]]
+    assert len(transport.cancelled) == 1  # link1, sent ahead; the others never left
+    assert [label for label, _ in transport.ran] == ["broken"]
+
+
+def test_inputs_used_last_are_dropped_on_the_worker_at_once() -> None:
+    transport = FakeTransport(workers=1, slots=16)
+    most = 0
+
+    class Watch:
+        from dispatcher import hookimpl
+
+        @hookimpl
+        def dispatcher_task_finished(self) -> None:
+            nonlocal most
+            most = max(most, transport.held())
+
+    links = _chain(12)
+    with fake_executor(transport) as ex:
+        assert ex.run(links[-1], plugins=[Watch()]) == 12
+    assert transport.batches[1] == [f"link{i}" for i in range(2, 12)]
+    # Ten ran before their first report: only dropping inputs as they went kept it small.
+    assert most <= 2
+
+
+def test_long_tasks_get_short_queues_and_tiny_ones_long_queues() -> None:
+    sleepy = [op(tasks.sleep_then, label=f"nap{i}")(0.004, i) for i in range(6)]
+    transport = FakeTransport(workers=1, slots=17)
+    with fake_executor(transport) as ex:
+        assert ex.run(sleepy) == list(range(6))
+    assert max(len(batch) for batch in transport.batches) == 2  # the running one + 1
+
+    tiny = [op(tasks.inc, label=f"tiny{i}")(i) for i in range(60)]
+    transport = FakeTransport(workers=1, slots=17)
+    with fake_executor(transport) as ex:
+        assert ex.run(tiny) == list(range(1, 61))
+    assert len(transport.batches[0]) == 2  # nothing known yet
+    assert max(len(batch) for batch in transport.batches) == 17
+
+
+def test_tiny_tasks_stay_with_their_data_and_long_ones_spread() -> None:
+    transport = FakeTransport(workers=2, slots=8)
+    source = op(tasks.inc, label="source")(0)
+    tiny = [op(tasks.add, label=f"tiny{i}")(source, i) for i in range(4)]
+    with fake_executor(transport) as ex:
+        ex.run(tiny)
+    where = dict(transport.ran)
+    assert {where[f"tiny{i}"] for i in range(4)} == {where["source"]}
+
+    transport = FakeTransport(workers=2, slots=8)
+    source = op(tasks.sleep_then, label="source")(0.005, 0)
+    long = [op(tasks.sleep_then, label=f"long{i}")(0.005, source) for i in range(4)]
+    with fake_executor(transport) as ex:
+        ex.run(long)
+    where = dict(transport.ran)
+    assert len({where[f"long{i}"] for i in range(4)}) == 2

@@ -48,6 +48,17 @@ EV_WORKER_LOST = 4
 
 _NOVALUE: Any = ...
 
+# On workers that run their tasks in order, keep about this much work (by the mean task
+# duration so far) queued behind the running task: enough to hide a round trip to the
+# worker, little enough that no worker sits on a long queue while another idles.
+QUEUED_SECONDS = 0.002
+# What placement assumes before any task has reported its duration, and what moving a
+# result between workers costs: rough figures for pipes and shared memory on one machine
+# (MPI is faster on both counts); what matters is the order of magnitude.
+UNKNOWN_DURATION = 0.001
+MOVE_SECONDS = 100e-6
+MOVE_BYTES_PER_SECOND = 1e9
+
 
 class Options:
     """The scheduling options every executor accepts."""
@@ -209,8 +220,12 @@ class Run:
         self._runs_in_caller: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> answer of runs_in_caller
         self._single: str | None = None
-        self.slots: dict[str, int] = {}
+        self.slots: dict[str, int] = {}  # tasks each worker may be assigned now
+        self._ceiling: dict[str, int] = {}  # ... and at most, as its transport said
         self.load: dict[str, int] = {}
+        self._in_order = False
+        self._mean_duration: float | None = None
+        self._queued = 1  # tasks queued behind the running one, on in-order workers
         self._frees: dict[str, list[int]] = {}
 
         for node, value in inputs.items():
@@ -233,6 +248,7 @@ class Run:
         self.transport = transport
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._runs_in_caller = transport.runs_in_caller
+        self._in_order = transport.capabilities.runs_tasks_in_order
         for name, slots in workers.items():
             self._add_worker(name, slots)
 
@@ -278,6 +294,8 @@ class Run:
                 break
             ready.pop()
             specs.append(self._spec(p, node, worker))
+            if self._in_order:
+                self._send_ahead(p, worker, specs)
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)
@@ -312,6 +330,39 @@ class Run:
             self._finished_hook(node=node, worker=CALLER, duration=duration, nbytes=None)
         self._settled(p)
 
+    def _send_ahead(self, p: int, worker: str, specs: list[TaskSpec]) -> None:
+        """Queue on ``worker`` the dependents whose last missing input is ``p``, which
+        ``worker`` is about to compute, and theirs in turn, while it has room: a chain
+        then runs without a round trip per step."""
+        state, waiting, nodes, dependents = self.state, self.waiting, self.nodes, self.dependents
+        load, slots = self.load, self.slots
+        stack = [p]
+        while stack:
+            for j in dependents[stack.pop()]:
+                if waiting[j] == 1 and state[j] == WAITING:
+                    if load[worker] >= slots[worker]:
+                        return
+                    specs.append(self._spec(j, nodes[j], worker))
+                    stack.append(j)
+
+    def _track_duration(self, duration: float) -> None:
+        """Fold a task's duration into the mean; resize the queues when it moved much."""
+        mean = self._mean_duration
+        mean = duration if mean is None else mean + (duration - mean) * 0.05
+        self._mean_duration = mean
+        if not self._in_order:
+            return
+        queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
+        queued = max(1, min(queued, 1 << 30))
+        if queued != self._queued and not (self._queued // 2 < queued < self._queued * 2):
+            self._queued = queued
+            for worker in self.slots:
+                self.slots[worker] = self._limit(worker)
+
+    def _limit(self, worker: str) -> int:
+        ceiling = self._ceiling[worker]
+        return min(ceiling, 1 + self._queued) if self._in_order else ceiling
+
     def _only_on(self, worker: str) -> frozenset[str]:
         where = self._alone.get(worker)
         if where is None:
@@ -323,27 +374,28 @@ class Run:
         self._single = next(iter(self.slots)) if len(self.slots) == 1 else None
 
     def _place(self, p: int) -> str | None:
-        """The worker holding most of the task's input bytes when it has room, otherwise
-        the least loaded one with room; None when every worker is full."""
-        load, slots, holders, nbytes = self.load, self.slots, self.holders, self.nbytes
-        best: str | None = None
-        best_score = 0
-        score: dict[str, int] = {}
+        """The worker with room where the task would finish soonest: the work queued
+        there before it, plus moving the inputs it does not hold; None when every worker
+        is full. Tiny tasks therefore stay with their data, long ones spread out."""
+        load, slots = self.load, self.slots
+        free = [w for w in slots if load[w] < slots[w]]
+        if len(free) <= 1:
+            return free[0] if free else None
+        holders, nbytes = self.holders, self.nbytes
+        moving = 0.0  # seconds to bring every input to a worker holding none of them
+        held = dict.fromkeys(free, 0.0)  # ... less what each worker holds already
         for d in self.deps[p]:
             where = holders[d]
             if where:
-                size = nbytes[d] or 1
+                cost = MOVE_SECONDS + (nbytes[d] or 0) / MOVE_BYTES_PER_SECOND
+                moving += cost
                 for w in where:
-                    s = score.get(w, 0) + size
-                    score[w] = s
-                    if s > best_score and load[w] < slots[w]:
-                        best, best_score = w, s
-        if best is not None:
-            return best
-        free = [w for w in slots if load[w] < slots[w]]
-        if not free:
-            return None
-        return min(free, key=lambda w: load[w] / slots[w])
+                    if w in held:
+                        held[w] += cost
+        mean = self._mean_duration
+        if mean is None:
+            mean = UNKNOWN_DURATION
+        return min(free, key=lambda w: (load[w] * mean + moving - held[w], load[w]))
 
     def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
         base = self.base
@@ -366,7 +418,9 @@ class Run:
                 for d in deps:
                     where = holders[d]
                     if where is None:
-                        picked.append(None)
+                        # Held by the caller (shipped inline), or sent ahead: still being
+                        # computed on this very worker.
+                        picked.append(None if d in caller_values else worker)
                     elif worker in where:
                         picked.append(worker)
                     else:
@@ -374,8 +428,20 @@ class Run:
                         local = False
                 if not local:
                     sources = tuple(picked)
+            # Inputs only this task still needs, held (or being made) where it runs.
+            needed, wanted, holders = self.needed, self.wanted, self.holders
+            last_use = tuple(
+                [
+                    base + d
+                    for d in deps
+                    if needed[d] == 1
+                    and not wanted[d]
+                    and d not in caller_values
+                    and (holders[d] is None or worker in holders[d])  # type: ignore[operator]
+                ]
+            )
         else:
-            keys = ()
+            keys = last_use = ()
         self.attempts[p] += 1
         timeout = node.timeout if node.timeout is not None else self._timeout
         spec = TaskSpec(
@@ -392,6 +458,7 @@ class Run:
             timeout,
             bool(self.wanted[p]),
             self.attempts[p],
+            last_use,
         )
         self.state[p] = RUNNING
         self.inflight[p] = spec
@@ -444,6 +511,7 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
+        self._track_duration(duration)
         self.state[p] = DONE
         self.holders[p] = self._alone.get(worker) or self._only_on(worker)
         self.nbytes[p] = nbytes
@@ -580,9 +648,16 @@ class Run:
         # Everything downstream cannot run: skip it, naming this node.
         state, dependents = self.state, self.dependents
         stack = list(dependents[p])
+        ahead: list[TaskSpec] = []
         while stack:
             j = stack.pop()
-            if state[j] in TERMINAL or state[j] == RUNNING:
+            if state[j] == RUNNING:
+                # Sent ahead to run after its input: it never will.
+                spec = self.inflight.pop(j, None)
+                if spec is not None:
+                    self.load[spec.worker] -= 1
+                    ahead.append(spec)
+            elif state[j] in TERMINAL:
                 continue
             state[j] = SKIPPED
             self.remaining -= 1
@@ -592,6 +667,10 @@ class Run:
                 self._failed_hook(node=self.nodes[j], worker=CALLER, error=dep_error)
             self._consumed_inputs(j)
             stack.extend(dependents[j])
+        if ahead:
+            assert self.transport is not None
+            with contextlib.suppress(Exception):  # best effort: its report is ignored anyway
+                self.transport.cancel(ahead)
 
     def _consumed_inputs(self, p: int) -> None:
         # ``p`` will never use its inputs: they may be released.
@@ -633,7 +712,8 @@ class Run:
         self._add_worker(worker, slots)
 
     def _add_worker(self, worker: str, slots: int) -> None:
-        self.slots[worker] = max(1, slots)
+        self._ceiling[worker] = max(1, slots)
+        self.slots[worker] = self._limit(worker)
         self.load.setdefault(worker, 0)
         self._workers_changed()
 
@@ -645,6 +725,7 @@ class Run:
         running = sorted(p for p, spec in self.inflight.items() if spec.worker == worker)
         held = [p for p, where in enumerate(self.holders) if where and worker in where]
         del self.slots[worker]
+        del self._ceiling[worker]
         del self.load[worker]
         self._workers_changed()
         self._frees.pop(worker, None)

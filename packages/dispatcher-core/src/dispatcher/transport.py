@@ -146,6 +146,7 @@ class TaskSpec:
         "inline",
         "key",
         "kwargs",
+        "last_use",
         "shape",
         "sources",
         "timeout",
@@ -177,6 +178,10 @@ class TaskSpec:
     """Send the value back with the completion: the caller needs it."""
     attempt: int
     """1 for the first attempt, 2 for the first re-run, ..."""
+    last_use: tuple[Key, ...]
+    """Inputs held on ``worker`` that nothing else will read: the worker may drop them as
+    soon as the task has its input values, instead of waiting for :meth:`Transport.free`
+    (a chain sent ahead then keeps one link alive, not the whole queue's worth)."""
 
     def __init__(
         self,
@@ -193,6 +198,7 @@ class TaskSpec:
         timeout: float | None,
         want_result: bool,
         attempt: int,
+        last_use: tuple[Key, ...] = (),
     ) -> None:
         self.key = key
         self._named = label
@@ -207,6 +213,7 @@ class TaskSpec:
         self.timeout = timeout
         self.want_result = want_result
         self.attempt = attempt
+        self.last_use = last_use
 
     @property
     def label(self) -> str:
@@ -278,6 +285,13 @@ class Capabilities:
     """Independent tasks run at the same time."""
     separate_processes: bool = False
     """Tasks run in other processes than the caller (so they cannot share its memory)."""
+    runs_tasks_in_order: bool = False
+    """Each worker runs one task at a time, in the order it was sent them, and queues the
+    rest (its slots are that queue's length). The scheduler then keeps fewer tasks queued
+    while tasks are long, and may send a task to the worker that is still computing its
+    last missing input, to run right after it without a round trip: such an input's
+    source is the task's own worker, and if it is not there when the task starts (its
+    producer failed or was cancelled), the transport reports ``task_inputs_lost``."""
 
 
 class Transport(abc.ABC):

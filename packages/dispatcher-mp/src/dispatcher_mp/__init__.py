@@ -3,8 +3,8 @@
 Installing this distribution is all it takes: ``run(graph, executor="mp", workers=4)``.
 Options besides the common ones: ``start_method`` ("forkserver" by default where it
 exists, else "spawn"), ``initializer`` and ``initargs`` (run once in each worker at
-start), ``prefetch`` (tasks queued in a worker beyond the one it runs; default 1) and
-``shared_memory`` (default True).
+start), ``prefetch`` (the most tasks queued in a worker beyond the one it runs, default
+16; the scheduler queues fewer while tasks are long) and ``shared_memory`` (default True).
 """
 
 from ._plugin import make_executor as make_executor

@@ -19,7 +19,7 @@ def make_executor(
     start_method: str | None = None,
     initializer: Callable[..., Any] | None = None,
     initargs: Sequence[Any] = (),
-    prefetch: int = 1,
+    prefetch: int = 16,
     shared_memory: bool = True,
 ) -> Executor:
     """An executor on ``workers`` processes (default: the CPUs this process may use)."""
@@ -49,6 +49,7 @@ def dispatcher_executors() -> list[ExecutorInfo]:
                 survives_worker_loss=True,
                 interrupts_running_tasks=True,
                 separate_processes=True,
+                runs_tasks_in_order=True,
             ),
         )
     ]

@@ -92,6 +92,7 @@ class MpTransport(Transport):
         survives_worker_loss=True,
         interrupts_running_tasks=True,
         separate_processes=True,
+        runs_tasks_in_order=True,
     )
 
     def __init__(
@@ -101,7 +102,7 @@ class MpTransport(Transport):
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
-        prefetch: int = 1,
+        prefetch: int = 16,
         shared_memory: bool = True,
     ) -> None:
         if workers is None:
@@ -330,6 +331,7 @@ class MpTransport(Transport):
             remote,
             spec.want_result,
             spec.timeout is not None,
+            spec.last_use,
         )
         if batches is None:
             try:

@@ -14,6 +14,7 @@ import pickle
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from queue import SimpleQueue
 from time import perf_counter
@@ -159,7 +160,7 @@ class Worker:
         except BaseException as exc:  # kept for the tasks that use it to report
             self.functions[token] = _Unloadable(exc)
 
-    def _free(self, keys: list[int]) -> None:
+    def _free(self, keys: Sequence[int]) -> None:
         store, published = self.store, self.published
         for key in keys:
             store.pop(key, None)
@@ -210,7 +211,7 @@ class Worker:
             self.channel.send(("done", done))
 
     def _execute(self, task: tuple[Any, ...]) -> None:
-        key, label, token, blob, shape, deps, remote, want, timed = task
+        key, label, token, blob, shape, deps, remote, want, timed, last_use = task
         if key in self.cancelled:
             self.cancelled.discard(key)
             return
@@ -239,6 +240,8 @@ class Worker:
             self._flush()
             self.channel.send(("lost", key, missing))
             return
+        if last_use:
+            self._free(last_use)  # nothing else reads them: do not wait to be told
         if timed:
             self._flush()
             self.channel.send(("started", key))

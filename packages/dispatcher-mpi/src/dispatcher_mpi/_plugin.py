@@ -15,7 +15,7 @@ def make_executor(
     retries: int = 2,
     retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
     timeout: float | None = None,
-    prefetch: int = 1,
+    prefetch: int = 16,
 ) -> Executor:
     """An executor on the worker ranks of the current ``python -m dispatcher_mpi`` job."""
     from ._transport import MpiTransport
@@ -35,6 +35,6 @@ def dispatcher_executors() -> list[ExecutorInfo]:
             "rank to rank",
             "dispatcher-mpi",
             options=("prefetch",),
-            capabilities=Capabilities(separate_processes=True),
+            capabilities=Capabilities(separate_processes=True, runs_tasks_in_order=True),
         )
     ]

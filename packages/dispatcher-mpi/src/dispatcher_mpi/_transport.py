@@ -144,12 +144,14 @@ def install_root(root: Root | None) -> None:
 class MpiTransport(Transport):
     """Worker ranks of the current job; one such transport may be open at a time."""
 
-    capabilities = Capabilities(separate_processes=True)
+    capabilities = Capabilities(separate_processes=True, runs_tasks_in_order=True)
 
-    def __init__(self, workers: int | None = None, prefetch: int = 1) -> None:
+    def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
         self.root = current_root()
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive int, got {workers!r}")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
         self.ranks = self.root.ranks[:workers] if workers else list(self.root.ranks)
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
@@ -204,6 +206,7 @@ class MpiTransport(Transport):
                     sources,
                     spec.want_result,
                     spec.timeout is not None,
+                    spec.last_use,
                 )
             )
         for rank, batch in batches.items():

@@ -126,7 +126,7 @@ class WorkerRank:
         self.hub.post(ROOT, ("fail", key, duration, capture_error(error, _dumps)))
 
     def _execute(self, task: tuple[Any, ...]) -> None:
-        key, label, token, args, kwargs, inline, shape, deps, sources, want, timed = task
+        key, label, token, args, kwargs, inline, shape, deps, sources, want, timed, last_use = task
         self.queued.discard(key)
         if key in self.cancelled:
             self.cancelled.discard(key)
@@ -144,6 +144,8 @@ class WorkerRank:
             self._flush()
             self.hub.post(ROOT, ("lost", key, missing))
             return
+        for used in last_use:  # nothing else reads them: do not wait to be told
+            self.store.pop(used, None)
         if timed:
             self._flush()
             self.hub.post(ROOT, ("started", key))

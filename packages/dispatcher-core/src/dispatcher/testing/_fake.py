@@ -23,7 +23,9 @@ __all__ = ["FakeTransport", "fake_executor"]
 class FakeTransport(Transport):
     """``workers`` pretend workers named ``fake-0``, ``fake-1``..., each with ``slots``."""
 
-    capabilities = Capabilities(survives_worker_loss=True, concurrent=False)
+    capabilities = Capabilities(
+        survives_worker_loss=True, concurrent=False, runs_tasks_in_order=True
+    )
 
     def __init__(
         self,
@@ -37,6 +39,8 @@ class FakeTransport(Transport):
         self.stores: dict[str, dict[Key, Any]] = {name: {} for name in self.names}
         self.ran: list[tuple[str, str]] = []
         """(label, worker) of every task run, in order."""
+        self.batches: list[list[str]] = []
+        """The labels of each :meth:`submit` call's tasks."""
         self.moves: list[tuple[Key, str, str]] = []
         """(key, from worker, to worker) of every input copied between workers."""
         self.freed: list[tuple[str, Key]] = []
@@ -57,6 +61,7 @@ class FakeTransport(Transport):
         return self.in_caller is not None and self.in_caller(func)
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        self.batches.append([spec.label for spec in tasks])
         for spec in tasks:
             self._run(spec)
 
@@ -89,6 +94,8 @@ class FakeTransport(Transport):
         if missing:
             events.task_inputs_lost(spec.key, worker, missing)
             return
+        for key in spec.last_use:
+            store.pop(key, None)
         self.ran.append((spec.label, worker))
         start = perf_counter()
         try:
