@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,15 @@ _STOP_GRACE = 1.0  # seconds workers get to exit by themselves at close
 
 
 @dataclass
+class _Waiting:
+    """A task held back until the inputs it needs from other workers arrive."""
+
+    spec: TaskSpec
+    missing: set[Key]
+    payloads: dict[Key, Payload] = field(default_factory=dict)
+
+
+@dataclass
 class _Worker:
     name: str
     prefix: str
@@ -67,6 +77,9 @@ class _Worker:
     deadlines: dict[Key, float] = field(default_factory=dict)
     functions: set[int] = field(default_factory=set)
     """Function tokens this worker has been sent."""
+    outbox: deque[_Waiting] = field(default_factory=deque)
+    """Tasks not sent yet, in the order submitted: the first waits for inputs from other
+    workers, and the rest must not overtake it (a task may need its result)."""
     alive: bool = True
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,15 +87,6 @@ class _Worker:
         data = pickle.dumps(message, protocol=5)
         with self.send_lock:
             self.conn.send_bytes(data)
-
-
-@dataclass
-class _Waiting:
-    """A task held back until the inputs it needs from other workers arrive."""
-
-    spec: TaskSpec
-    missing: set[Key]
-    payloads: dict[Key, Payload] = field(default_factory=dict)
 
 
 class MpTransport(Transport):
@@ -252,9 +256,14 @@ class MpTransport(Transport):
                 if worker is None or not worker.alive:
                     continue  # its loss is being reported; the scheduler will retry
                 worker.tasks[spec.key] = spec
-                remote, complete = self._gather_inputs(spec, fetches)
-                if complete:
-                    self._encode(spec, remote, batches)
+                waiting = self._gather_inputs(spec, fetches)
+                if waiting.missing or worker.outbox:
+                    worker.outbox.append(waiting)
+                else:
+                    self._encode(spec, waiting.payloads or None, batches)
+            # Under the lock, before any fetch is asked for: the reader thread sends
+            # what was held back only once these are on their way, never before them.
+            self._send_batches(batches)
             for source, keys in fetches.items():
                 holder = self._workers.get(source)
                 try:
@@ -264,17 +273,13 @@ class MpTransport(Transport):
                 except OSError:
                     for key in keys:
                         self._fetch_failed(key, missing=True)
-        self._send_batches(batches)
 
-    def _gather_inputs(
-        self, spec: TaskSpec, fetches: dict[str, list[Key]]
-    ) -> tuple[dict[Key, Payload] | None, bool]:
-        """The inputs ``spec`` needs from other workers, and whether all are at hand;
-        those that are not are added to ``fetches`` (by holder), and the task is sent
-        when they arrive."""
-        if spec.sources is None:
-            return None, True
+    def _gather_inputs(self, spec: TaskSpec, fetches: dict[str, list[Key]]) -> _Waiting:
+        """The inputs ``spec`` needs from other workers: those at hand in ``payloads``,
+        the others in ``missing`` and added to ``fetches`` (by holder)."""
         waiting = _Waiting(spec, set())
+        if spec.sources is None:
+            return waiting
         for key, source in zip(spec.deps, spec.sources, strict=True):
             if source is None or source == spec.worker:
                 continue
@@ -289,7 +294,7 @@ class MpTransport(Transport):
             self._fetching[key] = [waiting]
             self._fetch_source[key] = source
             fetches.setdefault(source, []).append(key)
-        return (waiting.payloads or None), not waiting.missing
+        return waiting
 
     def _encode(
         self,
@@ -372,6 +377,8 @@ class MpTransport(Transport):
                     del worker.tasks[spec.key]
                     if spec.key not in worker.deadlines:  # not started: skip it
                         by_worker.setdefault(spec.worker, []).append(spec.key)
+            for name in {spec.worker for spec in tasks}:
+                self._send_outbox(name)  # a cancelled task may have held the others back
         for name, keys in by_worker.items():
             try:
                 self._workers[name].send(("cancel", keys))
@@ -466,8 +473,24 @@ class MpTransport(Transport):
         for waiting in self._fetching.pop(key, ()):
             waiting.missing.discard(key)
             waiting.payloads[key] = payload
-            if not waiting.missing and waiting.spec.key in self._tasks_of(waiting.spec):
-                self._encode(waiting.spec, waiting.payloads, None)
+            if not waiting.missing:
+                self._send_outbox(waiting.spec.worker)
+
+    def _send_outbox(self, name: str) -> None:
+        """Send the tasks at the head of ``name``'s outbox that have all their inputs."""
+        worker = self._workers.get(name)
+        if worker is None or not worker.alive:
+            return
+        outbox = worker.outbox
+        batches: dict[str, list[tuple[Any, ...]]] = {}
+        while outbox:
+            head = outbox[0]
+            if head.spec.key in worker.tasks:
+                if head.missing:
+                    break
+                self._encode(head.spec, head.payloads or None, batches)
+            outbox.popleft()  # sent, or failed or cancelled meanwhile
+        self._send_batches(batches)
 
     def _tasks_of(self, spec: TaskSpec) -> dict[Key, TaskSpec]:
         worker = self._workers.get(spec.worker)
@@ -491,6 +514,7 @@ class MpTransport(Transport):
                     serialization_error(spec.label, "input", None, error),
                     0.0,
                 )
+            self._send_outbox(spec.worker)  # what queued behind it may go now
 
     def _next_deadline(self) -> float | None:
         deadlines = [d for w in self._workers.values() for d in w.deadlines.values()]
@@ -523,6 +547,7 @@ class MpTransport(Transport):
             worker.alive = False
             worker.tasks.clear()
             worker.deadlines.clear()
+            worker.outbox.clear()
             for key in [k for k, (holder, _) in self._cache.items() if holder == worker.name]:
                 del self._cache[key]
             # Tasks elsewhere waiting for data from the dead worker will not get it.
