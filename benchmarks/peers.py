@@ -14,7 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from queue import SimpleQueue
 from typing import Any
 
-from workloads import WORKLOADS, Dep, Spec, sink
+from workloads import WORKLOADS, Dep, Spec, sinks
 
 PEERS = (
     "dask-get",
@@ -29,18 +29,18 @@ PEERS = (
 Runner = tuple[Callable[[Spec], Any], Callable[[Any], Any], Any]
 
 
-def _dask_graph(spec: Spec, tag: str = "") -> tuple[dict[str, Any], str]:
+def _dask_graph(spec: Spec, tag: str = "") -> tuple[dict[str, Any], list[str]]:
     # dask's low-level graph: a dict of task tuples; strings naming keys are dependencies.
     return {
         name + tag: (func, *[str(a) + tag if isinstance(a, Dep) else a for a in args])
         for name, (func, args) in spec.items()
-    }, sink(spec) + tag
+    }, [name + tag for name in sinks(spec)]
 
 
 _builds = itertools.count()
 
 
-def _fresh_dask_graph(spec: Spec) -> tuple[dict[str, Any], str]:
+def _fresh_dask_graph(spec: Spec) -> tuple[dict[str, Any], list[str]]:
     # A cluster keeps results it still holds under their keys: new keys for every build,
     # so no repetition is served from the one before.
     return _dask_graph(spec, f"-{next(_builds)}")
@@ -54,7 +54,7 @@ def _delayed(spec: Spec) -> Any:
         nodes[name] = dask.delayed(func, pure=False)(
             *[nodes[a] if isinstance(a, Dep) else a for a in args]
         )
-    return nodes[sink(spec)]
+    return [nodes[name] for name in sinks(spec)]
 
 
 class PoolDriver:
@@ -95,7 +95,7 @@ class PoolDriver:
                 if not waiting[dependent]:
                     submit(dependent)
                     outstanding += 1
-        return values[sink(spec)]
+        return [values[name] for name in sinks(spec)]
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
@@ -108,8 +108,10 @@ def make(key: str) -> Runner | None:
 
             return _dask_graph, lambda graph: dask.get(*graph), None
         if key.startswith("dask-delayed-"):
+            import dask
+
             scheduler = key.rsplit("-", 1)[1]
-            return _delayed, lambda d: d.compute(scheduler=scheduler), None
+            return _delayed, lambda d: dask.compute(*d, scheduler=scheduler), None
         if key == "distributed":
             from distributed import Client, LocalCluster
 
@@ -137,7 +139,7 @@ def _interpret(spec: Spec) -> Any:
     values: dict[str, Any] = {}
     for name, (func, args) in spec.items():
         values[name] = func(*[values[a] if isinstance(a, Dep) else a for a in args])
-    return values[sink(spec)]
+    return [values[name] for name in sinks(spec)]
 
 
 def floor_rows(args: Any) -> list[dict[str, Any]]:

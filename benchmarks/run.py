@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import peers
-from workloads import DESCRIPTIONS, WORKLOADS, Dep, Spec, sink
+from workloads import DESCRIPTIONS, WORKLOADS, Dep, Spec, sinks
 
 EXECUTORS = {
     "sync": ("sync", {}),
@@ -44,7 +44,7 @@ def build_dispatcher(spec: Spec) -> Any:
     nodes: dict[str, Any] = {}
     for name, (func, args) in spec.items():
         nodes[name] = Op(func, *[nodes[a] if isinstance(a, Dep) else a for a in args])
-    return nodes[sink(spec)]
+    return [nodes[name] for name in sinks(spec)]
 
 
 class PeakMemory:
