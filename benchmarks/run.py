@@ -32,9 +32,7 @@ EXECUTORS = {
     "async0": ("async", {"threads": 0}),
     "async": ("async", {}),
     "mp": ("mp", {"workers": 2}),
-    "mp8": ("mp", {"workers": 2, "prefetch": 8}),
-    "mp1": ("mp", {"workers": 2, "prefetch": 1}),
-    "mp32": ("mp", {"workers": 2, "prefetch": 32}),
+    "mp1": ("mp", {"workers": 2, "prefetch": 1}),  # at most one task queued per worker
 }
 
 
@@ -321,7 +319,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--executors", default="sync,async0,async,mp,mp8,mpi")
+    parser.add_argument("--executors", default="sync,async0,async,mp,mpi")
     parser.add_argument("--peers", default=",".join(peers.PEERS))
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8")
     parser.add_argument(

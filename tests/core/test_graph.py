@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from dispatcher import CycleError, DataNode, DispatchGraph, DispatchNode, Op
@@ -112,3 +114,19 @@ def test_to_dot_shows_labels_and_kinds(diamond: tuple[DispatchNode, ...]) -> Non
     assert "DataNode" in dot
     assert 'say \\"hi\\"' in dot
     assert dot.count("->") == 4
+
+
+def test_building_a_graph_leaves_the_garbage_collector_as_it_was() -> None:
+
+    chain = Op(f, 0)
+    for _ in range(100):
+        chain = Op(f, chain)
+    assert gc.isenabled()
+    assert len(DispatchGraph(chain)) == 101
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        DispatchGraph(chain)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

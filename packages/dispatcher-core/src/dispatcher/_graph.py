@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections.abc import Iterable, Iterator
 from operator import attrgetter
 from typing import Any
@@ -12,6 +14,22 @@ from ._nodes import DispatchNode
 __all__ = ["DispatchGraph"]
 
 _by_sequence = attrgetter("_seq")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for building the large structures of a graph
+    or a run, all of which stay alive, so that a collection in the middle would scan
+    every node only to free nothing (a third of the set-up time of a 30,000-node tree).
+    Only dispatcher's own code runs inside; the collector is restored as it was."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class DispatchGraph:
@@ -33,15 +51,16 @@ class DispatchGraph:
     def __init__(self, targets: DispatchNode | Iterable[DispatchNode]) -> None:
         roots = _as_node_list(targets)
         self._targets = tuple(dict.fromkeys(roots))
-        seen: set[DispatchNode] = set(roots)
-        stack = list(seen)
-        pop, push, add = stack.pop, stack.append, seen.add
-        while stack:
-            for dep in pop().dependencies():
-                if dep not in seen:
-                    add(dep)
-                    push(dep)
-        self._set_nodes(sorted(seen, key=_by_sequence))
+        with gc_paused():
+            seen: set[DispatchNode] = set(roots)
+            stack = list(seen)
+            pop, push, add = stack.pop, stack.append, seen.add
+            while stack:
+                for dep in pop().dependencies():
+                    if dep not in seen:
+                        add(dep)
+                        push(dep)
+            self._set_nodes(sorted(seen, key=_by_sequence))
 
     @classmethod
     def _from_parts(

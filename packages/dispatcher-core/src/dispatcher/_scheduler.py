@@ -20,6 +20,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._graph import gc_paused
 from ._nodes import SHAPE_CONSTANT, DispatchNode
 from .transport import TaskSpec, Transport, call_task
 
@@ -173,70 +174,72 @@ class Run:
         throw: bool,
         key_base: int = 0,
     ) -> None:
-        nodes = graph._nodes
-        n = len(nodes)
-        self.graph = graph
-        self.nodes = nodes
-        self.deps = graph._deps
-        self.dependents = graph._dependent_positions()
-        self.options = options
-        self._timeout = options.timeout
-        self.throw = throw
-        self.base = key_base
-        self.inbox = Inbox()
-        self.observers = observers
-        self._started = observers.task_started
-        self._finished_hook = observers.task_finished
-        self._failed_hook = observers.task_failed
-        self._retried_hook = observers.task_retried
+        # Per-node arrays for every node at once: nothing to collect while they are made.
+        with gc_paused():
+            nodes = graph._nodes
+            n = len(nodes)
+            self.graph = graph
+            self.nodes = nodes
+            self.deps = graph._deps
+            self.dependents = graph._dependent_positions()
+            self.options = options
+            self._timeout = options.timeout
+            self.throw = throw
+            self.base = key_base
+            self.inbox = Inbox()
+            self.observers = observers
+            self._started = observers.task_started
+            self._finished_hook = observers.task_finished
+            self._failed_hook = observers.task_failed
+            self._retried_hook = observers.task_retried
 
-        index = graph._index
-        self.target_positions = [index[t] for t in targets]
-        self.wanted = bytearray(n)
-        for p in self.target_positions:
-            self.wanted[p] = 1
-        self.state = bytearray(n)
-        self.waiting = [len(d) for d in self.deps]
-        self.needed = [len(d) for d in self.dependents]
-        self.attempts = bytearray(n)  # attempts made so far (capped at 255: retries are few)
-        # Values held by the caller: constants, inputs, and results of tasks the scheduler
-        # called itself (see Transport.runs_in_caller). Only the last are ever released.
-        self.caller_values: dict[int, Any] = {}
-        self._kept: set[int] = set()
-        self.results: dict[int, Any] = {}
-        self.errors: dict[int, BaseException] = {}
-        # Who holds each result: a shared frozenset per worker for the usual single holder,
-        # so finishing a task allocates nothing here.
-        self.holders: list[frozenset[str] | None] = [None] * n
-        self._alone: dict[str, frozenset[str]] = {}
-        self.nbytes: list[int | None] = [None] * n
-        self.inflight: dict[int, TaskSpec] = {}
-        self.ready: list[int] = []
-        self.remaining = n
-        self.error: BaseException | None = None  # what ends the run (throw=True)
-        self.aborted = False
+            index = graph._index
+            self.target_positions = [index[t] for t in targets]
+            self.wanted = bytearray(n)
+            for p in self.target_positions:
+                self.wanted[p] = 1
+            self.state = bytearray(n)
+            self.waiting = [len(d) for d in self.deps]
+            self.needed = [len(d) for d in self.dependents]
+            self.attempts = bytearray(n)  # attempts made so far (capped at 255: retries are few)
+            # Values held by the caller: constants, inputs, and results of tasks the scheduler
+            # called itself (see Transport.runs_in_caller). Only the last are ever released.
+            self.caller_values: dict[int, Any] = {}
+            self._kept: set[int] = set()
+            self.results: dict[int, Any] = {}
+            self.errors: dict[int, BaseException] = {}
+            # Who holds each result: a shared frozenset per worker for the usual single holder,
+            # so finishing a task allocates nothing here.
+            self.holders: list[frozenset[str] | None] = [None] * n
+            self._alone: dict[str, frozenset[str]] = {}
+            self.nbytes: list[int | None] = [None] * n
+            self.inflight: dict[int, TaskSpec] = {}
+            self.ready: list[int] = []
+            self.remaining = n
+            self.error: BaseException | None = None  # what ends the run (throw=True)
+            self.aborted = False
 
-        self.transport: Transport | None = None
-        self._runs_in_caller: Callable[[Callable[..., Any]], bool] | None = None
-        self._in_caller: dict[Any, bool] = {}  # function -> answer of runs_in_caller
-        self._single: str | None = None
-        self.slots: dict[str, int] = {}  # tasks each worker may be assigned now
-        self._ceiling: dict[str, int] = {}  # ... and at most, as its transport said
-        self.load: dict[str, int] = {}
-        self._in_order = False
-        self._mean_duration: float | None = None
-        self._queued = 1  # tasks queued behind the running one, on in-order workers
-        self._frees: dict[str, list[int]] = {}
+            self.transport: Transport | None = None
+            self._runs_in_caller: Callable[[Callable[..., Any]], bool] | None = None
+            self._in_caller: dict[Any, bool] = {}  # function -> answer of runs_in_caller
+            self._single: str | None = None
+            self.slots: dict[str, int] = {}  # tasks each worker may be assigned now
+            self._ceiling: dict[str, int] = {}  # ... and at most, as its transport said
+            self.load: dict[str, int] = {}
+            self._in_order = False
+            self._mean_duration: float | None = None
+            self._queued = 1  # tasks queued behind the running one, on in-order workers
+            self._frees: dict[str, list[int]] = {}
 
-        for node, value in inputs.items():
-            given = index.get(node)
-            if given is not None:
-                self._complete_at_caller(given, value, hooks=False)
-        # Sources first in the ready stack's pop order: push them in reverse.
-        state, waiting = self.state, self.waiting
-        self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and not state[p]]
-        for p in self.ready:
-            state[p] = READY
+            for node, value in inputs.items():
+                given = index.get(node)
+                if given is not None:
+                    self._complete_at_caller(given, value, hooks=False)
+            # Sources first in the ready stack's pop order: push them in reverse.
+            state, waiting = self.state, self.waiting
+            self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and not state[p]]
+            for p in self.ready:
+                state[p] = READY
 
     # -- driving ---------------------------------------------------------------------------
 
