@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from dispatcher import Op, get_executor
+from dispatcher import Op, get_executor, op
 from dispatcher.testing import Recorder, tasks
 
 
@@ -34,3 +34,24 @@ def test_a_long_chain_keeps_few_results_alive(ex) -> None:  # type: ignore[no-un
     for _ in range(300):
         node = Op(tasks.tracked_step, node)
     assert ex.run(Op(tasks.tracked_most, node)) <= 3
+
+
+def test_a_long_task_is_reported_without_waiting_for_the_next() -> None:
+    import time
+
+    from dispatcher import hookimpl
+    from dispatcher.testing import tasks as t
+
+    finished: dict[str, float] = {}
+
+    class Clock:
+        @hookimpl
+        def dispatcher_task_finished(self, node: Op) -> None:
+            finished[node.label] = time.monotonic()
+
+    first = op(t.sleep_then, label="first")(0.1, "first")
+    second = op(t.sleep_then, label="second")(0.8, "second")
+    with get_executor("mp", workers=1, prefetch=1) as one:
+        assert one.run([first, second], plugins=[Clock()]) == ["first", "second"]
+    # Both were queued on the one worker; the first is known as soon as it ends.
+    assert finished["second"] - finished["first"] > 0.5

@@ -160,6 +160,47 @@ def test_task_error_then_recovery_in_the_same_script(tmp_path: Path) -> None:
     assert "recovered" in done.stdout
 
 
+def test_queueing_ahead_on_ranks(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import time
+        from collections import Counter
+
+        from dispatcher import Op, get_executor, hookimpl, op
+        from dispatcher.testing import Recorder, tasks
+
+        with get_executor("mpi") as ex:
+            # A tree over two ranks: tasks queued behind others never start twice.
+            level = [Op(tasks.inc, i) for i in range(256)]
+            while len(level) > 1:
+                level = [Op(tasks.add, a, b) for a, b in zip(level[::2], level[1::2])]
+            recorder = Recorder()
+            assert ex.run(level[0], plugins=[recorder]) == sum(range(1, 257))
+            started = Counter(id(e[1]) for e in recorder.of("started"))
+            assert len(started) == 511 and max(started.values()) == 1, started
+
+        finished = {}
+
+        class Clock:
+            @hookimpl
+            def dispatcher_task_finished(self, node):
+                finished[node.label] = time.monotonic()
+
+        first = op(tasks.sleep_then, label="first")(0.1, 1)
+        second = op(tasks.sleep_then, label="second")(0.8, 2)
+        with get_executor("mpi", workers=1, prefetch=1) as one:
+            assert one.run([first, second], plugins=[Clock()]) == [1, 2]
+        # Queued together on one rank; the first is known as soon as it ends.
+        assert finished["second"] - finished["first"] > 0.5, finished
+        print("queued ahead")
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "queued ahead" in done.stdout
+
+
 def test_timeout_fails_the_node_and_the_job_goes_on(tmp_path: Path) -> None:
     program = script(
         tmp_path,

@@ -25,6 +25,7 @@ from dispatcher.transport import capture_error, serialization_error
 from ._wire import Payload, SharedMemory, dumps, load
 
 _STOP = object()
+_REPORT_NOW = 1e-3  # seconds: a task this long is reported without waiting for others
 
 
 def set_parent_death_signal() -> None:
@@ -267,7 +268,9 @@ class Worker:
             if payload.segment is not None:
                 self.published[key] = payload
         self.done.append((key, duration, payload.nbytes if payload else None, payload))
-        if len(self.done) >= 64:
+        # Completions of tiny tasks travel together; after a long one the caller hears
+        # at once, so the next task arrives before this worker's queue runs dry.
+        if len(self.done) >= 64 or duration >= _REPORT_NOW:
             self._flush()
 
     def _serialization_failure(

@@ -16,6 +16,7 @@ from dispatcher.transport import call_task, capture_error, serialization_error
 from ._channel import Hub
 
 _STOP = object()
+_REPORT_NOW = 1e-3  # seconds: a task this long is reported without waiting for others
 ROOT = 0
 
 
@@ -169,7 +170,9 @@ class WorkerRank:
             self.done.append((key, duration, value))
         else:
             self.done.append((key, duration))
-        if len(self.done) >= 64:
+        # Completions of tiny tasks travel together; after a long one the caller hears
+        # at once, so the next task arrives before this worker's queue runs dry.
+        if len(self.done) >= 64 or duration >= _REPORT_NOW:
             self._flush()
 
     def _inputs(
