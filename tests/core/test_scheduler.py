@@ -16,6 +16,10 @@ def size_of(data: bytes, extra: int = 0) -> int:
     return len(data) + extra
 
 
+def both_sizes(first: bytes, second: bytes) -> int:
+    return len(first) + len(second)
+
+
 def test_consumer_runs_where_its_big_input_is() -> None:
     transport = FakeTransport(workers=3)
     big = op(blob, label="big")(1_000_000)
@@ -325,3 +329,18 @@ def test_tiny_tasks_stay_with_their_data_and_long_ones_spread() -> None:
         ex.run(long)
     where = dict(transport.ran)
     assert len({where[f"long{i}"] for i in range(4)}) == 2
+
+
+def test_the_producers_of_one_consumers_inputs_gather_on_one_worker() -> None:
+    transport = FakeTransport(workers=2, slots=4)
+    blobs = [op(blob, label=f"blob{i}")(100_000) for i in range(16)]
+    pairs = [op(both_sizes, label=f"pair{i}")(blobs[2 * i], blobs[2 * i + 1]) for i in range(8)]
+    with fake_executor(transport) as ex:
+        assert ex.run(pairs) == [200_000] * 8
+    where = dict(transport.ran)
+    split = [i for i in range(8) if where[f"blob{2 * i}"] != where[f"blob{2 * i + 1}"]]
+    # Spread alternately, all eight would be split; only pairs placed before any size
+    # was known, or when a worker's queue was full, may be.
+    assert len(split) <= 3, split
+    assert len(transport.moves) == len(split)
+    assert len(set(where.values())) == 2  # both workers were used

@@ -15,7 +15,7 @@ from typing import Any
 import mp_tasks
 import pytest
 
-from dispatcher import Op, WorkerLostError, get_executor, hookimpl, op, run
+from dispatcher import Op, SerializationError, WorkerLostError, get_executor, hookimpl, op, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -246,3 +246,24 @@ def test_a_task_with_thousands_of_inputs_on_other_workers() -> None:
     parts = [Op(mp_tasks.sleep_then, 0, i) for i in range(5000)]
     with get_executor("mp", workers=2) as ex:
         assert ex.run(Op(mp_tasks.total, *parts)) == sum(range(5000))
+
+
+def test_a_function_workers_cannot_import_is_named_with_the_fix(tmp_path: Path) -> None:
+    with get_executor("mp", workers=1) as ex:
+        # Made importable here only after the worker started: it cannot import it.
+        (tmp_path / "only_here.py").write_text("def twice(x):\n    return 2 * x\n")
+        sys.path.insert(0, str(tmp_path))
+        try:
+            import only_here  # type: ignore[import-not-found]
+
+            with pytest.raises(SerializationError) as info:
+                ex.run(Op(only_here.twice, 4))
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop("only_here", None)
+        message = str(info.value)
+        assert "twice" in message
+        assert "No module named 'only_here'" in message
+        assert "importable" in message
+        assert "cannot be pickled" not in message
+        assert ex.run(Op(mp_tasks.sleep_then, 0, "still serving")) == "still serving"

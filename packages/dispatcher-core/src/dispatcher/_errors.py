@@ -97,16 +97,18 @@ class SerializationError(DispatcherError):
     """``.what`` (the function, an argument, the result) of ``.node`` could not be sent;
     ``.type_name`` names the offending type."""
 
-    def __init__(self, node: Any, what: str, type_name: str) -> None:
+    def __init__(self, node: Any, what: str, type_name: str, detail: str | None = None) -> None:
         self.node = node
         self.what = what
         self.type_name = type_name
+        self.detail = detail
         super().__init__(
-            f"cannot send the {what} of {node!r} between processes: {type_name} cannot be pickled"
+            f"cannot send the {what} of {node!r} between processes: "
+            + (detail or f"{type_name} cannot be pickled")
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.node, self.what, self.type_name))
+        return (type(self), (self.node, self.what, self.type_name, self.detail))
 
 
 class RemoteError(DispatcherError):

@@ -228,6 +228,7 @@ class Run:
             self.load: dict[str, int] = {}
             self._in_order = False
             self._mean_duration: float | None = None
+            self._mean_nbytes: float | None = None  # of results whose size is known
             self._queued = 1  # tasks queued behind the running one, on in-order workers
             self._frees: dict[str, list[int]] = {}
 
@@ -292,9 +293,15 @@ class Run:
                         if self.aborted:
                             return True
                         continue
-            worker = single if single is not None else self._place(p)
-            if worker is None or self.load[worker] >= self.slots[worker]:
-                break
+            if single is not None:
+                if self.load[single] >= self.slots[single]:
+                    break
+                worker = single
+            else:
+                placed = self._place(p)
+                if placed is None:
+                    break
+                worker = placed
             ready.pop()
             specs.append(self._spec(p, node, worker))
             if self._in_order:
@@ -377,28 +384,57 @@ class Run:
         self._single = next(iter(self.slots)) if len(self.slots) == 1 else None
 
     def _place(self, p: int) -> str | None:
-        """The worker with room where the task would finish soonest: the work queued
-        there before it, plus moving the inputs it does not hold; None when every worker
-        is full. Tiny tasks therefore stay with their data, long ones spread out."""
-        load, slots = self.load, self.slots
-        free = [w for w in slots if load[w] < slots[w]]
-        if len(free) <= 1:
-            return free[0] if free else None
+        """The worker where the task would finish soonest, all told: the work queued
+        there before it, moving the inputs it lacks there, and moving its result later to
+        meet the other inputs of its consumers (or theirs to it). Tiny tasks therefore
+        stay with their data, long ones spread out, and the producers of one consumer's
+        inputs gather on one worker. A worker whose queue is at its usual length takes
+        one more only to save a move; None when no worker will take the task now."""
+        load, slots, ceiling = self.load, self.slots, self._ceiling
+        open_ = [w for w in slots if load[w] < ceiling[w]]
+        if not open_:
+            return None
         holders, nbytes = self.holders, self.nbytes
-        moving = 0.0  # seconds to bring every input to a worker holding none of them
-        held = dict.fromkeys(free, 0.0)  # ... less what each worker holds already
+        moving = 0.0  # seconds of moves if the task ran on a worker holding nothing
+        near = dict.fromkeys(open_, 0.0)  # ... less what each worker would spare
         for d in self.deps[p]:
             where = holders[d]
             if where:
                 cost = MOVE_SECONDS + (nbytes[d] or 0) / MOVE_BYTES_PER_SECOND
                 moving += cost
                 for w in where:
-                    if w in held:
-                        held[w] += cost
+                    if w in near:
+                        near[w] += cost
+        expected = self._mean_nbytes or 0.0
+        for j in self.dependents[p][:4]:
+            siblings = self.deps[j]
+            if len(siblings) > 16:
+                continue  # a reduction over many: no one home to gather near
+            for d in siblings:
+                where = holders[d]
+                if where is None:
+                    spec = self.inflight.get(d)
+                    if spec is None:
+                        continue
+                    where = self._only_on(spec.worker)  # still being computed there
+                size = min(expected, nbytes[d] or expected)
+                cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
+                moving += cost
+                for w in where:
+                    if w in near:
+                        near[w] += cost
         mean = self._mean_duration
         if mean is None:
             mean = UNKNOWN_DURATION
-        return min(free, key=lambda w: (load[w] * mean + moving - held[w], load[w]))
+
+        def finish(w: str) -> tuple[float, int]:
+            return load[w] * mean + moving - near[w], load[w]
+
+        best = min(open_, key=finish)
+        if load[best] < slots[best] or near[best] >= MOVE_SECONDS:
+            return best
+        usual = [w for w in open_ if load[w] < slots[w]]
+        return min(usual, key=finish) if usual else None
 
     def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
         base = self.base
@@ -515,6 +551,9 @@ class Run:
         del self.inflight[p]
         self.load[worker] -= 1
         self._track_duration(duration)
+        if nbytes is not None:
+            seen = self._mean_nbytes
+            self._mean_nbytes = nbytes if seen is None else seen + (nbytes - seen) * 0.05
         self.state[p] = DONE
         self.holders[p] = self._alone.get(worker) or self._only_on(worker)
         self.nbytes[p] = nbytes

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import pickle
+import sys
 import traceback
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ __all__ = [
     "dumps_for",
     "restore_error",
     "serialization_error",
+    "size_of",
+    "unpickling_error",
 ]
 
 Key = int
@@ -129,6 +132,21 @@ def call_task(
     if kwargs:
         return func(*filled, **{k: _fill(v, values) for k, v in kwargs.items()})
     return func(*filled)
+
+
+def size_of(value: Any) -> int:
+    """A cheap estimate of ``value``'s size in bytes, to report with a completion: what
+    placement weighs inputs by. Buffers (NumPy arrays, memoryviews) give their ``nbytes``,
+    bytes-likes their length, anything else its shallow ``sys.getsizeof``."""
+    nbytes = getattr(value, "nbytes", None)
+    if type(nbytes) is int:
+        return nbytes
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    try:
+        return sys.getsizeof(value)
+    except Exception:  # a __sizeof__ that fails: no estimate, no error
+        return 0
 
 
 class TaskSpec:
@@ -444,6 +462,19 @@ def serialization_error(label: str, what: str, obj: Any, exc: BaseException) -> 
     """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
     ``exc``, naming the offending type as precisely as the failure tells it."""
     return SerializationError(label, what, _culprit(obj, exc))
+
+
+def unpickling_error(label: str, what: str, exc: BaseException) -> SerializationError:
+    """The error for the ``what`` of node ``label`` failing to *un*pickle where it
+    arrived, with ``exc``: most often a module that process cannot import."""
+    detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {exc})"
+    if isinstance(exc, (ImportError, AttributeError)):
+        detail += (
+            "; what is pickled by reference (functions and classes of a module) must be "
+            "importable there too: install the module on every worker, or put it on "
+            "PYTHONPATH"
+        )
+    return SerializationError(label, what, type(exc).__qualname__, detail)
 
 
 def _culprit(obj: Any, exc: BaseException) -> str:

@@ -44,6 +44,7 @@ from dispatcher.transport import (
     dumps_for,
     restore_error,
     serialization_error,
+    unpickling_error,
 )
 
 from . import _worker
@@ -435,7 +436,7 @@ class MpTransport(Transport):
                 except Exception as exc:
                     label = spec.label if spec is not None else str(key)
                     events.task_failed(
-                        key, worker.name, serialization_error(label, "result", None, exc), duration
+                        key, worker.name, unpickling_error(label, "result", exc), duration
                     )
                     continue
                 if payload.segment is not None:

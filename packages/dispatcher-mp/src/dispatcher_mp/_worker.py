@@ -20,7 +20,12 @@ from queue import SimpleQueue
 from time import perf_counter
 from typing import Any
 
-from dispatcher.transport import capture_error, serialization_error
+from dispatcher.transport import (
+    capture_error,
+    serialization_error,
+    size_of,
+    unpickling_error,
+)
 
 from ._wire import Payload, SharedMemory, dumps, load
 
@@ -218,12 +223,12 @@ class Worker:
             return
         func = self.functions[token]
         if isinstance(func, _Unloadable):
-            self._serialization_failure(key, label, "function", func.error)
+            self._fail_now(key, unpickling_error(label, "function", func.error))
             return
         try:
             args, kwargs, inline = pickle.loads(blob) if blob is not None else ((), None, None)
         except Exception as exc:
-            self._serialization_failure(key, label, "arguments", exc)
+            self._fail_now(key, unpickling_error(label, "arguments", exc))
             return
         values = []
         missing = []
@@ -267,7 +272,7 @@ class Worker:
                 return
             if payload.segment is not None:
                 self.published[key] = payload
-        self.done.append((key, duration, payload.nbytes if payload else None, payload))
+        self.done.append((key, duration, payload.nbytes if payload else size_of(value), payload))
         # Completions of tiny tasks travel together; after a long one the caller hears
         # at once, so the next task arrives before this worker's queue runs dry.
         if len(self.done) >= 64 or duration >= _REPORT_NOW:
@@ -276,7 +281,9 @@ class Worker:
     def _serialization_failure(
         self, key: int, label: str, what: str, exc: BaseException, obj: Any = None
     ) -> None:
-        error = serialization_error(label, what, obj, exc)
+        self._fail_now(key, serialization_error(label, what, obj, exc))
+
+    def _fail_now(self, key: int, error: BaseException) -> None:
         self._flush()
         self.channel.send(("fail", key, 0.0, "error", capture_error(error, dumps)))
 

@@ -276,10 +276,10 @@ class MpiTransport(Transport):
                     continue
                 del self.tasks[key]
                 self.deadlines.pop(key, None)
-                if len(entry) == 3:
-                    events.task_finished(key, worker, entry[1], None, entry[2])
+                if len(entry) == 4:
+                    events.task_finished(key, worker, entry[1], entry[2], entry[3])
                 else:
-                    events.task_finished(key, worker, entry[1], None)
+                    events.task_finished(key, worker, entry[1], entry[2])
         elif kind == "fail":
             _, key, duration, wire = message
             spec = self.tasks.get(key)

@@ -11,7 +11,13 @@ from queue import SimpleQueue
 from time import perf_counter
 from typing import Any
 
-from dispatcher.transport import call_task, capture_error, serialization_error
+from dispatcher.transport import (
+    call_task,
+    capture_error,
+    serialization_error,
+    size_of,
+    unpickling_error,
+)
 
 from ._channel import Hub
 
@@ -134,7 +140,7 @@ class WorkerRank:
             return
         func = self.functions[token]  # sent before the first task that uses it
         if isinstance(func, _Unloadable):
-            self._fail(key, serialization_error(label, "function", None, func.error), 0.0)
+            self._fail(key, unpickling_error(label, "function", func.error), 0.0)
             return
         try:
             values, missing = self._inputs(deps, sources, inline)
@@ -167,9 +173,9 @@ class WorkerRank:
                 del self.store[key]
                 self._fail(key, serialization_error(label, "result", value, exc), duration)
                 return
-            self.done.append((key, duration, value))
+            self.done.append((key, duration, size_of(value), value))
         else:
-            self.done.append((key, duration))
+            self.done.append((key, duration, size_of(value)))
         # Completions of tiny tasks travel together; after a long one the caller hears
         # at once, so the next task arrives before this worker's queue runs dry.
         if len(self.done) >= 64 or duration >= _REPORT_NOW:
