@@ -118,13 +118,15 @@ def dispatcher_runner(name: str, options: dict[str, Any]) -> tuple[Callable[...,
 
 
 def run_all(args: argparse.Namespace, inside_mpi: bool = False) -> list[dict[str, Any]]:
+    """Every runner on every workload. One runner exists at a time: a peer's background
+    work (dask.distributed's cluster keeps a core busy even when idle) must not slow
+    down the others."""
     scale = 0.1 if args.quick else 1.0
     rows: list[dict[str, Any]] = []
     workloads = [w for w in args.workloads if w in WORKLOADS]
-    runners: list[tuple[str, Callable[[Spec], Any], Callable[[Any], Any], Any]] = []
+    factories: list[tuple[str, Callable[[], Any]]] = []
     if inside_mpi:
-        execute, ex = dispatcher_runner("mpi", {})
-        runners.append(("dispatcher mpi", build_dispatcher, execute, ex))
+        factories.append(("dispatcher mpi", lambda: dispatcher_runner("mpi", {})))
     else:
         from dispatcher import available_executors
 
@@ -133,53 +135,57 @@ def run_all(args: argparse.Namespace, inside_mpi: bool = False) -> list[dict[str
             if key not in EXECUTORS or EXECUTORS[key][0] not in installed:
                 continue
             name, options = EXECUTORS[key]
-            execute, ex = dispatcher_runner(name, options)
-            runners.append((f"dispatcher {key}", build_dispatcher, execute, ex))
-        for key in args.peers:
-            made = peers.make(key)
-            if made is not None:
-                runners.append((key, made[0], made[1], made[2]))
-    try:
-        for workload in workloads:
-            for label, build, execute, _ in runners:
-                if label.startswith("dask-delayed") and workload in ("W1",) and not args.quick:
-                    rows.append(
-                        {
-                            "workload": workload,
-                            "runner": label,
-                            "skipped": "building a 10,000-deep delayed chain takes minutes",
-                        }
-                    )
-                    continue
-                try:
-                    result = measure(
-                        build,
-                        execute,
-                        lambda w=workload: WORKLOADS[w](scale),
-                        args.repeat,
-                        workload,
-                    )
-                except Exception as exc:  # a peer that cannot do a workload says so
-                    rows.append(
-                        {
-                            "workload": workload,
-                            "runner": label,
-                            "skipped": f"{type(exc).__name__}: {exc}"[:80],
-                        }
-                    )
-                    continue
-                rows.append({"workload": workload, "runner": label, **result})
-                print(
-                    f"  {workload} {label}: {result['build'] + result['run']:.3f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    finally:
-        for *_, handle in runners:
+            factories.append(
+                (f"dispatcher {key}", lambda n=name, o=options: dispatcher_runner(n, o))
+            )
+        factories += [(key, lambda k=key: peers.make(k)) for key in args.peers]
+    for label, factory in factories:
+        made = factory()
+        if made is None:
+            continue  # a peer that is not installed
+        if label.startswith("dispatcher"):
+            execute, handle = made
+            build: Callable[[Spec], Any] = build_dispatcher
+        else:
+            build, execute, handle = made
+        try:
+            for workload in workloads:
+                rows.append(run_one(args, label, workload, build, execute, scale))
+        finally:
             close = getattr(handle, "close", None)
             if close is not None:
                 close()
     return rows
+
+
+def run_one(
+    args: argparse.Namespace,
+    label: str,
+    workload: str,
+    build: Callable[[Spec], Any],
+    execute: Callable[[Any], Any],
+    scale: float,
+) -> dict[str, Any]:
+    if label.startswith("dask-delayed") and workload == "W1" and not args.quick:
+        return {
+            "workload": workload,
+            "runner": label,
+            "skipped": "building a 10,000-deep delayed chain takes minutes",
+        }
+    try:
+        result = measure(build, execute, lambda: WORKLOADS[workload](scale), args.repeat, workload)
+    except Exception as exc:  # a peer that cannot do a workload says so
+        return {
+            "workload": workload,
+            "runner": label,
+            "skipped": f"{type(exc).__name__}: {exc}"[:80],
+        }
+    print(
+        f"  {workload} {label}: {result['build'] + result['run']:.3f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"workload": workload, "runner": label, **result}
 
 
 def w8_rows() -> list[dict[str, Any]]:
