@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher import DataNode, DependencyError, Op, WorkerLostError, op
+from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, op
 from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
 
 
@@ -344,3 +344,15 @@ def test_the_producers_of_one_consumers_inputs_gather_on_one_worker() -> None:
     assert len(split) <= 3, split
     assert len(transport.moves) == len(split)
     assert len(set(where.values())) == 2  # both workers were used
+
+
+def test_long_tasks_do_not_pile_up_to_meet_their_siblings() -> None:
+    # Twelve 4 ms tasks feed one consumer; gathering them saves a tiny move, not worth
+    # queueing behind each other while the other worker idles.
+    transport = FakeTransport(workers=2, slots=17)
+    naps = [op(tasks.sleep_then, label=f"nap{i}")(0.004, i) for i in range(12)]
+    with fake_executor(transport) as ex:
+        assert ex.run(CollectNode(naps)) == list(range(12))
+    assert max(len(batch) for batch in transport.batches) <= 4  # 1 running + 1 queued, x2
+    where = [worker for label, worker in transport.ran if label.startswith("nap")]
+    assert abs(where.count("fake-0") - where.count("fake-1")) <= 2

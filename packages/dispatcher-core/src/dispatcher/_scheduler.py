@@ -389,7 +389,8 @@ class Run:
         meet the other inputs of its consumers (or theirs to it). Tiny tasks therefore
         stay with their data, long ones spread out, and the producers of one consumer's
         inputs gather on one worker. A worker whose queue is at its usual length takes
-        one more only to save a move; None when no worker will take the task now."""
+        one more only when that saves a move worth the wait; None when no worker will
+        take the task now."""
         load, slots, ceiling = self.load, self.slots, self._ceiling
         open_ = [w for w in slots if load[w] < ceiling[w]]
         if not open_:
@@ -431,7 +432,9 @@ class Run:
             return load[w] * mean + moving - near[w], load[w]
 
         best = min(open_, key=finish)
-        if load[best] < slots[best] or near[best] >= MOVE_SECONDS:
+        # Beyond the usual queue only when the move saved outweighs the extra wait there.
+        beyond = load[best] + 1 - slots[best]
+        if beyond <= 0 or near[best] >= MOVE_SECONDS + beyond * mean:
             return best
         usual = [w for w in open_ if load[w] < slots[w]]
         return min(usual, key=finish) if usual else None
