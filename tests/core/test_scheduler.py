@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, op
+from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, hookimpl, op
 from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
+
+
+class MostHeld:
+    """An observer: the most results the transport's workers held at once."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+        self.most = 0
+
+    @hookimpl
+    def dispatcher_task_finished(self) -> None:
+        self.most = max(self.most, self.transport.held())
 
 
 def blob(size: int) -> bytes:
@@ -49,21 +61,12 @@ def test_inputs_move_when_they_must() -> None:
 def test_results_are_released_as_soon_as_nothing_needs_them() -> None:
     transport = FakeTransport(workers=2)
     node = Op(tasks.inc, 0)
-    most = 0
-
-    class Watch:
-        from dispatcher import hookimpl
-
-        @hookimpl
-        def dispatcher_task_finished(self) -> None:
-            nonlocal most
-            most = max(most, transport.held())
-
+    watch = MostHeld(transport)
     for _ in range(50):
         node = Op(tasks.inc, node)
     with fake_executor(transport) as ex:
-        assert ex.run(node, plugins=[Watch()]) == 51
-        assert most <= 2
+        assert ex.run(node, plugins=[watch]) == 51
+        assert watch.most <= 2
         assert transport.held() == 0  # nothing stays behind after the run
 
 
@@ -280,22 +283,13 @@ def test_what_was_sent_ahead_of_a_failure_is_skipped_not_stalled() -> None:
 
 def test_inputs_used_last_are_dropped_on_the_worker_at_once() -> None:
     transport = FakeTransport(workers=1, slots=16)
-    most = 0
-
-    class Watch:
-        from dispatcher import hookimpl
-
-        @hookimpl
-        def dispatcher_task_finished(self) -> None:
-            nonlocal most
-            most = max(most, transport.held())
-
+    watch = MostHeld(transport)
     links = _chain(12)
     with fake_executor(transport) as ex:
-        assert ex.run(links[-1], plugins=[Watch()]) == 12
+        assert ex.run(links[-1], plugins=[watch]) == 12
     assert transport.batches[1] == [f"link{i}" for i in range(2, 12)]
     # Ten ran before their first report: only dropping inputs as they went kept it small.
-    assert most <= 2
+    assert watch.most <= 2
 
 
 def test_long_tasks_get_short_queues_and_tiny_ones_long_queues() -> None:
