@@ -350,3 +350,16 @@ def test_long_tasks_do_not_pile_up_to_meet_their_siblings() -> None:
     assert max(len(batch) for batch in transport.batches) <= 4  # 1 running + 1 queued, x2
     where = [worker for label, worker in transport.ran if label.startswith("nap")]
     assert abs(where.count("fake-0") - where.count("fake-1")) <= 2
+
+
+def test_a_retried_task_gets_back_the_input_it_let_its_worker_drop(tmp_path: object) -> None:
+    log = str(tmp_path)
+    transport = FakeTransport(workers=1, slots=4)
+    source = op(tasks.inc, label="source")(1)
+    flaky = op(tasks.flaky, label="flaky")(log, "flaky", 1, source)  # fails once
+    recorder = Recorder()
+    with fake_executor(transport, retry_on=ValueError, retries=2) as ex:
+        assert ex.run(flaky, plugins=[recorder]) == 2
+    # The first attempt let the worker drop `source`; the second needed it: recomputed.
+    assert [label for label, _ in transport.ran].count("source") == 2
+    assert transport.held() == 0
