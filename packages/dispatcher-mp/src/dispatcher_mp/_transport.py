@@ -301,9 +301,9 @@ class MpTransport(Transport):
         self,
         spec: TaskSpec,
         remote: dict[Key, Payload] | None,
-        batches: dict[str, list[tuple[Any, ...]]] | None,
+        batches: dict[str, list[tuple[Any, ...]]],
     ) -> None:
-        """Serialise ``spec`` for its worker: to ``batches``, or sent at once."""
+        """Serialise ``spec`` for its worker, into ``batches`` (see :meth:`_send_batches`)."""
         worker = self._workers[spec.worker]
         try:
             token, _ = self._registry.token(spec.func)
@@ -339,13 +339,7 @@ class MpTransport(Transport):
             spec.timeout is not None,
             spec.last_use,
         )
-        if batches is None:
-            try:
-                worker.send(("run", [task]))
-            except OSError:
-                pass
-        else:
-            batches.setdefault(spec.worker, []).append(task)
+        batches.setdefault(spec.worker, []).append(task)
 
     def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
         for name, tasks in batches.items():
