@@ -48,6 +48,7 @@ EV_WORKER_ADDED = 3
 EV_WORKER_LOST = 4
 
 _NOVALUE: Any = ...
+_ABSENT = object()  # a task's result may be anything, ``...`` included
 
 # On workers that run their tasks in order, keep about this much work (by the mean task
 # duration so far) queued behind the running task: enough to hide a round trip to the
@@ -59,6 +60,11 @@ QUEUED_SECONDS = 0.002
 UNKNOWN_DURATION = 0.001
 MOVE_SECONDS = 100e-6
 MOVE_BYTES_PER_SECOND = 1e9
+
+
+def _running_mean(mean: float | None, sample: float) -> float:
+    """An exponential moving average that follows the last few dozen samples."""
+    return sample if mean is None else mean + (sample - mean) * 0.05
 
 
 class Options:
@@ -355,11 +361,12 @@ class Run:
                     specs.append(self._spec(j, nodes[j], worker))
                     stack.append(j)
 
-    def _track_duration(self, duration: float) -> None:
-        """Fold a task's duration into the mean; resize the queues when it moved much."""
-        mean = self._mean_duration
-        mean = duration if mean is None else mean + (duration - mean) * 0.05
-        self._mean_duration = mean
+    def _learn(self, duration: float, nbytes: int | None) -> None:
+        """Fold a finished task's duration (and result size, if known) into the running
+        means; resize the queues when the mean duration moved much."""
+        self._mean_duration = mean = _running_mean(self._mean_duration, duration)
+        if nbytes is not None:
+            self._mean_nbytes = _running_mean(self._mean_nbytes, nbytes)
         if not self._in_order:
             return
         queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
@@ -398,14 +405,19 @@ class Run:
         holders, nbytes = self.holders, self.nbytes
         moving = 0.0  # seconds of moves if the task ran on a worker holding nothing
         near = dict.fromkeys(open_, 0.0)  # ... less what each worker would spare
+
+        def weigh(where: frozenset[str], size: float) -> None:
+            nonlocal moving
+            cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
+            moving += cost
+            for w in where:
+                if w in near:
+                    near[w] += cost
+
         for d in self.deps[p]:
             where = holders[d]
             if where:
-                cost = MOVE_SECONDS + (nbytes[d] or 0) / MOVE_BYTES_PER_SECOND
-                moving += cost
-                for w in where:
-                    if w in near:
-                        near[w] += cost
+                weigh(where, nbytes[d] or 0)
         expected = self._mean_nbytes or 0.0
         for j in self.dependents[p][:4]:
             siblings = self.deps[j]
@@ -418,12 +430,7 @@ class Run:
                     if spec is None:
                         continue
                     where = self._only_on(spec.worker)  # still being computed there
-                size = min(expected, nbytes[d] or expected)
-                cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
-                moving += cost
-                for w in where:
-                    if w in near:
-                        near[w] += cost
+                weigh(where, min(expected, nbytes[d] or expected))
         mean = self._mean_duration
         if mean is None:
             mean = UNKNOWN_DURATION
@@ -553,10 +560,7 @@ class Run:
             return
         del self.inflight[p]
         self.load[worker] -= 1
-        self._track_duration(duration)
-        if nbytes is not None:
-            seen = self._mean_nbytes
-            self._mean_nbytes = nbytes if seen is None else seen + (nbytes - seen) * 0.05
+        self._learn(duration, nbytes)
         self.state[p] = DONE
         self.holders[p] = self._alone.get(worker) or self._only_on(worker)
         self.nbytes[p] = nbytes
@@ -605,15 +609,11 @@ class Run:
                 self.waiting[j] -= 1
 
     def _release(self, p: int) -> None:
-        if self.state[p] != DONE:
-            return
-        if p in self.caller_values:
-            if p in self._kept:
-                return  # constants and inputs stay: recomputing a lost result may need them
-            del self.caller_values[p]
-            self.state[p] = RELEASED
-            return
+        if self.state[p] != DONE or p in self._kept:
+            return  # constants and inputs stay: recomputing a lost result may need them
         self.state[p] = RELEASED
+        if self.caller_values.pop(p, _ABSENT) is not _ABSENT:
+            return  # made by the scheduler itself: no worker holds it
         where = self.holders[p]
         self.holders[p] = None
         if where:
