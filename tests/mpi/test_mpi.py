@@ -164,7 +164,8 @@ def test_queueing_ahead_on_ranks(tmp_path: Path) -> None:
     program = script(
         tmp_path,
         """
-        import time
+        import os
+        import sys
         from collections import Counter
 
         from dispatcher import Op, get_executor, hookimpl, op
@@ -180,23 +181,24 @@ def test_queueing_ahead_on_ranks(tmp_path: Path) -> None:
             started = Counter(id(e[1]) for e in recorder.of("started"))
             assert len(started) == 511 and max(started.values()) == 1, started
 
-        finished = {}
+        # Queued together on one rank: the second returns True only if rank 0 heard of
+        # the first while the second was still running.
+        marker = os.path.join(sys.argv[1], "first-reported")
 
-        class Clock:
+        class MarkFirst:
             @hookimpl
             def dispatcher_task_finished(self, node):
-                finished[node.label] = time.monotonic()
+                if node.label == "first":
+                    open(marker, "w").close()
 
-        first = op(tasks.sleep_then, label="first")(0.1, 1)
-        second = op(tasks.sleep_then, label="second")(0.8, 2)
+        first = op(tasks.sleep_then, label="first")(0.05, 1)
+        second = op(tasks.wait_for_file, label="second")(marker, 10)
         with get_executor("mpi", workers=1, prefetch=1) as one:
-            assert one.run([first, second], plugins=[Clock()]) == [1, 2]
-        # Queued together on one rank; the first is known as soon as it ends.
-        assert finished["second"] - finished["first"] > 0.5, finished
+            assert one.run([first, second], plugins=[MarkFirst()]) == [1, True]
         print("queued ahead")
     """,
     )
-    done = job(3, program)
+    done = job(3, program, str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "queued ahead" in done.stdout
 

@@ -71,6 +71,16 @@ def sleep_then(seconds: float, value: Any) -> Any:
     return value
 
 
+def wait_for_file(path: str, seconds: float) -> bool:
+    """True as soon as ``path`` exists; False if it did not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def calls(log: str, name: str) -> int:
     """How many times ``logged``/``flaky`` ran under ``name``."""
     return sum(1 for p in Path(log).iterdir() if p.name.startswith(name + "."))
