@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 import traceback
+from typing import Any
+
+_FORWARD_GRACE = 0.2  # seconds mpiexec gets to forward a dying rank's last words
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
 
@@ -32,6 +36,17 @@ def _program_dir(kind: str, target: str) -> str:
     return os.path.dirname(os.path.abspath(target)) if kind == "path" else os.getcwd()
 
 
+def _abort(comm: Any, message: str, status: int) -> None:
+    """Say why, then end the whole job. The message goes out in one write, and mpiexec
+    gets a moment to pass it on: aborting kills the process that forwards our stderr,
+    and a traceback written line by line lost all but its first line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(2, message.encode("utf-8", "replace"))
+    time.sleep(_FORWARD_GRACE)
+    comm.Abort(status)
+
+
 def main() -> None:
     kind, target, argv = _parse(sys.argv[1:])
     # The program's directory is importable on every rank, as `python script.py` makes it.
@@ -53,9 +68,7 @@ def main() -> None:
         try:
             WorkerRank(comm).serve()
         except BaseException:
-            traceback.print_exc()
-            sys.stderr.flush()
-            comm.Abort(1)
+            _abort(comm, traceback.format_exc(), 1)
         return
 
     from ._transport import Root, install_root
@@ -83,10 +96,12 @@ def main() -> None:
             status = 1
     except BaseException:
         # One failing rank must not leave the others waiting: end the whole job.
-        traceback.print_exc()
-        sys.stderr.write("dispatcher_mpi: the program on rank 0 failed; ending the job\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        _abort(
+            comm,
+            traceback.format_exc()
+            + "dispatcher_mpi: the program on rank 0 failed; ending the job\n",
+            1,
+        )
     from dispatcher._executor import _close_open_executors
 
     _close_open_executors()
