@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterable, Iterator
-from operator import attrgetter
+from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter, methodcaller
 from typing import Any
 
 from ._errors import CycleError
@@ -14,6 +14,26 @@ from ._nodes import DispatchNode
 __all__ = ["DispatchGraph"]
 
 _by_sequence = attrgetter("_seq")
+_captured = attrgetter("_deps")
+
+
+def _captures(kind: type[DispatchNode]) -> bool:
+    """Whether nodes of this class depend on exactly what they captured when made."""
+    return kind.dependencies is DispatchNode.dependencies
+
+
+def _reachable(
+    roots: list[DispatchNode], dependencies: Callable[[DispatchNode], Iterable[DispatchNode]]
+) -> set[DispatchNode]:
+    seen: set[DispatchNode] = set(roots)
+    stack = list(seen)
+    pop, push, add = stack.pop, stack.append, seen.add
+    while stack:
+        for dep in dependencies(pop()):
+            if dep not in seen:
+                add(dep)
+                push(dep)
+    return seen
 
 
 @contextlib.contextmanager
@@ -52,14 +72,11 @@ class DispatchGraph:
         roots = _as_node_list(targets)
         self._targets = tuple(dict.fromkeys(roots))
         with gc_paused():
-            seen: set[DispatchNode] = set(roots)
-            stack = list(seen)
-            pop, push, add = stack.pop, stack.append, seen.add
-            while stack:
-                for dep in pop().dependencies():
-                    if dep not in seen:
-                        add(dep)
-                        push(dep)
+            # The dependencies captured at construction are what dependencies() returns,
+            # unless a custom node class says otherwise: then walk again, asking each node.
+            seen = _reachable(roots, _captured)
+            if not all(_captures(kind) for kind in set(map(type, seen))):
+                seen = _reachable(roots, methodcaller("dependencies"))
             self._set_nodes(sorted(seen, key=_by_sequence))
 
     @classmethod
@@ -81,6 +98,14 @@ class DispatchGraph:
     ) -> None:
         index = dict(zip(nodes, range(len(nodes))))
         lookup = index.__getitem__
+        if not cut and all(_captures(kind) for kind in set(map(type, nodes))):
+            # Every node's dependencies were captured when it was made, from nodes made
+            # before it: in creation order they are topological, nothing to check.
+            self._nodes = nodes
+            self._index = index
+            self._deps = [tuple(map(lookup, d)) for d in map(_captured, nodes)]
+            self._dependents = None
+            return
         deps: list[tuple[int, ...]] = []
         append = deps.append
         for i, node in enumerate(nodes):

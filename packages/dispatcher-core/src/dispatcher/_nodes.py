@@ -176,6 +176,16 @@ class Op(DispatchNode):
         if not callable(func):
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
         self._nout: int | None = None
+        if len(args) == 1 and not kwargs and isinstance(args[0], DispatchNode):
+            # The commonest node of a large graph, f(another_node), without a call more.
+            self._seq = next(_sequence)
+            self._func = func
+            self._label = self.timeout = None
+            self._deps = args
+            self._args = ()
+            self._kwargs = None
+            self._shape = SHAPE_POSITIONAL
+            return
         self._init_call(func, args, kwargs, None)
 
     @property

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
 from ._graph import gc_paused
 from ._nodes import SHAPE_CONSTANT, DispatchNode
-from .transport import TaskSpec, Transport, call_task
+from .transport import SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec, Transport, call_task
 
 if TYPE_CHECKING:
     from ._graph import DispatchGraph
@@ -205,8 +205,8 @@ class Run:
             for p in self.target_positions:
                 self.wanted[p] = 1
             self.state = bytearray(n)
-            self.waiting = [len(d) for d in self.deps]
-            self.needed = [len(d) for d in self.dependents]
+            self.waiting = list(map(len, self.deps))
+            self.needed = list(map(len, self.dependents))
             self.attempts = bytearray(n)  # attempts made so far (capped at 255: retries are few)
             # Values held by the caller: constants, inputs, and results of tasks the scheduler
             # called itself (see Transport.runs_in_caller). Only the last are ever released.
@@ -243,8 +243,12 @@ class Run:
                 if given is not None:
                     self._complete_at_caller(given, value, hooks=False)
             # Sources first in the ready stack's pop order: push them in reverse.
-            state, waiting = self.state, self.waiting
-            self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and not state[p]]
+            state = self.state
+            self.ready = [
+                p
+                for p, waits in zip(range(n - 1, -1, -1), reversed(self.waiting))
+                if not waits and not state[p]
+            ]
             for p in self.ready:
                 state[p] = READY
 
@@ -270,9 +274,15 @@ class Run:
         ready, state, nodes = self.ready, self.state, self.nodes
         specs: list[TaskSpec] = []
         single = self._single
-        asks = self._runs_in_caller
-        in_caller, caller_values, deps_of = self._in_caller, self.caller_values, self.deps
+        here = self._runs_in_caller is not None
         while ready:
+            if here:
+                if self._call_ready_here():
+                    progressed = True
+                    if self.aborted:
+                        return True
+                if not ready:
+                    break
             p = ready[-1]
             if state[p] != READY:  # a stale entry (the node went back to waiting)
                 ready.pop()
@@ -283,22 +293,6 @@ class Run:
                 self._complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
-            if asks is not None:
-                here = in_caller.get(node._func)
-                if here is None:
-                    here = in_caller[node._func] = asks(node._func)
-                if here:
-                    try:
-                        values = [caller_values[d] for d in deps_of[p]]
-                    except KeyError:
-                        pass  # an input is held by a worker: submit it like any task
-                    else:
-                        ready.pop()
-                        self._call_here(p, node, values)
-                        progressed = True
-                        if self.aborted:
-                            return True
-                        continue
             if single is not None:
                 if self.load[single] >= self.slots[single]:
                     break
@@ -320,31 +314,106 @@ class Run:
             self._flush_frees()
         return progressed
 
-    def _call_here(self, p: int, node: DispatchNode, values: list[Any]) -> None:
-        """Run task ``p`` in this thread (the transport said it may): the same bookkeeping
-        as a submitted task, without a spec or a report."""
-        self.attempts[p] += 1
-        if self._started is not None:
-            self._started(node=node, worker=CALLER)
-        start = perf_counter()
-        try:
-            value = call_task(node._func, node._args, node._kwargs, node._shape, values)
-        except Exception as exc:
-            self._task_error(p, CALLER, exc)
-            return
-        duration = perf_counter() - start
-        timeout = node.timeout if node.timeout is not None else self._timeout
-        if timeout is not None and duration > timeout:
-            # A call in this thread cannot be interrupted: it fails when it returns.
-            self._task_error(p, CALLER, TaskTimeoutError(node.label, timeout))
-            return
-        self.state[p] = DONE
-        self.caller_values[p] = value
-        if self.wanted[p]:
-            self.results[p] = value
-        if self._finished_hook is not None:
-            self._finished_hook(node=node, worker=CALLER, duration=duration, nbytes=None)
-        self._settled(p)
+    def _call_ready_here(self) -> bool:
+        """Call in this thread the tasks atop the ready stack that the transport lets the
+        scheduler call (see Transport.runs_in_caller) and whose inputs the caller holds,
+        taking their dependents as they become ready; stop at the first task that must be
+        submitted. The same bookkeeping as a submitted task, without a spec or a report.
+
+        This is the whole per-task cost of the in-process executors, hence one flat loop:
+        the settling and releasing of ``_settled`` are written out here, for the common
+        case, rather than called. True if any task ran."""
+        asks = self._runs_in_caller
+        assert asks is not None
+        ready, state, nodes, deps_of = self.ready, self.state, self.nodes, self.deps
+        dependents, waiting, needed, wanted = (
+            self.dependents,
+            self.waiting,
+            self.needed,
+            self.wanted,
+        )
+        in_caller, caller_values, kept = self._in_caller, self.caller_values, self._kept
+        value_of = caller_values.__getitem__
+        attempts, results, release = self.attempts, self.results, self._release
+        started, finished = self._started, self._finished_hook
+        default_timeout = self._timeout
+        ran = False
+        while ready:
+            p = ready[-1]
+            if state[p] != READY:  # a stale entry (the node went back to waiting)
+                ready.pop()
+                continue
+            node = nodes[p]
+            shape = node._shape
+            if shape == SHAPE_CONSTANT:
+                ready.pop()
+                self._complete_at_caller(p, node._args[0], hooks=True)
+                ran = True
+                continue
+            func = node._func
+            allowed = in_caller.get(func)
+            if allowed is None:
+                allowed = in_caller[func] = asks(func)
+            if not allowed:
+                return ran
+            deps = deps_of[p]
+            try:
+                values = list(map(value_of, deps)) if deps else []
+            except KeyError:
+                return ran  # an input is held by a worker: submit it like any task
+            ready.pop()
+            ran = True
+            attempts[p] += 1
+            if started is not None:
+                started(node=node, worker=CALLER)
+            timeout = node.timeout or default_timeout  # both positive when set
+            timed = timeout is not None or finished is not None
+            if timed:
+                begun = perf_counter()
+            try:
+                if shape == SHAPE_POSITIONAL:
+                    value = func(*values)
+                elif shape == SHAPE_CALL and not node._kwargs:
+                    value = func(*node._args)
+                else:
+                    value = call_task(func, node._args, node._kwargs, shape, values)
+            except Exception as exc:
+                self._task_error(p, CALLER, exc)
+                if self.aborted:
+                    return True
+                continue
+            if timed:
+                duration = perf_counter() - begun
+                if timeout is not None and duration > timeout:
+                    # A call in this thread cannot be interrupted: it fails when it returns.
+                    self._task_error(p, CALLER, TaskTimeoutError(node.label, timeout))
+                    if self.aborted:
+                        return True
+                    continue
+            state[p] = DONE
+            caller_values[p] = value
+            if wanted[p]:
+                results[p] = value
+            if finished is not None:
+                finished(node=node, worker=CALLER, duration=duration, nbytes=None)
+            # What _settled does, with the release of a result the caller made written out.
+            self.remaining -= 1
+            for d in deps:
+                needed[d] -= 1
+                if not needed[d]:
+                    if state[d] == DONE and d not in kept and d in caller_values:
+                        state[d] = RELEASED
+                        del caller_values[d]
+                    else:
+                        release(d)
+            for j in dependents[p]:
+                waiting[j] -= 1
+                if not waiting[j] and state[j] == WAITING:
+                    state[j] = READY
+                    ready.append(j)
+            if not needed[p]:
+                release(p)
+        return ran
 
     def _send_ahead(self, p: int, worker: str, specs: list[TaskSpec]) -> None:
         """Queue on ``worker`` the dependents whose last missing input is ``p``, which
