@@ -109,6 +109,9 @@ class Inbox:
         if self._sleeping:
             with self._cond:
                 self._cond.notify()
+                # Once woken, the driver takes every event there: the others posted
+                # before it runs need not wake it again.
+                self._sleeping = False
         elif self._waker is not None:
             self._waker()
 

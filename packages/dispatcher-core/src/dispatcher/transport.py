@@ -376,22 +376,30 @@ class FunctionRegistry:
         self._weak: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._strong: dict[int, tuple[Any, int]] = {}
         self._next = 0
+        # Most tasks of a batch call the function the one before called.
+        self._last: tuple[Any, int] = (None, 0)
 
     def token(self, func: Any) -> tuple[int, bool]:
         """Return ``(token, new)``: ``new`` is True the first time ``func`` is seen."""
+        last, token = self._last
+        if last is func:
+            return token, False
         try:
             found = self._weak.get(func)
         except TypeError:  # not weak-referenceable (a builtin, a partial...)
             entry = self._strong.get(id(func))
             if entry is not None and entry[0] is func:
+                self._last = entry
                 return entry[1], False
             self._next += 1
-            self._strong[id(func)] = (func, self._next)
+            self._strong[id(func)] = self._last = (func, self._next)
             return self._next, True
         if found is not None:
+            self._last = (func, found)
             return found, False
         self._next += 1
         self._weak[func] = self._next
+        self._last = (func, self._next)
         return self._next, True
 
 
@@ -435,6 +443,9 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
             exc = loads(wire.payload)
         except Exception:
             exc = None
+        if isinstance(exc, SerializationError) and isinstance(exc.node, int):
+            # Workers know tasks by key alone: the caller names the node.
+            exc = SerializationError(label, exc.what, exc.type_name, exc.detail)
         if isinstance(exc, BaseException):
             exc.add_note(f"Traceback from the worker that ran {label!r}:\n{wire.traceback_text}")
             link = exc
@@ -449,24 +460,34 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
     return RemoteError(wire.type_name, wire.message, wire.traceback_text)
 
 
-def dumps_for(label: str, what: str, obj: Any, dumps: Callable[[Any], bytes]) -> bytes:
+def dumps_for(
+    label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]
+) -> bytes:
     """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
-    naming the node (``label``), ``what`` was being sent, and the offending type."""
+    naming the node (``label``, or the task whose label it is: worked out only on
+    failure), ``what`` was being sent, and the offending type."""
     try:
         return dumps(obj)
     except Exception as exc:
-        raise serialization_error(label, what, obj, exc) from exc
+        name = label if isinstance(label, str) else label.label
+        raise serialization_error(name, what, obj, exc) from exc
 
 
-def serialization_error(label: str, what: str, obj: Any, exc: BaseException) -> SerializationError:
+def serialization_error(
+    label: str | Key, what: str, obj: Any, exc: BaseException
+) -> SerializationError:
     """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
-    ``exc``, naming the offending type as precisely as the failure tells it."""
+    ``exc``, naming the offending type as precisely as the failure tells it.
+
+    A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
+    puts the node's label in its place in the caller."""
     return SerializationError(label, what, _culprit(obj, exc))
 
 
-def unpickling_error(label: str, what: str, exc: BaseException) -> SerializationError:
-    """The error for the ``what`` of node ``label`` failing to *un*pickle where it
-    arrived, with ``exc``: most often a module that process cannot import."""
+def unpickling_error(label: str | Key, what: str, exc: BaseException) -> SerializationError:
+    """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
+    :func:`serialization_error`) failing to *un*pickle where it arrived, with ``exc``:
+    most often a module that process cannot import."""
     detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {exc})"
     if isinstance(exc, (ImportError, AttributeError)):
         detail += (

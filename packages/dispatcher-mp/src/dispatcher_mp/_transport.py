@@ -15,12 +15,15 @@ completion, the same way.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import select
+import selectors
 import signal
 import sys
 import threading
@@ -48,12 +51,16 @@ from dispatcher.transport import (
 )
 
 from . import _worker
+from ._frames import FrameReader
 from ._wire import Payload, dumps, load, sweep
 
 __all__ = ["MpTransport"]
 
 log = logging.getLogger("dispatcher.mp")
 
+# Arguments of these types pickle the same with pickle as with cloudpickle: they need
+# no pickle of their own.
+_PLAIN = frozenset({int, float, bool, str, type(None)})
 _START_TIMEOUT = 120.0  # seconds a new worker may take to import and report ready
 _STOP_GRACE = 1.0  # seconds workers get to exit by themselves at close
 
@@ -257,6 +264,9 @@ class MpTransport(Transport):
                 if worker is None or not worker.alive:
                     continue  # its loss is being reported; the scheduler will retry
                 worker.tasks[spec.key] = spec
+                if spec.sources is None and not worker.outbox:
+                    self._encode(spec, None, batches)  # every input is there or inline
+                    continue
                 waiting = self._gather_inputs(spec, fetches)
                 if waiting.missing or worker.outbox:
                     worker.outbox.append(waiting)
@@ -310,15 +320,20 @@ class MpTransport(Transport):
             if token not in worker.functions:
                 data = self._function_bytes.get(token)
                 if data is None:
-                    data = dumps_for(spec.label, "function", spec.func, dumps)
+                    data = dumps_for(spec, "function", spec.func, dumps)
                     self._function_bytes[token] = data
                 worker.send(("fn", token, data))
                 worker.functions.add(token)
-            if spec.shape == SHAPE_POSITIONAL and spec.inline is None:
-                blob = None
+            blob: bytes | tuple[Any, ...] | None
+            if spec.inline is None and (
+                spec.shape == SHAPE_POSITIONAL
+                or (not spec.kwargs and all(type(a) in _PLAIN for a in spec.args))
+            ):
+                # Plain values travel as they are, in the batch's own pickle.
+                blob = spec.args or None
             else:
                 blob = dumps_for(
-                    spec.label, "arguments", (spec.args, spec.kwargs, spec.inline), dumps
+                    spec, "arguments", (spec.args, spec.kwargs, spec.inline), dumps
                 )
         except DispatcherError as error:
             worker.tasks.pop(spec.key, None)
@@ -329,7 +344,6 @@ class MpTransport(Transport):
             return  # the worker is dying; its loss will be reported
         task = (
             spec.key,
-            spec.label,
             token,
             blob,
             spec.shape,
@@ -383,36 +397,77 @@ class MpTransport(Transport):
     # -- the reader thread ---------------------------------------------------------------
 
     def _read(self) -> None:
-        while not self._closing:
-            with self._lock:
-                workers = [w for w in self._workers.values() if w.alive]
-            watched: list[Any] = [self._wake_r]
-            for worker in workers:
-                watched.append(worker.conn)
-                watched.append(worker.process.sentinel)
-            timeout = self._next_deadline()
-            try:
-                ready = multiprocessing.connection.wait(watched, timeout)
-            except OSError:
+        # One selector for the life of the thread, changed only when a worker comes or
+        # goes: setting one up per wait cost more than the messages it waited for.
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        watched: dict[str, tuple[_Worker, FrameReader]] = {}
+        try:
+            while not self._closing:
+                self._watch(selector, watched)
+                try:
+                    ready = selector.select(self._next_deadline())
+                except OSError:
+                    if self._closing:
+                        return
+                    continue
                 if self._closing:
                     return
-                continue
-            if self._closing:
-                return
-            for worker in workers:
-                if worker.conn in ready:
-                    self._drain(worker)
-                if worker.process.sentinel in ready and worker.alive:
-                    self._drain(worker)
-                    self._lost(worker, _exit_reason(worker.process.exitcode))
-            self._enforce_deadlines()
+                exited: list[tuple[_Worker, FrameReader]] = []
+                for selected, _ in ready:
+                    what = selected.data
+                    if what is None:
+                        continue  # woken: look at the workers again
+                    worker, frames = what[1], what[2]
+                    if what[0] == "exit":
+                        exited.append((worker, frames))
+                    elif worker.alive:
+                        self._receive(worker, frames)
+                for worker, frames in exited:
+                    if worker.alive:
+                        while self._receive(worker, frames, check=True):
+                            pass  # what it wrote before it died
+                        self._lost(worker, _exit_reason(worker.process.exitcode))
+                self._enforce_deadlines()
+        finally:
+            selector.close()
 
-    def _drain(self, worker: _Worker) -> None:
-        try:
-            while worker.conn.poll():
-                self._handle(worker, pickle.loads(worker.conn.recv_bytes()))
-        except (EOFError, OSError):
-            pass
+    def _watch(
+        self, selector: selectors.BaseSelector, watched: dict[str, tuple[_Worker, FrameReader]]
+    ) -> None:
+        """Have ``selector`` watch the pipe and the sentinel of every live worker."""
+        with self._lock:
+            current = {w.name: w for w in self._workers.values() if w.alive}
+        for name, (worker, frames) in list(watched.items()):
+            if current.get(name) is not worker:
+                del watched[name]
+                # By number: the pipe is closed by now, and its number may be reused.
+                for fd in (frames.fd, worker.process.sentinel):
+                    with contextlib.suppress(KeyError):
+                        selector.unregister(fd)
+        for name, worker in current.items():
+            if name not in watched:
+                frames = FrameReader(worker.conn.fileno())
+                watched[name] = (worker, frames)
+                selector.register(frames.fd, selectors.EVENT_READ, ("pipe", worker, frames))
+                selector.register(
+                    worker.process.sentinel, selectors.EVENT_READ, ("exit", worker, frames)
+                )
+
+    def _receive(self, worker: _Worker, frames: FrameReader, check: bool = False) -> bool:
+        """Handle what ``worker``'s pipe holds (after ``check``\ing there is something, if
+        not known); False at its end, or when there was nothing to read."""
+        if check:
+            poller = select.poll()
+            poller.register(frames.fd, select.POLLIN)
+            if not poller.poll(0):
+                return False
+        messages = frames.read()
+        if messages is None:
+            return False
+        for data in messages:
+            self._handle(worker, pickle.loads(data))
+        return True
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         events = self._events

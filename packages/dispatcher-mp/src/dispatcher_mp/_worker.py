@@ -217,18 +217,23 @@ class Worker:
             self.channel.send(("done", done))
 
     def _execute(self, task: tuple[Any, ...]) -> None:
-        key, label, token, blob, shape, deps, remote, want, timed, last_use = task
+        key, token, blob, shape, deps, remote, want, timed, last_use = task
         if key in self.cancelled:
             self.cancelled.discard(key)
             return
         func = self.functions[token]
         if isinstance(func, _Unloadable):
-            self._fail_now(key, unpickling_error(label, "function", func.error))
+            self._fail_now(key, unpickling_error(key, "function", func.error))
             return
         try:
-            args, kwargs, inline = pickle.loads(blob) if blob is not None else ((), None, None)
+            if blob is None:
+                args, kwargs, inline = (), None, None
+            elif type(blob) is tuple:  # plain arguments, unpickled with the batch
+                args, kwargs, inline = blob, None, None
+            else:
+                args, kwargs, inline = pickle.loads(blob)
         except Exception as exc:
-            self._fail_now(key, unpickling_error(label, "arguments", exc))
+            self._fail_now(key, unpickling_error(key, "arguments", exc))
             return
         values = []
         missing = []
@@ -268,7 +273,7 @@ class Worker:
                 payload = self.shm.dump(value)
             except Exception as exc:
                 del store[key]
-                self._serialization_failure(key, label, "result", exc, value)
+                self._serialization_failure(key, "result", exc, value)
                 return
             if payload.segment is not None:
                 self.published[key] = payload
@@ -279,9 +284,9 @@ class Worker:
             self._flush()
 
     def _serialization_failure(
-        self, key: int, label: str, what: str, exc: BaseException, obj: Any = None
+        self, key: int, what: str, exc: BaseException, obj: Any = None
     ) -> None:
-        self._fail_now(key, serialization_error(label, what, obj, exc))
+        self._fail_now(key, serialization_error(key, what, obj, exc))
 
     def _fail_now(self, key: int, error: BaseException) -> None:
         self._flush()

@@ -179,7 +179,7 @@ class MpiTransport(Transport):
                 if token not in root.sent[rank]:
                     data = root.functions.get(token)
                     if data is None:
-                        data = dumps_for(spec.label, "function", spec.func, _dumps)
+                        data = dumps_for(spec, "function", spec.func, _dumps)
                         root.functions[token] = data
                     root.hub.post(rank, ("fn", token, data))
                     root.sent[rank].add(token)
@@ -196,7 +196,6 @@ class MpiTransport(Transport):
             batches.setdefault(rank, []).append(
                 (
                     spec.key,
-                    spec.label,
                     token,
                     spec.args,
                     spec.kwargs,
@@ -229,7 +228,7 @@ class MpiTransport(Transport):
                 assert self.events is not None
                 try:
                     dumps_for(
-                        spec.label, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps
+                        spec, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps
                     )
                     error: BaseException = exc
                 except DispatcherError as serialization:

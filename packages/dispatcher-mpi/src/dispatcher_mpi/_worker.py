@@ -133,19 +133,19 @@ class WorkerRank:
         self.hub.post(ROOT, ("fail", key, duration, capture_error(error, _dumps)))
 
     def _execute(self, task: tuple[Any, ...]) -> None:
-        key, label, token, args, kwargs, inline, shape, deps, sources, want, timed, last_use = task
+        key, token, args, kwargs, inline, shape, deps, sources, want, timed, last_use = task
         self.queued.discard(key)
         if key in self.cancelled:
             self.cancelled.discard(key)
             return
         func = self.functions[token]  # sent before the first task that uses it
         if isinstance(func, _Unloadable):
-            self._fail(key, unpickling_error(label, "function", func.error), 0.0)
+            self._fail(key, unpickling_error(key, "function", func.error), 0.0)
             return
         try:
             values, missing = self._inputs(deps, sources, inline)
         except _InputError as exc:
-            self._fail(key, serialization_error(label, "input", None, exc), 0.0)
+            self._fail(key, serialization_error(key, "input", None, exc), 0.0)
             return
         if missing:
             self._flush()
@@ -171,7 +171,7 @@ class WorkerRank:
                 _dumps(value)  # fail here, naming the node, rather than in the hub
             except Exception as exc:
                 del self.store[key]
-                self._fail(key, serialization_error(label, "result", value, exc), duration)
+                self._fail(key, serialization_error(key, "result", value, exc), duration)
                 return
             self.done.append((key, duration, size_of(value), value))
         else:
