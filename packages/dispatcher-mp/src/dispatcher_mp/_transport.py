@@ -332,9 +332,7 @@ class MpTransport(Transport):
                 # Plain values travel as they are, in the batch's own pickle.
                 blob = spec.args or None
             else:
-                blob = dumps_for(
-                    spec, "arguments", (spec.args, spec.kwargs, spec.inline), dumps
-                )
+                blob = dumps_for(spec, "arguments", (spec.args, spec.kwargs, spec.inline), dumps)
         except DispatcherError as error:
             worker.tasks.pop(spec.key, None)
             assert self._events is not None
@@ -455,8 +453,8 @@ class MpTransport(Transport):
                 )
 
     def _receive(self, worker: _Worker, frames: FrameReader, check: bool = False) -> bool:
-        """Handle what ``worker``'s pipe holds (after ``check``\ing there is something, if
-        not known); False at its end, or when there was nothing to read."""
+        """Handle what ``worker``'s pipe holds; False at its end, or when there was
+        nothing to read. With ``check``, look first whether there is anything at all."""
         if check:
             poller = select.poll()
             poller.register(frames.fd, select.POLLIN)
