@@ -325,6 +325,19 @@ def test_tiny_tasks_stay_with_their_data_and_long_ones_spread() -> None:
     assert len({where[f"long{i}"] for i in range(4)}) == 2
 
 
+def test_tiny_tasks_wait_for_room_where_their_data_is_rather_than_move() -> None:
+    # The worker holding the input has room for two tasks at a time; a move costs far
+    # more than waiting behind two tiny tasks, so the other worker gets none.
+    transport = FakeTransport(workers=2, slots=2)
+    source = op(tasks.inc, label="source")(0)
+    tiny = [op(tasks.add, label=f"tiny{i}")(source, i) for i in range(8)]
+    with fake_executor(transport) as ex:
+        assert ex.run(tiny) == [1 + i for i in range(8)]
+    where = dict(transport.ran)
+    assert {where[f"tiny{i}"] for i in range(8)} == {where["source"]}
+    assert transport.moves == []
+
+
 def test_the_producers_of_one_consumers_inputs_gather_on_one_worker() -> None:
     transport = FakeTransport(workers=2, slots=4)
     blobs = [op(blob, label=f"blob{i}")(100_000) for i in range(16)]

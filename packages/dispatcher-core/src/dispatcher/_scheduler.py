@@ -468,15 +468,16 @@ class Run:
         meet the other inputs of its consumers (or theirs to it). Tiny tasks therefore
         stay with their data, long ones spread out, and the producers of one consumer's
         inputs gather on one worker. A worker whose queue is at its usual length takes
-        one more only when that saves a move worth the wait; None when no worker will
-        take the task now."""
+        one more only when that saves a move worth the wait. None when no worker will
+        take the task now, or when waiting for room on a full one beats moving: a tiny
+        task waits behind a few others where its inputs are instead of moving them."""
         load, slots, ceiling = self.load, self.slots, self._ceiling
         open_ = [w for w in slots if load[w] < ceiling[w]]
         if not open_:
             return None
         holders, nbytes = self.holders, self.nbytes
         moving = 0.0  # seconds of moves if the task ran on a worker holding nothing
-        near = dict.fromkeys(open_, 0.0)  # ... less what each worker would spare
+        near = dict.fromkeys(slots, 0.0)  # ... less what each worker would spare
 
         def weigh(where: frozenset[str], size: float) -> None:
             nonlocal moving
@@ -511,6 +512,8 @@ class Run:
             return load[w] * mean + moving - near[w], load[w]
 
         best = min(open_, key=finish)
+        if len(open_) < len(slots) and finish(min(slots, key=finish))[0] < finish(best)[0]:
+            return None  # sooner done by waiting for room on a full worker than moving
         # Beyond the usual queue only when the move saved outweighs the extra wait there.
         beyond = load[best] + 1 - slots[best]
         if beyond <= 0 or near[best] >= MOVE_SECONDS + beyond * mean:

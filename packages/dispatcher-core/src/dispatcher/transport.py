@@ -460,9 +460,7 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
     return RemoteError(wire.type_name, wire.message, wire.traceback_text)
 
 
-def dumps_for(
-    label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]
-) -> bytes:
+def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]) -> bytes:
     """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
     naming the node (``label``, or the task whose label it is: worked out only on
     failure), ``what`` was being sent, and the offending type."""

@@ -227,9 +227,7 @@ class MpiTransport(Transport):
                 spec = self.tasks.pop(task[0])
                 assert self.events is not None
                 try:
-                    dumps_for(
-                        spec, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps
-                    )
+                    dumps_for(spec, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps)
                     error: BaseException = exc
                 except DispatcherError as serialization:
                     error = serialization
