@@ -128,6 +128,39 @@ def test_chunked_messages_arrive_whole(tmp_path: Path) -> None:
     assert "ok" in done.stdout
 
 
+def test_a_result_sent_to_the_caller_is_not_copied_on_its_rank(tmp_path: Path) -> None:
+    # A 32 MiB result wanted by the caller leaves its rank as a raw buffer: the rank
+    # never holds a second, pickled copy of it (it once checked that the result pickles
+    # by pickling it whole, in-band).
+    program = script(
+        tmp_path,
+        """
+        import tracemalloc
+        import numpy as np
+        from dispatcher import Op, run
+
+        def make():
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            return np.ones(32 * 1024 * 1024, dtype=np.uint8)
+
+        def peak_after(a):
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            return peak
+
+        made = Op(make)
+        array, peak = run([made, Op(peak_after, made)], executor="mpi")
+        assert array.nbytes == 32 * 1024 * 1024
+        print("peak", peak / array.nbytes)
+    """,
+    )
+    done = job(2, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak = float(done.stdout.split("peak")[1])
+    assert peak < 1.5, f"the rank held {peak:.1f} copies of the result at once"
+
+
 def test_task_error_then_recovery_in_the_same_script(tmp_path: Path) -> None:
     program = script(
         tmp_path,

@@ -19,7 +19,7 @@ from dispatcher.transport import (
     unpickling_error,
 )
 
-from ._channel import Hub
+from ._channel import Hub, encode
 
 _STOP = object()
 _REPORT_NOW = 1e-3  # seconds: a task this long is reported without waiting for others
@@ -168,7 +168,9 @@ class WorkerRank:
         self.store[key] = value
         if want:
             try:
-                _dumps(value)  # fail here, naming the node, rather than in the hub
+                # Fail here, naming the node, rather than in the hub. Buffers are left
+                # out of band, as the hub will send them: checking copies nothing big.
+                encode(value)
             except Exception as exc:
                 del self.store[key]
                 self._fail(key, serialization_error(key, "result", value, exc), duration)
