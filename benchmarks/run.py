@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import peers
-from workloads import DESCRIPTIONS, WORKLOADS, Dep, Spec, sinks
+from workloads import DESCRIPTIONS, WORKLOADS, Dep, Spec, arrival_delay, sinks, stamped_array
 
 EXECUTORS = {
     "sync": ("sync", {}),
@@ -151,6 +151,8 @@ def run_all(args: argparse.Namespace, inside_mpi: bool = False) -> list[dict[str
         try:
             for workload in workloads:
                 rows.append(run_one(args, label, workload, build, execute, scale))
+            if "move" in args.workloads and label in ("dispatcher mp", "dispatcher mpi"):
+                rows += move_rows(label, handle, args.repeat)
         finally:
             close = getattr(handle, "close", None)
             if close is not None:
@@ -186,6 +188,39 @@ def run_one(
         flush=True,
     )
     return {"workload": workload, "runner": label, **result}
+
+
+MOVE_BYTES = 64 * 1024 * 1024  # as the raw Send/Recv floor
+
+
+def move_rows(label: str, executor: Any, repeat: int) -> list[dict[str, Any]]:
+    """How fast a result moves: 64 MiB between two workers (two producers, one consumer
+    of both: one array must travel), and from a worker to the caller. Each is timed from
+    the moment the array is ready, where it was made, to its arrival; that includes
+    the completion report and the placement of the consumer, as a user would see it."""
+    from dispatcher import Op
+
+    between, to_caller = [], []
+    for _ in range(max(repeat, 3)):
+        first = Op(stamped_array, MOVE_BYTES)
+        second = Op(stamped_array, MOVE_BYTES)
+        between.append(executor.run(Op(arrival_delay, first, second)))
+        stamp, _ = executor.run(Op(stamped_array, MOVE_BYTES))
+        to_caller.append(time.time() - stamp)
+    rows = []
+    for what, seconds in (("worker to worker", between), ("worker to caller", to_caller)):
+        median = statistics.median(seconds)
+        rows.append(
+            {
+                "workload": "move",
+                "runner": f"{label}: 64 MiB {what}",
+                "build": 0.0,
+                "run": median,
+                "tasks": 1,
+                "note": f"{MOVE_BYTES / median / 1e9:.2f} GB/s",
+            }
+        )
+    return rows
 
 
 def w8_rows() -> list[dict[str, Any]]:
@@ -337,10 +372,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--executors", default="sync,async0,async,mp,mpi")
     parser.add_argument("--peers", default=",".join(peers.PEERS))
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8,move")
     parser.add_argument(
         "--mpi-workloads",
-        default="W1,W2,W5,W6,W7",
+        default="W1,W2,W5,W6,W7,move",
         help="workloads for the MPI runners (mpi4py.futures with its default "
         "backoff needs minutes for the larger graphs)",
     )
@@ -358,8 +393,8 @@ def main() -> None:
     for option, given, known in (
         ("--executors", args.executors, [*EXECUTORS, "mpi"]),
         ("--peers", args.peers, list(peers.PEERS)),
-        ("--workloads", args.workloads, [*WORKLOADS, "W8"]),
-        ("--mpi-workloads", args.mpi_workloads, list(WORKLOADS)),
+        ("--workloads", args.workloads, [*WORKLOADS, "W8", "move"]),
+        ("--mpi-workloads", args.mpi_workloads, [*WORKLOADS, "move"]),
     ):
         unknown = [name for name in given if name not in known]
         if unknown:

@@ -68,6 +68,20 @@ def first_value(a: Any) -> float:
     return float(a[0])
 
 
+def stamped_array(nbytes: int) -> tuple[float, Any]:
+    """A fresh array of ``nbytes``, with the wall-clock time it was ready (the clock is
+    shared by every process on one machine)."""
+    import numpy as np
+
+    data = np.ones(nbytes, dtype=np.uint8)
+    return time.time(), data
+
+
+def arrival_delay(first: tuple[float, Any], second: tuple[float, Any]) -> float:
+    """Seconds from the later of two stamped arrays being ready to both being here."""
+    return time.time() - max(first[0], second[0])
+
+
 def w1(scale: float) -> Spec:
     n = int(10_000 * scale)
     spec: Spec = {"t0": (zero, ())}
@@ -151,6 +165,7 @@ DESCRIPTIONS = {
     "W6": "200 tasks sleeping 10 ms",
     "W7": "chain of 200 fresh 10 MiB arrays (peak memory)",
     "W8": "build 1,000,000 nodes",
+    "move": "a 64 MiB result moved between workers, and to the caller",
 }
 
 
