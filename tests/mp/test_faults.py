@@ -266,4 +266,7 @@ def test_a_function_workers_cannot_import_is_named_with_the_fix(tmp_path: Path) 
         assert "No module named 'only_here'" in message
         assert "importable" in message
         assert "cannot be pickled" not in message
+        # The worker's traceback, which comes along as a note, names the node too.
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "the function of 'twice'" in notes
         assert ex.run(Op(mp_tasks.sleep_then, 0, "still serving")) == "still serving"

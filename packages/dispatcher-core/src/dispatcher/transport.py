@@ -443,11 +443,15 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
             exc = loads(wire.payload)
         except Exception:
             exc = None
+        traceback_text = wire.traceback_text
         if isinstance(exc, SerializationError) and isinstance(exc.node, int):
-            # Workers know tasks by key alone: the caller names the node.
-            exc = SerializationError(label, exc.what, exc.type_name, exc.detail)
+            # Workers know tasks by key alone: the caller names the node, in the worker's
+            # traceback too.
+            named = SerializationError(label, exc.what, exc.type_name, exc.detail)
+            traceback_text = traceback_text.replace(str(exc), str(named))
+            exc = named
         if isinstance(exc, BaseException):
-            exc.add_note(f"Traceback from the worker that ran {label!r}:\n{wire.traceback_text}")
+            exc.add_note(f"Traceback from the worker that ran {label!r}:\n{traceback_text}")
             link = exc
             for data in wire.causes:
                 try:
