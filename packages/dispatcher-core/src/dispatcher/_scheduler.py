@@ -475,22 +475,37 @@ class Run:
         open_ = [w for w in slots if load[w] < ceiling[w]]
         if not open_:
             return None
-        holders, nbytes = self.holders, self.nbytes
-        moving = 0.0  # seconds of moves if the task ran on a worker holding nothing
-        near = dict.fromkeys(slots, 0.0)  # ... less what each worker would spare
+        moving, near = self._moves(p)
+        if near is None:  # nothing to move, wherever it runs: the shortest queue
+            usual = [w for w in open_ if load[w] < slots[w]]
+            return min(usual, key=load.__getitem__) if usual else None
+        mean = self._mean_duration
+        if mean is None:
+            mean = UNKNOWN_DURATION
 
-        def weigh(where: frozenset[str], size: float) -> None:
-            nonlocal moving
-            cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
-            moving += cost
-            for w in where:
-                if w in near:
-                    near[w] += cost
+        def finish(w: str) -> tuple[float, int]:
+            return load[w] * mean + moving - near.get(w, 0.0), load[w]
 
+        best = min(open_, key=finish)
+        if len(open_) < len(slots) and finish(min(slots, key=finish))[0] < finish(best)[0]:
+            return None  # sooner done by waiting for room on a full worker than moving
+        # Beyond the usual queue only when the move saved outweighs the extra wait there.
+        beyond = load[best] + 1 - slots[best]
+        if beyond <= 0 or near.get(best, 0.0) >= MOVE_SECONDS + beyond * mean:
+            return best
+        usual = [w for w in open_ if load[w] < slots[w]]
+        return min(usual, key=finish) if usual else None
+
+    def _moves(self, p: int) -> tuple[float, dict[str, float] | None]:
+        """Seconds of moves task ``p`` would cause on a worker holding none of what it
+        weighs (its inputs, its consumers' other inputs), and what running on each
+        worker would spare of that; None for the latter when there is nothing to weigh."""
+        holders, nbytes, inflight = self.holders, self.nbytes, self.inflight
+        weighed: list[tuple[frozenset[str], float]] = []
         for d in self.deps[p]:
             where = holders[d]
             if where:
-                weigh(where, nbytes[d] or 0)
+                weighed.append((where, nbytes[d] or 0))
         expected = self._mean_nbytes or 0.0
         for j in self.dependents[p][:4]:
             siblings = self.deps[j]
@@ -499,27 +514,21 @@ class Run:
             for d in siblings:
                 where = holders[d]
                 if where is None:
-                    spec = self.inflight.get(d)
+                    spec = inflight.get(d)
                     if spec is None:
                         continue
                     where = self._only_on(spec.worker)  # still being computed there
-                weigh(where, min(expected, nbytes[d] or expected))
-        mean = self._mean_duration
-        if mean is None:
-            mean = UNKNOWN_DURATION
-
-        def finish(w: str) -> tuple[float, int]:
-            return load[w] * mean + moving - near[w], load[w]
-
-        best = min(open_, key=finish)
-        if len(open_) < len(slots) and finish(min(slots, key=finish))[0] < finish(best)[0]:
-            return None  # sooner done by waiting for room on a full worker than moving
-        # Beyond the usual queue only when the move saved outweighs the extra wait there.
-        beyond = load[best] + 1 - slots[best]
-        if beyond <= 0 or near[best] >= MOVE_SECONDS + beyond * mean:
-            return best
-        usual = [w for w in open_ if load[w] < slots[w]]
-        return min(usual, key=finish) if usual else None
+                weighed.append((where, min(expected, nbytes[d] or expected)))
+        if not weighed:
+            return 0.0, None
+        moving = 0.0
+        near: dict[str, float] = {}
+        for where, size in weighed:
+            cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
+            moving += cost
+            for w in where:
+                near[w] = near.get(w, 0.0) + cost
+        return moving, near
 
     def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
         base = self.base

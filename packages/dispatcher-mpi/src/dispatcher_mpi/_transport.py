@@ -15,6 +15,7 @@ the rest of the job, and does not stop the job from ending.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,7 @@ def _name(rank: int) -> str:
     return f"rank-{rank}"
 
 
+@functools.cache
 def _rank(worker: str) -> int:
     return int(worker.rsplit("-", 1)[1])
 
