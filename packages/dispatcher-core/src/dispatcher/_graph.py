@@ -103,7 +103,12 @@ class DispatchGraph:
             # before it: in creation order they are topological, nothing to check.
             self._nodes = nodes
             self._index = index
-            self._deps = [tuple(map(lookup, d)) for d in map(_captured, nodes)]
+            # No inputs and one input, the commonest cases, spelled out: map and tuple
+            # would double the cost of a long chain's set-up.
+            self._deps = [
+                () if not d else (lookup(d[0]),) if len(d) == 1 else tuple(map(lookup, d))
+                for d in map(_captured, nodes)
+            ]
             self._dependents = None
             return
         deps: list[tuple[int, ...]] = []
