@@ -62,9 +62,9 @@ MOVE_SECONDS = 100e-6
 MOVE_BYTES_PER_SECOND = 1e9
 
 
-def _running_mean(mean: float | None, sample: float) -> float:
-    """An exponential moving average that follows the last few dozen samples."""
-    return sample if mean is None else mean + (sample - mean) * 0.05
+# The weight of each new sample in the running means of task durations and result
+# sizes: they follow the last few dozen tasks.
+_SMOOTHING = 0.05
 
 
 class Options:
@@ -453,9 +453,13 @@ class Run:
     def _learn(self, duration: float, nbytes: int | None) -> None:
         """Fold a finished task's duration (and result size, if known) into the running
         means; resize the queues when the mean duration moved much."""
-        self._mean_duration = mean = _running_mean(self._mean_duration, duration)
+        mean = self._mean_duration
+        self._mean_duration = mean = (
+            duration if mean is None else mean + (duration - mean) * _SMOOTHING
+        )
         if nbytes is not None:
-            self._mean_nbytes = _running_mean(self._mean_nbytes, nbytes)
+            size = self._mean_nbytes
+            self._mean_nbytes = nbytes if size is None else size + (nbytes - size) * _SMOOTHING
         if not self._in_order:
             return
         queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
@@ -555,41 +559,29 @@ class Run:
         sources: tuple[str | None, ...] | None = None
         if deps:
             keys = tuple([base + d for d in deps]) if base else deps
-            if caller_values:
-                for d in deps:
-                    if d in caller_values:
-                        if inline is None:
-                            inline = {}
-                        inline[base + d] = caller_values[d]
-            if self._single is None:
-                holders = self.holders
-                picked: list[str | None] = []
-                local = True
-                for d in deps:
-                    where = holders[d]
-                    if where is None:
-                        # Held by the caller (shipped inline), or sent ahead: still being
-                        # computed on this very worker.
-                        picked.append(None if d in caller_values else worker)
-                    elif worker in where:
-                        picked.append(worker)
-                    else:
-                        picked.append(next(iter(where)))
-                        local = False
-                if not local:
-                    sources = tuple(picked)
-            # Inputs only this task still needs, held (or being made) where it runs.
             needed, wanted, holders = self.needed, self.wanted, self.holders
-            last_use = tuple(
-                [
-                    base + d
-                    for d in deps
-                    if needed[d] == 1
-                    and not wanted[d]
-                    and d not in caller_values
-                    and (holders[d] is None or worker in holders[d])  # type: ignore[operator]
-                ]
-            )
+            picked: list[str | None] = []  # where each input is to be taken from
+            local = True
+            used_up: list[int] = []  # inputs only this task still needs, held where it runs
+            for d in deps:
+                if d in caller_values:  # held by the caller: shipped inline
+                    if inline is None:
+                        inline = {}
+                    inline[base + d] = caller_values[d]
+                    picked.append(None)
+                    continue
+                where = holders[d]
+                if where is not None and worker not in where:
+                    picked.append(next(iter(where)))
+                    local = False
+                    continue
+                # Held there, or sent ahead: still being computed on this very worker.
+                picked.append(worker)
+                if needed[d] == 1 and not wanted[d]:
+                    used_up.append(base + d)
+            if not local and self._single is None:
+                sources = tuple(picked)
+            last_use = tuple(used_up)
         else:
             keys = last_use = ()
         self.attempts[p] += 1
