@@ -11,6 +11,7 @@ are run in child jobs under mpiexec and merged in.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -94,6 +95,9 @@ def measure(
         execute(build(warm_up()))
     for _ in range(repeat):
         spec = spec_of()
+        # Start every repetition with the garbage of the last one collected, so that a
+        # full collection triggered by earlier runs does not land in this one's timing.
+        gc.collect()
         start = time.perf_counter()
         graph = build(spec)
         built = time.perf_counter()
