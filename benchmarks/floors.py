@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def main() -> None:
@@ -28,26 +30,23 @@ def main() -> None:
             comm.Send(buffer, dest=0)
     elapsed = time.perf_counter() - start
     big = np.ones(64 * 1024 * 1024, dtype=np.uint8)  # 64 MiB
-    comm.Barrier()
-    start = time.perf_counter()
-    for _ in range(5):
-        if rank == 0:
-            comm.Send(big, dest=last)
-        elif rank == last:
-            comm.Recv(big, source=0)
-    comm.Barrier()
-    seconds = time.perf_counter() - start
+
+    def bandwidth(receive_into: Callable[[], Any]) -> float:
+        """Seconds for five 64 MiB messages from rank 0 to the last rank."""
+        comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(5):
+            if rank == 0:
+                comm.Send(big, dest=last)
+            elif rank == last:
+                comm.Recv(receive_into(), source=0)
+        comm.Barrier()
+        return time.perf_counter() - start
+
+    seconds = bandwidth(lambda: big)
     # The same into a fresh buffer each time, as any receiver of a new array must: on
     # machines where touching new memory is slow, that and not the wire sets the pace.
-    comm.Barrier()
-    start = time.perf_counter()
-    for _ in range(5):
-        if rank == 0:
-            comm.Send(big, dest=last)
-        elif rank == last:
-            comm.Recv([bytearray(big.nbytes), MPI.BYTE], source=0)
-    comm.Barrier()
-    fresh = time.perf_counter() - start
+    fresh = bandwidth(lambda: [bytearray(big.nbytes), MPI.BYTE])
     if rank == 0:
         print(
             json.dumps(
