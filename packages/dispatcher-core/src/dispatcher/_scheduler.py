@@ -62,9 +62,9 @@ MOVE_SECONDS = 100e-6
 MOVE_BYTES_PER_SECOND = 1e9
 
 
-# The weight of each new sample in the running means of task durations and result
-# sizes: they follow the last few dozen tasks.
-_SMOOTHING = 0.05
+def _running_mean(mean: float | None, sample: float) -> float:
+    """An exponential moving average that follows the last few dozen samples."""
+    return sample if mean is None else mean + (sample - mean) * 0.05
 
 
 class Options:
@@ -324,8 +324,8 @@ class Run:
         submitted. The same bookkeeping as a submitted task, without a spec or a report.
 
         This is the whole per-task cost of the in-process executors, hence one flat loop:
-        the settling and releasing of ``_settled`` are written out here, for the common
-        case, rather than called. True if any task ran."""
+        what ``_settled`` does is written out here rather than called. True if any task
+        ran."""
         asks = self._runs_in_caller
         assert asks is not None
         ready, state, nodes, deps_of = self.ready, self.state, self.nodes, self.deps
@@ -335,7 +335,7 @@ class Run:
             self.needed,
             self.wanted,
         )
-        in_caller, caller_values, kept = self._in_caller, self.caller_values, self._kept
+        in_caller, caller_values = self._in_caller, self.caller_values
         value_of = caller_values.__getitem__
         attempts, results, release = self.attempts, self.results, self._release
         started, finished = self._started, self._finished_hook
@@ -416,16 +416,12 @@ class Run:
                 results[p] = value
             if finished is not None:
                 finished(node=node, worker=CALLER, duration=duration, nbytes=None)
-            # What _settled does, with the release of a result the caller made written out.
+            # What _settled does, written out.
             self.remaining -= 1
             for d in deps:
                 needed[d] -= 1
                 if not needed[d]:
-                    if state[d] == DONE and d not in kept and d in caller_values:
-                        state[d] = RELEASED
-                        del caller_values[d]
-                    else:
-                        release(d)
+                    release(d)
             for j in dependents[p]:
                 waiting[j] -= 1
                 if not waiting[j] and state[j] == WAITING:
@@ -453,13 +449,9 @@ class Run:
     def _learn(self, duration: float, nbytes: int | None) -> None:
         """Fold a finished task's duration (and result size, if known) into the running
         means; resize the queues when the mean duration moved much."""
-        mean = self._mean_duration
-        self._mean_duration = mean = (
-            duration if mean is None else mean + (duration - mean) * _SMOOTHING
-        )
+        self._mean_duration = mean = _running_mean(self._mean_duration, duration)
         if nbytes is not None:
-            size = self._mean_nbytes
-            self._mean_nbytes = nbytes if size is None else size + (nbytes - size) * _SMOOTHING
+            self._mean_nbytes = _running_mean(self._mean_nbytes, nbytes)
         if not self._in_order:
             return
         queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
