@@ -176,20 +176,6 @@ class Op(DispatchNode):
         if not callable(func):
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
         self._nout: int | None = None
-        if len(args) == 1 and not kwargs:
-            # The commonest nodes of a large graph, f(another_node) and f(scalar), without
-            # a call more.
-            if isinstance(args[0], DispatchNode):
-                self._deps, self._args, self._shape = args, (), SHAPE_POSITIONAL
-            elif type(args[0]) in _SCALARS:
-                self._deps, self._args, self._shape = (), args, SHAPE_CALL
-            else:
-                self._init_call(func, args, kwargs, None)
-                return
-            self._seq = next(_sequence)
-            self._func = func
-            self._label = self.timeout = self._kwargs = None
-            return
         self._init_call(func, args, kwargs, None)
 
     @property
