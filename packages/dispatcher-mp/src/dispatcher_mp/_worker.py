@@ -273,7 +273,7 @@ class Worker:
                 payload = self.shm.dump(value)
             except Exception as exc:
                 del store[key]
-                self._serialization_failure(key, "result", exc, value)
+                self._fail_now(key, serialization_error(key, "result", value, exc))
                 return
             if payload.segment is not None:
                 self.published[key] = payload
@@ -282,11 +282,6 @@ class Worker:
         # at once, so the next task arrives before this worker's queue runs dry.
         if len(self.done) >= 64 or duration >= _REPORT_NOW:
             self._flush()
-
-    def _serialization_failure(
-        self, key: int, what: str, exc: BaseException, obj: Any = None
-    ) -> None:
-        self._fail_now(key, serialization_error(key, what, obj, exc))
 
     def _fail_now(self, key: int, error: BaseException) -> None:
         self._flush()
