@@ -64,6 +64,14 @@ class PoolDriver:
         self.pool = ProcessPoolExecutor(workers)
         list(self.pool.map(abs, range(workers * 4)))  # start the workers outside timing
 
+    @staticmethod
+    def build(spec: Spec) -> tuple[Spec, list[str]]:
+        """Which tasks to return is worked out at build time, as for the other runners."""
+        return spec, sinks(spec)
+
+    def execute(self, built: tuple[Spec, list[str]]) -> Any:
+        return self.run(*built)
+
     def run(self, spec: Spec, targets: list[str]) -> Any:
         waiting = {
             name: {a for a in args if isinstance(a, Dep)} for name, (_, args) in spec.items()
@@ -128,8 +136,7 @@ def make(key: str) -> Runner | None:
             return _fresh_dask_graph, lambda graph: client.get(*graph), Handle()
         if key == "ppe":
             driver = PoolDriver(2)
-            # Which tasks to return is worked out at build time, as for the others.
-            return (lambda spec: (spec, sinks(spec))), (lambda built: driver.run(*built)), driver
+            return PoolDriver.build, driver.execute, driver
     except ImportError:
         return None
     return None
@@ -202,35 +209,18 @@ def _pipe_round_trip() -> dict[str, Any]:
     }
 
 
-def mpi4py_rows(args: Any) -> list[dict[str, Any]]:
-    """Inside `python -m mpi4py.futures`: a submit-when-ready driver over MPIPoolExecutor."""
+def mpi4py_rows(args: Any, run_one: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inside `python -m mpi4py.futures`: a submit-when-ready driver over MPIPoolExecutor,
+    measured by the runner's own ``run_one`` like every other runner."""
     from mpi4py.futures import MPIPoolExecutor
 
     scale = 0.1 if args.quick else 1.0
-    rows = []
     with MPIPoolExecutor() as pool:
         list(pool.map(abs, range(8)))
         driver = PoolDriver.__new__(PoolDriver)
         driver.pool = pool  # type: ignore[assignment]
-        for workload in args.workloads:
-            if workload not in WORKLOADS or workload == "W7":
-                continue
-            small = WORKLOADS[workload](scale / 10)
-            driver.run(small, sinks(small))  # untimed, as for every runner
-            times = []
-            for _ in range(args.repeat):
-                spec = WORKLOADS[workload](scale)
-                targets = sinks(spec)
-                start = time.perf_counter()
-                driver.run(spec, targets)
-                times.append(time.perf_counter() - start)
-            rows.append(
-                {
-                    "workload": workload,
-                    "runner": "mpi4py.futures",
-                    "build": 0.0,
-                    "run": statistics.median(times),
-                    "tasks": len(spec),
-                }
-            )
-    return rows
+        return [
+            run_one(args, "mpi4py.futures", w, PoolDriver.build, driver.execute, scale)
+            for w in args.workloads
+            if w in WORKLOADS and w != "W7"
+        ]

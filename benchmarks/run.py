@@ -424,7 +424,7 @@ def main() -> None:
             print(json.dumps(row))
         return
     if args.inside_mpi4py:
-        for row in peers.mpi4py_rows(args):
+        for row in peers.mpi4py_rows(args, run_one):
             print(json.dumps(row))
         return
     rows = peers.floor_rows(args)
