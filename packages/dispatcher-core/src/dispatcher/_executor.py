@@ -14,8 +14,9 @@ from typing import Any
 from ._errors import DispatcherError
 from ._hooks import Observers
 from ._logging import log_observer
+from ._options import Options
 from ._plan import Plan, Result
-from ._scheduler import Options, Run
+from ._scheduler import Run
 from .transport import Capabilities, Key, Transport
 
 __all__ = ["COMMON_OPTIONS", "Executor", "ExecutorInfo"]

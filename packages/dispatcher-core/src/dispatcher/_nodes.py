@@ -15,7 +15,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from .transport import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, _ref
+from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capture
 
 __all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
 
@@ -25,8 +25,6 @@ R = TypeVar("R")
 # Nodes are numbered as they are made. A node's dependencies exist before it does, so this
 # order is already topological; DispatchGraph sorts by it instead of searching.
 _sequence = itertools.count()
-
-SHAPE_CONSTANT = -1  # a DataNode: the value is held by the caller, nothing runs remotely
 
 # Immutable types that can hold no node: arguments of these need no scan and no copy.
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
@@ -146,25 +144,13 @@ class DispatchNode:
         return f"<{type(self).__name__} {self.label}>"
 
 
+def _is_node(obj: Any) -> bool:
+    return isinstance(obj, DispatchNode)
+
+
 def _capture(obj: Any, found: dict[DispatchNode, int]) -> Any:
     """A copy of ``obj`` with every node in it replaced by a Ref to its dependency index."""
-    if isinstance(obj, DispatchNode):
-        index = found.get(obj)
-        if index is None:
-            index = found[obj] = len(found)
-        return _ref(index)
-    cls = type(obj)
-    if cls is list:
-        return [_capture(x, found) for x in obj]
-    if cls is tuple:
-        return tuple([_capture(x, found) for x in obj])
-    if cls is dict:
-        return {k: _capture(v, found) for k, v in obj.items()}
-    if cls is set or cls is frozenset:
-        return cls(_capture(x, found) for x in obj)
-    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
-        return cls._make(_capture(x, found) for x in obj)
-    return obj
+    return capture(obj, found, _is_node)
 
 
 class Op(DispatchNode):
@@ -228,7 +214,7 @@ class IndexNode(DispatchNode):
             raise TypeError(f"IndexNode needs a node to index, got {node!r}")
         self._seq = next(_sequence)
         self._func = operator.getitem
-        self._args = (_ref(0), index)  # the index stays a constant, nodes in it included
+        self._args = (Ref(0), index)  # the index stays a constant, nodes in it included
         self._kwargs = None
         self._deps = (node,)
         self._shape = SHAPE_TEMPLATE

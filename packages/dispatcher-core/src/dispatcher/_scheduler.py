@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
 from ._graph import gc_paused
-from ._nodes import SHAPE_CONSTANT, DispatchNode
-from .transport import SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec, Transport, call_task
+from ._nodes import DispatchNode
+from ._options import Options
+from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
+from .transport import TaskSpec, Transport
 
 if TYPE_CHECKING:
     from ._graph import DispatchGraph
@@ -65,32 +67,6 @@ MOVE_BYTES_PER_SECOND = 1e9
 def _running_mean(mean: float | None, sample: float) -> float:
     """An exponential moving average that follows the last few dozen samples."""
     return sample if mean is None else mean + (sample - mean) * 0.05
-
-
-class Options:
-    """The scheduling options every executor accepts."""
-
-    __slots__ = ("retries", "retry_on", "timeout")
-
-    def __init__(
-        self,
-        retries: int = 2,
-        retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
-        timeout: float | None = None,
-    ) -> None:
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-        retry_on = tuple(retry_on)
-        for cls in retry_on:
-            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                raise TypeError(f"retry_on takes exception types, got {cls!r}")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self.retries = retries
-        self.retry_on = retry_on
-        self.timeout = timeout
 
 
 class Inbox:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ._errors import RemoteError, SerializationError
+from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
     "SHAPE_CALL",
@@ -65,73 +66,6 @@ __all__ = [
 
 Key = int
 """A result's name: unique within one executor, for as long as the executor lives."""
-
-
-class Ref:
-    """Placeholder in an argument template for the value of the ``index``-th dependency."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_ref, (self.index,))
-
-    def __repr__(self) -> str:
-        return f"Ref({self.index})"
-
-
-_REFS = [Ref(i) for i in range(256)]
-
-
-def _ref(index: int) -> Ref:
-    # Shared instances keep a million-node graph small; identity is never relied on.
-    return _REFS[index] if index < 256 else Ref(index)
-
-
-# How ``args``/``kwargs`` of a task combine with its input values (see call_task).
-SHAPE_CALL = 0
-"""No inputs: ``func(*args, **kwargs)``."""
-SHAPE_POSITIONAL = 1
-"""Inputs are the positional arguments, in order, and nothing else: ``func(*values)``."""
-SHAPE_TEMPLATE = 2
-"""``args``/``kwargs`` hold :class:`Ref` placeholders, possibly nested in containers."""
-
-
-def _fill(obj: Any, values: Sequence[Any]) -> Any:
-    cls = type(obj)
-    if cls is Ref:
-        return values[obj.index]
-    if cls is list:
-        return [_fill(x, values) for x in obj]
-    if cls is tuple:
-        return tuple([_fill(x, values) for x in obj])
-    if cls is dict:
-        return {k: _fill(v, values) for k, v in obj.items()}
-    if cls is set or cls is frozenset:
-        return cls(_fill(x, values) for x in obj)
-    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
-        return cls._make(_fill(x, values) for x in obj)
-    return obj
-
-
-def call_task(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any] | None,
-    shape: int,
-    values: Sequence[Any],
-) -> Any:
-    """Call ``func`` with its argument template filled from ``values`` (one per dependency)."""
-    if shape == SHAPE_POSITIONAL:
-        return func(*values)
-    if shape == SHAPE_CALL:
-        return func(*args, **kwargs) if kwargs else func(*args)
-    filled = [_fill(a, values) for a in args]
-    if kwargs:
-        return func(*filled, **{k: _fill(v, values) for k, v in kwargs.items()})
-    return func(*filled)
 
 
 def size_of(value: Any) -> int:

@@ -1,0 +1,113 @@
+"""The call template: how a node's arguments are kept with its dependencies taken out.
+
+Building a node replaces every dependency found in its arguments (inside plain containers,
+at any depth) by a :class:`Ref` placeholder (:func:`capture`); running it fills the
+placeholders back with the input values (:func:`call_task`). Both directions live here so
+they stay each other's inverse. A leaf module: worker processes import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "SHAPE_CALL",
+    "SHAPE_CONSTANT",
+    "SHAPE_POSITIONAL",
+    "SHAPE_TEMPLATE",
+    "Ref",
+    "call_task",
+    "capture",
+]
+
+
+class Ref:
+    """Placeholder in an argument template for the value of the ``index``-th dependency."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ref, (self.index,))
+
+    def __repr__(self) -> str:
+        return f"Ref({self.index})"
+
+
+_REFS = [Ref(i) for i in range(256)]
+
+
+def _ref(index: int) -> Ref:
+    # Shared instances keep a million-node graph small; identity is never relied on.
+    return _REFS[index] if index < 256 else Ref(index)
+
+
+# How ``args``/``kwargs`` of a task combine with its input values (see call_task).
+SHAPE_CALL = 0
+"""No inputs: ``func(*args, **kwargs)``."""
+SHAPE_POSITIONAL = 1
+"""Inputs are the positional arguments, in order, and nothing else: ``func(*values)``."""
+SHAPE_TEMPLATE = 2
+"""``args``/``kwargs`` hold :class:`Ref` placeholders, possibly nested in containers."""
+SHAPE_CONSTANT = -1
+"""A data node: the value is held by the caller, nothing is called."""
+
+
+def _fill(obj: Any, values: Sequence[Any]) -> Any:
+    cls = type(obj)
+    if cls is Ref:
+        return values[obj.index]
+    if cls is list:
+        return [_fill(x, values) for x in obj]
+    if cls is tuple:
+        return tuple([_fill(x, values) for x in obj])
+    if cls is dict:
+        return {k: _fill(v, values) for k, v in obj.items()}
+    if cls is set or cls is frozenset:
+        return cls(_fill(x, values) for x in obj)
+    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
+        return cls._make(_fill(x, values) for x in obj)
+    return obj
+
+
+def call_task(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any] | None,
+    shape: int,
+    values: Sequence[Any],
+) -> Any:
+    """Call ``func`` with its argument template filled from ``values`` (one per dependency)."""
+    if shape == SHAPE_POSITIONAL:
+        return func(*values)
+    if shape == SHAPE_CALL:
+        return func(*args, **kwargs) if kwargs else func(*args)
+    filled = [_fill(a, values) for a in args]
+    if kwargs:
+        return func(*filled, **{k: _fill(v, values) for k, v in kwargs.items()})
+    return func(*filled)
+
+
+def capture(obj: Any, found: dict[Any, int], is_node: Callable[[Any], bool]) -> Any:
+    """A copy of ``obj`` with every object ``is_node`` accepts replaced by a :class:`Ref`
+    to its index in ``found`` (the dependencies met so far, added to in order)."""
+    if is_node(obj):
+        index = found.get(obj)
+        if index is None:
+            index = found[obj] = len(found)
+        return _ref(index)
+    cls = type(obj)
+    if cls is list:
+        return [capture(x, found, is_node) for x in obj]
+    if cls is tuple:
+        return tuple([capture(x, found, is_node) for x in obj])
+    if cls is dict:
+        return {k: capture(v, found, is_node) for k, v in obj.items()}
+    if cls is set or cls is frozenset:
+        return cls(capture(x, found, is_node) for x in obj)
+    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
+        return cls._make(capture(x, found, is_node) for x in obj)
+    return obj
