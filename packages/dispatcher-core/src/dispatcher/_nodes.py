@@ -15,7 +15,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capture
+from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
 
 __all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
 
@@ -144,13 +144,7 @@ class DispatchNode:
         return f"<{type(self).__name__} {self.label}>"
 
 
-def _is_node(obj: Any) -> bool:
-    return isinstance(obj, DispatchNode)
-
-
-def _capture(obj: Any, found: dict[DispatchNode, int]) -> Any:
-    """A copy of ``obj`` with every node in it replaced by a Ref to its dependency index."""
-    return capture(obj, found, _is_node)
+_capture = capturer(DispatchNode)
 
 
 class Op(DispatchNode):

@@ -18,7 +18,7 @@ __all__ = [
     "SHAPE_TEMPLATE",
     "Ref",
     "call_task",
-    "capture",
+    "capturer",
 ]
 
 
@@ -91,23 +91,29 @@ def call_task(
     return func(*filled)
 
 
-def capture(obj: Any, found: dict[Any, int], is_node: Callable[[Any], bool]) -> Any:
-    """A copy of ``obj`` with every object ``is_node`` accepts replaced by a :class:`Ref`
-    to its index in ``found`` (the dependencies met so far, added to in order)."""
-    if is_node(obj):
-        index = found.get(obj)
-        if index is None:
-            index = found[obj] = len(found)
-        return _ref(index)
-    cls = type(obj)
-    if cls is list:
-        return [capture(x, found, is_node) for x in obj]
-    if cls is tuple:
-        return tuple([capture(x, found, is_node) for x in obj])
-    if cls is dict:
-        return {k: capture(v, found, is_node) for k, v in obj.items()}
-    if cls is set or cls is frozenset:
-        return cls(capture(x, found, is_node) for x in obj)
-    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
-        return cls._make(capture(x, found, is_node) for x in obj)
-    return obj
+def capturer(node_type: type) -> Callable[[Any, dict[Any, int]], Any]:
+    """The inverse of :func:`call_task`'s filling, for nodes of ``node_type``: a function
+    ``capture(obj, found)`` returning a copy of ``obj`` with every node in it replaced by a
+    :class:`Ref` to its index in ``found`` (the dependencies met so far, added to in
+    order). Made once per node type, so the recursion pays no extra argument."""
+
+    def capture(obj: Any, found: dict[Any, int]) -> Any:
+        if isinstance(obj, node_type):
+            index = found.get(obj)
+            if index is None:
+                index = found[obj] = len(found)
+            return _ref(index)
+        cls = type(obj)
+        if cls is list:
+            return [capture(x, found) for x in obj]
+        if cls is tuple:
+            return tuple([capture(x, found) for x in obj])
+        if cls is dict:
+            return {k: capture(v, found) for k, v in obj.items()}
+        if cls is set or cls is frozenset:
+            return cls(capture(x, found) for x in obj)
+        if isinstance(obj, tuple) and hasattr(cls, "_fields"):
+            return cls._make(capture(x, found) for x in obj)
+        return obj
+
+    return capture
