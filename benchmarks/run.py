@@ -1,7 +1,7 @@
 """Run every workload on every dispatcher executor and installed peer, in one run.
 
     python benchmarks/run.py [--executors sync,async0,async,mp,mpi] [--peers ...]
-                             [--workloads W1,...] [--quick] [--repeat N]
+                             [--workloads W1,...] [--quick] [--repeat N] [--json]
 
 Prints a Markdown table: build and run time (medians), microseconds per task, and the
 ratio of the total to the best peer on the same workload (below 1 is faster). MPI runners
@@ -397,6 +397,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="workloads about 10x smaller")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     parser.add_argument("--inside-mpi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside-mpi4py", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside-w8", action="store_true", help=argparse.SUPPRESS)
@@ -433,6 +434,10 @@ def main() -> None:
         rows += w8_rows()
     rows += mpi_rows(args)
     rows.sort(key=lambda r: (r["workload"], r["runner"]))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
     print(
         f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, median of {args.repeat} "
         f"after an untimed pass at a tenth of the size{', quick sizes' if args.quick else ''}\n"
