@@ -1,0 +1,241 @@
+"""The HTML run report: every task, failures, retries, offline, written whatever happens."""
+
+from __future__ import annotations
+
+import re
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher import DataNode, Op, op, run
+from dispatcher import _report_html as html_module
+from dispatcher._report import ReportWriter
+from dispatcher.testing import FakeTransport, fake_executor, tasks
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Page(HTMLParser):
+    """What a browser would load from elsewhere, and the tags left open."""
+
+    VOID = {"meta", "link", "br", "img", "input", "hr", "rect", "line", "stop"}
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.external: list[str] = []
+        self.open: list[str] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href") and value and not value.startswith("#"):
+                self.external.append(value)
+        if tag == "link":
+            self.external.append(str(attrs))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        pass
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        assert self.open, f"</{tag}> closes nothing"
+        assert self.open[-1] == tag, f"</{tag}> closes <{self.open[-1]}>"
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def labelled(func: Any, *args: Any, label: str) -> Op:
+    return op(func, label=label)(*args)
+
+
+def broken(x: int) -> int:
+    raise ValueError(f"cannot handle {x}")
+
+
+def test_every_task_is_in_the_report(tmp_path: Path) -> None:
+    sources = [labelled(tasks.inc, i, label=f"source-{i}") for i in range(6)]
+    doubled = [labelled(tasks.double, s, label=f"doubled-{i}") for i, s in enumerate(sources)]
+    total = labelled(tasks.total, *doubled, label="the-total")
+    report = tmp_path / "run.html"
+    assert run(total, report=report) == 42
+    text = report.read_text()
+    page = Page(text)
+    assert page.open == []
+    assert page.external == []
+    for node in [*sources, *doubled, total]:
+        assert f">{node.label}<" in text, node.label
+    assert "completed" in text
+
+
+def test_the_record_holds_one_attempt_per_task(tmp_path: Path) -> None:
+    nodes = [Op(tasks.inc, i) for i in range(5)]
+    writer = ReportWriter(tmp_path / "r.html")
+    run(nodes, executor="sync", plugins=[writer])
+    record = writer.record
+    assert record is not None
+    assert record.executor == "sync"
+    assert record.total == record.tasks == 5
+    assert [a.status for a in record.attempts] == ["ok"] * 5
+    for attempt in record.attempts:
+        assert attempt.worker == "main"
+        assert attempt.end is not None
+        assert attempt.duration is not None
+        assert 0 <= attempt.start <= attempt.end <= record.wall
+
+
+def test_failures_and_skipped_tasks(tmp_path: Path) -> None:
+    a = Op(tasks.inc, 1)
+    bad = labelled(broken, a, label="the-broken-one")
+    after = labelled(tasks.inc, bad, label="never-ran")
+    fine = Op(tasks.double, a)
+    writer = ReportWriter(tmp_path / "r.html")
+    results = run([after, fine], executor="sync", throw=False, plugins=[writer])
+    assert [r.ok for r in results] == [False, True]
+    assert writer.record is not None
+    status = {writer.record.labels[a.task]: a.status for a in writer.record.attempts}
+    assert status["the-broken-one"] == "failed"
+    assert status["never-ran"] == "skipped"
+    text = (tmp_path / "r.html").read_text()
+    assert "ValueError: cannot handle 2" in text
+    assert "skipped (an ancestor failed)" in text
+    assert "the-broken-one" in text
+    assert "never-ran" in text
+
+
+def test_retries_show_each_attempt(tmp_path: Path) -> None:
+    calls = []
+
+    @op
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"try {len(calls)}")
+        return 7
+
+    writer = ReportWriter(tmp_path / "r.html")
+    assert run(flaky(), executor="sync", retry_on=ConnectionError, plugins=[writer]) == 7
+    assert writer.record is not None
+    attempts = writer.record.attempts
+    assert [(a.number, a.status) for a in attempts] == [(1, "retried"), (2, "retried"), (3, "ok")]
+    assert attempts[0].error == "ConnectionError: try 1"
+    text = (tmp_path / "r.html").read_text()
+    assert text.count("failed, retried") >= 2
+    assert "ConnectionError: try 2" in text
+
+
+def test_a_lost_worker_and_recomputed_results(tmp_path: Path) -> None:
+    transport = FakeTransport(workers=2)
+    transport.kill_on("double")
+    a = Op(tasks.inc, 1)
+    writer = ReportWriter(tmp_path / "r.html")
+    with fake_executor(transport) as ex:
+        assert ex.run([Op(tasks.double, a), Op(tasks.inc, a)], plugins=[writer]) == [4, 3]
+    assert writer.record is not None
+    by_node: dict[int, list[str]] = {}
+    for attempt in writer.record.attempts:
+        by_node.setdefault(attempt.task, []).append(attempt.status)
+    # Each node ends with one success; before it, a result lost with the worker (then
+    # recomputed) or a task the worker died running (then retried).
+    assert len(by_node) == 3
+    for statuses in by_node.values():
+        assert statuses[-1] == "ok", statuses
+        assert statuses.count("ok") == 1, statuses
+        assert set(statuses[:-1]) <= {"lost", "retried"}, statuses
+    assert any("retried" in statuses for statuses in by_node.values())
+    workers = {a.worker for a in writer.record.attempts}
+    assert workers <= {"fake-0", "fake-1", "main"}
+    text = (tmp_path / "r.html").read_text()
+    assert "WorkerLostError" in text
+    assert "fake-0" in text
+    assert "fake-1" in text
+
+
+def test_a_stopped_run_is_reported_with_what_was_abandoned(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow() -> int:
+        release.wait(30)
+        return 1
+
+    report = tmp_path / "r.html"
+    writer = ReportWriter(report)
+    try:
+        with pytest.raises(ValueError, match="cannot handle 5"):
+            run(
+                [labelled(slow, label="slow"), Op(broken, 5)],
+                executor="async",
+                threads=2,
+                plugins=[writer],
+            )
+    finally:
+        release.set()
+    assert writer.record is not None
+    status = {writer.record.labels[a.task]: a.status for a in writer.record.attempts}
+    assert status == {"slow": "abandoned", "broken": "failed"}
+    text = report.read_text()
+    assert "The run stopped: ValueError: cannot handle 5" in text
+    assert "abandoned (the run stopped)" in text
+
+
+def test_nodes_not_run_are_counted(tmp_path: Path) -> None:
+    writer = ReportWriter(tmp_path / "r.html")
+    chain = Op(tasks.inc, Op(tasks.inc, Op(broken, 1)))
+    with pytest.raises(ValueError):
+        run(chain, executor="sync", plugins=[writer])
+    assert writer.record is not None
+    assert (writer.record.total, writer.record.tasks) == (3, 1)
+    text = (tmp_path / "r.html").read_text()
+    assert re.search(r'<div class="v">2</div><div class="k">not run</div>', text)
+
+
+def test_constants_and_inputs(tmp_path: Path) -> None:
+    a = Op(tasks.inc, 1)
+    b = Op(tasks.add, a, DataNode(5))
+    writer = ReportWriter(tmp_path / "r.html")
+    assert run(b, executor="sync", inputs={a: 10}, plugins=[writer]) == 15
+    assert writer.record is not None
+    assert sorted(writer.record.kinds) == ["DataNode", "Op"]
+
+
+def test_labels_are_escaped(tmp_path: Path) -> None:
+    node = labelled(tasks.inc, 1, label="<script>alert(1)</script>")
+    run(node, executor="sync", report=tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    assert "<script>alert" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_a_bad_path_is_refused_before_the_run(tmp_path: Path) -> None:
+    ran = []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(Op(ran.append, 1), report=tmp_path / "missing" / "r.html")
+    with pytest.raises(IsADirectoryError):
+        run(Op(ran.append, 1), report=tmp_path)
+    assert ran == []
+
+
+def test_the_file_is_replaced_whole(tmp_path: Path) -> None:
+    report = tmp_path / "r.html"
+    report.write_text("old")
+    run(Op(tasks.inc, 1), report=str(report))
+    assert report.read_text().startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_big_runs_are_summarised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(html_module, "MAX_DRAWN", 10)
+    monkeypatch.setattr(html_module, "MAX_ROWS", 20)
+    run([Op(tasks.inc, i) for i in range(30)], executor="sync", report=tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    assert "The timeline shows the first 10 of 30 task attempts." in text
+    assert "The first 20 of 30 attempts." in text
+    assert text.count("<rect x=") <= 10 + 5  # bars, plus the band backgrounds
