@@ -19,8 +19,8 @@ from dispatcher import (
     hookimpl,
     run,
 )
-from dispatcher._plugins import plugin_manager
-from dispatcher.testing import FakeTransport, tasks
+from dispatcher._plugins import PluginManager, plugin_manager
+from dispatcher.testing import FakeTransport, Recorder, tasks
 
 
 class CountingProvider:
@@ -99,9 +99,7 @@ def test_versions_come_from_the_plugin_distributions_not_per_call_metadata(
 
 
 def test_core_executors_without_any_plugin_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dispatcher._plugins import _new_manager
-
-    bare = _new_manager()  # no entry points: nothing provides an executor yet
+    bare = PluginManager()  # no entry points: nothing provides an executor yet
     monkeypatch.setattr(_registry, "plugin_manager", lambda: bare)
     assert set(_registry._Table().current()) == {"sync", "async"}
 
@@ -117,3 +115,17 @@ def test_two_providers_of_one_name_is_an_error() -> None:
     finally:
         plugin_manager().unregister(twin)
     assert available_executors()["sync"].distribution == "dispatcher-core"
+
+
+def test_an_observer_installed_later_sees_the_next_runs_only_while_installed() -> None:
+    recorder = Recorder()
+    run(Op(tasks.inc, 1), executor="sync")  # the installed observers are bound by now
+    plugin_manager().register(recorder)
+    try:
+        run(Op(tasks.inc, 1), executor="sync")
+    finally:
+        plugin_manager().unregister(recorder)
+    seen = len(recorder.events)
+    run(Op(tasks.inc, 1), executor="sync")
+    assert seen > 0
+    assert len(recorder.events) == seen

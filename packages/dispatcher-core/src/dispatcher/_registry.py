@@ -2,8 +2,9 @@
 
 The table of executors is built once per process from the ``dispatcher_executors`` hook of
 every plugin, core's own built-ins (:mod:`dispatcher._builtin`) registered here through the
-same hook. It is built again only when the set of providers changes (a plugin registered
-or unregistered later in the process), so naming an executor costs a dictionary lookup.
+same hook. It is built again only when the plugin manager's set of plugins changes (a plugin
+registered or unregistered later in the process), so naming an executor costs a dictionary
+lookup.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-import pluggy
-
 from . import _builtin
 from ._errors import ExecutorNotFound
 from ._executor import COMMON_OPTIONS, Executor, ExecutorInfo
-from ._plugins import plugin_manager
+from ._plugins import PluginManager, plugin_manager
 
 __all__ = ["DEFAULT_EXECUTOR", "available_executors", "get_executor", "resolve_executor"]
 
@@ -32,36 +31,33 @@ KNOWN_DISTRIBUTIONS = {"mp": "dispatcher-mp", "mpi": "dispatcher-mpi"}
 
 
 class _Table:
-    """The executors by name, with the provider hook implementations they were read from."""
+    """The executors by name, with the plugin manager generation they were read at."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One attribute, replaced whole, so a reader never pairs old providers with a new
-        # table; None until the first build.
-        self._state: tuple[list[Any], dict[str, ExecutorInfo]] | None = None
+        # One attribute, replaced whole, so a reader never pairs a table with the wrong
+        # generation; None until the first build.
+        self._state: tuple[int, dict[str, ExecutorInfo]] | None = None
 
     def current(self) -> dict[str, ExecutorInfo]:
         manager = plugin_manager()
-        hook = manager.hook.dispatcher_executors
         state = self._state
-        # Hook implementations compare by identity: a different list means a provider came
-        # or went since the table was built.
-        if state is not None and hook.get_hookimpls() == state[0]:
+        if state is not None and state[0] == manager.generation:
             return state[1]
         with self._lock:
             if manager.get_plugin(BUILTIN_PLUGIN) is None:
                 manager.register(_builtin, name=BUILTIN_PLUGIN)
-            providers = hook.get_hookimpls()
             state = self._state
-            if state is None or providers != state[0]:
-                state = self._state = (providers, _collect(manager))
+            if state is None or state[0] != manager.generation:
+                generation = manager.generation  # before the hook runs: a plugin may come
+                state = self._state = (generation, _collect(manager))
             return state[1]
 
 
 _table = _Table()
 
 
-def _collect(manager: pluggy.PluginManager) -> dict[str, ExecutorInfo]:
+def _collect(manager: PluginManager) -> dict[str, ExecutorInfo]:
     versions = {
         _normalize(dist.project_name): dist.version for _, dist in manager.list_plugin_distinfo()
     }
