@@ -47,8 +47,7 @@ class PluginManager(pluggy.PluginManager):
         """The observer hooks of this manager's plugins, bound once per generation."""
         kept = self._observers
         if kept is None or kept[0] != self.generation:
-            generation = self.generation
-            kept = self._observers = (generation, Observers(self))
+            kept = self._observers = (self.generation, Observers(self))
         return kept[1]
 
 
