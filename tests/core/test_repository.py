@@ -1,5 +1,5 @@
 """The repository keeps its promises to a newcomer: README's commands and CI agree, and the
-code stays in modules of one size a reader can hold, with no import cycle."""
+code stays in pieces a reader can hold, with no import cycle."""
 
 from __future__ import annotations
 
