@@ -1,4 +1,4 @@
-"""Shared fixtures for the command line, progress bar, report and example tests."""
+"""Shared fixtures for the command line and example tests: a graph file, the command in process."""
 
 from __future__ import annotations
 

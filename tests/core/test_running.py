@@ -18,7 +18,7 @@ from dispatcher import (
     hookimpl,
     run,
 )
-from dispatcher._hooks import Observers, plugin_manager
+from dispatcher._plugins import plugin_manager, run_observers
 from dispatcher.testing import FakeTransport, Recorder, tasks
 
 
@@ -102,10 +102,10 @@ def test_a_plugin_can_provide_an_executor() -> None:
 
 
 def test_per_task_path_skips_pluggy_without_observers() -> None:
-    plain = Observers()
+    plain = run_observers((), progress=False, report=None)
     assert plain.task_started is None
     assert plain.task_finished is None
-    watched = Observers([Recorder()])
+    watched = run_observers([Recorder()], progress=False, report=None)
     assert watched.task_started is not None
 
 

@@ -27,6 +27,7 @@ from ._nodes import op as op
 from ._plan import Result as Result
 from ._registry import available_executors as available_executors
 from ._registry import get_executor as get_executor
+from ._version import __version__ as __version__
 
 __all__ = [
     "CollectNode",
@@ -54,5 +55,3 @@ __all__ = [
     "op",
     "run",
 ]
-
-__version__ = "0.1.0"

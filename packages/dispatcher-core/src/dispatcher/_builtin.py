@@ -1,4 +1,5 @@
-"""Core's own executors, registered through the same hook as any plugin's."""
+"""Core's own executors, registered (by :mod:`dispatcher._registry`) through the same hook
+as any plugin's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from typing import Any
 
 from ._executor import Executor, ExecutorInfo
 from ._hooks import hookimpl
+from ._version import __version__
+
+DISTRIBUTION = "dispatcher-core"
 
 
 def _sync(**options: Any) -> Executor:
@@ -16,31 +20,28 @@ def _sync(**options: Any) -> Executor:
 
 
 def _async(**options: Any) -> Executor:
-    from ._async import AsyncExecutor
+    from ._async import AsyncExecutor  # anyio is imported when an async executor is made
 
     return AsyncExecutor(**options)
 
 
 @hookimpl
 def dispatcher_executors() -> list[ExecutorInfo]:
-    from ._async import AsyncTransport
-    from ._inline import InlineTransport
-
     return [
         ExecutorInfo(
             "sync",
             _sync,
             "every task inline in the calling thread, in a deterministic order",
-            "dispatcher-core",
-            capabilities=InlineTransport.capabilities,
+            DISTRIBUTION,
+            __version__,
         ),
         ExecutorInfo(
             "async",
             _async,
             "coroutines on an anyio event loop; plain functions in threads (threads=N) "
             "or inline (threads=0)",
-            "dispatcher-core",
+            DISTRIBUTION,
+            __version__,
             options=("threads", "backend"),
-            capabilities=AsyncTransport.capabilities,
         ),
     ]

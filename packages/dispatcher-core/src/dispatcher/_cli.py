@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
 from ._errors import ExecutorNotFound
 from ._graph import DispatchGraph
 from ._hooks import hookimpl
@@ -34,6 +33,7 @@ from ._script import (
     split_target,
     target,
 )
+from ._version import __version__
 
 __all__ = ["main"]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from ._errors import DispatcherError
 from ._hooks import Observers
-from ._logging import log_observer
 from ._options import Options
 from ._plan import Plan, Result
+from ._plugins import run_observers
 from ._scheduler import Run
 from .transport import Capabilities, Key, Transport
 
@@ -52,7 +52,6 @@ class ExecutorInfo:
     version: str = ""
     options: tuple[str, ...] = ()
     """Options this executor takes besides ``workers``, ``retries``, ``retry_on``, ``timeout``."""
-    capabilities: Capabilities = Capabilities()
 
 
 class Executor:
@@ -180,19 +179,7 @@ class Executor:
         if self._closed:
             raise DispatcherError(f"the {self.name!r} executor is closed")
         plan = Plan(targets, inputs)
-        extra = list(plugins)
-        logger = log_observer()  # None unless the dispatcher loggers are enabled
-        if logger is not None:
-            extra.append(logger)
-        if progress:
-            from ._progress import ProgressBar
-
-            extra.append(ProgressBar())
-        if report is not None:
-            from ._report import ReportWriter
-
-            extra.append(ReportWriter(report))
-        observers = Observers(extra)
+        observers = run_observers(plugins, progress=progress, report=report)
         # Runs that share a transport are told apart by the high bits of their keys; a
         # transport made for one run can use positions as keys directly.
         base = next(_run_numbers) << KEY_BITS if self._router is not None else 0

@@ -1,13 +1,13 @@
-"""The plugin kernel: hook specifications, the ``hookimpl`` marker, the plugin manager.
+"""The hook contract: the ``hookimpl`` marker, the hook specifications, and the bound
+observer hooks of one run.
 
-Executors are provided through :func:`dispatcher_executors`; observers implement the
-per-run and per-task hooks. Core registers its own executors through the same hook.
+A leaf: it imports pluggy and nothing of dispatcher at run time, so every module that
+implements or calls a hook (observers, executors, the registry) can depend on it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._nodes import DispatchNode
 
+__all__ = ["OBSERVER_HOOKS", "PROJECT", "HookSpecs", "Observers", "hookimpl", "hookspec"]
+
 PROJECT = "dispatcher"
-ENTRY_POINT_GROUP = "dispatcher"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -67,43 +68,23 @@ class HookSpecs:
         """``node`` runs again; ``attempt`` is the number of the attempt about to start."""
 
 
-TASK_HOOKS = (
+OBSERVER_HOOKS = (
+    "dispatcher_run_started",
+    "dispatcher_run_finished",
     "dispatcher_task_started",
     "dispatcher_task_finished",
     "dispatcher_task_failed",
     "dispatcher_task_retried",
 )
+"""The hooks that observe a run (every hook but the executor provider)."""
 
 Hook = Callable[..., None] | None
 
-_lock = threading.Lock()
-_manager: pluggy.PluginManager | None = None
-
-
-def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide manager: core's built-ins plus every installed plugin."""
-    global _manager
-    if _manager is None:
-        with _lock:
-            if _manager is None:
-                _manager = _new_manager()
-                from . import _builtin
-
-                _manager.register(_builtin, name="dispatcher.builtin")
-                _manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-                _manager.check_pending()
-    return _manager
-
-
-def _new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(HookSpecs)
-    return pm
-
 
 class Observers:
-    """The observer hooks of one run, each ``None`` when nobody implements it, so the
-    per-task path skips pluggy entirely. An observer that raises is logged, not fatal."""
+    """The observer hooks of one run, bound from a plugin manager: each is ``None`` when
+    nobody implements it, so the per-task path skips pluggy entirely. An observer that
+    raises is logged, not fatal."""
 
     __slots__ = (
         "run_finished",
@@ -121,24 +102,12 @@ class Observers:
     task_failed: Hook
     task_retried: Hook
 
-    def __init__(self, extra_plugins: Iterable[object] = ()) -> None:
-        base = plugin_manager()
-        extra = list(extra_plugins)
-        if extra:
-            pm = _new_manager()
-            for name, plugin in base.list_name_plugin():
-                if plugin is not None and not _is_provider_only(plugin):
-                    pm.register(plugin, name=name)
-            for plugin in extra:
-                pm.register(plugin)
-            pm.check_pending()
-        else:
-            pm = base
+    def __init__(self, manager: pluggy.PluginManager) -> None:
         for short in self.__slots__:
-            self._bind(pm, short)
+            self._bind(manager, short)
 
-    def _bind(self, pm: pluggy.PluginManager, short: str) -> None:
-        caller = getattr(pm.hook, f"dispatcher_{short}")
+    def _bind(self, manager: pluggy.PluginManager, short: str) -> None:
+        caller = getattr(manager.hook, f"dispatcher_{short}")
         if not caller.get_hookimpls():
             setattr(self, short, None)
             return
@@ -150,10 +119,3 @@ class Observers:
                 log.exception("an observer of dispatcher_%s raised; the run goes on", short)
 
         setattr(self, short, call)
-
-
-def _is_provider_only(plugin: object) -> bool:
-    return not any(
-        hasattr(plugin, name)
-        for name in (*TASK_HOOKS, "dispatcher_run_started", "dispatcher_run_finished")
-    )

@@ -1,28 +1,68 @@
-"""Finding executors: by name, through the ``dispatcher_executors`` hook."""
+"""Finding executors by name: the top of core's stack.
+
+The table of executors is built once per process from the ``dispatcher_executors`` hook of
+every plugin, core's own built-ins (:mod:`dispatcher._builtin`) registered here through the
+same hook. It is built again only when the plugin manager's set of plugins changes (a plugin
+registered or unregistered later in the process), so naming an executor costs a dictionary
+lookup.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import threading
+from dataclasses import replace
 from typing import Any
 
+from . import _builtin
 from ._errors import ExecutorNotFound
 from ._executor import COMMON_OPTIONS, Executor, ExecutorInfo
-from ._hooks import plugin_manager
+from ._plugins import PluginManager, plugin_manager
 
 __all__ = ["DEFAULT_EXECUTOR", "available_executors", "get_executor", "resolve_executor"]
 
 DEFAULT_EXECUTOR = "async"
 ENVIRONMENT_VARIABLE = "DISPATCHER_EXECUTOR"
+BUILTIN_PLUGIN = "dispatcher.builtin"
 
 # Executors we know of but that live in their own distribution.
 KNOWN_DISTRIBUTIONS = {"mp": "dispatcher-mp", "mpi": "dispatcher-mpi"}
 
 
-def available_executors() -> dict[str, ExecutorInfo]:
-    """Every installed executor, by name, with its distribution, version and description."""
-    pm = plugin_manager()
+class _Table:
+    """The executors by name, with the plugin manager generation they were read at."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # One attribute, replaced whole, so a reader never pairs a table with the wrong
+        # generation; None until the first build.
+        self._state: tuple[int, dict[str, ExecutorInfo]] | None = None
+
+    def current(self) -> dict[str, ExecutorInfo]:
+        manager = plugin_manager()
+        state = self._state
+        if state is not None and state[0] == manager.generation:
+            return state[1]
+        with self._lock:
+            if manager.get_plugin(BUILTIN_PLUGIN) is None:
+                manager.register(_builtin, name=BUILTIN_PLUGIN)
+            state = self._state
+            if state is None or state[0] != manager.generation:
+                generation = manager.generation  # before the hook runs: a plugin may come
+                state = self._state = (generation, _collect(manager))
+            return state[1]
+
+
+_table = _Table()
+
+
+def _collect(manager: PluginManager) -> dict[str, ExecutorInfo]:
+    versions = {
+        _normalize(dist.project_name): dist.version for _, dist in manager.list_plugin_distinfo()
+    }
     found: dict[str, ExecutorInfo] = {}
-    for batch in pm.hook.dispatcher_executors():
+    for batch in manager.hook.dispatcher_executors():
         for info in batch:
             if info.name in found:
                 raise RuntimeError(
@@ -30,20 +70,20 @@ def available_executors() -> dict[str, ExecutorInfo]:
                     f"{found[info.name].distribution or '?'} and {info.distribution or '?'}"
                 )
             if info.distribution and not info.version:
-                info = _with_version(info)
+                version = versions.get(_normalize(info.distribution), "")
+                info = replace(info, version=version)
             found[info.name] = info
     return dict(sorted(found.items()))
 
 
-def _with_version(info: ExecutorInfo) -> ExecutorInfo:
-    from dataclasses import replace
-    from importlib import metadata  # slow to import; only needed once plugins load
+def _normalize(distribution: str) -> str:
+    """A distribution's name as indexes compare it: ``Dispatcher_MP`` is ``dispatcher-mp``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
-    try:
-        version = metadata.version(info.distribution)
-    except metadata.PackageNotFoundError:
-        return info
-    return replace(info, version=version)
+
+def available_executors() -> dict[str, ExecutorInfo]:
+    """Every installed executor, by name, with its distribution, version and description."""
+    return dict(_table.current())
 
 
 def get_executor(name: str, **options: Any) -> Executor:
@@ -58,13 +98,14 @@ def get_executor(name: str, **options: Any) -> Executor:
     info = executors.get(name)
     if info is None:
         raise ExecutorNotFound(name, list(executors), KNOWN_DISTRIBUTIONS.get(name))
-    valid = (*COMMON_OPTIONS, *info.options)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"the {name!r} executor does not take {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(valid)}"
-        )
+    if options:
+        valid = (*COMMON_OPTIONS, *info.options)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"the {name!r} executor does not take {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(valid)}"
+            )
     return info.factory(**options)
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dispatcher import Executor, ExecutorInfo, hookimpl
-from dispatcher.transport import Capabilities
 
 
 def make_executor(
@@ -45,11 +44,5 @@ def dispatcher_executors() -> list[ExecutorInfo]:
             "worker processes on this machine; large buffers through shared memory",
             "dispatcher-mp",
             options=("start_method", "initializer", "initargs", "prefetch", "shared_memory"),
-            capabilities=Capabilities(
-                survives_worker_loss=True,
-                interrupts_running_tasks=True,
-                separate_processes=True,
-                runs_tasks_in_order=True,
-            ),
         )
     ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dispatcher import Executor, ExecutorInfo, hookimpl
-from dispatcher.transport import Capabilities
 
 
 def make_executor(
@@ -35,6 +34,5 @@ def dispatcher_executors() -> list[ExecutorInfo]:
             "rank to rank",
             "dispatcher-mpi",
             options=("prefetch",),
-            capabilities=Capabilities(separate_processes=True, runs_tasks_in_order=True),
         )
     ]

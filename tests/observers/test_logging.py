@@ -15,10 +15,6 @@ from dispatcher.testing import tasks
 pytestmark = pytest.mark.timeout(60)
 
 
-def broken(x: int) -> int:
-    raise ValueError(x)
-
-
 def core_adds_the_log_observer() -> bool:
     """Whether runs log by themselves once the loggers are enabled (else tests pass it)."""
     logger = logging.getLogger("dispatcher")
@@ -63,11 +59,11 @@ def test_run_records_at_info(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_task_records_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="dispatcher")
-    a = Op(broken, 1)
+    a = Op(tasks.fail, 1)
     with pytest.raises(ValueError):
         run(Op(tasks.inc, a), executor="sync", plugins=observers(TaskLog()))
     tasks_log = [r.getMessage() for r in caplog.records if r.name == "dispatcher.task"]
-    assert tasks_log == ["started <Op broken> on main", "failed <Op broken> on main: ValueError: 1"]
+    assert tasks_log == ["started <Op fail> on main", "failed <Op fail> on main: ValueError: 1"]
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "dispatcher.task")
     last = [r for r in caplog.records if r.name == "dispatcher.run"][-1]
     assert "stopped after" in last.getMessage()
@@ -85,14 +81,14 @@ def test_skips_and_retries_at_debug(caplog: pytest.LogCaptureFixture) -> None:
         return 1
 
     run(
-        [Op(tasks.inc, Op(broken, 1)), op(flaky_call, label="flaky")()],
+        [Op(tasks.inc, Op(tasks.fail, 1)), op(flaky_call, label="flaky")()],
         executor="sync",
         throw=False,
         retry_on=ConnectionError,
         plugins=observers(TaskLog()),
     )
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "skipped <Op inc>: its ancestor <Op broken> failed" in text
+    assert "skipped <Op inc>: its ancestor <Op fail> failed" in text
     assert "retrying <Op flaky> (attempt 2) after ConnectionError on main: again" in text
 
 

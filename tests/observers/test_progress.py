@@ -25,15 +25,11 @@ class Terminal(io.StringIO):
         return True
 
 
-def bad(x: int) -> int:
-    raise ValueError(x)
-
-
 def diamond_with_a_failure() -> list[Any]:
     """Eight nodes: five that finish, one that fails, two skipped after it."""
     a = Op(tasks.inc, 1)
     b = Op(tasks.double, a)
-    broken = Op(bad, a)
+    broken = Op(tasks.fail, a)
     after = Op(tasks.inc, broken)
     after2 = Op(tasks.inc, after)
     return [Op(tasks.add, b, DataNode(3)), after2, Op(tasks.identity, b)]
