@@ -133,7 +133,7 @@ class Root:
         transport = self.transport
         # While tasks are out, a completion should not wait out a long nap: nap briefly.
         self.hub.max_sleep = (
-            _BUSY_SLEEP if transport is not None and transport.inflight else _IDLE_SLEEP
+            _BUSY_SLEEP if transport is not None and transport.inflight.tasks else _IDLE_SLEEP
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()

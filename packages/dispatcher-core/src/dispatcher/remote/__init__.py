@@ -42,6 +42,7 @@ from ._pickle import OUT_OF_BAND_BYTES as OUT_OF_BAND_BYTES
 from ._pickle import dumps as dumps
 from ._pickle import dumps_split as dumps_split
 from ._pickle import loads as loads
+from ._pickle import pickle_by_reference as pickle_by_reference
 from ._reports import Reports as Reports
 from ._worker import BATCH_SIZE as BATCH_SIZE
 from ._worker import REPORT_NOW as REPORT_NOW
@@ -82,6 +83,7 @@ __all__ = [
     "dumps_for",
     "dumps_split",
     "loads",
+    "pickle_by_reference",
     "restore_error",
     "serialization_error",
     "size_of",

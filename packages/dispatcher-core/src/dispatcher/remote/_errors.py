@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import RemoteError, SerializationError
+from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
     from ..transport import Key, TaskSpec
@@ -33,6 +34,7 @@ __all__ = [
 _MAX_CAUSES = 16
 
 
+@pickle_by_reference
 @dataclass
 class WireError:
     """An exception made ready to cross a process boundary."""

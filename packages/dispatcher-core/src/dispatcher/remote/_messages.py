@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import WireError
+from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
     from ..transport import TaskSpec
@@ -105,6 +106,7 @@ def as_task(record: tuple[Any, ...]) -> Task:
     return tuple.__new__(Task, record)  # type: ignore[type-var]
 
 
+@pickle_by_reference
 class Run(NamedTuple):
     """Tasks to run in this order, after those sent before."""
 
@@ -112,6 +114,7 @@ class Run(NamedTuple):
     """:class:`Task` entries (see :func:`task_record`)."""
 
 
+@pickle_by_reference
 class Define(NamedTuple):
     """A function, pickled, under the token later tasks name it by."""
 
@@ -119,24 +122,28 @@ class Define(NamedTuple):
     data: bytes
 
 
+@pickle_by_reference
 class Forget(NamedTuple):
     """Functions no task sent from now on will name: drop them."""
 
     tokens: list[int]
 
 
+@pickle_by_reference
 class Free(NamedTuple):
     """Results nobody needs any more."""
 
     keys: list[Key]
 
 
+@pickle_by_reference
 class Cancel(NamedTuple):
     """Tasks not to start, if they have not started yet."""
 
     keys: list[Key]
 
 
+@pickle_by_reference
 class Stop(NamedTuple):
     """Finish what runs, then exit."""
 
@@ -154,6 +161,7 @@ class Finished(NamedTuple):
     """The value's serialised form, when the caller asked for it; else ``None``."""
 
 
+@pickle_by_reference
 class Done(NamedTuple):
     """Tasks that finished, in the order they ran."""
 
@@ -161,6 +169,7 @@ class Done(NamedTuple):
     """:class:`Finished` entries, as plain tuples."""
 
 
+@pickle_by_reference
 class Failed(NamedTuple):
     """A task raised, or its function, arguments or result could not travel."""
 
@@ -169,12 +178,14 @@ class Failed(NamedTuple):
     error: WireError
 
 
+@pickle_by_reference
 class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
 
 
+@pickle_by_reference
 class Lost(NamedTuple):
     """A task could not start: these inputs are gone."""
 
