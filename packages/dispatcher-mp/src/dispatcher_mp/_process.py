@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher import DispatcherError
-from dispatcher.remote import Stop, restore_error
+from dispatcher.remote import Stop, from_wire, restore_error, to_wire
 
 from . import _worker
 from ._messages import InitFailed, Log, Output, Ready
@@ -40,7 +40,7 @@ class WorkerProcess:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, message: Any) -> None:
-        data = pickle.dumps(message, protocol=5)
+        data = pickle.dumps(to_wire(message), protocol=5)
         with self.send_lock:
             self.conn.send_bytes(data)
 
@@ -68,7 +68,7 @@ class WorkerProcess:
             )
             if self.conn in ready:
                 try:
-                    message = pickle.loads(self.conn.recv_bytes())
+                    message = from_wire(pickle.loads(self.conn.recv_bytes()))
                 except (EOFError, OSError):
                     message = None
                 if type(message) is Ready:

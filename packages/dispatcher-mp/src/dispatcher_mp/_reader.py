@@ -16,25 +16,38 @@ import select
 import selectors
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from dispatcher.remote import Reports, start_thread
+from dispatcher.remote import InFlight, Reports, from_wire, start_thread
 
 from ._frames import FrameReader
 from ._messages import Data, Log, Output
 from ._process import WorkerProcess, exit_reason, write_output
 from ._wire import Payload
 
-if TYPE_CHECKING:
-    from ._transport import MpTransport
-
 __all__ = ["Reader"]
+
+
+class Owner(Protocol):
+    """What the reader needs of its transport."""
+
+    closing: bool
+    lock: Any
+    workers: dict[str, WorkerProcess]
+    inflight: InFlight
+    cache: dict[int, tuple[str, Payload]]
+
+    def lost(self, worker: WorkerProcess, reason: str) -> None: ...
+    def enforce_deadlines(self) -> None: ...
+    def fetched(self, key: int, payload: Payload) -> None: ...
+    def fetch_failed(self, key: int, missing: bool, reason: Any = None) -> None: ...
+    def reader_failed(self, error: BaseException) -> None: ...
 
 
 class Reader:
     """The thread that listens to ``transport``'s workers."""
 
-    def __init__(self, transport: MpTransport, reports: Reports) -> None:
+    def __init__(self, transport: Owner, reports: Reports) -> None:
         self.transport = transport
         self.reports = reports
         self._wake_r, self._wake_w = os.pipe()
@@ -129,7 +142,7 @@ class Reader:
             return False
         handle, name = self.reports.handle, worker.name
         for data in messages:
-            message = pickle.loads(data)
+            message = from_wire(pickle.loads(data))
             if not handle(name, message):
                 self._other(worker, message)
         return True

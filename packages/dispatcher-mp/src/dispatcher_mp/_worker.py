@@ -15,7 +15,15 @@ from multiprocessing.connection import Connection
 from queue import SimpleQueue
 from typing import Any
 
-from dispatcher.remote import Task, TaskRunner, capture_error, dumps, start_thread
+from dispatcher.remote import (
+    Task,
+    TaskRunner,
+    capture_error,
+    dumps,
+    from_wire,
+    start_thread,
+    to_wire,
+)
 
 from ._messages import Data, Fetch, InitFailed, Log, Output, Ready
 from ._wire import Payload, SharedMemory, load, unlink
@@ -56,13 +64,13 @@ class _Channel:
         start_thread("dispatcher-mp-send", self._send_later, _exit_now)
 
     def send(self, message: Any) -> None:
-        data = pickle.dumps(message, protocol=5)
+        data = pickle.dumps(to_wire(message), protocol=5)
         with self.lock:
             self.conn.send_bytes(data)
 
     def send_soon(self, message: Any) -> None:
         """Send without ever blocking the calling thread."""
-        self._later.put(pickle.dumps(message, protocol=5))
+        self._later.put(pickle.dumps(to_wire(message), protocol=5))
 
     def _send_later(self) -> None:
         while True:
@@ -152,7 +160,7 @@ class Worker(TaskRunner):
     def listen(self) -> None:
         try:
             while True:
-                message = pickle.loads(self.conn.recv_bytes())
+                message = from_wire(pickle.loads(self.conn.recv_bytes()))
                 if type(message) is Fetch:
                     self._serve(message.keys)
                 else:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher.remote import dumps_split, start_thread
+from dispatcher.remote import dumps_split, from_wire, start_thread, to_wire
 
 CHUNK_LIMIT = int(os.environ.get("DISPATCHER_MPI_CHUNK", 1 << 30))
 """Largest raw piece of one message, in bytes (MPI counts are 32-bit)."""
@@ -82,8 +82,9 @@ class Hub:
         self.thread: threading.Thread | None = None
 
     def post(self, dest: int, message: Any) -> None:
-        """Queue ``message`` for rank ``dest`` (from any thread)."""
-        header, buffers = encode(message)
+        """Queue ``message`` (one of :mod:`dispatcher.remote`'s message types) for rank
+        ``dest`` (from any thread)."""
+        header, buffers = encode(to_wire(message))
         self.outbox.append((dest, header, buffers))
         self.wakeup.set()
 
@@ -171,4 +172,4 @@ class Hub:
         if header is None:
             header, parts = bytes(parts[0]), parts[1:]
         self.bytes_received += len(header)
-        return pickle.loads(header, buffers=parts)
+        return from_wire(pickle.loads(header, buffers=parts))

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from dispatcher.remote import pickle_by_reference
+from dispatcher.remote import message
 
 __all__ = ["Busy", "Data", "Fetch", "Reset"]
 
 
-@pickle_by_reference
+@message("mpi.fetch")
 class Fetch(NamedTuple):
     """Rank to rank: send me result ``key``."""
 
     key: int
 
 
-@pickle_by_reference
+@message("mpi.data")
 class Data(NamedTuple):
     """Rank to rank: the answer to :class:`Fetch`. ``found`` False with ``value`` a str:
     it could not be serialised (why); with ``value`` ``None``: it is not here."""
@@ -27,12 +27,12 @@ class Data(NamedTuple):
     value: Any
 
 
-@pickle_by_reference
+@message("mpi.reset")
 class Reset(NamedTuple):
     """Rank 0 to a rank: drop every queued task and held result; they are nobody's now."""
 
 
-@pickle_by_reference
+@message("mpi.busy")
 class Busy(NamedTuple):
     """A rank to rank 0: I am still running task ``key``, which was given up on."""
 

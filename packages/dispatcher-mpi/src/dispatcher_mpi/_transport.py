@@ -16,6 +16,7 @@ the rest of the job, and does not stop the job from ending.
 from __future__ import annotations
 
 import functools
+import pickle
 import threading
 import time
 import traceback
@@ -190,7 +191,7 @@ class MpiTransport(Transport):
                     "(or reuse it: with get_executor('mpi') as ex: ...)"
                 )
             self.events = events
-            self.reports = Reports(self.inflight, events, _as_sent, self._free_stale)
+            self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
             self.root.transport = self
         return {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
 
@@ -292,5 +293,6 @@ class MpiTransport(Transport):
         self.events.worker_lost(_name(rank), reason)
 
 
-def _as_sent(worker: str, key: Key, value: Any) -> Any:
-    return value  # the hub has unpickled it already
+def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:
+    header, buffers = result  # see WorkerRank.pack_result
+    return pickle.loads(header, buffers=buffers)

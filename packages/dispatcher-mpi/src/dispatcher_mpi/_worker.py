@@ -4,6 +4,7 @@ freed; another rank that needs one asks for it and gets it straight from here.""
 
 from __future__ import annotations
 
+import pickle
 import threading
 import traceback
 from typing import Any
@@ -46,10 +47,11 @@ class WorkerRank(TaskRunner):
         self.hub.post(ROOT, message)
 
     def pack_result(self, key: int, value: Any) -> tuple[Any, int]:
-        # Fail here, naming the node, rather than in the hub. Buffers are left out of
-        # band, as the hub will send them: checking copies nothing big.
-        encode(value)
-        return value, size_of(value)
+        # Pickled here, so that a value that cannot be fails its own node rather than the
+        # hub, and rank 0 unpickles each result on its own. The buffers stay out of band:
+        # the hub sends them raw, copying nothing big.
+        header, buffers = encode(value)
+        return (header, [pickle.PickleBuffer(b) for b in buffers]), size_of(value)
 
     def remote_inputs(self, task: Task) -> dict[int, Any]:
         """Fetched from the ranks that hold them, all asked at once."""

@@ -37,7 +37,10 @@ from ._messages import Started as Started
 from ._messages import Stop as Stop
 from ._messages import Task as Task
 from ._messages import as_task as as_task
+from ._messages import from_wire as from_wire
+from ._messages import message as message
 from ._messages import task_record as task_record
+from ._messages import to_wire as to_wire
 from ._pickle import OUT_OF_BAND_BYTES as OUT_OF_BAND_BYTES
 from ._pickle import dumps as dumps
 from ._pickle import dumps_split as dumps_split
@@ -82,7 +85,9 @@ __all__ = [
     "dumps",
     "dumps_for",
     "dumps_split",
+    "from_wire",
     "loads",
+    "message",
     "pickle_by_reference",
     "restore_error",
     "serialization_error",
@@ -90,5 +95,6 @@ __all__ = [
     "start_thread",
     "supervised",
     "task_record",
+    "to_wire",
     "unpickling_error",
 ]

@@ -1,22 +1,24 @@
 """The messages a caller and its workers exchange, by name.
 
-Every message is a small :class:`~typing.NamedTuple`: it pickles by reference to its class
-(both sides import this module), and a receiver dispatches on its type. The two messages
-that carry one entry per task (:class:`Run` and :class:`Done`) hold their entries as plain
-tuples in the field order of :class:`Task` and :class:`Finished`: a named tuple per task
-would cost more to pickle than the rest of the task. :func:`task_record` builds a
+Every message is a small :class:`~typing.NamedTuple` registered under a short name with
+:func:`message`; code builds, reads and dispatches on these types. On the wire a message is
+the plain tuple ``(name, *fields)`` (:func:`to_wire`, :func:`from_wire`): unpickling an
+instance of a class imports its module by name every time, which cost several times what
+the rest of a small message did. The two messages that carry one entry per task
+(:class:`Run` and :class:`Done`) hold their entries as plain tuples in the field order of
+:class:`Task` and :class:`Finished`, for the same reason. :func:`task_record` builds a
 :class:`Task` entry; a worker reads one as a :class:`Task` through :func:`as_task`.
 
-A backend adds messages of its own (data fetches, start-up, output) the same way.
+A backend adds messages of its own (data fetches, start-up, output) the same way, under
+names of its own (``"mp.fetch"``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._errors import WireError
-from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
     from ..transport import TaskSpec
@@ -35,10 +37,40 @@ __all__ = [
     "Stop",
     "Task",
     "as_task",
+    "from_wire",
+    "message",
     "task_record",
+    "to_wire",
 ]
 
 Key = int
+M = TypeVar("M", bound=type)
+
+_KINDS: dict[str, type] = {}
+_NAMES: dict[type, str] = {}
+
+
+def message(name: str) -> Callable[[M], M]:
+    """Class decorator: register a message type under ``name`` (unique in the process)."""
+
+    def register(cls: M) -> M:
+        if name in _KINDS and _KINDS[name] is not cls:
+            raise ValueError(f"two message types are named {name!r}")
+        _KINDS[name] = cls
+        _NAMES[cls] = name
+        return cls
+
+    return register
+
+
+def to_wire(message: Any) -> tuple[Any, ...]:
+    """``message`` as the plain tuple that travels: its name, then its fields."""
+    return (_NAMES[type(message)], *message)
+
+
+def from_wire(raw: tuple[Any, ...]) -> Any:
+    """The message :func:`to_wire` made ``raw`` from."""
+    return tuple.__new__(_KINDS[raw[0]], raw[1:])  # type: ignore[type-var]
 
 
 # -- caller to worker ------------------------------------------------------------------
@@ -106,7 +138,7 @@ def as_task(record: tuple[Any, ...]) -> Task:
     return tuple.__new__(Task, record)  # type: ignore[type-var]
 
 
-@pickle_by_reference
+@message("run")
 class Run(NamedTuple):
     """Tasks to run in this order, after those sent before."""
 
@@ -114,7 +146,7 @@ class Run(NamedTuple):
     """:class:`Task` entries (see :func:`task_record`)."""
 
 
-@pickle_by_reference
+@message("define")
 class Define(NamedTuple):
     """A function, pickled, under the token later tasks name it by."""
 
@@ -122,28 +154,28 @@ class Define(NamedTuple):
     data: bytes
 
 
-@pickle_by_reference
+@message("forget")
 class Forget(NamedTuple):
     """Functions no task sent from now on will name: drop them."""
 
     tokens: list[int]
 
 
-@pickle_by_reference
+@message("free")
 class Free(NamedTuple):
     """Results nobody needs any more."""
 
     keys: list[Key]
 
 
-@pickle_by_reference
+@message("cancel")
 class Cancel(NamedTuple):
     """Tasks not to start, if they have not started yet."""
 
     keys: list[Key]
 
 
-@pickle_by_reference
+@message("stop")
 class Stop(NamedTuple):
     """Finish what runs, then exit."""
 
@@ -161,7 +193,7 @@ class Finished(NamedTuple):
     """The value's serialised form, when the caller asked for it; else ``None``."""
 
 
-@pickle_by_reference
+@message("done")
 class Done(NamedTuple):
     """Tasks that finished, in the order they ran."""
 
@@ -169,7 +201,7 @@ class Done(NamedTuple):
     """:class:`Finished` entries, as plain tuples."""
 
 
-@pickle_by_reference
+@message("failed")
 class Failed(NamedTuple):
     """A task raised, or its function, arguments or result could not travel."""
 
@@ -178,14 +210,14 @@ class Failed(NamedTuple):
     error: WireError
 
 
-@pickle_by_reference
+@message("started")
 class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
 
 
-@pickle_by_reference
+@message("lost")
 class Lost(NamedTuple):
     """A task could not start: these inputs are gone."""
 
