@@ -15,6 +15,7 @@ from dispatcher import (
     RemoteError,
     SerializationError,
     get_executor,
+    op,
 )
 from dispatcher_mp import MpTransport
 
@@ -94,3 +95,10 @@ def test_fresh_closures_do_not_pile_up_in_the_caller_or_the_worker() -> None:
     assert grown < 40_000_000, f"the worker grew by {grown / 1e6:.0f} MB"
     assert transport.shipper.pickled_bytes < 20_000_000
     assert transport.shipper.held_by("mp-0") <= 1024
+
+
+def test_an_infinite_timeout_is_no_limit(ex: Executor) -> None:
+    # A deadline at infinity once overflowed the reader thread's wait, and it died.
+    node = op(mp_tasks.sleep_then, timeout=float("inf"))(0, "unlimited")
+    assert ex.run(node) == "unlimited"
+    assert ex.run(Op(mp_tasks.sleep_then, 0, "still reading")) == "still reading"

@@ -16,7 +16,6 @@ from queue import SimpleQueue
 from typing import Any
 
 from dispatcher.remote import (
-    Task,
     TaskRunner,
     capture_error,
     dumps,
@@ -138,8 +137,14 @@ class Worker(TaskRunner):
     def send(self, message: Any) -> None:
         self.channel.send(message)
 
-    def remote_inputs(self, task: Task) -> dict[int, Any]:
-        return {key: load(payload) for key, payload in task.remote.items()}
+    def remote_inputs(self, deps: tuple[int, ...], remote: dict[int, Payload]) -> dict[int, Any]:
+        values = {}
+        for key, payload in remote.items():
+            try:
+                values[key] = load(payload)
+            except FileNotFoundError:
+                pass  # its holder dropped the segment meanwhile: reported lost, recomputed
+        return values
 
     def pack_result(self, key: int, value: Any) -> tuple[Any, int]:
         payload = self.shm.dump(value)

@@ -9,7 +9,7 @@ import threading
 import traceback
 from typing import Any
 
-from dispatcher.remote import Cancel, InputError, Run, Stop, Task, TaskRunner, size_of, start_thread
+from dispatcher.remote import Cancel, InputError, Run, Stop, TaskRunner, size_of, start_thread
 
 from ._channel import Hub, encode
 from ._messages import Busy, Data, Fetch, Reset
@@ -53,10 +53,11 @@ class WorkerRank(TaskRunner):
         header, buffers = encode(value)
         return (header, [pickle.PickleBuffer(b) for b in buffers]), size_of(value)
 
-    def remote_inputs(self, task: Task) -> dict[int, Any]:
-        """Fetched from the ranks that hold them, all asked at once."""
+    def remote_inputs(self, deps: tuple[int, ...], sources: tuple[int, ...]) -> dict[int, Any]:
+        """Fetched from the ranks that hold them (``sources``, in ``deps`` order; 0 for an
+        input sent with the task), all asked at once."""
         remote: dict[int, tuple[threading.Event, list[Data]]] = {}
-        for key, source in zip(task.deps, task.remote, strict=True):
+        for key, source in zip(deps, sources, strict=True):
             if source > 0 and source != self.rank and key not in remote:
                 waiter: tuple[threading.Event, list[Data]] = (threading.Event(), [])
                 remote[key] = self.replies[key] = waiter

@@ -12,6 +12,7 @@ from several.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,8 @@ class InFlight:
     def started(self, key: Key, worker: str, now: float) -> None:
         """Task ``key`` started on ``worker`` at ``now``: its deadline runs from there."""
         spec = self.get(key, worker)
-        if spec is not None and spec.timeout is not None:
+        # ``inf`` is no limit: a deadline at infinity would only overflow a wait.
+        if spec is not None and spec.timeout is not None and spec.timeout < math.inf:
             self.deadlines[key] = (now + spec.timeout, spec)
 
     def next_deadline(self) -> float | None:

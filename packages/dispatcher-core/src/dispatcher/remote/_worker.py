@@ -37,7 +37,6 @@ from ._messages import (
     Started,
     Stop,
     Task,
-    as_task,
 )
 from ._pickle import dumps, loads
 
@@ -58,6 +57,10 @@ REPORT_NOW = 1e-3
 so the next task arrives before this worker's queue runs dry."""
 
 _STOP = object()
+_KEY = Task._fields.index("key")
+_TOKEN = Task._fields.index("token")
+# Results of these exact types are never awaitable: no need to ask inspect.
+_NEVER_AWAITABLE = frozenset({int, float, str, bytes, bool, type(None), list, tuple, dict})
 
 Key = int
 
@@ -100,10 +103,11 @@ class TaskRunner:
         """Send ``message`` to the caller (from the task thread)."""
         raise NotImplementedError
 
-    def remote_inputs(self, task: Task) -> dict[Key, Any] | None:
-        """The values of ``task``'s inputs held by other workers, by key (those it cannot
-        get are left out, and reported lost); ``None`` when there are none. Raises
-        :class:`InputError` when one exists but cannot be sent."""
+    def remote_inputs(self, deps: tuple[Key, ...], remote: Any) -> dict[Key, Any] | None:
+        """The values of the inputs ``deps`` held by other workers, by key, got from where
+        ``remote`` (:attr:`Task.remote`) says (those it cannot get are left out, and
+        reported lost); ``None`` when there are none. Raises :class:`InputError` when one
+        exists but cannot be sent."""
         return None
 
     def pack_result(self, key: Key, value: Any) -> tuple[Any, int]:
@@ -126,8 +130,7 @@ class TaskRunner:
             functions, put = self.functions, self.queue.put
             for record in message.tasks:
                 # Looked up now, not when it runs: a later Forget may drop the token.
-                task = as_task(record)
-                put((task, functions.get(task.token)))
+                put((record, functions.get(record[_TOKEN])))
         elif kind is Define:
             try:
                 self.functions[message.token] = loads(message.data)
@@ -170,14 +173,14 @@ class TaskRunner:
             item = queue.get()
             if item is _STOP:
                 break
-            task = item[0]
-            self.current = task.key
+            record = item[0]
+            self.current = key = record[_KEY]
             try:
-                self.execute(task, item[1])
+                self.execute(record, item[1])
             except OSError:
                 raise  # the caller is gone (a task's own errors never get here)
             except BaseException as exc:  # a fault of this loop, not of the task
-                self.fail(task.key, exc, 0.0)
+                self.fail(key, exc, 0.0)
             self.current = None
             if self.finished and queue.empty():
                 self.flush()
@@ -193,42 +196,43 @@ class TaskRunner:
         self.flush()
         self.send(Failed(key, duration, capture_error(error, dumps)))
 
-    def execute(self, task: Task, func: Any) -> None:
-        """Run one task and record or report its outcome."""
-        key = task.key
+    def execute(self, record: tuple[Any, ...], func: Any) -> None:
+        """Run one task (a :class:`Task` entry of :class:`Run`) and record or report its
+        outcome."""
+        # Task's fields, in its order (cheaper than reading them from a Task).
+        key, token, args, kwargs, inline, shape, deps, remote, want_result, timed, last_use = record
         if key in self.cancelled:
             self.cancelled.discard(key)
             return
         if func is None or isinstance(func, Unloadable):
-            reason = func.error if func is not None else LookupError(f"no function {task.token}")
+            reason = func.error if func is not None else LookupError(f"no function {token}")
             self.fail(key, unpickling_error(key, "function", reason), 0.0)
             return
-        args, kwargs, inline = task.args, task.kwargs, task.inline
-        if isinstance(args, bytes):
+        if type(args) is bytes:
             try:
                 args, kwargs, inline = loads(args)
             except BaseException as exc:
                 self.fail(key, unpickling_error(key, "arguments", exc), 0.0)
                 return
-        values = self._inputs(task, inline)
+        values = self._inputs(key, deps, remote, inline) if deps else []
         if values is None:
             return
-        if task.last_use:
-            self.drop(task.last_use)  # nothing else reads them: do not wait to be told
-        if task.timed:
+        if last_use:
+            self.drop(last_use)  # nothing else reads them: do not wait to be told
+        if timed:
             self.flush()
             self.send(Started(key))
         start = perf_counter()
         try:
-            value = call_task(func, args, kwargs, task.shape, values)
-            if inspect.isawaitable(value):
+            value = call_task(func, args, kwargs, shape, values)
+            if type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value):
                 value = asyncio.run(_wait(value))
         except BaseException as exc:  # the task's own: it fails its node, never this loop
             self.fail(key, exc, perf_counter() - start)
             return
         duration = perf_counter() - start
         self.store[key] = value
-        if task.want_result:
+        if want_result:
             try:
                 result, nbytes = self.pack_result(key, value)
             except BaseException as exc:
@@ -241,17 +245,19 @@ class TaskRunner:
         if len(self.finished) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
 
-    def _inputs(self, task: Task, inline: dict[Key, Any] | None) -> list[Any] | None:
-        """The input values in order; ``None`` when the task was failed or reported lost."""
-        deps = task.deps
-        if not deps:
-            return []
-        remote = None
-        if task.remote is not None:
+    def _inputs(
+        self, key: Key, deps: tuple[Key, ...], remote: Any, inline: dict[Key, Any] | None
+    ) -> list[Any] | None:
+        """Task ``key``'s input values in order; ``None`` when it was failed or reported
+        lost."""
+        if remote is not None:
             try:
-                remote = self.remote_inputs(task)
+                remote = self.remote_inputs(deps, remote)
             except InputError as exc:
-                self.fail(task.key, serialization_error(task.key, "input", None, exc), 0.0)
+                self.fail(key, serialization_error(key, "input", None, exc), 0.0)
+                return None
+            except BaseException as exc:  # an input that does not unpickle here
+                self.fail(key, unpickling_error(key, "input", exc), 0.0)
                 return None
         store = self.store
         values: list[Any] = []
@@ -267,7 +273,7 @@ class TaskRunner:
                 missing.append(dep)
         if missing:
             self.flush()
-            self.send(Lost(task.key, missing))
+            self.send(Lost(key, missing))
             return None
         return values
 
