@@ -116,6 +116,6 @@ class WorkerRank(TaskRunner):
         value = self.store[key]
         try:
             self.hub.post(source, Data(key, True, value))
-        except Exception as exc:
+        except BaseException as exc:  # pickling runs the value's own code
             culprit = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
             self.hub.post(source, Data(key, False, culprit))
