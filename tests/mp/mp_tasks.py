@@ -63,3 +63,82 @@ def no_room_in_shm() -> None:
 
 def total(*values: Any) -> Any:
     return sum(values)
+
+
+class Custom(BaseException):
+    """A user's own BaseException subclass."""
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be made."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class Weird(Exception):
+    """Pickles fine, but unpickles as a str."""
+
+    def __reduce__(self) -> Any:
+        return (str, ("x",))
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt("from a task")
+
+
+def raise_system_exit() -> None:
+    raise SystemExit(4)
+
+
+def raise_generator_exit() -> None:
+    raise GeneratorExit
+
+
+def raise_custom() -> None:
+    raise Custom("mine")
+
+
+def raise_unprintable() -> None:
+    raise Unprintable("hidden")
+
+
+def raise_from_weird() -> None:
+    raise ValueError("the visible one") from Weird()
+
+
+class ExitsWhenUnpickled:
+    """A result that pickles in the worker and raises SystemExit where it is unpickled."""
+
+    def __reduce__(self) -> Any:
+        import sys
+
+        return (sys.exit, (3,))
+
+
+def exits_when_unpickled() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def closure_of(size: int, tag: int) -> Any:
+    """A fresh function holding ``size`` bytes of its own."""
+    payload = bytes([tag % 256]) * size
+
+    def fresh() -> int:
+        return len(payload) + tag
+
+    return fresh
+
+
+def rss(_: Any = None) -> int:
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def raise_unpicklable() -> None:
+    class LocalError(Exception):
+        def __reduce__(self) -> Any:
+            raise TypeError("not today")
+
+    raise LocalError("made inside the task")

@@ -357,3 +357,101 @@ def test_idle_worker_ranks_do_not_burn_a_core(tmp_path: Path) -> None:
     )
     done = job(3, program)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.timeout(150)
+def test_odd_exceptions_fail_their_node_and_the_rank_keeps_serving(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import os, sys
+        from dispatcher import Op, RemoteError, SerializationError, get_executor
+
+        class Custom(BaseException):
+            pass
+
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no message")
+
+        class Weird(Exception):
+            def __reduce__(self):
+                return (str, ("x",))
+
+        class ExitsWhenUnpickled:
+            def __reduce__(self):
+                return (sys.exit, (3,))
+
+        def exits():
+            sys.exit(4)
+
+        def interrupt():
+            raise KeyboardInterrupt
+
+        def generator_exit():
+            raise GeneratorExit
+
+        def custom():
+            raise Custom("mine")
+
+        def unprintable():
+            raise Unprintable("hidden")
+
+        def from_weird():
+            raise ValueError("visible") from Weird()
+
+        def odd_result():
+            return ExitsWhenUnpickled()
+
+        with get_executor("mpi", workers=1, retries=0) as ex:
+            pid = ex.run(Op(os.getpid))
+            for task, expected in [
+                (exits, SystemExit), (interrupt, KeyboardInterrupt),
+                (generator_exit, GeneratorExit), (custom, Custom),
+                (unprintable, Unprintable), (from_weird, ValueError),
+                (odd_result, SerializationError),
+            ]:
+                result = ex.run(Op(task), throw=False)
+                assert type(result.error) is expected, (task.__name__, repr(result.error))
+                assert ex.run(Op(os.getpid)) == pid, task.__name__
+        print("all failed cleanly")
+    """,
+    )
+    done = job(2, program, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "all failed cleanly" in done.stdout
+
+
+@pytest.mark.timeout(150)
+def test_fresh_closures_do_not_pile_up_on_the_ranks(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import os
+        from dispatcher import Op, get_executor
+        from dispatcher_mpi._transport import current_root
+
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        def closure_of(size, tag):
+            payload = bytes([tag % 256]) * size
+            def fresh():
+                return len(payload) + tag
+            return fresh
+
+        with get_executor("mpi", workers=1) as ex:
+            start = ex.run(Op(rss))
+            for i in range(300):
+                ex.run(Op(closure_of(200_000, i)))
+            grown = ex.run(Op(rss)) - start
+        print("grown", grown)
+        assert grown < 40_000_000, grown
+        pickled = current_root().shipper.pickled_bytes
+        assert pickled < 20_000_000, pickled
+    """,
+    )
+    done = job(2, program, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "grown" in done.stdout

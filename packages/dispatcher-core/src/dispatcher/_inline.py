@@ -21,7 +21,7 @@ class InlineTransport(Transport):
     """One worker, ``"main"``: the calling thread. Tasks run one at a time, in order,
     inside :meth:`submit`; results stay in a dict."""
 
-    capabilities = Capabilities(concurrent=False)
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}

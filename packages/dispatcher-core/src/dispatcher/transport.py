@@ -20,27 +20,19 @@ transport gets the bytes from there to the task's worker (it may move them direc
 worker to worker). A result the caller asked for comes back with its completion
 (:attr:`TaskSpec.want_result`). :meth:`Transport.free` drops results nobody needs.
 
-The helpers at the end (:class:`FunctionRegistry`, :func:`capture_error`,
-:func:`restore_error`, :func:`dumps_for`) are what a process-based backend needs to ship
-functions once per worker and to bring exceptions back faithfully. ``dispatcher.testing``
-holds an in-memory :class:`~dispatcher.testing.FakeTransport` and the conformance suite a
-backend runs to prove itself.
-
-This module is imported by worker processes: it must stay light.
+A backend whose workers are other processes is built from :mod:`dispatcher.remote`
+(messages, function shipping, the in-flight table, the worker loop, error transport).
+``dispatcher.testing`` holds an in-memory :class:`~dispatcher.testing.FakeTransport` and
+the conformance suite a backend runs to prove itself.
 """
 
 from __future__ import annotations
 
 import abc
-import pickle
-import sys
-import traceback
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from ._errors import RemoteError, SerializationError
 from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
@@ -49,38 +41,15 @@ __all__ = [
     "SHAPE_TEMPLATE",
     "Capabilities",
     "EventSink",
-    "FunctionRegistry",
     "Key",
     "Ref",
     "TaskSpec",
     "Transport",
-    "WireError",
     "call_task",
-    "capture_error",
-    "dumps_for",
-    "restore_error",
-    "serialization_error",
-    "size_of",
-    "unpickling_error",
 ]
 
 Key = int
 """A result's name: unique within one executor, for as long as the executor lives."""
-
-
-def size_of(value: Any) -> int:
-    """A cheap estimate of ``value``'s size in bytes, to report with a completion: what
-    placement weighs inputs by. Buffers (NumPy arrays, memoryviews) give their ``nbytes``,
-    bytes-likes their length, anything else its shallow ``sys.getsizeof``."""
-    nbytes = getattr(value, "nbytes", None)
-    if type(nbytes) is int:
-        return nbytes
-    if isinstance(value, (bytes, bytearray)):
-        return len(value)
-    try:
-        return sys.getsizeof(value)
-    except Exception:  # a __sizeof__ that fails: no estimate, no error
-        return 0
 
 
 class TaskSpec:
@@ -233,8 +202,6 @@ class Capabilities:
     """A worker that dies is replaced and its work redone."""
     interrupts_running_tasks: bool = False
     """A task over its timeout is stopped while it runs (not only failed when it returns)."""
-    concurrent: bool = True
-    """Independent tasks run at the same time."""
     separate_processes: bool = False
     """Tasks run in other processes than the caller (so they cannot share its memory)."""
     runs_tasks_in_order: bool = False
@@ -293,153 +260,3 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Stop every worker and release every resource. Idempotent."""
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers for transports whose workers live in other processes.
-
-
-class FunctionRegistry:
-    """Stable tokens for functions, so each distinct function is pickled once per worker.
-
-    A token is never reused, even after its function is gone (``id()`` would be): the
-    registry keeps a weak reference where it can, a strong one otherwise.
-    """
-
-    def __init__(self) -> None:
-        self._weak: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._strong: dict[int, tuple[Any, int]] = {}
-        self._next = 0
-        # Most tasks of a batch call the function the one before called.
-        self._last: tuple[Any, int] = (None, 0)
-
-    def token(self, func: Any) -> tuple[int, bool]:
-        """Return ``(token, new)``: ``new`` is True the first time ``func`` is seen."""
-        last, token = self._last
-        if last is func:
-            return token, False
-        try:
-            found = self._weak.get(func)
-        except TypeError:  # not weak-referenceable (a builtin, a partial...)
-            entry = self._strong.get(id(func))
-            if entry is not None and entry[0] is func:
-                self._last = entry
-                return entry[1], False
-            self._next += 1
-            self._strong[id(func)] = self._last = (func, self._next)
-            return self._next, True
-        if found is not None:
-            self._last = (func, found)
-            return found, False
-        self._next += 1
-        self._weak[func] = self._next
-        self._last = (func, self._next)
-        return self._next, True
-
-
-@dataclass
-class WireError:
-    """An exception made ready to cross a process boundary."""
-
-    payload: bytes | None
-    """The pickled exception, or ``None`` when it could not be pickled."""
-    type_name: str
-    message: str
-    traceback_text: str
-    causes: tuple[bytes, ...] = ()
-    """Its ``__cause__`` chain, pickled one by one (pickling an exception drops it)."""
-
-
-def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireError:
-    """Worker side: package ``exc`` with its traceback text."""
-    tb_text = "".join(traceback.format_exception(exc))
-    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    try:
-        payload: bytes | None = dumps(exc)
-    except Exception:
-        payload = None
-    causes: list[bytes] = []
-    cause = exc.__cause__
-    while cause is not None and len(causes) < 16:
-        try:
-            causes.append(dumps(cause))
-        except Exception:
-            break  # keep the part of the chain that travels
-        cause = cause.__cause__
-    return WireError(payload, type_name, str(exc), tb_text, tuple(causes))
-
-
-def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
-    """Caller side: the original exception with the worker's traceback as a note, or a
-    :class:`~dispatcher.RemoteError` when it cannot be brought back."""
-    if wire.payload is not None:
-        try:
-            exc = loads(wire.payload)
-        except Exception:
-            exc = None
-        traceback_text = wire.traceback_text
-        if isinstance(exc, SerializationError) and isinstance(exc.node, int):
-            # Workers know tasks by key alone: the caller names the node, in the worker's
-            # traceback too.
-            named = SerializationError(label, exc.what, exc.type_name, exc.detail)
-            traceback_text = traceback_text.replace(str(exc), str(named))
-            exc = named
-        if isinstance(exc, BaseException):
-            exc.add_note(f"Traceback from the worker that ran {label!r}:\n{traceback_text}")
-            link = exc
-            for data in wire.causes:
-                try:
-                    cause = loads(data)
-                except Exception:
-                    break
-                link.__cause__ = cause
-                link = cause
-            return exc
-    return RemoteError(wire.type_name, wire.message, wire.traceback_text)
-
-
-def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]) -> bytes:
-    """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
-    naming the node (``label``, or the task whose label it is: worked out only on
-    failure), ``what`` was being sent, and the offending type."""
-    try:
-        return dumps(obj)
-    except Exception as exc:
-        name = label if isinstance(label, str) else label.label
-        raise serialization_error(name, what, obj, exc) from exc
-
-
-def serialization_error(
-    label: str | Key, what: str, obj: Any, exc: BaseException
-) -> SerializationError:
-    """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
-    ``exc``, naming the offending type as precisely as the failure tells it.
-
-    A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
-    puts the node's label in its place in the caller."""
-    return SerializationError(label, what, _culprit(obj, exc))
-
-
-def unpickling_error(label: str | Key, what: str, exc: BaseException) -> SerializationError:
-    """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
-    :func:`serialization_error`) failing to *un*pickle where it arrived, with ``exc``:
-    most often a module that process cannot import."""
-    detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {exc})"
-    if isinstance(exc, (ImportError, AttributeError)):
-        detail += (
-            "; what is pickled by reference (functions and classes of a module) must be "
-            "importable there too: install the module on every worker, or put it on "
-            "PYTHONPATH"
-        )
-    return SerializationError(label, what, type(exc).__qualname__, detail)
-
-
-def _culprit(obj: Any, exc: BaseException) -> str:
-    # pickle names the offending type in its message ("cannot pickle '_thread.lock' object");
-    # prefer that over the container's type.
-    text = str(exc)
-    if "cannot pickle '" in text:
-        return text.split("cannot pickle '", 1)[1].split("'", 1)[0]
-    if isinstance(exc, pickle.PicklingError) or "pickle" in text:
-        return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -4,7 +4,9 @@ The caller talks to each worker through one duplex pipe. Tasks go out in batches
 message per worker per dispatch; completions come back in batches. One reader thread in
 the caller watches every pipe and every worker's process sentinel: it turns messages into
 scheduler events, notices a dead worker at once (its sentinel), replaces it under the same
-name, and kills a worker whose task ran past its timeout.
+name, and kills a worker whose task ran past its timeout. What is not about processes and
+pipes comes from :mod:`dispatcher.remote`: the messages, the function shipper, the
+in-flight table and the worker's task loop.
 
 Data: a result stays in the worker that made it. When a task needs a result held by
 another worker, the caller asks that worker for it; the holder serialises it once (large
@@ -15,44 +17,43 @@ completion, the same way.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
-import pickle
-import select
-import selectors
-import signal
-import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dispatcher import DispatcherError, TaskTimeoutError
+from dispatcher.remote import (
+    Cancel,
+    Free,
+    FunctionShipper,
+    InFlight,
+    Reports,
+    Run,
+    dumps,
+    dumps_for,
+    serialization_error,
+    task_record,
+)
 from dispatcher.transport import (
     SHAPE_POSITIONAL,
     Capabilities,
     EventSink,
-    FunctionRegistry,
     Key,
     TaskSpec,
     Transport,
-    WireError,
-    dumps_for,
-    restore_error,
-    serialization_error,
-    unpickling_error,
 )
 
-from . import _worker
-from ._frames import FrameReader
-from ._wire import Payload, dumps, load, sweep
+from ._messages import Fetch
+from ._process import WorkerProcess, kill, spawn
+from ._reader import Reader
+from ._wire import Payload, load, sweep
 
 __all__ = ["MpTransport"]
 
@@ -61,8 +62,6 @@ log = logging.getLogger("dispatcher.mp")
 # Arguments of these types pickle the same with pickle as with cloudpickle: they need
 # no pickle of their own.
 _PLAIN = frozenset({int, float, bool, str, type(None)})
-_START_TIMEOUT = 120.0  # seconds a new worker may take to import and report ready
-_STOP_GRACE = 1.0  # seconds workers get to exit by themselves at close
 
 
 @dataclass
@@ -72,29 +71,6 @@ class _Waiting:
     spec: TaskSpec
     missing: set[Key]
     payloads: dict[Key, Payload] = field(default_factory=dict)
-
-
-@dataclass
-class _Worker:
-    name: str
-    prefix: str
-    process: Any
-    conn: multiprocessing.connection.Connection
-    tasks: dict[Key, TaskSpec] = field(default_factory=dict)
-    """Submitted and not yet reported."""
-    deadlines: dict[Key, float] = field(default_factory=dict)
-    functions: set[int] = field(default_factory=set)
-    """Function tokens this worker has been sent."""
-    outbox: deque[_Waiting] = field(default_factory=deque)
-    """Tasks not sent yet, in the order submitted: the first waits for inputs from other
-    workers, and the rest must not overtake it (a task may need its result)."""
-    alive: bool = True
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=5)
-        with self.send_lock:
-            self.conn.send_bytes(data)
 
 
 class MpTransport(Transport):
@@ -140,7 +116,7 @@ class MpTransport(Transport):
         self.context: Any = multiprocessing.get_context(start_method)
         self.start_method = start_method
         self.shared_memory = shared_memory
-        self._setup = (
+        self.setup = (
             dumps_for("initializer", "initializer", (initializer, tuple(initargs)), dumps)
             if initializer is not None
             else None
@@ -148,122 +124,80 @@ class MpTransport(Transport):
         # Segment names: unique to this executor, then to each worker incarnation.
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
-        self._workers: dict[str, _Worker] = {}
-        self._events: EventSink | None = None
-        self._registry = FunctionRegistry()
-        self._function_bytes: dict[int, bytes] = {}
-        self._lock = threading.RLock()
-        self._cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
+        self.workers: dict[str, WorkerProcess] = {}
+        self.events: EventSink | None = None
+        self.inflight = InFlight()
+        self.shipper = FunctionShipper(dumps)
+        self.lock = threading.RLock()
+        self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
-        self._requests = itertools.count()
-        self._closing = False
+        self.closing = False
         self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
-        self._reader: threading.Thread | None = None
+        self.broken: str | None = None
+        """Why this transport can run nothing more (its reader thread failed)."""
+        self._reader: Reader | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, events: EventSink) -> Mapping[str, int]:
-        self._events = events
-        started: list[_Worker] = []
+        self.events = events
+        started: list[WorkerProcess] = []
         try:
             for i in range(self.size):
-                started.append(self._spawn(f"mp-{i}"))
+                started.append(self.spawn(f"mp-{i}"))
             for worker in started:
-                self._await_ready(worker)
-                self._workers[worker.name] = worker
+                worker.await_ready(self.start_method)
+                self.workers[worker.name] = worker
         except BaseException:
             for worker in started:
-                _kill(worker.process)
+                kill(worker.process)
             self.close()
             raise
-        self._reader = threading.Thread(target=self._read, name="dispatcher-mp-reader", daemon=True)
+        self._reader = Reader(self, Reports(self.inflight, events, self._load_result, self.free))
         self._reader.start()
-        return {name: self.slots for name in self._workers}
+        return {name: self.slots for name in self.workers}
 
-    def _spawn(self, name: str) -> _Worker:
+    def spawn(self, name: str) -> WorkerProcess:
+        """Start (not wait for) a worker process named ``name``."""
         prefix = f"{self.prefix}{next(self._generation)}-"
-        parent, child = self.context.Pipe(duplex=True)
-        level = logging.getLogger().getEffectiveLevel()
-        process = self.context.Process(
-            target=_worker.main,
-            args=(child, name, prefix, self.shared_memory, self._setup, level),
-            name=f"dispatcher-{name}",
-            daemon=True,
-        )
-        process.start()
-        child.close()
-        return _Worker(name, prefix, process, parent)
-
-    def _await_ready(self, worker: _Worker) -> None:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            ready = multiprocessing.connection.wait(
-                [worker.conn, worker.process.sentinel], max(0.0, deadline - time.monotonic())
-            )
-            if worker.conn in ready:
-                try:
-                    message = pickle.loads(worker.conn.recv_bytes())
-                except (EOFError, OSError):
-                    message = ("died",)
-                if message[0] == "ready":
-                    return
-                if message[0] == "init_failed":
-                    error = restore_error(message[1], "initializer", pickle.loads)
-                    raise error
-                if message[0] == "out":
-                    _write(message[1], message[2])
-                    continue
-                if message[0] == "log":
-                    _log(message[1])
-                    continue
-            if not ready or worker.process.sentinel in ready:
-                worker.process.join(1)
-                raise DispatcherError(
-                    f"worker {worker.name} did not start "
-                    f"({_exit_reason(worker.process.exitcode)}); with start_method="
-                    f"{self.start_method!r} the main module must be importable and guard "
-                    "its own start-up with `if __name__ == '__main__':`"
-                )
+        return spawn(self.context, name, prefix, self.shared_memory, self.setup)
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             if self._closed:
                 return
             self._closed = True
-            self._closing = True
-            workers = list(self._workers.values())
+            self.closing = True
+            workers = list(self.workers.values())
         for worker in workers:
-            try:
-                worker.send(("stop",))
-            except OSError:
-                pass
-        deadline = time.monotonic() + _STOP_GRACE
+            worker.stop()
+        deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
         for worker in workers:
             if worker.process.is_alive():
-                _kill(worker.process)
+                kill(worker.process)
             worker.conn.close()
-        os.write(self._wake_w, b"x")
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(5)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        if self._reader is not None:
+            self._reader.stop()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        if self.broken is not None:
+            self._fail_all(tasks, self.broken)
+            return
         batches: dict[str, list[tuple[Any, ...]]] = {}
         fetches: dict[str, list[Key]] = {}
-        with self._lock:
+        with self.lock:
+            add = self.inflight.add
             for spec in tasks:
-                worker = self._workers.get(spec.worker)
+                worker = self.workers.get(spec.worker)
                 if worker is None or not worker.alive:
                     continue  # its loss is being reported; the scheduler will retry
-                worker.tasks[spec.key] = spec
+                add(spec)
                 if spec.sources is None and not worker.outbox:
                     self._encode(spec, None, batches)  # every input is there or inline
                     continue
@@ -276,14 +210,14 @@ class MpTransport(Transport):
             # what was held back only once these are on their way, never before them.
             self._send_batches(batches)
             for source, keys in fetches.items():
-                holder = self._workers.get(source)
+                holder = self.workers.get(source)
                 try:
                     if holder is None or not holder.alive:
                         raise OSError
-                    holder.send(("fetch", next(self._requests), keys))
+                    holder.send(Fetch(keys))
                 except OSError:
                     for key in keys:
-                        self._fetch_failed(key, missing=True)
+                        self.fetch_failed(key, missing=True)
 
     def _gather_inputs(self, spec: TaskSpec, fetches: dict[str, list[Key]]) -> _Waiting:
         """The inputs ``spec`` needs from other workers: those at hand in ``payloads``,
@@ -294,7 +228,7 @@ class MpTransport(Transport):
         for key, source in zip(spec.deps, spec.sources, strict=True):
             if source is None or source == spec.worker:
                 continue
-            cached = self._cache.get(key)
+            cached = self.cache.get(key)
             if cached is not None:
                 waiting.payloads[key] = cached[1]
                 continue
@@ -314,243 +248,109 @@ class MpTransport(Transport):
         batches: dict[str, list[tuple[Any, ...]]],
     ) -> None:
         """Serialise ``spec`` for its worker, into ``batches`` (see :meth:`_send_batches`)."""
-        worker = self._workers[spec.worker]
+        worker = self.workers[spec.worker]
         try:
-            token, _ = self._registry.token(spec.func)
-            if token not in worker.functions:
-                data = self._function_bytes.get(token)
-                if data is None:
-                    data = dumps_for(spec, "function", spec.func, dumps)
-                    self._function_bytes[token] = data
-                worker.send(("fn", token, data))
-                worker.functions.add(token)
-            blob: bytes | tuple[Any, ...] | None
-            if spec.inline is None and (
-                spec.shape == SHAPE_POSITIONAL
-                or (not spec.kwargs and all(type(a) in _PLAIN for a in spec.args))
+            token, define = self.shipper.ship(spec.worker, spec)
+            if define is not None:
+                worker.send(define)
+            packed: bytes | None = None
+            if spec.inline is not None or (
+                spec.shape != SHAPE_POSITIONAL
+                and (spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
             ):
-                # Plain values travel as they are, in the batch's own pickle.
-                blob = spec.args or None
-            else:
-                blob = dumps_for(spec, "arguments", (spec.args, spec.kwargs, spec.inline), dumps)
+                arguments = (spec.args, spec.kwargs, spec.inline)
+                packed = dumps_for(spec, "arguments", arguments, dumps)
         except DispatcherError as error:
-            worker.tasks.pop(spec.key, None)
-            assert self._events is not None
-            self._events.task_failed(spec.key, spec.worker, error, 0.0)
+            if self.inflight.take(spec.key, spec.worker) is not None:
+                assert self.events is not None
+                self.events.task_failed(spec.key, spec.worker, error, 0.0)
             return
         except OSError:
             return  # the worker is dying; its loss will be reported
-        task = (
-            spec.key,
-            token,
-            blob,
-            spec.shape,
-            spec.deps,
-            remote,
-            spec.want_result,
-            spec.timeout is not None,
-            spec.last_use,
-        )
-        batches.setdefault(spec.worker, []).append(task)
+        # Plain values travel as they are, in the batch's own pickle.
+        batches.setdefault(spec.worker, []).append(task_record(spec, token, packed, remote))
 
     def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
         for name, tasks in batches.items():
-            worker = self._workers.get(name)
+            worker = self.workers.get(name)
             if worker is not None:
                 try:
-                    worker.send(("run", tasks))
+                    worker.send(Run(tasks))
+                    forget = self.shipper.trim(name)
+                    if forget is not None:
+                        worker.send(forget)
                 except OSError:
                     pass  # reported as lost by the reader
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
-        with self._lock:
+        with self.lock:
             for key in keys:
-                cached = self._cache.get(key)
+                cached = self.cache.get(key)
                 if cached is not None and cached[0] == worker:
-                    del self._cache[key]
-            target = self._workers.get(worker)
+                    del self.cache[key]
+            target = self.workers.get(worker)
         if target is not None and target.alive:
             try:
-                target.send(("free", list(keys)))
+                target.send(Free(list(keys)))
             except OSError:
                 pass
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         by_worker: dict[str, list[Key]] = {}
-        with self._lock:
-            for spec in tasks:
-                worker = self._workers.get(spec.worker)
-                if worker is not None and spec.key in worker.tasks:
-                    del worker.tasks[spec.key]
-                    if spec.key not in worker.deadlines:  # not started: skip it
-                        by_worker.setdefault(spec.worker, []).append(spec.key)
+        with self.lock:
+            waiting, _ = self.inflight.cancel(tasks)
+            for spec in waiting:  # not started: skip them
+                by_worker.setdefault(spec.worker, []).append(spec.key)
             for name in {spec.worker for spec in tasks}:
-                self._send_outbox(name)  # a cancelled task may have held the others back
+                self.send_outbox(name)  # a cancelled task may have held the others back
         for name, keys in by_worker.items():
             try:
-                self._workers[name].send(("cancel", keys))
+                self.workers[name].send(Cancel(keys))
             except (OSError, KeyError):
                 pass
 
-    # -- the reader thread ---------------------------------------------------------------
+    # -- called by the reader thread -----------------------------------------------------
 
-    def _read(self) -> None:
-        # One selector for the life of the thread, changed only when a worker comes or
-        # goes: setting one up per wait cost more than the messages it waited for.
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
-        watched: dict[str, tuple[_Worker, FrameReader]] = {}
-        try:
-            while not self._closing:
-                self._watch(selector, watched)
-                try:
-                    ready = selector.select(self._next_deadline())
-                except OSError:
-                    if self._closing:
-                        return
-                    continue
-                if self._closing:
-                    return
-                exited: list[tuple[_Worker, FrameReader]] = []
-                for selected, _ in ready:
-                    what = selected.data
-                    if what is None:
-                        continue  # woken: look at the workers again
-                    worker, frames = what[1], what[2]
-                    if what[0] == "exit":
-                        exited.append((worker, frames))
-                    elif worker.alive:
-                        self._receive(worker, frames)
-                for worker, frames in exited:
-                    if worker.alive:
-                        while self._receive(worker, frames, check=True):
-                            pass  # what it wrote before it died
-                        self._lost(worker, _exit_reason(worker.process.exitcode))
-                self._enforce_deadlines()
-        finally:
-            selector.close()
+    def _load_result(self, worker: str, key: Key, payload: Payload) -> Any:
+        value = load(payload)
+        if payload.segment is not None:
+            with self.lock:
+                self.cache[key] = (worker, payload)
+        return value
 
-    def _watch(
-        self, selector: selectors.BaseSelector, watched: dict[str, tuple[_Worker, FrameReader]]
-    ) -> None:
-        """Have ``selector`` watch the pipe and the sentinel of every live worker."""
-        with self._lock:
-            current = {w.name: w for w in self._workers.values() if w.alive}
-        for name, (worker, frames) in list(watched.items()):
-            if current.get(name) is not worker:
-                del watched[name]
-                # By number: the pipe is closed by now, and its number may be reused.
-                for fd in (frames.fd, worker.process.sentinel):
-                    with contextlib.suppress(KeyError):
-                        selector.unregister(fd)
-        for name, worker in current.items():
-            if name not in watched:
-                frames = FrameReader(worker.conn.fileno())
-                watched[name] = (worker, frames)
-                selector.register(frames.fd, selectors.EVENT_READ, ("pipe", worker, frames))
-                selector.register(
-                    worker.process.sentinel, selectors.EVENT_READ, ("exit", worker, frames)
-                )
-
-    def _receive(self, worker: _Worker, frames: FrameReader, check: bool = False) -> bool:
-        """Handle what ``worker``'s pipe holds; False at its end, or when there was
-        nothing to read. With ``check``, look first whether there is anything at all."""
-        if check:
-            poller = select.poll()
-            poller.register(frames.fd, select.POLLIN)
-            if not poller.poll(0):
-                return False
-        messages = frames.read()
-        if messages is None:
-            return False
-        for data in messages:
-            self._handle(worker, pickle.loads(data))
-        return True
-
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        events = self._events
-        assert events is not None
-        kind = message[0]
-        if kind == "done":
-            for key, duration, nbytes, payload in message[1]:
-                spec = worker.tasks.pop(key, None)
-                worker.deadlines.pop(key, None)
-                if payload is None:
-                    events.task_finished(key, worker.name, duration, nbytes)
-                    continue
-                try:
-                    value = load(payload)
-                except Exception as exc:
-                    label = spec.label if spec is not None else str(key)
-                    events.task_failed(
-                        key, worker.name, unpickling_error(label, "result", exc), duration
-                    )
-                    continue
-                if payload.segment is not None:
-                    with self._lock:
-                        self._cache[key] = (worker.name, payload)
-                events.task_finished(key, worker.name, duration, nbytes, value)
-        elif kind == "fail":
-            _, key, duration, _, wire = message
-            spec = worker.tasks.pop(key, None)
-            worker.deadlines.pop(key, None)
-            label = spec.label if spec is not None else str(key)
-            events.task_failed(key, worker.name, _restore(wire, label), duration)
-        elif kind == "started":
-            spec = worker.tasks.get(message[1])
-            if spec is not None and spec.timeout is not None:
-                worker.deadlines[message[1]] = time.monotonic() + spec.timeout
-        elif kind == "lost":
-            worker.tasks.pop(message[1], None)
-            events.task_inputs_lost(message[1], worker.name, message[2])
-        elif kind == "data":
-            with self._lock:
-                for key, ok, payload in message[2]:
-                    if ok:
-                        self._cache[key] = (worker.name, payload)
-                        self._fetched(key, payload)
-                    else:
-                        self._fetch_failed(key, missing=payload is None, reason=payload)
-        elif kind == "out":
-            _write(message[1], message[2])
-        elif kind == "log":
-            _log(message[1])
-
-    def _fetched(self, key: Key, payload: Payload) -> None:
+    def fetched(self, key: Key, payload: Payload) -> None:
+        """Result ``key`` arrived serialised: send what waited for it. Under the lock."""
         self._fetch_source.pop(key, None)
         for waiting in self._fetching.pop(key, ()):
             waiting.missing.discard(key)
             waiting.payloads[key] = payload
             if not waiting.missing:
-                self._send_outbox(waiting.spec.worker)
+                self.send_outbox(waiting.spec.worker)
 
-    def _send_outbox(self, name: str) -> None:
+    def send_outbox(self, name: str) -> None:
         """Send the tasks at the head of ``name``'s outbox that have all their inputs."""
-        worker = self._workers.get(name)
+        worker = self.workers.get(name)
         if worker is None or not worker.alive:
             return
         outbox = worker.outbox
         batches: dict[str, list[tuple[Any, ...]]] = {}
         while outbox:
-            head = outbox[0]
-            if head.spec.key in worker.tasks:
+            head: _Waiting = outbox[0]
+            if self.inflight.get(head.spec.key, name) is head.spec:
                 if head.missing:
                     break
                 self._encode(head.spec, head.payloads or None, batches)
             outbox.popleft()  # sent, or failed or cancelled meanwhile
         self._send_batches(batches)
 
-    def _tasks_of(self, spec: TaskSpec) -> dict[Key, TaskSpec]:
-        worker = self._workers.get(spec.worker)
-        return worker.tasks if worker is not None and worker.alive else {}
-
-    def _fetch_failed(self, key: Key, missing: bool, reason: Any = None) -> None:
-        events = self._events
+    def fetch_failed(self, key: Key, missing: bool, reason: Any = None) -> None:
+        """Result ``key`` could not be had (gone, or not serialisable). Under the lock."""
+        events = self.events
         assert events is not None
         self._fetch_source.pop(key, None)
         for waiting in self._fetching.pop(key, ()):
             spec = waiting.spec
-            if self._tasks_of(spec).pop(spec.key, None) is None:
+            if self.inflight.take(spec.key, spec.worker) is None:
                 continue
             if missing:
                 events.task_inputs_lost(spec.key, spec.worker, [key])
@@ -562,103 +362,73 @@ class MpTransport(Transport):
                     serialization_error(spec.label, "input", None, error),
                     0.0,
                 )
-            self._send_outbox(spec.worker)  # what queued behind it may go now
+            self.send_outbox(spec.worker)  # what queued behind it may go now
 
-    def _next_deadline(self) -> float | None:
-        deadlines = [d for w in self._workers.values() for d in w.deadlines.values()]
-        if not deadlines:
-            return None
-        return max(0.0, min(deadlines) - time.monotonic())
-
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers.values()):
-            late = [k for k, d in worker.deadlines.items() if d <= now]
-            if not late or not worker.alive:
-                continue
+    def enforce_deadlines(self) -> None:
+        """Fail the tasks past their timeout, and stop the processes running them."""
+        late = self.inflight.expired(time.monotonic())
+        if not late:
+            return
+        assert self.events is not None
+        victims = set()
+        for spec in late:
             # A running function cannot be stopped from outside: stop its process. The
             # node fails first, so the loss that follows does not retry it.
-            assert self._events is not None
-            for key in late:
-                spec = worker.tasks.pop(key, None)
-                del worker.deadlines[key]
-                if spec is not None and spec.timeout is not None:
-                    self._events.task_failed(
-                        key, worker.name, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
-                    )
-            _kill(worker.process)
+            assert spec.timeout is not None
+            error = TaskTimeoutError(spec.label, spec.timeout)
+            self.events.task_failed(spec.key, spec.worker, error, spec.timeout)
+            victims.add(spec.worker)
+        for name in victims:
+            worker = self.workers.get(name)
+            if worker is not None and worker.alive:
+                kill(worker.process)
 
-    def _lost(self, worker: _Worker, reason: str) -> None:
+    def lost(self, worker: WorkerProcess, reason: str) -> None:
         """A worker died: forget what it held, tell the scheduler, start a replacement."""
-        assert self._events is not None
-        with self._lock:
+        assert self.events is not None
+        with self.lock:
             worker.alive = False
-            worker.tasks.clear()
-            worker.deadlines.clear()
+            self.inflight.drop_worker(worker.name)
+            self.shipper.forget_worker(worker.name)
             worker.outbox.clear()
-            for key in [k for k, (holder, _) in self._cache.items() if holder == worker.name]:
-                del self._cache[key]
+            for key in [k for k, (holder, _) in self.cache.items() if holder == worker.name]:
+                del self.cache[key]
             # Tasks elsewhere waiting for data from the dead worker will not get it.
             stranded = [k for k, source in self._fetch_source.items() if source == worker.name]
-        try:
-            worker.conn.close()
-        except OSError:
-            pass
-        worker.process.join(1)
-        sweep(worker.prefix)  # a dead worker never unlinks its segments
+        worker.close()
         log.warning("worker %s was lost: %s", worker.name, reason)
-        self._events.worker_lost(worker.name, reason)
-        with self._lock:
+        self.events.worker_lost(worker.name, reason)
+        with self.lock:
             for key in stranded:
-                self._fetch_failed(key, missing=True)
-        if self._closing:
+                self.fetch_failed(key, missing=True)
+        if self.closing:
             return
         try:
-            replacement = self._spawn(worker.name)
-            self._await_ready(replacement)
+            replacement = self.spawn(worker.name)
+            replacement.await_ready(self.start_method)
         except Exception as exc:
             log.error("could not replace worker %s: %s", worker.name, exc)
             return
-        with self._lock:
-            self._workers[worker.name] = replacement
-        self._events.worker_added(worker.name, self.slots)
+        with self.lock:
+            self.workers[worker.name] = replacement
+        self.events.worker_added(worker.name, self.slots)
 
+    def reader_failed(self, error: BaseException) -> None:
+        """The reader thread died of ``error``: nothing more will be heard from any
+        worker. Fail what is out and whatever comes, saying why."""
+        reason = (
+            f"the mp executor stopped working: its reader thread failed with "
+            f"{type(error).__name__}: {error}; close it and make a new one"
+        )
+        log.error("%s", reason, exc_info=error)
+        with self.lock:
+            self.broken = reason
+            specs = self.inflight.all()
+        self._fail_all(specs, reason)
 
-def _restore(wire: WireError, label: str) -> BaseException:
-    return restore_error(wire, label, pickle.loads)
-
-
-def _kill(process: Any) -> None:
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, TypeError):
-        pass
-    process.join(5)
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "it stopped answering"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"killed by {name}"
-    return f"exited with status {code}"
-
-
-def _write(stream: str, text: str) -> None:
-    target = sys.stdout if stream == "stdout" else sys.stderr
-    try:
-        target.write(text)
-        target.flush()
-    except (OSError, ValueError):
-        pass
-
-
-def _log(fields: dict[str, Any]) -> None:
-    record = logging.makeLogRecord(fields)
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
+    def _fail_all(self, specs: Sequence[TaskSpec], reason: str) -> None:
+        events = self.events
+        assert events is not None
+        for spec in specs:
+            self.inflight.take(spec.key, spec.worker)
+            events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)

@@ -1,7 +1,8 @@
 """How values cross between processes: pickles, with large buffers in shared memory.
 
-A value is pickled with protocol 5. Buffers that pickle passes out of band (NumPy arrays,
-bytearrays, and large ``bytes``, which :class:`_Pickler` hands over as buffers too) are
+A value is pickled with protocol 5 by :func:`dispatcher.remote.dumps_split`. Buffers that
+pickle passes out of band (NumPy arrays, bytearrays, and ``bytes`` of ``SHM_THRESHOLD`` or
+more) are
 written once into one POSIX shared-memory segment (a file in ``/dev/shm``); the reader maps
 that segment copy-on-write and unpickles straight from the mapping. Small values travel
 inline in the message.
@@ -13,7 +14,6 @@ executor at close, even those that the process which made them never got to unli
 
 from __future__ import annotations
 
-import io
 import itertools
 import mmap
 import os
@@ -23,27 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
+from dispatcher.remote import dumps_split
 
 SHM_DIR = "/dev/shm"
 SHM_THRESHOLD = 256 * 1024
 """Values with at least this many bytes of out-of-band buffers go through shared memory."""
 _SHM_HEADROOM = 16 * 1024 * 1024  # leave this much of /dev/shm free for everybody else
-
-
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, plus large ``bytes`` passed out of band like any buffer."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is bytes and len(obj) >= SHM_THRESHOLD:
-            return bytes, (pickle.PickleBuffer(obj),)
-        return super().reducer_override(obj)
-
-
-def dumps(obj: Any) -> bytes:
-    """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
 
 
 @dataclass
@@ -75,13 +60,9 @@ class SharedMemory:
 
     def dump(self, obj: Any) -> Payload:
         """Pickle ``obj``; large buffers go to a new segment when there is room."""
-        raw: list[pickle.PickleBuffer] = []
-        stream = io.BytesIO()
-        _Pickler(stream, protocol=5, buffer_callback=raw.append).dump(obj)
-        data = stream.getvalue()
-        if not raw:
+        data, views = dumps_split(obj, SHM_THRESHOLD)
+        if not views:
             return Payload(data)
-        views = [b.raw() for b in raw]
         total = sum(v.nbytes for v in views)
         if total >= SHM_THRESHOLD and self.enabled:
             name = self._write_segment(views, total)

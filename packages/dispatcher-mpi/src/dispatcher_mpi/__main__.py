@@ -6,11 +6,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-import time
 import traceback
-from typing import Any
-
-_FORWARD_GRACE = 0.2  # seconds mpiexec gets to forward a dying rank's last words
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
 
@@ -36,17 +32,6 @@ def _program_dir(kind: str, target: str) -> str:
     return os.path.dirname(os.path.abspath(target)) if kind == "path" else os.getcwd()
 
 
-def _abort(comm: Any, message: str, status: int) -> None:
-    """Say why, then end the whole job. The message goes out in one write, and mpiexec
-    gets a moment to pass it on: aborting kills the process that forwards our stderr,
-    and a traceback written line by line lost all but its first line."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(2, message.encode("utf-8", "replace"))
-    time.sleep(_FORWARD_GRACE)
-    comm.Abort(status)
-
-
 def main() -> None:
     kind, target, argv = _parse(sys.argv[1:])
     # The program's directory is importable on every rank, as `python script.py` makes it.
@@ -62,20 +47,22 @@ def main() -> None:
                 "better; this one offers less\n"
             )
         comm.Abort(2)
+    from ._channel import abort_job
+
     if comm.Get_rank() != 0:
         from ._worker import WorkerRank
 
         try:
             WorkerRank(comm).serve()
         except BaseException:
-            _abort(comm, traceback.format_exc(), 1)
+            abort_job(comm, traceback.format_exc(), 1)
         return
 
     from ._transport import Root, install_root
 
     root = Root(comm)
     install_root(root)
-    root.hub.start()
+    root.start()
     sys.argv = argv
     status = 0
     try:
@@ -96,15 +83,14 @@ def main() -> None:
             status = 1
     except BaseException:
         # One failing rank must not leave the others waiting: end the whole job.
-        _abort(
+        abort_job(
             comm,
             traceback.format_exc()
             + "dispatcher_mpi: the program on rank 0 failed; ending the job\n",
             1,
         )
-    from dispatcher._executor import _close_open_executors
-
-    _close_open_executors()
+    # The open mpi executor's work is dropped and the worker ranks stop; other executors
+    # close at interpreter exit as anywhere else.
     root.stop()
     install_root(None)
     sys.stdout.flush()

@@ -16,16 +16,16 @@ core, and a busy one adds microseconds, not the milliseconds of a fixed poll int
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
+from dispatcher.remote import dumps_split, from_wire, start_thread, to_wire
 
 CHUNK_LIMIT = int(os.environ.get("DISPATCHER_MPI_CHUNK", 1 << 30))
 """Largest raw piece of one message, in bytes (MPI counts are 32-bit)."""
@@ -34,21 +34,28 @@ _SPIN_SECONDS = 0.002  # keep probing this long after the last activity
 _MAX_SLEEP = 0.002  # then sleep between probes, doubling up to this
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, with large ``bytes`` passed out of band like any buffer."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is bytes and len(obj) >= 65536:
-            return bytes, (pickle.PickleBuffer(obj),)
-        return super().reducer_override(obj)
+OUT_OF_BAND_BYTES = 64 * 1024
+"""``bytes`` this long or longer travel as raw MPI messages, not inside the pickle."""
+_FORWARD_GRACE = 0.2  # seconds mpiexec gets to forward a dying rank's last words
 
 
 def encode(message: Any) -> tuple[bytes, list[memoryview]]:
     """A message as its pickle stream and its out-of-band buffers."""
-    raw: list[pickle.PickleBuffer] = []
-    stream = io.BytesIO()
-    _Pickler(stream, protocol=5, buffer_callback=raw.append).dump(message)
-    return stream.getvalue(), [b.raw() for b in raw]
+    return dumps_split(message, OUT_OF_BAND_BYTES)
+
+
+def abort_job(comm: Any, message: str, status: int) -> None:
+    """Say why, then end the whole job. The message goes out in one write, and mpiexec
+    gets a moment to pass it on: aborting kills the process that forwards our stderr,
+    and a traceback written line by line lost all but its first line."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os.write(2, message.encode("utf-8", "replace"))
+    time.sleep(_FORWARD_GRACE)
+    comm.Abort(status)
 
 
 class Hub:
@@ -75,14 +82,16 @@ class Hub:
         self.thread: threading.Thread | None = None
 
     def post(self, dest: int, message: Any) -> None:
-        """Queue ``message`` for rank ``dest`` (from any thread)."""
-        header, buffers = encode(message)
+        """Queue ``message`` (one of :mod:`dispatcher.remote`'s message types) for rank
+        ``dest`` (from any thread)."""
+        header, buffers = encode(to_wire(message))
         self.outbox.append((dest, header, buffers))
         self.wakeup.set()
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.loop, name="dispatcher-mpi-hub", daemon=True)
-        self.thread.start()
+    def start(self, on_failure: Callable[[BaseException], None]) -> None:
+        """Run :meth:`loop` on a thread of its own; whatever escapes it goes to
+        ``on_failure`` (nothing can reach the other ranks any more)."""
+        self.thread = start_thread("dispatcher-mpi-hub", self.loop, on_failure)
 
     def stop(self) -> None:
         self.running = False
@@ -163,4 +172,4 @@ class Hub:
         if header is None:
             header, parts = bytes(parts[0]), parts[1:]
         self.bytes_received += len(header)
-        return pickle.loads(header, buffers=parts)
+        return from_wire(pickle.loads(header, buffers=parts))

@@ -16,24 +16,32 @@ the rest of the job, and does not stop the job from ending.
 from __future__ import annotations
 
 import functools
+import pickle
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dispatcher import DispatcherError, TaskTimeoutError
-from dispatcher.transport import (
-    Capabilities,
-    EventSink,
-    FunctionRegistry,
-    Key,
-    TaskSpec,
-    Transport,
+from dispatcher.remote import (
+    Cancel,
+    Done,
+    Failed,
+    Free,
+    FunctionShipper,
+    InFlight,
+    Reports,
+    Run,
+    Stop,
+    dumps,
     dumps_for,
-    restore_error,
+    task_record,
 )
+from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
-from ._channel import Hub, encode
+from ._channel import Hub, abort_job, encode
+from ._messages import Busy, Reset
 
 __all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
@@ -59,48 +67,59 @@ def _rank(worker: str) -> int:
 
 
 class Root:
-    """Rank 0's view of the job: the hub, the worker ranks, what each has been sent."""
+    """Rank 0's view of the job: the hub, the worker ranks, the functions each holds."""
 
     def __init__(self, comm: Any) -> None:
         self.comm = comm
         self.ranks = list(range(1, comm.Get_size()))
         self.hub = Hub(comm, self.deliver)
         self.hub.tick = self.tick
-        self.registry = FunctionRegistry()
-        self.functions: dict[int, bytes] = {}
-        self.sent: dict[int, set[int]] = {r: set() for r in self.ranks}
+        # Ranks outlive executors: what each holds is the job's to track.
+        self.shipper = FunctionShipper(dumps)
         self.transport: MpiTransport | None = None
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
         self.lock = threading.RLock()
 
-    def available(self) -> list[int]:
-        return [r for r in self.ranks if r not in self.busy]
+    def start(self) -> None:
+        self.hub.start(self._hub_failed)
 
-    def deliver(self, source: int, message: tuple[Any, ...]) -> None:
+    def _hub_failed(self, error: BaseException) -> None:
+        # Nothing can reach the worker ranks any more: every run would wait forever.
+        abort_job(
+            self.comm,
+            "".join(traceback.format_exception(error))
+            + "dispatcher_mpi: rank 0's communication thread failed; ending the job\n",
+            1,
+        )
+
+    def deliver(self, source: int, message: Any) -> None:
         """On the hub thread: a worker rank reports."""
-        kind = message[0]
-        if kind == "busy":
+        kind = type(message)
+        if kind is Busy:
             # It still runs a task we gave up on (its run failed fast, or its executor
             # closed): keep the rank out of scheduling until that task ends, whichever
             # executor is open by then.
-            self.retire(source, message[1], "finishing a task that was abandoned")
+            self.retire(source, message.key, "finishing a task that was abandoned")
             return
-        if kind in ("done", "fail"):
-            keys = [entry[0] for entry in message[1]] if kind == "done" else [message[1]]
-            if self.busy.get(source) in keys:
+        if source in self.busy:
+            if kind is Done:
+                keys = [entry[0] for entry in message.finished]
+            else:
+                keys = [message.key] if kind is Failed else []
+            if self.busy[source] in keys:
                 self._back(source)
         transport = self.transport
         if transport is not None:
-            transport.on_message(source, message)
-        elif kind == "done":  # nobody wants these any more
-            self.hub.post(source, ("free", [entry[0] for entry in message[1]]))
+            transport.reports.handle(_name(source), message)
+        elif kind is Done:  # nobody wants these any more
+            self.hub.post(source, Free([entry[0] for entry in message.finished]))
 
     def retire(self, rank: int, key: Key, reason: str) -> None:
         """Take ``rank`` out of scheduling until the task ``key`` it runs returns."""
         if rank in self.busy:
             return
         self.busy[rank] = key
-        self.hub.post(rank, ("reset",))  # what was queued there will run elsewhere
+        self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
             transport.lose(rank, reason)
@@ -115,15 +134,19 @@ class Root:
         transport = self.transport
         # While tasks are out, a completion should not wait out a long nap: nap briefly.
         self.hub.max_sleep = (
-            _BUSY_SLEEP if transport is not None and transport.tasks else (_IDLE_SLEEP)
+            _BUSY_SLEEP if transport is not None and transport.inflight.tasks else _IDLE_SLEEP
         )
-        if transport is not None and transport.deadlines:
+        if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
 
     def stop(self) -> None:
-        """At the end of the job: every worker rank stops serving."""
+        """At the end of the job: the open executor's work is abandoned, and every worker
+        rank stops serving."""
+        transport = self.transport
+        if transport is not None:
+            transport.close()
         for rank in self.ranks:
-            self.hub.post(rank, ("stop",))
+            self.hub.post(rank, Stop())
         self.hub.stop()
 
 
@@ -157,8 +180,8 @@ class MpiTransport(Transport):
         self.ranks = self.root.ranks[:workers] if workers else list(self.root.ranks)
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
-        self.tasks: dict[Key, TaskSpec] = {}
-        self.deadlines: dict[Key, tuple[float, int]] = {}
+        self.inflight = InFlight()
+        self.reports: Reports
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         with self.root.lock:
@@ -167,55 +190,41 @@ class MpiTransport(Transport):
                     "an 'mpi' executor is already open in this job; close it first "
                     "(or reuse it: with get_executor('mpi') as ex: ...)"
                 )
+            self.events = events
+            self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
             self.root.transport = self
-        self.events = events
         return {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
+        shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}
         for spec in tasks:
             rank = _rank(spec.worker)
             try:
-                token, _ = root.registry.token(spec.func)
-                if token not in root.sent[rank]:
-                    data = root.functions.get(token)
-                    if data is None:
-                        data = dumps_for(spec, "function", spec.func, _dumps)
-                        root.functions[token] = data
-                    root.hub.post(rank, ("fn", token, data))
-                    root.sent[rank].add(token)
+                token, define = shipper.ship(spec.worker, spec)
             except DispatcherError as error:
                 assert self.events is not None
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
                 continue
+            if define is not None:
+                post(rank, define)
             sources = (
                 tuple(_rank(s) if s is not None else 0 for s in spec.sources)
                 if spec.sources is not None
                 else None
             )
-            self.tasks[spec.key] = spec
-            batches.setdefault(rank, []).append(
-                (
-                    spec.key,
-                    token,
-                    spec.args,
-                    spec.kwargs,
-                    spec.inline,
-                    spec.shape,
-                    spec.deps,
-                    sources,
-                    spec.want_result,
-                    spec.timeout is not None,
-                    spec.last_use,
-                )
-            )
+            self.inflight.add(spec)
+            batches.setdefault(rank, []).append(task_record(spec, token, None, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
+            forget = shipper.trim(_name(rank))
+            if forget is not None:
+                post(rank, forget)
 
     def _post_tasks(self, rank: int, batch: list[tuple[Any, ...]]) -> None:
         try:
-            self.root.hub.post(rank, ("run", batch))
+            self.root.hub.post(rank, Run(batch))
             return
         except Exception:
             pass
@@ -226,28 +235,32 @@ class MpiTransport(Transport):
                 encode(task)
                 good.append(task)
             except Exception as exc:
-                spec = self.tasks.pop(task[0])
+                spec = self.inflight.take(task[0], _name(rank))
+                if spec is None:
+                    continue
                 assert self.events is not None
                 try:
-                    dumps_for(spec, "arguments", (spec.args, spec.kwargs, spec.inline), _dumps)
+                    dumps_for(spec, "arguments", (spec.args, spec.kwargs, spec.inline), dumps)
                     error: BaseException = exc
                 except DispatcherError as serialization:
                     error = serialization
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
         if good:
-            self.root.hub.post(rank, ("run", good))
+            self.root.hub.post(rank, Run(good))
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
-        self.root.hub.post(_rank(worker), ("free", list(keys)))
+        self.root.hub.post(_rank(worker), Free(list(keys)))
+
+    def _free_stale(self, worker: str, keys: list[Key]) -> None:
+        self.root.hub.post(_rank(worker), Free(keys))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        waiting, running = self.inflight.cancel(tasks)
         by_rank: dict[int, list[Key]] = {}
-        for spec in tasks:
-            if self.tasks.pop(spec.key, None) is not None:
-                self.deadlines.pop(spec.key, None)
-                by_rank.setdefault(_rank(spec.worker), []).append(spec.key)
+        for spec in waiting + running:
+            by_rank.setdefault(_rank(spec.worker), []).append(spec.key)
         for rank, keys in by_rank.items():
-            self.root.hub.post(rank, ("cancel", keys))
+            self.root.hub.post(rank, Cancel(keys))
 
     def close(self) -> None:
         root = self.root
@@ -257,80 +270,29 @@ class MpiTransport(Transport):
             root.transport = None
         # Whatever this executor left on the ranks is nobody's any more.
         for rank in self.ranks:
-            root.hub.post(rank, ("reset",))
+            root.hub.post(rank, Reset())
 
     # -- on the hub thread ---------------------------------------------------------------
 
-    def on_message(self, source: int, message: tuple[Any, ...]) -> None:
-        events = self.events
-        assert events is not None
-        worker = _name(source)
-        kind = message[0]
-        if kind == "done":
-            for entry in message[1]:
-                key = entry[0]
-                spec = self.tasks.get(key)
-                if spec is None or spec.worker != worker:
-                    self.root.hub.post(source, ("free", [key]))
-                    continue
-                del self.tasks[key]
-                self.deadlines.pop(key, None)
-                if len(entry) == 4:
-                    events.task_finished(key, worker, entry[1], entry[2], entry[3])
-                else:
-                    events.task_finished(key, worker, entry[1], entry[2])
-        elif kind == "fail":
-            _, key, duration, wire = message
-            spec = self.tasks.get(key)
-            if spec is not None and spec.worker == worker:
-                del self.tasks[key]
-                self.deadlines.pop(key, None)
-                events.task_failed(key, worker, restore_error(wire, spec.label, _loads), duration)
-        elif kind == "lost":
-            spec = self.tasks.get(message[1])
-            if spec is not None and spec.worker == worker:
-                del self.tasks[message[1]]
-                events.task_inputs_lost(message[1], worker, message[2])
-        elif kind == "started":
-            spec = self.tasks.get(message[1])
-            if spec is not None and spec.worker == worker and spec.timeout is not None:
-                self.deadlines[message[1]] = (time.monotonic() + spec.timeout, source)
-
     def enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for key, (deadline, rank) in list(self.deadlines.items()):
-            if deadline > now:
-                continue
-            del self.deadlines[key]
-            spec = self.tasks.pop(key, None)
-            if spec is None or spec.timeout is None:
-                continue
-            assert self.events is not None
+        assert self.events is not None
+        for spec in self.inflight.expired(time.monotonic()):
+            assert spec.timeout is not None
             self.events.task_failed(
-                key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
+                spec.key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
-            self.root.retire(rank, key, f"still running {spec.label!r}, past its timeout")
+            self.root.retire(
+                _rank(spec.worker), spec.key, f"still running {spec.label!r}, past its timeout"
+            )
 
     def lose(self, rank: int, reason: str) -> None:
         """Tell the scheduler ``rank`` is gone for now: its queue and results with it."""
         if rank not in self.ranks or self.events is None:
             return
-        for other, spec in list(self.tasks.items()):
-            if spec.worker == _name(rank):
-                del self.tasks[other]
-                self.deadlines.pop(other, None)
-        assert self.events is not None
+        self.inflight.drop_worker(_name(rank))
         self.events.worker_lost(_name(rank), reason)
 
 
-def _dumps(obj: Any) -> bytes:
-    import cloudpickle
-
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
-
-
-def _loads(data: bytes) -> Any:
-    import pickle
-
-    return pickle.loads(data)
+def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:
+    header, buffers = result  # see WorkerRank.pack_result
+    return pickle.loads(header, buffers=buffers)

@@ -23,9 +23,7 @@ __all__ = ["FakeTransport", "fake_executor"]
 class FakeTransport(Transport):
     """``workers`` pretend workers named ``fake-0``, ``fake-1``..., each with ``slots``."""
 
-    capabilities = Capabilities(
-        survives_worker_loss=True, concurrent=False, runs_tasks_in_order=True
-    )
+    capabilities = Capabilities(survives_worker_loss=True, runs_tasks_in_order=True)
 
     def __init__(
         self,

@@ -1,0 +1,100 @@
+"""The kit a process-based backend is built from.
+
+A backend whose workers live in other processes needs the same parts whatever carries its
+bytes (pipes, MPI, sockets): messages with names (:mod:`._messages`), functions shipped
+once per worker within a budget (:class:`FunctionShipper`), the caller's table of tasks
+out (:class:`InFlight`, its only stale filter, with deadlines), reports turned into
+scheduler events (:class:`Reports`), the worker's task loop (:class:`TaskRunner`),
+pickling with large buffers out of band (:func:`dumps_split`), and exceptions that survive
+the trip (:func:`capture_error`, :func:`restore_error`). ``dispatcher_mp`` and
+``dispatcher_mpi`` are built from it, and keep only what is their own: processes, pipes
+and shared memory; MPI channels and rank-to-rank fetches.
+
+Worker processes import this package: it stays light.
+"""
+
+from ._errors import WireError as WireError
+from ._errors import capture_error as capture_error
+from ._errors import dumps_for as dumps_for
+from ._errors import restore_error as restore_error
+from ._errors import serialization_error as serialization_error
+from ._errors import unpickling_error as unpickling_error
+from ._functions import FUNCTION_CACHE_BYTES as FUNCTION_CACHE_BYTES
+from ._functions import FUNCTION_CACHE_ENTRIES as FUNCTION_CACHE_ENTRIES
+from ._functions import FunctionShipper as FunctionShipper
+from ._functions import Unloadable as Unloadable
+from ._inflight import InFlight as InFlight
+from ._messages import Cancel as Cancel
+from ._messages import Define as Define
+from ._messages import Done as Done
+from ._messages import Failed as Failed
+from ._messages import Finished as Finished
+from ._messages import Forget as Forget
+from ._messages import Free as Free
+from ._messages import Lost as Lost
+from ._messages import Run as Run
+from ._messages import Started as Started
+from ._messages import Stop as Stop
+from ._messages import Task as Task
+from ._messages import as_task as as_task
+from ._messages import from_wire as from_wire
+from ._messages import message as message
+from ._messages import task_record as task_record
+from ._messages import to_wire as to_wire
+from ._pickle import OUT_OF_BAND_BYTES as OUT_OF_BAND_BYTES
+from ._pickle import dumps as dumps
+from ._pickle import dumps_split as dumps_split
+from ._pickle import loads as loads
+from ._pickle import pickle_by_reference as pickle_by_reference
+from ._reports import Reports as Reports
+from ._worker import BATCH_SIZE as BATCH_SIZE
+from ._worker import REPORT_NOW as REPORT_NOW
+from ._worker import InputError as InputError
+from ._worker import TaskRunner as TaskRunner
+from ._worker import size_of as size_of
+from ._worker import start_thread as start_thread
+from ._worker import supervised as supervised
+
+__all__ = [
+    "BATCH_SIZE",
+    "FUNCTION_CACHE_BYTES",
+    "FUNCTION_CACHE_ENTRIES",
+    "OUT_OF_BAND_BYTES",
+    "REPORT_NOW",
+    "Cancel",
+    "Define",
+    "Done",
+    "Failed",
+    "Finished",
+    "Forget",
+    "Free",
+    "FunctionShipper",
+    "InFlight",
+    "InputError",
+    "Lost",
+    "Reports",
+    "Run",
+    "Started",
+    "Stop",
+    "Task",
+    "TaskRunner",
+    "Unloadable",
+    "WireError",
+    "as_task",
+    "capture_error",
+    "dumps",
+    "dumps_for",
+    "dumps_split",
+    "from_wire",
+    "loads",
+    "message",
+    "pickle_by_reference",
+    "restore_error",
+    "serialization_error",
+    "size_of",
+    "start_thread",
+    "supervised",
+    "task_record",
+    "to_wire",
+    "unpickling_error",
+]

@@ -1,0 +1,164 @@
+"""Exceptions across a process boundary: captured on the worker, restored in the caller.
+
+Pickling an exception keeps its type and arguments but drops its traceback and its
+``__cause__``; some exceptions do not pickle at all, some unpickle as something else, some
+cannot even be printed. :func:`capture_error` packages whatever travels, never raising;
+:func:`restore_error` brings back the user's own exception where it can, with the worker's
+traceback as a note, and a :class:`~dispatcher.RemoteError` carrying the type name, message
+and traceback text where it cannot. Neither ever lets an exception of its own escape.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._errors import RemoteError, SerializationError
+from ._pickle import pickle_by_reference
+
+if TYPE_CHECKING:
+    from ..transport import Key, TaskSpec
+
+__all__ = [
+    "WireError",
+    "capture_error",
+    "dumps_for",
+    "restore_error",
+    "serialization_error",
+    "unpickling_error",
+]
+
+_MAX_CAUSES = 16
+
+
+@pickle_by_reference
+@dataclass
+class WireError:
+    """An exception made ready to cross a process boundary."""
+
+    payload: bytes | None
+    """The pickled exception, or ``None`` when it could not be pickled."""
+    type_name: str
+    message: str
+    traceback_text: str
+    causes: tuple[bytes, ...] = ()
+    """Its ``__cause__`` chain, pickled one by one (pickling an exception drops it)."""
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:  # a __str__ that fails must not lose the error it describes
+        return f"<{type(exc).__qualname__}: str() failed>"
+
+
+def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireError:
+    """Worker side: package ``exc`` with its traceback text. Never raises: whatever part of
+    the exception cannot be pickled or printed is left out."""
+    try:
+        tb_text = "".join(traceback.format_exception(exc))
+    except BaseException:
+        tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        payload: bytes | None = dumps(exc)
+    except BaseException:
+        payload = None
+    causes: list[bytes] = []
+    cause = exc.__cause__
+    while cause is not None and len(causes) < _MAX_CAUSES:
+        try:
+            causes.append(dumps(cause))
+        except BaseException:
+            break  # keep the part of the chain that travels
+        cause = cause.__cause__
+    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes))
+
+
+def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException | None:
+    try:
+        exc = loads(data)
+    except BaseException:  # unpickling runs arbitrary code: SystemExit included
+        return None
+    # A __reduce__ may rebuild something else entirely: only an exception will do.
+    return exc if isinstance(exc, BaseException) else None
+
+
+def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
+    """Caller side: the original exception with the worker's traceback as a note, or a
+    :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises."""
+    exc = _load_exception(wire.payload, loads) if wire.payload is not None else None
+    if exc is None:
+        return RemoteError(wire.type_name, wire.message, wire.traceback_text)
+    traceback_text = wire.traceback_text
+    if isinstance(exc, SerializationError) and isinstance(exc.node, int):
+        # Workers know tasks by key alone: the caller names the node, in the worker's
+        # traceback too.
+        named = SerializationError(label, exc.what, exc.type_name, exc.detail)
+        traceback_text = traceback_text.replace(_safe_str(exc), _safe_str(named))
+        exc = named
+    try:
+        exc.add_note(f"Traceback from the worker that ran {label!r}:\n{traceback_text}")
+    except BaseException:
+        pass  # an exception class that refuses notes still travels
+    link = exc
+    for data in wire.causes:
+        cause = _load_exception(data, loads)
+        if cause is None:
+            break
+        try:
+            link.__cause__ = cause
+        except BaseException:
+            break
+        link = cause
+    return exc
+
+
+def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]) -> bytes:
+    """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
+    naming the node (``label``, or the task whose label it is: worked out only on
+    failure), ``what`` was being sent, and the offending type."""
+    try:
+        return dumps(obj)
+    except Exception as exc:
+        name = label if isinstance(label, str) else label.label
+        raise serialization_error(name, what, obj, exc) from exc
+
+
+def serialization_error(
+    label: str | Key, what: str, obj: Any, exc: BaseException
+) -> SerializationError:
+    """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
+    ``exc``, naming the offending type as precisely as the failure tells it.
+
+    A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
+    puts the node's label in its place in the caller."""
+    return SerializationError(label, what, _culprit(obj, exc))
+
+
+def unpickling_error(label: str | Key, what: str, exc: BaseException) -> SerializationError:
+    """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
+    :func:`serialization_error`) failing to *un*pickle where it arrived, with ``exc``:
+    most often a module that process cannot import."""
+    detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {_safe_str(exc)})"
+    if isinstance(exc, (ImportError, AttributeError)):
+        detail += (
+            "; what is pickled by reference (functions and classes of a module) must be "
+            "importable there too: install the module on every worker, or put it on "
+            "PYTHONPATH"
+        )
+    return SerializationError(label, what, type(exc).__qualname__, detail)
+
+
+def _culprit(obj: Any, exc: BaseException) -> str:
+    # pickle names the offending type in its message ("cannot pickle '_thread.lock' object");
+    # prefer that over the container's type.
+    text = _safe_str(exc)
+    if "cannot pickle '" in text:
+        return text.split("cannot pickle '", 1)[1].split("'", 1)[0]
+    if isinstance(exc, pickle.PicklingError) or "pickle" in text:
+        return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -1,0 +1,225 @@
+"""The messages a caller and its workers exchange, by name.
+
+Every message is a small :class:`~typing.NamedTuple` registered under a short name with
+:func:`message`; code builds, reads and dispatches on these types. On the wire a message is
+the plain tuple ``(name, *fields)`` (:func:`to_wire`, :func:`from_wire`): unpickling an
+instance of a class imports its module by name every time, which cost several times what
+the rest of a small message did. The two messages that carry one entry per task
+(:class:`Run` and :class:`Done`) hold their entries as plain tuples in the field order of
+:class:`Task` and :class:`Finished`, for the same reason. :func:`task_record` builds a
+:class:`Task` entry; a worker reads one as a :class:`Task` through :func:`as_task`.
+
+A backend adds messages of its own (data fetches, start-up, output) the same way, under
+names of its own (``"mp.fetch"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from ._errors import WireError
+
+if TYPE_CHECKING:
+    from ..transport import TaskSpec
+
+__all__ = [
+    "Cancel",
+    "Define",
+    "Done",
+    "Failed",
+    "Finished",
+    "Forget",
+    "Free",
+    "Lost",
+    "Run",
+    "Started",
+    "Stop",
+    "Task",
+    "as_task",
+    "from_wire",
+    "message",
+    "task_record",
+    "to_wire",
+]
+
+Key = int
+M = TypeVar("M", bound=type)
+
+_KINDS: dict[str, type] = {}
+_NAMES: dict[type, str] = {}
+
+
+def message(name: str) -> Callable[[M], M]:
+    """Class decorator: register a message type under ``name`` (unique in the process)."""
+
+    def register(cls: M) -> M:
+        if name in _KINDS and _KINDS[name] is not cls:
+            raise ValueError(f"two message types are named {name!r}")
+        _KINDS[name] = cls
+        _NAMES[cls] = name
+        return cls
+
+    return register
+
+
+def to_wire(message: Any) -> tuple[Any, ...]:
+    """``message`` as the plain tuple that travels: its name, then its fields."""
+    return (_NAMES[type(message)], *message)
+
+
+def from_wire(raw: tuple[Any, ...]) -> Any:
+    """The message :func:`to_wire` made ``raw`` from."""
+    return tuple.__new__(_KINDS[raw[0]], raw[1:])  # type: ignore[type-var]
+
+
+# -- caller to worker ------------------------------------------------------------------
+
+
+class Task(NamedTuple):
+    """One task as a worker receives it."""
+
+    key: Key
+    token: int
+    """The function, as defined by an earlier :class:`Define`."""
+    args: tuple[Any, ...] | bytes
+    """The positional arguments; or, packed by the sender, the pickle of
+    ``(args, kwargs, inline)`` (then ``kwargs`` and ``inline`` are ``None``)."""
+    kwargs: Mapping[str, Any] | None
+    inline: dict[Key, Any] | None
+    """Input values shipped with the task."""
+    shape: int
+    deps: tuple[Key, ...]
+    remote: Any
+    """Where inputs held by other workers come from, in the backend's own terms."""
+    want_result: bool
+    timed: bool
+    """Report :class:`Started` before calling: the caller keeps the task's deadline."""
+    last_use: tuple[Key, ...]
+
+
+def task_record(
+    spec: TaskSpec, token: int, args: tuple[Any, ...] | bytes | None, remote: Any
+) -> tuple[Any, ...]:
+    """``spec``'s entry of a :class:`Run`, in :class:`Task`'s field order. ``args`` is what
+    to send for the arguments: ``None`` for the spec's own (``args``, ``kwargs``,
+    ``inline`` travel as they are), a packed pickle, or a plain-valued ``args`` tuple."""
+    if args is None:
+        return (
+            spec.key,
+            token,
+            spec.args,
+            spec.kwargs,
+            spec.inline,
+            spec.shape,
+            spec.deps,
+            remote,
+            spec.want_result,
+            spec.timeout is not None,
+            spec.last_use,
+        )
+    return (
+        spec.key,
+        token,
+        args,
+        None,
+        None,
+        spec.shape,
+        spec.deps,
+        remote,
+        spec.want_result,
+        spec.timeout is not None,
+        spec.last_use,
+    )
+
+
+def as_task(record: tuple[Any, ...]) -> Task:
+    """A :class:`Run` entry read by field name (no copy of its items)."""
+    return tuple.__new__(Task, record)  # type: ignore[type-var]
+
+
+@message("run")
+class Run(NamedTuple):
+    """Tasks to run in this order, after those sent before."""
+
+    tasks: list[tuple[Any, ...]]
+    """:class:`Task` entries (see :func:`task_record`)."""
+
+
+@message("define")
+class Define(NamedTuple):
+    """A function, pickled, under the token later tasks name it by."""
+
+    token: int
+    data: bytes
+
+
+@message("forget")
+class Forget(NamedTuple):
+    """Functions no task sent from now on will name: drop them."""
+
+    tokens: list[int]
+
+
+@message("free")
+class Free(NamedTuple):
+    """Results nobody needs any more."""
+
+    keys: list[Key]
+
+
+@message("cancel")
+class Cancel(NamedTuple):
+    """Tasks not to start, if they have not started yet."""
+
+    keys: list[Key]
+
+
+@message("stop")
+class Stop(NamedTuple):
+    """Finish what runs, then exit."""
+
+
+# -- worker to caller ------------------------------------------------------------------
+
+
+class Finished(NamedTuple):
+    """One task done, as an entry of :class:`Done`."""
+
+    key: Key
+    duration: float
+    nbytes: int | None
+    result: Any
+    """The value's serialised form, when the caller asked for it; else ``None``."""
+
+
+@message("done")
+class Done(NamedTuple):
+    """Tasks that finished, in the order they ran."""
+
+    finished: list[tuple[Key, float, int | None, Any]]
+    """:class:`Finished` entries, as plain tuples."""
+
+
+@message("failed")
+class Failed(NamedTuple):
+    """A task raised, or its function, arguments or result could not travel."""
+
+    key: Key
+    duration: float
+    error: WireError
+
+
+@message("started")
+class Started(NamedTuple):
+    """A task with a timeout starts now."""
+
+    key: Key
+
+
+@message("lost")
+class Lost(NamedTuple):
+    """A task could not start: these inputs are gone."""
+
+    key: Key
+    missing: list[Key]

@@ -1,0 +1,305 @@
+"""Worker side: the loop that runs tasks in order, holds their results and reports back.
+
+A backend subclasses :class:`TaskRunner`, gives it a way to send a message to the caller
+(:meth:`TaskRunner.send`), and overrides what is its own: how inputs held elsewhere arrive
+(:meth:`TaskRunner.remote_inputs`) and what form a result wanted by the caller travels in
+(:meth:`TaskRunner.pack_result`). Its communication thread hands incoming messages to
+:meth:`TaskRunner.receive`; its task thread calls :meth:`TaskRunner.serve`.
+
+Nothing a task does ends this loop: any exception it raises -- ``SystemExit``,
+``KeyboardInterrupt``, ``GeneratorExit``, one that cannot be printed or pickled -- fails
+its node, and the next task runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from queue import Empty, SimpleQueue
+from time import perf_counter
+from typing import Any
+
+from .._template import call_task
+from ._errors import capture_error, serialization_error, unpickling_error
+from ._functions import Unloadable
+from ._messages import (
+    Cancel,
+    Define,
+    Done,
+    Failed,
+    Forget,
+    Free,
+    Lost,
+    Run,
+    Started,
+    Stop,
+    Task,
+)
+from ._pickle import dumps, loads
+
+__all__ = [
+    "BATCH_SIZE",
+    "REPORT_NOW",
+    "InputError",
+    "TaskRunner",
+    "size_of",
+    "start_thread",
+    "supervised",
+]
+
+BATCH_SIZE = 64
+"""Completions of tiny tasks travel together, up to this many in one message."""
+REPORT_NOW = 1e-3
+"""Seconds: a task that ran this long is reported at once, with what finished before it,
+so the next task arrives before this worker's queue runs dry."""
+
+_STOP = object()
+_KEY = Task._fields.index("key")
+_TOKEN = Task._fields.index("token")
+# Results of these exact types are never awaitable: no need to ask inspect.
+_NEVER_AWAITABLE = frozenset({int, float, str, bytes, bool, type(None), list, tuple, dict})
+
+Key = int
+
+
+def size_of(value: Any) -> int:
+    """A cheap estimate of ``value``'s size in bytes, to report with a completion: what
+    placement weighs inputs by. Buffers (NumPy arrays, memoryviews) give their ``nbytes``,
+    bytes-likes their length, anything else its shallow ``sys.getsizeof``."""
+    nbytes = getattr(value, "nbytes", None)
+    if type(nbytes) is int:
+        return nbytes
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    try:
+        return sys.getsizeof(value)
+    except Exception:  # a __sizeof__ that fails: no estimate, no error
+        return 0
+
+
+class InputError(Exception):
+    """An input held by another worker could not be sent from there."""
+
+
+class TaskRunner:
+    """Runs the tasks it receives, one at a time, in order; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.store: dict[Key, Any] = {}
+        """Results held here, by key."""
+        self.functions: dict[int, Any] = {}
+        self.cancelled: set[Key] = set()
+        self.queue: SimpleQueue[Any] = SimpleQueue()
+        self.finished: list[tuple[Key, float, int | None, Any]] = []
+        self.current: Key | None = None
+        """The task running now."""
+
+    # -- what a backend provides ---------------------------------------------------------
+
+    def send(self, message: Any) -> None:
+        """Send ``message`` to the caller (from the task thread)."""
+        raise NotImplementedError
+
+    def remote_inputs(self, deps: tuple[Key, ...], remote: Any) -> dict[Key, Any] | None:
+        """The values of the inputs ``deps`` held by other workers, by key, got from where
+        ``remote`` (:attr:`Task.remote`) says (those it cannot get are left out, and
+        reported lost); ``None`` when there are none. Raises :class:`InputError` when one
+        exists but cannot be sent."""
+        return None
+
+    def pack_result(self, key: Key, value: Any) -> tuple[Any, int]:
+        """The form in which ``value`` travels to the caller, and its size in bytes.
+        Raises when it cannot be serialised."""
+        return value, size_of(value)
+
+    def drop(self, keys: Sequence[Key]) -> None:
+        """Forget these results (extend it to release what the backend keeps for them)."""
+        store = self.store
+        for key in keys:
+            store.pop(key, None)
+
+    # -- on the communication thread -----------------------------------------------------
+
+    def receive(self, message: Any) -> bool:
+        """Act on one of the kit's messages; False if ``message`` is not one of them."""
+        kind = type(message)
+        if kind is Run:
+            functions, put = self.functions, self.queue.put
+            for record in message.tasks:
+                # Looked up now, not when it runs: a later Forget may drop the token.
+                put((record, functions.get(record[_TOKEN])))
+        elif kind is Define:
+            try:
+                self.functions[message.token] = loads(message.data)
+            except BaseException as exc:  # kept for the tasks that call it to report
+                self.functions[message.token] = Unloadable(exc)
+        elif kind is Forget:
+            for token in message.tokens:
+                self.functions.pop(token, None)
+        elif kind is Free:
+            self.cancelled.difference_update(message.keys)
+            self.drop(message.keys)
+        elif kind is Cancel:
+            self.cancelled.update(message.keys)
+        elif kind is Stop:
+            self.queue.put(_STOP)
+        else:
+            return False
+        return True
+
+    def drop_queued(self) -> None:
+        """Skip every task received and not started yet."""
+        queue = self.queue
+        kept = []
+        while True:
+            try:
+                item = queue.get_nowait()
+            except Empty:
+                break
+            if item is _STOP:
+                kept.append(item)
+        for item in kept:
+            queue.put(item)
+
+    # -- on the task thread ----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run tasks until :class:`Stop`; report what is still unreported at the end."""
+        queue = self.queue
+        while True:
+            item = queue.get()
+            if item is _STOP:
+                break
+            record = item[0]
+            self.current = key = record[_KEY]
+            try:
+                self.execute(record, item[1])
+            except OSError:
+                raise  # the caller is gone (a task's own errors never get here)
+            except BaseException as exc:  # a fault of this loop, not of the task
+                self.fail(key, exc, 0.0)
+            self.current = None
+            if self.finished and queue.empty():
+                self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        """Send the completions not reported yet."""
+        finished, self.finished = self.finished, []
+        if finished:
+            self.send(Done(finished))
+
+    def fail(self, key: Key, error: BaseException, duration: float) -> None:
+        self.flush()
+        self.send(Failed(key, duration, capture_error(error, dumps)))
+
+    def execute(self, record: tuple[Any, ...], func: Any) -> None:
+        """Run one task (a :class:`Task` entry of :class:`Run`) and record or report its
+        outcome."""
+        # Task's fields, in its order (cheaper than reading them from a Task).
+        key, token, args, kwargs, inline, shape, deps, remote, want_result, timed, last_use = record
+        if key in self.cancelled:
+            self.cancelled.discard(key)
+            return
+        if func is None or isinstance(func, Unloadable):
+            reason = func.error if func is not None else LookupError(f"no function {token}")
+            self.fail(key, unpickling_error(key, "function", reason), 0.0)
+            return
+        if type(args) is bytes:
+            try:
+                args, kwargs, inline = loads(args)
+            except BaseException as exc:
+                self.fail(key, unpickling_error(key, "arguments", exc), 0.0)
+                return
+        values = self._inputs(key, deps, remote, inline) if deps else []
+        if values is None:
+            return
+        if last_use:
+            self.drop(last_use)  # nothing else reads them: do not wait to be told
+        if timed:
+            self.flush()
+            self.send(Started(key))
+        start = perf_counter()
+        try:
+            value = call_task(func, args, kwargs, shape, values)
+            if type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value):
+                value = asyncio.run(_wait(value))
+        except BaseException as exc:  # the task's own: it fails its node, never this loop
+            self.fail(key, exc, perf_counter() - start)
+            return
+        duration = perf_counter() - start
+        self.store[key] = value
+        if want_result:
+            try:
+                result, nbytes = self.pack_result(key, value)
+            except BaseException as exc:
+                del self.store[key]
+                self.fail(key, serialization_error(key, "result", value, exc), duration)
+                return
+        else:
+            result, nbytes = None, size_of(value)
+        self.finished.append((key, duration, nbytes, result))
+        if len(self.finished) >= BATCH_SIZE or duration >= REPORT_NOW:
+            self.flush()
+
+    def _inputs(
+        self, key: Key, deps: tuple[Key, ...], remote: Any, inline: dict[Key, Any] | None
+    ) -> list[Any] | None:
+        """Task ``key``'s input values in order; ``None`` when it was failed or reported
+        lost."""
+        if remote is not None:
+            try:
+                remote = self.remote_inputs(deps, remote)
+            except InputError as exc:
+                self.fail(key, serialization_error(key, "input", None, exc), 0.0)
+                return None
+            except BaseException as exc:  # an input that does not unpickle here
+                self.fail(key, unpickling_error(key, "input", exc), 0.0)
+                return None
+        store = self.store
+        values: list[Any] = []
+        missing: list[Key] = []
+        for dep in deps:
+            if inline is not None and dep in inline:
+                values.append(inline[dep])
+            elif remote is not None and dep in remote:
+                values.append(remote[dep])
+            elif dep in store:
+                values.append(store[dep])
+            else:
+                missing.append(dep)
+        if missing:
+            self.flush()
+            self.send(Lost(key, missing))
+            return None
+        return values
+
+
+async def _wait(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def supervised(target: Callable[[], None], on_failure: Callable[[BaseException], None]) -> Any:
+    """``target`` wrapped so that whatever escapes it is handed to ``on_failure`` instead
+    of ending its thread in silence."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            on_failure(exc)
+
+    run.__name__ = getattr(target, "__name__", "supervised")
+    return run
+
+
+def start_thread(
+    name: str, target: Callable[[], None], on_failure: Callable[[BaseException], None]
+) -> threading.Thread:
+    """Start a daemon thread running ``target`` under :func:`supervised`."""
+    thread = threading.Thread(target=supervised(target, on_failure), name=name, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,142 @@
+"""One worker process as the caller sees it: start it, wait until it is ready, talk to it,
+stop it. Also where a worker's forwarded output and log records land."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher import DispatcherError
+from dispatcher.remote import Stop, from_wire, restore_error, to_wire
+
+from . import _worker
+from ._messages import InitFailed, Log, Output, Ready
+from ._wire import sweep
+
+__all__ = ["WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
+
+_START_TIMEOUT = 120.0  # seconds a new worker may take to import and report ready
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    prefix: str
+    process: Any
+    conn: multiprocessing.connection.Connection
+    outbox: deque[Any] = field(default_factory=deque)
+    """Tasks not sent yet, in the order submitted: the first waits for inputs from other
+    workers, and the rest must not overtake it (a task may need its result)."""
+    alive: bool = True
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(to_wire(message), protocol=5)
+        with self.send_lock:
+            self.conn.send_bytes(data)
+
+    def stop(self) -> None:
+        try:
+            self.send(Stop())
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """After its death: release the pipe, reap it, unlink the segments it left."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        self.process.join(1)
+        sweep(self.prefix)  # a dead worker never unlinks its segments
+
+    def await_ready(self, start_method: str) -> None:
+        """Wait for :class:`Ready`; raise what its initializer raised, or why it died."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            ready = multiprocessing.connection.wait(
+                [self.conn, self.process.sentinel], max(0.0, deadline - time.monotonic())
+            )
+            if self.conn in ready:
+                try:
+                    message = from_wire(pickle.loads(self.conn.recv_bytes()))
+                except (EOFError, OSError):
+                    message = None
+                if type(message) is Ready:
+                    return
+                if type(message) is InitFailed:
+                    raise restore_error(message.error, "initializer", pickle.loads)
+                if type(message) in (Output, Log):
+                    write_output(message)
+                    continue
+            if not ready or self.process.sentinel in ready:
+                self.process.join(1)
+                raise DispatcherError(
+                    f"worker {self.name} did not start "
+                    f"({exit_reason(self.process.exitcode)}); with start_method="
+                    f"{start_method!r} the main module must be importable and guard "
+                    "its own start-up with `if __name__ == '__main__':`"
+                )
+
+
+def spawn(
+    context: Any, name: str, prefix: str, shared_memory: bool, setup: bytes | None
+) -> WorkerProcess:
+    """Start a worker process (without waiting for it to be ready)."""
+    parent, child = context.Pipe(duplex=True)
+    level = logging.getLogger().getEffectiveLevel()
+    process = context.Process(
+        target=_worker.main,
+        args=(child, name, prefix, shared_memory, setup, level),
+        name=f"dispatcher-{name}",
+        daemon=True,
+    )
+    process.start()
+    child.close()
+    return WorkerProcess(name, prefix, process, parent)
+
+
+def kill(process: Any) -> None:
+    try:
+        os.kill(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, TypeError):
+        pass
+    process.join(5)
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "it stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"killed by {name}"
+    return f"exited with status {code}"
+
+
+def write_output(message: Output | Log) -> None:
+    """A worker's printed text to the caller's stream, its log record to the caller's
+    logging."""
+    if isinstance(message, Output):
+        target = sys.stdout if message.stream == "stdout" else sys.stderr
+        try:
+            target.write(message.text)
+            target.flush()
+        except (OSError, ValueError):
+            pass
+        return
+    record = logging.makeLogRecord(message.fields)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)

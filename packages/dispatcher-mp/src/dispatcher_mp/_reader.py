@@ -1,0 +1,161 @@
+"""The caller's reader thread: every worker's pipe and process sentinel, one selector.
+
+It hands each message to the kit's :class:`~dispatcher.remote.Reports` (completions,
+failures, starts, lost inputs) or to the transport (data fetched for other workers,
+forwarded output), notices a worker's death at once, and enforces deadlines. It runs
+supervised: whatever escapes it fails every task out, with the reason, and the transport
+refuses further work, rather than leaving every run waiting for reports that never come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import selectors
+import threading
+import time
+from typing import Any, Protocol
+
+from dispatcher.remote import InFlight, Reports, from_wire, start_thread
+
+from ._frames import FrameReader
+from ._messages import Data, Log, Output
+from ._process import WorkerProcess, exit_reason, write_output
+from ._wire import Payload
+
+__all__ = ["Reader"]
+
+
+class Owner(Protocol):
+    """What the reader needs of its transport."""
+
+    closing: bool
+    lock: Any
+    workers: dict[str, WorkerProcess]
+    inflight: InFlight
+    cache: dict[int, tuple[str, Payload]]
+
+    def lost(self, worker: WorkerProcess, reason: str) -> None: ...
+    def enforce_deadlines(self) -> None: ...
+    def fetched(self, key: int, payload: Payload) -> None: ...
+    def fetch_failed(self, key: int, missing: bool, reason: Any = None) -> None: ...
+    def reader_failed(self, error: BaseException) -> None: ...
+
+
+class Reader:
+    """The thread that listens to ``transport``'s workers."""
+
+    def __init__(self, transport: Owner, reports: Reports) -> None:
+        self.transport = transport
+        self.reports = reports
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = start_thread("dispatcher-mp-reader", self.run, self.transport.reader_failed)
+
+    def stop(self) -> None:
+        """Wake the thread to see the transport closing, and wait for it."""
+        os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def run(self) -> None:
+        # One selector for the life of the thread, changed only when a worker comes or
+        # goes: setting one up per wait cost more than the messages it waited for.
+        transport = self.transport
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        watched: dict[str, tuple[WorkerProcess, FrameReader]] = {}
+        try:
+            while not transport.closing:
+                self._watch(selector, watched)
+                deadline = transport.inflight.next_deadline()
+                try:
+                    ready = selector.select(
+                        None if deadline is None else max(0.0, deadline - time.monotonic())
+                    )
+                except OSError:
+                    if transport.closing:
+                        return
+                    continue
+                if transport.closing:
+                    return
+                exited: list[tuple[WorkerProcess, FrameReader]] = []
+                for selected, _ in ready:
+                    what = selected.data
+                    if what is None:
+                        continue  # woken: look at the workers again
+                    worker, frames = what[1], what[2]
+                    if what[0] == "exit":
+                        exited.append((worker, frames))
+                    elif worker.alive:
+                        self._receive(worker, frames)
+                for worker, frames in exited:
+                    if worker.alive:
+                        while self._receive(worker, frames, check=True):
+                            pass  # what it wrote before it died
+                        transport.lost(worker, exit_reason(worker.process.exitcode))
+                transport.enforce_deadlines()
+        finally:
+            selector.close()
+
+    def _watch(
+        self,
+        selector: selectors.BaseSelector,
+        watched: dict[str, tuple[WorkerProcess, FrameReader]],
+    ) -> None:
+        """Have ``selector`` watch the pipe and the sentinel of every live worker."""
+        transport = self.transport
+        with transport.lock:
+            current = {w.name: w for w in transport.workers.values() if w.alive}
+        for name, (worker, frames) in list(watched.items()):
+            if current.get(name) is not worker:
+                del watched[name]
+                # By number: the pipe is closed by now, and its number may be reused.
+                for fd in (frames.fd, worker.process.sentinel):
+                    with contextlib.suppress(KeyError):
+                        selector.unregister(fd)
+        for name, worker in current.items():
+            if name not in watched:
+                frames = FrameReader(worker.conn.fileno())
+                watched[name] = (worker, frames)
+                selector.register(frames.fd, selectors.EVENT_READ, ("pipe", worker, frames))
+                selector.register(
+                    worker.process.sentinel, selectors.EVENT_READ, ("exit", worker, frames)
+                )
+
+    def _receive(self, worker: WorkerProcess, frames: FrameReader, check: bool = False) -> bool:
+        """Handle what ``worker``'s pipe holds; False at its end, or when there was
+        nothing to read. With ``check``, look first whether there is anything at all."""
+        if check:
+            poller = select.poll()
+            poller.register(frames.fd, select.POLLIN)
+            if not poller.poll(0):
+                return False
+        messages = frames.read()
+        if messages is None:
+            return False
+        handle, name = self.reports.handle, worker.name
+        for data in messages:
+            message = from_wire(pickle.loads(data))
+            if not handle(name, message):
+                self._other(worker, message)
+        return True
+
+    def _other(self, worker: WorkerProcess, message: object) -> None:
+        if type(message) is Data:
+            transport = self.transport
+            with transport.lock:
+                for key, reply in message.replies:
+                    if isinstance(reply, Payload):
+                        transport.cache[key] = (worker.name, reply)
+                        transport.fetched(key, reply)
+                    else:
+                        transport.fetch_failed(key, missing=reply is None, reason=reply)
+        elif type(message) in (Output, Log):
+            write_output(message)  # type: ignore[arg-type]

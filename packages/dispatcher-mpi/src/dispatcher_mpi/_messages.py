@@ -1,0 +1,39 @@
+"""The ``mpi`` messages beyond those of :mod:`dispatcher.remote`: results fetched rank to
+rank, and taking a rank out of scheduling while it finishes abandoned work."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from dispatcher.remote import message
+
+__all__ = ["Busy", "Data", "Fetch", "Reset"]
+
+
+@message("mpi.fetch")
+class Fetch(NamedTuple):
+    """Rank to rank: send me result ``key``."""
+
+    key: int
+
+
+@message("mpi.data")
+class Data(NamedTuple):
+    """Rank to rank: the answer to :class:`Fetch`. ``found`` False with ``value`` a str:
+    it could not be serialised (why); with ``value`` ``None``: it is not here."""
+
+    key: int
+    found: bool
+    value: Any
+
+
+@message("mpi.reset")
+class Reset(NamedTuple):
+    """Rank 0 to a rank: drop every queued task and held result; they are nobody's now."""
+
+
+@message("mpi.busy")
+class Busy(NamedTuple):
+    """A rank to rank 0: I am still running task ``key``, which was given up on."""
+
+    key: int
