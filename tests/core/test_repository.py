@@ -66,8 +66,6 @@ OVERSIZED = frozenset(
         "dispatcher._scheduler",
         "dispatcher._scheduler.Run",
         "dispatcher._scheduler.Run.__init__",
-        "dispatcher_mp._transport",
-        "dispatcher_mp._transport.MpTransport",
     }
 )
 
