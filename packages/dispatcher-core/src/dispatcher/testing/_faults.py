@@ -15,11 +15,13 @@ those backends' own tests.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from .. import Executor, Op, RemoteError, SerializationError, TaskTimeoutError, get_executor, op
@@ -184,3 +186,32 @@ class ExecutorFaults(ExecutorHarness):
             assert tasks.calls(log, "blocked-finished") == 0
         finally:
             gate.touch()
+
+    @pytest.mark.timeout(120)
+    def test_work_abandoned_by_a_cancelled_arun_does_not_hold_the_next_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """Cancelling ``arun`` (the notebook's "interrupt the cell") while tasks run:
+        the next run gets every worker while they are still blocked (needs two
+        workers)."""
+        self._require_abandoning()
+        gate = tmp_path / "gate"
+        blockers = [
+            op(tasks.blocked, label=f"blocked{i}")(log, "blocked", str(gate), LONG)
+            for i in range(3)
+        ]
+
+        async def interrupted() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(functools.partial(ex.arun, blockers))
+                while tasks.calls(log, "blocked-started") == 0:
+                    await anyio.sleep(0.01)
+                group.cancel_scope.cancel()
+
+        try:
+            anyio.run(interrupted)
+            assert ex.run(self._meet(log, 2)) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0
+        finally:
+            gate.touch()
+
