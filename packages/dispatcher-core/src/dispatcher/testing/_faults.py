@@ -127,10 +127,12 @@ class ExecutorFaults(ExecutorHarness):
             op(tasks.inc, timeout=bad)
 
     @pytest.mark.timeout(60)
-    def test_infinite_timeout_is_no_timeout(self, ex: Executor) -> None:
-        assert self.run(Op(tasks.inc, 1), timeout=math.inf) == 2
-        assert ex.run(op(tasks.inc, timeout=math.inf)(1)) == 2
-        assert ex.run(Op(tasks.inc, 2)) == 3  # the executor still serves
+    def test_infinite_timeout_is_no_timeout(self) -> None:
+        # One executor at a time: some backends (mpi) allow no more.
+        with get_executor(self.executor, **{**self.options, "timeout": math.inf}) as ex:
+            assert ex.run(Op(tasks.inc, 1)) == 2
+            assert ex.run(op(tasks.inc, timeout=math.inf)(1)) == 2
+            assert ex.run(Op(tasks.inc, 2)) == 3  # the executor still serves
         # A node's own inf beats the executor's limit.
         unlimited = op(tasks.sleep_then, label="unlimited", timeout=math.inf)(0.3, "done")
         assert self.run(unlimited, timeout=0.05) == "done"
@@ -214,4 +216,3 @@ class ExecutorFaults(ExecutorHarness):
             assert tasks.calls(log, "blocked-finished") == 0
         finally:
             gate.touch()
-

@@ -86,4 +86,7 @@ class ExecutorHarness:
     def ex(self) -> Iterator[Executor]:
         """An executor kept across the runs of one check."""
         with get_executor(self.executor, **self.options) as executor:
+            # Known from now on without opening a second executor, which some backends
+            # (mpi) do not allow while this one is open.
+            type(self)._capabilities = executor.capabilities
             yield executor
