@@ -233,3 +233,16 @@ def test_a_deep_value_passes_as_a_data_node() -> None:
     shallow = Op(f, nested(100, DataNode(1)))  # well within reach: searched as usual
     assert len(shallow.dependencies()) == 1
     assert run(Op(id, DataNode(deep)), executor="sync") == id(deep)
+
+
+def test_labels_of_deep_huge_or_unprintable_constants_are_short_and_safe() -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no repr")
+
+    deep = nested(5000, 1)
+    for value in (deep, list(range(1_000_000)), "x" * 10_000, Unprintable()):
+        label = DataNode(value).label
+        assert label.startswith("DataNode(")
+        assert len(label) <= 60
+    assert len(IndexNode(DataNode(1), deep).label) <= 80

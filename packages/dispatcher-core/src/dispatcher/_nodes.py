@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -229,8 +230,7 @@ class DataNode(DispatchNode):
         return self._args[0]
 
     def _default_label(self) -> str:
-        text = repr(self._args[0])
-        return f"DataNode({text if len(text) <= 40 else text[:37] + '...'})"
+        return f"DataNode({_short_repr(self._args[0])})"
 
 
 class IndexNode(DispatchNode):
@@ -261,7 +261,7 @@ class IndexNode(DispatchNode):
         return self._args[1]
 
     def _default_label(self) -> str:
-        return f"{self._deps[0].label}[{self._args[1]!r}]"
+        return f"{self._deps[0].label}[{_short_repr(self._args[1])}]"
 
 
 class CollectNode(DispatchNode):
@@ -285,6 +285,21 @@ class CollectNode(DispatchNode):
 
     def _default_label(self) -> str:
         return f"CollectNode({len(self._deps)})"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def _short_repr(value: Any) -> str:
+    """At most about 40 characters of ``repr(value)``, for a label: cheap for a huge
+    value, safe for one nested thousands deep or whose ``__repr__`` raises."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # RecursionError included: a label must never fail
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _identity(value: Any) -> Any:
