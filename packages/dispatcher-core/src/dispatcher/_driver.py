@@ -65,7 +65,13 @@ class EventQueue:
 
     def post(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
-        self.wake()
+        # What wake() does, written out: a report per task comes through here.
+        if self._sleeping:
+            with self._cond:
+                self._cond.notify()
+                self._sleeping = False
+        elif self._waker is not None:
+            self._waker()
 
     def wake(self) -> None:
         """Make the waiting driver look again (at new events, or at why it should stop)."""
@@ -177,15 +183,14 @@ class Router:
 
 
 def step(run: Run) -> bool:
-    """One turn of a driver: hand out what is ready, then apply what was reported. True
+    """One turn of a driver: apply what was reported, then hand out what is ready. True
     when nothing more can happen until a report arrives."""
-    progressed = run.dispatch()
-    if run.finished:
-        return False
     if run.queue.events:
         run.apply_events()
-        return False
-    if progressed:
+        if run.finished:
+            return False
+    progressed = run.dispatch()
+    if progressed or run.queue.events or run.finished:
         return False  # tasks called in the caller may have readied others
     if not run.table.inflight and not run.table.ready and run.placement.room:
         raise RuntimeError(
