@@ -238,3 +238,18 @@ def test_one_executor_serves_runs_on_several_loops_at_once(threads: int) -> None
         for thread in threads_:
             thread.join()
         assert sorted(outcomes) == [2, 3, 4]  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("executor", "options"), [("sync", {}), ("async", {"threads": 0}), ("async", {"threads": 2})]
+)
+def test_a_task_may_run_a_graph_on_the_executor_running_it(
+    executor: str, options: dict[str, int]
+) -> None:
+    # One transport serves both runs: the inner one's reports must reach the inner run.
+    with get_executor(executor, **options) as ex:
+
+        def inner(x: int) -> int:
+            return ex.run(Op(async_inc, Op(tasks.inc, Op(async_inc, x))))  # type: ignore[no-any-return]
+
+        assert ex.run(Op(async_inc, Op(inner, Op(async_inc, 0)))) == 5

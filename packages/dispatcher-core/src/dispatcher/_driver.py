@@ -1,8 +1,8 @@
 """Driving a run: the one path by which reports reach the scheduler, and the two loops.
 
-A transport reports to an :class:`~dispatcher.transport.EventSink`; an executor's sink is
-its :class:`Router`, which hands each report to the :class:`RunSink` of the run its key
-belongs to; that posts it, as a small tuple, to the run's :class:`EventQueue`. A driver
+A transport reports to its executor's :class:`Router` (the
+:class:`~dispatcher.transport.EventSink`), which posts each report, as a small tuple, to
+the :class:`EventQueue` of the run its key belongs to. A driver
 repeats :func:`step` -- hand out ready tasks, apply what was reported -- and waits on the
 queue when there is nothing to do: :func:`drive_blocking` on a thread,
 :func:`drive_async` on an event loop (for transports that report on that loop's thread).
@@ -30,13 +30,13 @@ __all__ = [
     "EventQueue",
     "Router",
     "RunCancelled",
-    "RunSink",
     "drive_async",
     "drive_blocking",
     "step",
 ]
 
 KEY_BITS = 32  # a key is (run number << KEY_BITS) | position in the run's graph
+_POSITION = (1 << KEY_BITS) - 1
 
 # Event kinds in the queue.
 EV_FINISHED = 0
@@ -109,45 +109,18 @@ class EventQueue:
             self._waker = None
 
 
-class RunSink:
-    """The event sink of one run: each report, with keys made positions, to its queue."""
-
-    __slots__ = ("_base", "_post")
-
-    def __init__(self, queue: EventQueue, key_base: int) -> None:
-        self._post = queue.post
-        self._base = key_base
-
-    def task_finished(
-        self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
-    ) -> None:
-        self._post((EV_FINISHED, key - self._base, worker, duration, nbytes, value))
-
-    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
-        self._post((EV_FAILED, key - self._base, worker, error, duration))
-
-    def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
-        base = self._base
-        self._post((EV_INPUTS_LOST, key - base, worker, [m - base for m in missing]))
-
-    def worker_added(self, worker: str, slots: int) -> None:
-        self._post((EV_WORKER_ADDED, worker, slots))
-
-    def worker_lost(self, worker: str, reason: str) -> None:
-        self._post((EV_WORKER_LOST, worker, reason))
-
-
 class Router:
-    """An executor's one event sink: routes each report to the run its key belongs to,
-    and tells every run about workers."""
+    """The one event sink: an executor's transport reports here, and each report goes, as
+    a small tuple with its key made a position, to the queue of the run the key belongs
+    to; workers coming and going are told to every run."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.runs: dict[int, RunSink] = {}
+        self.runs: dict[int, EventQueue] = {}
         self.workers: dict[str, int] = {}
 
     def attach(self, run: Run) -> None:
-        self.runs[run.base >> KEY_BITS] = run.sink
+        self.runs[run.base >> KEY_BITS] = run.queue
 
     def detach(self, run: Run) -> None:
         self.runs.pop(run.base >> KEY_BITS, None)
@@ -155,31 +128,32 @@ class Router:
     def task_finished(
         self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
     ) -> None:
-        sink = self.runs.get(key >> KEY_BITS)
-        if sink is None:
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is None:
             self.transport.free(worker, [key])  # its run is over: nobody wants it
         else:
-            sink.task_finished(key, worker, duration, nbytes, value)
+            queue.post((EV_FINISHED, key & _POSITION, worker, duration, nbytes, value))
 
     def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
-        sink = self.runs.get(key >> KEY_BITS)
-        if sink is not None:
-            sink.task_failed(key, worker, error, duration)
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is not None:
+            queue.post((EV_FAILED, key & _POSITION, worker, error, duration))
 
     def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
-        sink = self.runs.get(key >> KEY_BITS)
-        if sink is not None:
-            sink.task_inputs_lost(key, worker, missing)
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is not None:
+            lost = [m & _POSITION for m in missing]
+            queue.post((EV_INPUTS_LOST, key & _POSITION, worker, lost))
 
     def worker_added(self, worker: str, slots: int) -> None:
         self.workers[worker] = slots
-        for sink in list(self.runs.values()):
-            sink.worker_added(worker, slots)
+        for queue in list(self.runs.values()):
+            queue.post((EV_WORKER_ADDED, worker, slots))
 
     def worker_lost(self, worker: str, reason: str) -> None:
         self.workers.pop(worker, None)
-        for sink in list(self.runs.values()):
-            sink.worker_lost(worker, reason)
+        for queue in list(self.runs.values()):
+            queue.post((EV_WORKER_LOST, worker, reason))
 
 
 def step(run: Run) -> bool:

@@ -1,4 +1,4 @@
-"""Executors: a transport plus the scheduler, and the loops that drive a run."""
+"""Executors: a transport, the scheduler, and a driver for each run (see ``_driver``)."""
 
 from __future__ import annotations
 
@@ -196,15 +196,16 @@ class Executor:
     def _finish(self, plan: Plan, run: Run) -> Any:
         if run.error is not None:
             raise run.error
-        nodes = run.nodes
+        table = run.table
+        nodes, results = table.nodes, table.results
         if run.throw:
-            values = {nodes[p]: run.results[p] for p in run.target_positions}
+            values = {nodes[p]: results[p] for p in table.target_positions}
         else:
             values = {}
-            for p in run.target_positions:
-                error = run.errors.get(p)
+            for p in table.target_positions:
+                error = table.errors.get(p)
                 if error is None:
-                    values[nodes[p]] = Result(run.results[p], None)
+                    values[nodes[p]] = Result(results[p], None)
                 else:
                     values[nodes[p]] = Result(None, error)
         return plan.shape(values)

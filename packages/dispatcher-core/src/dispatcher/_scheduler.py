@@ -28,7 +28,6 @@ from ._driver import (
     EV_WORKER_ADDED,
     EV_WORKER_LOST,
     EventQueue,
-    RunSink,
 )
 from ._nodes import DispatchNode
 from ._options import Options
@@ -62,15 +61,9 @@ class Run:
         self.placement = Placement(table)
         self.recovery = Recovery(table, self.placement, options, observers, throw)
         self.queue = EventQueue()
-        self.sink = RunSink(self.queue, key_base)
-        """Where this run's reports go (see :class:`._driver.Router`)."""
+        """Reports for this run (see :class:`._driver.Router`)."""
         self.base = key_base
         self.throw = throw
-        # What the executor reads at the end.
-        self.nodes = table.nodes
-        self.target_positions = table.target_positions
-        self.results = table.results
-        self.errors = table.errors
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
 
@@ -257,7 +250,7 @@ class Run:
         table = self.table
         self.placement.learn(duration, nbytes)
         table.state[p] = DONE
-        table.holders[p] = table.held_on(worker)
+        table.holders[p] = table._alone.get(worker) or table.held_on(worker)
         table.nbytes[p] = nbytes
         if table.wanted[p]:
             table.results[p] = value
