@@ -100,16 +100,18 @@ class Run:
         progressed = False
         specs: list[TaskSpec] = []
         while ready:
-            if asks is not None and table.call_ready_in_caller(asks, self._in_caller):
-                progressed = True
-                if table.failure is not None:
-                    p, error = table.failure
-                    table.failure = None
-                    self._apply(self.recovery.task_failed, p, CALLER, error)
-                    if self.aborted:
-                        return True
-                    continue
-                if not ready:
+            if asks is not None:
+                if table.call_ready_in_caller(asks, self._in_caller):
+                    progressed = True
+                    if table.failure is not None:
+                        p, error = table.failure
+                        table.failure = None
+                        self.recovery.task_failed(p, CALLER, error)
+                        self._act_on_recovery()
+                        if self.aborted:
+                            return True
+                        continue
+                if not ready:  # (the loop above may have emptied it of stale entries)
                     break
             p = ready[-1]
             if state[p] != READY:  # a stale entry (the node went back to waiting)
@@ -208,19 +210,15 @@ class Run:
             event = popleft()
             handlers[event[0]](self, *event[1:])
             if recovery.fatal is not None or recovery.to_cancel:
-                self._recovered()
+                self._act_on_recovery()
             if self.aborted:
                 events.clear()
                 break
         if self.table.frees:
             self._send_frees()
 
-    def _apply(self, action: Callable[..., None], *args: Any) -> None:
-        """Run a recovery ``action`` and act on its outcome."""
-        action(*args)
-        self._recovered()
-
-    def _recovered(self) -> None:
+    def _act_on_recovery(self) -> None:
+        """End the run on a fatal failure; cancel what recovery found will never run."""
         recovery = self.recovery
         if recovery.fatal is not None:
             self.abort(recovery.fatal)
