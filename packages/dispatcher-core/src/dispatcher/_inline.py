@@ -28,7 +28,7 @@ class InlineTransport(Transport):
     order, inside :meth:`submit`; results stay in a dict. One serves every run of its
     executor, each in the thread that drives it."""
 
-    capabilities = Capabilities(concurrent=False)
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
