@@ -1,0 +1,162 @@
+"""MPI jobs whose ranks sit on three emulated hosts and talk over the links between them."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import netns_cluster
+import pytest
+from cluster_plugin import Cluster
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
+
+MPI_TESTS = Path(__file__).parents[1] / "mpi"
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind(cluster: Cluster) -> Iterator[None]:
+    yield
+    left = wait_until_empty(cluster.hosts)
+    assert not left, f"processes left behind on the hosts: {left}"
+
+
+def wait_until_empty(hosts: tuple[str, ...], tries: int = 100) -> dict[str, list[int]]:
+    """The processes still running on each host after a bounded wait for them to end."""
+    left: dict[str, list[int]] = {}
+    for _ in range(tries):
+        left = {host: pids for host in hosts if (pids := netns_cluster.pids(host))}
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
+
+
+def dispatcher_job(
+    cluster: Cluster, ranks: int, per_host: int, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``mpiexec ... python -m dispatcher_mpi ARGS`` across the hosts."""
+    return subprocess.run(
+        [*cluster.launch(ranks, per_host), sys.executable, "-m", "dispatcher_mpi", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=MPI_TESTS,
+    )
+
+
+def write(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+WHERE_AND_WHAT = """
+    import socket
+    import time
+    import numpy as np
+    from mpi4py import MPI
+    from dispatcher import Op, run
+
+    def where(_):
+        time.sleep(0.05)  # long enough that every worker rank gets some
+        return MPI.COMM_WORLD.Get_rank(), socket.gethostname(), MPI.Get_processor_name()
+
+    def big(fill):
+        return np.full(8 * 1024 * 1024, fill, dtype=np.float64)  # 64 MiB
+
+    seen = set(run([Op(where, i) for i in range(48)], executor="mpi"))
+    seen.add(where(None))
+    print("seen", sorted(seen))
+    arrays = run([Op(big, 1.0), Op(big, 2.0)], executor="mpi")
+    print("sum", float(sum(a.sum() for a in arrays)))
+"""
+
+
+@pytest.mark.parametrize(("ranks", "per_host"), [(3, 1), (6, 2)])
+def test_ranks_sit_on_three_hosts_and_results_cross_the_links(
+    cluster: Cluster, tmp_path: Path, ranks: int, per_host: int
+) -> None:
+    before = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
+    done = dispatcher_job(cluster, ranks, per_host, write(tmp_path, WHERE_AND_WHAT))
+    after = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    seen = ast.literal_eval(done.stdout.split("seen", 1)[1].splitlines()[0].strip())
+    expected = {r: cluster.hosts[(r // per_host) % len(cluster.hosts)] for r in range(ranks)}
+    # Every rank reports the hostname its host gave it, and MPI names the same node.
+    assert all(host == expected[rank] for rank, host, _ in seen), seen
+    assert all(host == processor for _, host, processor in seen), seen
+    assert len({processor for _, _, processor in seen}) == 3, seen
+    assert float(done.stdout.split("sum", 1)[1]) == 3.0 * 8 * MIB
+
+    # The two 64 MiB results were made on worker ranks and sent to rank 0 on node1. With
+    # one rank per host, both crossed a link; the bridge counts each byte twice: leaving
+    # its host, and arriving on node1.
+    if per_host == 1:
+        sent = {host: after[host][0] - before[host][0] for host in cluster.hosts}
+        received = {host: after[host][1] - before[host][1] for host in cluster.hosts}
+        assert received["node1"] >= 2 * 64 * MIB, (sent, received)
+        assert sent["node2"] + sent["node3"] >= 2 * 64 * MIB, (sent, received)
+
+
+def test_without_tcp_only_the_wheel_moves_data_past_the_links(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Why the cluster's mpiexec says UCX_TLS=tcp,self: left alone, UCX finds the other
+    # "hosts" on this machine and moves the data through shared memory. If this ever
+    # fails, the links are no longer proof of anything without that setting.
+    program = write(
+        tmp_path,
+        """
+        import numpy as np
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        if comm.Get_rank() == 1:
+            comm.Send(np.ones(32 * 1024 * 1024, dtype=np.uint8), dest=0)
+        elif comm.Get_rank() == 0:
+            buffer = np.empty(32 * 1024 * 1024, dtype=np.uint8)
+            comm.Recv(buffer, source=1)
+            print("received", int(buffer.sum()))
+        """,
+    )
+    launch = cluster.launch(2)
+    for name in netns_cluster.TCP_ONLY:
+        at = launch.index(name)
+        del launch[at - 1 : at + 2]
+    results = {}
+    for label, command in (("shared", launch), ("tcp", cluster.launch(2))):
+        before = netns_cluster.link_bytes("node2")[0]
+        done = subprocess.run(
+            [*command, sys.executable, program], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"received {32 * MIB}" in done.stdout
+        results[label] = netns_cluster.link_bytes("node2")[0] - before
+    assert results["tcp"] >= 32 * MIB, results
+    assert results["shared"] < MIB, results
+
+
+@pytest.mark.parametrize(("ranks", "per_host"), [(3, 1), (6, 2)])
+def test_conformance_suite_across_hosts(cluster: Cluster, ranks: int, per_host: int) -> None:
+    done = dispatcher_job(
+        cluster,
+        ranks,
+        per_host,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "conformance_job.py",
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
