@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_REASON] = reason or ""
         return
     config.add_cleanup(netns_cluster.down)
+    _interrupt_on_sigterm(config)
     netns_cluster.up()
     cluster = Cluster(netns_cluster.HOSTS, mpiexec)
     config.stash[_CLUSTER] = cluster
@@ -99,6 +101,19 @@ def cluster(pytestconfig: pytest.Config) -> Cluster:
     if _REASON in pytestconfig.stash:
         pytest.skip(f"no emulated hosts: {pytestconfig.stash[_REASON]}")
     return pytestconfig.stash[_CLUSTER]
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    # A session ended by SIGTERM (a CI or tox timeout) still takes its hosts down: pytest
+    # runs its cleanups after a KeyboardInterrupt, not after the default SIGTERM death.
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _ranks_per_host(config: pytest.Config) -> int | None:

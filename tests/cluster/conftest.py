@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cluster_plugin
+import netns_cluster
 import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(cluster_plugin):
         config.pluginmanager.register(cluster_plugin, "cluster_plugin")
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    # Every job a test starts on the hosts must be gone, on every host, once it is done.
+    cluster = request.getfixturevalue("cluster")
+    yield
+    left = netns_cluster.wait_empty(cluster.hosts)
+    assert not left, f"processes left behind on the hosts: {left}"

@@ -110,8 +110,11 @@ def down() -> None:
     """End every process on every emulated host and remove the hosts and the bridge.
 
     Safe to call at any time, any number of times: it removes only what carries this
-    module's prefix, and whatever of it is there.
+    module's prefix, and whatever of it is there; where nothing can have been made (not
+    root, no ``ip``), it does nothing.
     """
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return
     for ns in namespaces():
         _kill_namespace(ns)
         _ip("netns", "del", ns, check=False)
@@ -127,6 +130,17 @@ def kill(host: str) -> list[int]:
 def pids(host: str) -> list[int]:
     """The processes running on ``host``."""
     return _namespace_pids(namespace(host))
+
+
+def wait_empty(hosts: tuple[str, ...] = HOSTS, tries: int = 100) -> dict[str, list[int]]:
+    """The processes still running on each host after a bounded wait for them to end."""
+    left: dict[str, list[int]] = {}
+    for _ in range(tries):
+        left = {host: running for host in hosts if (running := pids(host))}
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
 
 
 def namespaces() -> list[str]:

@@ -6,8 +6,6 @@ import ast
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import netns_cluster
@@ -18,24 +16,6 @@ pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 
 MPI_TESTS = Path(__file__).parents[1] / "mpi"
 MIB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left_behind(cluster: Cluster) -> Iterator[None]:
-    yield
-    left = wait_until_empty(cluster.hosts)
-    assert not left, f"processes left behind on the hosts: {left}"
-
-
-def wait_until_empty(hosts: tuple[str, ...], tries: int = 100) -> dict[str, list[int]]:
-    """The processes still running on each host after a bounded wait for them to end."""
-    left: dict[str, list[int]] = {}
-    for _ in range(tries):
-        left = {host: pids for host in hosts if (pids := netns_cluster.pids(host))}
-        if not left:
-            break
-        time.sleep(0.1)
-    return left
 
 
 def dispatcher_job(
@@ -59,8 +39,7 @@ def write(tmp_path: Path, body: str) -> str:
 
 WHERE_AND_WHAT = """
     import socket
-    import time
-    import numpy as np
+        import numpy as np
     from mpi4py import MPI
     from dispatcher import Op, run
 
