@@ -132,11 +132,20 @@ def pids(host: str) -> list[int]:
     return _namespace_pids(namespace(host))
 
 
-def wait_empty(hosts: tuple[str, ...] = HOSTS, tries: int = 100) -> dict[str, list[int]]:
-    """The processes still running on each host after a bounded wait for them to end."""
+def wait_empty(
+    hosts: tuple[str, ...] = HOSTS, tries: int = 100, daemons: frozenset[str] = frozenset()
+) -> dict[str, list[int]]:
+    """The processes still running on each host after a bounded wait for them to end.
+
+    Processes whose command name is in ``daemons`` (a host's own services) do not count.
+    """
     left: dict[str, list[int]] = {}
     for _ in range(tries):
-        left = {host: running for host in hosts if (running := pids(host))}
+        left = {}
+        for host in hosts:
+            running = [pid for pid in pids(host) if _command_name(pid) not in daemons]
+            if running:
+                left[host] = running
         if not left:
             break
         time.sleep(0.1)
@@ -213,6 +222,13 @@ def _kill_namespace(ns: str) -> list[int]:
             killed.append(pid)
         time.sleep(0.1)
     return killed
+
+
+def _command_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None  # it has just ended
 
 
 def _wait_reachable(host: str) -> None:

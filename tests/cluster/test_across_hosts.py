@@ -37,33 +37,15 @@ def write(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
-WHERE_AND_WHAT = """
-    import socket
-        import numpy as np
-    from mpi4py import MPI
-    from dispatcher import Op, run
-
-    def where(_):
-        time.sleep(0.05)  # long enough that every worker rank gets some
-        return MPI.COMM_WORLD.Get_rank(), socket.gethostname(), MPI.Get_processor_name()
-
-    def big(fill):
-        return np.full(8 * 1024 * 1024, fill, dtype=np.float64)  # 64 MiB
-
-    seen = set(run([Op(where, i) for i in range(48)], executor="mpi"))
-    seen.add(where(None))
-    print("seen", sorted(seen))
-    arrays = run([Op(big, 1.0), Op(big, 2.0)], executor="mpi")
-    print("sum", float(sum(a.sum() for a in arrays)))
-"""
+HOSTS_JOB = str(Path(__file__).with_name("hosts_job.py"))
 
 
 @pytest.mark.parametrize(("ranks", "per_host"), [(3, 1), (6, 2)])
 def test_ranks_sit_on_three_hosts_and_results_cross_the_links(
-    cluster: Cluster, tmp_path: Path, ranks: int, per_host: int
+    cluster: Cluster, ranks: int, per_host: int
 ) -> None:
     before = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
-    done = dispatcher_job(cluster, ranks, per_host, write(tmp_path, WHERE_AND_WHAT))
+    done = dispatcher_job(cluster, ranks, per_host, HOSTS_JOB)
     after = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
