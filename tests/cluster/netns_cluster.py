@@ -127,6 +127,17 @@ def kill(host: str) -> list[int]:
     return _kill_namespace(namespace(host))
 
 
+def cut_off(host: str) -> None:
+    """Take ``host``'s link down: its processes live on, but nothing reaches them."""
+    _ip("link", "set", link(host), "down")
+
+
+def reconnect(host: str) -> None:
+    """Bring ``host``'s link back up after :func:`cut_off`."""
+    _ip("link", "set", link(host), "up")
+    _wait_reachable(host)
+
+
 def pids(host: str) -> list[int]:
     """The processes running on ``host``."""
     return _namespace_pids(namespace(host))
