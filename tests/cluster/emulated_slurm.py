@@ -75,7 +75,7 @@ SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout=10
 InactiveLimit=0
 KillWait=2
 {nodes}

@@ -11,25 +11,11 @@ from pathlib import Path
 import netns_cluster
 import pytest
 from cluster_plugin import Cluster
-from test_across_hosts import MPI_TESTS, write
+from test_across_hosts import MPI_TESTS
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(240)]
 
-BUSY = """
-    import pathlib
-    import socket
-    import sys
-    import time
-    from dispatcher import Op, run
-
-    def work(i, markers):
-        pathlib.Path(markers, socket.gethostname()).touch()
-        time.sleep(0.2)
-        return i
-
-    run([Op(work, i, sys.argv[1]) for i in range(int(sys.argv[2]))], executor="mpi")
-    print("the job finished")
-"""
+BUSY_JOB = str(Path(__file__).with_name("busy_job.py"))
 
 
 def run_until_node3_is_struck(
@@ -46,7 +32,7 @@ def run_until_node3_is_struck(
     job = subprocess.Popen(
         [
             *cluster.launch(3 * per_host, per_host),
-            *(sys.executable, "-m", "dispatcher_mpi", write(tmp_path, BUSY)),
+            *(sys.executable, "-m", "dispatcher_mpi", BUSY_JOB),
             *(str(markers), str(tasks)),
         ],
         stdout=subprocess.PIPE,
