@@ -163,6 +163,34 @@ def wait_empty(
     return left
 
 
+def shared_memory_segments() -> set[Path]:
+    """MPICH's shared-memory segments: /dev/shm is one for every emulated host."""
+    shm = Path("/dev/shm")
+    return set(shm.glob("mpich_shm_*")) if shm.is_dir() else set()
+
+
+def remove_unused_segments(candidates: set[Path]) -> list[Path]:
+    """Unlink those of ``candidates`` that no process on the machine has mapped.
+
+    MPICH leaves its segments behind when ranks are killed; a segment still mapped belongs
+    to a job that is running (this one's or anyone's) and is left alone.
+    """
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(
+                line.split(maxsplit=5)[-1]
+                for line in maps.read_text().splitlines()
+                if "/dev/shm/" in line
+            )
+        except OSError:
+            continue  # the process ended, or is not ours to read
+    removed = [path for path in candidates if str(path) not in mapped]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def namespaces() -> list[str]:
     """The emulated hosts' namespaces that exist now."""
     listed = _ip("netns", "list", check=False).stdout.split("\n")
