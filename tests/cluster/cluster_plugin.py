@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,15 @@ class Cluster:
     hosts: tuple[str, ...]
     mpiexec: str
 
-    def launch(self, ranks: int, ranks_per_host: int = 1) -> list[str]:
-        """``mpiexec ... -n ranks``: the ranks fill the hosts ``ranks_per_host`` at a time."""
-        prefix = netns_cluster.mpiexec_prefix(self.mpiexec, ranks_per_host, self.hosts)
+    def launch(
+        self,
+        ranks: int,
+        ranks_per_host: int = 1,
+        transport: Mapping[str, str] = netns_cluster.TCP_ONLY,
+    ) -> list[str]:
+        """``mpiexec ... -n ranks``: the ranks fill the hosts ``ranks_per_host`` at a time,
+        with ``transport`` (environment variables) in every rank's environment."""
+        prefix = netns_cluster.mpiexec_prefix(self.mpiexec, ranks_per_host, self.hosts, transport)
         return [*prefix, "-n", str(ranks)]
 
 

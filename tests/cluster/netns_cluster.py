@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 PREFIX = "dsp-"
@@ -38,6 +39,8 @@ LAUNCHER = Path(__file__).with_name("netns-rsh")
 # Run the job's traffic over TCP between hosts: the wheel's UCX would otherwise find the
 # other "hosts" on the same machine and move data through shared memory, past the links.
 TCP_ONLY = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0"}
+# The wheel's other network module, libfabric, with its TCP provider: no such trap there.
+OFI_TCP = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
 
 
 def namespace(host: str) -> str:
@@ -205,7 +208,10 @@ def link_bytes(host: str) -> tuple[int, int]:
 
 
 def mpiexec_prefix(
-    mpiexec: str, ranks_per_host: int = 1, hosts: tuple[str, ...] = HOSTS
+    mpiexec: str,
+    ranks_per_host: int = 1,
+    hosts: tuple[str, ...] = HOSTS,
+    transport: Mapping[str, str] = TCP_ONLY,
 ) -> list[str]:
     """An ``mpiexec`` command, up to its ``-n``, that places ranks on the emulated hosts.
 
@@ -224,7 +230,7 @@ def mpiexec_prefix(
         "-hosts",
         ",".join(f"{host}:{ranks_per_host}" for host in hosts),
     ]
-    for name, value in TCP_ONLY.items():
+    for name, value in transport.items():
         command += ["-genv", name, value]
     return command
 

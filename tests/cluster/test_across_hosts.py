@@ -6,6 +6,7 @@ import ast
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import netns_cluster
@@ -19,11 +20,17 @@ MIB = 1024 * 1024
 
 
 def dispatcher_job(
-    cluster: Cluster, ranks: int, per_host: int, *args: str, timeout: float = 240
+    cluster: Cluster,
+    ranks: int,
+    per_host: int,
+    *args: str,
+    timeout: float = 240,
+    transport: Mapping[str, str] = netns_cluster.TCP_ONLY,
 ) -> subprocess.CompletedProcess[str]:
     """``mpiexec ... python -m dispatcher_mpi ARGS`` across the hosts."""
+    launch = cluster.launch(ranks, per_host, transport)
     return subprocess.run(
-        [*cluster.launch(ranks, per_host), sys.executable, "-m", "dispatcher_mpi", *args],
+        [*launch, sys.executable, "-m", "dispatcher_mpi", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -40,12 +47,20 @@ def write(tmp_path: Path, body: str) -> str:
 HOSTS_JOB = str(Path(__file__).with_name("hosts_job.py"))
 
 
-@pytest.mark.parametrize(("ranks", "per_host"), [(3, 1), (6, 2)])
+@pytest.mark.parametrize(
+    ("ranks", "per_host", "transport"),
+    [
+        (3, 1, netns_cluster.TCP_ONLY),
+        (6, 2, netns_cluster.TCP_ONLY),
+        (3, 1, netns_cluster.OFI_TCP),
+    ],
+    ids=["ucx-1-per-host", "ucx-2-per-host", "ofi-1-per-host"],
+)
 def test_ranks_sit_on_three_hosts_and_results_cross_the_links(
-    cluster: Cluster, ranks: int, per_host: int
+    cluster: Cluster, ranks: int, per_host: int, transport: dict[str, str]
 ) -> None:
     before = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
-    done = dispatcher_job(cluster, ranks, per_host, HOSTS_JOB)
+    done = dispatcher_job(cluster, ranks, per_host, HOSTS_JOB, transport=transport)
     after = {host: netns_cluster.link_bytes(host) for host in cluster.hosts}
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -88,12 +103,8 @@ def test_without_tcp_only_the_wheel_moves_data_past_the_links(
             print("received", int(buffer.sum()))
         """,
     )
-    launch = cluster.launch(2)
-    for name in netns_cluster.TCP_ONLY:
-        at = launch.index(name)
-        del launch[at - 1 : at + 2]
     results = {}
-    for label, command in (("shared", launch), ("tcp", cluster.launch(2))):
+    for label, command in (("shared", cluster.launch(2, transport={})), ("tcp", cluster.launch(2))):
         before = netns_cluster.link_bytes("node2")[0]
         done = subprocess.run(
             [*command, sys.executable, program], capture_output=True, text=True, timeout=120
