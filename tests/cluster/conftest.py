@@ -18,11 +18,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def _nothing_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     # Every job a test starts on the hosts must be gone, on every host, once it is done.
     cluster = request.getfixturevalue("cluster")
-    segments = netns_cluster.shared_memory_segments()
     yield
     # Slurm's node daemons stay up between the tests that share them; their jobs must not.
     daemons = frozenset({"slurmd"} if "slurm" in request.fixturenames else ())
     left = netns_cluster.wait_empty(cluster.hosts, daemons=daemons)
     # Ranks killed on purpose leave MPICH's segments behind, like any killed MPICH rank.
-    netns_cluster.remove_unused_segments(netns_cluster.shared_memory_segments() - segments)
+    netns_cluster.clear_shared_memory(cluster.hosts)
     assert not left, f"processes left behind on the hosts: {left}"

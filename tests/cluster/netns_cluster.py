@@ -2,9 +2,13 @@
 
 Host ``nodeN`` is the network namespace ``dsp-nodeN``. Inside it, ``eth0`` is one end of a
 veth pair whose other end, ``dsp-nodeN`` in the machine's own namespace, is a port of the
-bridge ``dsp-br0``. The hosts have the addresses 10.212.0.N/24 and the bridge 10.212.0.254:
-a range that nothing else on the machine uses, so every byte sent to one of these addresses
-stays on the bridge. The counters of the ``dsp-nodeN`` links therefore count exactly the
+bridge ``dsp-br0``. Its processes see ``/dev/shm/dsp-nodeN`` as their ``/dev/shm``, so
+that ranks on different hosts cannot meet in shared memory, and nothing outside the
+cluster (another MPI job sweeping its segments) touches theirs.
+
+The hosts have the addresses 10.212.0.N/24 and the bridge 10.212.0.254: a range that
+nothing else on the machine uses, so every byte sent to one of these addresses stays on
+the bridge. The counters of the ``dsp-nodeN`` links therefore count exactly the
 traffic between hosts.
 
 Processes enter a host through ``netns-rsh HOST COMMAND...`` (next to this file), which also
@@ -35,6 +39,7 @@ SUBNET = "10.212.0"
 BRIDGE_ADDRESS = f"{SUBNET}.254"
 HOSTS = ("node1", "node2", "node3")
 LAUNCHER = Path(__file__).with_name("netns-rsh")
+SHARED_MEMORY = Path("/dev/shm")
 
 # Run the job's traffic over TCP between hosts: the wheel's UCX would otherwise find the
 # other "hosts" on the same machine and move data through shared memory, past the links.
@@ -70,14 +75,28 @@ def unavailable() -> str | None:
     if made.returncode != 0:
         return f"`ip netns add` is not allowed here: {made.stderr.strip()}"
     try:
+        # What netns-rsh does: a hostname of its own, and a directory over /dev/shm.
         entered = subprocess.run(
-            ["ip", "netns", "exec", probe, "unshare", "--uts", "hostname", "probe"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                probe,
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                "hostname probe && mount --bind /dev/shm /dev/shm",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
         )
         if entered.returncode != 0:
-            return f"cannot enter a namespace with its own hostname: {entered.stderr.strip()}"
+            return (
+                "cannot enter a namespace with its own hostname and /dev/shm: "
+                + entered.stderr.strip()
+            )
         bridge = _ip("link", "add", f"{PREFIX}probe", "type", "bridge", check=False)
         if bridge.returncode != 0:
             return f"cannot make a bridge: {bridge.stderr.strip()}"
@@ -96,6 +115,8 @@ def up(hosts: tuple[str, ...] = HOSTS) -> None:
         _ip("link", "set", BRIDGE, "up")
         for host in hosts:
             ns = namespace(host)
+            shared_memory(host).mkdir()
+            shared_memory(host).chmod(0o1777)
             _ip("netns", "add", ns)
             _ip("link", "add", link(host), "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("link", "set", link(host), "master", BRIDGE, "up")
@@ -123,6 +144,8 @@ def down() -> None:
         _ip("netns", "del", ns, check=False)
     for name in _links():
         _ip("link", "del", name, check=False)
+    for directory in SHARED_MEMORY.glob(f"{PREFIX}*"):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def kill(host: str) -> list[int]:
@@ -166,32 +189,20 @@ def wait_empty(
     return left
 
 
-def shared_memory_segments() -> set[Path]:
-    """MPICH's shared-memory segments: /dev/shm is one for every emulated host."""
-    shm = Path("/dev/shm")
-    return set(shm.glob("mpich_shm_*")) if shm.is_dir() else set()
+def shared_memory(host: str) -> Path:
+    """The directory that processes on ``host`` see as their /dev/shm."""
+    return SHARED_MEMORY / namespace(host)
 
 
-def remove_unused_segments(candidates: set[Path]) -> list[Path]:
-    """Unlink those of ``candidates`` that no process on the machine has mapped.
+def clear_shared_memory(hosts: tuple[str, ...] = HOSTS) -> list[Path]:
+    """Remove what processes left in the hosts' /dev/shm; returns what was there.
 
-    MPICH leaves its segments behind when ranks are killed; a segment still mapped belongs
-    to a job that is running (this one's or anyone's) and is left alone.
+    MPICH leaves its segments behind when ranks are killed, as the tests do on purpose.
     """
-    mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            mapped.update(
-                line.split(maxsplit=5)[-1]
-                for line in maps.read_text().splitlines()
-                if "/dev/shm/" in line
-            )
-        except OSError:
-            continue  # the process ended, or is not ours to read
-    removed = [path for path in candidates if str(path) not in mapped]
-    for path in removed:
+    left = [path for host in hosts for path in shared_memory(host).glob("*")]
+    for path in left:
         path.unlink(missing_ok=True)
-    return removed
+    return left
 
 
 def namespaces() -> list[str]:
