@@ -108,3 +108,15 @@ def test_a_dead_host_ends_the_srun_job_and_slurm_names_it(
     assert job.returncode != 0
     assert "the job finished" not in out
     assert "Node failure on node3" in err, err
+
+
+def test_a_failing_script_fails_the_srun_job(slurm: dict[str, str], tmp_path: Path) -> None:
+    program = tmp_path / "fail.py"
+    program.write_text("import sys\nsys.exit(3)\n")
+    done = subprocess.run(
+        srun(str(program)), capture_output=True, text=True, timeout=240, cwd=tmp_path, env=slurm
+    )
+    # Under mpiexec the job's status is the script's; under srun the abort that carries
+    # it kills the ranks, and only the message keeps the script's status.
+    assert done.returncode != 0
+    assert "MPI_Abort(MPI_COMM_WORLD, 3)" in done.stderr, done.stderr
