@@ -253,3 +253,40 @@ def test_a_task_may_run_a_graph_on_the_executor_running_it(
             return ex.run(Op(async_inc, Op(tasks.inc, Op(async_inc, x))))  # type: ignore[no-any-return]
 
         assert ex.run(Op(async_inc, Op(inner, Op(async_inc, 0)))) == 5
+
+
+async def _raise_odd_later(kind: str) -> None:
+    await anyio.sleep(0)
+    tasks.raise_odd(kind)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["SystemExit", "GeneratorExit", "CustomBaseError"])
+def test_a_coroutine_raising_a_base_exception_fails_its_node(backend: str, kind: str) -> None:
+    """Only cancellation and KeyboardInterrupt belong to the loop; whatever else a
+    coroutine raises fails its node, and the executor serves the next run."""
+    expected = tasks.ODD_EXCEPTIONS[kind][0]
+    with get_executor("async", backend=backend) as ex:
+        bad = op(_raise_odd_later, label="odd")(kind)
+        results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+        assert isinstance(results[0].error, expected), results[0]
+        assert results[1].value == 2
+        assert ex.run(Op(tasks.inc, 2)) == 3
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_keyboard_interrupt_in_the_caller_stops_the_run(threads: int) -> None:
+    """A KeyboardInterrupt raised in the caller's thread (threads=0) is taken for Ctrl-C
+    and stops the run; raised in a pool thread, it can only be the task's, and fails its
+    node."""
+    with get_executor("async", threads=threads) as ex:
+        bad = op(tasks.raise_odd, label="interrupts")("KeyboardInterrupt")
+        if threads == 0:
+            with pytest.raises(KeyboardInterrupt):
+                ex.run([bad, Op(tasks.inc, 1)], throw=False)
+        else:
+            results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+            assert isinstance(results[0].error, KeyboardInterrupt)
+        assert ex.run(Op(tasks.inc, 2)) == 3

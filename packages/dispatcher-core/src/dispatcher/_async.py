@@ -76,6 +76,13 @@ class _LoopScope:
 _loop_scope: ContextVar[_LoopScope | None] = ContextVar("dispatcher_loop_scope", default=None)
 
 
+def _stops_the_loop(error: BaseException) -> bool:
+    """Is ``error``, raised by a task on the loop, not the task's own failure? Cancellation
+    belongs to the loop, and a KeyboardInterrupt there cannot be told from Ctrl-C: both
+    end the run. Anything else a task raises, SystemExit included, fails its node."""
+    return isinstance(error, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
+
+
 class _Handle:
     """A submitted task while it runs as a coroutine, in a thread, or waits for the loop."""
 
@@ -167,7 +174,9 @@ class AsyncTransport(Transport):
         start = perf_counter()
         try:
             value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, self._values(spec))
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise  # on the loop, in the caller's thread, it cannot be told from Ctrl-C
             events.task_failed(spec.key, "main", exc, perf_counter() - start)
             return False
         if not self._plain[spec.func] and inspect.isawaitable(value):
@@ -208,7 +217,9 @@ class AsyncTransport(Transport):
         start = perf_counter()
         try:
             awaitable = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
-        except Exception as exc:
+        except BaseException as exc:
+            if _stops_the_loop(exc):
+                raise
             self.tasks.pop(spec.key, None)
             self._failed(spec, exc, perf_counter() - start)
             return
@@ -224,7 +235,9 @@ class AsyncTransport(Transport):
                 cancel_scope.deadline = anyio.current_time() + spec.timeout
             try:
                 value = await awaitable
-            except Exception as exc:
+            except BaseException as exc:
+                if _stops_the_loop(exc):
+                    raise
                 self.tasks.pop(spec.key, None)
                 self._failed(spec, exc, perf_counter() - start)
                 return

@@ -64,7 +64,9 @@ class InlineTransport(Transport):
                     coroutine = is_coroutine[spec.func] = may_return_awaitable(spec.func)
                 if coroutine and inspect.isawaitable(value):
                     value = await_blocking(value)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise  # in the caller's thread it cannot be told from Ctrl-C: stop
                 events.task_failed(key, "main", exc, perf_counter() - start)
                 continue
             duration = perf_counter() - start

@@ -295,7 +295,9 @@ class TaskTable:
                     elif count == 2:
                         values = [first, second]
                     value = call_task(func, node._args, node._kwargs, shape, values)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise  # in the caller's thread it cannot be told from Ctrl-C: stop
                 self.failure = (p, exc)
                 return True
             if timed:
