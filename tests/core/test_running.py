@@ -186,3 +186,16 @@ def test_a_run_leaves_nothing_for_the_garbage_collector(
         finally:
             gc.enable()
     assert found == 0
+
+
+def test_targets_nest_like_arguments() -> None:
+    """Lists, tuples, namedtuples and dicts of nodes, nested: the answer has the same shape."""
+    from collections import namedtuple
+
+    pair = namedtuple("pair", "left right")
+    a, b, c = Op(tasks.inc, 1), Op(tasks.inc, 2), Op(tasks.inc, 3)
+    targets = {"a": [a, (b, {"c": c})], "p": pair(a, [c])}
+    for executor in ("sync", "async"):
+        assert run(targets, executor=executor) == {"a": [2, (3, {"c": 4})], "p": pair(2, [4])}
+    with pytest.raises(TypeError, match="must be nodes"):
+        run({"a": [a, 5]})
