@@ -1,0 +1,485 @@
+"""The dask transport: dispatcher's tasks as dask futures, pinned where dispatcher places them.
+
+dispatcher's scheduler decides what runs where; dask.distributed moves the values and runs
+the calls. Each task becomes one ``client.submit`` of :func:`~dispatcher_dask._task.run_task`
+pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's own
+retries off: dispatcher's retries and lineage recovery are the only ones. Its inputs are
+passed as the futures of earlier results, so dask fetches them worker to worker; a result
+stays on its worker until :meth:`DaskTransport.free` releases its future, and only the
+results the caller wants are gathered.
+
+Workers are named by their address: a worker restarted by its nanny comes back under a new
+one, as a new worker. Arrivals and departures come from the scheduler's ``all`` event topic.
+dask does not give up on a task pinned to a worker that is gone (it waits in "no-worker"),
+so on a departure this transport cancels every task pinned there and every result held
+there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
+results as having lost their inputs: dispatcher recomputes what is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dispatcher import RemoteError, SerializationError, TaskTimeoutError, WorkerLostError
+from dispatcher.transport import (
+    Capabilities,
+    EventSink,
+    Key,
+    TaskSpec,
+    Transport,
+    dumps_for,
+    restore_error,
+    unpickling_error,
+)
+
+from ._task import TaskFailure, dumps, run_task
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+__all__ = ["DaskTransport"]
+
+from ._capabilities import CAPABILITIES
+
+# How long a worker announced by the scheduler may take to appear in its worker table
+# (the announcement is sent before the worker is registered).
+_ANNOUNCE_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A task submitted and not yet reported."""
+
+    spec: TaskSpec
+    future: Future
+    inputs: tuple[Key, ...]
+    """The keys of the results it reads from other tasks (not the caller's values)."""
+
+
+class DaskTransport(Transport):
+    """Runs tasks on a dask.distributed cluster: one the transport starts (a
+    ``LocalCluster`` of worker processes, closed with it), one at ``address`` (a scheduler
+    address or a scheduler file), or the one an existing ``client`` talks to."""
+
+    capabilities: ClassVar[Capabilities] = CAPABILITIES
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        threads_per_worker: int = 1,
+        address: str | None = None,
+        client: Client | None = None,
+        prefetch: int = 2,
+        dashboard_address: str | None = None,
+        stats: bool = True,
+    ) -> None:
+        if address is not None and client is not None:
+            raise TypeError("give the dask executor address= or client=, not both")
+        if threads_per_worker < 1:
+            raise ValueError("threads_per_worker must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
+        self._want_workers = workers
+        self._threads = threads_per_worker
+        self._address = address
+        self._client: Client | None = client
+        self._own_client = client is None
+        self._cluster: LocalCluster | None = None
+        self._prefetch = prefetch
+        self._dashboard = dashboard_address
+        self._events: EventSink | None = None
+        # Keys must not collide with another client's on a shared cluster.
+        token = uuid.uuid4().hex[:8]
+        self._token = token
+        self._stats_topic = f"dispatcher-stats-{token}" if stats else None
+        self._serial = itertools.count()
+        self._lock = threading.Lock()
+        self._workers: dict[str, int] = {}
+        self._futures: dict[Key, Future] = {}  # every result held or being computed
+        self._where: dict[Key, str] = {}  # the worker of each of those
+        self._pending: dict[Key, _Pending] = {}
+        self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
+        self._stats: dict[Key, tuple[float, int]] = {}
+        # Cluster events and cancellations are handled here, in order, off dask's loop
+        # (they make blocking client calls) and off the scheduler's thread.
+        self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
+        self._closed = False
+
+    # -- the SPI ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The dask client this transport submits through."""
+        if self._client is None:
+            raise RuntimeError("the dask transport has not been started")
+        return self._client
+
+    def start(self, events: EventSink) -> Mapping[str, int]:
+        self._events = events
+        client = self._connect()
+        self._client = client
+        return self._control.submit(self._watch, client).result()
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        events = self._events
+        assert events is not None
+        client = self.client
+        for spec in tasks:
+            inputs: list[Future] = []
+            input_keys: list[Key] = []
+            inline: dict[int, Any] = {}
+            missing: list[Key] = []
+            given = spec.inline
+            with self._lock:
+                if spec.worker not in self._workers:
+                    # Lost since it was placed: the loss is reported, and dispatcher
+                    # retries what it had sent there.
+                    continue
+                futures = self._futures
+                for i, k in enumerate(spec.deps):
+                    if given is not None and k in given:
+                        inline[i] = given[k]
+                        continue
+                    future = futures.get(k)
+                    if future is None:
+                        missing.append(k)
+                    else:
+                        inputs.append(future)
+                        input_keys.append(k)
+            if missing:
+                events.task_inputs_lost(spec.key, spec.worker, missing)
+                continue
+            try:
+                payload = dumps_for(
+                    spec,
+                    "function or arguments",
+                    (
+                        spec.func,
+                        spec.args,
+                        spec.kwargs,
+                        spec.shape,
+                        inline,
+                        spec.want_result,
+                        spec.timeout,
+                    ),
+                    dumps,
+                )
+            except SerializationError as exc:
+                events.task_failed(spec.key, spec.worker, exc, 0.0)
+                continue
+            name = getattr(spec.func, "__name__", "task")
+            dask_key = f"{name}-{self._token}-{next(self._serial)}"
+            future = client.submit(
+                run_task,
+                spec.key,
+                payload,
+                self._stats_topic,
+                *inputs,
+                key=dask_key,
+                workers=[spec.worker],
+                allow_other_workers=False,
+                pure=False,
+                retries=0,
+            )
+            released: list[Future] = []
+            with self._lock:
+                self._futures[spec.key] = future
+                self._where[spec.key] = spec.worker
+                self._pending[spec.key] = _Pending(spec, future, tuple(input_keys))
+                self._keys[dask_key] = spec.key
+                # dask keeps an input while a task waiting for it is queued: dispatcher's
+                # last use of a result need not wait for ``free``.
+                for k in spec.last_use:
+                    if self._where.get(k) == spec.worker:
+                        released.append(self._futures.pop(k))
+                        del self._where[k]
+            future.add_done_callback(self._done)
+            for old in released:
+                old.release()
+
+    def free(self, worker: str, keys: Sequence[Key]) -> None:
+        released: list[Future] = []
+        with self._lock:
+            where, futures = self._where, self._futures
+            for k in keys:
+                if where.get(k) == worker and k not in self._pending:
+                    del where[k]
+                    released.append(futures.pop(k))
+        for future in released:
+            future.release()
+
+    def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        dropped: list[Future] = []
+        with self._lock:
+            for spec in tasks:
+                pending = self._pending.get(spec.key)
+                if pending is None or pending.spec is not spec:
+                    continue
+                self._forget(spec.key)
+                dropped.append(pending.future)
+        if dropped:
+            # Releasing drops a queued task at once; ``cancel`` also tells the worker to
+            # abandon a running one (its thread still runs the call to its end).
+            client = self.client
+            for future in dropped:
+                future.release()
+            self._control.submit(self._cancel, client, [f.key for f in dropped])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            futures = list(self._futures.values())
+            self._futures.clear()
+            self._where.clear()
+            self._pending.clear()
+            self._keys.clear()
+        client, cluster = self._client, self._cluster
+        try:
+            if client is not None:
+                keys = [f.key for f in futures]
+                for future in futures:
+                    future.release()
+                with contextlib.suppress(Exception):
+                    if keys and client.status == "running":
+                        client.cancel(keys, force=True)
+                with contextlib.suppress(Exception):
+                    client.unsubscribe_topic("all")
+                if self._stats_topic is not None:
+                    with contextlib.suppress(Exception):
+                        client.unsubscribe_topic(self._stats_topic)
+                if self._own_client:
+                    client.close()
+        finally:
+            try:
+                if cluster is not None:
+                    cluster.close()
+            finally:
+                self._control.shutdown(wait=False, cancel_futures=True)
+
+    # -- connecting and watching the cluster -----------------------------------------------
+
+    def _connect(self) -> Client:
+        from distributed import Client, LocalCluster
+
+        if self._client is not None:
+            return self._client
+        address = self._address
+        if address is not None:
+            if address.endswith(".json") or os.path.isfile(address):
+                client = Client(scheduler_file=address, set_as_default=False)
+            else:
+                client = Client(address, set_as_default=False)
+            if self._want_workers:
+                try:
+                    client.wait_for_workers(self._want_workers)
+                except BaseException:
+                    client.close()
+                    raise
+            return client
+        n = self._want_workers or _cpus()
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=self._threads,
+            processes=True,
+            dashboard_address=self._dashboard,
+            # Without a dashboard the scheduler still serves /health: on any free port,
+            # not the dashboard's usual one.
+            scheduler_kwargs=None if self._dashboard else {"dashboard_address": ":0"},
+        )
+        self._cluster = cluster
+        try:
+            return Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+
+    def _watch(self, client: Client) -> dict[str, int]:
+        """On the control thread: subscribe to the cluster's events, then take its
+        workers (events that arrive meanwhile wait behind this call)."""
+        control = self._control
+        client.subscribe_topic("all", lambda event: control.submit(self._on_cluster, event[1]))
+        if self._stats_topic is not None:
+            client.subscribe_topic(self._stats_topic, self._on_stats)
+        if self._own_client and self._want_workers:
+            client.wait_for_workers(self._want_workers)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        with self._lock:
+            for address, worker in info.items():
+                self._workers[address] = self._slots(worker.get("nthreads", 1))
+            return dict(self._workers)
+
+    def _slots(self, nthreads: int) -> int:
+        return max(1, nthreads) + self._prefetch
+
+    def _on_stats(self, event: tuple[float, Any]) -> None:
+        # On dask's event loop: keep it short.
+        key, duration, nbytes = event[1]
+        self._stats[key] = (duration, nbytes)
+
+    def _on_cluster(self, msg: Any) -> None:
+        if self._closed or not isinstance(msg, dict):
+            return
+        action = msg.get("action")
+        try:
+            if action == "add-worker":
+                self._worker_added(msg["worker"])
+            elif action == "remove-worker":
+                expected = "closed" if msg.get("expected") else "died"
+                self._worker_lost(msg["worker"], f"dask worker {expected}")
+        except Exception:  # a cluster going down while we look: nothing to report
+            if not self._closed:
+                raise
+
+    def _worker_added(self, address: str) -> None:
+        with self._lock:
+            if address in self._workers:
+                return
+        nthreads = self._threads
+        deadline = time.monotonic() + _ANNOUNCE_SECONDS
+        while time.monotonic() < deadline and not self._closed:
+            info = self.client.scheduler_info(n_workers=-1)["workers"].get(address)
+            if info is not None:
+                nthreads = info.get("nthreads", nthreads)
+                break
+            time.sleep(0.05)
+        else:
+            return  # gone again before it was ever registered
+        slots = self._slots(nthreads)
+        with self._lock:
+            if address in self._workers or self._closed:
+                return
+            self._workers[address] = slots
+        assert self._events is not None
+        self._events.worker_added(address, slots)
+
+    def _worker_lost(self, address: str, reason: str) -> None:
+        orphans: list[tuple[Key, str, list[Key]]] = []
+        with self._lock:
+            if self._workers.pop(address, None) is None:
+                return
+            gone = [k for k, w in self._where.items() if w == address]
+            held = {k for k in gone if k not in self._pending}
+            dropped = [self._futures[k] for k in gone]
+            for k in gone:
+                self._forget(k)
+            for k, pending in list(self._pending.items()):
+                missing = [d for d in pending.inputs if d in held]
+                if missing:
+                    orphans.append((k, pending.spec.worker, missing))
+                    dropped.append(pending.future)
+                    self._forget(k)
+        events = self._events
+        assert events is not None
+        events.worker_lost(address, reason)
+        for key, worker, missing in orphans:
+            events.task_inputs_lost(key, worker, missing)
+        # Pinned to a worker that is gone, they would wait for it forever.
+        for future in dropped:
+            future.release()
+        self._cancel(self.client, [f.key for f in dropped])
+
+    def _cancel(self, client: Client, dask_keys: list[str]) -> None:
+        if dask_keys and not self._closed:
+            with contextlib.suppress(Exception):
+                client.cancel(dask_keys, force=True)
+
+    def _forget(self, key: Key) -> None:
+        """Drop every record of ``key``; the caller holds the lock."""
+        future = self._futures.pop(key, None)
+        self._where.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._keys.pop(pending.future.key, None)
+        elif future is not None:
+            self._keys.pop(future.key, None)
+
+    # -- completions -------------------------------------------------------------------------
+
+    def _done(self, future: Future) -> None:
+        """A future settled (on dask's callback thread): report it, unless it is stale."""
+        with self._lock:
+            key = self._keys.get(future.key)
+            pending = None if key is None else self._pending.get(key)
+            if pending is None or pending.future is not future:
+                return
+            del self._pending[key]  # type: ignore[arg-type]
+            del self._keys[future.key]
+        assert key is not None
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        status = future.status
+        if status == "finished":
+            duration, nbytes = self._stats.pop(key, (0.0, None))  # type: ignore[arg-type]
+            if not spec.want_result:
+                events.task_finished(key, spec.worker, duration, nbytes)
+                return
+            try:
+                value = future.result()
+            except Exception as exc:
+                self._drop(key, future)
+                error = unpickling_error(spec.label, "result", exc)
+                events.task_failed(key, spec.worker, error, duration)
+                return
+            events.task_finished(key, spec.worker, duration, nbytes, value)
+            return
+        if status == "error":
+            try:
+                raised = future.exception()
+            except Exception as err:  # the exception itself could not be brought back
+                raised = err
+            self._drop(key, future)
+            self._failed(spec, raised, pending.inputs)
+            return
+        self._drop(key, future)
+        if status != "lost":
+            reason = f"the dask cluster {status} the task"
+            events.task_failed(
+                key, spec.worker, WorkerLostError(spec.label, spec.worker, reason), 0
+            )
+
+    def _failed(self, spec: TaskSpec, exc: BaseException | None, inputs: tuple[Key, ...]) -> None:
+        events = self._events
+        assert events is not None
+        if isinstance(exc, TaskFailure):
+            if exc.key != spec.key and exc.key in inputs:
+                # An input failed after this task was sent: dispatcher decides its fate.
+                events.task_inputs_lost(spec.key, spec.worker, [exc.key])
+                return
+            if exc.error is None:
+                assert exc.timeout is not None
+                error: BaseException = TaskTimeoutError(spec.label, exc.timeout)
+            else:
+                error = restore_error(exc.error, spec.label, pickle.loads)
+            events.task_failed(spec.key, spec.worker, error, exc.duration)
+            return
+        # dask's own failure (a worker that died three times, a lost connection...).
+        error = RemoteError(type(exc).__qualname__, str(exc), "")
+        events.task_failed(spec.key, spec.worker, error, 0.0)
+
+    def _drop(self, key: Key, future: Future) -> None:
+        with self._lock:
+            if self._futures.get(key) is future:
+                del self._futures[key]
+                del self._where[key]
+        future.release()
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
