@@ -88,9 +88,14 @@ def wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
 
 
 def scheduler_tasks(client: Any) -> list[str]:
-    return [
-        str(k) for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
-    ]
+    """What the scheduler holds: each task's key, state and the clients that want it."""
+    return list(
+        client.run_on_scheduler(
+            lambda dask_scheduler: [
+                f"{k} {ts.state} {ts.who_wants}" for k, ts in dask_scheduler.tasks.items()
+            ]
+        )
+    )
 
 
 def test_worker_killed_mid_run_result_still_right(tmp_path: Path, dask_client: Any) -> None:
@@ -157,10 +162,10 @@ def test_nothing_is_left_on_an_existing_cluster(dask_client: Any) -> None:
         with get_executor("dask", address=address) as ex:
             with anyio.move_on_after(1):
                 await ex.arun(slow)
-            assert wait_for(lambda: not scheduler_tasks(dask_client))
+            assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
             with pytest.raises(ValueError, match="first"):
                 ex.run([Op(dask_tasks.total, *held), Op(fail, "first"), *slow])
-            assert wait_for(lambda: not scheduler_tasks(dask_client))
+            assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
 
     anyio.run(abandon)
 

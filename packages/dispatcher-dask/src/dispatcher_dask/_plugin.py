@@ -23,7 +23,7 @@ def make_executor(
     address: str | None = None,
     client: Client | None = None,
     threads_per_worker: int = 1,
-    prefetch: int = 2,
+    prefetch: int = 16,
     dashboard_address: str | None = None,
 ) -> Executor:
     """An executor on a dask.distributed cluster.

@@ -80,7 +80,7 @@ class DaskTransport(Transport):
         threads_per_worker: int = 1,
         address: str | None = None,
         client: Client | None = None,
-        prefetch: int = 2,
+        prefetch: int = 16,
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
@@ -107,13 +107,18 @@ class DaskTransport(Transport):
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}
         self._futures: dict[Key, Future] = {}  # every result held or being computed
-        self._where: dict[Key, str] = {}  # the worker of each of those
+        # The task that made each of those (its ``worker`` holds the result): a late
+        # cancel of that very task still finds a result it reported meanwhile.
+        self._made: dict[Key, TaskSpec] = {}
         self._pending: dict[Key, _Pending] = {}
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
-        self._stats: dict[Key, tuple[float, int]] = {}
+        self._stats: dict[Key, tuple[float, int | None]] = {}
         # Cluster events and cancellations are handled here, in order, off dask's loop
         # (they make blocking client calls) and off the scheduler's thread.
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
+        # Values the caller wants travel in batches: one gather while the next fills.
+        self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
+        self._to_gather: list[_Pending] = []
         self._closed = False
 
     # -- the SPI ---------------------------------------------------------------------------
@@ -132,9 +137,14 @@ class DaskTransport(Transport):
         return self._control.submit(self._watch, client).result()
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        from dask._task_spec import Task
+
         events = self._events
         assert events is not None
-        client = self.client
+        # One low-level graph per worker, not one message per task: dask's scheduler pays
+        # per graph as much as per task.
+        graphs: dict[str, dict[str, Any]] = {}
+        made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
         for spec in tasks:
             inputs: list[Future] = []
             input_keys: list[Key] = []
@@ -180,41 +190,51 @@ class DaskTransport(Transport):
                 continue
             name = getattr(spec.func, "__name__", "task")
             dask_key = f"{name}-{self._token}-{next(self._serial)}"
-            future = client.submit(
-                run_task,
-                spec.key,
-                payload,
-                self._stats_topic,
-                *inputs,
-                key=dask_key,
-                workers=[spec.worker],
-                allow_other_workers=False,
-                pure=False,
-                retries=0,
+            graph = graphs.get(spec.worker)
+            if graph is None:
+                graph = graphs[spec.worker] = {}
+            graph[dask_key] = Task(
+                dask_key, run_task, spec.key, payload, self._stats_topic, *inputs
             )
-            released: list[Future] = []
-            with self._lock:
+            made.append((spec, dask_key, tuple(input_keys)))
+        if not made:
+            return
+        submitted: dict[str, Future] = {}
+        client = self.client
+        for worker, graph in graphs.items():
+            keys = list(graph)
+            futures = client.get(
+                graph, keys, workers=[worker], allow_other_workers=False, sync=False
+            )
+            submitted.update(zip(keys, futures))
+        released: list[Future] = []
+        with self._lock:
+            for spec, dask_key, reads in made:
+                future = submitted[dask_key]
                 self._futures[spec.key] = future
-                self._where[spec.key] = spec.worker
-                self._pending[spec.key] = _Pending(spec, future, tuple(input_keys))
+                self._made[spec.key] = spec
+                self._pending[spec.key] = _Pending(spec, future, reads)
                 self._keys[dask_key] = spec.key
                 # dask keeps an input while a task waiting for it is queued: dispatcher's
                 # last use of a result need not wait for ``free``.
                 for k in spec.last_use:
-                    if self._where.get(k) == spec.worker:
+                    maker = self._made.get(k)
+                    if maker is not None and maker.worker == spec.worker:
                         released.append(self._futures.pop(k))
-                        del self._where[k]
+                        del self._made[k]
+        for future in submitted.values():
             future.add_done_callback(self._done)
-            for old in released:
-                old.release()
+        for old in released:
+            old.release()
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         released: list[Future] = []
         with self._lock:
-            where, futures = self._where, self._futures
+            made, futures = self._made, self._futures
             for k in keys:
-                if where.get(k) == worker and k not in self._pending:
-                    del where[k]
+                maker = made.get(k)
+                if maker is not None and maker.worker == worker and k not in self._pending:
+                    del made[k]
                     released.append(futures.pop(k))
         for future in released:
             future.release()
@@ -223,11 +243,11 @@ class DaskTransport(Transport):
         dropped: list[Future] = []
         with self._lock:
             for spec in tasks:
-                pending = self._pending.get(spec.key)
-                if pending is None or pending.spec is not spec:
+                # Pending, or reported a moment ago (a report the run will never read).
+                if self._made.get(spec.key) is not spec:
                     continue
+                dropped.append(self._futures[spec.key])
                 self._forget(spec.key)
-                dropped.append(pending.future)
         if dropped:
             # Releasing drops a queued task at once; ``cancel`` also tells the worker to
             # abandon a running one (its thread still runs the call to its end).
@@ -243,7 +263,7 @@ class DaskTransport(Transport):
             self._closed = True
             futures = list(self._futures.values())
             self._futures.clear()
-            self._where.clear()
+            self._made.clear()
             self._pending.clear()
             self._keys.clear()
         client, cluster = self._client, self._cluster
@@ -268,6 +288,7 @@ class DaskTransport(Transport):
                     cluster.close()
             finally:
                 self._control.shutdown(wait=False, cancel_futures=True)
+                self._gatherer.shutdown(wait=False, cancel_futures=True)
 
     # -- connecting and watching the cluster -----------------------------------------------
 
@@ -370,7 +391,7 @@ class DaskTransport(Transport):
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
-            gone = [k for k, w in self._where.items() if w == address]
+            gone = [k for k, maker in self._made.items() if maker.worker == address]
             held = {k for k in gone if k not in self._pending}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
@@ -399,7 +420,7 @@ class DaskTransport(Transport):
     def _forget(self, key: Key) -> None:
         """Drop every record of ``key``; the caller holds the lock."""
         future = self._futures.pop(key, None)
-        self._where.pop(key, None)
+        self._made.pop(key, None)
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._keys.pop(pending.future.key, None)
@@ -410,31 +431,29 @@ class DaskTransport(Transport):
 
     def _done(self, future: Future) -> None:
         """A future settled (on dask's callback thread): report it, unless it is stale."""
+        status = future.status
+        gather = False
         with self._lock:
             key = self._keys.get(future.key)
             pending = None if key is None else self._pending.get(key)
-            if pending is None or pending.future is not future:
+            if key is None or pending is None or pending.future is not future:
                 return
-            del self._pending[key]  # type: ignore[arg-type]
-            del self._keys[future.key]
-        assert key is not None
+            if status == "finished" and pending.spec.want_result:
+                # Pending until its value is here: cancelling it meanwhile still works.
+                self._to_gather.append(pending)
+                gather = len(self._to_gather) == 1
+            else:
+                del self._pending[key]
+                del self._keys[future.key]
+        if gather:
+            self._gatherer.submit(self._gather)
         events = self._events
         assert events is not None
         spec = pending.spec
-        status = future.status
         if status == "finished":
-            duration, nbytes = self._stats.pop(key, (0.0, None))  # type: ignore[arg-type]
             if not spec.want_result:
+                duration, nbytes = self._stats.pop(key, (0.0, None))
                 events.task_finished(key, spec.worker, duration, nbytes)
-                return
-            try:
-                value = future.result()
-            except Exception as exc:
-                self._drop(key, future)
-                error = unpickling_error(spec.label, "result", exc)
-                events.task_failed(key, spec.worker, error, duration)
-                return
-            events.task_finished(key, spec.worker, duration, nbytes, value)
             return
         if status == "error":
             try:
@@ -447,9 +466,40 @@ class DaskTransport(Transport):
         self._drop(key, future)
         if status != "lost":
             reason = f"the dask cluster {status} the task"
-            events.task_failed(
-                key, spec.worker, WorkerLostError(spec.label, spec.worker, reason), 0
-            )
+            error = WorkerLostError(spec.label, spec.worker, reason)
+            events.task_failed(key, spec.worker, error, 0.0)
+
+    def _gather(self) -> None:
+        """Bring the values the caller wants, all that finished meanwhile in one call."""
+        with self._lock:
+            batch, self._to_gather = self._to_gather, []
+        if not batch or self._closed:
+            return
+        events = self._events
+        assert events is not None
+        try:
+            values = self.client.gather([pending.future for pending in batch])
+        except Exception:
+            values = None  # one of them would not travel: find which, one by one
+        for i, pending in enumerate(batch):
+            spec, future = pending.spec, pending.future
+            with self._lock:
+                if self._pending.get(spec.key) is not pending:
+                    continue  # cancelled while it travelled
+                del self._pending[spec.key]
+                self._keys.pop(future.key, None)
+            duration, nbytes = self._stats.pop(spec.key, (0.0, None))
+            if values is not None:
+                value = values[i]
+            else:
+                try:
+                    value = future.result()
+                except Exception as exc:
+                    self._drop(spec.key, future)
+                    error = unpickling_error(spec.label, "result", exc)
+                    events.task_failed(spec.key, spec.worker, error, duration)
+                    continue
+            events.task_finished(spec.key, spec.worker, duration, nbytes, value)
 
     def _failed(self, spec: TaskSpec, exc: BaseException | None, inputs: tuple[Key, ...]) -> None:
         events = self._events
@@ -474,7 +524,7 @@ class DaskTransport(Transport):
         with self._lock:
             if self._futures.get(key) is future:
                 del self._futures[key]
-                del self._where[key]
+                del self._made[key]
         future.release()
 
 
