@@ -263,7 +263,9 @@ def test_worker_added_mid_run_gets_work() -> None:
     ):
         first = set(client.scheduler_info(n_workers=-1)["workers"])
         seen = Seen()
-        nodes = [Op(dask_tasks.sleep_then, 0.2, i) for i in range(30)]
+        # Nothing queued on a worker beyond the task it runs (prefetch=0): the tasks wait
+        # in dispatcher's queue, for whichever worker is free first, the new one included.
+        nodes = [Op(dask_tasks.sleep_then, 0.25, i) for i in range(40)]
 
         def grow() -> None:
             wait_for(lambda: bool(seen.started))
@@ -272,7 +274,9 @@ def test_worker_added_mid_run_gets_work() -> None:
         grower = threading.Thread(target=grow)
         grower.start()
         try:
-            assert run(nodes, executor="dask", client=client, plugins=[seen]) == list(range(30))
+            assert run(nodes, executor="dask", client=client, prefetch=0, plugins=[seen]) == list(
+                range(40)
+            )
         finally:
             grower.join()
         assert {w for _, w in seen.started} - first, "the new worker got no task"

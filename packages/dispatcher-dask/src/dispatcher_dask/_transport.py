@@ -1,19 +1,22 @@
-"""The dask transport: dispatcher's tasks as dask futures, pinned where dispatcher places them.
+"""The dask transport: dispatcher's tasks as dask tasks, pinned where dispatcher places them.
 
 dispatcher's scheduler decides what runs where; dask.distributed moves the values and runs
-the calls. Each task becomes one ``client.submit`` of :func:`~dispatcher_dask._task.run_task`
-pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's own
-retries off: dispatcher's retries and lineage recovery are the only ones. Its inputs are
-passed as the futures of earlier results, so dask fetches them worker to worker; a result
-stays on its worker until :meth:`DaskTransport.free` releases its future, and only the
-results the caller wants are gathered.
+the calls. Each task becomes a dask task calling :func:`~dispatcher_dask._task.run_task`,
+pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's
+own retries off: dispatcher's retries and lineage recovery are the only ones. The tasks of
+one :meth:`~DaskTransport.submit` go as one low-level graph per worker. Inputs are the
+futures of earlier results, so dask fetches them worker to worker; a result stays on its
+worker until :meth:`~DaskTransport.free` releases its future, and only the values the
+caller wants are gathered, in batches.
 
 Workers are named by their address: a worker restarted by its nanny comes back under a new
 one, as a new worker. Arrivals and departures come from the scheduler's ``all`` event topic.
 dask does not give up on a task pinned to a worker that is gone (it waits in "no-worker"),
-so on a departure this transport cancels every task pinned there and every result held
+so on a departure this transport releases every task pinned there and every result held
 there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
-results as having lost their inputs: dispatcher recomputes what is needed.
+results as having lost their inputs: dispatcher recomputes what is needed. A task released
+by its only client is forgotten by dask's scheduler; one already running finishes its call
+in its worker thread (threads cannot be interrupted), and its result is dropped.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["DaskTransport"]
 
 from ._capabilities import CAPABILITIES
+
+# While tasks keep coming, send them at most this often: a batch per interval.
+SEND_INTERVAL = 0.002
 
 # How long a worker announced by the scheduler may take to appear in its worker table
 # (the announcement is sent before the worker is registered).
@@ -113,13 +119,19 @@ class DaskTransport(Transport):
         self._pending: dict[Key, _Pending] = {}
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
         self._stats: dict[Key, tuple[float, int | None]] = {}
-        # Cluster events and cancellations are handled here, in order, off dask's loop
-        # (they make blocking client calls) and off the scheduler's thread.
+        # Cluster events are handled here, in order, off dask's loop (they make blocking
+        # client calls) and off the scheduler's thread.
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
         # Values the caller wants travel in batches: one gather while the next fills.
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[_Pending] = []
         self._closed = False
+        self._outbox: list[TaskSpec] = []
+        self._outbox_ready = threading.Condition(threading.Lock())
+        self._sending = threading.Lock()
+        self._sending_thread = threading.Thread(
+            target=self._sender, name="dispatcher-dask-send", daemon=True
+        )
 
     # -- the SPI ---------------------------------------------------------------------------
 
@@ -134,15 +146,53 @@ class DaskTransport(Transport):
         self._events = events
         client = self._connect()
         self._client = client
-        return self._control.submit(self._watch, client).result()
+        workers = self._control.submit(self._watch, client).result()
+        self._sending_thread.start()
+        return workers
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        # dask's scheduler pays for each graph it is sent about as much as for each task
+        # in it: tasks wait here for the sender thread, which sends at most one graph per
+        # worker every SEND_INTERVAL while tasks keep coming, and at once otherwise.
+        with self._outbox_ready:
+            self._outbox.extend(tasks)
+            self._outbox_ready.notify()
+
+    def _sender(self) -> None:
+        """The sender thread: sends what :meth:`submit` queued, in batches."""
+        last = 0.0
+        while True:
+            with self._outbox_ready:
+                while not self._outbox and not self._closed:
+                    self._outbox_ready.wait()
+                if self._closed:
+                    return
+            wait = last + SEND_INTERVAL - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with self._sending:
+                with self._outbox_ready:
+                    batch, self._outbox = self._outbox, []
+                if self._closed:
+                    return
+                try:
+                    self._send(batch)
+                except Exception as exc:  # the client is gone: report, do not hang the run
+                    if self._closed:
+                        return
+                    assert self._events is not None
+                    for spec in batch:
+                        if spec.key not in self._made:
+                            error = WorkerLostError(spec.label, spec.worker, f"dask: {exc}")
+                            self._events.task_failed(spec.key, spec.worker, error, 0.0)
+            last = time.monotonic()
+
+    def _send(self, tasks: Sequence[TaskSpec]) -> None:
+        """Send ``tasks`` to dask: one low-level graph per worker."""
         from dask._task_spec import Task
 
         events = self._events
         assert events is not None
-        # One low-level graph per worker, not one message per task: dask's scheduler pays
-        # per graph as much as per task.
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
         for spec in tasks:
@@ -203,8 +253,15 @@ class DaskTransport(Transport):
         client = self.client
         for worker, graph in graphs.items():
             keys = list(graph)
+            # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks
+            # of earlier submissions first, as they were sent.
             futures = client.get(
-                graph, keys, workers=[worker], allow_other_workers=False, sync=False
+                graph,
+                keys,
+                workers=[worker],
+                allow_other_workers=False,
+                fifo_timeout=0,
+                sync=False,
             )
             submitted.update(zip(keys, futures))
         released: list[Future] = []
@@ -241,26 +298,32 @@ class DaskTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         dropped: list[Future] = []
-        with self._lock:
+        cancelled = {id(spec) for spec in tasks}
+        with self._outbox_ready:  # not sent yet: never will be
+            self._outbox = [spec for spec in self._outbox if id(spec) not in cancelled]
+        # A batch being sent is registered when the send returns: wait for that.
+        with self._sending, self._lock:
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
                     continue
                 dropped.append(self._futures[spec.key])
                 self._forget(spec.key)
-        if dropped:
-            # Releasing drops a queued task at once; ``cancel`` also tells the worker to
-            # abandon a running one (its thread still runs the call to its end).
-            client = self.client
-            for future in dropped:
-                future.release()
-            self._control.submit(self._cancel, client, [f.key for f in dropped])
+        # Released by its only client, a task is forgotten by the scheduler: a queued one
+        # never runs, a running one is abandoned (its thread runs the call to its end:
+        # dask cannot interrupt it).
+        for future in dropped:
+            future.release()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        with self._outbox_ready:
+            self._outbox.clear()
+            self._outbox_ready.notify()
+        with self._sending, self._lock:  # after a send in progress has registered its tasks
             futures = list(self._futures.values())
             self._futures.clear()
             self._made.clear()
@@ -269,12 +332,8 @@ class DaskTransport(Transport):
         client, cluster = self._client, self._cluster
         try:
             if client is not None:
-                keys = [f.key for f in futures]
                 for future in futures:
                     future.release()
-                with contextlib.suppress(Exception):
-                    if keys and client.status == "running":
-                        client.cancel(keys, force=True)
                 with contextlib.suppress(Exception):
                     client.unsubscribe_topic("all")
                 if self._stats_topic is not None:
@@ -391,13 +450,14 @@ class DaskTransport(Transport):
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
-            gone = [k for k, maker in self._made.items() if maker.worker == address]
-            held = {k for k in gone if k not in self._pending}
+            gone = {k for k, maker in self._made.items() if maker.worker == address}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
                 self._forget(k)
+            # Tasks elsewhere that read a result made there (or still being made there,
+            # for a task sent before its input was ready) will never get it.
             for k, pending in list(self._pending.items()):
-                missing = [d for d in pending.inputs if d in held]
+                missing = [d for d in pending.inputs if d in gone]
                 if missing:
                     orphans.append((k, pending.spec.worker, missing))
                     dropped.append(pending.future)
@@ -410,12 +470,6 @@ class DaskTransport(Transport):
         # Pinned to a worker that is gone, they would wait for it forever.
         for future in dropped:
             future.release()
-        self._cancel(self.client, [f.key for f in dropped])
-
-    def _cancel(self, client: Client, dask_keys: list[str]) -> None:
-        if dask_keys and not self._closed:
-            with contextlib.suppress(Exception):
-                client.cancel(dask_keys, force=True)
 
     def _forget(self, key: Key) -> None:
         """Drop every record of ``key``; the caller holds the lock."""
