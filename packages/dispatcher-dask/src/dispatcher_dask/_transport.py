@@ -407,7 +407,8 @@ class DaskTransport(Transport):
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
         key, duration, nbytes = event[1]
-        self._stats[key] = (duration, nbytes)
+        if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
+            self._stats[key] = (duration, nbytes)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
@@ -475,6 +476,7 @@ class DaskTransport(Transport):
         """Drop every record of ``key``; the caller holds the lock."""
         future = self._futures.pop(key, None)
         self._made.pop(key, None)
+        self._stats.pop(key, None)
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._keys.pop(pending.future.key, None)
