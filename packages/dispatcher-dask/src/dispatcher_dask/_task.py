@@ -25,15 +25,17 @@ from typing import Any
 import cloudpickle
 
 from dispatcher.transport import (
+    TaskSpec,
     WireError,
     call_task,
     capture_error,
+    dumps_for,
     serialization_error,
     size_of,
     unpickling_error,
 )
 
-__all__ = ["TaskFailure", "dumps", "run_task"]
+__all__ = ["TaskFailure", "dumps", "pack", "run_task"]
 
 
 def dumps(obj: Any) -> bytes:
@@ -63,6 +65,14 @@ class TaskFailure(Exception):
         if self.error is None:
             return f"task {self.key} ran past its timeout of {self.timeout} s"
         return f"task {self.key} failed: {self.error.type_name}: {self.error.message}"
+
+
+def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
+    """The caller's side of :func:`run_task`: ``spec``'s payload, with ``inline`` the
+    values of the inputs the caller holds, by position. Raises
+    :class:`~dispatcher.SerializationError` naming the node when it does not pickle."""
+    call = (spec.func, spec.args, spec.kwargs, spec.shape, inline, spec.want_result, spec.timeout)
+    return dumps_for(spec, "function or arguments", call, dumps)
 
 
 def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) -> Any:

@@ -21,12 +21,9 @@ in its worker thread (threads cannot be interrupted), and its result is dropped.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import pickle
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +37,13 @@ from dispatcher.transport import (
     Key,
     TaskSpec,
     Transport,
-    dumps_for,
     restore_error,
     unpickling_error,
 )
 
-from ._task import TaskFailure, dumps, run_task
+from ._cluster import connect, disconnect, gather, start_local, threads_of
+from ._outbox import Outbox
+from ._task import TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -54,11 +52,10 @@ __all__ = ["DaskTransport"]
 
 from ._capabilities import CAPABILITIES
 
-# While tasks keep coming, send them at most this often: a batch per interval.
+# While tasks keep coming, send them at most this often (see _outbox).
 SEND_INTERVAL = 0.002
 
-# How long a worker announced by the scheduler may take to appear in its worker table
-# (the announcement is sent before the worker is registered).
+# How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
 
 
@@ -90,12 +87,7 @@ class DaskTransport(Transport):
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
-        if address is not None and client is not None:
-            raise TypeError("give the dask executor address= or client=, not both")
-        if threads_per_worker < 1:
-            raise ValueError("threads_per_worker must be at least 1")
-        if prefetch < 0:
-            raise ValueError("prefetch must be 0 or more")
+        _check(address, client, threads_per_worker, prefetch)
         self._want_workers = workers
         self._threads = threads_per_worker
         self._address = address
@@ -106,8 +98,7 @@ class DaskTransport(Transport):
         self._dashboard = dashboard_address
         self._events: EventSink | None = None
         # Keys must not collide with another client's on a shared cluster.
-        token = uuid.uuid4().hex[:8]
-        self._token = token
+        self._token = token = uuid.uuid4().hex[:8]
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._serial = itertools.count()
         self._lock = threading.Lock()
@@ -126,12 +117,7 @@ class DaskTransport(Transport):
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[_Pending] = []
         self._closed = False
-        self._outbox: list[TaskSpec] = []
-        self._outbox_ready = threading.Condition(threading.Lock())
-        self._sending = threading.Lock()
-        self._sending_thread = threading.Thread(
-            target=self._sender, name="dispatcher-dask-send", daemon=True
-        )
+        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL)
 
     # -- the SPI ---------------------------------------------------------------------------
 
@@ -147,106 +133,36 @@ class DaskTransport(Transport):
         client = self._connect()
         self._client = client
         workers = self._control.submit(self._watch, client).result()
-        self._sending_thread.start()
+        self._outbox.start()
         return workers
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        # dask's scheduler pays for each graph it is sent about as much as for each task
-        # in it: tasks wait here for the sender thread, which sends at most one graph per
-        # worker every SEND_INTERVAL while tasks keep coming, and at once otherwise.
-        with self._outbox_ready:
-            self._outbox.extend(tasks)
-            self._outbox_ready.notify()
+        self._outbox.put(tasks)
 
-    def _sender(self) -> None:
-        """The sender thread: sends what :meth:`submit` queued, in batches."""
-        last = 0.0
-        while True:
-            with self._outbox_ready:
-                while not self._outbox and not self._closed:
-                    self._outbox_ready.wait()
-                if self._closed:
-                    return
-            wait = last + SEND_INTERVAL - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            with self._sending:
-                with self._outbox_ready:
-                    batch, self._outbox = self._outbox, []
-                if self._closed:
-                    return
-                try:
-                    self._send(batch)
-                except Exception as exc:  # the client is gone: report, do not hang the run
-                    if self._closed:
-                        return
-                    assert self._events is not None
-                    for spec in batch:
-                        if spec.key not in self._made:
-                            error = WorkerLostError(spec.label, spec.worker, f"dask: {exc}")
-                            self._events.task_failed(spec.key, spec.worker, error, 0.0)
-            last = time.monotonic()
+    def _not_sent(self, tasks: Sequence[TaskSpec], exc: Exception) -> None:
+        """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
+        report them failed rather than leave the run waiting."""
+        if self._closed:
+            return
+        assert self._events is not None
+        for spec in tasks:
+            if spec.key not in self._made:
+                error = WorkerLostError(spec.label, spec.worker, f"dask: {exc}")
+                self._events.task_failed(spec.key, spec.worker, error, 0.0)
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
         """Send ``tasks`` to dask: one low-level graph per worker."""
-        from dask._task_spec import Task
-
-        events = self._events
-        assert events is not None
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
         for spec in tasks:
-            inputs: list[Future] = []
-            input_keys: list[Key] = []
-            inline: dict[int, Any] = {}
-            missing: list[Key] = []
-            given = spec.inline
-            with self._lock:
-                if spec.worker not in self._workers:
-                    # Lost since it was placed: the loss is reported, and dispatcher
-                    # retries what it had sent there.
-                    continue
-                futures = self._futures
-                for i, k in enumerate(spec.deps):
-                    if given is not None and k in given:
-                        inline[i] = given[k]
-                        continue
-                    future = futures.get(k)
-                    if future is None:
-                        missing.append(k)
-                    else:
-                        inputs.append(future)
-                        input_keys.append(k)
-            if missing:
-                events.task_inputs_lost(spec.key, spec.worker, missing)
-                continue
-            try:
-                payload = dumps_for(
-                    spec,
-                    "function or arguments",
-                    (
-                        spec.func,
-                        spec.args,
-                        spec.kwargs,
-                        spec.shape,
-                        inline,
-                        spec.want_result,
-                        spec.timeout,
-                    ),
-                    dumps,
-                )
-            except SerializationError as exc:
-                events.task_failed(spec.key, spec.worker, exc, 0.0)
-                continue
-            name = getattr(spec.func, "__name__", "task")
-            dask_key = f"{name}-{self._token}-{next(self._serial)}"
-            graph = graphs.get(spec.worker)
-            if graph is None:
-                graph = graphs[spec.worker] = {}
-            graph[dask_key] = Task(
-                dask_key, run_task, spec.key, payload, self._stats_topic, *inputs
-            )
-            made.append((spec, dask_key, tuple(input_keys)))
+            found = self._task(spec)
+            if found is not None:
+                task, reads = found
+                graph = graphs.get(spec.worker)
+                if graph is None:
+                    graph = graphs[spec.worker] = {}
+                graph[task.key] = task
+                made.append((spec, task.key, reads))
         if not made:
             return
         submitted: dict[str, Future] = {}
@@ -284,6 +200,47 @@ class DaskTransport(Transport):
         for old in released:
             old.release()
 
+    def _task(self, spec: TaskSpec) -> tuple[Any, tuple[Key, ...]] | None:
+        """The dask task for ``spec`` and the keys of the results it reads; None (and
+        reported) when it cannot be made."""
+        from dask._task_spec import Task
+
+        events = self._events
+        assert events is not None
+        inputs: list[Future] = []
+        reads: list[Key] = []
+        inline: dict[int, Any] = {}
+        missing: list[Key] = []
+        given = spec.inline
+        with self._lock:
+            if spec.worker not in self._workers:
+                # Lost since it was placed: the loss is reported, and dispatcher retries
+                # what it had sent there.
+                return None
+            futures = self._futures
+            for i, k in enumerate(spec.deps):
+                if given is not None and k in given:
+                    inline[i] = given[k]
+                    continue
+                future = futures.get(k)
+                if future is None:
+                    missing.append(k)
+                else:
+                    inputs.append(future)
+                    reads.append(k)
+        if missing:
+            events.task_inputs_lost(spec.key, spec.worker, missing)
+            return None
+        try:
+            payload = pack(spec, inline)
+        except SerializationError as exc:
+            events.task_failed(spec.key, spec.worker, exc, 0.0)
+            return None
+        name = getattr(spec.func, "__name__", "task")
+        dask_key = f"{name}-{self._token}-{next(self._serial)}"
+        task = Task(dask_key, run_task, spec.key, payload, self._stats_topic, *inputs)
+        return task, tuple(reads)
+
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         released: list[Future] = []
         with self._lock:
@@ -298,11 +255,9 @@ class DaskTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         dropped: list[Future] = []
-        cancelled = {id(spec) for spec in tasks}
-        with self._outbox_ready:  # not sent yet: never will be
-            self._outbox = [spec for spec in self._outbox if id(spec) not in cancelled]
+        self._outbox.drop(tasks)
         # A batch being sent is registered when the send returns: wait for that.
-        with self._sending, self._lock:
+        with self._outbox.sending, self._lock:
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
@@ -320,71 +275,31 @@ class DaskTransport(Transport):
             if self._closed:
                 return
             self._closed = True
-        with self._outbox_ready:
-            self._outbox.clear()
-            self._outbox_ready.notify()
-        with self._sending, self._lock:  # after a send in progress has registered its tasks
+        self._outbox.close()
+        with self._outbox.sending, self._lock:  # after a send in progress registered its tasks
             futures = list(self._futures.values())
             self._futures.clear()
             self._made.clear()
             self._pending.clear()
             self._keys.clear()
-        client, cluster = self._client, self._cluster
+        for future in futures:
+            future.release()
+        topics = ["all"] if self._stats_topic is None else ["all", self._stats_topic]
         try:
-            if client is not None:
-                for future in futures:
-                    future.release()
-                with contextlib.suppress(Exception):
-                    client.unsubscribe_topic("all")
-                if self._stats_topic is not None:
-                    with contextlib.suppress(Exception):
-                        client.unsubscribe_topic(self._stats_topic)
-                if self._own_client:
-                    client.close()
+            disconnect(self._client, topics, self._own_client, self._cluster)
         finally:
-            try:
-                if cluster is not None:
-                    cluster.close()
-            finally:
-                self._control.shutdown(wait=False, cancel_futures=True)
-                self._gatherer.shutdown(wait=False, cancel_futures=True)
+            self._control.shutdown(wait=False, cancel_futures=True)
+            self._gatherer.shutdown(wait=False, cancel_futures=True)
 
     # -- connecting and watching the cluster -----------------------------------------------
 
     def _connect(self) -> Client:
-        from distributed import Client, LocalCluster
-
         if self._client is not None:
             return self._client
-        address = self._address
-        if address is not None:
-            if address.endswith(".json") or os.path.isfile(address):
-                client = Client(scheduler_file=address, set_as_default=False)
-            else:
-                client = Client(address, set_as_default=False)
-            if self._want_workers:
-                try:
-                    client.wait_for_workers(self._want_workers)
-                except BaseException:
-                    client.close()
-                    raise
-            return client
-        n = self._want_workers or _cpus()
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=self._threads,
-            processes=True,
-            dashboard_address=self._dashboard,
-            # Without a dashboard the scheduler still serves /health: on any free port,
-            # not the dashboard's usual one.
-            scheduler_kwargs=None if self._dashboard else {"dashboard_address": ":0"},
-        )
-        self._cluster = cluster
-        try:
-            return Client(cluster, set_as_default=False)
-        except BaseException:
-            cluster.close()
-            raise
+        if self._address is not None:
+            return connect(self._address, self._want_workers)
+        self._cluster, client = start_local(self._want_workers, self._threads, self._dashboard)
+        return client
 
     def _watch(self, client: Client) -> dict[str, int]:
         """On the control thread: subscribe to the cluster's events, then take its
@@ -428,15 +343,8 @@ class DaskTransport(Transport):
         with self._lock:
             if address in self._workers:
                 return
-        nthreads = self._threads
-        deadline = time.monotonic() + _ANNOUNCE_SECONDS
-        while time.monotonic() < deadline and not self._closed:
-            info = self.client.scheduler_info(n_workers=-1)["workers"].get(address)
-            if info is not None:
-                nthreads = info.get("nthreads", nthreads)
-                break
-            time.sleep(0.05)
-        else:
+        nthreads = threads_of(self.client, address, _ANNOUNCE_SECONDS)
+        if nthreads is None:
             return  # gone again before it was ever registered
         slots = self._slots(nthreads)
         with self._lock:
@@ -517,7 +425,12 @@ class DaskTransport(Transport):
             except Exception as err:  # the exception itself could not be brought back
                 raised = err
             self._drop(key, future)
-            self._failed(spec, raised, pending.inputs)
+            if isinstance(raised, TaskFailure) and raised.key in pending.inputs:
+                # An input failed after this task was sent: dispatcher decides its fate.
+                events.task_inputs_lost(key, spec.worker, [raised.key])
+            else:
+                duration = raised.duration if isinstance(raised, TaskFailure) else 0.0
+                events.task_failed(key, spec.worker, restored(spec, raised), duration)
             return
         self._drop(key, future)
         if status != "lost":
@@ -533,11 +446,8 @@ class DaskTransport(Transport):
             return
         events = self._events
         assert events is not None
-        try:
-            values = self.client.gather([pending.future for pending in batch])
-        except Exception:
-            values = None  # one of them would not travel: find which, one by one
-        for i, pending in enumerate(batch):
+        values = gather(self.client, [pending.future for pending in batch])
+        for pending, (ok, value) in zip(batch, values):
             spec, future = pending.spec, pending.future
             with self._lock:
                 if self._pending.get(spec.key) is not pending:
@@ -545,36 +455,12 @@ class DaskTransport(Transport):
                 del self._pending[spec.key]
                 self._keys.pop(future.key, None)
             duration, nbytes = self._stats.pop(spec.key, (0.0, None))
-            if values is not None:
-                value = values[i]
+            if ok:
+                events.task_finished(spec.key, spec.worker, duration, nbytes, value)
             else:
-                try:
-                    value = future.result()
-                except Exception as exc:
-                    self._drop(spec.key, future)
-                    error = unpickling_error(spec.label, "result", exc)
-                    events.task_failed(spec.key, spec.worker, error, duration)
-                    continue
-            events.task_finished(spec.key, spec.worker, duration, nbytes, value)
-
-    def _failed(self, spec: TaskSpec, exc: BaseException | None, inputs: tuple[Key, ...]) -> None:
-        events = self._events
-        assert events is not None
-        if isinstance(exc, TaskFailure):
-            if exc.key != spec.key and exc.key in inputs:
-                # An input failed after this task was sent: dispatcher decides its fate.
-                events.task_inputs_lost(spec.key, spec.worker, [exc.key])
-                return
-            if exc.error is None:
-                assert exc.timeout is not None
-                error: BaseException = TaskTimeoutError(spec.label, exc.timeout)
-            else:
-                error = restore_error(exc.error, spec.label, pickle.loads)
-            events.task_failed(spec.key, spec.worker, error, exc.duration)
-            return
-        # dask's own failure (a worker that died three times, a lost connection...).
-        error = RemoteError(type(exc).__qualname__, str(exc), "")
-        events.task_failed(spec.key, spec.worker, error, 0.0)
+                self._drop(spec.key, future)
+                error = unpickling_error(spec.label, "result", value)
+                events.task_failed(spec.key, spec.worker, error, duration)
 
     def _drop(self, key: Key, future: Future) -> None:
         with self._lock:
@@ -584,8 +470,21 @@ class DaskTransport(Transport):
         future.release()
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
+    """The error to report for ``spec`` from what its dask future raised."""
+    if isinstance(exc, TaskFailure):
+        if exc.error is None:
+            assert exc.timeout is not None
+            return TaskTimeoutError(spec.label, exc.timeout)
+        return restore_error(exc.error, spec.label, pickle.loads)
+    # dask's own failure (a worker that died three times, a lost connection...).
+    return RemoteError(type(exc).__qualname__, str(exc), "")
+
+
+def _check(address: str | None, client: Client | None, threads: int, prefetch: int) -> None:
+    if address is not None and client is not None:
+        raise TypeError("give the dask executor address= or client=, not both")
+    if threads < 1:
+        raise ValueError("threads_per_worker must be at least 1")
+    if prefetch < 0:
+        raise ValueError("prefetch must be 0 or more")
