@@ -140,7 +140,7 @@ def test_sizes_and_durations_are_reported(dask_client: Any) -> None:
 
 
 def test_existing_client_is_used_and_left_open(dask_client: Any, tmp_path: Path) -> None:
-    assert run([Op(dask_tasks.total, 1, 2)], executor="dask", client=dask_client) == [3]
+    assert run([Op(dask_tasks.total, 1, 2)], executor="dask", client=dask_client, workers=2) == [3]
     assert dask_client.status == "running"
     assert dask_client.submit(dask_tasks.total, 4, 5).result() == 9
     # A scheduler file, as dask-mpi and dask-jobqueue write them, works as an address.

@@ -308,7 +308,8 @@ class DaskTransport(Transport):
         client.subscribe_topic("all", lambda event: control.submit(self._on_cluster, event[1]))
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
-        if self._own_client and self._want_workers:
+        if not self._own_client and self._want_workers:
+            # A given client's cluster may still be growing (see connect() for address=).
             client.wait_for_workers(self._want_workers)
         info = client.scheduler_info(n_workers=-1)["workers"]
         with self._lock:
