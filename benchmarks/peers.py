@@ -22,6 +22,7 @@ PEERS = (
     "dask-delayed-threads",
     "dask-delayed-processes",
     "distributed",
+    "distributed-delayed",
     "ppe",
     "mpi4py-futures",
 )
@@ -134,6 +135,26 @@ def make(key: str) -> Runner | None:
                     cluster.close()
 
             return _fresh_dask_graph, lambda graph: client.get(*graph), Handle()
+        if key == "distributed-delayed":
+            # dask.delayed on a cluster of the same shape (pure=False: fresh keys per build).
+            import dask
+            from distributed import Client, LocalCluster
+
+            cluster = LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            client = Client(cluster)
+
+            class DelayedHandle:
+                def close(self) -> None:
+                    client.close()
+                    cluster.close()
+
+            return (
+                _delayed,
+                lambda d: dask.compute(*d, scheduler=client),
+                DelayedHandle(),
+            )
         if key == "ppe":
             driver = PoolDriver(2)
             return PoolDriver.build, driver.execute, driver

@@ -1,6 +1,6 @@
 """Run every workload on every dispatcher executor and installed peer, in one run.
 
-    python benchmarks/run.py [--executors sync,async0,async,mp,mpi] [--peers ...]
+    python benchmarks/run.py [--executors sync,async0,async,mp,mpi,dask] [--peers ...]
                              [--workloads W1,...] [--quick] [--repeat N] [--json]
 
 Prints a Markdown table: build and run time (medians), microseconds per task, and the
@@ -34,6 +34,8 @@ EXECUTORS = {
     "async": ("async", {}),
     "mp": ("mp", {"workers": 2}),
     "mp1": ("mp", {"workers": 2, "prefetch": 1}),  # at most one task queued per worker
+    # A LocalCluster of the shape of the "distributed" peers': 2 processes, 1 thread each.
+    "dask": ("dask", {"workers": 2, "threads_per_worker": 1}),
 }
 
 
@@ -386,7 +388,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--executors", default="sync,async0,async,mp,mpi")
+    parser.add_argument("--executors", default="sync,async0,async,mp,mpi,dask")
     parser.add_argument("--peers", default=",".join(peers.PEERS))
     parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8,move")
     parser.add_argument(

@@ -142,17 +142,18 @@ class ExecutorFaults(ExecutorHarness):
     def _require_abandoning(self) -> int:
         """How many tasks the next run must get running at once while abandoned work is
         still blocked: every worker's worth (two) where the backend can take a worker back
-        from a running task (it interrupts it, or stops and replaces the worker); one
-        where it cannot (an MPI rank is kept, not killed), so the next run must at least
-        go on with the workers that are free instead of waiting."""
+        from a running task (``interrupts_running_tasks``: it stops the task, or stops and
+        replaces its worker); one where it cannot (an MPI rank or a dask thread is kept,
+        not killed), so the next run must at least go on with the workers that are free
+        instead of waiting."""
         caps = self.capabilities
-        if caps.interrupts_running_tasks or caps.survives_worker_loss:
+        if caps.interrupts_running_tasks:
             return 2
         if caps.separate_processes:
             return 1
         pytest.skip(
-            f"the {self.executor!r} executor declares neither interrupts_running_tasks, "
-            f"survives_worker_loss nor separate_processes: a running task keeps its worker"
+            f"the {self.executor!r} executor declares neither interrupts_running_tasks nor "
+            f"separate_processes: a running task keeps its worker"
         )
 
     def _meet(self, log: str, count: int) -> list[Op]:

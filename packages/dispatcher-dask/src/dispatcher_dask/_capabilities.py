@@ -1,0 +1,10 @@
+"""What the dask transport can do, importable without loading distributed."""
+
+from __future__ import annotations
+
+from dispatcher.transport import Capabilities
+
+CAPABILITIES = Capabilities(survives_worker_loss=True, separate_processes=True)
+"""Workers lost are survived (dispatcher recomputes what they held); tasks run in the
+workers' processes; a running task is not interrupted (a thread cannot be stopped), so a
+task over its timeout fails when it returns."""

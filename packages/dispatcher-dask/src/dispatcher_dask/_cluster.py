@@ -1,0 +1,107 @@
+"""Reaching a dask cluster: an existing one by address or scheduler file, or a local one
+started for the executor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+
+def connect(address: str, workers: int | None) -> Client:
+    """A client of the scheduler at ``address`` (``tcp://host:port``, or the path of a
+    scheduler file as dask-mpi and dask-jobqueue write them), once it has ``workers``."""
+    from distributed import Client
+
+    if address.endswith(".json") or os.path.isfile(address):
+        client = Client(scheduler_file=address, set_as_default=False)
+    else:
+        client = Client(address, set_as_default=False)
+    if workers:
+        try:
+            client.wait_for_workers(workers)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
+def start_local(
+    workers: int | None, threads_per_worker: int, dashboard_address: str | None
+) -> tuple[LocalCluster, Client]:
+    """A ``LocalCluster`` of worker processes (default: one per CPU this process may use)
+    and a client of it."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers or _cpus(),
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=dashboard_address,
+        # Without a dashboard the scheduler still serves /health: on any free port, not
+        # the dashboard's usual one.
+        scheduler_kwargs=None if dashboard_address else {"dashboard_address": ":0"},
+    )
+    try:
+        return cluster, Client(cluster, set_as_default=False)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def disconnect(
+    client: Client | None, topics: Sequence[str], own_client: bool, cluster: LocalCluster | None
+) -> None:
+    """Stop listening to ``topics``; close the client if it is ours, the cluster if we
+    started it."""
+    try:
+        if client is not None:
+            for topic in topics:
+                with contextlib.suppress(Exception):
+                    client.unsubscribe_topic(topic)
+            if own_client:
+                client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def gather(client: Client, futures: list[Future]) -> list[tuple[bool, Any]]:
+    """Each future's value, as ``(True, value)``, or ``(False, exception)`` for a value
+    that could not be brought back: all in one call unless one of them fails."""
+    try:
+        return [(True, value) for value in client.gather(futures)]
+    except Exception:
+        pass
+    found: list[tuple[bool, Any]] = []
+    for future in futures:
+        try:
+            found.append((True, future.result()))
+        except Exception as exc:
+            found.append((False, exc))
+    return found
+
+
+def threads_of(client: Client, address: str, seconds: float) -> int | None:
+    """The threads of the worker at ``address``, which the scheduler has announced; None
+    if it does not register within ``seconds`` (the scheduler announces a worker before
+    it registers it, and a worker may leave again at once)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        info = client.scheduler_info(n_workers=-1)["workers"].get(address)
+        if info is not None:
+            return int(info.get("nthreads", 1))
+        time.sleep(0.05)
+    return None
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,156 @@
+"""What runs on a dask worker: one dispatcher task, called the way every backend calls it.
+
+Each task reaches the worker as ``run_task(key, payload, *inputs)``: ``payload`` is the
+function, its argument template and the caller's inline values, pickled by the caller (so
+a value that does not pickle fails as that node's :class:`~dispatcher.SerializationError`
+before dask sees it); ``inputs`` are the results of earlier tasks, which dask moves from
+worker to worker itself. The task's value is returned to dask and stays on the worker.
+
+A failure is raised as :class:`TaskFailure`, carrying the exception made ready to cross
+processes (:func:`dispatcher.transport.capture_error`): the caller restores the user's own
+exception with the worker's traceback, or a :class:`~dispatcher.RemoteError` when it
+cannot be brought back. The run time and result size travel to the caller as a worker
+event on a topic named by the caller (``Worker.log_event``): one small message per task,
+ahead of dask's own completion message on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+from time import perf_counter
+from typing import Any
+
+import cloudpickle
+
+from dispatcher.remote import (
+    WireError,
+    capture_error,
+    dumps_for,
+    serialization_error,
+    size_of,
+    unpickling_error,
+)
+from dispatcher.transport import TaskSpec, call_task
+
+__all__ = ["TaskFailure", "dumps", "pack", "run_task"]
+
+
+def dumps(obj: Any) -> bytes:
+    """How the caller pickles a task's payload, and a worker an exception."""
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
+
+
+class TaskFailure(Exception):
+    """A task did not give a value: it raised, timed out, or its value would not travel.
+
+    ``key`` is the task that failed: dask hands a failure on to the tasks that were
+    waiting for its value, and the caller tells the two apart by it.
+    """
+
+    def __init__(
+        self, key: int, error: WireError | None, duration: float, timeout: float | None = None
+    ) -> None:
+        super().__init__(key, error, duration, timeout)
+        self.key = key
+        self.error = error
+        """The exception, or None when the task ran past ``timeout``."""
+        self.duration = duration
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        if self.error is None:
+            return f"task {self.key} ran past its timeout of {self.timeout} s"
+        return f"task {self.key} failed: {self.error.type_name}: {self.error.message}"
+
+
+def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
+    """The caller's side of :func:`run_task`: ``spec``'s payload, with ``inline`` the
+    values of the inputs the caller holds, by position. Raises
+    :class:`~dispatcher.SerializationError` naming the node when it does not pickle."""
+    call = (spec.func, spec.args, spec.kwargs, spec.shape, inline, spec.want_result, spec.timeout)
+    return dumps_for(spec, "function or arguments", call, dumps)
+
+
+def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) -> Any:
+    """Run one task on this worker and return its value (see the module's docstring).
+
+    ``payload`` unpickles to ``(func, args, kwargs, shape, inline, want, timeout)``:
+    ``inline`` maps the position of each input the caller held to its value; ``inputs``
+    fill the other positions in order.
+    """
+    # Failures are raised outside the ``except`` blocks that catch them: dask pickles an
+    # exception's context too (tblib), and the user's exception may refuse pickling.
+    start = perf_counter()
+    failure: TaskFailure | None = None
+    try:
+        func, args, kwargs, shape, inline, want, timeout = pickle.loads(payload)
+    except Exception as exc:
+        error = unpickling_error(key, "function or arguments", exc)
+        failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
+    if failure is not None:
+        raise failure
+    if inline:
+        given = iter(inputs)
+        values = [
+            inline[i] if i in inline else next(given) for i in range(len(inline) + len(inputs))
+        ]
+    else:
+        values = list(inputs)
+    try:
+        value = call_task(func, args, kwargs, shape, values)
+        if inspect.isawaitable(value):
+            value = _wait(value)
+    except BaseException as exc:
+        failure = TaskFailure(key, capture_error(exc, dumps), perf_counter() - start)
+    if failure is not None:
+        raise failure
+    duration = perf_counter() - start
+    if timeout is not None and duration > timeout:
+        # A thread cannot be stopped: the task fails when it returns late.
+        raise TaskFailure(key, None, duration, timeout)
+    if want:
+        failure = _check_pickles(key, value, duration)
+        if failure is not None:
+            raise failure
+    if stats_topic is not None:
+        _report(stats_topic, key, duration, size_of(value))
+    return value
+
+
+def _check_pickles(key: int, value: Any, duration: float) -> TaskFailure | None:
+    """The caller will gather ``value``: a failure naming the node if it cannot travel."""
+    try:
+        pickle.dumps(value, protocol=5, buffer_callback=_drop)
+        return None
+    except Exception:
+        pass
+    try:
+        cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
+        return None
+    except Exception as exc:
+        error = serialization_error(key, "result", value, exc)
+        return TaskFailure(key, capture_error(error, dumps), duration)
+
+
+def _drop(buffer: Any) -> None:
+    """Out-of-band buffers need not be copied to know that a value pickles."""
+
+
+def _wait(awaitable: Any) -> Any:
+    async def wait() -> Any:
+        return await awaitable
+
+    return asyncio.run(wait())
+
+
+def _report(topic: str, key: int, duration: float, nbytes: int) -> None:
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
+        return
+    worker.log_event(topic, (key, duration, nbytes))

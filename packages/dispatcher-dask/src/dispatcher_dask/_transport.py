@@ -1,0 +1,484 @@
+"""The dask transport: dispatcher's tasks as dask tasks, pinned where dispatcher places them.
+
+dispatcher's scheduler decides what runs where; dask.distributed moves the values and runs
+the calls. Each task becomes a dask task calling :func:`~dispatcher_dask._task.run_task`,
+pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's
+own retries off: dispatcher's retries and lineage recovery are the only ones. The tasks of
+one :meth:`~DaskTransport.submit` go as one low-level graph per worker. Inputs are the
+futures of earlier results, so dask fetches them worker to worker; a result stays on its
+worker until :meth:`~DaskTransport.free` releases its future, and only the values the
+caller wants are gathered, in batches.
+
+Workers are named by their address: a worker restarted by its nanny comes back under a new
+one, as a new worker. Arrivals and departures come from the scheduler's ``all`` event topic.
+dask does not give up on a task pinned to a worker that is gone (it waits in "no-worker"),
+so on a departure this transport releases every task pinned there and every result held
+there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
+results as having lost their inputs: dispatcher recomputes what is needed. A task released
+by its only client is forgotten by dask's scheduler; one already running finishes its call
+in its worker thread (threads cannot be interrupted), and its result is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from dispatcher import RemoteError, SerializationError, TaskTimeoutError, WorkerLostError
+from dispatcher.remote import restore_error, unpickling_error
+from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
+
+from ._cluster import connect, disconnect, gather, start_local, threads_of
+from ._outbox import Outbox
+from ._task import TaskFailure, pack, run_task
+
+if TYPE_CHECKING:
+    from distributed import Client, Future, LocalCluster
+
+__all__ = ["DaskTransport"]
+
+from ._capabilities import CAPABILITIES
+
+# While tasks keep coming, send them at most this often (see _outbox).
+SEND_INTERVAL = 0.002
+
+# How long a worker the scheduler announced may take to appear in its worker table.
+_ANNOUNCE_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A task submitted and not yet reported."""
+
+    spec: TaskSpec
+    future: Future
+    inputs: tuple[Key, ...]
+    """The keys of the results it reads from other tasks (not the caller's values)."""
+
+
+class DaskTransport(Transport):
+    """Runs tasks on a dask.distributed cluster: one the transport starts (a
+    ``LocalCluster`` of worker processes, closed with it), one at ``address`` (a scheduler
+    address or a scheduler file), or the one an existing ``client`` talks to."""
+
+    capabilities: ClassVar[Capabilities] = CAPABILITIES
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        threads_per_worker: int = 1,
+        address: str | None = None,
+        client: Client | None = None,
+        prefetch: int = 16,
+        dashboard_address: str | None = None,
+        stats: bool = True,
+    ) -> None:
+        _check(address, client, threads_per_worker, prefetch)
+        self._want_workers = workers
+        self._threads = threads_per_worker
+        self._address = address
+        self._client: Client | None = client
+        self._own_client = client is None
+        self._cluster: LocalCluster | None = None
+        self._prefetch = prefetch
+        self._dashboard = dashboard_address
+        self._events: EventSink | None = None
+        # Keys must not collide with another client's on a shared cluster.
+        self._token = token = uuid.uuid4().hex[:8]
+        self._stats_topic = f"dispatcher-stats-{token}" if stats else None
+        self._serial = itertools.count()
+        self._lock = threading.Lock()
+        self._workers: dict[str, int] = {}
+        self._futures: dict[Key, Future] = {}  # every result held or being computed
+        # The task that made each of those (its ``worker`` holds the result): a late
+        # cancel of that very task still finds a result it reported meanwhile.
+        self._made: dict[Key, TaskSpec] = {}
+        self._pending: dict[Key, _Pending] = {}
+        self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
+        self._stats: dict[Key, tuple[float, int | None]] = {}
+        # Cluster events are handled here, in order, off dask's loop (they make blocking
+        # client calls) and off the scheduler's thread.
+        self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
+        # Values the caller wants travel in batches: one gather while the next fills.
+        self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
+        self._to_gather: list[_Pending] = []
+        self._closed = False
+        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL)
+
+    # -- the SPI ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The dask client this transport submits through."""
+        if self._client is None:
+            raise RuntimeError("the dask transport has not been started")
+        return self._client
+
+    def start(self, events: EventSink) -> Mapping[str, int]:
+        self._events = events
+        client = self._connect()
+        self._client = client
+        workers = self._control.submit(self._watch, client).result()
+        self._outbox.start()
+        return workers
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        self._outbox.put(tasks)
+
+    def _not_sent(self, tasks: Sequence[TaskSpec], exc: Exception) -> None:
+        """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
+        report them failed rather than leave the run waiting."""
+        if self._closed:
+            return
+        assert self._events is not None
+        for spec in tasks:
+            if spec.key not in self._made:
+                error = WorkerLostError(spec.label, spec.worker, f"dask: {exc}")
+                self._events.task_failed(spec.key, spec.worker, error, 0.0)
+
+    def _send(self, tasks: Sequence[TaskSpec]) -> None:
+        """Send ``tasks`` to dask: one low-level graph per worker."""
+        graphs: dict[str, dict[str, Any]] = {}
+        made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
+        for spec in tasks:
+            found = self._task(spec)
+            if found is not None:
+                task, reads = found
+                graph = graphs.get(spec.worker)
+                if graph is None:
+                    graph = graphs[spec.worker] = {}
+                graph[task.key] = task
+                made.append((spec, task.key, reads))
+        if not made:
+            return
+        submitted: dict[str, Future] = {}
+        client = self.client
+        for worker, graph in graphs.items():
+            keys = list(graph)
+            # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks
+            # of earlier submissions first, as they were sent.
+            futures = client.get(
+                graph,
+                keys,
+                workers=[worker],
+                allow_other_workers=False,
+                fifo_timeout=0,
+                sync=False,
+            )
+            submitted.update(zip(keys, futures))
+        released: list[Future] = []
+        with self._lock:
+            for spec, dask_key, reads in made:
+                future = submitted[dask_key]
+                self._futures[spec.key] = future
+                self._made[spec.key] = spec
+                self._pending[spec.key] = _Pending(spec, future, reads)
+                self._keys[dask_key] = spec.key
+                # dask keeps an input while a task waiting for it is queued: dispatcher's
+                # last use of a result need not wait for ``free``.
+                for k in spec.last_use:
+                    maker = self._made.get(k)
+                    if maker is not None and maker.worker == spec.worker:
+                        released.append(self._futures.pop(k))
+                        del self._made[k]
+        for future in submitted.values():
+            future.add_done_callback(self._done)
+        for old in released:
+            old.release()
+
+    def _task(self, spec: TaskSpec) -> tuple[Any, tuple[Key, ...]] | None:
+        """The dask task for ``spec`` and the keys of the results it reads; None (and
+        reported) when it cannot be made."""
+        from dask._task_spec import Task
+
+        events = self._events
+        assert events is not None
+        inputs: list[Future] = []
+        reads: list[Key] = []
+        inline: dict[int, Any] = {}
+        missing: list[Key] = []
+        given = spec.inline
+        with self._lock:
+            if spec.worker not in self._workers:
+                # Lost since it was placed: the loss is reported, and dispatcher retries
+                # what it had sent there.
+                return None
+            futures = self._futures
+            for i, k in enumerate(spec.deps):
+                if given is not None and k in given:
+                    inline[i] = given[k]
+                    continue
+                future = futures.get(k)
+                if future is None:
+                    missing.append(k)
+                else:
+                    inputs.append(future)
+                    reads.append(k)
+        if missing:
+            events.task_inputs_lost(spec.key, spec.worker, missing)
+            return None
+        try:
+            payload = pack(spec, inline)
+        except SerializationError as exc:
+            events.task_failed(spec.key, spec.worker, exc, 0.0)
+            return None
+        name = getattr(spec.func, "__name__", "task")
+        dask_key = f"{name}-{self._token}-{next(self._serial)}"
+        task = Task(dask_key, run_task, spec.key, payload, self._stats_topic, *inputs)
+        return task, tuple(reads)
+
+    def free(self, worker: str, keys: Sequence[Key]) -> None:
+        released: list[Future] = []
+        with self._lock:
+            made, futures = self._made, self._futures
+            for k in keys:
+                maker = made.get(k)
+                if maker is not None and maker.worker == worker and k not in self._pending:
+                    del made[k]
+                    released.append(futures.pop(k))
+        for future in released:
+            future.release()
+
+    def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        dropped: list[Future] = []
+        self._outbox.drop(tasks)
+        # A batch being sent is registered when the send returns: wait for that.
+        with self._outbox.sending, self._lock:
+            for spec in tasks:
+                # Pending, or reported a moment ago (a report the run will never read).
+                if self._made.get(spec.key) is not spec:
+                    continue
+                dropped.append(self._futures[spec.key])
+                self._forget(spec.key)
+        # Released by its only client, a task is forgotten by the scheduler: a queued one
+        # never runs, a running one is abandoned (its thread runs the call to its end:
+        # dask cannot interrupt it).
+        for future in dropped:
+            future.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._outbox.close()
+        with self._outbox.sending, self._lock:  # after a send in progress registered its tasks
+            futures = list(self._futures.values())
+            self._futures.clear()
+            self._made.clear()
+            self._pending.clear()
+            self._keys.clear()
+        for future in futures:
+            future.release()
+        topics = ["all"] if self._stats_topic is None else ["all", self._stats_topic]
+        try:
+            disconnect(self._client, topics, self._own_client, self._cluster)
+        finally:
+            self._control.shutdown(wait=False, cancel_futures=True)
+            self._gatherer.shutdown(wait=False, cancel_futures=True)
+
+    # -- connecting and watching the cluster -----------------------------------------------
+
+    def _connect(self) -> Client:
+        if self._client is not None:
+            return self._client
+        if self._address is not None:
+            return connect(self._address, self._want_workers)
+        self._cluster, client = start_local(self._want_workers, self._threads, self._dashboard)
+        return client
+
+    def _watch(self, client: Client) -> dict[str, int]:
+        """On the control thread: subscribe to the cluster's events, then take its
+        workers (events that arrive meanwhile wait behind this call)."""
+        control = self._control
+        client.subscribe_topic("all", lambda event: control.submit(self._on_cluster, event[1]))
+        if self._stats_topic is not None:
+            client.subscribe_topic(self._stats_topic, self._on_stats)
+        if not self._own_client and self._want_workers:
+            # A given client's cluster may still be growing (see connect() for address=).
+            client.wait_for_workers(self._want_workers)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        with self._lock:
+            for address, worker in info.items():
+                self._workers[address] = self._slots(worker.get("nthreads", 1))
+            return dict(self._workers)
+
+    def _slots(self, nthreads: int) -> int:
+        return max(1, nthreads) + self._prefetch
+
+    def _on_stats(self, event: tuple[float, Any]) -> None:
+        # On dask's event loop: keep it short.
+        key, duration, nbytes = event[1]
+        if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
+            self._stats[key] = (duration, nbytes)
+
+    def _on_cluster(self, msg: Any) -> None:
+        if self._closed or not isinstance(msg, dict):
+            return
+        action = msg.get("action")
+        try:
+            if action == "add-worker":
+                self._worker_added(msg["worker"])
+            elif action == "remove-worker":
+                expected = "closed" if msg.get("expected") else "died"
+                self._worker_lost(msg["worker"], f"dask worker {expected}")
+        except Exception:  # a cluster going down while we look: nothing to report
+            if not self._closed:
+                raise
+
+    def _worker_added(self, address: str) -> None:
+        with self._lock:
+            if address in self._workers:
+                return
+        nthreads = threads_of(self.client, address, _ANNOUNCE_SECONDS)
+        if nthreads is None:
+            return  # gone again before it was ever registered
+        slots = self._slots(nthreads)
+        with self._lock:
+            if address in self._workers or self._closed:
+                return
+            self._workers[address] = slots
+        assert self._events is not None
+        self._events.worker_added(address, slots)
+
+    def _worker_lost(self, address: str, reason: str) -> None:
+        orphans: list[tuple[Key, str, list[Key]]] = []
+        with self._lock:
+            if self._workers.pop(address, None) is None:
+                return
+            gone = {k for k, maker in self._made.items() if maker.worker == address}
+            dropped = [self._futures[k] for k in gone]
+            for k in gone:
+                self._forget(k)
+            # Tasks elsewhere that read a result made there (or still being made there,
+            # for a task sent before its input was ready) will never get it.
+            for k, pending in list(self._pending.items()):
+                missing = [d for d in pending.inputs if d in gone]
+                if missing:
+                    orphans.append((k, pending.spec.worker, missing))
+                    dropped.append(pending.future)
+                    self._forget(k)
+        events = self._events
+        assert events is not None
+        events.worker_lost(address, reason)
+        for key, worker, missing in orphans:
+            events.task_inputs_lost(key, worker, missing)
+        # Pinned to a worker that is gone, they would wait for it forever.
+        for future in dropped:
+            future.release()
+
+    def _forget(self, key: Key) -> None:
+        """Drop every record of ``key``; the caller holds the lock."""
+        future = self._futures.pop(key, None)
+        self._made.pop(key, None)
+        self._stats.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._keys.pop(pending.future.key, None)
+        elif future is not None:
+            self._keys.pop(future.key, None)
+
+    # -- completions -------------------------------------------------------------------------
+
+    def _done(self, future: Future) -> None:
+        """A future settled (on dask's callback thread): report it, unless it is stale."""
+        status = future.status
+        gather = False
+        with self._lock:
+            key = self._keys.get(future.key)
+            pending = None if key is None else self._pending.get(key)
+            if key is None or pending is None or pending.future is not future:
+                return
+            if status == "finished" and pending.spec.want_result:
+                # Pending until its value is here: cancelling it meanwhile still works.
+                self._to_gather.append(pending)
+                gather = len(self._to_gather) == 1
+            else:
+                del self._pending[key]
+                del self._keys[future.key]
+        if gather:
+            self._gatherer.submit(self._gather)
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        if status == "finished":
+            if not spec.want_result:
+                duration, nbytes = self._stats.pop(key, (0.0, None))
+                events.task_finished(key, spec.worker, duration, nbytes)
+            return
+        if status == "error":
+            try:
+                raised = future.exception()
+            except Exception as err:  # the exception itself could not be brought back
+                raised = err
+            self._drop(key, future)
+            if isinstance(raised, TaskFailure) and raised.key in pending.inputs:
+                # An input failed after this task was sent: dispatcher decides its fate.
+                events.task_inputs_lost(key, spec.worker, [raised.key])
+            else:
+                duration = raised.duration if isinstance(raised, TaskFailure) else 0.0
+                events.task_failed(key, spec.worker, restored(spec, raised), duration)
+            return
+        self._drop(key, future)
+        if status != "lost":
+            reason = f"the dask cluster {status} the task"
+            error = WorkerLostError(spec.label, spec.worker, reason)
+            events.task_failed(key, spec.worker, error, 0.0)
+
+    def _gather(self) -> None:
+        """Bring the values the caller wants, all that finished meanwhile in one call."""
+        with self._lock:
+            batch, self._to_gather = self._to_gather, []
+        if not batch or self._closed:
+            return
+        events = self._events
+        assert events is not None
+        values = gather(self.client, [pending.future for pending in batch])
+        for pending, (ok, value) in zip(batch, values):
+            spec, future = pending.spec, pending.future
+            with self._lock:
+                if self._pending.get(spec.key) is not pending:
+                    continue  # cancelled while it travelled
+                del self._pending[spec.key]
+                self._keys.pop(future.key, None)
+            duration, nbytes = self._stats.pop(spec.key, (0.0, None))
+            if ok:
+                events.task_finished(spec.key, spec.worker, duration, nbytes, value)
+            else:
+                self._drop(spec.key, future)
+                error = unpickling_error(spec.label, "result", value)
+                events.task_failed(spec.key, spec.worker, error, duration)
+
+    def _drop(self, key: Key, future: Future) -> None:
+        with self._lock:
+            if self._futures.get(key) is future:
+                del self._futures[key]
+                del self._made[key]
+        future.release()
+
+
+def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
+    """The error to report for ``spec`` from what its dask future raised."""
+    if isinstance(exc, TaskFailure):
+        if exc.error is None:
+            assert exc.timeout is not None
+            return TaskTimeoutError(spec.label, exc.timeout)
+        return restore_error(exc.error, spec.label, pickle.loads)
+    # dask's own failure (a worker that died three times, a lost connection...).
+    return RemoteError(type(exc).__qualname__, str(exc), "")
+
+
+def _check(address: str | None, client: Client | None, threads: int, prefetch: int) -> None:
+    if address is not None and client is not None:
+        raise TypeError("give the dask executor address= or client=, not both")
+    if threads < 1:
+        raise ValueError("threads_per_worker must be at least 1")
+    if prefetch < 0:
+        raise ValueError("prefetch must be 0 or more")

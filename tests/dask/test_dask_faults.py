@@ -1,0 +1,299 @@
+"""The dask executor when workers die, arrive, or the run is abandoned; and what it
+reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dask_tasks
+import psutil
+import pytest
+
+from dispatcher import Op, WorkerLostError, get_executor, hookimpl, op, run
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Seen:
+    """Where each task started, what was retried, and what finished tasks reported."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Any, str]] = []
+        self.retried: list[tuple[Any, BaseException]] = []
+        self.finished: dict[Any, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    @hookimpl
+    def dispatcher_task_started(self, node: Any, worker: str) -> None:
+        with self._lock:
+            self.started.append((node, worker))
+
+    @hookimpl
+    def dispatcher_task_retried(self, node: Any, error: BaseException) -> None:
+        with self._lock:
+            self.retried.append((node, error))
+
+    @hookimpl
+    def dispatcher_task_finished(
+        self, node: Any, worker: str, duration: float, nbytes: int | None
+    ) -> None:
+        with self._lock:
+            self.finished[node] = (duration, nbytes)
+
+
+def kill_once_written(marker: Path) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs the worker whose pid a task writes to ``marker``."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        for _ in range(3000):
+            if marker.exists() and marker.read_text():
+                killed.append(int(marker.read_text()))
+                os.kill(killed[0], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, killed
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def wait_gone(pids: set[int], seconds: float = 30) -> set[int]:
+    """Those of ``pids`` still alive after up to ``seconds`` (zombies count as gone)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = set()
+        for p in pids:
+            try:
+                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def scheduler_tasks(client: Any) -> list[str]:
+    """What the scheduler holds: each task's key, state and the clients that want it."""
+    return list(
+        client.run_on_scheduler(
+            lambda dask_scheduler: [
+                f"{k} {ts.state} {ts.who_wants}" for k, ts in dask_scheduler.tasks.items()
+            ]
+        )
+    )
+
+
+def test_worker_killed_mid_run_result_still_right(tmp_path: Path, dask_client: Any) -> None:
+    """The killed worker held results a later task needs: dispatcher recomputes them,
+    reruns the task it was running, and the nanny's replacement worker gets work."""
+    address = dask_client.scheduler.address
+    before = set(dask_client.scheduler_info(n_workers=-1)["workers"])
+    marker = tmp_path / "pid"
+    parts = [Op(dask_tasks.sleep_then, 0.05, i) for i in range(6)]
+    victim = op(dask_tasks.report_pid_then_sleep, label="victim")(str(marker), 3)
+    top = Op(dask_tasks.total, *parts, Op(dask_tasks.pid, victim))
+    seen = Seen()
+    with get_executor("dask", address=address, retries=1) as ex:
+        killer, killed = kill_once_written(marker)
+        result = ex.run(top, plugins=[seen])
+        killer.join()
+        assert killed, "the victim never started"
+        assert result - sum(range(6)) != killed[0]  # it ran again, elsewhere
+        assert any(isinstance(e, WorkerLostError) for _, e in seen.retried)
+        # The nanny starts a replacement under a new address: it is a new worker, and
+        # the executor gives it work.
+        dask_client.wait_for_workers(2, timeout=60)
+        replaced = set(dask_client.scheduler_info(n_workers=-1)["workers"]) - before
+        assert replaced
+        seen = Seen()
+        assert ex.run([Op(dask_tasks.sleep_then, 0.2, i) for i in range(8)], plugins=[seen])
+        assert replaced & {w for _, w in seen.started}
+
+
+def test_sizes_and_durations_are_reported(dask_client: Any) -> None:
+    big = Op(dask_tasks.megabyte_after, 0.2)
+    seen = Seen()
+    assert run(
+        Op(dask_tasks.length, big),
+        executor="dask",
+        address=dask_client.scheduler.address,
+        plugins=[seen],
+    ) == (1 << 20)
+    duration, nbytes = seen.finished[big]
+    assert nbytes == 1 << 20
+    assert duration >= 0.2
+
+
+def test_existing_client_is_used_and_left_open(dask_client: Any, tmp_path: Path) -> None:
+    assert run([Op(dask_tasks.total, 1, 2)], executor="dask", client=dask_client, workers=2) == [3]
+    assert dask_client.status == "running"
+    assert dask_client.submit(dask_tasks.total, 4, 5).result() == 9
+    # A scheduler file, as dask-mpi and dask-jobqueue write them, works as an address.
+    path = tmp_path / "scheduler.json"
+    path.write_text(json.dumps({"address": dask_client.scheduler.address}))
+    assert run(Op(dask_tasks.total, 1, 2), executor="dask", address=str(path)) == 3
+
+
+def test_nothing_is_left_on_an_existing_cluster(dask_client: Any) -> None:
+    """A run abandoned midway (cancelled, as Ctrl-C cancels it) and a run failed fast
+    leave the cluster holding none of their tasks or results."""
+    import anyio
+
+    address = dask_client.scheduler.address
+    held = [Op(dask_tasks.sleep_then, 0, i) for i in range(4)]
+    slow = [Op(dask_tasks.sleep_then, 1.5, Op(dask_tasks.total, *held)) for _ in range(4)]
+
+    async def abandon() -> None:
+        with get_executor("dask", address=address) as ex:
+            with anyio.move_on_after(1):
+                await ex.arun(slow)
+            assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
+            with pytest.raises(ValueError, match="first"):
+                ex.run([Op(dask_tasks.total, *held), Op(fail, "first"), *slow])
+            assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
+
+    anyio.run(abandon)
+
+
+def fail(text: str) -> None:
+    raise ValueError(text)
+
+
+def wait_for(check: Any, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_fail_fast_leaves_no_cluster_process_behind() -> None:
+    """With a cluster of its own, a failed run's executor closes it: every worker and
+    nanny process is gone, the two-minute task's included."""
+    before = descendants()
+    bad = Op(fail, "first")
+    slow = Op(dask_tasks.sleep_then, 120, "slow")
+    started: list[int] = []
+    with get_executor("dask", workers=2) as ex:
+        started.extend(descendants() - before)
+        with pytest.raises(ValueError, match="first"):
+            ex.run([bad, slow])
+    assert started, "the executor started no worker process"
+    assert not wait_gone(set(started))
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from dispatcher import Op, run
+
+    def slow(x):
+        time.sleep(3600)
+
+    if __name__ == "__main__":
+        print("ready", flush=True)
+        try:
+            run([Op(slow, i) for i in range(3)], executor="dask", workers=2)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise
+    """
+)
+
+
+def test_ctrl_c_leaves_no_cluster_process_behind(tmp_path: Path) -> None:
+    script = tmp_path / "interrupted.py"
+    script.write_text(SCRIPT)
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job ignores SIGINT; the child must see it as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    workers: set[int] = set()
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        parent = psutil.Process(child.pid)
+        # Wait for the cluster: a process per worker (their nannies live in the caller).
+        assert wait_for(lambda: len(parent.children(recursive=True)) >= 2, 60)
+        time.sleep(1)  # let the tasks start
+        workers = {p.pid for p in parent.children(recursive=True)}
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:  # never leave a stuck child behind
+            child.kill()
+            child.wait()
+    assert "interrupted" in out
+    assert "KeyboardInterrupt" in err
+    assert not wait_gone(workers)
+
+
+def test_worker_added_mid_run_gets_work() -> None:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        first = set(client.scheduler_info(n_workers=-1)["workers"])
+        seen = Seen()
+        # Nothing queued on a worker beyond the task it runs (prefetch=0): the tasks wait
+        # in dispatcher's queue, for whichever worker is free first, the new one included.
+        nodes = [Op(dask_tasks.sleep_then, 0.25, i) for i in range(40)]
+
+        def grow() -> None:
+            wait_for(lambda: bool(seen.started))
+            cluster.scale(2)
+
+        grower = threading.Thread(target=grow)
+        grower.start()
+        try:
+            assert run(nodes, executor="dask", client=client, prefetch=0, plugins=[seen]) == list(
+                range(40)
+            )
+        finally:
+            grower.join()
+        assert {w for _, w in seen.started} - first, "the new worker got no task"
+
+
+def test_report_and_progress_from_a_dask_run(dask_client: Any, tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    parts = [Op(dask_tasks.sleep_then, 0.01, i) for i in range(5)]
+    assert (
+        run(
+            Op(dask_tasks.total, *parts),
+            executor="dask",
+            address=dask_client.scheduler.address,
+            progress=True,
+            report=str(report),
+        )
+        == 10
+    )
+    html = report.read_text()
+    assert "tcp://" in html  # the workers are named by their dask addresses
