@@ -142,3 +142,8 @@ def raise_unpicklable() -> None:
             raise TypeError("not today")
 
     raise LocalError("made inside the task")
+
+
+def fail_after(seconds: float) -> None:
+    time.sleep(seconds)
+    raise ValueError("failed on purpose")

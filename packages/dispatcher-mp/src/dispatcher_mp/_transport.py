@@ -36,9 +36,11 @@ from dispatcher.remote import (
     InFlight,
     Reports,
     Run,
+    Started,
     dumps,
     dumps_for,
     serialization_error,
+    start_thread,
     task_record,
 )
 from dispatcher.transport import (
@@ -59,6 +61,11 @@ __all__ = ["MpTransport"]
 
 log = logging.getLogger("dispatcher.mp")
 
+ABANDON_GRACE = 0.25
+"""Seconds a worker has to confirm it is not running a task no run wants any more (it was
+cancelled: its run failed fast, was interrupted or cancelled) before it is stopped and
+replaced, so that the next run never waits behind it."""
+
 # Arguments of these types pickle the same with pickle as with cloudpickle: they need
 # no pickle of their own.
 _PLAIN = frozenset({int, float, bool, str, type(None)})
@@ -71,6 +78,30 @@ class _Waiting:
     spec: TaskSpec
     missing: set[Key]
     payloads: dict[Key, Payload] = field(default_factory=dict)
+
+
+def is_stopped(pid: int) -> bool:
+    """Is process ``pid`` stopped (``SIGSTOP``, a debugger) or gone? Where the system
+    cannot tell, assume so."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"T", b"t", b"Z", b"X")
+
+
+class _Reports(Reports):
+    """The kit's reports; a task's own "started" replaces the clock :meth:`MpTransport.advance`
+    started for it."""
+
+    def __init__(self, transport: MpTransport, *args: Any) -> None:
+        super().__init__(*args)
+        self.unconfirmed = transport.unconfirmed
+
+    def started(self, worker: str, message: Started) -> None:
+        self.unconfirmed.pop(message.key, None)
+        super().started(worker, message)
 
 
 class MpTransport(Transport):
@@ -132,6 +163,15 @@ class MpTransport(Transport):
         self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
+        self.unconfirmed: dict[Key, TaskSpec] = {}
+        """Timed tasks whose clock runs from their turn, not from their worker saying
+        they started (see :meth:`advance`)."""
+        self.new_deadline = False
+        """A deadline was set outside the reader thread, which must be woken to see it."""
+        self.held: dict[str, list[TaskSpec]] = {}
+        """Tasks for a worker being restarted, by name, to send to its replacement."""
+        self.starting: dict[str, WorkerProcess] = {}
+        """Replacements being started, by name."""
         self.closing = False
         self._closed = False
         self.broken: str | None = None
@@ -147,14 +187,16 @@ class MpTransport(Transport):
             for i in range(self.size):
                 started.append(self.spawn(f"mp-{i}"))
             for worker in started:
-                worker.await_ready(self.start_method)
+                worker.await_ready(self.start_method, self.setup is not None)
                 self.workers[worker.name] = worker
         except BaseException:
             for worker in started:
                 kill(worker.process)
             self.close()
             raise
-        self._reader = Reader(self, Reports(self.inflight, events, self._load_result, self.free))
+        self._reader = Reader(
+            self, _Reports(self, self.inflight, events, self._load_result, self.free)
+        )
         self._reader.start()
         return {name: self.slots for name in self.workers}
 
@@ -170,6 +212,9 @@ class MpTransport(Transport):
             self._closed = True
             self.closing = True
             workers = list(self.workers.values())
+            starting = list(self.starting.values())
+        for worker in starting:
+            kill(worker.process)  # its thread sees ``closing`` and stops there
         for worker in workers:
             worker.stop()
         deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
@@ -191,12 +236,19 @@ class MpTransport(Transport):
             return
         batches: dict[str, list[tuple[Any, ...]]] = {}
         fetches: dict[str, list[Key]] = {}
+        unsent: list[TaskSpec] = []
         with self.lock:
             add = self.inflight.add
             for spec in tasks:
                 worker = self.workers.get(spec.worker)
                 if worker is None or not worker.alive:
-                    continue  # its loss is being reported; the scheduler will retry
+                    held = self.held.get(spec.worker)
+                    if held is not None:  # being restarted: it will go to the replacement
+                        add(spec)
+                        held.append(spec)
+                    else:
+                        unsent.append(spec)  # its loss is being reported
+                    continue
                 add(spec)
                 if spec.sources is None and not worker.outbox:
                     self._encode(spec, None, batches)  # every input is there or inline
@@ -218,6 +270,15 @@ class MpTransport(Transport):
                 except OSError:
                     for key in keys:
                         self.fetch_failed(key, missing=True)
+        assert self.events is not None
+        for spec in unsent:  # never sent, so not an attempt: the scheduler places it again
+            self.events.task_inputs_lost(spec.key, spec.worker, [])
+        self._wake_for_deadlines()
+
+    def _wake_for_deadlines(self) -> None:
+        if self.new_deadline and self._reader is not None:
+            self.new_deadline = False
+            self._reader.wake()
 
     def _gather_inputs(self, spec: TaskSpec, fetches: dict[str, list[Key]]) -> _Waiting:
         """The inputs ``spec`` needs from other workers: those at hand in ``payloads``,
@@ -271,6 +332,8 @@ class MpTransport(Transport):
         batches.setdefault(spec.worker, []).append(task_record(spec, token, packed, remote))
 
     def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Send each worker its tasks. Under the lock."""
+        get = self.inflight.get
         for name, tasks in batches.items():
             worker = self.workers.get(name)
             if worker is not None:
@@ -281,6 +344,35 @@ class MpTransport(Transport):
                         worker.send(forget)
                 except OSError:
                     pass  # reported as lost by the reader
+                sent = worker.sent
+                for record in tasks:
+                    spec = get(record[0], name)
+                    if spec is not None:
+                        sent[spec.key] = spec
+                self.advance(worker)
+
+    def advance(self, worker: WorkerProcess) -> None:
+        """Drop the tasks reported over from the head of ``worker.sent``. Under the lock.
+
+        A timed task at the head is running, or about to, unless its worker is frozen:
+        its clock starts now if the worker has not said it started (a frozen worker never
+        will, and its task must still time out). The worker's own "started" moves the
+        deadline to the actual start.
+        """
+        sent, inflight, name = worker.sent, self.inflight, worker.name
+        while sent:
+            key = next(iter(sent))
+            spec: TaskSpec = sent[key]
+            if inflight.get(key, name) is spec:
+                timed = spec.timeout is not None and key not in inflight.deadlines
+                if timed and not worker.abandoned:
+                    inflight.started(key, name, time.monotonic())
+                    self.unconfirmed[key] = spec
+                    self.new_deadline = True
+                return
+            del sent[key]
+            if self.unconfirmed.get(key) is spec:
+                del self.unconfirmed[key]
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
@@ -296,18 +388,49 @@ class MpTransport(Transport):
                 pass
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        """Forget these tasks. Those sent already are abandoned: the worker skips them
+        if queued, and must confirm within :data:`ABANDON_GRACE` that it is not running
+        any of them, or it is stopped and replaced (see :meth:`enforce_deadlines`)."""
         by_worker: dict[str, list[Key]] = {}
         with self.lock:
-            waiting, _ = self.inflight.cancel(tasks)
-            for spec in waiting:  # not started: skip them
-                by_worker.setdefault(spec.worker, []).append(spec.key)
+            waiting, running = self.inflight.cancel(tasks)
+            confirm_by = time.monotonic() + ABANDON_GRACE
+            for spec in (*waiting, *running):
+                worker = self.workers.get(spec.worker)
+                if worker is not None and worker.alive and spec.key in worker.sent:
+                    worker.abandoned[spec.key] = confirm_by
+                    by_worker.setdefault(spec.worker, []).append(spec.key)
             for name in {spec.worker for spec in tasks}:
                 self.send_outbox(name)  # a cancelled task may have held the others back
+                worker = self.workers.get(name)
+                if worker is not None:
+                    self.advance(worker)
         for name, keys in by_worker.items():
             try:
                 self.workers[name].send(Cancel(keys))
             except (OSError, KeyError):
                 pass
+        if by_worker:
+            self.new_deadline = True
+        self._wake_for_deadlines()
+
+    def confirmed(self, worker: WorkerProcess, keys: Sequence[Key]) -> None:
+        """``worker`` is not running these cancelled tasks (and will not)."""
+        with self.lock:
+            for key in keys:
+                worker.abandoned.pop(key, None)
+            self.advance(worker)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`enforce_deadlines` must next look: the earliest task deadline or
+        confirmation time of an abandoned task; ``None`` when there is neither."""
+        deadline = self.inflight.next_deadline()
+        with self.lock:
+            for worker in self.workers.values():
+                if worker.abandoned and worker.alive:
+                    first = min(worker.abandoned.values())
+                    deadline = first if deadline is None else min(deadline, first)
+        return deadline
 
     # -- called by the reader thread -----------------------------------------------------
 
@@ -365,53 +488,171 @@ class MpTransport(Transport):
             self.send_outbox(spec.worker)  # what queued behind it may go now
 
     def enforce_deadlines(self) -> None:
-        """Fail the tasks past their timeout, and stop the processes running them."""
-        late = self.inflight.expired(time.monotonic())
-        if not late:
-            return
+        """Fail the tasks past their timeout, and stop the processes running them; stop
+        the workers that did not confirm in time that they dropped abandoned tasks."""
+        now = time.monotonic()
+        victims: dict[str, str] = {}
         assert self.events is not None
-        victims = set()
+        with self.lock:
+            late = self.inflight.expired(now)
+            late = [spec for spec in late if not self._still_starting(spec, now)]
         for spec in late:
             # A running function cannot be stopped from outside: stop its process. The
             # node fails first, so the loss that follows does not retry it.
             assert spec.timeout is not None
             error = TaskTimeoutError(spec.label, spec.timeout)
             self.events.task_failed(spec.key, spec.worker, error, spec.timeout)
-            victims.add(spec.worker)
-        for name in victims:
-            worker = self.workers.get(name)
-            if worker is not None and worker.alive:
-                kill(worker.process)
+            victims[spec.worker] = f"stopped: {spec.label!r} ran past its timeout"
+        with self.lock:
+            for worker in self.workers.values():
+                if worker.alive and worker.abandoned and min(worker.abandoned.values()) <= now:
+                    victims.setdefault(
+                        worker.name, "stopped: it kept running a task no run wants any more"
+                    )
+        for name, why in victims.items():
+            victim = self.workers.get(name)
+            if victim is not None and victim.alive:
+                self.restart(victim, why)
+
+    def _still_starting(self, spec: TaskSpec, now: float) -> bool:
+        """Is ``spec``, expired without its worker having said it started, about to start
+        after all? Its worker may be busy getting there (loading its function, say):
+        then its clock starts again. Only a worker that cannot run (stopped) times it
+        out. Under the lock."""
+        if self.unconfirmed.pop(spec.key, None) is not spec:
+            return False
+        worker = self.workers.get(spec.worker)
+        if worker is None or not worker.alive or is_stopped(worker.process.pid):
+            return False
+        self.inflight.add(spec)
+        self.inflight.started(spec.key, spec.worker, now)
+        self.unconfirmed[spec.key] = spec
+        return True
 
     def lost(self, worker: WorkerProcess, reason: str) -> None:
         """A worker died: forget what it held, tell the scheduler, start a replacement."""
         assert self.events is not None
         with self.lock:
-            worker.alive = False
+            if not worker.alive:
+                return
             self.inflight.drop_worker(worker.name)
-            self.shipper.forget_worker(worker.name)
-            worker.outbox.clear()
-            for key in [k for k, (holder, _) in self.cache.items() if holder == worker.name]:
-                del self.cache[key]
-            # Tasks elsewhere waiting for data from the dead worker will not get it.
-            stranded = [k for k, source in self._fetch_source.items() if source == worker.name]
+            stranded = self._forget(worker)
         worker.close()
         log.warning("worker %s was lost: %s", worker.name, reason)
         self.events.worker_lost(worker.name, reason)
         with self.lock:
             for key in stranded:
                 self.fetch_failed(key, missing=True)
+        self._start_replacement(worker.name, None)
+
+    def restart(self, worker: WorkerProcess, reason: str) -> None:
+        """Stop ``worker``, which runs a task that must not go on (past its timeout, or
+        abandoned), and start another under its name.
+
+        Whatever else was out on it was queued behind that task and never started: it
+        stays out, and goes to the replacement, in order. The scheduler is not told of a
+        loss (it would count those tasks as attempts): a result the worker held that is
+        asked for later is reported lost then, and recomputed.
+        """
+        kill(worker.process)
+        with self.lock:
+            if not worker.alive:
+                return
+            name = worker.name
+            pending = [spec for spec in self.inflight.all() if spec.worker == name]
+            for spec in pending:
+                self.inflight.deadlines.pop(spec.key, None)
+                self.unconfirmed.pop(spec.key, None)
+            self.held[name] = pending
+            stranded = self._forget(worker)
+        worker.close()
+        log.warning("worker %s was restarted: %s", name, reason)
+        with self.lock:
+            for key in stranded:
+                self.fetch_failed(key, missing=True)
+        self._start_replacement(name, reason)
+
+    def _forget(self, worker: WorkerProcess) -> list[Key]:
+        """``worker`` is gone: forget what it held; return the keys other workers' tasks
+        were waiting to fetch from it. Under the lock."""
+        worker.alive = False
+        worker.sent.clear()
+        worker.abandoned.clear()
+        worker.outbox.clear()
+        self.shipper.forget_worker(worker.name)
+        for key in [k for k, (holder, _) in self.cache.items() if holder == worker.name]:
+            del self.cache[key]
+        return [k for k, source in self._fetch_source.items() if source == worker.name]
+
+    def _start_replacement(self, name: str, restarted: str | None) -> None:
+        """Start a worker in place of ``name``, off the calling thread: the reader keeps
+        serving the other workers meanwhile, however long the initializer takes.
+        ``restarted``: why it was stopped, when the scheduler was not told of a loss."""
         if self.closing:
             return
+        start_thread(
+            f"dispatcher-mp-replace-{name}",
+            lambda: self._replace(name, restarted is None),
+            lambda exc: self._not_replaced(name, restarted, exc),
+        )
+
+    def _replace(self, name: str, announce: bool) -> None:
+        with self.lock:
+            if self.closing:
+                return
+            replacement = self.spawn(name)
+            self.starting[name] = replacement  # for close() to stop if it comes first
         try:
-            replacement = self.spawn(worker.name)
-            replacement.await_ready(self.start_method)
-        except Exception as exc:
-            log.error("could not replace worker %s: %s", worker.name, exc)
+            replacement.await_ready(self.start_method, self.setup is not None)
+        except BaseException:
+            kill(replacement.process)
+            replacement.close()
+            raise
+        finally:
+            with self.lock:
+                self.starting.pop(name, None)
+                closing = self.closing
+        if closing:
+            kill(replacement.process)
+            replacement.close()
             return
         with self.lock:
-            self.workers[worker.name] = replacement
-        self.events.worker_added(worker.name, self.slots)
+            self.workers[name] = replacement
+            held = self.held.pop(name, [])
+            held = [spec for spec in held if self.inflight.get(spec.key, name) is spec]
+        if self._reader is not None:
+            self._reader.wake()
+        if held:
+            self.submit(held)
+        if announce:
+            assert self.events is not None
+            self.events.worker_added(name, self.slots)
+
+    def _not_replaced(self, name: str, restarted: str | None, error: BaseException) -> None:
+        """The replacement of ``name`` could not start. With no worker left, nothing can
+        run: say so to every task from now on."""
+        if self.closing:
+            return
+        assert self.events is not None
+        reason = f"worker {name} was lost and could not be restarted: {error}"
+        log.error("%s", reason)
+        with self.lock:
+            self.held.pop(name, None)
+            self.inflight.drop_worker(name)
+            left = any(w.alive for w in self.workers.values()) or bool(self.starting)
+            if not left and self.broken is None:
+                self.broken = f"the mp executor has no worker left: {reason}"
+        if restarted is not None:  # the scheduler still counts on it
+            self.events.worker_lost(name, f"{restarted}, and {reason}")
+        if not left:
+            self.no_workers(name)
+
+    def no_workers(self, name: str) -> None:
+        """Every worker is gone for good. The scheduler would wait for one forever: offer
+        it ``name`` again, where every task fails at once with :attr:`broken`, so that
+        each run ends with that error rather than waiting."""
+        assert self.events is not None
+        self.events.worker_added(name, self.slots)
 
     def reader_failed(self, error: BaseException) -> None:
         """The reader thread died of ``error``: nothing more will be heard from any
