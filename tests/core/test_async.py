@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import textwrap
@@ -186,3 +187,106 @@ def test_durations_are_measured(threads: int) -> None:
     run(Op(tasks.sleep_then, 0.05, 1), executor="async", threads=threads, plugins=[recorder])
     (finished,) = recorder.of("finished")
     assert finished[3] >= 0.04
+
+
+@pytest.mark.parametrize("throw", [True, False])
+def test_a_failure_on_the_loop_stops_the_rest_of_its_batch_only_when_throwing(
+    throw: bool, tmp_path: object
+) -> None:
+    # Partials may return awaitables, so with threads=0 they are submitted, all at once,
+    # and called on the loop one after the other.
+    log = str(tmp_path)
+    bad = Op(functools.partial(tasks.fail), "boom")
+    others = [Op(functools.partial(tasks.logged, log), f"other{i}", i) for i in range(5)]
+    if throw:
+        with pytest.raises(ValueError, match="boom"):
+            run([bad, *others], executor="async", threads=0)
+        assert sum(tasks.calls(log, f"other{i}") for i in range(5)) == 0
+    else:
+        results = run([bad, *others], executor="async", threads=0, throw=False)
+        assert [r.value for r in results[1:]] == list(range(5))
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_one_executor_serves_runs_on_several_loops_at_once(threads: int) -> None:
+    with get_executor("async", threads=threads) as ex:
+
+        async def one(i: int) -> int:
+            node = Op(async_inc, Op(tasks.inc, Op(async_inc, i)))
+            return await ex.arun(node)  # type: ignore[no-any-return]
+
+        async def many() -> list[int]:
+            results = [0] * 4
+
+            async def store(i: int) -> None:
+                results[i] = await one(i)
+
+            async with anyio.create_task_group() as group:
+                for i in range(4):
+                    group.start_soon(store, i)
+            return results
+
+        outcomes: list[object] = []
+
+        def in_thread(i: int) -> None:
+            outcomes.append(ex.run(Op(tasks.inc, Op(async_inc, i))))
+
+        threads_ = [threading.Thread(target=in_thread, args=(i,)) for i in range(3)]
+        for thread in threads_:
+            thread.start()
+        assert anyio.run(many) == [3, 4, 5, 6]
+        for thread in threads_:
+            thread.join()
+        assert sorted(outcomes) == [2, 3, 4]  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("executor", "options"), [("sync", {}), ("async", {"threads": 0}), ("async", {"threads": 2})]
+)
+def test_a_task_may_run_a_graph_on_the_executor_running_it(
+    executor: str, options: dict[str, int]
+) -> None:
+    # One transport serves both runs: the inner one's reports must reach the inner run.
+    with get_executor(executor, **options) as ex:
+
+        def inner(x: int) -> int:
+            return ex.run(Op(async_inc, Op(tasks.inc, Op(async_inc, x))))  # type: ignore[no-any-return]
+
+        assert ex.run(Op(async_inc, Op(inner, Op(async_inc, 0)))) == 5
+
+
+async def _raise_odd_later(kind: str) -> None:
+    await anyio.sleep(0)
+    tasks.raise_odd(kind)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["SystemExit", "GeneratorExit", "CustomBaseError"])
+def test_a_coroutine_raising_a_base_exception_fails_its_node(backend: str, kind: str) -> None:
+    """Only cancellation and KeyboardInterrupt belong to the loop; whatever else a
+    coroutine raises fails its node, and the executor serves the next run."""
+    expected = tasks.ODD_EXCEPTIONS[kind][0]
+    with get_executor("async", backend=backend) as ex:
+        bad = op(_raise_odd_later, label="odd")(kind)
+        results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+        assert isinstance(results[0].error, expected), results[0]
+        assert results[1].value == 2
+        assert ex.run(Op(tasks.inc, 2)) == 3
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_keyboard_interrupt_in_the_caller_stops_the_run(threads: int) -> None:
+    """A KeyboardInterrupt raised in the caller's thread (threads=0) is taken for Ctrl-C
+    and stops the run; raised in a pool thread, it can only be the task's, and fails its
+    node."""
+    with get_executor("async", threads=threads) as ex:
+        bad = op(tasks.raise_odd, label="interrupts")("KeyboardInterrupt")
+        if threads == 0:
+            with pytest.raises(KeyboardInterrupt):
+                ex.run([bad, Op(tasks.inc, 1)], throw=False)
+        else:
+            results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+            assert isinstance(results[0].error, KeyboardInterrupt)
+        assert ex.run(Op(tasks.inc, 2)) == 3

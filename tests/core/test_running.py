@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -140,3 +141,26 @@ def test_exports_match_all() -> None:
         "ExecutorInfo",
     ):
         assert required in dispatcher.__all__
+
+
+@pytest.mark.parametrize(
+    ("executor", "options"), [("sync", {}), ("async", {"threads": 0}), ("async", {"threads": 2})]
+)
+def test_a_run_leaves_nothing_for_the_garbage_collector(
+    executor: str, options: dict[str, int]
+) -> None:
+    # The state of a run (per-node arrays, the graph) is freed as soon as the run ends,
+    # not when the cycle collector next passes: nothing of it may sit in a cycle.
+    with get_executor(executor, **options) as ex:
+        ex.run(Op(tasks.inc, 1))
+        node = Op(tasks.inc, 0)
+        for _ in range(100):
+            node = Op(tasks.inc, node)
+        gc.collect()
+        gc.disable()
+        try:
+            assert ex.run(node) == 101
+            found = gc.collect()
+        finally:
+            gc.enable()
+    assert found == 0

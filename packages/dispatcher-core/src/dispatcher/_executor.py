@@ -1,4 +1,4 @@
-"""Executors: a transport plus the scheduler, and the loops that drive a run."""
+"""Executors: a transport, the scheduler, and a driver for each run (see ``_driver``)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._driver import KEY_BITS, Router, drive_blocking
 from ._errors import DispatcherError
 from ._hooks import Observers
 from ._options import Options
 from ._plan import Plan, Result
 from ._plugins import run_observers
 from ._scheduler import Run
-from .transport import Capabilities, Key, Transport
+from .transport import Capabilities, Transport
 
 __all__ = ["COMMON_OPTIONS", "Executor", "ExecutorInfo"]
 
 COMMON_OPTIONS = ("workers", "retries", "retry_on", "timeout")
-
-KEY_BITS = 32  # a key is (run number << KEY_BITS) | position in the run's graph
-_KEY_MASK = (1 << KEY_BITS) - 1
 
 _open_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 
@@ -65,7 +63,7 @@ class Executor:
     def __init__(
         self,
         name: str,
-        transport: Transport | None = None,
+        transport: Transport,
         *,
         retries: int = 2,
         retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
@@ -76,26 +74,21 @@ class Executor:
         self._transport = transport
         self._closed = False
         self._lock = threading.Lock()
-        self._router: _Router | None = None
-        self._workers: dict[str, int] = {}
-        if transport is not None:
-            self._router = _Router(transport)
-            self._workers = self._router.workers
-            try:
-                workers = transport.start(self._router)
-            except BaseException:
-                transport.close()
-                raise
-            for worker, slots in workers.items():
-                self._workers.setdefault(worker, slots)
+        self._router = Router(transport)
+        self._workers = self._router.workers  # kept up to date by the router
+        try:
+            workers = transport.start(self._router)
+        except BaseException:
+            transport.close()
+            raise
+        for worker, capacity in workers.items():
+            self._workers.setdefault(worker, capacity)
         _open_executors.add(self)
 
     @property
     def capabilities(self) -> Capabilities:
         """What this executor's transport can do."""
-        if self._transport is not None:
-            return self._transport.capabilities
-        return Capabilities()
+        return self._transport.capabilities
 
     @property
     def closed(self) -> bool:
@@ -118,8 +111,7 @@ class Executor:
                 return
             self._closed = True
         _open_executors.discard(self)
-        if self._transport is not None:
-            self._transport.close()
+        self._transport.close()
 
     # -- running --------------------------------------------------------------------------
 
@@ -180,9 +172,8 @@ class Executor:
             raise DispatcherError(f"the {self.name!r} executor is closed")
         plan = Plan(targets, inputs)
         observers = run_observers(plugins, progress=progress, report=report)
-        # Runs that share a transport are told apart by the high bits of their keys; a
-        # transport made for one run can use positions as keys directly.
-        base = next(_run_numbers) << KEY_BITS if self._router is not None else 0
+        # Runs that share a transport are told apart by the high bits of their keys.
+        base = next(_run_numbers) << KEY_BITS
         run = Run(plan.graph, plan.targets, plan.inputs, self.options, observers, throw, base)
         if observers.run_started is not None:
             observers.run_started(graph=plan.graph, executor=self)
@@ -191,15 +182,16 @@ class Executor:
     def _finish(self, plan: Plan, run: Run) -> Any:
         if run.error is not None:
             raise run.error
-        nodes = run.nodes
+        table = run.table
+        nodes, results = table.nodes, table.results
         if run.throw:
-            values = {nodes[p]: run.results[p] for p in run.target_positions}
+            values = {nodes[p]: results[p] for p in table.target_positions}
         else:
             values = {}
-            for p in run.target_positions:
-                error = run.errors.get(p)
+            for p in table.target_positions:
+                error = table.errors.get(p)
                 if error is None:
-                    values[nodes[p]] = Result(run.results[p], None)
+                    values[nodes[p]] = Result(results[p], None)
                 else:
                     values[nodes[p]] = Result(None, error)
         return plan.shape(values)
@@ -208,13 +200,11 @@ class Executor:
         if observers.run_finished is not None:
             observers.run_finished(graph=plan.graph, executor=self, error=error)
 
-    # -- driving: overridden by executors whose tasks run on an event loop --------------
+    # -- driving ------------------------------------------------------------------------
 
     def _drive(self, run: Run) -> None:
         """Run to the end on this thread, blocking."""
         router = self._router
-        assert router is not None
-        assert self._transport is not None
         router.attach(run)
         try:
             drive_blocking(run, self._transport, dict(self._workers))
@@ -227,8 +217,6 @@ class Executor:
 
         def drive() -> None:
             router = self._router
-            assert router is not None
-            assert self._transport is not None
             router.attach(run)
             try:
                 drive_blocking(run, self._transport, dict(self._workers), cancelled)
@@ -241,90 +229,5 @@ class Executor:
             await anyio.to_thread.run_sync(drive, abandon_on_cancel=True)
         except BaseException:
             cancelled.set()
-            run.inbox.post((-1,))  # wake the driver so it sees the cancellation
+            run.queue.wake()  # the driver sees the cancellation at once
             raise
-
-
-class RunCancelled(BaseException):
-    """Raised inside a driver whose caller went away."""
-
-
-def drive_blocking(
-    run: Run,
-    transport: Transport,
-    workers: Mapping[str, int],
-    cancelled: threading.Event | None = None,
-) -> None:
-    """The loop for transports that report from their own threads (or inline)."""
-    run.start(transport, workers)
-    inbox = run.inbox
-    try:
-        while True:
-            progressed = run.dispatch()
-            if run.remaining == 0 or run.aborted:
-                break
-            if not inbox.events:
-                if progressed:
-                    continue  # inline transports finish work inside dispatch()
-                if not run.inflight and not run.ready and run.slots:
-                    raise RuntimeError(
-                        "dispatcher's scheduler stalled: nothing is running or ready but "
-                        f"{run.remaining} nodes remain; please report this as a bug"
-                    )
-                inbox.wait(0.25)
-                if cancelled is not None and cancelled.is_set():
-                    raise RunCancelled
-                if not inbox.events:
-                    continue
-            run.process()
-            if run.finished:
-                break
-    except BaseException as exc:
-        run.abort(run.error or exc)
-        raise
-    finally:
-        run.release_all()
-
-
-class _Router:
-    """The executor's one event sink: routes each report to the run its key belongs to."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.runs: dict[int, Run] = {}
-        self.workers: dict[str, int] = {}
-
-    def attach(self, run: Run) -> None:
-        self.runs[run.base >> KEY_BITS] = run
-
-    def detach(self, run: Run) -> None:
-        self.runs.pop(run.base >> KEY_BITS, None)
-
-    def task_finished(
-        self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = ...
-    ) -> None:
-        run = self.runs.get(key >> KEY_BITS)
-        if run is None:
-            self.transport.free(worker, [key])  # its run is over: nobody wants it
-        else:
-            run.task_finished(key, worker, duration, nbytes, value)
-
-    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
-        run = self.runs.get(key >> KEY_BITS)
-        if run is not None:
-            run.task_failed(key, worker, error, duration)
-
-    def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
-        run = self.runs.get(key >> KEY_BITS)
-        if run is not None:
-            run.task_inputs_lost(key, worker, missing)
-
-    def worker_added(self, worker: str, slots: int) -> None:
-        self.workers[worker] = slots
-        for run in list(self.runs.values()):
-            run.worker_added(worker, slots)
-
-    def worker_lost(self, worker: str, reason: str) -> None:
-        self.workers.pop(worker, None)
-        for run in list(self.runs.values()):
-            run.worker_lost(worker, reason)

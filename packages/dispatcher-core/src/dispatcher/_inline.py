@@ -1,4 +1,10 @@
-"""The ``sync`` executor: the scheduler with a transport that runs each task inline."""
+"""The ``sync`` executor: every task in the calling thread.
+
+The scheduler calls plain functions itself (see :meth:`InlineTransport.runs_in_caller`);
+the rest -- coroutine functions and callables that may return an awaitable -- are
+submitted to :class:`InlineTransport`, which runs each inside :meth:`~InlineTransport.submit`
+and reports it at once.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,17 @@ from time import perf_counter
 from typing import Any
 
 from ._errors import TaskTimeoutError
-from ._executor import Executor, drive_blocking
-from ._scheduler import DirectSink, Run
+from ._executor import Executor
+from ._scheduler import Run
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
 __all__ = ["InlineTransport", "SyncExecutor", "await_blocking"]
 
 
 class InlineTransport(Transport):
-    """One worker, ``"main"``: the calling thread. Tasks run one at a time, in order,
-    inside :meth:`submit`; results stay in a dict."""
+    """One worker, ``"main"``: the thread that submits. Tasks run one at a time, in
+    order, inside :meth:`submit`; results stay in a dict. One serves every run of its
+    executor, each in the thread that drives it."""
 
     capabilities = Capabilities()
 
@@ -44,11 +51,11 @@ class InlineTransport(Transport):
         is_coroutine = self._is_coroutine
         for spec in tasks:
             key = spec.key
-            inline = spec.inline
-            if inline is None:
+            shipped = spec.inline
+            if shipped is None:
                 values = [store[k] for k in spec.deps]
             else:
-                values = [inline[k] if k in inline else store[k] for k in spec.deps]
+                values = [shipped[k] if k in shipped else store[k] for k in spec.deps]
             start = perf_counter()
             try:
                 value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
@@ -57,12 +64,14 @@ class InlineTransport(Transport):
                     coroutine = is_coroutine[spec.func] = may_return_awaitable(spec.func)
                 if coroutine and inspect.isawaitable(value):
                     value = await_blocking(value)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise  # in the caller's thread it cannot be told from Ctrl-C: stop
                 events.task_failed(key, "main", exc, perf_counter() - start)
                 continue
             duration = perf_counter() - start
             if spec.timeout is not None and duration > spec.timeout:
-                # An inline call cannot be interrupted: it fails when it returns.
+                # A call in this thread cannot be interrupted: it fails when it returns.
                 events.task_failed(
                     key, "main", TaskTimeoutError(spec.label, spec.timeout), duration
                 )
@@ -91,21 +100,14 @@ def may_return_awaitable(func: Any) -> bool:
 
 
 class SyncExecutor(Executor):
-    """Runs every task inline in the calling thread, in a deterministic order."""
+    """Runs every task in the calling thread, in a deterministic order."""
 
     def __init__(self, **options: Any) -> None:
-        super().__init__("sync", None, **options)
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return InlineTransport.capabilities
-
-    def _drive(self, run: Run) -> None:
-        transport = InlineTransport()
-        drive_blocking(run, transport, transport.start(DirectSink(run)))
+        super().__init__("sync", InlineTransport(), **options)
 
     async def _adrive(self, run: Run) -> None:
-        # Synchronous by definition: the awaiting loop waits, as for any blocking call.
+        # Synchronous by definition: the awaiting loop waits, as for any blocking call,
+        # and the tasks run in its thread like every other run's.
         self._drive(run)
 
 

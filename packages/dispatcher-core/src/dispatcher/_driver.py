@@ -1,0 +1,212 @@
+"""Driving a run: the one path by which reports reach the scheduler, and the two loops.
+
+A transport reports to its executor's :class:`Router` (the
+:class:`~dispatcher.transport.EventSink`), which posts each report, as a small tuple, to
+the :class:`EventQueue` of the run its key belongs to. A driver
+repeats :func:`step` -- hand out ready tasks, apply what was reported -- and waits on the
+queue when there is nothing to do: :func:`drive_blocking` on a thread,
+:func:`drive_async` on an event loop (for transports that report on that loop's thread).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .transport import Key, Transport
+
+if TYPE_CHECKING:
+    from ._scheduler import Run
+
+__all__ = [
+    "EV_FAILED",
+    "EV_FINISHED",
+    "EV_INPUTS_LOST",
+    "EV_WORKER_ADDED",
+    "EV_WORKER_LOST",
+    "KEY_BITS",
+    "EventQueue",
+    "Router",
+    "RunCancelled",
+    "drive_async",
+    "drive_blocking",
+    "step",
+]
+
+KEY_BITS = 32  # a key is (run number << KEY_BITS) | position in the run's graph
+_POSITION = (1 << KEY_BITS) - 1
+
+# Event kinds in the queue.
+EV_FINISHED = 0
+EV_FAILED = 1
+EV_INPUTS_LOST = 2
+EV_WORKER_ADDED = 3
+EV_WORKER_LOST = 4
+
+_NOVALUE: Any = ...
+
+
+class RunCancelled(BaseException):
+    """Raised inside a blocking driver whose caller went away."""
+
+
+class EventQueue:
+    """Reports for one run, posted from any thread, taken by its driver."""
+
+    __slots__ = ("_cond", "_sleeping", "_waker", "events")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[Any, ...]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._sleeping = False
+        self._waker: Callable[[], object] | None = None  # an async driver's, on its loop
+
+    def post(self, event: tuple[Any, ...]) -> None:
+        self.events.append(event)
+        # What wake() does, written out: a report per task comes through here.
+        if self._sleeping:
+            with self._cond:
+                self._cond.notify()
+                self._sleeping = False
+        elif self._waker is not None:
+            self._waker()
+
+    def wake(self) -> None:
+        """Make the waiting driver look again (at new events, or at why it should stop)."""
+        if self._sleeping:
+            with self._cond:
+                self._cond.notify()
+                # Once woken, the driver takes every event there: the others posted
+                # before it runs need not wake it again.
+                self._sleeping = False
+        elif self._waker is not None:
+            self._waker()
+
+    def wait(self, timeout: float | None) -> None:
+        """Block until an event is posted, :meth:`wake` is called, or ``timeout`` passes."""
+        with self._cond:
+            # Announce the sleep before looking, so a post in between is not missed.
+            self._sleeping = True
+            try:
+                if not self.events:
+                    self._cond.wait(timeout)
+            finally:
+                self._sleeping = False
+
+    async def wait_async(self) -> None:
+        """Like :meth:`wait`, awaited on the loop every post comes from."""
+        import anyio  # only drivers on an event loop need it
+
+        if self.events:
+            return
+        woken = anyio.Event()
+        self._waker = woken.set
+        try:
+            await woken.wait()
+        finally:
+            self._waker = None
+
+
+class Router:
+    """The one event sink: an executor's transport reports here, and each report goes, as
+    a small tuple with its key made a position, to the queue of the run the key belongs
+    to; workers coming and going are told to every run."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.runs: dict[int, EventQueue] = {}
+        self.workers: dict[str, int] = {}
+
+    def attach(self, run: Run) -> None:
+        self.runs[run.base >> KEY_BITS] = run.queue
+
+    def detach(self, run: Run) -> None:
+        self.runs.pop(run.base >> KEY_BITS, None)
+
+    def task_finished(
+        self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
+    ) -> None:
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is None:
+            self.transport.free(worker, [key])  # its run is over: nobody wants it
+        else:
+            queue.post((EV_FINISHED, key & _POSITION, worker, duration, nbytes, value))
+
+    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is not None:
+            queue.post((EV_FAILED, key & _POSITION, worker, error, duration))
+
+    def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
+        queue = self.runs.get(key >> KEY_BITS)
+        if queue is not None:
+            lost = [m & _POSITION for m in missing]
+            queue.post((EV_INPUTS_LOST, key & _POSITION, worker, lost))
+
+    def worker_added(self, worker: str, slots: int) -> None:
+        self.workers[worker] = slots
+        for queue in list(self.runs.values()):
+            queue.post((EV_WORKER_ADDED, worker, slots))
+
+    def worker_lost(self, worker: str, reason: str) -> None:
+        self.workers.pop(worker, None)
+        for queue in list(self.runs.values()):
+            queue.post((EV_WORKER_LOST, worker, reason))
+
+
+def step(run: Run) -> bool:
+    """One turn of a driver: apply what was reported, then hand out what is ready. True
+    when nothing more can happen until a report arrives."""
+    if run.queue.events:
+        run.apply_events()
+        if run.finished:
+            return False
+    progressed = run.dispatch()
+    if progressed or run.queue.events or run.finished:
+        return False  # tasks called in the caller may have readied others
+    if not run.table.inflight and not run.table.ready and run.placement.room:
+        raise RuntimeError(
+            "dispatcher's scheduler stalled: nothing is running or ready but "
+            f"{run.table.remaining} nodes remain; please report this as a bug"
+        )
+    return True
+
+
+def drive_blocking(
+    run: Run,
+    transport: Transport,
+    workers: Mapping[str, int],
+    cancelled: threading.Event | None = None,
+) -> None:
+    """Run to the end on this thread, blocking while reports are awaited. ``cancelled``
+    (with a :meth:`EventQueue.wake`) stops it from another thread."""
+    run.start(transport, workers)
+    wait = run.queue.wait
+    try:
+        while not run.finished:
+            if step(run):
+                wait(0.25)
+                if cancelled is not None and cancelled.is_set():
+                    raise RunCancelled
+    except BaseException as exc:
+        run.abort(run.error or exc)
+        raise
+    finally:
+        run.release_all()
+
+
+async def drive_async(run: Run, transport: Transport, workers: Mapping[str, int]) -> None:
+    """Run to the end on the current event loop; every report must come on its thread."""
+    run.start(transport, workers)
+    wait = run.queue.wait_async
+    try:
+        while not run.finished:
+            if step(run):
+                await wait()
+    except BaseException as exc:
+        run.abort(run.error or exc)
+        raise
+    finally:
+        run.release_all()

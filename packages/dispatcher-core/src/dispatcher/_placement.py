@@ -1,0 +1,183 @@
+"""Placement: which worker takes a ready task, and how much work each worker may hold.
+
+Per worker: its *capacity* (how many tasks its transport says may be assigned to it at
+once), its *room* (how many it may be assigned now: on workers that run their tasks in
+order, the queue is sized from the tasks' learned durations) and its *load* (how many it
+has). A task goes where it would finish soonest, counting the cost of moving its inputs
+and its result (:meth:`Placement.place`); a chain is sent ahead to the worker computing
+its input (:meth:`Placement.ahead`). No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ._tasks import WAITING, TaskTable
+
+__all__ = ["Placement"]
+
+# On workers that run their tasks in order, keep about this much work (by the mean task
+# duration so far) queued behind the running task: enough to hide a round trip to the
+# worker, little enough that no worker sits on a long queue while another idles.
+QUEUED_SECONDS = 0.002
+# What placement assumes before any task has reported its duration, and what moving a
+# result between workers costs: rough figures for pipes and shared memory on one machine
+# (MPI is faster on both counts); what matters is the order of magnitude.
+UNKNOWN_DURATION = 0.001
+MOVE_SECONDS = 100e-6
+MOVE_BYTES_PER_SECOND = 1e9
+
+
+def _running_mean(mean: float | None, sample: float) -> float:
+    """An exponential moving average that follows the last few dozen samples."""
+    return sample if mean is None else mean + (sample - mean) * 0.05
+
+
+class Placement:
+    """Where the tasks of one run go, over the workers its transport offers."""
+
+    def __init__(self, table: TaskTable) -> None:
+        self.table = table
+        self.room: dict[str, int] = {}
+        """Tasks each worker may be assigned now."""
+        self.capacity: dict[str, int] = {}
+        """... and at most, as its transport said."""
+        self.load: dict[str, int] = {}
+        """Tasks each worker has been assigned and not yet reported."""
+        self.single: str | None = None
+        """The only worker, when there is one: nothing to place."""
+        self.in_order = False
+        """Workers run their tasks one at a time, in order (see ``Capabilities``)."""
+        self.mean_duration: float | None = None
+        self.mean_nbytes: float | None = None  # of results whose size is known
+        self._queued = 1  # tasks queued behind the running one, on in-order workers
+
+    # -- workers --------------------------------------------------------------------------
+
+    def add_worker(self, worker: str, capacity: int) -> None:
+        self.capacity[worker] = max(1, capacity)
+        self.room[worker] = self._room_of(worker)
+        self.load.setdefault(worker, 0)
+        self._workers_changed()
+
+    def remove_worker(self, worker: str) -> None:
+        del self.room[worker]
+        del self.capacity[worker]
+        del self.load[worker]
+        self._workers_changed()
+
+    def _workers_changed(self) -> None:
+        # With one worker there is nothing to place, and inputs are always local.
+        self.single = next(iter(self.room)) if len(self.room) == 1 else None
+
+    def _room_of(self, worker: str) -> int:
+        capacity = self.capacity[worker]
+        return min(capacity, 1 + self._queued) if self.in_order else capacity
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def learn(self, duration: float, nbytes: int | None) -> None:
+        """Fold a finished task's duration (and result size, if known) into the running
+        means; resize the queues when the mean duration moved much."""
+        self.mean_duration = mean = _running_mean(self.mean_duration, duration)
+        if nbytes is not None:
+            self.mean_nbytes = _running_mean(self.mean_nbytes, nbytes)
+        if not self.in_order:
+            return
+        queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
+        queued = max(1, min(queued, 1 << 30))
+        if queued != self._queued and not (self._queued // 2 < queued < self._queued * 2):
+            self._queued = queued
+            for worker in self.room:
+                self.room[worker] = self._room_of(worker)
+
+    # -- placing --------------------------------------------------------------------------
+
+    def place(self, p: int) -> str | None:
+        """The worker where task ``p`` would finish soonest, all told: the work queued
+        there before it, moving the inputs it lacks there, and moving its result later to
+        meet the other inputs of its consumers (or theirs to it). Tiny tasks therefore
+        stay with their data, long ones spread out, and the producers of one consumer's
+        inputs gather on one worker. A worker whose queue is at its usual length takes
+        one more only when that saves a move worth the wait. None when no worker will
+        take the task now, or when waiting for room on a full one beats moving: a tiny
+        task waits behind a few others where its inputs are instead of moving them."""
+        single = self.single
+        if single is not None:
+            return single if self.load[single] < self.room[single] else None
+        load, room, capacity = self.load, self.room, self.capacity
+        open_ = [w for w in room if load[w] < capacity[w]]
+        if not open_:
+            return None
+        moving, near = self._moves(p)
+        if near is None:  # nothing to move, wherever it runs: the shortest queue
+            usual = [w for w in open_ if load[w] < room[w]]
+            return min(usual, key=load.__getitem__) if usual else None
+        mean = self.mean_duration
+        if mean is None:
+            mean = UNKNOWN_DURATION
+
+        def finish(w: str) -> tuple[float, int]:
+            return load[w] * mean + moving - near.get(w, 0.0), load[w]
+
+        best = min(open_, key=finish)
+        if len(open_) < len(room) and finish(min(room, key=finish))[0] < finish(best)[0]:
+            return None  # sooner done by waiting for room on a full worker than moving
+        # Beyond the usual queue only when the move saved outweighs the extra wait there.
+        beyond = load[best] + 1 - room[best]
+        if beyond <= 0 or near.get(best, 0.0) >= MOVE_SECONDS + beyond * mean:
+            return best
+        usual = [w for w in open_ if load[w] < room[w]]
+        return min(usual, key=finish) if usual else None
+
+    def _moves(self, p: int) -> tuple[float, dict[str, float] | None]:
+        """Seconds of moves task ``p`` would cause on a worker holding none of what it
+        weighs (its inputs, its consumers' other inputs), and what running on each
+        worker would spare of that; None for the latter when there is nothing to weigh."""
+        table = self.table
+        holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
+        weighed: list[tuple[frozenset[str], float]] = []
+        for d in deps[p]:
+            where = holders[d]
+            if where:
+                weighed.append((where, nbytes[d] or 0))
+        expected = self.mean_nbytes or 0.0
+        for j in table.dependents[p][:4]:
+            siblings = deps[j]
+            if len(siblings) > 16:
+                continue  # a reduction over many: no one home to gather near
+            for d in siblings:
+                where = holders[d]
+                if where is None:
+                    spec = inflight.get(d)
+                    if spec is None:
+                        continue
+                    where = table.held_on(spec.worker)  # still being computed there
+                weighed.append((where, min(expected, nbytes[d] or expected)))
+        if not weighed:
+            return 0.0, None
+        moving = 0.0
+        near: dict[str, float] = {}
+        for where, size in weighed:
+            cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
+            moving += cost
+            for w in where:
+                near[w] = near.get(w, 0.0) + cost
+        return moving, near
+
+    def ahead(self, p: int, worker: str) -> Iterator[int]:
+        """The dependents whose last missing input is ``p``, which ``worker`` is about to
+        compute, and theirs in turn, while ``worker`` has room: queued there right behind
+        it, a chain runs without a round trip per step. The caller assigns each one
+        yielded before asking for the next."""
+        table = self.table
+        state, waiting, dependents = table.state, table.waiting, table.dependents
+        load, room = self.load, self.room
+        stack = [p]
+        while stack:
+            for j in dependents[stack.pop()]:
+                if waiting[j] == 1 and state[j] == WAITING:
+                    if load[worker] >= room[worker]:
+                        return
+                    yield j
+                    stack.append(j)

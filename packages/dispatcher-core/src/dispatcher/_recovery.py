@@ -1,0 +1,199 @@
+"""Recovery: what happens when a task does not simply finish.
+
+The only home of the retry budget (``retries``, shared by ``retry_on`` failures and worker
+losses): a failed attempt is retried or fails, and a failure skips everything downstream;
+a worker lost takes its running tasks and the results it held, which are recomputed from
+their lineage when still needed; a task whose inputs are gone is put back (that is not
+an attempt). No I/O: tasks to cancel are left in :attr:`Recovery.to_cancel`, and the
+error that ends a fail-fast run in :attr:`Recovery.fatal`, for the run to act on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._nodes import DispatchNode
+from ._options import Options
+from ._tasks import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
+
+if TYPE_CHECKING:
+    from ._hooks import Observers
+    from ._placement import Placement
+    from ._tasks import TaskTable
+    from .transport import TaskSpec
+
+__all__ = ["Recovery"]
+
+
+class Recovery:
+    """Retries, failures, skips and recomputation for one run."""
+
+    def __init__(
+        self,
+        table: TaskTable,
+        placement: Placement,
+        options: Options,
+        observers: Observers,
+        throw: bool,
+    ) -> None:
+        self.table = table
+        self.placement = placement
+        self.retries = options.retries
+        self.retry_on = options.retry_on
+        self.throw = throw
+        self._failed_hook = observers.task_failed
+        self._retried_hook = observers.task_retried
+        self.to_cancel: list[TaskSpec] = []
+        """Tasks sent ahead of a failure: they will never run."""
+        self.fatal: BaseException | None = None
+        """The failure that ends the run (``throw=True``)."""
+
+    def _attempts_left(self, p: int) -> bool:
+        return self.table.attempts[p] <= self.retries
+
+    # -- a failed attempt -------------------------------------------------------------------
+
+    def task_failed(self, p: int, worker: str, error: BaseException) -> None:
+        """Task ``p``'s attempt on ``worker`` raised ``error``: retry it or fail it."""
+        node = self.table.nodes[p]
+        if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
+            if not isinstance(error.node, DispatchNode):
+                error.node = node  # the transport knew only the label
+        elif self.retry_on and isinstance(error, self.retry_on) and self._attempts_left(p):
+            self._retry(p, worker, error)
+            return
+        self._fail(p, worker, error)
+
+    def _retry(self, p: int, worker: str, error: BaseException) -> None:
+        if self._retried_hook is not None:
+            self._retried_hook(
+                node=self.table.nodes[p],
+                worker=worker,
+                error=error,
+                attempt=self.table.attempts[p] + 1,
+            )
+        self.table.requeue(p)
+
+    def _fail(self, p: int, worker: str, error: BaseException) -> None:
+        table = self.table
+        node = table.nodes[p]
+        state = table.state
+        state[p] = FAILED
+        table.errors[p] = error
+        table.remaining -= 1
+        if self._failed_hook is not None:
+            self._failed_hook(node=node, worker=worker, error=error)
+        if self.throw:
+            error.add_note(f"dispatcher: raised by node {node.label!r} on worker {worker!r}")
+            self.fatal = error
+            return
+        table.consume_inputs(p)
+        # Everything downstream cannot run: skip it, naming this node.
+        dependents, inflight, load = table.dependents, table.inflight, self.placement.load
+        stack = list(dependents[p])
+        while stack:
+            j = stack.pop()
+            if state[j] == RUNNING:
+                # Sent ahead to run after its input: it never will.
+                spec = inflight.pop(j, None)
+                if spec is not None:
+                    load[spec.worker] -= 1
+                    self.to_cancel.append(spec)
+            elif state[j] in TERMINAL:
+                continue
+            state[j] = SKIPPED
+            table.remaining -= 1
+            dep_error = DependencyError(table.nodes[j], node, error)
+            table.errors[j] = dep_error
+            if self._failed_hook is not None:
+                self._failed_hook(node=table.nodes[j], worker=CALLER, error=dep_error)
+            table.consume_inputs(j)
+            stack.extend(dependents[j])
+
+    # -- lost inputs and workers ------------------------------------------------------------
+
+    def inputs_lost(self, p: int, spec: TaskSpec, missing: list[int]) -> None:
+        """Task ``p`` (no longer in flight) could not start on ``spec.worker``: these
+        inputs were not where ``spec`` said. Recompute those held nowhere, then run it
+        again; this was not an attempt."""
+        table = self.table
+        table.attempts[p] -= 1
+        lost = []
+        for m in missing:
+            if table.state[m] == DONE and m not in table.caller_values:
+                for w in list(table.holders[m] or ()):
+                    if spec.sources is None or w in spec.sources:
+                        table.forget_holder(m, w)
+                if not table.holders[m]:
+                    lost.append(m)
+        table.state[p] = WAITING  # so the recomputation does not count it as waiting twice
+        self._recompute(lost, spec.worker, "inputs missing")
+        table.requeue(p)
+
+    def worker_lost(self, worker: str, reason: str) -> None:
+        """``worker`` is gone (already removed from placement): recompute the results that
+        lived only there and are still needed; retry what it ran while attempts allow."""
+        table = self.table
+        # Losses are rare: find what it ran and held by looking, rather than keeping
+        # per-worker books on every task.
+        running = sorted(p for p, spec in table.inflight.items() if spec.worker == worker)
+        held = [p for p, where in enumerate(table.holders) if where and worker in where]
+        table.frees.pop(worker, None)
+        lost: list[int] = []
+        for p in held:
+            table.forget_holder(p, worker)
+            if table.state[p] == RELEASED and table.needed[p] > 0:
+                lost.append(p)
+        self._recompute(lost, worker, reason)
+        for p in running:
+            table.inflight.pop(p, None)
+            if table.state[p] != RUNNING:
+                continue
+            error = WorkerLostError(table.nodes[p], worker, reason)
+            if self._attempts_left(p):
+                table.state[p] = WAITING
+                released = [d for d in table.deps[p] if table.state[d] == RELEASED]
+                self._recompute(released, worker, reason)
+                self._retry(p, worker, error)
+            else:
+                self._fail(p, worker, error)
+                if self.fatal is not None:
+                    return
+
+    def _recompute(self, roots: list[int], worker: str, reason: str) -> None:
+        """Run again the results in ``roots`` (lost, still needed), and whatever released
+        ancestors they need in turn: their lineage."""
+        if not roots:
+            return
+        table = self.table
+        state, deps = table.state, table.deps
+        order: list[int] = []
+        seen: set[int] = set()
+        stack = list(roots)
+        while stack:
+            p = stack.pop()
+            if p in seen or state[p] != RELEASED:
+                continue
+            seen.add(p)
+            order.append(p)
+            stack.extend(d for d in deps[p] if state[d] == RELEASED)
+        for p in order:
+            state[p] = WAITING
+            table.remaining += 1
+        needed = table.needed
+        for p in order:
+            for d in deps[p]:
+                needed[d] += 1
+        for p in sorted(order):
+            table.requeue(p)
+            if self._retried_hook is not None:
+                error = WorkerLostError(table.nodes[p], worker, f"its result was lost: {reason}")
+                self._retried_hook(
+                    node=table.nodes[p], worker=worker, error=error, attempt=table.attempts[p] + 1
+                )
+        # Dependents that counted a recomputed result as available must wait for it again.
+        for p in order:
+            for j in table.dependents[p]:
+                if j not in seen and state[j] in (WAITING, READY):
+                    table.requeue(j)

@@ -1,0 +1,96 @@
+"""The driver: the event queue, the router, and stopping a run from outside."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from dispatcher import Op
+from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router
+from dispatcher.testing import FakeTransport, fake_executor, tasks
+from dispatcher.transport import TaskSpec
+
+
+class _Run:
+    """What the router needs of a run."""
+
+    def __init__(self, number: int) -> None:
+        self.base = number << KEY_BITS
+        self.queue = EventQueue()
+
+
+@pytest.mark.timeout(30)
+def test_wake_ends_a_blocking_wait_without_an_event() -> None:
+    queue = EventQueue()
+    waiting = threading.Event()
+
+    def wait() -> None:
+        waiting.set()
+        queue.wait(None)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    waiting.wait()
+    while thread.is_alive():  # woken before it slept is missed: wake until it returns
+        queue.wake()
+        thread.join(0.05)
+    assert not queue.events
+
+
+def test_reports_go_to_the_run_their_key_belongs_to() -> None:
+    transport = FakeTransport(workers=1)
+    router = Router(transport)
+    first, second = _Run(1), _Run(2)
+    router.attach(first)
+    router.attach(second)
+    router.task_finished(second.base + 7, "fake-0", 0.5, None, "value")
+    assert list(second.queue.events) == [(EV_FINISHED, 7, "fake-0", 0.5, None, "value")]
+    assert not first.queue.events
+    router.worker_lost("fake-0", "gone")
+    for run in (first, second):
+        assert run.queue.events[-1] == (EV_WORKER_LOST, "fake-0", "gone")
+    assert "fake-0" not in router.workers
+
+
+def test_a_result_for_a_run_that_ended_is_freed() -> None:
+    transport = FakeTransport(workers=1)
+    router = Router(transport)
+    run = _Run(3)
+    router.attach(run)
+    router.detach(run)
+    router.task_finished(run.base + 1, "fake-0", 0.1, None)
+    assert transport.freed == [("fake-0", run.base + 1)]
+    assert not run.queue.events
+
+
+class _Silent(FakeTransport):
+    """Takes tasks and never reports them."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=1)
+        self.submitted = threading.Event()
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        self.batches.append([spec.label for spec in tasks])
+        self.submitted.set()
+
+
+@pytest.mark.timeout(30)
+def test_cancelling_arun_on_a_blocking_driver_cancels_its_tasks() -> None:
+    transport = _Silent()
+    with fake_executor(transport) as ex:
+
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(ex.arun, Op(tasks.inc, 1))
+                await anyio.to_thread.run_sync(transport.submitted.wait)
+                group.cancel_scope.cancel()
+
+        anyio.run(main)
+        # The driver, on its own thread, stops and abandons the task it handed out.
+        while not transport.cancelled:
+            threading.Event().wait(0.01)
+    assert len(transport.cancelled) == 1
