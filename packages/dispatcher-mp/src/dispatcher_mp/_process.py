@@ -12,17 +12,20 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 from dispatcher import DispatcherError
-from dispatcher.remote import Stop, from_wire, restore_error, to_wire
+from dispatcher.remote import Stop, from_wire, restore_error, start_thread, to_wire
 
 from . import _worker
 from ._messages import InitFailed, Initializing, Log, Output, Ready
 from ._wire import sweep
 
-__all__ = ["WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
+__all__ = ["Spawner", "WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
 
 START_TIMEOUT = 120.0
 """Seconds a new worker may take to import what it needs, run its initializer and say it
@@ -112,6 +115,55 @@ class WorkerProcess:
                     f"{start_method!r} the main module must be importable and guard "
                     "its own start-up with `if __name__ == '__main__':`"
                 )
+
+
+T = TypeVar("T")
+
+
+class Spawner:
+    """Starts the worker processes of one executor, from one thread that lives as long as
+    the executor.
+
+    A worker asks Linux to kill it when its parent dies, and for ``spawn`` and ``fork``
+    that parent is the *thread* that started it: a worker started from a thread that ends
+    first (the user's, or the one that waited for a replacement) would be killed with it.
+    """
+
+    def __init__(self) -> None:
+        self._requests: SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def call(self, start: Callable[[], T]) -> T:
+        """``start()``, run on the spawner thread; what it returns or raises."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = start_thread("dispatcher-mp-spawner", self._serve, _spawner_died)
+        future: Future[T] = Future()
+        self._requests.put((future, start))
+        return future.result()
+
+    def stop(self) -> None:
+        """End the thread (once the workers it started are gone)."""
+        with self._lock:
+            if self._thread is not None:
+                self._requests.put(None)
+                self._thread = None
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            future, start = request
+            try:
+                future.set_result(start())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+def _spawner_died(error: BaseException) -> None:
+    logging.getLogger("dispatcher.mp").error("the worker spawner thread failed: %r", error)
 
 
 def spawn(

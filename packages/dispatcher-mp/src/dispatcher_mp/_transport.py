@@ -53,7 +53,7 @@ from dispatcher.transport import (
 )
 
 from ._messages import Fetch
-from ._process import WorkerProcess, kill, spawn
+from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
 from ._wire import Payload, load, sweep
 
@@ -155,6 +155,7 @@ class MpTransport(Transport):
         # Segment names: unique to this executor, then to each worker incarnation.
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
+        self.spawner = Spawner()
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
@@ -203,7 +204,9 @@ class MpTransport(Transport):
     def spawn(self, name: str) -> WorkerProcess:
         """Start (not wait for) a worker process named ``name``."""
         prefix = f"{self.prefix}{next(self._generation)}-"
-        return spawn(self.context, name, prefix, self.shared_memory, self.setup)
+        return self.spawner.call(
+            lambda: spawn(self.context, name, prefix, self.shared_memory, self.setup)
+        )
 
     def close(self) -> None:
         with self.lock:
@@ -226,6 +229,7 @@ class MpTransport(Transport):
             worker.conn.close()
         if self._reader is not None:
             self._reader.stop()
+        self.spawner.stop()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
