@@ -161,3 +161,10 @@ def hang_if_exists(path: str) -> None:
         with open(path, "w") as f:
             f.write(str(os.getpid()))
         time.sleep(3600)
+
+
+def nested_run(executor: str) -> Any:
+    """Run a small graph from inside a task."""
+    from dispatcher import Op, run
+
+    return run(Op(total, 1, 2), executor=executor)

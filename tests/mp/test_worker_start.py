@@ -88,3 +88,10 @@ def test_workers_outlive_the_thread_that_made_their_executor() -> None:
     with made["ex"] as ex:
         time.sleep(0.5)  # a worker killed with its thread is noticed by now
         assert ex.run(Op(mp_tasks.pid)) == made["pid"]
+
+
+def test_an_mp_executor_inside_an_mp_task_says_what_to_use_instead() -> None:
+    with get_executor("mp", workers=1, retries=0) as ex:
+        with pytest.raises(DispatcherError, match="executor='sync' or 'async'"):
+            ex.run(Op(mp_tasks.nested_run, "mp"))
+        assert ex.run(Op(mp_tasks.nested_run, "sync")) == 3

@@ -52,6 +52,7 @@ from dispatcher.transport import (
     Transport,
 )
 
+from . import _worker
 from ._messages import Fetch
 from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
@@ -124,6 +125,12 @@ class MpTransport(Transport):
         prefetch: int = 16,
         shared_memory: bool = True,
     ) -> None:
+        if _worker.IN_WORKER:
+            raise DispatcherError(
+                "an mp executor cannot be made inside an mp task (a worker process cannot "
+                "start processes of its own); run a graph inside a task with "
+                "executor='sync' or 'async', or make it part of the outer graph"
+            )
         if workers is None:
             workers = (
                 len(os.sched_getaffinity(0))

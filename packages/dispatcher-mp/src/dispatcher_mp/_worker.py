@@ -28,6 +28,9 @@ from dispatcher.remote import (
 from ._messages import Data, Fetch, InitFailed, Initializing, Log, Output, Ready, Skipped
 from ._wire import Payload, SharedMemory, load, unlink
 
+IN_WORKER = False
+"""Whether this process is an mp worker (it cannot start workers of its own)."""
+
 
 def set_parent_death_signal() -> None:
     """Ask Linux to kill this process when its parent dies (pipe EOF is the fallback)."""
@@ -233,6 +236,8 @@ def main(
     """Entry point of a worker process."""
     # The terminal sends Ctrl-C to the whole process group: the caller handles it and
     # stops us; a worker that died of it would look like a crash.
+    global IN_WORKER
+    IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal()
     worker = Worker(conn, prefix, shm)
