@@ -53,10 +53,11 @@ from dispatcher.transport import (
 )
 
 from . import _worker
+from ._caller_values import CallerValues
 from ._messages import Fetch
 from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
-from ._wire import Payload, load, sweep
+from ._wire import Payload, SharedMemory, load, sweep
 
 __all__ = ["MpTransport"]
 
@@ -163,6 +164,7 @@ class MpTransport(Transport):
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
         self.spawner = Spawner()
+        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
@@ -326,11 +328,16 @@ class MpTransport(Transport):
             if define is not None:
                 worker.send(define)
             packed: bytes | None = None
+            inline = spec.inline
+            if inline is not None:
+                inline, mapped = self.caller_values.split(inline, self._in_use)
+                if mapped:
+                    remote = {**remote, **mapped} if remote else mapped
             if spec.inline is not None or (
                 spec.shape != SHAPE_POSITIONAL
                 and (spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
             ):
-                arguments = (spec.args, spec.kwargs, spec.inline)
+                arguments = (spec.args, spec.kwargs, inline)
                 packed = dumps_for(spec, "arguments", arguments, dumps)
         except DispatcherError as error:
             if self.inflight.take(spec.key, spec.worker) is not None:
@@ -341,6 +348,10 @@ class MpTransport(Transport):
             return  # the worker is dying; its loss will be reported
         # Plain values travel as they are, in the batch's own pickle.
         batches.setdefault(spec.worker, []).append(task_record(spec, token, packed, remote))
+
+    def _in_use(self, key: Key) -> bool:
+        """Does a task out read caller value ``key``?"""
+        return any(s.inline is not None and key in s.inline for s in self.inflight.all())
 
     def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
         """Send each worker its tasks. Under the lock."""
