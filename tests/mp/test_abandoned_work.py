@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import anyio
 import mp_tasks
@@ -57,3 +58,14 @@ def test_a_task_abandoned_by_a_cancelled_arun_does_not_hold_up_the_next_run() ->
 
         anyio.run(interrupted)
         quick_run(ex)
+
+
+def test_a_worker_whose_abandoned_tasks_end_at_once_is_kept() -> None:
+    with get_executor("mp", workers=1, retries=0) as ex:
+        first = ex.run(Op(mp_tasks.pid))
+        boom = op(mp_tasks.fail_after, label="boom")(0.2)
+        quick = [op(mp_tasks.sleep_then)(0, i) for i in range(20)]
+        with pytest.raises(ValueError, match="on purpose"):
+            ex.run([boom, *quick])
+        time.sleep(0.5)  # past the grace a worker has to confirm
+        assert ex.run(Op(mp_tasks.pid)) == first
