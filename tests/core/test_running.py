@@ -42,15 +42,37 @@ def test_unknown_executor_lists_the_available_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "distribution"), [("mp", "dispatcher-mp"), ("mpi", "dispatcher-mpi")]
+    ("name", "path"),
+    [
+        ("mp", "./packages/dispatcher-mp"),
+        ("mpi", "'./packages/dispatcher-mpi[mpich]'"),
+        ("dask", "./packages/dispatcher-dask"),
+    ],
 )
-def test_known_but_missing_executor_says_what_to_install(
-    name: str, distribution: str, monkeypatch: pytest.MonkeyPatch
+def test_known_but_missing_executor_says_how_to_install_it_from_a_clone(
+    name: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The distributions are not on a package index: the hint installs from a clone's
+    paths, never a bare name someone else could register."""
     installed = {k: v for k, v in available_executors().items() if k != name}
     monkeypatch.setattr(dispatcher._registry, "available_executors", lambda: installed)
-    with pytest.raises(ExecutorNotFound, match=f"pip install {distribution}"):
+    with pytest.raises(ExecutorNotFound) as info:
         get_executor(name)
+    assert f"pip install ./packages/dispatcher-core {path}" in str(info.value)
+    assert f"pip install dispatcher-{name}" not in str(info.value)
+
+
+def test_a_near_miss_asks_did_you_mean() -> None:
+    with pytest.raises(ExecutorNotFound, match="Did you mean 'async'"):
+        get_executor("asyncc")
+
+
+def test_a_bad_name_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_EXECUTOR", "snyc")
+    with pytest.raises(ExecutorNotFound) as info:
+        run(DataNode(1))
+    assert "$DISPATCHER_EXECUTOR" in str(info.value)
+    assert "Did you mean 'sync'" in str(info.value)
 
 
 def test_unknown_option_lists_the_valid_ones() -> None:
@@ -164,3 +186,16 @@ def test_a_run_leaves_nothing_for_the_garbage_collector(
         finally:
             gc.enable()
     assert found == 0
+
+
+def test_targets_nest_like_arguments() -> None:
+    """Lists, tuples, namedtuples and dicts of nodes, nested: the answer has the same shape."""
+    from collections import namedtuple
+
+    pair = namedtuple("pair", "left right")
+    a, b, c = Op(tasks.inc, 1), Op(tasks.inc, 2), Op(tasks.inc, 3)
+    targets = {"a": [a, (b, {"c": c})], "p": pair(a, [c])}
+    for executor in ("sync", "async"):
+        assert run(targets, executor=executor) == {"a": [2, (3, {"c": 4})], "p": pair(2, [4])}
+    with pytest.raises(TypeError, match="must be nodes"):
+        run({"a": [a, 5]})

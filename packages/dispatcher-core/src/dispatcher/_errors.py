@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 __all__ = [
@@ -51,16 +52,39 @@ class DependencyError(DispatcherError):
 
 
 class ExecutorNotFound(DispatcherError, LookupError):
-    """No executor is registered under ``.name``; ``.available`` lists those that are."""
+    """No executor is registered under ``.name``; ``.available`` lists those that are.
 
-    def __init__(self, name: str, available: list[str], install: str | None = None) -> None:
+    The message also says, where it knows, what to install for that name (``.install``: a
+    pip requirement relative to a clone of dispatcher), which available name was probably
+    meant, and where the name came from when it was not passed in the call (``.origin``,
+    e.g. an environment variable).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        available: list[str],
+        install: str | None = None,
+        origin: str | None = None,
+    ) -> None:
         self.name = name
         self.available = available
         self.install = install
+        self.origin = origin
         listing = ", ".join(repr(n) for n in sorted(available)) or "none"
-        text = f"no executor named {name!r}; available: {listing}"
+        text = f"no executor named {name!r}"
+        if origin:
+            text += f" (from {origin})"
+        text += f"; available: {listing}"
         if install:
-            text += f". {name!r} comes with the {install} distribution: pip install {install}"
+            text += (
+                f". {name!r} comes with a distribution of its own; from a clone of "
+                f"dispatcher: pip install ./packages/dispatcher-core {install}"
+            )
+        else:
+            near = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+            if near:
+                text += f". Did you mean {near[0]!r}?"
         super().__init__(text)
 
     def __str__(self) -> str:

@@ -48,6 +48,38 @@ class Result(Generic[T]):
     __hash__ = None  # type: ignore[assignment]
 
 
+def _leaves(template: Any, found: list[DispatchNode]) -> None:
+    """Append every node in ``template`` (lists, tuples, namedtuples and dicts of nodes,
+    nested to any depth) to ``found``, in order."""
+    if isinstance(template, DispatchNode):
+        found.append(template)
+    elif isinstance(template, (list, tuple)):
+        for item in template:
+            _leaves(item, found)
+    elif isinstance(template, dict):
+        for item in template.values():
+            _leaves(item, found)
+    else:
+        raise TypeError(
+            f"run() targets must be nodes; got {type(template).__name__}: {template!r} "
+            "(nodes in lists, tuples and dicts, nested as deep as you like)"
+        )
+
+
+def _filled(template: Any, values: dict[DispatchNode, Any]) -> Any:
+    """``template`` with each node replaced by its value, containers rebuilt alike."""
+    if isinstance(template, DispatchNode):
+        return values[template]
+    if isinstance(template, dict):
+        return {k: _filled(v, values) for k, v in template.items()}
+    items = [_filled(item, values) for item in template]
+    if type(template) is list:
+        return items
+    if type(template) is tuple:
+        return tuple(items)
+    return type(template)(*items)  # a namedtuple
+
+
 class Plan:
     """Targets normalised to a node list, inputs checked, and the graph that will run."""
 
@@ -55,29 +87,25 @@ class Plan:
 
     def __init__(self, targets: Any, inputs: Mapping[Any, Any] | None) -> None:
         self.template = targets
+        nodes: list[DispatchNode]
         if isinstance(targets, DispatchNode):
             self.shape_kind = "node"
             nodes = [targets]
         elif isinstance(targets, DispatchGraph):
             self.shape_kind = "graph"
             nodes = targets.sinks()
-        elif type(targets) in (list, tuple) or isinstance(targets, tuple):
-            self.shape_kind = "sequence"
-            nodes = list(targets)
-        elif isinstance(targets, dict):
-            self.shape_kind = "dict"
-            nodes = list(targets.values())
+        elif isinstance(targets, (list, tuple, dict)):
+            self.shape_kind = "containers"
+            nodes = []
+            try:
+                _leaves(targets, nodes)
+            except RecursionError:
+                raise ValueError("run() targets are nested too deeply") from None
         else:
             raise TypeError(
-                "run() takes a node, a DispatchGraph, or a list, tuple or dict of nodes; "
+                "run() takes a node, a DispatchGraph, or lists, tuples and dicts of nodes; "
                 f"got {type(targets).__name__}: {targets!r}"
             )
-        for item in nodes:
-            if not isinstance(item, DispatchNode):
-                raise TypeError(
-                    f"run() targets must be nodes; got {type(item).__name__}: {item!r} "
-                    "(a flat list, tuple or dict of nodes)"
-                )
         unique = list(dict.fromkeys(nodes))
         self.targets = unique
         graph = targets if isinstance(targets, DispatchGraph) else DispatchGraph(unique)
@@ -103,11 +131,4 @@ class Plan:
             return values[template]
         if kind == "graph":
             return [values[n] for n in self.targets]
-        if kind == "dict":
-            return {k: values[n] for k, n in template.items()}
-        items = [values[n] for n in template]
-        if type(template) is list:
-            return items
-        if type(template) is tuple:
-            return tuple(items)
-        return type(template)(*items)  # a namedtuple of nodes
+        return _filled(template, values)

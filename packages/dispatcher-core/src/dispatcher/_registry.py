@@ -27,7 +27,13 @@ ENVIRONMENT_VARIABLE = "DISPATCHER_EXECUTOR"
 BUILTIN_PLUGIN = "dispatcher.builtin"
 
 # Executors we know of but that live in their own distribution.
-KNOWN_DISTRIBUTIONS = {"mp": "dispatcher-mp", "mpi": "dispatcher-mpi"}
+# Quoted as pip takes them from a clone: these distributions are not on a package index,
+# and a name that is could belong to someone else.
+KNOWN_DISTRIBUTIONS = {
+    "mp": "./packages/dispatcher-mp",
+    "mpi": "'./packages/dispatcher-mpi[mpich]'",
+    "dask": "./packages/dispatcher-dask",
+}
 
 
 class _Table:
@@ -92,12 +98,16 @@ def get_executor(name: str, **options: Any) -> Executor:
     Raises :class:`ExecutorNotFound` (a ``LookupError``) for a name nobody provides, and
     ``TypeError`` for an option the executor does not take.
     """
+    return _make(name, options, origin=None)
+
+
+def _make(name: str, options: dict[str, Any], origin: str | None) -> Executor:
     if not isinstance(name, str):
         raise TypeError(f"an executor name is a str, got {type(name).__name__}: {name!r}")
     executors = available_executors()
     info = executors.get(name)
     if info is None:
-        raise ExecutorNotFound(name, list(executors), KNOWN_DISTRIBUTIONS.get(name))
+        raise ExecutorNotFound(name, list(executors), KNOWN_DISTRIBUTIONS.get(name), origin)
     if options:
         valid = (*COMMON_OPTIONS, *info.options)
         unknown = sorted(set(options) - set(valid))
@@ -118,10 +128,13 @@ def resolve_executor(executor: Any, options: dict[str, Any]) -> tuple[Executor, 
                 "or to run() with an executor name, not with an Executor instance"
             )
         return executor, False
+    origin = None
     if executor is None:
         executor = os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_EXECUTOR
+        if os.environ.get(ENVIRONMENT_VARIABLE):
+            origin = f"${ENVIRONMENT_VARIABLE}"
     if not isinstance(executor, str):
         raise TypeError(
             f"executor must be a name or an Executor, got {type(executor).__name__}: {executor!r}"
         )
-    return get_executor(executor, **options), True
+    return _make(executor, options, origin), True
