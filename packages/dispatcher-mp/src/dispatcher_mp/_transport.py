@@ -3,16 +3,18 @@
 The caller talks to each worker through one duplex pipe. Tasks go out in batches, one
 message per worker per dispatch; completions come back in batches. One reader thread in
 the caller watches every pipe and every worker's process sentinel: it turns messages into
-scheduler events, notices a dead worker at once (its sentinel), replaces it under the same
-name, and kills a worker whose task ran past its timeout. What is not about processes and
-pipes comes from :mod:`dispatcher.remote`: the messages, the function shipper, the
-in-flight table and the worker's task loop.
+scheduler events, notices a dead worker at once (its sentinel), and enforces deadlines.
+Replacing lost workers and restarting those that run a task past its timeout or one no
+run wants is :mod:`._supervision`'s job. What is not about processes and pipes comes from
+:mod:`dispatcher.remote`: the messages, the function shipper, the in-flight table and the
+worker's task loop.
 
 Data: a result stays in the worker that made it. When a task needs a result held by
 another worker, the caller asks that worker for it; the holder serialises it once (large
 buffers into a shared-memory segment) and the caller passes the small descriptor on with
 the task; the consumer maps the segment. Results the caller asked for come back with their
-completion, the same way.
+completion, the same way. Large values held by the caller go the same way, written once
+per run (:mod:`._caller_values`).
 """
 
 from __future__ import annotations
