@@ -142,3 +142,29 @@ def raise_unpicklable() -> None:
             raise TypeError("not today")
 
     raise LocalError("made inside the task")
+
+
+def fail_after(seconds: float) -> None:
+    time.sleep(seconds)
+    raise ValueError("failed on purpose")
+
+
+def fail_if_exists(path: str) -> None:
+    """An initializer that fails once ``path`` exists."""
+    if os.path.exists(path):
+        raise RuntimeError("this initializer fails now")
+
+
+def hang_if_exists(path: str) -> None:
+    """An initializer that never returns once ``path`` exists (and writes its pid there)."""
+    if os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
+
+
+def nested_run(executor: str) -> Any:
+    """Run a small graph from inside a task."""
+    from dispatcher import Op, run
+
+    return run(Op(total, 1, 2), executor=executor)

@@ -94,7 +94,10 @@ class TaskSpec:
     worker: str
     """Where to run it."""
     timeout: float | None
-    """Seconds the task may run, from its start on the worker; the transport enforces it."""
+    """Seconds the task may run, from its start on the worker; the transport enforces it.
+
+    Where the worker cannot say it started (it is frozen), the clock runs from when the
+    task's turn came on that worker: sent to it idle, or the task before it reported."""
     want_result: bool
     """Send the value back with the completion: the caller needs it."""
     attempt: int

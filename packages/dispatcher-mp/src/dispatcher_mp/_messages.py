@@ -9,7 +9,7 @@ from dispatcher.remote import WireError, message
 
 from ._wire import Payload
 
-__all__ = ["Data", "Fetch", "InitFailed", "Log", "Output", "Ready"]
+__all__ = ["Data", "Fetch", "InitFailed", "Initializing", "Log", "Output", "Ready", "Skipped"]
 
 
 @message("mp.ready")
@@ -17,6 +17,11 @@ class Ready(NamedTuple):
     """Worker to caller: started (and its initializer ran); tasks welcome."""
 
     pid: int
+
+
+@message("mp.initializing")
+class Initializing(NamedTuple):
+    """Worker to caller: started; now running the initializer."""
 
 
 @message("mp.init_failed")
@@ -55,3 +60,11 @@ class Log(NamedTuple):
     """Worker to caller: a log record's fields, for the caller's own handlers."""
 
     fields: dict[str, Any]
+
+
+@message("mp.skipped")
+class Skipped(NamedTuple):
+    """Worker to caller: these cancelled tasks are not running here and never will (they
+    were queued, already over, or have just ended)."""
+
+    keys: list[int]

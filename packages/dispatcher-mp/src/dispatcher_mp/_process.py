@@ -12,19 +12,24 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
 from dispatcher import DispatcherError
-from dispatcher.remote import Stop, from_wire, restore_error, to_wire
+from dispatcher.remote import Stop, from_wire, restore_error, start_thread, to_wire
 
 from . import _worker
-from ._messages import InitFailed, Log, Output, Ready
+from ._messages import InitFailed, Initializing, Log, Output, Ready
 from ._wire import sweep
 
-__all__ = ["WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
+__all__ = ["Spawner", "WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
 
-_START_TIMEOUT = 120.0  # seconds a new worker may take to import and report ready
+START_TIMEOUT = 120.0
+"""Seconds a new worker may take to import what it needs, run its initializer and say it
+is ready."""
 
 
 @dataclass
@@ -36,6 +41,13 @@ class WorkerProcess:
     outbox: deque[Any] = field(default_factory=deque)
     """Tasks not sent yet, in the order submitted: the first waits for inputs from other
     workers, and the rest must not overtake it (a task may need its result)."""
+    sent: dict[int, Any] = field(default_factory=dict)
+    """Tasks sent and not known to be over, by key, in the order sent: the first is the
+    one running, or the next to run (kept lazily: entries already reported are dropped
+    when they reach the head)."""
+    abandoned: dict[int, float] = field(default_factory=dict)
+    """Tasks cancelled after they were sent, by key, with the time by which the worker
+    must have confirmed it is not running them; past it, the worker is stopped."""
     alive: bool = True
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,9 +71,11 @@ class WorkerProcess:
         self.process.join(1)
         sweep(self.prefix)  # a dead worker never unlinks its segments
 
-    def await_ready(self, start_method: str) -> None:
-        """Wait for :class:`Ready`; raise what its initializer raised, or why it died."""
-        deadline = time.monotonic() + _START_TIMEOUT
+    def await_ready(self, start_method: str, initializer: bool = False) -> None:
+        """Wait for :class:`Ready`; raise what its initializer raised, or why it died or
+        did not start in time (``initializer``: whether it runs one)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        initializing = False
         while True:
             ready = multiprocessing.connection.wait(
                 [self.conn, self.process.sentinel], max(0.0, deadline - time.monotonic())
@@ -75,9 +89,24 @@ class WorkerProcess:
                     return
                 if type(message) is InitFailed:
                     raise restore_error(message.error, "initializer", pickle.loads)
+                if type(message) is Initializing:
+                    initializing = True
+                    continue
                 if type(message) in (Output, Log):
                     write_output(message)
                     continue
+            if not ready and self.process.is_alive():
+                kill(self.process)
+                if initializing:
+                    raise DispatcherError(
+                        f"worker {self.name} did not start: its initializer did not "
+                        f"return within {START_TIMEOUT:g} s"
+                    )
+                raise DispatcherError(
+                    f"worker {self.name} did not start within {START_TIMEOUT:g} s: "
+                    "importing what it needs (the main module, with start_method="
+                    f"{start_method!r}) did not finish"
+                )
             if not ready or self.process.sentinel in ready:
                 self.process.join(1)
                 raise DispatcherError(
@@ -86,6 +115,55 @@ class WorkerProcess:
                     f"{start_method!r} the main module must be importable and guard "
                     "its own start-up with `if __name__ == '__main__':`"
                 )
+
+
+T = TypeVar("T")
+
+
+class Spawner:
+    """Starts the worker processes of one executor, from one thread that lives as long as
+    the executor.
+
+    A worker asks Linux to kill it when its parent dies, and for ``spawn`` and ``fork``
+    that parent is the *thread* that started it: a worker started from a thread that ends
+    first (the user's, or the one that waited for a replacement) would be killed with it.
+    """
+
+    def __init__(self) -> None:
+        self._requests: SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def call(self, start: Callable[[], T]) -> T:
+        """``start()``, run on the spawner thread; what it returns or raises."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = start_thread("dispatcher-mp-spawner", self._serve, _spawner_died)
+        future: Future[T] = Future()
+        self._requests.put((future, start))
+        return future.result()
+
+    def stop(self) -> None:
+        """End the thread (once the workers it started are gone)."""
+        with self._lock:
+            if self._thread is not None:
+                self._requests.put(None)
+                self._thread = None
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            future, start = request
+            try:
+                future.set_result(start())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+def _spawner_died(error: BaseException) -> None:
+    logging.getLogger("dispatcher.mp").error("the worker spawner thread failed: %r", error)
 
 
 def spawn(

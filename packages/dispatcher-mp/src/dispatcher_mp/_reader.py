@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from dispatcher.remote import InFlight, Reports, from_wire, start_thread
 
 from ._frames import FrameReader
-from ._messages import Data, Log, Output
+from ._messages import Data, Log, Output, Skipped
 from ._process import WorkerProcess, exit_reason, write_output
 from ._wire import Payload
 
@@ -38,6 +38,9 @@ class Owner(Protocol):
     cache: dict[int, tuple[str, Payload]]
 
     def lost(self, worker: WorkerProcess, reason: str) -> None: ...
+    def advance(self, worker: WorkerProcess) -> None: ...
+    def confirmed(self, worker: WorkerProcess, keys: list[int]) -> None: ...
+    def next_deadline(self) -> float | None: ...
     def enforce_deadlines(self) -> None: ...
     def fetched(self, key: int, payload: Payload) -> None: ...
     def fetch_failed(self, key: int, missing: bool, reason: Any = None) -> None: ...
@@ -52,12 +55,19 @@ class Reader:
         self.reports = reports
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._thread = start_thread("dispatcher-mp-reader", self.run, self.transport.reader_failed)
 
+    def wake(self) -> None:
+        """Have the thread look at the workers and deadlines again."""
+        if not self._stopped:  # after stop, the number may belong to another file
+            os.write(self._wake_w, b"x")
+
     def stop(self) -> None:
         """Wake the thread to see the transport closing, and wait for it."""
+        self._stopped = True
         os.write(self._wake_w, b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
@@ -74,7 +84,7 @@ class Reader:
         try:
             while not transport.closing:
                 self._watch(selector, watched)
-                deadline = transport.inflight.next_deadline()
+                deadline = transport.next_deadline()
                 try:
                     ready = selector.select(
                         None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -89,6 +99,7 @@ class Reader:
                 for selected, _ in ready:
                     what = selected.data
                     if what is None:
+                        os.read(self._wake_r, 4096)
                         continue  # woken: look at the workers again
                     worker, frames = what[1], what[2]
                     if what[0] == "exit":
@@ -145,6 +156,9 @@ class Reader:
             message = from_wire(pickle.loads(data))
             if not handle(name, message):
                 self._other(worker, message)
+        if worker.sent:
+            with self.transport.lock:
+                self.transport.advance(worker)
         return True
 
     def _other(self, worker: WorkerProcess, message: object) -> None:
@@ -157,5 +171,7 @@ class Reader:
                         transport.fetched(key, reply)
                     else:
                         transport.fetch_failed(key, missing=reply is None, reason=reply)
+        elif type(message) is Skipped:
+            self.transport.confirmed(worker, message.keys)  # type: ignore[attr-defined]
         elif type(message) in (Output, Log):
             write_output(message)  # type: ignore[arg-type]

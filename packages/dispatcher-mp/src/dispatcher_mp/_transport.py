@@ -3,16 +3,18 @@
 The caller talks to each worker through one duplex pipe. Tasks go out in batches, one
 message per worker per dispatch; completions come back in batches. One reader thread in
 the caller watches every pipe and every worker's process sentinel: it turns messages into
-scheduler events, notices a dead worker at once (its sentinel), replaces it under the same
-name, and kills a worker whose task ran past its timeout. What is not about processes and
-pipes comes from :mod:`dispatcher.remote`: the messages, the function shipper, the
-in-flight table and the worker's task loop.
+scheduler events, notices a dead worker at once (its sentinel), and enforces deadlines.
+Replacing lost workers and restarting those that run a task past its timeout or one no
+run wants is :mod:`._supervision`'s job. What is not about processes and pipes comes from
+:mod:`dispatcher.remote`: the messages, the function shipper, the in-flight table and the
+worker's task loop.
 
 Data: a result stays in the worker that made it. When a task needs a result held by
 another worker, the caller asks that worker for it; the holder serialises it once (large
 buffers into a shared-memory segment) and the caller passes the small descriptor on with
 the task; the consumer maps the segment. Results the caller asked for come back with their
-completion, the same way.
+completion, the same way. Large values held by the caller go the same way, written once
+per run (:mod:`._caller_values`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher import DispatcherError, TaskTimeoutError
+from dispatcher import DispatcherError
 from dispatcher.remote import (
     Cancel,
     Free,
     FunctionShipper,
     InFlight,
-    Reports,
     Run,
     dumps,
     dumps_for,
@@ -50,10 +51,13 @@ from dispatcher.transport import (
     Transport,
 )
 
+from . import _worker
+from ._caller_values import CallerValues
 from ._messages import Fetch
-from ._process import WorkerProcess, kill, spawn
+from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
-from ._wire import Payload, load, sweep
+from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
+from ._wire import Payload, SharedMemory, load, sweep
 
 __all__ = ["MpTransport"]
 
@@ -73,7 +77,7 @@ class _Waiting:
     payloads: dict[Key, Payload] = field(default_factory=dict)
 
 
-class MpTransport(Transport):
+class MpTransport(WorkerSupervision, Transport):
     """``workers`` processes started with ``start_method``; see the module docstring."""
 
     capabilities = Capabilities(
@@ -93,6 +97,12 @@ class MpTransport(Transport):
         prefetch: int = 16,
         shared_memory: bool = True,
     ) -> None:
+        if _worker.IN_WORKER:
+            raise DispatcherError(
+                "an mp executor cannot be made inside an mp task (a worker process cannot "
+                "start processes of its own); run a graph inside a task with "
+                "executor='sync' or 'async', or make it part of the outer graph"
+            )
         if workers is None:
             workers = (
                 len(os.sched_getaffinity(0))
@@ -124,6 +134,8 @@ class MpTransport(Transport):
         # Segment names: unique to this executor, then to each worker incarnation.
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
+        self.spawner = Spawner()
+        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
@@ -132,6 +144,15 @@ class MpTransport(Transport):
         self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
+        self.unconfirmed: dict[Key, TaskSpec] = {}
+        """Timed tasks whose clock runs from their turn, not from their worker saying
+        they started (see :meth:`advance`)."""
+        self.new_deadline = False
+        """A deadline was set outside the reader thread, which must be woken to see it."""
+        self.held: dict[str, list[TaskSpec]] = {}
+        """Tasks for a worker being restarted, by name, to send to its replacement."""
+        self.starting: dict[str, WorkerProcess] = {}
+        """Replacements being started, by name."""
         self.closing = False
         self._closed = False
         self.broken: str | None = None
@@ -147,21 +168,25 @@ class MpTransport(Transport):
             for i in range(self.size):
                 started.append(self.spawn(f"mp-{i}"))
             for worker in started:
-                worker.await_ready(self.start_method)
+                worker.await_ready(self.start_method, self.setup is not None)
                 self.workers[worker.name] = worker
         except BaseException:
             for worker in started:
                 kill(worker.process)
             self.close()
             raise
-        self._reader = Reader(self, Reports(self.inflight, events, self._load_result, self.free))
+        self._reader = Reader(
+            self, SupervisedReports(self, self.inflight, events, self._load_result, self.free)
+        )
         self._reader.start()
         return {name: self.slots for name in self.workers}
 
     def spawn(self, name: str) -> WorkerProcess:
         """Start (not wait for) a worker process named ``name``."""
         prefix = f"{self.prefix}{next(self._generation)}-"
-        return spawn(self.context, name, prefix, self.shared_memory, self.setup)
+        return self.spawner.call(
+            lambda: spawn(self.context, name, prefix, self.shared_memory, self.setup)
+        )
 
     def close(self) -> None:
         with self.lock:
@@ -170,6 +195,9 @@ class MpTransport(Transport):
             self._closed = True
             self.closing = True
             workers = list(self.workers.values())
+            starting = list(self.starting.values())
+        for worker in starting:
+            kill(worker.process)  # its thread sees ``closing`` and stops there
         for worker in workers:
             worker.stop()
         deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
@@ -181,6 +209,7 @@ class MpTransport(Transport):
             worker.conn.close()
         if self._reader is not None:
             self._reader.stop()
+        self.spawner.stop()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
@@ -191,12 +220,19 @@ class MpTransport(Transport):
             return
         batches: dict[str, list[tuple[Any, ...]]] = {}
         fetches: dict[str, list[Key]] = {}
+        unsent: list[TaskSpec] = []
         with self.lock:
             add = self.inflight.add
             for spec in tasks:
                 worker = self.workers.get(spec.worker)
                 if worker is None or not worker.alive:
-                    continue  # its loss is being reported; the scheduler will retry
+                    held = self.held.get(spec.worker)
+                    if held is not None:  # being restarted: it will go to the replacement
+                        add(spec)
+                        held.append(spec)
+                    else:
+                        unsent.append(spec)  # its loss is being reported
+                    continue
                 add(spec)
                 if spec.sources is None and not worker.outbox:
                     self._encode(spec, None, batches)  # every input is there or inline
@@ -218,6 +254,10 @@ class MpTransport(Transport):
                 except OSError:
                     for key in keys:
                         self.fetch_failed(key, missing=True)
+        assert self.events is not None
+        for spec in unsent:  # never sent, so not an attempt: the scheduler places it again
+            self.events.task_inputs_lost(spec.key, spec.worker, [])
+        self._wake_for_deadlines()
 
     def _gather_inputs(self, spec: TaskSpec, fetches: dict[str, list[Key]]) -> _Waiting:
         """The inputs ``spec`` needs from other workers: those at hand in ``payloads``,
@@ -254,11 +294,16 @@ class MpTransport(Transport):
             if define is not None:
                 worker.send(define)
             packed: bytes | None = None
+            inline = spec.inline
+            if inline is not None:
+                inline, mapped = self.caller_values.split(inline, self._in_use)
+                if mapped:
+                    remote = {**remote, **mapped} if remote else mapped
             if spec.inline is not None or (
                 spec.shape != SHAPE_POSITIONAL
                 and (spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
             ):
-                arguments = (spec.args, spec.kwargs, spec.inline)
+                arguments = (spec.args, spec.kwargs, inline)
                 packed = dumps_for(spec, "arguments", arguments, dumps)
         except DispatcherError as error:
             if self.inflight.take(spec.key, spec.worker) is not None:
@@ -270,7 +315,13 @@ class MpTransport(Transport):
         # Plain values travel as they are, in the batch's own pickle.
         batches.setdefault(spec.worker, []).append(task_record(spec, token, packed, remote))
 
+    def _in_use(self, key: Key) -> bool:
+        """Does a task out read caller value ``key``?"""
+        return any(s.inline is not None and key in s.inline for s in self.inflight.all())
+
     def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Send each worker its tasks. Under the lock."""
+        get = self.inflight.get
         for name, tasks in batches.items():
             worker = self.workers.get(name)
             if worker is not None:
@@ -281,6 +332,12 @@ class MpTransport(Transport):
                         worker.send(forget)
                 except OSError:
                     pass  # reported as lost by the reader
+                sent = worker.sent
+                for record in tasks:
+                    spec = get(record[0], name)
+                    if spec is not None:
+                        sent[spec.key] = spec
+                self.advance(worker)
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
@@ -296,18 +353,31 @@ class MpTransport(Transport):
                 pass
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
+        """Forget these tasks. Those sent already are abandoned: the worker skips them
+        if queued, and must confirm within :data:`ABANDON_GRACE` that it is not running
+        any of them, or it is stopped and replaced (see :meth:`enforce_deadlines`)."""
         by_worker: dict[str, list[Key]] = {}
         with self.lock:
-            waiting, _ = self.inflight.cancel(tasks)
-            for spec in waiting:  # not started: skip them
-                by_worker.setdefault(spec.worker, []).append(spec.key)
+            waiting, running = self.inflight.cancel(tasks)
+            confirm_by = time.monotonic() + ABANDON_GRACE
+            for spec in (*waiting, *running):
+                worker = self.workers.get(spec.worker)
+                if worker is not None and worker.alive and spec.key in worker.sent:
+                    worker.abandoned[spec.key] = confirm_by
+                    by_worker.setdefault(spec.worker, []).append(spec.key)
             for name in {spec.worker for spec in tasks}:
                 self.send_outbox(name)  # a cancelled task may have held the others back
+                worker = self.workers.get(name)
+                if worker is not None:
+                    self.advance(worker)
         for name, keys in by_worker.items():
             try:
                 self.workers[name].send(Cancel(keys))
             except (OSError, KeyError):
                 pass
+        if by_worker:
+            self.new_deadline = True
+        self._wake_for_deadlines()
 
     # -- called by the reader thread -----------------------------------------------------
 
@@ -363,55 +433,6 @@ class MpTransport(Transport):
                     0.0,
                 )
             self.send_outbox(spec.worker)  # what queued behind it may go now
-
-    def enforce_deadlines(self) -> None:
-        """Fail the tasks past their timeout, and stop the processes running them."""
-        late = self.inflight.expired(time.monotonic())
-        if not late:
-            return
-        assert self.events is not None
-        victims = set()
-        for spec in late:
-            # A running function cannot be stopped from outside: stop its process. The
-            # node fails first, so the loss that follows does not retry it.
-            assert spec.timeout is not None
-            error = TaskTimeoutError(spec.label, spec.timeout)
-            self.events.task_failed(spec.key, spec.worker, error, spec.timeout)
-            victims.add(spec.worker)
-        for name in victims:
-            worker = self.workers.get(name)
-            if worker is not None and worker.alive:
-                kill(worker.process)
-
-    def lost(self, worker: WorkerProcess, reason: str) -> None:
-        """A worker died: forget what it held, tell the scheduler, start a replacement."""
-        assert self.events is not None
-        with self.lock:
-            worker.alive = False
-            self.inflight.drop_worker(worker.name)
-            self.shipper.forget_worker(worker.name)
-            worker.outbox.clear()
-            for key in [k for k, (holder, _) in self.cache.items() if holder == worker.name]:
-                del self.cache[key]
-            # Tasks elsewhere waiting for data from the dead worker will not get it.
-            stranded = [k for k, source in self._fetch_source.items() if source == worker.name]
-        worker.close()
-        log.warning("worker %s was lost: %s", worker.name, reason)
-        self.events.worker_lost(worker.name, reason)
-        with self.lock:
-            for key in stranded:
-                self.fetch_failed(key, missing=True)
-        if self.closing:
-            return
-        try:
-            replacement = self.spawn(worker.name)
-            replacement.await_ready(self.start_method)
-        except Exception as exc:
-            log.error("could not replace worker %s: %s", worker.name, exc)
-            return
-        with self.lock:
-            self.workers[worker.name] = replacement
-        self.events.worker_added(worker.name, self.slots)
 
     def reader_failed(self, error: BaseException) -> None:
         """The reader thread died of ``error``: nothing more will be heard from any

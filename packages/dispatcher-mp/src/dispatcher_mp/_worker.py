@@ -16,6 +16,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from dispatcher.remote import (
+    Cancel,
     TaskRunner,
     capture_error,
     dumps,
@@ -24,8 +25,11 @@ from dispatcher.remote import (
     to_wire,
 )
 
-from ._messages import Data, Fetch, InitFailed, Log, Output, Ready
+from ._messages import Data, Fetch, InitFailed, Initializing, Log, Output, Ready, Skipped
 from ._wire import Payload, SharedMemory, load, unlink
+
+IN_WORKER = False
+"""Whether this process is an mp worker (it cannot start workers of its own)."""
 
 
 def set_parent_death_signal() -> None:
@@ -133,6 +137,36 @@ class Worker(TaskRunner):
         self.conn = conn
         self.shm = SharedMemory(prefix, enabled=shm)
         self.published: dict[int, Payload] = {}  # results already serialised for others
+        # The caller stops a worker that does not confirm soon that it is not running a
+        # cancelled task: between the two threads, ``current`` changes under this lock.
+        self.ack_lock = threading.Lock()
+        self.abandoning: int | None = None
+        """The running task, cancelled: confirmed as soon as it ends."""
+
+    def receive(self, message: Any) -> bool:
+        if type(message) is not Cancel:
+            return super().receive(message)
+        with self.ack_lock:
+            super().receive(message)
+            current = self.current
+            idle = [key for key in message.keys if key != current]
+            if len(idle) != len(message.keys):
+                self.abandoning = current
+        if idle:
+            self.channel.send_soon(Skipped(idle))
+        return True
+
+    def execute(self, record: tuple[Any, ...], func: Any) -> None:
+        try:
+            super().execute(record, func)
+        finally:
+            with self.ack_lock:
+                key, self.current = self.current, None
+                ended = key is not None and key == self.abandoning
+                if ended:
+                    self.abandoning = None
+            if ended:
+                self.channel.send_soon(Skipped([key]))  # type: ignore[list-item]
 
     def send(self, message: Any) -> None:
         self.channel.send(message)
@@ -202,6 +236,8 @@ def main(
     """Entry point of a worker process."""
     # The terminal sends Ctrl-C to the whole process group: the caller handles it and
     # stops us; a worker that died of it would look like a crash.
+    global IN_WORKER
+    IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal()
     worker = Worker(conn, prefix, shm)
@@ -211,6 +247,7 @@ def main(
     root.handlers[:] = [_ForwardLogs(worker.channel)]
     root.setLevel(log_level)
     if setup is not None:
+        worker.channel.send(Initializing())
         try:
             initializer, args = pickle.loads(setup)
             initializer(*args)

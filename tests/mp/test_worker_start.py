@@ -1,0 +1,97 @@
+"""Worker start-up: replacements that fail or take long, initializers that hang, the
+thread an executor is made in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mp_tasks
+import pytest
+
+import dispatcher_mp._process
+from dispatcher import DispatcherError, Op, get_executor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def worker_pids(ex: Any, workers: int) -> set[int]:
+    """The pids of all ``workers`` workers of ``ex``."""
+    pids: set[int] = set()
+    while len(pids) < workers:
+        pids.update(ex.run([Op(mp_tasks.pid) for _ in range(8)]))
+    return pids
+
+
+def gone(pid: int) -> bool:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_replacement_that_cannot_start_ends_the_next_run_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "broken"
+    with get_executor(
+        "mp", workers=1, initializer=mp_tasks.fail_if_exists, initargs=(str(marker),)
+    ) as ex:
+        (pid,) = worker_pids(ex, 1)
+        marker.touch()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DispatcherError, match=r"could not be restarted.*fails now"):
+            ex.run(Op(mp_tasks.sleep_then, 0, "never"))
+
+
+def test_a_slow_replacement_holds_up_neither_the_other_workers_nor_close(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "slow"
+    with get_executor(
+        "mp", workers=2, initializer=mp_tasks.hang_if_exists, initargs=(str(marker),)
+    ) as ex:
+        victim, survivor = sorted(worker_pids(ex, 2))
+        marker.touch()
+        os.kill(victim, signal.SIGKILL)
+        while not marker.read_text():  # the replacement is in its initializer
+            time.sleep(0.02)
+        starting = int(marker.read_text())
+        assert ex.run([Op(mp_tasks.pid) for _ in range(4)]) == [survivor] * 4
+    assert gone(starting), "the replacement outlived the executor"
+
+
+def test_a_hung_initializer_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(dispatcher_mp._process, "START_TIMEOUT", 2.0)
+    marker = tmp_path / "hang"
+    marker.touch()
+    with pytest.raises(DispatcherError, match="initializer did not return within 2 s"):
+        get_executor("mp", workers=1, initializer=mp_tasks.hang_if_exists, initargs=(str(marker),))
+    assert gone(int(marker.read_text()))
+
+
+def test_workers_outlive_the_thread_that_made_their_executor() -> None:
+    made: dict[str, Any] = {}
+
+    def make() -> None:
+        made["ex"] = get_executor("mp", workers=1, start_method="spawn")
+        made["pid"] = made["ex"].run(Op(mp_tasks.pid))
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    with made["ex"] as ex:
+        time.sleep(0.5)  # a worker killed with its thread is noticed by now
+        assert ex.run(Op(mp_tasks.pid)) == made["pid"]
+
+
+def test_an_mp_executor_inside_an_mp_task_says_what_to_use_instead() -> None:
+    with get_executor("mp", workers=1, retries=0) as ex:
+        with pytest.raises(DispatcherError, match="executor='sync' or 'async'"):
+            ex.run(Op(mp_tasks.nested_run, "mp"))
+        assert ex.run(Op(mp_tasks.nested_run, "sync")) == 3
