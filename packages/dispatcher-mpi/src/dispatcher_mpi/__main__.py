@@ -48,6 +48,12 @@ def main() -> None:
             )
         comm.Abort(2)
     from ._channel import abort_job
+    from ._segments import unlink_own_segments
+
+    # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
+    # returned, it also means every rank is past MPI_Init: the segments can lose their names.
+    peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
+    unlink_own_segments()
 
     if comm.Get_rank() != 0:
         from ._worker import WorkerRank
@@ -60,7 +66,7 @@ def main() -> None:
 
     from ._transport import Root, install_root
 
-    root = Root(comm)
+    root = Root(comm, peers)
     install_root(root)
     root.start()
     sys.argv = argv

@@ -69,8 +69,10 @@ def _rank(worker: str) -> int:
 class Root:
     """Rank 0's view of the job: the hub, the worker ranks, the functions each holds."""
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, peers: Sequence[tuple[str, int]] | None = None) -> None:
         self.comm = comm
+        self.peers = list(peers) if peers is not None else [("?", 0)] * comm.Get_size()
+        """(host, pid) of every rank, by rank."""
         self.ranks = list(range(1, comm.Get_size()))
         self.hub = Hub(comm, self.deliver)
         self.hub.tick = self.tick

@@ -1,0 +1,128 @@
+"""Faults in real MPI jobs: stuck and dying ranks, odd endings, what each leaves behind.
+
+Every test runs under a hard timeout: a hang fails it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(150)]
+
+HERE = Path(__file__).parent
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip(
+        "no mpiexec next to this Python or on PATH (pip install mpich)", allow_module_level=True
+    )
+
+# Printed by a job's program: the MPICH segments its rank 0 maps, by name (so the test
+# checks this job's own files, whatever other jobs on the machine do meanwhile).
+SEGMENTS = """
+def print_segments():
+    with open("/proc/self/maps") as maps:
+        names = {l.split()[5] for l in maps if "/dev/shm/mpich_shm_" in l}
+    print("segments", sorted(names), flush=True)
+"""
+
+
+def command(ranks: int, *args: str) -> list[str]:
+    assert MPIEXEC is not None
+    return [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "dispatcher_mpi", *args]
+
+
+def job(
+    ranks: int, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(ranks, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=HERE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def segments_of(output: str) -> list[str]:
+    found = re.search(r"segments (\[.*\])", output)
+    assert found is not None, output
+    names: list[str] = eval(found.group(1))  # a list of str, printed by the program
+    return names
+
+
+# -- what a job leaves in /dev/shm ------------------------------------------------------
+
+ENDINGS = {
+    "exception": ("raise RuntimeError('the program failed')", 3),
+    "exit": ("import sys; sys.exit(3)", 3),
+    "dead rank": (
+        "import os, signal\n"
+        "from dispatcher import Op, run\n"
+        "def die():\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "run([Op(die) for _ in range(2)], executor='mpi')",
+        3,
+    ),
+    "single rank": ("import sys; sys.exit(3)", 1),
+    "success": ("pass", 3),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_no_ending_leaves_a_segment_in_dev_shm(tmp_path: Path, ending: str) -> None:
+    body, ranks = ENDINGS[ending]
+    program = script(tmp_path, SEGMENTS + "print_segments()\n" + body + "\n")
+    done = job(ranks, program)
+    assert (done.returncode == 0) == (ending == "success"), done.stderr[-3000:]
+    names = segments_of(done.stdout)
+    if ranks > 1:
+        assert names, "MPICH made no segment: nothing to check"
+    assert [n for n in names if os.path.exists(n)] == []
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+def test_ctrl_c_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        SEGMENTS
+        + textwrap.dedent(
+            """
+            import time
+            from dispatcher import Op, run
+            print_segments()
+            run(Op(time.sleep, 3600), executor="mpi")
+            """
+        ),
+    )
+    process = subprocess.Popen(
+        command(3, program), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        names = segments_of(line)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+    assert names
+    assert [n for n in names if os.path.exists(n)] == []
