@@ -126,3 +126,69 @@ def test_ctrl_c_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
     assert process.returncode != 0
     assert names
     assert [n for n in names if os.path.exists(n)] == []
+
+
+# -- timeouts of tasks whose rank cannot say they started -------------------------------
+
+# Backtracks for longer than any test runs, holding the GIL all along.
+ENDLESS = """
+import re
+from dispatcher import op
+endless = op(re.match, timeout=1)(r"(a*)*b", "a" * 40)
+"""
+
+
+def test_a_task_holding_the_gil_times_out_and_the_job_ends(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        ENDLESS
+        + textwrap.dedent(
+            """
+            from dispatcher import Op, TaskTimeoutError, run
+            try:
+                run(endless, executor="mpi")
+            except TaskTimeoutError as exc:
+                print("timed out:", exc, flush=True)
+            print(run([Op(abs, -i) for i in range(6)], executor="mpi"), flush=True)
+            """
+        ),
+    )
+    done = job(3, program)
+    assert "timed out: 'match' ran past its timeout of 1 s" in done.stdout, done.stderr
+    assert "[0, 1, 2, 3, 4, 5]" in done.stdout
+    # The stuck rank cannot stop: the job ends anyway, with the program's status.
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"rank 1 \(host .*, pid \d+\): still running 'match'", done.stderr)
+
+
+def test_a_task_whose_rank_never_says_it_started_still_times_out(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        ENDLESS
+        + textwrap.dedent(
+            """
+            from dispatcher import Op, TaskTimeoutError, get_executor
+            from dispatcher.remote import Started
+
+            def mute():
+                # This rank's "started" reports are lost from now on.
+                from dispatcher_mpi._worker import WorkerRank
+                send = WorkerRank.send
+                def muted(self, message):
+                    if type(message) is not Started:
+                        send(self, message)
+                WorkerRank.send = muted
+
+            with get_executor("mpi", workers=1, retries=0) as ex:
+                ex.run(Op(mute))
+                try:
+                    ex.run(endless)
+                except TaskTimeoutError as exc:
+                    print("timed out:", exc, flush=True)
+            """
+        ),
+    )
+    done = job(2, program)
+    assert "timed out: 'match' ran past its timeout of 1 s" in done.stdout, done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "silent since 'match' was due to start" in done.stderr

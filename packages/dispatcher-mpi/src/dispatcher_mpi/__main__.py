@@ -97,10 +97,12 @@ def main() -> None:
         )
     # The open mpi executor's work is dropped and the worker ranks stop; other executors
     # close at interpreter exit as anywhere else.
-    root.stop()
+    stuck = root.stop()
     install_root(None)
     sys.stdout.flush()
     sys.stderr.flush()
+    if stuck is not None:
+        abort_job(comm, stuck, status)
     if status:
         # MPI_Finalize would turn any status into 0; Abort carries it to mpiexec.
         comm.Abort(status)

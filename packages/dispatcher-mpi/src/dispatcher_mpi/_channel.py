@@ -71,7 +71,7 @@ class Hub:
         self.comm = comm
         self.deliver = deliver
         self.chunk_limit = chunk_limit
-        self.outbox: deque[tuple[int, bytes, list[memoryview]]] = deque()
+        self.outbox: deque[tuple[int, bytes, list[memoryview], threading.Event | None]] = deque()
         self.wakeup = threading.Event()
         self.running = True
         self.expecting = 0  # replies other threads wait for: keep spinning meanwhile
@@ -81,11 +81,11 @@ class Hub:
         self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
         self.thread: threading.Thread | None = None
 
-    def post(self, dest: int, message: Any) -> None:
+    def post(self, dest: int, message: Any, sent: threading.Event | None = None) -> None:
         """Queue ``message`` (one of :mod:`dispatcher.remote`'s message types) for rank
-        ``dest`` (from any thread)."""
+        ``dest`` (from any thread); ``sent`` is set once its send has been started."""
         header, buffers = encode(to_wire(message))
-        self.outbox.append((dest, header, buffers))
+        self.outbox.append((dest, header, buffers, sent))
         self.wakeup.set()
 
     def start(self, on_failure: Callable[[BaseException], None]) -> None:
@@ -140,7 +140,7 @@ class Hub:
         sent = False
         outbox, comm, limit = self.outbox, self.comm, self.chunk_limit
         while outbox:
-            dest, header, buffers = outbox.popleft()
+            dest, header, buffers, started = outbox.popleft()
             sizes = [b.nbytes for b in buffers]
             if len(header) > limit:  # an enormous in-band pickle travels raw too
                 first: Any = (None, [len(header), *sizes])
@@ -155,6 +155,8 @@ class Hub:
                     self._pending.append(
                         (comm.Isend([piece, self.MPI.BYTE], dest=dest, tag=TAG), piece)
                     )
+            if started is not None:
+                started.set()
             sent = True
         return sent
 

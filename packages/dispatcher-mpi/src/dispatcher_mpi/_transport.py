@@ -11,11 +11,24 @@ scheduling (reported lost: what was queued there runs elsewhere, what it held is
 recomputed) until the late task returns, and then comes back. A task abandoned by a
 fail-fast stop is handled the same way. A task that never returns keeps its rank out for
 the rest of the job, and does not stop the job from ending.
+
+What a deadline is measured from: from the moment the rank says the task started. A task
+that holds the GIL can stop its rank from saying anything at all; so a rank that runs a
+task says :class:`~._messages.Alive` when it has been quiet for half a second, and a timed
+task its rank has not reported started is presumed started, and stuck, once its rank has
+been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted from the
+later of the task's send and the last word from its rank. Such a task fails with
+:class:`~dispatcher.TaskTimeoutError` at most that grace late.
+
+At the end of the job every rank is asked to stop; a rank that does not answer within
+:data:`STOP_GRACE` (a task holding the GIL, forever) is named, and the job is aborted with
+the program's own exit status, since otherwise ``mpiexec`` would wait for it forever.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import threading
 import time
@@ -41,7 +54,7 @@ from dispatcher.remote import (
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._channel import Hub, abort_job, encode
-from ._messages import Busy, Reset
+from ._messages import Alive, Busy, Bye, Reset
 
 __all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
@@ -55,6 +68,12 @@ LAUNCH_HELP = (
 
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
 _IDLE_SLEEP = 2e-3
+SILENCE_GRACE = 2.0
+"""Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
+presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
+STOP_GRACE = 5.0
+"""Seconds every rank gets to answer the stop at the end of the job."""
+_SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 
 
 def _name(rank: int) -> str:
@@ -80,6 +99,11 @@ class Root:
         self.shipper = FunctionShipper(dumps)
         self.transport: MpiTransport | None = None
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
+        self.why_busy: dict[int, str] = {}
+        self.heard: dict[int, float] = {}  # rank -> when it last said anything
+        self.said_bye: set[int] = set()
+        self.all_said_bye = threading.Event()
+        self._next_silence_check = 0.0
         self.lock = threading.RLock()
 
     def start(self) -> None:
@@ -96,7 +120,15 @@ class Root:
 
     def deliver(self, source: int, message: Any) -> None:
         """On the hub thread: a worker rank reports."""
+        self.heard[source] = time.monotonic()
         kind = type(message)
+        if kind is Alive:
+            return
+        if kind is Bye:
+            self.said_bye.add(source)
+            if len(self.said_bye) == len(self.ranks):
+                self.all_said_bye.set()
+            return
         if kind is Busy:
             # It still runs a task we gave up on (its run failed fast, or its executor
             # closed): keep the rank out of scheduling until that task ends, whichever
@@ -121,6 +153,7 @@ class Root:
         if rank in self.busy:
             return
         self.busy[rank] = key
+        self.why_busy[rank] = reason
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
@@ -128,6 +161,7 @@ class Root:
 
     def _back(self, rank: int) -> None:
         del self.busy[rank]
+        self.why_busy.pop(rank, None)
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
             transport.events.worker_added(_name(rank), transport.slots)
@@ -140,16 +174,40 @@ class Root:
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
+        if transport is not None and transport.unstarted:
+            now = time.monotonic()
+            if now >= self._next_silence_check:
+                self._next_silence_check = now + _SILENCE_CHECK
+                transport.enforce_silence(now)
 
-    def stop(self) -> None:
+    def where(self, rank: int) -> str:
+        """``rank N (host H, pid P)``, for messages."""
+        host, pid = self.peers[rank] if rank < len(self.peers) else ("?", 0)
+        return f"rank {rank} (host {host}, pid {pid})"
+
+    def stop(self) -> str | None:
         """At the end of the job: the open executor's work is abandoned, and every worker
-        rank stops serving."""
+        rank stops serving. Returns why the job cannot end normally (ranks that did not
+        answer: ``mpiexec`` would wait for them forever), or ``None``."""
         transport = self.transport
         if transport is not None:
             transport.close()
         for rank in self.ranks:
             self.hub.post(rank, Stop())
+        if not self.ranks:
+            self.all_said_bye.set()
+        self.all_said_bye.wait(STOP_GRACE)
+        silent = [rank for rank in self.ranks if rank not in self.said_bye]
         self.hub.stop()
+        if not silent:
+            return None
+        lines = [f"  {self.where(rank)}: {self.why_busy.get(rank, 'no answer')}" for rank in silent]
+        return (
+            "dispatcher_mpi: the program is done, but these ranks do not answer (a task "
+            f"holding the GIL, or a frozen process) after {STOP_GRACE:g} s:\n"
+            + "\n".join(lines)
+            + "\ndispatcher_mpi: ending the job\n"
+        )
 
 
 _root: Root | None = None
@@ -183,6 +241,8 @@ class MpiTransport(Transport):
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
         self.inflight = InFlight()
+        self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
+        """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
 
     def start(self, events: EventSink) -> Mapping[str, int]:
@@ -217,6 +277,8 @@ class MpiTransport(Transport):
                 else None
             )
             self.inflight.add(spec)
+            if spec.timeout is not None and spec.timeout < math.inf:
+                self.unstarted[spec.key] = (time.monotonic(), spec)
             batches.setdefault(rank, []).append(task_record(spec, token, None, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
@@ -285,6 +347,28 @@ class MpiTransport(Transport):
             )
             self.root.retire(
                 _rank(spec.worker), spec.key, f"still running {spec.label!r}, past its timeout"
+            )
+
+    def enforce_silence(self, now: float) -> None:
+        """Fail the timed tasks whose ranks went silent without saying they started."""
+        assert self.events is not None
+        tasks, deadlines, heard = self.inflight.tasks, self.inflight.deadlines, self.root.heard
+        for key, (sent, spec) in list(self.unstarted.items()):
+            if tasks.get(key) is not spec or key in deadlines:
+                del self.unstarted[key]  # reported, cancelled, or its deadline runs
+                continue
+            rank = _rank(spec.worker)
+            assert spec.timeout is not None
+            if now - max(sent, heard.get(rank, 0.0)) < spec.timeout + SILENCE_GRACE:
+                continue
+            del self.unstarted[key]
+            if self.inflight.take(key, spec.worker) is None:
+                continue
+            self.events.task_failed(
+                key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
+            )
+            self.root.retire(
+                rank, key, f"silent since {spec.label!r} was due to start, past its timeout"
             )
 
     def lose(self, rank: int, reason: str) -> None:
