@@ -192,3 +192,41 @@ def test_a_task_whose_rank_never_says_it_started_still_times_out(tmp_path: Path)
     assert "timed out: 'match' ran past its timeout of 1 s" in done.stdout, done.stderr
     assert done.returncode == 0, done.stderr[-3000:]
     assert "silent since 'match' was due to start" in done.stderr
+
+
+# -- no capacity left --------------------------------------------------------------------
+
+
+def test_when_every_rank_is_stuck_the_next_run_says_so(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        ENDLESS
+        + textwrap.dedent(
+            """
+            from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, run
+
+            with get_executor("mpi", retries=0) as ex:
+                try:
+                    ex.run(endless)
+                except TaskTimeoutError as exc:
+                    print("timed out:", exc, flush=True)
+                # The same executor, whose only rank is stuck.
+                result = ex.run(Op(abs, -1), throw=False)
+                print("kept executor:", result.error, flush=True)
+            # A new executor.
+            try:
+                run(Op(abs, -1), executor="mpi")
+            except DispatcherError as exc:
+                print("new executor:", exc, flush=True)
+            """
+        ),
+    )
+    done = job(2, program)
+    assert "timed out: 'match'" in done.stdout, done.stderr[-3000:]
+    for where in ("kept executor", "new executor"):
+        found = re.search(
+            where + r": no capacity left.*\n  rank 1 \(host .*\): still running 'match'",
+            done.stdout,
+        )
+        assert found, done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -164,7 +164,22 @@ class Root:
         self.why_busy.pop(rank, None)
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
+            stand_in = transport.stand_in
+            transport.stand_in = None
+            if stand_in is not None and stand_in != rank:
+                transport.lose(stand_in, "it was standing in for capacity while none was left")
             transport.events.worker_added(_name(rank), transport.slots)
+
+    def no_capacity(self, ranks: Sequence[int]) -> DispatcherError:
+        """The error for a run that has no rank left among ``ranks``."""
+        lines = [f"  {self.where(r)}: {self.why_busy.get(r, 'unavailable')}" for r in ranks]
+        return DispatcherError(
+            "no capacity left: every worker rank of this executor is still running a task "
+            "that was given up on:\n"
+            + "\n".join(lines)
+            + "\n(each rank comes back when its task returns; one that never returns keeps "
+            "its rank for the rest of the job)"
+        )
 
     def tick(self) -> None:
         transport = self.transport
@@ -241,6 +256,9 @@ class MpiTransport(Transport):
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
         self.inflight = InFlight()
+        self.stand_in: int | None = None
+        """A retired rank kept in scheduling, failing what it is given at once, while no
+        other rank is left: so that a run ends with an error instead of waiting."""
         self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
         """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
@@ -254,8 +272,11 @@ class MpiTransport(Transport):
                 )
             self.events = events
             self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
+            free = {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+            if not free:
+                raise self.root.no_capacity(self.ranks)
             self.root.transport = self
-        return {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+        return free
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
@@ -263,6 +284,10 @@ class MpiTransport(Transport):
         batches: dict[int, list[tuple[Any, ...]]] = {}
         for spec in tasks:
             rank = _rank(spec.worker)
+            if rank == self.stand_in:
+                assert self.events is not None
+                self.events.task_failed(spec.key, spec.worker, root.no_capacity(self.ranks), 0.0)
+                continue
             try:
                 token, define = shipper.ship(spec.worker, spec)
             except DispatcherError as error:
@@ -377,6 +402,10 @@ class MpiTransport(Transport):
             return
         self.inflight.drop_worker(_name(rank))
         self.events.worker_lost(_name(rank), reason)
+        if self.stand_in is None and all(r in self.root.busy for r in self.ranks):
+            # Nothing would ever run: let the rank take tasks again, only to fail them.
+            self.stand_in = rank
+            self.events.worker_added(_name(rank), 1)
 
 
 def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:
