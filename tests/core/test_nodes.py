@@ -131,3 +131,118 @@ def test_every_node_is_a_dispatch_node() -> None:
     for node in (a, Op(f, a), a[0], CollectNode([a])):
         assert isinstance(node, DispatchNode)
         assert node.kind == type(node).__name__
+
+
+def g(x: int) -> int:
+    return x + 1
+
+
+def test_wrapping_an_op_again_applies_the_new_options() -> None:
+    first = op(g, label="A", timeout=5, nout=2)
+    again = op(first, timeout=1, label="L")
+    node = again(1)
+    assert node.label == "L"
+    assert node.timeout == 1
+    assert node._func is g  # the function itself, not a wrapper that builds nodes
+    assert again.func is g
+    assert again.nout == 2  # not given again: kept
+    assert op(first)(1).label == "A"
+    assert op(first)(1).timeout == 5
+    assert op(label="outer")(first)(1).label == "outer"
+
+
+def test_attributes_of_the_function_do_not_hijack_the_op() -> None:
+    def h(x: int) -> int:
+        return x
+
+    h.func = print  # type: ignore[attr-defined]
+    h.timeout = "soon"  # type: ignore[attr-defined]
+    h.label = 42  # type: ignore[attr-defined]
+    h.nout = 3  # type: ignore[attr-defined]
+    h.other = "kept"  # type: ignore[attr-defined]
+    wrapped = op(h, timeout=2)
+    node = wrapped(1)
+    assert node._func is h
+    assert node.timeout == 2
+    assert node.label.endswith("h")
+    with pytest.raises(TypeError, match="single node"):
+        iter(node)
+    assert wrapped.other == "kept"  # type: ignore[attr-defined]
+    assert op(h)(1).timeout is None
+
+
+def test_op_of_an_op_function_calls_the_function() -> None:
+    from dispatcher import run
+
+    wrapped = op(g, label="plus-one", timeout=3)
+    node = Op(wrapped, 1)
+    assert node._func is g
+    assert node.label == "plus-one"
+    assert node.timeout == 3
+    assert run(node, executor="sync") == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [0, -1, -0.5, float("nan"), True, False, "1", b"1", [1], object()],
+    ids=repr,
+)
+def test_op_rejects_bad_timeouts_naming_them(bad: object) -> None:
+    with pytest.raises(ValueError, match="timeout") as info:
+        op(f, timeout=bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(info.value)
+
+
+def test_op_accepts_positive_and_infinite_timeouts() -> None:
+    import fractions
+    import math
+
+    assert op(f, timeout=0.25)(1).timeout == 0.25
+    assert op(f, timeout=2)(1).timeout == 2.0
+    assert op(f, timeout=fractions.Fraction(1, 2))(1).timeout == 0.5
+    assert op(f, timeout=math.inf)(1).timeout == math.inf
+
+
+@pytest.mark.parametrize("bad", [True, -1, 1.5, "2"], ids=repr)
+def test_op_rejects_bad_nout(bad: object) -> None:
+    with pytest.raises(ValueError, match="nout"):
+        op(f, nout=bad)  # type: ignore[arg-type]
+
+
+def nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("leaf", [1, DataNode(1)], ids=["constant", "node"])
+def test_arguments_nested_too_deep_are_a_clear_error(leaf: object) -> None:
+    with pytest.raises(ValueError, match="nested too deeply") as info:
+        Op(g, nested(5000, leaf))
+    assert "g" in str(info.value)
+    assert "DataNode" in str(info.value)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        op(g)(x=nested(5000, leaf))
+
+
+def test_a_deep_value_passes_as_a_data_node() -> None:
+    from dispatcher import run
+
+    deep = nested(5000, 7)
+    shallow = Op(f, nested(100, DataNode(1)))  # well within reach: searched as usual
+    assert len(shallow.dependencies()) == 1
+    assert run(Op(id, DataNode(deep)), executor="sync") == id(deep)
+
+
+def test_labels_of_deep_huge_or_unprintable_constants_are_short_and_safe() -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no repr")
+
+    deep = nested(5000, 1)
+    for value in (deep, list(range(1_000_000)), "x" * 10_000, Unprintable()):
+        label = DataNode(value).label
+        assert label.startswith("DataNode(")
+        assert len(label) <= 60
+    assert len(IndexNode(DataNode(1), deep).label) <= 80

@@ -168,12 +168,7 @@ class AsyncTransport(Transport):
             if key not in self.cancelled:
                 self._failed(spec, TaskTimeoutError(spec.label, spec.timeout or 0.0), duration)
             return
-        self.store[key] = value
-        assert self._events is not None
-        if spec.want_result:
-            self._events.task_finished(key, "main", duration, None, value)
-        else:
-            self._events.task_finished(key, "main", duration, None)
+        self._done(spec, value, duration)  # fails it if it blocked the loop past its deadline
 
     def _failed(self, spec: TaskSpec, error: BaseException, duration: float) -> None:
         assert self._events is not None
@@ -191,14 +186,14 @@ class AsyncTransport(Transport):
             state["start"] = perf_counter()
             try:
                 outcome = (True, call_task(spec.func, spec.args, spec.kwargs, spec.shape, values))
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit and the like fail the node too
                 outcome = (False, exc)
             try:
                 call_soon(self._thread_done, spec, outcome, state)
             except RuntimeError:
                 pass  # the loop is gone: the run ended and this result is not wanted
 
-        self.pool.submit(job)
+        state["job"] = self.pool.submit(job, lambda: spec.key in self.cancelled)
         if spec.timeout is not None:
             self.group.start_soon(self._watch, spec, state)
 
@@ -231,6 +226,7 @@ class AsyncTransport(Transport):
             await anyio.sleep(remaining)
         if not state.get("done") and spec.key not in self.cancelled:
             state["over"] = True
+            state["job"].abandon()  # its thread no longer counts toward the pool's size
             self._failed(
                 spec, TaskTimeoutError(spec.label, spec.timeout), perf_counter() - state["start"]
             )

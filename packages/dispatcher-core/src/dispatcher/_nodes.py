@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from ._options import check_timeout
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
 
 __all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
@@ -35,7 +37,8 @@ class DispatchNode:
 
     A node is a deferred call: ``func(*args, **kwargs)`` with dependency results in place of
     the nodes found in the arguments. Nodes are hashable by identity and immutable but for
-    ``label``.
+    ``label``. ``timeout`` is the node's own limit in seconds (``math.inf``: none, whatever
+    the executor's), or ``None`` for the executor's; it is checked where it is given.
     """
 
     __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "timeout")
@@ -98,8 +101,11 @@ class DispatchNode:
             self._shape = SHAPE_CALL
             return
         found: dict[DispatchNode, int] = {}
-        new_args = tuple([_capture(a, found) for a in args])
-        new_kwargs = {k: _capture(v, found) for k, v in kwargs.items()} if kwargs else None
+        try:
+            new_args = tuple([_capture(a, found) for a in args])
+            new_kwargs = {k: _capture(v, found) for k, v in kwargs.items()} if kwargs else None
+        except RecursionError:
+            raise _too_deep(func) from None
         self._args = new_args
         self._kwargs = new_kwargs
         self._deps = tuple(found)
@@ -144,18 +150,42 @@ class DispatchNode:
         return f"<{type(self).__name__} {self.label}>"
 
 
+def _too_deep(func: Callable[..., Any]) -> ValueError:
+    name = getattr(func, "__qualname__", None) or repr(func)
+    return ValueError(
+        f"the arguments of {name} are nested too deeply (lists, tuples, dicts or sets "
+        f"inside each other, close to the interpreter's recursion limit) to be searched "
+        f"for nodes; pass such a value as DataNode(value), whose value is used as it is "
+        f"and not searched, or build it inside a task"
+    )
+
+
 _capture = capturer(DispatchNode)
 
 
 class Op(DispatchNode):
-    """A deferred call ``func(*args, **kwargs)``; nodes among the arguments are dependencies."""
+    """A deferred call ``func(*args, **kwargs)``; nodes among the arguments are dependencies.
+
+    Arguments are searched for nodes recursively; a value nested so deeply (hundreds of
+    containers) that the search would exceed the interpreter's recursion limit is a
+    ``ValueError`` naming the function: pass it as a :class:`DataNode`, which is not
+    searched. ``Op(op(f, ...), x)`` is the same as ``op(f, ...)(x)``.
+    """
 
     __slots__ = ("_nout",)
 
+    _nout: int | None
+
     def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        if type(func) is OpFunction:
+            # Op(op(f, ...), x) is op(f, ...)(x): calling the wrapper at run time would
+            # return a node instead of a value.
+            self._nout = func.nout
+            self._init_call(func.func, args, kwargs, func.label, func.timeout)
+            return
         if not callable(func):
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
-        self._nout: int | None = None
+        self._nout = None
         self._init_call(func, args, kwargs, None)
 
     @property
@@ -194,8 +224,7 @@ class DataNode(DispatchNode):
         return self._args[0]
 
     def _default_label(self) -> str:
-        text = repr(self._args[0])
-        return f"DataNode({text if len(text) <= 40 else text[:37] + '...'})"
+        return f"DataNode({_short_repr(self._args[0])})"
 
 
 class IndexNode(DispatchNode):
@@ -226,7 +255,7 @@ class IndexNode(DispatchNode):
         return self._args[1]
 
     def _default_label(self) -> str:
-        return f"{self._deps[0].label}[{self._args[1]!r}]"
+        return f"{self._deps[0].label}[{_short_repr(self._args[1])}]"
 
 
 class CollectNode(DispatchNode):
@@ -252,12 +281,32 @@ class CollectNode(DispatchNode):
         return f"CollectNode({len(self._deps)})"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def _short_repr(value: Any) -> str:
+    """At most about 40 characters of ``repr(value)``, for a label: cheap for a huge
+    value, safe for one nested thousands deep or whose ``__repr__`` raises."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # RecursionError included: a label must never fail
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _identity(value: Any) -> Any:
     return value
 
 
 class OpFunction(Generic[P, R]):
-    """A function whose calls build :class:`Op` nodes instead of running (see :func:`op`)."""
+    """A function whose calls build :class:`Op` nodes instead of running (see :func:`op`).
+
+    Its options (``func``, ``label``, ``timeout``, ``nout``) are fixed when it is made:
+    attributes of the wrapped function with the same names neither replace them nor
+    change what a call builds.
+    """
 
     def __init__(
         self,
@@ -266,20 +315,43 @@ class OpFunction(Generic[P, R]):
         timeout: float | None,
         nout: int | None,
     ) -> None:
-        self.func = func
-        self.label = label
-        self.timeout = timeout
-        self.nout = nout
+        # Name, docstring, ``__wrapped__`` (for inspect.signature) and the function's own
+        # attributes; the options below are properties, so none of those can shadow them.
         functools.update_wrapper(self, func)
+        self._op_func = func
+        self._op_label = label
+        self._op_timeout = timeout
+        self._op_nout = nout
+
+    @property
+    def func(self) -> Callable[P, R]:
+        """The function each node calls."""
+        return self._op_func
+
+    @property
+    def label(self) -> str | None:
+        """The label given to each node, or ``None`` for the function's name."""
+        return self._op_label
+
+    @property
+    def timeout(self) -> float | None:
+        """Each node's timeout in seconds (``math.inf``: none), or ``None`` for the
+        executor's."""
+        return self._op_timeout
+
+    @property
+    def nout(self) -> int | None:
+        """How many values each node unpacks into, or ``None``."""
+        return self._op_nout
 
     def __call__(self, *args: Any, **kwargs: Any) -> Op:
         node = Op.__new__(Op)
-        node._nout = self.nout
-        node._init_call(self.func, args, kwargs, self.label, self.timeout)
+        node._nout = self._op_nout
+        node._init_call(self._op_func, args, kwargs, self._op_label, self._op_timeout)
         return node
 
     def __repr__(self) -> str:
-        return f"<op {getattr(self.func, '__qualname__', self.func)!r}>"
+        return f"<op {getattr(self._op_func, '__qualname__', self._op_func)!r}>"
 
 
 @overload
@@ -312,17 +384,25 @@ def op(
     """Wrap ``func`` so that calling it builds an :class:`Op` node.
 
     ``op(f)(1, 2)`` and ``@op def f(...)`` both work, as does ``@op(label=..., timeout=...)``.
-    ``timeout`` (seconds) replaces the executor's for these nodes; ``nout=N`` lets a node
-    unpack into N :class:`IndexNode` (``a, b = f(x)``).
+    ``timeout`` (seconds; ``math.inf`` for none) replaces the executor's for these nodes;
+    ``nout=N`` lets a node unpack into N :class:`IndexNode` (``a, b = f(x)``). Wrapping
+    what ``op`` made again wraps the same function: the options given now replace the
+    old ones, the others are kept. Bad options are an error here, not when a node runs.
     """
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if nout is not None and (not isinstance(nout, int) or nout < 0):
+    timeout = check_timeout(timeout)
+    if nout is not None and (isinstance(nout, bool) or not isinstance(nout, int) or nout < 0):
         raise ValueError(f"nout must be a non-negative int, got {nout!r}")
     if label is not None and not isinstance(label, str):
         raise TypeError(f"a label is a str, not {type(label).__name__}")
 
     def wrap(f: Callable[..., Any]) -> OpFunction[Any, Any]:
+        if isinstance(f, OpFunction):
+            return OpFunction(
+                f.func,
+                f.label if label is None else label,
+                f.timeout if timeout is None else timeout,
+                f.nout if nout is None else nout,
+            )
         if not callable(f):
             raise TypeError(f"op needs a callable, got {f!r}")
         return OpFunction(f, label, timeout, nout)

@@ -2,32 +2,76 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["Options"]
+__all__ = ["NO_LIMIT", "Options", "check_timeout"]
+
+NO_LIMIT = math.inf
+"""A timeout of ``math.inf``: no limit. A node given it runs unlimited whatever the
+executor's timeout; it never reaches a transport as a number (the scheduler sends
+``None``)."""
+
+
+def check_timeout(timeout: Any, where: str = "timeout") -> float | None:
+    """``timeout`` as a float, or ``None`` when not given; ``math.inf`` stays ``math.inf``.
+
+    A timeout is a positive number of seconds, or ``math.inf`` for none. Anything else --
+    ``nan``, zero, negatives, booleans, strings and other non-numbers -- is a
+    ``ValueError`` naming the value, raised where it is given rather than when a task
+    would run.
+    """
+    if timeout is None:
+        return None
+    # bool is an int, but timeout=True is a mistake, not one second.
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise ValueError(
+            f"{where} must be a positive number of seconds (or math.inf for none), "
+            f"got {type(timeout).__name__}: {timeout!r}"
+        )
+    seconds = float(timeout)
+    if not seconds > 0:  # also catches nan, which compares false with everything
+        raise ValueError(
+            f"{where} must be a positive number of seconds (or math.inf for none), got {timeout!r}"
+        )
+    return seconds
+
+
+def _check_retry_on(retry_on: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    elif isinstance(retry_on, (str, bytes)) or not isinstance(retry_on, Iterable):
+        raise TypeError(
+            f"retry_on takes an exception type or a sequence of them, "
+            f"got {type(retry_on).__name__}: {retry_on!r}"
+        )
+    types = tuple(retry_on)
+    for cls in types:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise TypeError(f"retry_on takes exception types, got {cls!r}")
+    return types
 
 
 class Options:
-    """The scheduling options every executor accepts."""
+    """The scheduling options every executor accepts.
+
+    ``timeout`` is kept as ``None`` for "no limit", ``math.inf`` included, so that no
+    transport ever sees an infinite deadline.
+    """
 
     __slots__ = ("retries", "retry_on", "timeout")
 
     def __init__(
         self,
         retries: int = 2,
-        retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
+        retry_on: Iterable[type[BaseException]] | type[BaseException] = (),
         timeout: float | None = None,
     ) -> None:
-        if not isinstance(retries, int) or retries < 0:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative int, got {retries!r}")
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-        retry_on = tuple(retry_on)
-        for cls in retry_on:
-            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                raise TypeError(f"retry_on takes exception types, got {cls!r}")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        seconds = check_timeout(timeout)
         self.retries = retries
-        self.retry_on = retry_on
-        self.timeout = timeout
+        self.retry_on = _check_retry_on(retry_on)
+        self.timeout = None if seconds == NO_LIMIT else seconds

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
 from ._graph import gc_paused
 from ._nodes import DispatchNode
-from ._options import Options
+from ._options import NO_LIMIT, Options
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
 from .transport import TaskSpec, Transport
 
@@ -554,6 +554,8 @@ class Run:
             keys = last_use = ()
         self.attempts[p] += 1
         timeout = node.timeout if node.timeout is not None else self._timeout
+        if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
+            timeout = None
         spec = TaskSpec(
             base + p,
             node,

@@ -2,50 +2,146 @@
 
 anyio's worker threads are not daemons, so a task abandoned at its timeout would keep the
 interpreter from exiting; these threads never do.
+
+A plain function cannot be stopped from outside its thread, so a task abandoned at its
+deadline (or by a run that stopped) keeps its thread until the function returns, maybe
+never. Such a thread stops counting toward the pool's size as soon as its job is known to
+be abandoned -- at once through :meth:`Job.abandon`, or through the job's ``abandoned``
+test the next time the pool needs a thread -- so a replacement can start and later work
+never waits behind it. The abandoned thread ends when its function returns.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 
-__all__ = ["DaemonThreadPool"]
+__all__ = ["DaemonThreadPool", "Job"]
+
+logger = logging.getLogger("dispatcher")
+
+_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
+
+
+class Job:
+    """A handle on one job submitted to a :class:`DaemonThreadPool`."""
+
+    __slots__ = ("_pool", "_state", "abandoned", "run")
+
+    def __init__(
+        self,
+        pool: DaemonThreadPool,
+        run: Callable[[], None] | None,
+        abandoned: Callable[[], bool] | None,
+    ) -> None:
+        self._pool = pool
+        self._state = _QUEUED
+        self.run = run
+        self.abandoned = abandoned
+
+    def abandon(self) -> None:
+        """Nobody wants this job any more: if it is running, its thread stops counting
+        toward the pool's size (and ends when the job returns); if it is still queued, it
+        will not run."""
+        self._pool._abandon(self)
 
 
 class DaemonThreadPool:
-    """At most ``size`` threads, started on demand, kept while the pool lives."""
+    """At most ``size`` threads busy with jobs someone still wants, started on demand,
+    kept while the pool lives."""
 
     def __init__(self, size: int, name: str = "dispatcher-thread") -> None:
         self.size = size
         self._name = name
-        self._queue: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._queue: SimpleQueue[Job | None] = SimpleQueue()
         self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0
+        self._threads = 0  # counted threads: idle, or running a job not yet abandoned
+        self._idle = 0  # counted threads waiting for a job (or about to)
+        self._pending = 0  # jobs in the queue, not yet taken by a thread
+        self._running: set[Job] = set()
+        self._started = 0  # for thread names only
         self._closed = False
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job()`` on some thread of the pool (it must not raise)."""
-        self._queue.put(job)
+    def submit(self, job: Callable[[], None], abandoned: Callable[[], bool] | None = None) -> Job:
+        """Run ``job()`` on some thread of the pool (it should not raise; what it raises
+        is logged and the thread goes on).
+
+        ``abandoned``, when given, says whether nobody wants the job any more; the pool
+        asks it (from the submitting thread) when every thread is busy, so that threads
+        stuck in unwanted jobs stop blocking new ones.
+        """
+        handle = Job(self, job, abandoned)
         with self._lock:
-            if self._idle == 0 and self._threads < self.size and not self._closed:
-                self._threads += 1
-                threading.Thread(
-                    target=self._work, name=f"{self._name}-{self._threads}", daemon=True
-                ).start()
+            self._pending += 1
+            self._queue.put(handle)
+            if self._pending > self._idle and self._threads >= self.size:
+                self._release_unwanted()
+            self._grow()
+        return handle
+
+    def _grow(self) -> None:
+        # Called with the lock held: a thread for each queued job no idle thread will take.
+        while self._pending > self._idle and self._threads < self.size and not self._closed:
+            self._threads += 1
+            self._idle += 1  # it starts by waiting for a job
+            self._started += 1
+            threading.Thread(
+                target=self._work, name=f"{self._name}-{self._started}", daemon=True
+            ).start()
+
+    def _release_unwanted(self) -> None:
+        # Called with the lock held.
+        for handle in list(self._running):
+            test = handle.abandoned
+            if test is not None and test():
+                self._uncount(handle)
+
+    def _uncount(self, handle: Job) -> None:
+        # Called with the lock held, for a running job.
+        handle._state = _ABANDONED
+        self._running.discard(handle)
+        self._threads -= 1
+
+    def _abandon(self, handle: Job) -> None:
+        with self._lock:
+            if handle._state == _QUEUED:
+                handle._state = _ABANDONED  # skipped when a thread takes it
+            elif handle._state == _RUNNING:
+                self._uncount(handle)
+                self._grow()  # a replacement, if jobs are waiting
 
     def _work(self) -> None:
         get = self._queue.get
         while True:
-            with self._lock:
-                self._idle += 1
-            job = get()
+            handle = get()
             with self._lock:
                 self._idle -= 1
-            if job is None:
-                return
-            job()
+                if handle is None:
+                    self._threads -= 1
+                    return
+                self._pending -= 1
+                if handle._state == _ABANDONED:
+                    self._idle += 1
+                    continue
+                handle._state = _RUNNING
+                self._running.add(handle)
+                job = handle.run
+            try:
+                if job is not None:
+                    job()
+            except BaseException:  # a job must not raise; if one does, keep the thread
+                logger.exception("a job of the %s pool raised", self._name)
+            # The handle may be kept by whoever submitted the job (and the job may refer
+            # to it): let go of the job and what it holds, such as its input values.
+            handle.run = handle.abandoned = job = None
+            with self._lock:
+                if handle._state == _ABANDONED:
+                    return  # no longer counted: a replacement may already run
+                handle._state = _DONE
+                self._running.discard(handle)
+                self._idle += 1
 
     def close(self) -> None:
         """Let idle threads go; a thread stuck in an abandoned task ends with it."""

@@ -9,16 +9,16 @@ A backend proves itself by subclassing :class:`ExecutorConformance` in its own t
         options = {"workers": 2}
 
 Checks that need something the executor's :class:`~dispatcher.transport.Capabilities`
-say it cannot do are skipped with that reason.
+say it cannot do are skipped with that reason. Checks a backend is known to fail today
+are listed in its test class (``known_faults``, ``known_hangs``; see
+:class:`~dispatcher.testing.ExecutorHarness`).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -40,8 +40,8 @@ from .. import (
     op,
     run,
 )
-from ..transport import Capabilities
 from . import tasks
+from ._faults import ExecutorFaults
 
 __all__ = ["ExecutorConformance", "Recorder"]
 
@@ -87,42 +87,12 @@ class Recorder:
         return [e for e in self.events if e[0] == kind]
 
 
-class ExecutorConformance:
-    """Subclass and set :attr:`executor` (a registered name) and :attr:`options`."""
+class ExecutorConformance(ExecutorFaults):
+    """Subclass and set :attr:`executor` (a registered name) and :attr:`options`.
 
-    executor: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {}
-
-    # -- helpers -------------------------------------------------------------------------
-
-    _capabilities: ClassVar[Capabilities | None] = None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What this executor, configured with :attr:`options`, says it can do."""
-        cls = type(self)
-        if cls._capabilities is None:
-            with get_executor(self.executor, **self.options) as executor:
-                cls._capabilities = executor.capabilities
-        return cls._capabilities
-
-    def require(self, capability: str) -> None:
-        if not getattr(self.capabilities, capability):
-            pytest.skip(f"the {self.executor!r} executor declares no {capability}")
-
-    def run(self, targets: Any, **kwargs: Any) -> Any:
-        return run(targets, executor=self.executor, **self.options, **kwargs)
-
-    @pytest.fixture
-    def log(self, tmp_path: Path) -> str:
-        path = tmp_path / "calls"
-        path.mkdir()
-        return str(path)
-
-    @pytest.fixture
-    def ex(self) -> Iterator[Executor]:
-        with get_executor(self.executor, **self.options) as executor:
-            yield executor
+    The fault checks of :class:`~dispatcher.testing.ExecutorFaults` come with it; list
+    the checks a backend is known to fail in ``known_faults`` / ``known_hangs``.
+    """
 
     # -- nodes and argument substitution -------------------------------------------------
 

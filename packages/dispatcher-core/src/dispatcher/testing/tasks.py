@@ -164,3 +164,97 @@ class UnpicklableError(Exception):
 
 def fail_unpicklable(message: str) -> Any:
     raise UnpicklableError(message)
+
+
+# -- odd exceptions and values (the fault checks) -------------------------------------------
+
+
+class CustomBaseError(BaseException):
+    """A user's own BaseException subclass (not an Exception)."""
+
+
+class BadStrError(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ of BadStrError fails")
+
+
+class Weird(Exception):
+    """An exception whose pickle round trip gives a str, not an exception."""
+
+    def __reduce__(self) -> Any:
+        return (str, ("x",))
+
+
+def _raise_weird_cause() -> Any:
+    raise ValueError("chained to a Weird") from Weird()
+
+
+ODD_EXCEPTIONS: dict[str, tuple[type[BaseException], Any]] = {
+    "KeyboardInterrupt": (KeyboardInterrupt, lambda: KeyboardInterrupt()),
+    "SystemExit": (SystemExit, lambda: SystemExit(4)),
+    "GeneratorExit": (GeneratorExit, lambda: GeneratorExit()),
+    "CustomBaseError": (CustomBaseError, lambda: CustomBaseError("custom")),
+    "BadStrError": (BadStrError, lambda: BadStrError("unprintable")),
+}
+"""Name -> (the type a task raises, a factory for the exception)."""
+
+
+def raise_odd(kind: str) -> Any:
+    """Raises the odd exception named ``kind`` (a key of ``ODD_EXCEPTIONS``, or
+    ``"WeirdCause"``: a ValueError whose ``__cause__`` cannot make a pickle round trip)."""
+    if kind == "WeirdCause":
+        _raise_weird_cause()
+    raise ODD_EXCEPTIONS[kind][1]()
+
+
+def _exit_when_loaded() -> Any:
+    raise SystemExit("unpickling this result exits")
+
+
+class ExitsWhenLoaded:
+    """A value that pickles fine and whose unpickling raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        return (_exit_when_loaded, ())
+
+
+def make_exits_when_loaded() -> ExitsWhenLoaded:
+    return ExitsWhenLoaded()
+
+
+# -- abandoned work -------------------------------------------------------------------------
+
+
+def blocked(log: str, name: str, gate: str, seconds: float) -> str:
+    """Leaves a ``name.started`` marker, then waits for the file ``gate`` (at most
+    ``seconds``: a guard so that no test leaves it behind for long) and leaves
+    ``name.finished``."""
+    logged(log, name + "-started", None)
+    wait_for_file(gate, seconds)
+    logged(log, name + "-finished", None)
+    return name
+
+
+def fail_once_started(log: str, name: str, seconds: float, message: str) -> Any:
+    """Waits (at most ``seconds``) until a ``blocked`` task ``name`` has started, then
+    raises ``ValueError(message)``: a failure while other work provably runs."""
+    deadline = time.monotonic() + seconds
+    while calls(log, name + "-started") == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    raise ValueError(message)
+
+
+def meet(log: str, name: str, count: int, seconds: float, value: Any) -> Any:
+    """Returns ``value`` once ``count`` tasks ``meet(..., name, count, ...)`` run at the same
+    time; raises TimeoutError if they did not all get there within ``seconds``."""
+    logged(log, name, None)
+    deadline = time.monotonic() + seconds
+    while calls(log, name) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {calls(log, name)} of {count} tasks {name!r} ran at the same time"
+            )
+        time.sleep(0.005)
+    return value

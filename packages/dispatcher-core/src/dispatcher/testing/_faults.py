@@ -1,0 +1,218 @@
+"""Fault checks every executor must pass, organised by fault class.
+
+Each check injects one fault that any backend can meet -- a task raising an odd
+exception, a value that fails on the way back, a bad timeout, work abandoned by a run
+that stopped -- and requires what the contract promises: the node fails with the user's
+exception (or :class:`~dispatcher.RemoteError` when it cannot travel), the run ends, and
+the executor keeps serving the next run. Every check runs under a hard per-test timeout,
+so a hang fails instead of stalling. Checks that need a capability the executor does not
+declare are skipped with that reason; checks a backend is known to fail are listed in its
+test class (see :class:`~dispatcher.testing.ExecutorHarness`).
+
+Faults that only some backends can meet (killed or frozen workers, lost ranks) belong to
+those backends' own tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+
+from .. import Executor, Op, RemoteError, SerializationError, TaskTimeoutError, get_executor, op
+from . import tasks
+from ._harness import ExecutorHarness
+
+__all__ = ["ExecutorFaults"]
+
+T = TypeVar("T")
+
+ODD_KINDS = [*tasks.ODD_EXCEPTIONS, "WeirdCause"]
+"""What the odd-exception checks make a task raise (see :func:`tasks.raise_odd`)."""
+
+BAD_TIMEOUTS = [float("nan"), 0, -1, "1"]
+
+LONG = 300.0
+"""How long a blocked task waits at most: a guard so none outlives its test for long."""
+
+MEET = 30.0
+"""How long tasks that must run at the same time wait for each other at most."""
+
+_OUTCOMES = (pytest.fail.Exception, pytest.skip.Exception)
+"""pytest's own exceptions (a per-test timeout is one): never taken for a run's."""
+
+
+def _expected(kind: str) -> type[BaseException]:
+    return ValueError if kind == "WeirdCause" else tasks.ODD_EXCEPTIONS[kind][0]
+
+
+def _check_odd_error(kind: str, error: BaseException | None) -> None:
+    """``error`` is what a task raising the odd exception ``kind`` must fail with."""
+    expected = _expected(kind)
+    if isinstance(error, RemoteError):
+        assert expected.__name__ in error.type_name, (kind, error.type_name)
+        return
+    assert isinstance(error, expected), f"{kind}: the node failed with {error!r}"
+    if kind == "WeirdCause":
+        assert error.args == ("chained to a Weird",)
+
+
+def _no_escape(call: Callable[[], T], what: str) -> T:
+    """``call()``, turning an exception that escapes it into a test failure, so that a
+    KeyboardInterrupt meant for a node cannot end the test session instead."""
+    try:
+        return call()
+    except _OUTCOMES:
+        raise  # the per-test timeout, a skip: pytest's own
+    except BaseException as exc:
+        pytest.fail(f"{what} raised {type(exc).__name__}: {exc!r} out of run()")
+
+
+class ExecutorFaults(ExecutorHarness):
+    """The fault checks; :class:`~dispatcher.testing.ExecutorConformance` includes them."""
+
+    # -- odd exceptions and values ----------------------------------------------------------
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("kind", ODD_KINDS)
+    def test_odd_exception_fails_its_node(self, ex: Executor, kind: str) -> None:
+        """A task raising any BaseException fails its node; others run; the executor lives."""
+        bad = op(tasks.raise_odd, label=f"raises-{kind}")(kind)
+        results = _no_escape(lambda: ex.run([bad, Op(tasks.inc, 1)], throw=False), kind)
+        _check_odd_error(kind, results[0].error)
+        assert results[1].value == 2
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("kind", ODD_KINDS)
+    def test_odd_exception_with_throw_is_raised(self, ex: Executor, kind: str) -> None:
+        """With ``throw=True`` the run raises that exception; the executor lives."""
+        bad = op(tasks.raise_odd, label=f"raises-{kind}")(kind)
+        raised: BaseException | None = None
+        try:
+            ex.run(Op(tasks.inc, bad))
+        except _OUTCOMES:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt included: it is the expected one
+            raised = exc
+        assert raised is not None, f"a task raising {kind} did not fail the run"
+        _check_odd_error(kind, raised)
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
+    @pytest.mark.timeout(60)
+    def test_result_whose_unpickling_exits(self, ex: Executor) -> None:
+        """A result that raises SystemExit when the caller unpickles it fails its node."""
+        self.require("separate_processes")
+        bad = op(tasks.make_exits_when_loaded, label="exits-when-loaded")()
+        results = _no_escape(lambda: ex.run([bad, Op(tasks.inc, 1)], throw=False), "it")
+        assert isinstance(results[0].error, (SerializationError, RemoteError)), results[0]
+        assert results[1].value == 2
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("bad", BAD_TIMEOUTS, ids=repr)
+    def test_bad_timeout_is_refused_at_the_call(self, bad: Any) -> None:
+        with pytest.raises(ValueError, match="timeout"):
+            get_executor(self.executor, **{**self.options, "timeout": bad})
+        with pytest.raises(ValueError, match="timeout"):
+            self.run(Op(tasks.inc, 1), timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            op(tasks.inc, timeout=bad)
+
+    @pytest.mark.timeout(60)
+    def test_infinite_timeout_is_no_timeout(self) -> None:
+        # One executor at a time: some backends (mpi) allow no more.
+        with get_executor(self.executor, **{**self.options, "timeout": math.inf}) as ex:
+            assert ex.run(Op(tasks.inc, 1)) == 2
+            assert ex.run(op(tasks.inc, timeout=math.inf)(1)) == 2
+            assert ex.run(Op(tasks.inc, 2)) == 3  # the executor still serves
+        # A node's own inf beats the executor's limit.
+        unlimited = op(tasks.sleep_then, label="unlimited", timeout=math.inf)(0.3, "done")
+        assert self.run(unlimited, timeout=0.05) == "done"
+
+    # -- abandoned work -----------------------------------------------------------------------
+
+    def _require_abandoning(self) -> None:
+        caps = self.capabilities
+        if not (caps.interrupts_running_tasks or caps.separate_processes):
+            pytest.skip(
+                f"the {self.executor!r} executor declares neither interrupts_running_tasks "
+                f"nor separate_processes: it cannot take back a worker from a running task"
+            )
+
+    def _meet(self, log: str, count: int) -> list[Op]:
+        """``count`` tasks that only finish while all of them run at the same time."""
+        return [op(tasks.meet, label=f"meet{i}")(log, "meet", count, MEET, i) for i in range(count)]
+
+    @pytest.mark.timeout(120)
+    def test_work_abandoned_by_fail_fast_does_not_hold_the_next_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """After fail-fast, the next run on the same executor gets every worker, while
+        the task the failed run abandoned is still blocked (needs two workers)."""
+        self._require_abandoning()
+        gate = tmp_path / "gate"
+        blocker = op(tasks.blocked, label="blocked")(log, "blocked", str(gate), LONG)
+        failing = op(tasks.fail_once_started, label="fails")(log, "blocked", MEET, "first")
+        try:
+            with pytest.raises(ValueError, match="first"):
+                ex.run([blocker, failing])
+            assert ex.run(self._meet(log, 2)) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0  # still held at the gate
+        finally:
+            gate.touch()
+
+    @pytest.mark.timeout(120)
+    def test_work_abandoned_at_its_timeout_does_not_hold_the_next_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """Tasks past their timeout give back their workers at once, while still
+        blocked (needs two workers)."""
+        self.require("interrupts_running_tasks")
+        gate = tmp_path / "gate"
+        blockers = [
+            op(tasks.blocked, label=f"blocked{i}", timeout=0.5)(log, "blocked", str(gate), LONG)
+            for i in range(3)
+        ]
+        try:
+            results = ex.run(blockers, throw=False)
+            assert all(isinstance(r.error, TaskTimeoutError) for r in results), results
+            assert ex.run(self._meet(log, 2)) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0
+        finally:
+            gate.touch()
+
+    @pytest.mark.timeout(120)
+    def test_work_abandoned_by_a_cancelled_arun_does_not_hold_the_next_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """Cancelling ``arun`` (the notebook's "interrupt the cell") while tasks run:
+        the next run gets every worker while they are still blocked (needs two
+        workers)."""
+        self._require_abandoning()
+        gate = tmp_path / "gate"
+        blockers = [
+            op(tasks.blocked, label=f"blocked{i}")(log, "blocked", str(gate), LONG)
+            for i in range(3)
+        ]
+
+        async def interrupted() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(functools.partial(ex.arun, blockers))
+                while tasks.calls(log, "blocked-started") == 0:
+                    await anyio.sleep(0.01)
+                group.cancel_scope.cancel()
+
+        try:
+            anyio.run(interrupted)
+            assert ex.run(self._meet(log, 2)) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0
+        finally:
+            gate.touch()
