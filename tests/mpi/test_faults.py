@@ -230,3 +230,89 @@ def test_when_every_rank_is_stuck_the_next_run_says_so(tmp_path: Path) -> None:
         )
         assert found, done.stdout
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# -- a rank that dies ---------------------------------------------------------------------
+
+
+def test_a_dead_rank_is_named_with_what_it_was_running(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import os, signal, time
+        from dispatcher import Op, op, run
+
+        def die():
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        run([op(die, label="the-killer")(), Op(time.sleep, 5)], executor="mpi")
+        print("should not get here")
+        """,
+    )
+    done = job(3, program)
+    assert done.returncode != 0
+    assert "should not get here" not in done.stdout
+    found = re.search(
+        r"dispatcher_mpi: lost rank (\d) \(host .*, pid \d+\): the process ended while "
+        r"running 'the-killer'",
+        done.stderr,
+    )
+    assert found, done.stderr[-3000:]
+    assert done.stderr.count("lost rank") == 1, done.stderr[-3000:]
+
+
+def test_jobs_that_end_on_purpose_name_no_lost_rank(tmp_path: Path) -> None:
+    for body in ("raise RuntimeError('x')", "import sys; sys.exit(3)", "print('fine')"):
+        program = script(
+            tmp_path, "from dispatcher import Op, run\nrun(Op(abs, -1), executor='mpi')\n" + body
+        )
+        done = job(3, program)
+        assert "lost rank" not in done.stderr, (body, done.stderr[-3000:])
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", str(2**31)])
+def test_a_bad_chunk_size_is_a_clear_error(tmp_path: Path, value: str) -> None:
+    program = script(tmp_path, "print('ran')\n")
+    done = job(2, program, env={"DISPATCHER_MPI_CHUNK": value})
+    assert done.returncode == 2
+    assert "ran" not in done.stdout
+    assert done.stderr.count("DISPATCHER_MPI_CHUNK must be a whole number of bytes") == 1
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+# -- tasks that raise what ends a program -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raise_it", "status", "says"),
+    [
+        ("import sys; sys.exit(4)", 4, ""),
+        ("raise KeyboardInterrupt", 1, "KeyboardInterrupt"),
+        ("raise Unprintable('hidden')", 1, "Unprintable"),
+    ],
+)
+def test_a_task_raising_what_ends_a_program_ends_the_job_with_it(
+    tmp_path: Path, raise_it: str, status: int, says: str
+) -> None:
+    program = script(
+        tmp_path,
+        f"""
+        from dispatcher import Op, run
+
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no message")
+
+        def task():
+            {raise_it}
+
+        run(Op(task), executor="mpi")
+        print("should not get here")
+        """,
+    )
+    done = job(3, program)
+    assert done.returncode == status, done.stderr[-3000:]
+    assert "should not get here" not in done.stdout
+    assert says in done.stderr
+    assert "lost rank" not in done.stderr

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import runpy
 import sys
@@ -47,8 +48,16 @@ def main() -> None:
                 "better; this one offers less\n"
             )
         comm.Abort(2)
-    from ._channel import abort_job
+    from ._channel import abort_job, chunk_limit
     from ._segments import unlink_own_segments
+
+    try:
+        chunk_limit()
+    except ValueError as exc:
+        # Every rank reads the same environment: each stops, rank 0 says why.
+        if comm.Get_rank() == 0:
+            sys.stderr.write(f"dispatcher_mpi: {exc}\n")
+        raise SystemExit(2) from None
 
     # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
     # returned, it also means every rank is past MPI_Init: the segments can lose their names.
@@ -57,6 +66,9 @@ def main() -> None:
 
     if comm.Get_rank() != 0:
         from ._worker import WorkerRank
+
+        # A task that crashes the interpreter (a segfault in C code) shows where it was.
+        faulthandler.enable()
 
         try:
             WorkerRank(comm).serve()

@@ -20,6 +20,10 @@ been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted
 later of the task's send and the last word from its rank. Such a task fails with
 :class:`~dispatcher.TaskTimeoutError` at most that grace late.
 
+No capacity: once every rank of an executor is retired, its runs wait up to
+:data:`CAPACITY_WAIT` for one to come back, then fail with a :class:`DispatcherError`
+naming each retired rank, its host and the task it still runs.
+
 At the end of the job every rank is asked to stop; a rank that does not answer within
 :data:`STOP_GRACE` (a task holding the GIL, forever) is named, and the job is aborted with
 the program's own exit status, since otherwise ``mpiexec`` would wait for it forever.
@@ -55,6 +59,7 @@ from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transpo
 
 from ._channel import Hub, abort_job, encode
 from ._messages import Alive, Busy, Bye, Reset
+from ._watch import Watcher
 
 __all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
@@ -71,9 +76,13 @@ _IDLE_SLEEP = 2e-3
 SILENCE_GRACE = 2.0
 """Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
 presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
+CAPACITY_WAIT = 10.0
+"""Seconds runs wait for a rank to come back once every rank of their executor is retired;
+then they fail with "no capacity left" (a task that never returns would keep them forever)."""
 STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
+_WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
 def _name(rank: int) -> str:
@@ -104,10 +113,13 @@ class Root:
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
         self._next_silence_check = 0.0
+        self.watcher: Watcher | None = None
+        self._next_watch = 0.0
         self.lock = threading.RLock()
 
     def start(self) -> None:
         self.hub.start(self._hub_failed)
+        self.watcher = Watcher(self.peers)
 
     def _hub_failed(self, error: BaseException) -> None:
         # Nothing can reach the worker ranks any more: every run would wait forever.
@@ -165,7 +177,7 @@ class Root:
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
             stand_in = transport.stand_in
-            transport.stand_in = None
+            transport.stand_in = transport.no_capacity_since = None
             if stand_in is not None and stand_in != rank:
                 transport.lose(stand_in, "it was standing in for capacity while none was left")
             transport.events.worker_added(_name(rank), transport.slots)
@@ -189,11 +201,40 @@ class Root:
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
+        if (
+            transport is not None
+            and transport.no_capacity_since is not None
+            and time.monotonic() - transport.no_capacity_since >= CAPACITY_WAIT
+        ):
+            transport.stand_in_for_capacity()
+        if self.watcher is not None and self.watcher.process is not None:
+            now = time.monotonic()
+            if now >= self._next_watch:
+                self._next_watch = now + _WATCH_EVERY
+                self.watcher.tell(self.doing())
         if transport is not None and transport.unstarted:
             now = time.monotonic()
             if now >= self._next_silence_check:
                 self._next_silence_check = now + _SILENCE_CHECK
                 transport.enforce_silence(now)
+
+    def doing(self) -> dict[int, str]:
+        """What each worker rank does now, as far as rank 0 knows, for :class:`Watcher`."""
+        doing = {rank: "idle" for rank in self.ranks}
+        transport = self.transport
+        if transport is not None:
+            out: dict[int, list[TaskSpec]] = {}
+            for spec in list(transport.inflight.tasks.values()):
+                out.setdefault(_rank(spec.worker), []).append(spec)
+            deadlines = transport.inflight.deadlines
+            for rank, specs in out.items():
+                started = [spec for spec in specs if spec.key in deadlines]
+                doing[rank] = f"running {(started or specs)[0].label!r}" + (
+                    f" ({len(specs) - 1} more queued there)" if len(specs) > 1 else ""
+                )
+        for rank, why in list(self.why_busy.items()):
+            doing[rank] = why
+        return doing
 
     def where(self, rank: int) -> str:
         """``rank N (host H, pid P)``, for messages."""
@@ -204,6 +245,8 @@ class Root:
         """At the end of the job: the open executor's work is abandoned, and every worker
         rank stops serving. Returns why the job cannot end normally (ranks that did not
         answer: ``mpiexec`` would wait for them forever), or ``None``."""
+        if self.watcher is not None:
+            self.watcher.stop()  # ranks exit from here on
         transport = self.transport
         if transport is not None:
             transport.close()
@@ -257,8 +300,10 @@ class MpiTransport(Transport):
         self.events: EventSink | None = None
         self.inflight = InFlight()
         self.stand_in: int | None = None
-        """A retired rank kept in scheduling, failing what it is given at once, while no
+        """A retired rank put back in scheduling, failing what it is given at once, while no
         other rank is left: so that a run ends with an error instead of waiting."""
+        self.no_capacity_since: float | None = None
+        """Since when every rank has been retired (while no stand-in is in place)."""
         self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
         """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
@@ -272,11 +317,20 @@ class MpiTransport(Transport):
                 )
             self.events = events
             self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
-            free = {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+            free = self._free_ranks()
             if not free:
                 raise self.root.no_capacity(self.ranks)
             self.root.transport = self
         return free
+
+    def _free_ranks(self) -> dict[str, int]:
+        """The ranks not retired; waits up to :data:`CAPACITY_WAIT` for one to come back."""
+        give_up = time.monotonic() + CAPACITY_WAIT
+        while True:
+            free = {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+            if free or time.monotonic() >= give_up:
+                return free
+            time.sleep(0.05)
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
@@ -402,10 +456,21 @@ class MpiTransport(Transport):
             return
         self.inflight.drop_worker(_name(rank))
         self.events.worker_lost(_name(rank), reason)
-        if self.stand_in is None and all(r in self.root.busy for r in self.ranks):
-            # Nothing would ever run: let the rank take tasks again, only to fail them.
-            self.stand_in = rank
-            self.events.worker_added(_name(rank), 1)
+        if (
+            self.stand_in is None
+            and self.no_capacity_since is None
+            and all(r in self.root.busy for r in self.ranks)
+        ):
+            self.no_capacity_since = time.monotonic()
+
+    def stand_in_for_capacity(self) -> None:
+        """Every rank has stayed retired for :data:`CAPACITY_WAIT`: nothing would ever run.
+        Let one take tasks again, only to fail them with "no capacity left"."""
+        self.no_capacity_since = None
+        if self.events is None or not all(r in self.root.busy for r in self.ranks):
+            return
+        self.stand_in = self.ranks[0]
+        self.events.worker_added(_name(self.stand_in), 1)
 
 
 def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:
