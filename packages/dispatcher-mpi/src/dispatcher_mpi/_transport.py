@@ -211,7 +211,12 @@ class Root:
             now = time.monotonic()
             if now >= self._next_watch:
                 self._next_watch = now + _WATCH_EVERY
-                self.watcher.tell(self.doing())
+                try:
+                    doing = self.doing()
+                except Exception:  # naming a lost rank is not worth ending the job for
+                    self.watcher.stop()
+                else:
+                    self.watcher.tell(doing)
         if transport is not None and transport.unstarted:
             now = time.monotonic()
             if now >= self._next_silence_check:
