@@ -38,11 +38,14 @@ while ranks:
     ready = select.select([stdin, root, *ranks], [], [])[0]
     dead = [ranks[fd] for fd in ready if fd in ranks]
     if dead:
-        for rank, where in dead:
-            os.write(2, (
-                f"dispatcher_mpi: lost rank {rank} ({where}): the process ended while "
-                f"{doing.get(rank, 'idle')}; MPI ends the whole job\n"
-            ).encode("utf-8", "replace"))
+        said = [
+            f"rank {rank} ({where}) while {doing.get(rank, 'idle')}" for rank, where in dead
+        ]
+        if len(said) == 1:
+            line = f"lost {said[0]}; MPI ends the whole job"
+        else:  # seen late: one died, and the clean-up had already ended the others
+            line = "lost, one of them first, then the rest in MPI's clean-up: " + "; ".join(said)
+        os.write(2, f"dispatcher_mpi: {line}\n".encode("utf-8", "replace"))
         break
     if root in ready:
         break
