@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,6 @@ if MPIEXEC is None:
     pytest.skip(
         "no mpiexec next to this Python or on PATH (pip install mpich)", allow_module_level=True
     )
-
-
-@pytest.fixture(autouse=True)
-def _sweep_mpich_segments() -> Iterator[None]:
-    # MPICH leaves its shared-memory segments behind when a job is aborted or a rank is
-    # killed, as some of these tests do on purpose.
-    shm = Path("/dev/shm")
-    before = set(shm.glob("mpich_shm_*")) if shm.is_dir() else set()
-    yield
-    if shm.is_dir():
-        for path in set(shm.glob("mpich_shm_*")) - before:
-            path.unlink(missing_ok=True)
 
 
 def job(

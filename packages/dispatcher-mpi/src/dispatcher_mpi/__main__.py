@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import runpy
 import sys
@@ -47,10 +48,27 @@ def main() -> None:
                 "better; this one offers less\n"
             )
         comm.Abort(2)
-    from ._channel import abort_job
+    from ._channel import abort_job, chunk_limit
+    from ._segments import unlink_own_segments
+
+    try:
+        chunk_limit()
+    except ValueError as exc:
+        # Every rank reads the same environment: each stops, rank 0 says why.
+        if comm.Get_rank() == 0:
+            sys.stderr.write(f"dispatcher_mpi: {exc}\n")
+        raise SystemExit(2) from None
+
+    # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
+    # returned, it also means every rank is past MPI_Init: the segments can lose their names.
+    peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
+    unlink_own_segments()
 
     if comm.Get_rank() != 0:
         from ._worker import WorkerRank
+
+        # A task that crashes the interpreter (a segfault in C code) shows where it was.
+        faulthandler.enable()
 
         try:
             WorkerRank(comm).serve()
@@ -60,7 +78,7 @@ def main() -> None:
 
     from ._transport import Root, install_root
 
-    root = Root(comm)
+    root = Root(comm, peers)
     install_root(root)
     root.start()
     sys.argv = argv
@@ -91,10 +109,12 @@ def main() -> None:
         )
     # The open mpi executor's work is dropped and the worker ranks stop; other executors
     # close at interpreter exit as anywhere else.
-    root.stop()
+    stuck = root.stop()
     install_root(None)
     sys.stdout.flush()
     sys.stderr.flush()
+    if stuck is not None:
+        abort_job(comm, stuck, status)
     if status:
         # MPI_Finalize would turn any status into 0; Abort carries it to mpiexec.
         comm.Abort(status)

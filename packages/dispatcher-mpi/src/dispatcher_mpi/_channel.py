@@ -27,8 +27,30 @@ from typing import Any
 
 from dispatcher.remote import dumps_split, from_wire, start_thread, to_wire
 
-CHUNK_LIMIT = int(os.environ.get("DISPATCHER_MPI_CHUNK", 1 << 30))
-"""Largest raw piece of one message, in bytes (MPI counts are 32-bit)."""
+CHUNK_LIMIT = 1 << 30
+"""Largest raw piece of one message, in bytes (MPI counts are 32-bit), unless the
+environment variable ``DISPATCHER_MPI_CHUNK`` says otherwise."""
+_MAX_COUNT = 2**31 - 1
+
+
+def chunk_limit() -> int:
+    """The chunk size this job uses; a ``ValueError`` that says why when
+    ``DISPATCHER_MPI_CHUNK`` is not a whole number of bytes MPI can send in one piece."""
+    raw = os.environ.get("DISPATCHER_MPI_CHUNK")
+    if raw is None:
+        return CHUNK_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= _MAX_COUNT:
+        raise ValueError(
+            f"DISPATCHER_MPI_CHUNK must be a whole number of bytes from 1 to {_MAX_COUNT} "
+            f"(the largest piece of a message sent at once), not {raw!r}"
+        )
+    return value
+
+
 TAG = 77
 _SPIN_SECONDS = 0.002  # keep probing this long after the last activity
 _MAX_SLEEP = 0.002  # then sleep between probes, doubling up to this
@@ -53,6 +75,9 @@ def abort_job(comm: Any, message: str, status: int) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+    from ._watch import quiet
+
+    quiet()
     os.write(2, message.encode("utf-8", "replace"))
     time.sleep(_FORWARD_GRACE)
     comm.Abort(status)
@@ -63,15 +88,15 @@ class Hub:
     this thread for every message received; keep it quick."""
 
     def __init__(
-        self, comm: Any, deliver: Callable[[int, Any], None], chunk_limit: int = CHUNK_LIMIT
+        self, comm: Any, deliver: Callable[[int, Any], None], chunk: int | None = None
     ) -> None:
         from mpi4py import MPI
 
         self.MPI = MPI
         self.comm = comm
         self.deliver = deliver
-        self.chunk_limit = chunk_limit
-        self.outbox: deque[tuple[int, bytes, list[memoryview]]] = deque()
+        self.chunk_limit = chunk if chunk is not None else chunk_limit()
+        self.outbox: deque[tuple[int, bytes, list[memoryview], threading.Event | None]] = deque()
         self.wakeup = threading.Event()
         self.running = True
         self.expecting = 0  # replies other threads wait for: keep spinning meanwhile
@@ -81,11 +106,11 @@ class Hub:
         self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
         self.thread: threading.Thread | None = None
 
-    def post(self, dest: int, message: Any) -> None:
+    def post(self, dest: int, message: Any, sent: threading.Event | None = None) -> None:
         """Queue ``message`` (one of :mod:`dispatcher.remote`'s message types) for rank
-        ``dest`` (from any thread)."""
+        ``dest`` (from any thread); ``sent`` is set once its send has been started."""
         header, buffers = encode(to_wire(message))
-        self.outbox.append((dest, header, buffers))
+        self.outbox.append((dest, header, buffers, sent))
         self.wakeup.set()
 
     def start(self, on_failure: Callable[[BaseException], None]) -> None:
@@ -140,7 +165,7 @@ class Hub:
         sent = False
         outbox, comm, limit = self.outbox, self.comm, self.chunk_limit
         while outbox:
-            dest, header, buffers = outbox.popleft()
+            dest, header, buffers, started = outbox.popleft()
             sizes = [b.nbytes for b in buffers]
             if len(header) > limit:  # an enormous in-band pickle travels raw too
                 first: Any = (None, [len(header), *sizes])
@@ -155,6 +180,8 @@ class Hub:
                     self._pending.append(
                         (comm.Isend([piece, self.MPI.BYTE], dest=dest, tag=TAG), piece)
                     )
+            if started is not None:
+                started.set()
             sent = True
         return sent
 

@@ -1,5 +1,6 @@
 """The ``mpi`` messages beyond those of :mod:`dispatcher.remote`: results fetched rank to
-rank, and taking a rank out of scheduling while it finishes abandoned work."""
+rank, taking a rank out of scheduling while it finishes abandoned work, and the signs of
+life by which rank 0 tells a busy rank from a stuck one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, NamedTuple
 
 from dispatcher.remote import message
 
-__all__ = ["Busy", "Data", "Fetch", "Reset"]
+__all__ = ["Alive", "Busy", "Bye", "Data", "Fetch", "Reset"]
 
 
 @message("mpi.fetch")
@@ -37,3 +38,14 @@ class Busy(NamedTuple):
     """A rank to rank 0: I am still running task ``key``, which was given up on."""
 
     key: int
+
+
+@message("mpi.alive")
+class Alive(NamedTuple):
+    """A rank to rank 0, while it runs a task and has said nothing else for a while: its
+    communication thread still runs (a task holding the GIL stops it)."""
+
+
+@message("mpi.bye")
+class Bye(NamedTuple):
+    """A rank to rank 0: stopping, as asked by :class:`~dispatcher.remote.Stop`."""

@@ -11,11 +11,28 @@ scheduling (reported lost: what was queued there runs elsewhere, what it held is
 recomputed) until the late task returns, and then comes back. A task abandoned by a
 fail-fast stop is handled the same way. A task that never returns keeps its rank out for
 the rest of the job, and does not stop the job from ending.
+
+What a deadline is measured from: from the moment the rank says the task started. A task
+that holds the GIL can stop its rank from saying anything at all; so a rank that runs a
+task says :class:`~._messages.Alive` when it has been quiet for half a second, and a timed
+task its rank has not reported started is presumed started, and stuck, once its rank has
+been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted from the
+later of the task's send and the last word from its rank. Such a task fails with
+:class:`~dispatcher.TaskTimeoutError` at most that grace late.
+
+No capacity: once every rank of an executor is retired, its runs wait up to
+:data:`CAPACITY_WAIT` for one to come back, then fail with a :class:`DispatcherError`
+naming each retired rank, its host and the task it still runs.
+
+At the end of the job every rank is asked to stop; a rank that does not answer within
+:data:`STOP_GRACE` (a task holding the GIL, forever) is named, and the job is aborted with
+the program's own exit status, since otherwise ``mpiexec`` would wait for it forever.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import pickle
 import threading
 import time
@@ -41,7 +58,8 @@ from dispatcher.remote import (
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._channel import Hub, abort_job, encode
-from ._messages import Busy, Reset
+from ._messages import Alive, Busy, Bye, Reset
+from ._watch import Watcher
 
 __all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
@@ -55,6 +73,16 @@ LAUNCH_HELP = (
 
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
 _IDLE_SLEEP = 2e-3
+SILENCE_GRACE = 2.0
+"""Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
+presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
+CAPACITY_WAIT = 10.0
+"""Seconds runs wait for a rank to come back once every rank of their executor is retired;
+then they fail with "no capacity left" (a task that never returns would keep them forever)."""
+STOP_GRACE = 5.0
+"""Seconds every rank gets to answer the stop at the end of the job."""
+_SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
+_WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
 def _name(rank: int) -> str:
@@ -69,8 +97,10 @@ def _rank(worker: str) -> int:
 class Root:
     """Rank 0's view of the job: the hub, the worker ranks, the functions each holds."""
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, peers: Sequence[tuple[str, int]] | None = None) -> None:
         self.comm = comm
+        self.peers = list(peers) if peers is not None else [("?", 0)] * comm.Get_size()
+        """(host, pid) of every rank, by rank."""
         self.ranks = list(range(1, comm.Get_size()))
         self.hub = Hub(comm, self.deliver)
         self.hub.tick = self.tick
@@ -78,10 +108,18 @@ class Root:
         self.shipper = FunctionShipper(dumps)
         self.transport: MpiTransport | None = None
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
+        self.why_busy: dict[int, str] = {}
+        self.heard: dict[int, float] = {}  # rank -> when it last said anything
+        self.said_bye: set[int] = set()
+        self.all_said_bye = threading.Event()
+        self._next_silence_check = 0.0
+        self.watcher: Watcher | None = None
+        self._next_watch = 0.0
         self.lock = threading.RLock()
 
     def start(self) -> None:
         self.hub.start(self._hub_failed)
+        self.watcher = Watcher(self.peers)
 
     def _hub_failed(self, error: BaseException) -> None:
         # Nothing can reach the worker ranks any more: every run would wait forever.
@@ -94,7 +132,15 @@ class Root:
 
     def deliver(self, source: int, message: Any) -> None:
         """On the hub thread: a worker rank reports."""
+        self.heard[source] = time.monotonic()
         kind = type(message)
+        if kind is Alive:
+            return
+        if kind is Bye:
+            self.said_bye.add(source)
+            if len(self.said_bye) == len(self.ranks):
+                self.all_said_bye.set()
+            return
         if kind is Busy:
             # It still runs a task we gave up on (its run failed fast, or its executor
             # closed): keep the rank out of scheduling until that task ends, whichever
@@ -119,6 +165,7 @@ class Root:
         if rank in self.busy:
             return
         self.busy[rank] = key
+        self.why_busy[rank] = reason
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
@@ -126,9 +173,25 @@ class Root:
 
     def _back(self, rank: int) -> None:
         del self.busy[rank]
+        self.why_busy.pop(rank, None)
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
+            stand_in = transport.stand_in
+            transport.stand_in = transport.no_capacity_since = None
+            if stand_in is not None and stand_in != rank:
+                transport.lose(stand_in, "it was standing in for capacity while none was left")
             transport.events.worker_added(_name(rank), transport.slots)
+
+    def no_capacity(self, ranks: Sequence[int]) -> DispatcherError:
+        """The error for a run that has no rank left among ``ranks``."""
+        lines = [f"  {self.where(r)}: {self.why_busy.get(r, 'unavailable')}" for r in ranks]
+        return DispatcherError(
+            "no capacity left: every worker rank of this executor is still running a task "
+            "that was given up on:\n"
+            + "\n".join(lines)
+            + "\n(each rank comes back when its task returns; one that never returns keeps "
+            "its rank for the rest of the job)"
+        )
 
     def tick(self) -> None:
         transport = self.transport
@@ -138,16 +201,76 @@ class Root:
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
+        if (
+            transport is not None
+            and transport.no_capacity_since is not None
+            and time.monotonic() - transport.no_capacity_since >= CAPACITY_WAIT
+        ):
+            transport.stand_in_for_capacity()
+        if self.watcher is not None and self.watcher.process is not None:
+            now = time.monotonic()
+            if now >= self._next_watch:
+                self._next_watch = now + _WATCH_EVERY
+                try:
+                    doing = self.doing()
+                except Exception:  # naming a lost rank is not worth ending the job for
+                    self.watcher.stop()
+                else:
+                    self.watcher.tell(doing)
+        if transport is not None and transport.unstarted:
+            now = time.monotonic()
+            if now >= self._next_silence_check:
+                self._next_silence_check = now + _SILENCE_CHECK
+                transport.enforce_silence(now)
 
-    def stop(self) -> None:
+    def doing(self) -> dict[int, str]:
+        """What each worker rank does now, as far as rank 0 knows, for :class:`Watcher`."""
+        doing = {rank: "idle" for rank in self.ranks}
+        transport = self.transport
+        if transport is not None:
+            out: dict[int, list[TaskSpec]] = {}
+            for spec in list(transport.inflight.tasks.values()):
+                out.setdefault(_rank(spec.worker), []).append(spec)
+            deadlines = transport.inflight.deadlines
+            for rank, specs in out.items():
+                started = [spec for spec in specs if spec.key in deadlines]
+                doing[rank] = f"running {(started or specs)[0].label!r}" + (
+                    f" ({len(specs) - 1} more queued there)" if len(specs) > 1 else ""
+                )
+        for rank, why in list(self.why_busy.items()):
+            doing[rank] = why
+        return doing
+
+    def where(self, rank: int) -> str:
+        """``rank N (host H, pid P)``, for messages."""
+        host, pid = self.peers[rank] if rank < len(self.peers) else ("?", 0)
+        return f"rank {rank} (host {host}, pid {pid})"
+
+    def stop(self) -> str | None:
         """At the end of the job: the open executor's work is abandoned, and every worker
-        rank stops serving."""
+        rank stops serving. Returns why the job cannot end normally (ranks that did not
+        answer: ``mpiexec`` would wait for them forever), or ``None``."""
+        if self.watcher is not None:
+            self.watcher.stop()  # ranks exit from here on
         transport = self.transport
         if transport is not None:
             transport.close()
         for rank in self.ranks:
             self.hub.post(rank, Stop())
+        if not self.ranks:
+            self.all_said_bye.set()
+        self.all_said_bye.wait(STOP_GRACE)
+        silent = [rank for rank in self.ranks if rank not in self.said_bye]
         self.hub.stop()
+        if not silent:
+            return None
+        lines = [f"  {self.where(rank)}: {self.why_busy.get(rank, 'no answer')}" for rank in silent]
+        return (
+            "dispatcher_mpi: the program is done, but these ranks do not answer (a task "
+            f"holding the GIL, or a frozen process) after {STOP_GRACE:g} s:\n"
+            + "\n".join(lines)
+            + "\ndispatcher_mpi: ending the job\n"
+        )
 
 
 _root: Root | None = None
@@ -181,6 +304,13 @@ class MpiTransport(Transport):
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
         self.inflight = InFlight()
+        self.stand_in: int | None = None
+        """A retired rank put back in scheduling, failing what it is given at once, while no
+        other rank is left: so that a run ends with an error instead of waiting."""
+        self.no_capacity_since: float | None = None
+        """Since when every rank has been retired (while no stand-in is in place)."""
+        self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
+        """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
 
     def start(self, events: EventSink) -> Mapping[str, int]:
@@ -192,8 +322,20 @@ class MpiTransport(Transport):
                 )
             self.events = events
             self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
+            free = self._free_ranks()
+            if not free:
+                raise self.root.no_capacity(self.ranks)
             self.root.transport = self
-        return {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+        return free
+
+    def _free_ranks(self) -> dict[str, int]:
+        """The ranks not retired; waits up to :data:`CAPACITY_WAIT` for one to come back."""
+        give_up = time.monotonic() + CAPACITY_WAIT
+        while True:
+            free = {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+            if free or time.monotonic() >= give_up:
+                return free
+            time.sleep(0.05)
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
@@ -201,6 +343,10 @@ class MpiTransport(Transport):
         batches: dict[int, list[tuple[Any, ...]]] = {}
         for spec in tasks:
             rank = _rank(spec.worker)
+            if rank == self.stand_in:
+                assert self.events is not None
+                self.events.task_failed(spec.key, spec.worker, root.no_capacity(self.ranks), 0.0)
+                continue
             try:
                 token, define = shipper.ship(spec.worker, spec)
             except DispatcherError as error:
@@ -215,6 +361,8 @@ class MpiTransport(Transport):
                 else None
             )
             self.inflight.add(spec)
+            if spec.timeout is not None and spec.timeout < math.inf:
+                self.unstarted[spec.key] = (time.monotonic(), spec)
             batches.setdefault(rank, []).append(task_record(spec, token, None, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
@@ -285,12 +433,49 @@ class MpiTransport(Transport):
                 _rank(spec.worker), spec.key, f"still running {spec.label!r}, past its timeout"
             )
 
+    def enforce_silence(self, now: float) -> None:
+        """Fail the timed tasks whose ranks went silent without saying they started."""
+        assert self.events is not None
+        tasks, deadlines, heard = self.inflight.tasks, self.inflight.deadlines, self.root.heard
+        for key, (sent, spec) in list(self.unstarted.items()):
+            if tasks.get(key) is not spec or key in deadlines:
+                del self.unstarted[key]  # reported, cancelled, or its deadline runs
+                continue
+            rank = _rank(spec.worker)
+            assert spec.timeout is not None
+            if now - max(sent, heard.get(rank, 0.0)) < spec.timeout + SILENCE_GRACE:
+                continue
+            del self.unstarted[key]
+            if self.inflight.take(key, spec.worker) is None:
+                continue
+            self.events.task_failed(
+                key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
+            )
+            self.root.retire(
+                rank, key, f"silent since {spec.label!r} was due to start, past its timeout"
+            )
+
     def lose(self, rank: int, reason: str) -> None:
         """Tell the scheduler ``rank`` is gone for now: its queue and results with it."""
         if rank not in self.ranks or self.events is None:
             return
         self.inflight.drop_worker(_name(rank))
         self.events.worker_lost(_name(rank), reason)
+        if (
+            self.stand_in is None
+            and self.no_capacity_since is None
+            and all(r in self.root.busy for r in self.ranks)
+        ):
+            self.no_capacity_since = time.monotonic()
+
+    def stand_in_for_capacity(self) -> None:
+        """Every rank has stayed retired for :data:`CAPACITY_WAIT`: nothing would ever run.
+        Let one take tasks again, only to fail them with "no capacity left"."""
+        self.no_capacity_since = None
+        if self.events is None or not all(r in self.root.busy for r in self.ranks):
+            return
+        self.stand_in = self.ranks[0]
+        self.events.worker_added(_name(self.stand_in), 1)
 
 
 def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:

@@ -1,20 +1,37 @@
 """A worker rank: its main thread runs the hub (all MPI traffic), a second thread runs
 tasks in order (the kit's :class:`~dispatcher.remote.TaskRunner`). Results stay here until
-freed; another rank that needs one asks for it and gets it straight from here."""
+freed; another rank that needs one asks for it and gets it straight from here.
+
+While a task runs, the hub says :class:`Alive` to rank 0 when it has said nothing for
+:data:`HEARTBEAT` seconds. A task that holds the GIL (a long regular expression, a C
+extension) stops the hub too: rank 0 reads the silence as "stuck" (see the transport)."""
 
 from __future__ import annotations
 
 import pickle
 import threading
+import time
 import traceback
 from typing import Any
 
-from dispatcher.remote import Cancel, InputError, Run, Stop, TaskRunner, size_of, start_thread
+from dispatcher.remote import (
+    Cancel,
+    InputError,
+    Run,
+    Started,
+    Stop,
+    TaskRunner,
+    size_of,
+    start_thread,
+)
 
 from ._channel import Hub, encode
-from ._messages import Busy, Data, Fetch, Reset
+from ._messages import Alive, Busy, Bye, Data, Fetch, Reset
 
 ROOT = 0
+HEARTBEAT = 0.5
+"""Seconds of silence after which a rank running a task says :class:`Alive`."""
+_STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 
 class WorkerRank(TaskRunner):
@@ -22,6 +39,9 @@ class WorkerRank(TaskRunner):
         super().__init__()
         self.rank = comm.Get_rank()
         self.hub = Hub(comm, self.deliver)
+        self.hub.tick = self._tick
+        self.reported = time.monotonic()
+        """When this rank last sent rank 0 something."""
         self.replies: dict[int, tuple[threading.Event, list[Data]]] = {}
         self.failure: str | None = None
         """Why the task thread ended, if it did: the job ends with it."""
@@ -44,7 +64,21 @@ class WorkerRank(TaskRunner):
     # -- the kit's hooks (on the task thread) ----------------------------------------------
 
     def send(self, message: Any) -> None:
-        self.hub.post(ROOT, message)
+        self.reported = time.monotonic()
+        if type(message) is not Started:
+            self.hub.post(ROOT, message)
+            return
+        # The task may hold the GIL from its first instruction, and then the hub could not
+        # send this: its deadline would never start. Start the send before the task.
+        sent = threading.Event()
+        self.hub.post(ROOT, message, sent)
+        sent.wait(_STARTED_WAIT)
+
+    def _tick(self) -> None:
+        """On the hub thread, every turn: a sign of life while a task runs."""
+        if self.current is not None and time.monotonic() - self.reported >= HEARTBEAT:
+            self.reported = time.monotonic()
+            self.hub.post(ROOT, Alive())
 
     def pack_result(self, key: int, value: Any) -> tuple[Any, int]:
         # Pickled here, so that a value that cannot be fails its own node rather than the
@@ -105,6 +139,7 @@ class WorkerRank(TaskRunner):
             if current is not None:
                 self.hub.post(source, Busy(current))
         elif kind is Stop:
+            self.hub.post(source, Bye())
             self.hub.running = False
         else:
             self.receive(message)
