@@ -8,6 +8,7 @@ import os
 import runpy
 import sys
 import traceback
+from typing import Any
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
 
@@ -82,31 +83,7 @@ def main() -> None:
     install_root(root)
     root.start()
     sys.argv = argv
-    status = 0
-    try:
-        if kind == "path":
-            runpy.run_path(target, run_name="__main__")
-        elif kind == "module":
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            status = 0
-        elif isinstance(code, int):
-            status = code
-        else:
-            sys.stderr.write(f"{code}\n")
-            status = 1
-    except BaseException:
-        # One failing rank must not leave the others waiting: end the whole job.
-        abort_job(
-            comm,
-            traceback.format_exc()
-            + "dispatcher_mpi: the program on rank 0 failed; ending the job\n",
-            1,
-        )
+    status = _run_program(comm, kind, target)
     # The open mpi executor's work is dropped and the worker ranks stop; other executors
     # close at interpreter exit as anywhere else.
     stuck = root.stop()
@@ -118,6 +95,36 @@ def main() -> None:
     if status:
         # MPI_Finalize would turn any status into 0; Abort carries it to mpiexec.
         comm.Abort(status)
+
+
+def _run_program(comm: Any, kind: str, target: str) -> int:
+    """Run the user's program on rank 0; its exit status. An exception it does not catch
+    ends the whole job: one failing rank must not leave the others waiting."""
+    try:
+        if kind == "path":
+            runpy.run_path(target, run_name="__main__")
+        elif kind == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        sys.stderr.write(f"{code}\n")
+        return 1
+    except BaseException:
+        from ._channel import abort_job
+
+        abort_job(
+            comm,
+            traceback.format_exc()
+            + "dispatcher_mpi: the program on rank 0 failed; ending the job\n",
+            1,
+        )
+    return 0
 
 
 if __name__ == "__main__":
