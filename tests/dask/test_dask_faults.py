@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from dispatcher import Op, WorkerLostError, get_executor, hookimpl, op, run
+from dispatcher.testing import tasks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,14 +165,10 @@ def test_nothing_is_left_on_an_existing_cluster(dask_client: Any) -> None:
                 await ex.arun(slow)
             assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
             with pytest.raises(ValueError, match="first"):
-                ex.run([Op(dask_tasks.total, *held), Op(fail, "first"), *slow])
+                ex.run([Op(dask_tasks.total, *held), Op(tasks.fail, "first"), *slow])
             assert wait_for(lambda: not scheduler_tasks(dask_client)), scheduler_tasks(dask_client)
 
     anyio.run(abandon)
-
-
-def fail(text: str) -> None:
-    raise ValueError(text)
 
 
 def wait_for(check: Any, seconds: float = 30) -> bool:
@@ -187,7 +184,7 @@ def test_fail_fast_leaves_no_cluster_process_behind() -> None:
     """With a cluster of its own, a failed run's executor closes it: every worker and
     nanny process is gone, the two-minute task's included."""
     before = descendants()
-    bad = Op(fail, "first")
+    bad = Op(tasks.fail, "first")
     slow = Op(dask_tasks.sleep_then, 120, "slow")
     started: list[int] = []
     with get_executor("dask", workers=2) as ex:
