@@ -271,7 +271,7 @@ class AsyncTransport(Transport):
             except RuntimeError:
                 pass  # the loop is gone: the run ended and this result is not wanted
 
-        handle.job = self.pool.submit(job, lambda: handle.cancelled)
+        handle.job = self.pool.submit(job)
         if spec.timeout is not None:
             scope.group.start_soon(self._watch, handle)
 
@@ -327,6 +327,8 @@ class AsyncTransport(Transport):
                 handle.cancelled = True
                 if handle.cancel_scope is not None:
                     handle.cancel_scope.cancel()
+                if handle.job is not None:
+                    handle.job.abandon()  # queued: it never runs; running: its thread is freed
 
     def close(self) -> None:
         for handle in self.tasks.values():

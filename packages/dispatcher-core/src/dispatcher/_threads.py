@@ -61,6 +61,7 @@ class DaemonThreadPool:
         self._idle = 0  # counted threads waiting for a job (or about to)
         self._pending = 0  # jobs in the queue, not yet taken by a thread
         self._running: set[Job] = set()
+        self._asked = 0  # jobs submitted with an ``abandoned`` predicate, ever
         self._started = 0  # for thread names only
         self._closed = False
 
@@ -76,7 +77,11 @@ class DaemonThreadPool:
         with self._lock:
             self._pending += 1
             self._queue.put(handle)
-            if self._pending > self._idle and self._threads >= self.size:
+            if abandoned is not None:
+                self._asked += 1
+            # Asking every running job costs each submit of a large batch: only where
+            # some job can answer.
+            if self._asked and self._pending > self._idle and self._threads >= self.size:
                 self._release_unwanted()
             self._grow()
         return handle
