@@ -263,7 +263,7 @@ def test_a_dead_rank_is_named_with_what_it_was_running(tmp_path: Path) -> None:
             # Seen in time, the lost rank alone; seen late, with the ranks the clean-up
             # ended meanwhile.
             assert re.search(
-                r"lost .*rank \d \(host .*, pid \d+\) while running 'the-killer'", lines[0]
+                r"lost\b.*rank \d \(host .*, pid \d+\) while running 'the-killer'", lines[0]
             ), lines[0]
             named += 1
             break

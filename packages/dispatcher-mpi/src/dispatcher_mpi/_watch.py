@@ -36,14 +36,22 @@ for arg in sys.argv[2:]:
 doing, buffer, stdin = {}, b"", sys.stdin.fileno()
 while ranks:
     ready = select.select([stdin, root, *ranks], [], [])[0]
-    dead = [ranks[fd] for fd in ready if fd in ranks]
+    dead = [ranks.pop(fd) for fd in ready if fd in ranks]
     if dead:
+        # Which rank died first cannot be told from the order the deaths are seen in:
+        # MPI's clean-up ends the others within milliseconds. Gather those too, so the
+        # line names every candidate rather than a wrong one.
+        while ranks:
+            more = select.select(list(ranks), [], [], 0.05)[0]
+            if not more:
+                break
+            dead += [ranks.pop(fd) for fd in more]
         said = [
             f"rank {rank} ({where}) while {doing.get(rank, 'idle')}" for rank, where in dead
         ]
         if len(said) == 1:
             line = f"lost {said[0]}; MPI ends the whole job"
-        else:  # seen late: one died, and the clean-up had already ended the others
+        else:  # one died, and the clean-up ended the others
             line = "lost, one of them first, then the rest in MPI's clean-up: " + "; ".join(said)
         os.write(2, f"dispatcher_mpi: {line}\n".encode("utf-8", "replace"))
         break

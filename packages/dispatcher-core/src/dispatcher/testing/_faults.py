@@ -207,9 +207,11 @@ class ExecutorFaults(ExecutorHarness):
         workers)."""
         together = self._require_abandoning()
         gate = tmp_path / "gate"
+        # More than every worker where workers are taken back; one where they are not, so
+        # that a worker is left for the next run.
         blockers = [
             op(tasks.blocked, label=f"blocked{i}")(log, "blocked", str(gate), LONG)
-            for i in range(3)
+            for i in range(3 if together == 2 else 1)
         ]
 
         async def interrupted() -> None:
