@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from mpi_jobs import HERE, MISSING, MPIEXEC, command, job, script
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(150)]
 
-HERE = Path(__file__).parent
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 if MPIEXEC is None:
-    pytest.skip(
-        "no mpiexec next to this Python or on PATH (pip install mpich)", allow_module_level=True
-    )
+    pytest.skip(MISSING, allow_module_level=True)
+
 
 # Printed by a job's program: the MPICH segments its rank 0 maps, by name (so the test
 # checks this job's own files, whatever other jobs on the machine do meanwhile).
@@ -32,30 +28,6 @@ def print_segments():
         names = {l.split()[5] for l in maps if "/dev/shm/mpich_shm_" in l}
     print("segments", sorted(names), flush=True)
 """
-
-
-def command(ranks: int, *args: str) -> list[str]:
-    assert MPIEXEC is not None
-    return [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "dispatcher_mpi", *args]
-
-
-def job(
-    ranks: int, *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(ranks, *args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=HERE,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def script(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "program.py"
-    path.write_text(textwrap.dedent(body))
-    return str(path)
 
 
 def segments_of(output: str) -> list[str]:

@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from mpi_jobs import MISSING, MPIEXEC, job, script
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
-HERE = Path(__file__).parent
-MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 if MPIEXEC is None:
-    pytest.skip(
-        "no mpiexec next to this Python or on PATH (pip install mpich)", allow_module_level=True
-    )
-
-
-def job(
-    ranks: int, *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    assert MPIEXEC is not None
-    # DISPATCHER_TEST_MPIEXEC, when set, is the mpiexec command up to its -n: the cluster
-    # tests set it to one that places the ranks on other hosts.
-    launch = shlex.split(os.environ.get("DISPATCHER_TEST_MPIEXEC", "")) or [MPIEXEC]
-    return subprocess.run(
-        [*launch, "-n", str(ranks), sys.executable, "-m", "dispatcher_mpi", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=HERE,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def script(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "program.py"
-    path.write_text(textwrap.dedent(body))
-    return str(path)
+    pytest.skip(MISSING, allow_module_level=True)
 
 
 def test_conformance_suite() -> None:
