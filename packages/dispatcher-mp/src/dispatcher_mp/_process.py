@@ -62,12 +62,20 @@ class WorkerProcess:
         except OSError:
             pass
 
+    def close_pipe(self) -> None:
+        """Close the pipe once, whichever thread gets here first: a restart and the
+        executor's close() may race, and a second close could hit a descriptor that was
+        reused meanwhile."""
+        with self.send_lock:
+            if not self.conn.closed:
+                try:
+                    self.conn.close()
+                except OSError:
+                    pass
+
     def close(self) -> None:
         """After its death: release the pipe, reap it, unlink the segments it left."""
-        try:
-            self.conn.close()
-        except OSError:
-            pass
+        self.close_pipe()
         self.process.join(1)
         sweep(self.prefix)  # a dead worker never unlinks its segments
 

@@ -206,7 +206,7 @@ class MpTransport(WorkerSupervision, Transport):
         for worker in workers:
             if worker.process.is_alive():
                 kill(worker.process)
-            worker.conn.close()
+            worker.close_pipe()
         if self._reader is not None:
             self._reader.stop()
         self.spawner.stop()
