@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from dispatcher.remote import start_thread
 from dispatcher.transport import TaskSpec
 
 __all__ = ["Outbox"]
@@ -23,7 +24,7 @@ class Outbox:
     def __init__(
         self,
         send: Callable[[Sequence[TaskSpec]], None],
-        failed: Callable[[Sequence[TaskSpec], Exception], None],
+        failed: Callable[[Sequence[TaskSpec], BaseException], None],
         interval: float,
     ) -> None:
         self._send = send
@@ -35,15 +36,26 @@ class Outbox:
         """Held while a batch is being sent: whoever takes it sees every batch sent so far
         registered by ``send``."""
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="dispatcher-dask-send", daemon=True)
+        self._died: BaseException | None = None  # what ended the sending thread, if anything
 
     def start(self) -> None:
-        self._thread.start()
+        start_thread("dispatcher-dask-send", self._run, self._on_death)
 
     def put(self, tasks: Iterable[TaskSpec]) -> None:
         with self._ready:
-            self._queued.extend(tasks)
-            self._ready.notify()
+            died = self._died
+            if died is None:
+                self._queued.extend(tasks)
+                self._ready.notify()
+                return
+        self._failed(list(tasks), died)  # nobody would ever send them
+
+    def _on_death(self, exc: BaseException) -> None:
+        """The sending thread died: fail what waits, and all that is put from now on."""
+        with self._ready:
+            self._died = exc
+            queued, self._queued = self._queued, []
+        self._failed(queued, exc)
 
     def drop(self, tasks: Iterable[TaskSpec]) -> None:
         """Never send these, if they are still waiting."""
@@ -76,6 +88,6 @@ class Outbox:
                     batch, self._queued = self._queued, []
                 try:
                     self._send(batch)
-                except Exception as exc:
+                except BaseException as exc:  # this batch fails; the thread goes on
                     self._failed(batch, exc)
             last = time.monotonic()

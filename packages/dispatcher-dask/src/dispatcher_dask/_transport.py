@@ -132,7 +132,7 @@ class DaskTransport(Transport):
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         self._outbox.put(tasks)
 
-    def _not_sent(self, tasks: Sequence[TaskSpec], exc: Exception) -> None:
+    def _not_sent(self, tasks: Sequence[TaskSpec], exc: BaseException) -> None:
         """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
         report them failed rather than leave the run waiting."""
         if self._closed:
