@@ -93,8 +93,11 @@ def main() -> None:
     if stuck is not None:
         abort_job(comm, stuck, status)
     if status:
-        # MPI_Finalize would turn any status into 0; Abort carries it to mpiexec.
-        comm.Abort(status)
+        # Every rank has stopped cleanly, so the job can end the ordinary way: MPI is
+        # finalized at exit and the launcher reports the highest status of its ranks.
+        # (MPI_Abort would also carry the status, but it can cut off output still on its
+        # way to the launcher, and srun turns it into 137.)
+        raise SystemExit(status)
 
 
 def _run_program(comm: Any, kind: str, target: str) -> int:
