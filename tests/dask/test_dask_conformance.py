@@ -10,8 +10,6 @@ from dispatcher.testing import ExecutorConformance
 
 # Fault checks dask fails today; each entry goes once it passes.
 KNOWN_HANGS = {
-    "test_result_whose_unpickling_exits": "the client unpickles gathered results on its "
-    "own event loop: a SystemExit there closes that loop and the run waits forever",
     "test_work_abandoned_by_fail_fast_does_not_hold_the_next_run": "dask cannot stop the "
     "abandoned task's thread, and the scheduler, not told that its worker is still busy, "
     "places the next run's task behind it",

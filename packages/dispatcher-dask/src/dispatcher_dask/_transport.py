@@ -36,7 +36,7 @@ from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transpo
 
 from ._cluster import connect, disconnect, gather, start_local, threads_of
 from ._outbox import Outbox
-from ._task import TaskFailure, pack, run_task
+from ._task import Shipped, TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -450,6 +450,8 @@ class DaskTransport(Transport):
                 self._keys.pop(future.key, None)
             duration, nbytes = self._stats.pop(spec.key, (0.0, None))
             if ok:
+                ok, value = _unpickled(value)
+            if ok:
                 events.task_finished(spec.key, spec.worker, duration, nbytes, value)
             else:
                 self._drop(spec.key, future)
@@ -462,6 +464,18 @@ class DaskTransport(Transport):
                 del self._futures[key]
                 del self._made[key]
         future.release()
+
+
+def _unpickled(shipped: Any) -> tuple[bool, Any]:
+    """A wanted value from the :class:`Shipped` bytes its worker sent: ``(True, value)``,
+    or ``(False, exception)`` for whatever unpickling raised (``SystemExit`` included: it
+    fails the node, not the caller)."""
+    if type(shipped) is not Shipped:
+        return True, shipped  # a value placed on the cluster by other means
+    try:
+        return True, pickle.loads(shipped.data)
+    except BaseException as exc:
+        return False, exc
 
 
 def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
