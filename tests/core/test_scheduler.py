@@ -6,6 +6,7 @@ import pytest
 
 from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, hookimpl, op
 from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
+from dispatcher.transport import Capabilities, TaskSpec
 
 
 class MostHeld:
@@ -336,6 +337,31 @@ def test_tiny_tasks_wait_for_room_where_their_data_is_rather_than_move() -> None
     where = dict(transport.ran)
     assert {where[f"tiny{i}"] for i in range(8)} == {where["source"]}
     assert transport.moves == []
+
+
+class BusyAfterSource(FakeTransport):
+    """The worker that runs ``source`` then reports no capacity: it is still running
+    abandoned work, yet keeps serving the results it holds. (Not in order: nothing is
+    sent ahead to it with ``source``.)"""
+
+    capabilities = Capabilities(survives_worker_loss=True)
+
+    def _run(self, spec: TaskSpec) -> None:
+        super()._run(spec)
+        if spec.label == "source":
+            assert self._events is not None
+            self._events.worker_added(spec.worker, 0)
+
+
+def test_a_worker_without_capacity_gets_no_task_but_serves_its_results() -> None:
+    transport = BusyAfterSource(workers=2, slots=2)
+    source = op(tasks.inc, label="source")(0)
+    tiny = [op(tasks.add, label=f"tiny{i}")(source, i) for i in range(8)]
+    with fake_executor(transport) as ex:
+        assert ex.run(tiny) == [1 + i for i in range(8)]
+    where = dict(transport.ran)
+    assert where["source"] not in {where[f"tiny{i}"] for i in range(8)}
+    assert transport.moves  # its result was read from there
 
 
 def test_the_producers_of_one_consumers_inputs_gather_on_one_worker() -> None:

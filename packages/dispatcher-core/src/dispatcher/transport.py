@@ -191,7 +191,10 @@ class EventSink(Protocol):
         """
 
     def worker_added(self, worker: str, slots: int) -> None:
-        """A worker (new, or a replacement under the same name) is ready for tasks."""
+        """A worker (new, or a replacement under the same name) is ready for tasks; or a
+        known worker's slots changed. ``0`` slots: it keeps its results, which tasks
+        elsewhere may read, but takes no task until it is reported again (it is still
+        running work that was abandoned, which cannot be stopped)."""
 
     def worker_lost(self, worker: str, reason: str) -> None:
         """The worker is gone with every result it held and every task it was running."""

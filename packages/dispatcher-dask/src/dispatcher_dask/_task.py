@@ -39,7 +39,7 @@ from dispatcher.remote import (
 )
 from dispatcher.transport import TaskSpec, call_task
 
-__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task"]
+__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task", "still_running"]
 
 _ABSENT: Any = object()
 
@@ -204,3 +204,18 @@ def _report(topic: str, key: int, duration: float, nbytes: int) -> None:
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
     worker.log_event(topic, (key, duration, nbytes))
+
+
+def still_running(keys: list[str], dask_worker: Any = None) -> dict[str, bool]:
+    """Run on a worker (``Client.run``): of these task keys, those it still knows, each
+    with whether one of its threads runs it now (a task released while it runs stays
+    there, cancelled, until its call returns)."""
+    state = dask_worker.state
+    tasks = state.tasks
+    running = state.executing | state.long_running
+    found: dict[str, bool] = {}
+    for key in keys:
+        ts = tasks.get(key)
+        if ts is not None:
+            found[key] = ts in running
+    return found

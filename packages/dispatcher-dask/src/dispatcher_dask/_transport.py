@@ -34,6 +34,7 @@ from dispatcher import RemoteError, SerializationError, TaskTimeoutError, Worker
 from dispatcher.remote import restore_error, unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
+from ._abandoned import Abandoned
 from ._cluster import connect, disconnect, gather, start_local, threads_of
 from ._outbox import Outbox
 from ._task import Shipped, TaskFailure, pack, run_task
@@ -95,7 +96,9 @@ class DaskTransport(Transport):
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._serial = itertools.count()
         self._lock = threading.Lock()
-        self._workers: dict[str, int] = {}
+        self._workers: dict[str, int] = {}  # address -> slots
+        self._nthreads: dict[str, int] = {}
+        self._abandoned = Abandoned(lambda: self.client, self._capacity_changed, self._threads_of)
         self._futures: dict[Key, Future] = {}  # every result held or being computed
         # The task that made each of those (its ``worker`` holds the result): a late
         # cancel of that very task still finds a result it reported meanwhile.
@@ -248,15 +251,25 @@ class DaskTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         dropped: list[Future] = []
+        may_run: dict[str, list[str]] = {}  # worker -> dask keys of tasks that may be running
         self._outbox.drop(tasks)
         # A batch being sent is registered when the send returns: wait for that.
         with self._outbox.sending, self._lock:
+            pending = self._pending
+            for spec in tasks:
+                found = pending.get(spec.key)
+                # Its inputs all made, it may have started (one that waits cannot have).
+                if found is not None and not any(k in pending for k in found.inputs):
+                    may_run.setdefault(spec.worker, []).append(found.future.key)
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
                     continue
                 dropped.append(self._futures[spec.key])
                 self._forget(spec.key)
+        # Its thread is taken until it returns: new work must not queue behind it.
+        for worker, keys in may_run.items():
+            self._abandoned.add(worker, keys)
         # Released by its only client, a task is forgotten by the scheduler: a queued one
         # never runs, a running one is abandoned (its thread runs the call to its end:
         # dask cannot interrupt it).
@@ -269,6 +282,7 @@ class DaskTransport(Transport):
                 return
             self._closed = True
         self._outbox.close()
+        self._abandoned.close()
         with self._outbox.sending, self._lock:  # after a send in progress registered its tasks
             futures = list(self._futures.values())
             self._futures.clear()
@@ -307,11 +321,27 @@ class DaskTransport(Transport):
         info = client.scheduler_info(n_workers=-1)["workers"]
         with self._lock:
             for address, worker in info.items():
-                self._workers[address] = self._slots(worker.get("nthreads", 1))
+                self._nthreads[address] = max(1, worker.get("nthreads", 1))
+                self._workers[address] = self._slots(address)
             return dict(self._workers)
 
-    def _slots(self, nthreads: int) -> int:
-        return max(1, nthreads) + self._prefetch
+    def _slots(self, address: str) -> int:
+        """The tasks ``address`` may be assigned: its threads not taken by tasks given up
+        on, and the prefetch queue behind them; none while every thread is taken."""
+        free = self._nthreads[address] - self._abandoned.busy(address)
+        return free + self._prefetch if free > 0 else 0
+
+    def _threads_of(self, address: str) -> int:
+        return self._nthreads.get(address, 1)
+
+    def _capacity_changed(self, address: str) -> None:
+        """Tasks given up on took or gave back threads of ``address``: say so."""
+        with self._lock:
+            if address not in self._workers or self._closed:
+                return
+            slots = self._workers[address] = self._slots(address)
+        assert self._events is not None
+        self._events.worker_added(address, slots)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
@@ -340,11 +370,11 @@ class DaskTransport(Transport):
         nthreads = threads_of(self.client, address, _ANNOUNCE_SECONDS)
         if nthreads is None:
             return  # gone again before it was ever registered
-        slots = self._slots(nthreads)
         with self._lock:
             if address in self._workers or self._closed:
                 return
-            self._workers[address] = slots
+            self._nthreads[address] = max(1, nthreads)
+            slots = self._workers[address] = self._slots(address)
         assert self._events is not None
         self._events.worker_added(address, slots)
 
@@ -353,6 +383,7 @@ class DaskTransport(Transport):
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
+            self._nthreads.pop(address, None)
             gone = {k for k, maker in self._made.items() if maker.worker == address}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
@@ -365,6 +396,7 @@ class DaskTransport(Transport):
                     orphans.append((k, pending.spec.worker, missing))
                     dropped.append(pending.future)
                     self._forget(k)
+        self._abandoned.forget_worker(address)
         events = self._events
         assert events is not None
         events.worker_lost(address, reason)
