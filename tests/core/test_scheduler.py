@@ -402,3 +402,37 @@ def test_a_retried_task_gets_back_the_input_it_let_its_worker_drop(tmp_path: obj
     # The first attempt let the worker drop `source`; the second needed it: recomputed.
     assert [label for label, _ in transport.ran].count("source") == 2
     assert transport.held() == 0
+
+
+class PendingInputs(FakeTransport):
+    """A transport that takes tasks whose inputs are still being computed anywhere (the
+    fake runs a batch in order, so they are made by the time their reader runs)."""
+
+    capabilities = Capabilities(survives_worker_loss=True, accepts_pending_inputs=True)
+
+
+def test_tasks_whose_inputs_are_being_computed_are_sent_with_them() -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    links = _chain(5)
+    left = op(blob, label="left")(100)
+    right = op(blob, label="right")(200)
+    both = op(tasks.add, label="both")(left, right)
+    with fake_executor(transport) as ex:
+        assert ex.run([links[-1], both]) == [5, b"x" * 300]
+    # Nothing waited for a report: one batch, readers after what they read.
+    assert len(transport.batches) == 1
+    order = transport.batches[0]
+    assert order.index("both") > max(order.index("left"), order.index("right"))
+    assert order[: len(links)] == [link.label for link in links]
+
+
+def test_what_was_sent_with_a_failed_input_is_skipped() -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    links = _chain(4, first=op(tasks.fail, label="broken")("no"))
+    with fake_executor(transport) as ex:
+        results = ex.run(links, throw=False)
+    assert isinstance(results[0].error, ValueError)
+    for result in results[1:]:
+        assert isinstance(result.error, DependencyError)
+    assert transport.batches == [["broken", "link1", "link2", "link3"]]
+    assert len(transport.cancelled) == 3  # all sent with it; none reported done

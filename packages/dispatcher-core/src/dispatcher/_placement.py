@@ -142,11 +142,13 @@ class Placement:
         table = self.table
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
+        expected = self.mean_nbytes or 0.0
         for d in deps[p]:
             where = holders[d]
             if where:
                 weighed.append((where, nbytes[d] or 0))
-        expected = self.mean_nbytes or 0.0
+            elif d in inflight:  # sent ahead of its input, which is still being computed
+                weighed.append((table.held_on(inflight[d].worker), expected))
         for j in table.dependents[p][:4]:
             siblings = deps[j]
             if len(siblings) > 16:
