@@ -7,7 +7,9 @@ fewer slots (none, when every thread is taken) until the task returns.
 
 A task given up on is presumed running at once (when its inputs were all there, it may
 be); a thread of our own then asks its worker, a few times a second, which of them it
-still runs, and gives back each thread as soon as its task is gone.
+still runs, and gives back each thread as soon as its task is gone. When it finds every
+thread of a worker taken, the tasks queued there meanwhile (sent before the worker was
+known to be busy) are handed back to be placed elsewhere (``full``).
 """
 
 from __future__ import annotations
@@ -36,16 +38,20 @@ and the check travel different ways, and the worker may not have seen the task y
 class Abandoned:
     """Per worker, the tasks given up on that may still run there, and how many threads
     they take. ``changed(worker)`` is called (under this object's lock, so in order)
-    whenever that count changes; ``client`` gives the client to ask workers through."""
+    whenever that count changes, and ``full(worker)`` when a check found every thread of
+    ``worker`` taken; ``client`` gives the client to ask workers through, ``threads`` the
+    threads of a worker."""
 
     def __init__(
         self,
         client: Callable[[], Client],
         changed: Callable[[str], None],
+        full: Callable[[str], None],
         threads: Callable[[str], int],
     ) -> None:
         self._client = client
         self._changed = changed
+        self._full = full
         self._threads = threads
         self._lock = threading.Condition(threading.Lock())
         self._keys: dict[str, dict[str, int]] = {}  # worker -> dask key -> checks missed
@@ -133,7 +139,10 @@ class Abandoned:
                     del known[key]
         if not known:
             del self._keys[worker]
-        self._set_busy(worker, min(self._threads(worker), running))
+        threads = self._threads(worker)
+        self._set_busy(worker, min(threads, running))
+        if running >= threads:
+            self._full(worker)
 
     def _died(self, exc: BaseException) -> None:
         """Nobody watches any more: give every thread back rather than keep a worker out
