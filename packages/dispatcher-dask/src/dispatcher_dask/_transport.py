@@ -46,8 +46,8 @@ __all__ = ["DaskTransport"]
 
 from ._capabilities import CAPABILITIES
 
-# While tasks keep coming, send them at most this often (see _outbox).
-SEND_INTERVAL = 0.002
+# While the workers have work queued, send tasks at most this often (see _outbox).
+SEND_INTERVAL = 0.01
 
 # How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
@@ -115,7 +115,7 @@ class DaskTransport(Transport):
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[_Pending] = []
         self._closed = False
-        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL)
+        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL, self._busy)
 
     # -- the SPI ---------------------------------------------------------------------------
 
@@ -136,6 +136,11 @@ class DaskTransport(Transport):
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         self._outbox.put(tasks)
+
+    def _busy(self) -> bool:
+        """Do the workers have about two tasks each per thread still to run? (Finished
+        ones being gathered count too: an estimate, asked once per batch.)"""
+        return len(self._pending) >= 2 * sum(self._nthreads.values())
 
     def _not_sent(self, tasks: Sequence[TaskSpec], exc: BaseException) -> None:
         """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
