@@ -1,8 +1,17 @@
-"""The exceptions dispatcher raises. Each names the node it is about, where there is one."""
+"""The exceptions dispatcher raises, and what a user sees of a task's exception.
+
+Each exception names the node it is about, where there is one. A task's own exception
+keeps its traceback from the user's code down: the frames of dispatcher's code that called
+the task are dropped from what the user sees (:func:`hide_own_frames`; the whole
+traceback goes to the ``dispatcher.task`` logger at DEBUG).
+"""
 
 from __future__ import annotations
 
 import difflib
+import logging
+import traceback
+from types import FrameType, TracebackType
 from typing import Any
 
 __all__ = [
@@ -14,7 +23,49 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "hide_own_frames",
+    "is_own_frame",
+    "user_traceback",
 ]
+
+_OWN_PACKAGES = frozenset({"dispatcher", "dispatcher_mp", "dispatcher_mpi", "dispatcher_dask"})
+# dispatcher's tests of executors and their tasks are the user's code of their runs.
+_USER_MODULES = ("dispatcher.testing",)
+
+_log = logging.getLogger("dispatcher.task")
+
+
+def is_own_frame(frame: FrameType) -> bool:
+    """Whether ``frame`` runs dispatcher's code (core's or a backend's), not the user's."""
+    name = frame.f_globals.get("__name__")
+    if not isinstance(name, str):
+        return False
+    return name.partition(".")[0] in _OWN_PACKAGES and not name.startswith(_USER_MODULES)
+
+
+def user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from its first frame of the user's code: the frames of dispatcher's code that
+    led to it (the worker loop, the call of the task) dropped. ``None`` when it has no
+    frame of the user's: the error is dispatcher's own."""
+    while tb is not None and is_own_frame(tb.tb_frame):
+        tb = tb.tb_next
+    return tb
+
+
+def hide_own_frames(error: BaseException, node: object) -> None:
+    """Drop from ``error``'s traceback the frames of dispatcher's code above the user's
+    (an error with no frame of the user's code keeps them all: it is dispatcher's own).
+    The whole traceback is logged at DEBUG first, naming ``node``."""
+    tb = error.__traceback__
+    if tb is None or not is_own_frame(tb.tb_frame):
+        return
+    kept = user_traceback(tb)
+    if kept is None:
+        return
+    if _log.isEnabledFor(logging.DEBUG):
+        text = "".join(traceback.format_exception(type(error), error, tb))
+        _log.debug("the whole traceback of %s, dispatcher's frames included:\n%s", node, text)
+    error.__traceback__ = kept
 
 
 class DispatcherError(Exception):

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._errors import (
+    DependencyError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    hide_own_frames,
+)
 from ._nodes import DispatchNode
 from ._options import Options
 from ._tasks import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
@@ -57,6 +63,7 @@ class Recovery:
     def task_failed(self, p: int, worker: str, error: BaseException) -> None:
         """Task ``p``'s attempt on ``worker`` raised ``error``: retry it or fail it."""
         node = self.table.nodes[p]
+        hide_own_frames(error, node)  # a task run in the caller: its traceback starts in it
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):
                 error.node = node  # the transport knew only the label

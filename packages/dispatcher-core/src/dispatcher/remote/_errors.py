@@ -6,17 +6,22 @@ cannot even be printed. :func:`capture_error` packages whatever travels, never r
 :func:`restore_error` brings back the user's own exception where it can, with the worker's
 traceback as a note, and a :class:`~dispatcher.RemoteError` carrying the type name, message
 and traceback text where it cannot. Neither ever lets an exception of its own escape.
+
+The traceback the user sees starts at the user's code: the worker's own frames (its loop,
+the call of the task) are left out, and the whole traceback is logged in the caller at
+DEBUG on ``dispatcher.task``.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import RemoteError, SerializationError
+from .._errors import RemoteError, SerializationError, user_traceback
 from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ __all__ = [
 
 _MAX_CAUSES = 16
 
+_log = logging.getLogger("dispatcher.task")
+
 
 @pickle_by_reference
 @dataclass
@@ -44,8 +51,12 @@ class WireError:
     type_name: str
     message: str
     traceback_text: str
+    """The traceback from the user's code down (just the exception, for an error of
+    dispatcher's own), with the causes' and contexts' tracebacks."""
     causes: tuple[bytes, ...] = ()
     """Its ``__cause__`` chain, pickled one by one (pickling an exception drops it)."""
+    whole_traceback_text: str = ""
+    """The traceback with the worker's own frames, for the DEBUG log."""
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -59,9 +70,13 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
     """Worker side: package ``exc`` with its traceback text. Never raises: whatever part of
     the exception cannot be pickled or printed is left out."""
     try:
-        tb_text = "".join(traceback.format_exception(exc))
+        whole = "".join(traceback.format_exception(exc))
+        # The user's frames only; none at all for an error of dispatcher's own (a result
+        # that does not pickle...), whose message says what happened.
+        tb = user_traceback(exc.__traceback__)
+        tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:
-        tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
+        whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         payload: bytes | None = dumps(exc)
@@ -75,7 +90,7 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         except BaseException:
             break  # keep the part of the chain that travels
         cause = cause.__cause__
-    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes))
+    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes), whole)
 
 
 def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException | None:
@@ -84,12 +99,23 @@ def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException
     except BaseException:  # unpickling runs arbitrary code: SystemExit included
         return None
     # A __reduce__ may rebuild something else entirely: only an exception will do.
-    return exc if isinstance(exc, BaseException) else None
+    if not isinstance(exc, BaseException):
+        return None
+    # Where tracebacks pickle (dask installs tblib's support), the worker's frames would
+    # show twice: the note has them, from the user's code down.
+    exc.__traceback__ = None
+    return exc
 
 
 def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
     """Caller side: the original exception with the worker's traceback as a note, or a
     :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises."""
+    if wire.whole_traceback_text and _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "the whole traceback of %s from its worker, dispatcher's frames included:\n%s",
+            label,
+            wire.whole_traceback_text,
+        )
     exc = _load_exception(wire.payload, loads) if wire.payload is not None else None
     if exc is None:
         return RemoteError(wire.type_name, wire.message, wire.traceback_text)
