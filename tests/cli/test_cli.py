@@ -412,4 +412,4 @@ def test_verbose_logs_runs_to_stderr(cli: Cli, flow: Path) -> None:
     assert "dispatcher.run: run of 3 nodes started on 'async'" in err
     assert "dispatcher.task" not in err
     status, out, err = cli("run", f"{flow}:total", "-vv")
-    assert "dispatcher.task: finished <Op add> on main" in err
+    assert "dispatcher.task: finished add(inc(1), inc(inc(...))) on main" in err

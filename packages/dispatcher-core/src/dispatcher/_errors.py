@@ -3,7 +3,7 @@
 Each exception names the node it is about, where there is one. A task's own exception
 keeps its traceback from the user's code down: the frames of dispatcher's code that called
 the task are dropped from what the user sees (:func:`hide_own_frames`; the whole
-traceback goes to the ``dispatcher.task`` logger at DEBUG).
+traceback goes to the ``dispatcher.task.traceback`` logger at DEBUG).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "failure_note",
     "hide_own_frames",
     "is_own_frame",
+    "node_name",
     "user_traceback",
 ]
 
@@ -32,7 +34,7 @@ _OWN_PACKAGES = frozenset({"dispatcher", "dispatcher_mp", "dispatcher_mpi", "dis
 # dispatcher's tests of executors and their tasks are the user's code of their runs.
 _USER_MODULES = ("dispatcher.testing",)
 
-_log = logging.getLogger("dispatcher.task")
+_log = logging.getLogger("dispatcher.task.traceback")
 
 
 def is_own_frame(frame: FrameType) -> bool:
@@ -72,12 +74,33 @@ class DispatcherError(Exception):
     """Base class of every error dispatcher raises itself."""
 
 
+def node_name(node: Any) -> str:
+    """How a message names ``node``: a node by its description (label and arguments, as
+    ``str(node)`` gives it: ``parse('b.txt')``), a bare label (all a transport may know)
+    quoted."""
+    if isinstance(node, str):
+        return repr(node)
+    try:
+        return str(node)
+    except Exception:  # a message must never fail for its node's sake
+        return f"<{type(node).__name__}>"
+
+
+def failure_note(node: Any, worker: str, error: BaseException) -> str:
+    """The note a run's failure gets: which node raised it, and where."""
+    where = f"on worker {worker!r}"
+    if isinstance(error, SerializationError) and error.in_caller:
+        what = "receiving its result from" if error.what == "result" else "sending it to"
+        where = f"in the caller, {what} worker {worker!r}"
+    return f"dispatcher: raised by node {node_name(node)} {where}"
+
+
 class CycleError(DispatcherError):
     """The graph has a cycle; ``.nodes`` are the nodes on it, in order."""
 
     def __init__(self, nodes: list[Any]) -> None:
         self.nodes = nodes
-        path = " -> ".join(repr(n) for n in [*nodes, nodes[0]]) if nodes else "?"
+        path = " -> ".join(node_name(n) for n in [*nodes, nodes[0]]) if nodes else "?"
         super().__init__(f"the graph has a cycle: {path}")
 
 
@@ -93,10 +116,17 @@ class DependencyError(DispatcherError):
         self.node = node
         self.cause = cause
         self.__cause__ = cause
-        super().__init__(
-            f"{dependent!r} did not run because its ancestor {node!r} failed: "
-            f"{type(cause).__name__}: {cause}"
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        cause = self.cause
+        return (
+            f"{node_name(self.dependent)} did not run because its ancestor "
+            f"{node_name(self.node)} failed: {type(cause).__name__}: {cause}"
         )
+
+    def __str__(self) -> str:
+        return self._message()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.dependent, self.node, self.cause))
@@ -150,7 +180,11 @@ class WorkerLostError(DispatcherError):
         self.node = node
         self.worker = worker
         self.reason = reason
-        super().__init__(f"worker {worker} was lost while running {node!r}: {reason}")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # From the attributes: the scheduler puts the node where a transport knew its label.
+        return f"worker {self.worker} was lost while running {node_name(self.node)}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.node, self.worker, self.reason))
@@ -162,7 +196,10 @@ class TaskTimeoutError(DispatcherError, TimeoutError):
     def __init__(self, node: Any, seconds: float) -> None:
         self.node = node
         self.seconds = seconds
-        super().__init__(f"{node!r} ran past its timeout of {seconds:g} s")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{node_name(self.node)} ran past its timeout of {self.seconds:g} s"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.node, self.seconds))
@@ -170,20 +207,35 @@ class TaskTimeoutError(DispatcherError, TimeoutError):
 
 class SerializationError(DispatcherError):
     """``.what`` (the function, an argument, the result) of ``.node`` could not be sent;
-    ``.type_name`` names the offending type."""
+    ``.type_name`` names the offending type. ``.in_caller`` says the failure happened in
+    the caller (pickling what it sends, or unpickling a result it received), not on the
+    worker."""
 
-    def __init__(self, node: Any, what: str, type_name: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        node: Any,
+        what: str,
+        type_name: str,
+        detail: str | None = None,
+        in_caller: bool = False,
+    ) -> None:
         self.node = node
         self.what = what
         self.type_name = type_name
         self.detail = detail
-        super().__init__(
-            f"cannot send the {what} of {node!r} between processes: "
-            + (detail or f"{type_name} cannot be pickled")
+        self.in_caller = in_caller
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot send the {self.what} of {node_name(self.node)} between processes: " + (
+            self.detail or f"{self.type_name} cannot be pickled"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.node, self.what, self.type_name, self.detail))
+        return (
+            type(self),
+            (self.node, self.what, self.type_name, self.detail, self.in_caller),
+        )
 
 
 class RemoteError(DispatcherError):

@@ -17,6 +17,7 @@ from ._errors import (
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    failure_note,
     hide_own_frames,
 )
 from ._nodes import DispatchNode
@@ -92,7 +93,7 @@ class Recovery:
         if self._failed_hook is not None:
             self._failed_hook(node=node, worker=worker, error=error)
         if self.throw:
-            error.add_note(f"dispatcher: raised by node {node.label!r} on worker {worker!r}")
+            error.add_note(failure_note(node, worker, error))
             self.fatal = error
             return
         table.consume_inputs(p)

@@ -9,7 +9,7 @@ and traceback text where it cannot. Neither ever lets an exception of its own es
 
 The traceback the user sees starts at the user's code: the worker's own frames (its loop,
 the call of the task) are left out, and the whole traceback is logged in the caller at
-DEBUG on ``dispatcher.task``.
+DEBUG on ``dispatcher.task.traceback``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = [
 
 _MAX_CAUSES = 16
 
-_log = logging.getLogger("dispatcher.task")
+_log = logging.getLogger("dispatcher.task.traceback")
 
 
 @pickle_by_reference
@@ -107,13 +107,18 @@ def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException
     return exc
 
 
-def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
+def restore_error(
+    wire: WireError, label: str | TaskSpec, loads: Callable[[bytes], Any]
+) -> BaseException:
     """Caller side: the original exception with the worker's traceback as a note, or a
-    :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises."""
+    :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises.
+
+    ``label`` names the node: a label, or the task (named by its description)."""
+    name = repr(label) if isinstance(label, str) else label.description
     if wire.whole_traceback_text and _log.isEnabledFor(logging.DEBUG):
         _log.debug(
             "the whole traceback of %s from its worker, dispatcher's frames included:\n%s",
-            label,
+            name,
             wire.whole_traceback_text,
         )
     exc = _load_exception(wire.payload, loads) if wire.payload is not None else None
@@ -123,11 +128,12 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
     if isinstance(exc, SerializationError) and isinstance(exc.node, int):
         # Workers know tasks by key alone: the caller names the node, in the worker's
         # traceback too.
-        named = SerializationError(label, exc.what, exc.type_name, exc.detail)
+        label_text = label if isinstance(label, str) else label.label
+        named = SerializationError(label_text, exc.what, exc.type_name, exc.detail)
         traceback_text = traceback_text.replace(_safe_str(exc), _safe_str(named))
         exc = named
     try:
-        exc.add_note(f"Traceback from the worker that ran {label!r}:\n{traceback_text}")
+        exc.add_note(f"Traceback from the worker that ran {name}:\n{traceback_text}")
     except BaseException:
         pass  # an exception class that refuses notes still travels
     link = exc
@@ -151,7 +157,9 @@ def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any],
         return dumps(obj)
     except Exception as exc:
         name = label if isinstance(label, str) else label.label
-        raise serialization_error(name, what, obj, exc) from exc
+        error = serialization_error(name, what, obj, exc)
+        error.in_caller = True
+        raise error from exc
 
 
 def serialization_error(
@@ -165,10 +173,12 @@ def serialization_error(
     return SerializationError(label, what, _culprit(obj, exc))
 
 
-def unpickling_error(label: str | Key, what: str, exc: BaseException) -> SerializationError:
+def unpickling_error(
+    label: str | Key, what: str, exc: BaseException, in_caller: bool = False
+) -> SerializationError:
     """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
-    :func:`serialization_error`) failing to *un*pickle where it arrived, with ``exc``:
-    most often a module that process cannot import."""
+    :func:`serialization_error`) failing to *un*pickle where it arrived (the caller, when
+    ``in_caller``), with ``exc``: most often a module that process cannot import."""
     detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {_safe_str(exc)})"
     if isinstance(exc, (ImportError, AttributeError)):
         detail += (
@@ -176,7 +186,7 @@ def unpickling_error(label: str | Key, what: str, exc: BaseException) -> Seriali
             "importable there too: install the module on every worker, or put it on "
             "PYTHONPATH"
         )
-    return SerializationError(label, what, type(exc).__qualname__, detail)
+    return SerializationError(label, what, type(exc).__qualname__, detail, in_caller)
 
 
 def _culprit(obj: Any, exc: BaseException) -> str:

@@ -221,7 +221,7 @@ class ExecutorConformance(ExecutorFaults):
         def parse(text: str) -> int:
             return int(text)  # the line the traceback shows
 
-        caplog.set_level(logging.DEBUG, logger="dispatcher.task")
+        caplog.set_level(logging.DEBUG, logger="dispatcher.task.traceback")
         with pytest.raises(ValueError) as info:
             self.run(Op(parse, "b.txt"))
         shown = "".join(traceback.format_exception(info.value))
