@@ -53,6 +53,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, with the commands' help aligned: argparse measures command names
+    without the indent it draws them with, so the longest (``executors``) would get a line
+    of its own."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        subactions = getattr(action, "_get_subactions", None)
+        if subactions is not None and action.help is not argparse.SUPPRESS:
+            names = [len(self._format_action_invocation(a)) for a in subactions()]
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, max(names, default=0) + indent)
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -68,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
             "\n"
             "exit status: 0 success, 1 a task failed, 2 usage error, 130 interrupted"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

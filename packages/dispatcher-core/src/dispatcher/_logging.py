@@ -2,7 +2,7 @@
 
 ``dispatcher.run`` gets one INFO record when a run starts and one when it ends;
 ``dispatcher.task`` gets DEBUG records for every task event, naming each node the way a
-user recognises it (``parse('b.txt')``: see :func:`~dispatcher.describe`), and
+user recognises it (``parse('b.txt')``, as ``str(node)`` gives it), and
 ``dispatcher.task.traceback`` the whole traceback of a failed task, dispatcher's frames
 included (the one the user is shown starts at their code). Nothing is printed unless the
 application configures logging (``logging.basicConfig(level=logging.INFO)``, ``-v`` on the

@@ -149,7 +149,7 @@ class TaskSpec:
     @property
     def description(self) -> str:
         """How the user recognises the node, for messages: its label and arguments
-        (``parse('b.txt')``, see :func:`dispatcher.describe`); the label where only that
+        (``parse('b.txt')``, as ``str(node)`` gives it); the label where only that
         is known."""
         named = self._named
         return named if isinstance(named, str) else str(named)

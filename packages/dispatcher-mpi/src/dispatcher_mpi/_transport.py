@@ -280,7 +280,7 @@ def current_root() -> Root:
     if _root is None:
         raise DispatcherError(LAUNCH_HELP)
     if not _root.ranks:
-        raise DispatcherError("this MPI job has no worker ranks (-n 1). " + LAUNCH_HELP)
+        raise DispatcherError("this MPI job has no worker ranks (-n 1): " + LAUNCH_HELP)
     return _root
 
 
