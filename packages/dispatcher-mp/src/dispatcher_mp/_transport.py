@@ -87,7 +87,7 @@ def _check_main_is_a_file(start_method: str) -> None:
     path = getattr(main, "__file__", None)
     if getattr(main, "__spec__", None) is not None or not isinstance(path, str):
         return  # run with -m, or -c, or interactively: workers do not run it
-    where = os.path.join(multiprocessing.process.ORIGINAL_DIR or "", path)
+    where = os.path.join(getattr(multiprocessing.process, "ORIGINAL_DIR", None) or "", path)
     if not os.path.isfile(where):
         raise DispatcherError(
             f"the main module was read from {path}, not from a file, and worker processes "
