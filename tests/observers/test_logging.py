@@ -55,6 +55,9 @@ def test_run_records_at_info(caplog: pytest.LogCaptureFixture) -> None:
     assert messages[0] == ("dispatcher.run", logging.INFO, "run of 2 nodes started on 'sync'")
     assert messages[1][2].startswith("run of 2 nodes on 'sync' finished in ")
     assert len(messages) == 2
+    caplog.clear()
+    run(Op(tasks.inc, 1), executor="sync", plugins=observers(RunLog()))
+    assert caplog.records[0].getMessage() == "run of 1 node started on 'sync'"
 
 
 def test_task_records_at_debug(caplog: pytest.LogCaptureFixture) -> None:

@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise  # not a task's failure: a bug, shown with its traceback
             sys.stdout.flush()
             print(format_exception(exc), end="", file=sys.stderr)
-            _say(f"task {watcher.node.label!r} failed on worker {watcher.worker!r}")
+            _say(f"task {watcher.node} failed on worker {watcher.worker!r}")
             _report_written(report)
             return FAILED
         finally:
@@ -306,8 +306,8 @@ def _print_results(targets: Any, values: Any) -> None:
         entries = [(str(key), value) for key, value in zip(targets, values.values())]
     else:
         nodes = targets.sinks() if isinstance(targets, DispatchGraph) else list(targets)
-        labels = [node.label for node in nodes]
-        if len(set(labels)) < len(labels):  # repeated labels: number them to tell them apart
+        labels = [str(node) for node in nodes]  # label and arguments: parse('b.txt')
+        if len(set(labels)) < len(labels):  # still alike: number them to tell them apart
             labels = [f"[{i}] {label}" for i, label in enumerate(labels)]
         entries = list(zip(labels, values))
     for key, value in entries:

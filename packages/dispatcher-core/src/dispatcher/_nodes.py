@@ -42,6 +42,13 @@ _sequence = itertools.count()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
 
 
+def _refuse_timeout(node: DispatchNode, value: object) -> None:
+    raise AttributeError(
+        "a node's timeout is fixed when the node is made, like its function and arguments: "
+        "give it with op(func, timeout=...); only a node's label can be reassigned"
+    )
+
+
 class DispatchNode:
     """The common base class of every node.
 
@@ -51,7 +58,7 @@ class DispatchNode:
     the executor's), or ``None`` for the executor's; it is checked where it is given.
     """
 
-    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "timeout")
+    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
 
     _func: Callable[..., Any]
     _args: tuple[Any, ...]
@@ -59,7 +66,7 @@ class DispatchNode:
     _deps: tuple[DispatchNode, ...]
     _shape: int
     _label: str | None
-    timeout: float | None
+    _timeout: float | None
 
     def _init_call(
         self,
@@ -72,7 +79,7 @@ class DispatchNode:
         self._seq = next(_sequence)
         self._func = func
         self._label = label
-        self.timeout = timeout
+        self._timeout = timeout
         # Fast paths, for the common shapes of a million-node graph: every positional
         # argument a distinct node; or nothing but plain scalars.
         if not kwargs and args:
@@ -120,6 +127,15 @@ class DispatchNode:
         self._kwargs = new_kwargs
         self._deps = tuple(found)
         self._shape = SHAPE_TEMPLATE if found else SHAPE_CALL
+
+    # Read-only, like everything but the label; attrgetter keeps reading it as cheap as a
+    # plain attribute, on the scheduler's hot path.
+    timeout = property(
+        operator.attrgetter("_timeout"),
+        _refuse_timeout,
+        doc="""The node's own limit in seconds (``math.inf``: none), or ``None`` for the
+        executor's. Fixed when the node is made, as its function and arguments are.""",
+    )
 
     @property
     def label(self) -> str:
@@ -229,7 +245,7 @@ class DataNode(DispatchNode):
         self._deps = ()
         self._shape = SHAPE_CONSTANT
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def value(self) -> Any:
@@ -255,7 +271,7 @@ class IndexNode(DispatchNode):
         self._deps = (node,)
         self._shape = SHAPE_TEMPLATE
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def node(self) -> DispatchNode:

@@ -238,6 +238,25 @@ class ExecutorConformance(ExecutorFaults):
         assert "return int(text)  # the line the traceback shows" in kept, kept
         assert not _OWN_FRAME.findall(kept), kept
 
+    def test_a_failure_names_the_node_with_its_arguments(self) -> None:
+        # One of many nodes with the same label: the arguments say which.
+        parsed = [
+            op(tasks.fail if name == "b.txt" else tasks.take, label="parse")(name)
+            for name in ["a.txt", "b.txt", "c.txt"]
+        ]
+        counted = op(tasks.take, label="count")(parsed[1])
+        with pytest.raises(ValueError) as info:
+            self.run([*parsed, counted])
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "dispatcher: raised by node parse('b.txt') on worker " in notes, notes
+        if self.capabilities.separate_processes:
+            assert "Traceback from the worker that ran parse('b.txt'):" in notes, notes
+        (skipped,) = self.run([counted], throw=False)
+        assert str(skipped.error) == (
+            "count(parse('b.txt')) did not run because its ancestor parse('b.txt') failed: "
+            "ValueError: b.txt"
+        )
+
     def test_throw_false_gives_results(self) -> None:
         good = Op(tasks.inc, 1)
         bad = op(tasks.fail, label="bad")("boom")
@@ -424,6 +443,9 @@ class ExecutorConformance(ExecutorFaults):
             self.run(node)
         assert "lock" in str(info.value)
         assert "takes-a-lock" in str(info.value)
+        # It failed here, on its way to a worker: the note says so.
+        (note,) = [n for n in info.value.__notes__ if n.startswith("dispatcher: raised by")]
+        assert " in the caller, sending it to worker " in note, note
         assert self.run(Op(tasks.inc, 1)) == 2
 
     def test_unpicklable_result(self) -> None:
