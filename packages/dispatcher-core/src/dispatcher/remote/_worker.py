@@ -208,9 +208,13 @@ class TaskRunner:
             reason = func.error if func is not None else LookupError(f"no function {token}")
             self.fail(key, unpickling_error(key, "function", reason), 0.0)
             return
-        if type(args) is bytes:
+        if type(args) is bytes or type(args) is list:
             try:
-                args, kwargs, inline = loads(args)
+                if type(args) is bytes:
+                    args, kwargs, inline = loads(args)
+                else:  # a stream and its out-of-band buffers
+                    stream, *buffers = args
+                    args, kwargs, inline = loads(stream, buffers=buffers)
             except BaseException as exc:
                 self.fail(key, unpickling_error(key, "arguments", exc), 0.0)
                 return
