@@ -210,11 +210,10 @@ class TaskRunner:
             return
         if type(args) is bytes or type(args) is list:
             try:
-                if type(args) is bytes:
+                if isinstance(args, bytes):
                     args, kwargs, inline = loads(args)
                 else:  # a stream and its out-of-band buffers
-                    stream, *buffers = args
-                    args, kwargs, inline = loads(stream, buffers=buffers)
+                    args, kwargs, inline = loads(args[0], buffers=args[1:])
             except BaseException as exc:
                 self.fail(key, unpickling_error(key, "arguments", exc), 0.0)
                 return
