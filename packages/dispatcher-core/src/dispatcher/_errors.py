@@ -252,3 +252,18 @@ class RemoteError(DispatcherError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback_text}"
+
+
+# Shown where the user imports them from: a traceback's last line reads
+# "dispatcher.SerializationError: ...", not the private module's name.
+for _error in (
+    DispatcherError,
+    CycleError,
+    DependencyError,
+    ExecutorNotFound,
+    WorkerLostError,
+    TaskTimeoutError,
+    SerializationError,
+    RemoteError,
+):
+    _error.__module__ = "dispatcher"

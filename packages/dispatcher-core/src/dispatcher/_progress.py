@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ._errors import DependencyError
 from ._hooks import hookimpl
-from ._nodes import describe
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -152,7 +151,10 @@ class ProgressBar:
         # A recomputed node can fail after having finished once: it counts as failed.
         self._failed.add(node)
         if not isinstance(error, DependencyError):  # a skip: its ancestor was named
-            self.last_failure = describe(node, FAILURE_WIDTH)
+            text = str(node)  # label and arguments
+            if len(text) > FAILURE_WIDTH:
+                text = text[: FAILURE_WIDTH - 3] + "..."
+            self.last_failure = text
         self._finished.discard(node)
         self._show(counts_changed=True)
 

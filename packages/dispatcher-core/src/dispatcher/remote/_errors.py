@@ -132,10 +132,13 @@ def restore_error(
         named = SerializationError(label_text, exc.what, exc.type_name, exc.detail)
         traceback_text = traceback_text.replace(_safe_str(exc), _safe_str(named))
         exc = named
-    try:
-        exc.add_note(f"Traceback from the worker that ran {name}:\n{traceback_text}")
-    except BaseException:
-        pass  # an exception class that refuses notes still travels
+    # Without a frame of the user's code (an error of dispatcher's own, a result that does
+    # not pickle...) the traceback would only repeat the message.
+    if "Traceback (most recent call last):" in traceback_text:
+        try:
+            exc.add_note(f"Traceback from the worker that ran {name}:\n{traceback_text}")
+        except BaseException:
+            pass  # an exception class that refuses notes still travels
     link = exc
     for data in wire.causes:
         cause = _load_exception(data, loads)
