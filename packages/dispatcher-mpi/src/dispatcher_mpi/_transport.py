@@ -104,7 +104,7 @@ def _pack_arguments(spec: TaskSpec) -> list[Any]:
     try:
         header, buffers = encode(arguments)
     except Exception as exc:
-        raise serialization_error(spec.label, "arguments", arguments, exc) from exc
+        raise serialization_error(spec.label, "arguments", arguments, exc, in_caller=True) from exc
     return [header, *[pickle.PickleBuffer(b) for b in buffers]]
 
 

@@ -160,20 +160,19 @@ def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any],
         return dumps(obj)
     except Exception as exc:
         name = label if isinstance(label, str) else label.label
-        error = serialization_error(name, what, obj, exc)
-        error.in_caller = True
-        raise error from exc
+        raise serialization_error(name, what, obj, exc, in_caller=True) from exc
 
 
 def serialization_error(
-    label: str | Key, what: str, obj: Any, exc: BaseException
+    label: str | Key, what: str, obj: Any, exc: BaseException, in_caller: bool = False
 ) -> SerializationError:
     """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
-    ``exc``, naming the offending type as precisely as the failure tells it.
+    ``exc``, naming the offending type as precisely as the failure tells it; ``in_caller``
+    when it failed in the caller, on its way to a worker.
 
     A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
     puts the node's label in its place in the caller."""
-    return SerializationError(label, what, _culprit(obj, exc))
+    return SerializationError(label, what, _culprit(obj, exc), None, in_caller)
 
 
 def unpickling_error(
