@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 
 import pytest
 
@@ -309,6 +310,8 @@ def test_descriptions_of_deep_huge_or_unprintable_arguments_are_short_and_safe()
         assert text.startswith("f("), text
         assert len(text) <= 80, text
     assert str(Op(f, Unprintable())) == "f(<Unprintable>)"
+    # An object's default repr says where it lives in memory: its type is what tells.
+    assert str(Op(f, object(), threading.Lock())) == "f(<object>, <_thread.lock>)"
     # A chain a thousand long reads as its last links.
     chain: DispatchNode = DataNode(0)
     for _ in range(1000):

@@ -55,19 +55,24 @@ def user_traceback(tb: TracebackType | None) -> TracebackType | None:
 
 
 def hide_own_frames(error: BaseException, node: object) -> None:
-    """Drop from ``error``'s traceback the frames of dispatcher's code above the user's
-    (an error with no frame of the user's code keeps them all: it is dispatcher's own).
-    The whole traceback is logged at DEBUG first, naming ``node``."""
+    """Drop from ``error``'s traceback the frames of dispatcher's code above the user's.
+
+    An error with no frame of the user's code is dispatcher's own: a
+    :class:`DispatcherError`, whose message says what happened, loses its frames (and its
+    cause's: how pickle failed, say); anything else is a bug and keeps them all. The whole
+    traceback is logged at DEBUG first, naming ``node``."""
     tb = error.__traceback__
     if tb is None or not is_own_frame(tb.tb_frame):
         return
     kept = user_traceback(tb)
-    if kept is None:
+    if kept is None and not isinstance(error, DispatcherError):
         return
     if _log.isEnabledFor(logging.DEBUG):
         text = "".join(traceback.format_exception(type(error), error, tb))
         _log.debug("the whole traceback of %s, dispatcher's frames included:\n%s", node, text)
     error.__traceback__ = kept
+    if kept is None and error.__cause__ is not None:
+        error.__cause__.__traceback__ = None
 
 
 class DispatcherError(Exception):

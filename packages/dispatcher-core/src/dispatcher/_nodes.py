@@ -355,6 +355,11 @@ class _ArgumentRepr(reprlib.Repr):
             text = repr(value)
         except Exception:
             return f"<{type(value).__name__}>"  # not reprlib's "instance at 0x...": noise
+        if text.startswith("<") and " at 0x" in text:
+            # object's own repr: its address tells a reader nothing, its type does.
+            cls = type(value)
+            module = "" if cls.__module__ in ("builtins", "__main__") else cls.__module__ + "."
+            return f"<{module}{cls.__qualname__}>"
         if len(text) > self.maxother:
             half = max(0, (self.maxother - 3) // 2)
             text = text[:half] + "..." + text[len(text) - half :]

@@ -446,6 +446,10 @@ class ExecutorConformance(ExecutorFaults):
         # It failed here, on its way to a worker: the note says so.
         (note,) = [n for n in info.value.__notes__ if n.startswith("dispatcher: raised by")]
         assert " in the caller, sending it to worker " in note, note
+        # The message says it all: none of dispatcher's or pickle's frames but the call.
+        shown = "".join(traceback.format_exception(info.value))
+        assert len(_OWN_FRAME.findall(shown)) == 1, shown
+        assert "pickle.py" not in shown, shown
         assert self.run(Op(tasks.inc, 1)) == 2
 
     def test_unpicklable_result(self) -> None:
