@@ -56,6 +56,8 @@ class DispatchNode:
     the nodes found in the arguments. Nodes are hashable by identity and immutable but for
     ``label``. ``timeout`` is the node's own limit in seconds (``math.inf``: none, whatever
     the executor's), or ``None`` for the executor's; it is checked where it is given.
+    ``str(node)`` reads as the call, label and arguments (``load('b.txt')``, see
+    :func:`describe`): how messages, logs and pictures name it.
     """
 
     __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
@@ -176,6 +178,7 @@ class DispatchNode:
         return f"<{type(self).__name__} {self.label}>"
 
     def __str__(self) -> str:
+        """The node as a user recognises it: label and arguments, short (:func:`describe`)."""
         return describe(self)
 
 
