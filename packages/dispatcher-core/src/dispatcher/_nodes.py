@@ -130,8 +130,8 @@ class DispatchNode:
         self._deps = tuple(found)
         self._shape = SHAPE_TEMPLATE if found else SHAPE_CALL
 
-    # Read-only, like everything but the label; attrgetter keeps reading it as cheap as a
-    # plain attribute, on the scheduler's hot path.
+    # Read-only, like everything but the label (the scheduler reads ``_timeout`` itself,
+    # on its hot path).
     timeout = property(
         operator.attrgetter("_timeout"),
         _refuse_timeout,
