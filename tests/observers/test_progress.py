@@ -1,9 +1,12 @@
-"""The progress bar observer: counts, drawing only to terminals and notebooks, missing tqdm."""
+"""The progress bar observer: counts, a bar in terminals and notebooks, status lines
+elsewhere, missing tqdm."""
 
 from __future__ import annotations
 
 import io
 import sys
+import threading
+import time
 import types
 from typing import Any
 
@@ -54,12 +57,46 @@ def test_draws_done_total_failed_rate_to_a_terminal() -> None:
     assert "task/s" in last
 
 
-def test_quiet_when_the_output_is_not_a_terminal() -> None:
+def test_a_pipe_gets_whole_status_lines_not_a_bar() -> None:
     pipe = io.StringIO()
     bar = ProgressBar(file=pipe)
     run([Op(tasks.inc, i) for i in range(5)], executor="sync", plugins=[bar])
-    assert pipe.getvalue() == ""
-    assert bar.done == 5  # counted all the same
+    # A run shorter than the interval: just the last line.
+    assert pipe.getvalue().startswith("dispatcher sync: 5/5 tasks (100%), done in ")
+    assert pipe.getvalue().count("\n") == 1
+    assert "\r" not in pipe.getvalue()
+
+
+@op
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_status_lines_come_while_the_run_goes_on() -> None:
+    pipe = io.StringIO()
+    bar = ProgressBar(file=pipe, interval=0.05)
+    with pytest.raises(ValueError):
+        run(
+            [nap(0.3), nap(0.3), Op(tasks.fail, nap(0.3))],
+            executor="sync",
+            plugins=[bar],
+        )
+    lines = pipe.getvalue().splitlines()
+    assert "\r" not in pipe.getvalue()
+    # The counts went up line by line while tasks were still running...
+    during = [line for line in lines[:-1] if "elapsed" in line]
+    assert any("1/4 tasks (25%)" in line for line in during), lines
+    assert any("2/4 tasks (50%)" in line for line in during), lines
+    # ... and nothing repeats while nothing changes (a line per change, not per tick).
+    assert len(during) == len(set(line.split(", ")[0] for line in during)), lines
+    assert lines[-1].startswith("dispatcher sync: 4/4 tasks (100%), 1 failed, stopped after ")
+
+
+def test_status_lines_stop_with_the_run() -> None:
+    before = {t.name for t in threading.enumerate()}
+    run([Op(tasks.inc, 1)], executor="sync", plugins=[ProgressBar(file=io.StringIO())])
+    assert "dispatcher-progress" not in {t.name for t in threading.enumerate()} - before
 
 
 def test_enabled_forces_drawing_or_silence() -> None:
@@ -80,9 +117,11 @@ def test_progress_true_draws_on_stderr_when_it_is_a_terminal(
     assert "3/3" in screen.getvalue()
 
 
-def test_progress_true_is_quiet_on_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_true_on_a_pipe_writes_a_status_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(Op(tasks.inc, 1), progress=True) == 2
-    assert capsys.readouterr() == ("", "")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("dispatcher async: 1/1 tasks (100%), done in ")
 
 
 def test_counts_retries_and_a_recomputed_node_once() -> None:

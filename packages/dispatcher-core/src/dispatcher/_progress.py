@@ -1,5 +1,10 @@
 """``progress=True``: a live progress bar, drawn by tqdm, fed by the observer hooks.
 
+In a terminal or a notebook the bar redraws in place. Where standard error is a pipe or a
+file (under ``mpiexec``, in a batch job's log, behind ``| tee``), redrawing would fill it
+with carriage returns, so the same counts go out as a status line every few seconds
+instead, when they changed, and once more when the run ends.
+
 tqdm is an optional dependency (``pip install tqdm``, or dispatcher-core's ``progress``
 extra); it is imported when a bar is made, so a run without a bar never pays
 for it and an install without tqdm fails only where a bar was asked for.
@@ -7,7 +12,10 @@ for it and an install without tqdm fails only where a bar was asked for.
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._hooks import hookimpl
@@ -17,7 +25,15 @@ if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._nodes import DispatchNode
 
-__all__ = ["ProgressBar", "in_notebook", "load_tqdm"]
+__all__ = ["INTERVAL", "ProgressBar", "StatusLines", "in_notebook", "load_tqdm"]
+
+INTERVAL = 5.0
+"""Seconds between two status lines where standard error is not a terminal."""
+HEARTBEAT = 60.0
+"""Seconds after which a status line goes out even if nothing changed: a long task's log
+still shows the run is alive."""
+
+log = logging.getLogger("dispatcher.progress")
 
 INSTALL_HINT = (
     "progress=True draws its bar with tqdm, which is not installed: pip install tqdm "
@@ -53,19 +69,29 @@ class ProgressBar:
 
     ``run(..., progress=True)`` makes one per run; it can also be passed as a plugin
     (``run(..., plugins=[ProgressBar()])``) to choose where it draws. ``file`` defaults to
-    standard error; ``enabled`` defaults to "standard error is a terminal, or this is a
-    notebook", so a run whose output goes to a file or a pipe stays quiet.
+    standard error. With ``enabled=None`` (the default) a terminal or a notebook gets the
+    bar, and any other ``file`` (a pipe, a log file) a :class:`StatusLines` line every
+    ``interval`` seconds while the counts change, and one when the run ends.
+    ``enabled=True`` draws the bar whatever ``file`` is; ``enabled=False`` shows nothing.
 
     The counters (:attr:`done`, :attr:`failed`, :attr:`retried`, :attr:`total`) are kept
-    whether or not the bar is drawn.
+    whether or not anything is shown.
     """
 
-    def __init__(self, *, file: TextIO | None = None, enabled: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        file: TextIO | None = None,
+        enabled: bool | None = None,
+        interval: float = INTERVAL,
+    ) -> None:
         # Fail here, when the run is being prepared, not in the middle of it.
         self._auto, self._text = load_tqdm()
         self._file = file
         self._enabled = enabled
+        self._interval = interval
         self._bar: Any = None
+        self._lines: StatusLines | None = None
         self._finished: set[DispatchNode] = set()
         self._failed: set[DispatchNode] = set()
         self.retried = 0
@@ -90,6 +116,8 @@ class ProgressBar:
         if enabled is None:
             isatty = getattr(file, "isatty", None)
             enabled = notebook or bool(isatty is not None and isatty())
+            if not enabled:
+                self._lines = StatusLines(self, desc, file, self._interval)
         options: dict[str, Any] = {
             "total": self.total,
             "desc": desc,
@@ -129,6 +157,8 @@ class ProgressBar:
         self.retried = 0
         self._bar = self._make_bar(executor.name)
         self._show()
+        if self._lines is not None:
+            self._lines.start()
 
     @hookimpl
     def dispatcher_task_finished(self, node: DispatchNode) -> None:
@@ -158,6 +188,95 @@ class ProgressBar:
             # Nodes given through ``inputs`` are in the graph but never run: a complete run
             # is complete, so the bar ends full rather than a few short.
             bar.total = settled
+            self.total = settled
         self._show(counts_changed=True)
         self._bar = None
         bar.close()
+        lines, self._lines = self._lines, None
+        if lines is not None:
+            lines.finish(error)
+
+
+class StatusLines:
+    """Progress as plain lines, for a ``file`` that is not a terminal: a thread writes the
+    counts of ``bar`` every ``interval`` seconds while they change (and every
+    :data:`HEARTBEAT` seconds regardless), and :meth:`finish` writes the last one.
+
+    A line reads ``dispatcher mpi: 37/120 tasks (30%), 1 failed, 12.3 tasks/s,
+    8.0 s elapsed``: whole lines, no carriage returns, so it reads the same in a pipe,
+    a log file or ``mpiexec``'s forwarded output.
+    """
+
+    def __init__(self, bar: ProgressBar, desc: str, file: TextIO, interval: float) -> None:
+        self._bar = bar
+        self._desc = desc
+        self._file = file
+        self._interval = interval
+        self._t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: tuple[int, int, int] | None = None
+        self._last_time = self._t0
+
+    def start(self) -> None:
+        """Start writing lines (from a daemon thread, which :meth:`finish` ends)."""
+        self._t0 = self._last_time = time.perf_counter()
+        self._thread = threading.Thread(
+            target=self._supervised, name="dispatcher-progress", daemon=True
+        )
+        self._thread.start()
+
+    def finish(self, error: BaseException | None) -> None:
+        """Stop the thread and write the run's last line."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        elapsed = time.perf_counter() - self._t0
+        how = "done in" if error is None else "stopped after"
+        self._write(f"{self._counts()}, {how} {_duration(elapsed)}")
+
+    def _supervised(self) -> None:
+        # Whatever escapes (standard error closed, say) ends the lines, never the run, and
+        # is said once where the application's logging can see it.
+        try:
+            self._loop()
+        except Exception:
+            log.warning("progress lines stopped", exc_info=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            bar = self._bar
+            state = (bar.done, bar.failed, bar.retried)
+            now = time.perf_counter()
+            if state != self._last or now - self._last_time >= HEARTBEAT:
+                elapsed = now - self._t0
+                settled = bar.done + bar.failed
+                rate = f", {settled / elapsed:.3g} tasks/s" if settled else ""
+                self._write(f"{self._counts()}{rate}, {_duration(elapsed)} elapsed")
+                self._last, self._last_time = state, now
+
+    def _counts(self) -> str:
+        bar = self._bar
+        settled = bar.done + bar.failed
+        share = f" ({100 * settled // bar.total}%)" if bar.total else ""
+        text = f"dispatcher {self._desc}: {settled}/{bar.total} tasks{share}"
+        if bar.failed:
+            text += f", {bar.failed} failed"
+        if bar.retried:
+            text += f", {bar.retried} retried"
+        return text
+
+    def _write(self, line: str) -> None:
+        # One write per line: lines from other threads or ranks never cut into it.
+        self._file.write(line + "\n")
+        self._file.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
