@@ -74,6 +74,8 @@ class RunRecord:
     wall: float = 0.0
     error: str | None = None
     """``Type: message`` of what ended the run, or ``None`` if it completed."""
+    in_order: bool = False
+    """Each worker ran one task at a time, in the order it was sent them (``mp``, ``mpi``)."""
 
     @property
     def tasks(self) -> int:
