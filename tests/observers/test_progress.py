@@ -183,6 +183,8 @@ def test_missing_tqdm_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ModuleNotFoundError, match=r"pip install tqdm") as info:
         run(Op(ran.append, 1), progress=True)
     assert "'progress' extra" in str(info.value)
+    # Into this interpreter's environment, which a bare `pip` may not be.
+    assert f"{sys.executable} -m pip install tqdm" in str(info.value)
     assert ran == []  # refused before anything ran
 
 

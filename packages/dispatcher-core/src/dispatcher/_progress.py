@@ -35,10 +35,15 @@ still shows the run is alive."""
 
 log = logging.getLogger("dispatcher.progress")
 
-INSTALL_HINT = (
-    "progress=True draws its bar with tqdm, which is not installed: pip install tqdm "
-    "(or install dispatcher-core with its 'progress' extra)"
-)
+
+def install_hint() -> str:
+    """What to run to get tqdm, into this interpreter's environment (a bare ``pip`` is
+    often another one's)."""
+    return (
+        "progress=True draws its bar with tqdm, which is not installed: "
+        f"{sys.executable} -m pip install tqdm "
+        "(or install dispatcher-core with its 'progress' extra)"
+    )
 
 
 def load_tqdm() -> tuple[Any, Any]:
@@ -47,7 +52,7 @@ def load_tqdm() -> tuple[Any, Any]:
         from tqdm.auto import tqdm as auto
         from tqdm.std import tqdm as text
     except ImportError:
-        raise ModuleNotFoundError(INSTALL_HINT, name="tqdm") from None
+        raise ModuleNotFoundError(install_hint(), name="tqdm") from None
     return auto, text
 
 
