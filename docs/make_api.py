@@ -22,6 +22,7 @@ import itertools
 import re
 import sys
 import textwrap
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +39,14 @@ MODULES = {
     "dispatcher.testing": (
         "The conformance suite and test doubles for backends and observers (needs pytest)."
     ),
+    "dispatcher.remote": (
+        "The kit `mp` and `mpi` are built from, for a backend whose workers are processes."
+    ),
 }
+
+# Plugin distributions: their public names are checked for docstrings where installed, but
+# not put on the page, whose content must not depend on what is installed.
+PLUGINS = ("dispatcher_mp", "dispatcher_mpi", "dispatcher_dask")
 
 HEADER = """\
 # API reference
@@ -187,6 +195,8 @@ def signature(obj: Callable[..., Any], name: str) -> str:
 def _annotation(annotation: Any) -> str:
     if isinstance(annotation, str):
         return annotation
+    if isinstance(annotation, typing.ForwardRef):  # a NamedTuple's string annotations
+        return annotation.__forward_arg__
     return inspect.formatannotation(annotation)
 
 
@@ -219,6 +229,11 @@ def kind_of(obj: Any) -> str:
     if inspect.isroutine(obj):
         return "function"
     return "value"
+
+
+def foreign(obj: Any) -> bool:
+    """Whether a public name is another project's object, passed on as it is."""
+    return not getattr(obj, "__module__", "").startswith("dispatcher")
 
 
 def missing_docstrings(modules: Iterable[str] = MODULES) -> list[str]:
@@ -317,6 +332,10 @@ def render() -> str:
             kind = kind_of(obj)
             if kind == "class":
                 out += render_class(qual, obj)
+            elif kind == "function" and foreign(obj):
+                # Documented (and signed, version by version) by its own project.
+                origin = {"_pickle": "pickle"}.get(obj.__module__, obj.__module__)
+                out += [f"### function `{qual}`", "", f"`{origin}.{obj.__name__}` itself.", ""]
             elif kind == "function":
                 prefix = "async " if inspect.iscoroutinefunction(obj) else ""
                 out += [f"### {prefix}function `{signature(obj, qual)}`", ""]

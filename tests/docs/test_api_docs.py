@@ -30,6 +30,13 @@ def test_every_public_name_has_a_docstring() -> None:
     assert make_api.missing_docstrings() == []
 
 
+@pytest.mark.parametrize("plugin", make_api.PLUGINS)
+def test_every_public_name_of_a_plugin_has_a_docstring(plugin: str) -> None:
+    if importlib.util.find_spec(plugin) is None:
+        pytest.skip(f"{plugin} is not installed here")
+    assert make_api.missing_docstrings([plugin]) == []
+
+
 def test_the_api_page_is_up_to_date() -> None:
     page = (ROOT / "docs" / "api.md").read_text()
     assert page == make_api.render(), "docs/api.md is stale: run python docs/make_api.py"
