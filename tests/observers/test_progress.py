@@ -93,6 +93,18 @@ def test_status_lines_come_while_the_run_goes_on() -> None:
     assert lines[-1].startswith("dispatcher sync: 4/4 tasks (100%), 1 failed, stopped after ")
 
 
+def test_a_long_quiet_task_still_gets_a_line_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dispatcher._progress.HEARTBEAT", 0.1)
+    pipe = io.StringIO()
+    run([nap(0.5)], executor="sync", plugins=[ProgressBar(file=pipe, interval=0.02)])
+    quiet = [
+        line for line in pipe.getvalue().splitlines() if line.startswith("dispatcher sync: 0/1")
+    ]
+    assert len(quiet) >= 2, pipe.getvalue()  # nothing changed, yet the log shows it is alive
+
+
 def test_status_lines_stop_with_the_run() -> None:
     before = {t.name for t in threading.enumerate()}
     run([Op(tasks.inc, 1)], executor="sync", plugins=[ProgressBar(file=io.StringIO())])

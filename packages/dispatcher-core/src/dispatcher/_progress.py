@@ -208,8 +208,8 @@ class StatusLines:
     :data:`HEARTBEAT` seconds regardless), and :meth:`finish` writes the last one.
 
     A line reads ``dispatcher mpi: 37/120 tasks (30%), 1 failed, 12.3 tasks/s,
-    8.0 s elapsed``: whole lines, no carriage returns, so it reads the same in a pipe,
-    a log file or ``mpiexec``'s forwarded output.
+    3.0 s elapsed, about 6.7 s left``: whole lines, no carriage returns, so it reads the
+    same in a pipe, a log file or ``mpiexec``'s forwarded output.
     """
 
     def __init__(self, bar: ProgressBar, desc: str, file: TextIO, interval: float) -> None:
@@ -254,11 +254,22 @@ class StatusLines:
             state = (bar.done, bar.failed, bar.retried)
             now = time.perf_counter()
             if state != self._last or now - self._last_time >= HEARTBEAT:
-                elapsed = now - self._t0
-                settled = bar.done + bar.failed
-                rate = f", {settled / elapsed:.3g} tasks/s" if settled else ""
-                self._write(f"{self._counts()}{rate}, {_duration(elapsed)} elapsed")
+                self._write(self._status(now - self._t0))
                 self._last, self._last_time = state, now
+
+    def _status(self, elapsed: float) -> str:
+        bar = self._bar
+        text = self._counts()
+        settled = bar.done + bar.failed
+        if settled and elapsed > 0:
+            rate = settled / elapsed
+            text += f", {rate:.3g} tasks/s"
+        text += f", {_duration(elapsed)} elapsed"
+        if settled and elapsed > 0 and bar.total > settled:
+            # The rate so far, carried forward: rough, as any ETA is, but says "hours" or
+            # "minutes" where that is the answer.
+            text += f", about {_duration((bar.total - settled) / rate)} left"
+        return text
 
     def _counts(self) -> str:
         bar = self._bar
