@@ -75,7 +75,7 @@ def public_names(module: ModuleType) -> list[str]:
 def members(cls: type) -> Iterator[tuple[str, Any, str | None]]:
     """The public methods and properties ``cls`` itself defines, in source order, with
     their docstrings: a method that overrides a documented one, or implements a hook,
-    shares its documentation. A conformance suite's ``test_*`` checks are listed apart."""
+    shares its documentation. A conformance suite's ``test_*`` checks are left out."""
     for name, value in vars(cls).items():
         if name.startswith(("_", "test_")):
             continue
