@@ -73,6 +73,7 @@ def test_the_run_line_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_progress_shows_through_mpiexec(tmp_path: Path) -> None:
+    pytest.importorskip("tqdm")  # progress=True needs it, wherever it draws
     clone = clone_with_venv(tmp_path)
     command = (
         ".venv/bin/mpiexec -n 3 .venv/bin/python -m dispatcher_mpi "
