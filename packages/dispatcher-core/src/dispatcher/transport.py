@@ -20,6 +20,14 @@ transport gets the bytes from there to the task's worker (it may move them direc
 worker to worker). A result the caller asked for comes back with its completion
 (:attr:`TaskSpec.want_result`). :meth:`Transport.free` drops results nobody needs.
 
+Workers and hosts: a worker runs on a *host*, a machine. Moving a result between two
+workers of one host is cheap (shared memory, a pipe); between hosts it crosses a network
+link, and costs more per byte and per message, so the scheduler keeps a task on its data's
+host first. A transport whose workers span more than one host names each ``name@host``
+(:func:`worker_name`; :func:`worker_host` reads it back): the host then shows wherever the
+worker does, in hooks, logs, the progress bar and the run report. A worker whose name has
+no ``@host`` runs on the caller's host.
+
 A backend whose workers are other processes is built from :mod:`dispatcher.remote`
 (messages, function shipping, the in-flight table, the worker loop, error transport).
 ``dispatcher.testing`` holds an in-memory :class:`~dispatcher.testing.FakeTransport` and
@@ -46,10 +54,25 @@ __all__ = [
     "TaskSpec",
     "Transport",
     "call_task",
+    "worker_host",
+    "worker_name",
 ]
 
 Key = int
 """A result's name: unique within one executor, for as long as the executor lives."""
+
+
+def worker_name(name: str, host: str | None) -> str:
+    """The name of worker ``name`` on ``host``: ``name@host``, or ``name`` alone for a
+    worker on the caller's host (``None``)."""
+    return name if host is None else f"{name}@{host}"
+
+
+def worker_host(worker: str) -> str | None:
+    """The host a worker runs on, as its name says (see :func:`worker_name`); ``None``:
+    the caller's host."""
+    _, at, host = worker.rpartition("@")
+    return host if at else None
 
 
 class TaskSpec:
