@@ -24,6 +24,7 @@ from ._report_model import (
     Attempt,
     RunRecord,
 )
+from .transport import worker_host
 
 __all__ = ["render"]
 
@@ -123,6 +124,7 @@ def _cards(record: RunRecord) -> str:
     stopped = count[ABANDONED] + count[RUNNING]
     not_run = max(0, record.total - record.tasks)
     workers = {a.worker for a in record.attempts if a.status != SKIPPED}
+    hosts = len(_hosts(workers))
     cards = [
         ("tasks", f"{record.total:,}", "nodes in the graph"),
         ("completed", f"{count[OK] + count[LOST]:,}", ""),
@@ -132,10 +134,11 @@ def _cards(record: RunRecord) -> str:
         ("abandoned", f"{stopped:,}", "warn" if stopped else ""),
         ("not run", f"{not_run:,}", "warn" if not_run else ""),
         ("workers", f"{len(workers):,}", ""),
+        ("hosts", f"{hosts:,}", "") if hosts > 1 else None,
         ("wall time", _seconds(record.wall), ""),
     ]
     items = []
-    for name, value, mood in cards:
+    for name, value, mood in filter(None, cards):
         cls = mood if mood in ("bad", "warn") else ""
         items.append(
             f'<div class="card {cls}"><div class="v">{escape(value)}</div>'
@@ -168,9 +171,12 @@ def _timeline(record: RunRecord, colors: dict[str, str]) -> str:
     lanes = _lanes(drawn)
     body: list[str] = []
     y = TOP
+    # Across hosts, the bands alternate by host: a host's workers share one shade.
+    hosts = _hosts(worker for worker, _ in lanes)
     for i, (worker, rows) in enumerate(lanes):
         height = len(rows) * ROW + LANE_GAP
-        if i % 2 == 0:
+        host = worker_host(worker)
+        if (1 + hosts.index(host) if len(hosts) > 1 and host else i) % 2 == 0:
             body.append(
                 f'<rect x="0" y="{y - LANE_GAP / 2:.1f}" width="{WIDTH}" height="{height}" '
                 'fill="#f4f6f9"/>'
@@ -235,10 +241,18 @@ def _lanes(attempts: Sequence[Attempt]) -> list[tuple[str, list[list[Attempt]]]]
     return out
 
 
-def _worker_order(name: str) -> tuple[int, list[object]]:
-    # The caller first, then workers in natural order: mp-2 before mp-10.
-    parts: list[object] = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-    return (0 if name == "main" else 1, parts)
+def _worker_order(name: str) -> tuple[int, list[object], list[object]]:
+    # The caller first, then workers by host, in natural order: mp-2 before mp-10.
+    return (0 if name == "main" else 1, _natural(worker_host(name) or ""), _natural(name))
+
+
+def _natural(name: str) -> list[object]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _hosts(workers: Iterable[str]) -> list[str]:
+    """The hosts that ``workers`` name, in order (see :func:`~.transport.worker_host`)."""
+    return sorted({h for h in map(worker_host, workers) if h is not None}, key=_natural)
 
 
 def _bar(
@@ -395,10 +409,12 @@ def _by_worker(record: RunRecord) -> str:
         if attempt.nbytes is not None:
             s["bytes"] += attempt.nbytes
     rows = []
+    spread = len(_hosts(stats)) > 1
     for worker in sorted(stats, key=_worker_order):
         s = stats[worker]
         rows.append(
             [
+                *([_td(escape(worker_host(worker) or ""))] if spread else []),
                 _td(escape(worker)),
                 _num(s["attempts"]),
                 _num(s["failed"], "bad"),
@@ -409,11 +425,12 @@ def _by_worker(record: RunRecord) -> str:
             ]
         )
     head = ["worker", "attempts", "failed", "retried", "busy", "busy / wall", "results"]
+    head = ["host", *head] if spread else head
     hint = (
         '<p class="hint">Busy is the sum of call durations; above 100% means tasks ran '
         "concurrently on that worker (threads, coroutines, slots).</p>"
     )
-    table = _table(head, rows, set(range(1, len(head))))
+    table = _table(head, rows, set(range(1 + spread, len(head))))
     return "<section><h2>By worker</h2>" + hint + table + "</section>"
 
 
