@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ._hosts import worker_host
 from ._tasks import WAITING, TaskTable
-from .transport import worker_host
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]
 

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ._hooks import hookimpl
-from .transport import worker_host
+from ._hosts import worker_host
 
 if TYPE_CHECKING:
     from ._executor import Executor

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from html import escape
 
+from ._hosts import worker_host
 from ._report_assets import CSS, SCRIPT
 from ._report_model import (
     ABANDONED,
@@ -24,7 +25,6 @@ from ._report_model import (
     Attempt,
     RunRecord,
 )
-from .transport import worker_host
 
 __all__ = ["render"]
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from ._hosts import worker_host, worker_name
 from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
@@ -60,19 +61,6 @@ __all__ = [
 
 Key = int
 """A result's name: unique within one executor, for as long as the executor lives."""
-
-
-def worker_name(name: str, host: str | None) -> str:
-    """The name of worker ``name`` on ``host``: ``name@host``, or ``name`` alone for a
-    worker on the caller's host (``None``)."""
-    return name if host is None else f"{name}@{host}"
-
-
-def worker_host(worker: str) -> str | None:
-    """The host a worker runs on, as its name says (see :func:`worker_name`); ``None``:
-    the caller's host."""
-    _, at, host = worker.rpartition("@")
-    return host if at else None
 
 
 class TaskSpec:
