@@ -153,6 +153,49 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
     placement.worker_host = worker_host
 
 
+def links_job(repeat: int) -> None:
+    """Inside a job of three ranks, 0 and 1 on one host and 2 on another: raw MPI between
+    rank 0 and each, taking turns so that both links see the same load on the machine.
+    Prints, per link, the median round trip of a byte and one-way seconds per size, each
+    message received into a fresh buffer (as a rank receives a result)."""
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    byte = np.zeros(1, dtype=np.uint8)
+    sizes = (MIB, 16 * MIB)
+    sent = {size: np.ones(size, dtype=np.uint8) for size in sizes}
+    times: dict[tuple[int, str], list[float]] = {}
+    for turn in range(max(repeat, 5) * 4):
+        for peer in (1, 2):
+            what = [("rtt", 200)] + [(str(size), 1) for size in sizes]
+            for label, count in what:
+                comm.Barrier()
+                start = time.perf_counter()
+                for _ in range(count):
+                    if label == "rtt":
+                        if rank == 0:
+                            comm.Send(byte, dest=peer)
+                            comm.Recv(byte, source=peer)
+                        elif rank == peer:
+                            comm.Recv(byte, source=0)
+                            comm.Send(byte, dest=0)
+                    elif rank == 0:
+                        comm.Send(sent[int(label)], dest=peer)
+                        comm.Recv(byte, source=peer)  # it has it all
+                    elif rank == peer:
+                        comm.Recv([bytearray(int(label)), MPI.BYTE], source=0)
+                        comm.Send(byte, dest=0)
+                seconds = (time.perf_counter() - start) / count
+                if turn:  # the first turn warms the connections up
+                    times.setdefault((peer, label), []).append(seconds)
+    if rank == 0:
+        for (peer, label), seconds in times.items():
+            link = "within a host" if peer == 1 else "across hosts"
+            print(json.dumps({"link": link, "what": label, "run": statistics.median(seconds)}))
+
+
 def moves_job(repeat: int) -> None:
     """Inside a job with two worker ranks: a result moved between them, timed from the
     moment it was made to its consumer having it (as the ``move`` rows of run.py)."""
@@ -319,6 +362,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="run on hosts that are up already")
     parser.add_argument("--inside-placement", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--inside-moves", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--inside-links", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--layers", type=int, default=40, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=60, help=argparse.SUPPRESS)
     parser.add_argument("--across", help=argparse.SUPPRESS)
@@ -328,6 +372,9 @@ def main() -> None:
         return
     if args.inside_moves:
         moves_job(args.repeat)
+        return
+    if args.inside_links:
+        links_job(args.repeat)
         return
     sections = [s for s in args.sections.split(",") if s]
     unknown = [s for s in sections if s not in SECTIONS]

@@ -46,11 +46,12 @@ class Link:
 # inputs being there; what matters is the order of magnitude and the ratio between them.
 # Within a host: pipes and shared memory (MPI is faster on both counts).
 WITHIN_HOST = Link(latency=100e-6, bandwidth=1e9)
-# Across hosts, over TCP: measured between emulated hosts (network namespaces on one
-# machine, see docs/clusters.md) as rank-to-rank moves of a dispatcher result, beside
-# the same moves within a host. Real links are slower than a bridge inside one machine
-# (10 GbE moves 1.2 GB/s; a switch adds latency), so the ratio only grows there.
-ACROSS_HOSTS = Link(latency=300e-6, bandwidth=0.5e9)
+# Across hosts: the same, scaled by what MPI measured between emulated hosts (TCP over a
+# bridge, see docs/clusters.md) beside the same messages within a host: round trips of a
+# byte 10-27 us within, 30-110 us across (about 3x); 16 MiB at 1.9-2.4 GB/s within,
+# 0.64-1.1 GB/s across (about 2.5x fewer bytes per second). Real links between machines
+# are slower than a bridge inside one, so a real cluster's ratio is no smaller.
+ACROSS_HOSTS = Link(latency=300e-6, bandwidth=0.4e9)
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
@@ -182,7 +183,6 @@ class Placement:
             if where:
                 weighed.append((where, nbytes[d] or 0))
         expected = self.mean_nbytes or 0.0
-        unplaced = 0  # consumers' other inputs not yet given to any worker
         for j in table.dependents[p][:4]:
             siblings = deps[j]
             if len(siblings) > 16:
@@ -192,7 +192,6 @@ class Placement:
                 if where is None:
                     spec = inflight.get(d)
                     if spec is None:
-                        unplaced += d != p
                         continue
                     where = table.held_on(spec.worker)  # still being computed there
                 weighed.append((where, min(expected, nbytes[d] or expected)))
@@ -207,26 +206,17 @@ class Placement:
                 for w in where:
                     near[w] = near.get(w, 0.0) + cost
             return moving, near
-        return self._moves_across(weighed, unplaced * expected, near)
+        return self._moves_across(weighed, near)
 
     def _moves_across(
-        self, weighed: list[tuple[frozenset[str], float]], unplaced: float, near: dict[str, float]
+        self, weighed: list[tuple[frozenset[str], float]], near: dict[str, float]
     ) -> tuple[float, dict[str, float]]:
         """:meth:`_moves` where workers span hosts: a worker holding a value spares its
         whole move across hosts; its host's other workers spare the difference between
-        a move across hosts and one within. The ``unplaced`` bytes of consumers' other
-        inputs that no worker has yet will most likely be made where the work is now:
-        each host spares its share of the load of moving them across."""
+        a move across hosts and one within."""
         host = self.host
         moving = 0.0
         near_host: dict[str | None, float] = {}
-        if unplaced:
-            load = self.load
-            total = sum(load.values())
-            if total:
-                spared = ACROSS_HOSTS.seconds(unplaced) - WITHIN_HOST.seconds(unplaced)
-                for h, workers in self.on_host.items():
-                    near_host[h] = spared * sum(load[w] for w in workers) / total
         for where, size in weighed:
             within = WITHIN_HOST.seconds(size)
             across = ACROSS_HOSTS.seconds(size)
