@@ -5,13 +5,16 @@
 Brings up the hosts of ``tests/cluster`` (node1..node3, TCP between them, see
 docs/clusters.md), runs, and takes them down; prints a Markdown table:
 
-- links: what a move costs within a host and across hosts, as raw MPI (ping-pong round
-  trip, Send/Recv bandwidth) and as a dispatcher result moved from rank to rank;
+- links: what a move costs within a host and across hosts: raw MPI (a byte's round trip,
+  1 and 16 MiB into a fresh buffer; both links taking turns in one job), and a dispatcher
+  result timed from the moment it is made to its consumer on another rank having it
+  (which includes the report to rank 0 and the placement of the consumer);
 - workloads: W2, W4, W5, W6 with one rank per host (rank 0 and three worker ranks), for
   the ``mpi`` executor beside mpi4py.futures (backoff 0), with the raw MPI floors;
 - placement: W4's random edges with 1 MiB results, two worker ranks per host, with the
-  topology-aware move cost and with one that ignores hosts, alternated in one job: wall
-  time, and bytes across hosts (on the wire, and as input moves the scheduler caused).
+  topology-aware move cost, with one that ignores hosts, and with links between hosts
+  costed as a 1 GbE network, taking turns in one job: wall time, and bytes across hosts
+  (on the wire, and as input moves the scheduler caused).
 """
 
 from __future__ import annotations
@@ -126,12 +129,15 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
         placement.ACROSS_HOSTS = placement.Link(latency, bandwidth)
 
     ignoring_hosts = lambda worker: None  # noqa: E731 - every worker on one host
+    measured = placement.ACROSS_HOSTS
+    slow = placement.Link(latency=1e-3, bandwidth=0.1e9)  # about 1 GbE, 10x the measured
     with get_executor("mpi") as executor:
         executor.run(w4_mib(4, width // 4 or 1))  # untimed: imports, first calls
         for i in range(repeat):
-            order = ("aware", "blind") if i % 2 == 0 else ("blind", "aware")
-            for mode in order:
-                placement.worker_host = worker_host if mode == "aware" else ignoring_hosts
+            modes = ["aware", "blind", "slow"]
+            for mode in modes[i % 3 :] + modes[: i % 3]:
+                placement.worker_host = ignoring_hosts if mode == "blind" else worker_host
+                placement.ACROSS_HOSTS = slow if mode == "slow" else measured
                 targets = w4_mib(layers, width)
                 counter = CrossHostMoves()
                 wire = netns_cluster.crossing_bytes()
@@ -151,6 +157,7 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
                 }
                 print(json.dumps(row), flush=True)
     placement.worker_host = worker_host
+    placement.ACROSS_HOSTS = measured
 
 
 def links_job(repeat: int) -> None:
@@ -249,11 +256,6 @@ def json_lines(command: list[str], timeout: float = 3600) -> list[dict[str, Any]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-LINKS = {
-    # label: (ranks, ranks per host, hosts): rank 0 and the last rank meet over that link.
-    "within a host": (2, 2, ("node1",)),
-    "across hosts": (2, 1, ("node1", "node2")),
-}
 MOVES = {
     # Two worker ranks on one host, or on two; rank 0 on node1.
     "within a host": (3, 3, ("node1",)),
@@ -264,12 +266,25 @@ MOVES = {
 def link_rows(repeat: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     python = sys.executable
-    for label, (ranks, per_host, hosts) in LINKS.items():
-        for row in json_lines([*launch(ranks, per_host, hosts), python, "floors.py", "mpi"]):
-            row["runner"] = row["runner"].replace(f"(-n {ranks})", f"{label}")
-            if "ping-pong" in row["runner"]:
-                row["note"] = f"{row['run'] / row['tasks'] * 1e6:.1f} µs round trip"
-            rows.append(row)
+    # Ranks 0 and 1 on node1, rank 2 on node2.
+    command = netns_cluster.mpiexec_prefix(mpiexec(), 1, ("node1",))
+    command[command.index("-hosts") + 1] = "node1:2,node2:1"
+    for row in json_lines([*command, "-n", "3", python, "cluster.py", "--inside-links"]):
+        if row["what"] == "rtt":
+            what, note = "round trip of a byte", f"{row['run'] * 1e6:.0f} µs"
+        else:
+            nbytes = int(row["what"])
+            what = f"{nbytes // MIB} MiB one way"
+            note = f"{nbytes / row['run'] / 1e9:.2f} GB/s"
+        rows.append(
+            {
+                "runner": f"floor: MPI {what}, {row['link']}",
+                "build": 0.0,
+                "run": row["run"],
+                "tasks": 1,
+                "note": note,
+            }
+        )
     for label, (ranks, per_host, hosts) in MOVES.items():
         command = [
             *launch(ranks, per_host, hosts),
@@ -278,12 +293,10 @@ def link_rows(repeat: int) -> list[dict[str, Any]]:
         ]
         for row in json_lines(command):
             size = "8 B" if row["nbytes"] < MIB else f"{row['nbytes'] // MIB} MiB"
-            size = f"{size} result"
             note = f"{row['nbytes'] / row['run'] / 1e9:.2f} GB/s" if row["nbytes"] >= MIB else ""
             rows.append(
                 {
-                    "workload": "links",
-                    "runner": f"dispatcher mpi: {size} rank to rank, {label}",
+                    "runner": f"dispatcher mpi: {size} result to a consumer, {label}",
                     "build": 0.0,
                     "run": row["run"],
                     "tasks": 1,
@@ -320,7 +333,11 @@ def placement_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
     ]
     runs = json_lines(command)
     rows = []
-    for mode, label in (("aware", "host-aware"), ("blind", "ignoring hosts")):
+    for mode, label in (
+        ("aware", "host-aware"),
+        ("blind", "ignoring hosts"),
+        ("slow", "host-aware, links costed 10x slower"),
+    ):
         mine = [r for r in runs if r["mode"] == mode]
         if not mine:
             continue

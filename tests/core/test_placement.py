@@ -115,6 +115,25 @@ def test_hosts_are_forgotten_with_their_workers() -> None:
     assert placed.on_host == {"A": ["a1@A"], "B": ["b1@B"]}
 
 
+def test_unplaced_inputs_of_consumers_lean_towards_where_the_work_is() -> None:
+    # Task 2 reads 0 (on host A) and 1 (on host B); its consumer 4 also reads 3, which no
+    # worker has yet: it will most likely be made where the work is now, on host B.
+    table = Table([(), (), (0, 1), (), (2, 3)])
+    table.hold(0, "a1@A", MB)
+    table.hold(1, "b1@B", MB)
+    placed = placement(table, "a1@A", "b1@B", "b2@B")
+    placed.mean_nbytes = MB
+    _, near = placed._moves(2)
+    assert near["b1@B"] == pytest.approx(near["a1@A"])  # no work anywhere: no lean
+    placed.load["b2@B"] = 3
+    _, near = placed._moves(2)
+    spared = ACROSS_HOSTS.seconds(MB) - WITHIN_HOST.seconds(MB)
+    assert near["b1@B"] - near["a1@A"] == pytest.approx(spared)
+    assert near["b2@B"] == pytest.approx(
+        spared + ACROSS_HOSTS.seconds(MB) - WITHIN_HOST.seconds(MB)
+    )
+
+
 class HostedFake(FakeTransport):
     """The fake transport with its workers on hosts: ``w1@A``, ``w2@A``, ``w3@B``."""
 

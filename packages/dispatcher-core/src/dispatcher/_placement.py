@@ -183,6 +183,7 @@ class Placement:
             if where:
                 weighed.append((where, nbytes[d] or 0))
         expected = self.mean_nbytes or 0.0
+        unplaced = 0  # consumers' other inputs that no worker has been given yet
         for j in table.dependents[p][:4]:
             siblings = deps[j]
             if len(siblings) > 16:
@@ -192,6 +193,7 @@ class Placement:
                 if where is None:
                     spec = inflight.get(d)
                     if spec is None:
+                        unplaced += d != p
                         continue
                     where = table.held_on(spec.worker)  # still being computed there
                 weighed.append((where, min(expected, nbytes[d] or expected)))
@@ -206,17 +208,25 @@ class Placement:
                 for w in where:
                     near[w] = near.get(w, 0.0) + cost
             return moving, near
-        return self._moves_across(weighed, near)
+        return self._moves_across(weighed, unplaced * expected, near)
 
     def _moves_across(
-        self, weighed: list[tuple[frozenset[str], float]], near: dict[str, float]
+        self, weighed: list[tuple[frozenset[str], float]], unplaced: float, near: dict[str, float]
     ) -> tuple[float, dict[str, float]]:
         """:meth:`_moves` where workers span hosts: a worker holding a value spares its
         whole move across hosts; its host's other workers spare the difference between
-        a move across hosts and one within."""
+        a move across hosts and one within. The consumers' other inputs that no worker
+        has yet (``unplaced`` bytes of them) will most likely be made where the work is
+        now: each host spares that much of a move across hosts as its share of the load."""
         host = self.host
         moving = 0.0
         near_host: dict[str | None, float] = {}
+        load = self.load
+        total = sum(load.values()) if unplaced else 0
+        if total:
+            spared = ACROSS_HOSTS.seconds(unplaced) - WITHIN_HOST.seconds(unplaced)
+            for h, workers in self.on_host.items():
+                near_host[h] = spared * sum(load[w] for w in workers) / total
         for where, size in weighed:
             within = WITHIN_HOST.seconds(size)
             across = ACROSS_HOSTS.seconds(size)
