@@ -49,8 +49,10 @@ WITHIN_HOST = Link(latency=100e-6, bandwidth=1e9)
 # Across hosts: the same, scaled by what MPI measured between emulated hosts (TCP over a
 # bridge, see docs/clusters.md) beside the same messages within a host: round trips of a
 # byte 10-27 us within, 30-110 us across (about 3x); 16 MiB at 1.9-2.4 GB/s within,
-# 0.64-1.1 GB/s across (about 2.5x fewer bytes per second). Real links between machines
-# are slower than a bridge inside one, so a real cluster's ratio is no smaller.
+# 0.64-1.1 GB/s across (about 2.5x fewer bytes per second). Ethernet between machines is
+# mostly slower than a bridge inside one (10 GbE moves 1.2 GB/s); InfiniBand can match
+# shared memory, and then this only overstates a difference that ranks the data's host
+# first all the same.
 ACROSS_HOSTS = Link(latency=300e-6, bandwidth=0.4e9)
 
 
