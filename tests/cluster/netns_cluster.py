@@ -68,7 +68,7 @@ def unavailable() -> str | None:
     """Why emulated hosts cannot be made here, or None when they can."""
     if os.geteuid() != 0:
         return "emulated hosts need root (network namespaces, veth links, a bridge)"
-    for tool in ("ip", "unshare", "hostname"):
+    for tool in ("ip", "unshare", "nsenter", "hostname"):
         if shutil.which(tool) is None:
             return f"emulated hosts need `{tool}`, which is not on PATH"
     probe = f"{PREFIX}probe"
