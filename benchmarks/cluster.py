@@ -99,7 +99,8 @@ class CrossHostMoves:
     def __init__(self) -> None:
         self.made: dict[Any, tuple[str | None, int]] = {}
         self.nbytes = 0
-        self.kinds: dict[str, int] = {}
+        self.placed = 0  # tasks with inputs made on workers
+        self.away = 0  # ... placed on a host that held none of them
 
     @hookimpl
     def dispatcher_task_finished(self, node: Any, worker: str, nbytes: int | None) -> None:
@@ -115,8 +116,9 @@ class CrossHostMoves:
                 homes.add(made[0])
                 if made[0] != host:
                     self.nbytes += made[1]
-        kind = ("one" if len(homes) == 1 else "split") + (":home" if host in homes else ":away")
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if homes:
+            self.placed += 1
+            self.away += host not in homes
 
 
 def placement_job(layers: int, width: int, repeat: int, across: str | None) -> None:
@@ -153,7 +155,7 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
                     "moved": counter.nbytes,
                     "wire": wire,
                     "tasks": share,
-                    "kinds": counter.kinds,
+                    "away": counter.away / (counter.placed or 1),
                 }
                 print(json.dumps(row), flush=True)
     placement.worker_host = worker_host
@@ -343,6 +345,10 @@ def placement_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
             continue
         moved = statistics.median(r["moved"] for r in mine)
         wire = statistics.median(r["wire"] for r in mine)
+        away = statistics.median(r["away"] for r in mine)
+        busiest = statistics.median(
+            max(r["tasks"].values()) / sum(r["tasks"].values()) for r in mine
+        )
         rows.append(
             {
                 "workload": "W4 1 MiB",
@@ -353,7 +359,8 @@ def placement_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
                 "moved": moved,
                 "wire": wire,
                 "note": f"{moved / MIB:,.0f} MiB of inputs across hosts; "
-                f"{wire / MIB:,.0f} MiB on the links",
+                f"{wire / MIB:,.0f} MiB on the links; {away:.0%} of tasks on a host "
+                f"holding none of their inputs; {busiest:.0%} on the busiest host",
             }
         )
     return rows
