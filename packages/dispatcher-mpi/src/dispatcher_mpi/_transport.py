@@ -59,14 +59,7 @@ from dispatcher.remote import (
     serialization_error,
     task_record,
 )
-from dispatcher.transport import (
-    Capabilities,
-    EventSink,
-    Key,
-    TaskSpec,
-    Transport,
-    worker_name,
-)
+from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport, worker_name
 
 from ._channel import Hub, abort_job, encode
 from ._messages import Alive, Busy, Bye, Reset
