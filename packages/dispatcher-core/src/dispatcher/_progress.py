@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ._errors import DependencyError
 from ._hooks import hookimpl
+from ._hosts import worker_host
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -74,7 +75,8 @@ def in_notebook() -> bool:
 
 
 class ProgressBar:
-    """An observer that shows done / total, failures, retries, rate and ETA of one run.
+    """An observer that shows done / total, failures, retries, rate and ETA of one run,
+    and on how many hosts its tasks ran when that is more than one.
 
     ``run(..., progress=True)`` makes one per run; it can also be passed as a plugin
     (``run(..., plugins=[ProgressBar()])``) to choose where it draws. ``file`` defaults to
@@ -110,6 +112,9 @@ class ProgressBar:
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
         """Nodes in the graph that runs."""
+        self.hosts: set[str] = set()
+        """The hosts that the workers tasks finished on name (see
+        :func:`dispatcher.transport.worker_host`)."""
 
     @property
     def done(self) -> int:
@@ -156,6 +161,8 @@ class ProgressBar:
                 parts.append(f"last={self.last_failure}")
             if self.retried:
                 parts.append(f"retried={self.retried}")
+            if len(self.hosts) > 1:
+                parts.append(f"hosts={len(self.hosts)}")
             # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
             # million tiny tasks is not slowed down by drawing a million frames.
             bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -170,16 +177,22 @@ class ProgressBar:
         self._failed.clear()
         self.last_failure = None
         self.retried = 0
+        self.hosts.clear()
         self._bar = self._make_bar(executor.name)
         self._show()
         if self._lines is not None:
             self._lines.start()
 
     @hookimpl
-    def dispatcher_task_finished(self, node: DispatchNode) -> None:
+    def dispatcher_task_finished(self, node: DispatchNode, worker: str) -> None:
         self._finished.add(node)
         self._failed.discard(node)
-        self._show()
+        host = worker_host(worker)
+        if host is not None and host not in self.hosts:
+            self.hosts.add(host)
+            self._show(counts_changed=True)
+        else:
+            self._show()
 
     @hookimpl
     def dispatcher_task_failed(self, node: DispatchNode, error: BaseException) -> None:

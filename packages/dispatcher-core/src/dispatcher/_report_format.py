@@ -7,10 +7,12 @@ A leaf shared by the page (:mod:`dispatcher._report_html`) and its timeline
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
+from ._hosts import worker_host
 from ._report_model import ABANDONED, FAILED, LOST, OK, RETRIED, RUNNING, SKIPPED
 
-__all__ = ["STATUS_TEXT", "clip", "seconds", "size", "worker_order"]
+__all__ = ["STATUS_TEXT", "clip", "hosts_of", "seconds", "size", "worker_order"]
 
 STATUS_TEXT = {
     OK: "ok",
@@ -49,10 +51,19 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def worker_order(name: str) -> tuple[int, list[object]]:
-    """Sort key: the caller first, then workers in natural order (mp-2 before mp-10)."""
-    parts: list[object] = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-    return (0 if name == "main" else 1, parts)
+def worker_order(name: str) -> tuple[int, list[object], list[object]]:
+    """Sort key: the caller first, then workers by host, in natural order (mp-2 before
+    mp-10)."""
+    return (0 if name == "main" else 1, _natural(worker_host(name) or ""), _natural(name))
+
+
+def _natural(name: str) -> list[object]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def hosts_of(workers: Iterable[str]) -> list[str]:
+    """The hosts that ``workers`` name, in order (see :func:`~.transport.worker_host`)."""
+    return sorted({h for h in map(worker_host, workers) if h is not None}, key=_natural)
 
 
 def clip(text: str, n: int) -> str:

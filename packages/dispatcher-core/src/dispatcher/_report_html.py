@@ -10,8 +10,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from ._hosts import worker_host
 from ._report_assets import CSS, SCRIPT
-from ._report_format import STATUS_TEXT, seconds, size, worker_order
+from ._report_format import STATUS_TEXT, hosts_of, seconds, size, worker_order
 from ._report_model import (
     ABANDONED,
     FAILED,
@@ -107,6 +108,7 @@ def _cards(record: RunRecord) -> str:
     stopped = count[ABANDONED] + count[RUNNING]
     not_run = max(0, record.total - record.tasks)
     workers = {a.worker for a in record.attempts if a.status != SKIPPED}
+    hosts = len(hosts_of(workers))
     cards = [
         ("tasks", f"{record.total:,}", "nodes in the graph"),
         ("completed", f"{count[OK] + count[LOST]:,}", ""),
@@ -116,10 +118,11 @@ def _cards(record: RunRecord) -> str:
         ("abandoned", f"{stopped:,}", "warn" if stopped else ""),
         ("not run", f"{not_run:,}", "warn" if not_run else ""),
         ("workers", f"{len(workers):,}", ""),
+        ("hosts", f"{hosts:,}", "") if hosts > 1 else None,
         ("wall time", seconds(record.wall), ""),
     ]
     items = []
-    for name, value, mood in cards:
+    for name, value, mood in filter(None, cards):
         cls = mood if mood in ("bad", "warn") else ""
         items.append(
             f'<div class="card {cls}"><div class="v">{escape(value)}</div>'
@@ -197,10 +200,12 @@ def _by_worker(record: RunRecord) -> str:
         if attempt.nbytes is not None:
             s["bytes"] += attempt.nbytes
     rows = []
+    spread = len(hosts_of(stats)) > 1
     for worker in sorted(stats, key=worker_order):
         s = stats[worker]
         rows.append(
             [
+                *([_td(escape(worker_host(worker) or ""))] if spread else []),
                 _td(escape(worker)),
                 _num(s["attempts"]),
                 _num(s["failed"], "bad"),
@@ -211,11 +216,12 @@ def _by_worker(record: RunRecord) -> str:
             ]
         )
     head = ["worker", "attempts", "failed", "retried", "busy", "busy / wall", "results"]
+    head = ["host", *head] if spread else head
     hint = (
         '<p class="hint">Busy is the sum of call durations; above 100% means tasks ran '
         "concurrently on that worker (threads, coroutines, slots).</p>"
     )
-    table = _table(head, rows, set(range(1, len(head))))
+    table = _table(head, rows, set(range(1 + spread, len(head))))
     return "<section><h2>By worker</h2>" + hint + table + "</section>"
 
 

@@ -12,7 +12,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from html import escape
 
-from ._report_format import STATUS_TEXT, clip, seconds, size, worker_order
+from ._hosts import worker_host
+from ._report_format import STATUS_TEXT, clip, hosts_of, seconds, size, worker_order
 from ._report_model import ABANDONED, FAILED, LOST, RETRIED, RUNNING, SKIPPED, Attempt, RunRecord
 
 __all__ = ["MARK", "MAX_DRAWN", "Span", "lanes", "spans", "timeline"]
@@ -73,9 +74,12 @@ def timeline(record: RunRecord, colors: dict[str, str]) -> str:
     rows_of = lanes(drawn, where, slack=span * OVERLAP_PIXELS / plot)
     body: list[str] = []
     y = TOP
+    # Across hosts, the bands alternate by host: a host's workers share one shade.
+    hosts = hosts_of(worker for worker, _ in rows_of)
     for i, (worker, rows) in enumerate(rows_of):
         height = len(rows) * ROW + LANE_GAP
-        if i % 2 == 0:
+        host = worker_host(worker)
+        if (1 + hosts.index(host) if len(hosts) > 1 and host else i) % 2 == 0:
             body.append(
                 f'<rect x="0" y="{y - LANE_GAP / 2:.1f}" width="{WIDTH}" height="{height}" '
                 'fill="#f4f6f9"/>'
