@@ -32,6 +32,6 @@ def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
         if exc.error is None:
             assert exc.timeout is not None
             return TaskTimeoutError(spec.label, exc.timeout)
-        return restore_error(exc.error, spec.label, pickle.loads)
+        return restore_error(exc.error, spec, pickle.loads)
     # dask's own failure (a worker that died three times, a lost connection...).
     return RemoteError(type(exc).__qualname__, str(exc), "")

@@ -556,7 +556,7 @@ class DaskTransport(Transport):
                 events.task_finished(spec.key, spec.worker, duration, nbytes, value)
             else:
                 self._drop(spec.key, future)
-                error = unpickling_error(spec.label, "result", value)
+                error = unpickling_error(spec.label, "result", value, in_caller=True)
                 events.task_failed(spec.key, spec.worker, error, duration)
 
     def _drop(self, key: Key, future: Future) -> None:
