@@ -8,18 +8,10 @@ import pytest
 
 from dispatcher.testing import ExecutorConformance
 
-# Fault checks dask fails today; each entry goes once it passes.
-KNOWN_HANGS = {
-    "test_argument_whose_unpickling_exits": "dask unpickles a task's arguments on the "
-    "worker's event loop: a SystemExit there kills the worker (its nanny starts another), "
-    "so the node fails with WorkerLostError instead",
-}
-
 
 class TestDask(ExecutorConformance):
     executor = "dask"
     options: ClassVar[dict[str, Any]] = {}
-    known_hangs = KNOWN_HANGS
 
     @pytest.fixture(autouse=True)
     def _on_the_shared_cluster(self, request: pytest.FixtureRequest, dask_client: Any) -> None:

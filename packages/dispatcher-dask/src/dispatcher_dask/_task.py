@@ -122,7 +122,7 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
     failure: TaskFailure | None = None
     try:
         func, args, kwargs, shape, inline, want, timeout = pickle.loads(payload)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit included: it fails the node, not the worker
         error = unpickling_error(key, "function or arguments", exc)
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
