@@ -95,6 +95,7 @@ class DaskTransport(Transport):
         self._token = token = uuid.uuid4().hex[:8]
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._serial = itertools.count()
+        self._sent = itertools.count(1)  # tasks sent so far: their order on their workers
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}  # address -> slots
         self._nthreads: dict[str, int] = {}
@@ -154,16 +155,16 @@ class DaskTransport(Transport):
                 self._events.task_failed(spec.key, spec.worker, error, 0.0)
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
-        """Send ``tasks`` to dask: one low-level graph per worker. A task may read the
-        result of another of the same batch: by its key in the same graph; from another
-        worker's graph, which is sent first to make its future."""
+        """Send ``tasks`` to dask as one graph, a layer per worker pinned there: dask's
+        scheduler pays per graph far more than per task. A task reading the result of
+        another of the same batch names it by its dask key."""
+        from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
-        batch: dict[Key, tuple[str, str]] = {}  # key -> (worker, dask key), not yet sent
+        batch: dict[Key, str] = {}  # key -> dask key, of this batch
+        order: dict[str, int] = {}
         for spec in tasks:
-            if batch and any(k in batch and batch[k][0] != spec.worker for k in spec.deps):
-                self._submit(graphs, made)
-                graphs, made, batch = {}, [], {}
             found = self._task(spec, batch)
             if found is not None:
                 task, reads = found
@@ -172,30 +173,30 @@ class DaskTransport(Transport):
                     graph = graphs[spec.worker] = {}
                 graph[task.key] = task
                 made.append((spec, task.key, reads))
-                batch[spec.key] = (spec.worker, task.key)
-        self._submit(graphs, made)
-
-    def _submit(
-        self, graphs: dict[str, dict[str, Any]], made: list[tuple[TaskSpec, str, tuple[Key, ...]]]
-    ) -> None:
-        """Send each worker's graph, and record its tasks as pending."""
+                batch[spec.key] = task.key
+                # A worker runs what it is sent in the order it was sent, as dispatcher
+                # placed it (dask's own ordering of a graph might put a long task before
+                # a short one sent earlier); on a shared worker, other clients' work,
+                # of priority 0, goes first.
+                order[task.key] = -next(self._sent)
         if not made:
             return
-        submitted: dict[str, Future] = {}
-        client = self.client
-        for worker, graph in graphs.items():
-            keys = list(graph)
-            # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks
-            # of earlier submissions first, as they were sent.
-            futures = client.get(
-                graph,
-                keys,
-                workers=[worker],
-                allow_other_workers=False,
-                fifo_timeout=0,
-                sync=False,
+        layers = {
+            f"{self._token}-{i}": MaterializedLayer(
+                graph, annotations={"workers": [worker], "priority": order.__getitem__}
             )
-            submitted.update(zip(keys, futures))
+            for i, (worker, graph) in enumerate(graphs.items())
+        }
+        # No layer dependencies: they would only serve optimizations that never run on
+        # a graph of plain tasks, and two workers' layers may read each other.
+        everything = HighLevelGraph(layers, {name: set() for name in layers})
+        keys = [dask_key for _, dask_key, _ in made]
+        # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks of
+        # earlier submissions first, as they were sent.
+        futures = self.client.get(
+            everything, keys, allow_other_workers=False, fifo_timeout=0, sync=False
+        )
+        submitted: dict[str, Future] = dict(zip(keys, futures))
         released: list[Future] = []
         with self._lock:
             pending = self._pending
@@ -218,12 +219,10 @@ class DaskTransport(Transport):
         for old in released:
             old.release()
 
-    def _task(
-        self, spec: TaskSpec, batch: Mapping[Key, tuple[str, str]]
-    ) -> tuple[Any, tuple[Key, ...]] | None:
+    def _task(self, spec: TaskSpec, batch: Mapping[Key, str]) -> tuple[Any, tuple[Key, ...]] | None:
         """The dask task for ``spec`` and the keys of the results it reads; None (and
-        reported) when it cannot be made. ``batch`` holds the tasks of the graph being
-        made for ``spec``'s worker, read by their dask keys."""
+        reported) when it cannot be made. ``batch`` maps the tasks of the graph being
+        made to their dask keys."""
         from dask._task_spec import Task, TaskRef
 
         events = self._events
@@ -248,7 +247,7 @@ class DaskTransport(Transport):
                     inputs.append(future)
                     reads.append(k)
                 elif k in batch:
-                    inputs.append(TaskRef(batch[k][1]))
+                    inputs.append(TaskRef(batch[k]))
                     reads.append(k)
                 else:
                     missing.append(k)
