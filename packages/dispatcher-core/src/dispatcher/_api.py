@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._cache import Cache
 from ._executor import Executor
 from ._registry import resolve_executor
 
@@ -20,6 +22,7 @@ def run(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """Run the graph behind ``targets`` and return their values in the same shape.
@@ -30,11 +33,20 @@ def run(
     or ``"async"``; ``options`` configure a named executor for this call only.
     ``inputs`` gives values for nodes, which then do not run (nor what only they needed).
     With ``throw=False`` every target's entry is a :class:`Result`.
+    ``cache`` (a directory, or a :class:`Cache`) keeps every finished node's result by a
+    content hash of its function, arguments and inputs: a node stored already does not
+    run, nor does what only it needed, so running again after a failure resumes.
     """
     ex, owned = resolve_executor(executor, options)
     try:
         return ex.run(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
+            targets,
+            inputs=inputs,
+            throw=throw,
+            progress=progress,
+            report=report,
+            plugins=plugins,
+            cache=cache,
         )
     finally:
         if owned:
@@ -50,13 +62,20 @@ async def arun(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
     ex, owned = resolve_executor(executor, options)
     try:
         return await ex.arun(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
+            targets,
+            inputs=inputs,
+            throw=throw,
+            progress=progress,
+            report=report,
+            plugins=plugins,
+            cache=cache,
         )
     finally:
         if owned:
