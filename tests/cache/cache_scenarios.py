@@ -2,9 +2,10 @@
 cache and checks which functions were called.
 
 Functions count their calls by appending their name to a file named in the module itself
-(workers are other processes, and may have started before the test set anything up). The pipeline lives in a module written to a directory of the test's own and
-pickled by value, so that editing it (rewriting the file and reloading the module) reaches
-workers that outlive one run (MPI ranks) too.
+(workers are other processes, and may have started before the test set anything up). The
+pipeline lives in a module written to a directory of the test's own and pickled by value,
+so that editing it (rewriting the file and reloading the module) reaches workers that
+outlive one run (MPI ranks) too.
 """
 
 from __future__ import annotations
