@@ -79,8 +79,9 @@ class Run:
         self._cache_calls: dict[int, Any] | None = None
         self._hits: set[int] | None = None
         self.stale_hits: list[str] = []
-        """Keys of hits whose entry could not be read: the run ends, to be planned again
-        without them (their ancestors were pruned: only a new plan can compute them)."""
+        """Keys of hits whose entry could not be read: the run starts nothing more, lets
+        what runs finish (and store its result), and ends, to be planned again (their
+        ancestors were pruned: only a new plan can compute them)."""
         if cache is not None and cache.calls:
             self._cache_calls = cache.calls
             self._hits = cache.hits
@@ -94,7 +95,12 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.table.remaining == 0 or self.aborted
+        return (
+            self.table.remaining == 0
+            or self.aborted
+            # Planning again: once what runs has stored its result, so the new plan reads it.
+            or (bool(self.stale_hits) and not self.table.inflight)
+        )
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -110,7 +116,7 @@ class Run:
     def dispatch(self) -> bool:
         """Call in-caller tasks, hand other ready tasks to workers with room for them;
         True if anything happened."""
-        if self.aborted:
+        if self.aborted or self.stale_hits:
             return False
         table = self.table
         ready, state, nodes = table.ready, table.state, table.nodes
@@ -291,7 +297,6 @@ class Run:
         if self._reported(p, worker) is not None:
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
-                self.abort(error)
                 return
             self.recovery.task_failed(p, worker, error)
 
@@ -319,7 +324,7 @@ class Run:
     @property
     def replan(self) -> bool:
         """Did the run end because a cache entry planned as a hit could not be read?"""
-        return bool(self.stale_hits)
+        return bool(self.stale_hits) and self.error is None
 
     # -- talking to the transport --------------------------------------------------------------
 

@@ -1,0 +1,133 @@
+"""Keys: what changes a function's or a node's key, and what does not."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+from dispatcher import DataNode, op, run
+from dispatcher._cache_key import Uncacheable, function_digest, value_digest
+from dispatcher._cache_plan import _keys
+from dispatcher._graph import DispatchGraph
+
+
+def compiled(source: str, name: str = "f", first_line: int = 1) -> Any:
+    """The function ``name`` defined by ``source``, as if it began at ``first_line``."""
+    namespace: dict[str, Any] = {"__name__": "keys_module"}
+    code = compile("\n" * (first_line - 1) + textwrap.dedent(source), "keys_module.py", "exec")
+    exec(code, namespace)
+    return namespace[name]
+
+
+def digest(func: Any) -> bytes:
+    return function_digest(func, {})
+
+
+BASE = """
+def f(x, k=2):
+    def inner(y):
+        return y + 1
+    return inner(x) * k
+"""
+
+
+def test_comments_blank_lines_and_moving_a_function_keep_its_key() -> None:
+    moved = compiled(BASE, first_line=40)
+    commented = compiled(BASE.replace("def f(x, k=2):\n", "def f(x, k=2):\n    # note\n\n"))
+    assert digest(compiled(BASE)) == digest(moved) == digest(commented)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("* k", "+ k"),  # the body
+        ("y + 1", "y + 2"),  # a nested function's constant
+        ("k=2", "k=3"),  # a default
+        ("return inner(x)", "return inner(-x)"),
+    ],
+)
+def test_editing_code_changes_the_key(old: str, new: str) -> None:
+    assert digest(compiled(BASE)) != digest(compiled(BASE.replace(old, new)))
+
+
+def test_closure_values_are_part_of_the_key() -> None:
+    def make(k: Any) -> Any:
+        def scale(x: int) -> Any:
+            return x * k
+
+        return scale
+
+    assert digest(make(2)) == digest(make(2))
+    assert digest(make(2)) != digest(make(3))
+    assert digest(make([1, 2])) != digest(make([1, 3]))
+
+
+def test_self_referring_closure_is_hashed() -> None:
+    def outer() -> Any:
+        def fact(n: int) -> int:
+            return 1 if n <= 1 else n * fact(n - 1)
+
+        return fact
+
+    assert digest(outer()) == digest(outer())
+
+
+def test_values_hash_by_content() -> None:
+    assert value_digest([1, "a", (2.5, None)]) == value_digest([1, "a", (2.5, None)])
+    assert value_digest([1]) != value_digest((1,))
+    assert value_digest(1) != value_digest(True) != value_digest(1.0)
+    assert value_digest({"a", "b", "c"}) == value_digest({"c", "b", "a"})
+    assert value_digest({"a": 1, "b": 2}) != value_digest({"a": 1, "b": 3})
+
+
+def test_arrays_hash_by_their_bytes_dtype_and_shape() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.arange(12, dtype=np.float64)
+    assert value_digest(a) == value_digest(a.copy())
+    assert value_digest(a) != value_digest(a.astype(np.float32))
+    assert value_digest(a) != value_digest(a.reshape(3, 4))
+    assert value_digest(a.reshape(3, 4).T) == value_digest(np.ascontiguousarray(a.reshape(3, 4).T))
+    b = a.copy()
+    b[5] = -1
+    assert value_digest(a) != value_digest(b)
+    with pytest.raises(Uncacheable):
+        value_digest(np.array([object()], dtype=object))
+
+
+def test_a_value_that_cannot_be_hashed_makes_the_node_and_its_descendants_uncacheable(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def first(lock: Any) -> int:
+        calls.append("first")
+        return 1
+
+    def second(x: int) -> int:
+        calls.append("second")
+        return x + 1
+
+    lock = threading.Lock()
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.cache"):
+        for _ in range(2):
+            assert run(op(second)(op(first)(lock)), executor="sync", cache=tmp_path) == 2
+    assert calls == ["first", "second"] * 2
+    assert any(
+        "not cached" in r.getMessage() and "pickle" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_data_and_index_nodes_have_keys_from_their_values() -> None:
+    a, b = DataNode([1, 2]), DataNode([1, 2])
+    g = DispatchGraph([a[0], b[0], DataNode([1, 3])[0]])
+    keys = _keys(g, {})
+    by_label = {}
+    for node, key in zip(g._nodes, keys, strict=True):
+        by_label.setdefault(node.label, set()).add(key)
+    assert len(by_label["DataNode([1, 2])"]) == 1
+    assert None not in keys
+    assert len(set(keys)) == 4  # [1, 2] and [1, 3], and the two distinct index nodes
