@@ -1,4 +1,5 @@
-"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``.
+"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``,
+``cache info|clear PATH``.
 
 Exit status: 0 success, 1 a task failed, 2 a usage error (bad file, name or option), 130
 interrupted. Mistakes in how the command was called get one line on standard error, not a
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._cache_cli import add_cache_command, cache_command
 from ._errors import ExecutorNotFound
 from ._graph import DispatchGraph
 from ._hooks import hookimpl
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
             "  dispatcher executors\n"
             "  dispatcher run examples/pipeline.py:pipeline --executor mp --progress\n"
             "  dispatcher graph examples/pipeline.py:pipeline -o pipeline.svg\n"
+            "  dispatcher cache info .dispatcher-cache\n"
             "\n"
             "exit status: 0 success, 1 a task failed, 2 usage error, 130 interrupted"
         ),
@@ -109,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
         "--report", metavar="FILE", help="write an HTML report of the run (timeline, summary)"
     )
     run.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep results in DIR; a node stored there already does not run again",
+    )
+    run.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -128,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument(
         "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
     )
+    add_cache_command(commands)
     return parser
 
 
@@ -156,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _executors()
         if args.command == "run":
             return _run(args)
+        if args.command == "cache":
+            return cache_command(args)
         return _graph(args)
     except UsageError as exc:
         _say(f"error: {exc}")
@@ -223,7 +234,11 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with executor:
                 values = executor.run(
-                    targets, progress=args.progress, report=report, plugins=[watcher]
+                    targets,
+                    progress=args.progress,
+                    report=report,
+                    plugins=[watcher],
+                    cache=args.cache,
                 )
         except Exception as exc:
             if watcher.node is None:

@@ -49,15 +49,17 @@ def in_notebook() -> bool:
 
 
 class ProgressBar:
-    """An observer that shows done / total, failures, retries, rate and ETA of one run.
+    """An observer that shows done / total, failures, retries, cache hits, rate and ETA
+    of one run.
 
     ``run(..., progress=True)`` makes one per run; it can also be passed as a plugin
     (``run(..., plugins=[ProgressBar()])``) to choose where it draws. ``file`` defaults to
     standard error; ``enabled`` defaults to "standard error is a terminal, or this is a
     notebook", so a run whose output goes to a file or a pipe stays quiet.
 
-    The counters (:attr:`done`, :attr:`failed`, :attr:`retried`, :attr:`total`) are kept
-    whether or not the bar is drawn.
+    The counters (:attr:`done`, :attr:`cached`, :attr:`failed`, :attr:`retried`,
+    :attr:`total`) are kept whether or not the bar is drawn. A node served from the
+    cache counts towards the bar's progress, and apart, as ``cached=N``.
     """
 
     def __init__(self, *, file: TextIO | None = None, enabled: bool | None = None) -> None:
@@ -68,6 +70,7 @@ class ProgressBar:
         self._bar: Any = None
         self._finished: set[DispatchNode] = set()
         self._failed: set[DispatchNode] = set()
+        self._cached: set[DispatchNode] = set()
         self.retried = 0
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
@@ -77,6 +80,11 @@ class ProgressBar:
     def done(self) -> int:
         """Nodes that produced their value (each counted once, even if recomputed)."""
         return len(self._finished)
+
+    @property
+    def cached(self) -> int:
+        """Nodes whose value was read from the run's cache instead of computed."""
+        return len(self._cached)
 
     @property
     def failed(self) -> int:
@@ -114,10 +122,12 @@ class ProgressBar:
             parts = [f"failed={len(self._failed)}"]
             if self.retried:
                 parts.append(f"retried={self.retried}")
+            if self._cached:
+                parts.append(f"cached={len(self._cached)}")
             # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
             # million tiny tasks is not slowed down by drawing a million frames.
             bar.set_postfix_str(", ".join(parts), refresh=False)
-        bar.update(len(self._finished) + len(self._failed) - bar.n)
+        bar.update(len(self._finished) + len(self._failed) + len(self._cached) - bar.n)
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -126,6 +136,7 @@ class ProgressBar:
         self.total = len(graph)
         self._finished.clear()
         self._failed.clear()
+        self._cached.clear()
         self.retried = 0
         self._bar = self._make_bar(executor.name)
         self._show()
@@ -144,6 +155,11 @@ class ProgressBar:
         self._show(counts_changed=True)
 
     @hookimpl
+    def dispatcher_task_cached(self, node: DispatchNode) -> None:
+        self._cached.add(node)
+        self._show(counts_changed=True)
+
+    @hookimpl
     def dispatcher_task_retried(self) -> None:
         self.retried += 1
         self._show(counts_changed=True)
@@ -153,7 +169,7 @@ class ProgressBar:
         bar = self._bar
         if bar is None:
             return
-        settled = len(self._finished) + len(self._failed)
+        settled = len(self._finished) + len(self._failed) + len(self._cached)
         if error is None and settled < bar.total:
             # Nodes given through ``inputs`` are in the graph but never run: a complete run
             # is complete, so the bar ends full rather than a few short.

@@ -15,6 +15,7 @@ from html import escape
 from ._report_assets import CSS, SCRIPT
 from ._report_model import (
     ABANDONED,
+    CACHED,
     FAILED,
     LOST,
     OK,
@@ -47,11 +48,13 @@ PALETTE = (
     "#d4a6c8",
     "#79706e",
 )
+CACHED_COLOR = "#17becf"  # in no label's palette: a hit never looks like a task that ran
 STATUS_STYLE = {
     FAILED: 'fill="#e15759" stroke="#8f1d1f"',
     RETRIED: 'fill="#f28e2b" stroke="#9a4f05" stroke-dasharray="3 2"',
     ABANDONED: 'fill="url(#abandoned)" stroke="#888"',
     RUNNING: 'fill="url(#abandoned)" stroke="#888"',
+    CACHED: f'fill="{CACHED_COLOR}" stroke="#0b6e75"',
 }
 STATUS_TEXT = {
     OK: "ok",
@@ -61,6 +64,7 @@ STATUS_TEXT = {
     SKIPPED: "skipped (an ancestor failed)",
     ABANDONED: "abandoned (the run stopped)",
     RUNNING: "running",
+    CACHED: "read from the cache",
 }
 
 # Timeline geometry, in SVG user units (the picture scales to the page width).
@@ -126,6 +130,7 @@ def _cards(record: RunRecord) -> str:
     cards = [
         ("tasks", f"{record.total:,}", "nodes in the graph"),
         ("completed", f"{count[OK] + count[LOST]:,}", ""),
+        ("cached", f"{count[CACHED]:,}", "cached" if count[CACHED] else ""),
         ("failed", f"{count[FAILED]:,}", "bad" if count[FAILED] else ""),
         ("skipped", f"{count[SKIPPED]:,}", "warn" if count[SKIPPED] else ""),
         ("retries", f"{retries:,}", "warn" if retries else ""),
@@ -136,7 +141,7 @@ def _cards(record: RunRecord) -> str:
     ]
     items = []
     for name, value, mood in cards:
-        cls = mood if mood in ("bad", "warn") else ""
+        cls = mood if mood in ("bad", "warn", "cached") else ""
         items.append(
             f'<div class="card {cls}"><div class="v">{escape(value)}</div>'
             f'<div class="k">{escape(name)}</div></div>'
@@ -322,6 +327,7 @@ def _legend(record: RunRecord, colors: dict[str, str]) -> str:
     items.append('<span><i style="background:#e15759"></i>failed</span>')
     items.append('<span><i style="background:#f28e2b"></i>failed, retried</span>')
     items.append('<span><i class="lost"></i>result lost, recomputed</span>')
+    items.append(f'<span><i style="background:{CACHED_COLOR}"></i>read from the cache</span>')
     items.append('<span><i class="abandoned"></i>abandoned</span>')
     return '<div class="legend">' + "".join(items) + "</div>"
 
