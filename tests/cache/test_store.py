@@ -154,7 +154,7 @@ def test_least_recently_used_entries_are_evicted_past_max_bytes(tmp_path: Path) 
     cache = Cache(tmp_path, max_bytes=250_000)
     keys = [f"{i:02x}" + "0" * 30 for i in range(3)]
     now = time.time()
-    for age, key in zip([30, 20, 10], keys, strict=True):
+    for age, key in zip([3 * 3600, 2 * 3600, 3600], keys, strict=True):
         cache.save(key, b"x" * 100_000)
         os.utime(cache.entry_path(key), (now - age, now - age))
     cache.load(keys[0])  # used now: the most recent

@@ -55,6 +55,9 @@ _SPAN = struct.Struct("<QQ")
 _ALIGN = 64
 _MAP_AT = 1 << 20
 """Entries at least this large are memory-mapped; smaller ones are read whole."""
+_TOUCH_AFTER = 60.0
+"""Seconds: a hit on an entry last used longer ago than this marks it used now (eviction
+and ``clear --older-than`` go by that time; a minute is finer than either needs)."""
 _STALE_TMP = 3600.0
 """Seconds after which a file left in ``tmp/`` is a writer that died."""
 
@@ -90,7 +93,7 @@ class Cache:
     bytes goes unnoticed, while truncation still does not).
     """
 
-    __slots__ = ("max_bytes", "path", "verify")
+    __slots__ = ("_entries", "max_bytes", "path", "verify")
 
     def __init__(
         self, path: str | os.PathLike[str], max_bytes: int | None = None, *, verify: bool = True
@@ -100,6 +103,7 @@ class Cache:
         ):
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
         self.path = os.path.abspath(os.fspath(path))
+        self._entries = os.path.join(self.path, "entries", "")
         self.max_bytes = max_bytes
         self.verify = verify
 
@@ -125,7 +129,7 @@ class Cache:
 
     def entry_path(self, key: str) -> str:
         """Where the entry for ``key`` lives."""
-        return os.path.join(self.path, "entries", key[:2], key)
+        return f"{self._entries}{key[:2]}/{key}"
 
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
@@ -218,7 +222,8 @@ class Cache:
         except OSError as exc:
             raise CacheEntryError(f"cache entry {key} is gone: {exc}") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size >= _MAP_AT:
                 data: Any = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
             else:
@@ -226,10 +231,11 @@ class Cache:
                 if os.readv(fd, [data]) != size:
                     raise ValueError("short read")
             value = self._decode(data, size)
-            try:
-                os.utime(fd)  # least recently used: this one was used now
-            except OSError:
-                pass
+            if time.time() - st.st_mtime > _TOUCH_AFTER:
+                try:
+                    os.utime(fd)  # least recently used: this one was used now
+                except OSError:
+                    pass
             return value
         except Exception as exc:
             self._discard(key, path, exc)

@@ -148,6 +148,14 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
+            if self._hits is not None and p in self._hits and asks is not None:
+                # A hit where tasks run in the caller: read it here, without a spec.
+                ready.pop()
+                self._hit_in_caller(p)
+                progressed = True
+                if self.stale_hits:
+                    break
+                continue
             worker = place(p)
             if worker is None:
                 break
@@ -229,6 +237,25 @@ class Run:
         if self._started_hook is not None and (self._hits is None or p not in self._hits):
             self._started_hook(node=node, worker=worker)
         return spec
+
+    def _hit_in_caller(self, p: int) -> None:
+        """Read hit ``p``'s value from the cache in this thread and settle it."""
+        from ._cache import CacheEntryError
+
+        func, args, _, _ = self._cache_calls[p]  # type: ignore[index]
+        table = self.table
+        try:
+            value = func(*args)
+        except CacheEntryError:
+            self.stale_hits.append(self._cache_keys[p])
+            return
+        table.state[p] = DONE
+        table.caller_values[p] = value
+        if table.wanted[p]:
+            table.results[p] = value
+        if self._cached_hook is not None:
+            self._cached_hook(node=table.nodes[p], worker=CALLER)
+        table.settle(p)
 
     # -- applying reports --------------------------------------------------------------------
 
