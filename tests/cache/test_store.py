@@ -192,3 +192,30 @@ def test_cache_argument_is_checked(tmp_path: Path) -> None:
         run(op(sum)([1]), executor="sync", cache=42)
     with pytest.raises(ValueError, match="max_bytes"):
         Cache(tmp_path, max_bytes=-1)
+
+
+CALLED: list[str] = []  # a global, not a closure value: it is not part of the keys
+
+
+def quick(x: int) -> int:
+    CALLED.append("quick")
+    return x + 1
+
+
+def slow(x: int) -> int:
+    CALLED.append("slow")
+    time.sleep(0.05)
+    return x * 2
+
+
+def test_min_seconds_stores_only_slow_results(tmp_path: Path) -> None:
+    CALLED.clear()
+    cache = Cache(tmp_path, min_seconds=0.02)
+    for _ in range(2):
+        assert run(op(slow)(op(quick)(1)), executor="sync", cache=cache) == 4
+    assert CALLED == ["quick", "slow"]  # the slow one was stored and is a hit
+    for _ in range(2):
+        assert run(op(quick)(5), executor="sync", cache=cache) == 6
+    assert CALLED == ["quick", "slow", "quick", "quick"]
+    with pytest.raises(ValueError, match="min_seconds"):
+        Cache(tmp_path, min_seconds=-1)

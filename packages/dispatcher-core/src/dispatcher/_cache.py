@@ -90,13 +90,21 @@ class Cache:
     ``max_bytes``: past this many bytes of entries, the least recently used are evicted
     at the end of a run (``None``: no limit). ``verify``: check each entry's checksum when
     it is read (a large hit then reads its pages once; off, a corruption of a buffer's
-    bytes goes unnoticed, while truncation still does not).
+    bytes goes unnoticed, while truncation still does not). ``min_seconds``: store only
+    results whose call took at least this long (the default, 0, stores every result);
+    cheaper nodes run again on the next run instead, which saves writing results that
+    cost more to store than to compute.
     """
 
-    __slots__ = ("_entries", "max_bytes", "path", "verify")
+    __slots__ = ("_entries", "max_bytes", "min_seconds", "path", "verify")
 
     def __init__(
-        self, path: str | os.PathLike[str], max_bytes: int | None = None, *, verify: bool = True
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int | None = None,
+        *,
+        verify: bool = True,
+        min_seconds: float = 0.0,
     ) -> None:
         if max_bytes is not None and (
             isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
@@ -104,11 +112,18 @@ class Cache:
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
         self.path = os.path.abspath(os.fspath(path))
         self._entries = os.path.join(self.path, "entries", "")
+        if (
+            isinstance(min_seconds, bool)
+            or not isinstance(min_seconds, (int, float))
+            or not (min_seconds >= 0)
+        ):
+            raise ValueError(f"min_seconds must be a non-negative number, got {min_seconds!r}")
         self.max_bytes = max_bytes
         self.verify = verify
+        self.min_seconds = float(min_seconds)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.path, self.max_bytes, self.verify))
+        return (_rebuild, (self.path, self.max_bytes, self.verify, self.min_seconds))
 
     def __repr__(self) -> str:
         return f"Cache({self.path!r}, max_bytes={self.max_bytes!r})"
@@ -116,14 +131,13 @@ class Cache:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Cache):
             return NotImplemented
-        return (self.path, self.max_bytes, self.verify) == (
-            other.path,
-            other.max_bytes,
-            other.verify,
-        )
+        return self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash((self.path, self.max_bytes, self.verify))
+        return hash(self._identity())
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.path, self.max_bytes, self.verify, self.min_seconds)
 
     # -- entries -----------------------------------------------------------------------
 
@@ -375,8 +389,8 @@ class Cache:
             _unlink(tmp)
 
 
-def _rebuild(path: str, max_bytes: int | None, verify: bool) -> Cache:
-    return Cache(path, max_bytes, verify=verify)
+def _rebuild(path: str, max_bytes: int | None, verify: bool, min_seconds: float) -> Cache:
+    return Cache(path, max_bytes, verify=verify, min_seconds=min_seconds)
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:

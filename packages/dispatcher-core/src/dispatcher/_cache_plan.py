@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from time import perf_counter
 from typing import Any
 
 from ._cache import Cache, load_entry
@@ -56,10 +57,13 @@ class StoreResult:
         self.cache = cache
 
     def __call__(self, key: str, /, *args: Any, **kwargs: Any) -> Any:
+        cache = self.cache
+        start = perf_counter()
         value = self.func(*args, **kwargs)
         if inspect.isawaitable(value):
-            return _store_when_done(self.cache, key, value)
-        self.cache.save(key, value)
+            return _store_when_done(cache, key, value, start)
+        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+            cache.save(key, value)
         return value
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -69,9 +73,10 @@ class StoreResult:
         return f"<cached {getattr(self.func, '__qualname__', self.func)!r}>"
 
 
-async def _store_when_done(cache: Cache, key: str, awaitable: Any) -> Any:
+async def _store_when_done(cache: Cache, key: str, awaitable: Any, start: float) -> Any:
     value = await awaitable
-    cache.save(key, value)
+    if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+        cache.save(key, value)
     return value
 
 
