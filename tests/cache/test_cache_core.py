@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cache_scenarios import SCENARIOS, Pipeline
+
+from dispatcher import op, run
 
 EXECUTORS = [("sync", {}), ("async", {}), ("async", {"threads": 0})]
 
@@ -15,3 +18,35 @@ EXECUTORS = [("sync", {}), ("async", {}), ("async", {"threads": 0})]
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
 def test_scenario(tmp_path: Path, executor: str, options: dict[str, Any], scenario: Any) -> None:
     scenario(Pipeline(tmp_path, executor, options))
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.parametrize(
+    ("executor", "options", "in_caller"),
+    [("sync", {}, True), ("async", {"threads": 0}, True), ("async", {"threads": 2}, False)],
+)
+def test_hits_are_read_where_tasks_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    executor: str,
+    options: dict[str, Any],
+    in_caller: bool,
+) -> None:
+    from dispatcher import Cache
+    from dispatcher._cache import Cache as Store
+
+    run(op(inc)(1), executor="sync", cache=tmp_path)
+    threads: list[threading.Thread] = []
+    load = Store.load
+
+    def watched(self: Cache, key: str) -> Any:
+        threads.append(threading.current_thread())
+        return load(self, key)
+
+    monkeypatch.setattr(Store, "load", watched)
+    assert run(op(inc)(1), executor=executor, cache=tmp_path, **options) == 2
+    assert len(threads) == 1
+    assert (threads[0] is threading.main_thread()) == in_caller

@@ -78,6 +78,9 @@ class Run:
         # ``None`` without a cache, so a run without one pays a test per task, no more.
         self._cache_calls: dict[int, Any] | None = None
         self._hits: set[int] | None = None
+        self._hits_in_caller = False
+        """Hits are read in the caller's thread: the transport calls plain functions
+        there (``sync``, ``async`` with ``threads=0``)."""
         self.stale_hits: list[str] = []
         """Keys of hits whose entry could not be read: the run starts nothing more, lets
         what runs finish (and store its result), and ends, to be planned again (their
@@ -108,6 +111,10 @@ class Run:
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._asks = transport.runs_in_caller
         self.placement.in_order = transport.capabilities.runs_tasks_in_order
+        if self._hits is not None and self._asks is not None:
+            from ._cache import load_entry
+
+            self._hits_in_caller = self._asks(load_entry)
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -148,7 +155,7 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
-            if self._hits is not None and p in self._hits and asks is not None:
+            if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
                 ready.pop()
                 self._hit_in_caller(p)
