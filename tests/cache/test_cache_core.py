@@ -50,3 +50,20 @@ def test_hits_are_read_where_tasks_run(
     assert run(op(inc)(1), executor=executor, cache=tmp_path, **options) == 2
     assert len(threads) == 1
     assert (threads[0] is threading.main_thread()) == in_caller
+
+
+COUNTED: list[int] = []  # a global: not part of any key
+
+
+def counted(x: int) -> int:
+    COUNTED.append(x)
+    return x * 10
+
+
+def test_nodes_given_through_inputs_are_keyed_by_their_value(tmp_path: Path) -> None:
+    COUNTED.clear()
+    source = op(inc)(0)
+    target = op(counted)(source)
+    for given in (1, 1, 2, 1):
+        assert run(target, executor="sync", cache=tmp_path, inputs={source: given}) == given * 10
+    assert COUNTED == [1, 2]
