@@ -36,13 +36,11 @@ modification time, and the caller evicts by it at the end of each run.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import pickle
 import struct
 import time
-import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -203,7 +201,7 @@ class Cache:
             at = start + buf.nbytes
         tmp_dir = os.path.join(self.path, "tmp")
         final = self.entry_path(key)
-        tmp = os.path.join(tmp_dir, f"{key}.{uuid.uuid4().hex}")
+        tmp = os.path.join(tmp_dir, f"{key}.{os.urandom(8).hex()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:
@@ -321,6 +319,8 @@ class Cache:
 
     def info(self) -> CacheInfo:
         """Entries, bytes, and the last run's hits and misses."""
+        import json
+
         entries = self._scan()
         last: dict[str, Any] | None
         try:
@@ -382,7 +382,9 @@ class Cache:
             "uncacheable": uncacheable,
             "finished": time.time(),
         }
-        tmp = os.path.join(self.path, "tmp", f"last-run.{uuid.uuid4().hex}")
+        import json
+
+        tmp = os.path.join(self.path, "tmp", f"last-run.{os.urandom(8).hex()}")
         try:
             os.makedirs(os.path.dirname(tmp), exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as fh:
