@@ -67,3 +67,21 @@ def test_nodes_given_through_inputs_are_keyed_by_their_value(tmp_path: Path) -> 
     for given in (1, 1, 2, 1):
         assert run(target, executor="sync", cache=tmp_path, inputs={source: given}) == given * 10
     assert COUNTED == [1, 2]
+
+
+async def slow_double(x: int) -> int:
+    import asyncio
+
+    COUNTED.append(x)
+    await asyncio.sleep(0)
+    return x * 2
+
+
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_coroutine_results_are_stored_once_awaited(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    COUNTED.clear()
+    for _ in range(2):
+        assert run(op(slow_double)(21), executor=executor, cache=tmp_path, **options) == 42
+    assert COUNTED == [21]

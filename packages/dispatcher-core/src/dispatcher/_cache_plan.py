@@ -73,6 +73,21 @@ class StoreResult:
         return f"<cached {getattr(self.func, '__qualname__', self.func)!r}>"
 
 
+def _store_coroutine(func: Any, cache: Cache) -> Any:
+    """:class:`StoreResult` for a coroutine function, itself a coroutine function (so an
+    executor awaits it on its loop like the function it wraps)."""
+
+    async def cached(key: str, /, *args: Any, **kwargs: Any) -> Any:
+        start = perf_counter()
+        value = await func(*args, **kwargs)
+        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+            cache.save(key, value)
+        return value
+
+    cached.__qualname__ = f"cached {getattr(func, '__qualname__', func)!r}"
+    return cached
+
+
 async def _store_when_done(cache: Cache, key: str, awaitable: Any, start: float) -> Any:
     value = await awaitable
     if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
@@ -130,7 +145,7 @@ class CachePlan:
         self.graph = graph
         hit_set = set(hits)
         old_index = index
-        wrappers: dict[int, StoreResult] = {}
+        wrappers: dict[int, Any] = {}
         self.calls: dict[int, Call] = {}
         """Per position in :attr:`graph`, what its task calls instead of the node."""
         self.hits: set[int] = set()
@@ -152,7 +167,11 @@ class CachePlan:
             func = node._func
             wrapper = wrappers.get(id(func))
             if wrapper is None:
-                wrapper = wrappers[id(func)] = StoreResult(func, cache)
+                if inspect.iscoroutinefunction(func):
+                    wrapper = _store_coroutine(func, cache)
+                else:
+                    wrapper = StoreResult(func, cache)
+                wrappers[id(func)] = wrapper
             self.calls[p] = _store_call(wrapper, key, node)
         self.misses = len(self.calls) - len(self.hits)
         self.uncacheable = uncacheable
@@ -167,7 +186,7 @@ class CachePlan:
             log.warning("dispatcher cache: eviction in %s failed: %s", cache.path, exc)
 
 
-def _store_call(wrapper: StoreResult, key: str, node: DispatchNode) -> Call:
+def _store_call(wrapper: Any, key: str, node: DispatchNode) -> Call:
     """The node's call with ``wrapper`` for its function and its key as first argument."""
     shape = node._shape
     if shape == SHAPE_POSITIONAL:
