@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import counters
 import pytest
 from cache_scenarios import SCENARIOS, Pipeline
 
@@ -52,27 +53,24 @@ def test_hits_are_read_where_tasks_run(
     assert (threads[0] is threading.main_thread()) == in_caller
 
 
-COUNTED: list[int] = []  # a global: not part of any key
-
-
 def counted(x: int) -> int:
-    COUNTED.append(x)
+    counters.calls.append(x)
     return x * 10
 
 
 def test_nodes_given_through_inputs_are_keyed_by_their_value(tmp_path: Path) -> None:
-    COUNTED.clear()
+    counters.calls.clear()
     source = op(inc)(0)
     target = op(counted)(source)
     for given in (1, 1, 2, 1):
         assert run(target, executor="sync", cache=tmp_path, inputs={source: given}) == given * 10
-    assert COUNTED == [1, 2]
+    assert counters.calls == [1, 2]
 
 
 async def slow_double(x: int) -> int:
     import asyncio
 
-    COUNTED.append(x)
+    counters.calls.append(x)
     await asyncio.sleep(0)
     return x * 2
 
@@ -81,7 +79,7 @@ async def slow_double(x: int) -> int:
 def test_coroutine_results_are_stored_once_awaited(
     tmp_path: Path, executor: str, options: dict[str, Any]
 ) -> None:
-    COUNTED.clear()
+    counters.calls.clear()
     for _ in range(2):
         assert run(op(slow_double)(21), executor=executor, cache=tmp_path, **options) == 42
-    assert COUNTED == [21]
+    assert counters.calls == [21]

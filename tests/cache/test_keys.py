@@ -7,6 +7,7 @@ import textwrap
 import threading
 from typing import Any
 
+import counters
 import pytest
 
 from dispatcher import DataNode, op, run
@@ -98,36 +99,33 @@ def test_arrays_hash_by_their_bytes_dtype_and_shape() -> None:
         value_digest(np.array([object()], dtype=object))
 
 
-CALLED: list[str] = []  # a global, not a closure value: it is not part of the keys
-
-
 def first(lock: Any) -> int:
-    CALLED.append("first")
+    counters.calls.append("first")
     return 1
 
 
 def second(x: int) -> int:
-    CALLED.append("second")
+    counters.calls.append("second")
     return x + 1
 
 
 def test_a_value_that_cannot_be_hashed_makes_the_node_and_its_descendants_uncacheable(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    CALLED.clear()
+    counters.calls.clear()
     lock = threading.Lock()
     with caplog.at_level(logging.DEBUG, logger="dispatcher.cache"):
         for _ in range(2):
             assert run(op(second)(op(first)(lock)), executor="sync", cache=tmp_path) == 2
-    assert CALLED == ["first", "second"] * 2
+    assert counters.calls == ["first", "second"] * 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("'first' is not cached" in m and "pickle" in m for m in messages)
     assert any("'second' is not cached: its input 'first' is not" in m for m in messages)
     # A hashable argument in the same place is cached.
-    CALLED.clear()
+    counters.calls.clear()
     for _ in range(2):
         assert run(op(second)(op(first)("no lock")), executor="sync", cache=tmp_path) == 2
-    assert CALLED == ["first", "second"]
+    assert counters.calls == ["first", "second"]
 
 
 def test_data_and_index_nodes_have_keys_from_their_values() -> None:
@@ -140,3 +138,49 @@ def test_data_and_index_nodes_have_keys_from_their_values() -> None:
     assert len(by_label["DataNode([1, 2])"]) == 1
     assert None not in keys
     assert len(set(keys)) == 4  # [1, 2] and [1, 3], and the two distinct index nodes
+
+
+GLOBALS = """
+import os
+import threading
+
+SCALE = 2
+LOCK = threading.Lock()
+
+def helper(x):
+    return x + 1
+
+def f(x):
+    with LOCK:
+        return helper(x) * SCALE + len(os.sep)
+
+def ping(n):
+    return 0 if n == 0 else pong(n - 1)
+
+def pong(n):
+    return ping(n)
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("SCALE = 2", "SCALE = 3"), ("return x + 1", "return x + 2")],
+    ids=["a constant it reads", "a helper it calls"],
+)
+def test_globals_a_function_reads_are_part_of_its_key(old: str, new: str) -> None:
+    assert digest(compiled(GLOBALS)) != digest(compiled(GLOBALS.replace(old, new)))
+
+
+def test_globals_it_does_not_read_and_unhashable_ones_are_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.cache"):
+        base = digest(compiled(GLOBALS))
+    assert base == digest(compiled(GLOBALS + "\nUNUSED = 1\n"))
+    assert any("global 'LOCK'" in r.getMessage() for r in caplog.records)
+
+
+def test_mutually_recursive_globals_are_hashed() -> None:
+    assert digest(compiled(GLOBALS, "ping")) == digest(compiled(GLOBALS, "ping"))
+    changed = GLOBALS.replace("return ping(n)", "return ping(n) + 1")
+    assert digest(compiled(GLOBALS, "ping")) != digest(compiled(changed, "ping"))

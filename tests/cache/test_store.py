@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import counters
 import pytest
 
 from dispatcher import Cache, CacheWarning, op, run
@@ -194,28 +195,25 @@ def test_cache_argument_is_checked(tmp_path: Path) -> None:
         Cache(tmp_path, max_bytes=-1)
 
 
-CALLED: list[str] = []  # a global, not a closure value: it is not part of the keys
-
-
 def quick(x: int) -> int:
-    CALLED.append("quick")
+    counters.calls.append("quick")
     return x + 1
 
 
 def slow(x: int) -> int:
-    CALLED.append("slow")
+    counters.calls.append("slow")
     time.sleep(0.05)
     return x * 2
 
 
 def test_min_seconds_stores_only_slow_results(tmp_path: Path) -> None:
-    CALLED.clear()
+    counters.calls.clear()
     cache = Cache(tmp_path, min_seconds=0.02)
     for _ in range(2):
         assert run(op(slow)(op(quick)(1)), executor="sync", cache=cache) == 4
-    assert CALLED == ["quick", "slow"]  # the slow one was stored and is a hit
+    assert counters.calls == ["quick", "slow"]  # the slow one was stored and is a hit
     for _ in range(2):
         assert run(op(quick)(5), executor="sync", cache=cache) == 6
-    assert CALLED == ["quick", "slow", "quick", "quick"]
+    assert counters.calls == ["quick", "slow", "quick", "quick"]
     with pytest.raises(ValueError, match="min_seconds"):
         Cache(tmp_path, min_seconds=-1)

@@ -3,11 +3,13 @@
 A node's key hashes the function's identity and code, the node's constant arguments by
 value and the keys of its inputs, so two nodes with the same key compute the same value
 (for functions without side effects). A function is hashed by its bytecode, constants,
-names, nested code objects, default arguments and the values its closure captured --
-never by its line numbers or source text, so editing a comment or moving the function
-changes nothing, while editing its body does. (joblib's ``Memory`` hashes the source
-text instead, so a comment edit re-runs it, and it ignores closure values, so a changed
-captured value is a wrong hit there; both are fixed here by hashing the code object.)
+names, nested code objects, default arguments, the values its closure captured and the
+globals its code names (functions by their code in turn, modules by name, other values
+by content) -- never by its line numbers or source text, so editing a comment or moving
+the function changes nothing, while editing its body, a helper it calls or a constant
+it reads does. (joblib's ``Memory`` hashes the source text instead, so a comment edit
+re-runs it, and it ignores closure values and globals, so a changed captured value or
+module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
@@ -16,9 +18,9 @@ hashed that way (an object that does not pickle, an object-dtype array, a cycle)
 the node -- and everything downstream of it -- uncacheable, with a debug log line saying
 why: never an error, never a wrong hit.
 
-Functions called by name from a function's body (globals) are not hashed: editing a
-helper that a task calls does not re-run the task. Pass such helpers as arguments or
-closure values when that matters.
+A global that cannot be hashed by content (a lock, a connection) is left out of the key,
+with a debug line: such objects hold state, not a value a result depends on. What a
+function reads from outside the program -- files, databases, the clock -- no key sees.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class _Hasher:
             update(b"F" + self.function(value))
         elif isinstance(value, type):
             update(b"T" + _type_name(value))
+            self._class_code(value)
         elif isinstance(value, tuple) and hasattr(cls, "_fields"):  # a namedtuple
             update(b"n" + _type_name(cls) + _pack_q(len(value)))
             for item in value:
@@ -170,6 +173,7 @@ class _Hasher:
             update(_code_digest(func.__code__))
             self.feed(func.__defaults__)
             self.feed(func.__kwdefaults__)
+            self._globals(func)
             if func.__closure__:
                 for cell in func.__closure__:
                     try:
@@ -200,6 +204,36 @@ class _Hasher:
             self._class_code(type(func))
             self._pickled(func)
 
+    def _globals(self, func: types.FunctionType) -> None:
+        """The globals ``func``'s code names (nested code included), by name and value."""
+        names = _global_names(func.__code__)
+        if not names:
+            return
+        namespace = func.__globals__
+        builtins_ = namespace.get("__builtins__")
+        update = self.h.update
+        for name in names:
+            if name in namespace:
+                value = namespace[name]
+            else:
+                continue  # a builtin, an attribute name, or not defined yet
+            update(b"g" + name.encode() + b"\0")
+            if isinstance(value, types.ModuleType):
+                update(b"M" + value.__name__.encode() + b"\0")
+                continue
+            if value is builtins_:
+                continue
+            try:
+                update(self._sub(value))
+            except Exception as exc:  # Uncacheable, or a __reduce__ that fails oddly
+                update(b"<unhashable>")
+                log.debug(
+                    "global %r of %s is left out of its key: %s",
+                    name,
+                    getattr(func, "__qualname__", func),
+                    exc,
+                )
+
     def _class_code(self, cls: type) -> None:
         if cls.__module__ == "builtins":
             return
@@ -208,6 +242,25 @@ class _Hasher:
                 member = member.__func__
             if isinstance(member, types.FunctionType):
                 self.h.update(name.encode() + _code_digest(member.__code__))
+
+
+_global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names ``code`` (and the code nested in it) may read as globals, sorted: its
+    ``co_names`` (which also hold attribute names; looking those up finds nothing, or
+    hashes one global more than needed)."""
+    entry = _global_names_of.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    found = tuple(sorted(names))
+    _global_names_of[id(code)] = (code, found)
+    return found
 
 
 def _is_ndarray(value: Any) -> bool:
