@@ -3,13 +3,13 @@
 Layout under the cache directory::
 
     entries/ab/ab12...ef    one file per stored result, named by its key
-    tmp/                    files being written (renamed into entries/ when complete)
+    entries/ab/.ab12...ef.* a file being written (renamed to its key when complete)
     last-run.json           hits and misses of the last run that used the cache
 
 Why files and not an SQLite index: the store must hold up when two runs, two processes or
 two hosts write the same key at once, when a writer is killed midway, and on the shared
-file systems a cluster's ranks use. A file written in ``tmp/`` and renamed over its final
-name is atomic on every POSIX file system, NFS and Lustre included; two writers of one key
+file systems a cluster's ranks use. A file written beside its final name and renamed over
+it is atomic on every POSIX file system, NFS and Lustre included; two writers of one key
 write the same content, and whichever rename lands last wins; nothing is locked, so no
 writer waits for another. SQLite's WAL mode needs shared memory between its users, which
 is documented not to work across hosts on a network file system, and every writer takes
@@ -60,7 +60,7 @@ _TOUCH_AFTER = 60.0
 """Seconds: a hit on an entry last used longer ago than this marks it used now (eviction
 and ``clear --older-than`` go by that time; a minute is finer than either needs)."""
 _STALE_TMP = 3600.0
-"""Seconds after which a file left in ``tmp/`` is a writer that died."""
+"""Seconds after which a file still being written is one whose writer died."""
 
 
 class CacheWarning(UserWarning):
@@ -199,30 +199,23 @@ class Cache:
                 parts.append(bytes(start - at))
             parts.append(buf)
             at = start + buf.nbytes
-        tmp_dir = os.path.join(self.path, "tmp")
-        final = self.entry_path(key)
-        tmp = os.path.join(tmp_dir, f"{key}.{os.urandom(8).hex()}")
+        # Written beside its final name (a rename within one directory, and writers of
+        # different shards never contend for one directory), as a dot file that
+        # listings skip.
+        shard = f"{self._entries}{key[:2]}"
+        final = f"{shard}/{key}"
+        tmp = f"{shard}/.{key}.{os.urandom(8).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:
-            os.makedirs(tmp_dir, exist_ok=True)
+            os.makedirs(shard, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _write_all(fd, parts)
-        except BaseException:
-            os.close(fd)
-            _unlink(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
             try:
-                os.replace(tmp, final)
-            except BaseException:
-                _unlink(tmp)
-                raise
+                _write_all(fd, parts)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
         except BaseException:
             _unlink(tmp)
             raise
@@ -296,12 +289,12 @@ class Cache:
 
     # -- the whole store -----------------------------------------------------------------
 
-    def _scan(self) -> list[tuple[float, int, str]]:
-        """(last used, bytes, path) of every entry."""
+    def _scan(self, partial: list[tuple[float, str]] | None = None) -> list[tuple[float, int, str]]:
+        """(last used, bytes, path) of every entry; files still being written (or left by
+        a writer that died) go to ``partial`` as (modified, path)."""
         found: list[tuple[float, int, str]] = []
-        root = os.path.join(self.path, "entries")
         try:
-            shards = list(os.scandir(root))
+            shards = list(os.scandir(self._entries))
         except OSError:
             return found
         for shard in shards:
@@ -312,7 +305,11 @@ class Cache:
                             st = entry.stat()
                         except OSError:
                             continue
-                        found.append((st.st_mtime, st.st_size, entry.path))
+                        if entry.name.startswith("."):
+                            if partial is not None:
+                                partial.append((st.st_mtime, entry.path))
+                        else:
+                            found.append((st.st_mtime, st.st_size, entry.path))
             except OSError:
                 continue
         return found
@@ -333,21 +330,24 @@ class Cache:
     def clear(self, older_than: float | None = None) -> int:
         """Delete every entry (or those not used for ``older_than`` seconds); return how
         many were deleted."""
-        cutoff = None if older_than is None else time.time() - older_than
+        now = time.time()
+        cutoff = None if older_than is None else now - older_than
+        partial: list[tuple[float, str]] = []
         removed = 0
-        for mtime, _, path in self._scan():
+        for mtime, _, path in self._scan(partial):
             if (cutoff is None or mtime < cutoff) and _unlink(path):
                 removed += 1
-        self._sweep_tmp(0.0 if older_than is None else _STALE_TMP)
+        _sweep(partial, now - (_STALE_TMP if older_than is not None else 0.0))
         return removed
 
     def evict(self) -> int:
         """Delete the least recently used entries until at most ``max_bytes`` remain;
-        return the bytes freed."""
-        self._sweep_tmp(_STALE_TMP)
+        return the bytes freed. (Without ``max_bytes``, nothing: not even a listing.)"""
         if self.max_bytes is None:
             return 0
-        entries = self._scan()
+        partial: list[tuple[float, str]] = []
+        entries = self._scan(partial)
+        _sweep(partial, time.time() - _STALE_TMP)
         total = sum(e[1] for e in entries)
         freed = 0
         if total <= self.max_bytes:
@@ -360,20 +360,6 @@ class Cache:
                 freed += size
         return freed
 
-    def _sweep_tmp(self, age: float) -> None:
-        """Delete what writers that died left in ``tmp/``."""
-        cutoff = time.time() - age
-        try:
-            with os.scandir(os.path.join(self.path, "tmp")) as entries:
-                for entry in entries:
-                    try:
-                        if entry.stat().st_mtime <= cutoff:
-                            _unlink(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
-            pass
-
     def record_run(self, hits: int, misses: int, uncacheable: int) -> None:
         """Keep the last run's numbers for ``dispatcher cache info``."""
         record = {
@@ -384,9 +370,9 @@ class Cache:
         }
         import json
 
-        tmp = os.path.join(self.path, "tmp", f"last-run.{os.urandom(8).hex()}")
+        tmp = os.path.join(self.path, f".last-run.{os.urandom(8).hex()}")
         try:
-            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            os.makedirs(self.path, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(record, fh)
             os.replace(tmp, os.path.join(self.path, "last-run.json"))
@@ -410,6 +396,14 @@ def _write_all(fd: int, parts: list[Any]) -> None:
             else:
                 views[0] = first[written:]
                 written = 0
+
+
+def _sweep(partial: list[tuple[float, str]], cutoff: float) -> None:
+    """Delete the files being written that were last modified before ``cutoff``: their
+    writers died."""
+    for mtime, path in partial:
+        if mtime <= cutoff:
+            _unlink(path)
 
 
 def _unlink(path: str) -> bool:
