@@ -83,3 +83,14 @@ def test_coroutine_results_are_stored_once_awaited(
     for _ in range(2):
         assert run(op(slow_double)(21), executor=executor, cache=tmp_path, **options) == 42
     assert counters.calls == [21]
+
+
+def test_arun_takes_a_cache(tmp_path: Path) -> None:
+    import asyncio
+
+    from dispatcher import arun
+
+    counters.calls.clear()
+    for _ in range(2):
+        assert asyncio.run(arun(op(slow_double)(4), cache=tmp_path)) == 8
+    assert counters.calls == [4]
