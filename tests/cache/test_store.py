@@ -222,3 +222,19 @@ def test_min_seconds_stores_only_slow_results(tmp_path: Path) -> None:
     assert counters.calls == ["quick", "slow", "quick", "quick"]
     with pytest.raises(ValueError, match="min_seconds"):
         Cache(tmp_path, min_seconds=-1)
+
+
+def test_files_left_by_dead_writers_are_ignored_then_swept(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, max_bytes=10**9)
+    cache.save(KEY, 1)
+    shard = Path(cache.entry_path(KEY)).parent
+    fresh, stale = shard / f".{KEY}.fresh", shard / f".{KEY}.stale"
+    fresh.write_bytes(b"half an entr")
+    stale.write_bytes(b"half an entr")
+    past = time.time() - 2 * 3600
+    os.utime(stale, (past, past))
+    assert cache.info().entries == 1
+    cache.evict()
+    assert fresh.exists()  # perhaps still being written
+    assert not stale.exists()
+    assert cache.load(KEY) == 1
