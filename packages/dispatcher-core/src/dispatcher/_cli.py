@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress",
         action="store_true",
-        help="show a progress bar on standard error (when it is a terminal)",
+        help="show progress on standard error (a bar on a terminal, else a line every 5 s)",
     )
     run.add_argument(
         "--report", metavar="FILE", help="write an HTML report of the run (timeline, summary)"

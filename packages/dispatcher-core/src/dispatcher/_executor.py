@@ -92,6 +92,7 @@ class Executor:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` has been called: the executor takes no more runs."""
         return self._closed
 
     def __enter__(self) -> Executor:
