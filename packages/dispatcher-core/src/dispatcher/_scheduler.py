@@ -104,9 +104,9 @@ class Run:
                 if table.call_ready_in_caller(asks, self._in_caller):
                     progressed = True
                     if table.failure is not None:
-                        p, error = table.failure
+                        p, error, duration = table.failure
                         table.failure = None
-                        self.recovery.task_failed(p, CALLER, error)
+                        self.recovery.task_failed(p, CALLER, error, duration)
                         self._act_on_recovery()
                         if self.aborted:
                             return True
@@ -174,7 +174,7 @@ class Run:
         else:
             keys = last_use = ()
         table.attempts[p] += 1
-        timeout = node.timeout if node.timeout is not None else table.timeout
+        timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
             timeout = None
         spec = TaskSpec(
@@ -262,7 +262,7 @@ class Run:
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
         if self._reported(p, worker) is not None:
-            self.recovery.task_failed(p, worker, error)
+            self.recovery.task_failed(p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)

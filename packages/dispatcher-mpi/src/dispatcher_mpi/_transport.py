@@ -108,7 +108,7 @@ def _pack_arguments(spec: TaskSpec) -> list[Any]:
     try:
         header, buffers = encode(arguments)
     except Exception as exc:
-        raise serialization_error(spec.label, "arguments", arguments, exc) from exc
+        raise serialization_error(spec.label, "arguments", arguments, exc, in_caller=True) from exc
     return [header, *[pickle.PickleBuffer(b) for b in buffers]]
 
 
@@ -300,7 +300,7 @@ def current_root() -> Root:
     if _root is None:
         raise DispatcherError(LAUNCH_HELP)
     if not _root.ranks:
-        raise DispatcherError("this MPI job has no worker ranks (-n 1). " + LAUNCH_HELP)
+        raise DispatcherError("this MPI job has no worker ranks (-n 1): " + LAUNCH_HELP)
     return _root
 
 
