@@ -310,6 +310,8 @@ class StatusLines:
                 text += f" (last {bar.last_failure})"
         if bar.retried:
             text += f", {bar.retried} retried"
+        if len(bar.hosts) > 1:
+            text += f", on {len(bar.hosts)} hosts"
         return text
 
     def _write(self, line: str) -> None:
