@@ -1,7 +1,7 @@
 """Numbers and names as the report page shows them: times, sizes, worker order, statuses.
 
-Shared by the page (:mod:`dispatcher._report_html`) and its timeline
-(:mod:`dispatcher._report_timeline`); it imports only leaves.
+A leaf shared by the page (:mod:`dispatcher._report_html`) and its timeline
+(:mod:`dispatcher._report_timeline`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def size(n: int) -> str:
 
 
 def worker_order(name: str) -> tuple[int, list[object], list[object]]:
-    """Sort key: the caller first, then workers by host (see
-    :func:`~dispatcher.transport.worker_host`), in natural order (mp-2 before mp-10)."""
+    """Sort key: the caller first, then workers by host, in natural order (mp-2 before
+    mp-10)."""
     return (0 if name == "main" else 1, _natural(worker_host(name) or ""), _natural(name))
 
 
@@ -62,7 +62,7 @@ def _natural(name: str) -> list[object]:
 
 
 def hosts_of(workers: Iterable[str]) -> list[str]:
-    """The hosts that ``workers`` name, in order (workers on the caller's host name none)."""
+    """The hosts that ``workers`` name, in order (see :func:`~.transport.worker_host`)."""
     return sorted({h for h in map(worker_host, workers) if h is not None}, key=_natural)
 
 
