@@ -58,14 +58,27 @@ class HookSpecs:
         """``node`` finished on ``worker`` after ``duration`` seconds."""
 
     @hookspec
-    def dispatcher_task_failed(self, node: DispatchNode, worker: str, error: BaseException) -> None:
-        """``node`` failed, or was skipped because an ancestor failed (a DependencyError)."""
+    def dispatcher_task_failed(
+        self, node: DispatchNode, worker: str, error: BaseException, duration: float | None
+    ) -> None:
+        """``node`` failed, or was skipped because an ancestor failed (a DependencyError).
+
+        ``duration``: seconds the failed call ran, measured where it ran; ``None`` where
+        nobody knows (its worker was lost, or it never ran)."""
 
     @hookspec
     def dispatcher_task_retried(
-        self, node: DispatchNode, worker: str, error: BaseException, attempt: int
+        self,
+        node: DispatchNode,
+        worker: str,
+        error: BaseException,
+        attempt: int,
+        duration: float | None,
     ) -> None:
-        """``node`` runs again; ``attempt`` is the number of the attempt about to start."""
+        """``node`` runs again; ``attempt`` is the number of the attempt about to start.
+
+        ``duration``: seconds the failed attempt ran, as for ``dispatcher_task_failed``;
+        ``None`` also for a finished result lost with its worker and computed again."""
 
     @hookspec
     def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:

@@ -13,6 +13,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:26px 0 8px;display:inl
 .error{color:var(--bad);font-weight:600;margin:8px 0 0}
 .badge{font-size:12px;vertical-align:middle;padding:2px 8px;border-radius:10px;color:#fff}
 .badge.good{background:var(--good)}.badge.bad{background:var(--bad)}
+.badge.warn{background:var(--warn)}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:18px 0 4px}
 .card{border:1px solid var(--line);border-radius:8px;padding:8px 14px;min-width:96px}
 .card .v{font-size:20px;font-weight:650;font-variant-numeric:tabular-nums}

@@ -136,9 +136,9 @@ class Run:
                 if table.call_ready_in_caller(asks, self._in_caller):
                     progressed = True
                     if table.failure is not None:
-                        p, error = table.failure
+                        p, error, duration = table.failure
                         table.failure = None
-                        self.recovery.task_failed(p, CALLER, error)
+                        self.recovery.task_failed(p, CALLER, error, duration)
                         self._act_on_recovery()
                         if self.aborted:
                             return True
@@ -214,7 +214,7 @@ class Run:
         else:
             keys = last_use = ()
         table.attempts[p] += 1
-        timeout = node.timeout if node.timeout is not None else table.timeout
+        timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
             timeout = None
         func, args, kwargs, shape = node._func, node._args, node._kwargs, node._shape
@@ -332,7 +332,7 @@ class Run:
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
                 return
-            self.recovery.task_failed(p, worker, error)
+            self.recovery.task_failed(p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
