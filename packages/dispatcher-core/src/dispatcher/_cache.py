@@ -142,14 +142,14 @@ class Cache:
 
     # -- entries -----------------------------------------------------------------------
 
-    def entry_path(self, key: str) -> str:
+    def _entry_path(self, key: str) -> str:
         """Where the entry for ``key`` lives."""
         return f"{self._entries}{key[:2]}/{key}"
 
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
         try:
-            return os.stat(self.entry_path(key)).st_size >= _HEADER.size
+            return os.stat(self._entry_path(key)).st_size >= _HEADER.size
         except OSError:
             return False
 
@@ -224,7 +224,7 @@ class Cache:
     def load(self, key: str) -> Any:
         """The value stored under ``key``. A missing, truncated or corrupted entry is
         deleted, with a :class:`CacheWarning`, and raises :class:`CacheEntryError`."""
-        path = self.entry_path(key)
+        path = self._entry_path(key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
@@ -360,7 +360,7 @@ class Cache:
                 freed += size
         return freed
 
-    def record_run(self, hits: int, misses: int, uncacheable: int) -> None:
+    def _record_run(self, hits: int, misses: int, uncacheable: int) -> None:
         """Keep the last run's numbers for ``dispatcher cache info``."""
         record = {
             "hits": hits,
