@@ -75,7 +75,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Run dispatcher graphs defined in Python files, draw them, list executors.",
+        description=(
+            "Run dispatcher graphs defined in Python files, draw them, list executors, "
+            "manage result caches."
+        ),
         epilog=(
             "examples:\n"
             "  dispatcher executors\n"
@@ -99,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     target_help = (
         "FILE.py:NAME, where NAME is " + TARGET_KINDS + " (the file's directory goes on sys.path)"
     )
+    _add_run_command(commands, target_help)
+
+    graph = commands.add_parser(
+        "graph",
+        help="write a graph as Graphviz DOT, SVG or PNG",
+        description=(
+            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
+            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
+        ),
+    )
+    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
+    graph.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
+    )
+    add_cache_command(commands)
+    return parser
+
+
+def _add_run_command(commands: Any, target_help: str) -> None:
     run = commands.add_parser(
         "run",
         help="run a graph from a Python file and print its results",
@@ -137,21 +159,6 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="log to standard error: -v each run, -vv each task",
     )
-
-    graph = commands.add_parser(
-        "graph",
-        help="write a graph as Graphviz DOT, SVG or PNG",
-        description=(
-            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
-            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
-        ),
-    )
-    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
-    graph.add_argument(
-        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
-    )
-    add_cache_command(commands)
-    return parser
 
 
 def _positive_int(text: str) -> int:

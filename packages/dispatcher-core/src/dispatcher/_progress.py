@@ -75,8 +75,8 @@ def in_notebook() -> bool:
 
 
 class ProgressBar:
-    """An observer that shows done / total, failures, retries, cache hits, rate and ETA of
-    one run, and on how many hosts its tasks ran when that is more than one.
+    """An observer that shows done / total, failures, retries, cache hits, rate and ETA
+    of one run, and on how many hosts its tasks ran when that is more than one.
 
     ``run(..., progress=True)`` makes one per run; it can also be passed as a plugin
     (``run(..., plugins=[ProgressBar()])``) to choose where it draws. ``file`` defaults to
@@ -86,10 +86,10 @@ class ProgressBar:
     ``enabled=True`` draws the bar whatever ``file`` is; ``enabled=False`` shows nothing.
 
     The counters (:attr:`done`, :attr:`cached`, :attr:`failed`, :attr:`retried`,
-    :attr:`total`) are kept whether or not anything is shown. After a failure the bar names
+    :attr:`total`) are kept whether or not anything is shown. A node served from the cache
+    counts towards the progress, and apart, as ``cached=N``. After a failure the bar names
     the node that failed last, with its arguments (``failed=1, last=parse('b.txt')``):
-    which of many it was. A node read from the run's cache counts towards the progress,
-    and apart, as ``cached=N``.
+    which of many it was.
     """
 
     def __init__(
@@ -108,9 +108,9 @@ class ProgressBar:
         self._lines: StatusLines | None = None
         self._finished: set[DispatchNode] = set()
         self._failed: set[DispatchNode] = set()
-        self._cached: set[DispatchNode] = set()
         self.last_failure: str | None = None
         """The node whose own call failed last, described (``parse('b.txt')``)."""
+        self._cached: set[DispatchNode] = set()
         self.retried = 0
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
@@ -128,11 +128,6 @@ class ProgressBar:
     def cached(self) -> int:
         """Nodes whose value was read from the run's cache instead of computed."""
         return len(self._cached)
-
-    @property
-    def settled(self) -> int:
-        """Nodes done, read from the cache, or failed."""
-        return len(self._finished) + len(self._cached) + len(self._failed)
 
     @property
     def failed(self) -> int:
@@ -174,14 +169,14 @@ class ProgressBar:
                 parts.append(f"last={self.last_failure}")
             if self.retried:
                 parts.append(f"retried={self.retried}")
-            if self._cached:
-                parts.append(f"cached={len(self._cached)}")
             if len(self.hosts) > 1:
                 parts.append(f"hosts={len(self.hosts)}")
+            if self._cached:
+                parts.append(f"cached={len(self._cached)}")
             # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
             # million tiny tasks is not slowed down by drawing a million frames.
             bar.set_postfix_str(", ".join(parts), refresh=False)
-        bar.update(self.settled - bar.n)
+        bar.update(len(self._finished) + len(self._failed) + len(self._cached) - bar.n)
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -190,8 +185,8 @@ class ProgressBar:
         self.total = len(graph)
         self._finished.clear()
         self._failed.clear()
-        self._cached.clear()
         self.last_failure = None
+        self._cached.clear()
         self.retried = 0
         self.hosts.clear()
         self._bar = self._make_bar(executor.name)
@@ -237,7 +232,7 @@ class ProgressBar:
         bar = self._bar
         if bar is None:
             return
-        settled = self.settled
+        settled = len(self._finished) + len(self._failed) + len(self._cached)
         if error is None and settled < bar.total:
             # Nodes given through ``inputs`` are in the graph but never run: a complete run
             # is complete, so the bar ends full rather than a few short.
@@ -269,7 +264,7 @@ class StatusLines:
         self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last: tuple[int, int, int, int] | None = None
+        self._last: tuple[int, int, int] | None = None
         self._last_time = self._t0
 
     def start(self) -> None:
@@ -300,7 +295,7 @@ class StatusLines:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             bar = self._bar
-            state = (bar.done, bar.failed, bar.retried, bar.cached)
+            state = (bar.done, bar.failed, bar.retried)
             now = time.perf_counter()
             if state != self._last or now - self._last_time >= HEARTBEAT:
                 self._write(self._status(now - self._t0))
@@ -309,7 +304,7 @@ class StatusLines:
     def _status(self, elapsed: float) -> str:
         bar = self._bar
         text = self._counts()
-        settled = bar.settled
+        settled = bar.done + bar.failed + bar.cached
         if settled and elapsed > 0:
             rate = settled / elapsed
             text += f", {rate:.3g} tasks/s"
@@ -322,7 +317,7 @@ class StatusLines:
 
     def _counts(self) -> str:
         bar = self._bar
-        settled = bar.settled
+        settled = bar.done + bar.failed + bar.cached
         share = f" ({100 * settled // bar.total}%)" if bar.total else ""
         text = f"dispatcher {self._desc}: {settled}/{bar.total} tasks{share}"
         if bar.failed:

@@ -12,11 +12,7 @@ from collections.abc import Iterable
 from ._hosts import worker_host
 from ._report_model import ABANDONED, CACHED, FAILED, LOST, OK, RETRIED, RUNNING, SKIPPED
 
-__all__ = ["CACHED_COLOR", "STATUS_TEXT", "clip", "hosts_of", "seconds", "size", "worker_order"]
-
-CACHED_COLOR = "#17becf"
-"""Nodes read from the cache: in no label's palette, so a hit never looks like a task
-that ran."""
+__all__ = ["STATUS_TEXT", "clip", "hosts_of", "seconds", "size", "worker_order"]
 
 STATUS_TEXT = {
     OK: "ok",

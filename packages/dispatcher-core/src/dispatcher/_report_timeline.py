@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 from ._hosts import worker_host
-from ._report_format import CACHED_COLOR, STATUS_TEXT, clip, hosts_of, seconds, size, worker_order
+from ._report_format import STATUS_TEXT, clip, hosts_of, seconds, size, worker_order
 from ._report_model import (
     ABANDONED,
     CACHED,
@@ -31,12 +31,13 @@ __all__ = ["MARK", "MAX_DRAWN", "Span", "lanes", "spans", "timeline"]
 MAX_DRAWN = 20_000  # bars in the timeline; beyond this the browser struggles
 MAX_LANES = 24  # rows per worker: more concurrent tasks than this overlap
 
+CACHED_COLOR = "#17becf"  # in no label's palette: a hit never looks like a task that ran
 STATUS_STYLE = {
+    CACHED: f'fill="{CACHED_COLOR}" stroke="#0b6e75"',
     FAILED: 'fill="#e15759" stroke="#8f1d1f"',
     RETRIED: 'fill="#f28e2b" stroke="#9a4f05" stroke-dasharray="3 2"',
     ABANDONED: 'fill="url(#abandoned)" stroke="#888"',
     RUNNING: 'fill="url(#abandoned)" stroke="#888"',
-    CACHED: f'fill="{CACHED_COLOR}" stroke="#0b6e75"',
 }
 
 # Timeline geometry, in SVG user units (the picture scales to the page width).

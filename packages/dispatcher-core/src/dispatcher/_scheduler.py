@@ -33,7 +33,7 @@ from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
 from ._placement import Placement
 from ._recovery import Recovery
-from ._tasks import CALLER, DONE, READY, RUNNING, TaskTable
+from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
 from .transport import TaskSpec, Transport
 
@@ -68,6 +68,8 @@ class Run:
         self.throw = throw
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
+        self.pending_inputs = False
+        """The transport takes tasks whose inputs are still being computed anywhere."""
 
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
@@ -115,6 +117,7 @@ class Run:
             from ._cache import load_entry
 
             self._hits_in_caller = self._asks(load_entry)
+        self.pending_inputs = transport.capabilities.accepts_pending_inputs
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -129,6 +132,8 @@ class Run:
         ready, state, nodes = table.ready, table.state, table.nodes
         place, asks = self.placement.place, self._asks
         in_order = self.placement.in_order
+        ahead_anywhere = self.pending_inputs
+        waiting = table.waiting
         progressed = False
         specs: list[TaskSpec] = []
         while ready:
@@ -155,6 +160,10 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
+            if waiting[p] and not table.inputs_sent(p):
+                ready.pop()  # readied ahead, but an input went back to waiting since
+                state[p] = WAITING
+                continue
             if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
                 ready.pop()
@@ -168,7 +177,9 @@ class Run:
                 break
             ready.pop()
             specs.append(self._spec(p, node, worker))
-            if in_order:
+            if ahead_anywhere:
+                table.ready_ahead(p)
+            elif in_order:
                 for j in self.placement.ahead(p, worker):
                     specs.append(self._spec(j, nodes[j], worker))
         if specs:
@@ -189,6 +200,7 @@ class Run:
         if deps:
             keys = tuple([base + d for d in deps]) if base else deps
             needed, wanted, holders = table.needed, table.wanted, table.holders
+            inflight = table.inflight
             picked: list[str | None] = []  # where each input is to be taken from
             local = True
             used_up: list[int] = []  # inputs only this task still needs, held where it runs
@@ -204,6 +216,12 @@ class Run:
                     picked.append(next(iter(where)))
                     local = False
                     continue
+                if where is None:
+                    making = inflight.get(d)
+                    if making is not None and making.worker != worker:
+                        picked.append(making.worker)  # still being computed there
+                        local = False
+                        continue
                 # Held there, or sent ahead: still being computed on this very worker.
                 picked.append(worker)
                 if needed[d] == 1 and not wanted[d]:

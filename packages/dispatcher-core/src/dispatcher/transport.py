@@ -210,7 +210,10 @@ class EventSink(Protocol):
         """
 
     def worker_added(self, worker: str, slots: int) -> None:
-        """A worker (new, or a replacement under the same name) is ready for tasks."""
+        """A worker (new, or a replacement under the same name) is ready for tasks; or a
+        known worker's slots changed. ``0`` slots: it keeps its results, which tasks
+        elsewhere may read, but takes no task until it is reported again (it is still
+        running work that was abandoned, which cannot be stopped)."""
 
     def worker_lost(self, worker: str, reason: str) -> None:
         """The worker is gone with every result it held and every task it was running."""
@@ -233,6 +236,15 @@ class Capabilities:
     last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``."""
+    accepts_pending_inputs: bool = False
+    """A task may be submitted while some of its inputs are still being computed, on
+    any worker: the transport (or the cluster under it) holds the task until they are
+    made, and moves them from their :attr:`TaskSpec.sources`, the workers computing
+    them. The scheduler then sends a task as soon as its last input is sent rather than
+    when that input is reported, so a chain runs without a round trip to the caller per
+    link. If such an input is never made (its task failed, or was cancelled or lost),
+    the transport reports ``task_inputs_lost`` for the waiting task, naming the inputs
+    it did not get; the scheduler cancels what it sent ahead of a failure itself."""
 
 
 class Transport(abc.ABC):
