@@ -278,7 +278,7 @@ def test_help_everywhere(cli: Cli, command: list[str]) -> None:
 def test_help_aligns_every_command_with_its_description(cli: Cli) -> None:
     out = cli("--help")[1]
     rows = [line for line in out.splitlines() if line.startswith("    ")]
-    assert [row.split()[0] for row in rows] == ["executors", "run", "graph"]
+    assert [row.split()[0] for row in rows] == ["executors", "run", "graph", "cache"]
     # Each description on its command's line, all in one column.
     starts = {len(row) - len(row[4:].split(maxsplit=1)[1]) for row in rows if len(row.split()) > 1}
     assert len(starts) == 1, out

@@ -80,6 +80,11 @@ class HookSpecs:
         ``duration``: seconds the failed attempt ran, as for ``dispatcher_task_failed``;
         ``None`` also for a finished result lost with its worker and computed again."""
 
+    @hookspec
+    def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:
+        """``node``'s value was read from the run's cache on ``worker`` instead of being
+        computed (fired instead of ``task_started`` and ``task_finished``)."""
+
 
 OBSERVER_HOOKS = (
     "dispatcher_run_started",
@@ -88,6 +93,7 @@ OBSERVER_HOOKS = (
     "dispatcher_task_finished",
     "dispatcher_task_failed",
     "dispatcher_task_retried",
+    "dispatcher_task_cached",
 )
 """The hooks that observe a run (every hook but the executor provider)."""
 
@@ -102,6 +108,7 @@ class Observers:
     __slots__ = (
         "run_finished",
         "run_started",
+        "task_cached",
         "task_failed",
         "task_finished",
         "task_retried",
@@ -114,6 +121,7 @@ class Observers:
     task_finished: Hook
     task_failed: Hook
     task_retried: Hook
+    task_cached: Hook
 
     def __init__(self, manager: pluggy.PluginManager) -> None:
         for short in self.__slots__:

@@ -75,8 +75,8 @@ def in_notebook() -> bool:
 
 
 class ProgressBar:
-    """An observer that shows done / total, failures, retries, rate and ETA of one run,
-    and on how many hosts its tasks ran when that is more than one.
+    """An observer that shows done / total, failures, retries, cache hits, rate and ETA
+    of one run, and on how many hosts its tasks ran when that is more than one.
 
     ``run(..., progress=True)`` makes one per run; it can also be passed as a plugin
     (``run(..., plugins=[ProgressBar()])``) to choose where it draws. ``file`` defaults to
@@ -85,9 +85,11 @@ class ProgressBar:
     ``interval`` seconds while the counts change, and one when the run ends.
     ``enabled=True`` draws the bar whatever ``file`` is; ``enabled=False`` shows nothing.
 
-    The counters (:attr:`done`, :attr:`failed`, :attr:`retried`, :attr:`total`) are kept
-    whether or not anything is shown. After a failure the bar names the node that failed
-    last, with its arguments (``failed=1, last=parse('b.txt')``): which of many it was.
+    The counters (:attr:`done`, :attr:`cached`, :attr:`failed`, :attr:`retried`,
+    :attr:`total`) are kept whether or not anything is shown. A node served from the cache
+    counts towards the progress, and apart, as ``cached=N``. After a failure the bar names
+    the node that failed last, with its arguments (``failed=1, last=parse('b.txt')``):
+    which of many it was.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class ProgressBar:
         self._failed: set[DispatchNode] = set()
         self.last_failure: str | None = None
         """The node whose own call failed last, described (``parse('b.txt')``)."""
+        self._cached: set[DispatchNode] = set()
         self.retried = 0
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
@@ -120,6 +123,11 @@ class ProgressBar:
     def done(self) -> int:
         """Nodes that produced their value (each counted once, even if recomputed)."""
         return len(self._finished)
+
+    @property
+    def cached(self) -> int:
+        """Nodes whose value was read from the run's cache instead of computed."""
+        return len(self._cached)
 
     @property
     def failed(self) -> int:
@@ -163,10 +171,12 @@ class ProgressBar:
                 parts.append(f"retried={self.retried}")
             if len(self.hosts) > 1:
                 parts.append(f"hosts={len(self.hosts)}")
+            if self._cached:
+                parts.append(f"cached={len(self._cached)}")
             # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
             # million tiny tasks is not slowed down by drawing a million frames.
             bar.set_postfix_str(", ".join(parts), refresh=False)
-        bar.update(len(self._finished) + len(self._failed) - bar.n)
+        bar.update(len(self._finished) + len(self._failed) + len(self._cached) - bar.n)
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -176,6 +186,7 @@ class ProgressBar:
         self._finished.clear()
         self._failed.clear()
         self.last_failure = None
+        self._cached.clear()
         self.retried = 0
         self.hosts.clear()
         self._bar = self._make_bar(executor.name)
@@ -207,6 +218,11 @@ class ProgressBar:
         self._show(counts_changed=True)
 
     @hookimpl
+    def dispatcher_task_cached(self, node: DispatchNode) -> None:
+        self._cached.add(node)
+        self._show(counts_changed=True)
+
+    @hookimpl
     def dispatcher_task_retried(self) -> None:
         self.retried += 1
         self._show(counts_changed=True)
@@ -216,7 +232,7 @@ class ProgressBar:
         bar = self._bar
         if bar is None:
             return
-        settled = len(self._finished) + len(self._failed)
+        settled = len(self._finished) + len(self._failed) + len(self._cached)
         if error is None and settled < bar.total:
             # Nodes given through ``inputs`` are in the graph but never run: a complete run
             # is complete, so the bar ends full rather than a few short.
@@ -288,7 +304,7 @@ class StatusLines:
     def _status(self, elapsed: float) -> str:
         bar = self._bar
         text = self._counts()
-        settled = bar.done + bar.failed
+        settled = bar.done + bar.failed + bar.cached
         if settled and elapsed > 0:
             rate = settled / elapsed
             text += f", {rate:.3g} tasks/s"
@@ -301,7 +317,7 @@ class StatusLines:
 
     def _counts(self) -> str:
         bar = self._bar
-        settled = bar.done + bar.failed
+        settled = bar.done + bar.failed + bar.cached
         share = f" ({100 * settled // bar.total}%)" if bar.total else ""
         text = f"dispatcher {self._desc}: {settled}/{bar.total} tasks{share}"
         if bar.failed:
@@ -310,6 +326,10 @@ class StatusLines:
                 text += f" (last {bar.last_failure})"
         if bar.retried:
             text += f", {bar.retried} retried"
+        if bar.cached:
+            text += f", {bar.cached} from the cache"
+        if len(bar.hosts) > 1:
+            text += f", on {len(bar.hosts)} hosts"
         return text
 
     def _write(self, line: str) -> None:

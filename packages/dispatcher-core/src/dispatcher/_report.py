@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 
 from ._errors import DependencyError
 from ._hooks import hookimpl
-from ._report_model import ABANDONED, FAILED, LOST, OK, RETRIED, SKIPPED, Attempt, RunRecord
+from ._report_model import (
+    ABANDONED,
+    CACHED,
+    FAILED,
+    LOST,
+    OK,
+    RETRIED,
+    SKIPPED,
+    Attempt,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -115,6 +125,14 @@ class ReportWriter:
         attempt.worker = worker
         attempt.duration = duration
         attempt.nbytes = nbytes
+
+    @hookimpl
+    def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:
+        assert self.record is not None
+        now = self._now()
+        attempt = Attempt(self._task(node), worker, now, end=now, status=CACHED)
+        self.record.attempts.append(attempt)
+        self._last[node] = attempt
 
     @hookimpl
     def dispatcher_task_failed(

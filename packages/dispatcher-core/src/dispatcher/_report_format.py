@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 
 from ._hosts import worker_host
-from ._report_model import ABANDONED, FAILED, LOST, OK, RETRIED, RUNNING, SKIPPED
+from ._report_model import ABANDONED, CACHED, FAILED, LOST, OK, RETRIED, RUNNING, SKIPPED
 
 __all__ = ["STATUS_TEXT", "clip", "hosts_of", "seconds", "size", "worker_order"]
 
@@ -22,6 +22,7 @@ STATUS_TEXT = {
     SKIPPED: "skipped (an ancestor failed)",
     ABANDONED: "abandoned (the run stopped)",
     RUNNING: "running",
+    CACHED: "read from the cache",
 }
 """What each attempt status reads as."""
 

@@ -15,6 +15,7 @@ from ._report_assets import CSS, SCRIPT
 from ._report_format import STATUS_TEXT, hosts_of, seconds, size, worker_order
 from ._report_model import (
     ABANDONED,
+    CACHED,
     FAILED,
     LOST,
     OK,
@@ -112,6 +113,7 @@ def _cards(record: RunRecord) -> str:
     cards = [
         ("tasks", f"{record.total:,}", "nodes in the graph"),
         ("completed", f"{count[OK] + count[LOST]:,}", ""),
+        ("cached", f"{count[CACHED]:,}", "cached" if count[CACHED] else ""),
         ("failed", f"{count[FAILED]:,}", "bad" if count[FAILED] else ""),
         ("skipped", f"{count[SKIPPED]:,}", "warn" if count[SKIPPED] else ""),
         ("retries", f"{retries:,}", "warn" if retries else ""),
@@ -123,7 +125,7 @@ def _cards(record: RunRecord) -> str:
     ]
     items = []
     for name, value, mood in filter(None, cards):
-        cls = mood if mood in ("bad", "warn") else ""
+        cls = mood if mood in ("bad", "warn", "cached") else ""
         items.append(
             f'<div class="card {cls}"><div class="v">{escape(value)}</div>'
             f'<div class="k">{escape(name)}</div></div>'

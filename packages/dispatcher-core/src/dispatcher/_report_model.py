@@ -11,6 +11,7 @@ from datetime import datetime
 
 __all__ = [
     "ABANDONED",
+    "CACHED",
     "FAILED",
     "LOST",
     "OK",
@@ -29,6 +30,7 @@ RETRIED = "retried"  # failed, and was run again
 LOST = "lost"  # finished, but its result was lost with its worker and recomputed
 SKIPPED = "skipped"  # never ran: an ancestor failed
 ABANDONED = "abandoned"  # still running when the run stopped (fail-fast or cancellation)
+CACHED = "cached"  # not run: its value was read from the run's cache
 
 
 @dataclass(slots=True)

@@ -14,14 +14,26 @@ from html import escape
 
 from ._hosts import worker_host
 from ._report_format import STATUS_TEXT, clip, hosts_of, seconds, size, worker_order
-from ._report_model import ABANDONED, FAILED, LOST, RETRIED, RUNNING, SKIPPED, Attempt, RunRecord
+from ._report_model import (
+    ABANDONED,
+    CACHED,
+    FAILED,
+    LOST,
+    RETRIED,
+    RUNNING,
+    SKIPPED,
+    Attempt,
+    RunRecord,
+)
 
 __all__ = ["MARK", "MAX_DRAWN", "Span", "lanes", "spans", "timeline"]
 
 MAX_DRAWN = 20_000  # bars in the timeline; beyond this the browser struggles
 MAX_LANES = 24  # rows per worker: more concurrent tasks than this overlap
 
+CACHED_COLOR = "#17becf"  # in no label's palette: a hit never looks like a task that ran
 STATUS_STYLE = {
+    CACHED: f'fill="{CACHED_COLOR}" stroke="#0b6e75"',
     FAILED: 'fill="#e15759" stroke="#8f1d1f"',
     RETRIED: 'fill="#f28e2b" stroke="#9a4f05" stroke-dasharray="3 2"',
     ABANDONED: 'fill="url(#abandoned)" stroke="#888"',
@@ -44,8 +56,8 @@ HINT = (
     "when the caller learned of its end (on a worker that runs one task at a time, when "
     "its next task started, if that was earlier); the thin line before it is the wait "
     "since the task was handed over (inputs moving, the worker's queue). A narrow mark "
-    "is a failure whose run time is unknown (its worker was lost). Hover over a bar for "
-    "details.</p>"
+    "is a failure that took next to no time, or whose run time is unknown (its worker was "
+    "lost). Hover over a bar for details.</p>"
 )
 
 
@@ -213,7 +225,8 @@ def _bar(
     x0, x1 = x(begin), x(end)
     if not known and attempt.status in (FAILED, RETRIED):
         x0, x1 = x1 - MARK, x1
-    width = max(x1 - x0, 1.2)
+    # A failure stays visible however short the call: as wide as the unknown-time mark.
+    width = max(x1 - x0, MARK if attempt.status in (FAILED, RETRIED) else 1.2)
     style = STATUS_STYLE.get(attempt.status)
     if style is None:
         if attempt.status == LOST:
@@ -285,5 +298,6 @@ def _legend(record: RunRecord, colors: dict[str, str]) -> str:
     items.append('<span><i style="background:#e15759"></i>failed</span>')
     items.append('<span><i style="background:#f28e2b"></i>failed, retried</span>')
     items.append('<span><i class="lost"></i>result lost, recomputed</span>')
+    items.append(f'<span><i style="background:{CACHED_COLOR}"></i>read from the cache</span>')
     items.append('<span><i class="abandoned"></i>abandoned</span>')
     return '<div class="legend">' + "".join(items) + "</div>"
