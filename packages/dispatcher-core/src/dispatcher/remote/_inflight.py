@@ -46,9 +46,9 @@ class InFlight:
         stale report (cancelled, already reported, or from another incarnation)."""
         tasks = self.tasks
         spec = tasks.get(key)
-        if spec is None or spec.worker != worker:
+        # pop, not del: another thread may have taken it in between.
+        if spec is None or spec.worker != worker or tasks.pop(key, None) is not spec:
             return None
-        del tasks[key]
         if spec.timeout is not None:
             self.deadlines.pop(key, None)
         return spec

@@ -50,14 +50,20 @@ class Reports:
         return True
 
     def done(self, worker: str, message: Done) -> None:
-        take, events = self.inflight.take, self.events
+        # InFlight.take, written out: this loop runs once per task.
+        out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
+        finished = events.task_finished
         unwanted: list[Key] = []
         for key, duration, nbytes, result in message.finished:
-            spec = take(key, worker)
-            if spec is None:
+            spec = out.get(key)
+            # pop, not del: the scheduler's thread may have cancelled it just now.
+            if spec is None or spec.worker != worker or out.pop(key, None) is not spec:
                 unwanted.append(key)
-            elif not spec.want_result:
-                events.task_finished(key, worker, duration, nbytes)
+                continue
+            if spec.timeout is not None:
+                deadlines.pop(key, None)
+            if not spec.want_result:
+                finished(key, worker, duration, nbytes)
             else:
                 try:
                     value = self.load_result(worker, key, result)
@@ -65,7 +71,7 @@ class Reports:
                     error = unpickling_error(spec.label, "result", exc)
                     events.task_failed(key, worker, error, duration)
                     continue
-                events.task_finished(key, worker, duration, nbytes, value)
+                finished(key, worker, duration, nbytes, value)
         if unwanted:
             self.stale(worker, unwanted)
 
