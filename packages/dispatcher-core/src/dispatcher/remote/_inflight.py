@@ -46,8 +46,12 @@ class InFlight:
         stale report (cancelled, already reported, or from another incarnation)."""
         tasks = self.tasks
         spec = tasks.get(key)
-        # pop, not del: another thread may have taken it in between.
-        if spec is None or spec.worker != worker or tasks.pop(key, None) is not spec:
+        if spec is None or spec.worker != worker:
+            return None
+        taken = tasks.pop(key, None)
+        if taken is not spec:  # another thread took it meanwhile
+            if taken is not None:
+                tasks[key] = taken  # and even sent it again: that one stays out
             return None
         if spec.timeout is not None:
             self.deadlines.pop(key, None)

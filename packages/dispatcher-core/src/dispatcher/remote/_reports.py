@@ -56,8 +56,13 @@ class Reports:
         unwanted: list[Key] = []
         for key, duration, nbytes, result in message.finished:
             spec = out.get(key)
-            # pop, not del: the scheduler's thread may have cancelled it just now.
-            if spec is None or spec.worker != worker or out.pop(key, None) is not spec:
+            if spec is None or spec.worker != worker:
+                unwanted.append(key)
+                continue
+            taken = out.pop(key, None)
+            if taken is not spec:  # the scheduler's thread took it meanwhile
+                if taken is not None:
+                    out[key] = taken  # and even sent it again: that one stays out
                 unwanted.append(key)
                 continue
             if spec.timeout is not None:
