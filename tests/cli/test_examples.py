@@ -73,7 +73,7 @@ def test_pipeline_through_the_command_line(cli: Cli, tmp_path: Path) -> None:
 def test_pipeline_graph(cli: Cli) -> None:
     status, out, _ = cli("graph", f"{EXAMPLES}/pipeline.py:pipeline")
     assert status == 0
-    assert out.count('label="parse"') == 8
+    assert out.count('label="parse(write_orders(') == 8
     # directory -> 8 writes -> 8 parses -> combine; directory and combine -> cleanup
     assert out.count("->") == 8 + 8 + 8 + 2
 

@@ -52,6 +52,9 @@ def test_draws_done_total_failed_rate_to_a_terminal() -> None:
     assert "8/8" in last
     assert "failed=3" in last
     assert "task/s" in last
+    # Which node failed, not one of those skipped after it: its label and arguments.
+    assert "last=fail(inc(1))" in last
+    assert bar.last_failure == "fail(inc(1))"
 
 
 def test_quiet_when_the_output_is_not_a_terminal() -> None:

@@ -111,6 +111,24 @@ def test_failures_and_skipped_tasks(tmp_path: Path) -> None:
     assert "never-ran" in text
 
 
+def test_a_failure_names_its_node_with_its_arguments(tmp_path: Path) -> None:
+    def parse(name: str) -> str:
+        if name == "b.txt":
+            raise ValueError(name)
+        return name
+
+    nodes = [op(parse, label="parse")(name) for name in ["a.txt", "b.txt", "c.txt"]]
+    writer = ReportWriter(tmp_path / "r.html")
+    run(nodes, executor="sync", throw=False, plugins=[writer])
+    assert writer.record is not None
+    assert writer.record.descriptions == ["parse('a.txt')", "parse('b.txt')", "parse('c.txt')"]
+    text = (tmp_path / "r.html").read_text()
+    failures = text.split("<h2>Failures</h2>")[1].split("</section>")[0]
+    # Which of the three parses failed, in the user's terms, not an internal number.
+    assert "<b>parse(&#x27;b.txt&#x27;)</b> failed on main" in failures, failures
+    assert not re.search(r"#\d", failures), failures
+
+
 def test_retries_show_each_attempt(tmp_path: Path) -> None:
     calls = []
 

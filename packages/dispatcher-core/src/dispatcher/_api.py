@@ -33,12 +33,14 @@ def run(
     """
     ex, owned = resolve_executor(executor, options)
     try:
-        return ex.run(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
-        )
+        values, failure = ex._execute(targets, inputs, throw, progress, report, plugins)
     finally:
         if owned:
             ex.close()
+    # Raised here, so that the traceback the user sees goes from their call to the task's code.
+    if failure is not None:
+        raise failure
+    return values
 
 
 async def arun(
@@ -55,9 +57,10 @@ async def arun(
     """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
     ex, owned = resolve_executor(executor, options)
     try:
-        return await ex.arun(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
-        )
+        values, failure = await ex._aexecute(targets, inputs, throw, progress, report, plugins)
     finally:
         if owned:
             ex.close()
+    if failure is not None:
+        raise failure
+    return values

@@ -53,6 +53,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, with the commands' help aligned: argparse measures command names
+    without the indent it draws them with, so the longest (``executors``) would get a line
+    of its own."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        subactions = getattr(action, "_get_subactions", None)
+        if subactions is not None and action.help is not argparse.SUPPRESS:
+            names = [len(self._format_action_invocation(a)) for a in subactions()]
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, max(names, default=0) + indent)
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
@@ -68,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
             "\n"
             "exit status: 0 success, 1 a task failed, 2 usage error, 130 interrupted"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -230,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise  # not a task's failure: a bug, shown with its traceback
             sys.stdout.flush()
             print(format_exception(exc), end="", file=sys.stderr)
-            _say(f"task {watcher.node.label!r} failed on worker {watcher.worker!r}")
+            _say(f"task {watcher.node} failed on worker {watcher.worker!r}")
             _report_written(report)
             return FAILED
         finally:
@@ -292,8 +306,8 @@ def _print_results(targets: Any, values: Any) -> None:
         entries = [(str(key), value) for key, value in zip(targets, values.values())]
     else:
         nodes = targets.sinks() if isinstance(targets, DispatchGraph) else list(targets)
-        labels = [node.label for node in nodes]
-        if len(set(labels)) < len(labels):  # repeated labels: number them to tell them apart
+        labels = [str(node) for node in nodes]  # label and arguments: parse('b.txt')
+        if len(set(labels)) < len(labels):  # still alike: number them to tell them apart
             labels = [f"[{i}] {label}" for i, label in enumerate(labels)]
         entries = list(zip(labels, values))
     for key, value in entries:

@@ -126,16 +126,11 @@ class Executor:
         plugins: Iterable[object] = (),
     ) -> Any:
         """Run ``targets``; return their values in the same shape (see :func:`dispatcher.run`)."""
-        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
-        error: BaseException | None = None
-        try:
-            self._drive(run)
-            return self._finish(plan, run)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._end(plan, run, observers, error)
+        values, failure = self._execute(targets, inputs, throw, progress, report, plugins)
+        # Raised here, so that the traceback goes from the caller's call to the task's code.
+        if failure is not None:
+            raise failure
+        return values
 
     async def arun(
         self,
@@ -148,11 +143,51 @@ class Executor:
         plugins: Iterable[object] = (),
     ) -> Any:
         """Like :meth:`run`, awaited inside a running asyncio or trio program."""
+        values, failure = await self._aexecute(targets, inputs, throw, progress, report, plugins)
+        if failure is not None:
+            raise failure
+        return values
+
+    def _execute(
+        self,
+        targets: Any,
+        inputs: Mapping[Any, Any] | None,
+        throw: bool,
+        progress: bool,
+        report: str | None,
+        plugins: Iterable[object],
+    ) -> tuple[Any, BaseException | None]:
+        """:meth:`run`, returning the task failure that stopped the run instead of raising
+        it, for the public entry point to raise in its own frame: the traceback the user
+        sees then goes from their call straight to the task's code."""
+        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
+        error: BaseException | None = None
+        try:
+            self._drive(run)
+            error = run.error
+            return (None, error) if error is not None else (self._finish(plan, run), None)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(plan, run, observers, error)
+
+    async def _aexecute(
+        self,
+        targets: Any,
+        inputs: Mapping[Any, Any] | None,
+        throw: bool,
+        progress: bool,
+        report: str | None,
+        plugins: Iterable[object],
+    ) -> tuple[Any, BaseException | None]:
+        """:meth:`_execute` for :meth:`arun`."""
         plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
         error: BaseException | None = None
         try:
             await self._adrive(run)
-            return self._finish(plan, run)
+            error = run.error
+            return (None, error) if error is not None else (self._finish(plan, run), None)
         except BaseException as exc:
             error = exc
             raise
@@ -180,8 +215,6 @@ class Executor:
         return plan, run, observers
 
     def _finish(self, plan: Plan, run: Run) -> Any:
-        if run.error is not None:
-            raise run.error
         table = run.table
         nodes, results = table.nodes, table.results
         if run.throw:

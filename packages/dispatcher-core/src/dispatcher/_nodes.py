@@ -19,7 +19,17 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from ._options import check_timeout
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
 
-__all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
+__all__ = [
+    "DESCRIPTION_LIMIT",
+    "CollectNode",
+    "DataNode",
+    "DispatchNode",
+    "IndexNode",
+    "Op",
+    "OpFunction",
+    "describe",
+    "op",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +42,13 @@ _sequence = itertools.count()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
 
 
+def _refuse_timeout(node: DispatchNode, value: object) -> None:
+    raise AttributeError(
+        "a node's timeout is fixed when the node is made, like its function and arguments: "
+        "give it with op(func, timeout=...); only a node's label can be reassigned"
+    )
+
+
 class DispatchNode:
     """The common base class of every node.
 
@@ -39,9 +56,11 @@ class DispatchNode:
     the nodes found in the arguments. Nodes are hashable by identity and immutable but for
     ``label``. ``timeout`` is the node's own limit in seconds (``math.inf``: none, whatever
     the executor's), or ``None`` for the executor's; it is checked where it is given.
+    ``str(node)`` reads as the call, label and arguments (``load('b.txt')``, see
+    :func:`describe`): how messages, logs and pictures name it.
     """
 
-    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "timeout")
+    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
 
     _func: Callable[..., Any]
     _args: tuple[Any, ...]
@@ -49,7 +68,7 @@ class DispatchNode:
     _deps: tuple[DispatchNode, ...]
     _shape: int
     _label: str | None
-    timeout: float | None
+    _timeout: float | None
 
     def _init_call(
         self,
@@ -62,7 +81,7 @@ class DispatchNode:
         self._seq = next(_sequence)
         self._func = func
         self._label = label
-        self.timeout = timeout
+        self._timeout = timeout
         # Fast paths, for the common shapes of a million-node graph: every positional
         # argument a distinct node; or nothing but plain scalars.
         if not kwargs and args:
@@ -111,6 +130,15 @@ class DispatchNode:
         self._deps = tuple(found)
         self._shape = SHAPE_TEMPLATE if found else SHAPE_CALL
 
+    # Read-only, like everything but the label (the scheduler reads ``_timeout`` itself,
+    # on its hot path).
+    timeout = property(
+        operator.attrgetter("_timeout"),
+        _refuse_timeout,
+        doc="""The node's own limit in seconds (``math.inf``: none), or ``None`` for the
+        executor's. Fixed when the node is made, as its function and arguments are.""",
+    )
+
     @property
     def label(self) -> str:
         """A name for messages and pictures; need not be unique."""
@@ -148,6 +176,10 @@ class DispatchNode:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
+
+    def __str__(self) -> str:
+        """The node as a user recognises it: label and arguments, short (:func:`describe`)."""
+        return describe(self)
 
 
 def _too_deep(func: Callable[..., Any]) -> ValueError:
@@ -216,7 +248,7 @@ class DataNode(DispatchNode):
         self._deps = ()
         self._shape = SHAPE_CONSTANT
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def value(self) -> Any:
@@ -242,7 +274,7 @@ class IndexNode(DispatchNode):
         self._deps = (node,)
         self._shape = SHAPE_TEMPLATE
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def node(self) -> DispatchNode:
@@ -294,6 +326,106 @@ def _short_repr(value: Any) -> str:
     except Exception:  # RecursionError included: a label must never fail
         return f"<{type(value).__name__}>"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+DESCRIPTION_LIMIT = 80
+"""The longest :func:`describe` makes a description, in characters."""
+
+
+class _ArgumentRepr(reprlib.Repr):
+    """reprlib's bounded repr, naming a dependency (a :class:`Ref`) by its description."""
+
+    def __init__(self, deps: tuple[DispatchNode, ...] = (), depth: int = 0) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxstring = self.maxother = 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 4
+        self.deps = deps
+        self.depth = depth
+
+    def repr_Ref(self, ref: Ref, level: int) -> str:
+        return _describe(self.deps[ref.index], self.depth)
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        # reprlib would repr all of it before cutting it short.
+        text = repr(value[: self.maxstring])
+        return text if len(value) <= self.maxstring else text + "..."
+
+    repr_bytearray = repr_bytes
+
+    def repr_instance(self, value: Any, level: int) -> str:
+        try:
+            text = repr(value)
+        except Exception:
+            return f"<{type(value).__name__}>"  # not reprlib's "instance at 0x...": noise
+        if text.startswith("<") and " at 0x" in text:
+            # object's own repr: its address tells a reader nothing, its type does.
+            cls = type(value)
+            module = "" if cls.__module__ in ("builtins", "__main__") else cls.__module__ + "."
+            return f"<{module}{cls.__qualname__}>"
+        if len(text) > self.maxother:
+            half = max(0, (self.maxother - 3) // 2)
+            text = text[:half] + "..." + text[len(text) - half :]
+        return text
+
+
+_CONSTANTS = _ArgumentRepr()  # holds no state of a call: shared by every thread
+
+DESCRIPTION_LIMIT = 80
+"""The longest :func:`describe` makes a description, in characters."""
+
+
+def describe(node: DispatchNode, limit: int = DESCRIPTION_LIMIT) -> str:
+    """How a user recognises ``node``, for messages, logs and pictures.
+
+    A call reads as its label with its arguments: constants as a short ``repr``,
+    dependencies described the same way, two levels deep (``count(load('b.txt'))``,
+    ``total([count(load(...)), ...])``). Other nodes read as their label. Never longer than
+    ``limit`` characters, and never raises: a ``repr`` that fails, or is huge, or a value
+    nested thousands deep, is cut short.
+    """
+    try:
+        text = _describe(node, 2)
+    except Exception:  # a description must never be the error
+        text = node.label
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _argument(value: Any, shown: _ArgumentRepr) -> str:
+    kind = type(value)
+    # The common arguments, without reprlib's dispatch: a report describes every node.
+    if kind is str and len(value) <= 38:
+        return repr(value)
+    if kind in _PLAIN and (kind is not int or -(10**30) < value < 10**30):
+        return repr(value)
+    return shown.repr(value)
+
+
+def _describe(node: DispatchNode, depth: int) -> str:
+    label = node.label
+    if not isinstance(node, Op):
+        if isinstance(node, IndexNode) and node._label is None:
+            return f"{_describe(node._deps[0], depth)}[{_short_repr(node._args[1])}]"
+        return label
+    if depth <= 0:
+        return f"{label}(...)" if node._args or node._kwargs or node._deps else f"{label}()"
+    deps = node._deps
+    if node._shape == SHAPE_POSITIONAL:
+        parts = [_describe(dep, depth - 1) for dep in deps]
+    else:
+        shown = _ArgumentRepr(deps, depth - 1) if deps else _CONSTANTS
+        parts = [_argument(arg, shown) for arg in node._args]
+        if node._kwargs:
+            parts += [f"{key}={_argument(value, shown)}" for key, value in node._kwargs.items()]
+    text = label + "("
+    for i, part in enumerate(parts):
+        text += part if i == 0 else ", " + part
+        if len(text) > DESCRIPTION_LIMIT:  # no need to make more than can be shown
+            return text
+    return text + ")"
 
 
 def _identity(value: Any) -> Any:

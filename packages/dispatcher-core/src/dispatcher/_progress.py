@@ -10,12 +10,16 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ._errors import DependencyError
 from ._hooks import hookimpl
 
 if TYPE_CHECKING:
     from ._executor import Executor
     from ._graph import DispatchGraph
     from ._nodes import DispatchNode
+
+FAILURE_WIDTH = 40
+"""The most characters the bar gives the node that failed last."""
 
 __all__ = ["ProgressBar", "in_notebook", "load_tqdm"]
 
@@ -57,7 +61,8 @@ class ProgressBar:
     notebook", so a run whose output goes to a file or a pipe stays quiet.
 
     The counters (:attr:`done`, :attr:`failed`, :attr:`retried`, :attr:`total`) are kept
-    whether or not the bar is drawn.
+    whether or not the bar is drawn. After a failure the bar names the node that failed
+    last, with its arguments (``failed=1, last=parse('b.txt')``): which of many it was.
     """
 
     def __init__(self, *, file: TextIO | None = None, enabled: bool | None = None) -> None:
@@ -68,6 +73,8 @@ class ProgressBar:
         self._bar: Any = None
         self._finished: set[DispatchNode] = set()
         self._failed: set[DispatchNode] = set()
+        self.last_failure: str | None = None
+        """The node whose own call failed last, described (``parse('b.txt')``)."""
         self.retried = 0
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
@@ -112,6 +119,8 @@ class ProgressBar:
             return
         if counts_changed:
             parts = [f"failed={len(self._failed)}"]
+            if self.last_failure is not None:
+                parts.append(f"last={self.last_failure}")
             if self.retried:
                 parts.append(f"retried={self.retried}")
             # refresh=False: tqdm redraws at its own pace (mininterval), so a run of a
@@ -126,6 +135,7 @@ class ProgressBar:
         self.total = len(graph)
         self._finished.clear()
         self._failed.clear()
+        self.last_failure = None
         self.retried = 0
         self._bar = self._make_bar(executor.name)
         self._show()
@@ -137,9 +147,14 @@ class ProgressBar:
         self._show()
 
     @hookimpl
-    def dispatcher_task_failed(self, node: DispatchNode) -> None:
+    def dispatcher_task_failed(self, node: DispatchNode, error: BaseException) -> None:
         # A recomputed node can fail after having finished once: it counts as failed.
         self._failed.add(node)
+        if not isinstance(error, DependencyError):  # a skip: its ancestor was named
+            text = str(node)  # label and arguments
+            if len(text) > FAILURE_WIDTH:
+                text = text[: FAILURE_WIDTH - 3] + "..."
+            self.last_failure = text
         self._finished.discard(node)
         self._show(counts_changed=True)
 

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._errors import (
+    DependencyError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    failure_note,
+    hide_own_frames,
+)
 from ._nodes import DispatchNode
 from ._options import Options
 from ._tasks import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
@@ -57,6 +64,7 @@ class Recovery:
     def task_failed(self, p: int, worker: str, error: BaseException) -> None:
         """Task ``p``'s attempt on ``worker`` raised ``error``: retry it or fail it."""
         node = self.table.nodes[p]
+        hide_own_frames(error, node)  # a task run in the caller: its traceback starts in it
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):
                 error.node = node  # the transport knew only the label
@@ -85,7 +93,7 @@ class Recovery:
         if self._failed_hook is not None:
             self._failed_hook(node=node, worker=worker, error=error)
         if self.throw:
-            error.add_note(f"dispatcher: raised by node {node.label!r} on worker {worker!r}")
+            error.add_note(failure_note(node, worker, error))
             self.fatal = error
             return
         table.consume_inputs(p)

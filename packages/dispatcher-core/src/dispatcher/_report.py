@@ -65,6 +65,7 @@ class ReportWriter:
             task = self._ids[node] = len(self.record.labels)
             self.record.labels.append(node.label)
             self.record.kinds.append(node.kind)
+            self.record.descriptions.append(str(node))
         return task
 
     def _close(self, node: DispatchNode, status: str, error: BaseException | None) -> Attempt:

@@ -269,9 +269,14 @@ def _bar(
     )
 
 
+def _described(record: RunRecord, task: int) -> str:
+    # A record made before descriptions were kept has labels only.
+    return record.descriptions[task] if task < len(record.descriptions) else record.labels[task]
+
+
 def _tooltip(attempt: Attempt, record: RunRecord) -> str:
     lines = [
-        f"{record.labels[attempt.task]} ({record.kinds[attempt.task]}) #{attempt.task}",
+        f"{_described(record, attempt.task)} ({record.kinds[attempt.task]})",
         f"worker {attempt.worker}, attempt {attempt.number}",
         f"handed over at {_seconds(attempt.start)}",
     ]
@@ -424,12 +429,12 @@ def _failures(record: RunRecord) -> str:
         return ""
     items = []
     for attempt in failed[:MAX_FAILURES]:
-        label = record.labels[attempt.task]
+        label = _described(record, attempt.task)
         what = "failed" if attempt.status == FAILED else "failed and was retried"
         text = attempt.details or attempt.error or ""
         items.append(
             f"<details {'open' if attempt.status == FAILED else ''}><summary>"
-            f"<b>{escape(label)}</b> #{attempt.task} {what} on {escape(attempt.worker)} "
+            f"<b>{escape(label)}</b> {what} on {escape(attempt.worker)} "
             f"(attempt {attempt.number}): {escape(attempt.error or '')}</summary>"
             f"<pre>{escape(text)}</pre></details>"
         )
@@ -461,7 +466,11 @@ def _attempts_table(record: RunRecord, colors: dict[str, str]) -> str:
         rows.append(
             [
                 _td(str(a.task), "n", a.task),
-                _td(f'<i class="sw" style="background:{colors[label]}"></i>{escape(label)}', "lab"),
+                _td(
+                    f'<i class="sw" style="background:{colors[label]}"></i>'
+                    + escape(_described(record, a.task)),
+                    "lab",
+                ),
                 _td(escape(record.kinds[a.task])),
                 _td(escape(a.worker)),
                 _num(a.number),

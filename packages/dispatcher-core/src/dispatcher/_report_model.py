@@ -36,7 +36,8 @@ class Attempt:
     """One try at running one node, times in seconds from the start of the run."""
 
     task: int
-    """Index of the node in :attr:`RunRecord.labels` / :attr:`RunRecord.kinds`."""
+    """Index of the node in :attr:`RunRecord.labels`, :attr:`RunRecord.kinds` and
+    :attr:`RunRecord.descriptions`."""
     worker: str
     start: float
     """When the node was handed to the worker."""
@@ -70,6 +71,9 @@ class RunRecord:
     started_at: datetime
     labels: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
+    """Each node as a user recognises it, label and arguments (``parse('b.txt')``): which
+    of the nodes with one label it is."""
     attempts: list[Attempt] = field(default_factory=list)
     wall: float = 0.0
     error: str | None = None

@@ -174,7 +174,7 @@ class Run:
         else:
             keys = last_use = ()
         table.attempts[p] += 1
-        timeout = node.timeout if node.timeout is not None else table.timeout
+        timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
             timeout = None
         spec = TaskSpec(

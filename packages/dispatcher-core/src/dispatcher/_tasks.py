@@ -275,7 +275,7 @@ class TaskTable:
             attempts[p] += 1
             if started is not None:
                 started(node=node, worker=CALLER)
-            timeout = node.timeout or default_timeout  # both positive when set
+            timeout = node._timeout or default_timeout  # both positive when set
             timed = timeout is not None or finished is not None
             if timed:
                 begun = perf_counter()

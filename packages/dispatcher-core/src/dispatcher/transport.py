@@ -146,6 +146,14 @@ class TaskSpec:
         # The scheduler passes the node itself: its label is worked out only if needed.
         return named if isinstance(named, str) else str(named.label)
 
+    @property
+    def description(self) -> str:
+        """How the user recognises the node, for messages: its label and arguments
+        (``parse('b.txt')``, as ``str(node)`` gives it); the label where only that
+        is known."""
+        named = self._named
+        return named if isinstance(named, str) else str(named)
+
     def source_of(self, index: int) -> str | None:
         """The worker holding input ``index``; ``None`` when it is inline."""
         if self.inline is not None and self.deps[index] in self.inline:

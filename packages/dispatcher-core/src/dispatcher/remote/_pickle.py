@@ -1,19 +1,25 @@
 """Pickling for the wire: plain pickles for small things, buffers out of band for big ones.
 
-Functions, arguments and control messages travel as ordinary protocol-5 pickles made by
-cloudpickle (so lambdas and closures travel too). Values that may be large are pickled with
-:func:`dumps_split`: every buffer pickle can pass out of band (NumPy arrays, bytearrays,
-memoryviews, and ``bytes`` of at least ``threshold`` bytes) is handed back separately,
-so a backend can move it without a copy into the pickle stream (through shared memory, or
-as a raw MPI message).
+Functions, arguments and control messages travel as ordinary protocol-5 pickles: made by
+the C pickler alone when they are builtin data only (most messages, plain arguments and
+small results), else by cloudpickle (so lambdas and closures travel too), except that the
+code of a function shipped by value keeps the name of its file: cloudpickle would call it
+``<dynamic-code>``, and a worker's traceback could then show neither the user's file nor
+the failing source line. Values that may be large are pickled with :func:`dumps_split`:
+every buffer pickle can pass out of band (NumPy arrays, bytearrays, memoryviews, and
+``bytes`` of at least ``threshold`` bytes) is handed back separately, so a backend can
+move it without a copy into the pickle stream (through shared memory, or as a raw MPI
+message).
 """
 
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import threading
-from types import FunctionType
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -27,6 +33,27 @@ OUT_OF_BAND_BYTES = 256 * 1024
 passed out of band; shorter ones are cheaper to copy into the pickle stream."""
 
 loads = pickle.loads
+
+
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> Any:
+    """A code object with its file name (and its nested code objects with theirs): the
+    worker's traceback points at the user's file and line, and shows the source line
+    where the worker can read that file. Both ends run the same Python, as cloudpickle
+    requires for code anyway."""
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a constant marshal does not know (code built by hand)
+        return _cloudpickle_code_reduce(code)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the code it pickles by value."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
 
 # What the plain pickler may name by reference (importable wherever it is unpickled):
 # message classes, and the call template's placeholders.
@@ -59,7 +86,9 @@ class _PlainPickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
-        if cls in _BY_REFERENCE or ((cls is type or cls is FunctionType) and obj in _BY_REFERENCE):
+        if cls in _BY_REFERENCE or (
+            (cls is type or cls is types.FunctionType) and obj in _BY_REFERENCE
+        ):
             return NotImplemented
         raise _NotPlain
 
@@ -103,15 +132,14 @@ _plain = _Plain()
 def dumps(obj: Any) -> bytes:
     """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
     plain = _plain.dumps(obj)
-    if plain is None:
-        data: bytes = cloudpickle.dumps(obj, protocol=5)
-        return data
-    if plain[1]:  # out-of-band buffers of its own (a PickleBuffer): in band here
-        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
-    return plain[0]
+    if plain is not None and not plain[1]:  # (a PickleBuffer would go out of band)
+        return plain[0]
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
-class _SplitPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _SplitPickler(_Pickler):
     """cloudpickle, plus ``bytes`` of at least ``threshold`` passed out of band."""
 
     threshold = OUT_OF_BAND_BYTES
@@ -136,12 +164,12 @@ def dumps_split(obj: Any, threshold: int = OUT_OF_BAND_BYTES) -> tuple[bytes, li
     plain = _plain.dumps(obj)
     if plain is not None:
         return plain[0], [b.raw() for b in plain[1]]
-    raw: list[pickle.PickleBuffer] = []
     pickler = _picklers.get(threshold)
     if pickler is None:
         pickler = _picklers[threshold] = type(
             "_SplitPickler", (_SplitPickler,), {"threshold": threshold}
         )
+    raw: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
     pickler(stream, protocol=5, buffer_callback=raw.append).dump(obj)
     return stream.getvalue(), [b.raw() for b in raw]

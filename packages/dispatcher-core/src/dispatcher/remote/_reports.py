@@ -73,7 +73,7 @@ class Reports:
                 try:
                     value = self.load_result(worker, key, result)
                 except BaseException as exc:  # unpickling runs arbitrary code
-                    error = unpickling_error(spec.label, "result", exc)
+                    error = unpickling_error(spec.label, "result", exc, in_caller=True)
                     events.task_failed(key, worker, error, duration)
                     continue
                 finished(key, worker, duration, nbytes, value)
@@ -83,7 +83,7 @@ class Reports:
     def failed(self, worker: str, message: Failed) -> None:
         spec = self.inflight.take(message.key, worker)
         if spec is not None:
-            error = restore_error(message.error, spec.label, loads)
+            error = restore_error(message.error, spec, loads)
             self.events.task_failed(message.key, worker, error, message.duration)
 
     def started(self, worker: str, message: Started) -> None:
