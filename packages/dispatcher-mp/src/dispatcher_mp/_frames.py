@@ -1,13 +1,13 @@
-"""Reading a pipe a buffer at a time rather than a message at a time.
+"""Reading a worker's pipe a buffer at a time rather than a message at a time.
 
-Both ends write with ``Connection.send_bytes``: each message is a 4-byte big-endian signed
+Workers write with ``Connection.send_bytes``: each message is a 4-byte big-endian signed
 length, or ``-1`` followed by an 8-byte length for messages over 2 GiB, then the bytes.
 ``Connection.recv_bytes`` reads one message with two system calls and, to know whether
 another is waiting, ``poll`` sets up a selector each time; a worker reporting many tiny
 tasks sends many small messages, and that overhead in the caller's reader thread was a
-large share of its time (and a worker's listening thread pays it for every batch and
-free it is sent). :class:`FrameReader` takes whatever the pipe holds in one read and
-splits it into messages."""
+large share of its time. :class:`FrameReader` takes whatever the pipe holds in one read
+and splits it into messages.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _READ_SIZE = 1 << 20
 
 
 class FrameReader:
-    """The messages readable now from one pipe end (``fd``): readable, or blocking."""
+    """The messages readable now from one pipe end (``fd``), which must be readable."""
 
     __slots__ = ("_buffer", "fd")
 

@@ -25,7 +25,6 @@ from dispatcher.remote import (
     to_wire,
 )
 
-from ._frames import FrameReader
 from ._messages import Data, Fetch, InitFailed, Initializing, Log, Output, Ready, Skipped
 from ._wire import Payload, SharedMemory, load, unlink
 
@@ -198,21 +197,17 @@ class Worker(TaskRunner):
     # -- the communication thread -----------------------------------------------------
 
     def listen(self) -> None:
-        # Whatever the pipe holds, in one read: the caller often writes a free and a
-        # batch of tasks back to back.
-        frames = FrameReader(self.conn.fileno())
-        while True:
-            received = frames.read()
-            if received is None:
-                # The caller is gone: nobody will ever want our results.
-                self.shm.sweep()
-                os._exit(0)
-            for data in received:
-                message = from_wire(pickle.loads(data))
+        try:
+            while True:
+                message = from_wire(pickle.loads(self.conn.recv_bytes()))
                 if type(message) is Fetch:
                     self._serve(message.keys)
                 else:
                     self.receive(message)
+        except (EOFError, OSError):
+            # The caller is gone: nobody will ever want our results.
+            self.shm.sweep()
+            os._exit(0)
 
     def _serve(self, keys: list[int]) -> None:
         """Other workers need these results: hand over their serialised forms."""
