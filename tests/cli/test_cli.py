@@ -131,8 +131,14 @@ def test_report_option_writes_the_report(cli: Cli, flow: Path, tmp_path: Path) -
     assert "add" in text
 
 
-def test_progress_option_is_quiet_when_stderr_is_not_a_terminal(cli: Cli, flow: Path) -> None:
-    assert cli("run", f"{flow}:total", "--progress") == (0, "5\n", "")
+def test_progress_option_writes_status_lines_when_stderr_is_not_a_terminal(
+    cli: Cli, flow: Path
+) -> None:
+    status, out, err = cli("run", f"{flow}:total", "--progress")
+    assert (status, out) == (0, "5\n")
+    assert err.startswith("dispatcher async: ")
+    assert "done in" in err
+    assert "\r" not in err
 
 
 def test_progress_option_without_tqdm_says_what_to_install(
@@ -272,7 +278,7 @@ def test_help_everywhere(cli: Cli, command: list[str]) -> None:
 def test_help_aligns_every_command_with_its_description(cli: Cli) -> None:
     out = cli("--help")[1]
     rows = [line for line in out.splitlines() if line.startswith("    ")]
-    assert [row.split()[0] for row in rows] == ["executors", "run", "graph"]
+    assert [row.split()[0] for row in rows] == ["executors", "run", "graph", "cache"]
     # Each description on its command's line, all in one column.
     starts = {len(row) - len(row[4:].split(maxsplit=1)[1]) for row in rows if len(row.split()) > 1}
     assert len(starts) == 1, out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._cache import Cache
 from ._executor import Executor
 from ._registry import resolve_executor
 
@@ -20,6 +22,7 @@ def run(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """Run the graph behind ``targets`` and return their values in the same shape.
@@ -30,10 +33,13 @@ def run(
     or ``"async"``; ``options`` configure a named executor for this call only.
     ``inputs`` gives values for nodes, which then do not run (nor what only they needed).
     With ``throw=False`` every target's entry is a :class:`Result`.
+    ``cache`` (a directory, or a :class:`Cache`) keeps every finished node's result by a
+    content hash of its function, arguments and inputs: a node stored already does not
+    run, nor does what only it needed, so running again after a failure resumes.
     """
     ex, owned = resolve_executor(executor, options)
     try:
-        values, failure = ex._execute(targets, inputs, throw, progress, report, plugins)
+        values, failure = ex._execute(targets, inputs, throw, progress, report, plugins, cache)
     finally:
         if owned:
             ex.close()
@@ -52,12 +58,15 @@ async def arun(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
     ex, owned = resolve_executor(executor, options)
     try:
-        values, failure = await ex._aexecute(targets, inputs, throw, progress, report, plugins)
+        values, failure = await ex._aexecute(
+            targets, inputs, throw, progress, report, plugins, cache
+        )
     finally:
         if owned:
             ex.close()

@@ -1,4 +1,5 @@
-"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``.
+"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``,
+``cache info|clear PATH``.
 
 Exit status: 0 success, 1 a task failed, 2 a usage error (bad file, name or option), 130
 interrupted. Mistakes in how the command was called get one line on standard error, not a
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._cache_cli import add_cache_command, cache_command
 from ._errors import ExecutorNotFound
 from ._graph import DispatchGraph
 from ._hooks import hookimpl
@@ -73,12 +75,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Run dispatcher graphs defined in Python files, draw them, list executors.",
+        description=(
+            "Run dispatcher graphs defined in Python files, draw them, list executors, "
+            "manage result caches."
+        ),
         epilog=(
             "examples:\n"
             "  dispatcher executors\n"
             "  dispatcher run examples/pipeline.py:pipeline --executor mp --progress\n"
             "  dispatcher graph examples/pipeline.py:pipeline -o pipeline.svg\n"
+            "  dispatcher cache info .dispatcher-cache\n"
             "\n"
             "exit status: 0 success, 1 a task failed, 2 usage error, 130 interrupted"
         ),
@@ -96,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     target_help = (
         "FILE.py:NAME, where NAME is " + TARGET_KINDS + " (the file's directory goes on sys.path)"
     )
+    _add_run_command(commands, target_help)
+
+    graph = commands.add_parser(
+        "graph",
+        help="write a graph as Graphviz DOT, SVG or PNG",
+        description=(
+            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
+            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
+        ),
+    )
+    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
+    graph.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
+    )
+    add_cache_command(commands)
+    return parser
+
+
+def _add_run_command(commands: Any, target_help: str) -> None:
     run = commands.add_parser(
         "run",
         help="run a graph from a Python file and print its results",
@@ -117,10 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress",
         action="store_true",
-        help="show a progress bar on standard error (when it is a terminal)",
+        help="show progress on standard error (a bar on a terminal, else a line every 5 s)",
     )
     run.add_argument(
         "--report", metavar="FILE", help="write an HTML report of the run (timeline, summary)"
+    )
+    run.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep results in DIR; a node stored there already does not run again",
     )
     run.add_argument(
         "-v",
@@ -129,20 +159,6 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="log to standard error: -v each run, -vv each task",
     )
-
-    graph = commands.add_parser(
-        "graph",
-        help="write a graph as Graphviz DOT, SVG or PNG",
-        description=(
-            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
-            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
-        ),
-    )
-    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
-    graph.add_argument(
-        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
-    )
-    return parser
 
 
 def _positive_int(text: str) -> int:
@@ -170,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _executors()
         if args.command == "run":
             return _run(args)
+        if args.command == "cache":
+            return cache_command(args)
         return _graph(args)
     except UsageError as exc:
         _say(f"error: {exc}")
@@ -237,7 +255,11 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with executor:
                 values = executor.run(
-                    targets, progress=args.progress, report=report, plugins=[watcher]
+                    targets,
+                    progress=args.progress,
+                    report=report,
+                    plugins=[watcher],
+                    cache=args.cache,
                 )
         except Exception as exc:
             if watcher.node is None:

@@ -204,15 +204,21 @@ class Op(DispatchNode):
     searched. ``Op(op(f, ...), x)`` is the same as ``op(f, ...)(x)``.
     """
 
-    __slots__ = ("_nout",)
+    # ``_cache`` is set only by ``op(..., cache=False)``: left unset (read with a
+    # default), it costs a node neither time nor memory (the slot fits the object's
+    # allocation size class).
+    __slots__ = ("_cache", "_nout")
 
     _nout: int | None
+    _cache: bool
 
     def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if type(func) is OpFunction:
             # Op(op(f, ...), x) is op(f, ...)(x): calling the wrapper at run time would
             # return a node instead of a value.
             self._nout = func.nout
+            if not func.cache:
+                self._cache = False
             self._init_call(func.func, args, kwargs, func.label, func.timeout)
             return
         if not callable(func):
@@ -224,6 +230,11 @@ class Op(DispatchNode):
     def func(self) -> Callable[..., Any]:
         """The function this node calls."""
         return self._func
+
+    @property
+    def cache(self) -> bool:
+        """False when the node is never served from or stored in a run's cache."""
+        return getattr(self, "_cache", True)
 
     def _default_label(self) -> str:
         func = self._func
@@ -435,7 +446,7 @@ def _identity(value: Any) -> Any:
 class OpFunction(Generic[P, R]):
     """A function whose calls build :class:`Op` nodes instead of running (see :func:`op`).
 
-    Its options (``func``, ``label``, ``timeout``, ``nout``) are fixed when it is made:
+    Its options (``func``, ``label``, ``timeout``, ``nout``, ``cache``) are fixed when it is made:
     attributes of the wrapped function with the same names neither replace them nor
     change what a call builds.
     """
@@ -446,6 +457,7 @@ class OpFunction(Generic[P, R]):
         label: str | None,
         timeout: float | None,
         nout: int | None,
+        cache: bool = True,
     ) -> None:
         # Name, docstring, ``__wrapped__`` (for inspect.signature) and the function's own
         # attributes; the options below are properties, so none of those can shadow them.
@@ -454,6 +466,7 @@ class OpFunction(Generic[P, R]):
         self._op_label = label
         self._op_timeout = timeout
         self._op_nout = nout
+        self._op_cache = cache
 
     @property
     def func(self) -> Callable[P, R]:
@@ -476,9 +489,16 @@ class OpFunction(Generic[P, R]):
         """How many values each node unpacks into, or ``None``."""
         return self._op_nout
 
+    @property
+    def cache(self) -> bool:
+        """False when its nodes are never served from or stored in a run's cache."""
+        return self._op_cache
+
     def __call__(self, *args: Any, **kwargs: Any) -> Op:
         node = Op.__new__(Op)
         node._nout = self._op_nout
+        if not self._op_cache:
+            node._cache = False
         node._init_call(self._op_func, args, kwargs, self._op_label, self._op_timeout)
         return node
 
@@ -493,6 +513,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> OpFunction[P, R]: ...
 
 
@@ -503,6 +524,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> Callable[[Callable[P, R]], OpFunction[P, R]]: ...
 
 
@@ -512,6 +534,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> Any:
     """Wrap ``func`` so that calling it builds an :class:`Op` node.
 
@@ -519,8 +542,13 @@ def op(
     ``timeout`` (seconds; ``math.inf`` for none) replaces the executor's for these nodes;
     ``nout=N`` lets a node unpack into N :class:`IndexNode` (``a, b = f(x)``). Wrapping
     what ``op`` made again wraps the same function: the options given now replace the
-    old ones, the others are kept. Bad options are an error here, not when a node runs.
+    old ones, the others are kept. ``cache=False``: its nodes are never served from or
+    stored in a run's cache (see ``run(cache=...)``), nor is anything downstream of them;
+    use it for functions with side effects or randomness. Bad options are an error here,
+    not when a node runs.
     """
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache is True or False, not {type(cache).__name__}")
     timeout = check_timeout(timeout)
     if nout is not None and (isinstance(nout, bool) or not isinstance(nout, int) or nout < 0):
         raise ValueError(f"nout must be a non-negative int, got {nout!r}")
@@ -534,9 +562,10 @@ def op(
                 f.label if label is None else label,
                 f.timeout if timeout is None else timeout,
                 f.nout if nout is None else nout,
+                f.cache and cache,
             )
         if not callable(f):
             raise TypeError(f"op needs a callable, got {f!r}")
-        return OpFunction(f, label, timeout, nout)
+        return OpFunction(f, label, timeout, nout, cache)
 
     return wrap if func is None else wrap(func)

@@ -33,11 +33,12 @@ from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
 from ._placement import Placement
 from ._recovery import Recovery
-from ._tasks import CALLER, DONE, READY, RUNNING, TaskTable
+from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
 from .transport import TaskSpec, Transport
 
 if TYPE_CHECKING:
+    from ._cache_plan import CachePlan
     from ._graph import DispatchGraph
     from ._hooks import Observers
 
@@ -56,6 +57,7 @@ class Run:
         observers: Observers,
         throw: bool,
         key_base: int = 0,
+        cache: CachePlan | None = None,
     ) -> None:
         self.table = table = TaskTable(graph, targets, inputs, observers, options.timeout, key_base)
         self.placement = Placement(table)
@@ -66,16 +68,44 @@ class Run:
         self.throw = throw
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
+        self.pending_inputs = False
+        """The transport takes tasks whose inputs are still being computed anywhere."""
 
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
+        # The cache's calls (load a hit, or call and store) replace those nodes' own:
+        # ``None`` without a cache, so a run without one pays a test per task, no more.
+        self._cache_calls: dict[int, Any] | None = None
+        self._hits: set[int] | None = None
+        self._hits_in_caller = False
+        """Hits are read in the caller's thread: the transport calls plain functions
+        there (``sync``, ``async`` with ``threads=0``)."""
+        self.stale_hits: list[str] = []
+        """Keys of hits whose entry could not be read: the run starts nothing more, lets
+        what runs finish (and store its result), and ends, to be planned again (their
+        ancestors were pruned: only a new plan can compute them)."""
+        if cache is not None and cache.calls:
+            self._cache_calls = cache.calls
+            self._hits = cache.hits
+            self._cache_keys = cache.keys
+            self._cached_hook = observers.task_cached
+            # These must be submitted as specs (whose calls are replaced), never called
+            # in the caller's hot loop (which calls the node's own function).
+            nodes = table.nodes
+            for p in cache.calls:
+                self._in_caller[nodes[p]._func] = False
 
     @property
     def finished(self) -> bool:
-        return self.table.remaining == 0 or self.aborted
+        return (
+            self.table.remaining == 0
+            or self.aborted
+            # Planning again: once what runs has stored its result, so the new plan reads it.
+            or (bool(self.stale_hits) and not self.table.inflight)
+        )
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -83,6 +113,11 @@ class Run:
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._asks = transport.runs_in_caller
         self.placement.in_order = transport.capabilities.runs_tasks_in_order
+        if self._hits is not None and self._asks is not None:
+            from ._cache import load_entry
+
+            self._hits_in_caller = self._asks(load_entry)
+        self.pending_inputs = transport.capabilities.accepts_pending_inputs
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -91,12 +126,14 @@ class Run:
     def dispatch(self) -> bool:
         """Call in-caller tasks, hand other ready tasks to workers with room for them;
         True if anything happened."""
-        if self.aborted:
+        if self.aborted or self.stale_hits:
             return False
         table = self.table
         ready, state, nodes = table.ready, table.state, table.nodes
         place, asks = self.placement.place, self._asks
         in_order = self.placement.in_order
+        ahead_anywhere = self.pending_inputs
+        waiting = table.waiting
         progressed = False
         specs: list[TaskSpec] = []
         while ready:
@@ -104,9 +141,9 @@ class Run:
                 if table.call_ready_in_caller(asks, self._in_caller):
                     progressed = True
                     if table.failure is not None:
-                        p, error = table.failure
+                        p, error, duration = table.failure
                         table.failure = None
-                        self.recovery.task_failed(p, CALLER, error)
+                        self.recovery.task_failed(p, CALLER, error, duration)
                         self._act_on_recovery()
                         if self.aborted:
                             return True
@@ -123,12 +160,26 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
+            if waiting[p] and not table.inputs_sent(p):
+                ready.pop()  # readied ahead, but an input went back to waiting since
+                state[p] = WAITING
+                continue
+            if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
+                # A hit where tasks run in the caller: read it here, without a spec.
+                ready.pop()
+                self._hit_in_caller(p)
+                progressed = True
+                if self.stale_hits:
+                    break
+                continue
             worker = place(p)
             if worker is None:
                 break
             ready.pop()
             specs.append(self._spec(p, node, worker))
-            if in_order:
+            if ahead_anywhere:
+                table.ready_ahead(p)
+            elif in_order:
                 for j in self.placement.ahead(p, worker):
                     specs.append(self._spec(j, nodes[j], worker))
         if specs:
@@ -149,6 +200,7 @@ class Run:
         if deps:
             keys = tuple([base + d for d in deps]) if base else deps
             needed, wanted, holders = table.needed, table.wanted, table.holders
+            inflight = table.inflight
             picked: list[str | None] = []  # where each input is to be taken from
             local = True
             used_up: list[int] = []  # inputs only this task still needs, held where it runs
@@ -164,6 +216,12 @@ class Run:
                     picked.append(next(iter(where)))
                     local = False
                     continue
+                if where is None:
+                    making = inflight.get(d)
+                    if making is not None and making.worker != worker:
+                        picked.append(making.worker)  # still being computed there
+                        local = False
+                        continue
                 # Held there, or sent ahead: still being computed on this very worker.
                 picked.append(worker)
                 if needed[d] == 1 and not wanted[d]:
@@ -177,13 +235,18 @@ class Run:
         timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
             timeout = None
+        func, args, kwargs, shape = node._func, node._args, node._kwargs, node._shape
+        if self._cache_calls is not None:
+            call = self._cache_calls.get(p)
+            if call is not None:
+                func, args, kwargs, shape = call
         spec = TaskSpec(
             base + p,
             node,
-            node._func,
-            node._args,
-            node._kwargs,
-            node._shape,
+            func,
+            args,
+            kwargs,
+            shape,
             keys,
             sources,
             shipped,
@@ -196,9 +259,28 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self._started_hook is not None:
+        if self._started_hook is not None and (self._hits is None or p not in self._hits):
             self._started_hook(node=node, worker=worker)
         return spec
+
+    def _hit_in_caller(self, p: int) -> None:
+        """Read hit ``p``'s value from the cache in this thread and settle it."""
+        from ._cache import CacheEntryError
+
+        func, args, _, _ = self._cache_calls[p]  # type: ignore[index]
+        table = self.table
+        try:
+            value = func(*args)
+        except CacheEntryError:
+            self.stale_hits.append(self._cache_keys[p])
+            return
+        table.state[p] = DONE
+        table.caller_values[p] = value
+        if table.wanted[p]:
+            table.results[p] = value
+        if self._cached_hook is not None:
+            self._cached_hook(node=table.nodes[p], worker=CALLER)
+        table.settle(p)
 
     # -- applying reports --------------------------------------------------------------------
 
@@ -254,7 +336,10 @@ class Run:
         table.nbytes[p] = nbytes
         if table.wanted[p]:
             table.results[p] = value
-        if self._finished_hook is not None:
+        if self._hits is not None and p in self._hits:
+            if self._cached_hook is not None:
+                self._cached_hook(node=table.nodes[p], worker=worker)
+        elif self._finished_hook is not None:
             self._finished_hook(
                 node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes
             )
@@ -262,7 +347,10 @@ class Run:
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
         if self._reported(p, worker) is not None:
-            self.recovery.task_failed(p, worker, error)
+            if self._hits is not None and p in self._hits and _unreadable_entry(error):
+                self.stale_hits.append(self._cache_keys[p])
+                return
+            self.recovery.task_failed(p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
@@ -284,6 +372,11 @@ class Run:
         EV_WORKER_ADDED: _on_worker_added,
         EV_WORKER_LOST: _on_worker_lost,
     }
+
+    @property
+    def replan(self) -> bool:
+        """Did the run end because a cache entry planned as a hit could not be read?"""
+        return bool(self.stale_hits) and self.error is None
 
     # -- talking to the transport --------------------------------------------------------------
 
@@ -330,3 +423,9 @@ class Run:
                     table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
+
+
+def _unreadable_entry(error: BaseException) -> bool:
+    from ._cache import CacheEntryError
+
+    return isinstance(error, CacheEntryError)

@@ -104,7 +104,7 @@ class TaskTable:
             self.frees: dict[str, list[int]] = {}
             """Keys each worker may drop, for the run to send."""
             self.remaining = n
-            self.failure: tuple[int, BaseException] | None = None
+            self.failure: tuple[int, BaseException, float | None] | None = None
             """Set by :meth:`call_ready_in_caller` when an in-caller task raised."""
             self.ready: list[int] = []
             """Positions ready to run, the next on top; stale entries are skipped."""
@@ -162,6 +162,27 @@ class TaskTable:
                     frees[w] = [key]
                 else:
                     pending.append(key)
+
+    def ready_ahead(self, p: int, most_waiting: int = 8) -> None:
+        """``p`` was just sent: put on the ready stack the dependents whose inputs are all
+        made or being made now, for a transport that accepts pending inputs. Only those
+        waiting for few inputs are looked at, so a wide reduction is not scanned once per
+        input sent. They stay counted as waiting for their inputs until they settle."""
+        state, waiting, deps = self.state, self.waiting, self.deps
+        for j in self.dependents[p]:
+            if (
+                state[j] == WAITING
+                and waiting[j] <= most_waiting
+                and all(state[d] == RUNNING or state[d] == DONE for d in deps[j])
+            ):
+                state[j] = READY
+                self.ready.append(j)
+
+    def inputs_sent(self, p: int) -> bool:
+        """Are all of ``p``'s inputs made or being made? (An entry of the ready stack put
+        there by :meth:`ready_ahead` whose input went back to waiting since is not.)"""
+        state = self.state
+        return all(state[d] == RUNNING or state[d] == DONE for d in self.deps[p])
 
     def free_on(self, worker: str, p: int) -> None:
         """Queue ``p``'s result to be freed on ``worker`` (a copy the run does not track)."""
@@ -298,13 +319,14 @@ class TaskTable:
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise  # in the caller's thread it cannot be told from Ctrl-C: stop
-                self.failure = (p, exc)
+                # Timed when anyone looks (a timeout, an observer): how long it ran.
+                self.failure = (p, exc, perf_counter() - begun if timed else None)
                 return True
             if timed:
                 duration = perf_counter() - begun
                 if timeout is not None and duration > timeout:
                     # A call in this thread cannot be interrupted: it fails when it returns.
-                    self.failure = (p, TaskTimeoutError(node.label, timeout))
+                    self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                     return True
             state[p] = DONE
             caller_values[p] = value

@@ -20,6 +20,14 @@ transport gets the bytes from there to the task's worker (it may move them direc
 worker to worker). A result the caller asked for comes back with its completion
 (:attr:`TaskSpec.want_result`). :meth:`Transport.free` drops results nobody needs.
 
+Workers and hosts: a worker runs on a *host*, a machine. Moving a result between two
+workers of one host is cheap (shared memory, a pipe); between hosts it crosses a network
+link, and costs more per byte and per message, so the scheduler keeps a task on its data's
+host first. A transport whose workers span more than one host names each ``name@host``
+(:func:`worker_name`; :func:`worker_host` reads it back): the host then shows wherever the
+worker does, in hooks, logs, the progress bar and the run report. A worker whose name has
+no ``@host`` runs on the caller's host.
+
 A backend whose workers are other processes is built from :mod:`dispatcher.remote`
 (messages, function shipping, the in-flight table, the worker loop, error transport).
 ``dispatcher.testing`` holds an in-memory :class:`~dispatcher.testing.FakeTransport` and
@@ -33,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from ._hosts import worker_host, worker_name
 from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
     "TaskSpec",
     "Transport",
     "call_task",
+    "worker_host",
+    "worker_name",
 ]
 
 Key = int
@@ -199,7 +210,10 @@ class EventSink(Protocol):
         """
 
     def worker_added(self, worker: str, slots: int) -> None:
-        """A worker (new, or a replacement under the same name) is ready for tasks."""
+        """A worker (new, or a replacement under the same name) is ready for tasks; or a
+        known worker's slots changed. ``0`` slots: it keeps its results, which tasks
+        elsewhere may read, but takes no task until it is reported again (it is still
+        running work that was abandoned, which cannot be stopped)."""
 
     def worker_lost(self, worker: str, reason: str) -> None:
         """The worker is gone with every result it held and every task it was running."""
@@ -222,6 +236,15 @@ class Capabilities:
     last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``."""
+    accepts_pending_inputs: bool = False
+    """A task may be submitted while some of its inputs are still being computed, on
+    any worker: the transport (or the cluster under it) holds the task until they are
+    made, and moves them from their :attr:`TaskSpec.sources`, the workers computing
+    them. The scheduler then sends a task as soon as its last input is sent rather than
+    when that input is reported, so a chain runs without a round trip to the caller per
+    link. If such an input is never made (its task failed, or was cancelled or lost),
+    the transport reports ``task_inputs_lost`` for the waiting task, naming the inputs
+    it did not get; the scheduler cancels what it sent ahead of a failure itself."""
 
 
 class Transport(abc.ABC):

@@ -91,6 +91,8 @@ class Recorder:
         self._add("retried", node, error, attempt)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
+        """The recorded calls of one kind (``"started"``, ``"finished"``, ``"failed"``,
+        ``"retried"``, ``"run_started"``, ``"run_finished"``), each a tuple starting with it."""
         return [e for e in self.events if e[0] == kind]
 
 
