@@ -41,10 +41,13 @@ class WorkerProcess:
     outbox: deque[Any] = field(default_factory=deque)
     """Tasks not sent yet, in the order submitted: the first waits for inputs from other
     workers, and the rest must not overtake it (a task may need its result)."""
-    sent: dict[int, Any] = field(default_factory=dict)
-    """Tasks sent and not known to be over, by key, in the order sent: the first is the
-    one running, or the next to run (kept lazily: entries already reported are dropped
-    when they reach the head)."""
+    sent: deque[Any] = field(default_factory=deque)
+    """Tasks sent and not known to be over, in the order sent: the first is the one
+    running, or the next to run (kept lazily: entries already reported are dropped when
+    they reach the head, see ``WorkerSupervision.advance``)."""
+    timed: int = 0
+    """How many tasks in :attr:`sent` have a timeout: while there are any, the head of
+    :attr:`sent` is kept current as reports arrive (their clocks may start there)."""
     abandoned: dict[int, float] = field(default_factory=dict)
     """Tasks cancelled after they were sent, by key, with the time by which the worker
     must have confirmed it is not running them; past it, the worker is stopped."""

@@ -27,11 +27,14 @@ from ._wire import Payload
 
 __all__ = ["Reader"]
 
+_TRIM_AT = 256
+
 
 class Owner(Protocol):
     """What the reader needs of its transport."""
 
     closing: bool
+    roster: int
     lock: Any
     workers: dict[str, WorkerProcess]
     inflight: InFlight
@@ -81,9 +84,12 @@ class Reader:
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         watched: dict[str, tuple[WorkerProcess, FrameReader]] = {}
+        roster = None
         try:
             while not transport.closing:
-                self._watch(selector, watched)
+                if roster != transport.roster:
+                    roster = transport.roster
+                    self._watch(selector, watched)
                 deadline = transport.next_deadline()
                 try:
                     ready = selector.select(
@@ -156,7 +162,9 @@ class Reader:
             message = from_wire(pickle.loads(data))
             if not handle(name, message):
                 self._other(worker, message)
-        if worker.sent:
+        # Sending trims ``sent`` too: here only when a timed task's clock may start now
+        # that those before it are over, or when sends are rare.
+        if worker.timed or len(worker.sent) > _TRIM_AT:
             with self.transport.lock:
                 self.transport.advance(worker)
         return True

@@ -84,6 +84,8 @@ class WorkerSupervision:
     closing: bool
     broken: str | None
     new_deadline: bool
+    roster: int
+    abandoning: bool
 
     def spawn(self, name: str) -> WorkerProcess:
         raise NotImplementedError
@@ -107,20 +109,25 @@ class WorkerSupervision:
         will, and its task must still time out). The worker's own "started" moves the
         deadline to the actual start.
         """
-        sent, inflight, name = worker.sent, self.inflight, worker.name
+        sent, out = worker.sent, self.inflight.tasks
         while sent:
-            key = next(iter(sent))
-            spec: TaskSpec = sent[key]
-            if inflight.get(key, name) is spec:
-                timed = spec.timeout is not None and key not in inflight.deadlines
-                if timed and not worker.abandoned:
-                    inflight.started(key, name, time.monotonic())
+            spec: TaskSpec = sent[0]
+            key = spec.key
+            if out.get(key) is spec:  # still out, and on this worker (the same spec)
+                if (
+                    spec.timeout is not None
+                    and key not in self.inflight.deadlines
+                    and not worker.abandoned
+                ):
+                    self.inflight.started(key, worker.name, time.monotonic())
                     self.unconfirmed[key] = spec
                     self.new_deadline = True
                 return
-            del sent[key]
-            if self.unconfirmed.get(key) is spec:
-                del self.unconfirmed[key]
+            sent.popleft()
+            if spec.timeout is not None:
+                worker.timed -= 1
+                if self.unconfirmed.get(key) is spec:
+                    del self.unconfirmed[key]
 
     def confirmed(self, worker: WorkerProcess, keys: Sequence[Key]) -> None:
         """``worker`` is not running these cancelled tasks (and will not)."""
@@ -133,16 +140,23 @@ class WorkerSupervision:
         """When :meth:`enforce_deadlines` must next look: the earliest task deadline or
         confirmation time of an abandoned task; ``None`` when there is neither."""
         deadline = self.inflight.next_deadline()
+        if not self.abandoning:
+            return deadline
         with self.lock:
+            abandoning = False
             for worker in self.workers.values():
                 if worker.abandoned and worker.alive:
+                    abandoning = True
                     first = min(worker.abandoned.values())
                     deadline = first if deadline is None else min(deadline, first)
+            self.abandoning = abandoning
         return deadline
 
     def enforce_deadlines(self) -> None:
         """Fail the tasks past their timeout, and stop the processes running them; stop
         the workers that did not confirm in time that they dropped abandoned tasks."""
+        if not self.inflight.deadlines and not self.abandoning:
+            return
         now = time.monotonic()
         victims: dict[str, str] = {}
         assert self.events is not None
@@ -229,7 +243,9 @@ class WorkerSupervision:
         """``worker`` is gone: forget what it held; return the keys other workers' tasks
         were waiting to fetch from it. Under the lock."""
         worker.alive = False
+        self.roster += 1
         worker.sent.clear()
+        worker.timed = 0
         worker.abandoned.clear()
         worker.outbox.clear()
         self.shipper.forget_worker(worker.name)
@@ -271,6 +287,7 @@ class WorkerSupervision:
             return
         with self.lock:
             self.workers[name] = replacement
+            self.roster += 1
             held = self.held.pop(name, [])
             held = [spec for spec in held if self.inflight.get(spec.key, name) is spec]
         if self._reader is not None:

@@ -93,6 +93,20 @@ def _check_main_is_a_file(start_method: str) -> None:
         )
 
 
+class _Batch:
+    """What one dispatch sends one worker: the :class:`Run` entries, and their specs in
+    the same order (for the worker's :attr:`~._process.WorkerProcess.sent`)."""
+
+    __slots__ = ("records", "specs", "timed", "worker")
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.records: list[tuple[Any, ...]] = []
+        self.specs: list[TaskSpec] = []
+        self.timed = 0
+        """How many of them have a timeout."""
+
+
 class MpTransport(WorkerSupervision, Transport):
     """``workers`` processes started with ``start_method``; see the module docstring."""
 
@@ -167,6 +181,10 @@ class MpTransport(WorkerSupervision, Transport):
         they started (see :meth:`advance`)."""
         self.new_deadline = False
         """A deadline was set outside the reader thread, which must be woken to see it."""
+        self.abandoning = False
+        """Some worker may have abandoned tasks to confirm (the reader then looks)."""
+        self.roster = 0
+        """Counts changes to the live workers (the reader then watches them anew)."""
         self.held: dict[str, list[TaskSpec]] = {}
         """Tasks for a worker being restarted, by name, to send to its replacement."""
         self.starting: dict[str, WorkerProcess] = {}
@@ -236,22 +254,22 @@ class MpTransport(WorkerSupervision, Transport):
         if self.broken is not None:
             self._fail_all(tasks, self.broken)
             return
-        batches: dict[str, list[tuple[Any, ...]]] = {}
+        batches: dict[str, _Batch] = {}
         fetches: dict[str, list[Key]] = {}
         unsent: list[TaskSpec] = []
         with self.lock:
-            add = self.inflight.add
+            out, workers = self.inflight.tasks, self.workers
             for spec in tasks:
-                worker = self.workers.get(spec.worker)
+                worker = workers.get(spec.worker)
                 if worker is None or not worker.alive:
                     held = self.held.get(spec.worker)
                     if held is not None:  # being restarted: it will go to the replacement
-                        add(spec)
+                        out[spec.key] = spec
                         held.append(spec)
                     else:
                         unsent.append(spec)  # its loss is being reported
                     continue
-                add(spec)
+                out[spec.key] = spec
                 if spec.sources is None and not worker.outbox:
                     self._encode(spec, None, batches)  # every input is there or inline
                     continue
@@ -300,59 +318,62 @@ class MpTransport(WorkerSupervision, Transport):
         return waiting
 
     def _encode(
-        self,
-        spec: TaskSpec,
-        remote: dict[Key, Payload] | None,
-        batches: dict[str, list[tuple[Any, ...]]],
+        self, spec: TaskSpec, remote: dict[Key, Payload] | None, batches: dict[str, _Batch]
     ) -> None:
         """Serialise ``spec`` for its worker, into ``batches`` (see :meth:`_send_batches`)."""
-        worker = self.workers[spec.worker]
+        name = spec.worker
+        batch = batches.get(name)
+        if batch is None:
+            batch = batches[name] = _Batch(self.workers[name])
         try:
-            token, define = self.shipper.ship(spec.worker, spec)
+            token, define = self.shipper.ship(name, spec)
             if define is not None:
-                worker.send(define)
-            packed: bytes | None = None
+                batch.worker.send(define)
             inline = spec.inline
-            if inline is not None:
-                inline, mapped = self.caller_values.split(inline, self._in_use)
-                if mapped:
-                    remote = {**remote, **mapped} if remote else mapped
-            if packs_arguments(spec):
+            if not packs_arguments(spec):
+                # Plain values travel as they are, in the batch's own pickle.
+                record = task_record(spec, token, None, remote)
+            else:
+                if inline is not None:
+                    inline, mapped = self.caller_values.split(inline, self._in_use)
+                    if mapped:
+                        remote = {**remote, **mapped} if remote else mapped
                 arguments = (spec.args, spec.kwargs, inline)
-                packed = dumps_for(spec, "arguments", arguments, dumps)
+                record = task_record(
+                    spec, token, dumps_for(spec, "arguments", arguments, dumps), remote
+                )
         except DispatcherError as error:
-            if self.inflight.take(spec.key, spec.worker) is not None:
+            if self.inflight.take(spec.key, name) is not None:
                 assert self.events is not None
-                self.events.task_failed(spec.key, spec.worker, error, 0.0)
+                self.events.task_failed(spec.key, name, error, 0.0)
             return
         except OSError:
             return  # the worker is dying; its loss will be reported
-        # Plain values travel as they are, in the batch's own pickle.
-        batches.setdefault(spec.worker, []).append(task_record(spec, token, packed, remote))
+        batch.records.append(record)
+        batch.specs.append(spec)
+        if spec.timeout is not None:
+            batch.timed += 1
 
     def _in_use(self, key: Key) -> bool:
         """Does a task out read caller value ``key``?"""
         return any(s.inline is not None and key in s.inline for s in self.inflight.all())
 
-    def _send_batches(self, batches: dict[str, list[tuple[Any, ...]]]) -> None:
+    def _send_batches(self, batches: dict[str, _Batch]) -> None:
         """Send each worker its tasks. Under the lock."""
-        get = self.inflight.get
-        for name, tasks in batches.items():
-            worker = self.workers.get(name)
-            if worker is not None:
-                try:
-                    worker.send(Run(tasks))
-                    forget = self.shipper.trim(name)
-                    if forget is not None:
-                        worker.send(forget)
-                except OSError:
-                    pass  # reported as lost by the reader
-                sent = worker.sent
-                for record in tasks:
-                    spec = get(record[0], name)
-                    if spec is not None:
-                        sent[spec.key] = spec
-                self.advance(worker)
+        for name, batch in batches.items():
+            worker = batch.worker
+            if self.workers.get(name) is not worker:
+                continue  # replaced meanwhile: what was out on it is being dealt with
+            try:
+                worker.send(Run(batch.records))
+                forget = self.shipper.trim(name)
+                if forget is not None:
+                    worker.send(forget)
+            except OSError:
+                pass  # reported as lost by the reader
+            worker.sent.extend(batch.specs)
+            worker.timed += batch.timed
+            self.advance(worker)
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
@@ -361,6 +382,8 @@ class MpTransport(WorkerSupervision, Transport):
                 if cached is not None and cached[0] == worker:
                     del self.cache[key]
             target = self.workers.get(worker)
+            if target is not None:
+                self.advance(target)  # so that what is over is not kept until the next send
         if target is not None and target.alive:
             try:
                 target.send(Free(list(keys)))
@@ -375,10 +398,17 @@ class MpTransport(WorkerSupervision, Transport):
         with self.lock:
             waiting, running = self.inflight.cancel(tasks)
             confirm_by = time.monotonic() + ABANDON_GRACE
+            sent: dict[str, set[int]] = {}  # per worker, the specs on their way to it
             for spec in (*waiting, *running):
                 worker = self.workers.get(spec.worker)
-                if worker is not None and worker.alive and spec.key in worker.sent:
+                if worker is None or not worker.alive:
+                    continue
+                on_its_way = sent.get(spec.worker)
+                if on_its_way is None:
+                    on_its_way = sent[spec.worker] = {id(s) for s in worker.sent}
+                if id(spec) in on_its_way:
                     worker.abandoned[spec.key] = confirm_by
+                    self.abandoning = True
                     by_worker.setdefault(spec.worker, []).append(spec.key)
             for name in {spec.worker for spec in tasks}:
                 self.send_outbox(name)  # a cancelled task may have held the others back
@@ -418,7 +448,7 @@ class MpTransport(WorkerSupervision, Transport):
         if worker is None or not worker.alive:
             return
         outbox = worker.outbox
-        batches: dict[str, list[tuple[Any, ...]]] = {}
+        batches: dict[str, _Batch] = {}
         while outbox:
             head: _Waiting = outbox[0]
             if self.inflight.get(head.spec.key, name) is head.spec:

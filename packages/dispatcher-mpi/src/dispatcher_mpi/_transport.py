@@ -373,6 +373,7 @@ class MpiTransport(Transport):
         root = self.root
         shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}
+        out, unstarted = self.inflight.tasks, self.unstarted
         for spec in tasks:
             rank = _rank(spec.worker)
             if rank == self.stand_in:
@@ -393,10 +394,13 @@ class MpiTransport(Transport):
                 if spec.sources is not None
                 else None
             )
-            self.inflight.add(spec)
+            out[spec.key] = spec  # InFlight.add
             if spec.timeout is not None and spec.timeout < math.inf:
-                self.unstarted[spec.key] = (time.monotonic(), spec)
-            batches.setdefault(rank, []).append(task_record(spec, token, packed, sources))
+                unstarted[spec.key] = (time.monotonic(), spec)
+            batch = batches.get(rank)
+            if batch is None:
+                batch = batches[rank] = []
+            batch.append(task_record(spec, token, packed, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
             forget = shipper.trim(root.names[rank])

@@ -43,11 +43,13 @@ class Unloadable:
 class _Held:
     """What one worker holds: tokens in least-recently-used order, with their sizes."""
 
-    __slots__ = ("nbytes", "tokens")
+    __slots__ = ("last", "nbytes", "tokens")
 
     def __init__(self) -> None:
         self.tokens: OrderedDict[int, int] = OrderedDict()
         self.nbytes = 0
+        self.last = 0
+        """The token shipped last (the most recently used already), 0 for none."""
 
 
 class FunctionShipper:
@@ -109,8 +111,11 @@ class FunctionShipper:
         held = self._held.get(worker)
         if held is None:
             held = self._held[worker] = _Held()
+        if token == held.last:  # most tasks of a batch call what the one before did
+            return token, None
         if token in held.tokens:
             held.tokens.move_to_end(token)
+            held.last = token
             return token, None
         data = self._pickles.get(token)
         if data is None:
@@ -122,6 +127,7 @@ class FunctionShipper:
             self._pickles.move_to_end(token)
         held.tokens[token] = len(data)
         held.nbytes += len(data)
+        held.last = token
         return token, Define(token, data)
 
     def trim(self, worker: str) -> Forget | None:
@@ -138,6 +144,8 @@ class FunctionShipper:
             token, size = tokens.popitem(last=False)
             held.nbytes -= size
             dropped.append(token)
+            if token == held.last:
+                held.last = 0
         return Forget(dropped) if dropped else None
 
     def forget_worker(self, worker: str) -> None:

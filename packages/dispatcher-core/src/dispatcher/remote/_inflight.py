@@ -49,7 +49,11 @@ class InFlight:
         spec = tasks.get(key)
         if spec is None or spec.worker != worker:
             return None
-        del tasks[key]
+        taken = tasks.pop(key, None)
+        if taken is not spec:  # another thread took it meanwhile
+            if taken is not None:
+                tasks[key] = taken  # and even sent it again: that one stays out
+            return None
         if spec.timeout is not None:
             self.deadlines.pop(key, None)
         return spec

@@ -111,10 +111,14 @@ _PLAIN = frozenset({int, float, bool, str, type(None)})
 def packs_arguments(spec: TaskSpec) -> bool:
     """Should ``spec``'s arguments travel packed (see :attr:`Task.args`)? Only plain
     scalar arguments travel as they are, in the pickle of the message itself."""
-    return spec.inline is not None or (
-        spec.shape != SHAPE_POSITIONAL
-        and bool(spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
-    )
+    if spec.inline is not None:
+        return True
+    if spec.shape == SHAPE_POSITIONAL:
+        return False
+    if spec.kwargs:
+        return True
+    # Once per task: C-level, not all() over a generator.
+    return not _PLAIN.issuperset(map(type, spec.args))
 
 
 def task_record(

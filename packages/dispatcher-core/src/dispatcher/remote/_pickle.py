@@ -1,14 +1,15 @@
 """Pickling for the wire: plain pickles for small things, buffers out of band for big ones.
 
-Functions, arguments and control messages travel as ordinary protocol-5 pickles made by
-cloudpickle (so lambdas and closures travel too), except that the code of a function
-shipped by value keeps the name of its file: cloudpickle would call it ``<dynamic-code>``,
-and a worker's traceback could then show neither the user's file nor the failing source
-line. Values that may be large are pickled with
-:func:`dumps_split`: every buffer pickle can pass out of band (NumPy arrays, bytearrays,
-memoryviews, and ``bytes`` of at least ``threshold`` bytes) is handed back separately,
-so a backend can move it without a copy into the pickle stream (through shared memory, or
-as a raw MPI message).
+Functions, arguments and control messages travel as ordinary protocol-5 pickles: made by
+the C pickler alone when they are builtin data only (most messages, plain arguments and
+small results), else by cloudpickle (so lambdas and closures travel too), except that the
+code of a function shipped by value keeps the name of its file: cloudpickle would call it
+``<dynamic-code>``, and a worker's traceback could then show neither the user's file nor
+the failing source line. Values that may be large are pickled with :func:`dumps_split`:
+every buffer pickle can pass out of band (NumPy arrays, bytearrays, memoryviews, and
+``bytes`` of at least ``threshold`` bytes) is handed back separately, so a backend can
+move it without a copy into the pickle stream (through shared memory, or as a raw MPI
+message).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from __future__ import annotations
 import io
 import marshal
 import pickle
+import threading
 import types
 from collections import ChainMap
 from typing import Any
 
 import cloudpickle
+
+from .._template import Ref, _ref
 
 __all__ = ["OUT_OF_BAND_BYTES", "dumps", "dumps_split", "loads", "pickle_by_reference"]
 
@@ -54,22 +58,88 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     )
 
 
-def dumps(obj: Any) -> bytes:
-    """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
-    stream = io.BytesIO()
-    _Pickler(stream, protocol=5).dump(obj)
-    return stream.getvalue()
-
-
-_BY_REFERENCE: set[type] = set()
+# What the plain pickler may name by reference (importable wherever it is unpickled):
+# message classes, and the call template's placeholders.
+_BY_REFERENCE: set[Any] = {Ref, _ref}
 
 
 def pickle_by_reference(cls: type) -> type:
     """Declare ``cls`` importable wherever its instances are unpickled (a message class),
-    so :func:`dumps_split` names it at once instead of having cloudpickle check again in
-    every pickle whether it must be pickled by value. Returns ``cls``: a class decorator."""
+    so that they pickle without cloudpickle's care for what must travel by value. Returns
+    ``cls``: a class decorator."""
     _BY_REFERENCE.add(cls)
     return cls
+
+
+class _NotPlain(Exception):
+    """Raised by :class:`_PlainPickler` at the first object it must leave to cloudpickle."""
+
+
+class _PlainPickler(pickle.Pickler):
+    """The C pickler, for what is made of builtin data only (and of :data:`_BY_REFERENCE`).
+
+    Exact ``int``, ``float``, ``bool``, ``None``, ``str``, ``bytes``, ``bytearray``,
+    ``tuple``, ``list``, ``dict``, ``set``, ``frozenset`` and ``PickleBuffer`` never reach
+    :meth:`reducer_override`, and pickle exactly as cloudpickle would pickle them.
+    Anything else (a function, a class, an instance) ends the attempt: cloudpickle
+    decides whether it travels by reference or by value. Most of what travels (messages,
+    plain arguments, small results) is plain, and cloudpickle's pickler costs several
+    times what the C pickler alone does on such objects.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls in _BY_REFERENCE or (
+            (cls is type or cls is types.FunctionType) and obj in _BY_REFERENCE
+        ):
+            return NotImplemented
+        raise _NotPlain
+
+
+class _Plain(threading.local):
+    """One :class:`_PlainPickler` per thread, reused: making one costs more than
+    pickling a small message with it."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.stream = io.BytesIO()
+        self.buffers: list[pickle.PickleBuffer] = []
+        self.pickler = _PlainPickler(self.stream, protocol=5, buffer_callback=self.buffers.append)
+
+    def dumps(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]] | None:
+        """``obj``'s pickle and out-of-band buffers by the C pickler alone; ``None`` when
+        cloudpickle must make it (or say why it cannot: its errors are the ones users
+        know)."""
+        stream, buffers = self.stream, self.buffers
+        try:
+            self.pickler.dump(obj)
+        except BaseException:
+            self._reset()  # it stopped halfway, holding on to what it saw
+            return None
+        data = stream.getvalue()
+        stream.seek(0)
+        stream.truncate()
+        self.pickler.clear_memo()
+        if not buffers:
+            return data, []
+        taken = buffers[:]
+        buffers.clear()
+        return data, taken
+
+
+_plain = _Plain()
+
+
+def dumps(obj: Any) -> bytes:
+    """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
+    plain = _plain.dumps(obj)
+    if plain is not None and not plain[1]:  # (a PickleBuffer would go out of band)
+        return plain[0]
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
 class _SplitPickler(_Pickler):
@@ -94,6 +164,9 @@ _picklers: dict[int, type[_SplitPickler]] = {}
 def dumps_split(obj: Any, threshold: int = OUT_OF_BAND_BYTES) -> tuple[bytes, list[memoryview]]:
     """``obj`` as its pickle stream and the raw views of its out-of-band buffers, in the
     order ``pickle.loads(stream, buffers=...)`` wants them back."""
+    plain = _plain.dumps(obj)
+    if plain is not None:
+        return plain[0], [b.raw() for b in plain[1]]
     pickler = _picklers.get(threshold)
     if pickler is None:
         pickler = _picklers[threshold] = type(

@@ -52,14 +52,25 @@ class Reports:
     def done(self, worker: str, message: Done) -> None:
         """Tasks that finished on ``worker``: each result loaded if the caller wants it
         (a result that will not unpickle fails its task), stale ones freed."""
-        take, events = self.inflight.take, self.events
+        # InFlight.take, written out: this loop runs once per task.
+        out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
+        finished = events.task_finished
         unwanted: list[Key] = []
         for key, duration, nbytes, result in message.finished:
-            spec = take(key, worker)
-            if spec is None:
+            spec = out.get(key)
+            if spec is None or spec.worker != worker:
                 unwanted.append(key)
-            elif not spec.want_result:
-                events.task_finished(key, worker, duration, nbytes)
+                continue
+            taken = out.pop(key, None)
+            if taken is not spec:  # the scheduler's thread took it meanwhile
+                if taken is not None:
+                    out[key] = taken  # and even sent it again: that one stays out
+                unwanted.append(key)
+                continue
+            if spec.timeout is not None:
+                deadlines.pop(key, None)
+            if not spec.want_result:
+                finished(key, worker, duration, nbytes)
             else:
                 try:
                     value = self.load_result(worker, key, result)
@@ -67,7 +78,7 @@ class Reports:
                     error = unpickling_error(spec.label, "result", exc, in_caller=True)
                     events.task_failed(key, worker, error, duration)
                     continue
-                events.task_finished(key, worker, duration, nbytes, value)
+                finished(key, worker, duration, nbytes, value)
         if unwanted:
             self.stale(worker, unwanted)
 

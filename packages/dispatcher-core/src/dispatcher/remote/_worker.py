@@ -93,6 +93,10 @@ class TaskRunner:
         self.functions: dict[int, Any] = {}
         self.cancelled: set[Key] = set()
         self.queue: SimpleQueue[Any] = SimpleQueue()
+        """What :meth:`serve` takes: a :class:`Run`'s entries with their functions, as one
+        item (a thread hand-off per batch, not per task), or the stop."""
+        self.dropped = 0
+        """Counts :meth:`drop_queued`: a batch received before the last drop stops."""
         self.finished: list[tuple[Key, float, int | None, Any]] = []
         self.current: Key | None = None
         """The task running now."""
@@ -127,10 +131,11 @@ class TaskRunner:
         """Act on one of the kit's messages; False if ``message`` is not one of them."""
         kind = type(message)
         if kind is Run:
-            functions, put = self.functions, self.queue.put
-            for record in message.tasks:
-                # Looked up now, not when it runs: a later Forget may drop the token.
-                put((record, functions.get(record[_TOKEN])))
+            functions, tasks = self.functions, message.tasks
+            # Looked up now, not when they run: a later Forget may drop a token.
+            self.queue.put(
+                (tasks, [functions.get(record[_TOKEN]) for record in tasks], self.dropped)
+            )
         elif kind is Define:
             try:
                 self.functions[message.token] = loads(message.data)
@@ -152,6 +157,7 @@ class TaskRunner:
 
     def drop_queued(self) -> None:
         """Skip every task received and not started yet."""
+        self.dropped += 1  # the rest of the batch being run, too
         queue = self.queue
         kept = []
         while True:
@@ -173,15 +179,18 @@ class TaskRunner:
             item = queue.get()
             if item is _STOP:
                 break
-            record = item[0]
-            self.current = key = record[_KEY]
-            try:
-                self.execute(record, item[1])
-            except OSError:
-                raise  # the caller is gone (a task's own errors never get here)
-            except BaseException as exc:  # a fault of this loop, not of the task
-                self.fail(key, exc, 0.0)
-            self.current = None
+            records, functions, dropped = item
+            for record, func in zip(records, functions):
+                if self.dropped != dropped:
+                    break
+                self.current = key = record[_KEY]
+                try:
+                    self.execute(record, func)
+                except OSError:
+                    raise  # the caller is gone (a task's own errors never get here)
+                except BaseException as exc:  # a fault of this loop, not of the task
+                    self.fail(key, exc, 0.0)
+                self.current = None
             if self.finished and queue.empty():
                 self.flush()
         self.flush()
