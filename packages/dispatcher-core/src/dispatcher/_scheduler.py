@@ -70,6 +70,7 @@ class Run:
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
+        self._sends_ahead = False  # chains go to the worker computing their input
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
 
@@ -82,7 +83,9 @@ class Run:
         self.transport = transport
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._asks = transport.runs_in_caller
-        self.placement.in_order = transport.capabilities.runs_tasks_in_order
+        capabilities = transport.capabilities
+        self.placement.in_order = capabilities.runs_tasks_in_order
+        self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -96,7 +99,7 @@ class Run:
         table = self.table
         ready, state, nodes = table.ready, table.state, table.nodes
         place, asks = self.placement.place, self._asks
-        in_order = self.placement.in_order
+        sends_ahead = self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
         while ready:
@@ -128,7 +131,7 @@ class Run:
                 break
             ready.pop()
             specs.append(self._spec(p, node, worker))
-            if in_order:
+            if sends_ahead:
                 for j in self.placement.ahead(p, worker):
                     specs.append(self._spec(j, nodes[j], worker))
         if specs:
