@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -368,3 +370,46 @@ def test_a_run_needs_an_event_loop_only_for_what_awaits_or_times_out() -> None:
         assert ex.run(Op(async_inc, 1), plugins=[Spy()]) == 2
         assert ex.run(op(tasks.inc, timeout=30)(1), plugins=[Spy()]) == 2
     assert loops == [False, False, True, True]
+
+
+def test_run_without_options_keeps_one_executor_for_the_process() -> None:
+    seen: list[object] = []
+
+    class Spy:
+        @hookimpl
+        def dispatcher_run_started(self, executor: object) -> None:
+            seen.append(executor)
+
+    for name in (None, "async", "sync", "sync"):
+        run(Op(tasks.inc, 1), executor=name, plugins=[Spy()])
+    run(Op(tasks.inc, 1), executor="async", threads=2, plugins=[Spy()])  # options: its own
+    default, named, sync, sync_again, configured = seen
+    assert default is named
+    assert sync is sync_again
+    assert default is not configured
+    assert not named.closed  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_runs_nested_in_every_thread_of_the_kept_pool_do_not_wait_on_each_other() -> None:
+    def nested(x: int) -> int:
+        return run(Op(tasks.inc, x))  # type: ignore[no-any-return]
+
+    with get_executor("async") as default:
+        count = 4 * (default.threads + 1)  # type: ignore[attr-defined]
+    assert run([Op(nested, i) for i in range(count)]) == [i + 1 for i in range(count)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_runs_on_executors_of_its_own() -> None:
+    run([Op(tasks.inc, i) for i in range(8)])  # the kept executor has started threads
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_run_and_exit)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def _run_and_exit() -> None:
+    os._exit(0 if run(Op(tasks.inc, Op(tasks.inc, 1))) == 3 else 1)
