@@ -102,9 +102,11 @@ class Run:
         sends_ahead = self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
+        in_caller = self._in_caller
         while ready:
-            if asks is not None:
-                if table.call_ready_in_caller(asks, self._in_caller):
+            # (A function known not to run in the caller skips the hot loop's call.)
+            if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
+                if table.call_ready_in_caller(asks, in_caller):
                     progressed = True
                     if table.failure is not None:
                         p, error = table.failure
