@@ -66,6 +66,39 @@ def test_a_result_for_a_run_that_ended_is_freed() -> None:
     assert not run.queue.events
 
 
+def test_a_result_announced_to_a_run_but_never_read_is_freed_when_it_ends() -> None:
+    # An aborted run's driver stops reading its queue; a task that was still running
+    # reports afterwards, before the run is detached.
+    transport = FakeTransport(workers=1)
+    router = Router(transport)
+    run = _Run(4)
+    router.attach(run)
+    router.task_finished(run.base + 2, "fake-0", 0.1, None)
+    router.task_failed(run.base + 3, "fake-0", ValueError("x"), 0.1)
+    router.detach(run)
+    assert transport.freed == [("fake-0", run.base + 2)]
+    assert not run.queue.events
+
+
+def test_a_result_posted_while_its_run_is_detached_is_freed() -> None:
+    transport = FakeTransport(workers=1)
+    router = Router(transport)
+    run = _Run(5)
+    router.attach(run)
+
+    class DetachingQueue(EventQueue):
+        """Detaches the run between the router's lookup and its post."""
+
+        def post(self, event: tuple[object, ...]) -> None:
+            router.detach(run)
+            super().post(event)
+
+    run.queue = router.runs[5] = DetachingQueue()
+    router.task_finished(run.base + 6, "fake-0", 0.1, None)
+    assert transport.freed == [("fake-0", run.base + 6)]
+    assert not run.queue.events
+
+
 class _Silent(FakeTransport):
     """Takes tasks and never reports them."""
 

@@ -16,6 +16,9 @@ KNOWN_HANGS = {
     "abandoned task's thread, and the scheduler, not told that its worker is still busy, "
     "places the next run's task behind it",
     "test_work_abandoned_by_a_cancelled_arun_does_not_hold_the_next_run": "as above",
+    "test_argument_whose_unpickling_exits": "dask unpickles a task's arguments on the "
+    "worker's event loop: a SystemExit there kills the worker (its nanny starts another), "
+    "so the node fails with WorkerLostError instead",
 }
 
 

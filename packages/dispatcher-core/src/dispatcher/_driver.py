@@ -148,15 +148,31 @@ class Router:
 
     def detach(self, run: Run) -> None:
         self.runs.pop(run.base >> KEY_BITS, None)
+        self._free_unread(run.queue, run.base)
+
+    def _free_unread(self, queue: EventQueue, base: Key) -> None:
+        """A run is over: free the results announced to it that its driver never read (a
+        report that arrived after it aborted), or they would stay on their workers."""
+        events = queue.events
+        while True:
+            try:
+                event = events.popleft()  # atomic: two callers never free one result twice
+            except IndexError:
+                return
+            if event[0] == EV_FINISHED:
+                self.transport.free(event[2], [base | event[1]])
 
     def task_finished(
         self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE
     ) -> None:
-        queue = self.runs.get(key >> KEY_BITS)
+        number = key >> KEY_BITS
+        queue = self.runs.get(number)
         if queue is None:
             self.transport.free(worker, [key])  # its run is over: nobody wants it
         else:
             queue.post((EV_FINISHED, key & _POSITION, worker, duration, nbytes, value))
+            if number not in self.runs:  # detached while this was posted
+                self._free_unread(queue, key & ~_POSITION)
 
     def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
         queue = self.runs.get(key >> KEY_BITS)

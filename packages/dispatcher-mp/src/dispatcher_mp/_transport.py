@@ -39,11 +39,11 @@ from dispatcher.remote import (
     Run,
     dumps,
     dumps_for,
+    packs_arguments,
     serialization_error,
     task_record,
 )
 from dispatcher.transport import (
-    SHAPE_POSITIONAL,
     Capabilities,
     EventSink,
     Key,
@@ -62,10 +62,6 @@ from ._wire import Payload, SharedMemory, load, sweep
 __all__ = ["MpTransport"]
 
 log = logging.getLogger("dispatcher.mp")
-
-# Arguments of these types pickle the same with pickle as with cloudpickle: they need
-# no pickle of their own.
-_PLAIN = frozenset({int, float, bool, str, type(None)})
 
 
 @dataclass
@@ -299,10 +295,7 @@ class MpTransport(WorkerSupervision, Transport):
                 inline, mapped = self.caller_values.split(inline, self._in_use)
                 if mapped:
                     remote = {**remote, **mapped} if remote else mapped
-            if spec.inline is not None or (
-                spec.shape != SHAPE_POSITIONAL
-                and (spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
-            ):
+            if packs_arguments(spec):
                 arguments = (spec.args, spec.kwargs, inline)
                 packed = dumps_for(spec, "arguments", arguments, dumps)
         except DispatcherError as error:

@@ -20,8 +20,10 @@ class Fetch(NamedTuple):
 
 @message("mpi.data")
 class Data(NamedTuple):
-    """Rank to rank: the answer to :class:`Fetch`. ``found`` False with ``value`` a str:
-    it could not be serialised (why); with ``value`` ``None``: it is not here."""
+    """Rank to rank: the answer to :class:`Fetch`. ``found`` True with ``value`` the
+    result's pickle stream followed by its out-of-band buffers; ``found`` False with
+    ``value`` a str: it could not be serialised (why); with ``value`` ``None``: it is not
+    here."""
 
     key: int
     found: bool

@@ -53,6 +53,8 @@ from dispatcher.remote import (
     Stop,
     dumps,
     dumps_for,
+    packs_arguments,
+    serialization_error,
     task_record,
 )
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
@@ -92,6 +94,18 @@ def _name(rank: int) -> str:
 @functools.cache
 def _rank(worker: str) -> int:
     return int(worker.rsplit("-", 1)[1])
+
+
+def _pack_arguments(spec: TaskSpec) -> list[Any]:
+    """``spec``'s arguments as a packed :attr:`~dispatcher.remote.Task.args`: their stream
+    and out-of-band buffers, which the hub sends raw. Unpickled by the task's rank on its
+    task thread, they fail that task alone if they cannot be."""
+    arguments = (spec.args, spec.kwargs, spec.inline)
+    try:
+        header, buffers = encode(arguments)
+    except Exception as exc:
+        raise serialization_error(spec.label, "arguments", arguments, exc) from exc
+    return [header, *[pickle.PickleBuffer(b) for b in buffers]]
 
 
 class Root:
@@ -349,6 +363,7 @@ class MpiTransport(Transport):
                 continue
             try:
                 token, define = shipper.ship(spec.worker, spec)
+                packed = _pack_arguments(spec) if packs_arguments(spec) else None
             except DispatcherError as error:
                 assert self.events is not None
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
@@ -363,7 +378,7 @@ class MpiTransport(Transport):
             self.inflight.add(spec)
             if spec.timeout is not None and spec.timeout < math.inf:
                 self.unstarted[spec.key] = (time.monotonic(), spec)
-            batches.setdefault(rank, []).append(task_record(spec, token, None, sources))
+            batches.setdefault(rank, []).append(task_record(spec, token, packed, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
             forget = shipper.trim(_name(rank))

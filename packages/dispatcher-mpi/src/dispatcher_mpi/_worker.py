@@ -98,7 +98,7 @@ class WorkerRank(TaskRunner):
                 self.hub.expecting += 1
                 self.hub.post(source, Fetch(key))
         # Wait for every reply before looking at any, so none is left behind.
-        values: dict[int, Any] = {}
+        packed: dict[int, list[Any]] = {}
         unsendable: str | None = None
         for key, (event, reply) in remote.items():
             event.wait()
@@ -106,12 +106,13 @@ class WorkerRank(TaskRunner):
             self.replies.pop(key, None)
             data = reply[0]
             if data.found:
-                values[key] = data.value
+                packed[key] = data.value
             elif data.value is not None:
                 unsendable = data.value
         if unsendable is not None:
             raise InputError(f"cannot pickle '{unsendable}'")
-        return values
+        # Unpickled here, by the task that wants them: one that cannot be fails the task.
+        return {key: pickle.loads(raw[0], buffers=raw[1:]) for key, raw in packed.items()}
 
     # -- on the hub thread -----------------------------------------------------------------
 
@@ -150,7 +151,12 @@ class WorkerRank(TaskRunner):
             return
         value = self.store[key]
         try:
-            self.hub.post(source, Data(key, True, value))
+            # Pickled apart from the message, so that the fetching rank unpickles it on
+            # the task thread that wants it: a value that cannot be unpickled there fails
+            # that task, not the rank's hub.
+            header, buffers = encode(value)
         except BaseException as exc:  # pickling runs the value's own code
             culprit = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
             self.hub.post(source, Data(key, False, culprit))
+            return
+        self.hub.post(source, Data(key, True, [header, *map(pickle.PickleBuffer, buffers)]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from .._template import SHAPE_POSITIONAL
 from ._errors import WireError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "as_task",
     "from_wire",
     "message",
+    "packs_arguments",
     "task_record",
     "to_wire",
 ]
@@ -82,9 +84,12 @@ class Task(NamedTuple):
     key: Key
     token: int
     """The function, as defined by an earlier :class:`Define`."""
-    args: tuple[Any, ...] | bytes
+    args: tuple[Any, ...] | bytes | list[Any]
     """The positional arguments; or, packed by the sender, the pickle of
-    ``(args, kwargs, inline)`` (then ``kwargs`` and ``inline`` are ``None``)."""
+    ``(args, kwargs, inline)`` (then ``kwargs`` and ``inline`` are ``None``): as ``bytes``,
+    or as a list of its stream and its out-of-band buffers. Packed, arguments that cannot
+    be unpickled on the worker fail their own task rather than the message that carried
+    them."""
     kwargs: Mapping[str, Any] | None
     inline: dict[Key, Any] | None
     """Input values shipped with the task."""
@@ -98,8 +103,22 @@ class Task(NamedTuple):
     last_use: tuple[Key, ...]
 
 
+# Arguments of these types pickle the same with pickle as with cloudpickle, and unpickle
+# anywhere: they need no pickle of their own.
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
+def packs_arguments(spec: TaskSpec) -> bool:
+    """Should ``spec``'s arguments travel packed (see :attr:`Task.args`)? Only plain
+    scalar arguments travel as they are, in the pickle of the message itself."""
+    return spec.inline is not None or (
+        spec.shape != SHAPE_POSITIONAL
+        and bool(spec.kwargs or not all(type(a) in _PLAIN for a in spec.args))
+    )
+
+
 def task_record(
-    spec: TaskSpec, token: int, args: tuple[Any, ...] | bytes | None, remote: Any
+    spec: TaskSpec, token: int, args: tuple[Any, ...] | bytes | list[Any] | None, remote: Any
 ) -> tuple[Any, ...]:
     """``spec``'s entry of a :class:`Run`, in :class:`Task`'s field order. ``args`` is what
     to send for the arguments: ``None`` for the spec's own (``args``, ``kwargs``,

@@ -208,9 +208,12 @@ class TaskRunner:
             reason = func.error if func is not None else LookupError(f"no function {token}")
             self.fail(key, unpickling_error(key, "function", reason), 0.0)
             return
-        if type(args) is bytes:
+        if type(args) is bytes or type(args) is list:
             try:
-                args, kwargs, inline = loads(args)
+                if isinstance(args, bytes):
+                    args, kwargs, inline = loads(args)
+                else:  # a stream and its out-of-band buffers
+                    args, kwargs, inline = loads(args[0], buffers=args[1:])
             except BaseException as exc:
                 self.fail(key, unpickling_error(key, "arguments", exc), 0.0)
                 return

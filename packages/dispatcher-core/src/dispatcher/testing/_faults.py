@@ -114,6 +114,34 @@ class ExecutorFaults(ExecutorHarness):
         assert results[1].value == 2
         assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
 
+    @pytest.mark.timeout(60)
+    def test_argument_whose_unpickling_exits(self, ex: Executor) -> None:
+        """An argument that raises SystemExit where it is unpickled fails its own node,
+        not the worker or the message that carried it."""
+        self.require("separate_processes")
+        bad = op(tasks.identity, label="takes-exits-when-loaded")(tasks.ExitsWhenLoaded())
+        results = _no_escape(lambda: ex.run([bad, Op(tasks.inc, 1)], throw=False), "it")
+        assert isinstance(results[0].error, (SerializationError, RemoteError)), results[0]
+        assert results[1].value == 2
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
+    @pytest.mark.timeout(90)
+    def test_input_whose_unpickling_exits_on_another_worker(self, ex: Executor, log: str) -> None:
+        """A result that raises SystemExit when another worker unpickles it, as an input,
+        fails the node that needs it -- or is made again where it is needed, by a backend
+        that recomputes what cannot travel (needs two workers)."""
+        self.require("separate_processes")
+        made = [
+            op(tasks.meet_then_make_exits_when_loaded, label=f"makes{i}")(log, "made", 2, MEET)
+            for i in range(2)
+        ]
+        needs = op(tasks.kinds, label="needs-both")(*made)
+        results = _no_escape(lambda: ex.run([needs, Op(tasks.inc, 1)], throw=False), "it")
+        remade = results[0].error is None and results[0].value == ("ExitsWhenLoaded",) * 2
+        assert remade or isinstance(results[0].error, (SerializationError, RemoteError)), results[0]
+        assert results[1].value == 2
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
     # -- timeouts -----------------------------------------------------------------------------
 
     @pytest.mark.timeout(60)

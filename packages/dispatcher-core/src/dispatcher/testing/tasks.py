@@ -224,6 +224,14 @@ def make_exits_when_loaded() -> ExitsWhenLoaded:
     return ExitsWhenLoaded()
 
 
+def meet_then_make_exits_when_loaded(
+    log: str, name: str, count: int, seconds: float
+) -> ExitsWhenLoaded:
+    """:func:`meet`, then an :class:`ExitsWhenLoaded`: such values on different workers."""
+    meet(log, name, count, seconds, None)
+    return ExitsWhenLoaded()
+
+
 # -- abandoned work -------------------------------------------------------------------------
 
 
