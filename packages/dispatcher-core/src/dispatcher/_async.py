@@ -187,6 +187,12 @@ class AsyncTransport(Transport):
                 spec.key, "main", TaskTimeoutError(spec.label, spec.timeout), duration
             )
             return []
+        return self._keep(spec, value, duration)
+
+    def _keep(self, spec: TaskSpec, value: Any, duration: float) -> list[_Handle]:
+        """Keep and report the result of a task within its time."""
+        events = self._events
+        assert events is not None
         ready = self._stored(spec.key, value)
         if spec.last_use:
             # Inputs only this task needed: a chain running ahead of the driver's frees
@@ -372,15 +378,18 @@ class AsyncTransport(Transport):
             except BaseException as exc:
                 value, ok = exc, False
         duration = perf_counter() - start
-        if not self._claim(handle):
-            return []  # cancelled, or abandoned at its deadline
+        key, tasks = spec.key, self.tasks
+        with self._lock:  # _claim(), written out: once per task
+            if tasks.get(key) is not handle:
+                return []  # cancelled, or abandoned at its deadline
+            del tasks[key]
         handle.done = True
         if not ok:
             self._failed(spec, value, duration)
             return []
-        return self._done(
-            spec, value, duration if spec.timeout is None else min(duration, spec.timeout)
-        )
+        if spec.timeout is None:
+            return self._keep(spec, value, duration)
+        return self._done(spec, value, min(duration, spec.timeout))
 
     def _await_in_loop(self, scope: LoopScope, handle: _Handle, awaitable: Any) -> None:
         """A plain function returned an awaitable: await it on the loop."""
