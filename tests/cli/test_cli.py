@@ -51,9 +51,9 @@ def test_executors_lists_name_distribution_version_description(cli: Cli) -> None
     ("name", "expected"),
     [
         ("total", "5\n"),
-        ("pair", "[0] inc: 2\n[1] inc: 3\n"),
+        ("pair", "inc(1): 2\ninc(inc(1)): 3\n"),
         ("named", "first: 2\nsecond: 3\n"),
-        ("graph", "add: 5\n"),
+        ("graph", "add(inc(1), inc(inc(...))): 5\n"),
         ("build", "16\n"),
     ],
     ids=["node", "list", "dict", "graph", "function"],
@@ -131,8 +131,14 @@ def test_report_option_writes_the_report(cli: Cli, flow: Path, tmp_path: Path) -
     assert "add" in text
 
 
-def test_progress_option_is_quiet_when_stderr_is_not_a_terminal(cli: Cli, flow: Path) -> None:
-    assert cli("run", f"{flow}:total", "--progress") == (0, "5\n", "")
+def test_progress_option_writes_status_lines_when_stderr_is_not_a_terminal(
+    cli: Cli, flow: Path
+) -> None:
+    status, out, err = cli("run", f"{flow}:total", "--progress")
+    assert (status, out) == (0, "5\n")
+    assert err.startswith("dispatcher async: ")
+    assert "done in" in err
+    assert "\r" not in err
 
 
 def test_progress_option_without_tqdm_says_what_to_install(
@@ -157,7 +163,10 @@ def test_task_failure_exits_1_with_the_users_traceback(cli: Cli, flow: Path, exe
     assert 'raise ValueError(f"bad value {x}")' in err
     assert "ValueError: bad value 5" in err
     assert os.path.dirname(dispatcher.__file__) not in err  # dispatcher's own frames are cut
-    assert err.splitlines()[-1] == "dispatcher: task 'boom' failed on worker 'main'"
+    assert (
+        err.splitlines()[-1]
+        == "dispatcher: task boom(add(inc(...), inc(...))) failed on worker 'main'"
+    )
 
 
 def test_task_failure_still_writes_the_report(cli: Cli, flow: Path, tmp_path: Path) -> None:
@@ -266,6 +275,16 @@ def test_help_everywhere(cli: Cli, command: list[str]) -> None:
     assert out.startswith("usage: dispatcher")
 
 
+def test_help_aligns_every_command_with_its_description(cli: Cli) -> None:
+    out = cli("--help")[1]
+    rows = [line for line in out.splitlines() if line.startswith("    ")]
+    assert [row.split()[0] for row in rows] == ["executors", "run", "graph", "cache"]
+    # Each description on its command's line, all in one column.
+    starts = {len(row) - len(row[4:].split(maxsplit=1)[1]) for row in rows if len(row.split()) > 1}
+    assert len(starts) == 1, out
+    assert all(len(row.split()) > 1 for row in rows), out
+
+
 def test_run_help_names_the_options(cli: Cli) -> None:
     out = cli("run", "--help")[1]
     for option in ("--executor", "--workers", "--progress", "--report", "FILE.py:NAME"):
@@ -295,8 +314,10 @@ def test_graph_writes_dot_to_stdout(cli: Cli, flow: Path) -> None:
     status, out, err = cli("graph", f"{flow}:graph")
     assert (status, err) == (0, "")
     assert out.startswith("digraph")
-    assert out.count('label="inc"') == 2
-    assert out.count('label="add"') == 1
+    # Each box says which call it is: the label and the arguments.
+    assert 'label="inc(1)"' in out
+    assert 'label="inc(inc(1))"' in out
+    assert 'label="add(inc(1), inc(inc(...)))"' in out
     assert out.count("->") == 3
 
 
@@ -377,7 +398,10 @@ def test_console_script(flow: Path) -> None:
         [str(script), "run", f"{flow}:failing"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 1
-    assert done.stderr.splitlines()[-1] == "dispatcher: task 'boom' failed on worker 'main'"
+    assert (
+        done.stderr.splitlines()[-1]
+        == "dispatcher: task boom(add(inc(...), inc(...))) failed on worker 'main'"
+    )
 
 
 def test_ctrl_c_exits_130(tmp_path: Path) -> None:
@@ -412,4 +436,4 @@ def test_verbose_logs_runs_to_stderr(cli: Cli, flow: Path) -> None:
     assert "dispatcher.run: run of 3 nodes started on 'async'" in err
     assert "dispatcher.task" not in err
     status, out, err = cli("run", f"{flow}:total", "-vv")
-    assert "dispatcher.task: finished <Op add> on main" in err
+    assert "dispatcher.task: finished add(inc(1), inc(inc(...))) on main" in err

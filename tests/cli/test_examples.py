@@ -39,8 +39,23 @@ def example(
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"pipeline.py", "http_fanout.py", "sweep.py"}
+    tested = {"pipeline.py", "http_fanout.py", "sweep.py", "cache_rerun.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+# -- cache_rerun -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", [None, "sync"], ids=["default", "sync"])
+def test_cache_rerun(executor: str | None) -> None:
+    args = [] if executor is None else ["--executor", executor]
+    lines = example("cache_rerun.py", *args).stdout.splitlines()
+    assert lines == [
+        "first run : total = 6; 7 tasks ran ['count_words', 'load', 'total'], "
+        "0 read from the cache",
+        "after edit: total = 3; 4 tasks ran ['count_words', 'total'], 3 read from the cache",
+        "unchanged : total = 3; 0 tasks ran [], 1 read from the cache",
+    ]
 
 
 # -- pipeline ----------------------------------------------------------------------------------
@@ -73,7 +88,7 @@ def test_pipeline_through_the_command_line(cli: Cli, tmp_path: Path) -> None:
 def test_pipeline_graph(cli: Cli) -> None:
     status, out, _ = cli("graph", f"{EXAMPLES}/pipeline.py:pipeline")
     assert status == 0
-    assert out.count('label="parse"') == 8
+    assert out.count('label="parse(write_orders(') == 8
     # directory -> 8 writes -> 8 parses -> combine; directory and combine -> cleanup
     assert out.count("->") == 8 + 8 + 8 + 2
 

@@ -24,6 +24,7 @@ Run as a script to bring hosts up or down by hand::
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -67,7 +68,7 @@ def unavailable() -> str | None:
     """Why emulated hosts cannot be made here, or None when they can."""
     if os.geteuid() != 0:
         return "emulated hosts need root (network namespaces, veth links, a bridge)"
-    for tool in ("ip", "unshare", "hostname"):
+    for tool in ("ip", "unshare", "nsenter", "hostname"):
         if shutil.which(tool) is None:
             return f"emulated hosts need `{tool}`, which is not on PATH"
     probe = f"{PREFIX}probe"
@@ -216,6 +217,38 @@ def link_bytes(host: str) -> tuple[int, int]:
     stats = Path("/sys/class/net") / link(host) / "statistics"
     # The bridge port's counters are seen from the bridge: what it receives, the host sent.
     return int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text())
+
+
+def crossing_bytes(hosts: tuple[str, ...] = HOSTS) -> int:
+    """Bytes that ``hosts`` have sent onto the bridge so far: what crossed from one host to
+    another (and the little they said to mpiexec, at the bridge's address).
+
+    Callable on an emulated host too (a rank counting the bytes of its own job): the
+    links are read from the machine's own namespace, entered through the nearest
+    ancestor process that lives there.
+    """
+    command = ["ip", "-j", "-s", "link", "show"]
+    outside = _nearest_outside_pid()
+    if outside is not None:
+        command = ["nsenter", "-t", str(outside), "-n", *command]
+    shown = json.loads(subprocess.run(command, capture_output=True, check=True).stdout)
+    names = {link(host) for host in hosts}
+    return sum(int(entry["stats64"]["rx"]["bytes"]) for entry in shown if entry["ifname"] in names)
+
+
+def _nearest_outside_pid() -> int | None:
+    """An ancestor of this process in the machine's own network namespace (where the
+    bridge is), or None when this process is there itself."""
+    if Path("/sys/class/net", BRIDGE).exists():
+        return None
+    own = os.readlink("/proc/self/ns/net")
+    pid = os.getpid()
+    while pid > 1:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent's pid
+        if os.readlink(f"/proc/{pid}/ns/net") != own:
+            return pid
+    raise RuntimeError("no ancestor of this process is outside its network namespace")
 
 
 def mpiexec_prefix(

@@ -171,8 +171,11 @@ def _run(scenario: Scenario, log: Path, in_caller: bool) -> tuple[Any, Recorder,
 def test_tasks_called_in_the_caller_and_submitted_ones_look_the_same(
     scenario: Scenario, tmp_path: Path
 ) -> None:
-    here, here_hooks, here_transport = _run(scenario, tmp_path / "caller", in_caller=True)
-    there, there_hooks, there_transport = _run(scenario, tmp_path / "worker", in_caller=False)
+    # One log directory, emptied in between: messages name nodes with their arguments.
+    log = tmp_path / "log"
+    here, here_hooks, here_transport = _run(scenario, log, in_caller=True)
+    log.rename(tmp_path / "caller")
+    there, there_hooks, there_transport = _run(scenario, log, in_caller=False)
     # Every task ran in the caller, then every task but constants ran on the worker.
     assert here_transport.ran == []
     assert {e[2] for e in here_hooks.of("started")} == {"main"}

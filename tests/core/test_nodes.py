@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 
 import pytest
 
@@ -246,3 +247,73 @@ def test_labels_of_deep_huge_or_unprintable_constants_are_short_and_safe() -> No
         assert label.startswith("DataNode(")
         assert len(label) <= 60
     assert len(IndexNode(DataNode(1), deep).label) <= 80
+
+
+def test_only_the_label_can_be_reassigned() -> None:
+    node = op(f, timeout=2)(1)
+    with pytest.raises(AttributeError, match=r"op\(func, timeout=\.\.\.\)"):
+        node.timeout = 5  # type: ignore[misc]
+    assert node.timeout == 2
+    with pytest.raises(AttributeError):
+        node.func = print  # type: ignore[misc]
+
+
+@op
+def load(path: str) -> str:
+    return path
+
+
+@op
+def count(text: str) -> int:
+    return len(text)
+
+
+@op
+def total(counts: list[int], *, scale: int = 1) -> int:
+    return sum(counts)
+
+
+def test_a_node_is_described_by_its_label_and_arguments() -> None:
+    counts = [count(load(name)) for name in ["a.txt", "b.txt"]]
+    # The three loads of the Quick start told apart; dependencies two levels deep.
+    assert str(load("b.txt")) == "load('b.txt')"
+    assert str(counts[1]) == "count(load('b.txt'))"
+    assert str(total(counts, scale=2)) == "total([count(load(...)), count(load(...))], scale=2)"
+    assert str(op(f, label="given")(3, None, 1.5)) == "given(3, None, 1.5)"
+    assert str(op(f)()) == "f()"
+    assert str(op(f, nout=2)("x")[1]) == "f('x')[1]"
+    assert str(DataNode([1, 2])) == "DataNode([1, 2])"
+    assert str(CollectNode(counts)) == "CollectNode(2)"
+    assert repr(load("b.txt")) == "<Op load>"
+
+
+def test_descriptions_of_deep_huge_or_unprintable_arguments_are_short_and_safe() -> None:
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no repr")
+
+    class Huge:
+        def __repr__(self) -> str:
+            return "h" * 10_000_000
+
+    values = [
+        nested(50, 1),
+        list(range(1_000_000)),
+        "x" * 10_000,
+        b"y" * 100_000_000,
+        Unprintable(),
+        Huge(),
+        {i: str(i) for i in range(1000)},
+    ]
+    for value in values:
+        text = str(Op(f, value, key=value))
+        assert text.startswith("f("), text
+        assert len(text) <= 80, text
+    assert str(Op(f, Unprintable())) == "f(<Unprintable>)"
+    # An object's default repr says where it lives in memory: its type is what tells.
+    assert str(Op(f, object(), threading.Lock())) == "f(<object>, <_thread.lock>)"
+    # A chain a thousand long reads as its last links.
+    chain: DispatchNode = DataNode(0)
+    for _ in range(1000):
+        chain = Op(f, chain)
+    assert str(chain) == "f(f(f(...)))"

@@ -67,6 +67,7 @@ OVERSIZED: frozenset[str] = frozenset()
 LEAVES = (
     "dispatcher._errors",
     "dispatcher._hooks",
+    "dispatcher._hosts",
     "dispatcher._report_assets",
     "dispatcher._report_model",
     "dispatcher._template",
@@ -78,6 +79,7 @@ OBSERVERS = ("dispatcher._logging", "dispatcher._progress", "dispatcher._report"
 OBSERVER_IMPORTS = {
     "dispatcher._errors",
     "dispatcher._hooks",
+    "dispatcher._hosts",
     "dispatcher._report_assets",
     "dispatcher._report_html",
     "dispatcher._report_model",

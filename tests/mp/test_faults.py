@@ -266,7 +266,9 @@ def test_a_function_workers_cannot_import_is_named_with_the_fix(tmp_path: Path) 
         assert "No module named 'only_here'" in message
         assert "importable" in message
         assert "cannot be pickled" not in message
-        # The worker's traceback, which comes along as a note, names the node too.
-        notes = "\n".join(getattr(info.value, "__notes__", []))
-        assert "the function of 'twice'" in notes
+        # Named with its arguments, and the worker's traceback (all dispatcher's frames, no
+        # user's) does not repeat the message.
+        assert "the function of twice(4)" in message
+        notes = getattr(info.value, "__notes__", [])
+        assert notes == ["dispatcher: raised by node twice(4) on worker 'mp-0'"]
         assert ex.run(Op(mp_tasks.sleep_then, 0, "still serving")) == "still serving"

@@ -61,6 +61,13 @@ def test_a_result_whose_unpickling_exits_fails_its_node(ex: Executor) -> None:
     assert isinstance(result.error, SerializationError), repr(result.error)
     assert "SystemExit" in str(result.error)
     assert ex.run(Op(mp_tasks.sleep_then, 0, "still reading")) == "still reading"
+    # With throw=True, the note says where it failed: here, receiving it.
+    with pytest.raises(SerializationError) as info:
+        ex.run(Op(mp_tasks.exits_when_unpickled))
+    assert info.value.__notes__ == [
+        "dispatcher: raised by node exits_when_unpickled() in the caller, "
+        "receiving its result from worker 'mp-0'"
+    ]
 
 
 def test_an_exception_that_cannot_travel_arrives_as_remote_error(ex: Executor) -> None:

@@ -95,3 +95,43 @@ def test_an_mp_executor_inside_an_mp_task_says_what_to_use_instead() -> None:
         with pytest.raises(DispatcherError, match="executor='sync' or 'async'"):
             ex.run(Op(mp_tasks.nested_run, "mp"))
         assert ex.run(Op(mp_tasks.nested_run, "sync")) == 3
+
+
+GUARDED_SCRIPT = """
+from dispatcher import op, run
+
+@op
+def inc(x):
+    return x + 1
+
+if __name__ == "__main__":
+    print(run(inc(1), executor="mp", workers=2{options}))
+"""
+
+
+def test_a_script_read_from_standard_input_is_told_why_workers_cannot_start() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-"],
+        input=GUARDED_SCRIPT.format(options=""),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 1
+    # Said before any worker starts: one message, not a traceback per worker, and not
+    # "add the guard" to a script that has it.
+    assert done.stderr.count("Traceback") == 1, done.stderr
+    assert "guard" not in done.stderr
+    assert "the main module was read from <stdin>, not from a file" in done.stderr
+    assert "start_method='fork'" in done.stderr
+    forked = subprocess.run(
+        [sys.executable, "-"],
+        input=GUARDED_SCRIPT.format(options=", start_method='fork'"),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert (forked.returncode, forked.stdout) == (0, "2\n"), forked.stderr

@@ -154,6 +154,33 @@ def test_task_error_then_recovery_in_the_same_script(tmp_path: Path) -> None:
     assert "recovered" in done.stdout
 
 
+def test_an_uncaught_task_error_shows_the_users_code_only(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        from dispatcher import op, run
+
+        @op
+        def parse(text):
+            return int(text)  # the failing line
+
+        run([parse("1"), parse("b.txt")], executor="mpi")
+    """,
+    )
+    done = job(3, program)
+    assert done.returncode != 0
+    err = done.stderr
+    # As `python program.py` shows it: no launcher, runpy or worker frames, and the task's
+    # own file, line and source line (the function went to the rank by value).
+    assert err.startswith(f'Traceback (most recent call last):\n  File "{program}", line 8'), err
+    assert "runpy" not in err
+    assert "dispatcher_mpi" not in err.split("dispatcher_mpi: the program on rank 0 failed")[0]
+    assert f'File "{program}", line 6, in parse\n    return int(text)  # the failing line' in err
+    assert "<dynamic-code>" not in err
+    assert "Traceback from the worker that ran parse('b.txt'):" in err
+    assert "dispatcher: raised by node parse('b.txt') on worker 'rank-" in err
+
+
 def test_queueing_ahead_on_ranks(tmp_path: Path) -> None:
     program = script(
         tmp_path,
@@ -284,7 +311,8 @@ def test_without_the_launcher_the_error_says_how(tmp_path: Path) -> None:
     assert "python -m dispatcher_mpi" in plain.stdout
     single = job(1, program)
     assert single.returncode == 0, single.stderr
-    assert "no worker ranks" in single.stdout
+    # One sentence: the launch help goes on from the reason, not as a lower-case sentence.
+    assert "no worker ranks (-n 1): the 'mpi' executor runs inside" in single.stdout
 
 
 def test_discovery_does_not_start_mpi() -> None:

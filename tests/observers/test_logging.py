@@ -55,6 +55,9 @@ def test_run_records_at_info(caplog: pytest.LogCaptureFixture) -> None:
     assert messages[0] == ("dispatcher.run", logging.INFO, "run of 2 nodes started on 'sync'")
     assert messages[1][2].startswith("run of 2 nodes on 'sync' finished in ")
     assert len(messages) == 2
+    caplog.clear()
+    run(Op(tasks.inc, 1), executor="sync", plugins=observers(RunLog()))
+    assert caplog.records[0].getMessage() == "run of 1 node started on 'sync'"
 
 
 def test_task_records_at_debug(caplog: pytest.LogCaptureFixture) -> None:
@@ -63,7 +66,8 @@ def test_task_records_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError):
         run(Op(tasks.inc, a), executor="sync", plugins=observers(TaskLog()))
     tasks_log = [r.getMessage() for r in caplog.records if r.name == "dispatcher.task"]
-    assert tasks_log == ["started <Op fail> on main", "failed <Op fail> on main: ValueError: 1"]
+    # Each node is named with its arguments: which of many `fail` nodes it was.
+    assert tasks_log == ["started fail(1) on main", "failed fail(1) on main: ValueError: 1"]
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "dispatcher.task")
     last = [r for r in caplog.records if r.name == "dispatcher.run"][-1]
     assert "stopped after" in last.getMessage()
@@ -88,8 +92,8 @@ def test_skips_and_retries_at_debug(caplog: pytest.LogCaptureFixture) -> None:
         plugins=observers(TaskLog()),
     )
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "skipped <Op inc>: its ancestor <Op fail> failed" in text
-    assert "retrying <Op flaky> (attempt 2) after ConnectionError on main: again" in text
+    assert "skipped inc(fail(1)): its ancestor fail(1) failed" in text
+    assert "retrying flaky() (attempt 2) after ConnectionError on main: again" in text
 
 
 @pytest.mark.skipif(not WIRED, reason="core does not add the logging observer to runs yet")

@@ -1,9 +1,12 @@
-"""The progress bar observer: counts, drawing only to terminals and notebooks, missing tqdm."""
+"""The progress bar observer: counts, a bar in terminals and notebooks, status lines
+elsewhere, missing tqdm."""
 
 from __future__ import annotations
 
 import io
 import sys
+import threading
+import time
 import types
 from typing import Any
 
@@ -52,14 +55,65 @@ def test_draws_done_total_failed_rate_to_a_terminal() -> None:
     assert "8/8" in last
     assert "failed=3" in last
     assert "task/s" in last
+    # Which node failed, not one of those skipped after it: its label and arguments.
+    assert "last=fail(inc(1))" in last
+    assert bar.last_failure == "fail(inc(1))"
 
 
-def test_quiet_when_the_output_is_not_a_terminal() -> None:
+def test_a_pipe_gets_whole_status_lines_not_a_bar() -> None:
     pipe = io.StringIO()
     bar = ProgressBar(file=pipe)
     run([Op(tasks.inc, i) for i in range(5)], executor="sync", plugins=[bar])
-    assert pipe.getvalue() == ""
-    assert bar.done == 5  # counted all the same
+    # A run shorter than the interval: just the last line.
+    assert pipe.getvalue().startswith("dispatcher sync: 5/5 tasks (100%), done in ")
+    assert pipe.getvalue().count("\n") == 1
+    assert "\r" not in pipe.getvalue()
+
+
+@op
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_status_lines_come_while_the_run_goes_on() -> None:
+    pipe = io.StringIO()
+    bar = ProgressBar(file=pipe, interval=0.05)
+    with pytest.raises(ValueError):
+        run(
+            [nap(0.3), nap(0.3), Op(tasks.fail, nap(0.3))],
+            executor="sync",
+            plugins=[bar],
+        )
+    lines = pipe.getvalue().splitlines()
+    assert "\r" not in pipe.getvalue()
+    # The counts went up line by line while tasks were still running...
+    during = [line for line in lines[:-1] if "elapsed" in line]
+    assert any("1/4 tasks (25%)" in line for line in during), lines
+    assert any("2/4 tasks (50%)" in line for line in during), lines
+    # ... and nothing repeats while nothing changes (a line per change, not per tick).
+    assert len(during) == len(set(line.split(", ")[0] for line in during)), lines
+    assert lines[-1].startswith(
+        "dispatcher sync: 4/4 tasks (100%), 1 failed (last fail(nap(0.3))), stopped after "
+    )
+
+
+def test_a_long_quiet_task_still_gets_a_line_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("dispatcher._progress.HEARTBEAT", 0.1)
+    pipe = io.StringIO()
+    run([nap(0.5)], executor="sync", plugins=[ProgressBar(file=pipe, interval=0.02)])
+    quiet = [
+        line for line in pipe.getvalue().splitlines() if line.startswith("dispatcher sync: 0/1")
+    ]
+    assert len(quiet) >= 2, pipe.getvalue()  # nothing changed, yet the log shows it is alive
+
+
+def test_status_lines_stop_with_the_run() -> None:
+    before = {t.name for t in threading.enumerate()}
+    run([Op(tasks.inc, 1)], executor="sync", plugins=[ProgressBar(file=io.StringIO())])
+    assert "dispatcher-progress" not in {t.name for t in threading.enumerate()} - before
 
 
 def test_enabled_forces_drawing_or_silence() -> None:
@@ -80,9 +134,11 @@ def test_progress_true_draws_on_stderr_when_it_is_a_terminal(
     assert "3/3" in screen.getvalue()
 
 
-def test_progress_true_is_quiet_on_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_true_on_a_pipe_writes_a_status_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(Op(tasks.inc, 1), progress=True) == 2
-    assert capsys.readouterr() == ("", "")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("dispatcher async: 1/1 tasks (100%), done in ")
 
 
 def test_counts_retries_and_a_recomputed_node_once() -> None:
@@ -144,6 +200,8 @@ def test_missing_tqdm_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ModuleNotFoundError, match=r"pip install tqdm") as info:
         run(Op(ran.append, 1), progress=True)
     assert "'progress' extra" in str(info.value)
+    # Into this interpreter's environment, which a bare `pip` may not be.
+    assert f"{sys.executable} -m pip install tqdm" in str(info.value)
     assert ran == []  # refused before anything ran
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,9 @@ import pytest
 
 from dispatcher import DataNode, Op, op, run
 from dispatcher import _report_html as html_module
+from dispatcher import _report_timeline as timeline_module
 from dispatcher._report import ReportWriter
+from dispatcher._report_model import FAILED, OK, Attempt, RunRecord
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,6 +113,24 @@ def test_failures_and_skipped_tasks(tmp_path: Path) -> None:
     assert "skipped (an ancestor failed)" in text
     assert "the-broken-one" in text
     assert "never-ran" in text
+
+
+def test_a_failure_names_its_node_with_its_arguments(tmp_path: Path) -> None:
+    def parse(name: str) -> str:
+        if name == "b.txt":
+            raise ValueError(name)
+        return name
+
+    nodes = [op(parse, label="parse")(name) for name in ["a.txt", "b.txt", "c.txt"]]
+    writer = ReportWriter(tmp_path / "r.html")
+    run(nodes, executor="sync", throw=False, plugins=[writer])
+    assert writer.record is not None
+    assert writer.record.descriptions == ["parse('a.txt')", "parse('b.txt')", "parse('c.txt')"]
+    text = (tmp_path / "r.html").read_text()
+    failures = text.split("<h2>Failures</h2>")[1].split("</section>")[0]
+    # Which of the three parses failed, in the user's terms, not an internal number.
+    assert "<b>parse(&#x27;b.txt&#x27;)</b> failed on main" in failures, failures
+    assert not re.search(r"#\d", failures), failures
 
 
 def test_retries_show_each_attempt(tmp_path: Path) -> None:
@@ -232,10 +254,123 @@ def test_the_file_is_replaced_whole(tmp_path: Path) -> None:
 
 
 def test_big_runs_are_summarised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(html_module, "MAX_DRAWN", 10)
+    monkeypatch.setattr(timeline_module, "MAX_DRAWN", 10)
     monkeypatch.setattr(html_module, "MAX_ROWS", 20)
     run([Op(tasks.inc, i) for i in range(30)], executor="sync", report=tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text()
     assert "The timeline shows the first 10 of 30 task attempts." in text
     assert "The first 20 of 30 attempts." in text
     assert text.count("<rect x=") <= 10 + 5  # bars, plus the band backgrounds
+
+
+# -- what the timeline draws ------------------------------------------------------------------
+
+
+def bars(text: str) -> dict[str, list[tuple[float, float, float]]]:
+    """Each drawn bar's (x, y, width), by the label that starts its tooltip."""
+    found: dict[str, list[tuple[float, float, float]]] = {}
+    pattern = r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"[^>]*><title>([^\n<]*)'
+    for x, y, width, title in re.findall(pattern, text):
+        found.setdefault(re.split(r"[ (]", title)[0], []).append((float(x), float(y), float(width)))
+    return found
+
+
+def record_of(attempts: list[Attempt], labels: list[str], in_order: bool) -> RunRecord:
+    record = RunRecord("mp", len(labels), datetime(2026, 1, 1).astimezone(), in_order=in_order)
+    record.labels = labels
+    record.kinds = ["Op"] * len(labels)
+    record.attempts = attempts
+    record.wall = max(a.end or 0.0 for a in attempts)
+    return record
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_failed_attempts_keep_their_run_time(executor: str, tmp_path: Path) -> None:
+    calls = []
+
+    @op
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionError("again")
+        raise KeyError("for good")
+
+    writer = ReportWriter(tmp_path / "r.html")
+    [result, skipped] = run(
+        [flaky(), Op(tasks.inc, flaky())],
+        executor=executor,
+        throw=False,
+        retry_on=ConnectionError,
+        plugins=[writer],
+    )
+    assert not result.ok
+    assert not skipped.ok
+    assert writer.record is not None
+    by_status = {a.status: a for a in writer.record.attempts}
+    # Measured where they ran, like a success's; a skipped node never ran.
+    assert by_status["retried"].duration is not None
+    assert by_status["failed"].duration is not None
+    assert by_status["skipped"].duration is None
+
+
+def test_a_failure_is_drawn_for_its_run_time_not_its_wait() -> None:
+    # Handed over together to a worker that runs one task at a time; their ends came back
+    # in one batch at 0.3 s. The failed call ran 10 ms, after the 290 ms one.
+    slow = Attempt(0, "mp-0", 0.0, end=0.3, duration=0.29, status=OK)
+    failed = Attempt(1, "mp-0", 0.0, end=0.3, duration=0.01, status=FAILED, error="E: x")
+    text = html_module.render(record_of([slow, failed], ["slow", "quick"], in_order=True))
+    [(x_slow, y_slow, w_slow)] = bars(text)["slow"]
+    [(x_quick, y_quick, w_quick)] = bars(text)["quick"]
+    assert y_slow == y_quick  # one task at a time: one row
+    assert x_quick >= x_slow + w_slow - 0.01  # after the slow one, not over its wait
+    assert w_quick == pytest.approx(w_slow * 0.01 / 0.29, rel=0.01)
+
+
+def test_a_worker_running_one_task_at_a_time_is_one_row() -> None:
+    # Ten 10 ms tasks queued at once, their ends reported two by two.
+    attempts = [
+        Attempt(i, "mp-0", 0.0, end=0.02 * (i // 2 + 1), duration=0.01, status=OK)
+        for i in range(10)
+    ]
+    labels = [f"t{i}" for i in range(10)]
+    in_order = bars(html_module.render(record_of(attempts, labels, in_order=True)))
+    assert len({y for drawn in in_order.values() for _, y, _ in drawn}) == 1
+    # Spans are laid end to end, in the order sent.
+    xs = [in_order[f"t{i}"][0][0] for i in range(10)]
+    assert xs == sorted(xs)
+    # Where a worker runs tasks side by side (threads), the same times are concurrent.
+    side_by_side = bars(html_module.render(record_of(attempts, labels, in_order=False)))
+    assert len({y for drawn in side_by_side.values() for _, y, _ in drawn}) == 2
+
+
+def test_a_failure_without_a_run_time_is_a_mark_where_it_was_reported(tmp_path: Path) -> None:
+    transport = FakeTransport(workers=2)
+    transport.kill_on("double", times=3)  # the worker dies every time: no run time known
+    writer = ReportWriter(tmp_path / "r.html")
+    with fake_executor(transport) as ex:
+        [result] = ex.run([Op(tasks.double, 1)], plugins=[writer], throw=False)
+    assert not result.ok
+    assert writer.record is not None
+    assert all(a.duration is None for a in writer.record.attempts)
+    text = (tmp_path / "r.html").read_text()
+    assert "ran for a time nobody knows (its worker was lost)" in text
+    widths = [width for _, _, width in bars(text)["double"]]
+    assert widths
+    assert all(width == pytest.approx(timeline_module.MARK) for width in widths)
+
+
+def test_the_badge_says_how_the_run_ended(tmp_path: Path) -> None:
+    def badge(targets: Any, **options: Any) -> str:
+        report = tmp_path / "r.html"
+        with contextlib.suppress(ValueError):
+            run(targets, executor="sync", report=report, **options)
+        found = re.search(r'<span class="badge (\w+)">([^<]*)</span>', report.read_text())
+        assert found is not None
+        return f"{found[1]}: {found[2]}"
+
+    assert badge(Op(tasks.inc, 1)) == "good: completed"
+    one = [Op(broken, 1), Op(tasks.inc, 1)]
+    assert badge(one, throw=False) == "warn: completed with 1 failure"
+    two = [Op(broken, 1), Op(tasks.inc, Op(broken, 2))]  # the skipped one is no failure
+    assert badge(two, throw=False) == "warn: completed with 2 failures"
+    assert badge(one) == "bad: failed"

@@ -5,6 +5,8 @@ The public surface; everything here is documented in README.md.
 
 from ._api import arun as arun
 from ._api import run as run
+from ._cache import Cache as Cache
+from ._cache import CacheWarning as CacheWarning
 from ._errors import CycleError as CycleError
 from ._errors import DependencyError as DependencyError
 from ._errors import DispatcherError as DispatcherError
@@ -30,6 +32,8 @@ from ._registry import get_executor as get_executor
 from ._version import __version__ as __version__
 
 __all__ = [
+    "Cache",
+    "CacheWarning",
     "CollectNode",
     "CycleError",
     "DataNode",

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._cache import Cache
 from ._executor import Executor
 from ._registry import DEFAULT_EXECUTOR, ENVIRONMENT_VARIABLE, get_executor, resolve_executor
 from ._threads import in_pool_thread
@@ -62,6 +63,7 @@ def run(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """Run the graph behind ``targets`` and return their values in the same shape.
@@ -72,15 +74,20 @@ def run(
     or ``"async"``; ``options`` configure a named executor for this call only.
     ``inputs`` gives values for nodes, which then do not run (nor what only they needed).
     With ``throw=False`` every target's entry is a :class:`Result`.
+    ``cache`` (a directory, or a :class:`Cache`) keeps every finished node's result by a
+    content hash of its function, arguments and inputs: a node stored already does not
+    run, nor does what only it needed, so running again after a failure resumes.
     """
     ex, owned = _executor_for(executor, options)
     try:
-        return ex.run(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
-        )
+        values, failure = ex._execute(targets, inputs, throw, progress, report, plugins, cache)
     finally:
         if owned:
             ex.close()
+    # Raised here, so that the traceback the user sees goes from their call to the task's code.
+    if failure is not None:
+        raise failure
+    return values
 
 
 async def arun(
@@ -92,14 +99,18 @@ async def arun(
     progress: bool = False,
     report: str | None = None,
     plugins: Iterable[object] = (),
+    cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
     """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
     ex, owned = _executor_for(executor, options)
     try:
-        return await ex.arun(
-            targets, inputs=inputs, throw=throw, progress=progress, report=report, plugins=plugins
+        values, failure = await ex._aexecute(
+            targets, inputs, throw, progress, report, plugins, cache
         )
     finally:
         if owned:
             ex.close()
+    if failure is not None:
+        raise failure
+    return values

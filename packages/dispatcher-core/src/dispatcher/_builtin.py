@@ -15,7 +15,9 @@ DISTRIBUTION = "dispatcher-core"
 def _sync(**options: Any) -> Executor:
     from ._inline import SyncExecutor
 
-    options.pop("workers", None)  # one thread: nothing to size
+    # Accepted, so that code switching executors by name keeps its options; ignored (one
+    # thread: nothing to size), which the description says where executors are listed.
+    options.pop("workers", None)
     return SyncExecutor(**options)
 
 
@@ -31,7 +33,8 @@ def dispatcher_executors() -> list[ExecutorInfo]:
         ExecutorInfo(
             "sync",
             _sync,
-            "every task inline in the calling thread, in a deterministic order",
+            "every task inline in the calling thread, in a deterministic order; "
+            "workers= is ignored, a timeout fails a task only once it returns",
             DISTRIBUTION,
             __version__,
         ),

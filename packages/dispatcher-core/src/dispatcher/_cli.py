@@ -1,4 +1,5 @@
-"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``.
+"""The ``dispatcher`` command: ``executors``, ``run FILE.py:NAME``, ``graph FILE.py:NAME``,
+``cache info|clear PATH``.
 
 Exit status: 0 success, 1 a task failed, 2 a usage error (bad file, name or option), 130
 interrupted. Mistakes in how the command was called get one line on standard error, not a
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._cache_cli import add_cache_command, cache_command
 from ._errors import ExecutorNotFound
 from ._graph import DispatchGraph
 from ._hooks import hookimpl
@@ -53,22 +55,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, with the commands' help aligned: argparse measures command names
+    without the indent it draws them with, so the longest (``executors``) would get a line
+    of its own."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        subactions = getattr(action, "_get_subactions", None)
+        if subactions is not None and action.help is not argparse.SUPPRESS:
+            names = [len(self._format_action_invocation(a)) for a in subactions()]
+            indent = self._current_indent + self._indent_increment
+            self._action_max_length = max(self._action_max_length, max(names, default=0) + indent)
+
+
 # -- the command line ------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Run dispatcher graphs defined in Python files, draw them, list executors.",
+        description=(
+            "Run dispatcher graphs defined in Python files, draw them, list executors, "
+            "manage result caches."
+        ),
         epilog=(
             "examples:\n"
             "  dispatcher executors\n"
             "  dispatcher run examples/pipeline.py:pipeline --executor mp --progress\n"
             "  dispatcher graph examples/pipeline.py:pipeline -o pipeline.svg\n"
+            "  dispatcher cache info .dispatcher-cache\n"
             "\n"
             "exit status: 0 success, 1 a task failed, 2 usage error, 130 interrupted"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -82,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     target_help = (
         "FILE.py:NAME, where NAME is " + TARGET_KINDS + " (the file's directory goes on sys.path)"
     )
+    _add_run_command(commands, target_help)
+
+    graph = commands.add_parser(
+        "graph",
+        help="write a graph as Graphviz DOT, SVG or PNG",
+        description=(
+            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
+            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
+        ),
+    )
+    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
+    graph.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
+    )
+    add_cache_command(commands)
+    return parser
+
+
+def _add_run_command(commands: Any, target_help: str) -> None:
     run = commands.add_parser(
         "run",
         help="run a graph from a Python file and print its results",
@@ -103,10 +142,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress",
         action="store_true",
-        help="show a progress bar on standard error (when it is a terminal)",
+        help="show progress on standard error (a bar on a terminal, else a line every 5 s)",
     )
     run.add_argument(
         "--report", metavar="FILE", help="write an HTML report of the run (timeline, summary)"
+    )
+    run.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep results in DIR; a node stored there already does not run again",
     )
     run.add_argument(
         "-v",
@@ -115,20 +159,6 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="log to standard error: -v each run, -vv each task",
     )
-
-    graph = commands.add_parser(
-        "graph",
-        help="write a graph as Graphviz DOT, SVG or PNG",
-        description=(
-            "Load FILE.py, take NAME from it and write its graph: DOT text on standard output, "
-            "or to -o FILE (.dot, .svg, .png, .pdf; all but .dot need Graphviz's 'dot')."
-        ),
-    )
-    graph.add_argument("target", metavar="FILE.py:NAME", help=target_help)
-    graph.add_argument(
-        "-o", "--output", metavar="FILE", help="where to write: out.dot, out.svg or out.png"
-    )
-    return parser
 
 
 def _positive_int(text: str) -> int:
@@ -156,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _executors()
         if args.command == "run":
             return _run(args)
+        if args.command == "cache":
+            return cache_command(args)
         return _graph(args)
     except UsageError as exc:
         _say(f"error: {exc}")
@@ -223,14 +255,18 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with executor:
                 values = executor.run(
-                    targets, progress=args.progress, report=report, plugins=[watcher]
+                    targets,
+                    progress=args.progress,
+                    report=report,
+                    plugins=[watcher],
+                    cache=args.cache,
                 )
         except Exception as exc:
             if watcher.node is None:
                 raise  # not a task's failure: a bug, shown with its traceback
             sys.stdout.flush()
             print(format_exception(exc), end="", file=sys.stderr)
-            _say(f"task {watcher.node.label!r} failed on worker {watcher.worker!r}")
+            _say(f"task {watcher.node} failed on worker {watcher.worker!r}")
             _report_written(report)
             return FAILED
         finally:
@@ -292,8 +328,8 @@ def _print_results(targets: Any, values: Any) -> None:
         entries = [(str(key), value) for key, value in zip(targets, values.values())]
     else:
         nodes = targets.sinks() if isinstance(targets, DispatchGraph) else list(targets)
-        labels = [node.label for node in nodes]
-        if len(set(labels)) < len(labels):  # repeated labels: number them to tell them apart
+        labels = [str(node) for node in nodes]  # label and arguments: parse('b.txt')
+        if len(set(labels)) < len(labels):  # still alike: number them to tell them apart
             labels = [f"[{i}] {label}" for i, label in enumerate(labels)]
         entries = list(zip(labels, values))
     for key, value in entries:

@@ -1,8 +1,17 @@
-"""The exceptions dispatcher raises. Each names the node it is about, where there is one."""
+"""The exceptions dispatcher raises, and what a user sees of a task's exception.
+
+Each exception names the node it is about, where there is one. A task's own exception
+keeps its traceback from the user's code down: the frames of dispatcher's code that called
+the task are dropped from what the user sees (:func:`hide_own_frames`; the whole
+traceback goes to the ``dispatcher.task.traceback`` logger at DEBUG).
+"""
 
 from __future__ import annotations
 
 import difflib
+import logging
+import traceback
+from types import FrameType, TracebackType
 from typing import Any
 
 __all__ = [
@@ -14,11 +23,81 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "failure_note",
+    "hide_own_frames",
+    "is_own_frame",
+    "node_name",
+    "user_traceback",
 ]
+
+_OWN_PACKAGES = frozenset({"dispatcher", "dispatcher_mp", "dispatcher_mpi", "dispatcher_dask"})
+# dispatcher's tests of executors and their tasks are the user's code of their runs.
+_USER_MODULES = ("dispatcher.testing",)
+
+_log = logging.getLogger("dispatcher.task.traceback")
+
+
+def is_own_frame(frame: FrameType) -> bool:
+    """Whether ``frame`` runs dispatcher's code (core's or a backend's), not the user's."""
+    name = frame.f_globals.get("__name__")
+    if not isinstance(name, str):
+        return False
+    return name.partition(".")[0] in _OWN_PACKAGES and not name.startswith(_USER_MODULES)
+
+
+def user_traceback(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from its first frame of the user's code: the frames of dispatcher's code that
+    led to it (the worker loop, the call of the task) dropped. ``None`` when it has no
+    frame of the user's: the error is dispatcher's own."""
+    while tb is not None and is_own_frame(tb.tb_frame):
+        tb = tb.tb_next
+    return tb
+
+
+def hide_own_frames(error: BaseException, node: object) -> None:
+    """Drop from ``error``'s traceback the frames of dispatcher's code above the user's.
+
+    An error with no frame of the user's code is dispatcher's own: a
+    :class:`DispatcherError`, whose message says what happened, loses its frames (and its
+    cause's: how pickle failed, say); anything else is a bug and keeps them all. The whole
+    traceback is logged at DEBUG first, naming ``node``."""
+    tb = error.__traceback__
+    if tb is None or not is_own_frame(tb.tb_frame):
+        return
+    kept = user_traceback(tb)
+    if kept is None and not isinstance(error, DispatcherError):
+        return
+    if _log.isEnabledFor(logging.DEBUG):
+        text = "".join(traceback.format_exception(type(error), error, tb))
+        _log.debug("the whole traceback of %s, dispatcher's frames included:\n%s", node, text)
+    error.__traceback__ = kept
+    if kept is None and error.__cause__ is not None:
+        error.__cause__.__traceback__ = None
 
 
 class DispatcherError(Exception):
     """Base class of every error dispatcher raises itself."""
+
+
+def node_name(node: Any) -> str:
+    """How a message names ``node``: a node by its description (label and arguments, as
+    ``str(node)`` gives it: ``parse('b.txt')``), a bare label (all a transport may know)
+    quoted."""
+    if isinstance(node, str):
+        return repr(node)
+    try:
+        return str(node)
+    except Exception:  # a message must never fail for its node's sake
+        return f"<{type(node).__name__}>"
+
+
+def failure_note(node: Any, worker: str, error: BaseException) -> str:
+    """The note a run's failure gets: which node raised it, and where."""
+    where = f"on worker {worker!r}"
+    if isinstance(error, SerializationError) and error.in_caller:
+        what = "receiving its result from" if error.what == "result" else "sending it to"
+        where = f"in the caller, {what} worker {worker!r}"
+    return f"dispatcher: raised by node {node_name(node)} {where}"
 
 
 class CycleError(DispatcherError):
@@ -26,7 +105,7 @@ class CycleError(DispatcherError):
 
     def __init__(self, nodes: list[Any]) -> None:
         self.nodes = nodes
-        path = " -> ".join(repr(n) for n in [*nodes, nodes[0]]) if nodes else "?"
+        path = " -> ".join(node_name(n) for n in [*nodes, nodes[0]]) if nodes else "?"
         super().__init__(f"the graph has a cycle: {path}")
 
 
@@ -42,10 +121,17 @@ class DependencyError(DispatcherError):
         self.node = node
         self.cause = cause
         self.__cause__ = cause
-        super().__init__(
-            f"{dependent!r} did not run because its ancestor {node!r} failed: "
-            f"{type(cause).__name__}: {cause}"
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        cause = self.cause
+        return (
+            f"{node_name(self.dependent)} did not run because its ancestor "
+            f"{node_name(self.node)} failed: {type(cause).__name__}: {cause}"
         )
+
+    def __str__(self) -> str:
+        return self._message()
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.dependent, self.node, self.cause))
@@ -99,7 +185,11 @@ class WorkerLostError(DispatcherError):
         self.node = node
         self.worker = worker
         self.reason = reason
-        super().__init__(f"worker {worker} was lost while running {node!r}: {reason}")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # From the attributes: the scheduler puts the node where a transport knew its label.
+        return f"worker {self.worker} was lost while running {node_name(self.node)}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.node, self.worker, self.reason))
@@ -111,7 +201,10 @@ class TaskTimeoutError(DispatcherError, TimeoutError):
     def __init__(self, node: Any, seconds: float) -> None:
         self.node = node
         self.seconds = seconds
-        super().__init__(f"{node!r} ran past its timeout of {seconds:g} s")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{node_name(self.node)} ran past its timeout of {self.seconds:g} s"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.node, self.seconds))
@@ -119,20 +212,35 @@ class TaskTimeoutError(DispatcherError, TimeoutError):
 
 class SerializationError(DispatcherError):
     """``.what`` (the function, an argument, the result) of ``.node`` could not be sent;
-    ``.type_name`` names the offending type."""
+    ``.type_name`` names the offending type. ``.in_caller`` says the failure happened in
+    the caller (pickling what it sends, or unpickling a result it received), not on the
+    worker."""
 
-    def __init__(self, node: Any, what: str, type_name: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        node: Any,
+        what: str,
+        type_name: str,
+        detail: str | None = None,
+        in_caller: bool = False,
+    ) -> None:
         self.node = node
         self.what = what
         self.type_name = type_name
         self.detail = detail
-        super().__init__(
-            f"cannot send the {what} of {node!r} between processes: "
-            + (detail or f"{type_name} cannot be pickled")
+        self.in_caller = in_caller
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot send the {self.what} of {node_name(self.node)} between processes: " + (
+            self.detail or f"{self.type_name} cannot be pickled"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.node, self.what, self.type_name, self.detail))
+        return (
+            type(self),
+            (self.node, self.what, self.type_name, self.detail, self.in_caller),
+        )
 
 
 class RemoteError(DispatcherError):
@@ -149,3 +257,18 @@ class RemoteError(DispatcherError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.traceback_text}"
+
+
+# Shown where the user imports them from: a traceback's last line reads
+# "dispatcher.SerializationError: ...", not the private module's name.
+for _error in (
+    DispatcherError,
+    CycleError,
+    DependencyError,
+    ExecutorNotFound,
+    WorkerLostError,
+    TaskTimeoutError,
+    SerializationError,
+    RemoteError,
+):
+    _error.__module__ = "dispatcher"

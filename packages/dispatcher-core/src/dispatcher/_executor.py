@@ -92,6 +92,7 @@ class Executor:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` has been called: the executor takes no more runs."""
         return self._closed
 
     def __enter__(self) -> Executor:
@@ -124,18 +125,14 @@ class Executor:
         progress: bool = False,
         report: str | None = None,
         plugins: Iterable[object] = (),
+        cache: Any = None,
     ) -> Any:
         """Run ``targets``; return their values in the same shape (see :func:`dispatcher.run`)."""
-        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
-        error: BaseException | None = None
-        try:
-            self._drive(run)
-            return self._finish(plan, run)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._end(plan, run, observers, error)
+        values, failure = self._execute(targets, inputs, throw, progress, report, plugins, cache)
+        # Raised here, so that the traceback goes from the caller's call to the task's code.
+        if failure is not None:
+            raise failure
+        return values
 
     async def arun(
         self,
@@ -146,13 +143,68 @@ class Executor:
         progress: bool = False,
         report: str | None = None,
         plugins: Iterable[object] = (),
+        cache: Any = None,
     ) -> Any:
         """Like :meth:`run`, awaited inside a running asyncio or trio program."""
-        plan, run, observers = self._prepare(targets, inputs, throw, progress, report, plugins)
+        values, failure = await self._aexecute(
+            targets, inputs, throw, progress, report, plugins, cache
+        )
+        if failure is not None:
+            raise failure
+        return values
+
+    def _execute(
+        self,
+        targets: Any,
+        inputs: Mapping[Any, Any] | None,
+        throw: bool,
+        progress: bool,
+        report: str | None,
+        plugins: Iterable[object],
+        cache: Any = None,
+    ) -> tuple[Any, BaseException | None]:
+        """:meth:`run`, returning the task failure that stopped the run instead of raising
+        it, for the public entry point to raise in its own frame: the traceback the user
+        sees then goes from their call straight to the task's code."""
+        plan, run, observers = self._prepare(
+            targets, inputs, throw, progress, report, plugins, cache
+        )
+        error: BaseException | None = None
+        try:
+            self._drive(run)
+            while run.replan:
+                plan, run = self._replan(plan, run, observers)
+                self._drive(run)
+            error = run.error
+            return (None, error) if error is not None else (self._finish(plan, run), None)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(plan, run, observers, error)
+
+    async def _aexecute(
+        self,
+        targets: Any,
+        inputs: Mapping[Any, Any] | None,
+        throw: bool,
+        progress: bool,
+        report: str | None,
+        plugins: Iterable[object],
+        cache: Any = None,
+    ) -> tuple[Any, BaseException | None]:
+        """:meth:`_execute` for :meth:`arun`."""
+        plan, run, observers = self._prepare(
+            targets, inputs, throw, progress, report, plugins, cache
+        )
         error: BaseException | None = None
         try:
             await self._adrive(run)
-            return self._finish(plan, run)
+            while run.replan:
+                plan, run = self._replan(plan, run, observers)
+                await self._adrive(run)
+            error = run.error
+            return (None, error) if error is not None else (self._finish(plan, run), None)
         except BaseException as exc:
             error = exc
             raise
@@ -167,21 +219,31 @@ class Executor:
         progress: bool,
         report: str | None,
         plugins: Iterable[object],
+        cache: Any = None,
     ) -> tuple[Plan, Run, Observers]:
         if self._closed:
             raise DispatcherError(f"the {self.name!r} executor is closed")
-        plan = Plan(targets, inputs)
+        plan = Plan(targets, inputs, cache)
         observers = run_observers(plugins, progress=progress, report=report)
-        # Runs that share a transport are told apart by the high bits of their keys.
-        base = next(_run_numbers) << KEY_BITS
-        run = Run(plan.graph, plan.targets, plan.inputs, self.options, observers, throw, base)
+        run = self._new_run(plan, observers, throw)
         if observers.run_started is not None:
             observers.run_started(graph=plan.graph, executor=self)
         return plan, run, observers
 
+    def _new_run(self, plan: Plan, observers: Observers, throw: bool) -> Run:
+        # Runs that share a transport are told apart by the high bits of their keys.
+        base = next(_run_numbers) << KEY_BITS
+        return Run(
+            plan.graph, plan.targets, plan.inputs, self.options, observers, throw, base, plan.cache
+        )
+
+    def _replan(self, plan: Plan, run: Run, observers: Observers) -> tuple[Plan, Run]:
+        """A cache entry planned as a hit could not be read: plan again without it (what
+        the ended run stored is a hit now) and start a new run."""
+        plan = plan.replanned(run.stale_hits)
+        return plan, self._new_run(plan, observers, run.throw)
+
     def _finish(self, plan: Plan, run: Run) -> Any:
-        if run.error is not None:
-            raise run.error
         table = run.table
         nodes, results = table.nodes, table.results
         if run.throw:
@@ -197,6 +259,8 @@ class Executor:
         return plan.shape(values)
 
     def _end(self, plan: Plan, run: Run, observers: Observers, error: BaseException | None) -> None:
+        if plan.cache is not None:
+            plan.cache.finish()
         if observers.run_finished is not None:
             observers.run_finished(graph=plan.graph, executor=self, error=error)
 

@@ -227,7 +227,8 @@ class DispatchGraph:
         return DispatchGraph._from_parts(nodes, tuple(dict.fromkeys(roots)), given)
 
     def to_dot(self) -> str:
-        """Graphviz DOT text: one vertex per node with its label and kind."""
+        """Graphviz DOT text: one vertex per node with its label and arguments (as
+        ``str(node)`` gives them: ``load('b.txt')``) and kind."""
         lines = ["digraph dispatcher {", "  rankdir=LR;", "  node [fontname=Helvetica];"]
         shapes = {
             "Op": "box",
@@ -237,7 +238,8 @@ class DispatchGraph:
         }
         for i, node in enumerate(self._nodes):
             kind = node.kind
-            text = f"{node.label}\\n({kind})" if kind != "Op" else node.label
+            name = str(node)
+            text = f"{name}\\n({kind})" if kind != "Op" else name
             shape = shapes.get(kind, "box")
             lines.append(f'  n{i} [label="{_dot_escape(text)}", shape={shape}];')
         for i, positions in enumerate(self._deps):

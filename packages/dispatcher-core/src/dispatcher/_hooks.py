@@ -58,14 +58,32 @@ class HookSpecs:
         """``node`` finished on ``worker`` after ``duration`` seconds."""
 
     @hookspec
-    def dispatcher_task_failed(self, node: DispatchNode, worker: str, error: BaseException) -> None:
-        """``node`` failed, or was skipped because an ancestor failed (a DependencyError)."""
+    def dispatcher_task_failed(
+        self, node: DispatchNode, worker: str, error: BaseException, duration: float | None
+    ) -> None:
+        """``node`` failed, or was skipped because an ancestor failed (a DependencyError).
+
+        ``duration``: seconds the failed call ran, measured where it ran; ``None`` where
+        nobody knows (its worker was lost, or it never ran)."""
 
     @hookspec
     def dispatcher_task_retried(
-        self, node: DispatchNode, worker: str, error: BaseException, attempt: int
+        self,
+        node: DispatchNode,
+        worker: str,
+        error: BaseException,
+        attempt: int,
+        duration: float | None,
     ) -> None:
-        """``node`` runs again; ``attempt`` is the number of the attempt about to start."""
+        """``node`` runs again; ``attempt`` is the number of the attempt about to start.
+
+        ``duration``: seconds the failed attempt ran, as for ``dispatcher_task_failed``;
+        ``None`` also for a finished result lost with its worker and computed again."""
+
+    @hookspec
+    def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:
+        """``node``'s value was read from the run's cache on ``worker`` instead of being
+        computed (fired instead of ``task_started`` and ``task_finished``)."""
 
 
 OBSERVER_HOOKS = (
@@ -75,6 +93,7 @@ OBSERVER_HOOKS = (
     "dispatcher_task_finished",
     "dispatcher_task_failed",
     "dispatcher_task_retried",
+    "dispatcher_task_cached",
 )
 """The hooks that observe a run (every hook but the executor provider)."""
 
@@ -89,6 +108,7 @@ class Observers:
     __slots__ = (
         "run_finished",
         "run_started",
+        "task_cached",
         "task_failed",
         "task_finished",
         "task_retried",
@@ -101,6 +121,7 @@ class Observers:
     task_finished: Hook
     task_failed: Hook
     task_retried: Hook
+    task_cached: Hook
 
     def __init__(self, manager: pluggy.PluginManager) -> None:
         for short in self.__slots__:

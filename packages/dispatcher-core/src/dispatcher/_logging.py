@@ -1,7 +1,10 @@
 """Logging under the ``dispatcher`` logger tree, as observers of the run.
 
 ``dispatcher.run`` gets one INFO record when a run starts and one when it ends;
-``dispatcher.task`` gets DEBUG records for every task event. Nothing is printed unless the
+``dispatcher.task`` gets DEBUG records for every task event, naming each node the way a
+user recognises it (``parse('b.txt')``, as ``str(node)`` gives it), and
+``dispatcher.task.traceback`` the whole traceback of a failed task, dispatcher's frames
+included (the one the user is shown starts at their code). Nothing is printed unless the
 application configures logging (``logging.basicConfig(level=logging.INFO)``, ``-v`` on the
 command line).
 
@@ -39,6 +42,10 @@ def log_observer() -> RunLog | None:
     return None
 
 
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
+
+
 class RunLog:
     """INFO records for the start and the end of a run, with its counts."""
 
@@ -50,19 +57,19 @@ class RunLog:
     def dispatcher_run_started(self, graph: DispatchGraph, executor: Executor) -> None:
         self._t0 = time.perf_counter()
         self._nodes = len(graph)
-        run_log.info("run of %d nodes started on %r", len(graph), executor.name)
+        run_log.info("run of %s started on %r", _nodes(len(graph)), executor.name)
 
     @hookimpl
     def dispatcher_run_finished(self, executor: Executor, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - self._t0
         if error is None:
             run_log.info(
-                "run of %d nodes on %r finished in %.3f s", self._nodes, executor.name, elapsed
+                "run of %s on %r finished in %.3f s", _nodes(self._nodes), executor.name, elapsed
             )
         else:
             run_log.info(
-                "run of %d nodes on %r stopped after %.3f s: %s: %s",
-                self._nodes,
+                "run of %s on %r stopped after %.3f s: %s: %s",
+                _nodes(self._nodes),
                 executor.name,
                 elapsed,
                 type(error).__name__,
@@ -75,30 +82,30 @@ class TaskLog(RunLog):
 
     @hookimpl
     def dispatcher_task_started(self, node: DispatchNode, worker: str) -> None:
-        task_log.debug("started %r on %s", node, worker)
+        task_log.debug("started %s on %s", node, worker)
 
     @hookimpl
     def dispatcher_task_finished(
         self, node: DispatchNode, worker: str, duration: float, nbytes: int | None
     ) -> None:
         if nbytes is None:
-            task_log.debug("finished %r on %s in %.6f s", node, worker, duration)
+            task_log.debug("finished %s on %s in %.6f s", node, worker, duration)
         else:
-            task_log.debug("finished %r on %s in %.6f s (%d bytes)", node, worker, duration, nbytes)
+            task_log.debug("finished %s on %s in %.6f s (%d bytes)", node, worker, duration, nbytes)
 
     @hookimpl
     def dispatcher_task_failed(self, node: DispatchNode, worker: str, error: BaseException) -> None:
         if isinstance(error, DependencyError):
-            task_log.debug("skipped %r: its ancestor %r failed", node, error.node)
+            task_log.debug("skipped %s: its ancestor %s failed", node, error.node)
         else:
-            task_log.debug("failed %r on %s: %s: %s", node, worker, type(error).__name__, error)
+            task_log.debug("failed %s on %s: %s: %s", node, worker, type(error).__name__, error)
 
     @hookimpl
     def dispatcher_task_retried(
         self, node: DispatchNode, worker: str, error: BaseException, attempt: int
     ) -> None:
         task_log.debug(
-            "retrying %r (attempt %d) after %s on %s: %s",
+            "retrying %s (attempt %d) after %s on %s: %s",
             node,
             attempt,
             type(error).__name__,

@@ -19,7 +19,17 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from ._options import check_timeout
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
 
-__all__ = ["CollectNode", "DataNode", "DispatchNode", "IndexNode", "Op", "OpFunction", "op"]
+__all__ = [
+    "DESCRIPTION_LIMIT",
+    "CollectNode",
+    "DataNode",
+    "DispatchNode",
+    "IndexNode",
+    "Op",
+    "OpFunction",
+    "describe",
+    "op",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,6 +42,13 @@ _sequence = itertools.count()
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
 
 
+def _refuse_timeout(node: DispatchNode, value: object) -> None:
+    raise AttributeError(
+        "a node's timeout is fixed when the node is made, like its function and arguments: "
+        "give it with op(func, timeout=...); only a node's label can be reassigned"
+    )
+
+
 class DispatchNode:
     """The common base class of every node.
 
@@ -39,9 +56,11 @@ class DispatchNode:
     the nodes found in the arguments. Nodes are hashable by identity and immutable but for
     ``label``. ``timeout`` is the node's own limit in seconds (``math.inf``: none, whatever
     the executor's), or ``None`` for the executor's; it is checked where it is given.
+    ``str(node)`` reads as the call, label and arguments (``load('b.txt')``, see
+    :func:`describe`): how messages, logs and pictures name it.
     """
 
-    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "timeout")
+    __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
 
     _func: Callable[..., Any]
     _args: tuple[Any, ...]
@@ -49,7 +68,7 @@ class DispatchNode:
     _deps: tuple[DispatchNode, ...]
     _shape: int
     _label: str | None
-    timeout: float | None
+    _timeout: float | None
 
     def _init_call(
         self,
@@ -62,7 +81,7 @@ class DispatchNode:
         self._seq = next(_sequence)
         self._func = func
         self._label = label
-        self.timeout = timeout
+        self._timeout = timeout
         # Fast paths, for the common shapes of a million-node graph: every positional
         # argument a distinct node; or nothing but plain scalars.
         if not kwargs and args:
@@ -111,6 +130,15 @@ class DispatchNode:
         self._deps = tuple(found)
         self._shape = SHAPE_TEMPLATE if found else SHAPE_CALL
 
+    # Read-only, like everything but the label (the scheduler reads ``_timeout`` itself,
+    # on its hot path).
+    timeout = property(
+        operator.attrgetter("_timeout"),
+        _refuse_timeout,
+        doc="""The node's own limit in seconds (``math.inf``: none), or ``None`` for the
+        executor's. Fixed when the node is made, as its function and arguments are.""",
+    )
+
     @property
     def label(self) -> str:
         """A name for messages and pictures; need not be unique."""
@@ -149,6 +177,10 @@ class DispatchNode:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label}>"
 
+    def __str__(self) -> str:
+        """The node as a user recognises it: label and arguments, short (:func:`describe`)."""
+        return describe(self)
+
 
 def _too_deep(func: Callable[..., Any]) -> ValueError:
     name = getattr(func, "__qualname__", None) or repr(func)
@@ -172,15 +204,21 @@ class Op(DispatchNode):
     searched. ``Op(op(f, ...), x)`` is the same as ``op(f, ...)(x)``.
     """
 
-    __slots__ = ("_nout",)
+    # ``_cache`` is set only by ``op(..., cache=False)``: left unset (read with a
+    # default), it costs a node neither time nor memory (the slot fits the object's
+    # allocation size class).
+    __slots__ = ("_cache", "_nout")
 
     _nout: int | None
+    _cache: bool
 
     def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
         if type(func) is OpFunction:
             # Op(op(f, ...), x) is op(f, ...)(x): calling the wrapper at run time would
             # return a node instead of a value.
             self._nout = func.nout
+            if not func.cache:
+                self._cache = False
             self._init_call(func.func, args, kwargs, func.label, func.timeout)
             return
         if not callable(func):
@@ -192,6 +230,11 @@ class Op(DispatchNode):
     def func(self) -> Callable[..., Any]:
         """The function this node calls."""
         return self._func
+
+    @property
+    def cache(self) -> bool:
+        """False when the node is never served from or stored in a run's cache."""
+        return getattr(self, "_cache", True)
 
     def _default_label(self) -> str:
         func = self._func
@@ -216,7 +259,7 @@ class DataNode(DispatchNode):
         self._deps = ()
         self._shape = SHAPE_CONSTANT
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def value(self) -> Any:
@@ -242,7 +285,7 @@ class IndexNode(DispatchNode):
         self._deps = (node,)
         self._shape = SHAPE_TEMPLATE
         self._label = None
-        self.timeout = None
+        self._timeout = None
 
     @property
     def node(self) -> DispatchNode:
@@ -296,6 +339,106 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+DESCRIPTION_LIMIT = 80
+"""The longest :func:`describe` makes a description, in characters."""
+
+
+class _ArgumentRepr(reprlib.Repr):
+    """reprlib's bounded repr, naming a dependency (a :class:`Ref`) by its description."""
+
+    def __init__(self, deps: tuple[DispatchNode, ...] = (), depth: int = 0) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxstring = self.maxother = 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 4
+        self.deps = deps
+        self.depth = depth
+
+    def repr_Ref(self, ref: Ref, level: int) -> str:
+        return _describe(self.deps[ref.index], self.depth)
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        # reprlib would repr all of it before cutting it short.
+        text = repr(value[: self.maxstring])
+        return text if len(value) <= self.maxstring else text + "..."
+
+    repr_bytearray = repr_bytes
+
+    def repr_instance(self, value: Any, level: int) -> str:
+        try:
+            text = repr(value)
+        except Exception:
+            return f"<{type(value).__name__}>"  # not reprlib's "instance at 0x...": noise
+        if text.startswith("<") and " at 0x" in text:
+            # object's own repr: its address tells a reader nothing, its type does.
+            cls = type(value)
+            module = "" if cls.__module__ in ("builtins", "__main__") else cls.__module__ + "."
+            return f"<{module}{cls.__qualname__}>"
+        if len(text) > self.maxother:
+            half = max(0, (self.maxother - 3) // 2)
+            text = text[:half] + "..." + text[len(text) - half :]
+        return text
+
+
+_CONSTANTS = _ArgumentRepr()  # holds no state of a call: shared by every thread
+
+DESCRIPTION_LIMIT = 80
+"""The longest :func:`describe` makes a description, in characters."""
+
+
+def describe(node: DispatchNode, limit: int = DESCRIPTION_LIMIT) -> str:
+    """How a user recognises ``node``, for messages, logs and pictures.
+
+    A call reads as its label with its arguments: constants as a short ``repr``,
+    dependencies described the same way, two levels deep (``count(load('b.txt'))``,
+    ``total([count(load(...)), ...])``). Other nodes read as their label. Never longer than
+    ``limit`` characters, and never raises: a ``repr`` that fails, or is huge, or a value
+    nested thousands deep, is cut short.
+    """
+    try:
+        text = _describe(node, 2)
+    except Exception:  # a description must never be the error
+        text = node.label
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _argument(value: Any, shown: _ArgumentRepr) -> str:
+    kind = type(value)
+    # The common arguments, without reprlib's dispatch: a report describes every node.
+    if kind is str and len(value) <= 38:
+        return repr(value)
+    if kind in _PLAIN and (kind is not int or -(10**30) < value < 10**30):
+        return repr(value)
+    return shown.repr(value)
+
+
+def _describe(node: DispatchNode, depth: int) -> str:
+    label = node.label
+    if not isinstance(node, Op):
+        if isinstance(node, IndexNode) and node._label is None:
+            return f"{_describe(node._deps[0], depth)}[{_short_repr(node._args[1])}]"
+        return label
+    if depth <= 0:
+        return f"{label}(...)" if node._args or node._kwargs or node._deps else f"{label}()"
+    deps = node._deps
+    if node._shape == SHAPE_POSITIONAL:
+        parts = [_describe(dep, depth - 1) for dep in deps]
+    else:
+        shown = _ArgumentRepr(deps, depth - 1) if deps else _CONSTANTS
+        parts = [_argument(arg, shown) for arg in node._args]
+        if node._kwargs:
+            parts += [f"{key}={_argument(value, shown)}" for key, value in node._kwargs.items()]
+    text = label + "("
+    for i, part in enumerate(parts):
+        text += part if i == 0 else ", " + part
+        if len(text) > DESCRIPTION_LIMIT:  # no need to make more than can be shown
+            return text
+    return text + ")"
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -303,7 +446,7 @@ def _identity(value: Any) -> Any:
 class OpFunction(Generic[P, R]):
     """A function whose calls build :class:`Op` nodes instead of running (see :func:`op`).
 
-    Its options (``func``, ``label``, ``timeout``, ``nout``) are fixed when it is made:
+    Its options (``func``, ``label``, ``timeout``, ``nout``, ``cache``) are fixed when it is made:
     attributes of the wrapped function with the same names neither replace them nor
     change what a call builds.
     """
@@ -314,6 +457,7 @@ class OpFunction(Generic[P, R]):
         label: str | None,
         timeout: float | None,
         nout: int | None,
+        cache: bool = True,
     ) -> None:
         # Name, docstring, ``__wrapped__`` (for inspect.signature) and the function's own
         # attributes; the options below are properties, so none of those can shadow them.
@@ -322,6 +466,7 @@ class OpFunction(Generic[P, R]):
         self._op_label = label
         self._op_timeout = timeout
         self._op_nout = nout
+        self._op_cache = cache
 
     @property
     def func(self) -> Callable[P, R]:
@@ -344,9 +489,16 @@ class OpFunction(Generic[P, R]):
         """How many values each node unpacks into, or ``None``."""
         return self._op_nout
 
+    @property
+    def cache(self) -> bool:
+        """False when its nodes are never served from or stored in a run's cache."""
+        return self._op_cache
+
     def __call__(self, *args: Any, **kwargs: Any) -> Op:
         node = Op.__new__(Op)
         node._nout = self._op_nout
+        if not self._op_cache:
+            node._cache = False
         node._init_call(self._op_func, args, kwargs, self._op_label, self._op_timeout)
         return node
 
@@ -361,6 +513,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> OpFunction[P, R]: ...
 
 
@@ -371,6 +524,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> Callable[[Callable[P, R]], OpFunction[P, R]]: ...
 
 
@@ -380,6 +534,7 @@ def op(
     label: str | None = None,
     timeout: float | None = None,
     nout: int | None = None,
+    cache: bool = True,
 ) -> Any:
     """Wrap ``func`` so that calling it builds an :class:`Op` node.
 
@@ -387,8 +542,13 @@ def op(
     ``timeout`` (seconds; ``math.inf`` for none) replaces the executor's for these nodes;
     ``nout=N`` lets a node unpack into N :class:`IndexNode` (``a, b = f(x)``). Wrapping
     what ``op`` made again wraps the same function: the options given now replace the
-    old ones, the others are kept. Bad options are an error here, not when a node runs.
+    old ones, the others are kept. ``cache=False``: its nodes are never served from or
+    stored in a run's cache (see ``run(cache=...)``), nor is anything downstream of them;
+    use it for functions with side effects or randomness. Bad options are an error here,
+    not when a node runs.
     """
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache is True or False, not {type(cache).__name__}")
     timeout = check_timeout(timeout)
     if nout is not None and (isinstance(nout, bool) or not isinstance(nout, int) or nout < 0):
         raise ValueError(f"nout must be a non-negative int, got {nout!r}")
@@ -402,9 +562,10 @@ def op(
                 f.label if label is None else label,
                 f.timeout if timeout is None else timeout,
                 f.nout if nout is None else nout,
+                f.cache and cache,
             )
         if not callable(f):
             raise TypeError(f"op needs a callable, got {f!r}")
-        return OpFunction(f, label, timeout, nout)
+        return OpFunction(f, label, timeout, nout, cache)
 
     return wrap if func is None else wrap(func)

@@ -2,30 +2,58 @@
 
 Per worker: its *capacity* (how many tasks its transport says may be assigned to it at
 once), its *room* (how many it may be assigned now: on workers that run their tasks in
-order, the queue is sized from the tasks' learned durations) and its *load* (how many it
-has). A task goes where it would finish soonest, counting the cost of moving its inputs
-and its result (:meth:`Placement.place`); a chain is sent ahead to the worker computing
+order, the queue is sized from the tasks' learned durations), its *load* (how many it
+has) and its *host* (see :func:`dispatcher.transport.worker_host`). A task goes where it
+would finish soonest, counting the cost of moving its inputs and its result over the link
+each move takes (:meth:`Placement.place`): none on the worker that holds it, a cheap one
+within its host, a dear one across hosts. A chain is sent ahead to the worker computing
 its input (:meth:`Placement.ahead`). No I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+from ._hosts import worker_host
 from ._tasks import WAITING, TaskTable
 
-__all__ = ["Placement"]
+__all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]
 
 # On workers that run their tasks in order, keep about this much work (by the mean task
 # duration so far) queued behind the running task: enough to hide a round trip to the
 # worker, little enough that no worker sits on a long queue while another idles.
 QUEUED_SECONDS = 0.002
-# What placement assumes before any task has reported its duration, and what moving a
-# result between workers costs: rough figures for pipes and shared memory on one machine
-# (MPI is faster on both counts); what matters is the order of magnitude.
+# What placement assumes before any task has reported its duration.
 UNKNOWN_DURATION = 0.001
-MOVE_SECONDS = 100e-6
-MOVE_BYTES_PER_SECOND = 1e9
+
+
+@dataclass(frozen=True)
+class Link:
+    """What moving one result between two workers costs over one class of link."""
+
+    latency: float
+    """Seconds per move, whatever its size: asking for it, the messages, the wake-ups."""
+    bandwidth: float
+    """Bytes per second, once it flows: pickling, copying, the wire."""
+
+    def seconds(self, nbytes: float) -> float:
+        """How long moving ``nbytes`` takes."""
+        return self.latency + nbytes / self.bandwidth
+
+
+# Rough figures for a move between two workers as a task sees it, from the request to its
+# inputs being there; what matters is the order of magnitude and the ratio between them.
+# Within a host: pipes and shared memory (MPI is faster on both counts).
+WITHIN_HOST = Link(latency=100e-6, bandwidth=1e9)
+# Across hosts: the same, scaled by what MPI measured between emulated hosts (TCP over a
+# bridge, see docs/clusters.md) beside the same messages within a host: round trips of a
+# byte 10-27 us within, 30-110 us across (about 3x); 16 MiB at 1.9-2.4 GB/s within,
+# 0.64-1.1 GB/s across (about 2.5x fewer bytes per second). Ethernet between machines is
+# mostly slower than a bridge inside one (10 GbE moves 1.2 GB/s); InfiniBand can match
+# shared memory, and then this only overstates a difference that ranks the data's host
+# first all the same.
+ACROSS_HOSTS = Link(latency=300e-6, bandwidth=0.4e9)
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
@@ -48,6 +76,12 @@ class Placement:
         """The only worker, when there is one: nothing to place."""
         self.in_order = False
         """Workers run their tasks one at a time, in order (see ``Capabilities``)."""
+        self.host: dict[str, str | None] = {}
+        """Each worker's host (``None``: the caller's)."""
+        self.on_host: dict[str | None, list[str]] = {}
+        """The workers on each host."""
+        self.spread = False
+        """The workers span more than one host: moves across hosts cost more."""
         self.mean_duration: float | None = None
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
@@ -58,17 +92,25 @@ class Placement:
         self.capacity[worker] = max(1, capacity)
         self.room[worker] = self._room_of(worker)
         self.load.setdefault(worker, 0)
+        if worker not in self.host:
+            host = self.host[worker] = worker_host(worker)
+            self.on_host.setdefault(host, []).append(worker)
         self._workers_changed()
 
     def remove_worker(self, worker: str) -> None:
         del self.room[worker]
         del self.capacity[worker]
         del self.load[worker]
+        host = self.host.pop(worker)
+        self.on_host[host].remove(worker)
+        if not self.on_host[host]:
+            del self.on_host[host]
         self._workers_changed()
 
     def _workers_changed(self) -> None:
         # With one worker there is nothing to place, and inputs are always local.
         self.single = next(iter(self.room)) if len(self.room) == 1 else None
+        self.spread = len(self.on_host) > 1
 
     def _room_of(self, worker: str) -> int:
         capacity = self.capacity[worker]
@@ -125,15 +167,16 @@ class Placement:
             return None  # sooner done by waiting for room on a full worker than moving
         # Beyond the usual queue only when the move saved outweighs the extra wait there.
         beyond = load[best] + 1 - room[best]
-        if beyond <= 0 or near.get(best, 0.0) >= MOVE_SECONDS + beyond * mean:
+        if beyond <= 0 or near.get(best, 0.0) >= WITHIN_HOST.latency + beyond * mean:
             return best
         usual = [w for w in open_ if load[w] < room[w]]
         return min(usual, key=finish) if usual else None
 
     def _moves(self, p: int) -> tuple[float, dict[str, float] | None]:
-        """Seconds of moves task ``p`` would cause on a worker holding none of what it
-        weighs (its inputs, its consumers' other inputs), and what running on each
-        worker would spare of that; None for the latter when there is nothing to weigh."""
+        """Seconds of moves task ``p`` would cause on a worker of a host holding none of
+        what it weighs (its inputs, its consumers' other inputs), and what running on
+        each worker would spare of that; None for the latter when there is nothing to
+        weigh."""
         table = self.table
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
@@ -142,6 +185,7 @@ class Placement:
             if where:
                 weighed.append((where, nbytes[d] or 0))
         expected = self.mean_nbytes or 0.0
+        unplaced = 0  # consumers' other inputs that no worker has been given yet
         for j in table.dependents[p][:4]:
             siblings = deps[j]
             if len(siblings) > 16:
@@ -151,18 +195,54 @@ class Placement:
                 if where is None:
                     spec = inflight.get(d)
                     if spec is None:
+                        unplaced += d != p
                         continue
                     where = table.held_on(spec.worker)  # still being computed there
                 weighed.append((where, min(expected, nbytes[d] or expected)))
         if not weighed:
             return 0.0, None
-        moving = 0.0
         near: dict[str, float] = {}
+        if not self.spread:
+            moving = 0.0
+            for where, size in weighed:
+                cost = WITHIN_HOST.seconds(size)
+                moving += cost
+                for w in where:
+                    near[w] = near.get(w, 0.0) + cost
+            return moving, near
+        return self._moves_across(weighed, unplaced * expected, near)
+
+    def _moves_across(
+        self, weighed: list[tuple[frozenset[str], float]], unplaced: float, near: dict[str, float]
+    ) -> tuple[float, dict[str, float]]:
+        """:meth:`_moves` where workers span hosts: a worker holding a value spares its
+        whole move across hosts; its host's other workers spare the difference between
+        a move across hosts and one within. The consumers' other inputs that no worker
+        has yet (``unplaced`` bytes of them) will most likely be made where the work is
+        now: each host spares that much of a move across hosts as its share of the load."""
+        host = self.host
+        moving = 0.0
+        near_host: dict[str | None, float] = {}
+        load = self.load
+        total = sum(load.values()) if unplaced else 0
+        if total:
+            spared = ACROSS_HOSTS.seconds(unplaced) - WITHIN_HOST.seconds(unplaced)
+            for h, workers in self.on_host.items():
+                near_host[h] = spared * sum(load[w] for w in workers) / total
         for where, size in weighed:
-            cost = MOVE_SECONDS + size / MOVE_BYTES_PER_SECOND
-            moving += cost
+            within = WITHIN_HOST.seconds(size)
+            across = ACROSS_HOSTS.seconds(size)
+            moving += across
+            hosts = set()
             for w in where:
-                near[w] = near.get(w, 0.0) + cost
+                near[w] = near.get(w, 0.0) + within
+                hosts.add(host.get(w))
+            for h in hosts:
+                near_host[h] = near_host.get(h, 0.0) + across - within
+        on_host = self.on_host
+        for h, spared in near_host.items():
+            for w in on_host.get(h, ()):
+                near[w] = near.get(w, 0.0) + spared
         return moving, near
 
     def ahead(self, p: int, worker: str) -> Iterator[int]:

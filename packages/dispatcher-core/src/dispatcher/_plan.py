@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
+from ._cache_plan import CachePlan, as_cache
 from ._graph import DispatchGraph
 from ._nodes import DispatchNode
 
@@ -81,11 +82,16 @@ def _filled(template: Any, values: dict[DispatchNode, Any]) -> Any:
 
 
 class Plan:
-    """Targets normalised to a node list, inputs checked, and the graph that will run."""
+    """Targets normalised to a node list, inputs checked, and the graph that will run.
 
-    __slots__ = ("graph", "inputs", "shape_kind", "targets", "template")
+    With a ``cache``, nodes whose results are stored are planned like inputs (what only
+    they needed does not run), and :attr:`cache` says how each node reads or stores it
+    (see :mod:`._cache_plan`).
+    """
 
-    def __init__(self, targets: Any, inputs: Mapping[Any, Any] | None) -> None:
+    __slots__ = ("cache", "graph", "inputs", "shape_kind", "targets", "template", "unpruned")
+
+    def __init__(self, targets: Any, inputs: Mapping[Any, Any] | None, cache: Any = None) -> None:
         self.template = targets
         nodes: list[DispatchNode]
         if isinstance(targets, DispatchNode):
@@ -123,6 +129,29 @@ class Plan:
         else:
             self.inputs = {}
         self.graph = graph
+        self.unpruned = graph
+        store = as_cache(cache)
+        self.cache: CachePlan | None = None
+        if store is not None:
+            self.cache = CachePlan(store, graph, unique, self.inputs)
+            self.graph = self.cache.graph
+
+    def replanned(self, stale: list[str]) -> Plan:
+        """This plan again, with the cache asked anew after the entries of ``stale``
+        could not be read."""
+        assert self.cache is not None
+        plan = object.__new__(Plan)
+        plan.template, plan.shape_kind, plan.targets = self.template, self.shape_kind, self.targets
+        plan.inputs, plan.unpruned = self.inputs, self.unpruned
+        # The reader deleted each unusable entry, and a run since may have stored it
+        # anew: ask again. Only one found unusable twice (it could not be deleted) is
+        # never asked for again, so planning again always ends.
+        stale_before = self.cache.stale
+        exclude = frozenset(key for key in stale if key in stale_before) | self.cache.exclude
+        plan.cache = CachePlan(self.cache.cache, self.unpruned, self.targets, self.inputs, exclude)
+        plan.cache.stale = stale_before | frozenset(stale)
+        plan.graph = plan.cache.graph
+        return plan
 
     def shape(self, values: dict[DispatchNode, Any]) -> Any:
         """The answer, in the shape the targets were given."""

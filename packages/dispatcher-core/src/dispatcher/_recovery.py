@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import DependencyError, SerializationError, TaskTimeoutError, WorkerLostError
+from ._errors import (
+    DependencyError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+    failure_note,
+    hide_own_frames,
+)
 from ._nodes import DispatchNode
 from ._options import Options
 from ._tasks import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
@@ -54,28 +61,37 @@ class Recovery:
 
     # -- a failed attempt -------------------------------------------------------------------
 
-    def task_failed(self, p: int, worker: str, error: BaseException) -> None:
-        """Task ``p``'s attempt on ``worker`` raised ``error``: retry it or fail it."""
+    def task_failed(
+        self, p: int, worker: str, error: BaseException, duration: float | None = None
+    ) -> None:
+        """Task ``p``'s attempt on ``worker`` raised ``error`` after running ``duration``
+        seconds (``None``: unknown): retry it or fail it."""
         node = self.table.nodes[p]
+        hide_own_frames(error, node)  # a task run in the caller: its traceback starts in it
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):
                 error.node = node  # the transport knew only the label
         elif self.retry_on and isinstance(error, self.retry_on) and self._attempts_left(p):
-            self._retry(p, worker, error)
+            self._retry(p, worker, error, duration)
             return
-        self._fail(p, worker, error)
+        self._fail(p, worker, error, duration)
 
-    def _retry(self, p: int, worker: str, error: BaseException) -> None:
+    def _retry(
+        self, p: int, worker: str, error: BaseException, duration: float | None = None
+    ) -> None:
         if self._retried_hook is not None:
             self._retried_hook(
                 node=self.table.nodes[p],
                 worker=worker,
                 error=error,
                 attempt=self.table.attempts[p] + 1,
+                duration=duration,
             )
         self.table.requeue(p)
 
-    def _fail(self, p: int, worker: str, error: BaseException) -> None:
+    def _fail(
+        self, p: int, worker: str, error: BaseException, duration: float | None = None
+    ) -> None:
         table = self.table
         node = table.nodes[p]
         state = table.state
@@ -83,9 +99,9 @@ class Recovery:
         table.errors[p] = error
         table.remaining -= 1
         if self._failed_hook is not None:
-            self._failed_hook(node=node, worker=worker, error=error)
+            self._failed_hook(node=node, worker=worker, error=error, duration=duration)
         if self.throw:
-            error.add_note(f"dispatcher: raised by node {node.label!r} on worker {worker!r}")
+            error.add_note(failure_note(node, worker, error))
             self.fatal = error
             return
         table.consume_inputs(p)
@@ -107,7 +123,9 @@ class Recovery:
             dep_error = DependencyError(table.nodes[j], node, error)
             table.errors[j] = dep_error
             if self._failed_hook is not None:
-                self._failed_hook(node=table.nodes[j], worker=CALLER, error=dep_error)
+                self._failed_hook(
+                    node=table.nodes[j], worker=CALLER, error=dep_error, duration=None
+                )
             table.consume_inputs(j)
             stack.extend(dependents[j])
 
@@ -190,7 +208,11 @@ class Recovery:
             if self._retried_hook is not None:
                 error = WorkerLostError(table.nodes[p], worker, f"its result was lost: {reason}")
                 self._retried_hook(
-                    node=table.nodes[p], worker=worker, error=error, attempt=table.attempts[p] + 1
+                    node=table.nodes[p],
+                    worker=worker,
+                    error=error,
+                    attempt=table.attempts[p] + 1,
+                    duration=None,
                 )
         # Dependents that counted a recomputed result as available must wait for it again.
         for p in order:

@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING
 
 from ._errors import DependencyError
 from ._hooks import hookimpl
-from ._report_model import ABANDONED, FAILED, LOST, OK, RETRIED, SKIPPED, Attempt, RunRecord
+from ._report_model import (
+    ABANDONED,
+    CACHED,
+    FAILED,
+    LOST,
+    OK,
+    RETRIED,
+    SKIPPED,
+    Attempt,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -65,6 +75,7 @@ class ReportWriter:
             task = self._ids[node] = len(self.record.labels)
             self.record.labels.append(node.label)
             self.record.kinds.append(node.kind)
+            self.record.descriptions.append(str(node))
         return task
 
     def _close(self, node: DispatchNode, status: str, error: BaseException | None) -> Attempt:
@@ -91,6 +102,11 @@ class ReportWriter:
         self._running.clear()
         self._last.clear()
         self.record = RunRecord(executor.name, len(graph), datetime.now().astimezone())
+        # Workers that run one task at a time, in the order sent: the page can then tell
+        # when each call really ran from when its end was reported.
+        self.record.in_order = bool(
+            getattr(getattr(executor, "capabilities", None), "runs_tasks_in_order", False)
+        )
 
     @hookimpl
     def dispatcher_task_started(self, node: DispatchNode, worker: str) -> None:
@@ -111,17 +127,30 @@ class ReportWriter:
         attempt.nbytes = nbytes
 
     @hookimpl
-    def dispatcher_task_failed(self, node: DispatchNode, worker: str, error: BaseException) -> None:
+    def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:
+        assert self.record is not None
+        now = self._now()
+        attempt = Attempt(self._task(node), worker, now, end=now, status=CACHED)
+        self.record.attempts.append(attempt)
+        self._last[node] = attempt
+
+    @hookimpl
+    def dispatcher_task_failed(
+        self, node: DispatchNode, worker: str, error: BaseException, duration: float | None
+    ) -> None:
         skipped = isinstance(error, DependencyError) and node not in self._running
         attempt = self._close(node, SKIPPED if skipped else FAILED, error)
         attempt.worker = worker
         if not skipped:
+            attempt.duration = duration
             attempt.details = "".join(traceback.format_exception_only(error)).rstrip()
 
     @hookimpl
-    def dispatcher_task_retried(self, node: DispatchNode, error: BaseException) -> None:
+    def dispatcher_task_retried(
+        self, node: DispatchNode, error: BaseException, duration: float | None
+    ) -> None:
         if node in self._running:
-            self._close(node, RETRIED, error)
+            self._close(node, RETRIED, error).duration = duration
             return
         # Not running: a finished result was lost with its worker and will be recomputed.
         last = self._last.get(node)

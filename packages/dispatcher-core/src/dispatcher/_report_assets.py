@@ -13,11 +13,12 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:26px 0 8px;display:inl
 .error{color:var(--bad);font-weight:600;margin:8px 0 0}
 .badge{font-size:12px;vertical-align:middle;padding:2px 8px;border-radius:10px;color:#fff}
 .badge.good{background:var(--good)}.badge.bad{background:var(--bad)}
+.badge.warn{background:var(--warn)}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:18px 0 4px}
 .card{border:1px solid var(--line);border-radius:8px;padding:8px 14px;min-width:96px}
 .card .v{font-size:20px;font-weight:650;font-variant-numeric:tabular-nums}
 .card .k{color:var(--muted);font-size:12px}
-.card.bad .v{color:var(--bad)}.card.warn .v{color:var(--warn)}
+.card.bad .v{color:var(--bad)}.card.warn .v{color:var(--warn)}.card.cached .v{color:#0b8f9c}
 svg.timeline{display:block;border:1px solid var(--line);border-radius:6px;background:#fff}
 svg .w{font-size:11px;fill:var(--fg)}svg .t{font-size:10px;fill:var(--muted)}
 svg .grid{stroke:#e6e9ef;stroke-width:1}svg .wait{stroke:#9aa3b2;stroke-width:1.2}

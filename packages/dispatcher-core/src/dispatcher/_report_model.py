@@ -11,6 +11,7 @@ from datetime import datetime
 
 __all__ = [
     "ABANDONED",
+    "CACHED",
     "FAILED",
     "LOST",
     "OK",
@@ -29,6 +30,7 @@ RETRIED = "retried"  # failed, and was run again
 LOST = "lost"  # finished, but its result was lost with its worker and recomputed
 SKIPPED = "skipped"  # never ran: an ancestor failed
 ABANDONED = "abandoned"  # still running when the run stopped (fail-fast or cancellation)
+CACHED = "cached"  # not run: its value was read from the run's cache
 
 
 @dataclass(slots=True)
@@ -36,7 +38,8 @@ class Attempt:
     """One try at running one node, times in seconds from the start of the run."""
 
     task: int
-    """Index of the node in :attr:`RunRecord.labels` / :attr:`RunRecord.kinds`."""
+    """Index of the node in :attr:`RunRecord.labels`, :attr:`RunRecord.kinds` and
+    :attr:`RunRecord.descriptions`."""
     worker: str
     start: float
     """When the node was handed to the worker."""
@@ -44,20 +47,15 @@ class Attempt:
     end: float | None = None
     """When its end was reported to the caller."""
     duration: float | None = None
-    """How long the call itself took, as measured on the worker."""
+    """How long the call itself took, as measured on the worker, failed calls included;
+    ``None`` where nobody knows (its worker was lost, it never ran, or it was abandoned).
+    Where the page draws it is :func:`dispatcher._report_timeline.spans`' judgement."""
     status: str = RUNNING
     error: str | None = None
     """``Type: message`` of what ended it, for failures and retries."""
     details: str | None = None
     """The exception with its notes (remote traceback, failing node), for failures."""
     nbytes: int | None = None
-
-    @property
-    def run_start(self) -> float:
-        """When the call itself started: the reported duration back from its end, if known."""
-        if self.end is not None and self.duration is not None:
-            return max(self.start, self.end - self.duration)
-        return self.start
 
 
 @dataclass
@@ -70,10 +68,21 @@ class RunRecord:
     started_at: datetime
     labels: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
+    """Each node as a user recognises it, label and arguments (``parse('b.txt')``): which
+    of the nodes with one label it is."""
     attempts: list[Attempt] = field(default_factory=list)
     wall: float = 0.0
     error: str | None = None
     """``Type: message`` of what ended the run, or ``None`` if it completed."""
+    in_order: bool = False
+    """Each worker ran one task at a time, in the order it was sent them (``mp``, ``mpi``)."""
+
+    def described(self, task: int) -> str:
+        """Node ``task`` as a user recognises it (a record made before descriptions were
+        kept has its label only)."""
+        descriptions = self.descriptions
+        return descriptions[task] if task < len(descriptions) else self.labels[task]
 
     @property
     def tasks(self) -> int:

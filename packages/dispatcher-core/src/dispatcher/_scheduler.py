@@ -38,6 +38,7 @@ from ._template import SHAPE_CONSTANT
 from .transport import TaskSpec, Transport
 
 if TYPE_CHECKING:
+    from ._cache_plan import CachePlan
     from ._graph import DispatchGraph
     from ._hooks import Observers
 
@@ -56,6 +57,7 @@ class Run:
         observers: Observers,
         throw: bool,
         key_base: int = 0,
+        cache: CachePlan | None = None,
     ) -> None:
         self.table = table = TaskTable(graph, targets, inputs, observers, options.timeout, key_base)
         self.placement = Placement(table)
@@ -73,10 +75,36 @@ class Run:
         self._sends_ahead = False  # chains go to the worker computing their input
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
+        # The cache's calls (load a hit, or call and store) replace those nodes' own:
+        # ``None`` without a cache, so a run without one pays a test per task, no more.
+        self._cache_calls: dict[int, Any] | None = None
+        self._hits: set[int] | None = None
+        self._hits_in_caller = False
+        """Hits are read in the caller's thread: the transport calls plain functions
+        there (``sync``, ``async`` with ``threads=0``)."""
+        self.stale_hits: list[str] = []
+        """Keys of hits whose entry could not be read: the run starts nothing more, lets
+        what runs finish (and store its result), and ends, to be planned again (their
+        ancestors were pruned: only a new plan can compute them)."""
+        if cache is not None and cache.calls:
+            self._cache_calls = cache.calls
+            self._hits = cache.hits
+            self._cache_keys = cache.keys
+            self._cached_hook = observers.task_cached
+            # These must be submitted as specs (whose calls are replaced), never called
+            # in the caller's hot loop (which calls the node's own function).
+            nodes = table.nodes
+            for p in cache.calls:
+                self._in_caller[nodes[p]._func] = False
 
     @property
     def finished(self) -> bool:
-        return self.table.remaining == 0 or self.aborted
+        return (
+            self.table.remaining == 0
+            or self.aborted
+            # Planning again: once what runs has stored its result, so the new plan reads it.
+            or (bool(self.stale_hits) and not self.table.inflight)
+        )
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -86,6 +114,10 @@ class Run:
         capabilities = transport.capabilities
         self.placement.in_order = capabilities.runs_tasks_in_order
         self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
+        if self._hits is not None and self._asks is not None:
+            from ._cache import load_entry
+
+            self._hits_in_caller = self._asks(load_entry)
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -94,7 +126,7 @@ class Run:
     def dispatch(self) -> bool:
         """Call in-caller tasks, hand other ready tasks to workers with room for them;
         True if anything happened."""
-        if self.aborted:
+        if self.aborted or self.stale_hits:
             return False
         table = self.table
         ready, state, nodes = table.ready, table.state, table.nodes
@@ -109,9 +141,9 @@ class Run:
                 if table.call_ready_in_caller(asks, in_caller):
                     progressed = True
                     if table.failure is not None:
-                        p, error = table.failure
+                        p, error, duration = table.failure
                         table.failure = None
-                        self.recovery.task_failed(p, CALLER, error)
+                        self.recovery.task_failed(p, CALLER, error, duration)
                         self._act_on_recovery()
                         if self.aborted:
                             return True
@@ -127,6 +159,14 @@ class Run:
                 ready.pop()
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
+                continue
+            if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
+                # A hit where tasks run in the caller: read it here, without a spec.
+                ready.pop()
+                self._hit_in_caller(p)
+                progressed = True
+                if self.stale_hits:
+                    break
                 continue
             worker = place(p)
             if worker is None:
@@ -179,16 +219,21 @@ class Run:
         else:
             keys = last_use = ()
         table.attempts[p] += 1
-        timeout = node.timeout if node.timeout is not None else table.timeout
+        timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
             timeout = None
+        func, args, kwargs, shape = node._func, node._args, node._kwargs, node._shape
+        if self._cache_calls is not None:
+            call = self._cache_calls.get(p)
+            if call is not None:
+                func, args, kwargs, shape = call
         spec = TaskSpec(
             base + p,
             node,
-            node._func,
-            node._args,
-            node._kwargs,
-            node._shape,
+            func,
+            args,
+            kwargs,
+            shape,
             keys,
             sources,
             shipped,
@@ -201,9 +246,28 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self._started_hook is not None:
+        if self._started_hook is not None and (self._hits is None or p not in self._hits):
             self._started_hook(node=node, worker=worker)
         return spec
+
+    def _hit_in_caller(self, p: int) -> None:
+        """Read hit ``p``'s value from the cache in this thread and settle it."""
+        from ._cache import CacheEntryError
+
+        func, args, _, _ = self._cache_calls[p]  # type: ignore[index]
+        table = self.table
+        try:
+            value = func(*args)
+        except CacheEntryError:
+            self.stale_hits.append(self._cache_keys[p])
+            return
+        table.state[p] = DONE
+        table.caller_values[p] = value
+        if table.wanted[p]:
+            table.results[p] = value
+        if self._cached_hook is not None:
+            self._cached_hook(node=table.nodes[p], worker=CALLER)
+        table.settle(p)
 
     # -- applying reports --------------------------------------------------------------------
 
@@ -259,7 +323,10 @@ class Run:
         table.nbytes[p] = nbytes
         if table.wanted[p]:
             table.results[p] = value
-        if self._finished_hook is not None:
+        if self._hits is not None and p in self._hits:
+            if self._cached_hook is not None:
+                self._cached_hook(node=table.nodes[p], worker=worker)
+        elif self._finished_hook is not None:
             self._finished_hook(
                 node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes
             )
@@ -267,7 +334,10 @@ class Run:
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
         if self._reported(p, worker) is not None:
-            self.recovery.task_failed(p, worker, error)
+            if self._hits is not None and p in self._hits and _unreadable_entry(error):
+                self.stale_hits.append(self._cache_keys[p])
+                return
+            self.recovery.task_failed(p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
@@ -289,6 +359,11 @@ class Run:
         EV_WORKER_ADDED: _on_worker_added,
         EV_WORKER_LOST: _on_worker_lost,
     }
+
+    @property
+    def replan(self) -> bool:
+        """Did the run end because a cache entry planned as a hit could not be read?"""
+        return bool(self.stale_hits) and self.error is None
 
     # -- talking to the transport --------------------------------------------------------------
 
@@ -335,3 +410,9 @@ class Run:
                     table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
+
+
+def _unreadable_entry(error: BaseException) -> bool:
+    from ._cache import CacheEntryError
+
+    return isinstance(error, CacheEntryError)

@@ -104,7 +104,7 @@ class TaskTable:
             self.frees: dict[str, list[int]] = {}
             """Keys each worker may drop, for the run to send."""
             self.remaining = n
-            self.failure: tuple[int, BaseException] | None = None
+            self.failure: tuple[int, BaseException, float | None] | None = None
             """Set by :meth:`call_ready_in_caller` when an in-caller task raised."""
             self.ready: list[int] = []
             """Positions ready to run, the next on top; stale entries are skipped."""
@@ -275,7 +275,7 @@ class TaskTable:
             attempts[p] += 1
             if started is not None:
                 started(node=node, worker=CALLER)
-            timeout = node.timeout or default_timeout  # both positive when set
+            timeout = node._timeout or default_timeout  # both positive when set
             timed = timeout is not None or finished is not None
             if timed:
                 begun = perf_counter()
@@ -298,13 +298,14 @@ class TaskTable:
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise  # in the caller's thread it cannot be told from Ctrl-C: stop
-                self.failure = (p, exc)
+                # Timed when anyone looks (a timeout, an observer): how long it ran.
+                self.failure = (p, exc, perf_counter() - begun if timed else None)
                 return True
             if timed:
                 duration = perf_counter() - begun
                 if timeout is not None and duration > timeout:
                     # A call in this thread cannot be interrupted: it fails when it returns.
-                    self.failure = (p, TaskTimeoutError(node.label, timeout))
+                    self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                     return True
             state[p] = DONE
             caller_values[p] = value

@@ -20,6 +20,14 @@ transport gets the bytes from there to the task's worker (it may move them direc
 worker to worker). A result the caller asked for comes back with its completion
 (:attr:`TaskSpec.want_result`). :meth:`Transport.free` drops results nobody needs.
 
+Workers and hosts: a worker runs on a *host*, a machine. Moving a result between two
+workers of one host is cheap (shared memory, a pipe); between hosts it crosses a network
+link, and costs more per byte and per message, so the scheduler keeps a task on its data's
+host first. A transport whose workers span more than one host names each ``name@host``
+(:func:`worker_name`; :func:`worker_host` reads it back): the host then shows wherever the
+worker does, in hooks, logs, the progress bar and the run report. A worker whose name has
+no ``@host`` runs on the caller's host.
+
 A backend whose workers are other processes is built from :mod:`dispatcher.remote`
 (messages, function shipping, the in-flight table, the worker loop, error transport).
 ``dispatcher.testing`` holds an in-memory :class:`~dispatcher.testing.FakeTransport` and
@@ -33,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from ._hosts import worker_host, worker_name
 from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
     "TaskSpec",
     "Transport",
     "call_task",
+    "worker_host",
+    "worker_name",
 ]
 
 Key = int
@@ -145,6 +156,14 @@ class TaskSpec:
         named = self._named
         # The scheduler passes the node itself: its label is worked out only if needed.
         return named if isinstance(named, str) else str(named.label)
+
+    @property
+    def description(self) -> str:
+        """How the user recognises the node, for messages: its label and arguments
+        (``parse('b.txt')``, as ``str(node)`` gives it); the label where only that
+        is known."""
+        named = self._named
+        return named if isinstance(named, str) else str(named)
 
     def source_of(self, index: int) -> str | None:
         """The worker holding input ``index``; ``None`` when it is inline."""

@@ -32,15 +32,17 @@ from dispatcher.remote import (
     size_of,
     unpickling_error,
 )
+from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
 __all__ = ["TaskFailure", "dumps", "pack", "run_task"]
 
 
 def dumps(obj: Any) -> bytes:
-    """How the caller pickles a task's payload, and a worker an exception."""
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
+    """How the caller pickles a task's payload, and a worker an exception: as every
+    backend does, so that the code of a function shipped by value keeps its file name for
+    the worker's traceback."""
+    return _kit_dumps(obj)
 
 
 class TaskFailure(Exception):
@@ -59,6 +61,10 @@ class TaskFailure(Exception):
         """The exception, or None when the task ran past ``timeout``."""
         self.duration = duration
         self.timeout = timeout
+
+    def __repr__(self) -> str:
+        # What dask's "Compute Failed" log line shows: not the pickled payload.
+        return f"TaskFailure({self})"
 
     def __str__(self) -> str:
         if self.error is None:

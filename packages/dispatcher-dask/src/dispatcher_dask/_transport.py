@@ -453,7 +453,7 @@ class DaskTransport(Transport):
                 events.task_finished(spec.key, spec.worker, duration, nbytes, value)
             else:
                 self._drop(spec.key, future)
-                error = unpickling_error(spec.label, "result", value)
+                error = unpickling_error(spec.label, "result", value, in_caller=True)
                 events.task_failed(spec.key, spec.worker, error, duration)
 
     def _drop(self, key: Key, future: Future) -> None:
@@ -470,7 +470,7 @@ def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
         if exc.error is None:
             assert exc.timeout is not None
             return TaskTimeoutError(spec.label, exc.timeout)
-        return restore_error(exc.error, spec.label, pickle.loads)
+        return restore_error(exc.error, spec, pickle.loads)
     # dask's own failure (a worker that died three times, a lost connection...).
     return RemoteError(type(exc).__qualname__, str(exc), "")
 

@@ -73,6 +73,26 @@ class _Waiting:
     payloads: dict[Key, Payload] = field(default_factory=dict)
 
 
+def _check_main_is_a_file(start_method: str) -> None:
+    """Fail before any worker starts when the main module names a file that is not there
+    (``python - < job.py`` reads it from ``<stdin>``): multiprocessing would make every
+    worker run that file first, and every worker would die of it."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or not isinstance(path, str):
+        return  # run with -m, or -c, or interactively: workers do not run it
+    where = os.path.join(getattr(multiprocessing.process, "ORIGINAL_DIR", None) or "", path)
+    if not os.path.isfile(where):
+        raise DispatcherError(
+            f"the main module was read from {path}, not from a file, and worker processes "
+            f"started with start_method={start_method!r} run the main module's file first: "
+            "save the script to a file and run that (python job.py), or pass "
+            "start_method='fork'"
+        )
+
+
 class MpTransport(WorkerSupervision, Transport):
     """``workers`` processes started with ``start_method``; see the module docstring."""
 
@@ -115,6 +135,8 @@ class MpTransport(WorkerSupervision, Transport):
                 "start_method='fork' with threads running can deadlock the workers; "
                 "use 'forkserver' or 'spawn'"
             )
+        if start_method != "fork":
+            _check_main_is_a_file(start_method)
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
         self.size = workers

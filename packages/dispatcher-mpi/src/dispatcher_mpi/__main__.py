@@ -118,16 +118,29 @@ def _run_program(comm: Any, kind: str, target: str) -> int:
             return code
         sys.stderr.write(f"{code}\n")
         return 1
-    except BaseException:
+    except BaseException as exc:
         from ._channel import abort_job
 
         abort_job(
             comm,
-            traceback.format_exc()
+            _program_traceback(exc)
             + "dispatcher_mpi: the program on rank 0 failed; ending the job\n",
             1,
         )
     return 0
+
+
+def _program_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as ``python script.py`` would show it: from the program's code,
+    without the frames of this launcher and of runpy above it."""
+    tb = exc.__traceback__
+    # This file runs as __main__, as the program does: tell them apart by file.
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__
+        or tb.tb_frame.f_globals.get("__name__") == "runpy"
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Rank 0's side: the transport the scheduler talks to, over the job's hub.
 
-Worker ranks are named ``rank-1`` ... ``rank-N``. Tasks go to their rank in one message per
-rank per dispatch; a task's inputs held by other ranks are named by rank, and the worker
+Worker ranks are named ``rank-1`` ... ``rank-N``; ``rank-N@host`` when they run on more than
+one host (the host is the rank's MPI processor name), so that the scheduler keeps data on
+its host and every message says where a rank runs. Tasks go to their rank in one message
+per rank per dispatch; a task's inputs held by other ranks are named by rank, and the worker
 fetches them from there itself, so data moves rank to rank and reaches rank 0 only when the
 caller asked for it.
 
@@ -57,7 +59,7 @@ from dispatcher.remote import (
     serialization_error,
     task_record,
 )
-from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
+from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport, worker_name
 
 from ._channel import Hub, abort_job, encode
 from ._messages import Alive, Busy, Bye, Reset
@@ -87,13 +89,15 @@ _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
-def _name(rank: int) -> str:
-    return f"rank-{rank}"
+def _names(peers: Sequence[tuple[str, int]]) -> list[str]:
+    """Every rank's worker name: with its host once worker ranks run on several."""
+    spread = len({host for host, _ in peers[1:]}) > 1
+    return [worker_name(f"rank-{r}", host if spread else None) for r, (host, _) in enumerate(peers)]
 
 
 @functools.cache
 def _rank(worker: str) -> int:
-    return int(worker.rsplit("-", 1)[1])
+    return int(worker.partition("@")[0].rsplit("-", 1)[1])
 
 
 def _pack_arguments(spec: TaskSpec) -> list[Any]:
@@ -104,7 +108,7 @@ def _pack_arguments(spec: TaskSpec) -> list[Any]:
     try:
         header, buffers = encode(arguments)
     except Exception as exc:
-        raise serialization_error(spec.label, "arguments", arguments, exc) from exc
+        raise serialization_error(spec.label, "arguments", arguments, exc, in_caller=True) from exc
     return [header, *[pickle.PickleBuffer(b) for b in buffers]]
 
 
@@ -115,6 +119,8 @@ class Root:
         self.comm = comm
         self.peers = list(peers) if peers is not None else [("?", 0)] * comm.Get_size()
         """(host, pid) of every rank, by rank."""
+        self.names = _names(self.peers)
+        """The worker name of every rank, by rank."""
         self.ranks = list(range(1, comm.Get_size()))
         self.hub = Hub(comm, self.deliver)
         self.hub.tick = self.tick
@@ -170,7 +176,7 @@ class Root:
                 self._back(source)
         transport = self.transport
         if transport is not None:
-            transport.reports.handle(_name(source), message)
+            transport.reports.handle(self.names[source], message)
         elif kind is Done:  # nobody wants these any more
             self.hub.post(source, Free([entry[0] for entry in message.finished]))
 
@@ -194,7 +200,7 @@ class Root:
             transport.stand_in = transport.no_capacity_since = None
             if stand_in is not None and stand_in != rank:
                 transport.lose(stand_in, "it was standing in for capacity while none was left")
-            transport.events.worker_added(_name(rank), transport.slots)
+            transport.events.worker_added(self.names[rank], transport.slots)
 
     def no_capacity(self, ranks: Sequence[int]) -> DispatcherError:
         """The error for a run that has no rank left among ``ranks``."""
@@ -294,7 +300,7 @@ def current_root() -> Root:
     if _root is None:
         raise DispatcherError(LAUNCH_HELP)
     if not _root.ranks:
-        raise DispatcherError("this MPI job has no worker ranks (-n 1). " + LAUNCH_HELP)
+        raise DispatcherError("this MPI job has no worker ranks (-n 1): " + LAUNCH_HELP)
     return _root
 
 
@@ -346,7 +352,7 @@ class MpiTransport(Transport):
         """The ranks not retired; waits up to :data:`CAPACITY_WAIT` for one to come back."""
         give_up = time.monotonic() + CAPACITY_WAIT
         while True:
-            free = {_name(r): self.slots for r in self.ranks if r not in self.root.busy}
+            free = {self.root.names[r]: self.slots for r in self.ranks if r not in self.root.busy}
             if free or time.monotonic() >= give_up:
                 return free
             time.sleep(0.05)
@@ -381,7 +387,7 @@ class MpiTransport(Transport):
             batches.setdefault(rank, []).append(task_record(spec, token, packed, sources))
         for rank, batch in batches.items():
             self._post_tasks(rank, batch)
-            forget = shipper.trim(_name(rank))
+            forget = shipper.trim(root.names[rank])
             if forget is not None:
                 post(rank, forget)
 
@@ -398,7 +404,7 @@ class MpiTransport(Transport):
                 encode(task)
                 good.append(task)
             except Exception as exc:
-                spec = self.inflight.take(task[0], _name(rank))
+                spec = self.inflight.take(task[0], self.root.names[rank])
                 if spec is None:
                     continue
                 assert self.events is not None
@@ -474,8 +480,8 @@ class MpiTransport(Transport):
         """Tell the scheduler ``rank`` is gone for now: its queue and results with it."""
         if rank not in self.ranks or self.events is None:
             return
-        self.inflight.drop_worker(_name(rank))
-        self.events.worker_lost(_name(rank), reason)
+        self.inflight.drop_worker(self.root.names[rank])
+        self.events.worker_lost(self.root.names[rank], reason)
         if (
             self.stand_in is None
             and self.no_capacity_since is None
@@ -490,7 +496,7 @@ class MpiTransport(Transport):
         if self.events is None or not all(r in self.root.busy for r in self.ranks):
             return
         self.stand_in = self.ranks[0]
-        self.events.worker_added(_name(self.stand_in), 1)
+        self.events.worker_added(self.root.names[self.stand_in], 1)
 
 
 def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:

@@ -6,17 +6,22 @@ cannot even be printed. :func:`capture_error` packages whatever travels, never r
 :func:`restore_error` brings back the user's own exception where it can, with the worker's
 traceback as a note, and a :class:`~dispatcher.RemoteError` carrying the type name, message
 and traceback text where it cannot. Neither ever lets an exception of its own escape.
+
+The traceback the user sees starts at the user's code: the worker's own frames (its loop,
+the call of the task) are left out, and the whole traceback is logged in the caller at
+DEBUG on ``dispatcher.task.traceback``.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import RemoteError, SerializationError
+from .._errors import RemoteError, SerializationError, user_traceback
 from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ __all__ = [
 
 _MAX_CAUSES = 16
 
+_log = logging.getLogger("dispatcher.task.traceback")
+
 
 @pickle_by_reference
 @dataclass
@@ -44,8 +51,12 @@ class WireError:
     type_name: str
     message: str
     traceback_text: str
+    """The traceback from the user's code down (just the exception, for an error of
+    dispatcher's own), with the causes' and contexts' tracebacks."""
     causes: tuple[bytes, ...] = ()
     """Its ``__cause__`` chain, pickled one by one (pickling an exception drops it)."""
+    whole_traceback_text: str = ""
+    """The traceback with the worker's own frames, for the DEBUG log."""
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -59,9 +70,13 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
     """Worker side: package ``exc`` with its traceback text. Never raises: whatever part of
     the exception cannot be pickled or printed is left out."""
     try:
-        tb_text = "".join(traceback.format_exception(exc))
+        whole = "".join(traceback.format_exception(exc))
+        # The user's frames only; none at all for an error of dispatcher's own (a result
+        # that does not pickle...), whose message says what happened.
+        tb = user_traceback(exc.__traceback__)
+        tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException:
-        tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
+        whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
         payload: bytes | None = dumps(exc)
@@ -75,7 +90,7 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         except BaseException:
             break  # keep the part of the chain that travels
         cause = cause.__cause__
-    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes))
+    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes), whole)
 
 
 def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException | None:
@@ -84,12 +99,28 @@ def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException
     except BaseException:  # unpickling runs arbitrary code: SystemExit included
         return None
     # A __reduce__ may rebuild something else entirely: only an exception will do.
-    return exc if isinstance(exc, BaseException) else None
+    if not isinstance(exc, BaseException):
+        return None
+    # Where tracebacks pickle (dask installs tblib's support), the worker's frames would
+    # show twice: the note has them, from the user's code down.
+    exc.__traceback__ = None
+    return exc
 
 
-def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) -> BaseException:
+def restore_error(
+    wire: WireError, label: str | TaskSpec, loads: Callable[[bytes], Any]
+) -> BaseException:
     """Caller side: the original exception with the worker's traceback as a note, or a
-    :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises."""
+    :class:`~dispatcher.RemoteError` when it cannot be brought back. Never raises.
+
+    ``label`` names the node: a label, or the task (named by its description)."""
+    name = repr(label) if isinstance(label, str) else label.description
+    if wire.whole_traceback_text and _log.isEnabledFor(logging.DEBUG):
+        _log.debug(
+            "the whole traceback of %s from its worker, dispatcher's frames included:\n%s",
+            name,
+            wire.whole_traceback_text,
+        )
     exc = _load_exception(wire.payload, loads) if wire.payload is not None else None
     if exc is None:
         return RemoteError(wire.type_name, wire.message, wire.traceback_text)
@@ -97,13 +128,17 @@ def restore_error(wire: WireError, label: str, loads: Callable[[bytes], Any]) ->
     if isinstance(exc, SerializationError) and isinstance(exc.node, int):
         # Workers know tasks by key alone: the caller names the node, in the worker's
         # traceback too.
-        named = SerializationError(label, exc.what, exc.type_name, exc.detail)
+        label_text = label if isinstance(label, str) else label.label
+        named = SerializationError(label_text, exc.what, exc.type_name, exc.detail)
         traceback_text = traceback_text.replace(_safe_str(exc), _safe_str(named))
         exc = named
-    try:
-        exc.add_note(f"Traceback from the worker that ran {label!r}:\n{traceback_text}")
-    except BaseException:
-        pass  # an exception class that refuses notes still travels
+    # Without a frame of the user's code (an error of dispatcher's own, a result that does
+    # not pickle...) the traceback would only repeat the message.
+    if "Traceback (most recent call last):" in traceback_text:
+        try:
+            exc.add_note(f"Traceback from the worker that ran {name}:\n{traceback_text}")
+        except BaseException:
+            pass  # an exception class that refuses notes still travels
     link = exc
     for data in wire.causes:
         cause = _load_exception(data, loads)
@@ -125,24 +160,27 @@ def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any],
         return dumps(obj)
     except Exception as exc:
         name = label if isinstance(label, str) else label.label
-        raise serialization_error(name, what, obj, exc) from exc
+        raise serialization_error(name, what, obj, exc, in_caller=True) from exc
 
 
 def serialization_error(
-    label: str | Key, what: str, obj: Any, exc: BaseException
+    label: str | Key, what: str, obj: Any, exc: BaseException, in_caller: bool = False
 ) -> SerializationError:
     """The error for ``obj`` (the ``what`` of node ``label``) failing to (un)pickle with
-    ``exc``, naming the offending type as precisely as the failure tells it.
+    ``exc``, naming the offending type as precisely as the failure tells it; ``in_caller``
+    when it failed in the caller, on its way to a worker.
 
     A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
     puts the node's label in its place in the caller."""
-    return SerializationError(label, what, _culprit(obj, exc))
+    return SerializationError(label, what, _culprit(obj, exc), None, in_caller)
 
 
-def unpickling_error(label: str | Key, what: str, exc: BaseException) -> SerializationError:
+def unpickling_error(
+    label: str | Key, what: str, exc: BaseException, in_caller: bool = False
+) -> SerializationError:
     """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
-    :func:`serialization_error`) failing to *un*pickle where it arrived, with ``exc``:
-    most often a module that process cannot import."""
+    :func:`serialization_error`) failing to *un*pickle where it arrived (the caller, when
+    ``in_caller``), with ``exc``: most often a module that process cannot import."""
     detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {_safe_str(exc)})"
     if isinstance(exc, (ImportError, AttributeError)):
         detail += (
@@ -150,7 +188,7 @@ def unpickling_error(label: str | Key, what: str, exc: BaseException) -> Seriali
             "importable there too: install the module on every worker, or put it on "
             "PYTHONPATH"
         )
-    return SerializationError(label, what, type(exc).__qualname__, detail)
+    return SerializationError(label, what, type(exc).__qualname__, detail, in_caller)
 
 
 def _culprit(obj: Any, exc: BaseException) -> str:

@@ -34,6 +34,7 @@ class InFlight:
         """Key -> (monotonic deadline, task), for timed tasks that have started."""
 
     def add(self, spec: TaskSpec) -> None:
+        """Record ``spec`` as out on its worker, until it is taken or forgotten."""
         self.tasks[spec.key] = spec
 
     def get(self, key: Key, worker: str) -> TaskSpec | None:

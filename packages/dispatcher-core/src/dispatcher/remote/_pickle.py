@@ -1,7 +1,10 @@
 """Pickling for the wire: plain pickles for small things, buffers out of band for big ones.
 
 Functions, arguments and control messages travel as ordinary protocol-5 pickles made by
-cloudpickle (so lambdas and closures travel too). Values that may be large are pickled with
+cloudpickle (so lambdas and closures travel too), except that the code of a function
+shipped by value keeps the name of its file: cloudpickle would call it ``<dynamic-code>``,
+and a worker's traceback could then show neither the user's file nor the failing source
+line. Values that may be large are pickled with
 :func:`dumps_split`: every buffer pickle can pass out of band (NumPy arrays, bytearrays,
 memoryviews, and ``bytes`` of at least ``threshold`` bytes) is handed back separately,
 so a backend can move it without a copy into the pickle stream (through shared memory, or
@@ -11,7 +14,10 @@ as a raw MPI message).
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -25,10 +31,31 @@ passed out of band; shorter ones are cheaper to copy into the pickle stream."""
 loads = pickle.loads
 
 
+_cloudpickle_code_reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> Any:
+    """A code object with its file name (and its nested code objects with theirs): the
+    worker's traceback points at the user's file and line, and shows the source line
+    where the worker can read that file. Both ends run the same Python, as cloudpickle
+    requires for code anyway."""
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a constant marshal does not know (code built by hand)
+        return _cloudpickle_code_reduce(code)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the code it pickles by value."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
 def dumps(obj: Any) -> bytes:
     """A plain (in-band) pickle of ``obj``: functions, arguments, small messages."""
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5).dump(obj)
+    return stream.getvalue()
 
 
 _BY_REFERENCE: set[type] = set()
@@ -42,7 +69,7 @@ def pickle_by_reference(cls: type) -> type:
     return cls
 
 
-class _SplitPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _SplitPickler(_Pickler):
     """cloudpickle, plus ``bytes`` of at least ``threshold`` passed out of band."""
 
     threshold = OUT_OF_BAND_BYTES

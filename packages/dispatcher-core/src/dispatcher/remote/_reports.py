@@ -50,6 +50,8 @@ class Reports:
         return True
 
     def done(self, worker: str, message: Done) -> None:
+        """Tasks that finished on ``worker``: each result loaded if the caller wants it
+        (a result that will not unpickle fails its task), stale ones freed."""
         take, events = self.inflight.take, self.events
         unwanted: list[Key] = []
         for key, duration, nbytes, result in message.finished:
@@ -62,7 +64,7 @@ class Reports:
                 try:
                     value = self.load_result(worker, key, result)
                 except BaseException as exc:  # unpickling runs arbitrary code
-                    error = unpickling_error(spec.label, "result", exc)
+                    error = unpickling_error(spec.label, "result", exc, in_caller=True)
                     events.task_failed(key, worker, error, duration)
                     continue
                 events.task_finished(key, worker, duration, nbytes, value)
@@ -70,14 +72,17 @@ class Reports:
             self.stale(worker, unwanted)
 
     def failed(self, worker: str, message: Failed) -> None:
+        """A task that raised on ``worker``: its exception restored and reported."""
         spec = self.inflight.take(message.key, worker)
         if spec is not None:
-            error = restore_error(message.error, spec.label, loads)
+            error = restore_error(message.error, spec, loads)
             self.events.task_failed(message.key, worker, error, message.duration)
 
     def started(self, worker: str, message: Started) -> None:
+        """A timed task started on ``worker``: its deadline runs from now."""
         self.inflight.started(message.key, worker, time.monotonic())
 
     def lost(self, worker: str, message: Lost) -> None:
+        """A task could not start on ``worker``: some of its inputs were not there."""
         if self.inflight.take(message.key, worker) is not None:
             self.events.task_inputs_lost(message.key, worker, message.missing)

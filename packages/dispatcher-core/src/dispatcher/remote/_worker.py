@@ -193,6 +193,8 @@ class TaskRunner:
             self.send(Done(finished))
 
     def fail(self, key: Key, error: BaseException, duration: float) -> None:
+        """Report task ``key`` failed with ``error`` at once (the completions batched
+        before it go first, so the caller sees them in order)."""
         self.flush()
         self.send(Failed(key, duration, capture_error(error, dumps)))
 

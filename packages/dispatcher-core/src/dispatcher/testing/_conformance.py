@@ -17,7 +17,10 @@ are listed in its test class (``known_faults``, ``known_hangs``; see
 from __future__ import annotations
 
 import collections
+import logging
+import re
 import threading
+import traceback
 from typing import Any
 
 import pytest
@@ -46,6 +49,10 @@ from ._faults import ExecutorFaults
 __all__ = ["ExecutorConformance", "Recorder"]
 
 Point = collections.namedtuple("Point", "x y")
+
+# A traceback line naming a file of dispatcher's code (core's or a backend's; these tests and
+# their tasks are the user's code).
+_OWN_FRAME = re.compile(r'File ".*[/\\]dispatcher(_mp|_mpi|_dask)?[/\\](?!testing[/\\])')
 
 
 class Recorder:
@@ -84,6 +91,8 @@ class Recorder:
         self._add("retried", node, error, attempt)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
+        """The recorded calls of one kind (``"started"``, ``"finished"``, ``"failed"``,
+        ``"retried"``, ``"run_started"``, ``"run_finished"``), each a tuple starting with it."""
         return [e for e in self.events if e[0] == kind]
 
 
@@ -206,6 +215,49 @@ class ExecutorConformance(ExecutorFaults):
         with pytest.raises(RuntimeError, match="outer") as info:
             self.run(Op(tasks.fail_chained, "outer"))
         assert isinstance(info.value.__cause__, KeyError)
+
+    def test_traceback_goes_from_the_call_to_the_users_code(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Defined here, not importable by name: shipped by value to other processes.
+        def parse(text: str) -> int:
+            return int(text)  # the line the traceback shows
+
+        caplog.set_level(logging.DEBUG, logger="dispatcher.task.traceback")
+        with pytest.raises(ValueError) as info:
+            self.run(Op(parse, "b.txt"))
+        shown = "".join(traceback.format_exception(info.value))
+        assert f'File "{__file__}", line' in shown, shown
+        assert "return int(text)  # the line the traceback shows" in shown, shown
+        # Of dispatcher's code, only the call the user made: not the frames that called the
+        # task, here or in a worker.
+        assert len(_OWN_FRAME.findall(shown)) == 1, shown
+        assert re.search(r"_api\.py\", line \d+, in run\n", shown), shown
+        # They are kept at DEBUG.
+        assert any(_OWN_FRAME.search(r.getMessage()) for r in caplog.records), caplog.text
+        (result,) = self.run([Op(parse, "c.txt")], throw=False)
+        kept = "".join(traceback.format_exception(result.error))
+        assert "return int(text)  # the line the traceback shows" in kept, kept
+        assert not _OWN_FRAME.findall(kept), kept
+
+    def test_a_failure_names_the_node_with_its_arguments(self) -> None:
+        # One of many nodes with the same label: the arguments say which.
+        parsed = [
+            op(tasks.fail if name == "b.txt" else tasks.take, label="parse")(name)
+            for name in ["a.txt", "b.txt", "c.txt"]
+        ]
+        counted = op(tasks.take, label="count")(parsed[1])
+        with pytest.raises(ValueError) as info:
+            self.run([*parsed, counted])
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "dispatcher: raised by node parse('b.txt') on worker " in notes, notes
+        if self.capabilities.separate_processes:
+            assert "Traceback from the worker that ran parse('b.txt'):" in notes, notes
+        (skipped,) = self.run([counted], throw=False)
+        assert str(skipped.error) == (
+            "count(parse('b.txt')) did not run because its ancestor parse('b.txt') failed: "
+            "ValueError: b.txt"
+        )
 
     def test_throw_false_gives_results(self) -> None:
         good = Op(tasks.inc, 1)
@@ -393,6 +445,13 @@ class ExecutorConformance(ExecutorFaults):
             self.run(node)
         assert "lock" in str(info.value)
         assert "takes-a-lock" in str(info.value)
+        # It failed here, on its way to a worker: the note says so.
+        (note,) = [n for n in info.value.__notes__ if n.startswith("dispatcher: raised by")]
+        assert " in the caller, sending it to worker " in note, note
+        # The message says it all: none of dispatcher's or pickle's frames but the call.
+        shown = "".join(traceback.format_exception(info.value))
+        assert len(_OWN_FRAME.findall(shown)) == 1, shown
+        assert "pickle.py" not in shown, shown
         assert self.run(Op(tasks.inc, 1)) == 2
 
     def test_unpicklable_result(self) -> None:

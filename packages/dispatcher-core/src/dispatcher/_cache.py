@@ -1,0 +1,419 @@
+"""The result store: one file per key, written whole and renamed into place.
+
+Layout under the cache directory::
+
+    entries/ab/ab12...ef    one file per stored result, named by its key
+    entries/ab/.ab12...ef.* a file being written (renamed to its key when complete)
+    last-run.json           hits and misses of the last run that used the cache
+
+Why files and not an SQLite index: the store must hold up when two runs, two processes or
+two hosts write the same key at once, when a writer is killed midway, and on the shared
+file systems a cluster's ranks use. A file written beside its final name and renamed over
+it is atomic on every POSIX file system, NFS and Lustre included; two writers of one key
+write the same content, and whichever rename lands last wins; nothing is locked, so no
+writer waits for another. SQLite's WAL mode needs shared memory between its users, which
+is documented not to work across hosts on a network file system, and every writer takes
+the one write lock; an index beside the files would also be one more thing to keep
+consistent with them after a crash. Measured (``benchmarks/cache.py``, ext4 on a shared
+virtual machine, 2,000 tiny entries): a write is 128 us as a file renamed into place and
+30 us as an SQLite WAL insert (``synchronous=NORMAL``); a read is 13 us as a file and 22 us
+through SQLite. A rerun reads: files are the faster there, and the slower write is paid
+once per computed node, beside its computation. Listing the cache (``dispatcher cache
+info``, eviction) scans the directory; that is rare.
+
+An entry is a header, the pickle stream, and the pickle's out-of-band buffers (NumPy
+arrays, large bytes) stored raw, each 64-byte aligned. A large entry is read back through
+a private memory map (``ACCESS_COPY``): an array in it is a view of the file's pages, not
+a copy, and writable (copy on write). A CRC-32 over the stream and buffers, the sizes in
+the header and the file's length catch truncated and corrupted entries: such an entry is
+deleted with a :class:`CacheWarning` and its node recomputed. A store that fails (full
+disk, a value that does not pickle) is a warning, never a failed task. Nothing is fsynced:
+after a power cut an entry is complete or it is caught by its checksum.
+
+Least recently used entries are evicted past ``max_bytes``: a hit touches its entry's
+modification time, and the caller evicts by it at the end of each run.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Cache", "CacheEntryError", "CacheInfo", "CacheWarning", "load_entry"]
+
+_MAGIC = b"DSPCACHE"
+_VERSION = 1
+# magic, version, buffer count, stream length, total length, crc32
+_HEADER = struct.Struct("<8sIIQQI4x")
+_SPAN = struct.Struct("<QQ")
+_ALIGN = 64
+_MAP_AT = 1 << 20
+"""Entries at least this large are memory-mapped; smaller ones are read whole."""
+_TOUCH_AFTER = 60.0
+"""Seconds: a hit on an entry last used longer ago than this marks it used now (eviction
+and ``clear --older-than`` go by that time; a minute is finer than either needs)."""
+_STALE_TMP = 3600.0
+"""Seconds after which a file still being written is one whose writer died."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be read or written: its node is computed instead."""
+
+
+class CacheEntryError(Exception):
+    """A stored entry that was there when the run was planned cannot be read now."""
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What ``dispatcher cache info`` shows."""
+
+    path: str
+    entries: int
+    nbytes: int
+    last_run: dict[str, Any] | None
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+class Cache:
+    """A directory of results stored by key, shared by every run (and host) that uses it.
+
+    ``max_bytes``: past this many bytes of entries, the least recently used are evicted
+    at the end of a run (``None``: no limit). ``verify``: check each entry's checksum when
+    it is read (a large hit then reads its pages once; off, a corruption of a buffer's
+    bytes goes unnoticed, while truncation still does not). ``min_seconds``: store only
+    results whose call took at least this long (the default, 0, stores every result);
+    cheaper nodes run again on the next run instead, which saves writing results that
+    cost more to store than to compute.
+    """
+
+    __slots__ = ("_entries", "max_bytes", "min_seconds", "path", "verify")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int | None = None,
+        *,
+        verify: bool = True,
+        min_seconds: float = 0.0,
+    ) -> None:
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
+        ):
+            raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self._entries = os.path.join(self.path, "entries", "")
+        if (
+            isinstance(min_seconds, bool)
+            or not isinstance(min_seconds, (int, float))
+            or not (min_seconds >= 0)
+        ):
+            raise ValueError(f"min_seconds must be a non-negative number, got {min_seconds!r}")
+        self.max_bytes = max_bytes
+        self.verify = verify
+        self.min_seconds = float(min_seconds)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.path, self.max_bytes, self.verify, self.min_seconds))
+
+    def __repr__(self) -> str:
+        return f"Cache({self.path!r}, max_bytes={self.max_bytes!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cache):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self.path, self.max_bytes, self.verify, self.min_seconds)
+
+    # -- entries -----------------------------------------------------------------------
+
+    def entry_path(self, key: str) -> str:
+        """Where the entry for ``key`` lives."""
+        return f"{self._entries}{key[:2]}/{key}"
+
+    def contains(self, key: str) -> bool:
+        """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
+        try:
+            return os.stat(self.entry_path(key)).st_size >= _HEADER.size
+        except OSError:
+            return False
+
+    def save(self, key: str, value: Any) -> int | None:
+        """Store ``value`` under ``key``; its size in bytes, or ``None`` (with a warning)
+        when it could not be stored. Never raises for a value or a disk."""
+        from .remote._pickle import dumps_split  # cloudpickle: only where results are stored
+
+        try:
+            stream, buffers = dumps_split(value, threshold=64 * 1024)
+        except Exception as exc:
+            warnings.warn(
+                f"dispatcher cache: a {type(value).__name__} result is not stored "
+                f"(it does not pickle: {exc})",
+                CacheWarning,
+                stacklevel=2,
+            )
+            return None
+        try:
+            return self._write(key, stream, buffers)
+        except OSError as exc:
+            warnings.warn(
+                f"dispatcher cache: entry {key} not stored in {self.path}: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
+            return None
+
+    def _write(self, key: str, stream: bytes, buffers: list[memoryview]) -> int:
+        table_end = _HEADER.size + _SPAN.size * len(buffers)
+        offset = _aligned(table_end + len(stream))
+        spans: list[tuple[int, int]] = []
+        crc = zlib.crc32(stream)
+        for buf in buffers:
+            spans.append((offset, buf.nbytes))
+            crc = zlib.crc32(buf, crc)
+            offset = _aligned(offset + buf.nbytes)
+        total = spans[-1][0] + spans[-1][1] if spans else table_end + len(stream)
+        parts: list[Any] = [
+            _HEADER.pack(_MAGIC, _VERSION, len(buffers), len(stream), total, crc),
+            *(_SPAN.pack(*span) for span in spans),
+            stream,
+        ]
+        at = table_end + len(stream)
+        for (start, _), buf in zip(spans, buffers, strict=True):
+            if start > at:
+                parts.append(bytes(start - at))
+            parts.append(buf)
+            at = start + buf.nbytes
+        # Written beside its final name (a rename within one directory, and writers of
+        # different shards never contend for one directory), as a dot file that
+        # listings skip.
+        shard = f"{self._entries}{key[:2]}"
+        final = f"{shard}/{key}"
+        tmp = f"{shard}/.{key}.{os.urandom(8).hex()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(shard, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                _write_all(fd, parts)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return total
+
+    def load(self, key: str) -> Any:
+        """The value stored under ``key``. A missing, truncated or corrupted entry is
+        deleted, with a :class:`CacheWarning`, and raises :class:`CacheEntryError`."""
+        path = self.entry_path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise CacheEntryError(f"cache entry {key} is gone: {exc}") from None
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            if size >= _MAP_AT:
+                data: Any = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+            else:
+                data = bytearray(size)
+                if os.readv(fd, [data]) != size:
+                    raise ValueError("short read")
+            value = self._decode(data, size)
+            if time.time() - st.st_mtime > _TOUCH_AFTER:
+                try:
+                    os.utime(fd)  # least recently used: this one was used now
+                except OSError:
+                    pass
+            return value
+        except Exception as exc:
+            self._discard(key, path, exc)
+            raise CacheEntryError(f"cache entry {key} is unusable: {exc}") from None
+        finally:
+            os.close(fd)
+
+    def _decode(self, data: Any, size: int) -> Any:
+        view = memoryview(data)
+        if size < _HEADER.size:
+            raise ValueError(f"truncated to {size} bytes")
+        magic, version, count, stream_len, total, crc = _HEADER.unpack_from(view)
+        if magic != _MAGIC or version != _VERSION:
+            raise ValueError("not a dispatcher cache entry")
+        if total != size:
+            raise ValueError(f"{size} bytes where {total} were written")
+        table_end = _HEADER.size + _SPAN.size * count
+        if table_end + stream_len > size:
+            raise ValueError("a stream longer than the entry")
+        stream = view[table_end : table_end + stream_len]
+        buffers = []
+        check = zlib.crc32(stream) if self.verify else crc
+        for i in range(count):
+            start, length = _SPAN.unpack_from(view, _HEADER.size + _SPAN.size * i)
+            if start + length > size:
+                raise ValueError("a buffer past the end of the entry")
+            buf = view[start : start + length]
+            if self.verify:
+                check = zlib.crc32(buf, check)
+            buffers.append(buf)
+        if check != crc:
+            raise ValueError("checksum mismatch")
+        return pickle.loads(stream, buffers=buffers)
+
+    def _discard(self, key: str, path: str, reason: BaseException) -> None:
+        warnings.warn(
+            f"dispatcher cache: entry {key} in {self.path} is unusable ({reason}); "
+            "it is deleted and its node computed again",
+            CacheWarning,
+            stacklevel=3,
+        )
+        _unlink(path)
+
+    # -- the whole store -----------------------------------------------------------------
+
+    def _scan(self, partial: list[tuple[float, str]] | None = None) -> list[tuple[float, int, str]]:
+        """(last used, bytes, path) of every entry; files still being written (or left by
+        a writer that died) go to ``partial`` as (modified, path)."""
+        found: list[tuple[float, int, str]] = []
+        try:
+            shards = list(os.scandir(self._entries))
+        except OSError:
+            return found
+        for shard in shards:
+            try:
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat()
+                        except OSError:
+                            continue
+                        if entry.name.startswith("."):
+                            if partial is not None:
+                                partial.append((st.st_mtime, entry.path))
+                        else:
+                            found.append((st.st_mtime, st.st_size, entry.path))
+            except OSError:
+                continue
+        return found
+
+    def info(self) -> CacheInfo:
+        """Entries, bytes, and the last run's hits and misses."""
+        import json
+
+        entries = self._scan()
+        last: dict[str, Any] | None
+        try:
+            with open(os.path.join(self.path, "last-run.json"), encoding="utf-8") as fh:
+                last = json.load(fh)
+        except (OSError, ValueError):
+            last = None
+        return CacheInfo(self.path, len(entries), sum(e[1] for e in entries), last)
+
+    def clear(self, older_than: float | None = None) -> int:
+        """Delete every entry (or those not used for ``older_than`` seconds); return how
+        many were deleted."""
+        now = time.time()
+        cutoff = None if older_than is None else now - older_than
+        partial: list[tuple[float, str]] = []
+        removed = 0
+        for mtime, _, path in self._scan(partial):
+            if (cutoff is None or mtime < cutoff) and _unlink(path):
+                removed += 1
+        _sweep(partial, now - (_STALE_TMP if older_than is not None else 0.0))
+        return removed
+
+    def evict(self) -> int:
+        """Delete the least recently used entries until at most ``max_bytes`` remain;
+        return the bytes freed. (Without ``max_bytes``, nothing: not even a listing.)"""
+        if self.max_bytes is None:
+            return 0
+        partial: list[tuple[float, str]] = []
+        entries = self._scan(partial)
+        _sweep(partial, time.time() - _STALE_TMP)
+        total = sum(e[1] for e in entries)
+        freed = 0
+        if total <= self.max_bytes:
+            return 0
+        entries.sort()
+        for _, size, path in entries:
+            if total - freed <= self.max_bytes:
+                break
+            if _unlink(path):
+                freed += size
+        return freed
+
+    def record_run(self, hits: int, misses: int, uncacheable: int) -> None:
+        """Keep the last run's numbers for ``dispatcher cache info``."""
+        record = {
+            "hits": hits,
+            "misses": misses,
+            "uncacheable": uncacheable,
+            "finished": time.time(),
+        }
+        import json
+
+        tmp = os.path.join(self.path, f".last-run.{os.urandom(8).hex()}")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(record, fh)
+            os.replace(tmp, os.path.join(self.path, "last-run.json"))
+        except OSError:
+            _unlink(tmp)
+
+
+def _rebuild(path: str, max_bytes: int | None, verify: bool, min_seconds: float) -> Cache:
+    return Cache(path, max_bytes, verify=verify, min_seconds=min_seconds)
+
+
+def _write_all(fd: int, parts: list[Any]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views[:1024])
+        while written:
+            first = views[0]
+            if written >= first.nbytes:
+                written -= first.nbytes
+                views.pop(0)
+            else:
+                views[0] = first[written:]
+                written = 0
+
+
+def _sweep(partial: list[tuple[float, str]], cutoff: float) -> None:
+    """Delete the files being written that were last modified before ``cutoff``: their
+    writers died."""
+    for mtime, path in partial:
+        if mtime <= cutoff:
+            _unlink(path)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def load_entry(cache: Cache, key: str) -> Any:
+    """A cache hit's task: the stored value, read where the task runs."""
+    return cache.load(key)

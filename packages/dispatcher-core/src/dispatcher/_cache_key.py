@@ -1,0 +1,376 @@
+"""Cache keys: a content hash of what a node computes.
+
+A node's key hashes the function's identity and code, the node's constant arguments by
+value and the keys of its inputs, so two nodes with the same key compute the same value
+(for functions without side effects). A function is hashed by its bytecode, constants,
+names, nested code objects, default arguments, the values its closure captured and the
+globals its code names (functions by their code in turn, modules by name, other values
+by content) -- never by its line numbers or source text, so editing a comment or moving
+the function changes nothing, while editing its body, a helper it calls or a constant
+it reads does. (joblib's ``Memory`` hashes the source text instead, so a comment edit
+re-runs it, and it ignores closure values and globals, so a changed captured value or
+module constant is a wrong hit there.)
+
+Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
+sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
+bytes, functions by their code; anything else by its standard pickle. What cannot be
+hashed that way (an object that does not pickle, an object-dtype array, a cycle) makes
+the node -- and everything downstream of it -- uncacheable, with a debug log line saying
+why: never an error, never a wrong hit.
+
+A global that cannot be hashed by content (a lock, a connection) is left out of the key,
+with a debug line: such objects hold state, not a value a result depends on. What a
+function reads from outside the program -- files, databases, the clock -- no key sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import pickle
+import struct
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._template import Ref
+
+__all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
+
+log = logging.getLogger("dispatcher.cache")
+
+KEY_VERSION = b"dispatcher-cache-1:%d.%d" % sys.version_info[:2]
+"""Namespaces every key: bytecode and pickles differ between Python versions."""
+
+_DIGEST_SIZE = 16
+
+
+class Uncacheable(Exception):
+    """A value or function that cannot be hashed by content; the message says why."""
+
+
+_pack_q = struct.Struct("<q").pack
+_pack_d = struct.Struct("<d").pack
+
+# Code objects are immutable: their digests are kept (with the object, so its id stays
+# unique) for as long as the process lives.
+_code_digests: dict[int, tuple[types.CodeType, bytes]] = {}
+
+
+class _Hasher:
+    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions."""
+
+    __slots__ = ("functions", "h", "seen")
+
+    def __init__(self, functions: dict[int, tuple[Any, bytes]]) -> None:
+        self.h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+        self.functions = functions
+        self.seen: set[int] = set()
+
+    def feed(self, value: Any) -> None:
+        update = self.h.update
+        cls = type(value)
+        if value is None or value is True or value is False or value is Ellipsis:
+            update(b"c" + repr(value).encode())
+        elif cls is int:
+            text = str(value).encode()
+            update(b"i" + _pack_q(len(text)) + text)
+        elif cls is float:
+            update(b"f" + _pack_d(value))
+        elif cls is str:
+            data = value.encode("utf-8", "surrogatepass")
+            update(b"s" + _pack_q(len(data)))
+            update(data)
+        elif cls is bytes or cls is bytearray:
+            update(b"b" + _pack_q(len(value)))
+            update(value)
+        elif cls is tuple or cls is list:
+            update((b"t" if cls is tuple else b"l") + _pack_q(len(value)))
+            for item in value:
+                self.feed(item)
+        elif cls is dict:
+            update(b"d" + _pack_q(len(value)))
+            for k, v in value.items():
+                self.feed(k)
+                self.feed(v)
+        elif cls is set or cls is frozenset:
+            # Iteration order of a set depends on the process's hash seed: sort by digest.
+            digests = sorted(self._sub(item) for item in value)
+            update(b"S" + _pack_q(len(digests)) + b"".join(digests))
+        elif cls is Ref:
+            update(b"R" + _pack_q(value.index))
+        elif cls is complex:
+            update(b"j" + _pack_d(value.real) + _pack_d(value.imag))
+        elif cls is memoryview:
+            update(b"m" + value.format.encode() + repr(value.shape).encode())
+            update(value.tobytes() if not value.c_contiguous else value.cast("B"))
+        elif _is_ndarray(value):
+            self._array(value)
+        elif callable(value) and not isinstance(value, type) and _is_function_like(value):
+            update(b"F" + self.function(value))
+        elif isinstance(value, type):
+            update(b"T" + _type_name(value))
+            self._class_code(value)
+        elif isinstance(value, tuple) and hasattr(cls, "_fields"):  # a namedtuple
+            update(b"n" + _type_name(cls) + _pack_q(len(value)))
+            for item in value:
+                self.feed(item)
+        else:
+            self._pickled(value)
+
+    def _sub(self, value: Any) -> bytes:
+        sub = _Hasher(self.functions)
+        sub.seen = self.seen
+        sub.feed(value)
+        return sub.h.digest()
+
+    def _array(self, value: Any) -> None:
+        if value.dtype.hasobject:
+            raise Uncacheable(f"a NumPy array of dtype {value.dtype} is hashed by its objects")
+        self.h.update(b"a" + value.dtype.str.encode() + repr(value.shape).encode())
+        if value.flags.c_contiguous:
+            self.h.update(memoryview(value).cast("B") if value.size else b"")
+        else:
+            self.h.update(value.tobytes())
+
+    def _pickled(self, value: Any) -> None:
+        try:
+            data = pickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise Uncacheable(
+                f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc})"
+            ) from None
+        self.h.update(b"p" + _type_name(type(value)) + _pack_q(len(data)))
+        self.h.update(data)
+
+    # -- functions ---------------------------------------------------------------------
+
+    def function(self, func: Any) -> bytes:
+        """The digest of a callable, memoised per run (closure values may change between
+        runs, so never for longer)."""
+        entry = self.functions.get(id(func))
+        if entry is not None and entry[0] is func:
+            return entry[1]
+        if id(func) in self.seen:  # a closure that refers to itself, or mutual recursion
+            return b"<recursive>"
+        self.seen.add(id(func))
+        try:
+            sub = _Hasher(self.functions)
+            sub.seen = self.seen
+            sub._function(func)
+            digest = sub.h.digest()
+        finally:
+            self.seen.discard(id(func))
+        self.functions[id(func)] = (func, digest)
+        return digest
+
+    def _function(self, func: Any) -> None:
+        update = self.h.update
+        if isinstance(func, types.FunctionType):
+            update(b"fn" + _name_of(func))
+            update(_code_digest(func.__code__))
+            self.feed(func.__defaults__)
+            self.feed(func.__kwdefaults__)
+            self._globals(func)
+            if func.__closure__:
+                for cell in func.__closure__:
+                    try:
+                        contents = cell.cell_contents
+                    except ValueError:  # an empty cell (not assigned yet)
+                        update(b"<empty>")
+                        continue
+                    self.feed(contents)
+        elif isinstance(func, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+            owner = getattr(func, "__self__", None)
+            update(b"bi" + _name_of(func))
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                self.feed(owner)
+        elif isinstance(func, types.MethodType):
+            update(b"me")
+            self.feed(func.__func__)
+            self.feed(func.__self__)
+        elif isinstance(func, functools.partial):
+            update(b"pa")
+            self.feed(func.func)
+            self.feed(func.args)
+            self.feed(dict(sorted(func.keywords.items())))
+        elif isinstance(func, type):
+            update(b"cl" + _type_name(func))
+            self._class_code(func)
+        else:  # a callable instance: its class's code and its own state
+            update(b"ob" + _type_name(type(func)))
+            self._class_code(type(func))
+            self._pickled(func)
+
+    def _globals(self, func: types.FunctionType) -> None:
+        """The globals ``func``'s code names (nested code included), by name and value."""
+        names = _global_names(func.__code__)
+        if not names:
+            return
+        namespace = func.__globals__
+        builtins_ = namespace.get("__builtins__")
+        update = self.h.update
+        for name in names:
+            if name in namespace:
+                value = namespace[name]
+            else:
+                continue  # a builtin, an attribute name, or not defined yet
+            update(b"g" + name.encode() + b"\0")
+            if isinstance(value, types.ModuleType):
+                update(b"M" + value.__name__.encode() + b"\0")
+                continue
+            if value is builtins_:
+                continue
+            try:
+                update(self._sub(value))
+            except Exception as exc:  # Uncacheable, or a __reduce__ that fails oddly
+                update(b"<unhashable>")
+                log.debug(
+                    "global %r of %s is left out of its key: %s",
+                    name,
+                    getattr(func, "__qualname__", func),
+                    exc,
+                )
+
+    def _class_code(self, cls: type) -> None:
+        if cls.__module__ == "builtins":
+            return
+        for name, member in vars(cls).items():
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if isinstance(member, types.FunctionType):
+                self.h.update(name.encode() + _code_digest(member.__code__))
+
+
+_global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names ``code`` (and the code nested in it) may read as globals, sorted: its
+    ``co_names`` (which also hold attribute names; looking those up finds nothing, or
+    hashes one global more than needed)."""
+    entry = _global_names_of.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    found = tuple(sorted(names))
+    _global_names_of[id(code)] = (code, found)
+    return found
+
+
+def _is_ndarray(value: Any) -> bool:
+    cls = type(value)
+    return cls.__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "shape")
+
+
+def _is_function_like(value: Any) -> bool:
+    return isinstance(
+        value,
+        (
+            types.FunctionType,
+            types.BuiltinFunctionType,
+            types.BuiltinMethodType,
+            types.MethodType,
+            functools.partial,
+        ),
+    )
+
+
+def _name_of(func: Any) -> bytes:
+    module = getattr(func, "__module__", None) or ""
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "")
+    return f"{module}:{qualname}".encode() + b"\0"
+
+
+def _type_name(cls: type) -> bytes:
+    return f"{cls.__module__}:{cls.__qualname__}".encode() + b"\0"
+
+
+def _code_digest(code: types.CodeType) -> bytes:
+    """The digest of what a code object does: bytecode, constants (nested code objects
+    included), names, argument layout and flags -- never its file, line numbers or
+    line table."""
+    entry = _code_digests.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h.update(code.co_code)
+    h.update(code.co_exceptiontable)
+    h.update(
+        repr(
+            (
+                code.co_argcount,
+                code.co_posonlyargcount,
+                code.co_kwonlyargcount,
+                code.co_flags,
+                code.co_names,
+                code.co_varnames,
+                code.co_freevars,
+                code.co_cellvars,
+                code.co_name,
+            )
+        ).encode()
+    )
+    consts = _Hasher({})
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            consts.h.update(b"C" + _code_digest(const))
+        else:
+            consts.feed(const)
+    h.update(consts.h.digest())
+    digest = h.digest()
+    _code_digests[id(code)] = (code, digest)
+    return digest
+
+
+def function_digest(func: Callable[..., Any], memo: dict[int, tuple[Any, bytes]]) -> bytes:
+    """The digest of ``func``'s identity and code; raises :class:`Uncacheable`."""
+    return _Hasher(memo).function(func)
+
+
+def value_digest(value: Any) -> str:
+    """The hex digest of ``value``, hashed by content; raises :class:`Uncacheable`."""
+    hasher = _Hasher({})
+    hasher.h.update(KEY_VERSION + b"value")
+    _guarded(hasher.feed, value)
+    return hasher.h.hexdigest()
+
+
+def node_key(
+    kind: str,
+    func: Callable[..., Any],
+    shape: int,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    input_keys: Sequence[str],
+    memo: dict[int, tuple[Any, bytes]],
+) -> str:
+    """The hex key of a call node: its kind, function, argument template (``Ref``
+    placeholders stand for the inputs) and its inputs' keys, in order. Raises
+    :class:`Uncacheable`."""
+    hasher = _Hasher(memo)
+    update = hasher.h.update
+    update(KEY_VERSION + b"node:" + kind.encode() + b"\0" + _pack_q(shape))
+    update(_guarded(hasher.function, func))
+    _guarded(hasher.feed, tuple(args))
+    _guarded(hasher.feed, dict(kwargs) if kwargs else None)
+    update(_pack_q(len(input_keys)))
+    for key in input_keys:
+        update(key.encode())
+    return hasher.h.hexdigest()
+
+
+def _guarded(step: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return step(value)
+    except Uncacheable:
+        raise
+    except RecursionError:
+        raise Uncacheable("a value nested too deeply (or containing itself)") from None
+    except Exception as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
+        raise Uncacheable(f"hashing it raised {type(exc).__name__}: {exc}") from None

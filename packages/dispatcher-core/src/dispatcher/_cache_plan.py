@@ -1,0 +1,235 @@
+"""The cache's part of one run: every node's key, the hits, and the calls that store.
+
+Planned in the caller, before the run starts: the keys of every node (in topological
+order, each from its inputs' keys), then, from the targets down, which nodes are stored
+already. A hit is planned like a node given through ``inputs=``: its ancestors that only
+it needed drop out of the graph. Unlike an input, its value is not in the caller: the hit
+becomes a task (:func:`~dispatcher._cache.load_entry`) that reads the entry where it
+runs, and every other cacheable node's function is wrapped (:class:`StoreResult`) so
+that it stores its result where it runs, before the node is reported finished. Workers
+thus read and write the store themselves, on every executor, and a run that fails leaves
+everything that finished stored: running it again resumes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+from ._cache import Cache, load_entry
+from ._cache_key import Uncacheable, node_key, value_digest
+from ._graph import DispatchGraph
+from ._nodes import DispatchNode, Op
+from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref
+
+__all__ = ["CachePlan", "StoreResult", "as_cache"]
+
+log = logging.getLogger("dispatcher.cache")
+
+Call = tuple[Any, tuple[Any, ...], Mapping[str, Any] | None, int]
+"""What a task calls instead of its node's own call: function, args, kwargs, shape."""
+
+
+def as_cache(cache: Any) -> Cache | None:
+    """``run``'s ``cache=`` argument as a :class:`Cache` (``None``: no cache)."""
+    if cache is None or isinstance(cache, Cache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return Cache(cache)
+    raise TypeError(
+        f"cache takes a directory path or a dispatcher.Cache, got {type(cache).__name__}: {cache!r}"
+    )
+
+
+class StoreResult:
+    """A node's function, called as ``wrapper(key, *args, **kwargs)``: calls it and
+    stores what it returns under ``key`` before returning it (after awaiting it, for a
+    coroutine). A store that fails is a warning, never the task's failure."""
+
+    __slots__ = ("cache", "func")
+
+    def __init__(self, func: Any, cache: Cache) -> None:
+        self.func = func
+        self.cache = cache
+
+    def __call__(self, key: str, /, *args: Any, **kwargs: Any) -> Any:
+        cache = self.cache
+        start = perf_counter()
+        value = self.func(*args, **kwargs)
+        if inspect.isawaitable(value):
+            return _store_when_done(cache, key, value, start)
+        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+            cache.save(key, value)
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoreResult, (self.func, self.cache))
+
+    def __repr__(self) -> str:
+        return f"<cached {getattr(self.func, '__qualname__', self.func)!r}>"
+
+
+def _store_coroutine(func: Any, cache: Cache) -> Any:
+    """:class:`StoreResult` for a coroutine function, itself a coroutine function (so an
+    executor awaits it on its loop like the function it wraps)."""
+
+    async def cached(key: str, /, *args: Any, **kwargs: Any) -> Any:
+        start = perf_counter()
+        value = await func(*args, **kwargs)
+        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+            cache.save(key, value)
+        return value
+
+    cached.__qualname__ = f"cached {getattr(func, '__qualname__', func)!r}"
+    return cached
+
+
+async def _store_when_done(cache: Cache, key: str, awaitable: Any, start: float) -> Any:
+    value = await awaitable
+    if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+        cache.save(key, value)
+    return value
+
+
+def _cacheable(node: DispatchNode) -> bool:
+    """Worth storing: a call of the user's (data, index and collect nodes are cheap)."""
+    return isinstance(node, Op) and getattr(node, "_cache", True)
+
+
+class CachePlan:
+    """Keys, hits and the wrapped calls of one run over ``graph``."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        graph: DispatchGraph,
+        targets: Sequence[DispatchNode],
+        inputs: Mapping[DispatchNode, Any],
+        exclude: frozenset[str] = frozenset(),
+    ) -> None:
+        self.cache = cache
+        self.exclude = exclude
+        """Keys never to be served from the cache in this run."""
+        self.stale: frozenset[str] = frozenset()
+        """Keys found unusable in an earlier attempt of this run."""
+        keys = _keys(graph, inputs)
+        nodes, deps, index = graph._nodes, graph._deps, graph._index
+        # From the targets down: a stored node is a hit, and what only it needed is not
+        # visited (nor asked about).
+        hits: list[DispatchNode] = []
+        seen: set[int] = set()
+        stack = [index[t] for t in targets]
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            node = nodes[p]
+            key = keys[p]
+            if (
+                key is not None
+                and node not in inputs
+                and _cacheable(node)
+                and key not in exclude
+                and cache.contains(key)
+            ):
+                hits.append(node)
+                continue
+            stack.extend(deps[p])
+        if hits:
+            graph = graph.subgraph(targets, [*inputs, *hits])
+        self.graph = graph
+        hit_set = set(hits)
+        old_index = index
+        wrappers: dict[int, Any] = {}
+        self.calls: dict[int, Call] = {}
+        """Per position in :attr:`graph`, what its task calls instead of the node."""
+        self.hits: set[int] = set()
+        """Positions (in :attr:`graph`) served from the cache."""
+        self.keys: dict[int, str] = {}
+        uncacheable = 0
+        for p, node in enumerate(graph._nodes):
+            key = keys[old_index[node]]
+            if node in inputs or not _cacheable(node):
+                continue
+            if key is None:
+                uncacheable += 1
+                continue
+            self.keys[p] = key
+            if node in hit_set:
+                self.hits.add(p)
+                self.calls[p] = (load_entry, (cache, key), None, SHAPE_CALL)
+                continue
+            func = node._func
+            wrapper = wrappers.get(id(func))
+            if wrapper is None:
+                if inspect.iscoroutinefunction(func):
+                    wrapper = _store_coroutine(func, cache)
+                else:
+                    wrapper = StoreResult(func, cache)
+                wrappers[id(func)] = wrapper
+            self.calls[p] = _store_call(wrapper, key, node)
+        self.misses = len(self.calls) - len(self.hits)
+        self.uncacheable = uncacheable
+
+    def finish(self) -> None:
+        """After the run: keep its numbers, and evict past ``max_bytes``."""
+        cache = self.cache
+        cache.record_run(len(self.hits), self.misses, self.uncacheable)
+        try:
+            cache.evict()
+        except OSError as exc:  # another run evicting at once, a read-only store...
+            log.warning("dispatcher cache: eviction in %s failed: %s", cache.path, exc)
+
+
+def _store_call(wrapper: Any, key: str, node: DispatchNode) -> Call:
+    """The node's call with ``wrapper`` for its function and its key as first argument."""
+    shape = node._shape
+    if shape == SHAPE_POSITIONAL:
+        refs = tuple(Ref(i) for i in range(len(node._deps)))
+        return (wrapper, (key, *refs), None, SHAPE_TEMPLATE)
+    return (wrapper, (key, *node._args), node._kwargs, shape)
+
+
+def _keys(graph: DispatchGraph, inputs: Mapping[DispatchNode, Any]) -> list[str | None]:
+    """Every node's key, in graph order; ``None`` where it cannot be hashed (logged)."""
+    nodes, deps = graph._nodes, graph._deps
+    keys: list[str | None] = [None] * len(nodes)
+    memo: dict[int, tuple[Any, bytes]] = {}
+    debug = log.isEnabledFor(logging.DEBUG)
+    for p, node in enumerate(nodes):
+        try:
+            if node in inputs:
+                keys[p] = value_digest(inputs[node])
+                continue
+            if node._shape == SHAPE_CONSTANT:
+                keys[p] = value_digest(node._args[0])
+                continue
+            if isinstance(node, Op) and not getattr(node, "_cache", True):
+                if debug:
+                    log.debug("node %r is not cached: op(..., cache=False)", node.label)
+                continue
+            input_keys = [keys[d] for d in deps[p]]
+            if None in input_keys:
+                if debug:
+                    missing = nodes[deps[p][input_keys.index(None)]]
+                    log.debug(
+                        "node %r is not cached: its input %r is not", node.label, missing.label
+                    )
+                continue
+            keys[p] = node_key(
+                node.kind,
+                node._func,
+                node._shape,
+                node._args,
+                node._kwargs,
+                input_keys,  # type: ignore[arg-type]
+                memo,
+            )
+        except Uncacheable as exc:
+            log.debug("node %r is not cached: %s", node.label, exc)
+    return keys

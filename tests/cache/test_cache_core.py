@@ -1,0 +1,96 @@
+"""The cache on the in-process executors: sync, async with threads, async on the loop."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import counters
+import pytest
+from cache_scenarios import SCENARIOS, Pipeline
+
+from dispatcher import op, run
+
+EXECUTORS = [("sync", {}), ("async", {}), ("async", {"threads": 0})]
+
+
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_scenario(tmp_path: Path, executor: str, options: dict[str, Any], scenario: Any) -> None:
+    scenario(Pipeline(tmp_path, executor, options))
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.parametrize(
+    ("executor", "options", "in_caller"),
+    [("sync", {}, True), ("async", {"threads": 0}, True), ("async", {"threads": 2}, False)],
+)
+def test_hits_are_read_where_tasks_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    executor: str,
+    options: dict[str, Any],
+    in_caller: bool,
+) -> None:
+    from dispatcher import Cache
+    from dispatcher._cache import Cache as Store
+
+    run(op(inc)(1), executor="sync", cache=tmp_path)
+    threads: list[threading.Thread] = []
+    load = Store.load
+
+    def watched(self: Cache, key: str) -> Any:
+        threads.append(threading.current_thread())
+        return load(self, key)
+
+    monkeypatch.setattr(Store, "load", watched)
+    assert run(op(inc)(1), executor=executor, cache=tmp_path, **options) == 2
+    assert len(threads) == 1
+    assert (threads[0] is threading.main_thread()) == in_caller
+
+
+def counted(x: int) -> int:
+    counters.calls.append(x)
+    return x * 10
+
+
+def test_nodes_given_through_inputs_are_keyed_by_their_value(tmp_path: Path) -> None:
+    counters.calls.clear()
+    source = op(inc)(0)
+    target = op(counted)(source)
+    for given in (1, 1, 2, 1):
+        assert run(target, executor="sync", cache=tmp_path, inputs={source: given}) == given * 10
+    assert counters.calls == [1, 2]
+
+
+async def slow_double(x: int) -> int:
+    import asyncio
+
+    counters.calls.append(x)
+    await asyncio.sleep(0)
+    return x * 2
+
+
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_coroutine_results_are_stored_once_awaited(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    counters.calls.clear()
+    for _ in range(2):
+        assert run(op(slow_double)(21), executor=executor, cache=tmp_path, **options) == 42
+    assert counters.calls == [21]
+
+
+def test_arun_takes_a_cache(tmp_path: Path) -> None:
+    import asyncio
+
+    from dispatcher import arun
+
+    counters.calls.clear()
+    for _ in range(2):
+        assert asyncio.run(arun(op(slow_double)(4), cache=tmp_path)) == 8
+    assert counters.calls == [4]

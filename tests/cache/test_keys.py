@@ -1,0 +1,186 @@
+"""Keys: what changes a function's or a node's key, and what does not."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+from typing import Any
+
+import counters
+import pytest
+
+from dispatcher import DataNode, op, run
+from dispatcher._cache_key import Uncacheable, function_digest, value_digest
+from dispatcher._cache_plan import _keys
+from dispatcher._graph import DispatchGraph
+
+
+def compiled(source: str, name: str = "f", first_line: int = 1) -> Any:
+    """The function ``name`` defined by ``source``, as if it began at ``first_line``."""
+    namespace: dict[str, Any] = {"__name__": "keys_module"}
+    code = compile("\n" * (first_line - 1) + textwrap.dedent(source), "keys_module.py", "exec")
+    exec(code, namespace)
+    return namespace[name]
+
+
+def digest(func: Any) -> bytes:
+    return function_digest(func, {})
+
+
+BASE = """
+def f(x, k=2):
+    def inner(y):
+        return y + 1
+    return inner(x) * k
+"""
+
+
+def test_comments_blank_lines_and_moving_a_function_keep_its_key() -> None:
+    moved = compiled(BASE, first_line=40)
+    commented = compiled(BASE.replace("def f(x, k=2):\n", "def f(x, k=2):\n    # note\n\n"))
+    assert digest(compiled(BASE)) == digest(moved) == digest(commented)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("* k", "+ k"),  # the body
+        ("y + 1", "y + 2"),  # a nested function's constant
+        ("k=2", "k=3"),  # a default
+        ("return inner(x)", "return inner(-x)"),
+    ],
+)
+def test_editing_code_changes_the_key(old: str, new: str) -> None:
+    assert digest(compiled(BASE)) != digest(compiled(BASE.replace(old, new)))
+
+
+def test_closure_values_are_part_of_the_key() -> None:
+    def make(k: Any) -> Any:
+        def scale(x: int) -> Any:
+            return x * k
+
+        return scale
+
+    assert digest(make(2)) == digest(make(2))
+    assert digest(make(2)) != digest(make(3))
+    assert digest(make([1, 2])) != digest(make([1, 3]))
+
+
+def test_self_referring_closure_is_hashed() -> None:
+    def outer() -> Any:
+        def fact(n: int) -> int:
+            return 1 if n <= 1 else n * fact(n - 1)
+
+        return fact
+
+    assert digest(outer()) == digest(outer())
+
+
+def test_values_hash_by_content() -> None:
+    assert value_digest([1, "a", (2.5, None)]) == value_digest([1, "a", (2.5, None)])
+    assert value_digest([1]) != value_digest((1,))
+    assert value_digest(1) != value_digest(True) != value_digest(1.0)
+    assert value_digest({"a", "b", "c"}) == value_digest({"c", "b", "a"})
+    assert value_digest({"a": 1, "b": 2}) != value_digest({"a": 1, "b": 3})
+
+
+def test_arrays_hash_by_their_bytes_dtype_and_shape() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.arange(12, dtype=np.float64)
+    assert value_digest(a) == value_digest(a.copy())
+    assert value_digest(a) != value_digest(a.astype(np.float32))
+    assert value_digest(a) != value_digest(a.reshape(3, 4))
+    assert value_digest(a.reshape(3, 4).T) == value_digest(np.ascontiguousarray(a.reshape(3, 4).T))
+    b = a.copy()
+    b[5] = -1
+    assert value_digest(a) != value_digest(b)
+    with pytest.raises(Uncacheable):
+        value_digest(np.array([object()], dtype=object))
+
+
+def first(lock: Any) -> int:
+    counters.calls.append("first")
+    return 1
+
+
+def second(x: int) -> int:
+    counters.calls.append("second")
+    return x + 1
+
+
+def test_a_value_that_cannot_be_hashed_makes_the_node_and_its_descendants_uncacheable(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    counters.calls.clear()
+    lock = threading.Lock()
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.cache"):
+        for _ in range(2):
+            assert run(op(second)(op(first)(lock)), executor="sync", cache=tmp_path) == 2
+    assert counters.calls == ["first", "second"] * 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'first' is not cached" in m and "pickle" in m for m in messages)
+    assert any("'second' is not cached: its input 'first' is not" in m for m in messages)
+    # A hashable argument in the same place is cached.
+    counters.calls.clear()
+    for _ in range(2):
+        assert run(op(second)(op(first)("no lock")), executor="sync", cache=tmp_path) == 2
+    assert counters.calls == ["first", "second"]
+
+
+def test_data_and_index_nodes_have_keys_from_their_values() -> None:
+    a, b = DataNode([1, 2]), DataNode([1, 2])
+    g = DispatchGraph([a[0], b[0], DataNode([1, 3])[0]])
+    keys = _keys(g, {})
+    by_label = {}
+    for node, key in zip(g._nodes, keys, strict=True):
+        by_label.setdefault(node.label, set()).add(key)
+    assert len(by_label["DataNode([1, 2])"]) == 1
+    assert None not in keys
+    assert len(set(keys)) == 4  # [1, 2] and [1, 3], and the two distinct index nodes
+
+
+GLOBALS = """
+import os
+import threading
+
+SCALE = 2
+LOCK = threading.Lock()
+
+def helper(x):
+    return x + 1
+
+def f(x):
+    with LOCK:
+        return helper(x) * SCALE + len(os.sep)
+
+def ping(n):
+    return 0 if n == 0 else pong(n - 1)
+
+def pong(n):
+    return ping(n)
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("SCALE = 2", "SCALE = 3"), ("return x + 1", "return x + 2")],
+    ids=["a constant it reads", "a helper it calls"],
+)
+def test_globals_a_function_reads_are_part_of_its_key(old: str, new: str) -> None:
+    assert digest(compiled(GLOBALS)) != digest(compiled(GLOBALS.replace(old, new)))
+
+
+def test_globals_it_does_not_read_and_unhashable_ones_are_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.cache"):
+        base = digest(compiled(GLOBALS))
+    assert base == digest(compiled(GLOBALS + "\nUNUSED = 1\n"))
+    assert any("global 'LOCK'" in r.getMessage() for r in caplog.records)
+
+
+def test_mutually_recursive_globals_are_hashed() -> None:
+    assert digest(compiled(GLOBALS, "ping")) == digest(compiled(GLOBALS, "ping"))
+    changed = GLOBALS.replace("return ping(n)", "return ping(n) + 1")
+    assert digest(compiled(GLOBALS, "ping")) != digest(compiled(changed, "ping"))

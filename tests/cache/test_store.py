@@ -1,0 +1,240 @@
+"""The store: atomic entries, damage caught, concurrent writers, eviction, clearing."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import counters
+import pytest
+
+from dispatcher import Cache, CacheWarning, op, run
+from dispatcher._cache import CacheEntryError
+
+KEY = "ab" + "0" * 30
+
+
+def backing(array: Any) -> Any:
+    """The object at the bottom of an array's chain of bases (through memoryviews)."""
+    obj = array
+    while True:
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+        elif getattr(obj, "base", None) is not None:
+            obj = obj.base
+        else:
+            return obj
+
+
+def partial_files(root: Path) -> list[Path]:
+    """Files being written, or left by a writer that died."""
+    return list(root.glob("entries/*/.*"))
+
+
+def test_round_trip_of_plain_values(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    value = {"a": [1, 2.5, "x"], "b": b"y" * 100_000, "c": None}
+    assert cache.save(KEY, value)
+    assert cache.contains(KEY)
+    assert cache.load(KEY) == value
+    assert not cache.contains("cd" + "0" * 30)
+
+
+def test_a_large_array_is_read_through_a_memory_map(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    cache = Cache(tmp_path)
+    array = np.arange(1024 * 1024, dtype=np.float64)  # 8 MiB
+    cache.save(KEY, {"x": array})
+    loaded = cache.load(KEY)["x"]
+    assert np.array_equal(loaded, array)
+    assert isinstance(backing(loaded), mmap.mmap)
+    assert loaded.ctypes.data % 64 == 0
+    loaded[0] = 42.0  # copy on write: the entry is untouched
+    assert cache.load(KEY)["x"][0] == 0.0
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) - 7]
+    elif how == "corrupted":
+        data[len(data) // 2] ^= 0x55
+    elif how == "empty":
+        data = bytearray()
+    elif how == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted", "empty", "garbage"])
+@pytest.mark.parametrize("size", [1000, 3_000_000])
+def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, size: int) -> None:
+    cache = Cache(tmp_path)
+    cache.save(KEY, b"v" * size)
+    path = Path(cache.entry_path(KEY))
+    _damage(path, how)
+    with pytest.warns(CacheWarning, match="unusable"), pytest.raises(CacheEntryError):
+        cache.load(KEY)
+    assert not path.exists()
+
+
+def _write_many(path: str, key: str, size: int, rounds: int) -> None:
+    cache = Cache(path)
+    for _ in range(rounds):
+        cache.save(key, b"same" * size)
+
+
+def test_writers_of_one_key_at_once_leave_one_whole_entry(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    writers = [
+        ctx.Process(target=_write_many, args=(str(tmp_path), KEY, 500_000, 20)) for _ in range(3)
+    ]
+    for w in writers:
+        w.start()
+    cache = Cache(tmp_path)
+    while any(w.is_alive() for w in writers):
+        if cache.contains(KEY):
+            assert cache.load(KEY) == b"same" * 500_000  # never a partial entry
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert cache.load(KEY) == b"same" * 500_000
+    assert partial_files(tmp_path) == []
+
+
+def _write_forever(path: str) -> None:
+    cache = Cache(path)
+    i = 0
+    while True:
+        cache.save(f"{i % 256:02x}" + "0" * 30, b"x" * 4_000_000)
+        i += 1
+
+
+def test_a_writer_killed_midway_leaves_no_entry_that_reads_wrong(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(target=_write_forever, args=(str(tmp_path),))
+    writer.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "entries").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert writer.pid is not None
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join()
+    cache = Cache(tmp_path)
+    for entry in (tmp_path / "entries").glob("*/*"):
+        assert cache.load(entry.name) == b"x" * 4_000_000
+    cache.clear()
+    assert partial_files(tmp_path) == []
+
+
+def test_a_full_disk_is_a_warning_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, buffers: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full)
+    with pytest.warns(CacheWarning, match="No space left"):
+        assert run(op(sum)([1, 2]), executor="sync", cache=tmp_path) == 3
+    assert partial_files(tmp_path) == []
+    assert not Cache(tmp_path).contains(KEY)
+
+
+def test_a_result_that_does_not_pickle_is_a_warning(tmp_path: Path) -> None:
+    def gen() -> Any:
+        return (i for i in range(3))
+
+    with pytest.warns(CacheWarning, match="does not pickle"):
+        result = run(op(gen)(), executor="sync", cache=tmp_path)
+    assert list(result) == [0, 1, 2]
+
+
+def test_least_recently_used_entries_are_evicted_past_max_bytes(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, max_bytes=250_000)
+    keys = [f"{i:02x}" + "0" * 30 for i in range(3)]
+    now = time.time()
+    for age, key in zip([3 * 3600, 2 * 3600, 3600], keys, strict=True):
+        cache.save(key, b"x" * 100_000)
+        os.utime(cache.entry_path(key), (now - age, now - age))
+    cache.load(keys[0])  # used now: the most recent
+    assert cache.evict() > 0
+    assert [cache.contains(k) for k in keys] == [True, False, True]
+
+
+def test_a_run_evicts_past_max_bytes(tmp_path: Path) -> None:
+    def blob(i: int) -> bytes:
+        return bytes([i]) * 100_000
+
+    cache = Cache(tmp_path, max_bytes=350_000)
+    run([op(blob)(i) for i in range(10)], executor="sync", cache=cache)
+    info = cache.info()
+    assert info.nbytes <= 350_000
+    assert info.entries == 3
+
+
+def test_clear_older_than(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    old, new = "aa" + "0" * 30, "bb" + "0" * 30
+    cache.save(old, 1)
+    cache.save(new, 2)
+    past = time.time() - 3 * 86400
+    os.utime(cache.entry_path(old), (past, past))
+    assert cache.clear(older_than=86400) == 1
+    assert not cache.contains(old)
+    assert cache.contains(new)
+    assert cache.clear() == 1
+    assert cache.info().entries == 0
+
+
+def test_cache_argument_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="cache takes"):
+        run(op(sum)([1]), executor="sync", cache=42)
+    with pytest.raises(ValueError, match="max_bytes"):
+        Cache(tmp_path, max_bytes=-1)
+
+
+def quick(x: int) -> int:
+    counters.calls.append("quick")
+    return x + 1
+
+
+def slow(x: int) -> int:
+    counters.calls.append("slow")
+    time.sleep(0.05)
+    return x * 2
+
+
+def test_min_seconds_stores_only_slow_results(tmp_path: Path) -> None:
+    counters.calls.clear()
+    cache = Cache(tmp_path, min_seconds=0.02)
+    for _ in range(2):
+        assert run(op(slow)(op(quick)(1)), executor="sync", cache=cache) == 4
+    assert counters.calls == ["quick", "slow"]  # the slow one was stored and is a hit
+    for _ in range(2):
+        assert run(op(quick)(5), executor="sync", cache=cache) == 6
+    assert counters.calls == ["quick", "slow", "quick", "quick"]
+    with pytest.raises(ValueError, match="min_seconds"):
+        Cache(tmp_path, min_seconds=-1)
+
+
+def test_files_left_by_dead_writers_are_ignored_then_swept(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, max_bytes=10**9)
+    cache.save(KEY, 1)
+    shard = Path(cache.entry_path(KEY)).parent
+    fresh, stale = shard / f".{KEY}.fresh", shard / f".{KEY}.stale"
+    fresh.write_bytes(b"half an entr")
+    stale.write_bytes(b"half an entr")
+    past = time.time() - 2 * 3600
+    os.utime(stale, (past, past))
+    assert cache.info().entries == 1
+    cache.evict()
+    assert fresh.exists()  # perhaps still being written
+    assert not stale.exists()
+    assert cache.load(KEY) == 1

@@ -1,0 +1,162 @@
+"""The move-cost model of placement: a move costs what its link costs, within a host or
+across hosts, and a task goes to its data's host first."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from dispatcher import op
+from dispatcher._placement import ACROSS_HOSTS, WITHIN_HOST, Link, Placement
+from dispatcher.testing import FakeTransport, fake_executor, tasks
+from dispatcher.transport import worker_host, worker_name
+
+MB = 1_000_000
+
+
+class Table:
+    """What placement reads of a task table: tasks 0 .. n-1, their inputs, where each
+    result is held and how big it is."""
+
+    def __init__(self, deps: list[tuple[int, ...]]) -> None:
+        self.deps = deps
+        self.dependents: list[list[int]] = [[] for _ in deps]
+        for p, inputs in enumerate(deps):
+            for d in inputs:
+                self.dependents[d].append(p)
+        self.holders: list[frozenset[str] | None] = [None] * len(deps)
+        self.nbytes: list[int | None] = [None] * len(deps)
+        self.inflight: dict[int, Any] = {}
+
+    def hold(self, p: int, worker: str, nbytes: int) -> None:
+        self.holders[p] = frozenset((worker,))
+        self.nbytes[p] = nbytes
+
+    def held_on(self, worker: str) -> frozenset[str]:
+        return frozenset((worker,))
+
+
+def placement(table: Table, *workers: str, capacity: int = 4) -> Placement:
+    placed = Placement(table)  # type: ignore[arg-type]
+    for worker in workers:
+        placed.add_worker(worker, capacity)
+    return placed
+
+
+def test_a_worker_name_carries_its_host() -> None:
+    assert worker_name("rank-3", "node2") == "rank-3@node2"
+    assert worker_host("rank-3@node2") == "node2"
+    assert worker_name("mp-1", None) == "mp-1"
+    assert worker_host("mp-1") is None
+    assert worker_host("tcp://10.0.0.1:4000") is None
+
+
+def test_a_link_costs_its_latency_plus_the_bytes_at_its_bandwidth() -> None:
+    link = Link(latency=1e-4, bandwidth=1e9)
+    assert link.seconds(0) == pytest.approx(1e-4)
+    assert link.seconds(2 * MB) == pytest.approx(1e-4 + 2e-3)
+    # Across hosts, every move costs more than the same move within a host.
+    for nbytes in (0, 1, MB, 1000 * MB):
+        assert ACROSS_HOSTS.seconds(nbytes) > WITHIN_HOST.seconds(nbytes)
+
+
+def test_on_one_host_every_move_costs_the_same() -> None:
+    table = Table([(), (), (0, 1)])
+    table.hold(0, "w1", MB)
+    table.hold(1, "w2", 2 * MB)
+    placed = placement(table, "w1", "w2", "w3")
+    assert not placed.spread
+    moving, near = placed._moves(2)
+    assert moving == pytest.approx(WITHIN_HOST.seconds(MB) + WITHIN_HOST.seconds(2 * MB))
+    assert near == pytest.approx({"w1": WITHIN_HOST.seconds(MB), "w2": WITHIN_HOST.seconds(2 * MB)})
+
+
+def test_across_hosts_a_move_costs_what_its_link_costs() -> None:
+    table = Table([(), (), (0, 1)])
+    table.hold(0, "a1@A", MB)
+    table.hold(1, "b1@B", 2 * MB)
+    placed = placement(table, "a1@A", "a2@A", "b1@B", "c1@C")
+    assert placed.spread
+    moving, near = placed._moves(2)
+    # On host C, both inputs cross a link between hosts.
+    assert moving == pytest.approx(ACROSS_HOSTS.seconds(MB) + ACROSS_HOSTS.seconds(2 * MB))
+    assert "c1@C" not in near
+    # On a holder, its input does not move; the other one crosses.
+    assert near["a1@A"] == pytest.approx(ACROSS_HOSTS.seconds(MB))
+    assert near["b1@B"] == pytest.approx(ACROSS_HOSTS.seconds(2 * MB))
+    # Beside a holder, on its host, its input moves within the host.
+    assert near["a2@A"] == pytest.approx(ACROSS_HOSTS.seconds(MB) - WITHIN_HOST.seconds(MB))
+
+
+def test_a_task_whose_data_holder_is_full_goes_to_that_host_first() -> None:
+    table = Table([(), (), (0, 1)])
+    table.hold(0, "a1@A", MB)
+    table.hold(1, "a1@A", MB)
+    # The other hosts' workers come first in the order workers were added: a
+    # placement blind to hosts would take one of them.
+    placed = placement(table, "a1@A", "b1@B", "c1@C", "a2@A", capacity=1)
+    placed.mean_duration = 0.05  # long enough not to wait for the holder
+    placed.load["a1@A"] = 1
+    assert placed.place(2) == "a2@A"
+    placed.load["a2@A"] = 1
+    assert placed.place(2) in ("b1@B", "c1@C")
+
+
+def test_hosts_are_forgotten_with_their_workers() -> None:
+    placed = placement(Table([()]), "a1@A", "b1@B")
+    assert placed.spread
+    placed.remove_worker("b1@B")
+    assert not placed.spread
+    assert placed.on_host == {"A": ["a1@A"]}
+    placed.add_worker("b1@B", 1)  # back under the same name
+    assert placed.spread
+    assert placed.on_host == {"A": ["a1@A"], "B": ["b1@B"]}
+
+
+def test_unplaced_inputs_of_consumers_lean_towards_where_the_work_is() -> None:
+    # Task 2 reads 0 (on host A) and 1 (on host B); its consumer 4 also reads 3, which no
+    # worker has yet: it will most likely be made where the work is now, on host B.
+    table = Table([(), (), (0, 1), (), (2, 3)])
+    table.hold(0, "a1@A", MB)
+    table.hold(1, "b1@B", MB)
+    placed = placement(table, "a1@A", "b1@B", "b2@B")
+    placed.mean_nbytes = MB
+    _, near = placed._moves(2)
+    assert near["b1@B"] == pytest.approx(near["a1@A"])  # no work anywhere: no lean
+    placed.load["b2@B"] = 3
+    _, near = placed._moves(2)
+    spared = ACROSS_HOSTS.seconds(MB) - WITHIN_HOST.seconds(MB)
+    assert near["b1@B"] - near["a1@A"] == pytest.approx(spared)
+    assert near["b2@B"] == pytest.approx(
+        spared + ACROSS_HOSTS.seconds(MB) - WITHIN_HOST.seconds(MB)
+    )
+
+
+class HostedFake(FakeTransport):
+    """The fake transport with its workers on hosts: ``w1@A``, ``w2@A``, ``w3@B``."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(workers=3, **options)
+        self.names = ["w1@A", "w3@B", "w2@A"]
+        self.stores = {name: {} for name in self.names}
+
+
+def slow_blob(size: int) -> bytes:
+    time.sleep(0.02)  # long enough that waiting for its worker costs more than a move
+    return b"x" * size
+
+
+def test_tasks_go_to_their_data_host_through_an_executor() -> None:
+    transport = HostedFake(slots=1)
+    source = op(slow_blob, label="source")(MB)
+    readers = [op(tasks.identity, label=f"reader{i}")(source) for i in range(2)]
+    with fake_executor(transport) as ex:
+        ex.run(readers)
+    where = dict(transport.ran)
+    assert where["source"] == "w1@A"
+    # One reader runs where the data is; the other beside it, on its host, rather than on
+    # host B, which comes first in the transport's order of workers.
+    assert {where["reader0"], where["reader1"]} == {"w1@A", "w2@A"}
+    assert [(src, dst) for _, src, dst in transport.moves] == [("w1@A", "w2@A")]
