@@ -60,6 +60,34 @@ class _Handle:
         self.missing = 0  # inputs it waits for, sent ahead of them
 
 
+class _Waiting(dict[Key, list[_Handle]]):
+    """Tasks sent ahead of their inputs, under the key of each input they wait for. Used
+    with the transport's lock held."""
+
+    def park(self, handle: _Handle, missing: list[Key]) -> None:
+        handle.missing = len(missing)
+        for key in missing:
+            self.setdefault(key, []).append(handle)
+
+    def made(self, key: Key) -> list[_Handle]:
+        """``key``'s result is there: the tasks it was the last missing input of."""
+        ready = []
+        for handle in self.pop(key, ()):
+            handle.missing -= 1
+            if handle.missing == 0 and not handle.cancelled:
+                ready.append(handle)
+        return ready
+
+    def unwait(self, handle: _Handle) -> None:
+        """``handle`` no longer waits for its inputs."""
+        for key in handle.spec.deps:
+            waiters = self.get(key)
+            if waiters is not None and handle in waiters:
+                waiters.remove(handle)
+                if not waiters:
+                    del self[key]
+
+
 class AsyncTransport(Transport):
     """One worker, ``"main"``, with room for every task: coroutine functions run as tasks
     of the event loop that drives the run, plain functions in daemon threads
@@ -77,7 +105,7 @@ class AsyncTransport(Transport):
         self.pool = DaemonThreadPool(threads) if threads else None
         self.store: dict[Key, Any] = {}
         self.tasks: dict[Key, _Handle] = {}  # what cancel() can still reach
-        self._waiting: dict[Key, list[_Handle]] = {}  # input key -> tasks sent ahead of it
+        self._waiting = _Waiting()
         # Worker threads report on their own: whoever takes a handle out of ``tasks``
         # under this lock (its thread, its deadline, cancel()) is the one that reports.
         # It also orders storing a result against a task that arrives to wait for it.
@@ -207,8 +235,25 @@ class AsyncTransport(Transport):
         return ready
 
     def _failed(self, spec: TaskSpec, error: BaseException, duration: float) -> None:
-        assert self._events is not None
-        self._events.task_failed(spec.key, "main", error, duration)
+        events = self._events
+        assert events is not None
+        events.task_failed(spec.key, "main", error, duration)
+        if not self._waiting:
+            return
+        # What was sent to run after it waits no more: the scheduler puts it back, to be
+        # sent again after a retry, or skipped.
+        with self._lock:
+            waiters = self._waiting.pop(spec.key, None) or []
+            for handle in waiters:
+                self._waiting.unwait(handle)
+                if self.tasks.get(handle.spec.key) is handle:
+                    del self.tasks[handle.spec.key]
+                else:
+                    handle.cancelled = True
+        for handle in waiters:
+            if not handle.cancelled:
+                handle.cancelled = True
+                events.task_inputs_lost(handle.spec.key, "main", [spec.key])
 
     # -- coroutines --------------------------------------------------------------------------
 
@@ -266,10 +311,7 @@ class AsyncTransport(Transport):
             if not missing:
                 return False
             handle = self.tasks[spec.key] = _Handle(spec)
-            handle.missing = len(missing)
-            waiting = self._waiting
-            for k in missing:
-                waiting.setdefault(k, []).append(handle)
+            self._waiting.park(handle, missing)
         return True
 
     def _stored(self, key: Key, value: Any) -> list[_Handle]:
@@ -277,15 +319,8 @@ class AsyncTransport(Transport):
         self.store[key] = value
         if not self._waiting:
             return []
-        ready: list[_Handle] = []
         with self._lock:
-            waiters = self._waiting.pop(key, None)
-            if waiters is not None:
-                for handle in waiters:
-                    handle.missing -= 1
-                    if handle.missing == 0 and not handle.cancelled:
-                        ready.append(handle)
-        return ready
+            return self._waiting.made(key)
 
     def _start_ready(self, scope: LoopScope | None, ready: list[_Handle]) -> None:
         """Start tasks whose inputs just arrived, from the loop or a worker thread."""
@@ -429,23 +464,13 @@ class AsyncTransport(Transport):
             with self._lock:
                 handle = self.tasks.pop(spec.key, None)
                 if handle is not None and handle.missing:
-                    self._unwait(handle)
+                    self._waiting.unwait(handle)
             if handle is not None:
                 handle.cancelled = True
                 if handle.cancel_scope is not None:
                     handle.cancel_scope.cancel()
                 if handle.job is not None:
                     handle.job.abandon()  # queued: it never runs; running: its thread is freed
-
-    def _unwait(self, handle: _Handle) -> None:
-        # Called with the lock held: a task sent ahead no longer waits for its inputs.
-        waiting = self._waiting
-        for key in handle.spec.deps:
-            waiters = waiting.get(key)
-            if waiters is not None and handle in waiters:
-                waiters.remove(handle)
-                if not waiters:
-                    del waiting[key]
 
     def close(self) -> None:
         with self._lock:
@@ -496,7 +521,10 @@ class AsyncExecutor(Executor):
         nodes = table.nodes
         if table.timeout is not None or any(node.timeout is not None for node in nodes):
             return True
-        return not all(map(self._loop_transport.never_awaits, {node._func for node in nodes}))
+        funcs = {node._func for node in nodes}
+        if run._cache_calls:  # what the cache calls instead of those nodes' functions
+            funcs.update(call[0] for call in run._cache_calls.values())
+        return not all(map(self._loop_transport.never_awaits, funcs))
 
     def _drive(self, run: Run) -> None:
         """Run to the end: from this thread when the run needs no loop; otherwise on a

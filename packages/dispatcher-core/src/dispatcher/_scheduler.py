@@ -18,7 +18,7 @@ never blocks: a driver (see :mod:`._driver`) calls :meth:`Run.dispatch` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._driver import (
@@ -73,6 +73,8 @@ class Run:
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
         self._sends_ahead = False  # chains go to the worker computing their input
+        self._unannounced: set[int] | None = None
+        """Tasks sent ahead whose task_started waits for their input (see ``start``)."""
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:
@@ -114,6 +116,11 @@ class Run:
         capabilities = transport.capabilities
         self.placement.in_order = capabilities.runs_tasks_in_order
         self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
+        if capabilities.waits_for_inputs and self._started_hook is not None:
+            # Such a worker starts a task sent ahead the moment its input is made, which
+            # the scheduler learns from that input's report: the task's start is told
+            # then, and a task whose input failed was never started, only skipped.
+            self._unannounced = set()
         if self._hits is not None and self._asks is not None:
             from ._cache import load_entry
 
@@ -174,8 +181,11 @@ class Run:
             ready.pop()
             specs.append(self._spec(p, node, worker))
             if sends_ahead:
+                unannounced = self._unannounced
                 for j in self.placement.ahead(p, worker):
-                    specs.append(self._spec(j, nodes[j], worker))
+                    specs.append(self._spec(j, nodes[j], worker, unannounced is None))
+                    if unannounced is not None:
+                        unannounced.add(j)
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)
@@ -184,7 +194,7 @@ class Run:
             self._send_frees()
         return progressed
 
-    def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
+    def _spec(self, p: int, node: DispatchNode, worker: str, announce: bool = True) -> TaskSpec:
         table = self.table
         base = table.base
         deps = table.deps[p]
@@ -246,9 +256,25 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
+        if announce:
+            if self._unannounced:
+                self._unannounced.discard(p)  # sent again, not ahead this time
+            self._announce(p, node, worker)
+        return spec
+
+    def _announce(self, p: int, node: DispatchNode, worker: str) -> None:
         if self._started_hook is not None and (self._hits is None or p not in self._hits):
             self._started_hook(node=node, worker=worker)
-        return spec
+
+    def _announce_started(self, positions: Iterable[int]) -> None:
+        """Of ``positions``, tell the start of those sent ahead and not yet told: their
+        input was made (or, their own report coming first, they ran)."""
+        unannounced, table = self._unannounced, self.table
+        assert unannounced is not None
+        for j in positions:
+            if j in unannounced and (spec := table.inflight.get(j)) is not None:
+                unannounced.discard(j)
+                self._announce(j, table.nodes[j], spec.worker)
 
     def _hit_in_caller(self, p: int) -> None:
         """Read hit ``p``'s value from the cache in this thread and settle it."""
@@ -313,6 +339,9 @@ class Run:
     def _on_finished(
         self, p: int, worker: str, duration: float, nbytes: int | None, value: Any
     ) -> None:
+        unannounced = self._unannounced
+        if unannounced:
+            self._announce_started((p,))
         if self._reported(p, worker) is None:
             self.table.free_on(worker, p)  # its result is not wanted
             return
@@ -331,8 +360,12 @@ class Run:
                 node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes
             )
         table.settle(p)
+        if unannounced:
+            self._announce_started(table.dependents[p])
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
+        if self._unannounced:
+            self._announce_started((p,))
         if self._reported(p, worker) is not None:
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
