@@ -1,9 +1,11 @@
 """A parameter sweep: one graph, run on every executor this installation has.
 
-    python examples/sweep.py                              # sync, async, and mp if installed
-    mpiexec -n 3 python -m dispatcher_mpi examples/sweep.py   # sync, async and mpi
-    python examples/sweep.py --executor mp                # just one
-    dispatcher run examples/sweep.py:sweep --executor mp
+    .venv/bin/python examples/sweep.py                    # sync, async, and mp if installed
+    .venv/bin/mpiexec -n 3 .venv/bin/python -m dispatcher_mpi examples/sweep.py  # and mpi
+    .venv/bin/python examples/sweep.py --executor mp      # just one
+    .venv/bin/dispatcher run examples/sweep.py:sweep --executor mp
+
+(``.venv`` is the environment the README's set-up command makes.)
 
 Each point of the grid simulates a damped, driven oscillator (plain Python, a few
 milliseconds of CPU) and reports how strongly it responds; the last node picks the point with

@@ -77,7 +77,7 @@ def _damage(path: Path, how: str) -> None:
 def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, size: int) -> None:
     cache = Cache(tmp_path)
     cache.save(KEY, b"v" * size)
-    path = Path(cache.entry_path(KEY))
+    path = Path(cache._entry_path(KEY))
     _damage(path, how)
     with pytest.warns(CacheWarning, match="unusable"), pytest.raises(CacheEntryError):
         cache.load(KEY)
@@ -162,7 +162,7 @@ def test_least_recently_used_entries_are_evicted_past_max_bytes(tmp_path: Path) 
     now = time.time()
     for age, key in zip([3 * 3600, 2 * 3600, 3600], keys, strict=True):
         cache.save(key, b"x" * 100_000)
-        os.utime(cache.entry_path(key), (now - age, now - age))
+        os.utime(cache._entry_path(key), (now - age, now - age))
     cache.load(keys[0])  # used now: the most recent
     assert cache.evict() > 0
     assert [cache.contains(k) for k in keys] == [True, False, True]
@@ -185,7 +185,7 @@ def test_clear_older_than(tmp_path: Path) -> None:
     cache.save(old, 1)
     cache.save(new, 2)
     past = time.time() - 3 * 86400
-    os.utime(cache.entry_path(old), (past, past))
+    os.utime(cache._entry_path(old), (past, past))
     assert cache.clear(older_than=86400) == 1
     assert not cache.contains(old)
     assert cache.contains(new)
@@ -227,7 +227,7 @@ def test_min_seconds_stores_only_slow_results(tmp_path: Path) -> None:
 def test_files_left_by_dead_writers_are_ignored_then_swept(tmp_path: Path) -> None:
     cache = Cache(tmp_path, max_bytes=10**9)
     cache.save(KEY, 1)
-    shard = Path(cache.entry_path(KEY)).parent
+    shard = Path(cache._entry_path(KEY)).parent
     fresh, stale = shard / f".{KEY}.fresh", shard / f".{KEY}.stale"
     fresh.write_bytes(b"half an entr")
     stale.write_bytes(b"half an entr")

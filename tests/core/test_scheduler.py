@@ -6,6 +6,7 @@ import pytest
 
 from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, hookimpl, op
 from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
+from dispatcher.transport import Capabilities, TaskSpec
 
 
 class MostHeld:
@@ -338,6 +339,31 @@ def test_tiny_tasks_wait_for_room_where_their_data_is_rather_than_move() -> None
     assert transport.moves == []
 
 
+class BusyAfterSource(FakeTransport):
+    """The worker that runs ``source`` then reports no capacity: it is still running
+    abandoned work, yet keeps serving the results it holds. (Not in order: nothing is
+    sent ahead to it with ``source``.)"""
+
+    capabilities = Capabilities(survives_worker_loss=True)
+
+    def _run(self, spec: TaskSpec) -> None:
+        super()._run(spec)
+        if spec.label == "source":
+            assert self._events is not None
+            self._events.worker_added(spec.worker, 0)
+
+
+def test_a_worker_without_capacity_gets_no_task_but_serves_its_results() -> None:
+    transport = BusyAfterSource(workers=2, slots=2)
+    source = op(tasks.inc, label="source")(0)
+    tiny = [op(tasks.add, label=f"tiny{i}")(source, i) for i in range(8)]
+    with fake_executor(transport) as ex:
+        assert ex.run(tiny) == [1 + i for i in range(8)]
+    where = dict(transport.ran)
+    assert where["source"] not in {where[f"tiny{i}"] for i in range(8)}
+    assert transport.moves  # its result was read from there
+
+
 def test_the_producers_of_one_consumers_inputs_gather_on_one_worker() -> None:
     transport = FakeTransport(workers=2, slots=4)
     blobs = [op(blob, label=f"blob{i}")(100_000) for i in range(16)]
@@ -376,3 +402,37 @@ def test_a_retried_task_gets_back_the_input_it_let_its_worker_drop(tmp_path: obj
     # The first attempt let the worker drop `source`; the second needed it: recomputed.
     assert [label for label, _ in transport.ran].count("source") == 2
     assert transport.held() == 0
+
+
+class PendingInputs(FakeTransport):
+    """A transport that takes tasks whose inputs are still being computed anywhere (the
+    fake runs a batch in order, so they are made by the time their reader runs)."""
+
+    capabilities = Capabilities(survives_worker_loss=True, accepts_pending_inputs=True)
+
+
+def test_tasks_whose_inputs_are_being_computed_are_sent_with_them() -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    links = _chain(5)
+    left = op(blob, label="left")(100)
+    right = op(blob, label="right")(200)
+    both = op(tasks.add, label="both")(left, right)
+    with fake_executor(transport) as ex:
+        assert ex.run([links[-1], both]) == [5, b"x" * 300]
+    # Nothing waited for a report: one batch, readers after what they read.
+    assert len(transport.batches) == 1
+    order = transport.batches[0]
+    assert order.index("both") > max(order.index("left"), order.index("right"))
+    assert order[: len(links)] == [link.label for link in links]
+
+
+def test_what_was_sent_with_a_failed_input_is_skipped() -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    links = _chain(4, first=op(tasks.fail, label="broken")("no"))
+    with fake_executor(transport) as ex:
+        results = ex.run(links, throw=False)
+    assert isinstance(results[0].error, ValueError)
+    for result in results[1:]:
+        assert isinstance(result.error, DependencyError)
+    assert transport.batches == [["broken", "link1", "link2", "link3"]]
+    assert len(transport.cancelled) == 3  # all sent with it; none reported done

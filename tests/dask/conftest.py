@@ -17,19 +17,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def dask_cluster() -> Iterator[Any]:
     """Two worker processes of one thread each, with nannies that restart a dead worker."""
+    import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": ":0"},
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    # A local cluster closes a worker's nanny when no worker of its name is back
+    # ``lost-worker-timeout`` after one was removed, judging by whoever is there when
+    # that time comes: a worker restarted by one test and killed by the next within that
+    # time would be closed for good. Tests that kill or restart workers wait for them.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        )
+        try:
+            yield cluster
+        finally:
+            cluster.close()
 
 
 @pytest.fixture

@@ -75,3 +75,9 @@ def test_the_progress_bar_says_on_how_many_hosts_tasks_ran() -> None:
     spread_run(plugins=[bar])
     assert bar.hosts == {"node1", "node2"}
     assert "hosts=2" in screen.getvalue().rstrip("\n").split("\r")[-1]
+
+
+def test_status_lines_say_on_how_many_hosts_tasks_ran() -> None:
+    pipe = io.StringIO()  # not a terminal: status lines, not a bar
+    spread_run(plugins=[ProgressBar(file=pipe)])
+    assert ", on 2 hosts" in pipe.getvalue()

@@ -15,10 +15,11 @@ writer waits for another. SQLite's WAL mode needs shared memory between its user
 is documented not to work across hosts on a network file system, and every writer takes
 the one write lock; an index beside the files would also be one more thing to keep
 consistent with them after a crash. Measured (``benchmarks/cache.py``, ext4 on a shared
-virtual machine, 2,000 tiny entries): a write is 128 us as a file renamed into place and
-30 us as an SQLite WAL insert (``synchronous=NORMAL``); a read is 13 us as a file and 22 us
-through SQLite. A rerun reads: files are the faster there, and the slower write is paid
-once per computed node, beside its computation. Listing the cache (``dispatcher cache
+two-core virtual machine, 2,000 tiny entries): a write is 128 us as a file renamed into
+place and 30 us as an SQLite WAL insert (``synchronous=NORMAL``); a read is 13 us as a file
+and 22 us through SQLite (under heavy load from other processes: 278 and 113 us to write,
+38 and 73 us to read). A rerun reads: files are the faster there, and the slower write is
+paid once per computed node, beside its computation. Listing the cache (``dispatcher cache
 info``, eviction) scans the directory; that is rare.
 
 An entry is a header, the pickle stream, and the pickle's out-of-band buffers (NumPy
@@ -142,14 +143,14 @@ class Cache:
 
     # -- entries -----------------------------------------------------------------------
 
-    def entry_path(self, key: str) -> str:
+    def _entry_path(self, key: str) -> str:
         """Where the entry for ``key`` lives."""
         return f"{self._entries}{key[:2]}/{key}"
 
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
         try:
-            return os.stat(self.entry_path(key)).st_size >= _HEADER.size
+            return os.stat(self._entry_path(key)).st_size >= _HEADER.size
         except OSError:
             return False
 
@@ -224,7 +225,7 @@ class Cache:
     def load(self, key: str) -> Any:
         """The value stored under ``key``. A missing, truncated or corrupted entry is
         deleted, with a :class:`CacheWarning`, and raises :class:`CacheEntryError`."""
-        path = self.entry_path(key)
+        path = self._entry_path(key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
@@ -360,7 +361,7 @@ class Cache:
                 freed += size
         return freed
 
-    def record_run(self, hits: int, misses: int, uncacheable: int) -> None:
+    def _record_run(self, hits: int, misses: int, uncacheable: int) -> None:
         """Keep the last run's numbers for ``dispatcher cache info``."""
         record = {
             "hits": hits,

@@ -179,7 +179,7 @@ class CachePlan:
     def finish(self) -> None:
         """After the run: keep its numbers, and evict past ``max_bytes``."""
         cache = self.cache
-        cache.record_run(len(self.hits), self.misses, self.uncacheable)
+        cache._record_run(len(self.hits), self.misses, self.uncacheable)
         try:
             cache.evict()
         except OSError as exc:  # another run evicting at once, a read-only store...

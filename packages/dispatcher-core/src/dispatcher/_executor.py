@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._cache import Cache
 from ._driver import KEY_BITS, Router, drive_blocking
 from ._errors import DispatcherError
 from ._hooks import Observers
@@ -125,7 +127,7 @@ class Executor:
         progress: bool = False,
         report: str | None = None,
         plugins: Iterable[object] = (),
-        cache: Any = None,
+        cache: str | os.PathLike[str] | Cache | None = None,
     ) -> Any:
         """Run ``targets``; return their values in the same shape (see :func:`dispatcher.run`)."""
         values, failure = self._execute(targets, inputs, throw, progress, report, plugins, cache)
@@ -143,7 +145,7 @@ class Executor:
         progress: bool = False,
         report: str | None = None,
         plugins: Iterable[object] = (),
-        cache: Any = None,
+        cache: str | os.PathLike[str] | Cache | None = None,
     ) -> Any:
         """Like :meth:`run`, awaited inside a running asyncio or trio program."""
         values, failure = await self._aexecute(
@@ -161,7 +163,7 @@ class Executor:
         progress: bool,
         report: str | None,
         plugins: Iterable[object],
-        cache: Any = None,
+        cache: str | os.PathLike[str] | Cache | None = None,
     ) -> tuple[Any, BaseException | None]:
         """:meth:`run`, returning the task failure that stopped the run instead of raising
         it, for the public entry point to raise in its own frame: the traceback the user
@@ -191,7 +193,7 @@ class Executor:
         progress: bool,
         report: str | None,
         plugins: Iterable[object],
-        cache: Any = None,
+        cache: str | os.PathLike[str] | Cache | None = None,
     ) -> tuple[Any, BaseException | None]:
         """:meth:`_execute` for :meth:`arun`."""
         plan, run, observers = self._prepare(
@@ -219,7 +221,7 @@ class Executor:
         progress: bool,
         report: str | None,
         plugins: Iterable[object],
-        cache: Any = None,
+        cache: str | os.PathLike[str] | Cache | None = None,
     ) -> tuple[Plan, Run, Observers]:
         if self._closed:
             raise DispatcherError(f"the {self.name!r} executor is closed")

@@ -89,7 +89,8 @@ class Placement:
     # -- workers --------------------------------------------------------------------------
 
     def add_worker(self, worker: str, capacity: int) -> None:
-        self.capacity[worker] = max(1, capacity)
+        """A new worker, or a known one whose capacity changed (0: it takes nothing now)."""
+        self.capacity[worker] = max(0, capacity)
         self.room[worker] = self._room_of(worker)
         self.load.setdefault(worker, 0)
         if worker not in self.host:
@@ -163,8 +164,12 @@ class Placement:
             return load[w] * mean + moving - near.get(w, 0.0), load[w]
 
         best = min(open_, key=finish)
-        if len(open_) < len(room) and finish(min(room, key=finish))[0] < finish(best)[0]:
-            return None  # sooner done by waiting for room on a full worker than moving
+        if len(open_) < len(room):
+            # Sooner done by waiting for room on a full worker than moving (a worker with
+            # no capacity at all gives no room to wait for).
+            full = min((w for w in room if capacity[w]), key=finish, default=best)
+            if finish(full)[0] < finish(best)[0]:
+                return None
         # Beyond the usual queue only when the move saved outweighs the extra wait there.
         beyond = load[best] + 1 - room[best]
         if beyond <= 0 or near.get(best, 0.0) >= WITHIN_HOST.latency + beyond * mean:
@@ -180,11 +185,13 @@ class Placement:
         table = self.table
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
+        expected = self.mean_nbytes or 0.0
         for d in deps[p]:
             where = holders[d]
             if where:
                 weighed.append((where, nbytes[d] or 0))
-        expected = self.mean_nbytes or 0.0
+            elif d in inflight:  # sent ahead of its input, which is still being computed
+                weighed.append((table.held_on(inflight[d].worker), expected))
         unplaced = 0  # consumers' other inputs that no worker has been given yet
         for j in table.dependents[p][:4]:
             siblings = deps[j]

@@ -328,6 +328,8 @@ class StatusLines:
             text += f", {bar.retried} retried"
         if bar.cached:
             text += f", {bar.cached} from the cache"
+        if len(bar.hosts) > 1:
+            text += f", on {len(bar.hosts)} hosts"
         return text
 
     def _write(self, line: str) -> None:

@@ -56,8 +56,8 @@ HINT = (
     "when the caller learned of its end (on a worker that runs one task at a time, when "
     "its next task started, if that was earlier); the thin line before it is the wait "
     "since the task was handed over (inputs moving, the worker's queue). A narrow mark "
-    "is a failure whose run time is unknown (its worker was lost). Hover over a bar for "
-    "details.</p>"
+    "is a failure that took next to no time, or whose run time is unknown (its worker was "
+    "lost). Hover over a bar for details.</p>"
 )
 
 
@@ -225,7 +225,8 @@ def _bar(
     x0, x1 = x(begin), x(end)
     if not known and attempt.status in (FAILED, RETRIED):
         x0, x1 = x1 - MARK, x1
-    width = max(x1 - x0, 1.2)
+    # A failure stays visible however short the call: as wide as the unknown-time mark.
+    width = max(x1 - x0, MARK if attempt.status in (FAILED, RETRIED) else 1.2)
     style = STATUS_STYLE.get(attempt.status)
     if style is None:
         if attempt.status == LOST:

@@ -33,7 +33,7 @@ from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
 from ._placement import Placement
 from ._recovery import Recovery
-from ._tasks import CALLER, DONE, READY, RUNNING, TaskTable
+from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
 from .transport import TaskSpec, Transport
 
@@ -68,6 +68,8 @@ class Run:
         self.throw = throw
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
+        self.pending_inputs = False
+        """The transport takes tasks whose inputs are still being computed anywhere."""
 
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
@@ -117,14 +119,12 @@ class Run:
         self.placement.in_order = capabilities.runs_tasks_in_order
         self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
         if capabilities.waits_for_inputs and self._started_hook is not None:
-            # Such a worker starts a task sent ahead the moment its input is made, which
-            # the scheduler learns from that input's report: the task's start is told
-            # then, and a task whose input failed was never started, only skipped.
-            self._unannounced = set()
+            self._unannounced = set()  # see _announce_started
         if self._hits is not None and self._asks is not None:
             from ._cache import load_entry
 
             self._hits_in_caller = self._asks(load_entry)
+        self.pending_inputs = transport.capabilities.accepts_pending_inputs
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -139,6 +139,8 @@ class Run:
         ready, state, nodes = table.ready, table.state, table.nodes
         place, asks = self.placement.place, self._asks
         sends_ahead = self._sends_ahead
+        ahead_anywhere = self.pending_inputs
+        waiting = table.waiting
         progressed = False
         specs: list[TaskSpec] = []
         in_caller = self._in_caller
@@ -167,6 +169,10 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
+            if waiting[p] and not table.inputs_sent(p):
+                ready.pop()  # readied ahead, but an input went back to waiting since
+                state[p] = WAITING
+                continue
             if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
                 ready.pop()
@@ -180,7 +186,9 @@ class Run:
                 break
             ready.pop()
             specs.append(self._spec(p, node, worker))
-            if sends_ahead:
+            if ahead_anywhere:
+                table.ready_ahead(p)
+            elif sends_ahead:
                 unannounced = self._unannounced
                 for j in self.placement.ahead(p, worker):
                     specs.append(self._spec(j, nodes[j], worker, unannounced is None))
@@ -204,6 +212,7 @@ class Run:
         if deps:
             keys = tuple([base + d for d in deps]) if base else deps
             needed, wanted, holders = table.needed, table.wanted, table.holders
+            inflight = table.inflight
             picked: list[str | None] = []  # where each input is to be taken from
             local = True
             used_up: list[int] = []  # inputs only this task still needs, held where it runs
@@ -219,6 +228,12 @@ class Run:
                     picked.append(next(iter(where)))
                     local = False
                     continue
+                if where is None:
+                    making = inflight.get(d)
+                    if making is not None and making.worker != worker:
+                        picked.append(making.worker)  # still being computed there
+                        local = False
+                        continue
                 # Held there, or sent ahead: still being computed on this very worker.
                 picked.append(worker)
                 if needed[d] == 1 and not wanted[d]:
@@ -259,22 +274,8 @@ class Run:
         if announce:
             if self._unannounced:
                 self._unannounced.discard(p)  # sent again, not ahead this time
-            self._announce(p, node, worker)
+            _announce(self, p, node, worker)
         return spec
-
-    def _announce(self, p: int, node: DispatchNode, worker: str) -> None:
-        if self._started_hook is not None and (self._hits is None or p not in self._hits):
-            self._started_hook(node=node, worker=worker)
-
-    def _announce_started(self, positions: Iterable[int]) -> None:
-        """Of ``positions``, tell the start of those sent ahead and not yet told: their
-        input was made (or, their own report coming first, they ran)."""
-        unannounced, table = self._unannounced, self.table
-        assert unannounced is not None
-        for j in positions:
-            if j in unannounced and (spec := table.inflight.get(j)) is not None:
-                unannounced.discard(j)
-                self._announce(j, table.nodes[j], spec.worker)
 
     def _hit_in_caller(self, p: int) -> None:
         """Read hit ``p``'s value from the cache in this thread and settle it."""
@@ -341,7 +342,7 @@ class Run:
     ) -> None:
         unannounced = self._unannounced
         if unannounced:
-            self._announce_started((p,))
+            _announce_started(self, (p,))
         if self._reported(p, worker) is None:
             self.table.free_on(worker, p)  # its result is not wanted
             return
@@ -361,11 +362,11 @@ class Run:
             )
         table.settle(p)
         if unannounced:
-            self._announce_started(table.dependents[p])
+            _announce_started(self, table.dependents[p])
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
         if self._unannounced:
-            self._announce_started((p,))
+            _announce_started(self, (p,))
         if self._reported(p, worker) is not None:
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
@@ -449,3 +450,21 @@ def _unreadable_entry(error: BaseException) -> bool:
     from ._cache import CacheEntryError
 
     return isinstance(error, CacheEntryError)
+
+
+def _announce(run: Run, p: int, node: DispatchNode, worker: str) -> None:
+    if run._started_hook is not None and (run._hits is None or p not in run._hits):
+        run._started_hook(node=node, worker=worker)
+
+
+def _announce_started(run: Run, positions: Iterable[int]) -> None:
+    """Of ``positions``, tell the start of the tasks sent ahead and not yet told. A worker
+    that waits for inputs starts such a task the moment its input is made, which the run
+    learns from that input's report: its start is told then (or at its own report, if
+    that came first), and a task whose input failed was never started, only skipped."""
+    unannounced, table = run._unannounced, run.table
+    assert unannounced is not None
+    for j in positions:
+        if j in unannounced and (spec := table.inflight.get(j)) is not None:
+            unannounced.discard(j)
+            _announce(run, j, table.nodes[j], spec.worker)

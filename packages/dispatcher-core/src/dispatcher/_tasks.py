@@ -163,6 +163,27 @@ class TaskTable:
                 else:
                     pending.append(key)
 
+    def ready_ahead(self, p: int, most_waiting: int = 8) -> None:
+        """``p`` was just sent: put on the ready stack the dependents whose inputs are all
+        made or being made now, for a transport that accepts pending inputs. Only those
+        waiting for few inputs are looked at, so a wide reduction is not scanned once per
+        input sent. They stay counted as waiting for their inputs until they settle."""
+        state, waiting, deps = self.state, self.waiting, self.deps
+        for j in self.dependents[p]:
+            if (
+                state[j] == WAITING
+                and waiting[j] <= most_waiting
+                and all(state[d] == RUNNING or state[d] == DONE for d in deps[j])
+            ):
+                state[j] = READY
+                self.ready.append(j)
+
+    def inputs_sent(self, p: int) -> bool:
+        """Are all of ``p``'s inputs made or being made? (An entry of the ready stack put
+        there by :meth:`ready_ahead` whose input went back to waiting since is not.)"""
+        state = self.state
+        return all(state[d] == RUNNING or state[d] == DONE for d in self.deps[p])
+
     def free_on(self, worker: str, p: int) -> None:
         """Queue ``p``'s result to be freed on ``worker`` (a copy the run does not track)."""
         self.frees.setdefault(worker, []).append(self.base + p)

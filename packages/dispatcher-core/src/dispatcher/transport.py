@@ -210,7 +210,10 @@ class EventSink(Protocol):
         """
 
     def worker_added(self, worker: str, slots: int) -> None:
-        """A worker (new, or a replacement under the same name) is ready for tasks."""
+        """A worker (new, or a replacement under the same name) is ready for tasks; or a
+        known worker's slots changed. ``0`` slots: it keeps its results, which tasks
+        elsewhere may read, but takes no task until it is reported again (it is still
+        running work that was abandoned, which cannot be stopped)."""
 
     def worker_lost(self, worker: str, reason: str) -> None:
         """The worker is gone with every result it held and every task it was running."""
@@ -238,6 +241,15 @@ class Capabilities:
     all there (a thread that finishes a task goes on with the one it enabled). The
     scheduler then sends chains ahead, as for ``runs_tasks_in_order``, without shortening
     the workers' queues; a task whose input fails waits for the retry, or is cancelled."""
+    accepts_pending_inputs: bool = False
+    """A task may be submitted while some of its inputs are still being computed, on
+    any worker: the transport (or the cluster under it) holds the task until they are
+    made, and moves them from their :attr:`TaskSpec.sources`, the workers computing
+    them. The scheduler then sends a task as soon as its last input is sent rather than
+    when that input is reported, so a chain runs without a round trip to the caller per
+    link. If such an input is never made (its task failed, or was cancelled or lost),
+    the transport reports ``task_inputs_lost`` for the waiting task, naming the inputs
+    it did not get; the scheduler cancels what it sent ahead of a failure itself."""
 
 
 class Transport(abc.ABC):

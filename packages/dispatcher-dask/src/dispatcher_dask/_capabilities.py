@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dispatcher.transport import Capabilities
 
-CAPABILITIES = Capabilities(survives_worker_loss=True, separate_processes=True)
+CAPABILITIES = Capabilities(
+    survives_worker_loss=True, separate_processes=True, accepts_pending_inputs=True
+)
 """Workers lost are survived (dispatcher recomputes what they held); tasks run in the
 workers' processes; a running task is not interrupted (a thread cannot be stopped), so a
-task over its timeout fails when it returns."""
+task over its timeout fails when it returns; a task may be sent before its inputs are
+made, anywhere on the cluster (dask holds it until they are, and moves them)."""

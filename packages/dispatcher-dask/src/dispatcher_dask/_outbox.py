@@ -1,8 +1,10 @@
 """Tasks waiting to be sent to dask, sent in batches by a thread of their own.
 
-dask's scheduler pays for each graph it is sent about as much as for each task in it, and
-dispatcher submits a task or two per completion: the outbox sends at most one batch every
-``interval`` while tasks keep coming, and at once otherwise.
+dask's scheduler pays for each graph it is sent (materializing, ordering, a hop to a
+thread and back) many times what it pays per task in it, and dispatcher submits a task or
+two per completion: while the workers have work queued (``busy()``), the outbox sends at
+most one batch every ``interval``, so that one graph carries the tasks of many
+completions; when they may run short, or after a pause, at once.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ class Outbox:
         send: Callable[[Sequence[TaskSpec]], None],
         failed: Callable[[Sequence[TaskSpec], BaseException], None],
         interval: float,
+        busy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._send = send
         self._failed = failed
         self._interval = interval
+        self._busy = busy
         self._queued: list[TaskSpec] = []
         self._ready = threading.Condition(threading.Lock())
         self.sending = threading.Lock()
@@ -79,7 +83,7 @@ class Outbox:
                 if self._closed:
                     return
             wait = last + self._interval - time.monotonic()
-            if wait > 0:
+            if wait > 0 and self._busy():
                 time.sleep(wait)
             with self.sending:
                 with self._ready:

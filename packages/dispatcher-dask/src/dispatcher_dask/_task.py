@@ -6,6 +6,11 @@ a value that does not pickle fails as that node's :class:`~dispatcher.Serializat
 before dask sees it); ``inputs`` are the results of earlier tasks, which dask moves from
 worker to worker itself. The task's value is returned to dask and stays on the worker.
 
+A value the caller wants is pickled once, on its worker, and kept with its bytes as a
+:class:`Shipped`: dask carries those bytes to the caller, who unpickles them itself, so
+that a value failing to unpickle there (even by raising ``SystemExit``) fails its node
+instead of dask's event loop; a task reading it elsewhere unpickles it there.
+
 A failure is raised as :class:`TaskFailure`, carrying the exception made ready to cross
 processes (:func:`dispatcher.transport.capture_error`): the caller restores the user's own
 exception with the worker's traceback, or a :class:`~dispatcher.RemoteError` when it
@@ -35,7 +40,9 @@ from dispatcher.remote import (
 from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
-__all__ = ["TaskFailure", "dumps", "pack", "run_task"]
+__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task", "still_running"]
+
+_ABSENT: Any = object()
 
 
 def dumps(obj: Any) -> bytes:
@@ -72,6 +79,28 @@ class TaskFailure(Exception):
         return f"task {self.key} failed: {self.error.type_name}: {self.error.message}"
 
 
+class Shipped:
+    """A result the caller wants: its pickled ``data``, and on the worker that made it the
+    ``value`` itself. It travels as the bytes alone, which are unpickled only where the
+    value is used (:meth:`load`), or by the caller, who catches whatever that raises."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, data: bytes, value: Any = _ABSENT) -> None:
+        self.data = data
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Shipped, (self.data,))
+
+    def load(self) -> Any:
+        """The value, unpickled on first use where it arrived."""
+        value = self.value
+        if value is _ABSENT:
+            value = self.value = pickle.loads(self.data)
+        return value
+
+
 def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
     """The caller's side of :func:`run_task`: ``spec``'s payload, with ``inline`` the
     values of the inputs the caller holds, by position. Raises
@@ -93,18 +122,27 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
     failure: TaskFailure | None = None
     try:
         func, args, kwargs, shape, inline, want, timeout = pickle.loads(payload)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit included: it fails the node, not the worker
         error = unpickling_error(key, "function or arguments", exc)
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
         raise failure
-    if inline:
-        given = iter(inputs)
-        values = [
-            inline[i] if i in inline else next(given) for i in range(len(inline) + len(inputs))
-        ]
-    else:
-        values = list(inputs)
+    try:
+        if inline:
+            given = iter(inputs)
+            values = [
+                inline[i] if i in inline else next(given) for i in range(len(inline) + len(inputs))
+            ]
+        else:
+            values = list(inputs)
+        for i, value in enumerate(values):
+            if type(value) is Shipped:
+                values[i] = value.load()
+    except BaseException as exc:
+        error = unpickling_error(key, "input", exc)
+        failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
+    if failure is not None:
+        raise failure
     try:
         value = call_task(func, args, kwargs, shape, values)
         if inspect.isawaitable(value):
@@ -117,32 +155,44 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
     if timeout is not None and duration > timeout:
         # A thread cannot be stopped: the task fails when it returns late.
         raise TaskFailure(key, None, duration, timeout)
-    if want:
-        failure = _check_pickles(key, value, duration)
-        if failure is not None:
-            raise failure
     if stats_topic is not None:
         _report(stats_topic, key, duration, size_of(value))
+    if want:
+        shipped = _shipped(key, value, duration)
+        if isinstance(shipped, TaskFailure):
+            raise shipped
+        return shipped
     return value
 
 
-def _check_pickles(key: int, value: Any, duration: float) -> TaskFailure | None:
-    """The caller will gather ``value``: a failure naming the node if it cannot travel."""
+def _shipped(key: int, value: Any, duration: float) -> Shipped | TaskFailure:
+    """``value`` pickled for the caller, or a failure naming the node if it cannot travel."""
     try:
-        pickle.dumps(value, protocol=5, buffer_callback=_drop)
-        return None
+        return Shipped(pickle.dumps(value, protocol=5), value)
     except Exception:
         pass
     try:
-        cloudpickle.dumps(value, protocol=5, buffer_callback=_drop)
-        return None
+        return Shipped(cloudpickle.dumps(value, protocol=5), value)
     except Exception as exc:
         error = serialization_error(key, "result", value, exc)
         return TaskFailure(key, capture_error(error, dumps), duration)
 
 
-def _drop(buffer: Any) -> None:
-    """Out-of-band buffers need not be copied to know that a value pickles."""
+def _sizeof_shipped(shipped: Shipped) -> int:
+    # What dask counts against the worker's memory: the bytes, and the value beside them.
+    held = 0 if shipped.value is _ABSENT else size_of(shipped.value)
+    return len(shipped.data) + held
+
+
+def _register_sizeof() -> None:
+    try:
+        from dask.sizeof import sizeof
+    except ImportError:  # dask is distributed's dependency: only without either
+        return
+    sizeof.register(Shipped)(_sizeof_shipped)
+
+
+_register_sizeof()
 
 
 def _wait(awaitable: Any) -> Any:
@@ -160,3 +210,18 @@ def _report(topic: str, key: int, duration: float, nbytes: int) -> None:
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
     worker.log_event(topic, (key, duration, nbytes))
+
+
+def still_running(keys: list[str], dask_worker: Any = None) -> dict[str, bool]:
+    """Run on a worker (``Client.run``): of these task keys, those it still knows, each
+    with whether one of its threads runs it now (a task released while it runs stays
+    there, cancelled, until its call returns)."""
+    state = dask_worker.state
+    tasks = state.tasks
+    running = state.executing | state.long_running
+    found: dict[str, bool] = {}
+    for key in keys:
+        ts = tasks.get(key)
+        if ts is not None:
+            found[key] = ts in running
+    return found

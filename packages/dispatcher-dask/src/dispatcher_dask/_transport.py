@@ -22,7 +22,6 @@ in its worker thread (threads cannot be interrupted), and its result is dropped.
 from __future__ import annotations
 
 import itertools
-import pickle
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,12 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dispatcher import RemoteError, SerializationError, TaskTimeoutError, WorkerLostError
-from dispatcher.remote import restore_error, unpickling_error
+from dispatcher import SerializationError, WorkerLostError
+from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
+from ._abandoned import Abandoned
 from ._cluster import connect, disconnect, gather, start_local, threads_of
 from ._outbox import Outbox
+from ._outcome import restored, unpickled
 from ._task import TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ __all__ = ["DaskTransport"]
 
 from ._capabilities import CAPABILITIES
 
-# While tasks keep coming, send them at most this often (see _outbox).
-SEND_INTERVAL = 0.002
+# While the workers have work queued, send tasks at most this often (see _outbox).
+SEND_INTERVAL = 0.01
 
 # How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
@@ -95,7 +96,11 @@ class DaskTransport(Transport):
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._serial = itertools.count()
         self._lock = threading.Lock()
-        self._workers: dict[str, int] = {}
+        self._workers: dict[str, int] = {}  # address -> slots
+        self._nthreads: dict[str, int] = {}
+        self._abandoned = Abandoned(
+            lambda: self.client, self._capacity_changed, self._withdraw, self._threads_of
+        )
         self._futures: dict[Key, Future] = {}  # every result held or being computed
         # The task that made each of those (its ``worker`` holds the result): a late
         # cancel of that very task still finds a result it reported meanwhile.
@@ -110,7 +115,7 @@ class DaskTransport(Transport):
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[_Pending] = []
         self._closed = False
-        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL)
+        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL, self._busy)
 
     # -- the SPI ---------------------------------------------------------------------------
 
@@ -132,6 +137,11 @@ class DaskTransport(Transport):
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         self._outbox.put(tasks)
 
+    def _busy(self) -> bool:
+        """Do the workers have about two tasks each per thread still to run? (Finished
+        ones being gathered count too: an estimate, asked once per batch.)"""
+        return len(self._pending) >= 2 * sum(self._nthreads.values())
+
     def _not_sent(self, tasks: Sequence[TaskSpec], exc: BaseException) -> None:
         """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
         report them failed rather than leave the run waiting."""
@@ -144,11 +154,17 @@ class DaskTransport(Transport):
                 self._events.task_failed(spec.key, spec.worker, error, 0.0)
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
-        """Send ``tasks`` to dask: one low-level graph per worker."""
+        """Send ``tasks`` to dask: one low-level graph per worker. A task may read the
+        result of another of the same batch: by its key in the same graph; from another
+        worker's graph, which is sent first to make its future."""
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
+        batch: dict[Key, tuple[str, str]] = {}  # key -> (worker, dask key), not yet sent
         for spec in tasks:
-            found = self._task(spec)
+            if batch and any(k in batch and batch[k][0] != spec.worker for k in spec.deps):
+                self._submit(graphs, made)
+                graphs, made, batch = {}, [], {}
+            found = self._task(spec, batch)
             if found is not None:
                 task, reads = found
                 graph = graphs.get(spec.worker)
@@ -156,6 +172,13 @@ class DaskTransport(Transport):
                     graph = graphs[spec.worker] = {}
                 graph[task.key] = task
                 made.append((spec, task.key, reads))
+                batch[spec.key] = (spec.worker, task.key)
+        self._submit(graphs, made)
+
+    def _submit(
+        self, graphs: dict[str, dict[str, Any]], made: list[tuple[TaskSpec, str, tuple[Key, ...]]]
+    ) -> None:
+        """Send each worker's graph, and record its tasks as pending."""
         if not made:
             return
         submitted: dict[str, Future] = {}
@@ -175,17 +198,19 @@ class DaskTransport(Transport):
             submitted.update(zip(keys, futures))
         released: list[Future] = []
         with self._lock:
+            pending = self._pending
             for spec, dask_key, reads in made:
                 future = submitted[dask_key]
                 self._futures[spec.key] = future
                 self._made[spec.key] = spec
-                self._pending[spec.key] = _Pending(spec, future, reads)
+                pending[spec.key] = _Pending(spec, future, reads)
                 self._keys[dask_key] = spec.key
                 # dask keeps an input while a task waiting for it is queued: dispatcher's
-                # last use of a result need not wait for ``free``.
+                # last use of a result need not wait for ``free`` (one still being made
+                # is released once reported, by ``free``).
                 for k in spec.last_use:
                     maker = self._made.get(k)
-                    if maker is not None and maker.worker == spec.worker:
+                    if maker is not None and maker.worker == spec.worker and k not in pending:
                         released.append(self._futures.pop(k))
                         del self._made[k]
         for future in submitted.values():
@@ -193,14 +218,17 @@ class DaskTransport(Transport):
         for old in released:
             old.release()
 
-    def _task(self, spec: TaskSpec) -> tuple[Any, tuple[Key, ...]] | None:
+    def _task(
+        self, spec: TaskSpec, batch: Mapping[Key, tuple[str, str]]
+    ) -> tuple[Any, tuple[Key, ...]] | None:
         """The dask task for ``spec`` and the keys of the results it reads; None (and
-        reported) when it cannot be made."""
-        from dask._task_spec import Task
+        reported) when it cannot be made. ``batch`` holds the tasks of the graph being
+        made for ``spec``'s worker, read by their dask keys."""
+        from dask._task_spec import Task, TaskRef
 
         events = self._events
         assert events is not None
-        inputs: list[Future] = []
+        inputs: list[TaskRef] = []
         reads: list[Key] = []
         inline: dict[int, Any] = {}
         missing: list[Key] = []
@@ -216,11 +244,14 @@ class DaskTransport(Transport):
                     inline[i] = given[k]
                     continue
                 future = futures.get(k)
-                if future is None:
-                    missing.append(k)
-                else:
+                if future is not None:
                     inputs.append(future)
                     reads.append(k)
+                elif k in batch:
+                    inputs.append(TaskRef(batch[k][1]))
+                    reads.append(k)
+                else:
+                    missing.append(k)
         if missing:
             events.task_inputs_lost(spec.key, spec.worker, missing)
             return None
@@ -248,15 +279,25 @@ class DaskTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         dropped: list[Future] = []
+        may_run: dict[str, list[str]] = {}  # worker -> dask keys of tasks that may be running
         self._outbox.drop(tasks)
         # A batch being sent is registered when the send returns: wait for that.
         with self._outbox.sending, self._lock:
+            pending = self._pending
+            for spec in tasks:
+                found = pending.get(spec.key)
+                # Its inputs all made, it may have started (one that waits cannot have).
+                if found is not None and not any(k in pending for k in found.inputs):
+                    may_run.setdefault(spec.worker, []).append(found.future.key)
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
                     continue
                 dropped.append(self._futures[spec.key])
                 self._forget(spec.key)
+        # Its thread is taken until it returns: new work must not queue behind it.
+        for worker, keys in may_run.items():
+            self._abandoned.add(worker, keys)
         # Released by its only client, a task is forgotten by the scheduler: a queued one
         # never runs, a running one is abandoned (its thread runs the call to its end:
         # dask cannot interrupt it).
@@ -269,6 +310,7 @@ class DaskTransport(Transport):
                 return
             self._closed = True
         self._outbox.close()
+        self._abandoned.close()
         with self._outbox.sending, self._lock:  # after a send in progress registered its tasks
             futures = list(self._futures.values())
             self._futures.clear()
@@ -307,11 +349,27 @@ class DaskTransport(Transport):
         info = client.scheduler_info(n_workers=-1)["workers"]
         with self._lock:
             for address, worker in info.items():
-                self._workers[address] = self._slots(worker.get("nthreads", 1))
+                self._nthreads[address] = max(1, worker.get("nthreads", 1))
+                self._workers[address] = self._slots(address)
             return dict(self._workers)
 
-    def _slots(self, nthreads: int) -> int:
-        return max(1, nthreads) + self._prefetch
+    def _slots(self, address: str) -> int:
+        """The tasks ``address`` may be assigned: its threads not taken by tasks given up
+        on, and the prefetch queue behind them; none while every thread is taken."""
+        free = self._nthreads[address] - self._abandoned.busy(address)
+        return free + self._prefetch if free > 0 else 0
+
+    def _threads_of(self, address: str) -> int:
+        return self._nthreads.get(address, 1)
+
+    def _capacity_changed(self, address: str) -> None:
+        """Tasks given up on took or gave back threads of ``address``: say so."""
+        with self._lock:
+            if address not in self._workers or self._closed:
+                return
+            slots = self._workers[address] = self._slots(address)
+        assert self._events is not None
+        self._events.worker_added(address, slots)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
@@ -340,19 +398,52 @@ class DaskTransport(Transport):
         nthreads = threads_of(self.client, address, _ANNOUNCE_SECONDS)
         if nthreads is None:
             return  # gone again before it was ever registered
-        slots = self._slots(nthreads)
         with self._lock:
             if address in self._workers or self._closed:
                 return
-            self._workers[address] = slots
+            self._nthreads[address] = max(1, nthreads)
+            slots = self._workers[address] = self._slots(address)
         assert self._events is not None
         self._events.worker_added(address, slots)
+
+    def _withdraw(self, address: str) -> None:
+        """Every thread of ``address`` runs a task given up on: the tasks queued there
+        (sent before that was known) would wait for them. Hand them back to be placed
+        again, with the tasks elsewhere that wait for their results; none of this counts
+        as an attempt."""
+        back: list[tuple[Key, str, list[Key]]] = []
+        dropped: list[Future] = []
+        with self._lock:
+            if self._closed:
+                return
+            queued = {
+                k
+                for k, p in self._pending.items()
+                if p.spec.worker == address and not p.future.done()  # (done: being gathered)
+            }
+            for k, pending in list(self._pending.items()):
+                if k in queued:
+                    back.append((k, address, []))
+                else:
+                    missing = [d for d in pending.inputs if d in queued]
+                    if not missing:
+                        continue
+                    back.append((k, pending.spec.worker, missing))
+                dropped.append(pending.future)
+                self._forget(k)
+        events = self._events
+        assert events is not None
+        for key, worker, missing in back:
+            events.task_inputs_lost(key, worker, missing)
+        for future in dropped:
+            future.release()
 
     def _worker_lost(self, address: str, reason: str) -> None:
         orphans: list[tuple[Key, str, list[Key]]] = []
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
+            self._nthreads.pop(address, None)
             gone = {k for k, maker in self._made.items() if maker.worker == address}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
@@ -365,6 +456,7 @@ class DaskTransport(Transport):
                     orphans.append((k, pending.spec.worker, missing))
                     dropped.append(pending.future)
                     self._forget(k)
+        self._abandoned.forget_worker(address)
         events = self._events
         assert events is not None
         events.worker_lost(address, reason)
@@ -419,9 +511,10 @@ class DaskTransport(Transport):
             except Exception as err:  # the exception itself could not be brought back
                 raised = err
             self._drop(key, future)
-            if isinstance(raised, TaskFailure) and raised.key in pending.inputs:
-                # An input failed after this task was sent: dispatcher decides its fate.
-                events.task_inputs_lost(key, spec.worker, [raised.key])
+            if isinstance(raised, TaskFailure) and raised.key != key:
+                # An input failed, or one of its own inputs, after this task was sent:
+                # dispatcher decides their fate, and this task waits for them again.
+                events.task_inputs_lost(key, spec.worker, self._not_made(pending))
             else:
                 duration = raised.duration if isinstance(raised, TaskFailure) else 0.0
                 events.task_failed(key, spec.worker, restored(spec, raised), duration)
@@ -431,6 +524,14 @@ class DaskTransport(Transport):
             reason = f"the dask cluster {status} the task"
             error = WorkerLostError(spec.label, spec.worker, reason)
             events.task_failed(key, spec.worker, error, 0.0)
+
+    def _not_made(self, pending: _Pending) -> list[Key]:
+        """The inputs ``pending`` read that were never reported made (all of them, if
+        that cannot be told)."""
+        with self._lock:
+            made = self._made
+            missing = [k for k in pending.inputs if k in self._pending or k not in made]
+        return missing or list(pending.inputs)
 
     def _gather(self) -> None:
         """Bring the values the caller wants, all that finished meanwhile in one call."""
@@ -450,6 +551,8 @@ class DaskTransport(Transport):
                 self._keys.pop(future.key, None)
             duration, nbytes = self._stats.pop(spec.key, (0.0, None))
             if ok:
+                ok, value = unpickled(value)
+            if ok:
                 events.task_finished(spec.key, spec.worker, duration, nbytes, value)
             else:
                 self._drop(spec.key, future)
@@ -462,17 +565,6 @@ class DaskTransport(Transport):
                 del self._futures[key]
                 del self._made[key]
         future.release()
-
-
-def restored(spec: TaskSpec, exc: BaseException | None) -> BaseException:
-    """The error to report for ``spec`` from what its dask future raised."""
-    if isinstance(exc, TaskFailure):
-        if exc.error is None:
-            assert exc.timeout is not None
-            return TaskTimeoutError(spec.label, exc.timeout)
-        return restore_error(exc.error, spec, pickle.loads)
-    # dask's own failure (a worker that died three times, a lost connection...).
-    return RemoteError(type(exc).__qualname__, str(exc), "")
 
 
 def _check(address: str | None, client: Client | None, threads: int, prefetch: int) -> None:

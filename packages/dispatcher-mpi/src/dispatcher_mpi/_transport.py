@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import pickle
+import shutil
+import sys
 import threading
 import time
 import traceback
@@ -67,12 +70,21 @@ from ._watch import Watcher
 
 __all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
-LAUNCH_HELP = (
-    "the 'mpi' executor runs inside an MPI job started by the dispatcher launcher, with "
-    "at least one worker rank besides rank 0:\n"
-    "    mpiexec -n 4 python -m dispatcher_mpi your_script.py [args...]\n"
-    "(also `-m module` or `-c code`, like python -m mpi4py.futures)"
-)
+
+def _launch_help() -> str:
+    # This interpreter, and the mpiexec beside it (the mpich wheel's) if there is one: a
+    # bare `python` under mpiexec is often another environment's, without dispatcher_mpi.
+    python = sys.executable or "python"
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(python)) or "mpiexec"
+    return (
+        "the 'mpi' executor runs inside an MPI job started by the dispatcher launcher, with "
+        "at least one worker rank besides rank 0:\n"
+        f"    {mpiexec} -n 4 {python} -m dispatcher_mpi your_script.py [args...]\n"
+        "(also `-m module` or `-c code`, like python -m mpi4py.futures)"
+    )
+
+
+LAUNCH_HELP = _launch_help()
 
 
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out

@@ -48,7 +48,10 @@ def _reduce_code(code: types.CodeType) -> Any:
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, keeping the file names of the code it pickles by value."""
 
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+    # One level of maps, as cloudpickle's own: looked up for every object pickled.
+    dispatch_table = ChainMap(
+        {types.CodeType: _reduce_code}, *cloudpickle.Pickler.dispatch_table.maps
+    )
 
 
 def dumps(obj: Any) -> bytes:

@@ -1,0 +1,154 @@
+"""Tasks given up on that may still run: the worker threads they take, until they return.
+
+dask cannot stop a running task: released by the caller (fail-fast, a cancelled run), it
+runs its call to the end in its worker thread, which takes no other task meanwhile. The
+scheduler must not queue new work behind it, so the transport reports such a worker with
+fewer slots (none, when every thread is taken) until the task returns.
+
+A task given up on is presumed running at once (when its inputs were all there, it may
+be); a thread of our own then asks its worker, a few times a second, which of them it
+still runs, and gives back each thread as soon as its task is gone. When it finds every
+thread of a worker taken, the tasks queued there meanwhile (sent before the worker was
+known to be busy) are handed back to be placed elsewhere (``full``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.remote import start_thread
+
+from ._task import still_running
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["Abandoned"]
+
+CHECK_INTERVAL = 0.2
+"""Seconds between asking the workers about tasks given up on."""
+
+MISSES = 2
+"""Checks a task must be unknown to its worker in before it counts as gone: the release
+and the check travel different ways, and the worker may not have seen the task yet."""
+
+
+class Abandoned:
+    """Per worker, the tasks given up on that may still run there, and how many threads
+    they take. ``changed(worker)`` is called (under this object's lock, so in order)
+    whenever that count changes, and ``full(worker)`` when a check found every thread of
+    ``worker`` taken; ``client`` gives the client to ask workers through, ``threads`` the
+    threads of a worker."""
+
+    def __init__(
+        self,
+        client: Callable[[], Client],
+        changed: Callable[[str], None],
+        full: Callable[[str], None],
+        threads: Callable[[str], int],
+    ) -> None:
+        self._client = client
+        self._changed = changed
+        self._full = full
+        self._threads = threads
+        self._lock = threading.Condition(threading.Lock())
+        self._keys: dict[str, dict[str, int]] = {}  # worker -> dask key -> checks missed
+        self._busy: dict[str, int] = {}  # worker -> threads taken
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def busy(self, worker: str) -> int:
+        """Threads of ``worker`` still running tasks given up on."""
+        return self._busy.get(worker, 0)
+
+    def add(self, worker: str, keys: Iterable[str]) -> None:
+        """These tasks of ``worker`` were given up on, and may be running."""
+        with self._lock:
+            known = self._keys.setdefault(worker, {})
+            for key in keys:
+                known[key] = 0
+            self._set_busy(worker, min(self._threads(worker), len(known)))
+            if self._thread is None and not self._closed:
+                self._thread = start_thread("dispatcher-dask-abandoned", self._run, self._died)
+            self._lock.notify()
+
+    def forget_worker(self, worker: str) -> None:
+        """``worker`` is gone, and whatever it was running with it."""
+        with self._lock:
+            self._keys.pop(worker, None)
+            self._busy.pop(worker, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _set_busy(self, worker: str, busy: int) -> None:
+        if self._busy.get(worker, 0) != busy:
+            if busy:
+                self._busy[worker] = busy
+            else:
+                self._busy.pop(worker, None)
+            self._changed(worker)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._keys and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                self._lock.wait(CHECK_INTERVAL)  # the release first, usually
+                if self._closed:
+                    return
+                asked = {worker: list(keys) for worker, keys in self._keys.items()}
+            answers = self._ask(asked)
+            with self._lock:
+                for worker, found in answers.items():
+                    self._update(worker, found)
+
+    def _ask(self, asked: dict[str, list[str]]) -> dict[str, dict[str, bool] | None]:
+        """Each worker's answer: for each of its keys it still knows, whether it runs it;
+        None when the worker could not be asked (it is gone: its loss is reported apart)."""
+        client = self._client()
+        keys = [key for worker_keys in asked.values() for key in worker_keys]
+        replies: dict[str, Any] = client.run(
+            still_running, keys, workers=list(asked), on_error="return"
+        )
+        return {
+            worker: reply if isinstance(reply, dict) else None
+            for worker, reply in ((w, replies.get(w)) for w in asked)
+        }
+
+    def _update(self, worker: str, found: dict[str, bool] | None) -> None:
+        known = self._keys.get(worker)
+        if known is None:
+            return  # forgotten meanwhile
+        if found is None:
+            return  # could not be asked: asked again next time, or its loss clears it
+        running = 0
+        for key in list(known):
+            if key in found:
+                known[key] = 0
+                running += found[key]
+            else:
+                known[key] += 1
+                if known[key] >= MISSES:
+                    del known[key]
+        if not known:
+            del self._keys[worker]
+        threads = self._threads(worker)
+        self._set_busy(worker, min(threads, running))
+        if running >= threads:
+            self._full(worker)
+
+    def _died(self, exc: BaseException) -> None:
+        """Nobody watches any more: give every thread back rather than keep a worker out
+        for good (new work may then queue behind a task given up on)."""
+        with self._lock:
+            self._keys.clear()
+            self._thread = None
+            for worker in list(self._busy):
+                self._set_busy(worker, 0)
