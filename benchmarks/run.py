@@ -281,6 +281,57 @@ def w8_build() -> list[dict[str, Any]]:
     ]
 
 
+W9_CALLS = 1000
+
+
+def w9_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """W9: the fixed cost of one call -- ``run()`` of a one-node graph, 1,000 times, as a
+    script that runs a small graph in a loop (or a task running a nested graph) pays it;
+    beside ``dask.compute`` of one delayed call, with dask's default (threads) scheduler."""
+    from workloads import inc
+
+    from dispatcher import Op, run
+
+    callers: list[tuple[str, Callable[[], Any]]] = []
+    if "async" in args.executors:
+        callers.append(("dispatcher run() (default: async)", lambda: run(Op(inc, 1))))
+    if "sync" in args.executors:
+        callers.append(
+            ("dispatcher run(executor='sync')", lambda: run(Op(inc, 1), executor="sync"))
+        )
+    if any(peer.startswith("dask") for peer in args.peers):
+        try:
+            import dask
+        except ImportError:
+            pass
+        else:
+            delayed_inc = dask.delayed(inc)
+            callers.append(("dask.compute (threads)", lambda: dask.compute(delayed_inc(1))))
+    calls = W9_CALLS // 10 if args.quick else W9_CALLS
+    rows = []
+    for label, call in callers:
+        for _ in range(calls // 10):  # untimed: the first calls make executors, import
+            call()
+        times = []
+        for _ in range(args.repeat):
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            times.append(time.perf_counter() - start)
+        print(f"  W9 {label}: {statistics.median(times):.3f} s", file=sys.stderr, flush=True)
+        rows.append(
+            {
+                "workload": "W9",
+                "runner": label,
+                "build": 0.0,
+                "run": statistics.median(times),
+                "tasks": calls,
+            }
+        )
+    return rows
+
+
 def mpi_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     if not mpiexec.exists():
@@ -390,7 +441,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--executors", default="sync,async0,async,mp,mpi,dask")
     parser.add_argument("--peers", default=",".join(peers.PEERS))
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8,move")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8,W9,move")
     parser.add_argument(
         "--mpi-workloads",
         default="W1,W2,W5,W6,W7,move",
@@ -412,8 +463,9 @@ def main() -> None:
     for option, given, known in (
         ("--executors", args.executors, [*EXECUTORS, "mpi"]),
         ("--peers", args.peers, list(peers.PEERS)),
-        ("--workloads", args.workloads, [*WORKLOADS, "W8", "move"]),
-        ("--mpi-workloads", args.mpi_workloads, [*WORKLOADS, "move"]),
+        ("--workloads", args.workloads, [*WORKLOADS, "W8", "W9", "move"]),
+        # (W9 is measured in this process only; compare.py passes it to both lists.)
+        ("--mpi-workloads", args.mpi_workloads, [*WORKLOADS, "W9", "move"]),
     ):
         unknown = [name for name in given if name not in known]
         if unknown:
@@ -434,6 +486,8 @@ def main() -> None:
     rows += run_all(args)
     if "W8" in args.workloads:
         rows += w8_rows()
+    if "W9" in args.workloads:
+        rows += w9_rows(args)
     rows += mpi_rows(args)
     rows.sort(key=lambda r: (r["workload"], r["runner"]))
     if args.json:

@@ -165,6 +165,7 @@ DESCRIPTIONS = {
     "W6": "200 tasks sleeping 10 ms",
     "W7": "chain of 200 fresh 10 MiB arrays (peak memory)",
     "W8": "build 1,000,000 nodes",
+    "W9": "1,000 runs of a one-node graph: the fixed cost of one call (µs/task is per call)",
     "move": "a 64 MiB result moved between workers, and to the caller",
 }
 

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
 
-from dispatcher import Op, TaskTimeoutError, arun, get_executor, op, run
+from dispatcher import (
+    DependencyError,
+    Op,
+    TaskTimeoutError,
+    arun,
+    get_executor,
+    hookimpl,
+    op,
+    run,
+)
+from dispatcher._loop import in_event_loop
 from dispatcher.testing import tasks
 
 BACKENDS = ["asyncio", "trio"]
@@ -290,3 +303,113 @@ def test_a_keyboard_interrupt_in_the_caller_stops_the_run(threads: int) -> None:
             results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
             assert isinstance(results[0].error, KeyboardInterrupt)
         assert ex.run(Op(tasks.inc, 2)) == 3
+
+
+def test_a_chain_of_plain_functions_runs_on_one_thread() -> None:
+    # Sent ahead of its input, each link runs on the thread that made that input: no
+    # hand-off through the driver per link, whichever threads are idle.
+    barrier = threading.Barrier(4, timeout=30)  # a guard against a hang, not a bound
+    seen: list[int] = []
+
+    def together(x: int) -> int:
+        barrier.wait()
+        return x
+
+    def link(x: int) -> int:
+        seen.append(threading.get_ident())
+        return x + 1
+
+    with get_executor("async", threads=4) as ex:
+        assert ex.run([Op(together, i) for i in range(4)]) == list(range(4))  # 4 threads
+        node = Op(link, 0)
+        for _ in range(49):
+            node = Op(link, node)
+        assert ex.run(node) == 50
+    assert len(seen) == 50
+    assert len(set(seen)) == 1
+
+
+@pytest.mark.parametrize("throw", [True, False])
+def test_a_failure_inside_a_chain_sent_ahead(tmp_path: Path, throw: bool) -> None:
+    log = str(tmp_path)
+
+    def chain(name: str, failures: int) -> Op:
+        node = Op(tasks.inc, 0)
+        for i in range(10):
+            node = Op(tasks.flaky, log, name, failures, node) if i == 5 else Op(tasks.inc, node)
+        return Op(tasks.inc, node)
+
+    with get_executor("async", threads=2, retry_on=ValueError) as ex:
+        # Retried: the links after it wait for the retry's result.
+        assert ex.run(chain("once", 1)) == 11
+        # Failed for good: the links after it never run, and nothing is left waiting.
+        if throw:
+            with pytest.raises(ValueError):
+                ex.run(chain("always", 10))
+        else:
+            (result,) = ex.run([chain("always", 10)], throw=False)
+            assert isinstance(result.error, DependencyError)
+        assert tasks.calls(log, "always") == 3
+        transport = ex._loop_transport  # type: ignore[attr-defined]
+        assert not transport._waiting
+        assert not transport.tasks
+        assert ex.run(Op(tasks.inc, Op(tasks.inc, 1))) == 3
+
+
+def test_a_run_needs_an_event_loop_only_for_what_awaits_or_times_out() -> None:
+    loops: list[bool] = []
+
+    class Spy:
+        @hookimpl
+        def dispatcher_task_started(self, node: object, worker: str) -> None:
+            loops.append(in_event_loop())
+
+    with get_executor("async", threads=2) as ex:
+        assert ex.run(Op(tasks.inc, Op(tasks.inc, 1)), plugins=[Spy()]) == 3
+        assert loops == [False, False]
+        assert ex.run(Op(async_inc, 1), plugins=[Spy()]) == 2
+        assert ex.run(op(tasks.inc, timeout=30)(1), plugins=[Spy()]) == 2
+    assert loops == [False, False, True, True]
+
+
+def test_run_without_options_keeps_one_executor_for_the_process() -> None:
+    seen: list[object] = []
+
+    class Spy:
+        @hookimpl
+        def dispatcher_run_started(self, executor: object) -> None:
+            seen.append(executor)
+
+    for name in (None, "async", "sync", "sync"):
+        run(Op(tasks.inc, 1), executor=name, plugins=[Spy()])
+    run(Op(tasks.inc, 1), executor="async", threads=2, plugins=[Spy()])  # options: its own
+    default, named, sync, sync_again, configured = seen
+    assert default is named
+    assert sync is sync_again
+    assert default is not configured
+    assert not named.closed  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+def test_runs_nested_in_every_thread_of_the_kept_pool_do_not_wait_on_each_other() -> None:
+    def nested(x: int) -> int:
+        return run(Op(tasks.inc, x))  # type: ignore[no-any-return]
+
+    with get_executor("async") as default:
+        count = 4 * (default.threads + 1)  # type: ignore[attr-defined]
+    assert run([Op(nested, i) for i in range(count)]) == [i + 1 for i in range(count)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_runs_on_executors_of_its_own() -> None:
+    run([Op(tasks.inc, i) for i in range(8)])  # the kept executor has started threads
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_run_and_exit)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def _run_and_exit() -> None:
+    os._exit(0 if run(Op(tasks.inc, Op(tasks.inc, 1))) == 3 else 1)

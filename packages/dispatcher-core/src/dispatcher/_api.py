@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._cache import Cache
 from ._executor import Executor
-from ._registry import resolve_executor
+from ._registry import DEFAULT_EXECUTOR, ENVIRONMENT_VARIABLE, get_executor, resolve_executor
+from ._threads import in_pool_thread
 
 __all__ = ["arun", "run"]
+
+# Core's in-process executors hold nothing between runs but idle threads: a call that
+# names one without options runs on one kept for the process, instead of paying for an
+# executor (and its thread pool) per call.
+SHARED_EXECUTORS = ("async", "sync")
+_shared: dict[str, Executor] = {}
+_shared_lock = threading.Lock()
+
+
+def _forget_shared() -> None:
+    # A forked child has none of its parent's threads: its executors start afresh.
+    global _shared_lock
+    _shared.clear()
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared)
+
+
+def _executor_for(
+    executor: str | Executor | None, options: dict[str, Any]
+) -> tuple[Executor, bool]:
+    """The executor a call asked for, and whether the call owns (must close) it."""
+    name = executor
+    if name is None:
+        name = os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_EXECUTOR
+    # From a thread of a pool (a task calling run()), a run of its own: waiting there
+    # for tasks of the same pool could take every thread of it.
+    if options or name not in SHARED_EXECUTORS or in_pool_thread():
+        return resolve_executor(executor, options)
+    assert isinstance(name, str)
+    shared = _shared.get(name)
+    if shared is None or shared.closed:
+        with _shared_lock:
+            shared = _shared.get(name)
+            if shared is None or shared.closed:
+                shared = _shared[name] = get_executor(name)
+    return shared, False
 
 
 def run(
@@ -37,7 +78,7 @@ def run(
     content hash of its function, arguments and inputs: a node stored already does not
     run, nor does what only it needed, so running again after a failure resumes.
     """
-    ex, owned = resolve_executor(executor, options)
+    ex, owned = _executor_for(executor, options)
     try:
         values, failure = ex._execute(targets, inputs, throw, progress, report, plugins, cache)
     finally:
@@ -62,7 +103,7 @@ async def arun(
     **options: Any,
 ) -> Any:
     """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
-    ex, owned = resolve_executor(executor, options)
+    ex, owned = _executor_for(executor, options)
     try:
         values, failure = await ex._aexecute(
             targets, inputs, throw, progress, report, plugins, cache

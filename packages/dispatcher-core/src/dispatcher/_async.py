@@ -4,30 +4,33 @@ Coroutine functions are awaited concurrently on the loop; plain functions run in
 worker threads (``threads=N``) or on the loop (``threads=0``: the scheduler calls them
 itself). One :class:`AsyncTransport` serves every run of an executor, each run on the
 loop that drives it, through the same scheduler and driver as every backend.
+
+A worker thread reports its task itself, straight to the run's event queue: the driver
+wakes once for every report that arrived while it worked, not once per task. A run that
+needs no loop at all -- no coroutine function, nothing that may return an awaitable, no
+timeout to enforce -- is driven from the calling thread without starting one.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect
 import os
-import signal
-import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from time import perf_counter
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskGroup
 
 from ._driver import drive_async
 from ._errors import TaskTimeoutError
 from ._executor import Executor
-from ._inline import may_return_awaitable
+from ._inline import await_blocking, may_return_awaitable
+from ._loop import LoopScope, first_leaf, in_event_loop, interruptible, loop_scope, stops_the_loop
 from ._scheduler import Run
 from ._threads import DaemonThreadPool, Job
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
@@ -42,51 +45,10 @@ def _default_threads() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
-def in_event_loop() -> bool:
-    """Is an asyncio or trio loop running in this thread?"""
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-            return True
-        except RuntimeError:
-            pass
-    return False
-
-
-class _LoopScope:
-    """The event loop a run is driven on, and the task group its tasks live in."""
-
-    __slots__ = ("call_soon", "group")
-
-    def __init__(self, group: TaskGroup) -> None:
-        self.group = group
-        native: Any = anyio.lowlevel.current_token().native_token
-        # How a worker thread gets a callback run on this loop, without blocking.
-        self.call_soon: Callable[..., Any] = (
-            getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
-        )
-
-
-_loop_scope: ContextVar[_LoopScope | None] = ContextVar("dispatcher_loop_scope", default=None)
-
-
-def _stops_the_loop(error: BaseException) -> bool:
-    """Is ``error``, raised by a task on the loop, not the task's own failure? Cancellation
-    belongs to the loop, and a KeyboardInterrupt there cannot be told from Ctrl-C: both
-    end the run. Anything else a task raises, SystemExit included, fails its node."""
-    return isinstance(error, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
-
-
 class _Handle:
     """A submitted task while it runs as a coroutine, in a thread, or waits for the loop."""
 
-    __slots__ = ("cancel_scope", "cancelled", "done", "job", "spec", "start")
+    __slots__ = ("cancel_scope", "cancelled", "done", "job", "missing", "spec", "start")
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
@@ -95,20 +57,59 @@ class _Handle:
         self.done = False
         self.start: float | None = None  # when its call began
         self.job: Job | None = None  # its place in the thread pool, for plain functions
+        self.missing = 0  # inputs it waits for, sent ahead of them
+
+
+class _Waiting(dict[Key, list[_Handle]]):
+    """Tasks sent ahead of their inputs, under the key of each input they wait for. Used
+    with the transport's lock held."""
+
+    def park(self, handle: _Handle, missing: list[Key]) -> None:
+        handle.missing = len(missing)
+        for key in missing:
+            self.setdefault(key, []).append(handle)
+
+    def made(self, key: Key) -> list[_Handle]:
+        """``key``'s result is there: the tasks it was the last missing input of."""
+        ready = []
+        for handle in self.pop(key, ()):
+            handle.missing -= 1
+            if handle.missing == 0 and not handle.cancelled:
+                ready.append(handle)
+        return ready
+
+    def unwait(self, handle: _Handle) -> None:
+        """``handle`` no longer waits for its inputs."""
+        for key in handle.spec.deps:
+            waiters = self.get(key)
+            if waiters is not None and handle in waiters:
+                waiters.remove(handle)
+                if not waiters:
+                    del self[key]
 
 
 class AsyncTransport(Transport):
     """One worker, ``"main"``, with room for every task: coroutine functions run as tasks
     of the event loop that drives the run, plain functions in daemon threads
     (``threads`` of them) or, with ``threads=0``, on that loop. One serves every run of
-    its executor; each run is driven inside :meth:`serving` on its own loop."""
+    its executor; each run is driven inside :meth:`serving` on its own loop, or, when it
+    needs no loop, from the thread that drives it.
 
-    capabilities = Capabilities(interrupts_running_tasks=True)
+    With threads, a task may arrive before its inputs (a chain sent ahead): it waits for
+    them, and the thread that makes its last input runs it next, with no round trip
+    through the driver per link."""
+
+    capabilities = Capabilities(interrupts_running_tasks=True, waits_for_inputs=True)
 
     def __init__(self, threads: int) -> None:
         self.pool = DaemonThreadPool(threads) if threads else None
         self.store: dict[Key, Any] = {}
         self.tasks: dict[Key, _Handle] = {}  # what cancel() can still reach
+        self._waiting = _Waiting()
+        # Worker threads report on their own: whoever takes a handle out of ``tasks``
+        # under this lock (its thread, its deadline, cancel()) is the one that reports.
+        # It also orders storing a result against a task that arrives to wait for it.
+        self._lock = threading.Lock()
         self._events: EventSink | None = None
         self._is_coroutine: dict[Any, bool] = {}
         self._plain: dict[Any, bool] = {}  # known never to return an awaitable
@@ -118,15 +119,17 @@ class AsyncTransport(Transport):
         return {"main": UNLIMITED}
 
     @contextlib.asynccontextmanager
-    async def serving(self) -> AsyncIterator[None]:
+    async def serving(self) -> AsyncIterator[LoopScope]:
         """Run the tasks submitted inside this block on the current loop; whatever still
         runs when it ends is abandoned."""
         async with anyio.create_task_group() as group:
-            token = _loop_scope.set(_LoopScope(group))
+            scope = LoopScope(group)
+            token = loop_scope.set(scope)
+            scope.context = contextvars.copy_context()  # with the scope in it
             try:
-                yield
+                yield scope
             finally:
-                _loop_scope.reset(token)
+                loop_scope.reset(token)
                 group.cancel_scope.cancel()
 
     def runs_in_caller(self, func: Any) -> bool:
@@ -140,10 +143,17 @@ class AsyncTransport(Transport):
             return [store[k] for k in spec.deps]
         return [shipped[k] if k in shipped else store[k] for k in spec.deps]
 
+    def never_awaits(self, func: Any) -> bool:
+        """Is ``func`` known never to return an awaitable (so it needs no loop)?"""
+        plain = self._plain.get(func)
+        if plain is None:
+            plain = self._plain[func] = not may_return_awaitable(func)
+        return plain
+
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        scope = _loop_scope.get()
-        if scope is None:
-            raise RuntimeError("AsyncTransport.submit outside AsyncTransport.serving()")
+        # None when the run is driven without a loop: then every task is a plain function
+        # without a timeout, run in a thread (see AsyncExecutor._needs_loop).
+        scope = loop_scope.get()
         is_coroutine = self._is_coroutine
         failed = False
         for spec in tasks:
@@ -151,12 +161,16 @@ class AsyncTransport(Transport):
             coro = is_coroutine.get(func)
             if coro is None:
                 coro = is_coroutine[func] = inspect.iscoroutinefunction(func)
-                self._plain[func] = not may_return_awaitable(func)
+                self.never_awaits(func)
+            if spec.deps and self._sent_ahead(spec):
+                continue
+            if self.pool is not None and not coro:
+                self._to_thread(scope, _Handle(spec))
+                continue
+            if scope is None:
+                raise RuntimeError("AsyncTransport: a task that needs a loop, run without one")
             if coro:
-                handle = self.tasks[spec.key] = _Handle(spec)
-                scope.group.start_soon(self._await, scope, handle, self._values(spec))
-            elif self.pool is not None:
-                self._to_thread(scope, spec)
+                self._start_coroutine(scope, _Handle(spec))
             elif failed:
                 # The run may be about to stop: the rest of the batch waits for the loop's
                 # next turn, by when the scheduler can have cancelled it.
@@ -167,7 +181,7 @@ class AsyncTransport(Transport):
 
     # -- plain functions on the loop ---------------------------------------------------------
 
-    def _call_on_loop(self, scope: _LoopScope, spec: TaskSpec) -> bool:
+    def _call_on_loop(self, scope: LoopScope, spec: TaskSpec) -> bool:
         """Call ``spec`` now, on the loop; False if it raised."""
         events = self._events
         assert events is not None
@@ -183,34 +197,67 @@ class AsyncTransport(Transport):
             handle = self.tasks[spec.key] = _Handle(spec)
             scope.group.start_soon(self._await_value, handle, value, start)
         else:
-            self._done(spec, value, perf_counter() - start)
+            ready = self._done(spec, value, perf_counter() - start)
+            if ready:
+                self._start_ready(scope, ready)
         return True
 
-    async def _call_later(self, scope: _LoopScope, handle: _Handle) -> None:
+    async def _call_later(self, scope: LoopScope, handle: _Handle) -> None:
         if self.tasks.pop(handle.spec.key, None) is not None:  # not cancelled meanwhile
             self._call_on_loop(scope, handle.spec)
 
-    def _done(self, spec: TaskSpec, value: Any, duration: float) -> None:
+    def _done(self, spec: TaskSpec, value: Any, duration: float) -> list[_Handle]:
+        """Keep and report a result; the tasks sent ahead that can start now."""
         events = self._events
         assert events is not None
         if spec.timeout is not None and duration > spec.timeout:
             events.task_failed(
                 spec.key, "main", TaskTimeoutError(spec.label, spec.timeout), duration
             )
-            return
-        self.store[spec.key] = value
+            return []
+        return self._keep(spec, value, duration)
+
+    def _keep(self, spec: TaskSpec, value: Any, duration: float) -> list[_Handle]:
+        """Keep and report the result of a task within its time."""
+        events = self._events
+        assert events is not None
+        ready = self._stored(spec.key, value)
+        if spec.last_use:
+            # Inputs only this task needed: a chain running ahead of the driver's frees
+            # keeps one link alive, not all it ran.
+            store = self.store
+            for key in spec.last_use:
+                store.pop(key, None)
         if spec.want_result:
             events.task_finished(spec.key, "main", duration, None, value)
         else:
             events.task_finished(spec.key, "main", duration, None)
+        return ready
 
     def _failed(self, spec: TaskSpec, error: BaseException, duration: float) -> None:
-        assert self._events is not None
-        self._events.task_failed(spec.key, "main", error, duration)
+        events = self._events
+        assert events is not None
+        events.task_failed(spec.key, "main", error, duration)
+        if not self._waiting:
+            return
+        # What was sent to run after it waits no more: the scheduler puts it back, to be
+        # sent again after a retry, or skipped.
+        with self._lock:
+            waiters = self._waiting.pop(spec.key, None) or []
+            for handle in waiters:
+                self._waiting.unwait(handle)
+                if self.tasks.get(handle.spec.key) is handle:
+                    del self.tasks[handle.spec.key]
+                else:
+                    handle.cancelled = True
+        for handle in waiters:
+            if not handle.cancelled:
+                handle.cancelled = True
+                events.task_inputs_lost(handle.spec.key, "main", [spec.key])
 
     # -- coroutines --------------------------------------------------------------------------
 
-    async def _await(self, scope: _LoopScope, handle: _Handle, values: list[Any]) -> None:
+    async def _await(self, scope: LoopScope, handle: _Handle, values: list[Any]) -> None:
         spec = handle.spec
         if handle.cancelled:
             return
@@ -218,7 +265,7 @@ class AsyncTransport(Transport):
         try:
             awaitable = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
         except BaseException as exc:
-            if _stops_the_loop(exc):
+            if stops_the_loop(exc):
                 raise
             self.tasks.pop(spec.key, None)
             self._failed(spec, exc, perf_counter() - start)
@@ -236,7 +283,7 @@ class AsyncTransport(Transport):
             try:
                 value = await awaitable
             except BaseException as exc:
-                if _stops_the_loop(exc):
+                if stops_the_loop(exc):
                     raise
                 self.tasks.pop(spec.key, None)
                 self._failed(spec, exc, perf_counter() - start)
@@ -248,51 +295,144 @@ class AsyncTransport(Transport):
         if cancel_scope.cancelled_caught:
             self._failed(spec, TaskTimeoutError(spec.label, spec.timeout or 0.0), duration)
             return
-        self._done(spec, value, duration)
+        ready = self._done(spec, value, duration)
+        if ready:
+            self._start_ready(loop_scope.get(), ready)
+
+    # -- tasks sent ahead of their inputs ------------------------------------------------------
+
+    def _sent_ahead(self, spec: TaskSpec) -> bool:
+        """If an input of ``spec`` is still being computed, make it wait (True)."""
+        store, shipped = self.store, spec.inline
+        with self._lock:
+            missing = [
+                k for k in spec.deps if k not in store and (shipped is None or k not in shipped)
+            ]
+            if not missing:
+                return False
+            handle = self.tasks[spec.key] = _Handle(spec)
+            self._waiting.park(handle, missing)
+        return True
+
+    def _stored(self, key: Key, value: Any) -> list[_Handle]:
+        """Keep a result; the tasks sent ahead that it was the last input of."""
+        self.store[key] = value
+        if not self._waiting:
+            return []
+        with self._lock:
+            return self._waiting.made(key)
+
+    def _start_ready(self, scope: LoopScope | None, ready: list[_Handle]) -> None:
+        """Start tasks whose inputs just arrived, from the loop or a worker thread."""
+        for handle in ready:
+            if self._is_coroutine[handle.spec.func]:
+                assert scope is not None  # a coroutine function makes the run need a loop
+                self.tasks[handle.spec.key] = handle
+                try:
+                    scope.start_soon(self._await_ahead, scope, handle)
+                except RuntimeError:
+                    pass  # the loop is gone: the run ended
+            elif self.pool is not None:
+                self._to_thread(scope, handle)
+            else:  # a callable that may return an awaitable, with threads=0
+                assert scope is not None
+                self.tasks[handle.spec.key] = handle
+                scope.start_soon(self._call_later, scope, handle)
+
+    def _start_coroutine(self, scope: LoopScope, handle: _Handle) -> None:
+        self.tasks[handle.spec.key] = handle
+        scope.group.start_soon(self._await, scope, handle, self._values(handle.spec))
+
+    async def _await_ahead(self, scope: LoopScope, handle: _Handle) -> None:
+        await self._await(scope, handle, self._values(handle.spec))
 
     # -- plain functions in threads ----------------------------------------------------------
 
-    def _to_thread(self, scope: _LoopScope, spec: TaskSpec) -> None:
+    def _to_thread(self, scope: LoopScope | None, handle: _Handle) -> None:
         assert self.pool is not None
-        handle = self.tasks[spec.key] = _Handle(spec)
-        values = self._values(spec)
-        call_soon = scope.call_soon
-
-        def job() -> None:
-            if handle.cancelled:
-                return
-            handle.start = perf_counter()
-            try:
-                outcome = (True, call_task(spec.func, spec.args, spec.kwargs, spec.shape, values))
-            except BaseException as exc:  # SystemExit and the like fail the node too
-                outcome = (False, exc)
-            try:
-                call_soon(self._thread_done, scope, handle, outcome)
-            except RuntimeError:
-                pass  # the loop is gone: the run ended and this result is not wanted
-
-        handle.job = self.pool.submit(job)
-        if spec.timeout is not None:
-            scope.group.start_soon(self._watch, handle)
-
-    def _thread_done(self, scope: _LoopScope, handle: _Handle, outcome: tuple[bool, Any]) -> None:
-        if handle.cancelled:
-            return  # cancelled, or abandoned at its deadline
-        handle.done = True
         spec = handle.spec
-        ok, value = outcome
-        assert handle.start is not None
-        duration = perf_counter() - handle.start
-        if ok and inspect.isawaitable(value):
-            scope.group.start_soon(self._await_value, handle, value, handle.start)
-            return
-        self.tasks.pop(spec.key, None)
+        self.tasks[spec.key] = handle
+        handle.job = self.pool.submit(
+            functools.partial(self._in_thread, scope, handle, self._values(spec))
+        )
+        if spec.timeout is not None:
+            if scope is None:
+                raise RuntimeError("AsyncTransport: a timeout to enforce without a loop")
+            scope.start_soon(self._watch, handle)
+
+    def _claim(self, handle: _Handle) -> bool:
+        """Take ``handle`` out of the tasks in flight; False if someone else did (it was
+        cancelled, or abandoned at its deadline): then nothing more is reported of it."""
+        key = handle.spec.key
+        with self._lock:
+            if self.tasks.get(key) is not handle:
+                return False
+            del self.tasks[key]
+            return True
+
+    def _in_thread(self, scope: LoopScope | None, handle: _Handle, values: list[Any]) -> None:
+        """Run a plain function in a worker thread and report it from there; then the
+        task it was the last input of, if that is a plain function without a deadline
+        (one with a deadline gets a thread of its own, which may be abandoned)."""
+        while True:
+            ready = self._run_in_thread(scope, handle, values)
+            if not ready:
+                return
+            follow = ready[0]
+            spec = follow.spec
+            if self._is_coroutine[spec.func] or spec.timeout is not None:
+                self._start_ready(scope, ready)
+                return
+            self._start_ready(scope, ready[1:])
+            # This thread's job goes on with it: abandoning it frees the thread.
+            follow.job = handle.job
+            handle, values = follow, self._values(spec)
+
+    def _run_in_thread(
+        self, scope: LoopScope | None, handle: _Handle, values: list[Any]
+    ) -> list[_Handle]:
+        if handle.cancelled:
+            return []
+        spec = handle.spec
+        handle.start = start = perf_counter()
+        try:
+            value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
+            ok = True
+        except BaseException as exc:  # SystemExit and the like fail the node too
+            value, ok = exc, False
+        del values
+        if ok and not self._plain[spec.func] and inspect.isawaitable(value):
+            if scope is not None:
+                try:
+                    scope.call_soon(scope.context.run, self._await_in_loop, scope, handle, value)
+                except RuntimeError:
+                    pass  # the loop is gone: the run ended and this result is not wanted
+                return []
+            try:
+                value = await_blocking(value)
+            except BaseException as exc:
+                value, ok = exc, False
+        duration = perf_counter() - start
+        key, tasks = spec.key, self.tasks
+        with self._lock:  # _claim(), written out: once per task
+            if tasks.get(key) is not handle:
+                return []  # cancelled, or abandoned at its deadline
+            del tasks[key]
+        handle.done = True
         if not ok:
             self._failed(spec, value, duration)
-        else:
-            self._done(
-                spec, value, duration if spec.timeout is None else min(duration, spec.timeout)
-            )
+            return []
+        if spec.timeout is None:
+            return self._keep(spec, value, duration)
+        return self._done(spec, value, min(duration, spec.timeout))
+
+    def _await_in_loop(self, scope: LoopScope, handle: _Handle, awaitable: Any) -> None:
+        """A plain function returned an awaitable: await it on the loop."""
+        if handle.cancelled:
+            return
+        handle.done = True  # its own deadline now applies on the loop
+        assert handle.start is not None
+        scope.group.start_soon(self._await_value, handle, awaitable, handle.start)
 
     async def _watch(self, handle: _Handle) -> None:
         """Abandon a thread task at its deadline, counted from when it started."""
@@ -305,11 +445,10 @@ class AsyncTransport(Transport):
         remaining = handle.start + spec.timeout - perf_counter()
         if remaining > 0:
             await anyio.sleep(remaining)
-        if not handle.done and not handle.cancelled:
+        if not handle.done and not handle.cancelled and self._claim(handle):
             handle.cancelled = True
             if handle.job is not None:
                 handle.job.abandon()  # its thread no longer counts toward the pool's size
-            self.tasks.pop(spec.key, None)
             duration = perf_counter() - handle.start
             self._failed(spec, TaskTimeoutError(spec.label, spec.timeout), duration)
 
@@ -322,7 +461,10 @@ class AsyncTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         for spec in tasks:
-            handle = self.tasks.pop(spec.key, None)
+            with self._lock:
+                handle = self.tasks.pop(spec.key, None)
+                if handle is not None and handle.missing:
+                    self._waiting.unwait(handle)
             if handle is not None:
                 handle.cancelled = True
                 if handle.cancel_scope is not None:
@@ -331,39 +473,17 @@ class AsyncTransport(Transport):
                     handle.job.abandon()  # queued: it never runs; running: its thread is freed
 
     def close(self) -> None:
-        for handle in self.tasks.values():
+        with self._lock:
+            handles = list(self.tasks.values())
+            self.tasks.clear()
+            self._waiting.clear()
+        for handle in handles:
             handle.cancelled = True
             if handle.cancel_scope is not None:
                 handle.cancel_scope.cancel()
-        self.tasks.clear()
         self.store.clear()
         if self.pool is not None:
             self.pool.close()
-
-
-@contextlib.contextmanager
-def _interruptible(on_loop: bool) -> Iterator[None]:
-    """Make Ctrl-C raise KeyboardInterrupt even while a task called on the loop blocks it.
-
-    asyncio's runner answers the first SIGINT by cancelling its main task, which a plain
-    function running on the loop never notices.
-    """
-    if not (
-        on_loop
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class AsyncExecutor(Executor):
@@ -391,13 +511,34 @@ class AsyncExecutor(Executor):
     @property
     def capabilities(self) -> Capabilities:
         # A plain function running on the loop cannot be stopped at its deadline.
-        return Capabilities(interrupts_running_tasks=self.threads > 0)
+        return Capabilities(interrupts_running_tasks=self.threads > 0, waits_for_inputs=True)
+
+    def _needs_loop(self, run: Run) -> bool:
+        """Does ``run`` need an event loop: a coroutine function (or a callable that may
+        return an awaitable) to await, or a timeout to enforce? Without one, its tasks run
+        in threads (or in the caller, with ``threads=0``) and no loop is started."""
+        table = run.table
+        nodes = table.nodes
+        if table.timeout is not None or any(node.timeout is not None for node in nodes):
+            return True
+        funcs = {node._func for node in nodes}
+        if run._cache_calls:  # what the cache calls instead of those nodes' functions
+            funcs.update(call[0] for call in run._cache_calls.values())
+        return not all(map(self._loop_transport.never_awaits, funcs))
 
     def _drive(self, run: Run) -> None:
-        """Run to the end on a loop of its own: here, or on another thread when this one
-        already runs a loop (a notebook, or a task calling run()) that is busy with us."""
+        """Run to the end: from this thread when the run needs no loop; otherwise on a
+        loop of its own, here, or on another thread when this one already runs a loop (a
+        notebook, or a task calling run()) that is busy with us."""
+        if not self._needs_loop(run):
+            token = loop_scope.set(None)  # not the loop of a run this one is nested in
+            try:
+                super()._drive(run)
+            finally:
+                loop_scope.reset(token)
+            return
         if not in_event_loop():
-            with _interruptible(self.threads == 0):
+            with interruptible(self.threads == 0):
                 anyio.run(self._adrive, run, backend=self.backend)
             return
         box: list[BaseException] = []
@@ -424,27 +565,10 @@ class AsyncExecutor(Executor):
         transport = self._loop_transport
         self._router.attach(run)
         try:
-            async with transport.serving():
-                await drive_async(run, transport, dict(self._workers))
+            async with transport.serving() as scope:
+                await drive_async(run, transport, dict(self._workers), scope.call_soon)
         except BaseExceptionGroup as group:
             # A task group wraps what escapes it; callers get the exception itself.
-            raise _first_leaf(group) from None
+            raise first_leaf(group) from None
         finally:
             self._router.detach(run)
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception in ``group`` that is not a cancellation, else the first one."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack[:0] = exc.exceptions
-        else:
-            leaves.append(exc)
-    cancelled = anyio.get_cancelled_exc_class()
-    for exc in leaves:
-        if not isinstance(exc, cancelled):
-            return exc
-    return leaves[0]

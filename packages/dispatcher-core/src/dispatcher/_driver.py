@@ -5,7 +5,7 @@ A transport reports to its executor's :class:`Router` (the
 the :class:`EventQueue` of the run its key belongs to. A driver
 repeats :func:`step` -- hand out ready tasks, apply what was reported -- and waits on the
 queue when there is nothing to do: :func:`drive_blocking` on a thread,
-:func:`drive_async` on an event loop (for transports that report on that loop's thread).
+:func:`drive_async` on an event loop.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class EventQueue:
         self.events: deque[tuple[Any, ...]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._sleeping = False
-        self._waker: Callable[[], object] | None = None  # an async driver's, on its loop
+        # An async driver's, while it waits: callable from any thread, wanted once.
+        self._waker: Callable[[], object] | None = None
 
     def post(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
@@ -70,8 +71,13 @@ class EventQueue:
             with self._cond:
                 self._cond.notify()
                 self._sleeping = False
-        elif self._waker is not None:
-            self._waker()
+        else:
+            waker = self._waker
+            if waker is not None:
+                # Once woken, the driver takes every event there: the others posted
+                # before it runs need not wake it again.
+                self._waker = None
+                waker()
 
     def wake(self) -> None:
         """Make the waiting driver look again (at new events, or at why it should stop)."""
@@ -81,8 +87,11 @@ class EventQueue:
                 # Once woken, the driver takes every event there: the others posted
                 # before it runs need not wake it again.
                 self._sleeping = False
-        elif self._waker is not None:
-            self._waker()
+        else:
+            waker = self._waker
+            if waker is not None:
+                self._waker = None
+                waker()
 
     def wait(self, timeout: float | None) -> None:
         """Block until an event is posted, :meth:`wake` is called, or ``timeout`` passes."""
@@ -95,16 +104,31 @@ class EventQueue:
             finally:
                 self._sleeping = False
 
-    async def wait_async(self) -> None:
-        """Like :meth:`wait`, awaited on the loop every post comes from."""
+    async def wait_async(self, call_soon: Callable[..., object]) -> None:
+        """Like :meth:`wait`, awaited on an event loop; ``call_soon`` runs a callback on
+        that loop from another thread (``call_soon_threadsafe``), so reports may be
+        posted from any thread."""
         import anyio  # only drivers on an event loop need it
 
         if self.events:
             return
         woken = anyio.Event()
-        self._waker = woken.set
+        here = threading.get_ident()
+
+        def waker() -> None:
+            if threading.get_ident() == here:
+                woken.set()
+                return
+            try:
+                call_soon(woken.set)
+            except RuntimeError:
+                pass  # the loop is closed: its run is over
+
+        # Installed before looking again, so a post in between is not missed.
+        self._waker = waker
         try:
-            await woken.wait()
+            if not self.events:
+                await woken.wait()
         finally:
             self._waker = None
 
@@ -213,14 +237,20 @@ def drive_blocking(
         run.release_all()
 
 
-async def drive_async(run: Run, transport: Transport, workers: Mapping[str, int]) -> None:
-    """Run to the end on the current event loop; every report must come on its thread."""
+async def drive_async(
+    run: Run,
+    transport: Transport,
+    workers: Mapping[str, int],
+    call_soon: Callable[..., object],
+) -> None:
+    """Run to the end on the current event loop, whose ``call_soon_threadsafe`` (or
+    trio's ``run_sync_soon``) is ``call_soon``; reports may come from any thread."""
     run.start(transport, workers)
     wait = run.queue.wait_async
     try:
         while not run.finished:
             if step(run):
-                await wait()
+                await wait(call_soon)
     except BaseException as exc:
         run.abort(run.error or exc)
         raise

@@ -18,7 +18,7 @@ never blocks: a driver (see :mod:`._driver`) calls :meth:`Run.dispatch` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._driver import (
@@ -74,6 +74,9 @@ class Run:
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
+        self._sends_ahead = False  # chains go to the worker computing their input
+        self._unannounced: set[int] | None = None
+        """Tasks sent ahead whose task_started waits for their input (see ``start``)."""
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:
@@ -112,7 +115,11 @@ class Run:
         self.transport = transport
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._asks = transport.runs_in_caller
-        self.placement.in_order = transport.capabilities.runs_tasks_in_order
+        capabilities = transport.capabilities
+        self.placement.in_order = capabilities.runs_tasks_in_order
+        self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
+        if capabilities.waits_for_inputs and self._started_hook is not None:
+            self._unannounced = set()  # see _announce_started
         if self._hits is not None and self._asks is not None:
             from ._cache import load_entry
 
@@ -131,14 +138,16 @@ class Run:
         table = self.table
         ready, state, nodes = table.ready, table.state, table.nodes
         place, asks = self.placement.place, self._asks
-        in_order = self.placement.in_order
+        sends_ahead = self._sends_ahead
         ahead_anywhere = self.pending_inputs
         waiting = table.waiting
         progressed = False
         specs: list[TaskSpec] = []
+        in_caller = self._in_caller
         while ready:
-            if asks is not None:
-                if table.call_ready_in_caller(asks, self._in_caller):
+            # (A function known not to run in the caller skips the hot loop's call.)
+            if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
+                if table.call_ready_in_caller(asks, in_caller):
                     progressed = True
                     if table.failure is not None:
                         p, error, duration = table.failure
@@ -179,9 +188,12 @@ class Run:
             specs.append(self._spec(p, node, worker))
             if ahead_anywhere:
                 table.ready_ahead(p)
-            elif in_order:
+            elif sends_ahead:
+                unannounced = self._unannounced
                 for j in self.placement.ahead(p, worker):
-                    specs.append(self._spec(j, nodes[j], worker))
+                    specs.append(self._spec(j, nodes[j], worker, unannounced is None))
+                    if unannounced is not None:
+                        unannounced.add(j)
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)
@@ -190,7 +202,7 @@ class Run:
             self._send_frees()
         return progressed
 
-    def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
+    def _spec(self, p: int, node: DispatchNode, worker: str, announce: bool = True) -> TaskSpec:
         table = self.table
         base = table.base
         deps = table.deps[p]
@@ -259,8 +271,10 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self._started_hook is not None and (self._hits is None or p not in self._hits):
-            self._started_hook(node=node, worker=worker)
+        if announce:
+            if self._unannounced:
+                self._unannounced.discard(p)  # sent again, not ahead this time
+            _announce(self, p, node, worker)
         return spec
 
     def _hit_in_caller(self, p: int) -> None:
@@ -326,6 +340,9 @@ class Run:
     def _on_finished(
         self, p: int, worker: str, duration: float, nbytes: int | None, value: Any
     ) -> None:
+        unannounced = self._unannounced
+        if unannounced:
+            _announce_started(self, (p,))
         if self._reported(p, worker) is None:
             self.table.free_on(worker, p)  # its result is not wanted
             return
@@ -344,8 +361,12 @@ class Run:
                 node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes
             )
         table.settle(p)
+        if unannounced:
+            _announce_started(self, table.dependents[p])
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
+        if self._unannounced:
+            _announce_started(self, (p,))
         if self._reported(p, worker) is not None:
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
@@ -429,3 +450,21 @@ def _unreadable_entry(error: BaseException) -> bool:
     from ._cache import CacheEntryError
 
     return isinstance(error, CacheEntryError)
+
+
+def _announce(run: Run, p: int, node: DispatchNode, worker: str) -> None:
+    if run._started_hook is not None and (run._hits is None or p not in run._hits):
+        run._started_hook(node=node, worker=worker)
+
+
+def _announce_started(run: Run, positions: Iterable[int]) -> None:
+    """Of ``positions``, tell the start of the tasks sent ahead and not yet told. A worker
+    that waits for inputs starts such a task the moment its input is made, which the run
+    learns from that input's report: its start is told then (or at its own report, if
+    that came first), and a task whose input failed was never started, only skipped."""
+    unannounced, table = run._unannounced, run.table
+    assert unannounced is not None
+    for j in positions:
+        if j in unannounced and (spec := table.inflight.get(j)) is not None:
+            unannounced.discard(j)
+            _announce(run, j, table.nodes[j], spec.worker)

@@ -18,9 +18,17 @@ import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 
-__all__ = ["DaemonThreadPool", "Job"]
+__all__ = ["DaemonThreadPool", "Job", "in_pool_thread"]
 
 logger = logging.getLogger("dispatcher")
+
+_this_thread = threading.local()
+
+
+def in_pool_thread() -> bool:
+    """Is this a worker thread of some :class:`DaemonThreadPool`?"""
+    return getattr(_this_thread, "pooled", False)
+
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
@@ -118,6 +126,7 @@ class DaemonThreadPool:
                 self._grow()  # a replacement, if jobs are waiting
 
     def _work(self) -> None:
+        _this_thread.pooled = True
         get = self._queue.get
         while True:
             handle = get()

@@ -236,6 +236,11 @@ class Capabilities:
     last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``."""
+    waits_for_inputs: bool = False
+    """A worker takes a task whose inputs it is still computing, and runs it once they are
+    all there (a thread that finishes a task goes on with the one it enabled). The
+    scheduler then sends chains ahead, as for ``runs_tasks_in_order``, without shortening
+    the workers' queues; a task whose input fails waits for the retry, or is cancelled."""
     accepts_pending_inputs: bool = False
     """A task may be submitted while some of its inputs are still being computed, on
     any worker: the transport (or the cluster under it) holds the task until they are

@@ -1,0 +1,121 @@
+"""The event loop an ``async`` run is driven on: finding one, handing work to it from
+worker threads, and what escapes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+__all__ = [
+    "LoopScope",
+    "first_leaf",
+    "in_event_loop",
+    "interruptible",
+    "loop_scope",
+    "stops_the_loop",
+]
+
+
+def in_event_loop() -> bool:
+    """Is an asyncio or trio loop running in this thread?"""
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+            return True
+        except RuntimeError:
+            pass
+    return False
+
+
+class LoopScope:
+    """The event loop a run is driven on, and the task group its tasks live in."""
+
+    __slots__ = ("call_soon", "context", "group", "thread")
+
+    def __init__(self, group: TaskGroup) -> None:
+        self.group = group
+        self.thread = threading.get_ident()
+        # What a callback from a worker thread runs in, so it may start tasks in the group.
+        self.context = contextvars.copy_context()
+        native: Any = anyio.lowlevel.current_token().native_token
+        # How a worker thread gets a callback run on this loop, without blocking.
+        self.call_soon: Callable[..., Any] = (
+            getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
+        )
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start a task in the group, from any thread."""
+        if threading.get_ident() == self.thread:
+            self.group.start_soon(func, *args)
+        else:
+            self.call_soon(self.context.run, self.group.start_soon, func, *args)
+
+
+loop_scope: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
+    "dispatcherloop_scope", default=None
+)
+
+
+def stops_the_loop(error: BaseException) -> bool:
+    """Is ``error``, raised by a task on the loop, not the task's own failure? Cancellation
+    belongs to the loop, and a KeyboardInterrupt there cannot be told from Ctrl-C: both
+    end the run. Anything else a task raises, SystemExit included, fails its node."""
+    return isinstance(error, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
+
+
+@contextlib.contextmanager
+def interruptible(on_loop: bool) -> Iterator[None]:
+    """Make Ctrl-C raise KeyboardInterrupt even while a task called on the loop blocks it.
+
+    asyncio's runner answers the first SIGINT by cancelling its main task, which a plain
+    function running on the loop never notices.
+    """
+    if not (
+        on_loop
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in ``group`` that is not a cancellation, else the first one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = exc.exceptions
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    for exc in leaves:
+        if not isinstance(exc, cancelled):
+            return exc
+    return leaves[0]
