@@ -413,3 +413,22 @@ def test_a_forked_child_runs_on_executors_of_its_own() -> None:
 
 def _run_and_exit() -> None:
     os._exit(0 if run(Op(tasks.inc, Op(tasks.inc, 1))) == 3 else 1)
+
+
+class _AsyncCallable:
+    """Not a coroutine function, yet calling it gives a coroutine: it is awaited on the
+    loop from the thread that called it."""
+
+    async def __call__(self, x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x + 1
+
+
+@pytest.mark.timeout(30)
+def test_an_awaitable_from_a_thread_is_awaited_in_a_plain_asyncio_program() -> None:
+    # asyncio.run, unlike anyio.run, leaves the library unnamed in the loop's callbacks,
+    # where the awaitable is handed over: it failed there unseen, and the run hung.
+    async def main() -> int:
+        return await arun(Op(_AsyncCallable(), 1), executor="async", threads=2)  # type: ignore[no-any-return]
+
+    assert asyncio.run(main()) == 2

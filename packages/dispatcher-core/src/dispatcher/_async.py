@@ -14,7 +14,6 @@ timeout to enforce -- is driven from the calling thread without starting one.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import inspect
 import os
@@ -125,7 +124,7 @@ class AsyncTransport(Transport):
         async with anyio.create_task_group() as group:
             scope = LoopScope(group)
             token = loop_scope.set(scope)
-            scope.context = contextvars.copy_context()  # with the scope in it
+            scope.context = scope.capture_context()  # with the scope in it
             try:
                 yield scope
             finally:
@@ -404,7 +403,7 @@ class AsyncTransport(Transport):
         if ok and not self._plain[spec.func] and inspect.isawaitable(value):
             if scope is not None:
                 try:
-                    scope.call_soon(scope.context.run, self._await_in_loop, scope, handle, value)
+                    scope.call_soon(scope.context.run, _await_on_loop, self, scope, handle, value)
                 except RuntimeError:
                     pass  # the loop is gone: the run ended and this result is not wanted
                 return []
@@ -425,14 +424,6 @@ class AsyncTransport(Transport):
         if spec.timeout is None:
             return self._keep(spec, value, duration)
         return self._done(spec, value, min(duration, spec.timeout))
-
-    def _await_in_loop(self, scope: LoopScope, handle: _Handle, awaitable: Any) -> None:
-        """A plain function returned an awaitable: await it on the loop."""
-        if handle.cancelled:
-            return
-        handle.done = True  # its own deadline now applies on the loop
-        assert handle.start is not None
-        scope.group.start_soon(self._await_value, handle, awaitable, handle.start)
 
     async def _watch(self, handle: _Handle) -> None:
         """Abandon a thread task at its deadline, counted from when it started."""
@@ -484,6 +475,25 @@ class AsyncTransport(Transport):
         self.store.clear()
         if self.pool is not None:
             self.pool.close()
+
+
+def _await_on_loop(
+    transport: AsyncTransport, scope: LoopScope, handle: _Handle, awaitable: Any
+) -> None:
+    """A plain function returned an awaitable in a worker thread: await it on the loop
+    (a callback there, posted by that thread)."""
+    if handle.cancelled:
+        return
+    handle.done = True  # its own deadline now applies on the loop
+    assert handle.start is not None
+    try:
+        scope.group.start_soon(transport._await_value, handle, awaitable, handle.start)
+    except BaseException as exc:  # a callback's error reaches nobody: end the task with it
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()
+        if transport._claim(handle):
+            transport._failed(handle.spec, exc, perf_counter() - handle.start)
 
 
 class AsyncExecutor(Executor):

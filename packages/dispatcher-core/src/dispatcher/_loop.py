@@ -51,13 +51,28 @@ class LoopScope:
     def __init__(self, group: TaskGroup) -> None:
         self.group = group
         self.thread = threading.get_ident()
-        # What a callback from a worker thread runs in, so it may start tasks in the group.
-        self.context = contextvars.copy_context()
+        self.context = self.capture_context()
         native: Any = anyio.lowlevel.current_token().native_token
         # How a worker thread gets a callback run on this loop, without blocking.
         self.call_soon: Callable[..., Any] = (
             getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
         )
+
+    @staticmethod
+    def capture_context() -> contextvars.Context:
+        """The current context, as a callback from a worker thread runs in it, so that it
+        may start tasks in the group. Call it on the loop."""
+        context = contextvars.copy_context()
+        try:
+            import sniffio
+        except ImportError:
+            pass  # anyio then takes any running loop for asyncio, callbacks included
+        else:
+            # A loop's plain callback runs in no task, where sniffio (and so anyio) cannot
+            # tell which library runs the loop unless the context says so.
+            library = sniffio.current_async_library()
+            context.run(sniffio.current_async_library_cvar.set, library)
+        return context
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start a task in the group, from any thread."""
