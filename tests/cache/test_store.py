@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import mmap
-import multiprocessing
 import os
-import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,52 +84,60 @@ def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, s
     assert not path.exists()
 
 
-def _write_many(path: str, key: str, size: int, rounds: int) -> None:
-    cache = Cache(path)
-    for _ in range(rounds):
-        cache.save(key, b"same" * size)
+# A writer in a process of its own: a program, not a function of this module, which the
+# test's process imports under a name a child could not import.
+WRITE_MANY = """
+import sys
+from dispatcher import Cache
+path, key, size, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cache = Cache(path)
+for _ in range(rounds):
+    cache.save(key, b"same" * size)
+"""
 
 
+@pytest.mark.timeout(120)
 def test_writers_of_one_key_at_once_leave_one_whole_entry(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    writers = [
-        ctx.Process(target=_write_many, args=(str(tmp_path), KEY, 500_000, 20)) for _ in range(3)
-    ]
-    for w in writers:
-        w.start()
+    command = [sys.executable, "-c", WRITE_MANY, str(tmp_path), KEY, "500000", "20"]
+    writers = [subprocess.Popen(command) for _ in range(3)]
     cache = Cache(tmp_path)
-    while any(w.is_alive() for w in writers):
+    while any(w.poll() is None for w in writers):
         if cache.contains(KEY):
             assert cache.load(KEY) == b"same" * 500_000  # never a partial entry
     for w in writers:
-        w.join()
-        assert w.exitcode == 0
+        assert w.wait() == 0
     assert cache.load(KEY) == b"same" * 500_000
     assert partial_files(tmp_path) == []
 
 
-def _write_forever(path: str) -> None:
-    cache = Cache(path)
-    i = 0
-    while True:
-        cache.save(f"{i % 256:02x}" + "0" * 30, b"x" * 4_000_000)
-        i += 1
+WRITE_FOREVER = """
+import sys
+from dispatcher import Cache
+cache = Cache(sys.argv[1])
+i = 0
+while True:
+    cache.save(f"{i % 256:02x}" + "0" * 30, b"x" * 4_000_000)
+    i += 1
+"""
 
 
+@pytest.mark.timeout(120)
 def test_a_writer_killed_midway_leaves_no_entry_that_reads_wrong(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    writer = ctx.Process(target=_write_forever, args=(str(tmp_path),))
-    writer.start()
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "entries").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert writer.pid is not None
-    os.kill(writer.pid, signal.SIGKILL)
-    writer.join()
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_FOREVER, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "entries").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    finally:
+        writer.kill()
+        writer.wait()
     cache = Cache(tmp_path)
+    # Every entry under its own name reads whole; a writer's unfinished file (a dot file)
+    # is no entry.
     for entry in (tmp_path / "entries").glob("*/*"):
-        assert cache.load(entry.name) == b"x" * 4_000_000
+        if not entry.name.startswith("."):
+            assert cache.load(entry.name) == b"x" * 4_000_000
     cache.clear()
     assert partial_files(tmp_path) == []
 

@@ -91,7 +91,9 @@ def test_plain_data_pickles_as_cloudpickle_would() -> None:
         assert dumps(value) == cloudpickle.dumps(value, protocol=5)
         stream, buffers = dumps_split(value)
         assert buffers == []
-        assert repr(pickle.loads(stream)) == repr(value)
+        back = pickle.loads(stream)
+        # A set comes back in its hashes' order, and a Ref has no equality of its own.
+        assert back == value or repr(back) == repr(value)
 
 
 def test_what_is_not_plain_data_is_left_to_cloudpickle() -> None:

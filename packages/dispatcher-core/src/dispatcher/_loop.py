@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib
 import signal
 import sys
 import threading
@@ -64,7 +65,7 @@ class LoopScope:
         may start tasks in the group. Call it on the loop."""
         context = contextvars.copy_context()
         try:
-            import sniffio
+            sniffio: Any = importlib.import_module("sniffio")  # anyio's, where it has it
         except ImportError:
             pass  # anyio then takes any running loop for asyncio, callbacks included
         else:
