@@ -7,21 +7,10 @@ import os
 import time
 from typing import Any
 
-
-def pid(_: Any = None) -> int:
-    return os.getpid()
-
-
-def sleep_then(seconds: float, value: Any) -> Any:
-    time.sleep(seconds)
-    return value
-
-
-def report_pid_then_sleep(path: str, seconds: float) -> int:
-    with open(path, "w") as f:
-        f.write(str(os.getpid()))
-    time.sleep(seconds)
-    return os.getpid()
+# Shared with every backend's tests.
+from dispatcher.testing.tasks import pid as pid
+from dispatcher.testing.tasks import report_pid_then_sleep as report_pid_then_sleep
+from dispatcher.testing.tasks import sleep_then as sleep_then
 
 
 def shout(text: str) -> str:

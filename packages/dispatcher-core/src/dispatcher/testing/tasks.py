@@ -71,6 +71,19 @@ def sleep_then(seconds: float, value: Any) -> Any:
     return value
 
 
+def pid(_: Any = None) -> int:
+    """The process this task ran in: which worker it was."""
+    return os.getpid()
+
+
+def report_pid_then_sleep(path: str, seconds: float) -> int:
+    """Writes this worker's pid to ``path`` (so a test can kill it), then sleeps."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def wait_for_file(path: str, seconds: float) -> bool:
     """True as soon as ``path`` exists; False if it did not within ``seconds``."""
     deadline = time.monotonic() + seconds
