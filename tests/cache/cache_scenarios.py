@@ -25,6 +25,7 @@ import cloudpickle
 import pytest
 
 from dispatcher import Cache, CacheWarning, Executor, get_executor, op, run
+from dispatcher._report import ReportWriter
 
 MODULE = "cache_pipeline"
 
@@ -210,12 +211,21 @@ def damaged_entries_are_recomputed(p: Pipeline) -> None:
         else:
             data[-3] ^= 0xFF  # corrupted
         entry.write_bytes(bytes(data))
+    report = ReportWriter(p.root / "damaged.html")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CacheWarning)  # said on the worker, where it read
-        assert p.run(p.graph()) == EXPECTED
+        assert p.run(p.graph(), plugins=[report]) == EXPECTED
     # The target was planned as a hit and found damaged: everything was recomputed, and
     # stored again whole.
     assert p.take_calls() == {"load": 2, "square": 2, "total": 1, "report": 1}
+    # Planned again at damaged hits, one run: its report counts every node it computed
+    # in the end, though the first plan had the target alone, and each node once.
+    record = report.record
+    assert record is not None
+    assert record.replans >= 1
+    assert record.total == record.tasks == 6
+    assert sorted(a.task for a in record.attempts) == list(range(6))
+    assert {a.status for a in record.attempts} == {"ok"}
     assert p.run(p.graph()) == EXPECTED
     assert p.take_calls() == {}
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dispatcher import hookimpl, op, run
+from dispatcher import Cache, CacheWarning, DispatchGraph, hookimpl, op, run
 from dispatcher._cache_cli import parse_duration
+from dispatcher._cache_plan import CachePlan
 from dispatcher._cli import main
 
 
@@ -69,6 +72,83 @@ def test_report_shows_hits_in_their_own_colour_and_tile(tmp_path: Path) -> None:
     assert '<div class="card cached"><div class="v">3</div><div class="k">cached</div>' in html
     assert html.count('fill="#17becf"') == 3
     assert "read from the cache" in html
+
+
+def total(*xs: int) -> int:
+    return sum(xs)
+
+
+class Announced:
+    """The graphs a run announced, by size, and how often it started and finished."""
+
+    def __init__(self) -> None:
+        self.graphs: list[tuple[str, int]] = []
+        self.finished = 0
+
+    @hookimpl
+    def dispatcher_run_started(self, graph: Any) -> None:
+        self.graphs.append(("started", len(graph)))
+
+    @hookimpl
+    def dispatcher_run_replanned(self, graph: Any) -> None:
+        self.graphs.append(("replanned", len(graph)))
+
+    @hookimpl
+    def dispatcher_run_finished(self) -> None:
+        self.finished += 1
+
+
+def damaged_hit_mid_run(cache: Cache) -> list[Any]:
+    """Targets whose first plan has five nodes, one of them a hit whose entry is found
+    damaged when it is read: planned again, the run computes it from its two inputs
+    (hits now), while the other targets' hits and new nodes stay what they were."""
+
+    def targets(new: int) -> tuple[Any, list[Any]]:
+        a = op(total, label="topA")(*[op(inc, label="a")(i) for i in range(2)])
+        b = op(total, label="topB")(*[op(inc, label="b")(i) for i in range(10, 12)])
+        return b, [b, a, *(op(inc, label="new")(new + i) for i in range(3))]
+
+    run(targets(0)[1], executor="sync", cache=cache)
+    damaged, wanted = targets(100)
+    key = CachePlan(cache, DispatchGraph([damaged]), [damaged], {}).keys[0]
+    entry = Path(cache.path) / "entries" / key[:2] / key
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    return wanted
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_a_run_planned_again_shows_the_totals_of_both_plans(tmp_path: Path, executor: str) -> None:
+    """The bar and the report count every node of the run once: those of the first plan
+    and those the damaged hit had pruned, and a node computed before the new plan, which
+    reads it back from the cache, as computed."""
+    pytest.importorskip("tqdm")
+    from dispatcher._progress import ProgressBar
+
+    cache = Cache(tmp_path / "cache")
+    wanted = damaged_hit_mid_run(cache)
+    bar, announced, report = ProgressBar(file=io.StringIO()), Announced(), tmp_path / "r.html"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        values = run(
+            wanted,
+            executor=executor,
+            cache=cache,
+            plugins=[bar, announced],
+            report=str(report),
+        )
+    assert values == [23, 3, 101, 102, 103]
+    # One run: started and finished once, planned again once, with the pruned inputs.
+    assert announced.graphs == [("started", 5), ("replanned", 7)]
+    assert announced.finished == 1
+    # Computed: topB and the three new nodes; read from the cache: topA and topB's inputs.
+    assert (bar.total, bar.done, bar.cached, bar.failed) == (7, 4, 3, 0)
+    html = report.read_text()
+    found = re.findall(r'<div class="v">([^<]*)</div><div class="k">([^<]*)</div>', html)
+    cards = {name: value for value, name in found}
+    assert (cards["tasks"], cards["completed"], cards["cached"]) == ("7", "4", "3")
+    assert (cards["not run"], cards["planned again"]) == ("0", "1")
 
 
 def test_cli_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -243,7 +243,10 @@ class Executor:
         """A cache entry planned as a hit could not be read: plan again without it (what
         the ended run stored is a hit now) and start a new run."""
         plan = plan.replanned(run.stale_hits)
-        return plan, self._new_run(plan, observers, run.throw)
+        new = self._new_run(plan, observers, run.throw)
+        if observers.run_replanned is not None:
+            observers.run_replanned(graph=plan.graph, executor=self)
+        return plan, new
 
     def _finish(self, plan: Plan, run: Run) -> Any:
         table = run.table

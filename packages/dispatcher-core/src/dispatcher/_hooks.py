@@ -42,6 +42,16 @@ class HookSpecs:
         """A run begins; ``graph`` is what will run (after ``inputs``)."""
 
     @hookspec
+    def dispatcher_run_replanned(self, graph: DispatchGraph, executor: Executor) -> None:
+        """The run was planned again and goes on with ``graph``: a cache entry planned
+        as a hit could not be read, so the nodes it made unnecessary must run after all.
+
+        Still the same run (``run_finished`` comes once, at its end). Nodes that already
+        finished keep their outcome; those of them in ``graph`` are read back from the
+        cache (``task_cached``). The run's nodes are those of every graph it announced,
+        ``run_started``'s and each ``run_replanned``'s."""
+
+    @hookspec
     def dispatcher_run_finished(
         self, graph: DispatchGraph, executor: Executor, error: BaseException | None
     ) -> None:
@@ -88,6 +98,7 @@ class HookSpecs:
 
 OBSERVER_HOOKS = (
     "dispatcher_run_started",
+    "dispatcher_run_replanned",
     "dispatcher_run_finished",
     "dispatcher_task_started",
     "dispatcher_task_finished",
@@ -107,6 +118,7 @@ class Observers:
 
     __slots__ = (
         "run_finished",
+        "run_replanned",
         "run_started",
         "task_cached",
         "task_failed",
@@ -116,6 +128,7 @@ class Observers:
     )
 
     run_started: Hook
+    run_replanned: Hook
     run_finished: Hook
     task_started: Hook
     task_finished: Hook

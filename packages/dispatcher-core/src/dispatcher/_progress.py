@@ -114,7 +114,9 @@ class ProgressBar:
         self.retried = 0
         """Re-runs announced (``retry_on`` failures and results recomputed after a loss)."""
         self.total = 0
-        """Nodes in the graph that runs."""
+        """Nodes of the run: those of its graph, and of each graph it was planned again
+        with (see ``dispatcher_run_replanned``)."""
+        self._graphs: list[DispatchGraph] = []
         self.hosts: set[str] = set()
         """The hosts that the workers tasks finished on name (see
         :func:`dispatcher.transport.worker_host`)."""
@@ -183,6 +185,7 @@ class ProgressBar:
     @hookimpl
     def dispatcher_run_started(self, graph: DispatchGraph, executor: Executor) -> None:
         self.total = len(graph)
+        self._graphs = [graph]
         self._finished.clear()
         self._failed.clear()
         self.last_failure = None
@@ -195,9 +198,26 @@ class ProgressBar:
             self._lines.start()
 
     @hookimpl
+    def dispatcher_run_replanned(self, graph: DispatchGraph) -> None:
+        # The new graph adds what the unreadable entry had made unnecessary; what it
+        # shares with the earlier ones is counted already.
+        graphs = self._graphs
+        self.total += sum(1 for node in graph if not any(node in g for g in graphs))
+        graphs.append(graph)
+        bar = self._bar
+        if bar is not None:
+            bar.total = self.total
+            bar.refresh()
+
+    # Each node counts once, as what it last came to; but a node this run computed and
+    # then read back from the cache, once planned again, stays computed.
+
+    @hookimpl
     def dispatcher_task_finished(self, node: DispatchNode, worker: str) -> None:
         self._finished.add(node)
         self._failed.discard(node)
+        if self._cached:
+            self._cached.discard(node)
         host = worker_host(worker)
         if host is not None and host not in self.hosts:
             self.hosts.add(host)
@@ -215,10 +235,14 @@ class ProgressBar:
                 text = text[: FAILURE_WIDTH - 3] + "..."
             self.last_failure = text
         self._finished.discard(node)
+        self._cached.discard(node)
         self._show(counts_changed=True)
 
     @hookimpl
     def dispatcher_task_cached(self, node: DispatchNode) -> None:
+        if node in self._finished:
+            return
+        self._failed.discard(node)
         self._cached.add(node)
         self._show(counts_changed=True)
 

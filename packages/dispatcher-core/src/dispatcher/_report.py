@@ -64,6 +64,7 @@ class ReportWriter:
         self._ids: dict[DispatchNode, int] = {}
         self._running: dict[DispatchNode, Attempt] = {}
         self._last: dict[DispatchNode, Attempt] = {}
+        self._graphs: list[DispatchGraph] = []
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
@@ -93,6 +94,16 @@ class ReportWriter:
         self._last[node] = attempt
         return attempt
 
+    def _unsent(self, node: DispatchNode) -> None:
+        """Forget the node's attempt in progress: it never ran."""
+        assert self.record is not None
+        attempt = self._running.pop(node)
+        attempts = self.record.attempts
+        for i in range(len(attempts) - 1, -1, -1):
+            if attempts[i] is attempt:
+                del attempts[i]
+                break
+
     # -- hooks ---------------------------------------------------------------------------
 
     @hookimpl
@@ -101,6 +112,7 @@ class ReportWriter:
         self._ids.clear()
         self._running.clear()
         self._last.clear()
+        self._graphs = [graph]
         self.record = RunRecord(executor.name, len(graph), datetime.now().astimezone())
         # Workers that run one task at a time, in the order sent: the page can then tell
         # when each call really ran from when its end was reported.
@@ -109,8 +121,27 @@ class ReportWriter:
         )
 
     @hookimpl
+    def dispatcher_run_replanned(self, graph: DispatchGraph) -> None:
+        record = self.record
+        if record is None:
+            return
+        graphs = self._graphs
+        record.total += sum(1 for node in graph if not any(node in g for g in graphs))
+        graphs.append(graph)
+        record.replans += 1
+        # The run before ended once nothing it had sent was left to report: what it sent
+        # and never reported was handed back before its call began (it waited for the
+        # unreadable entry), and is sent again by the new plan.
+        for node in list(self._running):
+            self._unsent(node)
+
+    @hookimpl
     def dispatcher_task_started(self, node: DispatchNode, worker: str) -> None:
         assert self.record is not None
+        if node in self._running:
+            # Sent ahead, then handed back unreported before its call began (an input
+            # was lost): it did not run.
+            self._unsent(node)
         previous = self._last.get(node)
         number = previous.number + 1 if previous is not None else 1
         attempt = Attempt(self._task(node), worker, self._now(), number)
@@ -129,6 +160,9 @@ class ReportWriter:
     @hookimpl
     def dispatcher_task_cached(self, node: DispatchNode, worker: str) -> None:
         assert self.record is not None
+        last = self._last.get(node)
+        if last is not None and last.status == OK:
+            return  # computed by this run, and read back once it was planned again
         now = self._now()
         attempt = Attempt(self._task(node), worker, now, end=now, status=CACHED)
         self.record.attempts.append(attempt)

@@ -119,6 +119,7 @@ def _cards(record: RunRecord) -> str:
         ("retries", f"{retries:,}", "warn" if retries else ""),
         ("abandoned", f"{stopped:,}", "warn" if stopped else ""),
         ("not run", f"{not_run:,}", "warn" if not_run else ""),
+        ("planned again", f"{record.replans:,}", "warn") if record.replans else None,
         ("workers", f"{len(workers):,}", ""),
         ("hosts", f"{hosts:,}", "") if hosts > 1 else None,
         ("wall time", seconds(record.wall), ""),

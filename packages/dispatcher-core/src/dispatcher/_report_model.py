@@ -64,7 +64,8 @@ class RunRecord:
 
     executor: str
     total: int
-    """Nodes in the graph that ran (inputs included)."""
+    """Nodes in the graph that ran (inputs included), and in each graph the run was
+    planned again with."""
     started_at: datetime
     labels: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
@@ -75,6 +76,9 @@ class RunRecord:
     wall: float = 0.0
     error: str | None = None
     """``Type: message`` of what ended the run, or ``None`` if it completed."""
+    replans: int = 0
+    """Times the run was planned again: a cache entry planned as a hit could not be
+    read, and what it had made unnecessary ran after all."""
     in_order: bool = False
     """Each worker ran one task at a time, in the order it was sent them (``mp``, ``mpi``)."""
 
