@@ -3,8 +3,10 @@ reports."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +22,8 @@ import pytest
 
 from dispatcher import Op, WorkerLostError, get_executor, hookimpl, op, run
 from dispatcher.testing import tasks
+from dispatcher.transport import worker_host
+from dispatcher_dask._cluster import name_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,11 +103,17 @@ def scheduler_tasks(client: Any) -> list[str]:
     )
 
 
+def worker_names(client: Any) -> set[str]:
+    """What dispatcher calls the workers of ``client``'s cluster now."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return {name_of(address, worker["host"]) for address, worker in info.items()}
+
+
 def test_worker_killed_mid_run_result_still_right(tmp_path: Path, dask_client: Any) -> None:
     """The killed worker held results a later task needs: dispatcher recomputes them,
     reruns the task it was running, and the nanny's replacement worker gets work."""
     address = dask_client.scheduler.address
-    before = set(dask_client.scheduler_info(n_workers=-1)["workers"])
+    before = worker_names(dask_client)
     marker = tmp_path / "pid"
     parts = [Op(dask_tasks.sleep_then, 0.05, i) for i in range(6)]
     victim = op(dask_tasks.report_pid_then_sleep, label="victim")(str(marker), 3)
@@ -119,7 +129,7 @@ def test_worker_killed_mid_run_result_still_right(tmp_path: Path, dask_client: A
         # The nanny starts a replacement under a new address: it is a new worker, and
         # the executor gives it work.
         dask_client.wait_for_workers(2, timeout=60)
-        replaced = set(dask_client.scheduler_info(n_workers=-1)["workers"]) - before
+        replaced = worker_names(dask_client) - before
         assert replaced
         seen = Seen()
         assert ex.run([Op(dask_tasks.sleep_then, 0.2, i) for i in range(8)], plugins=[seen])
@@ -258,7 +268,7 @@ def test_worker_added_mid_run_gets_work() -> None:
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        first = set(client.scheduler_info(n_workers=-1)["workers"])
+        first = worker_names(client)
         seen = Seen()
         # Nothing queued on a worker beyond the task it runs (prefetch=0): the tasks wait
         # in dispatcher's queue, for whichever worker is free first, the new one included.
@@ -276,21 +286,39 @@ def test_worker_added_mid_run_gets_work() -> None:
             )
         finally:
             grower.join()
-        assert {w for _, w in seen.started} - first, "the new worker got no task"
+        new = {w for _, w in seen.started} - first
+        assert new, "the new worker got no task"
+        # Named with its host, as the workers there from the start.
+        assert new <= worker_names(client)
+        assert {worker_host(w) for w in new} == {"127.0.0.1"}
 
 
 def test_report_and_progress_from_a_dask_run(dask_client: Any, tmp_path: Path) -> None:
-    report = tmp_path / "report.html"
+    """Workers are named with their host, ``dask-PORT@HOST``, wherever they show: hooks,
+    the progress bar's hosts, the report's workers."""
+    from dispatcher._progress import ProgressBar
+    from dispatcher._report import ReportWriter
+
+    report = ReportWriter(tmp_path / "report.html")
+    bar, seen = ProgressBar(file=io.StringIO()), Seen()
     parts = [Op(dask_tasks.sleep_then, 0.01, i) for i in range(5)]
     assert (
         run(
             Op(dask_tasks.total, *parts),
             executor="dask",
             address=dask_client.scheduler.address,
-            progress=True,
-            report=str(report),
+            plugins=[report, bar, seen],
         )
         == 10
     )
-    html = report.read_text()
-    assert "tcp://" in html  # the workers are named by their dask addresses
+    workers = worker_names(dask_client)
+    assert all(re.fullmatch(r"dask-\d+@127\.0\.0\.1", name) for name in workers), workers
+    assert {w for _, w in seen.started} <= workers
+    assert bar.hosts == {"127.0.0.1"}
+    assert report.record is not None
+    ran = {a.worker for a in report.record.attempts}
+    assert ran
+    assert ran <= workers
+    html = report.path.read_text()
+    for name in ran:
+        assert f"<td>{name}</td>" in html

@@ -1,5 +1,5 @@
 """Reaching a dask cluster: an existing one by address or scheduler file, or a local one
-started for the executor."""
+started for the executor; and what dispatcher calls its workers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,23 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.transport import worker_name
+
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
+
+
+def name_of(address: str, host: str | None) -> str:
+    """What dispatcher calls the dask worker at ``address`` on ``host`` (the host as the
+    scheduler knows it, the address's own if it knows none): ``dask-PORT@HOST``, as
+    every backend names a worker with its host, so that placement counts the links
+    between hosts and observers show them. A worker restarted under a new address is a
+    new worker, with a new name."""
+    _, _, location = address.rpartition("://")
+    where, _, port = location.rpartition(":")
+    if not port.isdigit():  # not host:port (an in-process address, say)
+        where, port = location, location
+    return worker_name(f"dask-{port}", host or where.strip("[]") or None)
 
 
 def connect(address: str, workers: int | None) -> Client:
@@ -87,15 +102,16 @@ def gather(client: Client, futures: list[Future]) -> list[tuple[bool, Any]]:
     return found
 
 
-def threads_of(client: Client, address: str, seconds: float) -> int | None:
-    """The threads of the worker at ``address``, which the scheduler has announced; None
-    if it does not register within ``seconds`` (the scheduler announces a worker before
-    it registers it, and a worker may leave again at once)."""
+def registered(client: Client, address: str, seconds: float) -> dict[str, Any] | None:
+    """What the scheduler knows of the worker at ``address``, which it has announced
+    (``nthreads``, ``host``...); None if it does not register within ``seconds`` (the
+    scheduler announces a worker before it registers it, and a worker may leave again at
+    once)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        info = client.scheduler_info(n_workers=-1)["workers"].get(address)
+        info: dict[str, Any] | None = client.scheduler_info(n_workers=-1)["workers"].get(address)
         if info is not None:
-            return int(info.get("nthreads", 1))
+            return info
         time.sleep(0.05)
     return None
 

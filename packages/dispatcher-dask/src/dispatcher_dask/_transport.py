@@ -9,8 +9,9 @@ futures of earlier results, so dask fetches them worker to worker; a result stay
 worker until :meth:`~DaskTransport.free` releases its future, and only the values the
 caller wants are gathered, in batches.
 
-Workers are named by their address: a worker restarted by its nanny comes back under a new
-one, as a new worker. Arrivals and departures come from the scheduler's ``all`` event topic.
+Workers are keyed by their address, and named ``dask-PORT@HOST`` (:func:`~._cluster.name_of`,
+the host as the scheduler knows it): a worker restarted by its nanny comes back under a new
+address, as a new worker. Arrivals and departures come from the scheduler's ``all`` event topic.
 dask does not give up on a task pinned to a worker that is gone (it waits in "no-worker"),
 so on a departure this transport releases every task pinned there and every result held
 there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
@@ -34,7 +35,7 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
-from ._cluster import connect, disconnect, gather, start_local, threads_of
+from ._cluster import connect, disconnect, gather, name_of, registered, start_local
 from ._outbox import Outbox
 from ._outcome import restored, unpickled
 from ._task import TaskFailure, pack, run_task
@@ -99,6 +100,10 @@ class DaskTransport(Transport):
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}  # address -> slots
         self._nthreads: dict[str, int] = {}
+        # Every worker seen, for good (a late event may name one that is gone): the name
+        # dispatcher knows it by (the TaskSpec's ``worker``), and back.
+        self._names: dict[str, str] = {}  # address -> name
+        self._addresses: dict[str, str] = {}  # name -> address
         self._abandoned = Abandoned(
             lambda: self.client, self._capacity_changed, self._withdraw, self._threads_of
         )
@@ -181,9 +186,11 @@ class DaskTransport(Transport):
                 order[task.key] = -next(self._sent)
         if not made:
             return
+        addresses = self._addresses
         layers = {
             f"{self._token}-{i}": MaterializedLayer(
-                graph, annotations={"workers": [worker], "priority": order.__getitem__}
+                graph,
+                annotations={"workers": [addresses[worker]], "priority": order.__getitem__},
             )
             for i, (worker, graph) in enumerate(graphs.items())
         }
@@ -233,7 +240,7 @@ class DaskTransport(Transport):
         missing: list[Key] = []
         given = spec.inline
         with self._lock:
-            if spec.worker not in self._workers:
+            if self._addresses.get(spec.worker) not in self._workers:
                 # Lost since it was placed: the loss is reported, and dispatcher retries
                 # what it had sent there.
                 return None
@@ -296,7 +303,7 @@ class DaskTransport(Transport):
                 self._forget(spec.key)
         # Its thread is taken until it returns: new work must not queue behind it.
         for worker, keys in may_run.items():
-            self._abandoned.add(worker, keys)
+            self._abandoned.add(self._addresses[worker], keys)
         # Released by its only client, a task is forgotten by the scheduler: a queued one
         # never runs, a running one is abandoned (its thread runs the call to its end:
         # dask cannot interrupt it).
@@ -350,7 +357,17 @@ class DaskTransport(Transport):
             for address, worker in info.items():
                 self._nthreads[address] = max(1, worker.get("nthreads", 1))
                 self._workers[address] = self._slots(address)
-            return dict(self._workers)
+                self._name(address, worker)
+            return {self._names[address]: slots for address, slots in self._workers.items()}
+
+    def _name(self, address: str, info: Mapping[str, Any]) -> str:
+        """Name the worker at ``address`` (``info``: what the scheduler knows of it); the
+        caller holds the lock."""
+        name = self._names.get(address)
+        if name is None:
+            name = self._names[address] = name_of(address, info.get("host"))
+            self._addresses[name] = address
+        return name
 
     def _slots(self, address: str) -> int:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
@@ -367,8 +384,9 @@ class DaskTransport(Transport):
             if address not in self._workers or self._closed:
                 return
             slots = self._workers[address] = self._slots(address)
+            name = self._names[address]
         assert self._events is not None
-        self._events.worker_added(address, slots)
+        self._events.worker_added(name, slots)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
@@ -394,16 +412,17 @@ class DaskTransport(Transport):
         with self._lock:
             if address in self._workers:
                 return
-        nthreads = threads_of(self.client, address, _ANNOUNCE_SECONDS)
-        if nthreads is None:
+        info = registered(self.client, address, _ANNOUNCE_SECONDS)
+        if info is None:
             return  # gone again before it was ever registered
         with self._lock:
             if address in self._workers or self._closed:
                 return
-            self._nthreads[address] = max(1, nthreads)
+            self._nthreads[address] = max(1, int(info.get("nthreads", 1)))
             slots = self._workers[address] = self._slots(address)
+            name = self._name(address, info)
         assert self._events is not None
-        self._events.worker_added(address, slots)
+        self._events.worker_added(name, slots)
 
     def _withdraw(self, address: str) -> None:
         """Every thread of ``address`` runs a task given up on: the tasks queued there
@@ -415,14 +434,15 @@ class DaskTransport(Transport):
         with self._lock:
             if self._closed:
                 return
+            name = self._names[address]
             queued = {
                 k
                 for k, p in self._pending.items()
-                if p.spec.worker == address and not p.future.done()  # (done: being gathered)
+                if p.spec.worker == name and not p.future.done()  # (done: being gathered)
             }
             for k, pending in list(self._pending.items()):
                 if k in queued:
-                    back.append((k, address, []))
+                    back.append((k, name, []))
                 else:
                     missing = [d for d in pending.inputs if d in queued]
                     if not missing:
@@ -443,7 +463,8 @@ class DaskTransport(Transport):
             if self._workers.pop(address, None) is None:
                 return
             self._nthreads.pop(address, None)
-            gone = {k for k, maker in self._made.items() if maker.worker == address}
+            name = self._names[address]
+            gone = {k for k, maker in self._made.items() if maker.worker == name}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
                 self._forget(k)
@@ -458,7 +479,7 @@ class DaskTransport(Transport):
         self._abandoned.forget_worker(address)
         events = self._events
         assert events is not None
-        events.worker_lost(address, reason)
+        events.worker_lost(name, reason)
         for key, worker, missing in orphans:
             events.task_inputs_lost(key, worker, missing)
         # Pinned to a worker that is gone, they would wait for it forever.
