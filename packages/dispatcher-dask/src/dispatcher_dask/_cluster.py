@@ -28,6 +28,53 @@ def name_of(address: str, host: str | None) -> str:
     return worker_name(f"dask-{port}", host or where.strip("[]") or None)
 
 
+class WorkerNames:
+    """The name dispatcher knows each dask worker by (:func:`name_of`), and back: kept
+    for every worker seen, as a late event may name one that is gone."""
+
+    def __init__(self) -> None:
+        self.of: dict[str, str] = {}
+        """Address -> name."""
+        self.address: dict[str, str] = {}
+        """Name -> address."""
+
+    def add(self, address: str, host: str | None) -> str:
+        """The name of the worker at ``address``, named on first sight."""
+        name = self.of.get(address)
+        if name is None:
+            name = self.of[address] = name_of(address, host)
+            self.address[name] = address
+        return name
+
+
+def check_options(
+    address: str | None, client: Client | None, threads_per_worker: int, prefetch: int
+) -> None:
+    """Refuse options that cannot go together, before anything is started."""
+    if address is not None and client is not None:
+        raise TypeError("give the dask executor address= or client=, not both")
+    if threads_per_worker < 1:
+        raise ValueError("threads_per_worker must be at least 1")
+    if prefetch < 0:
+        raise ValueError("prefetch must be 0 or more")
+
+
+def reach(
+    client: Client | None,
+    address: str | None,
+    workers: int | None,
+    threads_per_worker: int,
+    dashboard_address: str | None,
+) -> tuple[LocalCluster | None, Client]:
+    """The client to run through: ``client`` itself, one of the scheduler at ``address``,
+    or one of a ``LocalCluster`` started here, returned with it (to be closed after)."""
+    if client is not None:
+        return None, client
+    if address is not None:
+        return None, connect(address, workers)
+    return start_local(workers, threads_per_worker, dashboard_address)
+
+
 def connect(address: str, workers: int | None) -> Client:
     """A client of the scheduler at ``address`` (``tcp://host:port``, or the path of a
     scheduler file as dask-mpi and dask-jobqueue write them), once it has ``workers``."""

@@ -35,10 +35,10 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
-from ._cluster import connect, disconnect, gather, name_of, registered, start_local
+from ._cluster import WorkerNames, check_options, disconnect, gather, reach, registered
 from ._outbox import Outbox
 from ._outcome import restored, unpickled
-from ._task import TaskFailure, pack, run_task
+from ._task import Shipped, TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -82,7 +82,7 @@ class DaskTransport(Transport):
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
-        _check(address, client, threads_per_worker, prefetch)
+        check_options(address, client, threads_per_worker, prefetch)
         self._want_workers = workers
         self._threads = threads_per_worker
         self._address = address
@@ -100,10 +100,7 @@ class DaskTransport(Transport):
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}  # address -> slots
         self._nthreads: dict[str, int] = {}
-        # Every worker seen, for good (a late event may name one that is gone): the name
-        # dispatcher knows it by (the TaskSpec's ``worker``), and back.
-        self._names: dict[str, str] = {}  # address -> name
-        self._addresses: dict[str, str] = {}  # name -> address
+        self._names = WorkerNames()
         self._abandoned = Abandoned(
             lambda: self.client, self._capacity_changed, self._withdraw, self._threads_of
         )
@@ -113,7 +110,8 @@ class DaskTransport(Transport):
         self._made: dict[Key, TaskSpec] = {}
         self._pending: dict[Key, _Pending] = {}
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
-        self._stats: dict[Key, tuple[float, int | None]] = {}
+        # Each task's run time, result size, and the wanted value it carried (or None).
+        self._stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
         # Cluster events are handled here, in order, off dask's loop (they make blocking
         # client calls) and off the scheduler's thread.
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
@@ -134,7 +132,9 @@ class DaskTransport(Transport):
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         self._events = events
-        client = self._connect()
+        self._cluster, client = reach(
+            self._client, self._address, self._want_workers, self._threads, self._dashboard
+        )
         self._client = client
         workers = self._control.submit(self._watch, client).result()
         self._outbox.start()
@@ -186,7 +186,7 @@ class DaskTransport(Transport):
                 order[task.key] = -next(self._sent)
         if not made:
             return
-        addresses = self._addresses
+        addresses = self._names.address
         layers = {
             f"{self._token}-{i}": MaterializedLayer(
                 graph,
@@ -240,7 +240,7 @@ class DaskTransport(Transport):
         missing: list[Key] = []
         given = spec.inline
         with self._lock:
-            if self._addresses.get(spec.worker) not in self._workers:
+            if self._names.address.get(spec.worker) not in self._workers:
                 # Lost since it was placed: the loss is reported, and dispatcher retries
                 # what it had sent there.
                 return None
@@ -303,7 +303,7 @@ class DaskTransport(Transport):
                 self._forget(spec.key)
         # Its thread is taken until it returns: new work must not queue behind it.
         for worker, keys in may_run.items():
-            self._abandoned.add(self._addresses[worker], keys)
+            self._abandoned.add(self._names.address[worker], keys)
         # Released by its only client, a task is forgotten by the scheduler: a queued one
         # never runs, a running one is abandoned (its thread runs the call to its end:
         # dask cannot interrupt it).
@@ -334,14 +334,6 @@ class DaskTransport(Transport):
 
     # -- connecting and watching the cluster -----------------------------------------------
 
-    def _connect(self) -> Client:
-        if self._client is not None:
-            return self._client
-        if self._address is not None:
-            return connect(self._address, self._want_workers)
-        self._cluster, client = start_local(self._want_workers, self._threads, self._dashboard)
-        return client
-
     def _watch(self, client: Client) -> dict[str, int]:
         """On the control thread: subscribe to the cluster's events, then take its
         workers (events that arrive meanwhile wait behind this call)."""
@@ -357,17 +349,8 @@ class DaskTransport(Transport):
             for address, worker in info.items():
                 self._nthreads[address] = max(1, worker.get("nthreads", 1))
                 self._workers[address] = self._slots(address)
-                self._name(address, worker)
-            return {self._names[address]: slots for address, slots in self._workers.items()}
-
-    def _name(self, address: str, info: Mapping[str, Any]) -> str:
-        """Name the worker at ``address`` (``info``: what the scheduler knows of it); the
-        caller holds the lock."""
-        name = self._names.get(address)
-        if name is None:
-            name = self._names[address] = name_of(address, info.get("host"))
-            self._addresses[name] = address
-        return name
+                self._names.add(address, worker.get("host"))
+            return {self._names.of[address]: slots for address, slots in self._workers.items()}
 
     def _slots(self, address: str) -> int:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
@@ -384,15 +367,15 @@ class DaskTransport(Transport):
             if address not in self._workers or self._closed:
                 return
             slots = self._workers[address] = self._slots(address)
-            name = self._names[address]
+            name = self._names.of[address]
         assert self._events is not None
         self._events.worker_added(name, slots)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
-        key, duration, nbytes = event[1]
+        key, duration, nbytes, carried = event[1]
         if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
-            self._stats[key] = (duration, nbytes)
+            self._stats[key] = (duration, nbytes, carried)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
@@ -420,7 +403,7 @@ class DaskTransport(Transport):
                 return
             self._nthreads[address] = max(1, int(info.get("nthreads", 1)))
             slots = self._workers[address] = self._slots(address)
-            name = self._name(address, info)
+            name = self._names.add(address, info.get("host"))
         assert self._events is not None
         self._events.worker_added(name, slots)
 
@@ -434,7 +417,7 @@ class DaskTransport(Transport):
         with self._lock:
             if self._closed:
                 return
-            name = self._names[address]
+            name = self._names.of[address]
             queued = {
                 k
                 for k, p in self._pending.items()
@@ -463,7 +446,7 @@ class DaskTransport(Transport):
             if self._workers.pop(address, None) is None:
                 return
             self._nthreads.pop(address, None)
-            name = self._names[address]
+            name = self._names.of[address]
             gone = {k for k, maker in self._made.items() if maker.worker == name}
             dropped = [self._futures[k] for k in gone]
             for k in gone:
@@ -503,12 +486,15 @@ class DaskTransport(Transport):
         """A future settled (on dask's callback thread): report it, unless it is stale."""
         status = future.status
         gather = False
+        carried = None  # the wanted value, if it came with the task's report
         with self._lock:
             key = self._keys.get(future.key)
             pending = None if key is None else self._pending.get(key)
             if key is None or pending is None or pending.future is not future:
                 return
             if status == "finished" and pending.spec.want_result:
+                carried = self._stats.get(key, (0.0, None, None))[2]
+            if carried is None and status == "finished" and pending.spec.want_result:
                 # Pending until its value is here: cancelling it meanwhile still works.
                 self._to_gather.append(pending)
                 gather = len(self._to_gather) == 1
@@ -521,8 +507,11 @@ class DaskTransport(Transport):
         assert events is not None
         spec = pending.spec
         if status == "finished":
-            if not spec.want_result:
-                duration, nbytes = self._stats.pop(key, (0.0, None))
+            if carried is not None:
+                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
+                self._finished_with(spec, future, duration, nbytes, (True, Shipped(carried)))
+            elif not spec.want_result:
+                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
                 events.task_finished(key, spec.worker, duration, nbytes)
             return
         if status == "error":
@@ -559,25 +548,34 @@ class DaskTransport(Transport):
             batch, self._to_gather = self._to_gather, []
         if not batch or self._closed:
             return
-        events = self._events
-        assert events is not None
         values = gather(self.client, [pending.future for pending in batch])
-        for pending, (ok, value) in zip(batch, values):
+        for pending, fetched in zip(batch, values):
             spec, future = pending.spec, pending.future
             with self._lock:
                 if self._pending.get(spec.key) is not pending:
                     continue  # cancelled while it travelled
                 del self._pending[spec.key]
                 self._keys.pop(future.key, None)
-            duration, nbytes = self._stats.pop(spec.key, (0.0, None))
-            if ok:
-                ok, value = unpickled(value)
-            if ok:
-                events.task_finished(spec.key, spec.worker, duration, nbytes, value)
-            else:
-                self._drop(spec.key, future)
-                error = unpickling_error(spec.label, "result", value, in_caller=True)
-                events.task_failed(spec.key, spec.worker, error, duration)
+            duration, nbytes, _ = self._stats.pop(spec.key, (0.0, None, None))
+            self._finished_with(spec, future, duration, nbytes, fetched)
+
+    def _finished_with(
+        self, spec: TaskSpec, future: Future, duration: float, nbytes: int | None, fetched: Any
+    ) -> None:
+        """Report ``spec`` finished with the value its worker sent (``fetched``: ``(True,
+        the Shipped value)``, or ``(False, why it could not be brought)``), or failed in
+        the caller if it did not come or does not unpickle."""
+        ok, value = fetched
+        if ok:
+            ok, value = unpickled(value)
+        events = self._events
+        assert events is not None
+        if ok:
+            events.task_finished(spec.key, spec.worker, duration, nbytes, value)
+            return
+        self._drop(spec.key, future)
+        error = unpickling_error(spec.label, "result", value, in_caller=True)
+        events.task_failed(spec.key, spec.worker, error, duration)
 
     def _drop(self, key: Key, future: Future) -> None:
         with self._lock:
@@ -585,12 +583,3 @@ class DaskTransport(Transport):
                 del self._futures[key]
                 del self._made[key]
         future.release()
-
-
-def _check(address: str | None, client: Client | None, threads: int, prefetch: int) -> None:
-    if address is not None and client is not None:
-        raise TypeError("give the dask executor address= or client=, not both")
-    if threads < 1:
-        raise ValueError("threads_per_worker must be at least 1")
-    if prefetch < 0:
-        raise ValueError("prefetch must be 0 or more")
