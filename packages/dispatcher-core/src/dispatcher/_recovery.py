@@ -2,8 +2,8 @@
 
 The only home of the retry budget (``retries``, shared by ``retry_on`` failures and worker
 losses): a failed attempt is retried or fails, and a failure skips everything downstream;
-a worker lost takes its running tasks and the results it held, which are recomputed from
-their lineage when still needed; a task whose inputs are gone is put back (that is not
+a worker lost takes its running tasks (an attempt each; tasks queued behind them are not
+charged) and the results it held, which are recomputed from their lineage when still needed; a task whose inputs are gone is put back (that is not
 an attempt). No I/O: tasks to cancel are left in :attr:`Recovery.to_cancel`, and the
 error that ends a fail-fast run in :attr:`Recovery.fatal`, for the run to act on.
 """
@@ -154,8 +154,17 @@ class Recovery:
         lived only there and are still needed; retry what it ran while attempts allow."""
         table = self.table
         # Losses are rare: find what it ran and held by looking, rather than keeping
-        # per-worker books on every task.
-        running = sorted(p for p, spec in table.inflight.items() if spec.worker == worker)
+        # per-worker books on every task. In flight in the order sent.
+        running = [p for p, spec in table.inflight.items() if spec.worker == worker]
+        if self.placement.in_order and len(running) > 1:
+            # A worker that runs its tasks one at a time, in the order sent, had started
+            # only the first: what queued behind it never ran, and is not charged for the
+            # loss (so a worker killed from outside does not fail innocent tasks). Each
+            # loss still charges one task, so a task that kills its worker runs out of
+            # attempts.
+            running, queued = running[:1], running[1:]
+        else:
+            queued = []
         held = [p for p, where in enumerate(table.holders) if where and worker in where]
         table.frees.pop(worker, None)
         lost: list[int] = []
@@ -164,6 +173,16 @@ class Recovery:
             if table.state[p] == RELEASED and table.needed[p] > 0:
                 lost.append(p)
         self._recompute(lost, worker, reason)
+        for p in queued:
+            table.inflight.pop(p, None)
+            if table.state[p] != RUNNING:
+                continue
+            table.attempts[p] -= 1
+            table.state[p] = WAITING  # so the recomputation does not count it twice
+            self._recompute(
+                [d for d in table.deps[p] if table.state[d] == RELEASED], worker, reason
+            )
+            table.requeue(p)
         for p in running:
             table.inflight.pop(p, None)
             if table.state[p] != RUNNING:

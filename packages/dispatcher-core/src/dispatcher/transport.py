@@ -235,7 +235,9 @@ class Capabilities:
     while tasks are long, and may send a task to the worker that is still computing its
     last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
-    producer failed or was cancelled), the transport reports ``task_inputs_lost``."""
+    producer failed or was cancelled), the transport reports ``task_inputs_lost``. When
+    such a worker is lost, only the first of its tasks, in the order sent, had started and
+    counts as an attempt: the others are run again uncharged."""
     waits_for_inputs: bool = False
     """A worker takes a task whose inputs it is still computing, and runs it once they are
     all there (a thread that finishes a task goes on with the one it enabled). The
