@@ -253,6 +253,7 @@ class ProgressBar:
 
     @hookimpl
     def dispatcher_run_finished(self, error: BaseException | None) -> None:
+        self._graphs = []  # an observer kept for later runs does not keep this one's graphs
         bar = self._bar
         if bar is None:
             return

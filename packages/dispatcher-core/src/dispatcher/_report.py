@@ -194,6 +194,7 @@ class ReportWriter:
 
     @hookimpl
     def dispatcher_run_finished(self, error: BaseException | None) -> None:
+        self._graphs = []  # an observer kept for later runs does not keep this one's graphs
         record = self.record
         if record is None:
             return
