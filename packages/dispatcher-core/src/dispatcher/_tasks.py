@@ -254,97 +254,112 @@ class TaskTable:
             self.needed,
             self.wanted,
         )
-        caller_values = self.caller_values
+        caller_values, kept = self.caller_values, self.kept
         value_of = caller_values.__getitem__
         attempts, results, release = self.attempts, self.results, self.release
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
+        # Timed only when anyone looks (a timeout, an observer): how long it ran.
+        always_timed = default_timeout is not None or finished is not None
         ran = False
-        while ready:
-            p = ready[-1]
-            if state[p] != READY:  # a stale entry (the node went back to waiting)
-                ready.pop()
-                continue
-            node = nodes[p]
-            shape = node._shape
-            if shape == SHAPE_CONSTANT:
-                ready.pop()
-                self.complete_at_caller(p, node._args[0], hooks=True)
-                ran = True
-                continue
-            func = node._func
-            allowed = in_caller.get(func)
-            if allowed is None:
-                allowed = in_caller[func] = asks(func)
-            if not allowed:
-                return ran
-            deps = deps_of[p]
-            # Inputs of one- and two-input calls go in locals: building a list to unpack
-            # into the call was a quarter of the cost of a task in a chain.
-            count = len(deps)
-            try:
-                if count == 1:
-                    first = value_of(deps[0])
-                elif count == 2:
-                    first, second = value_of(deps[0]), value_of(deps[1])
-                else:
-                    values = list(map(value_of, deps)) if deps else []
-            except KeyError:
-                return ran  # an input is held by a worker: submit it like any task
-            ready.pop()
-            ran = True
-            attempts[p] += 1
-            if started is not None:
-                started(node=node, worker=CALLER)
-            timeout = node._timeout or default_timeout  # both positive when set
-            timed = timeout is not None or finished is not None
-            if timed:
-                begun = perf_counter()
-            try:
-                if shape == SHAPE_POSITIONAL:
+        settled = 0  # subtracted from ``remaining`` once, on the way out
+        try:
+            while ready:
+                p = ready[-1]
+                if state[p] != READY:  # a stale entry (the node went back to waiting)
+                    ready.pop()
+                    continue
+                node = nodes[p]
+                shape = node._shape
+                if shape == SHAPE_CONSTANT:
+                    ready.pop()
+                    self.complete_at_caller(p, node._args[0], hooks=True)
+                    ran = True
+                    continue
+                func = node._func
+                allowed = in_caller.get(func)
+                if allowed is None:
+                    allowed = in_caller[func] = asks(func)
+                if not allowed:
+                    return ran
+                deps = deps_of[p]
+                # Inputs of one- and two-input calls go in locals: building a list to
+                # unpack into the call was a quarter of the cost of a task in a chain.
+                count = len(deps)
+                try:
                     if count == 1:
-                        value = func(first)
+                        first = value_of(deps[0])
                     elif count == 2:
-                        value = func(first, second)
+                        first, second = value_of(deps[0]), value_of(deps[1])
                     else:
-                        value = func(*values)
-                elif shape == SHAPE_CALL and not node._kwargs:
-                    value = func(*node._args)
+                        values = list(map(value_of, deps)) if deps else []
+                except KeyError:
+                    return ran  # an input is held by a worker: submit it like any task
+                ready.pop()
+                ran = True
+                attempts[p] += 1
+                if started is not None:
+                    started(node=node, worker=CALLER)
+                timeout = node._timeout
+                if timeout is None:
+                    timeout = default_timeout  # both positive when set
+                    timed = always_timed
                 else:
-                    if count == 1:
-                        values = [first]
-                    elif count == 2:
-                        values = [first, second]
-                    value = call_task(func, node._args, node._kwargs, shape, values)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise  # in the caller's thread it cannot be told from Ctrl-C: stop
-                # Timed when anyone looks (a timeout, an observer): how long it ran.
-                self.failure = (p, exc, perf_counter() - begun if timed else None)
-                return True
-            if timed:
-                duration = perf_counter() - begun
-                if timeout is not None and duration > timeout:
-                    # A call in this thread cannot be interrupted: it fails when it returns.
-                    self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
+                    timed = True
+                if timed:
+                    begun = perf_counter()
+                try:
+                    if shape == SHAPE_POSITIONAL:
+                        if count == 1:
+                            value = func(first)
+                        elif count == 2:
+                            value = func(first, second)
+                        else:
+                            value = func(*values)
+                    elif shape == SHAPE_CALL and not node._kwargs:
+                        value = func(*node._args)
+                    else:
+                        if count == 1:
+                            values = [first]
+                        elif count == 2:
+                            values = [first, second]
+                        value = call_task(func, node._args, node._kwargs, shape, values)
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise  # in the caller's thread it cannot be told from Ctrl-C: stop
+                    self.failure = (p, exc, perf_counter() - begun if timed else None)
                     return True
-            state[p] = DONE
-            caller_values[p] = value
-            if wanted[p]:
-                results[p] = value
-            if finished is not None:
-                finished(node=node, worker=CALLER, duration=duration, nbytes=None)
-            # settle(p), written out.
-            self.remaining -= 1
-            for d in deps:
-                needed[d] -= 1
-                if not needed[d]:
-                    release(d)
-            for j in dependents[p]:
-                waiting[j] -= 1
-                if not waiting[j] and state[j] == WAITING:
-                    state[j] = READY
-                    ready.append(j)
-            if not needed[p]:
-                release(p)
-        return ran
+                if timed:
+                    duration = perf_counter() - begun
+                    if timeout is not None and duration > timeout:
+                        # A call in this thread cannot be interrupted: it fails when it
+                        # returns.
+                        self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
+                        return True
+                state[p] = DONE
+                caller_values[p] = value
+                if wanted[p]:
+                    results[p] = value
+                if finished is not None:
+                    finished(node=node, worker=CALLER, duration=duration, nbytes=None)
+                # settle(p), written out, and release() of a result the caller made (the
+                # usual input here) with it.
+                settled += 1
+                for d in deps:
+                    needed[d] -= 1
+                    if not needed[d]:
+                        if state[d] == DONE and d in caller_values and d not in kept:
+                            state[d] = RELEASED
+                            del caller_values[d]
+                        else:
+                            release(d)
+                for j in dependents[p]:
+                    waiting[j] -= 1
+                    if not waiting[j] and state[j] == WAITING:
+                        state[j] = READY
+                        ready.append(j)
+                if not needed[p]:
+                    release(p)
+            return ran
+        finally:
+            self.remaining -= settled
