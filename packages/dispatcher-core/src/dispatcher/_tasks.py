@@ -10,6 +10,8 @@ send.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
+from operator import not_
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +117,12 @@ class TaskTable:
                     self.complete_at_caller(given, value, hooks=False)
             # Sources first in the ready stack's pop order: push them in reverse.
             state, waiting = self.state, self.waiting
-            self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and state[p] <= READY]
+            if inputs:
+                self.ready = [
+                    p for p in range(n - 1, -1, -1) if not waiting[p] and state[p] <= READY
+                ]
+            else:  # nothing is done yet: the sources are the nodes without inputs
+                self.ready = list(compress(range(n - 1, -1, -1), map(not_, reversed(waiting))))
             for p in self.ready:
                 state[p] = READY
 
@@ -336,8 +343,13 @@ class TaskTable:
                         # returns.
                         self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                         return True
-                state[p] = DONE
-                caller_values[p] = value
+                if needed[p]:
+                    state[p] = DONE
+                    caller_values[p] = value
+                else:
+                    # Nothing will read it (a target, or its readers were skipped): what
+                    # release() would do at the end of settling, done at once.
+                    state[p] = RELEASED
                 if wanted[p]:
                     results[p] = value
                 if finished is not None:
@@ -358,8 +370,6 @@ class TaskTable:
                     if not waiting[j] and state[j] == WAITING:
                         state[j] = READY
                         ready.append(j)
-                if not needed[p]:
-                    release(p)
             return ran
         finally:
             self.remaining -= settled
