@@ -88,9 +88,10 @@ class DispatchGraph:
             # The dependencies captured at construction are what dependencies() returns,
             # unless a custom node class says otherwise: then walk again, asking each node.
             seen = _reachable(roots)
-            if not all(_captures(kind) for kind in set(map(type, seen))):
+            captured = all(_captures(kind) for kind in set(map(type, seen)))
+            if not captured:
                 seen = _reachable(roots, methodcaller("dependencies"))
-            self._set_nodes(sorted(seen, key=_by_sequence))
+            self._set_nodes(sorted(seen, key=_by_sequence), captured=captured)
 
     @classmethod
     def _from_parts(
@@ -108,10 +109,16 @@ class DispatchGraph:
         self,
         nodes: list[DispatchNode],
         cut: set[DispatchNode] | frozenset[DispatchNode] = frozenset(),
+        captured: bool | None = None,
     ) -> None:
+        """Take ``nodes`` (in creation order) as this graph's, cutting the dependencies of
+        those in ``cut``; ``captured`` says, when the caller knows already, whether every
+        node's class depends on exactly what its nodes captured when made."""
         index = dict(zip(nodes, range(len(nodes))))
         lookup = index.__getitem__
-        if not cut and all(_captures(kind) for kind in set(map(type, nodes))):
+        if captured is None:
+            captured = all(_captures(kind) for kind in set(map(type, nodes)))
+        if not cut and captured:
             # Every node's dependencies were captured when it was made, from nodes made
             # before it: in creation order they are topological, nothing to check.
             self._nodes = nodes
