@@ -269,6 +269,7 @@ class TaskTable:
         # Timed only when anyone looks (a timeout, an observer): how long it ran.
         always_timed = default_timeout is not None or finished is not None
         ran = False
+        last_allowed: object = None  # the last function the transport let us call here
         settled = 0  # subtracted from ``remaining`` once, on the way out
         try:
             while ready:
@@ -284,20 +285,22 @@ class TaskTable:
                     ran = True
                     continue
                 func = node._func
-                allowed = in_caller.get(func)
-                if allowed is None:
-                    allowed = in_caller[func] = asks(func)
-                if not allowed:
-                    return ran
+                if func is not last_allowed:  # (most graphs call few functions, in runs)
+                    allowed = in_caller.get(func)
+                    if allowed is None:
+                        allowed = in_caller[func] = asks(func)
+                    if not allowed:
+                        return ran
+                    last_allowed = func
                 deps = deps_of[p]
                 # Inputs of one- and two-input calls go in locals: building a list to
                 # unpack into the call was a quarter of the cost of a task in a chain.
                 count = len(deps)
                 try:
                     if count == 1:
-                        first = value_of(deps[0])
+                        first = caller_values[deps[0]]
                     elif count == 2:
-                        first, second = value_of(deps[0]), value_of(deps[1])
+                        first, second = caller_values[deps[0]], caller_values[deps[1]]
                     else:
                         values = list(map(value_of, deps)) if deps else []
                 except KeyError:
