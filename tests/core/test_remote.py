@@ -119,9 +119,16 @@ def test_completions_are_batched_and_a_timed_task_says_it_started() -> None:
     specs = [spec(k, abs, -k) for k in range(1, 100)] + [spec(100, abs, -1, timeout=5.0)]
     runner = run_tasks(specs)
     kinds = [type(m).__name__ for m in runner.sent]
+    # Half the batch is reported at once, so the caller can send more meanwhile.
     assert kinds == ["Done", "Done", "Started", "Done"], kinds
-    assert len(runner.sent[0].finished) == 64
+    assert len(runner.sent[0].finished) == 50
     assert runner.sent[2] == Started(100)
+    assert [len(m.finished) for m in runner.sent if type(m) is Done] == [50, 49, 1]
+
+
+def test_completions_are_reported_at_most_batch_size_at_once() -> None:
+    runner = run_tasks([spec(k, abs, -k) for k in range(1, 201)])
+    assert [len(m.finished) for m in runner.sent] == [64, 36, 64, 36]
 
 
 def test_a_task_whose_input_is_gone_is_reported_lost() -> None:

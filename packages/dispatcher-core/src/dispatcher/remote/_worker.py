@@ -55,6 +55,7 @@ BATCH_SIZE = 64
 REPORT_NOW = 1e-3
 """Seconds: a task that ran this long is reported at once, with what finished before it,
 so the next task arrives before this worker's queue runs dry."""
+_EARLY_REPORT = 4  # a batch of twice this many tasks or more is reported at its half too
 
 _STOP = object()
 _KEY = Task._fields.index("key")
@@ -180,6 +181,7 @@ class TaskRunner:
             if item is _STOP:
                 break
             records, functions, dropped = item
+            left, half = len(records), len(records) // 2
             for record, func in zip(records, functions):
                 if self.dropped != dropped:
                     break
@@ -191,6 +193,11 @@ class TaskRunner:
                 except BaseException as exc:  # a fault of this loop, not of the task
                     self.fail(key, exc, 0.0)
                 self.current = None
+                left -= 1
+                if left == half and left >= _EARLY_REPORT:
+                    # Half the batch done: report it now, so that the caller sends more
+                    # while this thread runs the rest, instead of after it (then idle).
+                    self.flush()
             if self.finished and queue.empty():
                 self.flush()
         self.flush()
