@@ -266,7 +266,7 @@ def dumps_split(obj: Any, threshold: int = OUT_OF_BAND_BYTES) -> tuple[bytes, li
     if plain is not None:
         data, raw = plain
         if len(data) < threshold or not _may_hold_big(data, threshold):
-            return data, [b.raw() for b in raw]
+            return data, [b.raw() for b in raw] if raw else []
         finder = _FindingPickler(_Discard(), protocol=5, buffer_callback=_discard)
         finder.threshold = threshold
         finder.dump(obj)  # builtin data: no reducer of the user's runs twice
