@@ -35,6 +35,8 @@ _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 
 class WorkerRank(TaskRunner):
+    report_at_half = True
+
     def __init__(self, comm: Any) -> None:
         super().__init__()
         self.rank = comm.Get_rank()

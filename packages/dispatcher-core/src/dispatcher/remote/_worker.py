@@ -88,6 +88,11 @@ class InputError(Exception):
 class TaskRunner:
     """Runs the tasks it receives, one at a time, in order; see the module docstring."""
 
+    report_at_half = False
+    """Report the first half of a batch of tiny tasks as soon as it is done, so that the
+    caller sends more while the rest runs (worth it where the way back is slow to turn
+    around, as on MPI; on a pipe, the extra message costs more than it saves)."""
+
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
         """Results held here, by key."""
@@ -194,7 +199,7 @@ class TaskRunner:
                     self.fail(key, exc, 0.0)
                 self.current = None
                 left -= 1
-                if left == half and left >= _EARLY_REPORT:
+                if left == half and left >= _EARLY_REPORT and self.report_at_half:
                     # Half the batch done: report it now, so that the caller sends more
                     # while this thread runs the rest, instead of after it (then idle).
                     self.flush()
