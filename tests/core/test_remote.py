@@ -61,8 +61,9 @@ class Recording(TaskRunner):
         self.sent.append(from_wire(pickle.loads(pickle.dumps(to_wire(message), protocol=5))))
 
 
-def run_tasks(specs: list[TaskSpec]) -> Recording:
+def run_tasks(specs: list[TaskSpec], report_at_half: bool = False) -> Recording:
     runner = Recording()
+    runner.report_at_half = report_at_half
     shipper = FunctionShipper(dumps)
     records = []
     for s in specs:
@@ -122,6 +123,16 @@ def test_completions_are_batched_and_a_timed_task_says_it_started() -> None:
     assert kinds == ["Done", "Done", "Started", "Done"], kinds
     assert len(runner.sent[0].finished) == 64
     assert runner.sent[2] == Started(100)
+
+
+def test_a_runner_that_reports_at_half_reports_half_a_batch_at_once() -> None:
+    specs = [spec(k, abs, -k) for k in range(1, 100)] + [spec(100, abs, -1, timeout=5.0)]
+    runner = run_tasks(specs, report_at_half=True)
+    kinds = [type(m).__name__ for m in runner.sent]
+    assert kinds == ["Done", "Done", "Started", "Done"], kinds
+    assert [len(m.finished) for m in runner.sent if type(m) is Done] == [50, 49, 1]
+    runner = run_tasks([spec(k, abs, -k) for k in range(1, 201)], report_at_half=True)
+    assert [len(m.finished) for m in runner.sent] == [64, 36, 64, 36]
 
 
 def test_a_task_whose_input_is_gone_is_reported_lost() -> None:

@@ -54,6 +54,7 @@ def chunk_limit() -> int:
 TAG = 77
 _SPIN_SECONDS = 0.002  # keep probing this long after the last activity
 _MAX_SLEEP = 0.002  # then sleep between probes, doubling up to this
+_TICK_EVERY = 0.0005  # the owner's tick runs at most this often (seconds)
 
 
 OUT_OF_BAND_BYTES = 64 * 1024
@@ -102,7 +103,7 @@ class Hub:
         self.expecting = 0  # replies other threads wait for: keep spinning meanwhile
         self._pending: list[tuple[Any, Any]] = []  # (request, buffer kept alive)
         self.bytes_received = 0
-        self.tick: Callable[[], None] | None = None  # called every turn of the loop
+        self.tick: Callable[[], None] | None = None  # called at most every _TICK_EVERY s
         self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
         self.thread: threading.Thread | None = None
 
@@ -131,9 +132,15 @@ class Hub:
         status = MPI.Status()
         last_activity = time.monotonic()
         sleep = 0.0
+        next_tick = 0.0
         while self.running or self.outbox:
             if self.tick is not None:
-                self.tick()
+                # Not every turn: while spinning, every bytecode this thread runs is GIL
+                # time the threads doing the work (the scheduler, the tasks) wait for.
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + _TICK_EVERY
+                    self.tick()
             busy = self._send_some()
             while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG, status=status):
                 source = status.Get_source()

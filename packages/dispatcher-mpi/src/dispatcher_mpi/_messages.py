@@ -13,21 +13,22 @@ __all__ = ["Alive", "Busy", "Bye", "Data", "Fetch", "Reset"]
 
 @message("mpi.fetch")
 class Fetch(NamedTuple):
-    """Rank to rank: send me result ``key``."""
+    """Rank to rank: send me the results ``keys`` (all a task needs from you, at once);
+    ``request`` numbers the answer."""
 
-    key: int
+    request: int
+    keys: tuple[int, ...]
 
 
 @message("mpi.data")
 class Data(NamedTuple):
-    """Rank to rank: the answer to :class:`Fetch`. ``found`` True with ``value`` the
-    result's pickle stream followed by its out-of-band buffers; ``found`` False with
-    ``value`` a str: it could not be serialised (why); with ``value`` ``None``: it is not
-    here."""
+    """Rank to rank: the answer to :class:`Fetch` ``request``, one ``(key, found, value)``
+    entry per key asked for: ``found`` True with ``value`` the result's pickle stream
+    followed by its out-of-band buffers; ``found`` False with ``value`` a str: it could
+    not be serialised (why); with ``value`` ``None``: it is not here."""
 
-    key: int
-    found: bool
-    value: Any
+    request: int
+    entries: list[tuple[int, bool, Any]]
 
 
 @message("mpi.reset")

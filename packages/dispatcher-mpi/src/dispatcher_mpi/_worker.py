@@ -35,6 +35,8 @@ _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 
 class WorkerRank(TaskRunner):
+    report_at_half = True
+
     def __init__(self, comm: Any) -> None:
         super().__init__()
         self.rank = comm.Get_rank()
@@ -43,6 +45,8 @@ class WorkerRank(TaskRunner):
         self.reported = time.monotonic()
         """When this rank last sent rank 0 something."""
         self.replies: dict[int, tuple[threading.Event, list[Data]]] = {}
+        """The task thread's fetches waiting for their :class:`Data`, by request."""
+        self._requests = 0
         self.failure: str | None = None
         """Why the task thread ended, if it did: the job ends with it."""
 
@@ -89,26 +93,31 @@ class WorkerRank(TaskRunner):
 
     def remote_inputs(self, deps: tuple[int, ...], sources: tuple[int, ...]) -> dict[int, Any]:
         """Fetched from the ranks that hold them (``sources``, in ``deps`` order; 0 for an
-        input sent with the task), all asked at once."""
-        remote: dict[int, tuple[threading.Event, list[Data]]] = {}
+        input sent with the task): one request to each such rank, all sent at once."""
+        wanted: dict[int, dict[int, None]] = {}  # rank -> keys, in order, once each
         for key, source in zip(deps, sources, strict=True):
-            if source > 0 and source != self.rank and key not in remote:
-                waiter: tuple[threading.Event, list[Data]] = (threading.Event(), [])
-                remote[key] = self.replies[key] = waiter
-                self.hub.expecting += 1
-                self.hub.post(source, Fetch(key))
+            if source > 0 and source != self.rank:
+                wanted.setdefault(source, {})[key] = None
+        waiters: list[tuple[threading.Event, list[Data]]] = []
+        for source, keys in wanted.items():
+            request = self._requests = self._requests + 1
+            waiter: tuple[threading.Event, list[Data]] = (threading.Event(), [])
+            self.replies[request] = waiter
+            waiters.append(waiter)
+            self.hub.expecting += 1
+            self.hub.post(source, Fetch(request, tuple(keys)))
         # Wait for every reply before looking at any, so none is left behind.
         packed: dict[int, list[Any]] = {}
         unsendable: str | None = None
-        for key, (event, reply) in remote.items():
+        for event, reply in waiters:
             event.wait()
             self.hub.expecting -= 1
-            self.replies.pop(key, None)
-            data = reply[0]
-            if data.found:
-                packed[key] = data.value
-            elif data.value is not None:
-                unsendable = data.value
+            self.replies.pop(reply[0].request, None)
+            for key, found, value in reply[0].entries:
+                if found:
+                    packed[key] = value
+                elif value is not None:
+                    unsendable = value
         if unsendable is not None:
             raise InputError(f"cannot pickle '{unsendable}'")
         # Unpickled here, by the task that wants them: one that cannot be fails the task.
@@ -121,9 +130,9 @@ class WorkerRank(TaskRunner):
         if kind is Run:
             self.receive(message)
         elif kind is Fetch:
-            self._serve_fetch(source, message.key)
+            self._serve_fetch(source, message)
         elif kind is Data:
-            waiter = self.replies.get(message.key)
+            waiter = self.replies.get(message.request)
             if waiter is not None:
                 waiter[1].append(message)
                 waiter[0].set()
@@ -145,10 +154,13 @@ class WorkerRank(TaskRunner):
         else:
             self.receive(message)
 
-    def _serve_fetch(self, source: int, key: int) -> None:
+    def _serve_fetch(self, source: int, fetch: Fetch) -> None:
+        self.hub.post(source, Data(fetch.request, [self._pack_held(key) for key in fetch.keys]))
+
+    def _pack_held(self, key: int) -> tuple[int, bool, Any]:
+        """A :class:`Data` entry for result ``key``."""
         if key not in self.store:
-            self.hub.post(source, Data(key, False, None))
-            return
+            return key, False, None
         value = self.store[key]
         try:
             # Pickled apart from the message, so that the fetching rank unpickles it on
@@ -156,7 +168,5 @@ class WorkerRank(TaskRunner):
             # that task, not the rank's hub.
             header, buffers = encode(value)
         except BaseException as exc:  # pickling runs the value's own code
-            culprit = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
-            self.hub.post(source, Data(key, False, culprit))
-            return
-        self.hub.post(source, Data(key, True, [header, *map(pickle.PickleBuffer, buffers)]))
+            return key, False, f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+        return key, True, [header, *map(pickle.PickleBuffer, buffers)]

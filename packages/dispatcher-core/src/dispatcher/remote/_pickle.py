@@ -6,10 +6,11 @@ small results), else by cloudpickle (so lambdas and closures travel too), except
 code of a function shipped by value keeps the name of its file: cloudpickle would call it
 ``<dynamic-code>``, and a worker's traceback could then show neither the user's file nor
 the failing source line. Values that may be large are pickled with :func:`dumps_split`:
-every buffer pickle can pass out of band (NumPy arrays, bytearrays, memoryviews, and
-``bytes`` of at least ``threshold`` bytes) is handed back separately, so a backend can
-move it without a copy into the pickle stream (through shared memory, or as a raw MPI
-message).
+every buffer pickle can pass out of band (NumPy arrays, ``PickleBuffer``), and every
+``bytes`` and ``bytearray`` of at least ``threshold`` bytes, is handed back separately, so
+a backend can move it without a copy into the pickle stream (through shared memory, or as
+a raw MPI message). The stream is an ordinary protocol-5 pickle: ``pickle.loads(stream,
+buffers=...)`` reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import marshal
 import pickle
+import sys
 import threading
 import types
 from collections import ChainMap
@@ -29,8 +31,9 @@ from .._template import Ref, _ref
 __all__ = ["OUT_OF_BAND_BYTES", "dumps", "dumps_split", "loads", "pickle_by_reference"]
 
 OUT_OF_BAND_BYTES = 256 * 1024
-"""The default ``threshold`` of :func:`dumps_split`: ``bytes`` at least this long are
-passed out of band; shorter ones are cheaper to copy into the pickle stream."""
+"""The default ``threshold`` of :func:`dumps_split`: ``bytes`` and ``bytearray`` values at
+least this long are passed out of band; shorter ones are cheaper to copy into the pickle
+stream."""
 
 loads = pickle.loads
 
@@ -143,36 +146,138 @@ def dumps(obj: Any) -> bytes:
 
 
 class _SplitPickler(_Pickler):
-    """cloudpickle, plus ``bytes`` of at least ``threshold`` passed out of band."""
-
-    threshold = OUT_OF_BAND_BYTES
+    """cloudpickle, naming :data:`_BY_REFERENCE` classes by reference."""
 
     def reducer_override(self, obj: Any) -> Any:
-        cls = type(obj)
-        if cls is bytes:
-            if len(obj) >= self.threshold:
-                return bytes, (pickle.PickleBuffer(obj),)
-            return NotImplemented
-        if cls is type and obj in _BY_REFERENCE:
+        if type(obj) is type and obj in _BY_REFERENCE:
             return NotImplemented
         return super().reducer_override(obj)
 
 
-_picklers: dict[int, type[_SplitPickler]] = {}
+class _FindingPickler(_SplitPickler):
+    """:class:`_SplitPickler`, collecting every ``bytes`` and ``bytearray`` of at least
+    ``threshold`` bytes it meets. The C pickler writes those two types itself, in band,
+    without asking ``reducer_override``; ``persistent_id`` is the one hook it calls for
+    every object (a Python call each: the plain pickler, for builtin data, goes without)."""
+
+    threshold = OUT_OF_BAND_BYTES
+    found: dict[int, bytes | bytearray] | None = None  # made at the first find
+
+    def persistent_id(self, obj: Any) -> None:
+        cls = type(obj)
+        if (cls is bytes or cls is bytearray) and len(obj) >= self.threshold:
+            if self.found is None:
+                self.found = {}
+            self.found[id(obj)] = obj
+
+    def held(self) -> list[bytes | bytearray]:
+        """The buffers found that the pickled object holds: not those a reducer made
+        while pickling (NumPy makes its data ``bytes`` for an array it cannot pass out of
+        band), which another pickling would make anew, so they stay in band."""
+        if self.found is None:
+            return []
+        self.clear_memo()
+        found = list(self.found.values())
+        self.found = None
+        return [b for b, refs in zip(found, _references(found), strict=True) if refs > _ALONE]
+
+
+def _references(objects: list[Any]) -> list[int]:
+    return [sys.getrefcount(o) for o in objects]
+
+
+# What _references says of an object nothing else holds, measured through the same code
+# (the count includes references this interpreter makes to call getrefcount).
+_ALONE = _references([bytearray(1)])[0]
+
+
+class _Discard:
+    """A file that keeps nothing: the finder's pickle is not wanted, only what it saw."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _discard(buffer: pickle.PickleBuffer) -> None:
+    pass
+
+
+# How a buffer found by _FindingPickler is rebuilt from an out-of-band buffer: the opcodes
+# of ``bytes(buffer)`` (``bytearray(buffer)``), then MEMOIZE and POP. See _dumps_big.
+_REBUILD = {
+    bytes: b"\x8c\x08builtins\x8c\x05bytes\x93\x97\x98\x85R\x940",
+    bytearray: b"\x8c\x08builtins\x8c\x09bytearray\x93\x97\x85R\x940",
+}
+
+
+def _dumps_big(obj: Any, big: list[bytes | bytearray]) -> tuple[bytes, list[memoryview]]:
+    """``obj``'s pickle with the buffers ``big`` out of band, readable by ``pickle.loads``.
+
+    The stream starts by rebuilding each of ``big`` from its out-of-band buffer into the
+    unpickler's memo (entries 0, 1, ...); the pickler starts with a memo that already
+    holds them under those numbers, so wherever ``obj`` refers to one, the stream just
+    says "memo entry i", as for any object met twice."""
+    stream = io.BytesIO()
+    stream.write(b"\x80\x05")  # PROTO 5
+    for buffer in big:
+        stream.write(_REBUILD[type(buffer)])
+    raw: list[pickle.PickleBuffer] = []
+    pickler = _SplitPickler(stream, protocol=5, buffer_callback=raw.append)
+    pickler.memo = {id(buffer): (i, buffer) for i, buffer in enumerate(big)}
+    pickler.dump(obj)
+    return stream.getvalue(), [memoryview(b) for b in big] + [b.raw() for b in raw]
+
+
+_AFTER_BUFFER = (0x94, 0x95)  # MEMOIZE, or the FRAME holding it after an unframed buffer
+
+
+def _may_hold_big(data: bytes, threshold: int) -> bool:
+    """Whether the pickle ``data`` may hold a ``bytes`` or ``bytearray`` of at least
+    ``threshold`` bytes in band: a ``BINBYTES`` or ``BYTEARRAY8`` opcode byte with such a
+    length after it, followed that far on by the ``MEMOIZE`` the pickler writes after
+    each. A superset (the finder decides), searched byte by byte at C speed, so that a
+    long pickle of many small objects (a list of a million numbers) is mostly spared the
+    finder's call per object."""
+    size = len(data)
+    if size >= 1 << 32:  # BINBYTES8 too, and no search is worth it beside that pickle
+        return True
+    for opcode, head in ((b"B", 5), (b"\x96", 9)):  # the opcode and its length's 4 or 8 bytes
+        at = data.find(opcode)
+        while at >= 0:
+            length = int.from_bytes(data[at + 1 : at + head], "little")
+            end = at + head + length
+            if length >= threshold and end < size and data[end] in _AFTER_BUFFER:
+                return True
+            at = data.find(opcode, at + 1)
+    return False
 
 
 def dumps_split(obj: Any, threshold: int = OUT_OF_BAND_BYTES) -> tuple[bytes, list[memoryview]]:
     """``obj`` as its pickle stream and the raw views of its out-of-band buffers, in the
-    order ``pickle.loads(stream, buffers=...)`` wants them back."""
+    order ``pickle.loads(stream, buffers=...)`` wants them back: those pickle passes out
+    of band itself (NumPy arrays, ``PickleBuffer``), and every ``bytes`` and
+    ``bytearray`` of at least ``threshold`` bytes.
+
+    A pickle shorter than ``threshold`` cannot hold such a buffer in band, so small builtin
+    values cost what the plain pickle costs; a longer one is searched for them. Where a
+    value holds such a buffer, it is pickled a second time, its pickle starting with the
+    buffers (see :func:`_dumps_big`)."""
     plain = _plain.dumps(obj)
     if plain is not None:
-        return plain[0], [b.raw() for b in plain[1]]
-    pickler = _picklers.get(threshold)
-    if pickler is None:
-        pickler = _picklers[threshold] = type(
-            "_SplitPickler", (_SplitPickler,), {"threshold": threshold}
-        )
-    raw: list[pickle.PickleBuffer] = []
-    stream = io.BytesIO()
-    pickler(stream, protocol=5, buffer_callback=raw.append).dump(obj)
-    return stream.getvalue(), [b.raw() for b in raw]
+        data, raw = plain
+        if len(data) < threshold or not _may_hold_big(data, threshold):
+            return data, [b.raw() for b in raw] if raw else []
+        finder = _FindingPickler(_Discard(), protocol=5, buffer_callback=_discard)
+        finder.threshold = threshold
+        finder.dump(obj)  # builtin data: no reducer of the user's runs twice
+    else:
+        raw = []
+        stream = io.BytesIO()
+        finder = _FindingPickler(stream, protocol=5, buffer_callback=raw.append)
+        finder.threshold = threshold
+        finder.dump(obj)
+        data = stream.getvalue()
+    big = finder.held()
+    if big:
+        return _dumps_big(obj, big)
+    return data, [b.raw() for b in raw]

@@ -55,6 +55,7 @@ BATCH_SIZE = 64
 REPORT_NOW = 1e-3
 """Seconds: a task that ran this long is reported at once, with what finished before it,
 so the next task arrives before this worker's queue runs dry."""
+_EARLY_REPORT = 4  # a batch of twice this many tasks or more is reported at its half too
 
 _STOP = object()
 _KEY = Task._fields.index("key")
@@ -86,6 +87,11 @@ class InputError(Exception):
 
 class TaskRunner:
     """Runs the tasks it receives, one at a time, in order; see the module docstring."""
+
+    report_at_half = False
+    """Report the first half of a batch of tiny tasks as soon as it is done, so that the
+    caller sends more while the rest runs (worth it where the way back is slow to turn
+    around, as on MPI; on a pipe, the extra message costs more than it saves)."""
 
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
@@ -180,6 +186,7 @@ class TaskRunner:
             if item is _STOP:
                 break
             records, functions, dropped = item
+            left, half = len(records), len(records) // 2
             for record, func in zip(records, functions):
                 if self.dropped != dropped:
                     break
@@ -191,6 +198,11 @@ class TaskRunner:
                 except BaseException as exc:  # a fault of this loop, not of the task
                     self.fail(key, exc, 0.0)
                 self.current = None
+                left -= 1
+                if left == half and left >= _EARLY_REPORT and self.report_at_half:
+                    # Half the batch done: report it now, so that the caller sends more
+                    # while this thread runs the rest, instead of after it (then idle).
+                    self.flush()
             if self.finished and queue.empty():
                 self.flush()
         self.flush()

@@ -1,0 +1,107 @@
+"""The kit's out-of-band pickler: large ``bytes`` and ``bytearray`` values leave the pickle
+stream wherever they sit, and the stream stays one ``pickle.loads`` reads."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from dispatcher.remote import OUT_OF_BAND_BYTES, dumps_split
+
+pytestmark = pytest.mark.timeout(60)
+
+BIG = bytes(range(256)) * (4 * 4096)  # 4 MiB
+
+
+@dataclass
+class Holder:
+    """Not builtin data: pickled by cloudpickle, not the plain pickler."""
+
+    payload: Any
+
+
+def round_trip(value: Any, threshold: int = OUT_OF_BAND_BYTES) -> tuple[Any, bytes, list[int]]:
+    stream, views = dumps_split(value, threshold)
+    return pickle.loads(stream, buffers=views), stream, [v.nbytes for v in views]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [BIG, (1, BIG), [BIG], {"k": BIG}, Holder(BIG), bytearray(BIG)],
+    ids=["bytes", "in a tuple", "in a list", "in a dict", "in an instance", "bytearray"],
+)
+def test_a_large_buffer_leaves_the_stream_wherever_it_sits(value: Any) -> None:
+    back, stream, sizes = round_trip(value)
+    assert sizes == [len(BIG)]
+    assert len(stream) < 1024
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_one_buffer_met_twice_travels_once_and_comes_back_shared() -> None:
+    other = bytearray(b"y" * (OUT_OF_BAND_BYTES + 1))
+    back, stream, sizes = round_trip([BIG, (BIG, other), {"again": BIG}])
+    assert sorted(sizes) == sorted([len(BIG), len(other)])
+    assert back[0] is back[1][0] is back[2]["again"]
+    assert back[0] == BIG
+    assert back[1][1] == other
+    assert type(back[1][1]) is bytearray
+
+
+def test_the_threshold_decides_and_short_buffers_stay_in_the_stream() -> None:
+    short = b"z" * 1000
+    assert round_trip((short, BIG), threshold=len(BIG) + 1)[2] == []
+    back, _, sizes = round_trip((short, BIG), threshold=len(BIG))
+    assert sizes == [len(BIG)]
+    assert back == (short, BIG)
+    assert round_trip(short)[2] == []
+
+
+def test_a_long_pickle_of_small_objects_stays_whole() -> None:
+    numbers = [float(i) * 1.5 for i in range(200_000)]
+    back, stream, sizes = round_trip(numbers, threshold=64 * 1024)
+    assert sizes == []
+    assert len(stream) > 64 * 1024
+    assert back == numbers
+
+
+def test_buffers_pickle_passes_out_of_band_keep_their_place_after_the_large_bytes() -> None:
+    array = bytearray(b"a" * 10)
+    value = (pickle.PickleBuffer(array), BIG)
+    stream, views = dumps_split(value)
+    assert [v.nbytes for v in views] == [len(BIG), len(array)]
+    back = pickle.loads(stream, buffers=views)
+    assert bytes(back[0]) == bytes(array)
+    assert back[1] == BIG
+
+
+class MadeOnPickling:
+    """Its reducer makes a large ``bytes`` anew each time, and counts its calls."""
+
+    reduced = 0
+
+    def __reduce__(self) -> Any:
+        MadeOnPickling.reduced += 1
+        return _rebuild, (b"m" * (2 * OUT_OF_BAND_BYTES),)
+
+
+def _rebuild(data: bytes) -> MadeOnPickling:
+    assert data == b"m" * (2 * OUT_OF_BAND_BYTES)
+    return MadeOnPickling()
+
+
+def test_bytes_a_reducer_makes_stay_in_band_and_it_runs_once() -> None:
+    MadeOnPickling.reduced = 0
+    back, stream, sizes = round_trip([MadeOnPickling(), BIG])
+    assert MadeOnPickling.reduced == 2  # the pickle that found BIG, and the one that sent it
+    assert sizes == [len(BIG)]
+    assert isinstance(back[0], MadeOnPickling)
+    assert back[1] == BIG
+    MadeOnPickling.reduced = 0
+    back, stream, sizes = round_trip(MadeOnPickling())
+    assert MadeOnPickling.reduced == 1
+    assert sizes == []
+    assert isinstance(back, MadeOnPickling)
