@@ -114,6 +114,27 @@ def test_worker_killed_from_outside_charges_the_task_it_ran_not_one_it_finished(
     assert "victim" in str(results[1].error)
 
 
+def test_a_worker_whose_death_is_not_reported_is_lost_at_the_end_of_its_pipe() -> None:
+    # With the forkserver frozen, a worker's exit never reaches the caller (its exit
+    # status travels through the forkserver): the end of its pipe has to say it.
+    import psutil
+
+    with get_executor("mp", workers=2, start_method="forkserver") as ex:
+        pids = set(ex.run([Op(mp_tasks.pid, i) for i in range(8)]))
+        forkserver = [
+            p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())
+        ]
+        assert len(forkserver) == 1, forkserver
+        forkserver[0].suspend()
+        try:
+            os.kill(min(pids), signal.SIGKILL)
+            # The survivor runs them all (the replacement cannot start meanwhile).
+            values = ex.run([op(mp_tasks.sleep_then, label=f"t{i}")(0.05, i) for i in range(4)])
+            assert values == [0, 1, 2, 3]
+        finally:
+            forkserver[0].resume()
+
+
 def test_timeout_kills_and_replaces_the_worker() -> None:
     with get_executor("mp", workers=1) as ex:
         first = ex.run(Op(mp_tasks.pid))

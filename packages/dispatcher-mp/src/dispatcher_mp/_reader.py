@@ -110,13 +110,15 @@ class Reader:
                     worker, frames = what[1], what[2]
                     if what[0] == "exit":
                         exited.append((worker, frames))
-                    elif worker.alive:
-                        self._receive(worker, frames)
+                    elif worker.alive and not self._receive(worker, frames):
+                        # The end of its pipe: it is gone, whether or not its exit was
+                        # seen (a frozen forkserver never reports it).
+                        exited.append((worker, frames))
                 for worker, frames in exited:
                     if worker.alive:
                         while self._receive(worker, frames, check=True):
                             pass  # what it wrote before it died
-                        transport.lost(worker, exit_reason(worker.process.exitcode))
+                        transport.lost(worker, _ending(worker))
                 transport.enforce_deadlines()
         finally:
             selector.close()
@@ -183,3 +185,13 @@ class Reader:
             self.transport.confirmed(worker, message.keys)  # type: ignore[attr-defined]
         elif type(message) in (Output, Log):
             write_output(message)  # type: ignore[arg-type]
+
+
+def _ending(worker: WorkerProcess) -> str:
+    """How ``worker`` ended, as far as can be told now."""
+    process = worker.process
+    if process.exitcode is None:
+        process.join(0.1)  # its pipe ended as it exited: its status is usually there
+    if process.exitcode is None:
+        return "its pipe to the caller closed, and its exit was not reported"
+    return exit_reason(process.exitcode)

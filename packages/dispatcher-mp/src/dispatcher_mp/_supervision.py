@@ -268,11 +268,19 @@ class WorkerSupervision:
         )
 
     def _replace(self, name: str, announce: bool) -> None:
+        if self.closing:
+            return
+        # Not under the lock: starting a process can block (on a frozen forkserver, for
+        # good), and the reader takes the lock to serve the other workers meanwhile.
+        replacement = self.spawn(name)
         with self.lock:
-            if self.closing:
-                return
-            replacement = self.spawn(name)
-            self.starting[name] = replacement  # for close() to stop if it comes first
+            closing = self.closing
+            if not closing:
+                self.starting[name] = replacement  # for close() to stop if it comes first
+        if closing:
+            kill(replacement.process)
+            replacement.close()
+            return
         try:
             replacement.await_ready(self.start_method, self.setup is not None)
         except BaseException:
