@@ -165,9 +165,10 @@ class TaskTable:
 
     def ready_ahead(self, p: int, most_waiting: int = 8) -> None:
         """``p`` was just sent: put on the ready stack the dependents whose inputs are all
-        made or being made now, for a transport that accepts pending inputs. Only those
-        waiting for few inputs are looked at, so a wide reduction is not scanned once per
-        input sent. They stay counted as waiting for their inputs until they settle."""
+        made or being made now, to be sent ahead of them (placement says where they may
+        go: ``Placement.place_ahead``). Only those waiting for few inputs are looked at,
+        so a wide reduction is not scanned once per input sent. They stay counted as
+        waiting for their inputs until they settle."""
         state, waiting, deps = self.state, self.waiting, self.deps
         for j in self.dependents[p]:
             if (

@@ -232,26 +232,36 @@ class Capabilities:
     runs_tasks_in_order: bool = False
     """Each worker runs one task at a time, in the order it was sent them, and queues the
     rest (its slots are that queue's length). The scheduler then keeps fewer tasks queued
-    while tasks are long, and may send a task to the worker that is still computing its
-    last missing input, to run right after it without a round trip: such an input's
+    while tasks are long, and may send a task to the worker that is still computing all
+    of its missing inputs, to run right after them without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``. When
     such a worker is lost, only the first of its tasks, in the order sent, had started and
     counts as an attempt: the others are run again uncharged."""
-    waits_for_inputs: bool = False
-    """A worker takes a task whose inputs it is still computing, and runs it once they are
-    all there (a thread that finishes a task goes on with the one it enabled). The
-    scheduler then sends chains ahead, as for ``runs_tasks_in_order``, without shortening
-    the workers' queues; a task whose input fails waits for the retry, or is cancelled."""
     accepts_pending_inputs: bool = False
-    """A task may be submitted while some of its inputs are still being computed, on
-    any worker: the transport (or the cluster under it) holds the task until they are
-    made, and moves them from their :attr:`TaskSpec.sources`, the workers computing
-    them. The scheduler then sends a task as soon as its last input is sent rather than
-    when that input is reported, so a chain runs without a round trip to the caller per
-    link. If such an input is never made (its task failed, or was cancelled or lost),
-    the transport reports ``task_inputs_lost`` for the waiting task, naming the inputs
-    it did not get; the scheduler cancels what it sent ahead of a failure itself."""
+    """A task may be submitted before its inputs exist: while some of them are still being
+    computed, on its own worker or any other. The contract:
+
+    * *Placement.* The scheduler sends a task as soon as each of its inputs is made or
+      being made, rather than when the last one is reported, and places it on any worker
+      (by the usual cost of moving its inputs); an input still being computed has as its
+      :attr:`TaskSpec.sources` entry the worker computing it. So a chain, or a reduction,
+      runs without a round trip to the caller per step.
+    * *Waiting.* The transport (or the cluster under it) holds such a task until every
+      input is made, moves the inputs from their sources, then runs it; its timeout
+      counts from that start.
+    * *task_started* fires at the real start, never before the task's inputs exist: for a
+      task sent ahead, when the last of its inputs is reported finished (the moment such
+      a transport starts it), or at the task's own report if that arrives first. The
+      transport reports nothing more than for any task.
+    * *An input never made* (its task failed, or was cancelled or lost): the transport
+      reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get,
+      and does not run it. The scheduler puts it back to wait for them (for a retry, or a
+      recomputation); that is not an attempt.
+    * *Failures.* When an input fails for good, the scheduler cancels
+      (:meth:`Transport.cancel`) every task it sent ahead downstream of it, and skips
+      them: they never started, and no ``task_started`` fires for them. A fail-fast run
+      cancels everything in flight."""
 
 
 class Transport(abc.ABC):
