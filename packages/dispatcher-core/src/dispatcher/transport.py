@@ -239,29 +239,25 @@ class Capabilities:
     such a worker is lost, only the first of its tasks, in the order sent, had started and
     counts as an attempt: the others are run again uncharged."""
     accepts_pending_inputs: bool = False
-    """A task may be submitted before its inputs exist: while some of them are still being
-    computed, on its own worker or any other. The contract:
-
-    * *Placement.* The scheduler sends a task as soon as each of its inputs is made or
-      being made, rather than when the last one is reported, and places it on any worker
-      (by the usual cost of moving its inputs); an input still being computed has as its
-      :attr:`TaskSpec.sources` entry the worker computing it. So a chain, or a reduction,
-      runs without a round trip to the caller per step.
-    * *Waiting.* The transport (or the cluster under it) holds such a task until every
-      input is made, moves the inputs from their sources, then runs it; its timeout
-      counts from that start.
-    * *task_started* fires at the real start, never before the task's inputs exist: for a
-      task sent ahead, when the last of its inputs is reported finished (the moment such
-      a transport starts it), or at the task's own report if that arrives first. The
-      transport reports nothing more than for any task.
-    * *An input never made* (its task failed, or was cancelled or lost): the transport
-      reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get,
-      and does not run it. The scheduler puts it back to wait for them (for a retry, or a
-      recomputation); that is not an attempt.
-    * *Failures.* When an input fails for good, the scheduler cancels
-      (:meth:`Transport.cancel`) every task it sent ahead downstream of it, and skips
-      them: they never started, and no ``task_started`` fires for them. A fail-fast run
-      cancels everything in flight."""
+    """A task may be submitted before its inputs exist, while some of them are still being
+    computed, on its own worker or any other. Where it goes: the scheduler sends a task as
+    soon as each of its inputs is made or being made, rather than when the last one is
+    reported, and places it on any worker, by the usual cost of moving its inputs (an
+    input still being computed has as its :attr:`TaskSpec.sources` entry the worker
+    computing it); so a chain, or a small reduction, runs without a round trip to the
+    caller per step. What the transport does: it (or the cluster under it) holds such a
+    task until every input is made, moves them from their sources, then runs it (its
+    timeout counts from that start). When ``task_started`` fires: at the real start, never
+    before the task's inputs exist; for a task sent ahead, when the last of its inputs is
+    reported finished (the moment such a transport starts it), or at the task's own
+    report if that arrives first; the transport reports nothing more than for any task.
+    An input never made (its task failed, or was cancelled or lost): the transport
+    reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get,
+    and does not run it; the scheduler puts it back to wait for them (for a retry, or a
+    recomputation), which is not an attempt. An input that fails for good: the scheduler
+    cancels (:meth:`Transport.cancel`) every task it sent ahead downstream of it and
+    skips them; they never started, and no ``task_started`` fires for them. A fail-fast
+    run cancels everything in flight."""
 
 
 class Transport(abc.ABC):
