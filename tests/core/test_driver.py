@@ -49,9 +49,9 @@ def test_reports_go_to_the_run_their_key_belongs_to() -> None:
     router.task_finished(second.base + 7, "fake-0", 0.5, None, "value")
     assert list(second.queue.events) == [(EV_FINISHED, 7, "fake-0", 0.5, None, "value")]
     assert not first.queue.events
-    router.worker_lost("fake-0", "gone")
-    for run in (first, second):
-        assert run.queue.events[-1] == (EV_WORKER_LOST, "fake-0", "gone")
+    router.worker_lost("fake-0", "gone", running=[second.base + 3])
+    for run in (first, second):  # every run hears of it; each finds its own tasks
+        assert run.queue.events[-1] == (EV_WORKER_LOST, "fake-0", "gone", [second.base + 3])
     assert "fake-0" not in router.workers
 
 

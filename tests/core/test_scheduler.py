@@ -101,8 +101,10 @@ def test_lost_worker_results_are_recomputed_from_lineage() -> None:
 class LosesItsFirstBatch(FakeTransport):
     """Its one worker takes the first batch of tasks, queues them, and dies at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, running: int | None = None) -> None:
         super().__init__(workers=1, slots=4)
+        self.running = running
+        """Which task of the batch the transport says was running (``None``: unknown)."""
         self.lost_batch: list[str] = []
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
@@ -111,17 +113,19 @@ class LosesItsFirstBatch(FakeTransport):
             return
         self.lost_batch = [spec.label for spec in tasks]
         assert self._events is not None
-        self._events.worker_lost("fake-0", "killed from outside")
+        running = None if self.running is None else [tasks[self.running].key]
+        self._events.worker_lost("fake-0", "killed from outside", running)
         self._events.worker_added("fake-0", self.slots)
 
 
-def test_a_loss_charges_only_the_task_an_in_order_worker_had_started() -> None:
-    transport = LosesItsFirstBatch()
+@pytest.mark.parametrize("running", [None, 1], ids=["in order", "named by the transport"])
+def test_a_loss_charges_only_the_task_that_was_running(running: int | None) -> None:
+    transport = LosesItsFirstBatch(running)
     nodes = [op(tasks.inc, label=f"t{i}")(i) for i in range(3)]
     with fake_executor(transport, retries=0) as ex:
         results = ex.run(nodes, throw=False)
     assert len(transport.lost_batch) >= 2  # queued together on the worker that died
-    started = transport.lost_batch[0]
+    started = transport.lost_batch[running or 0]
     for node, result in zip(nodes, results, strict=True):
         if node.label == started:
             assert isinstance(result.error, WorkerLostError)

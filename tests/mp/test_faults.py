@@ -96,6 +96,24 @@ def test_worker_killed_from_outside_fails_only_the_task_it_ran(tmp_path: Path) -
     assert [r.value for r in results[1:]] == [0, 1, 2], [r.error for r in results[1:]]
 
 
+def test_worker_killed_from_outside_charges_the_task_it_ran_not_one_it_finished(
+    tmp_path: Path,
+) -> None:
+    # `first` finishes on the worker; its completion waits to be sent with the victim's,
+    # sent ahead behind it. Killed during the victim, the worker had started the victim.
+    marker = tmp_path / "pid"
+    first = op(mp_tasks.sleep_then, label="first")(0, 30)
+    victim = op(mp_tasks.report_pid_then_sleep, label="victim")(str(marker), first)
+    with get_executor("mp", workers=1, retries=0) as ex:
+        killer, killed = kill_once_started(marker)
+        results = ex.run([first, victim], throw=False)
+        killer.join()
+    assert killed, "the victim never started"
+    assert results[0].value == 30, results[0].error
+    assert isinstance(results[1].error, WorkerLostError)
+    assert "victim" in str(results[1].error)
+
+
 def test_timeout_kills_and_replaces_the_worker() -> None:
     with get_executor("mp", workers=1) as ex:
         first = ex.run(Op(mp_tasks.pid))

@@ -190,10 +190,10 @@ class Router:
         for queue in list(self.runs.values()):
             queue.post((EV_WORKER_ADDED, worker, slots))
 
-    def worker_lost(self, worker: str, reason: str) -> None:
+    def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         self.workers.pop(worker, None)
         for queue in list(self.runs.values()):
-            queue.post((EV_WORKER_LOST, worker, reason))
+            queue.post((EV_WORKER_LOST, worker, reason, running))
 
 
 def step(run: Run) -> bool:

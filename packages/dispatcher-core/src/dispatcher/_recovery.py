@@ -3,13 +3,15 @@
 The only home of the retry budget (``retries``, shared by ``retry_on`` failures and worker
 losses): a failed attempt is retried or fails, and a failure skips everything downstream;
 a worker lost takes its running tasks (an attempt each; tasks queued behind them are not
-charged) and the results it held, which are recomputed from their lineage when still needed; a task whose inputs are gone is put back (that is not
-an attempt). No I/O: tasks to cancel are left in :attr:`Recovery.to_cancel`, and the
-error that ends a fail-fast run in :attr:`Recovery.fatal`, for the run to act on.
+charged) and the results it held, which are recomputed from their lineage when still
+needed; a task whose inputs are gone is put back (that is not an attempt). No I/O: tasks
+to cancel are left in :attr:`Recovery.to_cancel`, and the error that ends a fail-fast run
+in :attr:`Recovery.fatal`, for the run to act on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import (
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from ._hooks import Observers
     from ._placement import Placement
     from ._tasks import TaskTable
-    from .transport import TaskSpec
+    from .transport import Key, TaskSpec
 
 __all__ = ["Recovery"]
 
@@ -149,22 +151,28 @@ class Recovery:
         self._recompute(lost, spec.worker, "inputs missing")
         table.requeue(p)
 
-    def worker_lost(self, worker: str, reason: str) -> None:
+    def worker_lost(
+        self, worker: str, reason: str, running_keys: Sequence[Key] | None = None
+    ) -> None:
         """``worker`` is gone (already removed from placement): recompute the results that
-        lived only there and are still needed; retry what it ran while attempts allow."""
+        lived only there and are still needed; retry what it ran while attempts allow.
+        ``running_keys``: the tasks it had started, as the transport knows them (``None``:
+        unknown); only they are charged, so a worker killed from outside does not fail the
+        innocent tasks queued on it."""
         table = self.table
         # Losses are rare: find what it ran and held by looking, rather than keeping
         # per-worker books on every task. In flight in the order sent.
-        running = [p for p, spec in table.inflight.items() if spec.worker == worker]
-        if self.placement.in_order and len(running) > 1:
-            # A worker that runs its tasks one at a time, in the order sent, had started
-            # only the first: what queued behind it never ran, and is not charged for the
-            # loss (so a worker killed from outside does not fail innocent tasks). Each
-            # loss still charges one task, so a task that kills its worker runs out of
-            # attempts.
-            running, queued = running[:1], running[1:]
+        out = [p for p, spec in table.inflight.items() if spec.worker == worker]
+        if running_keys is not None:
+            started = {key - table.base for key in running_keys}
+            running = [p for p in out if p in started]
+            queued = [p for p in out if p not in started]
+        elif self.placement.in_order:
+            # One task at a time, in the order sent: only the first had started. Each
+            # loss still charges a task, so one that kills its worker runs out of attempts.
+            running, queued = out[:1], out[1:]
         else:
-            queued = []
+            running, queued = out, []
         held = [p for p, where in enumerate(table.holders) if where and worker in where]
         table.frees.pop(worker, None)
         lost: list[int] = []

@@ -35,7 +35,7 @@ from ._placement import Placement
 from ._recovery import Recovery
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
-from .transport import TaskSpec, Transport
+from .transport import Key, TaskSpec, Transport
 
 if TYPE_CHECKING:
     from ._cache_plan import CachePlan
@@ -382,10 +382,10 @@ class Run:
     def _on_worker_added(self, worker: str, capacity: int) -> None:
         self.placement.add_worker(worker, capacity)
 
-    def _on_worker_lost(self, worker: str, reason: str) -> None:
+    def _on_worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None) -> None:
         if worker in self.placement.room:
             self.placement.remove_worker(worker)
-            self.recovery.worker_lost(worker, reason)
+            self.recovery.worker_lost(worker, reason, running)
 
     _handlers: ClassVar[dict[int, Callable[..., None]]] = {
         EV_FINISHED: _on_finished,

@@ -215,8 +215,15 @@ class EventSink(Protocol):
         elsewhere may read, but takes no task until it is reported again (it is still
         running work that was abandoned, which cannot be stopped)."""
 
-    def worker_lost(self, worker: str, reason: str) -> None:
-        """The worker is gone with every result it held and every task it was running."""
+    def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
+        """The worker is gone with every result it held and every task it was running.
+
+        ``running``: the tasks it had started and not finished, where the transport knows
+        (say, from a slot the worker writes as each task starts). Only they count as
+        attempts; the other tasks out on it never started, or finished with results
+        that are lost with it, and are run again uncharged. ``None``: not known; then
+        every task out on it counts, except on workers that run tasks in order, where
+        only the first sent does."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +243,9 @@ class Capabilities:
     of its missing inputs, to run right after them without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``. When
-    such a worker is lost, only the first of its tasks, in the order sent, had started and
-    counts as an attempt: the others are run again uncharged."""
+    such a worker is lost and the transport does not say what it was running (see
+    :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
+    as an attempt: the others are run again uncharged."""
     accepts_pending_inputs: bool = False
     """A task may be submitted before its inputs exist, while some of them are still being
     computed, on its own worker or any other. Where it goes: the scheduler sends a task as

@@ -53,6 +53,14 @@ class WorkerProcess:
     must have confirmed it is not running them; past it, the worker is stopped."""
     alive: bool = True
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    running: Any = None
+    """A shared slot where the worker writes the key of the task it runs (``-1``
+    between tasks): after its death, it names the one task that was running."""
+
+    def running_key(self) -> int | None:
+        """The task this worker was running when it died; ``None`` if none was."""
+        key = self.running.value if self.running is not None else -1
+        return None if key < 0 else int(key)
 
     def send(self, message: Any) -> None:
         data = pickle.dumps(to_wire(message), protocol=5)
@@ -183,15 +191,17 @@ def spawn(
     """Start a worker process (without waiting for it to be ready)."""
     parent, child = context.Pipe(duplex=True)
     level = logging.getLogger().getEffectiveLevel()
+    # (Its memory is a file unlinked as soon as it is made: nothing to clean up.)
+    running = context.RawValue("q", -1)
     process = context.Process(
         target=_worker.main,
-        args=(child, name, prefix, shared_memory, setup, level),
+        args=(child, name, prefix, shared_memory, setup, level, running),
         name=f"dispatcher-{name}",
         daemon=True,
     )
     process.start()
     child.close()
-    return WorkerProcess(name, prefix, process, parent)
+    return WorkerProcess(name, prefix, process, parent, running=running)
 
 
 def kill(process: Any) -> None:

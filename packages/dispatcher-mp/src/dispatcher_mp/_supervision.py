@@ -204,9 +204,11 @@ class WorkerSupervision:
                 return
             self.inflight.drop_worker(worker.name)
             stranded = self._forget(worker)
+        running = worker.running_key()
         worker.close()
         log.warning("worker %s was lost: %s", worker.name, reason)
-        self.events.worker_lost(worker.name, reason)
+        # Not knowing what ran (it died between tasks), the scheduler charges in order.
+        self.events.worker_lost(worker.name, reason, None if running is None else [running])
         with self.lock:
             for key in stranded:
                 self.fetch_failed(key, missing=True)

@@ -131,8 +131,10 @@ class _ForwardLogs(logging.Handler):
 class Worker(TaskRunner):
     """A worker process's tasks, results and pipe."""
 
-    def __init__(self, conn: Connection, prefix: str, shm: bool) -> None:
+    def __init__(self, conn: Connection, prefix: str, shm: bool, running: Any = None) -> None:
         super().__init__()
+        self.running = running
+        """The caller's slot for the key of the task being run (see ``execute``)."""
         self.channel = _Channel(conn)
         self.conn = conn
         self.shm = SharedMemory(prefix, enabled=shm)
@@ -157,9 +159,15 @@ class Worker(TaskRunner):
         return True
 
     def execute(self, record: tuple[Any, ...], func: Any) -> None:
+        running = self.running
+        if running is not None:
+            # Should this process die now, the caller charges this task, and no other.
+            running.value = -1 if self.current is None else self.current
         try:
             super().execute(record, func)
         finally:
+            if running is not None:
+                running.value = -1
             with self.ack_lock:
                 key, self.current = self.current, None
                 ended = key is not None and key == self.abandoning
@@ -231,7 +239,13 @@ class Worker(TaskRunner):
 
 
 def main(
-    conn: Connection, name: str, prefix: str, shm: bool, setup: bytes | None, log_level: int
+    conn: Connection,
+    name: str,
+    prefix: str,
+    shm: bool,
+    setup: bytes | None,
+    log_level: int,
+    running: Any = None,
 ) -> None:
     """Entry point of a worker process."""
     # The terminal sends Ctrl-C to the whole process group: the caller handles it and
@@ -240,7 +254,7 @@ def main(
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal()
-    worker = Worker(conn, prefix, shm)
+    worker = Worker(conn, prefix, shm, running)
     sys.stdout = _Forward(worker.channel, "stdout")  # type: ignore[assignment]
     sys.stderr = _Forward(worker.channel, "stderr")  # type: ignore[assignment]
     root = logging.getLogger()

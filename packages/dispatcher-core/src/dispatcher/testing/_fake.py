@@ -71,7 +71,7 @@ class FakeTransport(Transport):
         if self._kill.get(spec.label, 0) > 0:
             self._kill[spec.label] -= 1
             store.clear()
-            events.worker_lost(worker, "killed by the test")
+            events.worker_lost(worker, "killed by the test", running=[spec.key])
             events.worker_added(worker, self.slots)
             return
         values = []
