@@ -307,6 +307,22 @@ def test_a_chain_is_sent_ahead_to_the_worker_computing_its_input() -> None:
     assert len({worker for _, worker in transport.ran}) == 1
 
 
+def test_in_order_a_task_goes_ahead_only_behind_its_inputs_on_one_worker() -> None:
+    transport = FakeTransport(workers=2, slots=8)
+    left = op(blob, label="left")(100)
+    right = op(blob, label="right")(200)
+    both = op(tasks.add, label="both")(left, right)  # its inputs go to two workers
+    twice = op(tasks.double, label="twice")(right)
+    with fake_executor(transport) as ex:
+        assert ex.run([both, twice]) == [b"x" * 300, b"x" * 400]
+    where = dict(transport.ran)
+    assert where["left"] != where["right"]
+    # Queued behind "right" on its worker, "twice" went without waiting for a report;
+    # "both" could not queue behind inputs on two workers: it waited for them.
+    assert transport.batches[0] == ["left", "right", "twice"]
+    assert where["twice"] == where["right"]
+
+
 def test_what_was_sent_ahead_of_a_failure_is_skipped_not_stalled() -> None:
     transport = FakeTransport(workers=1, slots=8)
     links = _chain(4, first=op(tasks.fail, label="broken")("no"))
