@@ -317,8 +317,7 @@ class Run:
             self.abort(recovery.fatal)
         if recovery.to_cancel:
             ahead, recovery.to_cancel = recovery.to_cancel, []
-            if self._unannounced:  # never started: never told
-                self._unannounced.difference_update(spec.key - self.base for spec in ahead)
+            _never_started(self, ahead)
             assert self.transport is not None
             with contextlib.suppress(Exception):  # best effort: its report is ignored anyway
                 self.transport.cancel(ahead)
@@ -369,6 +368,7 @@ class Run:
                 _announce_at_own_report(self, p, worker)
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
+                _cancel_sent_ahead_of(self, p)
                 return
             self.recovery.task_failed(p, worker, error, duration)
 
@@ -451,6 +451,35 @@ def _unreadable_entry(error: BaseException) -> bool:
     from ._cache import CacheEntryError
 
     return isinstance(error, CacheEntryError)
+
+
+def _cancel_sent_ahead_of(run: Run, p: int) -> None:
+    """``p`` will not be made in this run (it ends, to be planned again): cancel the tasks
+    sent ahead to wait for it, and theirs in turn, which would wait for ever."""
+    table, load = run.table, run.placement.load
+    state, inflight, dependents = table.state, table.inflight, table.dependents
+    cancelled: list[TaskSpec] = []
+    stack = list(dependents[p])
+    while stack:
+        j = stack.pop()
+        spec = inflight.get(j)
+        if spec is not None and state[j] == RUNNING and table.waiting[j]:
+            del inflight[j]
+            load[spec.worker] -= 1
+            state[j] = WAITING
+            cancelled.append(spec)
+            stack.extend(dependents[j])
+    if cancelled:
+        _never_started(run, cancelled)
+        assert run.transport is not None
+        with contextlib.suppress(Exception):  # best effort: their reports are ignored
+            run.transport.cancel(cancelled)
+
+
+def _never_started(run: Run, cancelled: list[TaskSpec]) -> None:
+    """These tasks, sent ahead, are cancelled before they started: never tell it."""
+    if run._unannounced:
+        run._unannounced.difference_update(spec.key - run.base for spec in cancelled)
 
 
 def _announce(run: Run, p: int, node: DispatchNode, worker: str) -> None:
