@@ -168,6 +168,40 @@ def test_a_task_whose_rank_never_says_it_started_still_times_out(tmp_path: Path)
     assert "silent since 'match' was due to start" in done.stderr
 
 
+def test_tasks_queued_behind_a_timed_out_task_run_elsewhere_uncharged(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        import time
+        from dispatcher import get_executor, hookimpl, op
+
+        sent = []
+
+        class Sends:
+            @hookimpl
+            def dispatcher_task_started(self, node, worker):
+                sent.append((node.label, worker))
+
+        stuck = op(time.sleep, label="stuck", timeout=0.5)(3600)
+        quick = [op(abs, label=f"q{i}")(-i) for i in range(8)]
+        with get_executor("mpi", retries=0, prefetch=2) as ex:
+            results = ex.run([stuck, *quick], throw=False, plugins=[Sends()])
+        rank = dict(sent)["stuck"]
+        # Sent to the stuck rank after it: queued there when it timed out.
+        behind = [label for label, where in sent[sent.index(("stuck", rank)) + 1 :]
+                  if where == rank]
+        print("queued behind:", behind)
+        print("stuck:", type(results[0].error).__name__)
+        print("quick:", [r.value if r.ok else repr(r.error) for r in results[1:]])
+        """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stuck: TaskTimeoutError" in done.stdout, done.stdout
+    assert "queued behind: []" not in done.stdout, done.stdout  # else nothing is tested
+    assert "quick: [0, 1, 2, 3, 4, 5, 6, 7]" in done.stdout, done.stdout
+
+
 # -- no capacity left --------------------------------------------------------------------
 
 

@@ -201,7 +201,7 @@ class Root:
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
-            transport.lose(rank, reason)
+            transport.lose(rank, reason, running=[key])
 
     def _back(self, rank: int) -> None:
         del self.busy[rank]
@@ -492,12 +492,14 @@ class MpiTransport(Transport):
                 rank, key, f"silent since {spec.label!r} was due to start, past its timeout"
             )
 
-    def lose(self, rank: int, reason: str) -> None:
-        """Tell the scheduler ``rank`` is gone for now: its queue and results with it."""
+    def lose(self, rank: int, reason: str, running: Sequence[Key] | None = None) -> None:
+        """Tell the scheduler ``rank`` is gone for now: its queue and results with it.
+        ``running``: the task it still runs (failed or given up on already), so that
+        none of those queued behind it, which never started, is charged."""
         if rank not in self.ranks or self.events is None:
             return
         self.inflight.drop_worker(self.root.names[rank])
-        self.events.worker_lost(self.root.names[rank], reason)
+        self.events.worker_lost(self.root.names[rank], reason, running)
         if (
             self.stand_in is None
             and self.no_capacity_since is None
