@@ -1,7 +1,7 @@
 """Two versions of dispatcher, side by side in one benchmark run.
 
     python benchmarks/compare.py BASE [NEW] [--executors sync,async0,async,mp,mpi]
-                                 [--workloads W1,W2,W3,W4] [--rounds 5] [--repeat 3]
+                                 [--workloads W1,W2,W3,W4] [--rounds 5] [--repeat 3] [--quick]
 
 BASE and NEW are git revisions (NEW defaults to the working tree, uncommitted changes
 included). Each version is installed into a virtual environment of its own (kept under
@@ -92,6 +92,7 @@ def measure(venv: Path, args: argparse.Namespace) -> dict[tuple[str, str, str], 
         "--repeat",
         str(args.repeat),
         "--json",
+        *(["--quick"] if args.quick else []),
     ]
     # Outside the checkout, so `import dispatcher` finds the venv's copy, not the tree's.
     done = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--workloads", default="W1,W2,W3,W4")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="repetitions inside each run")
+    parser.add_argument("--quick", action="store_true", help="workloads about 10x smaller")
     args = parser.parse_args()
     VENVS.mkdir(exist_ok=True)
     versions = [prepare(args.base), prepare(args.new)]
