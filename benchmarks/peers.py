@@ -174,7 +174,7 @@ def _interpret(spec: Spec, targets: list[str]) -> Any:
 def floor_rows(args: Any) -> list[dict[str, Any]]:
     scale = 0.1 if args.quick else 1.0
     rows = []
-    for workload in ("W1", "W2"):
+    for workload in ("W1", "W2", "W3", "W4"):
         if workload in args.workloads:
             spec = WORKLOADS[workload](scale)
             targets = sinks(spec)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter, methodcaller
@@ -23,11 +22,22 @@ def _captures(kind: type[DispatchNode]) -> bool:
 
 
 def _reachable(
-    roots: list[DispatchNode], dependencies: Callable[[DispatchNode], Iterable[DispatchNode]]
+    roots: list[DispatchNode],
+    dependencies: Callable[[DispatchNode], Iterable[DispatchNode]] | None = None,
 ) -> set[DispatchNode]:
+    """The nodes ``roots`` need, themselves included: through the dependencies each node
+    captured when it was made, or through ``dependencies`` when given."""
     seen: set[DispatchNode] = set(roots)
     stack = list(seen)
     pop, push, add = stack.pop, stack.append, seen.add
+    if dependencies is None:
+        # The attribute read inline: a call per node was a third of the walk.
+        while stack:
+            for dep in pop()._deps:
+                if dep not in seen:
+                    add(dep)
+                    push(dep)
+        return seen
     while stack:
         for dep in dependencies(pop()):
             if dep not in seen:
@@ -36,20 +46,23 @@ def _reachable(
     return seen
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
+class gc_paused:  # lower case, like contextlib.suppress: used as ``with gc_paused():``
     """No cyclic garbage collection inside: for building the large structures of a graph
     or a run, all of which stay alive, so that a collection in the middle would scan
     every node only to free nothing (a third of the set-up time of a 30,000-node tree).
-    Only dispatcher's own code runs inside; the collector is restored as it was."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    Only dispatcher's own code runs inside; the collector is restored as it was. A class,
+    not a generator: every run enters it twice, and a one-node run is all fixed cost."""
+
+    __slots__ = ("_paused",)
+
+    def __enter__(self) -> None:
+        self._paused = gc.isenabled()
+        if self._paused:
+            gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._paused:
+            gc.enable()
 
 
 class DispatchGraph:
@@ -74,10 +87,11 @@ class DispatchGraph:
         with gc_paused():
             # The dependencies captured at construction are what dependencies() returns,
             # unless a custom node class says otherwise: then walk again, asking each node.
-            seen = _reachable(roots, _captured)
-            if not all(_captures(kind) for kind in set(map(type, seen))):
+            seen = _reachable(roots)
+            captured = all(_captures(kind) for kind in set(map(type, seen)))
+            if not captured:
                 seen = _reachable(roots, methodcaller("dependencies"))
-            self._set_nodes(sorted(seen, key=_by_sequence))
+            self._set_nodes(sorted(seen, key=_by_sequence), captured=captured)
 
     @classmethod
     def _from_parts(
@@ -95,18 +109,30 @@ class DispatchGraph:
         self,
         nodes: list[DispatchNode],
         cut: set[DispatchNode] | frozenset[DispatchNode] = frozenset(),
+        captured: bool | None = None,
     ) -> None:
+        """Take ``nodes`` (in creation order) as this graph's, cutting the dependencies of
+        those in ``cut``; ``captured`` says, when the caller knows already, whether every
+        node's class depends on exactly what its nodes captured when made."""
         index = dict(zip(nodes, range(len(nodes))))
         lookup = index.__getitem__
-        if not cut and all(_captures(kind) for kind in set(map(type, nodes))):
+        if captured is None:
+            captured = all(_captures(kind) for kind in set(map(type, nodes)))
+        if not cut and captured:
             # Every node's dependencies were captured when it was made, from nodes made
             # before it: in creation order they are topological, nothing to check.
             self._nodes = nodes
             self._index = index
-            # No inputs and one input, the commonest cases, spelled out: map and tuple
-            # would double the cost of a long chain's set-up.
+            # No inputs, one and two inputs, the commonest cases, spelled out: map and
+            # tuple would double the cost of a long chain's or a tree's set-up.
             self._deps = [
-                () if not d else (lookup(d[0]),) if len(d) == 1 else tuple(map(lookup, d))
+                ()
+                if not d
+                else (lookup(d[0]),)
+                if len(d) == 1
+                else (lookup(d[0]), lookup(d[1]))
+                if len(d) == 2
+                else tuple(map(lookup, d))
                 for d in map(_captured, nodes)
             ]
             self._dependents = None

@@ -10,6 +10,8 @@ send.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import compress
+from operator import not_
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -115,7 +117,12 @@ class TaskTable:
                     self.complete_at_caller(given, value, hooks=False)
             # Sources first in the ready stack's pop order: push them in reverse.
             state, waiting = self.state, self.waiting
-            self.ready = [p for p in range(n - 1, -1, -1) if not waiting[p] and state[p] <= READY]
+            if inputs:
+                self.ready = [
+                    p for p in range(n - 1, -1, -1) if not waiting[p] and state[p] <= READY
+                ]
+            else:  # nothing is done yet: the sources are the nodes without inputs
+                self.ready = list(compress(range(n - 1, -1, -1), map(not_, reversed(waiting))))
             for p in self.ready:
                 state[p] = READY
 
@@ -255,97 +262,118 @@ class TaskTable:
             self.needed,
             self.wanted,
         )
-        caller_values = self.caller_values
+        caller_values, kept = self.caller_values, self.kept
         value_of = caller_values.__getitem__
         attempts, results, release = self.attempts, self.results, self.release
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
+        # Timed only when anyone looks (a timeout, an observer): how long it ran.
+        always_timed = default_timeout is not None or finished is not None
         ran = False
-        while ready:
-            p = ready[-1]
-            if state[p] != READY:  # a stale entry (the node went back to waiting)
-                ready.pop()
-                continue
-            node = nodes[p]
-            shape = node._shape
-            if shape == SHAPE_CONSTANT:
-                ready.pop()
-                self.complete_at_caller(p, node._args[0], hooks=True)
-                ran = True
-                continue
-            func = node._func
-            allowed = in_caller.get(func)
-            if allowed is None:
-                allowed = in_caller[func] = asks(func)
-            if not allowed:
-                return ran
-            deps = deps_of[p]
-            # Inputs of one- and two-input calls go in locals: building a list to unpack
-            # into the call was a quarter of the cost of a task in a chain.
-            count = len(deps)
-            try:
-                if count == 1:
-                    first = value_of(deps[0])
-                elif count == 2:
-                    first, second = value_of(deps[0]), value_of(deps[1])
-                else:
-                    values = list(map(value_of, deps)) if deps else []
-            except KeyError:
-                return ran  # an input is held by a worker: submit it like any task
-            ready.pop()
-            ran = True
-            attempts[p] += 1
-            if started is not None:
-                started(node=node, worker=CALLER)
-            timeout = node._timeout or default_timeout  # both positive when set
-            timed = timeout is not None or finished is not None
-            if timed:
-                begun = perf_counter()
-            try:
-                if shape == SHAPE_POSITIONAL:
+        last_allowed: object = None  # the last function the transport let us call here
+        settled = 0  # subtracted from ``remaining`` once, on the way out
+        try:
+            while ready:
+                p = ready[-1]
+                if state[p] != READY:  # a stale entry (the node went back to waiting)
+                    ready.pop()
+                    continue
+                node = nodes[p]
+                shape = node._shape
+                if shape == SHAPE_CONSTANT:
+                    ready.pop()
+                    self.complete_at_caller(p, node._args[0], hooks=True)
+                    ran = True
+                    continue
+                func = node._func
+                if func is not last_allowed:  # (most graphs call few functions, in runs)
+                    allowed = in_caller.get(func)
+                    if allowed is None:
+                        allowed = in_caller[func] = asks(func)
+                    if not allowed:
+                        return ran
+                    last_allowed = func
+                deps = deps_of[p]
+                # Inputs of one- and two-input calls go in locals: building a list to
+                # unpack into the call was a quarter of the cost of a task in a chain.
+                count = len(deps)
+                try:
                     if count == 1:
-                        value = func(first)
+                        first = caller_values[deps[0]]
                     elif count == 2:
-                        value = func(first, second)
+                        first, second = caller_values[deps[0]], caller_values[deps[1]]
                     else:
-                        value = func(*values)
-                elif shape == SHAPE_CALL and not node._kwargs:
-                    value = func(*node._args)
+                        values = list(map(value_of, deps)) if deps else []
+                except KeyError:
+                    return ran  # an input is held by a worker: submit it like any task
+                ready.pop()
+                ran = True
+                attempts[p] += 1
+                if started is not None:
+                    started(node=node, worker=CALLER)
+                timeout = node._timeout
+                if timeout is None:
+                    timeout = default_timeout  # both positive when set
+                    timed = always_timed
                 else:
-                    if count == 1:
-                        values = [first]
-                    elif count == 2:
-                        values = [first, second]
-                    value = call_task(func, node._args, node._kwargs, shape, values)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise  # in the caller's thread it cannot be told from Ctrl-C: stop
-                # Timed when anyone looks (a timeout, an observer): how long it ran.
-                self.failure = (p, exc, perf_counter() - begun if timed else None)
-                return True
-            if timed:
-                duration = perf_counter() - begun
-                if timeout is not None and duration > timeout:
-                    # A call in this thread cannot be interrupted: it fails when it returns.
-                    self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
+                    timed = True
+                if timed:
+                    begun = perf_counter()
+                try:
+                    if shape == SHAPE_POSITIONAL:
+                        if count == 1:
+                            value = func(first)
+                        elif count == 2:
+                            value = func(first, second)
+                        else:
+                            value = func(*values)
+                    elif shape == SHAPE_CALL and not node._kwargs:
+                        value = func(*node._args)
+                    else:
+                        if count == 1:
+                            values = [first]
+                        elif count == 2:
+                            values = [first, second]
+                        value = call_task(func, node._args, node._kwargs, shape, values)
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise  # in the caller's thread it cannot be told from Ctrl-C: stop
+                    self.failure = (p, exc, perf_counter() - begun if timed else None)
                     return True
-            state[p] = DONE
-            caller_values[p] = value
-            if wanted[p]:
-                results[p] = value
-            if finished is not None:
-                finished(node=node, worker=CALLER, duration=duration, nbytes=None)
-            # settle(p), written out.
-            self.remaining -= 1
-            for d in deps:
-                needed[d] -= 1
-                if not needed[d]:
-                    release(d)
-            for j in dependents[p]:
-                waiting[j] -= 1
-                if not waiting[j] and state[j] == WAITING:
-                    state[j] = READY
-                    ready.append(j)
-            if not needed[p]:
-                release(p)
-        return ran
+                if timed:
+                    duration = perf_counter() - begun
+                    if timeout is not None and duration > timeout:
+                        # A call in this thread cannot be interrupted: it fails when it
+                        # returns.
+                        self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
+                        return True
+                if needed[p]:
+                    state[p] = DONE
+                    caller_values[p] = value
+                else:
+                    # Nothing will read it (a target, or its readers were skipped): what
+                    # release() would do at the end of settling, done at once.
+                    state[p] = RELEASED
+                if wanted[p]:
+                    results[p] = value
+                if finished is not None:
+                    finished(node=node, worker=CALLER, duration=duration, nbytes=None)
+                # settle(p), written out, and release() of a result the caller made (the
+                # usual input here) with it.
+                settled += 1
+                for d in deps:
+                    needed[d] -= 1
+                    if not needed[d]:
+                        if state[d] == DONE and d in caller_values and d not in kept:
+                            state[d] = RELEASED
+                            del caller_values[d]
+                        else:
+                            release(d)
+                for j in dependents[p]:
+                    waiting[j] -= 1
+                    if not waiting[j] and state[j] == WAITING:
+                        state[j] = READY
+                        ready.append(j)
+            return ran
+        finally:
+            self.remaining -= settled
