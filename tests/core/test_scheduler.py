@@ -474,11 +474,12 @@ def test_tasks_whose_inputs_are_being_computed_are_sent_with_them() -> None:
     both = op(tasks.add, label="both")(left, right)
     with fake_executor(transport) as ex:
         assert ex.run([links[-1], both]) == [5, b"x" * 300]
-    # Nothing waited for a report: one batch, readers after what they read.
-    assert len(transport.batches) == 1
-    order = transport.batches[0]
-    assert order.index("both") > max(order.index("left"), order.index("right"))
-    assert order[: len(links)] == [link.label for link in links]
+    # The chain waited for no report: each link went with the one before it. "both",
+    # missing two inputs when they were sent, waited for them.
+    first = transport.batches[0]
+    assert first[: len(links)] == [link.label for link in links]
+    assert "both" not in first
+    assert transport.batches[1:] == [["both"]]
 
 
 def test_what_was_sent_with_a_failed_input_is_skipped() -> None:

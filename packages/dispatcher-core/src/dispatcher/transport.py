@@ -239,8 +239,8 @@ class Capabilities:
     runs_tasks_in_order: bool = False
     """Each worker runs one task at a time, in the order it was sent them, and queues the
     rest (its slots are that queue's length). The scheduler then keeps fewer tasks queued
-    while tasks are long, and may send a task to the worker that is still computing all
-    of its missing inputs, to run right after them without a round trip: such an input's
+    while tasks are long, and may send a task to the worker that is still computing its
+    last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
     producer failed or was cancelled), the transport reports ``task_inputs_lost``. When
     such a worker is lost and the transport does not say what it was running (see
@@ -249,23 +249,22 @@ class Capabilities:
     accepts_pending_inputs: bool = False
     """A task may be submitted before its inputs exist, while some of them are still being
     computed, on its own worker or any other. Where it goes: the scheduler sends a task as
-    soon as each of its inputs is made or being made, rather than when the last one is
-    reported, and places it on any worker, by the usual cost of moving its inputs (an
-    input still being computed has as its :attr:`TaskSpec.sources` entry the worker
-    computing it); so a chain, or a small reduction, runs without a round trip to the
-    caller per step. What the transport does: it (or the cluster under it) holds such a
-    task until every input is made, moves them from their sources, then runs it (its
-    timeout counts from that start). When ``task_started`` fires: at the real start, never
-    before the task's inputs exist; for a task sent ahead, when the last of its inputs is
-    reported finished (the moment such a transport starts it), or at the task's own
-    report if that arrives first; the transport reports nothing more than for any task.
-    An input never made (its task failed, or was cancelled or lost): the transport
-    reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get,
-    and does not run it; the scheduler puts it back to wait for them (for a retry, or a
+    soon as its last missing input is sent, rather than when that input is reported, and
+    places it on any worker, by the usual cost of moving its inputs (an input still being
+    computed has as its :attr:`TaskSpec.sources` entry the worker computing it); so a chain
+    runs without a round trip to the caller per link. What the transport does: it (or the
+    cluster under it) holds such a task until every input is made, moves them from their
+    sources, then runs it (its timeout counts from that start). When ``task_started`` fires:
+    at the real start, never before the task's inputs exist; for a task sent ahead, when the
+    last of its inputs is reported finished (the moment such a transport starts it), or at
+    the task's own report if that arrives first; the transport reports nothing more than for
+    any task. An input never made (its task failed, or was cancelled or lost): the transport
+    reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get, and
+    does not run it; the scheduler puts it back to wait for them (for a retry, or a
     recomputation), which is not an attempt. An input that fails for good: the scheduler
-    cancels (:meth:`Transport.cancel`) every task it sent ahead downstream of it and
-    skips them; they never started, and no ``task_started`` fires for them. A fail-fast
-    run cancels everything in flight."""
+    cancels (:meth:`Transport.cancel`) every task it sent ahead downstream of it and skips
+    them; they never started, and no ``task_started`` fires for them. A fail-fast run
+    cancels everything in flight."""
 
 
 class Transport(abc.ABC):
