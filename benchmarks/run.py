@@ -90,7 +90,7 @@ def measure(
     workload: str,
     warm_up: Callable[[], Spec] | None = None,
 ) -> dict[str, Any]:
-    builds, runs, extra = [], [], {}
+    builds, runs, cpus, extra = [], [], [], {}
     if warm_up is not None:
         # One untimed pass at a tenth of the size, as for every runner: whoever runs
         # first must not carry the process's first calls, allocations and imports.
@@ -103,6 +103,7 @@ def measure(
         start = time.perf_counter()
         graph = build(spec)
         built = time.perf_counter()
+        cpu = time.process_time()
         if workload == "W7":
             with PeakMemory() as memory:
                 execute(graph)
@@ -110,12 +111,16 @@ def measure(
         else:
             execute(graph)
         done = time.perf_counter()
+        cpus.append(time.process_time() - cpu)
         builds.append(built - start)
         runs.append(done - built)
     tasks = len(spec_of())
     return {
         "build": statistics.median(builds),
         "run": statistics.median(runs),
+        # This process's CPU seconds for the run (all its threads: the scheduler, and
+        # whatever runs here), steadier than wall time on a loaded machine.
+        "cpu": statistics.median(cpus),
         "tasks": tasks,
         **extra,
     }

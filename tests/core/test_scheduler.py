@@ -307,6 +307,22 @@ def test_a_chain_is_sent_ahead_to_the_worker_computing_its_input() -> None:
     assert len({worker for _, worker in transport.ran}) == 1
 
 
+def test_in_order_a_task_goes_ahead_only_behind_its_inputs_on_one_worker() -> None:
+    transport = FakeTransport(workers=2, slots=8)
+    left = op(blob, label="left")(100)
+    right = op(blob, label="right")(200)
+    both = op(tasks.add, label="both")(left, right)  # its inputs go to two workers
+    twice = op(tasks.double, label="twice")(right)
+    with fake_executor(transport) as ex:
+        assert ex.run([both, twice]) == [b"x" * 300, b"x" * 400]
+    where = dict(transport.ran)
+    assert where["left"] != where["right"]
+    # Queued behind "right" on its worker, "twice" went without waiting for a report;
+    # "both" could not queue behind inputs on two workers: it waited for them.
+    assert transport.batches[0] == ["left", "right", "twice"]
+    assert where["twice"] == where["right"]
+
+
 def test_what_was_sent_ahead_of_a_failure_is_skipped_not_stalled() -> None:
     transport = FakeTransport(workers=1, slots=8)
     links = _chain(4, first=op(tasks.fail, label="broken")("no"))
@@ -458,20 +474,94 @@ def test_tasks_whose_inputs_are_being_computed_are_sent_with_them() -> None:
     both = op(tasks.add, label="both")(left, right)
     with fake_executor(transport) as ex:
         assert ex.run([links[-1], both]) == [5, b"x" * 300]
-    # Nothing waited for a report: one batch, readers after what they read.
-    assert len(transport.batches) == 1
-    order = transport.batches[0]
-    assert order.index("both") > max(order.index("left"), order.index("right"))
-    assert order[: len(links)] == [link.label for link in links]
+    # The chain waited for no report: each link went with the one before it. "both",
+    # missing two inputs when they were sent, waited for them.
+    first = transport.batches[0]
+    assert first[: len(links)] == [link.label for link in links]
+    assert "both" not in first
+    assert transport.batches[1:] == [["both"]]
 
 
 def test_what_was_sent_with_a_failed_input_is_skipped() -> None:
     transport = PendingInputs(workers=2, slots=8)
     links = _chain(4, first=op(tasks.fail, label="broken")("no"))
+    recorder = Recorder()
     with fake_executor(transport) as ex:
-        results = ex.run(links, throw=False)
+        results = ex.run(links, throw=False, plugins=[recorder])
     assert isinstance(results[0].error, ValueError)
     for result in results[1:]:
         assert isinstance(result.error, DependencyError)
     assert transport.batches == [["broken", "link1", "link2", "link3"]]
     assert len(transport.cancelled) == 3  # all sent with it; none reported done
+    # They never started, so they were never told started.
+    assert [e[1].label for e in recorder.of("started")] == ["broken"]
+
+
+def _hooks(recorder: Recorder) -> list[tuple[str, str]]:
+    return [(e[0], e[1].label) for e in recorder.events if e[0] in ("started", "finished")]
+
+
+def test_a_task_sent_ahead_is_told_started_once_its_inputs_are_made() -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    links = _chain(5)
+    recorder = Recorder()
+    with fake_executor(transport) as ex:
+        assert ex.run(links[-1], plugins=[recorder]) == 5
+    assert len(transport.batches) == 1  # all sent at once, each ahead of its input
+    assert _hooks(recorder) == [(k, f"link{i}") for i in range(5) for k in ("started", "finished")]
+
+
+def test_what_was_sent_with_a_failed_input_waits_for_its_retry(tmp_path: object) -> None:
+    transport = PendingInputs(workers=2, slots=8)
+    first = op(tasks.flaky, label="flaky")(str(tmp_path), "flaky", 1, 0)  # fails once
+    links = _chain(4, first=first)
+    recorder = Recorder()
+    with fake_executor(transport, retry_on=ValueError, retries=1) as ex:
+        assert ex.run(links[-1], plugins=[recorder]) == 3
+    # Sent with the first attempt, the links lost their input, went back to wait for it,
+    # and were sent again with the retry: each ran once, after it.
+    assert transport.batches == [["flaky", "link1", "link2", "link3"]] * 2
+    assert [label for label, _ in transport.ran] == ["flaky", "flaky", "link1", "link2", "link3"]
+    assert [e[1].label for e in recorder.of("started")] == [
+        "flaky",
+        "flaky",
+        "link1",
+        "link2",
+        "link3",
+    ]
+    assert [e[3] for e in recorder.of("retried")] == [2]
+
+
+class ReportsInReverse(PendingInputs):
+    """Reports each batch's outcomes in reverse order, as a cluster may: a task's report
+    can overtake its input's."""
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        events = self._events
+        assert events is not None
+        held: list[tuple[str, tuple[object, ...]]] = []
+
+        class Holds:
+            def __getattr__(self, name: str) -> object:
+                return lambda *args: held.append((name, args))
+
+        self._events = Holds()  # type: ignore[assignment]
+        try:
+            super().submit(tasks)
+        finally:
+            self._events = events
+        for name, args in reversed(held):
+            getattr(events, name)(*args)
+
+
+def test_a_task_reported_before_its_inputs_is_told_started_at_its_own_report() -> None:
+    transport = ReportsInReverse(workers=2, slots=8)
+    links = _chain(4)
+    recorder = Recorder()
+    with fake_executor(transport) as ex:
+        assert ex.run(links[-1], plugins=[recorder]) == 4
+    assert len(transport.batches) == 1
+    told = [("started", "link0")]
+    for i in (3, 2, 1):
+        told += [("started", f"link{i}"), ("finished", f"link{i}")]
+    assert _hooks(recorder) == [*told, ("finished", "link0")]

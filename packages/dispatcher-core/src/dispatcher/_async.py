@@ -94,11 +94,12 @@ class AsyncTransport(Transport):
     its executor; each run is driven inside :meth:`serving` on its own loop, or, when it
     needs no loop, from the thread that drives it.
 
-    With threads, a task may arrive before its inputs (a chain sent ahead): it waits for
-    them, and the thread that makes its last input runs it next, with no round trip
-    through the driver per link."""
+    A task may arrive before its inputs are made (it accepts pending inputs: a chain, or
+    a small reduction, sent ahead of them): it waits for them, and the thread that makes
+    its last input runs it next, with no round trip through the driver per link; if an
+    input fails, the task is reported as having lost its inputs, and never runs."""
 
-    capabilities = Capabilities(interrupts_running_tasks=True, waits_for_inputs=True)
+    capabilities = Capabilities(interrupts_running_tasks=True, accepts_pending_inputs=True)
 
     def __init__(self, threads: int) -> None:
         self.pool = DaemonThreadPool(threads) if threads else None
@@ -521,7 +522,7 @@ class AsyncExecutor(Executor):
     @property
     def capabilities(self) -> Capabilities:
         # A plain function running on the loop cannot be stopped at its deadline.
-        return Capabilities(interrupts_running_tasks=self.threads > 0, waits_for_inputs=True)
+        return Capabilities(interrupts_running_tasks=self.threads > 0, accepts_pending_inputs=True)
 
     def _needs_loop(self, run: Run) -> bool:
         """Does ``run`` need an event loop: a coroutine function (or a callable that may

@@ -7,16 +7,16 @@ has) and its *host* (see :func:`dispatcher.transport.worker_host`). A task goes 
 would finish soonest, counting the cost of moving its inputs and its result over the link
 each move takes (:meth:`Placement.place`): none on the worker that holds it, a cheap one
 within its host, a dear one across hosts. A chain is sent ahead to the worker computing
-its input (:meth:`Placement.ahead`). No I/O.
+its inputs, or anywhere on a transport that accepts pending inputs
+(:meth:`Placement.place_ahead`). No I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._hosts import worker_host
-from ._tasks import WAITING, TaskTable
+from ._tasks import RUNNING, TaskTable
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]
 
@@ -76,6 +76,8 @@ class Placement:
         """The only worker, when there is one: nothing to place."""
         self.in_order = False
         """Workers run their tasks one at a time, in order (see ``Capabilities``)."""
+        self.anywhere = False
+        """A task may go to any worker before its inputs are made (see ``Capabilities``)."""
         self.host: dict[str, str | None] = {}
         """Each worker's host (``None``: the caller's)."""
         self.on_host: dict[str | None, list[str]] = {}
@@ -252,19 +254,23 @@ class Placement:
                 near[w] = near.get(w, 0.0) + spared
         return moving, near
 
-    def ahead(self, p: int, worker: str) -> Iterator[int]:
-        """The dependents whose last missing input is ``p``, which ``worker`` is about to
-        compute, and theirs in turn, while ``worker`` has room: queued there right behind
-        it, a chain runs without a round trip per step. The caller assigns each one
-        yielded before asking for the next."""
+    def place_ahead(self, p: int) -> str | None:
+        """Where task ``p`` may go ahead of its inputs, which are all made or being made
+        (see ``Capabilities.accepts_pending_inputs``): on a transport that accepts pending
+        inputs, wherever :meth:`place` puts it; on one whose workers run their tasks in
+        order, only behind its inputs, on the worker computing all of them, while that
+        worker has room. None: nowhere now; it waits for its inputs' reports."""
+        if self.anywhere:
+            return self.place(p)
         table = self.table
-        state, waiting, dependents = table.state, table.waiting, table.dependents
-        load, room = self.load, self.room
-        stack = [p]
-        while stack:
-            for j in dependents[stack.pop()]:
-                if waiting[j] == 1 and state[j] == WAITING:
-                    if load[worker] >= room[worker]:
-                        return
-                    yield j
-                    stack.append(j)
+        state, inflight = table.state, table.inflight
+        worker = None
+        for d in table.deps[p]:
+            if state[d] == RUNNING:
+                spec = inflight.get(d)
+                if spec is None or (worker is not None and spec.worker != worker):
+                    return None
+                worker = spec.worker
+        if worker is None or self.load[worker] >= self.room[worker]:
+            return None
+        return worker

@@ -6,7 +6,7 @@ only moves things (see :mod:`dispatcher.transport`). A :class:`Run` composes
 * the task table (:mod:`._tasks`): per-node state, the ready stack, settling a task, and
   the hot loop that calls in-caller tasks;
 * placement (:mod:`._placement`): per-worker room and load, the move-cost model,
-  sending chains ahead;
+  where a task sent ahead of its inputs may go;
 * recovery (:mod:`._recovery`): retries, failures and skips, lost workers and inputs,
   recomputing lost results from their lineage;
 
@@ -68,15 +68,14 @@ class Run:
         self.throw = throw
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
-        self.pending_inputs = False
-        """The transport takes tasks whose inputs are still being computed anywhere."""
 
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
-        self._sends_ahead = False  # chains go to the worker computing their input
+        self._sends_ahead = False
+        """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
-        """Tasks sent ahead whose task_started waits for their input (see ``start``)."""
+        """Tasks sent ahead whose task_started waits for their inputs to be made."""
         self._started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:
@@ -116,15 +115,16 @@ class Run:
         if type(transport).runs_in_caller is not Transport.runs_in_caller:
             self._asks = transport.runs_in_caller
         capabilities = transport.capabilities
-        self.placement.in_order = capabilities.runs_tasks_in_order
-        self._sends_ahead = capabilities.runs_tasks_in_order or capabilities.waits_for_inputs
-        if capabilities.waits_for_inputs and self._started_hook is not None:
-            self._unannounced = set()  # see _announce_started
+        in_order = self.placement.in_order = capabilities.runs_tasks_in_order
+        pending = self.placement.anywhere = capabilities.accepts_pending_inputs
+        # A worker that runs its tasks in order runs one sent behind its inputs after them.
+        self._sends_ahead = in_order or pending
+        if pending and self._started_hook is not None:
+            self._unannounced = set()  # told started when their inputs are made
         if self._hits is not None and self._asks is not None:
             from ._cache import load_entry
 
             self._hits_in_caller = self._asks(load_entry)
-        self.pending_inputs = transport.capabilities.accepts_pending_inputs
         for name, capacity in workers.items():
             self.placement.add_worker(name, capacity)
 
@@ -136,11 +136,8 @@ class Run:
         if self.aborted or self.stale_hits:
             return False
         table = self.table
-        ready, state, nodes = table.ready, table.state, table.nodes
-        place, asks = self.placement.place, self._asks
-        sends_ahead = self._sends_ahead
-        ahead_anywhere = self.pending_inputs
-        waiting = table.waiting
+        ready, state, nodes, waiting = table.ready, table.state, table.nodes, table.waiting
+        place, asks, sends_ahead = self.placement.place, self._asks, self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
         in_caller = self._in_caller
@@ -169,11 +166,14 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
-            if waiting[p] and not table.inputs_sent(p):
-                ready.pop()  # readied ahead, but an input went back to waiting since
-                state[p] = WAITING
-                continue
-            if self._hits_in_caller and p in self._hits:  # type: ignore[operator]
+            if waiting[p]:
+                # Readied ahead of an input still being computed (see ready_ahead).
+                worker = self.placement.place_ahead(p) if table.inputs_sent(p) else None
+                if worker is None:  # (or an input went back to waiting since)
+                    ready.pop()
+                    state[p] = WAITING  # readied again once its inputs are made
+                    continue
+            elif self._hits_in_caller and p in self._hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
                 ready.pop()
                 self._hit_in_caller(p)
@@ -181,19 +181,14 @@ class Run:
                 if self.stale_hits:
                     break
                 continue
-            worker = place(p)
-            if worker is None:
-                break
+            else:
+                worker = place(p)
+                if worker is None:
+                    break
             ready.pop()
             specs.append(self._spec(p, node, worker))
-            if ahead_anywhere:
+            if sends_ahead:
                 table.ready_ahead(p)
-            elif sends_ahead:
-                unannounced = self._unannounced
-                for j in self.placement.ahead(p, worker):
-                    specs.append(self._spec(j, nodes[j], worker, unannounced is None))
-                    if unannounced is not None:
-                        unannounced.add(j)
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)
@@ -202,7 +197,7 @@ class Run:
             self._send_frees()
         return progressed
 
-    def _spec(self, p: int, node: DispatchNode, worker: str, announce: bool = True) -> TaskSpec:
+    def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
         table = self.table
         base = table.base
         deps = table.deps[p]
@@ -271,10 +266,10 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if announce:
-            if self._unannounced:
-                self._unannounced.discard(p)  # sent again, not ahead this time
+        if self._unannounced is None:
             _announce(self, p, node, worker)
+        else:
+            _announce_unless_ahead(self, p, node, worker)
         return spec
 
     def _hit_in_caller(self, p: int) -> None:
@@ -322,6 +317,7 @@ class Run:
             self.abort(recovery.fatal)
         if recovery.to_cancel:
             ahead, recovery.to_cancel = recovery.to_cancel, []
+            _never_started(self, ahead)
             assert self.transport is not None
             with contextlib.suppress(Exception):  # best effort: its report is ignored anyway
                 self.transport.cancel(ahead)
@@ -340,12 +336,13 @@ class Run:
     def _on_finished(
         self, p: int, worker: str, duration: float, nbytes: int | None, value: Any
     ) -> None:
-        unannounced = self._unannounced
-        if unannounced:
-            _announce_started(self, (p,))
-        if self._reported(p, worker) is None:
+        spec = self._reported(p, worker)
+        if spec is None:
             self.table.free_on(worker, p)  # its result is not wanted
             return
+        unannounced = self._unannounced
+        if unannounced:
+            _announce_at_own_report(self, p, worker)
         table = self.table
         self.placement.learn(duration, nbytes)
         table.state[p] = DONE
@@ -365,17 +362,21 @@ class Run:
             _announce_started(self, table.dependents[p])
 
     def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
-        if self._unannounced:
-            _announce_started(self, (p,))
-        if self._reported(p, worker) is not None:
+        spec = self._reported(p, worker)
+        if spec is not None:
+            if self._unannounced:
+                _announce_at_own_report(self, p, worker)
             if self._hits is not None and p in self._hits and _unreadable_entry(error):
                 self.stale_hits.append(self._cache_keys[p])
+                _cancel_sent_ahead_of(self, p)
                 return
             self.recovery.task_failed(p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
         if spec is not None:
+            if self._unannounced:
+                self._unannounced.discard(p)  # it never started
             self.recovery.inputs_lost(p, spec, missing)
 
     def _on_worker_added(self, worker: str, capacity: int) -> None:
@@ -452,19 +453,72 @@ def _unreadable_entry(error: BaseException) -> bool:
     return isinstance(error, CacheEntryError)
 
 
+def _cancel_sent_ahead_of(run: Run, p: int) -> None:
+    """``p`` will not be made in this run (it ends, to be planned again): cancel the tasks
+    sent ahead to wait for it, and theirs in turn, which would wait for ever."""
+    table, load = run.table, run.placement.load
+    state, inflight, dependents = table.state, table.inflight, table.dependents
+    cancelled: list[TaskSpec] = []
+    stack = list(dependents[p])
+    while stack:
+        j = stack.pop()
+        spec = inflight.get(j)
+        if spec is not None and state[j] == RUNNING and table.waiting[j]:
+            del inflight[j]
+            load[spec.worker] -= 1
+            state[j] = WAITING
+            cancelled.append(spec)
+            stack.extend(dependents[j])
+    if cancelled:
+        _never_started(run, cancelled)
+        assert run.transport is not None
+        with contextlib.suppress(Exception):  # best effort: their reports are ignored
+            run.transport.cancel(cancelled)
+
+
+def _never_started(run: Run, cancelled: list[TaskSpec]) -> None:
+    """These tasks, sent ahead, are cancelled before they started: never tell it."""
+    if run._unannounced:
+        run._unannounced.difference_update(spec.key - run.base for spec in cancelled)
+
+
 def _announce(run: Run, p: int, node: DispatchNode, worker: str) -> None:
     if run._started_hook is not None and (run._hits is None or p not in run._hits):
         run._started_hook(node=node, worker=worker)
 
 
+def _announce_unless_ahead(run: Run, p: int, node: DispatchNode, worker: str) -> None:
+    """``p`` was just sent: tell its start now, unless it went ahead of its inputs (then
+    it is told once they are made: :func:`_announce_started`)."""
+    unannounced = run._unannounced
+    assert unannounced is not None
+    if run.table.waiting[p]:
+        unannounced.add(p)
+    else:
+        unannounced.discard(p)  # sent again, not ahead this time
+        _announce(run, p, node, worker)
+
+
+def _announce_at_own_report(run: Run, p: int, worker: str) -> None:
+    """``p``, sent ahead, reported before its inputs did (their reports may come in any
+    order): it ran, so it started; tell that first, if not yet told."""
+    unannounced = run._unannounced
+    assert unannounced is not None
+    if p in unannounced:
+        unannounced.discard(p)
+        _announce(run, p, run.table.nodes[p], worker)
+
+
 def _announce_started(run: Run, positions: Iterable[int]) -> None:
-    """Of ``positions``, tell the start of the tasks sent ahead and not yet told. A worker
-    that waits for inputs starts such a task the moment its input is made, which the run
-    learns from that input's report: its start is told then (or at its own report, if
-    that came first), and a task whose input failed was never started, only skipped."""
+    """Of ``positions`` (the dependents of a task just settled), tell the start of the
+    tasks sent ahead whose inputs are now all made. A transport that accepts pending
+    inputs starts such a task the moment its last input is made, which the run learns
+    from that input's report: its start is told then (or at its own report, if that came
+    first); a task whose input failed was never started, only skipped or sent again."""
     unannounced, table = run._unannounced, run.table
     assert unannounced is not None
+    waiting, inflight = table.waiting, table.inflight
     for j in positions:
-        if j in unannounced and (spec := table.inflight.get(j)) is not None:
+        if j in unannounced and not waiting[j] and (spec := inflight.get(j)) is not None:
             unannounced.discard(j)
             _announce(run, j, table.nodes[j], spec.worker)

@@ -170,20 +170,19 @@ class TaskTable:
                 else:
                     pending.append(key)
 
-    def ready_ahead(self, p: int, most_waiting: int = 8) -> None:
-        """``p`` was just sent: put on the ready stack the dependents whose inputs are all
-        made or being made now, for a transport that accepts pending inputs. Only those
-        waiting for few inputs are looked at, so a wide reduction is not scanned once per
-        input sent. They stay counted as waiting for their inputs until they settle."""
-        state, waiting, deps = self.state, self.waiting, self.deps
+    def ready_ahead(self, p: int) -> None:
+        """``p`` was just sent: put on the ready stack the dependents whose last missing
+        input it is, to be sent ahead of it (placement says where they may go:
+        ``Placement.place_ahead``), so a chain goes out without a round trip per link.
+        Not a task still missing other inputs: sent ahead, a reduction parks in its
+        worker at a cost that the round trip it saves does not repay (measured on the
+        ``async`` executor), and on a worker with room for every task, the whole graph
+        would go at once. They stay counted as waiting for their input until it settles."""
+        state, waiting, ready = self.state, self.waiting, self.ready
         for j in self.dependents[p]:
-            if (
-                state[j] == WAITING
-                and waiting[j] <= most_waiting
-                and all(state[d] == RUNNING or state[d] == DONE for d in deps[j])
-            ):
+            if waiting[j] == 1 and state[j] == WAITING:
                 state[j] = READY
-                self.ready.append(j)
+                ready.append(j)
 
     def inputs_sent(self, p: int) -> bool:
         """Are all of ``p``'s inputs made or being made? (An entry of the ready stack put

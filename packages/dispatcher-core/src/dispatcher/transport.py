@@ -246,20 +246,25 @@ class Capabilities:
     such a worker is lost and the transport does not say what it was running (see
     :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
     as an attempt: the others are run again uncharged."""
-    waits_for_inputs: bool = False
-    """A worker takes a task whose inputs it is still computing, and runs it once they are
-    all there (a thread that finishes a task goes on with the one it enabled). The
-    scheduler then sends chains ahead, as for ``runs_tasks_in_order``, without shortening
-    the workers' queues; a task whose input fails waits for the retry, or is cancelled."""
     accepts_pending_inputs: bool = False
-    """A task may be submitted while some of its inputs are still being computed, on
-    any worker: the transport (or the cluster under it) holds the task until they are
-    made, and moves them from their :attr:`TaskSpec.sources`, the workers computing
-    them. The scheduler then sends a task as soon as its last input is sent rather than
-    when that input is reported, so a chain runs without a round trip to the caller per
-    link. If such an input is never made (its task failed, or was cancelled or lost),
-    the transport reports ``task_inputs_lost`` for the waiting task, naming the inputs
-    it did not get; the scheduler cancels what it sent ahead of a failure itself."""
+    """A task may be submitted before its inputs exist, while some of them are still being
+    computed, on its own worker or any other. Where it goes: the scheduler sends a task as
+    soon as its last missing input is sent, rather than when that input is reported, and
+    places it on any worker, by the usual cost of moving its inputs (an input still being
+    computed has as its :attr:`TaskSpec.sources` entry the worker computing it); so a chain
+    runs without a round trip to the caller per link. What the transport does: it (or the
+    cluster under it) holds such a task until every input is made, moves them from their
+    sources, then runs it (its timeout counts from that start). When ``task_started`` fires:
+    at the real start, never before the task's inputs exist; for a task sent ahead, when the
+    last of its inputs is reported finished (the moment such a transport starts it), or at
+    the task's own report if that arrives first; the transport reports nothing more than for
+    any task. An input never made (its task failed, or was cancelled or lost): the transport
+    reports ``task_inputs_lost`` for the waiting task, naming the inputs it did not get, and
+    does not run it; the scheduler puts it back to wait for them (for a retry, or a
+    recomputation), which is not an attempt. An input that fails for good: the scheduler
+    cancels (:meth:`Transport.cancel`) every task it sent ahead downstream of it and skips
+    them; they never started, and no ``task_started`` fires for them. A fail-fast run
+    cancels everything in flight."""
 
 
 class Transport(abc.ABC):

@@ -45,6 +45,7 @@ from .. import (
 )
 from . import tasks
 from ._faults import ExecutorFaults
+from ._pending import ExecutorPendingInputs
 
 __all__ = ["ExecutorConformance", "Recorder"]
 
@@ -96,10 +97,11 @@ class Recorder:
         return [e for e in self.events if e[0] == kind]
 
 
-class ExecutorConformance(ExecutorFaults):
+class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs):
     """Subclass and set :attr:`executor` (a registered name) and :attr:`options`.
 
-    The fault checks of :class:`~dispatcher.testing.ExecutorFaults` come with it; list
+    The fault checks of :class:`~dispatcher.testing.ExecutorFaults` come with it, and
+    the checks of the pending-inputs contract for an executor that declares it; list
     the checks a backend is known to fail in ``known_faults`` / ``known_hangs``.
     """
 
