@@ -135,6 +135,13 @@ def test_a_worker_whose_death_is_not_reported_is_lost_at_the_end_of_its_pipe() -
             forkserver[0].resume()
 
 
+@pytest.mark.parametrize("timeout", [2.2e6, 1e10, 1e308])
+def test_a_timeout_of_years_is_a_valid_timeout(timeout: float) -> None:
+    # Waiting for such a deadline overflowed poll() and killed the reader thread.
+    with get_executor("mp", workers=1, timeout=timeout) as ex:
+        assert ex.run([Op(mp_tasks.sleep_then, 0.05, i) for i in range(3)]) == [0, 1, 2]
+
+
 def test_timeout_kills_and_replaces_the_worker() -> None:
     with get_executor("mp", workers=1) as ex:
         first = ex.run(Op(mp_tasks.pid))
@@ -299,6 +306,33 @@ def test_workers_exit_when_the_caller_is_killed() -> None:
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_caller_leaves_no_segment_of_its_own_values(signal_name: str) -> None:
+    # The caller writes a large DataNode into shared memory; killed, it cannot unlink it.
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        import numpy as np
+        from dispatcher import DataNode, Op, get_executor
+
+        if __name__ == "__main__":
+            with get_executor("mp", workers=1) as ex:
+                data = DataNode(np.ones(2**20))  # held: its segment stays for reuse
+                ex.run(Op(len, data))
+                print(sorted(n for n in os.listdir("/dev/shm")
+                             if n.startswith(f"dispatcher-{{os.getpid()}}-")), flush=True)
+                os.kill(os.getpid(), signal.{signal_name})
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    segments = eval(done.stdout.strip().splitlines()[0])  # a list of names, printed
+    assert segments, done.stdout + done.stderr  # else nothing is tested
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and set(segments) & shm_entries():
+        time.sleep(0.1)
+    assert not set(segments) & shm_entries()
 
 
 def test_a_task_with_thousands_of_inputs_on_other_workers() -> None:

@@ -246,6 +246,7 @@ class MpTransport(WorkerSupervision, Transport):
         if self._reader is not None:
             self._reader.stop()
         self.spawner.stop()
+        self.caller_values.close()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
