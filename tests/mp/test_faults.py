@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -140,6 +141,41 @@ def test_a_timeout_of_years_is_a_valid_timeout(timeout: float) -> None:
     # Waiting for such a deadline overflowed poll() and killed the reader thread.
     with get_executor("mp", workers=1, timeout=timeout) as ex:
         assert ex.run([Op(mp_tasks.sleep_then, 0.05, i) for i in range(3)]) == [0, 1, 2]
+
+
+def test_a_replacement_killed_while_it_starts_is_started_again() -> None:
+    import psutil
+
+    def workers() -> list[Any]:  # children of the forkserver
+        found = []
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if "forkserver" in " ".join(child.cmdline()):
+                    found.extend(child.children())
+        return found
+
+    with get_executor("mp", workers=1, start_method="forkserver") as ex:
+        first = ex.run(Op(mp_tasks.pid))
+        killed: list[int] = []
+
+        def kill_the_replacement() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for p in workers():
+                    if p.pid != first:
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p.pid)
+                        return
+                time.sleep(0.002)
+
+        killer = threading.Thread(target=kill_the_replacement)
+        killer.start()
+        os.kill(first, signal.SIGKILL)
+        killer.join()
+        assert killed, "no replacement was seen starting"
+        # Once was an executor with no worker left, blaming the main module's guard.
+        assert ex.run([Op(mp_tasks.sleep_then, 0, i) for i in range(3)]) == [0, 1, 2]
+        assert ex.run(Op(mp_tasks.pid)) not in (first, killed[0])
 
 
 def test_timeout_kills_and_replaces_the_worker() -> None:
