@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -133,6 +134,48 @@ def test_a_worker_whose_death_is_not_reported_is_lost_at_the_end_of_its_pipe() -
             assert values == [0, 1, 2, 3]
         finally:
             forkserver[0].resume()
+
+
+@pytest.mark.parametrize("timeout", [2.2e6, 1e10, 1e308])
+def test_a_timeout_of_years_is_a_valid_timeout(timeout: float) -> None:
+    # Waiting for such a deadline overflowed poll() and killed the reader thread.
+    with get_executor("mp", workers=1, timeout=timeout) as ex:
+        assert ex.run([Op(mp_tasks.sleep_then, 0.05, i) for i in range(3)]) == [0, 1, 2]
+
+
+def test_a_replacement_killed_while_it_starts_is_started_again() -> None:
+    import psutil
+
+    def workers() -> list[Any]:  # children of the forkserver
+        found = []
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if "forkserver" in " ".join(child.cmdline()):
+                    found.extend(child.children())
+        return found
+
+    with get_executor("mp", workers=1, start_method="forkserver") as ex:
+        first = ex.run(Op(mp_tasks.pid))
+        killed: list[int] = []
+
+        def kill_the_replacement() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for p in workers():
+                    if p.pid != first:
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p.pid)
+                        return
+                time.sleep(0.002)
+
+        killer = threading.Thread(target=kill_the_replacement)
+        killer.start()
+        os.kill(first, signal.SIGKILL)
+        killer.join()
+        assert killed, "no replacement was seen starting"
+        # Once was an executor with no worker left, blaming the main module's guard.
+        assert ex.run([Op(mp_tasks.sleep_then, 0, i) for i in range(3)]) == [0, 1, 2]
+        assert ex.run(Op(mp_tasks.pid)) not in (first, killed[0])
 
 
 def test_timeout_kills_and_replaces_the_worker() -> None:
@@ -299,6 +342,33 @@ def test_workers_exit_when_the_caller_is_killed() -> None:
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_caller_leaves_no_segment_of_its_own_values(signal_name: str) -> None:
+    # The caller writes a large DataNode into shared memory; killed, it cannot unlink it.
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        import numpy as np
+        from dispatcher import DataNode, Op, get_executor
+
+        if __name__ == "__main__":
+            with get_executor("mp", workers=1) as ex:
+                data = DataNode(np.ones(2**20))  # held: its segment stays for reuse
+                ex.run(Op(len, data))
+                print(sorted(n for n in os.listdir("/dev/shm")
+                             if n.startswith(f"dispatcher-{{os.getpid()}}-")), flush=True)
+                os.kill(os.getpid(), signal.{signal_name})
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    segments = eval(done.stdout.strip().splitlines()[0])  # a list of names, printed
+    assert segments, done.stdout + done.stderr  # else nothing is tested
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and set(segments) & shm_entries():
+        time.sleep(0.1)
+    assert not set(segments) & shm_entries()
 
 
 def test_a_task_with_thousands_of_inputs_on_other_workers() -> None:

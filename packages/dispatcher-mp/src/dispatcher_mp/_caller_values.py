@@ -7,7 +7,9 @@ into a segment the first time a task of a run needs it; every task of that run t
 carries the segment's small descriptor, and the worker maps it, as it maps a result made
 by another worker. A value is written again for another run (it may have changed in
 between); the segment of an earlier run goes when no task out uses it any more, when the
-value itself is gone, or when the executor closes.
+value itself is gone, or when the executor closes. Each segment is also registered with
+multiprocessing's resource tracker, a process that outlives the caller: should the caller
+be killed (SIGKILL, or SIGTERM from a batch system), the tracker unlinks what it left.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import pickle
 import weakref
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from typing import Any
 
 from dispatcher.remote import loads, size_of
@@ -69,6 +72,7 @@ class CallerValues:
         self.entries[key] = (ref, payload)
         if payload is None:
             return None
+        _tracked(payload.segment, resource_tracker.register)
         self.writes += 1
         keys = self._keys_of.setdefault(id(value), [])
         for old in [k for k in keys if not in_use(k)]:
@@ -98,6 +102,22 @@ class CallerValues:
         entry = self.entries.pop(key, None)
         if entry is not None and entry[1] is not None and entry[1].segment is not None:
             unlink(entry[1].segment)
+            _tracked(entry[1].segment, resource_tracker.unregister)
+
+    def close(self) -> None:
+        """Unlink every segment (the executor closes)."""
+        for key in list(self.entries):
+            self.release(key)
+
+
+def _tracked(segment: str | None, change: Callable[[str, str], None]) -> None:
+    """Register ``segment`` with the resource tracker, or unregister it (``change``)."""
+    if segment is None:
+        return
+    try:
+        change("/" + segment, "shared_memory")  # the name shm_unlink takes
+    except Exception:  # no tracker (it could not start): the executor's close still unlinks
+        pass
 
 
 class _Pickled:

@@ -25,7 +25,15 @@ from . import _worker
 from ._messages import InitFailed, Initializing, Log, Output, Ready
 from ._wire import sweep
 
-__all__ = ["Spawner", "WorkerProcess", "exit_reason", "kill", "spawn", "write_output"]
+__all__ = [
+    "KilledWhileStarting",
+    "Spawner",
+    "WorkerProcess",
+    "exit_reason",
+    "kill",
+    "spawn",
+    "write_output",
+]
 
 START_TIMEOUT = 120.0
 """Seconds a new worker may take to import what it needs, run its initializer and say it
@@ -128,12 +136,22 @@ class WorkerProcess:
                 )
             if not ready or self.process.sentinel in ready:
                 self.process.join(1)
+                code = self.process.exitcode
+                if code is not None and code < 0:
+                    raise KilledWhileStarting(
+                        f"worker {self.name} was {exit_reason(code)} while it started"
+                    )
                 raise DispatcherError(
                     f"worker {self.name} did not start "
                     f"({exit_reason(self.process.exitcode)}); with start_method="
                     f"{start_method!r} the main module must be importable and guard "
                     "its own start-up with `if __name__ == '__main__':`"
                 )
+
+
+class KilledWhileStarting(DispatcherError):
+    """A worker was killed by a signal before it was ready: from outside (the OOM
+    killer, a user), not by what it runs, so starting another is worth trying."""
 
 
 T = TypeVar("T")

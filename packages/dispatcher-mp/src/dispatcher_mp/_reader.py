@@ -50,6 +50,10 @@ class Owner(Protocol):
     def reader_failed(self, error: BaseException) -> None: ...
 
 
+_LONGEST_WAIT = 86400.0
+"""Seconds the reader waits at most for a deadline (days-long timeouts are valid)."""
+
+
 class Reader:
     """The thread that listens to ``transport``'s workers."""
 
@@ -93,7 +97,10 @@ class Reader:
                 deadline = transport.next_deadline()
                 try:
                     ready = selector.select(
-                        None if deadline is None else max(0.0, deadline - time.monotonic())
+                        None
+                        if deadline is None
+                        # (A wait past what poll() takes overflows: look again by then.)
+                        else min(_LONGEST_WAIT, max(0.0, deadline - time.monotonic()))
                     )
                 except OSError:
                     if transport.closing:

@@ -22,7 +22,7 @@ from dispatcher import TaskTimeoutError
 from dispatcher.remote import InFlight, Reports, Started, start_thread
 from dispatcher.transport import EventSink, Key, TaskSpec
 
-from ._process import WorkerProcess, kill
+from ._process import KilledWhileStarting, WorkerProcess, kill
 
 if TYPE_CHECKING:
     from ._reader import Reader
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["ABANDON_GRACE", "SupervisedReports", "WorkerSupervision", "is_stopped"]
 
 log = logging.getLogger("dispatcher.mp")
+
+START_TRIES = 5
+"""Replacements of one worker started in a row that may be killed while starting (by the
+OOM killer, say) before the worker is given up."""
 
 ABANDON_GRACE = 0.25
 """Seconds a worker has to confirm it is not running a task no run wants any more (it was
@@ -70,6 +74,7 @@ class WorkerSupervision:
     lock: threading.RLock
     workers: dict[str, WorkerProcess]
     starting: dict[str, WorkerProcess]
+    start_tries: dict[str, int]
     held: dict[str, list[TaskSpec]]
     unconfirmed: dict[Key, TaskSpec]
     inflight: InFlight
@@ -297,6 +302,7 @@ class WorkerSupervision:
             return
         with self.lock:
             self.workers[name] = replacement
+            self.start_tries.pop(name, None)
             self.roster += 1
             held = self.held.pop(name, [])
             held = [spec for spec in held if self.inflight.get(spec.key, name) is spec]
@@ -313,6 +319,13 @@ class WorkerSupervision:
         run: say so to every task from now on."""
         if self.closing:
             return
+        if isinstance(error, KilledWhileStarting):
+            tries = self.start_tries[name] = self.start_tries.get(name, 0) + 1
+            if tries < START_TRIES:
+                log.warning("%s; starting another", error)
+                time.sleep(0.1 * tries)  # on the failed start's own thread
+                self._start_replacement(name, restarted)
+                return
         assert self.events is not None
         reason = f"worker {name} was lost and could not be restarted: {error}"
         log.error("%s", reason)

@@ -189,6 +189,8 @@ class MpTransport(WorkerSupervision, Transport):
         """Tasks for a worker being restarted, by name, to send to its replacement."""
         self.starting: dict[str, WorkerProcess] = {}
         """Replacements being started, by name."""
+        self.start_tries: dict[str, int] = {}
+        """Replacements of a name killed while starting, in a row (see ``_not_replaced``)."""
         self.closing = False
         self._closed = False
         self.broken: str | None = None
@@ -246,6 +248,7 @@ class MpTransport(WorkerSupervision, Transport):
         if self._reader is not None:
             self._reader.stop()
         self.spawner.stop()
+        self.caller_values.close()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
