@@ -401,6 +401,24 @@ def test_runs_nested_in_every_thread_of_the_kept_pool_do_not_wait_on_each_other(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_nested_on_the_same_executor_in_every_thread_do_not_wait_on_each_other(
+    threads: int,
+) -> None:
+    # Each outer task takes a thread and waits for its nested run: with every thread
+    # taken, the nested runs' tasks once waited for a thread forever.
+    with get_executor("async", threads=threads) as ex:
+
+        def nested(x: int, depth: int) -> int:
+            if depth == 0:
+                return x
+            return sum(ex.run([Op(nested, x, depth - 1) for _ in range(2)]))
+
+        count = 3 * threads
+        assert ex.run([Op(nested, i, 2) for i in range(count)]) == [4 * i for i in range(count)]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_runs_on_executors_of_its_own() -> None:
     run([Op(tasks.inc, i) for i in range(8)])  # the kept executor has started threads

@@ -20,6 +20,7 @@ from ._options import Options
 from ._plan import Plan, Result
 from ._plugins import run_observers
 from ._scheduler import Run
+from ._threads import waiting
 from .transport import Capabilities, Transport
 
 __all__ = ["COMMON_OPTIONS", "Executor", "ExecutorInfo"]
@@ -173,10 +174,11 @@ class Executor:
         )
         error: BaseException | None = None
         try:
-            self._drive(run)
-            while run.replan:
-                plan, run = self._replan(plan, run, observers)
+            with waiting():  # from a task in a pool thread: let the pool grow meanwhile
                 self._drive(run)
+                while run.replan:
+                    plan, run = self._replan(plan, run, observers)
+                    self._drive(run)
             error = run.error
             return (None, error) if error is not None else (self._finish(plan, run), None)
         except BaseException as exc:

@@ -9,16 +9,21 @@ never. Such a thread stops counting toward the pool's size as soon as its job is
 be abandoned -- at once through :meth:`Job.abandon`, or through the job's ``abandoned``
 test the next time the pool needs a thread -- so a replacement can start and later work
 never waits behind it. The abandoned thread ends when its function returns.
+
+A job that waits for a nested run (a task calling ``run()``) likewise stops counting while
+it waits (:func:`waiting`): the nested run's tasks get threads of their own, so runs
+nested in every thread of the pool, at any depth, never wait for one another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from queue import SimpleQueue
 
-__all__ = ["DaemonThreadPool", "Job", "in_pool_thread"]
+__all__ = ["DaemonThreadPool", "Job", "in_pool_thread", "waiting"]
 
 logger = logging.getLogger("dispatcher")
 
@@ -30,7 +35,16 @@ def in_pool_thread() -> bool:
     return getattr(_this_thread, "pooled", False)
 
 
-_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
+_QUEUED, _RUNNING, _DONE, _ABANDONED, _WAITING = range(5)
+
+
+def waiting() -> contextlib.AbstractContextManager[None]:
+    """Around a blocking wait for a nested run: if this thread runs a job of a pool, the
+    job stops counting toward the pool's size meanwhile (see the module docstring)."""
+    job: Job | None = getattr(_this_thread, "job", None)
+    if job is None:
+        return contextlib.nullcontext()
+    return job._pool._waiting(job)
 
 
 class Job:
@@ -119,11 +133,27 @@ class DaemonThreadPool:
 
     def _abandon(self, handle: Job) -> None:
         with self._lock:
-            if handle._state == _QUEUED:
-                handle._state = _ABANDONED  # skipped when a thread takes it
+            if handle._state in (_QUEUED, _WAITING):
+                handle._state = _ABANDONED  # skipped when a thread takes it, or uncounted
             elif handle._state == _RUNNING:
                 self._uncount(handle)
                 self._grow()  # a replacement, if jobs are waiting
+
+    @contextlib.contextmanager
+    def _waiting(self, handle: Job) -> Iterator[None]:
+        with self._lock:
+            if handle._state == _RUNNING:
+                self._uncount(handle)
+                handle._state = _WAITING
+                self._grow()  # a thread for the nested run's tasks, if they wait
+        try:
+            yield
+        finally:
+            with self._lock:
+                if handle._state == _WAITING:  # counted again, even past the size
+                    handle._state = _RUNNING
+                    self._running.add(handle)
+                    self._threads += 1
 
     def _work(self) -> None:
         _this_thread.pooled = True
@@ -142,11 +172,13 @@ class DaemonThreadPool:
                 handle._state = _RUNNING
                 self._running.add(handle)
                 job = handle.run
+            _this_thread.job = handle
             try:
                 if job is not None:
                     job()
             except BaseException:  # a job must not raise; if one does, keep the thread
                 logger.exception("a job of the %s pool raised", self._name)
+            _this_thread.job = None
             # The handle may be kept by whoever submitted the job (and the job may refer
             # to it): let go of the job and what it holds, such as its input values.
             handle.run = handle.abandoned = job = None
