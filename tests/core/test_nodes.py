@@ -227,6 +227,14 @@ def test_arguments_nested_too_deep_are_a_clear_error(leaf: object) -> None:
         op(g)(x=nested(5000, leaf))
 
 
+def test_an_argument_that_contains_itself_is_named_as_such() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="contains itself") as info:
+        Op(g, looped)
+    assert "DataNode" in str(info.value)
+
+
 def test_a_deep_value_passes_as_a_data_node() -> None:
     from dispatcher import run
 

@@ -207,6 +207,18 @@ def test_initializer_runs_once_in_each_worker() -> None:
     assert all(r == ["ready"] for r in results)
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"initializer": 5}, "initializer must be callable"),
+        ({"initializer": print, "initargs": 5}, "initargs must be"),
+    ],
+)
+def test_bad_initializer_options_are_named(options: dict[str, Any], named: str) -> None:
+    with pytest.raises(TypeError, match=named):
+        get_executor("mp", workers=1, **options)
+
+
 def test_failing_initializer_is_reported() -> None:
     with pytest.raises(ZeroDivisionError):
         get_executor("mp", workers=1, initializer=divmod, initargs=(1, 0))

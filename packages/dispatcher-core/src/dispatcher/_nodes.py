@@ -186,9 +186,10 @@ def _too_deep(func: Callable[..., Any]) -> ValueError:
     name = getattr(func, "__qualname__", None) or repr(func)
     return ValueError(
         f"the arguments of {name} are nested too deeply (lists, tuples, dicts or sets "
-        f"inside each other, close to the interpreter's recursion limit) to be searched "
-        f"for nodes; pass such a value as DataNode(value), whose value is used as it is "
-        f"and not searched, or build it inside a task"
+        f"inside each other, close to the interpreter's recursion limit), or one contains "
+        f"itself, so they cannot be searched for nodes; pass such a value as "
+        f"DataNode(value), whose value is used as it is and not searched, or build it "
+        f"inside a task"
     )
 
 

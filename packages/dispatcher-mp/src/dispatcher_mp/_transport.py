@@ -153,6 +153,14 @@ class MpTransport(WorkerSupervision, Transport):
             _check_main_is_a_file(start_method)
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(
+                f"initargs must be a sequence of the initializer's arguments, got {initargs!r}"
+            ) from None
         self.size = workers
         self.slots = 1 + prefetch
         self.context: Any = multiprocessing.get_context(start_method)
