@@ -202,6 +202,27 @@ def test_tasks_queued_behind_a_timed_out_task_run_elsewhere_uncharged(tmp_path: 
     assert "quick: [0, 1, 2, 3, 4, 5, 6, 7]" in done.stdout, done.stdout
 
 
+def test_an_mpi_run_inside_an_mpi_task_is_refused_naming_what_to_use(tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        """
+        from dispatcher import DispatcherError, op, run
+
+        def inner(n):
+            return run([op(abs)(-i) for i in range(n)], executor="mpi")
+
+        try:
+            run(op(inner)(3), executor="mpi")
+        except DispatcherError as exc:
+            print("refused:", exc)
+        """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused: an mpi executor cannot be used inside an mpi task" in done.stdout
+    assert "executor='sync' or 'async'" in done.stdout
+
+
 # -- no capacity left --------------------------------------------------------------------
 
 

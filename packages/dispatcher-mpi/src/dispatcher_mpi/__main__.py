@@ -66,7 +66,10 @@ def main() -> None:
     unlink_own_segments()
 
     if comm.Get_rank() != 0:
+        from . import _transport
         from ._worker import WorkerRank
+
+        _transport.IN_WORKER_RANK = True
 
         # A task that crashes the interpreter (a segfault in C code) shows where it was.
         faulthandler.enable()

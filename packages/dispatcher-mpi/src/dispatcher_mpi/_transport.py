@@ -68,7 +68,7 @@ from ._channel import Hub, abort_job, encode
 from ._messages import Alive, Busy, Bye, Reset
 from ._watch import Watcher
 
-__all__ = ["LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
+__all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
 
 def _launch_help() -> str:
@@ -308,7 +308,18 @@ class Root:
 _root: Root | None = None
 
 
+IN_WORKER_RANK = False
+"""Whether this process is a worker rank (it serves rank 0, and cannot have ranks of its
+own)."""
+
+
 def current_root() -> Root:
+    if IN_WORKER_RANK:
+        raise DispatcherError(
+            "an mpi executor cannot be used inside an mpi task (a worker rank serves rank "
+            "0 and has no ranks of its own); run a graph inside a task with "
+            "executor='sync' or 'async', or make it part of the outer graph"
+        )
     if _root is None:
         raise DispatcherError(LAUNCH_HELP)
     if not _root.ranks:
