@@ -322,3 +322,38 @@ def test_report_and_progress_from_a_dask_run(dask_client: Any, tmp_path: Path) -
     html = report.path.read_text()
     for name in ran:
         assert f"<td>{name}</td>" in html
+
+
+def test_a_scheduler_file_that_never_appears_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dask's own client waits for the file with no limit: the run hung without a word.
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "SCHEDULER_FILE_WAIT", 0.3)
+    missing = str(tmp_path / "scheduler.json")
+    with pytest.raises(FileNotFoundError, match="no dask scheduler file at"):
+        run(Op(abs, -1), executor="dask", address=missing)
+
+
+def test_a_dask_run_inside_a_dask_task_is_refused_naming_what_to_use() -> None:
+    # It failed after seconds with "Nanny failed to start" and a logged traceback.
+    code = textwrap.dedent(
+        """
+        from dispatcher import DispatcherError, op, run
+
+        def inner(n):
+            return run([op(abs)(-i) for i in range(n)], executor="dask", workers=1)
+
+        if __name__ == "__main__":
+            try:
+                run(op(inner)(3), executor="dask", workers=1)
+            except DispatcherError as exc:
+                print("refused:", exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert "refused: a dask executor cannot start a cluster of its own inside a dask task" in (
+        done.stdout
+    ), done.stdout + done.stderr
+    assert "Nanny failed" not in done.stderr

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dispatcher import DispatcherError
 from dispatcher.transport import worker_name
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ def connect(address: str, workers: int | None) -> Client:
     scheduler file as dask-mpi and dask-jobqueue write them), once it has ``workers``."""
     from distributed import Client
 
-    if address.endswith(".json") or os.path.isfile(address):
+    if "://" not in address and (address.endswith(".json") or os.sep in address):
+        _await_scheduler_file(address)
         client = Client(scheduler_file=address, set_as_default=False)
     else:
         client = Client(address, set_as_default=False)
@@ -93,13 +95,38 @@ def connect(address: str, workers: int | None) -> Client:
     return client
 
 
+SCHEDULER_FILE_WAIT = 60.0
+"""Seconds to wait for a scheduler file to appear (a batch job's scheduler writes it when it
+starts): dask's client would wait for ever."""
+
+
+def _await_scheduler_file(path: str) -> None:
+    deadline = time.monotonic() + SCHEDULER_FILE_WAIT
+    while not os.path.isfile(path):
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(
+                f"no dask scheduler file at {path!r} after {SCHEDULER_FILE_WAIT:g} s: give "
+                f"address= the file the scheduler writes (dask scheduler "
+                f"--scheduler-file PATH), or its address, tcp://host:port"
+            )
+        time.sleep(0.1)
+
+
 def start_local(
     workers: int | None, threads_per_worker: int, dashboard_address: str | None
 ) -> tuple[LocalCluster, Client]:
     """A ``LocalCluster`` of worker processes (default: one per CPU this process may use)
     and a client of it."""
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_worker
 
+    with contextlib.suppress(ValueError):  # ValueError: not in a dask task
+        get_worker()
+        raise DispatcherError(
+            "a dask executor cannot start a cluster of its own inside a dask task (a "
+            "worker's processes cannot have children); run a graph inside a task with "
+            "executor='sync' or 'async', give address= of a running cluster, or make it "
+            "part of the outer graph"
+        )
     cluster = LocalCluster(
         n_workers=workers or _cpus(),
         threads_per_worker=threads_per_worker,
