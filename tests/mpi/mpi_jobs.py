@@ -44,3 +44,14 @@ def script(tmp_path: Path, body: str) -> str:
     path = tmp_path / "program.py"
     path.write_text(textwrap.dedent(body))
     return str(path)
+
+
+def recording(tmp_path: Path, recorder: str, variable: str) -> tuple[dict[str, str], Path]:
+    """The environment of a job whose every rank first runs ``recorder`` (as its
+    ``sitecustomize``), and the empty folder it writes to, named to it by ``variable``."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(recorder))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return {"PYTHONPATH": str(site), variable: str(logs)}, logs

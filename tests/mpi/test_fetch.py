@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-from mpi_jobs import MISSING, MPIEXEC, job, script
+from mpi_jobs import MISSING, MPIEXEC, job, recording, script
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
@@ -30,11 +29,7 @@ channel.Hub.post = post
 
 
 def test_the_inputs_held_by_another_rank_come_in_one_request(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(RECORDER))
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    env, logs = recording(tmp_path, RECORDER, "POST_LOG")
     program = script(
         tmp_path,
         """
@@ -52,7 +47,7 @@ def test_the_inputs_held_by_another_rank_come_in_one_request(tmp_path: Path) -> 
         print("remote", sum(1 for made_on, _ in parts if made_on != rank))
         """,
     )
-    done = job(3, program, env={"PYTHONPATH": str(site), "POST_LOG": str(logs)})
+    done = job(3, program, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     remote = int(done.stdout.split("remote")[1])
     assert remote > 0, "every input was made where it was used: nothing to fetch"

@@ -3,11 +3,10 @@ and back to the caller, as raw messages beside a small pickle, and arrive intact
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-from mpi_jobs import MISSING, MPIEXEC, job, script
+from mpi_jobs import MISSING, MPIEXEC, job, recording, script
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
@@ -39,11 +38,7 @@ remote.dumps_split = dumps_split
 
 
 def test_large_bytes_move_between_ranks_and_the_caller_out_of_band(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(RECORDER))
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    env, logs = recording(tmp_path, RECORDER, "PICKLE_LOG")
     program = script(
         tmp_path,
         """
@@ -73,7 +68,7 @@ def test_large_bytes_move_between_ranks_and_the_caller_out_of_band(tmp_path: Pat
         print("ok")
         """,
     )
-    done = job(3, program, env={"PYTHONPATH": str(site), "PICKLE_LOG": str(logs)})
+    done = job(3, program, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ok" in done.stdout
     records = [line.split() for log in logs.iterdir() for line in log.read_text().splitlines()]
