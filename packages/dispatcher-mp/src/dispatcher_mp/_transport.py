@@ -153,24 +153,12 @@ class MpTransport(WorkerSupervision, Transport):
             _check_main_is_a_file(start_method)
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, got {initializer!r}")
-        try:
-            initargs = tuple(initargs)
-        except TypeError:
-            raise TypeError(
-                f"initargs must be a sequence of the initializer's arguments, got {initargs!r}"
-            ) from None
         self.size = workers
         self.slots = 1 + prefetch
         self.context: Any = multiprocessing.get_context(start_method)
         self.start_method = start_method
         self.shared_memory = shared_memory
-        self.setup = (
-            dumps_for("initializer", "initializer", (initializer, tuple(initargs)), dumps)
-            if initializer is not None
-            else None
-        )
+        self.setup = _setup(initializer, initargs)
         # Segment names: unique to this executor, then to each worker incarnation.
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
@@ -509,3 +497,18 @@ class MpTransport(WorkerSupervision, Transport):
         for spec in specs:
             self.inflight.take(spec.key, spec.worker)
             events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)
+
+
+def _setup(initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> bytes | None:
+    """What each worker runs first, pickled: ``initializer(*initargs)``; ``None``: nothing."""
+    if initializer is None:
+        return None
+    if not callable(initializer):
+        raise TypeError(f"initializer must be callable, got {initializer!r}")
+    try:
+        arguments = tuple(initargs)
+    except TypeError:
+        raise TypeError(
+            f"initargs must be a sequence of the initializer's arguments, got {initargs!r}"
+        ) from None
+    return dumps_for("initializer", "initializer", (initializer, arguments), dumps)
