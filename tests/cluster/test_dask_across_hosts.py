@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import netns_cluster
 import pytest
@@ -23,7 +22,8 @@ pytest.importorskip("distributed", reason="dispatcher-dask is not installed here
 
 from distributed import Client
 
-from dispatcher import get_executor, hookimpl, op
+from dispatcher import get_executor, op
+from dispatcher.testing import Recorder
 from dispatcher.transport import worker_host
 
 pytestmark = pytest.mark.timeout(240)
@@ -90,17 +90,6 @@ def dask_client(cluster: Cluster, tmp_path: Path) -> Iterator[Client]:
                 process.wait()
 
 
-class Where:
-    """Which worker each task was handed to, by label."""
-
-    def __init__(self) -> None:
-        self.workers: dict[str, str] = {}
-
-    @hookimpl
-    def dispatcher_task_started(self, node: Any, worker: str) -> None:
-        self.workers[node.label] = worker
-
-
 def test_dask_workers_are_named_with_their_hosts(dask_client: Client, tmp_path: Path) -> None:
     import numpy as np
     from placement_job import consume
@@ -136,12 +125,13 @@ def test_a_task_goes_to_its_data_host_first(dask_client: Client) -> None:
         for _ in range(2):
             data = op(produce, label="producer")()
             reader = op(consume, label="consumer")(data, 0)
-            where = Where()
+            recorder = Recorder()
             before = netns_cluster.crossing_bytes()
-            assert executor.run(reader, plugins=[where]) == 1
+            assert executor.run(reader, plugins=[recorder]) == 1
             crossed = netns_cluster.crossing_bytes() - before
-            producer, consumer = where.workers["producer"], where.workers["consumer"]
+            workers = {node.label: worker for _, node, worker in recorder.of("started")}
+            producer, consumer = workers["producer"], workers["consumer"]
             assert worker_host(producer) in {netns_cluster.address(h) for h in WORKER_HOSTS}
             assert consumer != producer
-            assert worker_host(consumer) == worker_host(producer), where.workers
-            assert crossed < 4 * MIB, (crossed, where.workers)
+            assert worker_host(consumer) == worker_host(producer), workers
+            assert crossed < 4 * MIB, (crossed, workers)
