@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import pickle
 from time import perf_counter
 from typing import Any
@@ -115,12 +116,15 @@ def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
     return dumps_for(spec, "function or arguments", call, dumps)
 
 
-def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) -> Any:
+def run_task(
+    key: int, payload: bytes, stats_topic: str | None, start_topic: str, *inputs: Any
+) -> Any:
     """Run one task on this worker and return its value (see the module's docstring).
 
     ``payload`` unpickles to ``(func, args, kwargs, shape, inline, want, timeout)``:
     ``inline`` maps the position of each input the caller held to its value; ``inputs``
-    fill the other positions in order.
+    fill the other positions in order. A task with a timeout says on ``start_topic`` that
+    it starts: the caller times it from then.
     """
     # Failures are raised outside the ``except`` blocks that catch them: dask pickles an
     # exception's context too (tblib), and the user's exception may refuse pickling.
@@ -133,6 +137,8 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
         raise failure
+    if timeout is not None and timeout < math.inf:
+        _log_event(start_topic, key)
     try:
         if inline:
             given = iter(inputs)
@@ -214,13 +220,17 @@ def _wait(awaitable: Any) -> Any:
 
 
 def _report(topic: str, key: int, duration: float, nbytes: int, data: bytes | None) -> None:
+    _log_event(topic, (key, duration, nbytes, data))
+
+
+def _log_event(topic: str, message: Any) -> None:
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
-    worker.log_event(topic, (key, duration, nbytes, data))
+    worker.log_event(topic, message)
 
 
 def still_running(keys: list[str], dask_worker: Any = None) -> dict[str, bool]:
