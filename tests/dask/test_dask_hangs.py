@@ -146,6 +146,26 @@ def test_a_frozen_worker_is_lost_and_its_task_runs_elsewhere(
     assert not wait_gone(started | set(frozen))
 
 
+@pytest.mark.timeout(60)
+def test_a_timed_task_on_a_frozen_worker_fails_at_its_deadline(tmp_path: Path) -> None:
+    # Its worker frozen after the task started, nothing ever came back: the run hung.
+    before = descendants()
+    marker = tmp_path / "pid"
+    victim = op(dask_tasks.stall_first_time, label="victim", timeout=2)(str(marker))
+    with get_executor("dask", workers=2) as ex:
+        started = started_since(before)
+        freezer, frozen = freeze_once_written(marker)
+        try:
+            with pytest.raises(TaskTimeoutError, match="victim"):
+                ex.run(victim)
+        finally:
+            freezer.join()
+        assert frozen, "the victim never started"
+        # The other worker takes the next run.
+        assert ex.run(Op(dask_tasks.total, 1, 2)) == 3
+    assert not wait_gone(started | set(frozen))
+
+
 @pytest.mark.timeout(90)
 def test_closing_with_a_frozen_worker_leaves_no_process() -> None:
     before = descendants()

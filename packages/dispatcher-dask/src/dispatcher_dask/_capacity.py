@@ -52,6 +52,8 @@ class Shortage:
                 if stand_in is not None and stand_in in workers:
                     self._events().worker_added(stand_in, workers[stand_in])
                 return
+            if self.stand_in not in workers:
+                self.stand_in = None  # lost meanwhile: another stands in
             now = time.monotonic()
             if self._since is None:
                 self._since = now

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,9 @@ class GivingUp:
 
         def _forget(self, key: Key) -> None: ...
 
-        def _worker_lost(self, address: str, reason: str) -> None: ...
+        def _worker_lost(
+            self, address: str, reason: str, running: Sequence[Key] | None = None
+        ) -> None: ...
 
     def _slots(self, address: str) -> int:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
@@ -135,7 +138,8 @@ class GivingUp:
         reason = f"restarted: each of its threads ran a task given up on ({held})"
         log.warning("dask worker %s %s", self._names.of.get(address, address), reason)
         try:
-            self._worker_lost(address, reason)
+            # Nothing else ran there: the tasks queued behind are not charged.
+            self._worker_lost(address, reason, running=[])
             self.client.restart_workers([address], timeout=RESTART_SECONDS, raise_for_error=False)
         finally:
             self._restarting.discard(address)

@@ -18,7 +18,8 @@ cannot be brought back. The run time and result size travel to the caller as a w
 event on a topic named by the caller (``Worker.log_event``): one small message per task,
 ahead of dask's own completion message on the same connection. A wanted value of a few
 pickled bytes (:data:`CARRIED_BYTES`) travels in that message too: the caller then has
-it without gathering it, a round trip through the scheduler saved.
+it without gathering it, a round trip through the scheduler saved. A task with a timeout
+also says when it starts (another event, on its own topic): the caller times it from then.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def run_task(
         raise failure
     duration = perf_counter() - start
     if timeout is not None and duration > timeout:
-        # A thread cannot be stopped: the task fails when it returns late.
+        # Late, but back before the caller failed it at its deadline (or untimed there).
         raise TaskFailure(key, None, duration, timeout)
     if not want:
         if stats_topic is not None:

@@ -38,7 +38,7 @@ from ._abandoned import Abandoned
 from ._capacity import Shortage
 from ._cluster import WorkerNames, check_options, disconnect, gather, reach, registered
 from ._deadlines import Deadlines
-from ._giving_up import GivingUp, Pending
+from ._giving_up import GivingUp, Pending, log
 from ._outbox import Outbox
 from ._outcome import restored, unpickled
 from ._quiet import QuietFailures, plugin_name
@@ -357,7 +357,10 @@ class DaskTransport(GivingUp, Transport):
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
         client.subscribe_topic(self._start_topic, self._on_started)
-        client.register_plugin(QuietFailures(self._token), plugin_name(self._token))
+        try:
+            client.register_plugin(QuietFailures(self._token), plugin_name(self._token))
+        except Exception:  # only dask's log is at stake
+            log.debug("could not quiet dask's log of failed tasks", exc_info=True)
         if not self._own_client and self._want_workers:
             # A given client's cluster may still be growing (see connect() for address=).
             client.wait_for_workers(self._want_workers)
@@ -406,11 +409,12 @@ class DaskTransport(GivingUp, Transport):
             self._nthreads[address] = max(1, int(info.get("nthreads", 1)))
             slots = self._workers[address] = self._slots(address)
             name = self._names.add(address, info.get("host"))
-        assert self._events is not None
-        self._events.worker_added(name, slots)
+        self._sink().worker_added(name, slots)
+        self._short()
 
-    def _worker_lost(self, address: str, reason: str) -> None:
-        orphans: list[tuple[Key, str, list[Key]]] = []
+    def _worker_lost(self, address: str, reason: str, running: Sequence[Key] | None = None) -> None:
+        """The worker at ``address`` is gone (``running``: the tasks it had started, if
+        known; see :meth:`EventSink.worker_lost`)."""
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
@@ -422,21 +426,17 @@ class DaskTransport(GivingUp, Transport):
                 self._forget(k)
             # Tasks elsewhere that read a result made there (or still being made there,
             # for a task sent before its input was ready) will never get it.
-            for k, pending in list(self._pending.items()):
-                missing = [d for d in pending.inputs if d in gone]
-                if missing:
-                    orphans.append((k, pending.spec.worker, missing))
-                    dropped.append(pending.future)
-                    self._forget(k)
+            orphans = self._waiting_for(gone)
         self._abandoned.forget_worker(address)
-        events = self._events
-        assert events is not None
-        events.worker_lost(name, reason)
-        for key, worker, missing in orphans:
+        events = self._sink()
+        events.worker_lost(name, reason, running)
+        for key, worker, missing, future in orphans:
             events.task_inputs_lost(key, worker, missing)
+            dropped.append(future)
         # Pinned to a worker that is gone, they would wait for it forever.
         for future in dropped:
             future.release()
+        self._short()
 
     def _forget(self, key: Key) -> None:
         """Drop every record of ``key``; the caller holds the lock."""
