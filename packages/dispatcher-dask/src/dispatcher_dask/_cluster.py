@@ -169,6 +169,29 @@ def worker_ttl() -> float | None:
     return SILENT_WORKER_TTL if seconds == _STOCK_WORKER_TTL else seconds
 
 
+def keep_workers(cluster: LocalCluster, loop: Any) -> None:
+    """After a worker of ``cluster`` (started here) was lost: make sure, once
+    ``distributed.deploy.lost-worker-timeout`` has passed, that it was replaced. A local
+    cluster closes a worker's nanny for good when no worker of its name is there that long
+    after one was removed: a replacement restarted again at that very moment would be
+    lost. Rescaling to the same size starts whatever was closed."""
+
+    def check() -> None:
+        wanted = len(cluster.worker_spec)
+        if cluster.status.name == "running" and len(cluster.workers) < wanted:
+            cluster.scale(wanted)
+
+    import dask
+    from dask.utils import parse_timedelta
+
+    delay = float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
+    # (add_callback: the only thread-safe way onto the loop.)
+    loop.add_callback(loop.call_later, delay + _KILL_SECONDS, check)
+
+
+_KILL_SECONDS = 5.0  # how long a nanny takes to kill a worker that does not close
+
+
 def disconnect(
     client: Client | None, topics: Sequence[str], own_client: bool, cluster: LocalCluster | None
 ) -> None:

@@ -17,8 +17,10 @@ call to the end in its worker thread. The transport (:class:`GivingUp`, a part o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -133,16 +135,27 @@ class GivingUp:
 
     def _restart(self, address: str) -> None:
         """On the control thread: restart our worker at ``address`` through its nanny (it
-        comes back under a new address, a new worker), reporting it lost first."""
+        comes back under a new address, a new worker), reporting it lost first. The
+        restart goes on in dask's event loop: other cluster events are not held up."""
         held = ", ".join(repr(label) for label in self._abandoned.running(address))
         reason = f"restarted: each of its threads ran a task given up on ({held})"
         log.warning("dask worker %s %s", self._names.of.get(address, address), reason)
         try:
             # Nothing else ran there: the tasks queued behind are not charged.
             self._worker_lost(address, reason, running=[])
-            self.client.restart_workers([address], timeout=RESTART_SECONDS, raise_for_error=False)
-        finally:
+            client = self.client
+            restart = client.scheduler.restart_workers(
+                workers=[address],
+                timeout=RESTART_SECONDS,
+                wait_for_workers=False,
+                on_error="return",
+                stimulus_id=f"dispatcher-restart-{time.time()}",
+            )
+            done = asyncio.run_coroutine_threadsafe(restart, client.loop.asyncio_loop)
+        except BaseException:
             self._restarting.discard(address)
+            raise
+        done.add_done_callback(lambda _: self._restarting.discard(address))
 
     def _on_started(self, event: tuple[float, Any]) -> None:
         """A timed task started on its worker (on dask's event loop): its deadline runs."""

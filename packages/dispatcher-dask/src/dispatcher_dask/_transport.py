@@ -36,7 +36,15 @@ from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transpo
 
 from ._abandoned import Abandoned
 from ._capacity import Shortage
-from ._cluster import WorkerNames, check_options, disconnect, gather, reach, registered
+from ._cluster import (
+    WorkerNames,
+    check_options,
+    disconnect,
+    gather,
+    keep_workers,
+    reach,
+    registered,
+)
 from ._deadlines import Deadlines
 from ._giving_up import GivingUp, Pending, log
 from ._outbox import Outbox
@@ -436,6 +444,8 @@ class DaskTransport(GivingUp, Transport):
         # Pinned to a worker that is gone, they would wait for it forever.
         for future in dropped:
             future.release()
+        if self._cluster is not None:
+            keep_workers(self._cluster, self.client.loop)
         self._short()
 
     def _forget(self, key: Key) -> None:
