@@ -59,9 +59,9 @@ def test_a_task_that_never_returns_fails_at_its_deadline(dask_client: Any) -> No
 
 @pytest.mark.timeout(60)
 def test_a_deadline_counts_from_the_start_not_from_the_queue(dask_client: Any) -> None:
-    # Ten tasks of 0.4 s on two one-thread workers: the last ones wait about 1.6 s in
+    # Ten tasks of 0.5 s on two one-thread workers: the last ones wait about 2 s in
     # their worker's queue, longer than their timeout, and still pass.
-    nodes = [op(dask_tasks.sleep_then, timeout=1)(0.4, i) for i in range(10)]
+    nodes = [op(dask_tasks.sleep_then, timeout=1.5)(0.5, i) for i in range(10)]
     seen = Seen()
     with get_executor("dask", address=dask_client.scheduler.address) as ex:
         assert ex.run(nodes, plugins=[seen]) == list(range(10))
@@ -137,12 +137,17 @@ def test_a_frozen_worker_is_lost_and_its_task_runs_elsewhere(
     with get_executor("dask", workers=2, retries=1) as ex:
         started = started_since(before)
         freezer, frozen = freeze_once_written(marker)
+        seen = Seen()
         try:
-            ran_on = ex.run(victim)
+            ran_on = ex.run(victim, plugins=[seen])
         finally:
             freezer.join()
         assert frozen, "the victim never started"
         assert ran_on != frozen[0]
+        # Charged to the frozen worker, whose loss says why.
+        [(node, error)] = seen.retried
+        assert node is victim
+        assert "did not answer the scheduler" in str(error)
     assert not wait_gone(started | set(frozen))
 
 

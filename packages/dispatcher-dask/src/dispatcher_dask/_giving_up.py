@@ -180,7 +180,9 @@ class GivingUp:
         for key, worker, missing, future in back:
             events.task_inputs_lost(key, worker, missing)
             future.release()
-        self._abandoned.add(self._names.address[spec.worker], {pending.future.key: spec.label})
+        address = self._names.address[spec.worker]
+        if address in self._workers:  # (a worker lost meanwhile took its thread with it)
+            self._abandoned.add(address, {pending.future.key: spec.label})
         pending.future.release()
 
     def _waiting_for(self, gone: set[Key]) -> list[tuple[Key, str, list[Key], Future]]:

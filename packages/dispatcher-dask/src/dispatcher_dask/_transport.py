@@ -396,7 +396,7 @@ class DaskTransport(GivingUp, Transport):
             elif action == "worker-ttl-timed-out":
                 silent = f"it did not answer the scheduler for {msg.get('ttl', 0):g} s (frozen?)"
                 for address in msg.get("workers", ()):
-                    self._worker_lost(address, f"dask worker restarted: {silent}")
+                    self._worker_lost(address, f"dask worker lost: {silent}")
             elif action == "remove-worker":
                 expected = "closed" if msg.get("expected") else "died"
                 self._worker_lost(msg["worker"], f"dask worker {expected}")
