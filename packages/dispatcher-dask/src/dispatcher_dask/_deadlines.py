@@ -51,7 +51,7 @@ class Deadlines(Generic[T]):
                 self._heap = [e for e in self._heap if self._live.get(id(e[2])) == e[0]]
                 heapq.heapify(self._heap)
             if self._thread is None:
-                self._thread = start_thread("dispatcher-dask-deadlines", self._run, self._died)
+                self._thread = start_thread("dispatcher-dask-deadlines", self._run, self._death)
             elif self._heap[0][2] is item:
                 self._wake.notify()
 
@@ -67,6 +67,15 @@ class Deadlines(Generic[T]):
             self._heap.clear()
             self._live.clear()
             self._wake.notify()
+
+    def _death(self, exc: BaseException) -> None:
+        """Whatever escaped the thread: the deadlines it kept are lost (``died`` deals
+        with their tasks); the next one added starts another thread."""
+        with self._wake:
+            self._thread = None
+            self._heap.clear()
+            self._live.clear()
+        self._died(exc)
 
     def _run(self) -> None:
         while True:
