@@ -22,6 +22,7 @@ import pytest
 from test_dask_faults import Seen, descendants, wait_gone
 
 from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, op
+from dispatcher.testing import tasks
 
 
 def started_since(before: set[int]) -> set[int]:
@@ -86,6 +87,26 @@ def test_a_worker_of_its_own_held_by_a_stuck_task_is_restarted(
         r.message for r in caplog.records
     ]
     assert not wait_gone(started)
+
+
+@pytest.mark.timeout(90)
+def test_work_abandoned_by_fail_fast_on_a_cluster_of_its_own_gives_back_every_worker(
+    tmp_path: Path,
+) -> None:
+    # The abandoned task kept its worker's thread for good: the next run, which needs
+    # both workers at once, waited for ever.
+    log, gate = str(tmp_path), tmp_path / "gate"
+    blocker = op(tasks.blocked, label="blocked")(log, "blocked", str(gate), 300)
+    failing = op(tasks.fail_once_started, label="fails")(log, "blocked", 30, "first")
+    meet = [op(tasks.meet)(log, "meet", 2, 30, i) for i in range(2)]
+    try:
+        with get_executor("dask", workers=2, prefetch=0) as ex:
+            with pytest.raises(ValueError, match="first"):
+                ex.run([blocker, failing])
+            assert ex.run(meet) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0  # it never returned
+    finally:
+        gate.touch()
 
 
 @pytest.mark.timeout(90)
