@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -45,3 +46,8 @@ def stall_first_time(path: str) -> int:
     os.rename(path + ".tmp", path)
     time.sleep(3600)
     return os.getpid()
+
+
+async def forever_async(*_: object) -> None:
+    """A coroutine task that never returns unless cancelled."""
+    await asyncio.Event().wait()

@@ -59,6 +59,21 @@ def test_a_task_that_never_returns_fails_at_its_deadline(dask_client: Any) -> No
 
 
 @pytest.mark.timeout(60)
+def test_a_coroutine_past_its_timeout_is_cancelled_and_gives_back_its_thread(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    # It hung like any task that never returns; unlike a plain function, a coroutine can
+    # be stopped, so its thread is free for the next run, which needs both workers.
+    stuck = op(dask_tasks.forever_async, label="stuck", timeout=1)()
+    meet = [op(tasks.meet)(str(tmp_path), "meet", 2, 30, i) for i in range(2)]
+    # (prefetch=0: a task waits for a free thread, rather than queue behind the other.)
+    with get_executor("dask", address=dask_client.scheduler.address, prefetch=0) as ex:
+        with pytest.raises(TaskTimeoutError, match="stuck"):
+            ex.run(stuck)
+        assert ex.run(meet) == [0, 1]
+
+
+@pytest.mark.timeout(60)
 def test_a_deadline_counts_from_the_start_not_from_the_queue(dask_client: Any) -> None:
     # Ten tasks of 0.5 s on two one-thread workers: the last ones wait about 2 s in
     # their worker's queue, longer than their timeout, and still pass.

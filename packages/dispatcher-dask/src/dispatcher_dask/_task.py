@@ -162,7 +162,9 @@ def run_task(
     try:
         value = call_task(func, args, kwargs, shape, values)
         if inspect.isawaitable(value):
-            value = _wait(value)
+            value = _wait(value, None if timeout is None else called + timeout - perf_counter())
+    except _Late:  # the coroutine was cancelled at its deadline: its thread is free again
+        failure = TaskFailure(key, None, perf_counter() - start, timeout)
     except BaseException as exc:
         failure = TaskFailure(key, capture_error(exc, dumps), perf_counter() - start)
     if failure is not None:
@@ -216,9 +218,24 @@ def _register_sizeof() -> None:
 _register_sizeof()
 
 
-def _wait(awaitable: Any) -> Any:
+class _Late(Exception):
+    """A coroutine task was cancelled at its deadline."""
+
+
+def _wait(awaitable: Any, seconds: float | None) -> Any:
+    """Run a coroutine task to its end, or cancel it once ``seconds`` (if any) have
+    passed: unlike a plain function, it can be stopped, and its thread freed."""
+
     async def wait() -> Any:
-        return await awaitable
+        if seconds is None or seconds == math.inf:
+            return await awaitable
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)) as scope:
+                return await awaitable
+        except TimeoutError:
+            if scope.expired():  # not a TimeoutError of the task's own
+                raise _Late from None
+            raise
 
     return asyncio.run(wait())
 
