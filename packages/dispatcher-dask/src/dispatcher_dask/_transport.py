@@ -17,7 +17,9 @@ so on a departure this transport releases every task pinned there and every resu
 there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
 results as having lost their inputs: dispatcher recomputes what is needed. A task released
 by its only client is forgotten by dask's scheduler; one already running finishes its call
-in its worker thread (threads cannot be interrupted), and its result is dropped.
+in its worker thread (threads cannot be interrupted), and its result is dropped. What the
+transport does about such tasks, and about those past their timeout, is in
+:mod:`._giving_up`.
 """
 
 from __future__ import annotations
