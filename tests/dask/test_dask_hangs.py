@@ -253,7 +253,8 @@ def test_dask_logs_no_compute_failed_block_for_dispatchers_tasks(tmp_path: Path)
     # beside the labelled error dispatcher raises.
     script = tmp_path / "quiet.py"
     script.write_text(QUIET)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    path = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=80, env=env
     )
