@@ -67,6 +67,10 @@ SEND_INTERVAL = 0.01
 # How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
 
+# The scheduler's topics watched: workers arriving and leaving ("all"), and workers it
+# gave up on for their silence ("scheduler").
+_CLUSTER_TOPICS = ("all", "scheduler")
+
 # How long a worker of a cluster that is not ours may take to drop the plugin at close.
 _UNREGISTER_SECONDS = 5.0
 
@@ -341,7 +345,7 @@ class DaskTransport(GivingUp, Transport):
             self._keys.clear()
         for future in futures:
             future.release()
-        topics = [t for t in ("all", "scheduler", self._start_topic, self._stats_topic) if t]
+        topics = [t for t in (*_CLUSTER_TOPICS, self._start_topic, self._stats_topic) if t]
         if self._cluster is None and self._client is not None:
             # A cluster that is not ours keeps running: take the plugin back (without
             # waiting for ever on a frozen worker).
@@ -362,7 +366,7 @@ class DaskTransport(GivingUp, Transport):
         """On the control thread: subscribe to the cluster's events, then take its
         workers (events that arrive meanwhile wait behind this call)."""
         control = self._control
-        for topic in ("all", "scheduler"):
+        for topic in _CLUSTER_TOPICS:
             client.subscribe_topic(topic, lambda event: control.submit(self._on_cluster, event[1]))
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
