@@ -157,7 +157,9 @@ class DaskTransport(GivingUp, Transport):
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         if self._shortage.stand_in is not None:  # no capacity left: fail what it is given
-            tasks = self._shortage.refuse(tasks, list(self._names.address))
+            with self._lock:
+                workers = [self._names.of[address] for address in self._workers]
+            tasks = self._shortage.refuse(tasks, workers)
         self._outbox.put(tasks)
 
     def _busy(self) -> bool:
