@@ -264,3 +264,35 @@ def test_dask_logs_no_compute_failed_block_for_dispatchers_tasks(tmp_path: Path)
     assert done.stderr.count("Compute Failed") == 1, done.stderr
     assert "Key:       plain_failure-" in done.stderr
     assert "filters left: [0]" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_nanny_dask_closed_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A local cluster closes a worker's nanny for good when no worker of its name is
+    # there lost-worker-timeout after a removal: a worker restarted twice in quick
+    # succession (two stuck tasks in a row) was gone for the rest of the executor's life.
+    import dask
+    from distributed import Client, LocalCluster
+
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "_KILL_SECONDS", 0.0)
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "0.2s"}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        name = next(iter(cluster.workers))
+        cluster.sync(cluster.workers[name].close)  # as the cluster does it
+        del cluster.workers[name]
+        _cluster.keep_workers(cluster, client.loop)
+        client.wait_for_workers(2, timeout=30)
+        assert len(cluster.workers) == 2
