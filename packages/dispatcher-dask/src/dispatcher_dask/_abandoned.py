@@ -1,15 +1,18 @@
 """Tasks given up on that may still run: the worker threads they take, until they return.
 
-dask cannot stop a running task: released by the caller (fail-fast, a cancelled run), it
-runs its call to the end in its worker thread, which takes no other task meanwhile. The
+dask cannot stop a running task: released by the caller (fail-fast, a cancelled run, a
+timeout), it runs its call to the end in its worker thread, which takes no other task
+meanwhile. The
 scheduler must not queue new work behind it, so the transport reports such a worker with
 fewer slots (none, when every thread is taken) until the task returns.
 
 A task given up on is presumed running at once (when its inputs were all there, it may
 be); a thread of our own then asks its worker, a few times a second, which of them it
 still runs, and gives back each thread as soon as its task is gone. When it finds every
-thread of a worker taken, the tasks queued there meanwhile (sent before the worker was
-known to be busy) are handed back to be placed elsewhere (``full``).
+thread of a worker taken, it says so (``full``): the transport restarts the worker if it
+started the cluster, or else hands back the tasks queued there meanwhile (sent before the
+worker was known to be busy) to be placed elsewhere. A worker that does not answer (a
+frozen one) is asked again at the next check, the others one by one meanwhile.
 """
 
 from __future__ import annotations
