@@ -8,7 +8,10 @@ loop that drives it, through the same scheduler and driver as every backend.
 A worker thread reports its task itself, straight to the run's event queue: the driver
 wakes once for every report that arrived while it worked, not once per task. A run that
 needs no loop at all -- no coroutine function, nothing that may return an awaitable, no
-timeout to enforce -- is driven from the calling thread without starting one.
+timeout to enforce -- is driven from the calling thread without starting one. That
+thread then calls a plain task itself whenever nothing else of the run is out on a thread
+and it is the one task ready (see :meth:`Run.call_when_idle`): it would only wait for the
+thread otherwise, and a chain or a one-node run costs no hand-off per task.
 """
 
 from __future__ import annotations
@@ -542,6 +545,8 @@ class AsyncExecutor(Executor):
         loop of its own, here, or on another thread when this one already runs a loop (a
         notebook, or a task calling run()) that is busy with us."""
         if not self._needs_loop(run):
+            if self.threads:
+                run.call_when_idle(self._loop_transport.never_awaits)
             token = loop_scope.set(None)  # not the loop of a run this one is nested in
             try:
                 super()._drive(run)
