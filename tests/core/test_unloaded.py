@@ -4,6 +4,8 @@ the driver of their own run as it applies the report, and what a failure to load
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -147,3 +149,14 @@ def test_ctrl_c_while_an_exception_is_restored_is_not_taken_for_its_failure() ->
     wire = capture_error(_InterruptedWhenLoaded(), dumps)
     with pytest.raises(KeyboardInterrupt):
         UnrestoredError(wire, _spec()).load()
+
+
+def test_loading_reported_values_brings_no_process_kit_into_an_in_process_run() -> None:
+    # The driver's loading path is in every run: the kit it uses on a failure (and
+    # cloudpickle with it) is imported only then.
+    code = (
+        "import sys, dispatcher; "
+        "print(sorted(m for m in ('cloudpickle', 'dispatcher.remote') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

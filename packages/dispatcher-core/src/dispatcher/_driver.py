@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .remote._errors import unpickling_error
 from .transport import Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
@@ -219,6 +218,9 @@ def load_reported(unloaded: Unloaded, spec: TaskSpec, what: str) -> tuple[bool, 
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # deserialising runs arbitrary code: SystemExit included
+        # Imported here: the kit (and cloudpickle) is no part of a run that stays in process.
+        from .remote._errors import unpickling_error
+
         return False, unpickling_error(spec.label, what, exc, in_caller=True)
 
 
