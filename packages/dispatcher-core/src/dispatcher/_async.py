@@ -28,10 +28,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from ._awaiting import await_blocking, is_awaitable
 from ._driver import drive_async
 from ._errors import TaskTimeoutError
 from ._executor import Executor
-from ._inline import await_blocking, may_return_awaitable
+from ._inline import may_return_awaitable
 from ._loop import LoopScope, first_leaf, in_event_loop, interruptible, loop_scope, stops_the_loop
 from ._scheduler import Run
 from ._threads import DaemonThreadPool, Job
@@ -196,7 +197,7 @@ class AsyncTransport(Transport):
                 raise  # on the loop, in the caller's thread, it cannot be told from Ctrl-C
             events.task_failed(spec.key, "main", exc, perf_counter() - start)
             return False
-        if not self._plain[spec.func] and inspect.isawaitable(value):
+        if is_awaitable(value):
             handle = self.tasks[spec.key] = _Handle(spec)
             scope.group.start_soon(self._await_value, handle, value, start)
         else:
@@ -404,7 +405,7 @@ class AsyncTransport(Transport):
         except BaseException as exc:  # SystemExit and the like fail the node too
             value, ok = exc, False
         del values
-        if ok and not self._plain[spec.func] and inspect.isawaitable(value):
+        if ok and is_awaitable(value):
             if scope is not None:
                 try:
                     scope.call_soon(scope.context.run, _await_on_loop, self, scope, handle, value)

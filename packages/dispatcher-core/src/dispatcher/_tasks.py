@@ -15,6 +15,7 @@ from operator import not_
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from ._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from ._errors import TaskTimeoutError
 from ._graph import gc_paused
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
@@ -311,6 +312,7 @@ class TaskTable:
         attempts, results, release = self.attempts, self.results, self.release
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
+        awaitable_type = AWAITABLE_TYPES.get
         # Timed only when anyone looks (a timeout, an observer): how long it ran.
         always_timed = default_timeout is not None or finished is not None
         ran = False
@@ -381,6 +383,8 @@ class TaskTable:
                         elif count == 2:
                             values = [first, second]
                         value = call_task(func, node._args, node._kwargs, shape, values)
+                    if awaitable_type(type(value)) is not False and is_awaitable(value):
+                        value = await_blocking(value)  # a plain function's awaitable
                 except BaseException as exc:
                     if isinstance(exc, KeyboardInterrupt):
                         raise  # in the caller's thread it cannot be told from Ctrl-C: stop
