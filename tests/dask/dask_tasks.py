@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import time
 
 # Shared with every backend's tests.
@@ -21,3 +24,30 @@ def megabyte_after(seconds: float) -> bytes:
 
 def length(data: bytes) -> int:
     return len(data)
+
+
+def forever(*_: object) -> None:
+    """Never returns (a task dask cannot stop)."""
+    threading.Event().wait()
+
+
+def plain_failure() -> None:
+    """Fails, run as a plain dask task beside dispatcher's own."""
+    raise RuntimeError("a plain dask task failed")
+
+
+def stall_first_time(path: str) -> int:
+    """The first call writes its worker's pid to ``path`` (so a test can freeze it) and
+    sleeps for an hour; later calls return their worker's pid at once."""
+    if os.path.exists(path):
+        return os.getpid()
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(3600)
+    return os.getpid()
+
+
+async def forever_async(*_: object) -> None:
+    """A coroutine task that never returns unless cancelled."""
+    await asyncio.Event().wait()

@@ -1,21 +1,25 @@
 """Tasks given up on that may still run: the worker threads they take, until they return.
 
-dask cannot stop a running task: released by the caller (fail-fast, a cancelled run), it
-runs its call to the end in its worker thread, which takes no other task meanwhile. The
+dask cannot stop a running task: released by the caller (fail-fast, a cancelled run, a
+timeout), it runs its call to the end in its worker thread, which takes no other task
+meanwhile. The
 scheduler must not queue new work behind it, so the transport reports such a worker with
 fewer slots (none, when every thread is taken) until the task returns.
 
 A task given up on is presumed running at once (when its inputs were all there, it may
 be); a thread of our own then asks its worker, a few times a second, which of them it
 still runs, and gives back each thread as soon as its task is gone. When it finds every
-thread of a worker taken, the tasks queued there meanwhile (sent before the worker was
-known to be busy) are handed back to be placed elsewhere (``full``).
+thread of a worker taken, it says so (``full``): the transport restarts the worker if it
+started the cluster, or else hands back the tasks queued there meanwhile (sent before the
+worker was known to be busy) to be placed elsewhere. A worker that does not answer (a
+frozen one) is asked again at the next check, the others one by one meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.remote import start_thread
@@ -30,6 +34,9 @@ __all__ = ["Abandoned"]
 CHECK_INTERVAL = 0.2
 """Seconds between asking the workers about tasks given up on."""
 
+ASK_TIMEOUT = 2.0
+"""Seconds a worker has to answer: a frozen one never does."""
+
 MISSES = 2
 """Checks a task must be unknown to its worker in before it counts as gone: the release
 and the check travel different ways, and the worker may not have seen the task yet."""
@@ -40,7 +47,7 @@ class Abandoned:
     they take. ``changed(worker)`` is called (under this object's lock, so in order)
     whenever that count changes, and ``full(worker)`` when a check found every thread of
     ``worker`` taken; ``client`` gives the client to ask workers through, ``threads`` the
-    threads of a worker."""
+    threads of a worker; ``checked()`` is called after every check (outside the lock)."""
 
     def __init__(
         self,
@@ -48,14 +55,18 @@ class Abandoned:
         changed: Callable[[str], None],
         full: Callable[[str], None],
         threads: Callable[[str], int],
+        checked: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
+        self._checked = checked
         self._changed = changed
         self._full = full
         self._threads = threads
         self._lock = threading.Condition(threading.Lock())
         self._keys: dict[str, dict[str, int]] = {}  # worker -> dask key -> checks missed
         self._busy: dict[str, int] = {}  # worker -> threads taken
+        self._labels: dict[str, str] = {}  # dask key -> its node's label
+        self._running: dict[str, list[str]] = {}  # worker -> keys it ran at the last check
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -63,21 +74,31 @@ class Abandoned:
         """Threads of ``worker`` still running tasks given up on."""
         return self._busy.get(worker, 0)
 
-    def add(self, worker: str, keys: Iterable[str]) -> None:
-        """These tasks of ``worker`` were given up on, and may be running."""
+    def add(self, worker: str, labels: Mapping[str, str]) -> None:
+        """These tasks of ``worker`` (dask key -> the node's label) were given up on, and
+        may be running."""
         with self._lock:
             known = self._keys.setdefault(worker, {})
-            for key in keys:
+            for key, label in labels.items():
                 known[key] = 0
+                self._labels[key] = label
             self._set_busy(worker, min(self._threads(worker), len(known)))
             if self._thread is None and not self._closed:
                 self._thread = start_thread("dispatcher-dask-abandoned", self._run, self._died)
             self._lock.notify()
 
+    def running(self, worker: str) -> list[str]:
+        """The labels of the tasks given up on that ``worker`` runs, as far as known."""
+        with self._lock:
+            keys = self._running.get(worker) or list(self._keys.get(worker, ()))
+            return [self._labels.get(key, key) for key in keys]
+
     def forget_worker(self, worker: str) -> None:
         """``worker`` is gone, and whatever it was running with it."""
         with self._lock:
-            self._keys.pop(worker, None)
+            for key in self._keys.pop(worker, {}):
+                self._labels.pop(key, None)
+            self._running.pop(worker, None)
             self._busy.pop(worker, None)
 
     def close(self) -> None:
@@ -108,19 +129,38 @@ class Abandoned:
             with self._lock:
                 for worker, found in answers.items():
                     self._update(worker, found)
+            self._checked()
 
     def _ask(self, asked: dict[str, list[str]]) -> dict[str, dict[str, bool] | None]:
         """Each worker's answer: for each of its keys it still knows, whether it runs it;
-        None when the worker could not be asked (it is gone: its loss is reported apart)."""
+        None when the worker could not be asked (it is gone: its loss is reported apart;
+        or it does not answer within :data:`ASK_TIMEOUT`, frozen, say: asked again next
+        time, while the others are asked one by one)."""
         client = self._client()
-        keys = [key for worker_keys in asked.values() for key in worker_keys]
-        replies: dict[str, Any] = client.run(
-            still_running, keys, workers=list(asked), on_error="return"
-        )
+        replies: dict[str, Any]
+        try:
+            replies = self._ask_workers(client, asked)
+        except TimeoutError:
+            replies = {}
+            for worker, keys in asked.items():
+                with contextlib.suppress(TimeoutError):
+                    replies.update(self._ask_workers(client, {worker: keys}))
         return {
             worker: reply if isinstance(reply, dict) else None
             for worker, reply in ((w, replies.get(w)) for w in asked)
         }
+
+    @staticmethod
+    def _ask_workers(client: Client, asked: dict[str, list[str]]) -> dict[str, Any]:
+        keys = [key for worker_keys in asked.values() for key in worker_keys]
+        replies: dict[str, Any] = client.run(
+            still_running,
+            keys,
+            workers=list(asked),
+            on_error="return",
+            callback_timeout=ASK_TIMEOUT,
+        )
+        return replies
 
     def _update(self, worker: str, found: dict[str, bool] | None) -> None:
         known = self._keys.get(worker)
@@ -128,20 +168,24 @@ class Abandoned:
             return  # forgotten meanwhile
         if found is None:
             return  # could not be asked: asked again next time, or its loss clears it
-        running = 0
+        running: list[str] = []
         for key in list(known):
             if key in found:
                 known[key] = 0
-                running += found[key]
+                if found[key]:
+                    running.append(key)
             else:
                 known[key] += 1
                 if known[key] >= MISSES:
                     del known[key]
+                    self._labels.pop(key, None)
+        self._running[worker] = running
         if not known:
             del self._keys[worker]
+            self._running.pop(worker, None)
         threads = self._threads(worker)
-        self._set_busy(worker, min(threads, running))
-        if running >= threads:
+        self._set_busy(worker, min(threads, len(running)))
+        if len(running) >= threads:
             self._full(worker)
 
     def _died(self, exc: BaseException) -> None:
@@ -149,6 +193,8 @@ class Abandoned:
         for good (new work may then queue behind a task given up on)."""
         with self._lock:
             self._keys.clear()
+            self._labels.clear()
+            self._running.clear()
             self._thread = None
             for worker in list(self._busy):
                 self._set_busy(worker, 0)

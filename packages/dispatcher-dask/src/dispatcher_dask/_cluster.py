@@ -127,20 +127,69 @@ def start_local(
             "executor='sync' or 'async', give address= of a running cluster, or make it "
             "part of the outer graph"
         )
+    scheduler: dict[str, Any] = {"worker_ttl": worker_ttl()}
+    if not dashboard_address:
+        # Without a dashboard the scheduler still serves /health: on any free port, not
+        # the dashboard's usual one.
+        scheduler["dashboard_address"] = ":0"
     cluster = LocalCluster(
         n_workers=workers or _cpus(),
         threads_per_worker=threads_per_worker,
         processes=True,
         dashboard_address=dashboard_address,
-        # Without a dashboard the scheduler still serves /health: on any free port, not
-        # the dashboard's usual one.
-        scheduler_kwargs=None if dashboard_address else {"dashboard_address": ":0"},
+        scheduler_kwargs=scheduler,
     )
     try:
         return cluster, Client(cluster, set_as_default=False)
     except BaseException:
         cluster.close()
         raise
+
+
+SILENT_WORKER_TTL = 30.0
+"""Seconds a worker of a cluster started by the executor may go without a word to its
+scheduler (frozen, or a task holding the GIL in C code) before the scheduler restarts it
+through its nanny (it notices between one and two such periods after the last word). dask's
+own default, five minutes, is kept for when the user configured another value."""
+
+_STOCK_WORKER_TTL = 300.0  # distributed.scheduler.worker-ttl as dask ships it
+
+
+def worker_ttl() -> float | None:
+    """The worker time-to-live for a cluster started here: :data:`SILENT_WORKER_TTL`,
+    unless ``distributed.scheduler.worker-ttl`` was configured to something else than
+    dask's stock five minutes (``None`` there: never)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    configured = dask.config.get("distributed.scheduler.worker-ttl")
+    if configured is None:
+        return None
+    seconds = float(parse_timedelta(configured))
+    return SILENT_WORKER_TTL if seconds == _STOCK_WORKER_TTL else seconds
+
+
+def keep_workers(cluster: LocalCluster, loop: Any) -> None:
+    """After a worker of ``cluster`` (started here) was lost: make sure, once
+    ``distributed.deploy.lost-worker-timeout`` has passed, that it was replaced. A local
+    cluster closes a worker's nanny for good when no worker of its name is there that long
+    after one was removed: a replacement restarted again at that very moment would be
+    lost. Rescaling to the same size starts whatever was closed."""
+
+    def check() -> None:
+        wanted = len(cluster.worker_spec)
+        if cluster.status.name == "running" and len(cluster.workers) < wanted:
+            cluster.scale(wanted)
+
+    import dask
+    from dask.utils import parse_timedelta
+
+    delay = float(parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
+    # (add_callback: the only thread-safe way onto the loop.)
+    loop.add_callback(loop.call_later, delay + _KILL_SECONDS, check)
+
+
+_KILL_SECONDS = 5.0  # how long a nanny takes to kill a worker that does not close
 
 
 def disconnect(

@@ -18,13 +18,15 @@ cannot be brought back. The run time and result size travel to the caller as a w
 event on a topic named by the caller (``Worker.log_event``): one small message per task,
 ahead of dask's own completion message on the same connection. A wanted value of a few
 pickled bytes (:data:`CARRIED_BYTES`) travels in that message too: the caller then has
-it without gathering it, a round trip through the scheduler saved.
+it without gathering it, a round trip through the scheduler saved. A task with a timeout
+also says when it starts (another event, on its own topic): the caller times it from then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import pickle
 from time import perf_counter
 from typing import Any
@@ -115,12 +117,15 @@ def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
     return dumps_for(spec, "function or arguments", call, dumps)
 
 
-def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) -> Any:
+def run_task(
+    key: int, payload: bytes, stats_topic: str | None, start_topic: str, *inputs: Any
+) -> Any:
     """Run one task on this worker and return its value (see the module's docstring).
 
     ``payload`` unpickles to ``(func, args, kwargs, shape, inline, want, timeout)``:
     ``inline`` maps the position of each input the caller held to its value; ``inputs``
-    fill the other positions in order.
+    fill the other positions in order. A task with a timeout says on ``start_topic`` that
+    it starts: the caller times it from then.
     """
     # Failures are raised outside the ``except`` blocks that catch them: dask pickles an
     # exception's context too (tblib), and the user's exception may refuse pickling.
@@ -133,6 +138,11 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
         raise failure
+    # Timed from here, as the caller times it from the event below: loading the function
+    # (imports, on a fresh worker) does not count.
+    called = perf_counter()
+    if timeout is not None and timeout < math.inf:
+        _log_event(start_topic, key)
     try:
         if inline:
             given = iter(inputs)
@@ -152,14 +162,16 @@ def run_task(key: int, payload: bytes, stats_topic: str | None, *inputs: Any) ->
     try:
         value = call_task(func, args, kwargs, shape, values)
         if inspect.isawaitable(value):
-            value = _wait(value)
+            value = _wait(value, None if timeout is None else called + timeout - perf_counter())
+    except _Late:  # the coroutine was cancelled at its deadline: its thread is free again
+        failure = TaskFailure(key, None, perf_counter() - start, timeout)
     except BaseException as exc:
         failure = TaskFailure(key, capture_error(exc, dumps), perf_counter() - start)
     if failure is not None:
         raise failure
     duration = perf_counter() - start
-    if timeout is not None and duration > timeout:
-        # A thread cannot be stopped: the task fails when it returns late.
+    if timeout is not None and perf_counter() - called > timeout:
+        # Late, but back before the caller failed it at its deadline (or untimed there).
         raise TaskFailure(key, None, duration, timeout)
     if not want:
         if stats_topic is not None:
@@ -206,21 +218,40 @@ def _register_sizeof() -> None:
 _register_sizeof()
 
 
-def _wait(awaitable: Any) -> Any:
+class _Late(Exception):
+    """A coroutine task was cancelled at its deadline."""
+
+
+def _wait(awaitable: Any, seconds: float | None) -> Any:
+    """Run a coroutine task to its end, or cancel it once ``seconds`` (if any) have
+    passed: unlike a plain function, it can be stopped, and its thread freed."""
+
     async def wait() -> Any:
-        return await awaitable
+        if seconds is None or seconds == math.inf:
+            return await awaitable
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)) as scope:
+                return await awaitable
+        except TimeoutError:
+            if scope.expired():  # not a TimeoutError of the task's own
+                raise _Late from None
+            raise
 
     return asyncio.run(wait())
 
 
 def _report(topic: str, key: int, duration: float, nbytes: int, data: bytes | None) -> None:
+    _log_event(topic, (key, duration, nbytes, data))
+
+
+def _log_event(topic: str, message: Any) -> None:
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
-    worker.log_event(topic, (key, duration, nbytes, data))
+    worker.log_event(topic, message)
 
 
 def still_running(keys: list[str], dask_worker: Any = None) -> dict[str, bool]:

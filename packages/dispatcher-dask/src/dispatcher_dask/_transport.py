@@ -17,17 +17,19 @@ so on a departure this transport releases every task pinned there and every resu
 there, reports the loss, and reports the tasks elsewhere that were waiting for one of those
 results as having lost their inputs: dispatcher recomputes what is needed. A task released
 by its only client is forgotten by dask's scheduler; one already running finishes its call
-in its worker thread (threads cannot be interrupted), and its result is dropped.
+in its worker thread (threads cannot be interrupted), and its result is dropped. What the
+transport does about such tasks, and about those past their timeout, is in
+:mod:`._giving_up`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dispatcher import SerializationError, WorkerLostError
@@ -35,9 +37,21 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
-from ._cluster import WorkerNames, check_options, disconnect, gather, reach, registered
+from ._capacity import Shortage
+from ._cluster import (
+    WorkerNames,
+    check_options,
+    disconnect,
+    gather,
+    keep_workers,
+    reach,
+    registered,
+)
+from ._deadlines import Deadlines
+from ._giving_up import GivingUp, Pending, log
 from ._outbox import Outbox
 from ._outcome import left_pickled, restored
+from ._quiet import QuietFailures, plugin_name
 from ._task import Shipped, TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
@@ -53,18 +67,15 @@ SEND_INTERVAL = 0.01
 # How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
 
+# The scheduler's topics watched: workers arriving and leaving ("all"), and workers it
+# gave up on for their silence ("scheduler").
+_CLUSTER_TOPICS = ("all", "scheduler")
 
-@dataclass(eq=False)
-class _Pending:
-    """A task submitted and not yet reported."""
-
-    spec: TaskSpec
-    future: Future
-    inputs: tuple[Key, ...]
-    """The keys of the results it reads from other tasks (not the caller's values)."""
+# How long a worker of a cluster that is not ours may take to drop the plugin at close.
+_UNREGISTER_SECONDS = 5.0
 
 
-class DaskTransport(Transport):
+class DaskTransport(GivingUp, Transport):
     """Runs tasks on a dask.distributed cluster: one the transport starts (a
     ``LocalCluster`` of worker processes, closed with it), one at ``address`` (a scheduler
     address or a scheduler file), or the one an existing ``client`` talks to."""
@@ -95,6 +106,7 @@ class DaskTransport(Transport):
         # Keys must not collide with another client's on a shared cluster.
         self._token = token = uuid.uuid4().hex[:8]
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
+        self._start_topic = f"dispatcher-started-{token}"
         self._serial = itertools.count()
         self._sent = itertools.count(1)  # tasks sent so far: their order on their workers
         self._lock = threading.Lock()
@@ -102,13 +114,16 @@ class DaskTransport(Transport):
         self._nthreads: dict[str, int] = {}
         self._names = WorkerNames()
         self._abandoned = Abandoned(
-            lambda: self.client, self._capacity_changed, self._withdraw, self._threads_of
+            lambda: self.client, self._capacity_changed, self._full, self._threads_of, self._short
         )
+        self._shortage = Shortage(self._sink, self._holding, self._slots_of)
+        self._restarting: set[str] = set()  # workers of our own being restarted
+        self._deadlines: Deadlines[Pending] = Deadlines(self._timed_out, self._no_deadlines)
         self._futures: dict[Key, Future] = {}  # every result held or being computed
         # The task that made each of those (its ``worker`` holds the result): a late
         # cancel of that very task still finds a result it reported meanwhile.
         self._made: dict[Key, TaskSpec] = {}
-        self._pending: dict[Key, _Pending] = {}
+        self._pending: dict[Key, Pending] = {}
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
         # Each task's run time, result size, and the wanted value it carried (or None).
         self._stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
@@ -117,7 +132,7 @@ class DaskTransport(Transport):
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
         # Values the caller wants travel in batches: one gather while the next fills.
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
-        self._to_gather: list[_Pending] = []
+        self._to_gather: list[Pending] = []
         self._closed = False
         self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL, self._busy)
 
@@ -141,6 +156,10 @@ class DaskTransport(Transport):
         return workers
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        if self._shortage.stand_in is not None:  # no capacity left: fail what it is given
+            with self._lock:
+                workers = [self._names.of[address] for address in self._workers]
+            tasks = self._shortage.refuse(tasks, workers)
         self._outbox.put(tasks)
 
     def _busy(self) -> bool:
@@ -211,7 +230,7 @@ class DaskTransport(Transport):
                 future = submitted[dask_key]
                 self._futures[spec.key] = future
                 self._made[spec.key] = spec
-                pending[spec.key] = _Pending(spec, future, reads)
+                pending[spec.key] = Pending(spec, future, reads)
                 self._keys[dask_key] = spec.key
                 # dask keeps an input while a task waiting for it is queued: dispatcher's
                 # last use of a result need not wait for ``free`` (one still being made
@@ -268,7 +287,9 @@ class DaskTransport(Transport):
             return None
         name = getattr(spec.func, "__name__", "task")
         dask_key = f"{name}-{self._token}-{next(self._serial)}"
-        task = Task(dask_key, run_task, spec.key, payload, self._stats_topic, *inputs)
+        task = Task(
+            dask_key, run_task, spec.key, payload, self._stats_topic, self._start_topic, *inputs
+        )
         return task, tuple(reads)
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
@@ -285,7 +306,7 @@ class DaskTransport(Transport):
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         dropped: list[Future] = []
-        may_run: dict[str, list[str]] = {}  # worker -> dask keys of tasks that may be running
+        may_run: dict[str, dict[str, str]] = {}  # worker -> tasks that may run: key -> label
         self._outbox.drop(tasks)
         # A batch being sent is registered when the send returns: wait for that.
         with self._outbox.sending, self._lock:
@@ -294,7 +315,7 @@ class DaskTransport(Transport):
                 found = pending.get(spec.key)
                 # Its inputs all made, it may have started (one that waits cannot have).
                 if found is not None and not any(k in pending for k in found.inputs):
-                    may_run.setdefault(spec.worker, []).append(found.future.key)
+                    may_run.setdefault(spec.worker, {})[found.future.key] = spec.label
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
@@ -317,6 +338,7 @@ class DaskTransport(Transport):
             self._closed = True
         self._outbox.close()
         self._abandoned.close()
+        self._deadlines.close()
         with self._outbox.sending, self._lock:  # after a send in progress registered its tasks
             futures = list(self._futures.values())
             self._futures.clear()
@@ -325,7 +347,15 @@ class DaskTransport(Transport):
             self._keys.clear()
         for future in futures:
             future.release()
-        topics = ["all"] if self._stats_topic is None else ["all", self._stats_topic]
+        topics = [t for t in (*_CLUSTER_TOPICS, self._start_topic, self._stats_topic) if t]
+        if self._cluster is None and self._client is not None:
+            # A cluster that is not ours keeps running: take the plugin back (without
+            # waiting for ever on a frozen worker).
+            unregister = self._control.submit(
+                self._client.unregister_worker_plugin, plugin_name(self._token)
+            )
+            with contextlib.suppress(Exception):
+                unregister.result(_UNREGISTER_SECONDS)
         try:
             disconnect(self._client, topics, self._own_client, self._cluster)
         finally:
@@ -338,9 +368,15 @@ class DaskTransport(Transport):
         """On the control thread: subscribe to the cluster's events, then take its
         workers (events that arrive meanwhile wait behind this call)."""
         control = self._control
-        client.subscribe_topic("all", lambda event: control.submit(self._on_cluster, event[1]))
+        for topic in _CLUSTER_TOPICS:
+            client.subscribe_topic(topic, lambda event: control.submit(self._on_cluster, event[1]))
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
+        client.subscribe_topic(self._start_topic, self._on_started)
+        try:
+            client.register_plugin(QuietFailures(self._token), plugin_name(self._token))
+        except Exception:  # only dask's log is at stake
+            log.debug("could not quiet dask's log of failed tasks", exc_info=True)
         if not self._own_client and self._want_workers:
             # A given client's cluster may still be growing (see connect() for address=).
             client.wait_for_workers(self._want_workers)
@@ -351,25 +387,6 @@ class DaskTransport(Transport):
                 self._workers[address] = self._slots(address)
                 self._names.add(address, worker.get("host"))
             return {self._names.of[address]: slots for address, slots in self._workers.items()}
-
-    def _slots(self, address: str) -> int:
-        """The tasks ``address`` may be assigned: its threads not taken by tasks given up
-        on, and the prefetch queue behind them; none while every thread is taken."""
-        free = self._nthreads[address] - self._abandoned.busy(address)
-        return free + self._prefetch if free > 0 else 0
-
-    def _threads_of(self, address: str) -> int:
-        return self._nthreads.get(address, 1)
-
-    def _capacity_changed(self, address: str) -> None:
-        """Tasks given up on took or gave back threads of ``address``: say so."""
-        with self._lock:
-            if address not in self._workers or self._closed:
-                return
-            slots = self._workers[address] = self._slots(address)
-            name = self._names.of[address]
-        assert self._events is not None
-        self._events.worker_added(name, slots)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
@@ -384,6 +401,10 @@ class DaskTransport(Transport):
         try:
             if action == "add-worker":
                 self._worker_added(msg["worker"])
+            elif action == "worker-ttl-timed-out":
+                silent = f"it did not answer the scheduler for {msg.get('ttl', 0):g} s (frozen?)"
+                for address in msg.get("workers", ()):
+                    self._worker_lost(address, f"dask worker lost: {silent}")
             elif action == "remove-worker":
                 expected = "closed" if msg.get("expected") else "died"
                 self._worker_lost(msg["worker"], f"dask worker {expected}")
@@ -404,44 +425,12 @@ class DaskTransport(Transport):
             self._nthreads[address] = max(1, int(info.get("nthreads", 1)))
             slots = self._workers[address] = self._slots(address)
             name = self._names.add(address, info.get("host"))
-        assert self._events is not None
-        self._events.worker_added(name, slots)
+        self._sink().worker_added(name, slots)
+        self._short()
 
-    def _withdraw(self, address: str) -> None:
-        """Every thread of ``address`` runs a task given up on: the tasks queued there
-        (sent before that was known) would wait for them. Hand them back to be placed
-        again, with the tasks elsewhere that wait for their results; none of this counts
-        as an attempt."""
-        back: list[tuple[Key, str, list[Key]]] = []
-        dropped: list[Future] = []
-        with self._lock:
-            if self._closed:
-                return
-            name = self._names.of[address]
-            queued = {
-                k
-                for k, p in self._pending.items()
-                if p.spec.worker == name and not p.future.done()  # (done: being gathered)
-            }
-            for k, pending in list(self._pending.items()):
-                if k in queued:
-                    back.append((k, name, []))
-                else:
-                    missing = [d for d in pending.inputs if d in queued]
-                    if not missing:
-                        continue
-                    back.append((k, pending.spec.worker, missing))
-                dropped.append(pending.future)
-                self._forget(k)
-        events = self._events
-        assert events is not None
-        for key, worker, missing in back:
-            events.task_inputs_lost(key, worker, missing)
-        for future in dropped:
-            future.release()
-
-    def _worker_lost(self, address: str, reason: str) -> None:
-        orphans: list[tuple[Key, str, list[Key]]] = []
+    def _worker_lost(self, address: str, reason: str, running: Sequence[Key] | None = None) -> None:
+        """The worker at ``address`` is gone (``running``: the tasks it had started, if
+        known; see :meth:`EventSink.worker_lost`)."""
         with self._lock:
             if self._workers.pop(address, None) is None:
                 return
@@ -453,21 +442,19 @@ class DaskTransport(Transport):
                 self._forget(k)
             # Tasks elsewhere that read a result made there (or still being made there,
             # for a task sent before its input was ready) will never get it.
-            for k, pending in list(self._pending.items()):
-                missing = [d for d in pending.inputs if d in gone]
-                if missing:
-                    orphans.append((k, pending.spec.worker, missing))
-                    dropped.append(pending.future)
-                    self._forget(k)
+            orphans = self._waiting_for(gone)
         self._abandoned.forget_worker(address)
-        events = self._events
-        assert events is not None
-        events.worker_lost(name, reason)
-        for key, worker, missing in orphans:
+        events = self._sink()
+        events.worker_lost(name, reason, running)
+        for key, worker, missing, future in orphans:
             events.task_inputs_lost(key, worker, missing)
+            dropped.append(future)
         # Pinned to a worker that is gone, they would wait for it forever.
         for future in dropped:
             future.release()
+        if self._cluster is not None:
+            keep_workers(self._cluster, self.client.loop)
+        self._short()
 
     def _forget(self, key: Key) -> None:
         """Drop every record of ``key``; the caller holds the lock."""
@@ -476,6 +463,7 @@ class DaskTransport(Transport):
         self._stats.pop(key, None)
         pending = self._pending.pop(key, None)
         if pending is not None:
+            self._deadlines.discard(pending)
             self._keys.pop(pending.future.key, None)
         elif future is not None:
             self._keys.pop(future.key, None)
@@ -492,6 +480,7 @@ class DaskTransport(Transport):
             pending = None if key is None else self._pending.get(key)
             if key is None or pending is None or pending.future is not future:
                 return
+            self._deadlines.discard(pending)
             if status == "finished" and pending.spec.want_result:
                 carried = self._stats.get(key, (0.0, None, None))[2]
             if carried is None and status == "finished" and pending.spec.want_result:
@@ -534,7 +523,7 @@ class DaskTransport(Transport):
             error = WorkerLostError(spec.label, spec.worker, reason)
             events.task_failed(key, spec.worker, error, 0.0)
 
-    def _not_made(self, pending: _Pending) -> list[Key]:
+    def _not_made(self, pending: Pending) -> list[Key]:
         """The inputs ``pending`` read that were never reported made (all of them, if
         that cannot be told)."""
         with self._lock:

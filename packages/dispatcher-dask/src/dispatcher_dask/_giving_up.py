@@ -1,0 +1,232 @@
+"""What the dask transport does about tasks it gives up on, which dask cannot stop.
+
+A task given up on (past its timeout, or abandoned by a failed or cancelled run) runs its
+call to the end in its worker thread. The transport (:class:`GivingUp`, a part of
+:class:`~._transport.DaskTransport`):
+
+- fails a task past its timeout at its deadline, counted from when its worker said it
+  started (:class:`~._deadlines.Deadlines`), and hands back the tasks sent ahead that
+  wait for its result;
+- counts the threads such tasks take (:class:`~._abandoned.Abandoned`) and gives their
+  workers fewer slots meanwhile;
+- once every thread of a worker is taken: restarts it if the executor started the cluster
+  (its nanny starts a new worker under a new address), or else moves elsewhere what was
+  queued there; and when no worker of a user's cluster has a thread left, fails the runs
+  with an error naming the tasks that hold them (:class:`~._capacity.Shortage`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dispatcher import TaskTimeoutError, WorkerLostError
+from dispatcher.transport import EventSink, Key, TaskSpec
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Client, Future, LocalCluster
+
+    from ._abandoned import Abandoned
+    from ._capacity import Shortage
+    from ._cluster import WorkerNames
+    from ._deadlines import Deadlines
+
+__all__ = ["GivingUp", "Pending"]
+
+RESTART_SECONDS = 30.0
+"""How long a worker of our own may take to be restarted."""
+
+log = logging.getLogger("dispatcher.dask")
+
+
+@dataclass(eq=False)
+class Pending:
+    """A task submitted and not yet reported."""
+
+    spec: TaskSpec
+    future: Future
+    inputs: tuple[Key, ...]
+    """The keys of the results it reads from other tasks (not the caller's values)."""
+
+
+class GivingUp:
+    """The part of the dask transport that deals with tasks given up on (see the
+    module's docstring); it works on the transport's own records."""
+
+    _lock: threading.Lock
+    _closed: bool
+    _events: EventSink | None
+    _cluster: LocalCluster | None
+    _control: ThreadPoolExecutor
+    _pending: dict[Key, Pending]
+    _workers: dict[str, int]
+    _nthreads: dict[str, int]
+    _names: WorkerNames
+    _prefetch: int
+    _abandoned: Abandoned
+    _shortage: Shortage
+    _deadlines: Deadlines[Pending]
+    _restarting: set[str]
+
+    if TYPE_CHECKING:
+
+        @property
+        def client(self) -> Client: ...
+
+        def _forget(self, key: Key) -> None: ...
+
+        def _worker_lost(
+            self, address: str, reason: str, running: Sequence[Key] | None = None
+        ) -> None: ...
+
+    def _slots(self, address: str) -> int:
+        """The tasks ``address`` may be assigned: its threads not taken by tasks given up
+        on, and the prefetch queue behind them; none while every thread is taken."""
+        free = self._nthreads[address] - self._abandoned.busy(address)
+        return free + self._prefetch if free > 0 else 0
+
+    def _threads_of(self, address: str) -> int:
+        return self._nthreads.get(address, 1)
+
+    def _capacity_changed(self, address: str) -> None:
+        """Tasks given up on took or gave back threads of ``address``: say so."""
+        with self._lock:
+            if address not in self._workers or self._closed:
+                return
+            slots = self._workers[address] = self._slots(address)
+            name = self._names.of[address]
+        self._sink().worker_added(name, slots)
+        if self._cluster is None:
+            self._short()
+
+    def _sink(self) -> EventSink:
+        assert self._events is not None
+        return self._events
+
+    def _holding(self, name: str) -> list[str]:
+        return self._abandoned.running(self._names.address[name])
+
+    def _slots_of(self, name: str) -> int:
+        with self._lock:
+            return self._workers.get(self._names.address[name], 0)
+
+    def _short(self) -> None:
+        """On a user's cluster: is no thread left free (see :class:`Shortage`)?"""
+        if self._cluster is None and not self._closed:
+            with self._lock:
+                slots = {self._names.of[a]: n for a, n in self._workers.items()}
+            self._shortage.check(slots)
+
+    def _full(self, address: str) -> None:
+        """Every thread of ``address`` runs a task given up on: restart it if it is ours,
+        else move elsewhere what was queued there."""
+        if self._cluster is None:
+            self._withdraw(address)
+        elif address not in self._restarting:
+            self._restarting.add(address)
+            self._control.submit(self._restart, address)
+
+    def _restart(self, address: str) -> None:
+        """On the control thread: restart our worker at ``address`` through its nanny (it
+        comes back under a new address, a new worker), reporting it lost first. The
+        restart goes on in dask's event loop: other cluster events are not held up."""
+        held = ", ".join(repr(label) for label in self._abandoned.running(address))
+        reason = f"restarted: each of its threads ran a task given up on ({held})"
+        log.warning("dask worker %s %s", self._names.of.get(address, address), reason)
+        try:
+            # Nothing else ran there: the tasks queued behind are not charged.
+            self._worker_lost(address, reason, running=[])
+            client = self.client
+            restart = client.scheduler.restart_workers(
+                workers=[address],
+                timeout=RESTART_SECONDS,
+                wait_for_workers=False,
+                on_error="return",
+                stimulus_id=f"dispatcher-restart-{time.time()}",
+            )
+            done = asyncio.run_coroutine_threadsafe(restart, client.loop.asyncio_loop)
+        except BaseException:
+            self._restarting.discard(address)
+            raise
+        done.add_done_callback(lambda _: self._restarting.discard(address))
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        """A timed task started on its worker (on dask's event loop): its deadline runs."""
+        pending = self._pending.get(event[1])
+        timeout = None if pending is None else pending.spec.timeout
+        if pending is not None and timeout is not None and not pending.future.done():
+            self._deadlines.add(pending, timeout)
+
+    def _timed_out(self, pending: Pending) -> None:
+        """``pending`` ran past its timeout and still runs: fail it now, give up its
+        thread (dask cannot stop it), and hand back the tasks waiting for its result."""
+        spec = pending.spec
+        with self._lock:
+            if self._pending.get(spec.key) is not pending or pending.future.done():
+                return
+            self._forget(spec.key)
+            back = self._waiting_for({spec.key})
+        events = self._sink()
+        assert spec.timeout is not None
+        error = TaskTimeoutError(spec.label, spec.timeout)
+        events.task_failed(spec.key, spec.worker, error, spec.timeout)
+        for key, worker, missing, future in back:
+            events.task_inputs_lost(key, worker, missing)
+            future.release()
+        address = self._names.address[spec.worker]
+        if address in self._workers:  # (a worker lost meanwhile took its thread with it)
+            self._abandoned.add(address, {pending.future.key: spec.label})
+        pending.future.release()
+
+    def _waiting_for(self, gone: set[Key]) -> list[tuple[Key, str, list[Key], Future]]:
+        """Forget the tasks waiting for a result of ``gone``; return them, with the
+        results they miss and their futures. The caller holds the lock."""
+        waiting = []
+        for k, pending in list(self._pending.items()):
+            missing = [d for d in pending.inputs if d in gone]
+            if missing:
+                waiting.append((k, pending.spec.worker, missing, pending.future))
+                self._forget(k)
+        return waiting
+
+    def _no_deadlines(self, exc: BaseException) -> None:
+        """The deadline thread died: fail the timed tasks out rather than let one hang."""
+        with self._lock:
+            timed = [p.spec for p in self._pending.values() if p.spec.timeout is not None]
+            for spec in timed:
+                self._forget(spec.key)
+        for spec in timed:
+            error = WorkerLostError(spec.label, spec.worker, f"dask: deadlines lost: {exc!r}")
+            self._sink().task_failed(spec.key, spec.worker, error, 0.0)
+
+    def _withdraw(self, address: str) -> None:
+        """Every thread of ``address`` runs a task given up on: the tasks queued there
+        (sent before that was known) would wait for them. Hand them back to be placed
+        again, with the tasks elsewhere that wait for their results; none of this counts
+        as an attempt."""
+        with self._lock:
+            if self._closed:
+                return
+            name = self._names.of[address]
+            queued = {
+                k
+                for k, p in self._pending.items()
+                if p.spec.worker == name and not p.future.done()  # (done: being gathered)
+            }
+            back: list[tuple[Key, str, list[Key], Future]] = [
+                (k, name, [], self._pending[k].future) for k in queued
+            ]
+            for k in queued:
+                self._forget(k)
+            back += self._waiting_for(queued)
+        events = self._sink()
+        for key, worker, missing, future in back:
+            events.task_inputs_lost(key, worker, missing)
+            future.release()

@@ -1,0 +1,297 @@
+"""The dask executor never waits for ever: a task past its timeout fails at its deadline,
+threads held by tasks given up on are won back (a cluster of the executor's own) or named
+in a clear error (a user's cluster), a frozen worker is lost in bounded time, and dask's
+own log stays quiet about failures dispatcher reports itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dask_tasks
+import psutil
+import pytest
+from test_dask_faults import Seen, descendants, wait_for, wait_gone
+
+from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, op
+from dispatcher.testing import tasks
+
+
+def started_since(before: set[int]) -> set[int]:
+    """The processes started since ``before`` was taken, but for multiprocessing's
+    resource tracker (one per caller, started with the first worker, kept for others)."""
+    started = set()
+    for pid in descendants() - before:
+        try:
+            if "resource_tracker" not in " ".join(psutil.Process(pid).cmdline()):
+                started.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return started
+
+
+def restart_workers(client: Any) -> None:
+    """Win back the shared cluster's threads that a test left running for ever."""
+    client.restart(wait_for_workers=True, timeout=60)
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_never_returns_fails_at_its_deadline(dask_client: Any) -> None:
+    # It hung: the timeout was checked only when the call returned.
+    stuck = op(dask_tasks.forever, label="stuck", timeout=1)()
+    try:
+        with (
+            pytest.raises(TaskTimeoutError, match="stuck") as raised,
+            get_executor("dask", address=dask_client.scheduler.address) as ex,
+        ):
+            ex.run(stuck)
+        assert raised.value.node is stuck
+    finally:
+        restart_workers(dask_client)
+
+
+@pytest.mark.timeout(60)
+def test_a_coroutine_past_its_timeout_is_cancelled_and_gives_back_its_thread(
+    dask_client: Any, tmp_path: Path
+) -> None:
+    # It hung like any task that never returns; unlike a plain function, a coroutine can
+    # be stopped, so its thread is free for the next run, which needs both workers.
+    stuck = op(dask_tasks.forever_async, label="stuck", timeout=1)()
+    meet = [op(tasks.meet)(str(tmp_path), "meet", 2, 30, i) for i in range(2)]
+    # (prefetch=0: a task waits for a free thread, rather than queue behind the other.)
+    with get_executor("dask", address=dask_client.scheduler.address, prefetch=0) as ex:
+        with pytest.raises(TaskTimeoutError, match="stuck"):
+            ex.run(stuck)
+        assert ex.run(meet) == [0, 1]
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_counts_from_the_start_not_from_the_queue(dask_client: Any) -> None:
+    # Ten tasks of 0.5 s on two one-thread workers: the last ones wait about 2 s in
+    # their worker's queue, longer than their timeout, and still pass.
+    nodes = [op(dask_tasks.sleep_then, timeout=1.5)(0.5, i) for i in range(10)]
+    seen = Seen()
+    with get_executor("dask", address=dask_client.scheduler.address) as ex:
+        assert ex.run(nodes, plugins=[seen]) == list(range(10))
+    assert len(seen.finished) == 10
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_of_its_own_held_by_a_stuck_task_is_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The stuck task held the only worker's only thread: the next run waited for ever.
+    before = descendants()
+    stuck = op(dask_tasks.forever, label="stuck", timeout=1)()
+    caplog.set_level(logging.WARNING, logger="dispatcher.dask")
+    with get_executor("dask", workers=1) as ex:
+        started = started_since(before)
+        with pytest.raises(TaskTimeoutError, match="stuck"):
+            ex.run(stuck)
+        # The replacement takes the next run.
+        assert ex.run(Op(dask_tasks.total, 1, 2)) == 3
+    assert any("restart" in r.message and "'stuck'" in r.message for r in caplog.records), [
+        r.message for r in caplog.records
+    ]
+    assert not wait_gone(started)
+
+
+@pytest.mark.timeout(90)
+def test_work_abandoned_by_fail_fast_on_a_cluster_of_its_own_gives_back_every_worker(
+    tmp_path: Path,
+) -> None:
+    # The abandoned task kept its worker's thread for good: the next run, which needs
+    # both workers at once, waited for ever.
+    log, gate = str(tmp_path), tmp_path / "gate"
+    blocker = op(tasks.blocked, label="blocked")(log, "blocked", str(gate), 300)
+    failing = op(tasks.fail_once_started, label="fails")(log, "blocked", 30, "first")
+    meet = [op(tasks.meet)(log, "meet", 2, 30, i) for i in range(2)]
+    try:
+        with get_executor("dask", workers=2, prefetch=0) as ex:
+            with pytest.raises(ValueError, match="first"):
+                ex.run([blocker, failing])
+            assert ex.run(meet) == [0, 1]
+            assert tasks.calls(log, "blocked-finished") == 0  # it never returned
+    finally:
+        gate.touch()
+
+
+@pytest.mark.timeout(90)
+def test_no_free_thread_on_a_users_cluster_is_a_clear_error(dask_client: Any) -> None:
+    # Two stuck tasks held both workers' threads; the next run waited for ever.
+    stuck = [op(dask_tasks.forever, label=f"stuck-{i}", timeout=1)() for i in range(2)]
+    try:
+        with get_executor("dask", address=dask_client.scheduler.address) as ex:
+            results = ex.run(stuck, throw=False)
+            assert all(isinstance(r.error, TaskTimeoutError) for r in results)
+            with pytest.raises(DispatcherError, match="no capacity left") as raised:
+                ex.run(Op(dask_tasks.total, 1, 2))
+        message = str(raised.value)
+        assert "'stuck-0'" in message
+        assert "'stuck-1'" in message
+        assert "restart" in message
+    finally:
+        restart_workers(dask_client)
+
+
+def freeze_once_written(marker: Path) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGSTOPs the worker whose pid a task writes to ``marker``."""
+    frozen: list[int] = []
+
+    def watch() -> None:
+        for _ in range(3000):
+            if marker.exists():
+                frozen.append(int(marker.read_text()))
+                os.kill(frozen[0], signal.SIGSTOP)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, frozen
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_worker_is_lost_and_its_task_runs_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dask's scheduler gave up on a silent worker after five minutes: the run hung.
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "SILENT_WORKER_TTL", 3.0)
+    before = descendants()
+    marker = tmp_path / "pid"
+    victim = op(dask_tasks.stall_first_time, label="victim")(str(marker))
+    with get_executor("dask", workers=2, retries=1) as ex:
+        started = started_since(before)
+        freezer, frozen = freeze_once_written(marker)
+        seen = Seen()
+        try:
+            ran_on = ex.run(victim, plugins=[seen])
+        finally:
+            freezer.join()
+        assert frozen, "the victim never started"
+        assert ran_on != frozen[0]
+        # Charged to the frozen worker, whose loss says why.
+        [(node, error)] = seen.retried
+        assert node is victim
+        assert "did not answer the scheduler" in str(error)
+    assert not wait_gone(started | set(frozen))
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_task_on_a_frozen_worker_fails_at_its_deadline(tmp_path: Path) -> None:
+    # Its worker frozen after the task started, nothing ever came back: the run hung.
+    before = descendants()
+    marker = tmp_path / "pid"
+    victim = op(dask_tasks.stall_first_time, label="victim", timeout=2)(str(marker))
+    with get_executor("dask", workers=2) as ex:
+        started = started_since(before)
+        freezer, frozen = freeze_once_written(marker)
+        try:
+            with pytest.raises(TaskTimeoutError, match="victim"):
+                ex.run(victim)
+        finally:
+            freezer.join()
+        assert frozen, "the victim never started"
+        # The other worker takes the next run.
+        assert ex.run(Op(dask_tasks.total, 1, 2)) == 3
+    assert not wait_gone(started | set(frozen))
+
+
+@pytest.mark.timeout(90)
+def test_closing_with_a_frozen_worker_leaves_no_process() -> None:
+    before = descendants()
+    ex = get_executor("dask", workers=1)
+    try:
+        worker = ex.run(Op(dask_tasks.pid, 0))
+        started = started_since(before)
+        os.kill(worker, signal.SIGSTOP)
+    finally:
+        ex.close()
+    assert worker in started
+    assert not wait_gone(started)
+
+
+QUIET = textwrap.dedent(
+    """
+    import logging
+    from distributed import Client, LocalCluster
+    from dispatcher import op, run
+    import dask_tasks
+
+    if __name__ == "__main__":
+        with LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as cluster, Client(cluster, set_as_default=False) as client:
+            failed = run(
+                op(dask_tasks.plain_failure, label="ours")(),
+                executor="dask", address=cluster.scheduler_address, throw=False,
+            )
+            print("ours:", type(failed.error).__name__, flush=True)
+            client.submit(dask_tasks.plain_failure, pure=False).exception()
+            filters = client.run(
+                lambda: len(logging.getLogger("distributed.worker").filters)
+            )
+            print("filters left:", sorted(filters.values()), flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_dask_logs_no_compute_failed_block_for_dispatchers_tasks(tmp_path: Path) -> None:
+    # Every failing task printed dask's "Compute Failed" block on its worker's stderr,
+    # beside the labelled error dispatcher raises.
+    script = tmp_path / "quiet.py"
+    script.write_text(QUIET)
+    path = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=80, env=env
+    )
+    assert "ours: RuntimeError" in done.stdout, done.stdout + done.stderr
+    # The plain dask task's block is still there (a user's own tasks are not silenced);
+    # the filter is gone with the executor.
+    assert done.stderr.count("Compute Failed") == 1, done.stderr
+    assert "Key:       plain_failure-" in done.stderr
+    assert "filters left: [0]" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_nanny_dask_closed_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A local cluster closes a worker's nanny for good when no worker of its name is
+    # there lost-worker-timeout after a removal: a worker restarted twice in quick
+    # succession (two stuck tasks in a row) was gone for the rest of the executor's life.
+    import dask
+    from distributed import Client, LocalCluster
+
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "_KILL_SECONDS", 3.0)
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "0.2s"}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        # The nanny gone, the cluster drops it lost-worker-timeout after the removal.
+        cluster.sync(next(iter(cluster.workers.values())).close)
+        _cluster.keep_workers(cluster, client.loop)
+        assert wait_for(lambda: len(cluster.workers) == 2, 45)
+        client.wait_for_workers(2, timeout=30)
