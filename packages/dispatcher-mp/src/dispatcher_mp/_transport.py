@@ -19,6 +19,7 @@ per run (:mod:`._caller_values`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -53,9 +54,10 @@ from dispatcher.transport import (
 
 from . import _worker
 from ._caller_values import CallerValues
-from ._messages import Fetch
+from ._messages import Fetch, Unshare
 from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
+from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
 from ._wire import Payload, SharedMemory, load, sweep
 
@@ -164,6 +166,7 @@ class MpTransport(WorkerSupervision, Transport):
         self._generation = itertools.count()
         self.spawner = Spawner()
         self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
+        self.shared_arguments = SharedArguments(SharedMemory(f"{self.prefix}a-", shared_memory))
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
@@ -245,6 +248,7 @@ class MpTransport(WorkerSupervision, Transport):
             self._reader.stop()
         self.spawner.stop()
         self.caller_values.close()
+        self.shared_arguments.close()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
@@ -337,10 +341,9 @@ class MpTransport(WorkerSupervision, Transport):
                     inline, mapped = self.caller_values.split(inline, self._in_use)
                     if mapped:
                         remote = {**remote, **mapped} if remote else mapped
-                arguments = (spec.args, spec.kwargs, inline)
-                record = task_record(
-                    spec, token, dumps_for(spec, "arguments", arguments, dumps), remote
-                )
+                # Large plain arguments are named by shared-memory segment.
+                packed = self.shared_arguments.pack(spec, (spec.args, spec.kwargs, inline))
+                record = task_record(spec, token, packed, remote)
         except DispatcherError as error:
             if self.inflight.take(spec.key, name) is not None:
                 assert self.events is not None
@@ -388,6 +391,15 @@ class MpTransport(WorkerSupervision, Transport):
                 target.send(Free(list(keys)))
             except OSError:
                 pass
+
+    def run_finished(self, run: int) -> None:
+        """Unlink the segments of run ``run``'s large arguments; workers drop them."""
+        with self.lock:
+            segments = self.shared_arguments.run_finished(run)
+            workers = list(self.workers.values()) if segments else []
+        for worker in workers:
+            with contextlib.suppress(OSError):  # lost: its mappings went with it
+                worker.send(Unshare(segments))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them
