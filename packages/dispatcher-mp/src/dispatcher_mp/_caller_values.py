@@ -18,14 +18,13 @@ import os
 import pickle
 import weakref
 from collections.abc import Callable
-from multiprocessing import resource_tracker
 from typing import Any
 
 from dispatcher.remote import loads, size_of
 
-from ._wire import SHM_DIR, SHM_THRESHOLD, Payload, SharedMemory, unlink
+from ._wire import SHM_DIR, SHM_THRESHOLD, Payload, SharedMemory
 
-__all__ = ["CallerValues", "dump_large", "tracked"]
+__all__ = ["CallerValues", "dump_large"]
 
 Key = int
 
@@ -72,7 +71,6 @@ class CallerValues:
         self.entries[key] = (ref, payload)
         if payload is None:
             return None
-        tracked(payload.segment, resource_tracker.register)
         self.writes += 1
         keys = self._keys_of.setdefault(id(value), [])
         for old in [k for k in keys if not in_use(k)]:
@@ -86,8 +84,7 @@ class CallerValues:
         """Unlink ``key``'s segment and forget it."""
         entry = self.entries.pop(key, None)
         if entry is not None and entry[1] is not None and entry[1].segment is not None:
-            unlink(entry[1].segment)
-            tracked(entry[1].segment, resource_tracker.unregister)
+            self.shm.release(entry[1].segment)
 
     def close(self) -> None:
         """Unlink every segment (the executor closes)."""
@@ -110,16 +107,6 @@ def dump_large(shm: SharedMemory, value: Any) -> Payload | None:
     except Exception:
         return None
     return payload if payload.segment is not None else None
-
-
-def tracked(segment: str | None, change: Callable[[str, str], None]) -> None:
-    """Register ``segment`` with the resource tracker, or unregister it (``change``)."""
-    if segment is None:
-        return
-    try:
-        change("/" + segment, "shared_memory")  # the name shm_unlink takes
-    except Exception:  # no tracker (it could not start): the executor's close still unlinks
-        pass
 
 
 class _Pickled:

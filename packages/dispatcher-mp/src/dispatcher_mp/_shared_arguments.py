@@ -31,7 +31,6 @@ import io
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker
 from typing import Any
 
 import cloudpickle
@@ -39,8 +38,8 @@ import cloudpickle
 from dispatcher.remote import dumps, dumps_for, size_of
 from dispatcher.transport import KEY_BITS, TaskSpec
 
-from ._caller_values import dump_large, tracked
-from ._wire import SHM_THRESHOLD, Payload, SharedMemory, load, unlink
+from ._caller_values import dump_large
+from ._wire import SHM_THRESHOLD, Payload, SharedMemory, load
 
 __all__ = ["SharedArguments", "forget_shared", "shared_argument"]
 
@@ -120,7 +119,6 @@ class SharedArguments:
         payload = dump_large(self.shm, obj)
         if payload is None or payload.segment is None:
             return _Shared(obj)
-        tracked(payload.segment, resource_tracker.register)
         self.writes += 1
         return _Shared(obj, payload.segment, _fragment(payload))
 
@@ -132,8 +130,7 @@ class SharedArguments:
         names = []
         for shared in shares.by_id.values():
             if shared.segment is not None:
-                unlink(shared.segment)
-                tracked(shared.segment, resource_tracker.unregister)
+                self.shm.release(shared.segment)
                 names.append(shared.segment)
         return names
 

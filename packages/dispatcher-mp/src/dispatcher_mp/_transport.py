@@ -165,8 +165,10 @@ class MpTransport(WorkerSupervision, Transport):
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
         self.spawner = Spawner()
-        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
-        self.shared_arguments = SharedArguments(SharedMemory(f"{self.prefix}a-", shared_memory))
+        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory, True))
+        self.shared_arguments = SharedArguments(
+            SharedMemory(f"{self.prefix}a-", shared_memory, True)
+        )
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
