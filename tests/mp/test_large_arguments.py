@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import argument_tasks as tasks
@@ -30,7 +28,8 @@ MEGABYTES = 8
 
 
 def segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("dispatcher-")}
+    """This process's segments (those of its executors)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"dispatcher-{os.getpid()}-")}
 
 
 def segments_gone(before: set[str], seconds: float = 10.0) -> bool:
@@ -42,7 +41,7 @@ def segments_gone(before: set[str], seconds: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def task_bytes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def task_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of the task entries sent to workers, one per task."""
     sizes: list[int] = []
     send = _process.WorkerProcess.send
@@ -53,7 +52,7 @@ def task_bytes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         send(self, message)
 
     monkeypatch.setattr(_process.WorkerProcess, "send", counting)
-    yield sizes
+    return sizes
 
 
 def test_a_large_array_given_to_many_tasks_is_not_in_their_messages(
@@ -120,6 +119,7 @@ def test_the_segments_of_a_failed_run_go_when_it_ends() -> None:
     with get_executor("mp", workers=2, retries=0) as ex:
         with pytest.raises(ValueError, match="on purpose"):
             ex.run([op(tasks.fail_at)(values, i, 5) for i in range(20)])
+        assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
         assert segments_gone(before)
         assert ex.run(op(tasks.fail_at)(values, 1, 5)) == 1  # still serving
         assert segments_gone(before)
@@ -128,8 +128,8 @@ def test_the_segments_of_a_failed_run_go_when_it_ends() -> None:
 def test_a_run_named_by_executor_leaves_no_segment() -> None:
     before = segments()
     values = np.ones(MEGABYTES * 1024 * 1024 // 8)
-    nodes = [op(tasks.item_plus_size)(values, i) for i in range(10)]
-    assert run(nodes, executor="mp", workers=2)[3] == 1.0 + len(values)
+    nodes = [op(tasks.argument_segments)(values, os.getpid()) for _ in range(10)]
+    assert run(nodes, executor="mp", workers=2) == [1] * 10
     assert segments_gone(before)
 
 
@@ -137,25 +137,29 @@ def test_a_run_named_by_executor_leaves_no_segment() -> None:
 def test_a_killed_caller_leaves_no_segment_of_its_arguments(signal_name: str) -> None:
     code = textwrap.dedent(
         f"""
-        import os, signal, threading
+        import os, signal, threading, time
         import numpy as np
         from dispatcher import get_executor, op
         import argument_tasks as tasks
 
         def kill_when_written():
             mine = f"dispatcher-{{os.getpid()}}-"
-            while True:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
                 names = sorted(n for n in os.listdir("/dev/shm") if n.startswith(mine))
                 if any("-a-" in n for n in names):
                     print(names, flush=True)
                     os.kill(os.getpid(), signal.{signal_name})
+            print([], flush=True)  # never written: nothing to test
+            os._exit(3)
 
         if __name__ == "__main__":
             with get_executor("mp", workers=1) as ex:
                 threading.Thread(target=kill_when_written, daemon=True).start()
-                ex.run([op(tasks.set_first)(np.ones(2**20), 0), op(time.sleep)(3600)])
+                ex.run([op(tasks.set_first)(np.ones(2**20), i) for i in range(100)])
+                time.sleep(60)
         """
-    ).replace("import os,", "import time, os,")
+    )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(tasks.__file__)}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
