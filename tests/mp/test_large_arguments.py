@@ -170,3 +170,15 @@ def test_a_killed_caller_leaves_no_segment_of_its_arguments(signal_name: str) ->
     while time.monotonic() < deadline and set(written) & segments():
         time.sleep(0.1)
     assert not set(written) & segments()
+
+
+def test_past_the_budget_a_segment_no_task_out_names_goes_before_its_run_ends() -> None:
+    # Ten arrays, one task each, one task out at a time: each write finds the others
+    # unnamed, and unlinks them; without a budget, the tenth task would see ten.
+    arrays = [np.full(2**17, float(i)) for i in range(10)]
+    with get_executor("mp", workers=1, prefetch=0) as ex:
+        ex._transport.shared_arguments.budget = 0  # type: ignore[attr-defined]
+        nodes = [op(tasks.argument_segments)(a, os.getpid()) for a in arrays]
+        assert ex.run(nodes) == [1] * 10
+        nodes = [op(tasks.item_plus_size)(a, 0) for a in arrays]
+        assert ex.run(nodes) == [float(i) + len(arrays[0]) for i in range(10)]

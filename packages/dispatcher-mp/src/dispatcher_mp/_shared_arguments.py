@@ -28,9 +28,10 @@ builtin containers they are in are looked at, up to :data:`_LOOK_AT` objects per
 from __future__ import annotations
 
 import io
+import os
 import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -39,7 +40,7 @@ from dispatcher.remote import dumps, dumps_for, size_of
 from dispatcher.transport import KEY_BITS, TaskSpec
 
 from ._caller_values import dump_large
-from ._wire import SHM_THRESHOLD, Payload, SharedMemory, load
+from ._wire import SHM_DIR, SHM_THRESHOLD, Payload, SharedMemory, load
 
 __all__ = ["SharedArguments", "forget_shared", "shared_argument"]
 
@@ -61,23 +62,29 @@ class _Shared:
     value: Any
     segment: str | None = None
     fragment: bytes | None = None
-
-
-@dataclass
-class _RunShares:
-    """A run's objects, by id."""
-
-    by_id: dict[int, _Shared] = field(default_factory=dict)
+    nbytes: int = 0
 
 
 class SharedArguments:
-    """The caller's side: which arguments of which run are in which segment."""
+    """The caller's side: which arguments of which run are in which segment.
 
-    def __init__(self, shm: SharedMemory) -> None:
+    ``out()`` gives the tasks sent and not reported yet: while the segments of all runs
+    add up to more than :attr:`budget`, those no such task names are unlinked before a
+    run ends (a task given the same object later has it written anew), and their names
+    queued in :attr:`unshared` for the workers."""
+
+    def __init__(self, shm: SharedMemory, out: Callable[[], Iterable[TaskSpec]]) -> None:
         self.shm = shm
-        self.runs: dict[int, _RunShares] = {}
+        self.out = out
+        self.runs: dict[int, dict[int, _Shared]] = {}
+        """Per run, its objects by id."""
         self.writes = 0
         """Arguments written to shared memory so far."""
+        self.held = 0
+        """Bytes in the segments of all runs."""
+        self.budget = _budget()
+        self.unshared: list[str] = []
+        """Segments unlinked before their run ended, to tell the workers."""
 
     def pack(self, spec: TaskSpec, arguments: tuple[Any, Any, Any]) -> bytes:
         """The pickle of ``spec``'s ``(args, kwargs, inline)``: as :func:`dumps` makes
@@ -89,15 +96,15 @@ class SharedArguments:
     def _dumps(self, run: int, arguments: Any) -> bytes:
         shares = self.runs.get(run)
         if shares is not None:
-            found = _known(arguments, shares.by_id)
+            found = _known(arguments, shares)
             if found:
                 return _dumps_naming(arguments, found)
         data = dumps(arguments)
         if len(data) < SHM_THRESHOLD or not self.shm.enabled:
             return data
         if shares is None:
-            shares = self.runs[run] = _RunShares()
-        found = self._share(arguments, shares.by_id)
+            shares = self.runs[run] = {}
+        found = self._share(arguments, shares)
         return _dumps_naming(arguments, found) if found else data
 
     def _share(self, arguments: Any, by_id: dict[int, _Shared]) -> list[_Shared]:
@@ -120,7 +127,31 @@ class SharedArguments:
         if payload is None or payload.segment is None:
             return _Shared(obj)
         self.writes += 1
-        return _Shared(obj, payload.segment, _fragment(payload))
+        self.held += payload.nbytes
+        if self.held > self.budget:
+            self._make_room()
+        return _Shared(obj, payload.segment, _fragment(payload), payload.nbytes)
+
+    def _make_room(self) -> None:
+        """Unlink the segments no task out names (the one just written is not known
+        yet, and the task being sent, which names it, is out)."""
+        named = {id(obj) for spec in self.out() for obj in _walk(_arguments_of(spec))}
+        for shares in self.runs.values():
+            for key, shared in list(shares.items()):
+                if shared.segment is not None and key not in named:
+                    del shares[key]
+                    self._release(shared)
+                    self.unshared.append(shared.segment)
+
+    def take_unshared(self) -> list[str]:
+        """The segments unlinked to make room since the last call."""
+        unshared, self.unshared = self.unshared, []
+        return unshared
+
+    def _release(self, shared: _Shared) -> None:
+        assert shared.segment is not None
+        self.shm.release(shared.segment)
+        self.held -= shared.nbytes
 
     def run_finished(self, run: int) -> list[str]:
         """Unlink run ``run``'s segments; their names, for the workers to forget."""
@@ -128,9 +159,9 @@ class SharedArguments:
         if shares is None:
             return []
         names = []
-        for shared in shares.by_id.values():
+        for shared in shares.values():
             if shared.segment is not None:
-                self.shm.release(shared.segment)
+                self._release(shared)
                 names.append(shared.segment)
         return names
 
@@ -138,6 +169,20 @@ class SharedArguments:
         """Unlink every segment (the executor closes)."""
         for run in list(self.runs):
             self.run_finished(run)
+
+
+def _arguments_of(spec: TaskSpec) -> tuple[Any, Any, Any]:
+    return spec.args, spec.kwargs, spec.inline
+
+
+def _budget() -> int:
+    """Bytes the segments of shared arguments may hold beyond those tasks out name: a
+    quarter of /dev/shm, which the workers' results need too."""
+    try:
+        stats = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return stats.f_blocks * stats.f_frsize // 4
 
 
 def _known(arguments: Any, by_id: Mapping[int, _Shared]) -> list[_Shared]:

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,12 +166,12 @@ class MpTransport(WorkerSupervision, Transport):
         self._generation = itertools.count()
         self.spawner = Spawner()
         self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory, True))
-        self.shared_arguments = SharedArguments(
-            SharedMemory(f"{self.prefix}a-", shared_memory, True)
-        )
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
+        self.shared_arguments = SharedArguments(
+            SharedMemory(f"{self.prefix}a-", shared_memory, True), self.inflight.all
+        )
         self.shipper = FunctionShipper(dumps)
         self.lock = threading.RLock()
         self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
@@ -378,6 +378,8 @@ class MpTransport(WorkerSupervision, Transport):
             worker.sent.extend(batch.specs)
             worker.timed += batch.timed
             self.advance(worker)
+        if self.shared_arguments.unshared:  # unlinked to make room: no task out names them
+            _unshare(self.workers.values(), self.shared_arguments.take_unshared())
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
@@ -397,11 +399,7 @@ class MpTransport(WorkerSupervision, Transport):
     def run_finished(self, run: int) -> None:
         """Unlink the segments of run ``run``'s large arguments; workers drop them."""
         with self.lock:
-            segments = self.shared_arguments.run_finished(run)
-            workers = list(self.workers.values()) if segments else []
-        for worker in workers:
-            with contextlib.suppress(OSError):  # lost: its mappings went with it
-                worker.send(Unshare(segments))
+            _unshare(self.workers.values(), self.shared_arguments.run_finished(run))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them
@@ -511,6 +509,14 @@ class MpTransport(WorkerSupervision, Transport):
         for spec in specs:
             self.inflight.take(spec.key, spec.worker)
             events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)
+
+
+def _unshare(workers: Iterable[WorkerProcess], segments: list[str]) -> None:
+    """Tell ``workers`` to drop their mappings of the shared arguments in ``segments``."""
+    if segments:
+        for worker in workers:
+            with contextlib.suppress(OSError):  # lost: its mappings went with it
+                worker.send(Unshare(segments))
 
 
 def _setup(initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> bytes | None:
