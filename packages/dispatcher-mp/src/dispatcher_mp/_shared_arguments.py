@@ -4,8 +4,8 @@ pickled into every task that is given them.
 ``op(f)(array, i)`` for a thousand ``i`` hands the same ``array`` to a thousand tasks. An
 argument of at least :data:`~dispatcher_mp._wire.SHM_THRESHOLD` bytes (as pickled, or as
 its buffers) goes into a segment the first time a task of a run needs it, keyed by the
-object's identity within that run; the object is held until the run ends, so that its
-``id`` cannot be reused by another. The task's pickle then starts by naming the segment
+object's identity within that run; the object is held as long as its segment lives, so
+that its ``id`` cannot be reused by another. The task's pickle then starts by naming the segment
 (:func:`shared_argument`) and refers to that value wherever the arguments hold the object,
 nested in containers or not: a few hundred bytes instead of the whole value.
 
@@ -15,9 +15,12 @@ changes it in place changes this worker's copy only (later tasks of the run on t
 worker see the change; the caller and other workers never do).
 
 When the run ends (whatever ended it), its segments are unlinked and the workers told to
-drop their mappings (:class:`~dispatcher_mp._messages.Unshare`). Each segment is also
-registered with multiprocessing's resource tracker, as the caller's values are: should the
-caller be killed, the tracker unlinks what it left.
+drop their mappings (:class:`~dispatcher_mp._messages.Unshare`). A run that gives each task
+a different large object would otherwise keep them all in ``/dev/shm`` until it ends: once
+the segments of all runs add up to more than a quarter of ``/dev/shm``, those that no task
+out names are unlinked as soon as another is written (given to a task again, such an object
+is written anew). Each segment is also registered with multiprocessing's resource tracker,
+as the caller's values are: should the caller be killed, the tracker unlinks what it left.
 
 Finding such arguments costs the tasks that have none nothing: a task's arguments are
 looked at only when a run already has shared arguments, or when their pickle turns out

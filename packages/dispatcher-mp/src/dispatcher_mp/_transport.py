@@ -14,7 +14,8 @@ another worker, the caller asks that worker for it; the holder serialises it onc
 buffers into a shared-memory segment) and the caller passes the small descriptor on with
 the task; the consumer maps the segment. Results the caller asked for come back with their
 completion, the same way. Large values held by the caller go the same way, written once
-per run (:mod:`._caller_values`).
+per run: ``DataNode`` and ``inputs=`` values (:mod:`._caller_values`), and plain arguments
+(:mod:`._shared_arguments`, released when the run ends: :meth:`MpTransport.run_finished`).
 """
 
 from __future__ import annotations

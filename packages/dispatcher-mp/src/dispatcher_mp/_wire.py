@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from typing import Any
 
-from dispatcher.remote import dumps_split
+from dispatcher.remote import OUT_OF_BAND_BYTES, dumps_split
 
 SHM_DIR = "/dev/shm"
-SHM_THRESHOLD = 256 * 1024
-"""Values with at least this many bytes of out-of-band buffers go through shared memory."""
+SHM_THRESHOLD = OUT_OF_BAND_BYTES
+"""Values with at least this many bytes of out-of-band buffers go through shared memory (the
+size from which pickling passes ``bytes`` out of band, too)."""
 _SHM_HEADROOM = 16 * 1024 * 1024  # leave this much of /dev/shm free for everybody else
 
 
