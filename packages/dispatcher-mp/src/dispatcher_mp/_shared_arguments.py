@@ -93,16 +93,24 @@ class SharedArguments:
         """The pickle of ``spec``'s ``(args, kwargs, inline)``: as :func:`dumps` makes
         it when it holds no large value, else naming the segments of those it holds.
         Raises :class:`~dispatcher.SerializationError` naming the node."""
+        data = None
+        if not self.runs:  # no run has shared arguments: the ordinary pickle first
+            data = dumps_for(spec, "arguments", arguments, dumps)
+            if len(data) < SHM_THRESHOLD or not self.shm.enabled:
+                return data
         run = spec.key >> KEY_BITS
-        return dumps_for(spec, "arguments", arguments, lambda a: self._dumps(run, a))
+        return dumps_for(spec, "arguments", arguments, lambda a: self._dumps(run, a, data))
 
-    def _dumps(self, run: int, arguments: Any) -> bytes:
+    def _dumps(self, run: int, arguments: Any, data: bytes | None) -> bytes:
+        """``pack``'s pickle for a task of run ``run``; ``data``: its ordinary pickle,
+        if made already."""
         shares = self.runs.get(run)
         if shares is not None:
             found = _known(arguments, shares)
             if found:
                 return _dumps_naming(arguments, found)
-        data = dumps(arguments)
+        if data is None:
+            data = dumps(arguments)
         if len(data) < SHM_THRESHOLD or not self.shm.enabled:
             return data
         if shares is None:
@@ -289,6 +297,10 @@ def shared_argument(segment: str, described: bytes) -> Any:
     if value is _MAPPED:
         data, sizes = pickle.loads(described)
         value = _MAPPED[segment] = load(Payload(data, None, segment, sizes))
+        # The caller unlinks a segment before it says to forget it: if it is gone, the
+        # word may have come while this was mapping it, and been acted on too early.
+        if not os.path.exists(os.path.join(SHM_DIR, segment)):
+            _MAPPED.pop(segment, None)
     return value
 
 
