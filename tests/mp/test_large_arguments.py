@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -122,6 +124,21 @@ def test_the_segments_of_a_failed_run_go_when_it_ends() -> None:
         assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
         assert segments_gone(before)
         assert ex.run(op(tasks.fail_at)(values, 1, 5)) == 1  # still serving
+        assert segments_gone(before)
+
+
+def test_the_segments_of_a_run_stopped_by_ctrl_c_go_when_it_ends() -> None:
+    before = segments()
+    values = np.ones(MEGABYTES * 1024 * 1024 // 8)
+    with get_executor("mp", workers=1) as ex:
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                ex.run([op(tasks.sleep_given)(values, 3600.0)])
+        finally:
+            timer.join()
+        assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
         assert segments_gone(before)
 
 
