@@ -305,28 +305,66 @@ def test_a_keyboard_interrupt_in_the_caller_stops_the_run(threads: int) -> None:
         assert ex.run(Op(tasks.inc, 2)) == 3
 
 
-def test_a_chain_of_plain_functions_runs_on_one_thread() -> None:
+def test_chains_in_parallel_each_run_on_one_thread() -> None:
     # Sent ahead of its input, each link runs on the thread that made that input: no
     # hand-off through the driver per link, whichever threads are idle.
-    barrier = threading.Barrier(4, timeout=30)  # a guard against a hang, not a bound
-    seen: list[int] = []
+    barrier = threading.Barrier(2, timeout=30)  # a guard against a hang, not a bound
+    seen: dict[str, list[int]] = {"a": [], "b": []}
 
-    def together(x: int) -> int:
-        barrier.wait()
-        return x
+    def together(name: str) -> int:
+        barrier.wait()  # both chains are out on threads at once
+        seen[name].append(threading.get_ident())
+        return 0
 
-    def link(x: int) -> int:
-        seen.append(threading.get_ident())
+    def link(name: str, x: int) -> int:
+        seen[name].append(threading.get_ident())
         return x + 1
 
     with get_executor("async", threads=4) as ex:
-        assert ex.run([Op(together, i) for i in range(4)]) == list(range(4))  # 4 threads
-        node = Op(link, 0)
-        for _ in range(49):
-            node = Op(link, node)
-        assert ex.run(node) == 50
-    assert len(seen) == 50
-    assert len(set(seen)) == 1
+        chains = []
+        for name in seen:
+            node = Op(together, name)
+            for _ in range(30):
+                node = Op(link, name, node)
+            chains.append(node)
+        assert ex.run(chains) == [30, 30]
+    assert all(len(set(idents)) == 1 for idents in seen.values()), seen
+    assert seen["a"][0] != seen["b"][0]
+    assert threading.get_ident() not in (seen["a"][0], seen["b"][0])
+
+
+def test_a_lone_ready_task_runs_in_the_calling_thread() -> None:
+    """With nothing of the run out on a thread and one task ready, the driving thread
+    calls it itself rather than hand it to a thread and wait: a one-node run, or a chain,
+    costs what it costs on ``threads=0``. Tasks ready together still go to threads."""
+    barrier = threading.Barrier(2, timeout=30)  # a guard against a hang, not a bound
+
+    def where(x: object) -> int:
+        return threading.get_ident()
+
+    def together(x: int) -> int:
+        barrier.wait()  # would time out unless both run at once, on two threads
+        return threading.get_ident()
+
+    here = threading.get_ident()
+    with get_executor("async", threads=2) as ex:
+        assert ex.run(Op(where, 1)) == here
+        assert ex.run(Op(where, Op(tasks.inc, Op(tasks.inc, 1)))) == here
+        pair = ex.run([Op(together, 1), Op(together, 2)])
+        assert here not in pair
+        assert pair[0] != pair[1]
+        # A lone task after parallel ones reads their results where they are held.
+        assert ex.run(Op(tasks.add, Op(together, 1), Op(together, 2))) > 0
+
+
+@pytest.mark.timeout(30)
+def test_a_keyboard_interrupt_from_a_lone_task_is_taken_for_ctrl_c() -> None:
+    """A lone task runs in the calling thread, where a KeyboardInterrupt cannot be told
+    from Ctrl-C: it stops the run, as on ``threads=0``; the executor lives."""
+    with get_executor("async", threads=2) as ex:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run([op(tasks.raise_odd, label="interrupts")("KeyboardInterrupt")], throw=False)
+        assert ex.run(Op(tasks.inc, 2)) == 3
 
 
 @pytest.mark.parametrize("throw", [True, False])

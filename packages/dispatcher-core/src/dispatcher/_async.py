@@ -8,7 +8,10 @@ loop that drives it, through the same scheduler and driver as every backend.
 A worker thread reports its task itself, straight to the run's event queue: the driver
 wakes once for every report that arrived while it worked, not once per task. A run that
 needs no loop at all -- no coroutine function, nothing that may return an awaitable, no
-timeout to enforce -- is driven from the calling thread without starting one.
+timeout to enforce -- is driven from the calling thread without starting one. That
+thread then calls a plain task itself whenever nothing else of the run is out on a thread
+and it is the one task ready (see :meth:`Run.call_when_idle`): it would only wait for the
+thread otherwise, and a chain or a one-node run costs no hand-off per task.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from ._awaiting import await_blocking, is_awaitable
 from ._driver import drive_async
 from ._errors import TaskTimeoutError
 from ._executor import Executor
-from ._inline import await_blocking, may_return_awaitable
+from ._inline import may_return_awaitable
 from ._loop import LoopScope, first_leaf, in_event_loop, interruptible, loop_scope, stops_the_loop
 from ._scheduler import Run
 from ._threads import DaemonThreadPool, Job
@@ -193,7 +197,7 @@ class AsyncTransport(Transport):
                 raise  # on the loop, in the caller's thread, it cannot be told from Ctrl-C
             events.task_failed(spec.key, "main", exc, perf_counter() - start)
             return False
-        if not self._plain[spec.func] and inspect.isawaitable(value):
+        if is_awaitable(value):
             handle = self.tasks[spec.key] = _Handle(spec)
             scope.group.start_soon(self._await_value, handle, value, start)
         else:
@@ -401,7 +405,7 @@ class AsyncTransport(Transport):
         except BaseException as exc:  # SystemExit and the like fail the node too
             value, ok = exc, False
         del values
-        if ok and not self._plain[spec.func] and inspect.isawaitable(value):
+        if ok and is_awaitable(value):
             if scope is not None:
                 try:
                     scope.call_soon(scope.context.run, _await_on_loop, self, scope, handle, value)
@@ -542,6 +546,8 @@ class AsyncExecutor(Executor):
         loop of its own, here, or on another thread when this one already runs a loop (a
         notebook, or a task calling run()) that is busy with us."""
         if not self._needs_loop(run):
+            if self.threads:
+                run.call_when_idle(self._loop_transport.never_awaits)
             token = loop_scope.set(None)  # not the loop of a run this one is nested in
             try:
                 super()._drive(run)

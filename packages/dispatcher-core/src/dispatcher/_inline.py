@@ -8,19 +8,18 @@ and reports it at once.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from time import perf_counter
 from typing import Any
 
+from ._awaiting import await_blocking, is_awaitable
 from ._errors import TaskTimeoutError
 from ._executor import Executor
 from ._scheduler import Run
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
-__all__ = ["InlineTransport", "SyncExecutor", "await_blocking"]
+__all__ = ["InlineTransport", "SyncExecutor", "may_return_awaitable"]
 
 
 class InlineTransport(Transport):
@@ -33,7 +32,6 @@ class InlineTransport(Transport):
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
         self._events: EventSink | None = None
-        self._is_coroutine: dict[Any, bool] = {}
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         self._events = events
@@ -48,7 +46,6 @@ class InlineTransport(Transport):
         events = self._events
         assert events is not None
         store = self.store
-        is_coroutine = self._is_coroutine
         for spec in tasks:
             key = spec.key
             shipped = spec.inline
@@ -59,10 +56,7 @@ class InlineTransport(Transport):
             start = perf_counter()
             try:
                 value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
-                coroutine = is_coroutine.get(spec.func)
-                if coroutine is None:
-                    coroutine = is_coroutine[spec.func] = may_return_awaitable(spec.func)
-                if coroutine and inspect.isawaitable(value):
+                if is_awaitable(value):
                     value = await_blocking(value)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
@@ -109,34 +103,3 @@ class SyncExecutor(Executor):
         # Synchronous by definition: the awaiting loop waits, as for any blocking call,
         # and the tasks run in its thread like every other run's.
         self._drive(run)
-
-
-def await_blocking(awaitable: Awaitable[Any]) -> Any:
-    """Run an awaitable to completion from synchronous code.
-
-    A fresh asyncio loop runs it here, or in a helper thread when this thread already
-    runs a loop (a nested ``run`` from inside a coroutine).
-    """
-
-    async def wrapper() -> Any:
-        return await awaitable
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(wrapper())
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append((True, asyncio.run(wrapper())))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=target, name="dispatcher-await", daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = box[0]
-    if ok:
-        return value
-    raise value

@@ -72,6 +72,8 @@ class Run:
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
+        self._idle_asks: Callable[[Callable[..., Any]], bool] | None = None
+        self._idle_in_caller: dict[Any, bool] = {}  # function -> what _idle_asks said
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
@@ -108,6 +110,16 @@ class Run:
             # Planning again: once what runs has stored its result, so the new plan reads it.
             or (bool(self.stale_hits) and not self.table.inflight)
         )
+
+    def call_when_idle(self, asks: Callable[[Callable[..., Any]], bool]) -> None:
+        """Let the driving thread call a task itself when it would otherwise only wait:
+        nothing of this run is out on a worker and one task is ready. ``asks(func)`` says
+        which functions may be called so. Only for a run driven by a thread that serves
+        it alone and enforces no deadline (the ``async`` executor's runs without a loop):
+        a chain then costs what it costs in the caller, not a thread hand-off per link."""
+        self._idle_asks = asks
+        # What must go as a spec (a cached node's replaced call) stays so.
+        self._idle_in_caller = {f: False for f, here in self._in_caller.items() if not here}
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -147,15 +159,22 @@ class Run:
                 if table.call_ready_in_caller(asks, in_caller):
                     progressed = True
                     if table.failure is not None:
-                        p, error, duration = table.failure
-                        table.failure = None
-                        self.recovery.task_failed(p, CALLER, error, duration)
-                        self._act_on_recovery()
-                        if self.aborted:
+                        if self._caller_failed():
                             return True
                         continue
                 if not ready:  # (the loop above may have emptied it of stale entries)
                     break
+            if (
+                self._idle_asks is not None
+                and len(ready) == 1
+                and not table.inflight
+                and not specs
+                and table.call_ready_in_caller(self._idle_asks, self._idle_in_caller, True)
+            ):
+                progressed = True
+                if table.failure is not None and self._caller_failed():
+                    return True
+                continue
             p = ready[-1]
             if state[p] != READY:  # a stale entry (the node went back to waiting)
                 ready.pop()
@@ -197,47 +216,26 @@ class Run:
             self._send_frees()
         return progressed
 
+    def _caller_failed(self) -> bool:
+        """A task called in the caller raised (see ``TaskTable.failure``): retry or fail
+        it. True if that ended the run."""
+        table = self.table
+        assert table.failure is not None
+        p, error, duration = table.failure
+        table.failure = None
+        self.recovery.task_failed(p, CALLER, error, duration)
+        self._act_on_recovery()
+        return self.aborted
+
     def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
         table = self.table
         base = table.base
-        deps = table.deps[p]
-        caller_values = table.caller_values
-        shipped: dict[int, Any] | None = None
-        sources: tuple[str | None, ...] | None = None
-        if deps:
-            keys = tuple([base + d for d in deps]) if base else deps
-            needed, wanted, holders = table.needed, table.wanted, table.holders
-            inflight = table.inflight
-            picked: list[str | None] = []  # where each input is to be taken from
-            local = True
-            used_up: list[int] = []  # inputs only this task still needs, held where it runs
-            for d in deps:
-                if d in caller_values:  # held by the caller: shipped with the task
-                    if shipped is None:
-                        shipped = {}
-                    shipped[base + d] = caller_values[d]
-                    picked.append(None)
-                    continue
-                where = holders[d]
-                if where is not None and worker not in where:
-                    picked.append(next(iter(where)))
-                    local = False
-                    continue
-                if where is None:
-                    making = inflight.get(d)
-                    if making is not None and making.worker != worker:
-                        picked.append(making.worker)  # still being computed there
-                        local = False
-                        continue
-                # Held there, or sent ahead: still being computed on this very worker.
-                picked.append(worker)
-                if needed[d] == 1 and not wanted[d]:
-                    used_up.append(base + d)
-            if not local and self.placement.single is None:
-                sources = tuple(picked)
-            last_use = tuple(used_up)
+        if table.deps[p]:
+            keys, sources, shipped, last_use = table.inputs_of(
+                p, worker, self.placement.single is None
+            )
         else:
-            keys = last_use = ()
+            keys, sources, shipped, last_use = (), None, None, ()
         table.attempts[p] += 1
         timeout = node._timeout if node._timeout is not None else table.timeout
         if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default

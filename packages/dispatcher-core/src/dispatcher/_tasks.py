@@ -15,6 +15,7 @@ from operator import not_
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from ._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from ._errors import TaskTimeoutError
 from ._graph import gc_paused
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._hooks import Observers
     from ._nodes import DispatchNode
-    from .transport import TaskSpec
+    from .transport import Key, TaskSpec
 
 __all__ = [
     "CALLER",
@@ -239,17 +240,63 @@ class TaskTable:
             if not where:
                 self.state[p] = RELEASED
 
+    def inputs_of(
+        self, p: int, worker: str, sourced: bool
+    ) -> tuple[
+        tuple[Key, ...], tuple[str | None, ...] | None, dict[Key, Any] | None, tuple[Key, ...]
+    ]:
+        """For ``p`` sent to ``worker``: its inputs' keys; where each is to be taken from
+        (``None`` when all are at hand there, or when not ``sourced``: a single worker);
+        the caller's values shipped with it; and the inputs only it still needs, held
+        where it runs (freed there once it has run)."""
+        base, deps = self.base, self.deps[p]
+        caller_values, needed, wanted = self.caller_values, self.needed, self.wanted
+        holders, inflight = self.holders, self.inflight
+        keys = tuple([base + d for d in deps]) if base else deps
+        shipped: dict[Key, Any] | None = None
+        picked: list[str | None] = []  # where each input is to be taken from
+        local = True
+        used_up: list[Key] = []
+        for d in deps:
+            if d in caller_values:  # held by the caller: shipped with the task
+                if shipped is None:
+                    shipped = {}
+                shipped[base + d] = caller_values[d]
+                picked.append(None)
+                continue
+            where = holders[d]
+            if where is not None and worker not in where:
+                picked.append(next(iter(where)))
+                local = False
+                continue
+            if where is None:
+                making = inflight.get(d)
+                if making is not None and making.worker != worker:
+                    picked.append(making.worker)  # still being computed there
+                    local = False
+                    continue
+            # Held there, or sent ahead: still being computed on this very worker.
+            picked.append(worker)
+            if needed[d] == 1 and not wanted[d]:
+                used_up.append(base + d)
+        sources = tuple(picked) if not local and sourced else None
+        return keys, sources, shipped, tuple(used_up)
+
     # -- the hot loop ----------------------------------------------------------------------
 
     def call_ready_in_caller(
-        self, asks: Callable[[Callable[..., Any]], bool], in_caller: dict[Any, bool]
+        self,
+        asks: Callable[[Callable[..., Any]], bool],
+        in_caller: dict[Any, bool],
+        alone: bool = False,
     ) -> bool:
         """Call in this thread the tasks atop the ready stack that the transport lets the
         scheduler call (``asks``, answers cached in ``in_caller``) and whose inputs the
         caller holds, taking their dependents as they become ready; stop at the first task
         that must be submitted, or at the first that raises (left in :attr:`failure` for
-        the run to retry or fail). The same bookkeeping as a submitted task, without a
-        spec or a report. True if any task ran.
+        the run to retry or fail); with ``alone``, also as soon as more than one task is
+        ready (those go to workers, in parallel). The same bookkeeping as a submitted
+        task, without a spec or a report. True if any task ran.
 
         This is the whole per-task cost of the in-process executors, hence one flat loop:
         :meth:`settle` is written out here rather than called, and only here."""
@@ -265,6 +312,7 @@ class TaskTable:
         attempts, results, release = self.attempts, self.results, self.release
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
+        awaitable_type = AWAITABLE_TYPES.get
         # Timed only when anyone looks (a timeout, an observer): how long it ran.
         always_timed = default_timeout is not None or finished is not None
         ran = False
@@ -272,6 +320,8 @@ class TaskTable:
         settled = 0  # subtracted from ``remaining`` once, on the way out
         try:
             while ready:
+                if alone and len(ready) > 1:
+                    return ran
                 p = ready[-1]
                 if state[p] != READY:  # a stale entry (the node went back to waiting)
                     ready.pop()
@@ -333,6 +383,8 @@ class TaskTable:
                         elif count == 2:
                             values = [first, second]
                         value = call_task(func, node._args, node._kwargs, shape, values)
+                    if awaitable_type(type(value)) is not False and is_awaitable(value):
+                        value = await_blocking(value)  # a plain function's awaitable
                 except BaseException as exc:
                     if isinstance(exc, KeyboardInterrupt):
                         raise  # in the caller's thread it cannot be told from Ctrl-C: stop

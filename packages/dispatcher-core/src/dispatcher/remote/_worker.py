@@ -13,8 +13,6 @@ its node, and the next task runs.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +20,7 @@ from queue import Empty, SimpleQueue
 from time import perf_counter
 from typing import Any
 
+from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from .._template import call_task
 from ._errors import capture_error, serialization_error, unpickling_error
 from ._functions import Unloadable
@@ -60,8 +59,6 @@ _EARLY_REPORT = 4  # a batch of twice this many tasks or more is reported at its
 _STOP = object()
 _KEY = Task._fields.index("key")
 _TOKEN = Task._fields.index("token")
-# Results of these exact types are never awaitable: no need to ask inspect.
-_NEVER_AWAITABLE = frozenset({int, float, str, bytes, bool, type(None), list, tuple, dict})
 
 Key = int
 
@@ -251,8 +248,8 @@ class TaskRunner:
         start = perf_counter()
         try:
             value = call_task(func, args, kwargs, shape, values)
-            if type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value):
-                value = asyncio.run(_wait(value))
+            if AWAITABLE_TYPES.get(type(value)) is not False and is_awaitable(value):
+                value = await_blocking(value)
         except BaseException as exc:  # the task's own: it fails its node, never this loop
             self.fail(key, exc, perf_counter() - start)
             return
@@ -302,10 +299,6 @@ class TaskRunner:
             self.send(Lost(key, missing))
             return None
         return values
-
-
-async def _wait(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def supervised(target: Callable[[], None], on_failure: Callable[[BaseException], None]) -> Any:

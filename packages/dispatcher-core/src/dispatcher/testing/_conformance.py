@@ -166,6 +166,14 @@ class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs):
         assert self.run(graph) == [5, 6]
         assert self.run([a, a, b]) == [2, 2, 3]
 
+    def test_an_awaitable_result_is_awaited(self) -> None:
+        """Whatever a task's function returns that is awaitable is awaited, a plain
+        function's coroutine as a coroutine function's: its result is the node's value."""
+        lone = Op(tasks.returns_a_coroutine, 1)
+        chain = Op(tasks.inc, Op(tasks.returns_a_coroutine, Op(tasks.inc, 19)))
+        assert self.run(lone) == 2
+        assert self.run([lone, chain, Op(tasks.async_double, 3)]) == [2, 41, 6]
+
     def test_node_named_twice_runs_once(self, log: str) -> None:
         node = Op(tasks.logged, log, "twice", 9)
         assert self.run([node, node, Op(tasks.inc, node)]) == [9, 9, 10]

@@ -29,6 +29,15 @@ def identity(x: Any) -> Any:
     return x
 
 
+async def async_double(x: int) -> int:
+    return 2 * x
+
+
+def returns_a_coroutine(x: int) -> Any:
+    """A plain function that returns a coroutine (as ``lambda x: fetch(x)`` does)."""
+    return async_double(x)
+
+
 def total(*values: Any) -> Any:
     return sum(values)
 

@@ -1,0 +1,71 @@
+"""A task's awaitable result, awaited wherever the task ran.
+
+One rule on every executor: whatever a task's function returns that is awaitable (a
+coroutine function's coroutine, or a plain function's: ``lambda x: fetch(x)``) is awaited,
+and its result is the node's value. Coroutine functions on ``async`` run concurrently on
+its loop; any other awaitable is awaited where its function was called, blocking that
+thread as a plain call would. A leaf module: worker processes import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable
+from types import GeneratorType
+from typing import Any
+
+__all__ = ["AWAITABLE_TYPES", "await_blocking", "is_awaitable"]
+
+AWAITABLE_TYPES: dict[type, bool] = dict.fromkeys(
+    (int, float, complex, str, bytes, bool, type(None), list, tuple, dict), False
+)
+"""Per result type seen, are its values awaitable (by their type)? ``inspect.isawaitable``
+asks an ABC, which costs more than a tiny task; a result type is looked up here
+instead, so the hot loops test ``AWAITABLE_TYPES.get(type(value)) is not False`` first."""
+
+_MOST_TYPES = 4096  # classes made at run time must not grow the table without end
+
+
+def is_awaitable(value: Any) -> bool:
+    """Must ``value``, a task's result, be awaited for the node's value?"""
+    kind = type(value)
+    known = AWAITABLE_TYPES.get(kind)
+    if known is None:
+        known = hasattr(kind, "__await__")
+        if len(AWAITABLE_TYPES) < _MOST_TYPES:
+            AWAITABLE_TYPES[kind] = known
+    # A generator is awaitable only when made by a @types.coroutine function: ask it.
+    return known or (kind is GeneratorType and inspect.isawaitable(value))
+
+
+def await_blocking(awaitable: Awaitable[Any]) -> Any:
+    """Run an awaitable to completion from synchronous code.
+
+    A fresh asyncio loop runs it here, or in a helper thread when this thread already
+    runs a loop (a nested ``run`` from inside a coroutine, or a task called on the loop).
+    """
+
+    async def wrapper() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wrapper())
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, asyncio.run(wrapper())))
+        except BaseException as exc:  # handed to the waiting thread, never lost
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="dispatcher-await", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
