@@ -51,6 +51,13 @@ def sleep_given(values: Any, seconds: float) -> int:
     return len(values)
 
 
+def die_once_given(values: Any, log: str) -> int:
+    """Kills its own worker the first time, then returns the argument's length."""
+    from dispatcher.testing.tasks import die_once
+
+    return int(die_once(log, "given", len(values)))
+
+
 def fail_at(values: Any, i: int, bad: int) -> int:
     if i == bad:
         raise ValueError(f"task {i} fails on purpose")

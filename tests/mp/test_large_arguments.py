@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import argument_tasks as tasks
@@ -103,6 +104,18 @@ def test_small_arguments_are_not_put_in_shared_memory(task_bytes: list[int]) -> 
         ]
         assert ex._transport.shared_arguments.writes == 0  # type: ignore[attr-defined]
         assert not ex._transport.shared_arguments.runs  # type: ignore[attr-defined]
+
+
+def test_a_worker_lost_mid_run_is_replaced_by_one_that_maps_the_same_segment(
+    tmp_path: Path,
+) -> None:
+    values = np.ones(MEGABYTES * 1024 * 1024 // 8)
+    with get_executor("mp", workers=2) as ex:
+        nodes = [op(tasks.item_plus_size)(values, i) for i in range(20)]
+        nodes.append(op(tasks.die_once_given)(values, str(tmp_path)))
+        assert ex.run(nodes) == [1.0 + len(values)] * 20 + [len(values)]
+        assert (tmp_path / "given.died").exists()
+        assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
 
 
 def test_the_segments_and_mappings_of_a_run_go_when_it_ends() -> None:
