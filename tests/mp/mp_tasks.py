@@ -157,3 +157,13 @@ def nested_run(executor: str) -> Any:
     from dispatcher import Op, run
 
     return run(Op(total, 1, 2), executor=executor)
+
+
+def held_array(log: str, gate: str, megabytes: int, pid_path: str) -> Any:
+    """An array of ``megabytes`` (all 7.0) whose unpickling leaves ``held-loading`` in
+    ``log`` and waits for the file ``gate``; this worker's pid written to ``pid_path``."""
+    from dispatcher.testing.tasks import HeldWhenLoaded
+
+    with open(pid_path, "w") as f:
+        f.write(str(os.getpid()))
+    return HeldWhenLoaded(log, "held", gate, 300.0, array(megabytes, 7))

@@ -6,6 +6,11 @@ the :class:`EventQueue` of the run its key belongs to. A driver
 repeats :func:`step` -- hand out ready tasks, apply what was reported -- and waits on the
 queue when there is nothing to do: :func:`drive_blocking` on a thread,
 :func:`drive_async` on an event loop.
+
+A report may carry its value or exception still serialised
+(:class:`~dispatcher.transport.Unloaded`): the driver loads it as it applies the report
+(:func:`load_reported`), so the user's code that deserialising runs holds up that run
+alone, never the transport's thread that reports for every run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .transport import KEY_BITS, Key, Transport
+from .transport import KEY_BITS, Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
     from ._scheduler import Run
@@ -33,6 +38,7 @@ __all__ = [
     "RunCancelled",
     "drive_async",
     "drive_blocking",
+    "load_reported",
     "step",
 ]
 
@@ -180,7 +186,9 @@ class Router:
             if number not in self.runs:  # detached while this was posted
                 self._free_unread(queue, key & ~_POSITION)
 
-    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
+    def task_failed(
+        self, key: Key, worker: str, error: BaseException | Unloaded, duration: float
+    ) -> None:
         queue = self.runs.get(key >> KEY_BITS)
         if queue is not None:
             queue.post((EV_FAILED, key & _POSITION, worker, error, duration))
@@ -200,6 +208,26 @@ class Router:
         self.workers.pop(worker, None)
         for queue in list(self.runs.values()):
             queue.post((EV_WORKER_LOST, worker, reason, running))
+
+
+def load_reported(unloaded: Unloaded, spec: TaskSpec, what: str) -> tuple[bool, Any]:
+    """``unloaded.load()``, in the driver applying the report about ``spec``:
+    ``(True, value)``, or ``(False, error)``, the
+    :class:`~dispatcher.SerializationError` that fails the task, for whatever loading raised
+    (``what`` was loaded: ``"result"`` or ``"exception"``).
+
+    A :class:`KeyboardInterrupt` is not the value's: it is the user's Ctrl-C reaching the
+    driver's thread while it loads, and it goes on to stop the run like anywhere else in
+    the driver."""
+    try:
+        return True, unloaded.load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # deserialising runs arbitrary code: SystemExit included
+        # Imported here: the kit (and cloudpickle) is no part of a run that stays in process.
+        from .remote._errors import unpickling_error
+
+        return False, unpickling_error(spec.label, what, exc, in_caller=True)
 
 
 def step(run: Run) -> bool:

@@ -28,6 +28,7 @@ from ._driver import (
     EV_WORKER_ADDED,
     EV_WORKER_LOST,
     EventQueue,
+    load_reported,
 )
 from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
@@ -35,7 +36,7 @@ from ._placement import Placement
 from ._recovery import Recovery
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
-from .transport import Key, TaskSpec, Transport
+from .transport import Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
     from ._cache_plan import CachePlan
@@ -338,6 +339,10 @@ class Run:
         if spec is None:
             self.table.free_on(worker, p)  # its result is not wanted
             return
+        if isinstance(value, Unloaded):
+            loaded, value = _load_result(self, p, worker, spec, value, duration)
+            if not loaded:
+                return
         unannounced = self._unannounced
         if unannounced:
             _announce_at_own_report(self, p, worker)
@@ -359,16 +364,12 @@ class Run:
         if unannounced:
             _announce_started(self, table.dependents[p])
 
-    def _on_failed(self, p: int, worker: str, error: BaseException, duration: float) -> None:
+    def _on_failed(self, p: int, worker: str, error: Any, duration: float) -> None:
         spec = self._reported(p, worker)
         if spec is not None:
-            if self._unannounced:
-                _announce_at_own_report(self, p, worker)
-            if self._hits is not None and p in self._hits and _unreadable_entry(error):
-                self.stale_hits.append(self._cache_keys[p])
-                _cancel_sent_ahead_of(self, p)
-                return
-            self.recovery.task_failed(p, worker, error, duration)
+            if isinstance(error, Unloaded):
+                error = load_reported(error, spec, "exception")[1]
+            _failed(self, p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
@@ -472,6 +473,34 @@ def _cancel_sent_ahead_of(run: Run, p: int) -> None:
         assert run.transport is not None
         with contextlib.suppress(Exception):  # best effort: their reports are ignored
             run.transport.cancel(cancelled)
+
+
+def _load_result(
+    run: Run, p: int, worker: str, spec: TaskSpec, value: Unloaded, duration: float
+) -> tuple[bool, Any]:
+    """Task ``p``'s reported result, unpickled here in the run's driver: ``(True,
+    value)``; or ``(False, error)`` when it cannot be, and the task has failed with it."""
+    loaded = False
+    try:
+        loaded, outcome = load_reported(value, spec, "result")
+    finally:
+        if not loaded:  # (or interrupted) the worker's copy is no use
+            run.table.free_on(worker, p)
+    if not loaded:
+        _failed(run, p, worker, outcome, duration)
+    return loaded, outcome
+
+
+def _failed(run: Run, p: int, worker: str, error: BaseException, duration: float) -> None:
+    """Task ``p``, no longer in flight, failed with ``error``: retried, failed for good,
+    or (a cache entry that cannot be read) planned again."""
+    if run._unannounced:
+        _announce_at_own_report(run, p, worker)
+    if run._hits is not None and p in run._hits and _unreadable_entry(error):
+        run.stale_hits.append(run._cache_keys[p])
+        _cancel_sent_ahead_of(run, p)
+        return
+    run.recovery.task_failed(p, worker, error, duration)
 
 
 def _never_started(run: Run, cancelled: list[TaskSpec]) -> None:

@@ -11,6 +11,8 @@ it is told, and reports what happened. The whole contract is this module:
   ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_lost``);
 * :class:`TaskSpec` -- one task to run: a function, an argument template whose
   :class:`Ref` placeholders stand for results named by key, and where those results live;
+* :class:`Unloaded` -- a reported value or exception still in its serialised form, which
+  the scheduler loads in the run's own driver rather than on the transport's thread;
 * :func:`call_task` -- how a worker turns a spec and its input values into a call, so every
   backend calls functions the same way.
 
@@ -55,6 +57,7 @@ __all__ = [
     "Ref",
     "TaskSpec",
     "Transport",
+    "Unloaded",
     "call_task",
     "worker_host",
     "worker_name",
@@ -183,6 +186,52 @@ class TaskSpec:
         return f"<TaskSpec {self.key} {self.label!r} on {self.worker}>"
 
 
+class Unloaded:
+    """A task's value, or its exception, as it came from a worker: not deserialised yet.
+
+    Turning bytes back into objects (unpickling) runs the user's code (``__reduce__``,
+    ``__setstate__``, imports), which may be slow, fail, or block forever. A transport
+    reports from its own thread, which serves every run of its executor: if it
+    deserialised there, one run's bad value would hold up every run's reports, the
+    deadlines it enforces and its handling of lost workers. So a transport passes an
+    ``Unloaded`` instead, as ``value`` to :meth:`EventSink.task_finished` or as ``error``
+    to :meth:`EventSink.task_failed`, and the scheduler calls :meth:`load` in the driver of
+    the run the task belongs to (the thread or event loop that runs that run), when it
+    applies the report; never for a report it drops as stale. A value that is slow to
+    load then holds up that run alone.
+
+    Subclass it (``isinstance`` decides, so that a user's value that happens to have a
+    ``load`` method is never mistaken for one; a plain class keeps that check cheap on the
+    path every result takes). Keep on the transport's thread what must happen while the
+    bytes are known to exist and runs no user code (say, mapping shared memory the worker
+    may remove); leave to :meth:`load` what runs the user's code. A value made of builtin
+    data only (numbers, strings, containers of them), which the worker can vouch for,
+    may be reported loaded: its deserialisation runs no user code.
+
+    :class:`dispatcher.remote.Pickled` and :class:`dispatcher.remote.UnrestoredError`
+    are the kit's, for pickles and for exceptions captured by
+    :func:`dispatcher.remote.capture_error`.
+    """
+
+    __slots__ = ()
+
+    def load(self) -> Any:
+        """The value (or the exception) itself; called once, in the run's driver.
+
+        For a value: whatever this raises fails the task with a
+        :class:`~dispatcher.SerializationError` naming its node ("could not be unpickled
+        where it arrived"), except :class:`KeyboardInterrupt`, which is taken for the
+        user's Ctrl-C in the driver's thread and stops the run. For an exception: it
+        returns the exception to report, and should not raise (it is reported as
+        above if it does).
+
+        A run stopped meanwhile (Ctrl-C, a cancelled ``arun``) cannot interrupt
+        deserialisation that waits in C code: the run stops when it returns. Other runs
+        are not held up either way.
+        """
+        raise NotImplementedError
+
+
 class EventSink(Protocol):
     """What a transport reports. Every method may be called from any thread.
 
@@ -200,14 +249,18 @@ class EventSink(Protocol):
     ) -> None:
         """The task ran and its result is now held on ``worker``.
 
-        ``value`` is given exactly when the spec had ``want_result``. ``duration`` is the
-        run time in seconds measured on the worker; ``nbytes`` the result's size where known.
+        ``value`` is given exactly when the spec had ``want_result``: the value itself,
+        or an :class:`Unloaded` that the run's driver loads. ``duration`` is the run time
+        in seconds measured on the worker; ``nbytes`` the result's size where known.
         """
 
-    def task_failed(self, key: Key, worker: str, error: BaseException, duration: float) -> None:
-        """The task raised ``error`` (the user's exception, restored as well as possible),
-        could not be (de)serialized (:class:`~dispatcher.SerializationError`), or ran past
-        its timeout (:class:`~dispatcher.TaskTimeoutError`)."""
+    def task_failed(
+        self, key: Key, worker: str, error: BaseException | Unloaded, duration: float
+    ) -> None:
+        """The task raised ``error`` (the user's exception, restored as well as possible,
+        or an :class:`Unloaded` that restores it in the run's driver), could not be
+        (de)serialized (:class:`~dispatcher.SerializationError`), or ran past its timeout
+        (:class:`~dispatcher.TaskTimeoutError`)."""
 
     def task_inputs_lost(self, key: Key, worker: str, missing: Sequence[Key]) -> None:
         """The task could not start because these inputs are no longer anywhere.

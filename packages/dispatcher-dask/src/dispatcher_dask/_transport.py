@@ -37,7 +37,7 @@ from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transpo
 from ._abandoned import Abandoned
 from ._cluster import WorkerNames, check_options, disconnect, gather, reach, registered
 from ._outbox import Outbox
-from ._outcome import restored, unpickled
+from ._outcome import left_pickled, restored
 from ._task import Shipped, TaskFailure, pack, run_task
 
 if TYPE_CHECKING:
@@ -564,14 +564,12 @@ class DaskTransport(Transport):
     ) -> None:
         """Report ``spec`` finished with the value its worker sent (``fetched``: ``(True,
         the Shipped value)``, or ``(False, why it could not be brought)``), or failed in
-        the caller if it did not come or does not unpickle."""
+        the caller if it did not come. The run's driver unpickles it."""
         ok, value = fetched
-        if ok:
-            ok, value = unpickled(value)
         events = self._events
         assert events is not None
         if ok:
-            events.task_finished(spec.key, spec.worker, duration, nbytes, value)
+            events.task_finished(spec.key, spec.worker, duration, nbytes, left_pickled(value))
             return
         self._drop(spec.key, future)
         error = unpickling_error(spec.label, "result", value, in_caller=True)

@@ -38,6 +38,7 @@ from dispatcher.remote import (
     Free,
     FunctionShipper,
     InFlight,
+    Pickled,
     Run,
     dumps,
     dumps_for,
@@ -60,7 +61,7 @@ from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
-from ._wire import Payload, SharedMemory, load, sweep
+from ._wire import Payload, SharedMemory, mapped, sweep
 
 __all__ = ["MpTransport"]
 
@@ -216,7 +217,7 @@ class MpTransport(WorkerSupervision, Transport):
             self.close()
             raise
         self._reader = Reader(
-            self, SupervisedReports(self, self.inflight, events, self._load_result, self.free)
+            self, SupervisedReports(self, self.inflight, events, self._received, self.free)
         )
         self._reader.start()
         return {name: self.slots for name in self.workers}
@@ -438,12 +439,16 @@ class MpTransport(WorkerSupervision, Transport):
 
     # -- called by the reader thread -----------------------------------------------------
 
-    def _load_result(self, worker: str, key: Key, payload: Payload) -> Any:
-        value = load(payload)
-        if payload.segment is not None:
-            with self.lock:
-                self.cache[key] = (worker, payload)
-        return value
+    def _received(self, worker: str, key: Key, payload: Payload) -> Pickled:
+        """A wanted result, left for its run's driver to unpickle (see
+        :class:`~dispatcher.remote.Reports`). A segment is mapped now, while it is sure to
+        exist: the worker's segments are swept if it dies before the driver unpickles."""
+        if payload.segment is None:
+            return Pickled(payload.data, payload.buffers)
+        buffers = mapped(payload)
+        with self.lock:
+            self.cache[key] = (worker, payload)
+        return Pickled(payload.data, buffers)
 
     def fetched(self, key: Key, payload: Payload) -> None:
         """Result ``key`` arrived serialised: send what waited for it. Under the lock."""

@@ -135,22 +135,29 @@ class SharedMemory:
 def load(payload: Payload, loads: Callable[..., Any] = pickle.loads) -> Any:
     """The value back; buffers in a segment are mapped copy-on-write, not copied."""
     if payload.segment is not None:
-        fd = os.open(os.path.join(SHM_DIR, payload.segment), os.O_RDONLY)
-        try:
-            total = max(sum(payload.sizes), 1)
-            mapping = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)
-        finally:
-            os.close(fd)
-        whole = memoryview(mapping)
-        views = []
-        offset = 0
-        for size in payload.sizes:
-            views.append(whole[offset : offset + size])
-            offset += size
-        return loads(payload.data, buffers=views)
+        return loads(payload.data, buffers=mapped(payload))
     if payload.buffers:
         return loads(payload.data, buffers=payload.buffers)
     return loads(payload.data)
+
+
+def mapped(payload: Payload) -> list[memoryview]:
+    """The buffers of ``payload``'s segment, mapped copy-on-write: they stay readable
+    after the segment is unlinked."""
+    assert payload.segment is not None
+    fd = os.open(os.path.join(SHM_DIR, payload.segment), os.O_RDONLY)
+    try:
+        total = max(sum(payload.sizes), 1)
+        mapping = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    whole = memoryview(mapping)
+    views = []
+    offset = 0
+    for size in payload.sizes:
+        views.append(whole[offset : offset + size])
+        offset += size
+    return views
 
 
 def _track(name: str, change: Callable[[str, str], None]) -> None:

@@ -53,6 +53,7 @@ from dispatcher.remote import (
     Free,
     FunctionShipper,
     InFlight,
+    Pickled,
     Reports,
     Run,
     Stop,
@@ -364,7 +365,7 @@ class MpiTransport(Transport):
                     "(or reuse it: with get_executor('mpi') as ex: ...)"
                 )
             self.events = events
-            self.reports = Reports(self.inflight, events, _unpickle_result, self._free_stale)
+            self.reports = Reports(self.inflight, events, _received, self._free_stale)
             free = self._free_ranks()
             if not free:
                 raise self.root.no_capacity(self.ranks)
@@ -528,6 +529,8 @@ class MpiTransport(Transport):
         self.events.worker_added(self.root.names[self.stand_in], 1)
 
 
-def _unpickle_result(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Any:
+def _received(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Pickled:
+    """A wanted result, left for its run's driver to unpickle: the hub's thread, which
+    reports here, serves every run (see :class:`~dispatcher.remote.Reports`)."""
     header, buffers = result  # see WorkerRank.pack_result
-    return pickle.loads(header, buffers=buffers)
+    return Pickled(header, buffers)

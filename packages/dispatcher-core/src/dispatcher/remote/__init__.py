@@ -4,11 +4,12 @@ A backend whose workers live in other processes needs the same parts whatever ca
 bytes (pipes, MPI, sockets): messages with names (:mod:`._messages`), functions shipped
 once per worker within a budget (:class:`FunctionShipper`), the caller's table of tasks
 out (:class:`InFlight`, its only stale filter, with deadlines), reports turned into
-scheduler events (:class:`Reports`), the worker's task loop (:class:`TaskRunner`),
-pickling with large buffers out of band (:func:`dumps_split`), and exceptions that survive
-the trip (:func:`capture_error`, :func:`restore_error`). ``dispatcher_mp`` and
-``dispatcher_mpi`` are built from it, and keep only what is their own: processes, pipes
-and shared memory; MPI channels and rank-to-rank fetches.
+scheduler events with values and exceptions left for the run's driver to unpickle
+(:class:`Reports`, :class:`Pickled`, :class:`UnrestoredError`), the worker's task loop
+(:class:`TaskRunner`), pickling with large buffers out of band (:func:`dumps_split`), and
+exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`).
+``dispatcher_mp`` and ``dispatcher_mpi`` are built from it, and keep only what is their
+own: processes, pipes and shared memory; MPI channels and rank-to-rank fetches.
 
 Worker processes import this package: it stays light.
 """
@@ -47,7 +48,9 @@ from ._pickle import dumps as dumps
 from ._pickle import dumps_split as dumps_split
 from ._pickle import loads as loads
 from ._pickle import pickle_by_reference as pickle_by_reference
+from ._reports import Pickled as Pickled
 from ._reports import Reports as Reports
+from ._reports import UnrestoredError as UnrestoredError
 from ._worker import BATCH_SIZE as BATCH_SIZE
 from ._worker import REPORT_NOW as REPORT_NOW
 from ._worker import InputError as InputError
@@ -73,6 +76,7 @@ __all__ = [
     "InFlight",
     "InputError",
     "Lost",
+    "Pickled",
     "Reports",
     "Run",
     "Started",
@@ -80,6 +84,7 @@ __all__ = [
     "Task",
     "TaskRunner",
     "Unloadable",
+    "UnrestoredError",
     "WireError",
     "as_task",
     "capture_error",

@@ -1,38 +1,94 @@
 """Caller side: turning a worker's reports into scheduler events, through the in-flight
-table (so a stale report is dropped here, once, for every backend)."""
+table (so a stale report is dropped here, once, for every backend).
+
+These run on the transport's thread, which serves every run of its executor: nothing
+here runs the user's code. Results and exceptions go to the scheduler still pickled
+(:class:`Pickled`, :class:`UnrestoredError`), and the driver of the run they belong to
+unpickles them (see :class:`~dispatcher.transport.Unloaded`), so one run's value that is
+slow to unpickle, or never finishes unpickling, holds up that run alone.
+"""
 
 from __future__ import annotations
 
+import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._errors import restore_error, unpickling_error
+from ..transport import Unloaded
+from ._errors import WireError, restore_error, unpickling_error
 from ._inflight import InFlight
 from ._messages import Done, Failed, Lost, Started
-from ._pickle import loads
 
 if TYPE_CHECKING:
-    from ..transport import EventSink, Key
+    from ..transport import EventSink, Key, TaskSpec
 
-__all__ = ["Reports"]
+__all__ = ["Pickled", "Reports", "UnrestoredError"]
+
+
+class Pickled(Unloaded):
+    """A value as a pickle stream and its out-of-band buffers, unpickled by
+    :meth:`load` in the run's driver."""
+
+    __slots__ = ("buffers", "data")
+
+    def __init__(self, data: bytes, buffers: Sequence[Any] | None = None) -> None:
+        self.data = data
+        self.buffers = buffers
+        """Out-of-band buffers, in order (already in this process: mapped, received)."""
+
+    def load(self) -> Any:
+        if self.buffers:
+            return pickle.loads(self.data, buffers=self.buffers)
+        return pickle.loads(self.data)
+
+
+class UnrestoredError(Unloaded):
+    """A task's exception as its worker captured it (:func:`capture_error`), restored by
+    :meth:`load` in the run's driver (:func:`restore_error`, which never raises)."""
+
+    __slots__ = ("spec", "wire")
+
+    def __init__(self, wire: WireError, spec: TaskSpec) -> None:
+        self.wire = wire
+        self.spec = spec
+
+    def load(self) -> BaseException:
+        interrupted: list[KeyboardInterrupt] = []
+
+        def loads(data: bytes) -> Any:
+            try:
+                return pickle.loads(data)
+            except KeyboardInterrupt as exc:
+                interrupted.append(exc)
+                raise
+
+        error = restore_error(self.wire, self.spec, loads)
+        if interrupted:
+            # restore_error takes whatever unpickling raises for the exception's own
+            # failure; this is the user's Ctrl-C reaching the driver meanwhile.
+            raise interrupted[0]
+        return error
 
 
 class Reports:
     """Hands :class:`Done`, :class:`Failed`, :class:`Started` and :class:`Lost` to the
-    event sink. ``load_result(worker, key, result)`` turns a result as the backend sent
-    it into the value; ``stale(worker, keys)`` frees results nobody expects any more."""
+    event sink. ``received(worker, key, result)`` turns a result as the backend sent it
+    into what is reported: an :class:`~dispatcher.transport.Unloaded` (a
+    :class:`Pickled`), the run's driver unpickling it; it runs on the transport's thread
+    and so must not unpickle anything itself. ``stale(worker, keys)`` frees results
+    nobody expects any more."""
 
     def __init__(
         self,
         inflight: InFlight,
         events: EventSink,
-        load_result: Callable[[str, Key, Any], Any],
+        received: Callable[[str, Key, Any], Any],
         stale: Callable[[str, list[Key]], None],
     ) -> None:
         self.inflight = inflight
         self.events = events
-        self.load_result = load_result
+        self.received = received
         self.stale = stale
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
@@ -50,8 +106,8 @@ class Reports:
         return True
 
     def done(self, worker: str, message: Done) -> None:
-        """Tasks that finished on ``worker``: each result loaded if the caller wants it
-        (a result that will not unpickle fails its task), stale ones freed."""
+        """Tasks that finished on ``worker``: each result passed on, still pickled, if the
+        caller wants it; stale ones freed."""
         # InFlight.take, written out: this loop runs once per task.
         out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
         finished = events.task_finished
@@ -73,8 +129,8 @@ class Reports:
                 finished(key, worker, duration, nbytes)
             else:
                 try:
-                    value = self.load_result(worker, key, result)
-                except BaseException as exc:  # unpickling runs arbitrary code
+                    value = self.received(worker, key, result)
+                except Exception as exc:  # its bytes are gone (a segment removed...)
                     error = unpickling_error(spec.label, "result", exc, in_caller=True)
                     events.task_failed(key, worker, error, duration)
                     continue
@@ -83,10 +139,11 @@ class Reports:
             self.stale(worker, unwanted)
 
     def failed(self, worker: str, message: Failed) -> None:
-        """A task that raised on ``worker``: its exception restored and reported."""
+        """A task that raised on ``worker``: its exception reported, to be restored in
+        the run's driver."""
         spec = self.inflight.take(message.key, worker)
         if spec is not None:
-            error = restore_error(message.error, spec, loads)
+            error = UnrestoredError(message.error, spec)
             self.events.task_failed(message.key, worker, error, message.duration)
 
     def started(self, worker: str, message: Started) -> None:

@@ -1,13 +1,14 @@
 """Fault checks every executor must pass, organised by fault class.
 
 Each check injects one fault that any backend can meet -- a task raising an odd
-exception, a value that fails on the way back, a bad timeout, work abandoned by a run
-that stopped -- and requires what the contract promises: the node fails with the user's
-exception (or :class:`~dispatcher.RemoteError` when it cannot travel), the run ends, and
-the executor keeps serving the next run. Every check runs under a hard per-test timeout,
-so a hang fails instead of stalling. Checks that need a capability the executor does not
-declare are skipped with that reason; checks a backend is known to fail are listed in its
-test class (see :class:`~dispatcher.testing.ExecutorHarness`).
+exception, a value that fails on the way back or is slow to unpickle, a bad timeout, work
+abandoned by a run that stopped -- and requires what the contract promises: the node fails
+with the user's exception (or :class:`~dispatcher.RemoteError` when it cannot travel), the
+run ends, and the executor keeps serving the next run, and any other run on it. Every
+check runs under a hard per-test timeout, so a hang fails instead of stalling. Checks
+that need a capability the executor does not declare are skipped with that reason;
+checks a backend is known to fail are listed in its test class (see
+:class:`~dispatcher.testing.ExecutorHarness`).
 
 Faults that only some backends can meet (killed or frozen workers, lost ranks) belong to
 those backends' own tests.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +74,40 @@ def _no_escape(call: Callable[[], T], what: str) -> T:
         raise  # the per-test timeout, a skip: pytest's own
     except BaseException as exc:
         pytest.fail(f"{what} raised {type(exc).__name__}: {exc!r} out of run()")
+
+
+class _InThread:
+    """``call()`` on a thread of its own (a run held up while the test goes on)."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._outcome: list[tuple[bool, Any]] = []
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self._outcome.append((True, call()))
+        except BaseException as exc:
+            self._outcome.append((False, exc))
+
+    @property
+    def done(self) -> bool:
+        return bool(self._outcome)
+
+    def result(self) -> Any:
+        """What ``call()`` returned (raising what it raised), once it is over."""
+        self._thread.join()
+        returned, value = self._outcome[0]
+        if not returned:
+            raise AssertionError(f"it raised {value!r}") from value
+        return value
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (the per-test timeout ends a wait that is never
+    over)."""
+    while not condition():
+        time.sleep(0.01)
 
 
 class ExecutorFaults(ExecutorHarness):
@@ -141,6 +178,79 @@ class ExecutorFaults(ExecutorHarness):
         assert remade or isinstance(results[0].error, (SerializationError, RemoteError)), results[0]
         assert results[1].value == 2
         assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
+    # -- values slow to unpickle -------------------------------------------------------------
+
+    def _check_others_go_on(self, ex: Executor, log: str, held: str) -> None:
+        """While ``held``'s value is being unpickled (and waits), other runs on ``ex``
+        finish, and a task's timeout in another run still fires."""
+        _until(lambda: tasks.calls(log, held + "-loading") == 1)
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 1)), "another run") == 2
+        # Runs a second (waiting for a gate that never opens), past its timeout.
+        never = str(Path(log) / "never")
+        late = op(tasks.blocked, label="late", timeout=0.2)(log, "late", never, 1.0)
+        results = _no_escape(lambda: ex.run([late, Op(tasks.inc, 2)], throw=False), "it")
+        assert isinstance(results[0].error, TaskTimeoutError), results[0]
+        assert results[1].value == 3
+        assert tasks.calls(log, held + "-loaded") == 0  # it was held all along
+        if not self.capabilities.interrupts_running_tasks:
+            # Its worker is kept until it returns: give it back before the next check.
+            _until(lambda: tasks.calls(log, "late-finished") == 1)
+
+    @pytest.mark.timeout(90)
+    def test_a_result_slow_to_unpickle_holds_up_only_its_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """A result whose unpickling in the caller blocks holds up its own run, not the
+        others on the executor, their reports or their deadlines."""
+        self.require("separate_processes")
+        gate = tmp_path / "gate"
+        made = op(tasks.make_held_when_loaded, label="held")(log, "held", str(gate), LONG, "v")
+        held = _InThread(lambda: ex.run(made))
+        try:
+            self._check_others_go_on(ex, log, "held")
+            assert not held.done
+        finally:
+            gate.touch()
+        assert held.result() == "v"
+
+    @pytest.mark.timeout(90)
+    def test_an_exception_slow_to_unpickle_holds_up_only_its_run(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """Likewise for a task's exception, which the caller unpickles too."""
+        self.require("separate_processes")
+        gate = tmp_path / "gate"
+        fails = op(tasks.fail_held_when_loaded, label="held")(log, "held", str(gate), LONG, "m")
+        held = _InThread(lambda: ex.run(fails, throw=False))
+        try:
+            self._check_others_go_on(ex, log, "held")
+            assert not held.done
+        finally:
+            gate.touch()
+        error = held.result().error
+        assert isinstance(error, ValueError), error
+        assert error.args == ("m",)
+
+    @pytest.mark.timeout(90)
+    def test_a_worker_lost_while_a_result_is_unpickled_is_replaced(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """While one run's result is being unpickled (and waits), a worker lost by
+        another run is noticed and replaced, and that run finishes."""
+        self.require("separate_processes")
+        self.require("survives_worker_loss")
+        gate = tmp_path / "gate"
+        made = op(tasks.make_held_when_loaded, label="held")(log, "held", str(gate), LONG, "v")
+        held = _InThread(lambda: ex.run(made))
+        try:
+            _until(lambda: tasks.calls(log, "held-loading") == 1)
+            dies = op(tasks.die_once, label="dies")(log, "dies", "survived")
+            assert _no_escape(lambda: ex.run(dies), "another run") == "survived"
+            assert not held.done
+        finally:
+            gate.touch()
+        assert held.result() == "v"
 
     # -- timeouts -----------------------------------------------------------------------------
 

@@ -288,3 +288,47 @@ def meet(log: str, name: str, count: int, seconds: float, value: Any) -> Any:
             )
         time.sleep(0.005)
     return value
+
+
+# -- values slow to unpickle ----------------------------------------------------------------
+
+
+def _loaded_when_open(log: str, name: str, gate: str, seconds: float, value: Any) -> Any:
+    """What unpickling a :class:`HeldWhenLoaded` (or a :class:`HeldWhenLoadedError`)
+    runs where it arrives: leaves a ``name-loading`` marker, waits for the file ``gate``
+    (at most ``seconds``: a guard), leaves ``name-loaded`` and gives ``value``."""
+    logged(log, name + "-loading", None)
+    wait_for_file(gate, seconds)
+    logged(log, name + "-loaded", None)
+    return value
+
+
+class HeldWhenLoaded:
+    """A value that pickles at once and whose unpickling waits for a gate: it holds up
+    whatever unpickles it until the test opens the gate. It unpickles as ``value``."""
+
+    def __init__(self, log: str, name: str, gate: str, seconds: float, value: Any) -> None:
+        self.held = (log, name, gate, seconds, value)
+
+    def __reduce__(self) -> Any:
+        return (_loaded_when_open, self.held)
+
+
+def make_held_when_loaded(log: str, name: str, gate: str, seconds: float, value: Any) -> Any:
+    return HeldWhenLoaded(log, name, gate, seconds, value)
+
+
+class HeldWhenLoadedError(Exception):
+    """An exception whose unpickling waits for a gate, like :class:`HeldWhenLoaded`; it
+    unpickles as ``ValueError(message)``."""
+
+    def __init__(self, log: str, name: str, gate: str, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.held = (log, name, gate, seconds, ValueError(message))
+
+    def __reduce__(self) -> Any:
+        return (_loaded_when_open, self.held)
+
+
+def fail_held_when_loaded(log: str, name: str, gate: str, seconds: float, message: str) -> Any:
+    raise HeldWhenLoadedError(log, name, gate, seconds, message)
