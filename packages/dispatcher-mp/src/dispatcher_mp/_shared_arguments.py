@@ -76,8 +76,9 @@ class SharedArguments:
     run ends (a task given the same object later has it written anew), and their names
     queued in :attr:`unshared` for the workers."""
 
-    def __init__(self, shm: SharedMemory, out: Callable[[], Iterable[TaskSpec]]) -> None:
-        self.shm = shm
+    def __init__(self, prefix: str, enabled: bool, out: Callable[[], Iterable[TaskSpec]]) -> None:
+        self.shm = SharedMemory(f"{prefix}a-", enabled, tracked=True)
+        """Segments named after the executor's ``prefix``, swept with the rest at close."""
         self.out = out
         self.runs: dict[int, dict[int, _Shared]] = {}
         """Per run, its objects by id."""
@@ -155,8 +156,11 @@ class SharedArguments:
                     self.unshared.append(shared.segment)
 
     def take_unshared(self) -> list[str]:
-        """The segments unlinked to make room since the last call."""
-        unshared, self.unshared = self.unshared, []
+        """The segments unlinked to make room since the last call (no task out names
+        them): for the workers to forget."""
+        unshared = self.unshared
+        if unshared:
+            self.unshared = []
         return unshared
 
     def _release(self, shared: _Shared) -> None:

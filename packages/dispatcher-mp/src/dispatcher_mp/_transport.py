@@ -171,9 +171,7 @@ class MpTransport(WorkerSupervision, Transport):
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
-        self.shared_arguments = SharedArguments(
-            SharedMemory(f"{self.prefix}a-", shared_memory, True), self.inflight.all
-        )
+        self.shared_arguments = SharedArguments(self.prefix, shared_memory, self.inflight.all)
         self.shipper = FunctionShipper(dumps)
         self.lock = threading.RLock()
         self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
@@ -345,7 +343,6 @@ class MpTransport(WorkerSupervision, Transport):
                     inline, mapped = self.caller_values.split(inline, self._in_use)
                     if mapped:
                         remote = {**remote, **mapped} if remote else mapped
-                # Large plain arguments are named by shared-memory segment.
                 packed = self.shared_arguments.pack(spec, (spec.args, spec.kwargs, inline))
                 record = task_record(spec, token, packed, remote)
         except DispatcherError as error:
@@ -380,8 +377,7 @@ class MpTransport(WorkerSupervision, Transport):
             worker.sent.extend(batch.specs)
             worker.timed += batch.timed
             self.advance(worker)
-        if self.shared_arguments.unshared:  # unlinked to make room: no task out names them
-            _unshare(self.workers.values(), self.shared_arguments.take_unshared())
+        _unshare(self.workers.values(), self.shared_arguments.take_unshared())
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
