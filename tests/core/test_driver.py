@@ -127,3 +127,30 @@ def test_cancelling_arun_on_a_blocking_driver_cancels_its_tasks() -> None:
         while not transport.cancelled:
             threading.Event().wait(0.01)
     assert len(transport.cancelled) == 1
+
+
+class _Ending(FakeTransport):
+    """Records which runs it was told are over."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=1)
+        self.finished_runs: list[int] = []
+        self.keys: list[int] = []
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        self.keys.extend(spec.key for spec in tasks)
+        super().submit(tasks)
+
+    def run_finished(self, run: int) -> None:
+        self.finished_runs.append(run)
+
+
+def test_the_transport_hears_once_that_each_run_is_over_however_it_ended() -> None:
+    transport = _Ending()
+    with fake_executor(transport, retries=0) as ex:
+        assert ex.run(Op(tasks.inc, 1)) == 2
+        with pytest.raises(ValueError):
+            ex.run(Op(tasks.fail, "on purpose"))
+    runs = [key >> KEY_BITS for key in transport.keys]
+    assert transport.finished_runs == runs
+    assert len(set(runs)) == 2

@@ -15,12 +15,13 @@ alone, never the transport's thread that reports for every run.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .transport import Key, TaskSpec, Transport, Unloaded
+from .transport import KEY_BITS, Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
     from ._scheduler import Run
@@ -41,8 +42,9 @@ __all__ = [
     "step",
 ]
 
-KEY_BITS = 32  # a key is (run number << KEY_BITS) | position in the run's graph
 _POSITION = (1 << KEY_BITS) - 1
+
+log = logging.getLogger("dispatcher")
 
 # Event kinds in the queue.
 EV_FINISHED = 0
@@ -155,6 +157,10 @@ class Router:
     def detach(self, run: Run) -> None:
         self.runs.pop(run.base >> KEY_BITS, None)
         self._free_unread(run.queue, run.base)
+        try:
+            self.transport.run_finished(run.base >> KEY_BITS)
+        except Exception:  # what it kept is the transport's to release at close
+            log.exception("releasing what was kept for a run failed")
 
     def _free_unread(self, queue: EventQueue, base: Key) -> None:
         """A run is over: free the results announced to it that its driver never read (a

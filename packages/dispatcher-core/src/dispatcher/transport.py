@@ -47,6 +47,7 @@ from ._hosts import worker_host, worker_name
 from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
 
 __all__ = [
+    "KEY_BITS",
     "SHAPE_CALL",
     "SHAPE_POSITIONAL",
     "SHAPE_TEMPLATE",
@@ -64,6 +65,11 @@ __all__ = [
 
 Key = int
 """A result's name: unique within one executor, for as long as the executor lives."""
+
+KEY_BITS = 32
+"""A key is its run's number shifted left by this many bits, plus the node's position in
+the run's graph: ``key >> KEY_BITS`` is the run a task belongs to (see
+:meth:`Transport.run_finished`)."""
 
 
 class TaskSpec:
@@ -363,6 +369,11 @@ class Transport(abc.ABC):
         Nothing more needs to be reported about them. The default does nothing: their
         reports arrive later and are ignored.
         """
+
+    def run_finished(self, run: int) -> None:  # noqa: B027 - optional
+        """Run number ``run`` (``key >> KEY_BITS`` of its tasks' keys) is over, however it
+        ended: none of its tasks will be submitted again, and the reports of those still
+        out are ignored. Release what was kept for it alone. The default does nothing."""
 
     @abc.abstractmethod
     def close(self) -> None:

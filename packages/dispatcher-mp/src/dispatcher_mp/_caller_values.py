@@ -18,14 +18,13 @@ import os
 import pickle
 import weakref
 from collections.abc import Callable
-from multiprocessing import resource_tracker
 from typing import Any
 
 from dispatcher.remote import loads, size_of
 
-from ._wire import SHM_DIR, SHM_THRESHOLD, Payload, SharedMemory, unlink
+from ._wire import SHM_DIR, SHM_THRESHOLD, Payload, SharedMemory
 
-__all__ = ["CallerValues"]
+__all__ = ["CallerValues", "dump_large"]
 
 Key = int
 
@@ -68,11 +67,10 @@ class CallerValues:
             ref = weakref.ref(value)
         except TypeError:
             return None  # cannot tell when it goes: it travels with each task
-        payload = self._dump(value)
+        payload = dump_large(self.shm, value)
         self.entries[key] = (ref, payload)
         if payload is None:
             return None
-        _tracked(payload.segment, resource_tracker.register)
         self.writes += 1
         keys = self._keys_of.setdefault(id(value), [])
         for old in [k for k in keys if not in_use(k)]:
@@ -82,27 +80,11 @@ class CallerValues:
         weakref.finalize(value, self.release, key)
         return payload
 
-    def _dump(self, value: Any) -> Payload | None:
-        """``value`` in a new segment; ``None`` when it is small once pickled, or does
-        not pickle (the task's own pickle then says what is wrong with it)."""
-        try:
-            payload = self.shm.dump(value)  # its buffers, out of band: no copy on load
-            if payload.segment is not None:
-                return payload
-            if payload.buffers or len(payload.data) < SHM_THRESHOLD:
-                return None
-            # Large, but not as buffers: its whole pickle goes into the segment.
-            payload = self.shm.dump(_Pickled(payload.data))
-        except Exception:
-            return None
-        return payload if payload.segment is not None else None
-
     def release(self, key: Key) -> None:
         """Unlink ``key``'s segment and forget it."""
         entry = self.entries.pop(key, None)
         if entry is not None and entry[1] is not None and entry[1].segment is not None:
-            unlink(entry[1].segment)
-            _tracked(entry[1].segment, resource_tracker.unregister)
+            self.shm.release(entry[1].segment)
 
     def close(self) -> None:
         """Unlink every segment (the executor closes)."""
@@ -110,14 +92,21 @@ class CallerValues:
             self.release(key)
 
 
-def _tracked(segment: str | None, change: Callable[[str, str], None]) -> None:
-    """Register ``segment`` with the resource tracker, or unregister it (``change``)."""
-    if segment is None:
-        return
+def dump_large(shm: SharedMemory, value: Any) -> Payload | None:
+    """``value`` in a new segment of ``shm``; ``None`` when it is small once pickled, or
+    does not pickle (the task's own pickle then says what is wrong with it), or there is
+    no room for it."""
     try:
-        change("/" + segment, "shared_memory")  # the name shm_unlink takes
-    except Exception:  # no tracker (it could not start): the executor's close still unlinks
-        pass
+        payload = shm.dump(value)  # its buffers, out of band: no copy on load
+        if payload.segment is not None:
+            return payload
+        if payload.buffers or len(payload.data) < SHM_THRESHOLD:
+            return None
+        # Large, but not as buffers: its whole pickle goes into the segment.
+        payload = shm.dump(_Pickled(payload.data))
+    except Exception:
+        return None
+    return payload if payload.segment is not None else None
 
 
 class _Pickled:

@@ -9,7 +9,17 @@ from dispatcher.remote import WireError, message
 
 from ._wire import Payload
 
-__all__ = ["Data", "Fetch", "InitFailed", "Initializing", "Log", "Output", "Ready", "Skipped"]
+__all__ = [
+    "Data",
+    "Fetch",
+    "InitFailed",
+    "Initializing",
+    "Log",
+    "Output",
+    "Ready",
+    "Skipped",
+    "Unshare",
+]
 
 
 @message("mp.ready")
@@ -68,3 +78,11 @@ class Skipped(NamedTuple):
     were queued, already over, or have just ended)."""
 
     keys: list[int]
+
+
+@message("mp.unshare")
+class Unshare(NamedTuple):
+    """Caller to worker: the run that gave its tasks the arguments in these shared-memory
+    segments is over; drop their mappings."""
+
+    segments: list[str]

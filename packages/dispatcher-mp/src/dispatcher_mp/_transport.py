@@ -14,11 +14,13 @@ another worker, the caller asks that worker for it; the holder serialises it onc
 buffers into a shared-memory segment) and the caller passes the small descriptor on with
 the task; the consumer maps the segment. Results the caller asked for come back with their
 completion, the same way. Large values held by the caller go the same way, written once
-per run (:mod:`._caller_values`).
+per run: ``DataNode`` and ``inputs=`` values (:mod:`._caller_values`), and plain arguments
+(:mod:`._shared_arguments`, released when the run ends: :meth:`MpTransport.run_finished`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -26,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +56,10 @@ from dispatcher.transport import (
 
 from . import _worker
 from ._caller_values import CallerValues
-from ._messages import Fetch
+from ._messages import Fetch, Unshare
 from ._process import Spawner, WorkerProcess, kill, spawn
 from ._reader import Reader
+from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
 from ._wire import Payload, SharedMemory, mapped, sweep
 
@@ -164,10 +167,11 @@ class MpTransport(WorkerSupervision, Transport):
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
         self.spawner = Spawner()
-        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
+        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory, True))
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
+        self.shared_arguments = SharedArguments(self.prefix, shared_memory, self.inflight.all)
         self.shipper = FunctionShipper(dumps)
         self.lock = threading.RLock()
         self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
@@ -246,6 +250,7 @@ class MpTransport(WorkerSupervision, Transport):
             self._reader.stop()
         self.spawner.stop()
         self.caller_values.close()
+        self.shared_arguments.close()
         sweep(self.prefix)
 
     # -- the scheduler's calls -------------------------------------------------------------
@@ -338,10 +343,8 @@ class MpTransport(WorkerSupervision, Transport):
                     inline, mapped = self.caller_values.split(inline, self._in_use)
                     if mapped:
                         remote = {**remote, **mapped} if remote else mapped
-                arguments = (spec.args, spec.kwargs, inline)
-                record = task_record(
-                    spec, token, dumps_for(spec, "arguments", arguments, dumps), remote
-                )
+                packed = self.shared_arguments.pack(spec, (spec.args, spec.kwargs, inline))
+                record = task_record(spec, token, packed, remote)
         except DispatcherError as error:
             if self.inflight.take(spec.key, name) is not None:
                 assert self.events is not None
@@ -374,6 +377,7 @@ class MpTransport(WorkerSupervision, Transport):
             worker.sent.extend(batch.specs)
             worker.timed += batch.timed
             self.advance(worker)
+        _unshare(self.workers.values(), self.shared_arguments.take_unshared())
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
@@ -389,6 +393,11 @@ class MpTransport(WorkerSupervision, Transport):
                 target.send(Free(list(keys)))
             except OSError:
                 pass
+
+    def run_finished(self, run: int) -> None:
+        """Unlink the segments of run ``run``'s large arguments; workers drop them."""
+        with self.lock:
+            _unshare(self.workers.values(), self.shared_arguments.run_finished(run))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them
@@ -502,6 +511,14 @@ class MpTransport(WorkerSupervision, Transport):
         for spec in specs:
             self.inflight.take(spec.key, spec.worker)
             events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)
+
+
+def _unshare(workers: Iterable[WorkerProcess], segments: list[str]) -> None:
+    """Tell ``workers`` to drop their mappings of the shared arguments in ``segments``."""
+    if segments:
+        for worker in workers:
+            with contextlib.suppress(OSError):  # lost: its mappings went with it
+                worker.send(Unshare(segments))
 
 
 def _setup(initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> bytes | None:

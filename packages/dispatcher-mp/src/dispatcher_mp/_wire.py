@@ -9,7 +9,10 @@ inline in the message.
 
 Segments are named ``<prefix><counter>``; a prefix is unique to one worker incarnation of
 one executor, so the caller can sweep every segment of a worker that died, and of the whole
-executor at close, even those that the process which made them never got to unlink.
+executor at close, even those that the process which made them never got to unlink. The
+caller's own segments are also registered with multiprocessing's resource tracker
+(``tracked=True``), before they exist: should the caller be killed, even while writing
+one, the tracker, which outlives it, unlinks them.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from typing import Any
 
-from dispatcher.remote import dumps_split
+from dispatcher.remote import OUT_OF_BAND_BYTES, dumps_split
 
 SHM_DIR = "/dev/shm"
-SHM_THRESHOLD = 256 * 1024
-"""Values with at least this many bytes of out-of-band buffers go through shared memory."""
+SHM_THRESHOLD = OUT_OF_BAND_BYTES
+"""Values with at least this many bytes of out-of-band buffers go through shared memory (the
+size from which pickling passes ``bytes`` out of band, too)."""
 _SHM_HEADROOM = 16 * 1024 * 1024  # leave this much of /dev/shm free for everybody else
 
 
@@ -52,9 +57,12 @@ class Payload:
 class SharedMemory:
     """Creates, maps and sweeps this process's segments, all named ``prefix + n``."""
 
-    def __init__(self, prefix: str, enabled: bool = True) -> None:
+    def __init__(self, prefix: str, enabled: bool = True, tracked: bool = False) -> None:
         self.prefix = prefix
         self.enabled = enabled and os.path.isdir(SHM_DIR)
+        self.tracked = tracked
+        """Register each segment with the resource tracker (see the module docstring);
+        whoever unlinks one then calls :meth:`release`."""
         self._numbers = itertools.count()
         self._warned = False
 
@@ -71,13 +79,18 @@ class SharedMemory:
         return Payload(data, [bytes(v) for v in views])
 
     def _write_segment(self, views: list[memoryview], total: int) -> str | None:
+        name = None
         try:
             stats = os.statvfs(SHM_DIR)
             if stats.f_bavail * stats.f_frsize < total + _SHM_HEADROOM:
                 raise OSError(28, "not enough room in /dev/shm")
             name = f"{self.prefix}{next(self._numbers)}"
+            if self.tracked:
+                _track(name, resource_tracker.register)
             fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         except OSError as exc:
+            if self.tracked and name is not None:
+                _track(name, resource_tracker.unregister)
             self._fall_back(exc)
             return None
         try:
@@ -91,7 +104,7 @@ class SharedMemory:
                     offset += size
         except OSError as exc:
             os.close(fd)
-            unlink(name)
+            self.release(name)
             self._fall_back(exc)
             return None
         os.close(fd)
@@ -107,6 +120,12 @@ class SharedMemory:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def release(self, name: str) -> None:
+        """Unlink segment ``name``, made here (and no longer track it)."""
+        unlink(name)
+        if self.tracked:
+            _track(name, resource_tracker.unregister)
 
     def sweep(self, prefix: str | None = None) -> int:
         """Unlink every segment whose name starts with ``prefix`` (default: ours)."""
@@ -139,6 +158,14 @@ def mapped(payload: Payload) -> list[memoryview]:
         views.append(whole[offset : offset + size])
         offset += size
     return views
+
+
+def _track(name: str, change: Callable[[str, str], None]) -> None:
+    """Register segment ``name`` with the resource tracker, or unregister it (``change``)."""
+    try:
+        change("/" + name, "shared_memory")  # the name shm_unlink takes
+    except Exception:  # no tracker (it could not start): the executor's close still unlinks
+        pass
 
 
 def unlink(name: str) -> None:

@@ -25,7 +25,18 @@ from dispatcher.remote import (
     to_wire,
 )
 
-from ._messages import Data, Fetch, InitFailed, Initializing, Log, Output, Ready, Skipped
+from ._messages import (
+    Data,
+    Fetch,
+    InitFailed,
+    Initializing,
+    Log,
+    Output,
+    Ready,
+    Skipped,
+    Unshare,
+)
+from ._shared_arguments import forget_shared
 from ._wire import Payload, SharedMemory, load, unlink
 
 IN_WORKER = False
@@ -210,6 +221,8 @@ class Worker(TaskRunner):
                 message = from_wire(pickle.loads(self.conn.recv_bytes()))
                 if type(message) is Fetch:
                     self._serve(message.keys)
+                elif type(message) is Unshare:
+                    forget_shared(message.segments)
                 else:
                     self.receive(message)
         except (EOFError, OSError):
