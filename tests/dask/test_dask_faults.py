@@ -55,21 +55,24 @@ class Seen:
             self.finished[node] = (duration, nbytes)
 
 
-def kill_once_written(marker: Path) -> tuple[threading.Thread, list[int]]:
-    """A thread that SIGKILLs the worker whose pid a task writes to ``marker``."""
-    killed: list[int] = []
+def signal_once_written(
+    marker: Path, signum: int = signal.SIGKILL
+) -> tuple[threading.Thread, list[int]]:
+    """A thread that sends ``signum`` to the worker whose pid a task writes to
+    ``marker``."""
+    signalled: list[int] = []
 
     def watch() -> None:
         for _ in range(3000):
             if marker.exists() and marker.read_text():
-                killed.append(int(marker.read_text()))
-                os.kill(killed[0], signal.SIGKILL)
+                signalled.append(int(marker.read_text()))
+                os.kill(signalled[0], signum)
                 return
             time.sleep(0.02)
 
     thread = threading.Thread(target=watch)
     thread.start()
-    return thread, killed
+    return thread, signalled
 
 
 def descendants() -> set[int]:
@@ -120,7 +123,7 @@ def test_worker_killed_mid_run_result_still_right(tmp_path: Path, dask_client: A
     top = Op(dask_tasks.total, *parts, Op(dask_tasks.pid, victim))
     seen = Seen()
     with get_executor("dask", address=address, retries=1) as ex:
-        killer, killed = kill_once_written(marker)
+        killer, killed = signal_once_written(marker)
         result = ex.run(top, plugins=[seen])
         killer.join()
         assert killed, "the victim never started"

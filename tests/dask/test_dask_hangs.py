@@ -11,15 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import dask_tasks
 import psutil
 import pytest
-from test_dask_faults import Seen, descendants, wait_for, wait_gone
+from test_dask_faults import Seen, descendants, signal_once_written, wait_for, wait_gone
 
 from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, op
 from dispatcher.testing import tasks
@@ -142,23 +140,6 @@ def test_no_free_thread_on_a_users_cluster_is_a_clear_error(dask_client: Any) ->
         restart_workers(dask_client)
 
 
-def freeze_once_written(marker: Path) -> tuple[threading.Thread, list[int]]:
-    """A thread that SIGSTOPs the worker whose pid a task writes to ``marker``."""
-    frozen: list[int] = []
-
-    def watch() -> None:
-        for _ in range(3000):
-            if marker.exists():
-                frozen.append(int(marker.read_text()))
-                os.kill(frozen[0], signal.SIGSTOP)
-                return
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    return thread, frozen
-
-
 @pytest.mark.timeout(120)
 def test_a_frozen_worker_is_lost_and_its_task_runs_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -172,7 +153,7 @@ def test_a_frozen_worker_is_lost_and_its_task_runs_elsewhere(
     victim = op(dask_tasks.stall_first_time, label="victim")(str(marker))
     with get_executor("dask", workers=2, retries=1) as ex:
         started = started_since(before)
-        freezer, frozen = freeze_once_written(marker)
+        freezer, frozen = signal_once_written(marker, signal.SIGSTOP)
         seen = Seen()
         try:
             ran_on = ex.run(victim, plugins=[seen])
@@ -195,7 +176,7 @@ def test_a_timed_task_on_a_frozen_worker_fails_at_its_deadline(tmp_path: Path) -
     victim = op(dask_tasks.stall_first_time, label="victim", timeout=2)(str(marker))
     with get_executor("dask", workers=2) as ex:
         started = started_since(before)
-        freezer, frozen = freeze_once_written(marker)
+        freezer, frozen = signal_once_written(marker, signal.SIGSTOP)
         try:
             with pytest.raises(TaskTimeoutError, match="victim"):
                 ex.run(victim)
