@@ -258,17 +258,25 @@ def test_ctrl_c_leaves_no_cluster_process_behind(tmp_path: Path) -> None:
     assert not wait_gone(workers)
 
 
+def small_cluster(workers: int) -> Any:
+    """A local cluster of its own for one test: ``workers`` processes of one thread, with
+    nannies, and no dashboard."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+    )
+
+
 def test_worker_added_mid_run_gets_work() -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": ":0"},
-        ) as cluster,
+        small_cluster(1) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         first = worker_names(client)

@@ -17,7 +17,14 @@ from typing import Any
 import dask_tasks
 import psutil
 import pytest
-from test_dask_faults import Seen, descendants, signal_once_written, wait_for, wait_gone
+from test_dask_faults import (
+    Seen,
+    descendants,
+    signal_once_written,
+    small_cluster,
+    wait_for,
+    wait_gone,
+)
 
 from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, op
 from dispatcher.testing import tasks
@@ -255,20 +262,14 @@ def test_a_worker_whose_nanny_dask_closed_is_started_again(
     # there lost-worker-timeout after a removal: a worker restarted twice in quick
     # succession (two stuck tasks in a row) was gone for the rest of the executor's life.
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from dispatcher_dask import _cluster
 
     monkeypatch.setattr(_cluster, "_KILL_SECONDS", 3.0)
     with (
         dask.config.set({"distributed.deploy.lost-worker-timeout": "0.2s"}),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": ":0"},
-        ) as cluster,
+        small_cluster(2) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         # The nanny gone, the cluster drops it lost-worker-timeout after the removal.
