@@ -33,11 +33,14 @@ def is_awaitable(value: Any) -> bool:
     kind = type(value)
     known = AWAITABLE_TYPES.get(kind)
     if known is None:
+        if kind is GeneratorType:
+            # Awaitable only when made by a @types.coroutine function: each one is asked,
+            # and the type never enters the table, whose False would skip the asking.
+            return inspect.isawaitable(value)
         known = hasattr(kind, "__await__")
         if len(AWAITABLE_TYPES) < _MOST_TYPES:
             AWAITABLE_TYPES[kind] = known
-    # A generator is awaitable only when made by a @types.coroutine function: ask it.
-    return known or (kind is GeneratorType and inspect.isawaitable(value))
+    return known
 
 
 def await_blocking(awaitable: Awaitable[Any]) -> Any:

@@ -173,6 +173,10 @@ class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs):
         chain = Op(tasks.inc, Op(tasks.returns_a_coroutine, Op(tasks.inc, 19)))
         assert self.run(lone) == 2
         assert self.run([lone, chain, Op(tasks.async_double, 3)]) == [2, 41, 6]
+        # Generators are awaitable one by one (only @types.coroutine's): the second, of a
+        # type seen before, is asked too.
+        legacy = [Op(tasks.returns_a_generator_coroutine, x) for x in (1, 2, 3)]
+        assert self.run(legacy) == [2, 4, 6]
 
     def test_node_named_twice_runs_once(self, log: str) -> None:
         node = Op(tasks.logged, log, "twice", 9)

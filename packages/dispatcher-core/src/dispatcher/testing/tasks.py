@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ async def async_double(x: int) -> int:
 def returns_a_coroutine(x: int) -> Any:
     """A plain function that returns a coroutine (as ``lambda x: fetch(x)`` does)."""
     return async_double(x)
+
+
+@types.coroutine
+def _generator_double(x: int) -> Any:
+    if False:  # a generator, made awaitable by @types.coroutine
+        yield
+    return 2 * x
+
+
+def returns_a_generator_coroutine(x: int) -> Any:
+    """A plain function that returns an old-style, generator-based coroutine."""
+    return _generator_double(x)
 
 
 def total(*values: Any) -> Any:
