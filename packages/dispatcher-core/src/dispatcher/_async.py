@@ -165,7 +165,6 @@ class AsyncTransport(Transport):
             coro = is_coroutine.get(func)
             if coro is None:
                 coro = is_coroutine[func] = inspect.iscoroutinefunction(func)
-                self.never_awaits(func)
             if spec.deps and self._sent_ahead(spec):
                 continue
             if self.pool is not None and not coro:
