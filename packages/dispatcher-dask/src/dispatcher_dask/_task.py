@@ -25,7 +25,6 @@ also says when it starts (another event, on its own topic): the caller times it 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 import pickle
 from time import perf_counter
@@ -37,6 +36,7 @@ from dispatcher.remote import (
     WireError,
     capture_error,
     dumps_for,
+    is_awaitable,
     serialization_error,
     size_of,
     unpickling_error,
@@ -161,7 +161,7 @@ def run_task(
         raise failure
     try:
         value = call_task(func, args, kwargs, shape, values)
-        if inspect.isawaitable(value):
+        if is_awaitable(value):
             value = _wait(value, None if timeout is None else called + timeout - perf_counter())
     except _Late:  # the coroutine was cancelled at its deadline: its thread is free again
         failure = TaskFailure(key, None, perf_counter() - start, timeout)

@@ -7,13 +7,15 @@ out (:class:`InFlight`, its only stale filter, with deadlines), reports turned i
 scheduler events with values and exceptions left for the run's driver to unpickle
 (:class:`Reports`, :class:`Pickled`, :class:`UnrestoredError`), the worker's task loop
 (:class:`TaskRunner`), pickling with large buffers out of band (:func:`dumps_split`), and
-exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`).
+exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`), and
+the one test of which results are awaited (:func:`is_awaitable`).
 ``dispatcher_mp`` and ``dispatcher_mpi`` are built from it, and keep only what is their
 own: processes, pipes and shared memory; MPI channels and rank-to-rank fetches.
 
 Worker processes import this package: it stays light.
 """
 
+from .._awaiting import is_awaitable as is_awaitable
 from ._errors import WireError as WireError
 from ._errors import capture_error as capture_error
 from ._errors import dumps_for as dumps_for
