@@ -157,6 +157,10 @@ class KilledWhileStarting(DispatcherError):
 T = TypeVar("T")
 
 
+SPAWNER_STOP_WAIT = 5.0
+"""Seconds closing an executor waits for a worker start already under way to finish."""
+
+
 class Spawner:
     """Starts the worker processes of one executor, from one thread that lives as long as
     the executor.
@@ -170,22 +174,32 @@ class Spawner:
         self._requests: SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     def call(self, start: Callable[[], T]) -> T:
-        """``start()``, run on the spawner thread; what it returns or raises."""
+        """``start()``, run on the spawner thread; what it returns or raises. Once the
+        spawner is stopped, a :class:`DispatcherError`: the executor is closing."""
         with self._lock:
+            if self._stopped:
+                raise DispatcherError("the mp executor is closing: no worker is started")
             if self._thread is None:
                 self._thread = start_thread("dispatcher-mp-spawner", self._serve, _spawner_died)
-        future: Future[T] = Future()
-        self._requests.put((future, start))
+            future: Future[T] = Future()
+            self._requests.put((future, start))
         return future.result()
 
     def stop(self) -> None:
-        """End the thread (once the workers it started are gone)."""
+        """End the thread (once the workers it started are gone), after the starts asked
+        for so far: a start cut short, by the interpreter exiting behind this daemon
+        thread, leaves a process that reads half its instructions and prints a traceback.
+        Waits at most :data:`SPAWNER_STOP_WAIT` (a frozen forkserver never answers)."""
         with self._lock:
-            if self._thread is not None:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            if thread is not None:
                 self._requests.put(None)
-                self._thread = None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(SPAWNER_STOP_WAIT)
 
     def _serve(self) -> None:
         while True:
