@@ -1,0 +1,161 @@
+"""Large plain arguments reach each rank once per run, not with every task.
+
+``op(f)(array, i)`` for a thousand ``i`` hands the same ``array`` to a thousand tasks. An
+argument of at least :data:`~dispatcher.remote.LARGE_ARGUMENT_BYTES` (its pickle and
+buffers) is pickled once per run, the first time a task of the run needs it (found and
+keyed by identity as the kit does it: :class:`~dispatcher.remote.LargeArguments`), and
+given a name no other argument ever gets in this job. Before the first task of the run
+that names it goes to a rank, rank 0 sends that rank the argument itself
+(:class:`~._messages.HoldArgument`, its buffers as raw MPI messages); every task's pickle
+then names it, a few dozen bytes instead of the whole value. MPI delivers one sender's
+messages in order, so the argument is there before any task that names it.
+
+A rank unpickles it the first time one of its tasks names it, and hands the same value
+to every task of that run it runs after: a task that changes it in place changes this
+rank's copy only (later tasks of the run on the same rank see the change; rank 0 and
+other ranks never do).
+
+When the run ends (whatever ended it: success, failure, fail-fast, Ctrl-C), rank 0
+forgets its arguments and tells the ranks that hold them to drop them
+(:class:`~._messages.DropArguments`). A rank taken out of scheduling and back keeps what
+it holds, and rank 0 keeps knowing it holds it: both only ever drop a run's arguments
+together, at the end of that run. A name is never reused, so a task can never be given
+another value than the one its caller gave; a task that names an argument its rank no
+longer holds (one of a run already over, still queued there) fails with a
+:class:`LookupError` saying so, and its run, over, ignores it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+from typing import Any
+
+from dispatcher.remote import LARGE_ARGUMENT_BYTES, Kept, LargeArguments, dumps_naming, fragment
+from dispatcher.transport import TaskSpec
+
+from ._channel import encode
+from ._messages import HoldArgument
+
+__all__ = ["HeldArguments", "drop_held", "held_argument", "held_count", "hold"]
+
+Packed = tuple[bytes, list[memoryview]]
+"""A pickle stream and its out-of-band buffers (:func:`~._channel.encode`)."""
+
+_names = itertools.count(1)
+
+
+class HeldArguments(LargeArguments[Packed]):
+    """Rank 0's side: the large arguments of each run and the ranks that hold each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed: dict[str, Packed] = {}
+        """Each kept argument's pickle, made once, sent to each rank that needs it."""
+        self.holders: dict[str, set[int]] = {}
+        """The ranks each kept argument was sent to."""
+        self.lock = threading.Lock()
+        """Runs submit from their drivers' threads."""
+
+    def ordinary(self, arguments: Any) -> Packed:
+        return encode(arguments)
+
+    def size(self, packed: Packed) -> int:
+        return len(packed[0]) + sum(b.nbytes for b in packed[1])
+
+    def naming(self, arguments: Any, named: list[Kept]) -> Packed:
+        raw: list[pickle.PickleBuffer] = []
+        stream = dumps_naming(arguments, named, raw.append)
+        return stream, [b.raw() for b in raw]
+
+    def keep(self, obj: Any) -> Kept:
+        try:
+            packed = encode(obj)
+        except Exception:  # the task's own pickle says what is wrong with it
+            return Kept(obj)
+        nbytes = self.size(packed)
+        if nbytes < LARGE_ARGUMENT_BYTES:
+            return Kept(obj)
+        name = str(next(_names))
+        self.packed[name] = packed
+        self.holders[name] = set()
+        return Kept(obj, name, fragment(held_argument, name.encode()), nbytes)
+
+    def release(self, kept: Kept) -> None:
+        assert kept.name is not None
+        self.packed.pop(kept.name, None)
+
+    def pack_for(self, spec: TaskSpec, rank: int) -> tuple[list[Any], list[HoldArgument]]:
+        """``spec``'s arguments for its task to ``rank`` (stream, then its out-of-band
+        buffers, which the hub sends raw), and the arguments to send ``rank`` before it.
+        Raises :class:`~dispatcher.SerializationError` naming the node."""
+        with self.lock:
+            (stream, buffers), named = self.pack(spec, (spec.args, spec.kwargs, spec.inline))
+            holds = []
+            for kept in named:
+                assert kept.name is not None
+                holders = self.holders[kept.name]
+                if rank not in holders:
+                    holders.add(rank)
+                    header, views = self.packed[kept.name]
+                    holds.append(
+                        HoldArgument(kept.name, [header, *map(pickle.PickleBuffer, views)])
+                    )
+        return [stream, *map(pickle.PickleBuffer, buffers)], holds
+
+    def finish(self, run: int | None = None) -> dict[int, list[str]]:
+        """Forget run ``run``'s arguments (every run's if ``None``); by rank, the names
+        each rank holds of them, for it to drop."""
+        with self.lock:
+            runs = list(self.runs) if run is None else [run]
+            drop: dict[int, list[str]] = {}
+            for each in runs:
+                for kept in self.run_finished(each):
+                    assert kept.name is not None
+                    for rank in self.holders.pop(kept.name, ()):
+                        drop.setdefault(rank, []).append(kept.name)
+            return drop
+
+
+# -- on a worker rank ---------------------------------------------------------------------
+
+_UNLOADED = object()
+_HELD: dict[str, list[Any]] = {}
+"""The large arguments this rank holds, by name: ``[packed, value]``, the value unpickled
+(on the task thread) the first time a task names it. Entries are added and removed by
+the hub thread alone, as rank 0 says."""
+
+
+def hold(message: HoldArgument) -> None:
+    """Keep an argument rank 0 sent (on the hub thread): tasks that name it follow."""
+    _HELD[message.name] = [message.value, _UNLOADED]
+
+
+def drop_held(names: list[str]) -> None:
+    """Drop these arguments (on the hub thread): their run is over."""
+    for name in names:
+        _HELD.pop(name, None)
+
+
+def held_count() -> int:
+    """How many large arguments this rank holds (for checks: none once their runs end)."""
+    return len(_HELD)
+
+
+def held_argument(name: bytes) -> Any:
+    """The argument ``name``, unpickled the first time a task of this rank names it, then
+    the same object. Called while a task's arguments are unpickled (on the task thread):
+    what it raises fails that task."""
+    key = name.decode()
+    entry = _HELD.get(key)
+    if entry is None:
+        raise LookupError(
+            f"large argument {key} is not held by this rank: the run that gave it is over"
+        )
+    value = entry[1]
+    if value is _UNLOADED:
+        packed = entry[0]
+        value = entry[1] = pickle.loads(packed[0], buffers=packed[1:])
+        entry[0] = None  # the value is made over these buffers, not copied from them
+    return value

@@ -1,0 +1,165 @@
+"""A large plain argument given to many tasks reaches each rank once per run, not with
+every task; the ranks drop it when the run ends, however it ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mpi_jobs import MISSING, MPIEXEC, job, script
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
+
+if MPIEXEC is None:
+    pytest.skip(MISSING, allow_module_level=True)
+pytest.importorskip("numpy")
+
+# The start of every program below: on rank 0, counts the bytes of every message its hub
+# posts (the pickle and the raw buffers: what goes over the links to the ranks).
+PRELUDE = """
+import os, time
+import numpy as np
+import dispatcher_mpi._channel as channel
+from dispatcher import get_executor, op
+
+SENT = [0]
+_encode = channel.encode
+
+def counting(message):
+    header, buffers = _encode(message)
+    SENT[0] += len(header) + sum(b.nbytes for b in buffers)
+    return header, buffers
+
+channel.encode = counting
+
+def sent_during(ex, nodes, **options):
+    SENT[0] = 0
+    results = ex.run(nodes, **options)
+    return results, SENT[0]
+
+def item(values, i):
+    return float(values[i]) + len(values)
+
+def lengths(pair, mapping, i, *, extra):
+    return len(pair[0]) + len(mapping["blob"]) + len(extra) + i
+
+def same_as_before(values, i, seen=[]):
+    seen.append(values)
+    return all(s is values for s in seen)
+
+def held(_):
+    from dispatcher_mpi._held_arguments import held_count
+    time.sleep(0.05)  # so that the other rank gets some too
+    return os.environ["PMI_RANK"], held_count()
+
+def nothing_held(ex):
+    answers = ex.run([op(held)(i) for i in range(8)])
+    return {count for _, count in answers} == {0}, sorted({rank for rank, _ in answers})
+
+def fail_at(values, i, bad):
+    if i == bad:
+        raise ValueError(f"task {i} fails on purpose")
+    time.sleep(0.01)
+    return float(values[0])
+
+def sleep_given(values, seconds):
+    time.sleep(seconds)
+    return len(values)
+"""
+
+MEBIBYTE = 1 << 20
+
+
+def run_program(tmp_path: Path, body: str) -> list[str]:
+    """Run ``PRELUDE`` then ``body`` on 3 ranks (2 workers); the lines it printed."""
+    done = job(3, script(tmp_path, PRELUDE + body))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_a_large_array_given_to_many_tasks_reaches_each_rank_once(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+values = np.arange(2**20, dtype=float)  # 8 MiB
+with get_executor("mpi") as ex:
+    ex.run([op(item)(np.zeros(4), i) for i in range(4)])  # functions shipped, ranks up
+    results, sent = sent_during(ex, [op(item)(values, i) for i in range(40)])
+    assert results == [float(i) + len(values) for i in range(40)], results
+    print("sent", sent)
+    # The same object, unpickled once per rank, for every task of the run there.
+    assert ex.run([op(same_as_before)(values, i) for i in range(20)]) == [True] * 20
+    print("released", *nothing_held(ex))
+""",
+    )
+    sent = int(next(line for line in lines if line.startswith("sent")).split()[1])
+    # Two ranks: at most two copies of 8 MiB, not forty.
+    assert sent < 2 * 8 * MEBIBYTE + MEBIBYTE, f"{sent / MEBIBYTE:.1f} MiB sent for 40 tasks"
+    assert "released True ['1', '2']" in lines, lines
+
+
+def test_nested_and_keyword_arguments_travel_once_with_their_values(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+blob, other, extra = os.urandom(2**20), bytearray(2**20), b"x" * 2**20
+with get_executor("mpi") as ex:
+    ex.run([op(item)(np.zeros(4), i) for i in range(4)])
+    nodes = [op(lengths)((blob, i), {"blob": other}, i, extra=extra) for i in range(30)]
+    results, sent = sent_during(ex, nodes)
+    assert results == [3 * 2**20 + i for i in range(30)], results
+    print("sent", sent)
+    print("released", *nothing_held(ex))
+""",
+    )
+    sent = int(next(line for line in lines if line.startswith("sent")).split()[1])
+    # Three arguments of 1 MiB, at most once to each of two ranks.
+    assert sent < 6 * MEBIBYTE + MEBIBYTE // 2, f"{sent / MEBIBYTE:.1f} MiB sent for 30 tasks"
+    assert "released True ['1', '2']" in lines, lines
+
+
+def test_a_run_after_a_failed_one_gets_the_values_as_they_are_now(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+values = np.ones(2**20)
+with get_executor("mpi", retries=0) as ex:
+    try:
+        ex.run([op(fail_at)(values, i, 5) for i in range(40)])
+    except ValueError as exc:
+        print("failed", exc)
+    print("released after failure", *nothing_held(ex))
+    values[0] = 7.0  # the same object, changed: the next run must see it so
+    results, sent = sent_during(ex, [op(fail_at)(values, i, -1) for i in range(20)])
+    assert results == [7.0] * 20, results
+    print("sent", sent)
+    print("released", *nothing_held(ex))
+""",
+    )
+    assert "failed task 5 fails on purpose" in lines, lines
+    assert "released after failure True ['1', '2']" in lines, lines
+    assert "released True ['1', '2']" in lines, lines
+    sent = int(next(line for line in lines if line.startswith("sent")).split()[1])
+    assert sent < 2 * 8 * MEBIBYTE + MEBIBYTE, f"{sent / MEBIBYTE:.1f} MiB sent for 20 tasks"
+
+
+def test_a_rank_retired_mid_run_gives_correct_values_after_it_comes_back(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+from dispatcher import TaskTimeoutError
+
+values = np.ones(2**20)
+with get_executor("mpi") as ex:
+    slow = op(sleep_given, timeout=0.5)(values, 2.0)
+    results = ex.run([slow] + [op(item)(values, i) for i in range(30)], throw=False)
+    assert isinstance(results[0].error, TaskTimeoutError), results[0]
+    assert [r.value for r in results[1:]] == [1.0 + len(values)] * 30
+    time.sleep(3)  # the late task returns: its rank is back
+    values[0] = 5.0
+    results = ex.run([op(item)(values, i % 3) for i in range(30)])
+    assert results == [(5.0 if i % 3 == 0 else 1.0) + len(values) for i in range(30)], results
+    print("released", *nothing_held(ex))
+""",
+    )
+    assert "released True ['1', '2']" in lines, lines
