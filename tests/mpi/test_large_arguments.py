@@ -20,7 +20,7 @@ PRELUDE = """
 import os, time
 import numpy as np
 import dispatcher_mpi._channel as channel
-from dispatcher import get_executor, op
+from dispatcher import DataNode, get_executor, op
 
 SENT = [0]
 _encode = channel.encode
@@ -110,12 +110,20 @@ with get_executor("mpi") as ex:
     assert results == [3 * 2**20 + i for i in range(30)], results
     print("sent", sent)
     print("released", *nothing_held(ex))
+    # A DataNode's value reaches its readers as an input sent with each: the same way.
+    data = DataNode(np.full(2**17, 3.0))
+    results, sent = sent_during(ex, [op(item)(data, i) for i in range(30)])
+    assert results == [3.0 + 2**17] * 30, results
+    print("data sent", sent)
+    print("released", *nothing_held(ex))
 """,
     )
     sent = int(next(line for line in lines if line.startswith("sent")).split()[1])
     # Three arguments of 1 MiB, at most once to each of two ranks.
     assert sent < 6 * MEBIBYTE + MEBIBYTE // 2, f"{sent / MEBIBYTE:.1f} MiB sent for 30 tasks"
-    assert "released True ['1', '2']" in lines, lines
+    sent = int(next(line for line in lines if line.startswith("data sent")).split()[2])
+    assert sent < 2 * MEBIBYTE + MEBIBYTE // 2, f"{sent / MEBIBYTE:.1f} MiB sent for 30 tasks"
+    assert lines.count("released True ['1', '2']") == 2, lines
 
 
 def test_a_run_after_a_failed_one_gets_the_values_as_they_are_now(tmp_path: Path) -> None:
@@ -163,3 +171,52 @@ with get_executor("mpi") as ex:
 """,
     )
     assert "released True ['1', '2']" in lines, lines
+
+
+def test_the_ranks_drop_the_arguments_of_a_run_stopped_by_ctrl_c(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+import signal, threading
+
+values = np.ones(2**20)
+with get_executor("mpi") as ex:
+    ex.run([op(item)(np.zeros(4), i) for i in range(4)])
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        ex.run([op(sleep_given)(values, 0.2) for _ in range(40)])
+    except KeyboardInterrupt:
+        print("interrupted")
+    time.sleep(1.0)  # the abandoned tasks return: their ranks are back
+    print("released", *nothing_held(ex))
+""",
+    )
+    assert "interrupted" in lines, lines
+    assert "released True ['1', '2']" in lines, lines
+
+
+def test_past_the_budget_a_rank_drops_the_arguments_no_task_out_names(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+def count_held(values, i):
+    from dispatcher_mpi._held_arguments import held_count
+    return float(values[0]), held_count()
+
+arrays = [np.full(2**16, float(i)) for i in range(12)]  # 512 KiB each, one per task
+with get_executor("mpi", workers=1, prefetch=0) as ex:
+    ex._transport.held.budget = 0
+    results = ex.run([op(count_held)(a, i) for i, a in enumerate(arrays)])
+    assert [value for value, _ in results] == [float(i) for i in range(12)], results
+    print("most held", max(count for _, count in results))
+    # The same arrays again, in the same run: the dropped ones are sent anew.
+    nodes = [op(count_held)(a, i) for i, a in enumerate(arrays + arrays)]
+    results = ex.run(nodes)
+    assert [value for value, _ in results] == [float(i) for i in range(12)] * 2, results
+    print("released", *nothing_held(ex))
+""",
+    )
+    # One task at a time on the one rank: it holds its own argument and none of the
+    # eleven before it.
+    assert "most held 1" in lines, lines
+    assert "released True ['1']" in lines, lines

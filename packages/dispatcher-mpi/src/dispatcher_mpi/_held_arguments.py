@@ -19,7 +19,10 @@ When the run ends (whatever ended it: success, failure, fail-fast, Ctrl-C), rank
 forgets its arguments and tells the ranks that hold them to drop them
 (:class:`~._messages.DropArguments`). A rank taken out of scheduling and back keeps what
 it holds, and rank 0 keeps knowing it holds it: both only ever drop a run's arguments
-together, at the end of that run. A name is never reused, so a task can never be given
+together, at the end of that run. A run that gives each task another large argument
+would pile them all up on its ranks: once those a rank holds add up to more than
+:data:`HELD_BUDGET`, those no task out there names are dropped there (rank 0 sends one
+again should a later task name it). A name is never reused, so a task can never be given
 another value than the one its caller gave; a task that names an argument its rank no
 longer holds (one of a run already over, still queued there) fails with a
 :class:`LookupError` saying so, and its run, over, ignores it.
@@ -30,13 +33,21 @@ from __future__ import annotations
 import itertools
 import pickle
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from dispatcher.remote import LARGE_ARGUMENT_BYTES, Kept, LargeArguments, dumps_naming, fragment
+from dispatcher.remote import (
+    LARGE_ARGUMENT_BYTES,
+    Kept,
+    LargeArguments,
+    dumps_naming,
+    fragment,
+    objects_in,
+)
 from dispatcher.transport import TaskSpec
 
 from ._channel import encode
-from ._messages import HoldArgument
+from ._messages import DropArguments, HoldArgument
 
 __all__ = ["HeldArguments", "drop_held", "held_argument", "held_count", "hold"]
 
@@ -45,16 +56,30 @@ Packed = tuple[bytes, list[memoryview]]
 
 _names = itertools.count(1)
 
+HELD_BUDGET = 1 << 30
+"""Bytes of large arguments a rank may hold beyond those its tasks out name: a run that
+gives each task another large argument would otherwise pile them all up on its ranks
+until it ends."""
+
 
 class HeldArguments(LargeArguments[Packed]):
-    """Rank 0's side: the large arguments of each run and the ranks that hold each."""
+    """Rank 0's side: the large arguments of each run and the ranks that hold each.
 
-    def __init__(self) -> None:
+    ``out(rank)`` gives the tasks sent to ``rank`` and not reported yet: once the
+    arguments a rank holds add up to more than :attr:`budget`, those none of them names
+    are dropped there (sent again should a later task name one)."""
+
+    def __init__(self, out: Callable[[int], Iterable[TaskSpec]]) -> None:
         super().__init__()
+        self.out = out
+        self.budget = HELD_BUDGET
         self.packed: dict[str, Packed] = {}
         """Each kept argument's pickle, made once, sent to each rank that needs it."""
         self.holders: dict[str, set[int]] = {}
         """The ranks each kept argument was sent to."""
+        self.held: dict[int, dict[str, Kept]] = {}
+        """By rank, the arguments sent there, by name."""
+        self.held_bytes: dict[int, int] = {}
         self.lock = threading.Lock()
         """Runs submit from their drivers' threads."""
 
@@ -85,24 +110,58 @@ class HeldArguments(LargeArguments[Packed]):
     def release(self, kept: Kept) -> None:
         assert kept.name is not None
         self.packed.pop(kept.name, None)
+        for rank in self.holders.get(kept.name, ()):
+            self._forget(rank, kept)
 
-    def pack_for(self, spec: TaskSpec, rank: int) -> tuple[list[Any], list[HoldArgument]]:
+    def _forget(self, rank: int, kept: Kept) -> None:
+        """Rank 0's record that ``rank`` holds ``kept``, gone."""
+        assert kept.name is not None
+        if self.held[rank].pop(kept.name, None) is not None:
+            self.held_bytes[rank] -= kept.nbytes
+
+    def pack_for(self, spec: TaskSpec, rank: int) -> tuple[list[Any], list[Any]]:
         """``spec``'s arguments for its task to ``rank`` (stream, then its out-of-band
-        buffers, which the hub sends raw), and the arguments to send ``rank`` before it.
+        buffers, which the hub sends raw), and the messages to send ``rank`` before it:
+        the arguments it names that ``rank`` lacks, and those to drop to make room.
         Raises :class:`~dispatcher.SerializationError` naming the node."""
         with self.lock:
             (stream, buffers), named = self.pack(spec, (spec.args, spec.kwargs, spec.inline))
-            holds = []
+            before: list[Any] = []
             for kept in named:
                 assert kept.name is not None
                 holders = self.holders[kept.name]
-                if rank not in holders:
-                    holders.add(rank)
-                    header, views = self.packed[kept.name]
-                    holds.append(
-                        HoldArgument(kept.name, [header, *map(pickle.PickleBuffer, views)])
-                    )
-        return [stream, *map(pickle.PickleBuffer, buffers)], holds
+                if rank in holders:
+                    continue
+                holders.add(rank)
+                self.held.setdefault(rank, {})[kept.name] = kept
+                self.held_bytes[rank] = self.held_bytes.get(rank, 0) + kept.nbytes
+                if self.held_bytes[rank] > self.budget:
+                    drop = self._make_room(rank, named)
+                    if drop:
+                        before.append(DropArguments(drop))
+                packed = self.packed.get(kept.name)
+                if packed is None:  # dropped everywhere to make room: pickled anew
+                    packed = self.packed[kept.name] = encode(kept.value)
+                header, views = packed
+                before.append(HoldArgument(kept.name, [header, *map(pickle.PickleBuffer, views)]))
+        return [stream, *map(pickle.PickleBuffer, buffers)], before
+
+    def _make_room(self, rank: int, named: list[Kept]) -> list[str]:
+        """Drop on ``rank`` the arguments that neither its tasks out nor the task being
+        sent (``named``) name; their names."""
+        wanted = {id(k.value) for k in named}
+        for spec in self.out(rank):
+            wanted.update(map(id, objects_in((spec.args, spec.kwargs, spec.inline))))
+        dropped = []
+        for name, kept in list(self.held[rank].items()):
+            if id(kept.value) not in wanted:
+                self._forget(rank, kept)
+                holders = self.holders[name]
+                holders.discard(rank)
+                if not holders:
+                    self.packed.pop(name, None)
+                dropped.append(name)
+        return dropped
 
     def finish(self, run: int | None = None) -> dict[int, list[str]]:
         """Forget run ``run``'s arguments (every run's if ``None``); by rank, the names

@@ -343,7 +343,7 @@ class MpiTransport(Transport):
         self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
         """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
-        self.held = HeldArguments()
+        self.held = HeldArguments(self._out_on)
         """Large plain arguments, sent to each rank once per run."""
 
     def start(self, events: EventSink) -> Mapping[str, int]:
@@ -387,9 +387,9 @@ class MpiTransport(Transport):
                 if packs_arguments(spec):
                     # Unpickled by the task's rank on its task thread: arguments that
                     # cannot be fail that task alone.
-                    packed, holds = self.held.pack_for(spec, rank)
-                    for hold in holds:
-                        post(rank, hold)
+                    packed, before = self.held.pack_for(spec, rank)
+                    for message in before:
+                        post(rank, message)
             except DispatcherError as error:
                 assert self.events is not None
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
@@ -446,6 +446,10 @@ class MpiTransport(Transport):
     def run_finished(self, run: int) -> None:
         """The ranks that hold run ``run``'s large arguments drop them."""
         self._drop_held(self.held.finish(run))
+
+    def _out_on(self, rank: int) -> list[TaskSpec]:
+        """The tasks sent to ``rank`` and not reported yet."""
+        return [s for s in list(self.inflight.tasks.values()) if _rank(s.worker) == rank]
 
     def _drop_held(self, by_rank: Mapping[int, list[str]]) -> None:
         for rank, names in by_rank.items():
