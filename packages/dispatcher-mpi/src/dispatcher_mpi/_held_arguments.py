@@ -18,11 +18,13 @@ other ranks never do).
 When the run ends (whatever ended it: success, failure, fail-fast, Ctrl-C), rank 0
 forgets its arguments and tells the ranks that hold them to drop them
 (:class:`~._messages.DropArguments`). A rank taken out of scheduling and back keeps what
-it holds, and rank 0 keeps knowing it holds it: both only ever drop a run's arguments
-together, at the end of that run. A run that gives each task another large argument
-would pile them all up on its ranks: once those a rank holds add up to more than
-:data:`HELD_BUDGET`, those no task out there names are dropped there (rank 0 sends one
-again should a later task name it). A name is never reused, so a task can never be given
+it holds, and rank 0 keeps knowing it holds it: rank 0 forgets that a rank holds an
+argument only as it tells the rank to drop it. A run that gives each task another large
+argument would pile them all up on its ranks: once those a rank holds add up to more than
+:data:`HELD_BUDGET`, the run's own that no task out there names are dropped there (rank 0
+sends one again should a later task name it; only the run's own, since only the run's
+driver sends its tasks: another run's task may be on its way there). A name is never
+reused, so a task can never be given
 another value than the one its caller gave; a task that names an argument its rank no
 longer holds (one of a run already over, still queued there) fails with a
 :class:`LookupError` saying so, and its run, over, ignores it.
@@ -44,7 +46,7 @@ from dispatcher.remote import (
     fragment,
     objects_in,
 )
-from dispatcher.transport import TaskSpec
+from dispatcher.transport import KEY_BITS, TaskSpec
 
 from ._channel import encode
 from ._messages import DropArguments, HoldArgument
@@ -136,7 +138,7 @@ class HeldArguments(LargeArguments[Packed]):
                 self.held.setdefault(rank, {})[kept.name] = kept
                 self.held_bytes[rank] = self.held_bytes.get(rank, 0) + kept.nbytes
                 if self.held_bytes[rank] > self.budget:
-                    drop = self._make_room(rank, named)
+                    drop = self._make_room(rank, spec.key >> KEY_BITS, named)
                     if drop:
                         before.append(DropArguments(drop))
                 packed = self.packed.get(kept.name)
@@ -146,15 +148,16 @@ class HeldArguments(LargeArguments[Packed]):
                 before.append(HoldArgument(kept.name, [header, *map(pickle.PickleBuffer, views)]))
         return [stream, *map(pickle.PickleBuffer, buffers)], before
 
-    def _make_room(self, rank: int, named: list[Kept]) -> list[str]:
-        """Drop on ``rank`` the arguments that neither its tasks out nor the task being
-        sent (``named``) name; their names."""
+    def _make_room(self, rank: int, run: int, named: list[Kept]) -> list[str]:
+        """Drop on ``rank`` the arguments of run ``run`` that neither its tasks out nor
+        the task being sent (``named``) name; their names."""
         wanted = {id(k.value) for k in named}
         for spec in self.out(rank):
             wanted.update(map(id, objects_in((spec.args, spec.kwargs, spec.inline))))
+        own = self.runs.get(run, {})
         dropped = []
         for name, kept in list(self.held[rank].items()):
-            if id(kept.value) not in wanted:
+            if own.get(id(kept.value)) is kept and id(kept.value) not in wanted:
                 self._forget(rank, kept)
                 holders = self.holders[name]
                 holders.discard(rank)
@@ -210,7 +213,8 @@ def held_argument(name: bytes) -> Any:
     entry = _HELD.get(key)
     if entry is None:
         raise LookupError(
-            f"large argument {key} is not held by this rank: the run that gave it is over"
+            f"large argument {key} is not held by this rank: the run that gave it is over, "
+            "or it was dropped to make room"
         )
     value = entry[1]
     if value is _UNLOADED:
