@@ -5,7 +5,8 @@ one host (the host is the rank's MPI processor name), so that the scheduler keep
 its host and every message says where a rank runs. Tasks go to their rank in one message
 per rank per dispatch; a task's inputs held by other ranks are named by rank, and the worker
 fetches them from there itself, so data moves rank to rank and reaches rank 0 only when the
-caller asked for it.
+caller asked for it. A large plain argument goes to each rank once per run, not with every
+task (:mod:`._held_arguments`; dropped by the ranks at :meth:`MpiTransport.run_finished`).
 
 Timeouts: a rank cannot be killed and kept. When a task runs past its timeout, its node
 fails with :class:`~dispatcher.TaskTimeoutError` at once; the rank is taken out of

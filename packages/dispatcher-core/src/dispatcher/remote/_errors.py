@@ -152,12 +152,10 @@ def restore_error(
     return exc
 
 
-_Packed = TypeVar("_Packed")
+Packed = TypeVar("Packed")
 
 
-def dumps_for(
-    label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], _Packed]
-) -> _Packed:
+def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], Packed]) -> Packed:
     """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
     naming the node (``label``, or the task whose label it is: worked out only on
     failure), ``what`` was being sent, and the offending type."""

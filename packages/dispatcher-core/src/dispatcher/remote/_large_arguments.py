@@ -58,7 +58,7 @@ _MANY = 16
 """With more candidates than this in one task, only those whose size says they are large
 are tried: pickling each to learn its size would cost as much as the task's pickle."""
 
-P = TypeVar("P")
+Packed = TypeVar("Packed")
 """A backend's packed arguments."""
 
 
@@ -75,8 +75,20 @@ class Kept:
     nbytes: int = 0
 
 
-class LargeArguments(Generic[P]):
-    """The caller's side: which large arguments each run keeps (see the module docstring)."""
+class LargeArguments(Generic[Packed]):
+    """The caller's side of large plain arguments: which each run keeps, by identity.
+
+    :meth:`pack` packs a task's arguments; a large object among them (at least
+    :data:`LARGE_ARGUMENT_BYTES` once pickled, looked for in the arguments and the builtin
+    containers they are in) is kept once per run by the backend (:meth:`keep`), and every
+    task of the run that is given it names it (:func:`dumps_naming`) instead of pickling
+    it. The tasks that hold nothing large pay nothing: their arguments are looked at only
+    when a run already keeps some, or when their ordinary packing turns out large.
+    :meth:`run_finished` lets go of what a run kept (:meth:`release`).
+
+    A subclass says how arguments are packed (:meth:`ordinary`, :meth:`naming`,
+    :meth:`size`) and how one object is kept and let go (:meth:`keep`,
+    :meth:`release`)."""
 
     enabled = True
     """Whether large arguments are kept at all (else every task pickles its own)."""
@@ -89,15 +101,15 @@ class LargeArguments(Generic[P]):
 
     # -- what a backend provides ---------------------------------------------------------
 
-    def ordinary(self, arguments: Any) -> P:
+    def ordinary(self, arguments: Any) -> Packed:
         """``arguments`` packed as they are (raises if they do not pickle)."""
         raise NotImplementedError
 
-    def size(self, packed: P) -> int:
+    def size(self, packed: Packed) -> int:
         """Bytes of ``packed`` arguments."""
         raise NotImplementedError
 
-    def naming(self, arguments: Any, named: list[Kept]) -> P:
+    def naming(self, arguments: Any, named: list[Kept]) -> Packed:
         """``arguments`` packed with the objects of ``named`` named (:func:`dumps_naming`)."""
         raise NotImplementedError
 
@@ -111,11 +123,11 @@ class LargeArguments(Generic[P]):
 
     # -- the caller's calls --------------------------------------------------------------
 
-    def pack(self, spec: TaskSpec, arguments: tuple[Any, Any, Any]) -> tuple[P, list[Kept]]:
+    def pack(self, spec: TaskSpec, arguments: tuple[Any, Any, Any]) -> tuple[Packed, list[Kept]]:
         """``spec``'s ``(args, kwargs, inline)`` packed, and the kept objects the packing
         names (none when it holds nothing large). Raises
         :class:`~dispatcher.SerializationError` naming the node."""
-        packed: P | None = None
+        packed: Packed | None = None
         if not self.runs:  # no run keeps anything: the ordinary packing first
             packed = dumps_for(spec, "arguments", arguments, self.ordinary)
             if not self.enabled or self.size(packed) < LARGE_ARGUMENT_BYTES:
@@ -123,7 +135,7 @@ class LargeArguments(Generic[P]):
         run = spec.key >> KEY_BITS
         named: list[Kept] = []
 
-        def dumps(arguments: Any) -> P:
+        def dumps(arguments: Any) -> Packed:
             nonlocal packed
             kept = self.runs.get(run)
             if kept is not None:
@@ -236,8 +248,13 @@ def dumps_naming(
     named: list[Kept],
     buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
 ) -> bytes:
-    """``arguments``' pickle, the objects of ``named`` replaced by their fragments (see the
-    module docstring); with ``buffer_callback``, the buffers of the rest go out of band."""
+    """``arguments``' pickle, naming the objects of ``named`` instead of pickling them.
+
+    The stream starts with each one's :func:`fragment`, which puts the value the worker
+    finds by that name into the unpickler's memo (entries 0, 1, ...); the pickler starts
+    with a memo that already holds those objects under those numbers, so wherever the
+    arguments refer to one, at any depth, the stream says "memo entry i". With
+    ``buffer_callback``, the buffers of the rest go out of band."""
     stream = io.BytesIO()
     stream.write(_PROTO)
     for kept in named:
