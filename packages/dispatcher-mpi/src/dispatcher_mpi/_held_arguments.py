@@ -42,6 +42,7 @@ from dispatcher.remote import (
     LARGE_ARGUMENT_BYTES,
     Kept,
     LargeArguments,
+    dumps_for,
     dumps_naming,
     fragment,
     objects_in,
@@ -126,8 +127,14 @@ class HeldArguments(LargeArguments[Packed]):
         buffers, which the hub sends raw), and the messages to send ``rank`` before it:
         the arguments it names that ``rank`` lacks, and those to drop to make room.
         Raises :class:`~dispatcher.SerializationError` naming the node."""
+        arguments = (spec.args, spec.kwargs, spec.inline)
+        ordinary = None
+        if not self.runs:  # the common case, without the lock: nothing large kept
+            ordinary = dumps_for(spec, "arguments", arguments, encode)
+            if not ordinary[1] and len(ordinary[0]) < LARGE_ARGUMENT_BYTES:
+                return [ordinary[0]], []
         with self.lock:
-            (stream, buffers), named = self.pack(spec, (spec.args, spec.kwargs, spec.inline))
+            (stream, buffers), named = self.pack(spec, arguments, ordinary)
             before: list[Any] = []
             for kept in named:
                 assert kept.name is not None

@@ -123,12 +123,13 @@ class LargeArguments(Generic[Packed]):
 
     # -- the caller's calls --------------------------------------------------------------
 
-    def pack(self, spec: TaskSpec, arguments: tuple[Any, Any, Any]) -> tuple[Packed, list[Kept]]:
+    def pack(
+        self, spec: TaskSpec, arguments: tuple[Any, Any, Any], packed: Packed | None = None
+    ) -> tuple[Packed, list[Kept]]:
         """``spec``'s ``(args, kwargs, inline)`` packed, and the kept objects the packing
-        names (none when it holds nothing large). Raises
-        :class:`~dispatcher.SerializationError` naming the node."""
-        packed: Packed | None = None
-        if not self.runs:  # no run keeps anything: the ordinary packing first
+        names (none when it holds nothing large); ``packed``: their ordinary packing, if
+        made already. Raises :class:`~dispatcher.SerializationError` naming the node."""
+        if packed is None and not self.runs:  # no run keeps anything: the ordinary first
             packed = dumps_for(spec, "arguments", arguments, self.ordinary)
             if not self.enabled or self.size(packed) < LARGE_ARGUMENT_BYTES:
                 return packed, []
