@@ -82,6 +82,21 @@ def test_each_rank_is_sent_an_argument_once_and_every_task_names_it() -> None:
     assert arguments.packed == {}
 
 
+def test_a_second_large_argument_met_later_in_the_run_is_kept_too() -> None:
+    arguments = held.HeldArguments(lambda rank: [])
+    first, second = np.zeros(2**16), np.ones(2**16)
+    _, before = arguments.pack_for(spec(1, 0, first, 0), 1)
+    deliver(before)
+    packed, more = arguments.pack_for(spec(1, 1, first, second), 1)
+    assert [type(m) for m in more] == [HoldArgument]  # the second only
+    assert more[0].name != before[0].name
+    assert sum(len(p.raw()) if i else len(p) for i, p in enumerate(packed)) < 1024
+    deliver(more)
+    (a, b), _, _ = receive(packed)
+    assert a[0] == 0.0
+    assert b[0] == 1.0
+
+
 def test_another_run_sends_the_same_object_anew_under_a_new_name() -> None:
     arguments = held.HeldArguments(lambda rank: [])
     values = np.zeros(2**16)

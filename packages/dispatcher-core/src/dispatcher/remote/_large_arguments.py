@@ -141,16 +141,19 @@ class LargeArguments(Generic[Packed]):
             kept = self.runs.get(run)
             if kept is not None:
                 named.extend(_known(arguments, kept))
-                if named:
-                    return self.naming(arguments, named)
+                if named:  # still large without them? another large one, then
+                    packed = self.naming(arguments, named)
             if packed is None:
                 packed = self.ordinary(arguments)
             if not self.enabled or self.size(packed) < LARGE_ARGUMENT_BYTES:
                 return packed
             if kept is None:
                 kept = self.runs[run] = {}
-            named.extend(self._keep_large(arguments, kept))
-            return self.naming(arguments, named) if named else packed
+            more = [k for k in self._keep_large(arguments, kept) if all(k is not n for n in named)]
+            if not more:
+                return packed
+            named.extend(more)
+            return self.naming(arguments, named)
 
         return dumps_for(spec, "arguments", arguments, dumps), named
 
