@@ -189,3 +189,52 @@ def test_an_async_wait_ends_at_its_timeout(backend: str) -> None:
         return time.monotonic() - started
 
     assert anyio.run(main, backend=backend) >= 0.04
+
+
+class _Lost(FakeTransport):
+    """Its only worker is lost as the first task starts, and not replaced until
+    :meth:`arrive`: a cluster with no worker left, waiting for one."""
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        events = self._events
+        assert events is not None
+        for spec in tasks:
+            events.worker_lost(spec.worker, "its host went down", running=[])
+
+    def arrive(self) -> None:
+        assert self._events is not None
+        self._events.worker_added("fake-back", 1)
+
+
+class _Back(_Lost):
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        if all(spec.worker == "fake-back" for spec in tasks):
+            self.stores.setdefault("fake-back", {})
+            FakeTransport.submit(self, tasks)
+        else:
+            super().submit(tasks)
+
+
+def test_a_run_with_no_worker_at_all_says_it_waits_and_goes_on_when_one_arrives(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_capacity, "NO_WORKER_WARNING", 0.1)
+    monkeypatch.setattr(_capacity, "NO_WORKER_REPEAT", 0.1)
+    transport = _Back(workers=1)
+    with fake_executor(transport, retries=0) as ex:
+        warned = threading.Event()
+
+        def arrive_once_warned() -> None:
+            while "waited" not in caplog.text:
+                time.sleep(0.02)
+            warned.set()
+            transport.arrive()
+
+        helper = threading.Thread(target=arrive_once_warned, daemon=True)
+        with caplog.at_level("WARNING", logger="dispatcher"):
+            helper.start()
+            assert ex.run(op(tasks.inc, label="lonely")(1)) == 2
+        helper.join(5)
+    assert warned.is_set()
+    assert "'lonely' has waited" in caplog.text
+    assert "the executor has none (lost: fake-0 (its host went down))" in caplog.text

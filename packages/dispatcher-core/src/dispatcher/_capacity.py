@@ -10,14 +10,17 @@ stopped). When a run has tasks left, none out, and no worker with a slot:
 * if every worker is paused, the run waits :attr:`~dispatcher.transport.Transport.
   paused_wait` seconds, counted from the moment the last of them paused, for one to come
   back; then those tasks fail with "no capacity left", naming each worker and why;
-* with no worker at all, it waits: the transport is replacing the ones it lost, and says
-  ``no_worker_left`` when it cannot.
+* with no worker at all, it waits: the transport is replacing the ones it lost (and says
+  ``no_worker_left`` when it cannot), or the cluster is growing from none. A run that has
+  waited so :data:`NO_WORKER_WARNING` seconds says so on the ``dispatcher`` logger, naming
+  its waiting tasks and the workers lost, and again every :data:`NO_WORKER_REPEAT` seconds.
 
 The rule lives here, once, for every backend: a transport only says what its workers do.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -38,6 +41,13 @@ __all__ = [
     "when_stalled",
 ]
 
+NO_WORKER_WARNING = 30.0
+"""Seconds a run waits with no worker at all before it logs that it does."""
+NO_WORKER_REPEAT = 300.0
+"""... and then between two such warnings."""
+
+log = logging.getLogger("dispatcher")
+
 UNSAID = "it takes no task for now"
 """A paused worker's reason when its transport gave none (``worker_added`` with 0 slots)."""
 
@@ -47,16 +57,22 @@ _SHOWN = 5  # waiting tasks named in the error
 class Capacity:
     """What a run knows of its workers' pauses, and when it gives up waiting for one."""
 
-    __slots__ = ("deadline", "gone", "paused")
+    __slots__ = ("alone_since", "deadline", "gone", "lost_why", "paused", "warn_at")
 
     def __init__(self) -> None:
         self.paused: dict[str, tuple[str, float]] = {}
         """Paused workers: why, and since when (``time.monotonic()``)."""
         self.gone: str | None = None
         """Why no worker will come again, once the transport has said so."""
+        self.lost_why: dict[str, str] = {}
+        """Workers lost and not back: why."""
+        self.alone_since: float | None = None
+        """Since when the run has waited with no worker at all."""
+        self.warn_at = 0.0
+        """When it next says that it waits so."""
         self.deadline: float | None = None
-        """When the run, stalled for want of a worker, fails (``time.monotonic()``);
-        ``None`` while it is not stalled so. Drivers wake by then."""
+        """When the run, stalled for want of a worker, fails or warns
+        (``time.monotonic()``); ``None`` while it is not stalled so. Drivers wake by then."""
 
     def seed(self, paused: Mapping[str, tuple[str, float]], gone: str | None) -> None:
         """Start from what the executor knew when the run began."""
@@ -64,14 +80,16 @@ class Capacity:
         self.gone = gone
 
     def added(self, worker: str, slots: int) -> None:
+        self.lost_why.pop(worker, None)
         if slots > 0:
             self.paused.pop(worker, None)
             self.gone = None
         elif worker not in self.paused:
             self.paused[worker] = (UNSAID, time.monotonic())
 
-    def lost(self, worker: str) -> None:
+    def lost(self, worker: str, reason: str) -> None:
         self.paused.pop(worker, None)
+        self.lost_why[worker] = reason
 
 
 # -- the run's handlers of worker reports (see Run._handlers) -------------------------------
@@ -84,11 +102,12 @@ def on_worker_added(run: Run, worker: str, slots: int) -> None:
 
 def on_worker_paused(run: Run, worker: str, reason: str, since: float) -> None:
     run.placement.add_worker(worker, 0)
+    run.capacity.lost_why.pop(worker, None)
     run.capacity.paused[worker] = (reason, since)
 
 
 def on_worker_lost(run: Run, worker: str, reason: str, running: Sequence[Key] | None) -> None:
-    run.capacity.lost(worker)
+    run.capacity.lost(worker, reason)
     if worker in run.placement.room:
         run.placement.remove_worker(worker)
         run.recovery.worker_lost(worker, reason, running)
@@ -107,14 +126,15 @@ def when_stalled(run: Run) -> bool:
     when they will be. True if that failed tasks (the run has something to do)."""
     capacity, workers, table = run.capacity, run.placement.capacity, run.table
     if any(workers.values()) or not any(table.state[p] == READY for p in table.ready):
-        capacity.deadline = None
+        capacity.deadline = capacity.alone_since = None
         return False
     if capacity.gone is not None:
         _fail_waiting(run, DispatcherError(capacity.gone))
         return True
     if not workers:
-        capacity.deadline = None  # lost ones are being replaced, or no_worker_left comes
+        _wait_for_a_worker(run)
         return False
+    capacity.alone_since = None
     assert run.transport is not None
     now = time.monotonic()
     since = max(capacity.paused.get(w, (UNSAID, now))[1] for w in workers)
@@ -126,13 +146,44 @@ def when_stalled(run: Run) -> bool:
     return True
 
 
+def _wait_for_a_worker(run: Run) -> None:
+    """No worker at all: wait for one (lost ones are being replaced, or the cluster grows
+    from none; ``no_worker_left`` comes otherwise), saying so now and then."""
+    capacity, now = run.capacity, time.monotonic()
+    if capacity.alone_since is None:
+        capacity.alone_since = now
+        capacity.warn_at = now + NO_WORKER_WARNING
+    elif now >= capacity.warn_at:
+        labels, have = _waiting(run)
+        lost = [f"{worker} ({why})" for worker, why in list(capacity.lost_why.items())]
+        log.warning(
+            "%s %s waited %.0f s for a worker: the executor has none (lost: %s); the run "
+            "goes on as soon as one arrives",
+            labels,
+            have,
+            now - capacity.alone_since,
+            _some(lost) if lost else "none",
+        )
+        capacity.warn_at = now + NO_WORKER_REPEAT
+    capacity.deadline = capacity.warn_at
+
+
+def _some(items: list[str]) -> str:
+    """The first few of ``items``, for a message."""
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def _waiting(run: Run) -> tuple[str, str]:
+    """The labels of the run's ready tasks, in the order made, and "has" or "have"."""
+    table = run.table
+    waiting = [repr(table.nodes[p].label) for p in sorted(table.ready) if table.state[p] == READY]
+    return _some(waiting), "has" if len(waiting) == 1 else "have"
+
+
 def _no_capacity(run: Run, waited: float) -> DispatcherError:
     assert run.transport is not None
-    table = run.table
-    waiting = [table.nodes[p] for p in sorted(table.ready) if table.state[p] == READY]
-    labels = ", ".join(repr(node.label) for node in waiting[:_SHOWN])  # in the order made
-    if len(waiting) > _SHOWN:
-        labels += f" and {len(waiting) - _SHOWN} more"
+    labels, have = _waiting(run)
     lines = [
         f"  {worker}: {run.capacity.paused.get(worker, (UNSAID, 0.0))[0]}"
         for worker in run.placement.capacity
@@ -140,7 +191,7 @@ def _no_capacity(run: Run, waited: float) -> DispatcherError:
     advice = run.transport.capacity_advice()
     return DispatcherError(
         f"no capacity left: no worker has taken a task for {waited:.1f} s, and "
-        f"{labels} {'waits' if len(waiting) == 1 else 'wait'} for one:\n"
+        f"{labels} {'waits' if have == 'has' else 'wait'} for one:\n"
         + "\n".join(lines)
         + (f"\n{advice}" if advice else "")
     )

@@ -30,6 +30,7 @@ from ._capacity import (
     on_worker_lost,
     on_worker_paused,
 )
+from ._copies import copied, stale_copies
 from ._driver import (
     EV_FAILED,
     EV_FINISHED,
@@ -144,6 +145,7 @@ class Run:
         pending = self.placement.anywhere = capabilities.accepts_pending_inputs
         # A worker that runs its tasks in order runs one sent behind its inputs after them.
         self._sends_ahead = in_order or pending
+        self.table.keeps_copies = capabilities.keeps_fetched_inputs
         if pending and self._started_hook is not None:
             self._unannounced = set()  # told started when their inputs are made
         if self._hits is not None and self._asks is not None:
@@ -350,6 +352,7 @@ class Run:
         spec = self._reported(p, worker)
         if spec is None:
             self.table.free_on(worker, p)  # its result is not wanted
+            stale_copies(self.table, p, worker)
             return
         if isinstance(value, Unloaded):
             loaded, value = _load_result(self, p, worker, spec, value, duration)
@@ -365,6 +368,8 @@ class Run:
         table.nbytes[p] = nbytes
         if table.wanted[p]:
             table.results[p] = value
+        if spec.sources is not None:
+            copied(table, p, spec, worker, True)
         if self._hits is not None and p in self._hits:
             if self._cached_hook is not None:
                 self._cached_hook(node=table.nodes[p], worker=worker)
@@ -378,10 +383,13 @@ class Run:
 
     def _on_failed(self, p: int, worker: str, error: Any, duration: float) -> None:
         spec = self._reported(p, worker)
-        if spec is not None:
-            if isinstance(error, Unloaded):
-                error = load_reported(error, spec, "exception")[1]
-            _failed(self, p, worker, error, duration)
+        if spec is None:
+            stale_copies(self.table, p, worker)
+            return
+        copied(self.table, p, spec, worker, False)
+        if isinstance(error, Unloaded):
+            error = load_reported(error, spec, "exception")[1]
+        _failed(self, p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)

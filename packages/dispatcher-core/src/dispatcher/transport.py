@@ -323,6 +323,13 @@ class Capabilities:
     such a worker is lost and the transport does not say what it was running (see
     :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
     as an attempt: the others are run again uncharged."""
+    keeps_fetched_inputs: bool = False
+    """A worker keeps each input it took from another worker for a task that got all its
+    inputs there, as if it had made it, until :meth:`Transport.free` drops it. The
+    scheduler then counts that copy as one more holder of the result: later tasks on that
+    worker read it where it is, those on its host may take it from there, and frees go to
+    every holder. So a result crosses to another host once, however many tasks read it
+    there."""
     accepts_pending_inputs: bool = False
     """A task may be submitted before its inputs exist, while some of them are still being
     computed, on its own worker or any other. Where it goes: the scheduler sends a task as

@@ -307,7 +307,9 @@ def install_root(root: Root | None) -> None:
 class MpiTransport(Transport):
     """Worker ranks of the current job; one such transport may be open at a time."""
 
-    capabilities = Capabilities(separate_processes=True, runs_tasks_in_order=True)
+    capabilities = Capabilities(
+        separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
+    )
 
     def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
         self.root = current_root()
