@@ -238,3 +238,37 @@ def test_a_run_with_no_worker_at_all_says_it_waits_and_goes_on_when_one_arrives(
     assert warned.is_set()
     assert "'lonely' has waited" in caplog.text
     assert "the executor has none (lost: fake-0 (its host went down))" in caplog.text
+
+
+class _Slow(_Holding):
+    """As :class:`_Holding`, but other tasks report from a thread a little later, so the
+    run waits for them with a task out."""
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        later = [spec for spec in tasks if not spec.label.startswith("stuck")]
+        super().submit([spec for spec in tasks if spec.label.startswith("stuck")])
+        if later:
+            threading.Timer(0.6, FakeTransport.submit, [self, later]).start()
+
+
+def test_a_run_that_waited_for_a_worker_does_not_spin_once_it_has_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Once the worker was back, the wait for the task's report used the stale deadline
+    # of the wait for a worker: the driver spun, burning a core until the report came.
+    waits = 0
+    wait = EventQueue.wait
+
+    def counted(self: EventQueue, timeout: float | None) -> None:
+        nonlocal waits
+        waits += 1
+        wait(self, timeout)
+
+    transport = _Slow(workers=1)
+    transport.paused_wait = 0.4  # passes while the task is out
+    with fake_executor(transport, retries=0) as ex:
+        _hold_every_worker(ex, transport)
+        threading.Timer(0.1, transport.release, ["fake-0"]).start()
+        monkeypatch.setattr(EventQueue, "wait", counted)
+        assert ex.run(Op(tasks.inc, 1)) == 2
+    assert waits < 50, f"the driver woke {waits} times in about a second"

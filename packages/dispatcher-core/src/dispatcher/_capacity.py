@@ -83,7 +83,7 @@ class Capacity:
         self.lost_why.pop(worker, None)
         if slots > 0:
             self.paused.pop(worker, None)
-            self.gone = None
+            self.gone = self.alone_since = None
         elif worker not in self.paused:
             self.paused[worker] = (UNSAID, time.monotonic())
 

@@ -277,6 +277,7 @@ def step(run: Run) -> bool:
     if progressed or run.queue.events or run.finished:
         return False  # tasks called in the caller may have readied others
     if run.table.inflight:
+        run.capacity.deadline = None  # not stalled: a report will come
         return True
     if when_stalled(run):  # no worker can take what is left: that failed it
         return False
