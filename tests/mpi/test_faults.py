@@ -202,6 +202,44 @@ def test_tasks_queued_behind_a_timed_out_task_run_elsewhere_uncharged(tmp_path: 
     assert "quick: [0, 1, 2, 3, 4, 5, 6, 7]" in done.stdout, done.stdout
 
 
+def test_the_run_after_a_fail_fast_one_is_not_charged_for_what_it_abandoned(
+    tmp_path: Path,
+) -> None:
+    # A rank answered the abandoning with "busy" naming the task it ran at that moment:
+    # one of the next run's, or one started just before (then sent again, under the same
+    # key): that task was charged a worker loss, which failed the next run (retries=0).
+    program = script(
+        tmp_path,
+        """
+        import time
+        from dispatcher import WorkerLostError, get_executor, op
+
+        def step(i, bad):
+            time.sleep(0.002 * (i % 5))
+            if i == bad:
+                raise ValueError(f"task {i} fails on purpose")
+            return i
+
+        lost = 0
+        with get_executor("mpi", retries=0) as ex:
+            for attempt in range(20):
+                try:
+                    ex.run([op(step)(i, 5) for i in range(40)])
+                except ValueError:
+                    pass
+                try:
+                    assert ex.run([op(step)(i, -1) for i in range(20)]) == list(range(20))
+                except WorkerLostError as exc:
+                    lost += 1
+                    print("lost:", exc, flush=True)
+        print("lost", lost)
+        """,
+    )
+    done = job(3, program, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "lost 0" in done.stdout, done.stdout[-3000:]
+
+
 def test_an_mpi_run_inside_an_mpi_task_is_refused_naming_what_to_use(tmp_path: Path) -> None:
     program = script(
         tmp_path,

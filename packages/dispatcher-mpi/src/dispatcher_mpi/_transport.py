@@ -95,6 +95,7 @@ SILENCE_GRACE = 2.0
 presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
 STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
+_REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
@@ -127,6 +128,9 @@ class Root:
         self.transport: MpiTransport | None = None
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
         self.why_busy: dict[int, str] = {}
+        self.reported: dict[int, dict[Key, None]] = {}
+        """Per rank, the last :data:`_REMEMBERED` tasks whose outcome it reported: a
+        ``Busy`` naming one of them came after its outcome, and means nothing."""
         self.heard: dict[int, float] = {}  # rank -> when it last said anything
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
@@ -163,14 +167,16 @@ class Root:
             # It still runs a task we gave up on (its run failed fast, or its executor
             # closed): keep the rank out of scheduling until that task ends, whichever
             # executor is open by then.
-            self.retire(source, message.key, "finishing a task that was abandoned")
+            if message.key not in self.reported.get(source, ()):
+                self.retire(source, message.key, "finishing a task that was abandoned")
             return
-        if source in self.busy:
-            if kind is Done:
-                keys = [entry[0] for entry in message.finished]
-            else:
-                keys = [message.key] if kind is Failed else []
-            if self.busy[source] in keys:
+        if kind is Done or kind is Failed:
+            keys = [entry[0] for entry in message.finished] if kind is Done else [message.key]
+            recent = self.reported.setdefault(source, {})
+            recent.update(dict.fromkeys(keys))
+            while len(recent) > _REMEMBERED:
+                del recent[next(iter(recent))]
+            if source in self.busy and self.busy[source] in keys:
                 self._back(source)
         transport = self.transport
         if transport is not None:
@@ -187,7 +193,9 @@ class Root:
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
-            transport.lose(rank, reason, running=[key])
+            # Nothing is charged: the task it runs failed or was given up on already,
+            # and what was queued behind it never started.
+            transport.lose(rank, reason, running=())
             if transport.events is not None and rank in transport.ranks:
                 transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 

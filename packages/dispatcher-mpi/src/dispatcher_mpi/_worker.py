@@ -145,10 +145,9 @@ class WorkerRank(TaskRunner):
                 waiter[1].append(message)
                 waiter[0].set()
         elif kind is Cancel:
-            self.receive(message)
-            current = self.current
-            if current is not None and current in message.keys:
-                self.hub.post(source, Busy(current))
+            running = self.cancel(message.keys)
+            if running is not None:
+                self.hub.post(source, Busy(running))
         elif kind is Reset:
             # Rank 0 gave up on what it sent here: drop queued tasks and held results.
             self.drop_queued()

@@ -108,6 +108,10 @@ class TaskRunner:
         self.finished: list[tuple[Key, float, int | None, Any]] = []
         self.current: Key | None = None
         """The task running now."""
+        self.current_lock = threading.Lock()
+        """Taken to start a task unless it was cancelled, and to cancel tasks and see
+        whether one of them runs: so a task is either skipped or seen running, never
+        both (see :meth:`cancel`)."""
 
     # -- what a backend provides ---------------------------------------------------------
 
@@ -156,12 +160,20 @@ class TaskRunner:
             self.cancelled.difference_update(message.keys)
             self.drop(message.keys)
         elif kind is Cancel:
-            self.cancelled.update(message.keys)
+            self.cancel(message.keys)
         elif kind is Stop:
             self.queue.put(_STOP)
         else:
             return False
         return True
+
+    def cancel(self, keys: Sequence[Key]) -> Key | None:
+        """Do not start these tasks; the one of them running now, if any (its outcome is
+        reported once it returns). Called from another thread than the task thread."""
+        with self.current_lock:
+            self.cancelled.update(keys)
+            current = self.current
+            return current if current is not None and current in keys else None
 
     def drop_queued(self) -> None:
         """Skip every task received and not started yet."""
@@ -192,7 +204,12 @@ class TaskRunner:
             for record, func in zip(records, functions):
                 if self.dropped != dropped:
                     break
-                self.current = key = record[_KEY]
+                key = record[_KEY]
+                with self.current_lock:
+                    if key in self.cancelled:  # never started: nothing to report
+                        self.cancelled.discard(key)
+                        continue
+                    self.current = key
                 try:
                     self.execute(record, func)
                 except OSError:
