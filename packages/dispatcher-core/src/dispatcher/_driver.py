@@ -63,10 +63,13 @@ class RunCancelled(BaseException):
 class EventQueue:
     """Reports for one run, posted from any thread, taken by its driver."""
 
-    __slots__ = ("_cond", "_sleeping", "_waker", "events")
+    __slots__ = ("_cond", "_sleeping", "_waker", "events", "stopped")
 
     def __init__(self) -> None:
         self.events: deque[tuple[Any, ...]] = deque()
+        # Set (with a wake) when the run can go on no longer, whatever it waits for: its
+        # executor was closed under it. Its driver raises it.
+        self.stopped: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
         self._sleeping = False
         # An async driver's, while it waits: callable from any thread, wanted once.
@@ -150,9 +153,22 @@ class Router:
         self.transport = transport
         self.runs: dict[int, EventQueue] = {}
         self.workers: dict[str, int] = {}
+        self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
         self.runs[run.base >> KEY_BITS] = run.queue
+        if self._closed is not None:  # closed between the run's start and here
+            run.queue.stopped = self._closed()
+            run.queue.wake()
+
+    def close(self, error: Callable[[], BaseException]) -> None:
+        """The executor is closing: stop every attached run (and any attached later) with
+        a fresh ``error()`` each, for their drivers to raise; what they wait for will
+        never come, their transport's workers are going."""
+        self._closed = error
+        for queue in list(self.runs.values()):
+            queue.stopped = error()
+            queue.wake()
 
     def detach(self, run: Run) -> None:
         self.runs.pop(run.base >> KEY_BITS, None)
@@ -264,6 +280,8 @@ def drive_blocking(
                 wait(0.25)
                 if cancelled is not None and cancelled.is_set():
                     raise RunCancelled
+                if run.queue.stopped is not None:
+                    raise run.queue.stopped
     except BaseException as exc:
         run.abort(run.error or exc)
         raise
@@ -285,6 +303,8 @@ async def drive_async(
         while not run.finished:
             if step(run):
                 await wait(call_soon)
+                if run.queue.stopped is not None:
+                    raise run.queue.stopped
     except BaseException as exc:
         run.abort(run.error or exc)
         raise

@@ -27,7 +27,16 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 
-from .. import Executor, Op, RemoteError, SerializationError, TaskTimeoutError, get_executor, op
+from .. import (
+    DispatcherError,
+    Executor,
+    Op,
+    RemoteError,
+    SerializationError,
+    TaskTimeoutError,
+    get_executor,
+    op,
+)
 from . import tasks
 from ._harness import ExecutorHarness
 
@@ -365,3 +374,39 @@ class ExecutorFaults(ExecutorHarness):
             assert tasks.calls(log, "blocked-finished") == 0
         finally:
             gate.touch()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    @pytest.mark.timeout(60)
+    def test_closing_ends_the_runs_going_on(self, ex: Executor, log: str, tmp_path: Path) -> None:
+        """``close()`` from another thread while runs wait for their tasks: each run ends
+        with an error saying the executor was closed, instead of waiting for ever for
+        workers that are gone. Where tasks run in the caller's thread (nothing can stop
+        them there), a run may instead finish once its task returns."""
+        gate = tmp_path / "gate"
+
+        def blocked(i: int) -> list[Op]:  # two tasks: neither is called by the run's own driver
+            return [op(tasks.blocked)(log, f"b{i}", str(gate), LONG) for _ in range(2)]
+
+        runs = [_InThread(functools.partial(ex.run, blocked(i))) for i in range(2)]
+        try:
+            _until(lambda: tasks.calls(log, "b0-started") + tasks.calls(log, "b1-started") > 0)
+            ex.close()
+            _until(lambda: all(going.done for going in runs) or not self._stopped_by_close())
+        finally:
+            gate.touch()
+        for i, going in enumerate(runs):
+            try:
+                value = going.result()
+            except AssertionError as raised:
+                error = raised.__cause__
+                assert isinstance(error, DispatcherError), error
+                assert "closed" in str(error)
+            else:
+                assert not self._stopped_by_close(), f"run {i} went on after close: {value!r}"
+                assert value == [f"b{i}", f"b{i}"]
+
+    def _stopped_by_close(self) -> bool:
+        """Does closing stop a run whose task is running (rather than only once it returns)?"""
+        caps = self.capabilities
+        return caps.interrupts_running_tasks or caps.separate_processes
