@@ -284,6 +284,20 @@ class ExecutorFaults(ExecutorHarness):
         unlimited = op(tasks.sleep_then, label="unlimited", timeout=math.inf)(0.3, "done")
         assert self.run(unlimited, timeout=0.05) == "done"
 
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("seconds", [1e10, 1e308])
+    def test_a_timeout_years_long_is_a_timeout_never_reached(
+        self, ex: Executor, seconds: float
+    ) -> None:
+        """A finite timeout past what a clock or a wait can hold (``threading.TIMEOUT_MAX``,
+        ``time_t``) is valid: the task runs as if it had none, and so does a timed one
+        nearer its deadline in the same run."""
+        long = [op(tasks.sleep_then, label=f"long{i}", timeout=seconds)(0.05, i) for i in range(3)]
+        short = op(tasks.sleep_then, label="short", timeout=0.2)(1.0, "late")
+        results = ex.run([*long, short], throw=False)
+        assert [r.value for r in results[:3]] == [0, 1, 2], results
+        assert isinstance(results[3].error, TaskTimeoutError), results[3]
+
     # -- abandoned work -----------------------------------------------------------------------
 
     def _require_abandoning(self) -> int:
