@@ -10,3 +10,9 @@ from dispatcher.testing import ExecutorConformance
 class TestMpi(ExecutorConformance):
     executor = "mpi"
     options: ClassVar[dict[str, Any]] = {}
+    known_faults: ClassVar[dict[str, str]] = {
+        "test_argument_whose_pickling_exits": (
+            "the arguments' pickling in rank 0 (_pack_arguments) turns only an Exception "
+            "into SerializationError: a SystemExit or the like escapes run()"
+        ),
+    }

@@ -171,6 +171,29 @@ class ExecutorFaults(ExecutorHarness):
         assert results[1].value == 2
         assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
 
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize(
+        "exception",
+        [SystemExit(7), GeneratorExit(), KeyboardInterrupt()],
+        ids=["SystemExit", "GeneratorExit", "KeyboardInterrupt"],
+    )
+    def test_argument_whose_pickling_exits(self, ex: Executor, exception: BaseException) -> None:
+        """An argument whose pickling raises a BaseException fails its own node with
+        SerializationError naming what was raised; it does not escape ``run()`` (nor end
+        a thread of the backend). A KeyboardInterrupt counts as the object's too: this
+        check runs off the main thread, where no Ctrl-C lands."""
+        self.require("separate_processes")
+        bad = op(tasks.take, label="takes-exits-when-pickled")(tasks.ExitsWhenPickled(exception))
+
+        def check() -> None:
+            results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+            assert isinstance(results[0].error, SerializationError), results[0]
+            assert type(exception).__name__ in str(results[0].error)
+            assert results[1].value == 2
+
+        _InThread(lambda: _no_escape(check, "it")).result()
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
     @pytest.mark.timeout(90)
     def test_input_whose_unpickling_exits_on_another_worker(self, ex: Executor, log: str) -> None:
         """A result that raises SystemExit when another worker unpickles it, as an input,

@@ -259,6 +259,20 @@ def make_exits_when_loaded() -> ExitsWhenLoaded:
     return ExitsWhenLoaded()
 
 
+class ExitsWhenPickled:
+    """A value whose pickling raises SystemExit (or ``exception``, a BaseException)."""
+
+    def __init__(self, exception: BaseException | None = None) -> None:
+        self.exception = exception if exception is not None else SystemExit(7)
+
+    def __reduce__(self) -> Any:
+        raise self.exception
+
+
+def make_exits_when_pickled() -> ExitsWhenPickled:
+    return ExitsWhenPickled()
+
+
 def meet_then_make_exits_when_loaded(
     log: str, name: str, count: int, seconds: float
 ) -> ExitsWhenLoaded:
