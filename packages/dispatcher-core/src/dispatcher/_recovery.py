@@ -103,7 +103,10 @@ class Recovery:
         if self._failed_hook is not None:
             self._failed_hook(node=node, worker=worker, error=error, duration=duration)
         if self.throw:
-            error.add_note(failure_note(node, worker, error))
+            try:
+                error.add_note(failure_note(node, worker, error))
+            except Exception:  # its __notes__ is not a list, it is frozen: raised without
+                pass
             self.fatal = error
             return
         table.consume_inputs(p)

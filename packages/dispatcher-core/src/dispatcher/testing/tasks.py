@@ -226,12 +226,21 @@ def _raise_weird_cause() -> Any:
     raise ValueError("chained to a Weird") from Weird()
 
 
+class BadNotesError(Exception):
+    """An exception whose ``__notes__`` is not a list, so that ``add_note`` refuses it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.__notes__ = "not a list"  # type: ignore[assignment]
+
+
 ODD_EXCEPTIONS: dict[str, tuple[type[BaseException], Any]] = {
     "KeyboardInterrupt": (KeyboardInterrupt, lambda: KeyboardInterrupt()),
     "SystemExit": (SystemExit, lambda: SystemExit(4)),
     "GeneratorExit": (GeneratorExit, lambda: GeneratorExit()),
     "CustomBaseError": (CustomBaseError, lambda: CustomBaseError("custom")),
     "BadStrError": (BadStrError, lambda: BadStrError("unprintable")),
+    "BadNotesError": (BadNotesError, lambda: BadNotesError("notes refused")),
 }
 """Name -> (the type a task raises, a factory for the exception)."""
 
@@ -267,10 +276,6 @@ class ExitsWhenPickled:
 
     def __reduce__(self) -> Any:
         raise self.exception
-
-
-def make_exits_when_pickled() -> ExitsWhenPickled:
-    return ExitsWhenPickled()
 
 
 def meet_then_make_exits_when_loaded(
