@@ -310,16 +310,25 @@ class ExecutorFaults(ExecutorHarness):
     @pytest.mark.timeout(60)
     @pytest.mark.parametrize("seconds", [1e10, 1e308])
     def test_a_timeout_years_long_is_a_timeout_never_reached(
-        self, ex: Executor, seconds: float
+        self, ex: Executor, log: str, tmp_path: Path, seconds: float
     ) -> None:
         """A finite timeout past what a clock or a wait can hold (``threading.TIMEOUT_MAX``,
-        ``time_t``) is valid: the task runs as if it had none, and so does a timed one
-        nearer its deadline in the same run."""
+        ``time_t``) is valid: the task runs as if it had none, and a timed one nearer its
+        deadline in the same run still times out."""
+        gate = tmp_path / "gate"
         long = [op(tasks.sleep_then, label=f"long{i}", timeout=seconds)(0.05, i) for i in range(3)]
-        short = op(tasks.sleep_then, label="short", timeout=0.2)(1.0, "late")
-        results = ex.run([*long, short], throw=False)
+        # Returns by itself after a second (a task in the caller's thread cannot be
+        # stopped), or as soon as the gate opens.
+        short = op(tasks.blocked, label="short", timeout=0.2)(log, "short", str(gate), 1.0)
+        try:
+            results = ex.run([*long, short], throw=False)
+        finally:
+            gate.touch()
         assert [r.value for r in results[:3]] == [0, 1, 2], results
         assert isinstance(results[3].error, TaskTimeoutError), results[3]
+        if not self.capabilities.interrupts_running_tasks:
+            # Its worker comes back when it returns: wait, so that the next check has it.
+            _until(lambda: tasks.calls(log, "short-finished") > 0)
 
     # -- abandoned work -----------------------------------------------------------------------
 
