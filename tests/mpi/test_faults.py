@@ -353,3 +353,38 @@ def test_a_task_raising_what_ends_a_program_ends_the_job_with_it(
     assert "should not get here" not in done.stdout
     assert says in done.stderr
     assert "dispatcher_mpi: lost" not in done.stderr
+
+
+# -- code a task leaves behind at the job's end ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "leave_behind",
+    [
+        "atexit.register(time.sleep, 1000)",
+        "threading.Thread(target=time.sleep, args=(1000,), daemon=False).start()",
+    ],
+    ids=["atexit-hook", "non-daemon-thread"],
+)
+def test_code_a_task_leaves_behind_does_not_keep_the_job(tmp_path: Path, leave_behind: str) -> None:
+    """A worker rank whose tasks left an atexit hook that waits, or a non-daemon thread,
+    behind: the job still ends, with the program's status, naming the rank."""
+    program = script(
+        tmp_path,
+        f"""
+        import atexit, sys, threading, time
+        from dispatcher import Op, run
+
+        def task():
+            {leave_behind}
+            return 1
+
+        assert run([Op(task) for _ in range(4)], executor="mpi") == [1, 1, 1, 1]
+        sys.exit(3)
+        """,
+    )
+    done = job(3, program, timeout=60)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "has not exited 5 s after the job's end" in done.stderr, done.stderr[-3000:]
+    assert "BAD TERMINATION" not in done.stdout + done.stderr

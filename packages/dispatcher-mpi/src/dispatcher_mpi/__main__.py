@@ -7,6 +7,7 @@ import faulthandler
 import os
 import runpy
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -78,6 +79,10 @@ def main() -> None:
             WorkerRank(comm).serve()
         except BaseException:
             abort_job(comm, traceback.format_exc(), 1)
+        _exit_within(EXIT_GRACE, comm.Get_rank(), peers[comm.Get_rank()])
+        # Now, not at exit: code a task left behind runs before the interpreter's own
+        # finalisation, and the rank must have said its goodbye to MPI if it is ended.
+        MPI.Finalize()
         return
 
     from ._transport import Root, install_root
@@ -101,6 +106,33 @@ def main() -> None:
         # (MPI_Abort would also carry the status, but it can cut off output still on its
         # way to the launcher, and srun turns it into 137.)
         raise SystemExit(status)
+
+
+EXIT_GRACE = 5.0
+"""How long a worker rank may take to exit once the job is over (seconds)."""
+
+
+def _exit_within(seconds: float, rank: int, where: tuple[str, int]) -> None:
+    """The job is over and this worker rank exits: the interpreter joins non-daemon
+    threads and runs ``atexit`` hooks, which tasks may have left behind (a thread that
+    never ends, a hook that waits), and ``mpiexec`` would wait for them for ever. Past
+    ``seconds``, say so and end the rank; its MPI is finalised by then, so the job's
+    status stays the program's."""
+    from dispatcher.remote import start_thread
+
+    def watch() -> None:
+        time.sleep(seconds)
+        os.write(
+            2,
+            (
+                f"dispatcher_mpi: rank {rank} (host {where[0]}, pid {where[1]}) has not "
+                f"exited {seconds:g} s after the job's end: code a task left behind (a "
+                "non-daemon thread, an atexit hook) still runs there; ending it\n"
+            ).encode("utf-8", "replace"),
+        )
+        os._exit(0)
+
+    start_thread("dispatcher-mpi-exit", watch, lambda exc: os._exit(1))
 
 
 def _run_program(comm: Any, kind: str, target: str) -> int:
