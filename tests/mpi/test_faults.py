@@ -100,6 +100,40 @@ def test_ctrl_c_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
     assert [n for n in names if os.path.exists(n)] == []
 
 
+# Every rank, once past MPI_Init and before its segments lose their names, prints them and
+# gets SIGINT (Ctrl-C, as mpiexec passes it on): the window a Ctrl-C at start-up can hit.
+CTRL_C_AT_START = """
+import os, signal, sys
+import dispatcher_mpi._channel as channel
+
+real = channel.chunk_limit
+
+def interrupted():
+    with open("/proc/self/maps") as maps:
+        names = sorted({l.split()[5] for l in maps if "/dev/shm/mpich_shm_" in l})
+    print("segments", names, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    return real()
+
+channel.chunk_limit = interrupted
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+def test_ctrl_c_at_start_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CTRL_C_AT_START)
+    program = script(tmp_path, "print('the program ran')\n")
+    done = job(3, program, env={"PYTHONPATH": str(site)}, timeout=60)
+    assert done.returncode != 0
+    assert "the program ran" not in done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.startswith("segments")]
+    names = sorted({n for line in lines for n in segments_of(line)})
+    assert names, done.stdout + done.stderr[-3000:]
+    assert [n for n in names if os.path.exists(n)] == []
+
+
 # -- timeouts of tasks whose rank cannot say they started -------------------------------
 
 # Backtracks for longer than any test runs, holding the GIL all along.

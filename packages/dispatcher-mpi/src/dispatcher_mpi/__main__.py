@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import runpy
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
@@ -40,31 +43,34 @@ def main() -> None:
     # The program's directory is importable on every rank, as `python script.py` makes it.
     sys.path.insert(0, _program_dir(kind, target))
 
-    from mpi4py import MPI
+    # Ctrl-C before every rank has its MPI segments and has unlinked their names would
+    # leave them in /dev/shm: it is raised once they are gone.
+    with _sigint_deferred():
+        from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
-        if comm.Get_rank() == 0:
-            sys.stderr.write(
-                "dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
-                "better; this one offers less\n"
-            )
-        comm.Abort(2)
-    from ._channel import abort_job, chunk_limit
-    from ._segments import unlink_own_segments
+        comm = MPI.COMM_WORLD
+        if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+            if comm.Get_rank() == 0:
+                sys.stderr.write(
+                    "dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
+                    "better; this one offers less\n"
+                )
+            comm.Abort(2)
+        from ._channel import abort_job, chunk_limit
+        from ._segments import unlink_own_segments
 
-    try:
-        chunk_limit()
-    except ValueError as exc:
-        # Every rank reads the same environment: each stops, rank 0 says why.
-        if comm.Get_rank() == 0:
-            sys.stderr.write(f"dispatcher_mpi: {exc}\n")
-        raise SystemExit(2) from None
+        try:
+            chunk_limit()
+        except ValueError as exc:
+            # Every rank reads the same environment: each stops, rank 0 says why.
+            if comm.Get_rank() == 0:
+                sys.stderr.write(f"dispatcher_mpi: {exc}\n")
+            raise SystemExit(2) from None
 
-    # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
-    # returned, it also means every rank is past MPI_Init: the segments can lose their names.
-    peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
-    unlink_own_segments()
+        # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
+        # returned, it also means every rank is past MPI_Init: the segments can lose their names.
+        peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
+        unlink_own_segments()
 
     if comm.Get_rank() != 0:
         from . import _transport
@@ -106,6 +112,23 @@ def main() -> None:
         # (MPI_Abort would also carry the status, but it can cut off output still on its
         # way to the launcher, and srun turns it into 137.)
         raise SystemExit(status)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT, which mpiexec passes to every rank) received inside is raised as
+    KeyboardInterrupt on leaving, not in the middle."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # the program's own handling, or SIGINT ignored: not ours to change
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 EXIT_GRACE = 5.0
