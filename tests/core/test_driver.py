@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from dispatcher import Op
+from dispatcher._capacity import Capacity
 from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 from dispatcher.transport import TaskSpec
@@ -20,6 +21,7 @@ class _Run:
     def __init__(self, number: int) -> None:
         self.base = number << KEY_BITS
         self.queue = EventQueue()
+        self.capacity = Capacity()
 
 
 @pytest.mark.timeout(30)

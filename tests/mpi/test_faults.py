@@ -288,7 +288,7 @@ def test_when_every_rank_is_stuck_the_next_run_says_so(tmp_path: Path) -> None:
     assert "timed out: match('(a*)*b', 'aaa" in done.stdout, done.stderr[-3000:]
     for where in ("kept executor", "new executor"):
         found = re.search(
-            where + r": no capacity left.*\n  rank 1 \(host .*\): still running 'match'",
+            where + r": no capacity left.*\n  rank-1: still running 'match'.* \(on host .*\)",
             done.stdout,
         )
         assert found, done.stdout

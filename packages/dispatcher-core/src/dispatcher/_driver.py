@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._capacity import when_stalled
 from .transport import KEY_BITS, Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
@@ -30,8 +32,10 @@ __all__ = [
     "EV_FAILED",
     "EV_FINISHED",
     "EV_INPUTS_LOST",
+    "EV_NO_WORKER_LEFT",
     "EV_WORKER_ADDED",
     "EV_WORKER_LOST",
+    "EV_WORKER_PAUSED",
     "KEY_BITS",
     "EventQueue",
     "Router",
@@ -52,6 +56,8 @@ EV_FAILED = 1
 EV_INPUTS_LOST = 2
 EV_WORKER_ADDED = 3
 EV_WORKER_LOST = 4
+EV_WORKER_PAUSED = 5
+EV_NO_WORKER_LEFT = 6
 
 _NOVALUE: Any = ...
 
@@ -115,11 +121,18 @@ class EventQueue:
             finally:
                 self._sleeping = False
 
-    async def wait_async(self, call_soon: Callable[..., object]) -> None:
+    async def wait_async(
+        self, call_soon: Callable[..., object], timeout: float | None = None
+    ) -> None:
         """Like :meth:`wait`, awaited on an event loop; ``call_soon`` runs a callback on
         that loop from another thread (``call_soon_threadsafe``), so reports may be
         posted from any thread."""
         import anyio  # only drivers on an event loop need it
+
+        if timeout is not None:
+            with anyio.move_on_after(timeout):
+                await self.wait_async(call_soon)
+            return
 
         if self.events:
             return
@@ -153,10 +166,16 @@ class Router:
         self.transport = transport
         self.runs: dict[int, EventQueue] = {}
         self.workers: dict[str, int] = {}
+        self.paused: dict[str, tuple[str, float]] = {}
+        """Paused workers: why, since when (for runs yet to start)."""
+        self.gone: str | None = None
+        """Why no worker will come again, if the transport said so."""
         self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
         self.runs[run.base >> KEY_BITS] = run.queue
+        # (Reports from now on reach the run too: applying one twice changes nothing.)
+        run.capacity.seed(self.paused, self.gone)
         if self._closed is not None:  # closed between the run's start and here
             run.queue.stopped = self._closed()
             run.queue.wake()
@@ -217,13 +236,30 @@ class Router:
 
     def worker_added(self, worker: str, slots: int) -> None:
         self.workers[worker] = slots
-        for queue in list(self.runs.values()):
-            queue.post((EV_WORKER_ADDED, worker, slots))
+        if slots > 0:
+            self.paused.pop(worker, None)
+            self.gone = None
+        self._tell((EV_WORKER_ADDED, worker, slots))
+
+    def worker_paused(self, worker: str, reason: str) -> None:
+        self.workers[worker] = 0
+        since = self.paused.get(worker, (reason, time.monotonic()))[1]
+        self.paused[worker] = (reason, since)
+        self._tell((EV_WORKER_PAUSED, worker, reason, since))
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         self.workers.pop(worker, None)
+        self.paused.pop(worker, None)
+        self._tell((EV_WORKER_LOST, worker, reason, running))
+
+    def no_worker_left(self, reason: str) -> None:
+        self.gone = reason
+        self._tell((EV_NO_WORKER_LEFT, reason))
+
+    def _tell(self, event: tuple[Any, ...]) -> None:
+        """Post ``event``, about the workers, to every run."""
         for queue in list(self.runs.values()):
-            queue.post((EV_WORKER_LOST, worker, reason, running))
+            queue.post(event)
 
 
 def load_reported(unloaded: Unloaded, spec: TaskSpec, what: str) -> tuple[bool, Any]:
@@ -256,7 +292,12 @@ def step(run: Run) -> bool:
     progressed = run.dispatch()
     if progressed or run.queue.events or run.finished:
         return False  # tasks called in the caller may have readied others
-    if not run.table.inflight and not run.table.ready and run.placement.room:
+    if run.table.inflight:
+        run.capacity.deadline = None  # not stalled: a report will come
+        return True
+    if when_stalled(run):  # no worker can take what is left: that failed it
+        return False
+    if not run.table.ready and run.placement.room:
         raise RuntimeError(
             "dispatcher's scheduler stalled: nothing is running or ready but "
             f"{run.table.remaining} nodes remain; please report this as a bug"
@@ -273,11 +314,12 @@ def drive_blocking(
     """Run to the end on this thread, blocking while reports are awaited. ``cancelled``
     (with a :meth:`EventQueue.wake`) stops it from another thread."""
     run.start(transport, workers)
-    wait = run.queue.wait
+    wait, capacity = run.queue.wait, run.capacity
     try:
         while not run.finished:
             if step(run):
-                wait(0.25)
+                deadline = capacity.deadline
+                wait(0.25 if deadline is None else min(0.25, deadline - time.monotonic()))
                 if cancelled is not None and cancelled.is_set():
                     raise RunCancelled
                 if run.queue.stopped is not None:
@@ -298,11 +340,12 @@ async def drive_async(
     """Run to the end on the current event loop, whose ``call_soon_threadsafe`` (or
     trio's ``run_sync_soon``) is ``call_soon``; reports may come from any thread."""
     run.start(transport, workers)
-    wait = run.queue.wait_async
+    wait, capacity = run.queue.wait_async, run.capacity
     try:
         while not run.finished:
             if step(run):
-                await wait(call_soon)
+                deadline = capacity.deadline
+                await wait(call_soon, None if deadline is None else deadline - time.monotonic())
                 if run.queue.stopped is not None:
                     raise run.queue.stopped
     except BaseException as exc:

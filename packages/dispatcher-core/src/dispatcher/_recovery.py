@@ -78,6 +78,16 @@ class Recovery:
             return
         self._fail(p, worker, error, duration)
 
+    def fail_unplaced(self, error: BaseException) -> None:
+        """No worker can take the ready tasks, and none will in time: fail each for good
+        with ``error``, which says why (it names no node: it is the same for each)."""
+        table = self.table
+        for p in reversed(table.ready):
+            if table.state[p] == READY:
+                self._fail(p, CALLER, error, note=False)
+                if self.fatal is not None:
+                    return
+
     def _retry(
         self, p: int, worker: str, error: BaseException, duration: float | None = None
     ) -> None:
@@ -92,7 +102,12 @@ class Recovery:
         self.table.requeue(p)
 
     def _fail(
-        self, p: int, worker: str, error: BaseException, duration: float | None = None
+        self,
+        p: int,
+        worker: str,
+        error: BaseException,
+        duration: float | None = None,
+        note: bool = True,
     ) -> None:
         table = self.table
         node = table.nodes[p]
@@ -103,10 +118,11 @@ class Recovery:
         if self._failed_hook is not None:
             self._failed_hook(node=node, worker=worker, error=error, duration=duration)
         if self.throw:
-            try:
-                error.add_note(failure_note(node, worker, error))
-            except Exception:  # its __notes__ is not a list, it is frozen: raised without
-                pass
+            if note:
+                try:
+                    error.add_note(failure_note(node, worker, error))
+                except Exception:  # its __notes__ is not a list, it is frozen: raised without
+                    pass
             self.fatal = error
             return
         table.consume_inputs(p)

@@ -9,6 +9,8 @@ only moves things (see :mod:`dispatcher.transport`). A :class:`Run` composes
   where a task sent ahead of its inputs may go;
 * recovery (:mod:`._recovery`): retries, failures and skips, lost workers and inputs,
   recomputing lost results from their lineage;
+* capacity (:mod:`._capacity`): workers coming, pausing and going, and failing what no
+  worker can take rather than waiting for ever;
 
 and is the only one of them that talks to the transport. It does no I/O of its own and
 never blocks: a driver (see :mod:`._driver`) calls :meth:`Run.dispatch` and
@@ -21,12 +23,22 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._capacity import (
+    Capacity,
+    on_no_worker_left,
+    on_worker_added,
+    on_worker_lost,
+    on_worker_paused,
+)
+from ._copies import copied, stale_copies
 from ._driver import (
     EV_FAILED,
     EV_FINISHED,
     EV_INPUTS_LOST,
+    EV_NO_WORKER_LEFT,
     EV_WORKER_ADDED,
     EV_WORKER_LOST,
+    EV_WORKER_PAUSED,
     EventQueue,
     load_reported,
 )
@@ -36,7 +48,7 @@ from ._placement import Placement
 from ._recovery import Recovery
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
-from .transport import Key, TaskSpec, Transport, Unloaded
+from .transport import TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
     from ._cache_plan import CachePlan
@@ -63,6 +75,7 @@ class Run:
         self.table = table = TaskTable(graph, targets, inputs, observers, options.timeout, key_base)
         self.placement = Placement(table)
         self.recovery = Recovery(table, self.placement, options, observers, throw)
+        self.capacity = Capacity()
         self.queue = EventQueue()
         """Reports for this run (see :class:`._driver.Router`)."""
         self.base = key_base
@@ -132,14 +145,15 @@ class Run:
         pending = self.placement.anywhere = capabilities.accepts_pending_inputs
         # A worker that runs its tasks in order runs one sent behind its inputs after them.
         self._sends_ahead = in_order or pending
+        self.table.keeps_copies = capabilities.keeps_fetched_inputs
         if pending and self._started_hook is not None:
             self._unannounced = set()  # told started when their inputs are made
         if self._hits is not None and self._asks is not None:
             from ._cache import load_entry
 
             self._hits_in_caller = self._asks(load_entry)
-        for name, capacity in workers.items():
-            self.placement.add_worker(name, capacity)
+        for name, slots in workers.items():
+            on_worker_added(self, name, slots)
 
     # -- handing out tasks ------------------------------------------------------------------
 
@@ -225,7 +239,7 @@ class Run:
         p, error, duration = table.failure
         table.failure = None
         self.recovery.task_failed(p, CALLER, error, duration)
-        self._act_on_recovery()
+        self.act_on_recovery()
         return self.aborted
 
     def _spec(self, p: int, node: DispatchNode, worker: str) -> TaskSpec:
@@ -302,14 +316,14 @@ class Run:
             event = popleft()
             handlers[event[0]](self, *event[1:])
             if recovery.fatal is not None or recovery.to_cancel:
-                self._act_on_recovery()
+                self.act_on_recovery()
             if self.aborted:
                 events.clear()
                 break
         if self.table.frees:
             self._send_frees()
 
-    def _act_on_recovery(self) -> None:
+    def act_on_recovery(self) -> None:
         """End the run on a fatal failure; cancel what recovery found will never run."""
         recovery = self.recovery
         if recovery.fatal is not None:
@@ -338,6 +352,7 @@ class Run:
         spec = self._reported(p, worker)
         if spec is None:
             self.table.free_on(worker, p)  # its result is not wanted
+            stale_copies(self.table, p, worker)
             return
         if isinstance(value, Unloaded):
             loaded, value = _load_result(self, p, worker, spec, value, duration)
@@ -353,6 +368,8 @@ class Run:
         table.nbytes[p] = nbytes
         if table.wanted[p]:
             table.results[p] = value
+        if spec.sources is not None:
+            copied(table, p, spec, worker, True)
         if self._hits is not None and p in self._hits:
             if self._cached_hook is not None:
                 self._cached_hook(node=table.nodes[p], worker=worker)
@@ -366,10 +383,13 @@ class Run:
 
     def _on_failed(self, p: int, worker: str, error: Any, duration: float) -> None:
         spec = self._reported(p, worker)
-        if spec is not None:
-            if isinstance(error, Unloaded):
-                error = load_reported(error, spec, "exception")[1]
-            _failed(self, p, worker, error, duration)
+        if spec is None:
+            stale_copies(self.table, p, worker)
+            return
+        copied(self.table, p, spec, worker, False)
+        if isinstance(error, Unloaded):
+            error = load_reported(error, spec, "exception")[1]
+        _failed(self, p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
@@ -378,20 +398,14 @@ class Run:
                 self._unannounced.discard(p)  # it never started
             self.recovery.inputs_lost(p, spec, missing)
 
-    def _on_worker_added(self, worker: str, capacity: int) -> None:
-        self.placement.add_worker(worker, capacity)
-
-    def _on_worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None) -> None:
-        if worker in self.placement.room:
-            self.placement.remove_worker(worker)
-            self.recovery.worker_lost(worker, reason, running)
-
     _handlers: ClassVar[dict[int, Callable[..., None]]] = {
         EV_FINISHED: _on_finished,
         EV_FAILED: _on_failed,
         EV_INPUTS_LOST: _on_inputs_lost,
-        EV_WORKER_ADDED: _on_worker_added,
-        EV_WORKER_LOST: _on_worker_lost,
+        EV_WORKER_ADDED: on_worker_added,
+        EV_WORKER_PAUSED: on_worker_paused,
+        EV_WORKER_LOST: on_worker_lost,
+        EV_NO_WORKER_LEFT: on_no_worker_left,
     }
 
     @property

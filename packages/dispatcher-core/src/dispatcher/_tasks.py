@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from ._errors import TaskTimeoutError
 from ._graph import gc_paused
+from ._hosts import worker_host
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ class TaskTable:
             # so finishing a task allocates nothing here.
             self.holders: list[frozenset[str] | None] = [None] * n
             self._alone: dict[str, frozenset[str]] = {}
+            self.keeps_copies = False
+            """Workers keep the inputs they fetch: copies are holders (see ``copied``)."""
             self.nbytes: list[int | None] = [None] * n
             self.inflight: dict[int, TaskSpec] = {}
             """The spec of every task handed to a worker and not yet reported."""
@@ -266,7 +269,7 @@ class TaskTable:
                 continue
             where = holders[d]
             if where is not None and worker not in where:
-                picked.append(next(iter(where)))
+                picked.append(_nearest(where, worker) if len(where) > 1 else next(iter(where)))
                 local = False
                 continue
             if where is None:
@@ -427,3 +430,12 @@ class TaskTable:
             return ran
         finally:
             self.remaining -= settled
+
+
+def _nearest(holders: frozenset[str], worker: str) -> str:
+    """The holder to take a result from for a task on ``worker``: one on its host, if any."""
+    host = worker_host(worker)
+    for holder in holders:
+        if worker_host(holder) == host:
+            return holder
+    return next(iter(holders))

@@ -8,7 +8,8 @@ it is told, and reports what happened. The whole contract is this module:
 * :class:`Transport` -- the methods the scheduler calls (``start``, ``submit``, ``free``,
   ``cancel``, ``close``);
 * :class:`EventSink` -- the methods the transport calls back (``task_finished``,
-  ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_lost``);
+  ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_paused``,
+  ``worker_lost``, ``no_worker_left``);
 * :class:`TaskSpec` -- one task to run: a function, an argument template whose
   :class:`Ref` placeholders stand for results named by key, and where those results live;
 * :class:`Unloaded` -- a reported value or exception still in its serialised form, which
@@ -270,9 +271,26 @@ class EventSink(Protocol):
 
     def worker_added(self, worker: str, slots: int) -> None:
         """A worker (new, or a replacement under the same name) is ready for tasks; or a
-        known worker's slots changed. ``0`` slots: it keeps its results, which tasks
-        elsewhere may read, but takes no task until it is reported again (it is still
-        running work that was abandoned, which cannot be stopped)."""
+        known worker's slots changed. ``0`` slots: as :meth:`worker_paused`, for a reason
+        not given."""
+
+    def worker_paused(self, worker: str, reason: str) -> None:
+        """The worker keeps its results, which tasks elsewhere may read, but takes no task
+        until :meth:`worker_added` gives it slots again: say, every thread it has still
+        runs a task given up on, which cannot be stopped. ``reason`` says so in words the
+        user knows (the tasks' labels).
+
+        When every worker is paused and a run has tasks left and none out, the run waits
+        :attr:`Transport.paused_wait` seconds for one to come back, then fails those
+        tasks with a :class:`~dispatcher.DispatcherError` that gives each worker's
+        reason and :meth:`Transport.capacity_advice`: so a task that never returns
+        cannot make a run wait for ever."""
+
+    def no_worker_left(self, reason: str) -> None:
+        """No worker will take a task again (every one is lost, and none could be
+        started): every run with tasks left that no worker can take fails them at once
+        with ``reason``, instead of waiting for a worker. A worker added later lifts
+        this."""
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker is gone with every result it held and every task it was running.
@@ -305,6 +323,13 @@ class Capabilities:
     such a worker is lost and the transport does not say what it was running (see
     :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
     as an attempt: the others are run again uncharged."""
+    keeps_fetched_inputs: bool = False
+    """A worker keeps each input it took from another worker for a task that got all its
+    inputs there, as if it had made it, until :meth:`Transport.free` drops it. The
+    scheduler then counts that copy as one more holder of the result: later tasks on that
+    worker read it where it is, those on its host may take it from there, and frees go to
+    every holder. So a result crosses to another host once, however many tasks read it
+    there."""
     accepts_pending_inputs: bool = False
     """A task may be submitted before its inputs exist, while some of them are still being
     computed, on its own worker or any other. Where it goes: the scheduler sends a task as
@@ -336,6 +361,10 @@ class Transport(abc.ABC):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
+    paused_wait: ClassVar[float] = 10.0
+    """Seconds a run waits, once every worker is paused (see
+    :meth:`EventSink.worker_paused`) and none of its tasks is out, for a worker to come
+    back, before it fails with "no capacity left"."""
 
     @abc.abstractmethod
     def start(self, events: EventSink) -> Mapping[str, int]:
@@ -369,6 +398,12 @@ class Transport(abc.ABC):
         Nothing more needs to be reported about them. The default does nothing: their
         reports arrive later and are ignored.
         """
+
+    def capacity_advice(self) -> str:
+        """What the user can do when no worker can take a task: the last line of the "no
+        capacity left" error (see :meth:`EventSink.worker_paused`). The default says
+        nothing more."""
+        return ""
 
     def run_finished(self, run: int) -> None:  # noqa: B027 - optional
         """Run number ``run`` (``key >> KEY_BITS`` of its tasks' keys) is over, however it

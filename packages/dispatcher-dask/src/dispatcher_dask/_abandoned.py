@@ -44,21 +44,19 @@ and the check travel different ways, and the worker may not have seen the task y
 
 class Abandoned:
     """Per worker, the tasks given up on that may still run there, and how many threads
-    they take. ``changed(worker)`` is called (under this object's lock, so in order)
-    whenever that count changes, and ``full(worker)`` when a check found every thread of
-    ``worker`` taken; ``client`` gives the client to ask workers through, ``threads`` the
-    threads of a worker; ``checked()`` is called after every check (outside the lock)."""
+    they take. ``changed(worker, labels)`` is called (under this object's lock, so in
+    order) whenever that count changes, with the labels of the tasks that take them; and
+    ``full(worker)`` when a check found every thread of ``worker`` taken. ``client`` gives
+    the client to ask workers through, ``threads`` the threads of a worker."""
 
     def __init__(
         self,
         client: Callable[[], Client],
-        changed: Callable[[str], None],
+        changed: Callable[[str, list[str]], None],
         full: Callable[[str], None],
         threads: Callable[[str], int],
-        checked: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
-        self._checked = checked
         self._changed = changed
         self._full = full
         self._threads = threads
@@ -90,8 +88,11 @@ class Abandoned:
     def running(self, worker: str) -> list[str]:
         """The labels of the tasks given up on that ``worker`` runs, as far as known."""
         with self._lock:
-            keys = self._running.get(worker) or list(self._keys.get(worker, ()))
-            return [self._labels.get(key, key) for key in keys]
+            return self._running_labels(worker)
+
+    def _running_labels(self, worker: str) -> list[str]:
+        keys = self._running.get(worker) or list(self._keys.get(worker, ()))
+        return [self._labels.get(key, key) for key in keys]
 
     def forget_worker(self, worker: str) -> None:
         """``worker`` is gone, and whatever it was running with it."""
@@ -112,7 +113,7 @@ class Abandoned:
                 self._busy[worker] = busy
             else:
                 self._busy.pop(worker, None)
-            self._changed(worker)
+            self._changed(worker, self._running_labels(worker))
 
     def _run(self) -> None:
         while True:
@@ -129,7 +130,6 @@ class Abandoned:
             with self._lock:
                 for worker, found in answers.items():
                     self._update(worker, found)
-            self._checked()
 
     def _ask(self, asked: dict[str, list[str]]) -> dict[str, dict[str, bool] | None]:
         """Each worker's answer: for each of its keys it still knows, whether it runs it;

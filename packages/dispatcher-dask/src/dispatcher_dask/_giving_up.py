@@ -11,8 +11,9 @@ call to the end in its worker thread. The transport (:class:`GivingUp`, a part o
   workers fewer slots meanwhile;
 - once every thread of a worker is taken: restarts it if the executor started the cluster
   (its nanny starts a new worker under a new address), or else moves elsewhere what was
-  queued there; and when no worker of a user's cluster has a thread left, fails the runs
-  with an error naming the tasks that hold them (:class:`~._capacity.Shortage`).
+  queued there; meanwhile it reports the worker paused, naming the tasks that hold it, so
+  that when no worker of a user's cluster has a thread left the scheduler's rule ends the
+  runs with that reason (see :meth:`~dispatcher.transport.EventSink.worker_paused`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
 
     from ._abandoned import Abandoned
-    from ._capacity import Shortage
     from ._cluster import WorkerNames
     from ._deadlines import Deadlines
 
@@ -71,7 +71,6 @@ class GivingUp:
     _names: WorkerNames
     _prefetch: int
     _abandoned: Abandoned
-    _shortage: Shortage
     _deadlines: Deadlines[Pending]
     _restarting: set[str]
 
@@ -95,34 +94,26 @@ class GivingUp:
     def _threads_of(self, address: str) -> int:
         return self._nthreads.get(address, 1)
 
-    def _capacity_changed(self, address: str) -> None:
-        """Tasks given up on took or gave back threads of ``address``: say so."""
+    def _capacity_changed(self, address: str, holding: list[str]) -> None:
+        """Tasks given up on took or gave back threads of ``address``: say so, and with
+        every thread taken, which tasks (``holding``: their labels) hold them."""
         with self._lock:
             if address not in self._workers or self._closed:
                 return
             slots = self._workers[address] = self._slots(address)
             name = self._names.of[address]
-        self._sink().worker_added(name, slots)
-        if self._cluster is None:
-            self._short()
+        if slots:
+            self._sink().worker_added(name, slots)
+            return
+        held = ", ".join(repr(label) for label in holding) if holding else "tasks unknown"
+        threads = self._threads_of(address)
+        self._sink().worker_paused(
+            name, f"each of its {threads} threads still runs a task given up on ({held})"
+        )
 
     def _sink(self) -> EventSink:
         assert self._events is not None
         return self._events
-
-    def _holding(self, name: str) -> list[str]:
-        return self._abandoned.running(self._names.address[name])
-
-    def _slots_of(self, name: str) -> int:
-        with self._lock:
-            return self._workers.get(self._names.address[name], 0)
-
-    def _short(self) -> None:
-        """On a user's cluster: is no thread left free (see :class:`Shortage`)?"""
-        if self._cluster is None and not self._closed:
-            with self._lock:
-                slots = {self._names.of[a]: n for a, n in self._workers.items()}
-            self._shortage.check(slots)
 
     def _full(self, address: str) -> None:
         """Every thread of ``address`` runs a task given up on: restart it if it is ours,

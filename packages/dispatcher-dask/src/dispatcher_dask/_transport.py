@@ -37,7 +37,6 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
-from ._capacity import Shortage
 from ._cluster import (
     WorkerNames,
     check_options,
@@ -81,6 +80,7 @@ class DaskTransport(GivingUp, Transport):
     address or a scheduler file), or the one an existing ``client`` talks to."""
 
     capabilities: ClassVar[Capabilities] = CAPABILITIES
+    paused_wait: ClassVar[float] = 5.0
 
     def __init__(
         self,
@@ -114,9 +114,8 @@ class DaskTransport(GivingUp, Transport):
         self._nthreads: dict[str, int] = {}
         self._names = WorkerNames()
         self._abandoned = Abandoned(
-            lambda: self.client, self._capacity_changed, self._full, self._threads_of, self._short
+            lambda: self.client, self._capacity_changed, self._full, self._threads_of
         )
-        self._shortage = Shortage(self._sink, self._holding, self._slots_of)
         self._restarting: set[str] = set()  # workers of our own being restarted
         self._deadlines: Deadlines[Pending] = Deadlines(self._timed_out, self._no_deadlines)
         self._futures: dict[Key, Future] = {}  # every result held or being computed
@@ -156,11 +155,16 @@ class DaskTransport(GivingUp, Transport):
         return workers
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        if self._shortage.stand_in is not None:  # no capacity left: fail what it is given
-            with self._lock:
-                workers = [self._names.of[address] for address in self._workers]
-            tasks = self._shortage.refuse(tasks, workers)
         self._outbox.put(tasks)
+
+    def capacity_advice(self) -> str:
+        return (
+            "dask cannot stop a running task: the threads come back when those tasks "
+            "return. Make them return (a timeout= on those nodes fails them at their "
+            "deadline, but their threads stay taken until they do), restart the workers "
+            "(client.restart_workers(...) or client.restart()), or add workers; a cluster "
+            "the dask executor starts itself restarts such workers on its own"
+        )
 
     def _busy(self) -> bool:
         """Do the workers have about two tasks each per thread still to run? (Finished
@@ -426,7 +430,6 @@ class DaskTransport(GivingUp, Transport):
             slots = self._workers[address] = self._slots(address)
             name = self._names.add(address, info.get("host"))
         self._sink().worker_added(name, slots)
-        self._short()
 
     def _worker_lost(self, address: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker at ``address`` is gone (``running``: the tasks it had started, if
@@ -454,7 +457,6 @@ class DaskTransport(GivingUp, Transport):
             future.release()
         if self._cluster is not None:
             keep_workers(self._cluster, self.client.loop)
-        self._short()
 
     def _forget(self, key: Key) -> None:
         """Drop every record of ``key``; the caller holds the lock."""

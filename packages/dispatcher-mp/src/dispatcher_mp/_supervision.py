@@ -338,11 +338,6 @@ class WorkerSupervision:
         if restarted is not None:  # the scheduler still counts on it
             self.events.worker_lost(name, f"{restarted}, and {reason}")
         if not left:
-            self.no_workers(name)
-
-    def no_workers(self, name: str) -> None:
-        """Every worker is gone for good. The scheduler would wait for one forever: offer
-        it ``name`` again, where every task fails at once with :attr:`broken`, so that
-        each run ends with that error rather than waiting."""
-        assert self.events is not None
-        self.events.worker_added(name, self.slots)
+            # Every worker is gone for good: runs fail with why, rather than wait for one.
+            assert self.broken is not None
+            self.events.no_worker_left(self.broken)

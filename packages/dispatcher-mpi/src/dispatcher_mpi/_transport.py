@@ -22,9 +22,9 @@ been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted
 later of the task's send and the last word from its rank. Such a task fails with
 :class:`~dispatcher.TaskTimeoutError` at most that grace late.
 
-No capacity: once every rank of an executor is retired, its runs wait up to
-:data:`CAPACITY_WAIT` for one to come back, then fail with a :class:`DispatcherError`
-naming each retired rank, its host and the task it still runs.
+No capacity: a retired rank is reported paused, with the task it still runs; once every
+rank is, the scheduler's one rule applies (runs wait :attr:`MpiTransport.paused_wait` for
+one to come back, then fail with an error naming each rank and that task).
 
 At the end of the job every rank is asked to stop; a rank that does not answer within
 :data:`STOP_GRACE` (a task holding the GIL, forever) is named, and the job is aborted with
@@ -93,9 +93,6 @@ _IDLE_SLEEP = 2e-3
 SILENCE_GRACE = 2.0
 """Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
 presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
-CAPACITY_WAIT = 10.0
-"""Seconds runs wait for a rank to come back once every rank of their executor is retired;
-then they fail with "no capacity left" (a task that never returns would keep them forever)."""
 STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
@@ -203,28 +200,15 @@ class Root:
         transport = self.transport
         if transport is not None:
             transport.lose(rank, reason, running=[key])
+            if transport.events is not None and rank in transport.ranks:
+                transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 
     def _back(self, rank: int) -> None:
         del self.busy[rank]
         self.why_busy.pop(rank, None)
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
-            stand_in = transport.stand_in
-            transport.stand_in = transport.no_capacity_since = None
-            if stand_in is not None and stand_in != rank:
-                transport.lose(stand_in, "it was standing in for capacity while none was left")
             transport.events.worker_added(self.names[rank], transport.slots)
-
-    def no_capacity(self, ranks: Sequence[int]) -> DispatcherError:
-        """The error for a run that has no rank left among ``ranks``."""
-        lines = [f"  {self.where(r)}: {self.why_busy.get(r, 'unavailable')}" for r in ranks]
-        return DispatcherError(
-            "no capacity left: every worker rank of this executor is still running a task "
-            "that was given up on:\n"
-            + "\n".join(lines)
-            + "\n(each rank comes back when its task returns; one that never returns keeps "
-            "its rank for the rest of the job)"
-        )
 
     def tick(self) -> None:
         transport = self.transport
@@ -234,12 +218,6 @@ class Root:
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
-        if (
-            transport is not None
-            and transport.no_capacity_since is not None
-            and time.monotonic() - transport.no_capacity_since >= CAPACITY_WAIT
-        ):
-            transport.stand_in_for_capacity()
         if self.watcher is not None and self.watcher.process is not None:
             now = time.monotonic()
             if now >= self._next_watch:
@@ -273,6 +251,11 @@ class Root:
         for rank, why in list(self.why_busy.items()):
             doing[rank] = why
         return doing
+
+    def paused_reason(self, rank: int) -> str:
+        """Why retired ``rank`` takes no task, with where it runs."""
+        host, pid = self.peers[rank] if rank < len(self.peers) else ("?", 0)
+        return f"{self.why_busy.get(rank, 'unavailable')} (on host {host}, pid {pid})"
 
     def where(self, rank: int) -> str:
         """``rank N (host H, pid P)``, for messages."""
@@ -336,7 +319,9 @@ def install_root(root: Root | None) -> None:
 class MpiTransport(Transport):
     """Worker ranks of the current job; one such transport may be open at a time."""
 
-    capabilities = Capabilities(separate_processes=True, runs_tasks_in_order=True)
+    capabilities = Capabilities(
+        separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
+    )
 
     def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
         self.root = current_root()
@@ -348,11 +333,6 @@ class MpiTransport(Transport):
         self.slots = 1 + prefetch
         self.events: EventSink | None = None
         self.inflight = InFlight()
-        self.stand_in: int | None = None
-        """A retired rank put back in scheduling, failing what it is given at once, while no
-        other rank is left: so that a run ends with an error instead of waiting."""
-        self.no_capacity_since: float | None = None
-        """Since when every rank has been retired (while no stand-in is in place)."""
         self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
         """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
@@ -366,20 +346,18 @@ class MpiTransport(Transport):
                 )
             self.events = events
             self.reports = Reports(self.inflight, events, _received, self._free_stale)
-            free = self._free_ranks()
-            if not free:
-                raise self.root.no_capacity(self.ranks)
+            root = self.root
+            for rank in list(root.why_busy):
+                if rank in self.ranks:  # retired by an executor before this one
+                    events.worker_paused(root.names[rank], root.paused_reason(rank))
             self.root.transport = self
-        return free
+        return {root.names[r]: self.slots for r in self.ranks if r not in root.busy}
 
-    def _free_ranks(self) -> dict[str, int]:
-        """The ranks not retired; waits up to :data:`CAPACITY_WAIT` for one to come back."""
-        give_up = time.monotonic() + CAPACITY_WAIT
-        while True:
-            free = {self.root.names[r]: self.slots for r in self.ranks if r not in self.root.busy}
-            if free or time.monotonic() >= give_up:
-                return free
-            time.sleep(0.05)
+    def capacity_advice(self) -> str:
+        return (
+            "(each rank comes back when its task returns; one that never returns keeps "
+            "its rank for the rest of the job)"
+        )
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
@@ -388,10 +366,6 @@ class MpiTransport(Transport):
         out, unstarted = self.inflight.tasks, self.unstarted
         for spec in tasks:
             rank = _rank(spec.worker)
-            if rank == self.stand_in:
-                assert self.events is not None
-                self.events.task_failed(spec.key, spec.worker, root.no_capacity(self.ranks), 0.0)
-                continue
             try:
                 token, define = shipper.ship(spec.worker, spec)
                 packed = _pack_arguments(spec) if packs_arguments(spec) else None
@@ -512,21 +486,6 @@ class MpiTransport(Transport):
             return
         self.inflight.drop_worker(self.root.names[rank])
         self.events.worker_lost(self.root.names[rank], reason, running)
-        if (
-            self.stand_in is None
-            and self.no_capacity_since is None
-            and all(r in self.root.busy for r in self.ranks)
-        ):
-            self.no_capacity_since = time.monotonic()
-
-    def stand_in_for_capacity(self) -> None:
-        """Every rank has stayed retired for :data:`CAPACITY_WAIT`: nothing would ever run.
-        Let one take tasks again, only to fail them with "no capacity left"."""
-        self.no_capacity_since = None
-        if self.events is None or not all(r in self.root.busy for r in self.ranks):
-            return
-        self.stand_in = self.ranks[0]
-        self.events.worker_added(self.root.names[self.stand_in], 1)
 
 
 def _received(worker: str, key: Key, result: tuple[bytes, list[Any]]) -> Pickled:

@@ -36,6 +36,7 @@ _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 class WorkerRank(TaskRunner):
     report_at_half = True
+    keep_fetched = True  # a second task here, or on this host, reads the copy
 
     def __init__(self, comm: Any) -> None:
         super().__init__()
@@ -95,8 +96,10 @@ class WorkerRank(TaskRunner):
         """Fetched from the ranks that hold them (``sources``, in ``deps`` order; 0 for an
         input sent with the task): one request to each such rank, all sent at once."""
         wanted: dict[int, dict[int, None]] = {}  # rank -> keys, in order, once each
+        store = self.store
         for key, source in zip(deps, sources, strict=True):
-            if source > 0 and source != self.rank:
+            # (One held here already is a copy an earlier task here fetched: kept.)
+            if source > 0 and source != self.rank and key not in store:
                 wanted.setdefault(source, {})[key] = None
         waiters: list[tuple[threading.Event, list[Data]]] = []
         for source, keys in wanted.items():

@@ -90,6 +90,11 @@ class TaskRunner:
     caller sends more while the rest runs (worth it where the way back is slow to turn
     around, as on MPI; on a pipe, the extra message costs more than it saves)."""
 
+    keep_fetched = False
+    """Keep the inputs fetched from other workers for a task that got all its inputs, as
+    results held here, until freed (the transport declares
+    ``Capabilities.keeps_fetched_inputs``): worth it where a move costs a network link."""
+
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
         """Results held here, by key."""
@@ -298,6 +303,8 @@ class TaskRunner:
             self.flush()
             self.send(Lost(key, missing))
             return None
+        if remote and self.keep_fetched:
+            store.update(remote)
         return values
 
 

@@ -2,7 +2,8 @@
 
 Each worker is a dict of results. Tasks run inside :meth:`FakeTransport.submit`, in the
 order given, on the worker the scheduler chose; inputs held by another worker are copied
-over and the copy is recorded in :attr:`FakeTransport.moves`. Faults are injected with
+over and the copy is recorded in :attr:`FakeTransport.moves` (and kept there, by a
+subclass that declares ``keeps_fetched_inputs``). Faults are injected with
 :meth:`FakeTransport.kill_on`: the worker dies as that task starts, losing everything it
 held, and comes back empty under the same name. ``in_caller`` names the functions the
 scheduler may call itself (see :meth:`~dispatcher.transport.Transport.runs_in_caller`).
@@ -76,6 +77,7 @@ class FakeTransport(Transport):
             return
         values = []
         missing = []
+        copies: dict[Key, Any] = {}  # inputs taken from other workers
         for i, key in enumerate(spec.deps):
             source = spec.source_of(i)
             if source is None:
@@ -85,13 +87,15 @@ class FakeTransport(Transport):
                 value = self.stores[source][key]
                 if source != worker:
                     self.moves.append((key, source, worker))
-                    store[key] = value
+                    copies[key] = value
                 values.append(value)
             else:
                 missing.append(key)
         if missing:
             events.task_inputs_lost(spec.key, worker, missing)
             return
+        if self.capabilities.keeps_fetched_inputs:
+            store.update(copies)
         for key in spec.last_use:
             store.pop(key, None)
         self.ran.append((spec.label, worker))

@@ -421,6 +421,34 @@ class ExecutorFaults(ExecutorHarness):
         finally:
             gate.touch()
 
+    @pytest.mark.timeout(120)
+    def test_when_every_worker_is_held_by_work_given_up_on_runs_end(
+        self, ex: Executor, log: str, tmp_path: Path
+    ) -> None:
+        """More tasks than the executor has workers run past their timeouts and never
+        return (while the gate is shut). No run waits for ever: each gets a worker back
+        (a transport that can stop a task or restart its worker) or fails with "no
+        capacity left", naming a task that holds one; once those tasks return, runs go
+        on as before."""
+        self._require_abandoning()
+        gate = tmp_path / "gate"
+        held = [
+            op(tasks.blocked, label=f"held{i}", timeout=0.5)(log, "blocked", str(gate), LONG)
+            for i in range(8)
+        ]
+        try:
+            for result in ex.run(held, throw=False):
+                if not isinstance(result.error, TaskTimeoutError):
+                    assert "no capacity left" in str(result.error), result
+            outcome = _next_run(ex)
+            assert outcome == "2" or "'held" in outcome, outcome
+        finally:
+            gate.touch()
+        deadline = time.monotonic() + 60
+        while (outcome := _next_run(ex)) != "2":  # a worker is back once its task returns
+            assert time.monotonic() < deadline, f"no worker came back: {outcome}"
+            time.sleep(0.2)
+
     # -- closing ------------------------------------------------------------------------------
 
     @pytest.mark.timeout(60)
@@ -456,3 +484,14 @@ class ExecutorFaults(ExecutorHarness):
         """Does closing stop a run whose task is running (rather than only once it returns)?"""
         caps = self.capabilities
         return caps.interrupts_running_tasks or caps.separate_processes
+
+
+def _next_run(ex: Executor) -> str:
+    """What a one-task run gives: its value ("2"), or, if no worker can take it, the "no
+    capacity left" error's message."""
+    try:
+        return repr(ex.run(Op(tasks.inc, 1)))
+    except DispatcherError as error:
+        if "no capacity left" not in str(error):
+            raise
+        return str(error)
