@@ -17,6 +17,7 @@ import pytest
 
 from dispatcher import (
     DependencyError,
+    DispatcherError,
     Executor,
     Op,
     Result,
@@ -291,7 +292,7 @@ def test_a_coroutine_raising_a_base_exception_fails_its_node(backend: str, kind:
 
 
 async def _sleep_then(seconds: float, value: str) -> str:
-    await asyncio.sleep(seconds)
+    await anyio.sleep(seconds)
     return value
 
 
@@ -324,6 +325,22 @@ def test_a_cancelled_error_no_scope_asked_for_fails_its_node(how: str) -> None:
         # A deadline is still the scope's own cancellation: a timeout, not the task's error.
         slow = op(_sleep_then, timeout=0.05)(5, "late")
         assert isinstance(ex.run(slow, throw=False).error, TaskTimeoutError)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_closing_from_another_thread_cancels_the_coroutines_of_a_run(backend: str) -> None:
+    """The coroutines of a run going on are cancelled on their loop when the executor is
+    closed from another thread: they used to run to their end (here, an hour) while the
+    run waited for them."""
+    ex = get_executor("async", backend=backend)
+    closer = threading.Timer(0.3, ex.close)
+    closer.start()
+    try:
+        with pytest.raises(DispatcherError, match="closed while the run was going on"):
+            ex.run([op(_sleep_then)(3600, "late") for _ in range(3)])
+    finally:
+        closer.join()
 
 
 @pytest.mark.timeout(30)
