@@ -343,7 +343,7 @@ class MpTransport(WorkerSupervision, Transport):
                     inline, mapped = self.caller_values.split(inline, self._in_use)
                     if mapped:
                         remote = {**remote, **mapped} if remote else mapped
-                packed = self.shared_arguments.pack(spec, (spec.args, spec.kwargs, inline))
+                packed, _ = self.shared_arguments.pack(spec, (spec.args, spec.kwargs, inline))
                 record = task_record(spec, token, packed, remote)
         except DispatcherError as error:
             if self.inflight.take(spec.key, name) is not None:
@@ -397,7 +397,7 @@ class MpTransport(WorkerSupervision, Transport):
     def run_finished(self, run: int) -> None:
         """Unlink the segments of run ``run``'s large arguments; workers drop them."""
         with self.lock:
-            _unshare(self.workers.values(), self.shared_arguments.run_finished(run))
+            _unshare(self.workers.values(), self.shared_arguments.segments_of(run))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them

@@ -1,6 +1,7 @@
 """The ``mpi`` messages beyond those of :mod:`dispatcher.remote`: results fetched rank to
-rank, taking a rank out of scheduling while it finishes abandoned work, and the signs of
-life by which rank 0 tells a busy rank from a stuck one."""
+rank, large arguments sent to a rank once per run, taking a rank out of scheduling while
+it finishes abandoned work, and the signs of life by which rank 0 tells a busy rank from a
+stuck one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, NamedTuple
 
 from dispatcher.remote import message
 
-__all__ = ["Alive", "Busy", "Bye", "Data", "Fetch", "Reset"]
+__all__ = ["Alive", "Busy", "Bye", "Data", "DropArguments", "Fetch", "HoldArgument", "Reset"]
 
 
 @message("mpi.fetch")
@@ -29,6 +30,22 @@ class Data(NamedTuple):
 
     request: int
     entries: list[tuple[int, bool, Any]]
+
+
+@message("mpi.hold")
+class HoldArgument(NamedTuple):
+    """Rank 0 to a rank: a large argument of a run, which tasks that follow name
+    (``name``); ``value``: its pickle stream followed by its out-of-band buffers."""
+
+    name: str
+    value: list[Any]
+
+
+@message("mpi.drop")
+class DropArguments(NamedTuple):
+    """Rank 0 to a rank: the run that gave these large arguments is over; drop them."""
+
+    names: list[str]
 
 
 @message("mpi.reset")

@@ -5,7 +5,8 @@ one host (the host is the rank's MPI processor name), so that the scheduler keep
 its host and every message says where a rank runs. Tasks go to their rank in one message
 per rank per dispatch; a task's inputs held by other ranks are named by rank, and the worker
 fetches them from there itself, so data moves rank to rank and reaches rank 0 only when the
-caller asked for it.
+caller asked for it. A large plain argument goes to each rank once per run, not with every
+task (:mod:`._held_arguments`; dropped by the ranks at :meth:`MpiTransport.run_finished`).
 
 Timeouts: a rank cannot be killed and kept. When a task runs past its timeout, its node
 fails with :class:`~dispatcher.TaskTimeoutError` at once; the rank is taken out of
@@ -36,7 +37,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pickle
 import shutil
 import sys
 import threading
@@ -60,13 +60,13 @@ from dispatcher.remote import (
     dumps,
     dumps_for,
     packs_arguments,
-    serialization_error,
     task_record,
 )
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport, worker_name
 
 from ._channel import Hub, abort_job, encode
-from ._messages import Alive, Busy, Bye, Reset
+from ._held_arguments import HeldArguments
+from ._messages import Alive, Busy, Bye, DropArguments, Reset
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
@@ -108,18 +108,6 @@ def _names(peers: Sequence[tuple[str, int]]) -> list[str]:
 @functools.cache
 def _rank(worker: str) -> int:
     return int(worker.partition("@")[0].rsplit("-", 1)[1])
-
-
-def _pack_arguments(spec: TaskSpec) -> list[Any]:
-    """``spec``'s arguments as a packed :attr:`~dispatcher.remote.Task.args`: their stream
-    and out-of-band buffers, which the hub sends raw. Unpickled by the task's rank on its
-    task thread, they fail that task alone if they cannot be."""
-    arguments = (spec.args, spec.kwargs, spec.inline)
-    try:
-        header, buffers = encode(arguments)
-    except Exception as exc:
-        raise serialization_error(spec.label, "arguments", arguments, exc, in_caller=True) from exc
-    return [header, *[pickle.PickleBuffer(b) for b in buffers]]
 
 
 class Root:
@@ -336,6 +324,8 @@ class MpiTransport(Transport):
         self.unstarted: dict[Key, tuple[float, TaskSpec]] = {}
         """Timed tasks out and not reported started, with when they were sent."""
         self.reports: Reports
+        self.held = HeldArguments(self._out_on)
+        """Large plain arguments, sent to each rank once per run."""
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         with self.root.lock:
@@ -368,7 +358,13 @@ class MpiTransport(Transport):
             rank = _rank(spec.worker)
             try:
                 token, define = shipper.ship(spec.worker, spec)
-                packed = _pack_arguments(spec) if packs_arguments(spec) else None
+                packed = None
+                if packs_arguments(spec):
+                    # Unpickled by the task's rank on its task thread: arguments that
+                    # cannot be fail that task alone.
+                    packed, before = self.held.pack_for(spec, rank)
+                    for message in before:
+                        post(rank, message)
             except DispatcherError as error:
                 assert self.events is not None
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
@@ -422,6 +418,18 @@ class MpiTransport(Transport):
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         self.root.hub.post(_rank(worker), Free(list(keys)))
 
+    def run_finished(self, run: int) -> None:
+        """The ranks that hold run ``run``'s large arguments drop them."""
+        self._drop_held(self.held.finish(run))
+
+    def _out_on(self, rank: int) -> list[TaskSpec]:
+        """The tasks sent to ``rank`` and not reported yet."""
+        return [s for s in list(self.inflight.tasks.values()) if _rank(s.worker) == rank]
+
+    def _drop_held(self, by_rank: Mapping[int, list[str]]) -> None:
+        for rank, names in by_rank.items():
+            self.root.hub.post(rank, DropArguments(names))
+
     def _free_stale(self, worker: str, keys: list[Key]) -> None:
         self.root.hub.post(_rank(worker), Free(keys))
 
@@ -440,6 +448,7 @@ class MpiTransport(Transport):
                 return
             root.transport = None
         # Whatever this executor left on the ranks is nobody's any more.
+        self._drop_held(self.held.finish())
         for rank in self.ranks:
             root.hub.post(rank, Reset())
 

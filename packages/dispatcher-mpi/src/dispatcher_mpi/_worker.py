@@ -26,7 +26,8 @@ from dispatcher.remote import (
 )
 
 from ._channel import Hub, encode
-from ._messages import Alive, Busy, Bye, Data, Fetch, Reset
+from ._held_arguments import drop_held, hold
+from ._messages import Alive, Busy, Bye, Data, DropArguments, Fetch, HoldArgument, Reset
 
 ROOT = 0
 HEARTBEAT = 0.5
@@ -132,6 +133,10 @@ class WorkerRank(TaskRunner):
         kind = type(message)
         if kind is Run:
             self.receive(message)
+        elif kind is HoldArgument:
+            hold(message)
+        elif kind is DropArguments:
+            drop_held(message.names)
         elif kind is Fetch:
             self._serve_fetch(source, message)
         elif kind is Data:

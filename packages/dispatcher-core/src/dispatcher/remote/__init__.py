@@ -6,9 +6,10 @@ once per worker within a budget (:class:`FunctionShipper`), the caller's table o
 out (:class:`InFlight`, its only stale filter, with deadlines), reports turned into
 scheduler events with values and exceptions left for the run's driver to unpickle
 (:class:`Reports`, :class:`Pickled`, :class:`UnrestoredError`), the worker's task loop
-(:class:`TaskRunner`), pickling with large buffers out of band (:func:`dumps_split`), and
-exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`), and
-the one test of which results are awaited (:func:`is_awaitable`).
+(:class:`TaskRunner`), pickling with large buffers out of band (:func:`dumps_split`), large
+plain arguments kept once per run and named in each task's pickle (:class:`LargeArguments`),
+exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`), and the
+one test of which results are awaited (:func:`is_awaitable`).
 ``dispatcher_mp`` and ``dispatcher_mpi`` are built from it, and keep only what is their
 own: processes, pipes and shared memory; MPI channels and rank-to-rank fetches.
 
@@ -27,6 +28,12 @@ from ._functions import FUNCTION_CACHE_ENTRIES as FUNCTION_CACHE_ENTRIES
 from ._functions import FunctionShipper as FunctionShipper
 from ._functions import Unloadable as Unloadable
 from ._inflight import InFlight as InFlight
+from ._large_arguments import LARGE_ARGUMENT_BYTES as LARGE_ARGUMENT_BYTES
+from ._large_arguments import Kept as Kept
+from ._large_arguments import LargeArguments as LargeArguments
+from ._large_arguments import dumps_naming as dumps_naming
+from ._large_arguments import fragment as fragment
+from ._large_arguments import objects_in as objects_in
 from ._messages import Cancel as Cancel
 from ._messages import Define as Define
 from ._messages import Done as Done
@@ -65,6 +72,7 @@ __all__ = [
     "BATCH_SIZE",
     "FUNCTION_CACHE_BYTES",
     "FUNCTION_CACHE_ENTRIES",
+    "LARGE_ARGUMENT_BYTES",
     "OUT_OF_BAND_BYTES",
     "REPORT_NOW",
     "Cancel",
@@ -77,6 +85,8 @@ __all__ = [
     "FunctionShipper",
     "InFlight",
     "InputError",
+    "Kept",
+    "LargeArguments",
     "Lost",
     "Pickled",
     "Reports",
@@ -92,10 +102,13 @@ __all__ = [
     "capture_error",
     "dumps",
     "dumps_for",
+    "dumps_naming",
     "dumps_split",
+    "fragment",
     "from_wire",
     "loads",
     "message",
+    "objects_in",
     "packs_arguments",
     "pickle_by_reference",
     "restore_error",

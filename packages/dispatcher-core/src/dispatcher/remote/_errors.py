@@ -20,7 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import RemoteError, SerializationError, user_traceback
 from ._pickle import pickle_by_reference
@@ -155,7 +155,10 @@ def restore_error(
     return exc
 
 
-def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], bytes]) -> bytes:
+Packed = TypeVar("Packed")
+
+
+def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any], Packed]) -> Packed:
     """``dumps(obj)``, turning any failure into :class:`~dispatcher.SerializationError`
     naming the node (``label``, or the task whose label it is: worked out only on
     failure), ``what`` was being sent, and the offending type."""
