@@ -12,9 +12,8 @@ class TestMpi(ExecutorConformance):
     options: ClassVar[dict[str, Any]] = {}
     known_hangs: ClassVar[dict[str, str]] = {
         "test_argument_whose_pickling_exits": (
-            "the arguments' pickling in rank 0 (_pack_arguments) turns only an Exception "
-            "into SerializationError: a SystemExit or the like escapes run(), and leaves "
-            "rank 0 believing a function was sent that never was ('no function N' in "
-            "every later check using it)"
+            "the node fails as it should, but rank 0 then believes its function was sent "
+            "to a rank that never got it: a later run using that function there fails "
+            "with 'no function N' (test_a_failure_names_the_node_with_its_arguments)"
         ),
     }
