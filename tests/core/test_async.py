@@ -17,7 +17,10 @@ import pytest
 
 from dispatcher import (
     DependencyError,
+    DispatcherError,
+    Executor,
     Op,
+    Result,
     TaskTimeoutError,
     arun,
     get_executor,
@@ -286,6 +289,58 @@ def test_a_coroutine_raising_a_base_exception_fails_its_node(backend: str, kind:
         assert isinstance(results[0].error, expected), results[0]
         assert results[1].value == 2
         assert ex.run(Op(tasks.inc, 2)) == 3
+
+
+async def _sleep_then(seconds: float, value: str) -> str:
+    await anyio.sleep(seconds)
+    return value
+
+
+async def _raise_cancelled_error(how: str) -> None:
+    await asyncio.sleep(0)
+    if how == "raised":
+        raise asyncio.CancelledError("the task's own")
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()  # someone else cancelled what the task awaits
+    await future
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["raised", "awaited"])
+def test_a_cancelled_error_no_scope_asked_for_fails_its_node(how: str) -> None:
+    """A coroutine that raises ``CancelledError`` itself (or awaits a future cancelled by
+    someone else) fails its node like any exception; it used to be taken for the run's
+    own cancellation, ending a ``throw=False`` run (and an ``arun``) with it."""
+
+    async def in_arun(ex: Executor) -> list[Result]:
+        return await ex.arun([op(_raise_cancelled_error)(how), Op(tasks.inc, 1)], throw=False)
+
+    with get_executor("async") as ex:
+        results = ex.run([op(_raise_cancelled_error)(how), Op(tasks.inc, 1)], throw=False)
+        assert isinstance(results[0].error, asyncio.CancelledError), results[0]
+        assert results[1].value == 2
+        results = anyio.run(in_arun, ex)
+        assert isinstance(results[0].error, asyncio.CancelledError), results[0]
+        assert results[1].value == 2
+        # A deadline is still the scope's own cancellation: a timeout, not the task's error.
+        slow = op(_sleep_then, timeout=0.05)(5, "late")
+        assert isinstance(ex.run(slow, throw=False).error, TaskTimeoutError)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_closing_from_another_thread_cancels_the_coroutines_of_a_run(backend: str) -> None:
+    """The coroutines of a run going on are cancelled on their loop when the executor is
+    closed from another thread: they used to run to their end (here, an hour) while the
+    run waited for them."""
+    ex = get_executor("async", backend=backend)
+    closer = threading.Timer(0.3, ex.close)
+    closer.start()
+    try:
+        with pytest.raises(DispatcherError, match="closed while the run was going on"):
+            ex.run([op(_sleep_then)(3600, "late") for _ in range(3)])
+    finally:
+        closer.join()
 
 
 @pytest.mark.timeout(30)

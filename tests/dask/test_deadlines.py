@@ -50,3 +50,16 @@ def test_a_dying_thread_hands_over_and_the_next_deadline_starts_another() -> Non
     deadlines.add(Task("second"), 0.01)
     assert expired.get(timeout=10) == "second"
     deadlines.close()
+
+
+def test_a_deadline_years_away_keeps_the_thread_and_the_nearer_ones() -> None:
+    """A valid timeout past ``threading.TIMEOUT_MAX`` (``1e10`` s) used to kill the
+    thread with an OverflowError, failing every timed task as lost."""
+    died: queue.Queue[BaseException] = queue.Queue()
+    expired: queue.Queue[str] = queue.Queue()
+    deadlines: Deadlines[Task] = Deadlines(lambda t: expired.put(t.name), died.put)
+    deadlines.add(Task("years"), 1e10)
+    deadlines.add(Task("soon"), 0.2)
+    assert expired.get(timeout=10) == "soon"
+    deadlines.close()
+    assert died.empty(), died.get()

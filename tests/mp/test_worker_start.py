@@ -135,3 +135,28 @@ def test_a_script_read_from_standard_input_is_told_why_workers_cannot_start() ->
         timeout=50,
     )
     assert (forked.returncode, forked.stdout) == (0, "2\n"), forked.stderr
+
+
+class _NeverReported:
+    """A process whose exit is never reported (its forkserver is frozen): every join
+    waits its whole timeout."""
+
+    def __init__(self) -> None:
+        self.pid = None  # nothing to signal
+        self.exitcode = None
+        self.waited: list[float] = []
+
+    def join(self, timeout: float | None = None) -> None:
+        assert timeout is not None, "a join without a timeout never returns here"
+        self.waited.append(timeout)
+        time.sleep(timeout)  # the whole of it: the exit never comes
+
+
+def test_killing_processes_whose_exit_is_never_reported_waits_once_for_all() -> None:
+    """Closing kills the workers still there together: with a frozen forkserver it used
+    to wait five seconds for each in turn."""
+    processes = [_NeverReported() for _ in range(4)]
+    dispatcher_mp._process.kill_all(processes, grace=0.2)
+    waited = [timeout for process in processes for timeout in process.waited]
+    assert len(waited) == 4
+    assert sum(waited) <= 0.2 + 1e-6

@@ -100,6 +100,40 @@ def test_ctrl_c_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
     assert [n for n in names if os.path.exists(n)] == []
 
 
+# Every rank, once past MPI_Init and before its segments lose their names, prints them and
+# gets SIGINT (Ctrl-C, as mpiexec passes it on): the window a Ctrl-C at start-up can hit.
+CTRL_C_AT_START = """
+import os, signal, sys
+import dispatcher_mpi._channel as channel
+
+real = channel.chunk_limit
+
+def interrupted():
+    with open("/proc/self/maps") as maps:
+        names = sorted({l.split()[5] for l in maps if "/dev/shm/mpich_shm_" in l})
+    print("segments", names, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    return real()
+
+channel.chunk_limit = interrupted
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
+def test_ctrl_c_at_start_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CTRL_C_AT_START)
+    program = script(tmp_path, "print('the program ran')\n")
+    done = job(3, program, env={"PYTHONPATH": str(site)}, timeout=60)
+    assert done.returncode != 0
+    assert "the program ran" not in done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.startswith("segments")]
+    names = sorted({n for line in lines for n in segments_of(line)})
+    assert names, done.stdout + done.stderr[-3000:]
+    assert [n for n in names if os.path.exists(n)] == []
+
+
 # -- timeouts of tasks whose rank cannot say they started -------------------------------
 
 # Backtracks for longer than any test runs, holding the GIL all along.
@@ -391,3 +425,38 @@ def test_a_task_raising_what_ends_a_program_ends_the_job_with_it(
     assert "should not get here" not in done.stdout
     assert says in done.stderr
     assert "dispatcher_mpi: lost" not in done.stderr
+
+
+# -- code a task leaves behind at the job's end ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "leave_behind",
+    [
+        "atexit.register(time.sleep, 1000)",
+        "threading.Thread(target=time.sleep, args=(1000,), daemon=False).start()",
+    ],
+    ids=["atexit-hook", "non-daemon-thread"],
+)
+def test_code_a_task_leaves_behind_does_not_keep_the_job(tmp_path: Path, leave_behind: str) -> None:
+    """A worker rank whose tasks left an atexit hook that waits, or a non-daemon thread,
+    behind: the job still ends, with the program's status, naming the rank."""
+    program = script(
+        tmp_path,
+        f"""
+        import atexit, sys, threading, time
+        from dispatcher import Op, run
+
+        def task():
+            {leave_behind}
+            return 1
+
+        assert run([Op(task) for _ in range(4)], executor="mpi") == [1, 1, 1, 1]
+        sys.exit(3)
+        """,
+    )
+    done = job(3, program, timeout=60)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "has not exited 5 s after the job's end" in done.stderr, done.stderr[-3000:]
+    assert "BAD TERMINATION" not in done.stdout + done.stderr

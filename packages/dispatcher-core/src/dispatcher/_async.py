@@ -51,11 +51,12 @@ def _default_threads() -> int:
 class _Handle:
     """A submitted task while it runs as a coroutine, in a thread, or waits for the loop."""
 
-    __slots__ = ("cancel_scope", "cancelled", "done", "job", "missing", "spec", "start")
+    __slots__ = ("cancel_scope", "cancelled", "done", "job", "loop", "missing", "spec", "start")
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.cancel_scope: anyio.CancelScope | None = None
+        self.loop: LoopScope | None = None  # where cancel_scope lives
         self.cancelled = False  # by the scheduler, or abandoned at its deadline
         self.done = False
         self.start: float | None = None  # when its call began
@@ -278,6 +279,7 @@ class AsyncTransport(Transport):
     async def _await_value(self, handle: _Handle, awaitable: Awaitable[Any], start: float) -> None:
         spec = handle.spec
         with anyio.CancelScope() as cancel_scope:
+            handle.loop = loop_scope.get()
             handle.cancel_scope = cancel_scope
             if handle.cancelled:
                 cancel_scope.cancel()
@@ -474,8 +476,16 @@ class AsyncTransport(Transport):
             self._waiting.clear()
         for handle in handles:
             handle.cancelled = True
-            if handle.cancel_scope is not None:
-                handle.cancel_scope.cancel()
+            scope, loop = handle.cancel_scope, handle.loop
+            if scope is None:
+                continue
+            if loop is None or threading.get_ident() == loop.thread:
+                scope.cancel()
+            else:  # closed from another thread: a scope is only cancelled on its loop
+                try:
+                    loop.call_soon(scope.cancel)
+                except RuntimeError:
+                    pass  # that loop is closed: its run is over
         self.store.clear()
         if self.pool is not None:
             self.pool.close()

@@ -69,10 +69,13 @@ class RunCancelled(BaseException):
 class EventQueue:
     """Reports for one run, posted from any thread, taken by its driver."""
 
-    __slots__ = ("_cond", "_sleeping", "_waker", "events")
+    __slots__ = ("_cond", "_sleeping", "_waker", "events", "stopped")
 
     def __init__(self) -> None:
         self.events: deque[tuple[Any, ...]] = deque()
+        # Set (with a wake) when the run can go on no longer, whatever it waits for: its
+        # executor was closed under it. Its driver raises it.
+        self.stopped: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
         self._sleeping = False
         # An async driver's, while it waits: callable from any thread, wanted once.
@@ -167,11 +170,24 @@ class Router:
         """Paused workers: why, since when (for runs yet to start)."""
         self.gone: str | None = None
         """Why no worker will come again, if the transport said so."""
+        self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
         self.runs[run.base >> KEY_BITS] = run.queue
         # (Reports from now on reach the run too: applying one twice changes nothing.)
         run.capacity.seed(self.paused, self.gone)
+        if self._closed is not None:  # closed between the run's start and here
+            run.queue.stopped = self._closed()
+            run.queue.wake()
+
+    def close(self, error: Callable[[], BaseException]) -> None:
+        """The executor is closing: stop every attached run (and any attached later) with
+        a fresh ``error()`` each, for their drivers to raise; what they wait for will
+        never come, their transport's workers are going."""
+        self._closed = error
+        for queue in list(self.runs.values()):
+            queue.stopped = error()
+            queue.wake()
 
     def detach(self, run: Run) -> None:
         self.runs.pop(run.base >> KEY_BITS, None)
@@ -306,6 +322,8 @@ def drive_blocking(
                 wait(0.25 if deadline is None else min(0.25, deadline - time.monotonic()))
                 if cancelled is not None and cancelled.is_set():
                     raise RunCancelled
+                if run.queue.stopped is not None:
+                    raise run.queue.stopped
     except BaseException as exc:
         run.abort(run.error or exc)
         raise
@@ -328,6 +346,8 @@ async def drive_async(
             if step(run):
                 deadline = capacity.deadline
                 await wait(call_soon, None if deadline is None else deadline - time.monotonic())
+                if run.queue.stopped is not None:
+                    raise run.queue.stopped
     except BaseException as exc:
         run.abort(run.error or exc)
         raise

@@ -115,7 +115,13 @@ class Executor:
                 return
             self._closed = True
         _open_executors.discard(self)
+        # Runs still going on (from other threads) end now, with an error saying why,
+        # rather than wait forever for workers that are going away.
+        self._router.close(self._closed_under_run)
         self._transport.close()
+
+    def _closed_under_run(self) -> DispatcherError:
+        return DispatcherError(f"the {self.name!r} executor was closed while the run was going on")
 
     # -- running --------------------------------------------------------------------------
 

@@ -149,7 +149,9 @@ class Observers:
         def call(**kwargs: Any) -> None:
             try:
                 caller(**kwargs)
-            except Exception:
+            except KeyboardInterrupt:
+                raise  # Ctrl-C, landing in the driver while an observer runs
+            except BaseException:  # SystemExit and the like included: the observer's
                 log.exception("an observer of dispatcher_%s raised; the run goes on", short)
 
         setattr(self, short, call)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import contextvars
 import importlib
+import math
 import signal
 import sys
 import threading
@@ -89,10 +90,17 @@ loop_scope: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(
 
 
 def stops_the_loop(error: BaseException) -> bool:
-    """Is ``error``, raised by a task on the loop, not the task's own failure? Cancellation
-    belongs to the loop, and a KeyboardInterrupt there cannot be told from Ctrl-C: both
-    end the run. Anything else a task raises, SystemExit included, fails its node."""
-    return isinstance(error, (KeyboardInterrupt, anyio.get_cancelled_exc_class()))
+    """Is ``error``, raised by a task on the loop, not the task's own failure? A
+    cancellation of a scope around it (the run's, the task's deadline) belongs to the loop,
+    and a KeyboardInterrupt there cannot be told from Ctrl-C: both end the run (or the
+    task, for its scope to catch). Anything else a task raises fails its node: SystemExit,
+    and a ``CancelledError`` that no scope asked for (the task raised it, or awaited a
+    future someone cancelled)."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    if isinstance(error, anyio.get_cancelled_exc_class()):
+        return anyio.current_effective_deadline() == -math.inf  # a scope was cancelled
+    return False
 
 
 @contextlib.contextmanager

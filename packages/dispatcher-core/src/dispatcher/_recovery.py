@@ -119,7 +119,10 @@ class Recovery:
             self._failed_hook(node=node, worker=worker, error=error, duration=duration)
         if self.throw:
             if note:
-                error.add_note(failure_note(node, worker, error))
+                try:
+                    error.add_note(failure_note(node, worker, error))
+                except Exception:  # its __notes__ is not a list, it is frozen: raised without
+                    pass
             self.fatal = error
             return
         table.consume_inputs(p)

@@ -23,6 +23,10 @@ __all__ = ["Deadlines"]
 
 T = TypeVar("T")
 
+_LONGEST_WAIT = 86400.0
+"""The longest single wait for a deadline: a timeout of years (``1e10`` s) is valid, but
+``Condition.wait`` refuses one past ``threading.TIMEOUT_MAX``."""
+
 
 class Deadlines(Generic[T]):
     """Calls ``expired(item)`` on a thread of its own once ``item``'s deadline passes,
@@ -91,5 +95,5 @@ class Deadlines(Generic[T]):
                             continue  # discarded, or its id reused by a later item
                         del self._live[id(item)]
                         break
-                    self._wake.wait(heap[0][0] - now if heap else None)
+                    self._wake.wait(min(heap[0][0] - now, _LONGEST_WAIT) if heap else None)
             self._expired(item)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from queue import SimpleQueue
@@ -237,11 +237,23 @@ def spawn(
 
 
 def kill(process: Any) -> None:
-    try:
-        os.kill(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, TypeError):
-        pass
-    process.join(5)
+    kill_all([process])
+
+
+def kill_all(processes: Sequence[Any], grace: float = 5.0) -> None:
+    """SIGKILL every one of ``processes``, then wait for their exits, ``grace`` seconds in
+    all: with the forkserver frozen, an exit is never reported, and waiting for each in
+    turn made closing take that long per worker."""
+    for process in processes:
+        if process.exitcode is not None:
+            continue  # reaped: its pid may be another process's by now
+        try:
+            os.kill(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, TypeError):
+            pass
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
 
 
 def exit_reason(code: int | None) -> str:

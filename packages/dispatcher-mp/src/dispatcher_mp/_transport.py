@@ -57,7 +57,7 @@ from dispatcher.transport import (
 from . import _worker
 from ._caller_values import CallerValues
 from ._messages import Fetch, Unshare
-from ._process import Spawner, WorkerProcess, kill, spawn
+from ._process import Spawner, WorkerProcess, kill, kill_all, spawn
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
@@ -235,16 +235,16 @@ class MpTransport(WorkerSupervision, Transport):
             self.closing = True
             workers = list(self.workers.values())
             starting = list(self.starting.values())
-        for worker in starting:
-            kill(worker.process)  # its thread sees ``closing`` and stops there
+        starting_processes = [worker.process for worker in starting]
+        kill_all(starting_processes, grace=0.0)  # its thread sees ``closing`` and stops there
         for worker in workers:
             worker.stop()
         deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
+        # Waited for together (a frozen forkserver reports no exit: waits would add up).
+        kill_all(starting_processes + [w.process for w in workers if w.process.is_alive()])
         for worker in workers:
-            if worker.process.is_alive():
-                kill(worker.process)
             worker.close_pipe()
         if self._reader is not None:
             self._reader.stop()

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import runpy
+import signal
 import sys
+import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
@@ -39,31 +43,34 @@ def main() -> None:
     # The program's directory is importable on every rank, as `python script.py` makes it.
     sys.path.insert(0, _program_dir(kind, target))
 
-    from mpi4py import MPI
+    # Ctrl-C before every rank has its MPI segments and has unlinked their names would
+    # leave them in /dev/shm: it is raised once they are gone.
+    with _sigint_deferred():
+        from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
-        if comm.Get_rank() == 0:
-            sys.stderr.write(
-                "dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
-                "better; this one offers less\n"
-            )
-        comm.Abort(2)
-    from ._channel import abort_job, chunk_limit
-    from ._segments import unlink_own_segments
+        comm = MPI.COMM_WORLD
+        if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+            if comm.Get_rank() == 0:
+                sys.stderr.write(
+                    "dispatcher_mpi needs an MPI with MPI_THREAD_SERIALIZED or "
+                    "better; this one offers less\n"
+                )
+            comm.Abort(2)
+        from ._channel import abort_job, chunk_limit
+        from ._segments import unlink_own_segments
 
-    try:
-        chunk_limit()
-    except ValueError as exc:
-        # Every rank reads the same environment: each stops, rank 0 says why.
-        if comm.Get_rank() == 0:
-            sys.stderr.write(f"dispatcher_mpi: {exc}\n")
-        raise SystemExit(2) from None
+        try:
+            chunk_limit()
+        except ValueError as exc:
+            # Every rank reads the same environment: each stops, rank 0 says why.
+            if comm.Get_rank() == 0:
+                sys.stderr.write(f"dispatcher_mpi: {exc}\n")
+            raise SystemExit(2) from None
 
-    # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
-    # returned, it also means every rank is past MPI_Init: the segments can lose their names.
-    peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
-    unlink_own_segments()
+        # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
+        # returned, it also means every rank is past MPI_Init: the segments can lose their names.
+        peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
+        unlink_own_segments()
 
     if comm.Get_rank() != 0:
         from . import _transport
@@ -78,6 +85,10 @@ def main() -> None:
             WorkerRank(comm).serve()
         except BaseException:
             abort_job(comm, traceback.format_exc(), 1)
+        _exit_within(EXIT_GRACE, comm.Get_rank(), peers[comm.Get_rank()])
+        # Now, not at exit: code a task left behind runs before the interpreter's own
+        # finalisation, and the rank must have said its goodbye to MPI if it is ended.
+        MPI.Finalize()
         return
 
     from ._transport import Root, install_root
@@ -101,6 +112,50 @@ def main() -> None:
         # (MPI_Abort would also carry the status, but it can cut off output still on its
         # way to the launcher, and srun turns it into 137.)
         raise SystemExit(status)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT, which mpiexec passes to every rank) received inside is raised as
+    KeyboardInterrupt on leaving, not in the middle."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # the program's own handling, or SIGINT ignored: not ours to change
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+EXIT_GRACE = 5.0
+"""How long a worker rank may take to exit once the job is over (seconds)."""
+
+
+def _exit_within(seconds: float, rank: int, where: tuple[str, int]) -> None:
+    """The job is over and this worker rank exits: the interpreter joins non-daemon
+    threads and runs ``atexit`` hooks, which tasks may have left behind (a thread that
+    never ends, a hook that waits), and ``mpiexec`` would wait for them for ever. Past
+    ``seconds``, say so and end the rank; its MPI is finalised by then, so the job's
+    status stays the program's."""
+    from dispatcher.remote import start_thread
+
+    def watch() -> None:
+        time.sleep(seconds)
+        os.write(
+            2,
+            (
+                f"dispatcher_mpi: rank {rank} (host {where[0]}, pid {where[1]}) has not "
+                f"exited {seconds:g} s after the job's end: code a task left behind (a "
+                "non-daemon thread, an atexit hook) still runs there; ending it\n"
+            ).encode("utf-8", "replace"),
+        )
+        os._exit(0)
+
+    start_thread("dispatcher-mpi-exit", watch, lambda exc: os._exit(1))
 
 
 def _run_program(comm: Any, kind: str, target: str) -> int:

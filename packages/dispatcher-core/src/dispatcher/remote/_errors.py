@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
     from ..transport import Key, TaskSpec
+
+_MAIN = threading.main_thread()
 
 __all__ = [
     "WireError",
@@ -161,7 +164,9 @@ def dumps_for(label: str | TaskSpec, what: str, obj: Any, dumps: Callable[[Any],
     failure), ``what`` was being sent, and the offending type."""
     try:
         return dumps(obj)
-    except Exception as exc:
+    except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
+        if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
+            raise  # the user's Ctrl-C, which lands in the main thread alone
         name = label if isinstance(label, str) else label.label
         raise serialization_error(name, what, obj, exc, in_caller=True) from exc
 
@@ -175,7 +180,13 @@ def serialization_error(
 
     A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
     puts the node's label in its place in the caller."""
-    return SerializationError(label, what, _culprit(obj, exc), None, in_caller)
+    culprit = _culprit(obj, exc)
+    detail = None
+    if not isinstance(exc, Exception):  # SystemExit and the like: no pickling message to go by
+        detail = f"{culprit} cannot be pickled: pickling it raised {type(exc).__name__}"
+        text = _safe_str(exc)
+        detail += f" ({text})" if text else ""
+    return SerializationError(label, what, culprit, detail, in_caller)
 
 
 def unpickling_error(

@@ -171,6 +171,29 @@ class ExecutorFaults(ExecutorHarness):
         assert results[1].value == 2
         assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
 
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize(
+        "exception",
+        [SystemExit(7), GeneratorExit(), KeyboardInterrupt()],
+        ids=["SystemExit", "GeneratorExit", "KeyboardInterrupt"],
+    )
+    def test_argument_whose_pickling_exits(self, ex: Executor, exception: BaseException) -> None:
+        """An argument whose pickling raises a BaseException fails its own node with
+        SerializationError naming what was raised; it does not escape ``run()`` (nor end
+        a thread of the backend). A KeyboardInterrupt counts as the object's too: this
+        check runs off the main thread, where no Ctrl-C lands."""
+        self.require("separate_processes")
+        bad = op(tasks.take, label="takes-exits-when-pickled")(tasks.ExitsWhenPickled(exception))
+
+        def check() -> None:
+            results = ex.run([bad, Op(tasks.inc, 1)], throw=False)
+            assert isinstance(results[0].error, SerializationError), results[0]
+            assert type(exception).__name__ in str(results[0].error)
+            assert results[1].value == 2
+
+        _InThread(lambda: _no_escape(check, "it")).result()
+        assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
+
     @pytest.mark.timeout(90)
     def test_input_whose_unpickling_exits_on_another_worker(self, ex: Executor, log: str) -> None:
         """A result that raises SystemExit when another worker unpickles it, as an input,
@@ -283,6 +306,29 @@ class ExecutorFaults(ExecutorHarness):
         # A node's own inf beats the executor's limit.
         unlimited = op(tasks.sleep_then, label="unlimited", timeout=math.inf)(0.3, "done")
         assert self.run(unlimited, timeout=0.05) == "done"
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("seconds", [1e10, 1e308])
+    def test_a_timeout_years_long_is_a_timeout_never_reached(
+        self, ex: Executor, log: str, tmp_path: Path, seconds: float
+    ) -> None:
+        """A finite timeout past what a clock or a wait can hold (``threading.TIMEOUT_MAX``,
+        ``time_t``) is valid: the task runs as if it had none, and a timed one nearer its
+        deadline in the same run still times out."""
+        gate = tmp_path / "gate"
+        long = [op(tasks.sleep_then, label=f"long{i}", timeout=seconds)(0.05, i) for i in range(3)]
+        # Returns by itself after a second (a task in the caller's thread cannot be
+        # stopped), or as soon as the gate opens.
+        short = op(tasks.blocked, label="short", timeout=0.2)(log, "short", str(gate), 1.0)
+        try:
+            results = ex.run([*long, short], throw=False)
+        finally:
+            gate.touch()
+        assert [r.value for r in results[:3]] == [0, 1, 2], results
+        assert isinstance(results[3].error, TaskTimeoutError), results[3]
+        if not self.capabilities.interrupts_running_tasks:
+            # Its worker comes back when it returns: wait, so that the next check has it.
+            _until(lambda: tasks.calls(log, "short-finished") > 0)
 
     # -- abandoned work -----------------------------------------------------------------------
 
@@ -402,6 +448,42 @@ class ExecutorFaults(ExecutorHarness):
         while (outcome := _next_run(ex)) != "2":  # a worker is back once its task returns
             assert time.monotonic() < deadline, f"no worker came back: {outcome}"
             time.sleep(0.2)
+
+    # -- closing ------------------------------------------------------------------------------
+
+    @pytest.mark.timeout(60)
+    def test_closing_ends_the_runs_going_on(self, ex: Executor, log: str, tmp_path: Path) -> None:
+        """``close()`` from another thread while runs wait for their tasks: each run ends
+        with an error saying the executor was closed, instead of waiting for ever for
+        workers that are gone. Where tasks run in the caller's thread (nothing can stop
+        them there), a run may instead finish once its task returns."""
+        gate = tmp_path / "gate"
+
+        def blocked(i: int) -> list[Op]:  # two tasks: neither is called by the run's own driver
+            return [op(tasks.blocked)(log, f"b{i}", str(gate), LONG) for _ in range(2)]
+
+        runs = [_InThread(functools.partial(ex.run, blocked(i))) for i in range(2)]
+        try:
+            _until(lambda: tasks.calls(log, "b0-started") + tasks.calls(log, "b1-started") > 0)
+            ex.close()
+            _until(lambda: all(going.done for going in runs) or not self._stopped_by_close())
+        finally:
+            gate.touch()
+        for i, going in enumerate(runs):
+            try:
+                value = going.result()
+            except AssertionError as raised:
+                error = raised.__cause__
+                assert isinstance(error, DispatcherError), error
+                assert "closed" in str(error)
+            else:
+                assert not self._stopped_by_close(), f"run {i} went on after close: {value!r}"
+                assert value == [f"b{i}", f"b{i}"]
+
+    def _stopped_by_close(self) -> bool:
+        """Does closing stop a run whose task is running (rather than only once it returns)?"""
+        caps = self.capabilities
+        return caps.interrupts_running_tasks or caps.separate_processes
 
 
 def _next_run(ex: Executor) -> str:

@@ -226,12 +226,21 @@ def _raise_weird_cause() -> Any:
     raise ValueError("chained to a Weird") from Weird()
 
 
+class BadNotesError(Exception):
+    """An exception whose ``__notes__`` is not a list, so that ``add_note`` refuses it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.__notes__ = "not a list"  # type: ignore[assignment]
+
+
 ODD_EXCEPTIONS: dict[str, tuple[type[BaseException], Any]] = {
     "KeyboardInterrupt": (KeyboardInterrupt, lambda: KeyboardInterrupt()),
     "SystemExit": (SystemExit, lambda: SystemExit(4)),
     "GeneratorExit": (GeneratorExit, lambda: GeneratorExit()),
     "CustomBaseError": (CustomBaseError, lambda: CustomBaseError("custom")),
     "BadStrError": (BadStrError, lambda: BadStrError("unprintable")),
+    "BadNotesError": (BadNotesError, lambda: BadNotesError("notes refused")),
 }
 """Name -> (the type a task raises, a factory for the exception)."""
 
@@ -257,6 +266,16 @@ class ExitsWhenLoaded:
 
 def make_exits_when_loaded() -> ExitsWhenLoaded:
     return ExitsWhenLoaded()
+
+
+class ExitsWhenPickled:
+    """A value whose pickling raises SystemExit (or ``exception``, a BaseException)."""
+
+    def __init__(self, exception: BaseException | None = None) -> None:
+        self.exception = exception if exception is not None else SystemExit(7)
+
+    def __reduce__(self) -> Any:
+        raise self.exception
 
 
 def meet_then_make_exits_when_loaded(
