@@ -366,6 +366,9 @@ class MpiTransport(Transport):
             rank = _rank(spec.worker)
             try:
                 token, define = shipper.ship(spec.worker, spec)
+                if define is not None:
+                    # Now: the shipper counts it held there, whatever becomes of the task.
+                    post(rank, define)
                 packed = None
                 if packs_arguments(spec):
                     # Unpickled by the task's rank on its task thread: arguments that
@@ -377,8 +380,6 @@ class MpiTransport(Transport):
                 assert self.events is not None
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
                 continue
-            if define is not None:
-                post(rank, define)
             sources = (
                 tuple(_rank(s) if s is not None else 0 for s in spec.sources)
                 if spec.sources is not None
