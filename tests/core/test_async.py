@@ -189,6 +189,10 @@ def test_cancelling_arun_cancels_the_run() -> None:
 def test_executor_options() -> None:
     with pytest.raises(ValueError, match="threads"):
         get_executor("async", threads=-1)
+    with pytest.raises(ValueError, match="threads must be a non-negative int, got True"):
+        get_executor("async", threads=True)  # was taken for one thread
+    with pytest.raises(ValueError, match="retries must be a non-negative int, got True"):
+        get_executor("async", retries=True)
     with pytest.raises(ValueError, match="backend"):
         get_executor("async", backend="curio")
     with get_executor("async", workers=3) as ex:

@@ -219,6 +219,21 @@ def test_bad_initializer_options_are_named(options: dict[str, Any], named: str) 
         get_executor("mp", workers=1, **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"workers": True}, "workers must be a positive int, got True"),
+        ({"workers": 0}, "workers must be a positive int, got 0"),
+        ({"workers": 1, "prefetch": True}, "prefetch must be a non-negative int, got True"),
+        ({"workers": 1, "prefetch": -1}, "prefetch must be a non-negative int, got -1"),
+    ],
+)
+def test_bad_counts_are_named(options: dict[str, Any], named: str) -> None:
+    # True was taken for one worker, while retries=True was refused.
+    with pytest.raises(ValueError, match=named):
+        get_executor("mp", **options)
+
+
 def test_failing_initializer_is_reported() -> None:
     with pytest.raises(ZeroDivisionError):
         get_executor("mp", workers=1, initializer=divmod, initargs=(1, 0))

@@ -34,6 +34,7 @@ from ._errors import TaskTimeoutError
 from ._executor import Executor
 from ._inline import may_return_awaitable
 from ._loop import LoopScope, first_leaf, in_event_loop, interruptible, loop_scope, stops_the_loop
+from ._options import check_count
 from ._scheduler import Run
 from ._threads import DaemonThreadPool, Job
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
@@ -523,8 +524,7 @@ class AsyncExecutor(Executor):
     ) -> None:
         if threads is None:
             threads = workers if workers is not None else _default_threads()
-        if not isinstance(threads, int) or threads < 0:
-            raise ValueError(f"threads must be a non-negative int, got {threads!r}")
+        check_count("threads", threads, 0)
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
         self._loop_transport = AsyncTransport(threads)

@@ -54,6 +54,16 @@ def _check_retry_on(retry_on: Any) -> tuple[type[BaseException], ...]:
     return types
 
 
+def check_count(name: str, value: object, least: int) -> int:
+    """``value``, a count option called ``name`` (``workers``, ``threads``, ``retries``...)
+    that must be at least ``least``; a ``ValueError`` naming it otherwise. ``True`` is no
+    count, though Python takes it for 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = {0: "non-negative", 1: "positive"}.get(least, f"at-least-{least}")
+        raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    return value
+
+
 class Options:
     """The scheduling options every executor accepts.
 
@@ -69,8 +79,7 @@ class Options:
         retry_on: Iterable[type[BaseException]] | type[BaseException] = (),
         timeout: float | None = None,
     ) -> None:
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+        check_count("retries", retries, 0)
         seconds = check_timeout(timeout)
         self.retries = retries
         self.retry_on = _check_retry_on(retry_on)

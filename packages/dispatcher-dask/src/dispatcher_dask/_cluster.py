@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import DispatcherError
+from dispatcher.remote import check_count
 from dispatcher.transport import worker_name
 
 if TYPE_CHECKING:
@@ -54,10 +55,8 @@ def check_options(
     """Refuse options that cannot go together, before anything is started."""
     if address is not None and client is not None:
         raise TypeError("give the dask executor address= or client=, not both")
-    if threads_per_worker < 1:
-        raise ValueError("threads_per_worker must be at least 1")
-    if prefetch < 0:
-        raise ValueError("prefetch must be 0 or more")
+    check_count("threads_per_worker", threads_per_worker, 1)
+    check_count("prefetch", prefetch, 0)
 
 
 def reach(

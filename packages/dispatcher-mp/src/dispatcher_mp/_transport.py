@@ -40,6 +40,7 @@ from dispatcher.remote import (
     InFlight,
     Pickled,
     Run,
+    check_count,
     dumps,
     dumps_for,
     packs_arguments,
@@ -143,8 +144,7 @@ class MpTransport(WorkerSupervision, Transport):
                 if hasattr(os, "sched_getaffinity")
                 else (os.cpu_count() or 1)
             )
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        check_count("workers", workers, 1)
         if start_method is None:
             methods = multiprocessing.get_all_start_methods()
             start_method = "forkserver" if "forkserver" in methods else "spawn"
@@ -155,8 +155,7 @@ class MpTransport(WorkerSupervision, Transport):
             )
         if start_method != "fork":
             _check_main_is_a_file(start_method)
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
+        check_count("prefetch", prefetch, 0)
         self.size = workers
         self.slots = 1 + prefetch
         self.context: Any = multiprocessing.get_context(start_method)

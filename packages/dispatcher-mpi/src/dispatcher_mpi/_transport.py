@@ -57,6 +57,7 @@ from dispatcher.remote import (
     Reports,
     Run,
     Stop,
+    check_count,
     dumps,
     dumps_for,
     packs_arguments,
@@ -321,10 +322,9 @@ class MpiTransport(Transport):
 
     def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
         self.root = current_root()
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        if not isinstance(prefetch, int) or prefetch < 0:
-            raise ValueError(f"prefetch must be a non-negative int, got {prefetch!r}")
+        if workers is not None:
+            check_count("workers", workers, 1)
+        check_count("prefetch", prefetch, 0)
         self.ranks = self.root.ranks[:workers] if workers else list(self.root.ranks)
         self.slots = 1 + prefetch
         self.events: EventSink | None = None

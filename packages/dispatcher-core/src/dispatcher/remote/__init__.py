@@ -17,6 +17,7 @@ Worker processes import this package: it stays light.
 """
 
 from .._awaiting import is_awaitable as is_awaitable
+from .._options import check_count as check_count
 from ._errors import WireError as WireError
 from ._errors import capture_error as capture_error
 from ._errors import dumps_for as dumps_for
