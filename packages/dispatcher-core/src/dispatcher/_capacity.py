@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import DispatcherError
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Capacity",
+    "Pauses",
     "on_no_worker_left",
     "on_worker_added",
     "on_worker_lost",
@@ -54,16 +55,44 @@ UNSAID = "it takes no task for now"
 _SHOWN = 5  # waiting tasks named in the error
 
 
-class Capacity:
-    """What a run knows of its workers' pauses, and when it gives up waiting for one."""
+class Pauses:
+    """Which workers are paused, why and since when, and whether none will come again:
+    kept by the executor's router (for runs yet to start) and by each run, by one rule."""
 
-    __slots__ = ("alone_since", "deadline", "gone", "lost_why", "paused", "warn_at")
+    __slots__ = ("gone", "paused")
 
     def __init__(self) -> None:
         self.paused: dict[str, tuple[str, float]] = {}
         """Paused workers: why, and since when (``time.monotonic()``)."""
         self.gone: str | None = None
         """Why no worker will come again, once the transport has said so."""
+
+    def added(self, worker: str, slots: int) -> None:
+        if slots > 0:
+            self.paused.pop(worker, None)
+            self.gone = None
+        elif worker not in self.paused:
+            self.paused[worker] = (UNSAID, time.monotonic())
+
+    def pause(self, worker: str, reason: str, since: float | None = None) -> float:
+        """``worker`` paused for ``reason``; since when (a pause already on keeps its
+        start, unless ``since`` says otherwise)."""
+        if since is None:
+            since = self.paused.get(worker, (reason, time.monotonic()))[1]
+        self.paused[worker] = (reason, since)
+        return since
+
+    def lost(self, worker: str, reason: str) -> None:
+        self.paused.pop(worker, None)
+
+
+class Capacity(Pauses):
+    """What a run knows of its workers' pauses, and when it gives up waiting for one."""
+
+    __slots__ = ("alone_since", "deadline", "lost_why", "warn_at")
+
+    def __init__(self) -> None:
+        super().__init__()
         self.lost_why: dict[str, str] = {}
         """Workers lost and not back: why."""
         self.alone_since: float | None = None
@@ -74,21 +103,23 @@ class Capacity:
         """When the run, stalled for want of a worker, fails or warns
         (``time.monotonic()``); ``None`` while it is not stalled so. Drivers wake by then."""
 
-    def seed(self, paused: Mapping[str, tuple[str, float]], gone: str | None) -> None:
+    def seed(self, known: Pauses) -> None:
         """Start from what the executor knew when the run began."""
-        self.paused.update(paused)
-        self.gone = gone
+        self.paused.update(known.paused)
+        self.gone = known.gone
 
     def added(self, worker: str, slots: int) -> None:
+        super().added(worker, slots)
         self.lost_why.pop(worker, None)
         if slots > 0:
-            self.paused.pop(worker, None)
-            self.gone = self.alone_since = None
-        elif worker not in self.paused:
-            self.paused[worker] = (UNSAID, time.monotonic())
+            self.alone_since = None
+
+    def pause(self, worker: str, reason: str, since: float | None = None) -> float:
+        self.lost_why.pop(worker, None)
+        return super().pause(worker, reason, since)
 
     def lost(self, worker: str, reason: str) -> None:
-        self.paused.pop(worker, None)
+        super().lost(worker, reason)
         self.lost_why[worker] = reason
 
 
@@ -102,8 +133,7 @@ def on_worker_added(run: Run, worker: str, slots: int) -> None:
 
 def on_worker_paused(run: Run, worker: str, reason: str, since: float) -> None:
     run.placement.add_worker(worker, 0)
-    run.capacity.lost_why.pop(worker, None)
-    run.capacity.paused[worker] = (reason, since)
+    run.capacity.pause(worker, reason, since)
 
 
 def on_worker_lost(run: Run, worker: str, reason: str, running: Sequence[Key] | None) -> None:

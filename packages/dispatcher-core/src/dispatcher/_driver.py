@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._capacity import when_stalled
+from ._capacity import Pauses, when_stalled
 from .transport import KEY_BITS, Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
@@ -166,16 +166,14 @@ class Router:
         self.transport = transport
         self.runs: dict[int, EventQueue] = {}
         self.workers: dict[str, int] = {}
-        self.paused: dict[str, tuple[str, float]] = {}
-        """Paused workers: why, since when (for runs yet to start)."""
-        self.gone: str | None = None
-        """Why no worker will come again, if the transport said so."""
+        self.pauses = Pauses()
+        """Paused workers, and whether none will come again (for runs yet to start)."""
         self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
         self.runs[run.base >> KEY_BITS] = run.queue
         # (Reports from now on reach the run too: applying one twice changes nothing.)
-        run.capacity.seed(self.paused, self.gone)
+        run.capacity.seed(self.pauses)
         if self._closed is not None:  # closed between the run's start and here
             run.queue.stopped = self._closed()
             run.queue.wake()
@@ -236,24 +234,21 @@ class Router:
 
     def worker_added(self, worker: str, slots: int) -> None:
         self.workers[worker] = slots
-        if slots > 0:
-            self.paused.pop(worker, None)
-            self.gone = None
+        self.pauses.added(worker, slots)
         self._tell((EV_WORKER_ADDED, worker, slots))
 
     def worker_paused(self, worker: str, reason: str) -> None:
         self.workers[worker] = 0
-        since = self.paused.get(worker, (reason, time.monotonic()))[1]
-        self.paused[worker] = (reason, since)
+        since = self.pauses.pause(worker, reason)
         self._tell((EV_WORKER_PAUSED, worker, reason, since))
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         self.workers.pop(worker, None)
-        self.paused.pop(worker, None)
+        self.pauses.lost(worker, reason)
         self._tell((EV_WORKER_LOST, worker, reason, running))
 
     def no_worker_left(self, reason: str) -> None:
-        self.gone = reason
+        self.pauses.gone = reason
         self._tell((EV_NO_WORKER_LEFT, reason))
 
     def _tell(self, event: tuple[Any, ...]) -> None:
