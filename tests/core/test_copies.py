@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher import Op, op
+from dispatcher import Op, SerializationError, op
 from dispatcher.testing import FakeTransport, fake_executor, tasks
-from dispatcher.transport import Capabilities
+from dispatcher.transport import Capabilities, TaskSpec, Unloaded
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,3 +84,50 @@ def test_failed_tasks_free_the_copies_they_took() -> None:
             failures += sum(r.error is not None for r in results)
             assert transport.held() == 0
     assert failures > 0
+
+
+class _Unloadable(Unloaded):
+    def load(self) -> Any:
+        raise ValueError("cannot be loaded here")
+
+
+class _KeepingUnloadable(_Keeping):
+    """Reports the wanted results of ``bad`` tasks as values that fail to load."""
+
+    def _run(self, spec: TaskSpec) -> None:
+        events = self._events
+        assert events is not None
+        if spec.label.startswith("bad") and spec.want_result:
+            real, self._events = events, _Swap(events)
+            try:
+                super()._run(spec)
+            finally:
+                self._events = real
+        else:
+            super()._run(spec)
+
+
+class _Swap:
+    """An event sink that passes everything on, but a finished value as unloadable."""
+
+    def __init__(self, events: Any) -> None:
+        self._events = events
+
+    def task_finished(
+        self, key: Any, worker: str, duration: float, nbytes: Any, value: Any
+    ) -> None:
+        self._events.task_finished(key, worker, duration, nbytes, _Unloadable())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._events, name)
+
+
+def test_a_result_that_fails_to_load_frees_the_copies_its_task_took() -> None:
+    # Two inputs made on two workers at once: the task reading both takes one across.
+    transport = _KeepingUnloadable(workers=2)
+    pair = [op(tasks.inc, label=f"in{i}")(i) for i in range(2)]
+    with fake_executor(transport, retries=0) as ex:
+        result = ex.run(op(tasks.add, label="bad")(*pair), throw=False)
+        assert isinstance(result.error, SerializationError)
+        assert len(transport.moves) == 1
+        assert transport.held() == 0

@@ -501,6 +501,7 @@ def _load_result(
         if not loaded:  # (or interrupted) the worker's copy is no use
             run.table.free_on(worker, p)
     if not loaded:
+        copied(run.table, p, spec, worker, False)  # the inputs it took: freed there too
         _failed(run, p, worker, outcome, duration)
     return loaded, outcome
 
