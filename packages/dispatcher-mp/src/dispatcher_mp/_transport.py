@@ -76,6 +76,12 @@ class _Waiting:
     spec: TaskSpec
     missing: set[Key]
     payloads: dict[Key, Payload] = field(default_factory=dict)
+    asked: float = 0.0
+    """When the first input it waits for was asked for (``time.perf_counter``)."""
+    sources: dict[str, None] = field(default_factory=dict)
+    """The workers its fetched inputs came from, in order."""
+    fetched: int = 0
+    """Bytes of the inputs fetched for it (those at hand cost no wait)."""
 
 
 def _check_main_is_a_file(start_method: str) -> None:
@@ -312,6 +318,8 @@ class MpTransport(WorkerSupervision, Transport):
             if cached is not None:
                 waiting.payloads[key] = cached[1]
                 continue
+            if not waiting.missing:
+                waiting.asked = time.perf_counter()
             waiting.missing.add(key)
             if key in self._fetching:
                 self._fetching[key].append(waiting)
@@ -446,13 +454,30 @@ class MpTransport(WorkerSupervision, Transport):
         return Pickled(payload.data, buffers)
 
     def fetched(self, key: Key, payload: Payload) -> None:
-        """Result ``key`` arrived serialised: send what waited for it. Under the lock."""
-        self._fetch_source.pop(key, None)
+        """Result ``key`` arrived serialised: send what waited for it. Under the lock.
+
+        A task whose inputs are all here now reports the move it waited for (see
+        ``EventSink.inputs_moved``): the fetches go through this process, so it is here,
+        from asking to having them, that a move is timed; the worker then maps them."""
+        source = self._fetch_source.pop(key, None)
         for waiting in self._fetching.pop(key, ()):
             waiting.missing.discard(key)
             waiting.payloads[key] = payload
+            waiting.fetched += payload.nbytes
+            if source is not None:
+                waiting.sources[source] = None
             if not waiting.missing:
+                self._moved(waiting)
                 self.send_outbox(waiting.spec.worker)
+
+    def _moved(self, waiting: _Waiting) -> None:
+        """Report the wait of a task whose fetched inputs have all arrived."""
+        events = self.events
+        if events is not None and waiting.sources:
+            seconds = time.perf_counter() - waiting.asked
+            events.inputs_moved(
+                waiting.spec.worker, [(tuple(waiting.sources), waiting.fetched, seconds)]
+            )
 
     def send_outbox(self, name: str) -> None:
         """Send the tasks at the head of ``name``'s outbox that have all their inputs."""
