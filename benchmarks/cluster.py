@@ -12,10 +12,11 @@ docs/clusters.md), runs, and takes them down; prints a Markdown table:
 - workloads: W2, W4, W5, W6 with one rank per host (rank 0 and three worker ranks), for
   the ``mpi`` executor beside mpi4py.futures (backoff 0), with the raw MPI floors;
 - placement: W4's random edges with 1 MiB results, two worker ranks per host, with the
-  topology-aware move cost as learned from the moves so far, with the assumed one (the
-  rough constants of ``dispatcher._links``), and with one that ignores hosts, taking
-  turns in one job: wall time, and bytes across hosts (on the wire, and as input moves
-  the scheduler caused), and the link costs learned by the end.
+  topology-aware move cost as learned from the moves so far and with the assumed one (the
+  rough constants of ``dispatcher._links``), and with a placement that ignores hosts (with
+  either cost of its one class of move), taking turns in one job: wall time, bytes across
+  hosts (on the wire, and as input moves the scheduler caused), and the link costs
+  learned by the end.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ class CrossHostMoves:
 
 
 def placement_job(layers: int, width: int, repeat: int, across: str | None) -> None:
-    """Inside the job: W4 with 1 MiB results, taking turns: host-aware with the link costs
-    learned from the moves so far, host-aware with the assumed ones, blind to hosts."""
+    """Inside the job: W4 with 1 MiB results, taking turns: host-aware or blind to hosts,
+    with the link costs learned from the moves so far or with the assumed ones."""
     import dispatcher._placement as placement
     from dispatcher import get_executor
 
@@ -137,11 +138,12 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
             links.across.forget()
         executor.run(w4_mib(4, width // 4 or 1))  # untimed: imports, first calls
         for i in range(repeat):
-            modes = ["aware", "blind", "assumed"]
-            for mode in modes[i % 3 :] + modes[: i % 3]:
-                placement.worker_host = ignoring_hosts if mode == "blind" else worker_host
+            modes = ["aware", "blind", "assumed", "blind-assumed"]
+            for mode in modes[i % 4 :] + modes[: i % 4]:
+                blind, assumed = mode.startswith("blind"), mode.endswith("assumed")
+                placement.worker_host = ignoring_hosts if blind else worker_host
                 learned = links.within.link, links.across.link
-                if mode == "assumed":  # what placement did before it measured its links
+                if assumed:  # what placement did before it measured its links
                     links.learning = False
                     links.within.link, links.across.link = (
                         links.within.assumed,
@@ -154,7 +156,7 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
                 executor.run(targets, plugins=[counter])
                 seconds = time.perf_counter() - start
                 wire = netns_cluster.crossing_bytes() - wire
-                if mode == "assumed":
+                if assumed:
                     links.learning = True
                     links.within.link, links.across.link = learned
                 hosts = [host for host, _ in counter.made.values()]
@@ -360,7 +362,8 @@ def placement_rows(repeat: int, quick: bool, within: str) -> list[dict[str, Any]
     for mode, label in (
         ("aware", "host-aware, link costs learned"),
         ("assumed", "host-aware, link costs assumed"),
-        ("blind", "ignoring hosts"),
+        ("blind", "ignoring hosts, link costs learned"),
+        ("blind-assumed", "ignoring hosts, link costs assumed"),
     ):
         mine = [r for r in runs if r["mode"] == mode]
         if not mine:
