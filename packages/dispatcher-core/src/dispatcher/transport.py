@@ -306,8 +306,8 @@ class EventSink(Protocol):
         The scheduler fits each class of link's latency and bandwidth (within a host,
         across hosts) to these and places tasks by them; a move whose sources are on
         both sides is not counted. A transport that never calls this keeps the assumed
-        costs. Call it with the completion that follows the fetch, batched as the
-        completions are; never on a path a run without moves takes."""
+        costs. Call it when the inputs are there, or with the completion that follows
+        (batched as completions are); a run without moves must not pay for it."""
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker is gone with every result it held and every task it was running.
