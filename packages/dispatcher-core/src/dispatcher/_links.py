@@ -33,6 +33,7 @@ from ._hosts import worker_host
 __all__ = [
     "ACROSS_HOSTS",
     "ENOUGH",
+    "REFIT_EVERY",
     "SMALL_MOVE",
     "WINDOW",
     "WITHIN_HOST",
@@ -75,6 +76,9 @@ WINDOW = 32
 """Samples of each kind (small, large) the fit reads: the most recent ones."""
 ENOUGH = 5
 """Samples of a kind needed before they replace what was assumed."""
+REFIT_EVERY = 8
+"""Once well past :data:`ENOUGH`, the fit is redone every this many samples, not at each:
+a run of tiny tasks may report a move per task, and its caller has little time for each."""
 # Bounds a fit never leaves, whatever the samples say: a clock that stepped, a fetch
 # timed at zero. A picosecond per byte is 1 TB/s.
 _MIN_LATENCY = 1e-7
@@ -114,7 +118,8 @@ class LinkEstimate:
             self.small.append((nbytes, seconds))
         else:
             self.large.append((nbytes, seconds))
-        self.link = self.fit()
+        if self.samples <= 2 * ENOUGH or self.samples % REFIT_EVERY == 0:
+            self.link = self.fit()
 
     def fit(self) -> Link:
         """The link the samples describe, each half falling back to what was assumed.
@@ -160,6 +165,7 @@ class LinkCosts:
         self.learning = True
         """False: samples are ignored and the assumed links stay (to compare with)."""
         self._lock = threading.Lock()
+        self._hosts: dict[str, str | None] = {}  # worker -> host, read once per name
 
     def observe(self, worker: str, sources: tuple[str, ...], nbytes: int, seconds: float) -> None:
         """``worker`` waited ``seconds`` for ``nbytes`` of inputs from the workers
@@ -167,13 +173,24 @@ class LinkCosts:
         host, or every one on another host; a wait over both is left out."""
         if not self.learning or not sources:
             return
-        host = worker_host(worker)
-        away = [worker_host(source) != host for source in sources]
-        if any(away) and not all(away):
-            return
-        estimate = self.across if away[0] else self.within
+        host = self._host(worker)
+        away = False
+        for i, source in enumerate(sources):
+            there = self._host(source)
+            if i == 0:
+                away = there != host
+            elif (there != host) != away:
+                return  # over both classes of link
+        estimate = self.across if away else self.within
         with self._lock:
             estimate.add(nbytes, seconds)
+
+    def _host(self, worker: str) -> str | None:
+        hosts = self._hosts
+        if worker in hosts:
+            return hosts[worker]
+        host = hosts[worker] = worker_host(worker)
+        return host
 
     def forget(self) -> None:
         """Back to the assumed links (the samples so far are dropped)."""
