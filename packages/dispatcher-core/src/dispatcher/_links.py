@@ -76,9 +76,10 @@ WINDOW = 32
 """Samples of each kind (small, large) the fit reads: the most recent ones."""
 ENOUGH = 5
 """Samples of a kind needed before they replace what was assumed."""
-REFIT_EVERY = 8
-"""Once well past :data:`ENOUGH`, the fit is redone every this many samples, not at each:
-a run of tiny tasks may report a move per task, and its caller has little time for each."""
+REFIT_EVERY = 32
+"""Once past twice :data:`ENOUGH`, the fit is redone every this many samples (a window's
+worth), not at each: a run of tiny tasks may report a move per task, a fit takes tens of
+microseconds, and the caller has a few for each task."""
 # Bounds a fit never leaves, whatever the samples say: a clock that stepped, a fetch
 # timed at zero. A picosecond per byte is 1 TB/s.
 _MIN_LATENCY = 1e-7
