@@ -242,10 +242,12 @@ class TaskRunner:
         """Send the completions not reported yet."""
         finished, self.finished = self.finished, []
         if finished:
+            # (Moves wait for completions to travel with: those of a task that failed
+            # go with the next ones.)
             moves = self.moves
             if moves is None:
                 self.send(Done(finished))
-            else:  # a fetch of a task that then failed goes with the next completions
+            else:
                 self.moves = None
                 self.send(Done(finished, moves))
 
