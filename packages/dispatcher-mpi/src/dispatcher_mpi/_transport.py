@@ -140,6 +140,7 @@ class Root:
         ``Busy`` naming one of them came after its outcome, and means nothing."""
         self.heard: dict[int, float] = {}  # rank -> when it last said anything
         self.sent: dict[int, float] = {}  # rank -> when it was last sent tasks
+        self.unreachable: set[int] = set()  # ranks given up on for their silence
         self.silence_limit = silence_limit()
         self._next_quiet_check = 0.0
         self.said_bye: set[int] = set()
@@ -200,8 +201,11 @@ class Root:
         elif kind is Done:  # nobody wants these any more
             self.hub.post(source, Free([entry[0] for entry in message.finished]))
 
-    def retire(self, rank: int, key: Key, reason: str) -> None:
-        """Take ``rank`` out of scheduling until the task ``key`` it runs returns."""
+    def retire(self, rank: int, key: Key, reason: str, running: Sequence[Key] | None = ()) -> None:
+        """Take ``rank`` out of scheduling until the task ``key`` it runs returns.
+        ``running``: what is charged for it (see :meth:`MpiTransport.lose`); by default
+        nothing: the task it runs failed or was given up on already, and what was queued
+        behind it never started."""
         if rank in self.busy:
             return
         self.busy[rank] = key
@@ -209,9 +213,7 @@ class Root:
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
-            # Nothing is charged: the task it runs failed or was given up on already,
-            # and what was queued behind it never started.
-            transport.lose(rank, reason, running=())
+            transport.lose(rank, reason, running)
             if transport.events is not None and rank in transport.ranks:
                 transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 
@@ -229,13 +231,19 @@ class Root:
             file=sys.stderr,
             flush=True,
         )
+        self.unreachable.add(rank)
         for other in self.ranks:
             if other != rank:
                 self.hub.post(other, Peer(rank, False))
-        self.retire(rank, SILENT, reason)
+        # The task it runs is charged an attempt (the first sent there and still out:
+        # they run in order), so that one that silences every rank it runs on (holding
+        # the GIL past the limit, freezing its process) ends, as out of retries.
+        self.retire(rank, SILENT, reason, running=None)
 
     def _back(self, rank: int) -> None:
-        if self.busy.pop(rank) == SILENT:
+        del self.busy[rank]
+        if rank in self.unreachable:
+            self.unreachable.discard(rank)
             for other in self.ranks:
                 if other != rank:
                     self.hub.post(other, Peer(rank, True))
