@@ -83,6 +83,32 @@ class _Waiting:
     fetched: int = 0
     """Bytes of the inputs fetched for it (those at hand cost no wait)."""
 
+    def ask(self, key: Key) -> None:
+        """It waits for ``key`` too, from now if it waited for nothing yet."""
+        if not self.missing:
+            self.asked = time.perf_counter()
+        self.missing.add(key)
+
+    def arrived(self, key: Key, payload: Payload, source: str | None) -> bool:
+        """``key`` came from ``source``: True once nothing is missing."""
+        self.missing.discard(key)
+        self.payloads[key] = payload
+        self.fetched += payload.nbytes
+        if source is not None:
+            self.sources[source] = None
+        return not self.missing
+
+
+def _report_move(events: EventSink | None, waiting: _Waiting) -> None:
+    """Report the wait of a task whose fetched inputs have all arrived (see
+    ``EventSink.inputs_moved``): they come through the caller, so the caller times them,
+    from asking for them to having them; the worker then only maps them."""
+    if events is not None and waiting.sources:
+        seconds = time.perf_counter() - waiting.asked
+        events.inputs_moved(
+            waiting.spec.worker, [(tuple(waiting.sources), waiting.fetched, seconds)]
+        )
+
 
 def _check_main_is_a_file(start_method: str) -> None:
     """Fail before any worker starts when the main module names a file that is not there
@@ -318,9 +344,7 @@ class MpTransport(WorkerSupervision, Transport):
             if cached is not None:
                 waiting.payloads[key] = cached[1]
                 continue
-            if not waiting.missing:
-                waiting.asked = time.perf_counter()
-            waiting.missing.add(key)
+            waiting.ask(key)
             if key in self._fetching:
                 self._fetching[key].append(waiting)
                 continue
@@ -454,30 +478,13 @@ class MpTransport(WorkerSupervision, Transport):
         return Pickled(payload.data, buffers)
 
     def fetched(self, key: Key, payload: Payload) -> None:
-        """Result ``key`` arrived serialised: send what waited for it. Under the lock.
-
-        A task whose inputs are all here now reports the move it waited for (see
-        ``EventSink.inputs_moved``): the fetches go through this process, so it is here,
-        from asking to having them, that a move is timed; the worker then maps them."""
+        """Result ``key`` arrived serialised: send what waited for it, and report the
+        move each task that has all its inputs now waited for. Under the lock."""
         source = self._fetch_source.pop(key, None)
         for waiting in self._fetching.pop(key, ()):
-            waiting.missing.discard(key)
-            waiting.payloads[key] = payload
-            waiting.fetched += payload.nbytes
-            if source is not None:
-                waiting.sources[source] = None
-            if not waiting.missing:
-                self._moved(waiting)
+            if waiting.arrived(key, payload, source):
+                _report_move(self.events, waiting)
                 self.send_outbox(waiting.spec.worker)
-
-    def _moved(self, waiting: _Waiting) -> None:
-        """Report the wait of a task whose fetched inputs have all arrived."""
-        events = self.events
-        if events is not None and waiting.sources:
-            seconds = time.perf_counter() - waiting.asked
-            events.inputs_moved(
-                waiting.spec.worker, [(tuple(waiting.sources), waiting.fetched, seconds)]
-            )
 
     def send_outbox(self, name: str) -> None:
         """Send the tasks at the head of ``name``'s outbox that have all their inputs."""
