@@ -34,8 +34,7 @@ from dispatcher.remote import (
     task_record,
     to_wire,
 )
-from dispatcher.testing import FakeTransport
-from dispatcher.transport import SHAPE_POSITIONAL, TaskSpec
+from dispatcher.transport import SHAPE_POSITIONAL, Capabilities, TaskSpec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,7 +144,7 @@ def test_the_report_shows_the_links_placement_used(tmp_path: Any) -> None:
 
     class Executor:
         name = "pretend"
-        capabilities = FakeTransport.capabilities.__class__(separate_processes=True)
+        capabilities = Capabilities(separate_processes=True)
         link_costs = links
 
     graph: Any = []
@@ -155,7 +154,7 @@ def test_the_report_shows_the_links_placement_used(tmp_path: Any) -> None:
     assert writer.record.links == links.summary()
     page = render(writer.record)
     assert "<h2>Links</h2>" in page
-    assert "measured, 5 fetches" in page.replace(str(ENOUGH), "5")
+    assert f"measured, {ENOUGH} fetches" in page
     assert "assumed" in page  # within a host: nothing measured
 
 
