@@ -463,6 +463,33 @@ def test_a_task_that_silences_every_rank_it_runs_on_ends_out_of_retries(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_rank_0_holding_the_gil_does_not_take_the_ranks_for_silent(tmp_path: Path) -> None:
+    """While the program holds the GIL on rank 0, its hub hears nothing: the ranks'
+    silence counts from when it runs again, so none is given up on for it."""
+    program = script(
+        tmp_path,
+        """
+        import re, threading, time
+        from dispatcher import Op, get_executor
+
+        with get_executor("mpi", retries=0) as ex:
+            ran = []
+            tasks = [Op(time.sleep, 2.0), Op(time.sleep, 2.0)]
+            thread = threading.Thread(target=lambda: ran.append(ex.run(tasks)))
+            thread.start()
+            time.sleep(0.5)  # the tasks are out
+            started = time.monotonic()
+            re.match(r"(a*)*b", "a" * 24)  # holds the GIL for seconds
+            print(f"held the GIL for {time.monotonic() - started:.1f} s", flush=True)
+            thread.join()
+            print("ran:", ran, flush=True)
+        """,
+    )
+    done = job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "1"}, timeout=90)
+    assert "ran: [[None, None]]" in done.stdout, done.stderr[-3000:]
+    assert "silent for" not in done.stderr, done.stdout + done.stderr[-3000:]
+
+
 # -- tasks that raise what ends a program -----------------------------------------------
 
 

@@ -120,3 +120,18 @@ def test_a_rank_given_up_on_for_its_silence_is_given_back_to_the_others(speaks: 
         root.deliver(2, Failed(41, 0.0, None))  # type: ignore[arg-type]
     assert 2 not in root.busy
     assert _posted(root) == [(1, Peer(2, True))]
+
+
+def test_silence_counts_from_when_rank_0_came_back_from_not_running() -> None:
+    heard, sent = {1: 10.0}, {1: 10.0}
+    assert silent_ranks([1], heard, sent, now=100.0, limit=30.0) == [(1, 90.0)]
+    assert silent_ranks([1], heard, sent, now=100.0, limit=30.0, since=95.0) == []
+
+
+def test_a_gap_between_rank_0s_ticks_restarts_every_ranks_silence() -> None:
+    root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    root.tick()
+    assert root.resumed == 0.0  # ticking as usual
+    root._last_tick -= 5  # the program held the GIL, or the job was stopped, for 5 s
+    root.tick()
+    assert root.resumed == pytest.approx(time.monotonic(), abs=1)

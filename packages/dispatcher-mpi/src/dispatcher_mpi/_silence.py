@@ -54,16 +54,18 @@ def silent_ranks(
     sent: Mapping[int, float],
     now: float,
     limit: float,
+    since: float = 0.0,
 ) -> list[tuple[int, float]]:
     """``(rank, seconds quiet)`` for each of ``ranks`` that has said nothing for ``limit``
-    seconds since it was last sent work (whether it has tasks out is the caller's to
-    check: an idle rank is quiet too)."""
+    seconds since it was last sent work, and since ``since`` (when rank 0 last came back
+    from not running: it may not have heard what was said meanwhile). Whether it has tasks
+    out is the caller's to check: an idle rank is quiet too."""
     silent = []
     for rank in ranks:
         last = sent.get(rank)
         if last is None:
             continue  # never sent anything
-        quiet = now - max(last, heard.get(rank, 0.0))
+        quiet = now - max(last, heard.get(rank, 0.0), since)
         if quiet >= limit:
             silent.append((rank, quiet))
     return silent

@@ -104,6 +104,7 @@ STOP_GRACE = 5.0
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for ranks silent with tasks out (see _silence)
+_STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
@@ -143,6 +144,11 @@ class Root:
         self.unreachable: set[int] = set()  # ranks given up on for their silence
         self.silence_limit = silence_limit()
         self._next_quiet_check = 0.0
+        self.resumed = 0.0
+        """When this thread last came back from not running for a while (the GIL held by
+        the program, the process stopped): what it did not hear meanwhile is not the
+        ranks' silence, which counts from then at the earliest."""
+        self._last_tick = time.monotonic()
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
         self._next_silence_check = 0.0
@@ -253,6 +259,10 @@ class Root:
             transport.events.worker_added(self.names[rank], transport.slots)
 
     def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick > _STARVED:
+            self.resumed = now
+        self._last_tick = now
         transport = self.transport
         # While tasks are out, a completion should not wait out a long nap: nap briefly.
         self.hub.max_sleep = (
@@ -283,7 +293,9 @@ class Root:
 
     def _find_silent(self, transport: MpiTransport, now: float) -> None:
         idle = [rank for rank in transport.ranks if rank not in self.busy]
-        for rank, quiet in silent_ranks(idle, self.heard, self.sent, now, self.silence_limit):
+        for rank, quiet in silent_ranks(
+            idle, self.heard, self.sent, now, self.silence_limit, self.resumed
+        ):
             if transport._out_on(rank):
                 self.silenced(rank, quiet)
 
@@ -544,7 +556,10 @@ class MpiTransport(Transport):
                 continue
             rank = _rank(spec.worker)
             assert spec.timeout is not None
-            if now - max(sent, heard.get(rank, 0.0)) < spec.timeout + SILENCE_GRACE:
+            if (
+                now - max(sent, heard.get(rank, 0.0), self.root.resumed)
+                < spec.timeout + SILENCE_GRACE
+            ):
                 continue
             del self.unstarted[key]
             if self.inflight.take(key, spec.worker) is None:
