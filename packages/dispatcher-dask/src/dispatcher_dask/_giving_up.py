@@ -12,9 +12,10 @@ call to the end in its worker thread. The transport (:class:`GivingUp`, a part o
 - once every thread of a worker is taken (or it does not answer while it holds such a
   task: a task holding the GIL starves its event loop): restarts it if the executor
   started the cluster (its nanny kills it and starts a new worker under a new address),
-  or else moves elsewhere what was queued there; meanwhile it reports the worker paused, naming the tasks that hold it, so
-  that when no worker of a user's cluster has a thread left the scheduler's rule ends the
-  runs with that reason (see :meth:`~dispatcher.transport.EventSink.worker_paused`).
+  or else moves elsewhere what was queued there; meanwhile it reports the worker paused,
+  naming the tasks that hold it, so that when no worker of a user's cluster has a thread
+  left the scheduler's rule ends the runs with that reason (see
+  :meth:`~dispatcher.transport.EventSink.worker_paused`).
 """
 
 from __future__ import annotations

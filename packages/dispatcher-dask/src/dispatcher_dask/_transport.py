@@ -93,7 +93,7 @@ class DaskTransport(GivingUp, Transport):
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
-        check_options(address, client, threads_per_worker, prefetch)
+        check_options(address, client, workers, threads_per_worker, prefetch)
         self._want_workers = workers
         self._threads = threads_per_worker
         self._address = address
