@@ -137,6 +137,22 @@ def test_a_task_holding_the_gil_fails_at_its_deadline_and_its_worker_is_restarte
 
 
 @pytest.mark.timeout(60)
+def test_a_worker_of_its_own_with_a_thread_left_keeps_serving_and_its_results(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Restarting a worker loses every result it holds (dispatcher would recompute
+    # them): one thread held by a stuck task only takes that thread's share away.
+    caplog.set_level(logging.WARNING, logger="dispatcher.dask")
+    stuck = op(dask_tasks.forever, label="stuck", timeout=1)()
+    with get_executor("dask", workers=1, threads_per_worker=2) as ex:
+        before = ex.run(Op(dask_tasks.pid, 0))
+        with pytest.raises(TaskTimeoutError, match="stuck"):
+            ex.run(stuck)
+        assert ex.run([Op(dask_tasks.pid, i) for i in range(4)]) == [before] * 4
+    assert not [r.message for r in caplog.records if "restart" in r.message]
+
+
+@pytest.mark.timeout(60)
 def test_a_task_holding_the_gil_on_a_users_cluster_fails_at_its_deadline(
     dask_client: Any,
 ) -> None:
