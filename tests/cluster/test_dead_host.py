@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import netns_cluster
@@ -16,6 +16,7 @@ from test_across_hosts import MPI_TESTS
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(240)]
 
 BUSY_JOB = str(Path(__file__).with_name("busy_job.py"))
+FETCHING_JOB = str(Path(__file__).with_name("fetching_job.py"))
 
 
 def run_until_node3_is_struck(
@@ -24,6 +25,8 @@ def run_until_node3_is_struck(
     per_host: int,
     strike: Callable[[str], object],
     tasks: int = 3000,
+    environment: Mapping[str, str] | None = None,
+    program: str = BUSY_JOB,
 ) -> tuple[int, str, str]:
     """Start a job of ``tasks`` 0.2 s tasks on all hosts, ``strike("node3")`` once node3
     works, and return the job's exit status, stdout and stderr."""
@@ -31,8 +34,10 @@ def run_until_node3_is_struck(
     markers.mkdir()
     job = subprocess.Popen(
         [
-            *cluster.launch(3 * per_host, per_host),
-            *(sys.executable, "-m", "dispatcher_mpi", BUSY_JOB),
+            *cluster.launch(
+                3 * per_host, per_host, {**netns_cluster.TCP_ONLY, **(environment or {})}
+            ),
+            *(sys.executable, "-m", "dispatcher_mpi", program),
             *(str(markers), str(tasks)),
         ],
         stdout=subprocess.PIPE,
@@ -91,18 +96,47 @@ def test_a_dead_host_is_named_with_its_ranks(cluster: Cluster, tmp_path: Path) -
     assert "rank 2" in out + err
 
 
-@pytest.mark.xfail(
-    run=False,  # it hangs for the full two minutes: run it with --runxfail
-    reason="a host that drops off the network closes no connection: rank 0 waits forever "
-    "for the tasks it gave rank 2, mpiexec for its proxy, and node3's ranks live on",
-)
 def test_a_host_cut_off_from_the_network_ends_the_job(cluster: Cluster, tmp_path: Path) -> None:
+    """No connection closes when a host drops off the network: rank 0 gives up on its rank
+    once it has been silent with tasks out for the silence limit, the tasks run on the
+    other hosts, and the job ends, naming the host."""
     try:
         # 60 tasks: the two other hosts' ranks would be done in seconds.
-        status, out, _ = run_until_node3_is_struck(
-            cluster, tmp_path, 1, netns_cluster.cut_off, tasks=60
+        status, out, err = run_until_node3_is_struck(
+            cluster,
+            tmp_path,
+            1,
+            netns_cluster.cut_off,
+            tasks=60,
+            environment={"DISPATCHER_MPI_SILENCE_LIMIT": "5"},
         )
     finally:
         netns_cluster.reconnect("node3")
         netns_cluster.kill("node3")
-    assert status != 0 or "the job finished" in out
+    assert "the job finished" in out, err
+    assert "(host node3, pid" in err, err
+    assert "silent for" in err, err
+
+
+def test_results_held_on_a_host_cut_off_are_made_again_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Tasks on the other hosts that fetch results held on the host cut off stop waiting
+    for them once it is given up on, and those results are made again elsewhere."""
+    tasks = 24
+    try:
+        status, out, err = run_until_node3_is_struck(
+            cluster,
+            tmp_path,
+            1,
+            netns_cluster.cut_off,
+            tasks=tasks,
+            environment={"DISPATCHER_MPI_SILENCE_LIMIT": "5"},
+            program=FETCHING_JOB,
+        )
+    finally:
+        netns_cluster.reconnect("node3")
+        netns_cluster.kill("node3")
+    assert "the job finished" in out, err
+    assert f"total {float((1 << 17) * 2 * sum(range(tasks)))}" in out, out
+    assert "(host node3, pid" in err, err
