@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
-from ._tasks import RUNNING, TaskTable
+from ._tasks import DONE, RUNNING, TaskTable
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: from ._links
 
@@ -233,22 +233,27 @@ class Placement:
         return moving, near
 
     def place_ahead(self, p: int) -> str | None:
-        """Where task ``p`` may go ahead of its inputs, which are all made or being made
-        (see ``Capabilities.accepts_pending_inputs``): on a transport that accepts pending
+        """Where task ``p`` may go ahead of its inputs (see
+        ``Capabilities.accepts_pending_inputs``): on a transport that accepts pending
         inputs, wherever :meth:`place` puts it; on one whose workers run their tasks in
         order, only behind its inputs, on the worker computing all of them, while that
-        worker has room. None: nowhere now; it waits for its inputs' reports."""
-        if self.anywhere:
-            return self.place(p)
+        worker has room. None: nowhere now (or an input is neither made nor being made:
+        it went back to waiting since ``p`` was readied); it waits for its inputs'
+        reports."""
         table = self.table
+        if self.anywhere:
+            return self.place(p) if table.inputs_sent(p) else None
         state, inflight = table.state, table.inflight
         worker = None
+        # (TaskTable.inputs_sent, checked in the same pass: once per task sent ahead.)
         for d in table.deps[p]:
             if state[d] == RUNNING:
                 spec = inflight.get(d)
                 if spec is None or (worker is not None and spec.worker != worker):
                     return None
                 worker = spec.worker
+            elif state[d] != DONE:
+                return None
         if worker is None or self.load[worker] >= self.room[worker]:
             return None
         return worker

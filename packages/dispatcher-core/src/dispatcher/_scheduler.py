@@ -58,6 +58,45 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 
+def _on_finished(
+    run: Run, p: int, worker: str, duration: float, nbytes: int | None, value: Any
+) -> None:
+    """Task ``p`` finished on ``worker``: learn from it, keep its result, settle it."""
+    table = run.table
+    # Run._reported, written out: once per task.
+    spec = table.inflight.get(p)
+    if spec is None or spec.worker != worker or table.state[p] != RUNNING:
+        table.free_on(worker, p)  # a stale report: its result is not wanted
+        stale_copies(table, p, worker)
+        return
+    del table.inflight[p]
+    placement = run.placement
+    placement.load[worker] -= 1
+    if isinstance(value, Unloaded):
+        loaded, value = _load_result(run, p, worker, spec, value, duration)
+        if not loaded:
+            return
+    unannounced = run._unannounced
+    if unannounced:
+        _announce_at_own_report(run, p, worker)
+    placement.learn(duration, nbytes)
+    table.state[p] = DONE
+    table.holders[p] = table._alone.get(worker) or table.held_on(worker)
+    table.nbytes[p] = nbytes
+    if table.wanted[p]:
+        table.results[p] = value
+    if spec.sources is not None:
+        copied(table, p, spec, worker, True)
+    if run._hits is not None and p in run._hits:
+        if run._cached_hook is not None:
+            run._cached_hook(node=table.nodes[p], worker=worker)
+    elif run._finished_hook is not None:
+        run._finished_hook(node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes)
+    table.settle(p)
+    if unannounced:
+        _announce_started(run, table.dependents[p])
+
+
 class Run:
     """One run of ``graph`` towards ``targets``, from start to its end."""
 
@@ -202,7 +241,7 @@ class Run:
                 continue
             if waiting[p]:
                 # Readied ahead of an input still being computed (see ready_ahead).
-                worker = self.placement.place_ahead(p) if table.inputs_sent(p) else None
+                worker = self.placement.place_ahead(p)
                 if worker is None:  # (or an input went back to waiting since)
                     ready.pop()
                     state[p] = WAITING  # readied again once its inputs are made
@@ -279,10 +318,10 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self._unannounced is None:
-            _announce(self, p, node, worker)
-        else:
+        if self._unannounced is not None:
             _announce_unless_ahead(self, p, node, worker)
+        elif self._started_hook is not None:  # (no call per task when nobody watches)
+            _announce(self, p, node, worker)
         return spec
 
     def _hit_in_caller(self, p: int) -> None:
@@ -345,41 +384,6 @@ class Run:
         del table.inflight[p]
         self.placement.load[worker] -= 1
         return spec
-
-    def _on_finished(
-        self, p: int, worker: str, duration: float, nbytes: int | None, value: Any
-    ) -> None:
-        spec = self._reported(p, worker)
-        if spec is None:
-            self.table.free_on(worker, p)  # its result is not wanted
-            stale_copies(self.table, p, worker)
-            return
-        if isinstance(value, Unloaded):
-            loaded, value = _load_result(self, p, worker, spec, value, duration)
-            if not loaded:
-                return
-        unannounced = self._unannounced
-        if unannounced:
-            _announce_at_own_report(self, p, worker)
-        table = self.table
-        self.placement.learn(duration, nbytes)
-        table.state[p] = DONE
-        table.holders[p] = table._alone.get(worker) or table.held_on(worker)
-        table.nbytes[p] = nbytes
-        if table.wanted[p]:
-            table.results[p] = value
-        if spec.sources is not None:
-            copied(table, p, spec, worker, True)
-        if self._hits is not None and p in self._hits:
-            if self._cached_hook is not None:
-                self._cached_hook(node=table.nodes[p], worker=worker)
-        elif self._finished_hook is not None:
-            self._finished_hook(
-                node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes
-            )
-        table.settle(p)
-        if unannounced:
-            _announce_started(self, table.dependents[p])
 
     def _on_failed(self, p: int, worker: str, error: Any, duration: float) -> None:
         spec = self._reported(p, worker)

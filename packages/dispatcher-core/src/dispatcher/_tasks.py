@@ -136,15 +136,19 @@ class TaskTable:
         """``p`` has its result: release the inputs it used last, wake its dependents, and
         release its result at once if nothing needs it."""
         self.remaining -= 1
-        self.consume_inputs(p)
+        needed, release = self.needed, self.release
+        for d in self.deps[p]:  # consume_inputs(p), written out: once per reported task
+            needed[d] -= 1
+            if needed[d] == 0:
+                release(d)
         state, waiting, ready = self.state, self.waiting, self.ready
         for j in self.dependents[p]:
             waiting[j] -= 1
             if waiting[j] == 0 and state[j] == WAITING:
                 state[j] = READY
                 ready.append(j)
-        if self.needed[p] == 0:
-            self.release(p)
+        if needed[p] == 0:
+            release(p)
 
     def consume_inputs(self, p: int) -> None:
         """``p`` is done with its inputs (it ran, or never will): release those that
@@ -192,7 +196,11 @@ class TaskTable:
         """Are all of ``p``'s inputs made or being made? (An entry of the ready stack put
         there by :meth:`ready_ahead` whose input went back to waiting since is not.)"""
         state = self.state
-        return all(state[d] == RUNNING or state[d] == DONE for d in self.deps[p])
+        # A loop, not all() over a generator: once per task sent ahead.
+        for d in self.deps[p]:  # noqa: SIM110
+            if state[d] != RUNNING and state[d] != DONE:
+                return False
+        return True
 
     def free_on(self, worker: str, p: int) -> None:
         """Queue ``p``'s result to be freed on ``worker`` (a copy the run does not track)."""
@@ -255,7 +263,12 @@ class TaskTable:
         base, deps = self.base, self.deps[p]
         caller_values, needed, wanted = self.caller_values, self.needed, self.wanted
         holders, inflight = self.holders, self.inflight
-        keys = tuple([base + d for d in deps]) if base else deps
+        if not base:
+            keys = deps
+        elif len(deps) == 1:  # (a chain's link: no comprehension to call)
+            keys = (base + deps[0],)
+        else:
+            keys = tuple([base + d for d in deps])
         shipped: dict[Key, Any] | None = None
         picked: list[str | None] = []  # where each input is to be taken from
         local = True
@@ -268,22 +281,22 @@ class TaskTable:
                 picked.append(None)
                 continue
             where = holders[d]
-            if where is not None and worker not in where:
-                picked.append(_nearest(where, worker) if len(where) > 1 else next(iter(where)))
-                local = False
-                continue
             if where is None:
                 making = inflight.get(d)
                 if making is not None and making.worker != worker:
                     picked.append(making.worker)  # still being computed there
                     local = False
                     continue
+            elif worker not in where:
+                picked.append(_nearest(where, worker) if len(where) > 1 else next(iter(where)))
+                local = False
+                continue
             # Held there, or sent ahead: still being computed on this very worker.
             picked.append(worker)
             if needed[d] == 1 and not wanted[d]:
                 used_up.append(base + d)
         sources = tuple(picked) if not local and sourced else None
-        return keys, sources, shipped, tuple(used_up)
+        return keys, sources, shipped, tuple(used_up) if used_up else ()
 
     # -- the hot loop ----------------------------------------------------------------------
 

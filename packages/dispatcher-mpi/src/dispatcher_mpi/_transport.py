@@ -46,7 +46,9 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from dispatcher import DispatcherError, TaskTimeoutError
@@ -114,6 +116,9 @@ def _names(peers: Sequence[tuple[str, int]]) -> list[str]:
     return [worker_name(f"rank-{r}", host if spread else None) for r, (host, _) in enumerate(peers)]
 
 
+_WORKER = attrgetter("worker")
+
+
 @functools.cache
 def _rank(worker: str) -> int:
     return int(worker.partition("@")[0].rsplit("-", 1)[1])
@@ -137,17 +142,16 @@ class Root:
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
         self.why_busy: dict[int, str] = {}
         self.reported: dict[int, dict[Key, None]] = {}
-        """Per rank, the last :data:`_REMEMBERED` tasks whose outcome it reported: a
-        ``Busy`` naming one of them came after its outcome, and means nothing."""
+        """Per rank, (at least) the last :data:`_REMEMBERED` tasks whose outcome it
+        reported: a ``Busy`` naming one of them came after its outcome, and means nothing."""
         self.heard: dict[int, float] = {}  # rank -> when it last said anything
         self.sent: dict[int, float] = {}  # rank -> when it was last sent tasks
         self.unreachable: set[int] = set()  # ranks given up on for their silence
         self.silence_limit = silence_limit()
         self._next_quiet_check = 0.0
+        # When the hub came back from not running (the program held the GIL, the job was
+        # stopped): what it missed meanwhile is not the ranks' silence.
         self.resumed = 0.0
-        """When this thread last came back from not running for a while (the GIL held by
-        the program, the process stopped): what it did not hear meanwhile is not the
-        ranks' silence, which counts from then at the earliest."""
         self._last_tick = time.monotonic()
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
@@ -197,8 +201,8 @@ class Root:
             keys = [entry[0] for entry in message.finished] if kind is Done else [message.key]
             recent = self.reported.setdefault(source, {})
             recent.update(dict.fromkeys(keys))
-            while len(recent) > _REMEMBERED:
-                del recent[next(iter(recent))]
+            if len(recent) > 2 * _REMEMBERED:  # trimmed now and then, not once per task
+                self.reported[source] = dict.fromkeys(list(recent)[-_REMEMBERED:])
             if source in self.busy and self.busy[source] in keys:
                 self._back(source)
         transport = self.transport
@@ -232,11 +236,8 @@ class Root:
             f"the network, or the process frozen (the limit is {self.silence_limit:g} s: "
             "DISPATCHER_MPI_SILENCE_LIMIT)"
         )
-        print(
-            f"dispatcher_mpi: {self.where(rank)} {reason}; its tasks run elsewhere",
-            file=sys.stderr,
-            flush=True,
-        )
+        where = self.where(rank)
+        print(f"dispatcher_mpi: {where} {reason}; its tasks run elsewhere", file=sys.stderr)
         self.unreachable.add(rank)
         for other in self.ranks:
             if other != rank:
@@ -304,14 +305,23 @@ class Root:
         doing = {rank: "idle" for rank in self.ranks}
         transport = self.transport
         if transport is not None:
-            out: dict[int, list[TaskSpec]] = {}
-            for spec in list(transport.inflight.tasks.values()):
-                out.setdefault(_rank(spec.worker), []).append(spec)
+            # Every 20 ms while tasks are out, on the hub's thread: what is out is counted
+            # per rank in C, and only the head of each rank's queue is looked at.
+            specs = list(transport.inflight.tasks.values())
+            out = Counter(map(_WORKER, specs))
             deadlines = transport.inflight.deadlines
-            for rank, specs in out.items():
-                started = [spec for spec in specs if spec.key in deadlines]
-                doing[rank] = f"running {(started or specs)[0].label!r}" + (
-                    f" ({len(specs) - 1} more queued there)" if len(specs) > 1 else ""
+            shown: dict[str, TaskSpec] = {}  # per worker, the first started, or the first
+            if deadlines:
+                for spec in specs:
+                    if spec.key in deadlines:
+                        shown.setdefault(spec.worker, spec)
+            for spec in specs:
+                if len(shown) == len(out):
+                    break
+                shown.setdefault(spec.worker, spec)
+            for worker, count in out.items():
+                doing[_rank(worker)] = f"running {shown[worker].label!r}" + (
+                    f" ({count - 1} more queued there)" if count > 1 else ""
                 )
         for rank, why in list(self.why_busy.items()):
             doing[rank] = why

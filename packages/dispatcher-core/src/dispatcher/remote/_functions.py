@@ -107,7 +107,9 @@ class FunctionShipper:
         """The token of ``spec``'s function, and the :class:`Define` to send ``worker``
         first when it does not hold it. Raises :class:`~dispatcher.SerializationError`
         naming the node when the function cannot be pickled."""
-        token = self.token(spec.func)
+        last, token = self._last  # (token()'s first test, written out: once per task)
+        if last is not spec.func:
+            token = self.token(spec.func)
         held = self._held.get(worker)
         if held is None:
             held = self._held[worker] = _Held()
