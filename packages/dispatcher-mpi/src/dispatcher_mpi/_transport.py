@@ -53,9 +53,11 @@ from dispatcher.remote import (
     Free,
     FunctionShipper,
     InFlight,
+    Lost,
     Pickled,
     Reports,
     Run,
+    RunEnded,
     Stop,
     check_count,
     dumps,
@@ -171,7 +173,9 @@ class Root:
             if message.key not in self.reported.get(source, ()):
                 self.retire(source, message.key, "finishing a task that was abandoned")
             return
-        if kind is Done or kind is Failed:
+        if kind is Done or kind is Failed or kind is Lost:
+            # Lost is an outcome too: an abandoned task whose inputs were gone by the
+            # time it asked for them never runs, and its rank must come back all the same.
             keys = [entry[0] for entry in message.finished] if kind is Done else [message.key]
             recent = self.reported.setdefault(source, {})
             recent.update(dict.fromkeys(keys))
@@ -428,8 +432,13 @@ class MpiTransport(Transport):
         self.root.hub.post(_rank(worker), Free(list(keys)))
 
     def run_finished(self, run: int) -> None:
-        """The ranks that hold run ``run``'s large arguments drop them."""
+        """The ranks that hold run ``run``'s large arguments drop them, and every rank
+        drops whatever else of the run it holds or its tasks still out there will keep
+        (the inputs a task abandoned by the run fetches, its result): a report that comes
+        after the run is over is heard by nobody who could free them."""
         self._drop_held(self.held.finish(run))
+        for rank in self.ranks:
+            self.root.hub.post(rank, RunEnded(run))
 
     def _out_on(self, rank: int) -> list[TaskSpec]:
         """The tasks sent to ``rank`` and not reported yet."""

@@ -34,6 +34,7 @@ __all__ = [
     "Free",
     "Lost",
     "Run",
+    "RunEnded",
     "Started",
     "Stop",
     "Task",
@@ -196,6 +197,15 @@ class Cancel(NamedTuple):
     """Tasks not to start, if they have not started yet."""
 
     keys: list[Key]
+
+
+@message("ended")
+class RunEnded(NamedTuple):
+    """Run ``run`` is over: drop every result of it held here, and whatever its tasks
+    still queued or running here would keep (the keys of a run carry it in their high
+    bits: ``key >> KEY_BITS``)."""
+
+    run: int
 
 
 @message("stop")
