@@ -160,3 +160,10 @@ def test_killing_processes_whose_exit_is_never_reported_waits_once_for_all() -> 
     waited = [timeout for process in processes for timeout in process.waited]
     assert len(waited) == 4
     assert sum(waited) <= 0.2 + 1e-6
+
+
+@pytest.mark.timeout(30)
+def test_more_workers_than_the_machine_can_start_is_refused_at_once() -> None:
+    # It used to start processes until the machine ran out of them, saying nothing.
+    with pytest.raises(ValueError, match=r"workers=1000000 is more than this machine allows"):
+        get_executor("mp", workers=10**6)
