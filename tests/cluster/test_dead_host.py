@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import netns_cluster
@@ -24,6 +24,7 @@ def run_until_node3_is_struck(
     per_host: int,
     strike: Callable[[str], object],
     tasks: int = 3000,
+    environment: Mapping[str, str] | None = None,
 ) -> tuple[int, str, str]:
     """Start a job of ``tasks`` 0.2 s tasks on all hosts, ``strike("node3")`` once node3
     works, and return the job's exit status, stdout and stderr."""
@@ -31,7 +32,9 @@ def run_until_node3_is_struck(
     markers.mkdir()
     job = subprocess.Popen(
         [
-            *cluster.launch(3 * per_host, per_host),
+            *cluster.launch(
+                3 * per_host, per_host, {**netns_cluster.TCP_ONLY, **(environment or {})}
+            ),
             *(sys.executable, "-m", "dispatcher_mpi", BUSY_JOB),
             *(str(markers), str(tasks)),
         ],
@@ -91,18 +94,23 @@ def test_a_dead_host_is_named_with_its_ranks(cluster: Cluster, tmp_path: Path) -
     assert "rank 2" in out + err
 
 
-@pytest.mark.xfail(
-    run=False,  # it hangs for the full two minutes: run it with --runxfail
-    reason="a host that drops off the network closes no connection: rank 0 waits forever "
-    "for the tasks it gave rank 2, mpiexec for its proxy, and node3's ranks live on",
-)
 def test_a_host_cut_off_from_the_network_ends_the_job(cluster: Cluster, tmp_path: Path) -> None:
+    """No connection closes when a host drops off the network: rank 0 gives up on its rank
+    once it has been silent with tasks out for the silence limit, the tasks run on the
+    other hosts, and the job ends, naming the host."""
     try:
         # 60 tasks: the two other hosts' ranks would be done in seconds.
-        status, out, _ = run_until_node3_is_struck(
-            cluster, tmp_path, 1, netns_cluster.cut_off, tasks=60
+        status, out, err = run_until_node3_is_struck(
+            cluster,
+            tmp_path,
+            1,
+            netns_cluster.cut_off,
+            tasks=60,
+            environment={"DISPATCHER_MPI_SILENCE_LIMIT": "5"},
         )
     finally:
         netns_cluster.reconnect("node3")
         netns_cluster.kill("node3")
-    assert status != 0 or "the job finished" in out
+    assert "the job finished" in out, err
+    assert "(host node3, pid" in err, err
+    assert "silent for" in err, err

@@ -390,6 +390,43 @@ def test_a_bad_chunk_size_is_a_clear_error(tmp_path: Path, value: str) -> None:
     assert "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan"])
+def test_a_bad_silence_limit_is_a_clear_error(tmp_path: Path, value: str) -> None:
+    program = script(tmp_path, "print('ran')\n")
+    done = job(2, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": value})
+    assert done.returncode == 2
+    assert "ran" not in done.stdout
+    assert done.stderr.count("DISPATCHER_MPI_SILENCE_LIMIT must be the seconds") == 1
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_frozen_rank_with_an_untimed_task_is_given_up_on(tmp_path: Path) -> None:
+    """A rank that says nothing with tasks out (here frozen; a host cut off from the
+    network looks the same) is given up on after the silence limit: its task runs on
+    another rank, the run ends, and so does the job."""
+    program = script(
+        tmp_path,
+        f"""
+        import os, signal
+        from dispatcher import Op, run
+
+        def freeze_once(i):
+            try:
+                os.mkdir({str(tmp_path / "frozen")!r})
+            except FileExistsError:
+                return i
+            os.kill(os.getpid(), signal.SIGSTOP)  # the whole rank: its hub too
+            return i
+
+        print(run([Op(freeze_once, i) for i in range(4)], executor="mpi"), flush=True)
+        """,
+    )
+    done = job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"}, timeout=90)
+    assert "[0, 1, 2, 3]" in done.stdout, done.stderr[-3000:]
+    assert re.search(r"rank \d \(host .*, pid \d+\) silent for \d+ s with tasks out", done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 # -- tasks that raise what ends a program -----------------------------------------------
 
 

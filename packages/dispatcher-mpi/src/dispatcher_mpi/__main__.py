@@ -58,9 +58,11 @@ def main() -> None:
             comm.Abort(2)
         from ._channel import abort_job, chunk_limit
         from ._segments import unlink_own_segments
+        from ._silence import silence_limit
 
         try:
             chunk_limit()
+            silence_limit()
         except ValueError as exc:
             # Every rank reads the same environment: each stops, rank 0 says why.
             if comm.Get_rank() == 0:

@@ -9,7 +9,22 @@ from typing import Any, NamedTuple
 
 from dispatcher.remote import message
 
-__all__ = ["Alive", "Busy", "Bye", "Data", "DropArguments", "Fetch", "HoldArgument", "Reset"]
+__all__ = [
+    "IDLE",
+    "Alive",
+    "Busy",
+    "Bye",
+    "Data",
+    "DropArguments",
+    "Fetch",
+    "HoldArgument",
+    "Peer",
+    "Reset",
+]
+
+IDLE = -1
+"""The key in a :class:`Busy` from a rank that runs nothing (task keys are never
+negative)."""
 
 
 @message("mpi.fetch")
@@ -55,9 +70,19 @@ class Reset(NamedTuple):
 
 @message("mpi.busy")
 class Busy(NamedTuple):
-    """A rank to rank 0: I am still running task ``key``, which was given up on."""
+    """A rank to rank 0, answering :class:`Reset`: I am still running task ``key``, which
+    was given up on (:data:`IDLE`: I run nothing)."""
 
     key: int
+
+
+@message("mpi.peer")
+class Peer(NamedTuple):
+    """Rank 0 to every other rank: rank ``rank`` cannot be reached (``reachable`` false:
+    give up fetches from it, and report those inputs lost), or can again."""
+
+    rank: int
+    reachable: bool
 
 
 @message("mpi.alive")

@@ -23,6 +23,10 @@ been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted
 later of the task's send and the last word from its rank. Such a task fails with
 :class:`~dispatcher.TaskTimeoutError` at most that grace late.
 
+An untimed task has no deadline: a rank silent for the silence limit while it has tasks
+out (a host cut off from the network, a frozen process) is retired the same way, and the
+other ranks give up what they fetch from it (:mod:`._silence`).
+
 No capacity: a retired rank is reported paused, with the task it still runs; once every
 rank is, the scheduler's one rule applies (runs wait :attr:`MpiTransport.paused_wait` for
 one to come back, then fail with an error naming each rank and that task).
@@ -69,7 +73,8 @@ from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transpo
 
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
-from ._messages import Alive, Busy, Bye, DropArguments, Reset
+from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
+from ._silence import SILENT, silence_limit, silent_ranks
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
@@ -100,6 +105,7 @@ STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
+_QUIET_CHECK = 1.0  # how often rank 0 looks for ranks silent with tasks out (see _silence)
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
@@ -135,6 +141,9 @@ class Root:
         """Per rank, the last :data:`_REMEMBERED` tasks whose outcome it reported: a
         ``Busy`` naming one of them came after its outcome, and means nothing."""
         self.heard: dict[int, float] = {}  # rank -> when it last said anything
+        self.sent: dict[int, float] = {}  # rank -> when it was last sent tasks
+        self.silence_limit = silence_limit()
+        self._next_quiet_check = 0.0
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
         self._next_silence_check = 0.0
@@ -167,10 +176,16 @@ class Root:
                 self.all_said_bye.set()
             return
         if kind is Busy:
-            # It still runs a task we gave up on (its run failed fast, or its executor
-            # closed): keep the rank out of scheduling until that task ends, whichever
-            # executor is open by then.
-            if message.key not in self.reported.get(source, ()):
+            done = message.key == IDLE or message.key in self.reported.get(source, ())
+            if self.busy.get(source) == SILENT:  # it speaks again: back when it is free
+                if done:
+                    self._back(source)
+                else:
+                    self.busy[source] = message.key
+            elif not done:
+                # It still runs a task we gave up on (its run failed fast, or its executor
+                # closed): keep the rank out of scheduling until that task ends, whichever
+                # executor is open by then.
                 self.retire(source, message.key, "finishing a task that was abandoned")
             return
         if kind is Done or kind is Failed or kind is Lost:
@@ -204,8 +219,30 @@ class Root:
             if transport.events is not None and rank in transport.ranks:
                 transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 
+    def silenced(self, rank: int, quiet: float) -> None:
+        """Take ``rank``, silent for ``quiet`` seconds with tasks out, out of scheduling;
+        the other ranks give up what they fetch from it (see :mod:`._silence`)."""
+        host = self.peers[rank][0] if rank < len(self.peers) else "?"
+        reason = (
+            f"silent for {quiet:.0f} s with tasks out: its host {host} may be cut off from "
+            f"the network, or the process frozen (the limit is {self.silence_limit:g} s: "
+            "DISPATCHER_MPI_SILENCE_LIMIT)"
+        )
+        print(
+            f"dispatcher_mpi: {self.where(rank)} {reason}; its tasks run elsewhere",
+            file=sys.stderr,
+            flush=True,
+        )
+        for other in self.ranks:
+            if other != rank:
+                self.hub.post(other, Peer(rank, False))
+        self.retire(rank, SILENT, reason)
+
     def _back(self, rank: int) -> None:
-        del self.busy[rank]
+        if self.busy.pop(rank) == SILENT:
+            for other in self.ranks:
+                if other != rank:
+                    self.hub.post(other, Peer(rank, True))
         self.why_busy.pop(rank, None)
         transport = self.transport
         if transport is not None and transport.events is not None and rank in transport.ranks:
@@ -229,11 +266,22 @@ class Root:
                     self.watcher.stop()
                 else:
                     self.watcher.tell(doing)
+        if transport is not None and transport.inflight.tasks:
+            now = time.monotonic()
+            if now >= self._next_quiet_check:
+                self._next_quiet_check = now + _QUIET_CHECK
+                self._find_silent(transport, now)
         if transport is not None and transport.unstarted:
             now = time.monotonic()
             if now >= self._next_silence_check:
                 self._next_silence_check = now + _SILENCE_CHECK
                 transport.enforce_silence(now)
+
+    def _find_silent(self, transport: MpiTransport, now: float) -> None:
+        idle = [rank for rank in transport.ranks if rank not in self.busy]
+        for rank, quiet in silent_ranks(idle, self.heard, self.sent, now, self.silence_limit):
+            if transport._out_on(rank):
+                self.silenced(rank, quiet)
 
     def doing(self) -> dict[int, str]:
         """What each worker rank does now, as far as rank 0 knows, for :class:`Watcher`."""
@@ -403,6 +451,7 @@ class MpiTransport(Transport):
                 post(rank, forget)
 
     def _post_tasks(self, rank: int, batch: list[tuple[Any, ...]]) -> None:
+        self.root.sent[rank] = time.monotonic()
         try:
             self.root.hub.post(rank, Run(batch))
             return

@@ -27,7 +27,18 @@ from dispatcher.remote import (
 
 from ._channel import Hub, encode
 from ._held_arguments import drop_held, hold
-from ._messages import Alive, Busy, Bye, Data, DropArguments, Fetch, HoldArgument, Reset
+from ._messages import (
+    IDLE,
+    Alive,
+    Busy,
+    Bye,
+    Data,
+    DropArguments,
+    Fetch,
+    HoldArgument,
+    Peer,
+    Reset,
+)
 
 ROOT = 0
 HEARTBEAT = 0.5
@@ -46,8 +57,11 @@ class WorkerRank(TaskRunner):
         self.hub.tick = self._tick
         self.reported = time.monotonic()
         """When this rank last sent rank 0 something."""
-        self.replies: dict[int, tuple[threading.Event, list[Data]]] = {}
-        """The task thread's fetches waiting for their :class:`Data`, by request."""
+        self.replies: dict[int, tuple[threading.Event, list[Data], int]] = {}
+        """The task thread's fetches waiting for their :class:`Data`, by request, with the
+        rank asked."""
+        self.unreachable: set[int] = set()
+        """Ranks rank 0 gave up on (:class:`Peer`): nothing is asked of them."""
         self._requests = 0
         self.failure: str | None = None
         """Why the task thread ended, if it did: the job ends with it."""
@@ -101,19 +115,23 @@ class WorkerRank(TaskRunner):
         for key, source in zip(deps, sources, strict=True):
             # (One held here already is a copy an earlier task here fetched: kept.)
             if source > 0 and source != self.rank and key not in store:
+                if source in self.unreachable:
+                    continue  # left out: reported lost, and recomputed elsewhere
                 wanted.setdefault(source, {})[key] = None
-        waiters: list[tuple[threading.Event, list[Data]]] = []
+        waiters: list[tuple[threading.Event, list[Data], int]] = []
         for source, keys in wanted.items():
             request = self._requests = self._requests + 1
-            waiter: tuple[threading.Event, list[Data]] = (threading.Event(), [])
+            waiter: tuple[threading.Event, list[Data], int] = (threading.Event(), [], source)
             self.replies[request] = waiter
             waiters.append(waiter)
             self.hub.expecting += 1
             self.hub.post(source, Fetch(request, tuple(keys)))
+            if source in self.unreachable:  # given up on meanwhile: the hub may have missed it
+                self._give_up(request, waiter)
         # Wait for every reply before looking at any, so none is left behind.
         packed: dict[int, list[Any]] = {}
         unsendable: str | None = None
-        for event, reply in waiters:
+        for event, reply, _ in waiters:
             event.wait()
             self.hub.expecting -= 1
             self.replies.pop(reply[0].request, None)
@@ -153,13 +171,30 @@ class WorkerRank(TaskRunner):
             self.drop_queued()
             self.store.clear()
             current = self.current
-            if current is not None:
-                self.hub.post(source, Busy(current))
+            self.hub.post(source, Busy(IDLE if current is None else current))
+        elif kind is Peer:
+            self._peer(message)
         elif kind is Stop:
             self.hub.post(source, Bye())
             self.hub.running = False
         else:
             self.receive(message)
+
+    def _peer(self, peer: Peer) -> None:
+        """Rank 0 gave up on a rank (or has it back): fetches waiting for it end, with
+        what they asked for left out (so reported lost, and recomputed elsewhere)."""
+        if peer.reachable:
+            self.unreachable.discard(peer.rank)
+            return
+        self.unreachable.add(peer.rank)
+        for request, waiter in list(self.replies.items()):
+            if waiter[2] == peer.rank:
+                self._give_up(request, waiter)
+
+    @staticmethod
+    def _give_up(request: int, waiter: tuple[threading.Event, list[Data], int]) -> None:
+        waiter[1].append(Data(request, []))
+        waiter[0].set()
 
     def _serve_fetch(self, source: int, fetch: Fetch) -> None:
         self.hub.post(source, Data(fetch.request, [self._pack_held(key) for key in fetch.keys]))

@@ -1,0 +1,68 @@
+"""Ranks that go silent with tasks out: a host cut off from the network, a frozen process.
+
+A rank running a task says :class:`~._messages.Alive` every half second. When one has said
+nothing for :func:`silence_limit` seconds since it was last sent work, while it has tasks
+out, rank 0 cannot tell it from a rank whose host dropped off the network (no connection
+closes then: TCP retries for many minutes) or a frozen (``SIGSTOP``) process. Rank 0 takes
+it out of scheduling: its tasks run elsewhere, what it held is recomputed, and the other
+ranks stop waiting for what they fetch from it. If it speaks again, it comes back.
+
+A task that holds the GIL for longer than the limit silences its rank too; it is then run
+a second time elsewhere. Raise the limit for such tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+
+__all__ = ["LIMIT_VARIABLE", "SILENT", "silence_limit", "silent_ranks"]
+
+LIMIT_VARIABLE = "DISPATCHER_MPI_SILENCE_LIMIT"
+DEFAULT_LIMIT = 300.0
+"""Seconds: dask.distributed's default ``worker-ttl``, which users of clusters know."""
+
+SILENT = -2
+"""The task a rank taken out for its silence is said to run (task keys are never
+negative): it comes back on the first word it says."""
+
+
+def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds of silence, with tasks out, after which a rank is given up on; a
+    ``ValueError`` that says why when ``DISPATCHER_MPI_SILENCE_LIMIT`` is not a number of
+    seconds above 0."""
+    raw = environ.get(LIMIT_VARIABLE)
+    if raw is None or not raw.strip():
+        return DEFAULT_LIMIT
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = math.nan
+    if not limit > 0:  # also NaN
+        raise ValueError(
+            f"{LIMIT_VARIABLE} must be the seconds of silence after which a rank with tasks "
+            f"out is given up on, a number above 0 (default {DEFAULT_LIMIT:g}), not {raw!r}"
+        )
+    return limit
+
+
+def silent_ranks(
+    ranks: Iterable[int],
+    heard: Mapping[int, float],
+    sent: Mapping[int, float],
+    now: float,
+    limit: float,
+) -> list[tuple[int, float]]:
+    """``(rank, seconds quiet)`` for each of ``ranks`` that has said nothing for ``limit``
+    seconds since it was last sent work (whether it has tasks out is the caller's to
+    check: an idle rank is quiet too)."""
+    silent = []
+    for rank in ranks:
+        last = sent.get(rank)
+        if last is None:
+            continue  # never sent anything
+        quiet = now - max(last, heard.get(rank, 0.0))
+        if quiet >= limit:
+            silent.append((rank, quiet))
+    return silent
