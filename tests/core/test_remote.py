@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from dispatcher import RemoteError, SerializationError
 from dispatcher.remote import (
+    Cancel,
     Define,
     Done,
     Failed,
@@ -18,6 +20,7 @@ from dispatcher.remote import (
     FunctionShipper,
     InFlight,
     Run,
+    RunEnded,
     Started,
     Stop,
     TaskRunner,
@@ -28,7 +31,7 @@ from dispatcher.remote import (
     task_record,
     to_wire,
 )
-from dispatcher.transport import SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec
+from dispatcher.transport import KEY_BITS, SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -139,6 +142,52 @@ def test_a_task_whose_input_is_gone_is_reported_lost() -> None:
     runner = run_tasks([spec(2, abs, shape=SHAPE_POSITIONAL, deps=(1,))])
     assert [type(m).__name__ for m in runner.sent] == ["Lost"]
     assert runner.sent[0].missing == [1]
+
+
+RELEASE = threading.Event()
+
+
+def wait_for_release() -> str:
+    RELEASE.wait(10)
+    return "made after its run ended"
+
+
+def test_a_run_that_ended_leaves_nothing_of_it_in_the_runner() -> None:
+    run1, run2 = 1 << KEY_BITS, 2 << KEY_BITS
+    runner = Recording()
+    runner.store[run1 | 9] = "made before its run ended"
+    shipper = FunctionShipper(dumps)
+
+    def records(*specs: TaskSpec) -> list[tuple[Any, ...]]:
+        out = []
+        for s in specs:
+            token, define = shipper.ship("w", s)
+            if define is not None:
+                runner.receive(define)
+            out.append(task_record(s, token, None, None))
+        return out
+
+    RELEASE.clear()
+    runner.receive(Run(records(spec(run1 | 1, wait_for_release), spec(run1 | 2, abs, -2))))
+    thread = threading.Thread(target=runner.serve)
+    thread.start()
+    while runner.current != run1 | 1:
+        time.sleep(0.001)
+    runner.receive(Cancel([run1 | 2]))
+    runner.receive(RunEnded(1))
+    assert run1 | 9 not in runner.store  # at once
+    runner.drop_queued()  # as when the worker is reset: the end of the run stays queued
+    runner.receive(Run(records(spec(run2 | 1, abs, -4))))
+    runner.receive(Stop())
+    RELEASE.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the task loop did not stop"
+    # The run's late task still reports (its caller frees nothing of it any more) ...
+    done = [entry[0] for m in runner.sent if type(m) is Done for entry in m.finished]
+    assert done == [run1 | 1, run2 | 1]
+    # ... and what it made is gone with the rest of its run, and its cancellations.
+    assert set(runner.store) == {run2 | 1}
+    assert not runner.cancelled
 
 
 def test_restore_keeps_the_part_of_a_cause_chain_that_travels() -> None:
