@@ -167,3 +167,16 @@ def test_more_workers_than_the_machine_can_start_is_refused_at_once() -> None:
     # It used to start processes until the machine ran out of them, saying nothing.
     with pytest.raises(ValueError, match=r"workers=1000000 is more than this machine allows"):
         get_executor("mp", workers=10**6)
+
+
+def test_starting_many_workers_says_how_far_it_got(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dispatcher_mp._transport
+
+    monkeypatch.setattr(dispatcher_mp._transport, "STARTING_NOTICE", 0.0)
+    with caplog.at_level("WARNING", logger="dispatcher.mp"), get_executor("mp", workers=3):
+        pass
+    said = [r.getMessage() for r in caplog.records if r.name == "dispatcher.mp"]
+    assert said, "nothing was said while the workers started"
+    assert said[0].startswith("starting 3 mp workers: 1 ready after"), said

@@ -98,6 +98,12 @@ def _check_main_is_a_file(start_method: str) -> None:
         )
 
 
+STARTING_NOTICE = 10.0
+"""Seconds of starting workers after which the caller is told how far it got, and every
+three times that after: each worker imports what it needs, and many of them on a busy
+machine take minutes."""
+
+
 class _Batch:
     """What one dispatch sends one worker: the :class:`Run` entries, and their specs in
     the same order (for the worker's :attr:`~._process.WorkerProcess.sent`)."""
@@ -205,9 +211,20 @@ class MpTransport(WorkerSupervision, Transport):
         try:
             for i in range(self.size):
                 started.append(self.spawn(f"mp-{i}"))
-            for worker in started:
+            began = time.monotonic()
+            tell_at = began + STARTING_NOTICE
+            for count, worker in enumerate(started, 1):
                 worker.await_ready(self.start_method, self.setup is not None)
                 self.workers[worker.name] = worker
+                now = time.monotonic()
+                if now >= tell_at and count < len(started):
+                    log.warning(
+                        "starting %d mp workers: %d ready after %.0f s",
+                        len(started),
+                        count,
+                        now - began,
+                    )
+                    tell_at = now + 3 * STARTING_NOTICE
         except BaseException:
             for worker in started:
                 kill(worker.process)
