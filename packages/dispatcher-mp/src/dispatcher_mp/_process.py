@@ -32,6 +32,7 @@ __all__ = [
     "exit_reason",
     "kill",
     "spawn",
+    "wait_exits",
     "write_output",
 ]
 
@@ -159,6 +160,10 @@ T = TypeVar("T")
 
 SPAWNER_STOP_WAIT = 5.0
 """Seconds closing an executor waits for a worker start already under way to finish."""
+_SPAWNER_NUDGE = 0.2  # seconds a start under way gets before a frozen forkserver is killed
+_EXIT_POLL = 0.01  # seconds between looks at processes whose exits are awaited
+
+log = logging.getLogger("dispatcher.mp")
 
 
 class Spawner:
@@ -199,6 +204,9 @@ class Spawner:
             if thread is not None:
                 self._requests.put(None)
         if thread is not None and thread is not threading.current_thread():
+            thread.join(_SPAWNER_NUDGE)
+            if thread.is_alive() and _kill_frozen_forkserver():
+                log.warning("the forkserver was frozen (stopped by a signal): killed it")
             thread.join(SPAWNER_STOP_WAIT)
 
     def _serve(self) -> None:
@@ -251,9 +259,60 @@ def kill_all(processes: Sequence[Any], grace: float = 5.0) -> None:
             os.kill(process.pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass
-    deadline = time.monotonic() + grace
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
+    wait_exits(processes, grace)
+
+
+def wait_exits(processes: Sequence[Any], seconds: float) -> None:
+    """Wait until every one of ``processes`` has exited, ``seconds`` at most in all.
+
+    A process's exit is taken from its parent's word (``exitcode``) or, where the parent
+    says nothing, from Linux: a forkserver's child reports its exit through the forkserver,
+    and a frozen forkserver never does, but its dead child is a zombie all the same."""
+    deadline = time.monotonic() + seconds
+    left = [p for p in processes if not _exited(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(_EXIT_POLL)
+        left = [p for p in left if not _exited(p)]
+
+
+def _exited(process: Any) -> bool:
+    """Has ``process`` exited (without waiting)?"""
+    if process.exitcode is not None:
+        return True
+    return _state(process.pid) in (None, "Z", "X")
+
+
+def _state(pid: int | None) -> str | None:
+    """The state letter of process ``pid`` in ``/proc`` ("R", "S", "T", "Z"...); ``None``
+    if there is no such process, "?" where ``/proc`` cannot tell."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            line = stat.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+    # "pid (command) state ...": the command may hold spaces and parentheses.
+    return line[line.rindex(b")") + 2 :][:1].decode() or "?"
+
+
+def _kill_frozen_forkserver() -> bool:
+    """Kill this process's forkserver if it is stopped by a signal (SIGSTOP): frozen, it
+    starts no worker and reports no exit, for any executor, and a start waiting for it
+    waits for ever. Killed, the next start runs a new one. True if it was killed."""
+    import multiprocessing.forkserver
+
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if not isinstance(pid, int) or _state(pid) not in ("T", "t"):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def exit_reason(code: int | None) -> str:

@@ -58,7 +58,7 @@ from dispatcher.transport import (
 from . import _worker
 from ._caller_values import CallerValues
 from ._messages import Fetch, Unshare
-from ._process import Spawner, WorkerProcess, kill, kill_all, spawn
+from ._process import Spawner, WorkerProcess, kill, kill_all, spawn, wait_exits
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
@@ -255,9 +255,7 @@ class MpTransport(WorkerSupervision, Transport):
         kill_all(starting_processes, grace=0.0)  # its thread sees ``closing`` and stops there
         for worker in workers:
             worker.stop()
-        deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+        wait_exits([w.process for w in workers], 1.0)  # seconds to exit by themselves
         # Waited for together (a frozen forkserver reports no exit: waits would add up).
         kill_all(starting_processes + [w.process for w in workers if w.process.is_alive()])
         for worker in workers:
