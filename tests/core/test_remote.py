@@ -3,6 +3,7 @@ in-flight table, the task loop and error transport."""
 
 from __future__ import annotations
 
+import copyreg
 import pickle
 import threading
 import time
@@ -201,6 +202,35 @@ def test_restore_keeps_the_part_of_a_cause_chain_that_travels() -> None:
     restored = restore_error(wire, "node", pickle.loads)
     assert type(restored) is ValueError
     assert restored.__cause__ is None
+
+
+def _rebuilt_with_cause(cls: type[BaseException], args: Any, cause: Any) -> BaseException:
+    exc = cls(*args)
+    exc.__cause__ = cause  # a str here: TypeError, as under tblib's pickling support
+    return exc
+
+
+def test_an_exception_keeps_its_type_where_exceptions_pickle_with_their_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Importing dask.distributed makes every exception pickle with its chain (tblib): a
+    # cause that does not unpickle as an exception took the whole error down with it.
+    def with_cause(exc: BaseException) -> Any:
+        return (_rebuilt_with_cause, (type(exc), exc.args, exc.__cause__))
+
+    monkeypatch.setitem(copyreg.dispatch_table, ValueError, with_cause)
+    try:
+        try:
+            raise Weird("w")
+        except Weird as weird:
+            raise ValueError("outer") from weird
+    except ValueError as exc:
+        wire = capture_error(exc, dumps)
+        cause = exc.__cause__
+    assert type(cause) is Weird  # left as it was
+    restored = restore_error(wire, "node", pickle.loads)
+    assert type(restored) is ValueError
+    assert restored.args == ("outer",)
 
 
 def test_an_exception_that_cannot_be_pickled_or_printed_becomes_remote_error() -> None:
