@@ -29,6 +29,7 @@ __all__ = [
     "KilledWhileStarting",
     "Spawner",
     "WorkerProcess",
+    "await_all_ready",
     "exit_reason",
     "kill",
     "spawn",
@@ -36,6 +37,9 @@ __all__ = [
     "write_output",
 ]
 
+STARTING_NOTICE = 10.0
+"""Seconds of starting workers after which the caller is told how far it got, and every
+three times that after."""
 START_TIMEOUT = 120.0
 """Seconds a new worker may take to import what it needs, run its initializer and say it
 is ready."""
@@ -242,6 +246,22 @@ def spawn(
     process.start()
     child.close()
     return WorkerProcess(name, prefix, process, parent, running=running)
+
+
+def await_all_ready(workers: Sequence[WorkerProcess], start_method: str, initializer: bool) -> None:
+    """Wait for each of ``workers`` to be ready (see :meth:`WorkerProcess.await_ready`),
+    saying how far it got when that takes long: each worker imports what it needs, and
+    many of them on a busy machine take minutes."""
+    began = time.monotonic()
+    tell_at = began + STARTING_NOTICE
+    for count, worker in enumerate(workers, 1):
+        worker.await_ready(start_method, initializer)
+        now = time.monotonic()
+        if now >= tell_at and count < len(workers):
+            log.warning(
+                "starting %d mp workers: %d ready after %.0f s", len(workers), count, now - began
+            )
+            tell_at = now + 3 * STARTING_NOTICE
 
 
 def kill(process: Any) -> None:

@@ -58,7 +58,15 @@ from dispatcher.transport import (
 from . import _worker
 from ._caller_values import CallerValues
 from ._messages import Fetch, Unshare
-from ._process import Spawner, WorkerProcess, kill, kill_all, spawn, wait_exits
+from ._process import (
+    Spawner,
+    WorkerProcess,
+    await_all_ready,
+    kill,
+    kill_all,
+    spawn,
+    wait_exits,
+)
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
@@ -96,12 +104,6 @@ def _check_main_is_a_file(start_method: str) -> None:
             "save the script to a file and run that (python job.py), or pass "
             "start_method='fork'"
         )
-
-
-STARTING_NOTICE = 10.0
-"""Seconds of starting workers after which the caller is told how far it got, and every
-three times that after: each worker imports what it needs, and many of them on a busy
-machine take minutes."""
 
 
 class _Batch:
@@ -211,20 +213,8 @@ class MpTransport(WorkerSupervision, Transport):
         try:
             for i in range(self.size):
                 started.append(self.spawn(f"mp-{i}"))
-            began = time.monotonic()
-            tell_at = began + STARTING_NOTICE
-            for count, worker in enumerate(started, 1):
-                worker.await_ready(self.start_method, self.setup is not None)
-                self.workers[worker.name] = worker
-                now = time.monotonic()
-                if now >= tell_at and count < len(started):
-                    log.warning(
-                        "starting %d mp workers: %d ready after %.0f s",
-                        len(started),
-                        count,
-                        now - began,
-                    )
-                    tell_at = now + 3 * STARTING_NOTICE
+            await_all_ready(started, self.start_method, self.setup is not None)
+            self.workers.update((worker.name, worker) for worker in started)
         except BaseException:
             for worker in started:
                 kill(worker.process)
