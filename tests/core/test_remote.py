@@ -191,6 +191,29 @@ def test_a_run_that_ended_leaves_nothing_of_it_in_the_runner() -> None:
     assert not runner.cancelled
 
 
+def test_completions_held_back_for_the_end_of_a_run_are_reported() -> None:
+    # A batch's completions wait while more is queued; the end of another run queued
+    # behind it is no task, and the wait for what follows it was for ever.
+    runner = Recording()
+    shipper = FunctionShipper(dumps)
+    task = spec(2 << KEY_BITS | 1, abs, -1)
+    token, define = shipper.ship("w", task)
+    assert define is not None
+    runner.receive(define)
+    runner.receive(Run([task_record(task, token, None, None)]))
+    runner.receive(RunEnded(1))
+    thread = threading.Thread(target=runner.serve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not runner.sent and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert [type(m) for m in runner.sent] == [Done]
+    finally:
+        runner.receive(Stop())
+        thread.join(10)
+
+
 def test_restore_keeps_the_part_of_a_cause_chain_that_travels() -> None:
     try:
         try:

@@ -251,6 +251,8 @@ class TaskRunner:
                 break
             if type(item) is _Ended:
                 self.drop_run(item.run)
+                if self.finished and queue.empty():
+                    self.flush()  # what the batch before it held back for it
                 continue
             records, functions, dropped = item
             left, half = len(records), len(records) // 2
