@@ -69,7 +69,15 @@ from dispatcher.remote import (
     packs_arguments,
     task_record,
 )
-from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport, worker_name
+from dispatcher.transport import (
+    KEY_BITS,
+    Capabilities,
+    EventSink,
+    Key,
+    TaskSpec,
+    Transport,
+    worker_name,
+)
 
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
@@ -386,6 +394,9 @@ class MpiTransport(Transport):
         self.reports: Reports
         self.held = HeldArguments(self._out_on)
         """Large plain arguments, sent to each rank once per run."""
+        self.gave_up: dict[int, set[int]] = {}
+        """By run, the ranks still running or holding tasks of it that it gave up on
+        (cancelled, past their timeout): told when it ends (see :meth:`run_finished`)."""
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         with self.root.lock:
@@ -481,13 +492,19 @@ class MpiTransport(Transport):
         self.root.hub.post(_rank(worker), Free(list(keys)))
 
     def run_finished(self, run: int) -> None:
-        """The ranks that hold run ``run``'s large arguments drop them, and every rank
-        drops whatever else of the run it holds or its tasks still out there will keep
-        (the inputs a task abandoned by the run fetches, its result): a report that comes
-        after the run is over is heard by nobody who could free them."""
+        """The ranks that hold run ``run``'s large arguments drop them, and the ranks with
+        tasks it gave up on drop whatever else of the run they hold or those tasks will
+        keep (the inputs such a task fetches, its result): their reports, coming after
+        the run is over, are heard by nobody who could free them. (A run that gave up on
+        nothing has had every result it made freed already.)"""
         self._drop_held(self.held.finish(run))
-        for rank in self.ranks:
+        for rank in self.gave_up.pop(run, ()):
             self.root.hub.post(rank, RunEnded(run))
+
+    def _giving_up(self, spec: TaskSpec) -> None:
+        """``spec`` is given up on: its rank is told when its run ends."""
+        # setdefault: the hub thread (deadlines) and a driver (cancel) may both be here.
+        self.gave_up.setdefault(spec.key >> KEY_BITS, set()).add(_rank(spec.worker))
 
     def _out_on(self, rank: int) -> list[TaskSpec]:
         """The tasks sent to ``rank`` and not reported yet."""
@@ -505,6 +522,7 @@ class MpiTransport(Transport):
         by_rank: dict[int, list[Key]] = {}
         for spec in waiting + running:
             by_rank.setdefault(_rank(spec.worker), []).append(spec.key)
+            self._giving_up(spec)
         for rank, keys in by_rank.items():
             self.root.hub.post(rank, Cancel(keys))
 
@@ -525,6 +543,7 @@ class MpiTransport(Transport):
         assert self.events is not None
         for spec in self.inflight.expired(time.monotonic()):
             assert spec.timeout is not None
+            self._giving_up(spec)
             self.events.task_failed(
                 spec.key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
@@ -547,6 +566,7 @@ class MpiTransport(Transport):
             del self.unstarted[key]
             if self.inflight.take(key, spec.worker) is None:
                 continue
+            self._giving_up(spec)
             self.events.task_failed(
                 key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
