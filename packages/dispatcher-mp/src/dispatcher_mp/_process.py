@@ -166,6 +166,7 @@ SPAWNER_STOP_WAIT = 5.0
 """Seconds closing an executor waits for a worker start already under way to finish."""
 _SPAWNER_NUDGE = 0.2  # seconds a start under way gets before a frozen forkserver is killed
 _EXIT_POLL = 0.01  # seconds between looks at processes whose exits are awaited
+_ZOMBIE_WAIT = 0.1  # seconds a zombie waits for its parent's word before it counts
 
 log = logging.getLogger("dispatcher.mp")
 
@@ -287,19 +288,30 @@ def wait_exits(processes: Sequence[Any], seconds: float) -> None:
 
     A process's exit is taken from its parent's word (``exitcode``) or, where the parent
     says nothing, from Linux: a forkserver's child reports its exit through the forkserver,
-    and a frozen forkserver never does, but its dead child is a zombie all the same."""
+    and a frozen forkserver never does, but its dead child stays a zombie. A zombie counts
+    once it has been one for :data:`_ZOMBIE_WAIT` (a forkserver that runs reaps it at
+    once, and then its exit is known)."""
     deadline = time.monotonic() + seconds
-    left = [p for p in processes if not _exited(p)]
-    while left and time.monotonic() < deadline:
+    zombies: dict[int, float] = {}  # id of a process -> when it was first seen a zombie
+    left = list(processes)
+    while True:
+        now = time.monotonic()
+        left = [p for p in left if not _exited(p, zombies, now)]
+        if not left or now >= deadline:
+            return
         time.sleep(_EXIT_POLL)
-        left = [p for p in left if not _exited(p)]
 
 
-def _exited(process: Any) -> bool:
-    """Has ``process`` exited (without waiting)?"""
+def _exited(process: Any, zombies: dict[int, float], now: float) -> bool:
+    """Has ``process`` exited? (``zombies``: when each was first seen a zombie.)"""
     if process.exitcode is not None:
         return True
-    return _state(process.pid) in (None, "Z", "X")
+    state = _state(process.pid)
+    if state is None:
+        return True  # reaped: its parent's word is on its way
+    if state not in ("Z", "X"):
+        return False
+    return now - zombies.setdefault(id(process), now) >= _ZOMBIE_WAIT
 
 
 def _state(pid: int | None) -> str | None:
