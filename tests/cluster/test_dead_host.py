@@ -16,6 +16,7 @@ from test_across_hosts import MPI_TESTS
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(240)]
 
 BUSY_JOB = str(Path(__file__).with_name("busy_job.py"))
+FETCHING_JOB = str(Path(__file__).with_name("fetching_job.py"))
 
 
 def run_until_node3_is_struck(
@@ -25,6 +26,7 @@ def run_until_node3_is_struck(
     strike: Callable[[str], object],
     tasks: int = 3000,
     environment: Mapping[str, str] | None = None,
+    program: str = BUSY_JOB,
 ) -> tuple[int, str, str]:
     """Start a job of ``tasks`` 0.2 s tasks on all hosts, ``strike("node3")`` once node3
     works, and return the job's exit status, stdout and stderr."""
@@ -35,7 +37,7 @@ def run_until_node3_is_struck(
             *cluster.launch(
                 3 * per_host, per_host, {**netns_cluster.TCP_ONLY, **(environment or {})}
             ),
-            *(sys.executable, "-m", "dispatcher_mpi", BUSY_JOB),
+            *(sys.executable, "-m", "dispatcher_mpi", program),
             *(str(markers), str(tasks)),
         ],
         stdout=subprocess.PIPE,
@@ -114,3 +116,27 @@ def test_a_host_cut_off_from_the_network_ends_the_job(cluster: Cluster, tmp_path
     assert "the job finished" in out, err
     assert "(host node3, pid" in err, err
     assert "silent for" in err, err
+
+
+def test_results_held_on_a_host_cut_off_are_made_again_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Tasks on the other hosts that fetch results held on the host cut off stop waiting
+    for them once it is given up on, and those results are made again elsewhere."""
+    tasks = 24
+    try:
+        status, out, err = run_until_node3_is_struck(
+            cluster,
+            tmp_path,
+            1,
+            netns_cluster.cut_off,
+            tasks=tasks,
+            environment={"DISPATCHER_MPI_SILENCE_LIMIT": "5"},
+            program=FETCHING_JOB,
+        )
+    finally:
+        netns_cluster.reconnect("node3")
+        netns_cluster.kill("node3")
+    assert "the job finished" in out, err
+    assert f"total {float((1 << 17) * 2 * sum(range(tasks)))}" in out, out
+    assert "(host node3, pid" in err, err

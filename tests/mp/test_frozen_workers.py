@@ -1,5 +1,6 @@
-"""Frozen workers and timeouts: a deadline fires even when the worker cannot say that its
-task started, and tasks that never started are not charged for another's timeout."""
+"""Frozen workers: a deadline fires even when the worker cannot say that its task started,
+tasks that never started are not charged for another's timeout, and a worker stopped with an
+untimed task is killed, so that the task runs again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import mp_tasks
 import pytest
 
 from dispatcher import Op, TaskTimeoutError, get_executor, op
+from dispatcher_mp import _supervision
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,3 +38,20 @@ def test_tasks_queued_behind_a_timed_out_task_are_not_charged() -> None:
     assert isinstance(results[0].error, TaskTimeoutError)
     assert [r.error for r in results[1:]] == [None] * 5
     assert [r.value for r in results[1:]] == list(range(5))
+
+
+def test_a_worker_stopped_with_an_untimed_task_is_killed_and_the_task_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_supervision, "FROZEN_LIMIT", 1.0)
+    with get_executor("mp", workers=1, retries=1) as ex:
+        frozen = ex.run(Op(mp_tasks.pid))
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            # No timeout: only the worker's stop can end this.
+            assert ex.run(Op(mp_tasks.sleep_then, 0, "done")) == "done"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+        assert ex.run(Op(mp_tasks.pid)) != frozen  # replaced
+    assert "killed: stopped (SIGSTOP) for 1 s with tasks out" in caplog.text

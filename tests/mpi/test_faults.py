@@ -427,6 +427,69 @@ def test_a_frozen_rank_with_an_untimed_task_is_given_up_on(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_a_task_that_silences_every_rank_it_runs_on_ends_out_of_retries(tmp_path: Path) -> None:
+    """Each attempt freezes its rank for 4 s (a task holding the GIL past the limit looks
+    the same): each silence is charged, so the run ends once retries are spent, and the
+    ranks, once they speak again, serve the next run."""
+    program = script(
+        tmp_path,
+        """
+        import os, signal, subprocess, sys, time
+        from dispatcher import Op, WorkerLostError, get_executor
+
+        def freeze_for(seconds):
+            waker = f"import os, signal, time; time.sleep({seconds}); "
+            waker += f"os.kill({os.getpid()}, signal.SIGCONT)"
+            subprocess.Popen([sys.executable, "-c", waker])
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return os.getpid()
+
+        def pid_after(seconds):
+            time.sleep(seconds)
+            return os.getpid()
+
+        with get_executor("mpi", retries=1) as ex:
+            result = ex.run(Op(freeze_for, 4), throw=False)
+            print("error:", type(result.error).__name__, result.error, flush=True)
+            time.sleep(5)  # both ranks speak again
+            print("ranks used after:", len(set(ex.run([Op(pid_after, 0.5) for _ in range(8)]))))
+        """,
+    )
+    done = job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"}, timeout=90)
+    assert "error: WorkerLostError" in done.stdout, done.stderr[-3000:]
+    assert "silent for" in done.stdout, done.stdout
+    assert done.stderr.count("silent for") == 2, done.stderr[-3000:]  # once per attempt
+    assert "ranks used after: 2" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_rank_0_holding_the_gil_does_not_take_the_ranks_for_silent(tmp_path: Path) -> None:
+    """While the program holds the GIL on rank 0, its hub hears nothing: the ranks'
+    silence counts from when it runs again, so none is given up on for it."""
+    program = script(
+        tmp_path,
+        """
+        import re, threading, time
+        from dispatcher import Op, get_executor
+
+        with get_executor("mpi", retries=0) as ex:
+            ran = []
+            tasks = [Op(time.sleep, 2.0), Op(time.sleep, 2.0)]
+            thread = threading.Thread(target=lambda: ran.append(ex.run(tasks)))
+            thread.start()
+            time.sleep(0.5)  # the tasks are out
+            started = time.monotonic()
+            re.match(r"(a*)*b", "a" * 24)  # holds the GIL for seconds
+            print(f"held the GIL for {time.monotonic() - started:.1f} s", flush=True)
+            thread.join()
+            print("ran:", ran, flush=True)
+        """,
+    )
+    done = job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "1"}, timeout=90)
+    assert "ran: [[None, None]]" in done.stdout, done.stderr[-3000:]
+    assert "silent for" not in done.stderr, done.stdout + done.stderr[-3000:]
+
+
 # -- tasks that raise what ends a program -----------------------------------------------
 
 

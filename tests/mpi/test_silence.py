@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher_mpi._messages import Data, Fetch, Peer
+from dispatcher.remote import Failed, from_wire
+from dispatcher_mpi._messages import IDLE, Busy, Data, Fetch, Peer, Reset
 from dispatcher_mpi._silence import DEFAULT_LIMIT, silence_limit, silent_ranks
+from dispatcher_mpi._transport import Root
 from dispatcher_mpi._worker import WorkerRank
 
 pytestmark = pytest.mark.timeout(30)
@@ -43,10 +45,6 @@ def test_silence_counts_from_the_later_of_the_last_word_and_the_last_work_sent()
 class _Comm:
     def Get_rank(self) -> int:
         return 2
-
-
-def _sent(worker: WorkerRank) -> list[tuple[int, Any]]:
-    return [(dest, pickle.loads(data)) for dest, data, *_ in worker.hub.outbox]
 
 
 def _wait_for(condition: Any) -> None:
@@ -90,3 +88,50 @@ def test_a_rank_given_up_on_while_a_fetch_is_being_sent_does_not_leave_it_waitin
 
     worker.hub.post = post_then_give_up  # type: ignore[method-assign]
     assert worker.remote_inputs((8,), (3,)) == {}
+
+
+class _World:
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 3
+
+
+def _posted(root: Any) -> list[tuple[int, Any]]:
+    sent = [(dest, from_wire(pickle.loads(data))) for dest, data, *_ in root.hub.outbox]
+    root.hub.outbox.clear()
+    return sent
+
+
+@pytest.mark.parametrize("speaks", ["idle", "finishing its task"])
+def test_a_rank_given_up_on_for_its_silence_is_given_back_to_the_others(speaks: str) -> None:
+    root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    root.silenced(2, 7.0)
+    posted = _posted(root)
+    assert (1, Peer(2, False)) in posted
+    assert (2, Reset()) in posted
+    if speaks == "idle":
+        root.deliver(2, Busy(IDLE))
+    else:
+        root.deliver(2, Busy(41))  # still running the task it went silent in
+        assert 2 in root.busy
+        assert _posted(root) == []
+        root.deliver(2, Failed(41, 0.0, None))  # type: ignore[arg-type]
+    assert 2 not in root.busy
+    assert _posted(root) == [(1, Peer(2, True))]
+
+
+def test_silence_counts_from_when_rank_0_came_back_from_not_running() -> None:
+    heard, sent = {1: 10.0}, {1: 10.0}
+    assert silent_ranks([1], heard, sent, now=100.0, limit=30.0) == [(1, 90.0)]
+    assert silent_ranks([1], heard, sent, now=100.0, limit=30.0, since=95.0) == []
+
+
+def test_a_gap_between_rank_0s_ticks_restarts_every_ranks_silence() -> None:
+    root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    root.tick()
+    assert root.resumed == 0.0  # ticking as usual
+    root._last_tick -= 5  # the program held the GIL, or the job was stopped, for 5 s
+    root.tick()
+    assert root.resumed == pytest.approx(time.monotonic(), abs=1)

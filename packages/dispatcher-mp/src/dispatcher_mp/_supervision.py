@@ -7,7 +7,8 @@ worker that runs a task past its timeout, or does not confirm soon enough that i
 a task no run wants, is restarted: the tasks queued behind that task never started, and go
 to the replacement uncharged. A worker that died is reported lost and replaced. Replacements
 start on their own thread; when none can start and no worker is left, every task fails with
-the reason.
+the reason. A worker stopped (``SIGSTOP``) for :data:`FROZEN_LIMIT` seconds with tasks out is
+killed and treated as one that died: an untimed task on it would otherwise wait for ever.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ._reader import Reader
     from ._wire import Payload
 
-__all__ = ["ABANDON_GRACE", "SupervisedReports", "WorkerSupervision", "is_stopped"]
+__all__ = ["ABANDON_GRACE", "FROZEN_LIMIT", "SupervisedReports", "WorkerSupervision", "is_stopped"]
 
 log = logging.getLogger("dispatcher.mp")
 
@@ -40,6 +41,22 @@ ABANDON_GRACE = 0.25
 """Seconds a worker has to confirm it is not running a task no run wants any more (it was
 cancelled: its run failed fast, was interrupted or cancelled) before it is stopped and
 replaced, so that the next run never waits behind it."""
+
+
+FROZEN_LIMIT = 30.0
+"""Seconds a worker may stay stopped (``SIGSTOP``; not a debugger's stop) with tasks out
+before it is killed: its tasks are then retried as for a worker that died."""
+_FROZEN_CHECK = 1.0  # how often the workers' states are read while tasks are out
+
+
+def stopped_by_signal(pid: int) -> bool:
+    """Is process ``pid`` stopped by a signal (``SIGSTOP``, ``SIGTSTP``)? ``False`` where
+    the system cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"T"
+    except (OSError, IndexError):
+        return False
 
 
 def is_stopped(pid: int) -> bool:
@@ -78,6 +95,9 @@ class WorkerSupervision:
     held: dict[str, list[TaskSpec]]
     unconfirmed: dict[Key, TaskSpec]
     inflight: InFlight
+    _next_frozen_check = 0.0
+    _last_frozen_check = 0.0
+    _frozen_since: dict[str, float] | None = None
     events: EventSink | None
     cache: dict[Key, tuple[str, Payload]]
     _fetch_source: dict[Key, str]
@@ -145,6 +165,9 @@ class WorkerSupervision:
         """When :meth:`enforce_deadlines` must next look: the earliest task deadline or
         confirmation time of an abandoned task; ``None`` when there is neither."""
         deadline = self.inflight.next_deadline()
+        # Tasks may be sent while the reader waits: it looks every second regardless.
+        check = self._next_frozen_check
+        deadline = check if deadline is None or check < deadline else deadline
         if not self.abandoning:
             return deadline
         with self.lock:
@@ -160,6 +183,11 @@ class WorkerSupervision:
     def enforce_deadlines(self) -> None:
         """Fail the tasks past their timeout, and stop the processes running them; stop
         the workers that did not confirm in time that they dropped abandoned tasks."""
+        now = time.monotonic()
+        if now >= self._next_frozen_check:
+            self._next_frozen_check = now + _FROZEN_CHECK
+            if self.inflight.tasks:
+                self._kill_frozen(now)
         if not self.inflight.deadlines and not self.abandoning:
             return
         now = time.monotonic()
@@ -185,6 +213,30 @@ class WorkerSupervision:
             victim = self.workers.get(name)
             if victim is not None and victim.alive:
                 self.restart(victim, why)
+
+    def _kill_frozen(self, now: float) -> None:
+        """Kill the workers stopped for :data:`FROZEN_LIMIT` seconds with tasks out, and
+        treat each as lost (on the reader's thread, which would otherwise see it die)."""
+        since = self._frozen_since
+        if since is None or now - self._last_frozen_check > 3 * _FROZEN_CHECK:
+            # None yet, or this process did not run either (the whole job was stopped
+            # with Ctrl-Z): the workers' clocks start again.
+            since = self._frozen_since = {}
+        self._last_frozen_check = now
+        with self.lock:
+            workers = [worker for worker in self.workers.values() if worker.alive]
+        for worker in workers:
+            if not stopped_by_signal(worker.process.pid):
+                since.pop(worker.name, None)
+                continue
+            stopped = now - since.setdefault(worker.name, now)
+            if stopped < FROZEN_LIMIT:
+                continue
+            if not any(spec.worker == worker.name for spec in self.inflight.all()):
+                continue  # nothing waits for it
+            del since[worker.name]
+            kill(worker.process)
+            self.lost(worker, f"killed: stopped (SIGSTOP) for {stopped:.0f} s with tasks out")
 
     def _still_starting(self, spec: TaskSpec, now: float) -> bool:
         """Is ``spec``, expired without its worker having said it started, about to start

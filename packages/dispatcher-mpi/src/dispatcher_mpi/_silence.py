@@ -4,11 +4,12 @@ A rank running a task says :class:`~._messages.Alive` every half second. When on
 nothing for :func:`silence_limit` seconds since it was last sent work, while it has tasks
 out, rank 0 cannot tell it from a rank whose host dropped off the network (no connection
 closes then: TCP retries for many minutes) or a frozen (``SIGSTOP``) process. Rank 0 takes
-it out of scheduling: its tasks run elsewhere, what it held is recomputed, and the other
-ranks stop waiting for what they fetch from it. If it speaks again, it comes back.
+it out of scheduling: the task it runs is charged an attempt, the others sent there run
+elsewhere, what it held is recomputed, and the other ranks stop waiting for what they fetch
+from it. If it speaks again, it comes back.
 
-A task that holds the GIL for longer than the limit silences its rank too; it is then run
-a second time elsewhere. Raise the limit for such tasks.
+A task that holds the GIL for longer than the limit silences its rank too, and fails once
+its retries are spent. Raise the limit for such tasks.
 """
 
 from __future__ import annotations
@@ -53,16 +54,18 @@ def silent_ranks(
     sent: Mapping[int, float],
     now: float,
     limit: float,
+    since: float = 0.0,
 ) -> list[tuple[int, float]]:
     """``(rank, seconds quiet)`` for each of ``ranks`` that has said nothing for ``limit``
-    seconds since it was last sent work (whether it has tasks out is the caller's to
-    check: an idle rank is quiet too)."""
+    seconds since it was last sent work, and since ``since`` (when rank 0 last came back
+    from not running: it may not have heard what was said meanwhile). Whether it has tasks
+    out is the caller's to check: an idle rank is quiet too."""
     silent = []
     for rank in ranks:
         last = sent.get(rank)
         if last is None:
             continue  # never sent anything
-        quiet = now - max(last, heard.get(rank, 0.0))
+        quiet = now - max(last, heard.get(rank, 0.0), since)
         if quiet >= limit:
             silent.append((rank, quiet))
     return silent

@@ -114,6 +114,7 @@ STOP_GRACE = 5.0
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for ranks silent with tasks out (see _silence)
+_STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
@@ -150,8 +151,14 @@ class Root:
         ``Busy`` naming one of them came after its outcome, and means nothing."""
         self.heard: dict[int, float] = {}  # rank -> when it last said anything
         self.sent: dict[int, float] = {}  # rank -> when it was last sent tasks
+        self.unreachable: set[int] = set()  # ranks given up on for their silence
         self.silence_limit = silence_limit()
         self._next_quiet_check = 0.0
+        self.resumed = 0.0
+        """When this thread last came back from not running for a while (the GIL held by
+        the program, the process stopped): what it did not hear meanwhile is not the
+        ranks' silence, which counts from then at the earliest."""
+        self._last_tick = time.monotonic()
         self.said_bye: set[int] = set()
         self.all_said_bye = threading.Event()
         self._next_silence_check = 0.0
@@ -212,8 +219,11 @@ class Root:
         elif kind is Done:  # nobody wants these any more
             self.hub.post(source, Free([entry[0] for entry in message.finished]))
 
-    def retire(self, rank: int, key: Key, reason: str) -> None:
-        """Take ``rank`` out of scheduling until the task ``key`` it runs returns."""
+    def retire(self, rank: int, key: Key, reason: str, running: Sequence[Key] | None = ()) -> None:
+        """Take ``rank`` out of scheduling until the task ``key`` it runs returns.
+        ``running``: what is charged for it (see :meth:`MpiTransport.lose`); by default
+        nothing: the task it runs failed or was given up on already, and what was queued
+        behind it never started."""
         if rank in self.busy:
             return
         self.busy[rank] = key
@@ -221,9 +231,7 @@ class Root:
         self.hub.post(rank, Reset())  # what was queued there will run elsewhere
         transport = self.transport
         if transport is not None:
-            # Nothing is charged: the task it runs failed or was given up on already,
-            # and what was queued behind it never started.
-            transport.lose(rank, reason, running=())
+            transport.lose(rank, reason, running)
             if transport.events is not None and rank in transport.ranks:
                 transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 
@@ -241,13 +249,19 @@ class Root:
             file=sys.stderr,
             flush=True,
         )
+        self.unreachable.add(rank)
         for other in self.ranks:
             if other != rank:
                 self.hub.post(other, Peer(rank, False))
-        self.retire(rank, SILENT, reason)
+        # The task it runs is charged an attempt (the first sent there and still out:
+        # they run in order), so that one that silences every rank it runs on (holding
+        # the GIL past the limit, freezing its process) ends, as out of retries.
+        self.retire(rank, SILENT, reason, running=None)
 
     def _back(self, rank: int) -> None:
-        if self.busy.pop(rank) == SILENT:
+        del self.busy[rank]
+        if rank in self.unreachable:
+            self.unreachable.discard(rank)
             for other in self.ranks:
                 if other != rank:
                     self.hub.post(other, Peer(rank, True))
@@ -257,6 +271,10 @@ class Root:
             transport.events.worker_added(self.names[rank], transport.slots)
 
     def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick > _STARVED:
+            self.resumed = now
+        self._last_tick = now
         transport = self.transport
         # While tasks are out, a completion should not wait out a long nap: nap briefly.
         self.hub.max_sleep = (
@@ -287,7 +305,9 @@ class Root:
 
     def _find_silent(self, transport: MpiTransport, now: float) -> None:
         idle = [rank for rank in transport.ranks if rank not in self.busy]
-        for rank, quiet in silent_ranks(idle, self.heard, self.sent, now, self.silence_limit):
+        for rank, quiet in silent_ranks(
+            idle, self.heard, self.sent, now, self.silence_limit, self.resumed
+        ):
             if transport._out_on(rank):
                 self.silenced(rank, quiet)
 
@@ -561,7 +581,10 @@ class MpiTransport(Transport):
                 continue
             rank = _rank(spec.worker)
             assert spec.timeout is not None
-            if now - max(sent, heard.get(rank, 0.0)) < spec.timeout + SILENCE_GRACE:
+            if (
+                now - max(sent, heard.get(rank, 0.0), self.root.resumed)
+                < spec.timeout + SILENCE_GRACE
+            ):
                 continue
             del self.unstarted[key]
             if self.inflight.take(key, spec.worker) is None:
