@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import shutil
 import sys
 import threading
 import time
@@ -81,27 +79,12 @@ from dispatcher.transport import (
 
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
+from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
 from ._silence import SILENT, silence_limit, silent_ranks
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
-
-
-def _launch_help() -> str:
-    # This interpreter, and the mpiexec beside it (the mpich wheel's) if there is one: a
-    # bare `python` under mpiexec is often another environment's, without dispatcher_mpi.
-    python = sys.executable or "python"
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(python)) or "mpiexec"
-    return (
-        "the 'mpi' executor runs inside an MPI job started by the dispatcher launcher, with "
-        "at least one worker rank besides rank 0:\n"
-        f"    {mpiexec} -n 4 {python} -m dispatcher_mpi your_script.py [args...]\n"
-        "(also `-m module` or `-c code`, like python -m mpi4py.futures)"
-    )
-
-
-LAUNCH_HELP = _launch_help()
 
 
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
@@ -603,7 +586,8 @@ class MpiTransport(Transport):
         none of those queued behind it, which never started, is charged."""
         if rank not in self.ranks or self.events is None:
             return
-        self.inflight.drop_worker(self.root.names[rank])
+        for spec in self.inflight.drop_worker(self.root.names[rank]):
+            self._giving_up(spec)  # the one it runs may report after its run is over
         self.events.worker_lost(self.root.names[rank], reason, running)
 
 
