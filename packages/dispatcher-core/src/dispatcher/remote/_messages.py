@@ -118,8 +118,9 @@ it is packed, so that the backend keeps it once per run if it is (see
 
 def packs_arguments(spec: TaskSpec) -> bool:
     """Should ``spec``'s arguments travel packed (see :attr:`Task.args`)? Only plain
-    scalar arguments, and strings short of :data:`_LONG_STR`, travel as they are, in the
-    pickle of the message itself."""
+    scalar arguments, and strings too short to be large arguments (under a quarter of
+    :data:`~dispatcher.remote.LARGE_ARGUMENT_BYTES` characters), travel as they are, in
+    the pickle of the message itself."""
     if spec.inline is not None:
         return True
     if spec.shape == SHAPE_POSITIONAL:
