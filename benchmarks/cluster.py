@@ -12,9 +12,11 @@ docs/clusters.md), runs, and takes them down; prints a Markdown table:
 - workloads: W2, W4, W5, W6 with one rank per host (rank 0 and three worker ranks), for
   the ``mpi`` executor beside mpi4py.futures (backoff 0), with the raw MPI floors;
 - placement: W4's random edges with 1 MiB results, two worker ranks per host, with the
-  topology-aware move cost, with one that ignores hosts, and with links between hosts
-  costed as a 1 GbE network, taking turns in one job: wall time, and bytes across hosts
-  (on the wire, and as input moves the scheduler caused).
+  topology-aware move cost as learned from the moves so far and with the assumed one (the
+  rough constants of ``dispatcher._links``), and with a placement that ignores hosts (with
+  either cost of its one class of move), taking turns in one job: wall time, bytes across
+  hosts (on the wire, and as input moves the scheduler caused), and the link costs
+  learned by the end.
 """
 
 from __future__ import annotations
@@ -122,24 +124,31 @@ class CrossHostMoves:
 
 
 def placement_job(layers: int, width: int, repeat: int, across: str | None) -> None:
-    """Inside the job: W4 with 1 MiB results, host-aware and host-blind in turn."""
+    """Inside the job: W4 with 1 MiB results, taking turns: host-aware or blind to hosts,
+    with the link costs learned from the moves so far or with the assumed ones."""
     import dispatcher._placement as placement
     from dispatcher import get_executor
 
-    if across:
-        latency, bandwidth = map(float, across.split(","))
-        placement.ACROSS_HOSTS = placement.Link(latency, bandwidth)
-
     ignoring_hosts = lambda worker: None  # noqa: E731 - every worker on one host
-    measured = placement.ACROSS_HOSTS
-    slow = placement.Link(latency=1e-3, bandwidth=0.1e9)  # about 1 GbE, 10x the measured
     with get_executor("mpi") as executor:
+        links = executor.link_costs
+        if across:
+            latency, bandwidth = map(float, across.split(","))
+            links.across.assumed = placement.Link(latency, bandwidth)
+            links.across.forget()
         executor.run(w4_mib(4, width // 4 or 1))  # untimed: imports, first calls
         for i in range(repeat):
-            modes = ["aware", "blind", "slow"]
-            for mode in modes[i % 3 :] + modes[: i % 3]:
-                placement.worker_host = ignoring_hosts if mode == "blind" else worker_host
-                placement.ACROSS_HOSTS = slow if mode == "slow" else measured
+            modes = ["aware", "blind", "assumed", "blind-assumed"]
+            for mode in modes[i % 4 :] + modes[: i % 4]:
+                blind, assumed = mode.startswith("blind"), mode.endswith("assumed")
+                placement.worker_host = ignoring_hosts if blind else worker_host
+                learned = links.within.link, links.across.link
+                if assumed:  # what placement did before it measured its links
+                    links.learning = False
+                    links.within.link, links.across.link = (
+                        links.within.assumed,
+                        links.across.assumed,
+                    )
                 targets = w4_mib(layers, width)
                 counter = CrossHostMoves()
                 wire = netns_cluster.crossing_bytes()
@@ -147,6 +156,9 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
                 executor.run(targets, plugins=[counter])
                 seconds = time.perf_counter() - start
                 wire = netns_cluster.crossing_bytes() - wire
+                if assumed:
+                    links.learning = True
+                    links.within.link, links.across.link = learned
                 hosts = [host for host, _ in counter.made.values()]
                 share = {host: hosts.count(host) for host in sorted(set(hosts), key=str)}
                 row = {
@@ -156,10 +168,10 @@ def placement_job(layers: int, width: int, repeat: int, across: str | None) -> N
                     "wire": wire,
                     "tasks": share,
                     "away": counter.away / (counter.placed or 1),
+                    "links": links.summary() if mode == "aware" else None,
                 }
                 print(json.dumps(row), flush=True)
     placement.worker_host = worker_host
-    placement.ACROSS_HOSTS = measured
 
 
 def links_job(repeat: int) -> None:
@@ -245,8 +257,20 @@ def mpiexec() -> str:
     return str(Path(sys.executable).parent / "mpiexec")
 
 
-def launch(ranks: int, per_host: int, hosts: tuple[str, ...] = netns_cluster.HOSTS) -> list[str]:
-    prefix = netns_cluster.mpiexec_prefix(mpiexec(), per_host, hosts)
+# Ranks of one host share memory, as on a real machine, and reach other hosts over TCP
+# only: MPICH's own shared-memory module pairs the ranks whose hostnames match, and each
+# emulated host has its own (the placement rows check it: the bytes on the links are the
+# moves across hosts, not every move). UCX's shared memory would cross hosts here.
+SHARED_WITHIN_HOSTS = netns_cluster.OFI_TCP
+
+
+def launch(
+    ranks: int,
+    per_host: int,
+    hosts: tuple[str, ...] = netns_cluster.HOSTS,
+    transport: dict[str, str] = netns_cluster.TCP_ONLY,
+) -> list[str]:
+    prefix = netns_cluster.mpiexec_prefix(mpiexec(), per_host, hosts, transport)
     return [*prefix, "-genv", "MPI4PY_FUTURES_BACKOFF", "0", "-n", str(ranks)]
 
 
@@ -326,19 +350,20 @@ def workload_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def placement_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
+def placement_rows(repeat: int, quick: bool, within: str) -> list[dict[str, Any]]:
     layers, width = (20, 30) if quick else (40, 60)
     command = [
-        *launch(7, 2),
+        *launch(7, 2, transport=SHARED_WITHIN_HOSTS if within == "shm" else netns_cluster.TCP_ONLY),
         *(sys.executable, "-m", "dispatcher_mpi", "cluster.py", "--inside-placement"),
         *("--repeat", str(repeat), "--layers", str(layers), "--width", str(width)),
     ]
     runs = json_lines(command)
     rows = []
     for mode, label in (
-        ("aware", "host-aware"),
-        ("blind", "ignoring hosts"),
-        ("slow", "host-aware, links costed 10x slower"),
+        ("aware", "host-aware, link costs learned"),
+        ("assumed", "host-aware, link costs assumed"),
+        ("blind", "ignoring hosts, link costs learned"),
+        ("blind-assumed", "ignoring hosts, link costs assumed"),
     ):
         mine = [r for r in runs if r["mode"] == mode]
         if not mine:
@@ -360,10 +385,23 @@ def placement_rows(repeat: int, quick: bool) -> list[dict[str, Any]]:
                 "wire": wire,
                 "note": f"{moved / MIB:,.0f} MiB of inputs across hosts; "
                 f"{wire / MIB:,.0f} MiB on the links; {away:.0%} of tasks on a host "
-                f"holding none of their inputs; {busiest:.0%} on the busiest host",
+                f"holding none of their inputs; {busiest:.0%} on the busiest host"
+                + _learned(mine[-1].get("links")),
             }
         )
     return rows
+
+
+def _learned(links: dict[str, list[float]] | None) -> str:
+    """The link costs placement had learned by the end of the last run, for a note."""
+    if not links:
+        return ""
+    said = [
+        f"{label} {latency * 1e6:.0f} µs + {bandwidth / 1e9:.2f} GB/s"
+        + ("" if samples else " (assumed)")
+        for label, (latency, bandwidth, samples) in links.items()
+    ]
+    return "; learned: " + ", ".join(said)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -382,6 +420,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="workloads about 10x smaller")
+    parser.add_argument(
+        "--within-host",
+        choices=("tcp", "shm"),
+        default="tcp",
+        help="placement section: how ranks of one host talk (tcp: like ranks on two hosts; "
+        "shm: shared memory, as MPI does on a real machine)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="run on hosts that are up already")
     parser.add_argument("--inside-placement", action="store_true", help=argparse.SUPPRESS)
@@ -415,7 +460,7 @@ def main() -> None:
                 for row in json_lines([*launch(2, 1), sys.executable, "floors.py", "mpi"])
             ]
         if "placement" in sections:
-            rows += placement_rows(args.repeat, args.quick)
+            rows += placement_rows(args.repeat, args.quick, args.within_host)
     rows.sort(key=lambda r: (r["workload"], r["runner"]))
     print(
         f"\n{os.cpu_count()} CPUs, 3 emulated hosts (TCP over veth), Python "

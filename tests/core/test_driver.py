@@ -11,6 +11,7 @@ import pytest
 from dispatcher import Op
 from dispatcher._capacity import Capacity
 from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router
+from dispatcher._placement import Placement
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 from dispatcher.transport import TaskSpec
 
@@ -22,6 +23,7 @@ class _Run:
         self.base = number << KEY_BITS
         self.queue = EventQueue()
         self.capacity = Capacity()
+        self.placement = Placement(None)  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(30)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher import op
+from dispatcher._links import ENOUGH
 from dispatcher._placement import ACROSS_HOSTS, WITHIN_HOST, Link, Placement
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 from dispatcher.transport import worker_host, worker_name
@@ -160,3 +161,73 @@ def test_tasks_go_to_their_data_host_through_an_executor() -> None:
     # host B, which comes first in the transport's order of workers.
     assert {where["reader0"], where["reader1"]} == {"w1@A", "w2@A"}
     assert [(src, dst) for _, src, dst in transport.moves] == [("w1@A", "w2@A")]
+
+
+# -- placement by what was learned ------------------------------------------------------------
+
+
+def test_a_task_stays_on_its_data_host_once_moves_across_are_learned_to_be_dear() -> None:
+    table = Table([(), (0,)])
+    table.hold(0, "a1@A", MB)
+    placed = placement(table, "a1@A", "b1@B")
+    placed.mean_duration = 0.001
+    placed.load["a1@A"] = 3  # 3 ms of work queued there; a move across assumed < 3 ms
+    assert ACROSS_HOSTS.seconds(MB) < 0.003
+    assert placed.place(1) == "b1@B"
+    # Measured: 1 MB across takes 10 ms here (a loaded machine's TCP, a slow network).
+    for _ in range(ENOUGH):
+        placed.links.observe("a1@A", ("b1@B",), MB, 0.010)
+    assert placed.place(1) == "a1@A"
+
+
+def test_within_a_host_a_learned_cheap_move_spreads_the_work() -> None:
+    table = Table([(), (0,)])
+    table.hold(0, "w1", MB)
+    placed = placement(table, "w1", "w2")
+    placed.mean_duration = 0.0005
+    placed.load["w1"] = 3  # 1.5 ms queued; 1 MB assumed to take 1.1 ms to move
+    assert placed.place(1) == "w2"
+    for _ in range(ENOUGH):
+        placed.links.observe("w2", ("w1",), MB, 0.005)  # measured: 5 ms
+    assert placed.place(1) == "w1"
+
+
+# -- learned link costs, from a transport to placement -------------------------------------
+
+
+def dear_across(source: str, worker: str, nbytes: int) -> float:
+    """Pretend moves: cheap within a host, 100 MB/s across."""
+    same = source.partition("@")[2] == worker.partition("@")[2]
+    return (WITHIN_HOST if same else Link(1e-3, 1e8)).seconds(nbytes)
+
+
+def test_a_transport_that_never_reports_moves_keeps_the_assumed_links() -> None:
+    transport = HostedFake(slots=1)
+    source = op(slow_blob, label="source")(MB)
+    readers = [op(tasks.identity, label=f"reader{i}")(source) for i in range(3)]
+    with fake_executor(transport) as ex:
+        ex.run(readers)
+        assert transport.moves  # inputs moved, and nobody said what it cost
+        assert ex.link_costs.within.link is WITHIN_HOST
+        assert ex.link_costs.across.link is ACROSS_HOSTS
+
+
+def joined(a: bytes, b: bytes) -> bytes:
+    return a + b
+
+
+def test_moves_a_transport_reports_are_learned_and_outlive_the_run() -> None:
+    transport = FakeTransport(workers=2, slots=1, move_seconds=dear_across)
+    transport.names = ["a@A", "b@B"]  # one worker per host: every move crosses
+    transport.stores = {name: {} for name in transport.names}
+    with fake_executor(transport) as ex:
+        for run in range(ENOUGH):
+            assert ex.link_costs.across.samples == run  # learned over runs, kept between
+            ex.run(op(joined)(op(slow_blob)(MB), op(slow_blob)(MB)))
+        assert len(transport.moves) == ENOUGH
+        learned = ex.link_costs.across.link
+        # 1 MB reported at 1 ms + 10 ms; the latency is still the assumed one (no small
+        # move was reported), so the bandwidth takes the rest.
+        assert learned.latency == ACROSS_HOSTS.latency
+        assert learned.bandwidth == pytest.approx(MB / (0.011 - ACROSS_HOSTS.latency))
+        assert ex.link_costs.within.link is WITHIN_HOST

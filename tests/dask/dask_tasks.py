@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 
@@ -51,3 +52,9 @@ def stall_first_time(path: str) -> int:
 async def forever_async(*_: object) -> None:
     """A coroutine task that never returns unless cancelled."""
     await asyncio.Event().wait()
+
+
+def hold_the_gil(*_: object) -> None:
+    """Holds the GIL from its first instruction for ever, as a long call into C code does:
+    the regular expression engine backtracks without releasing it (2**60 steps)."""
+    re.match(r"(a*)*b", "a" * 60)

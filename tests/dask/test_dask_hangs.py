@@ -109,6 +109,65 @@ def test_a_worker_of_its_own_held_by_a_stuck_task_is_restarted(
     assert not wait_gone(started)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_task_holding_the_gil_fails_at_its_deadline_and_its_worker_is_restarted(
+    threads: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The task starved its worker's event loop: the word that it started never left, so
+    # it was never timed, and only dask's worker-ttl ended it (made longer than the test
+    # here). With two threads, the other one never took work either.
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "SILENT_WORKER_TTL", 600.0)
+    caplog.set_level(logging.WARNING, logger="dispatcher.dask")
+    before = descendants()
+    greedy = op(dask_tasks.hold_the_gil, label="greedy", timeout=2)()
+    with get_executor("dask", workers=1, threads_per_worker=threads) as ex:
+        started = started_since(before)
+        with pytest.raises(TaskTimeoutError, match="greedy") as raised:
+            ex.run(greedy)
+        assert raised.value.node is greedy
+        # The replacement takes the next run.
+        assert ex.run(Op(dask_tasks.total, 1, 2)) == 3
+    assert any("restart" in r.message and "'greedy'" in r.message for r in caplog.records), [
+        r.message for r in caplog.records
+    ]
+    assert not wait_gone(started)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_of_its_own_with_a_thread_left_keeps_serving_and_its_results(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Restarting a worker loses every result it holds (dispatcher would recompute
+    # them): one thread held by a stuck task only takes that thread's share away.
+    caplog.set_level(logging.WARNING, logger="dispatcher.dask")
+    stuck = op(dask_tasks.forever, label="stuck", timeout=1)()
+    with get_executor("dask", workers=1, threads_per_worker=2) as ex:
+        before = ex.run(Op(dask_tasks.pid, 0))
+        with pytest.raises(TaskTimeoutError, match="stuck"):
+            ex.run(stuck)
+        assert ex.run([Op(dask_tasks.pid, i) for i in range(4)]) == [before] * 4
+    assert not [r.message for r in caplog.records if "restart" in r.message]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_holding_the_gil_on_a_users_cluster_fails_at_its_deadline(
+    dask_client: Any,
+) -> None:
+    # Never timed (see above), it hung the run until the cluster's worker-ttl. The
+    # worker is not ours to restart: the other one takes the next run.
+    greedy = op(dask_tasks.hold_the_gil, label="greedy", timeout=1)()
+    try:
+        with get_executor("dask", address=dask_client.scheduler.address) as ex:
+            with pytest.raises(TaskTimeoutError, match="greedy"):
+                ex.run(greedy)
+            assert ex.run([Op(dask_tasks.total, i, 1) for i in range(4)]) == [1, 2, 3, 4]
+    finally:
+        restart_workers(dask_client)
+
+
 @pytest.mark.timeout(90)
 def test_work_abandoned_by_fail_fast_on_a_cluster_of_its_own_gives_back_every_worker(
     tmp_path: Path,

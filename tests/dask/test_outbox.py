@@ -55,3 +55,26 @@ def test_tasks_put_after_the_thread_died_are_failed_at_once() -> None:
     outbox.put(["late"])
     assert failures.seen[-1][0] == ["late"]
     assert "died" in str(failures.seen[-1][1])
+
+
+@pytest.mark.parametrize(
+    ("pending", "mean_run", "interval"),
+    [
+        (3, 0.010, 0.0),  # fewer than two tasks per thread out: sent at once
+        (40, 0.0001, 0.01),  # tiny tasks: the shortest interval
+        (40, 0.004, 0.02),  # 20 tasks of 4 ms queued per thread: a quarter of 80 ms
+        (40, 0.010, 0.05),  # the longest interval, however long the queued work
+    ],
+)
+def test_batches_wait_longer_the_longer_the_queued_work_lasts(
+    pending: int, mean_run: float, interval: float
+) -> None:
+    # One graph went every 10 ms whatever the tasks: with 10 ms tasks, one per two
+    # completions, and dask's scheduler pays per graph.
+    from dispatcher_dask._transport import DaskTransport
+
+    transport = DaskTransport(2)  # not started: no cluster
+    transport._nthreads = {"a": 1, "b": 1}
+    transport._pending = dict.fromkeys(range(pending))  # type: ignore[arg-type]
+    transport._mean_run = mean_run
+    assert transport._send_interval() == pytest.approx(interval)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._capacity import Pauses, when_stalled
+from ._links import LinkCosts
 from .transport import KEY_BITS, Key, TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
@@ -168,10 +169,13 @@ class Router:
         self.workers: dict[str, int] = {}
         self.pauses = Pauses()
         """Paused workers, and whether none will come again (for runs yet to start)."""
+        self.links = LinkCosts()
+        """What moves between workers cost, as reported: every run's placement reads it."""
         self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
         self.runs[run.base >> KEY_BITS] = run.queue
+        run.placement.links = self.links
         # (Reports from now on reach the run too: applying one twice changes nothing.)
         run.capacity.seed(self.pauses)
         if self._closed is not None:  # closed between the run's start and here
@@ -206,6 +210,12 @@ class Router:
                 return
             if event[0] == EV_FINISHED:
                 self.transport.free(event[2], [base | event[1]])
+
+    def inputs_moved(
+        self, worker: str, moves: Sequence[tuple[tuple[str, ...], int, float]]
+    ) -> None:
+        for sources, nbytes, seconds in moves:
+            self.links.observe(worker, sources, nbytes, seconds)
 
     def task_finished(
         self, key: Key, worker: str, duration: float, nbytes: int | None, value: Any = _NOVALUE

@@ -16,6 +16,7 @@ from ._cache import Cache
 from ._driver import KEY_BITS, Router, drive_blocking
 from ._errors import DispatcherError
 from ._hooks import Observers
+from ._links import LinkCosts
 from ._options import Options
 from ._plan import Plan, Result
 from ._plugins import run_observers
@@ -92,6 +93,13 @@ class Executor:
     def capabilities(self) -> Capabilities:
         """What this executor's transport can do."""
         return self._transport.capabilities
+
+    @property
+    def link_costs(self) -> LinkCosts:
+        """What placement takes a move between workers to cost, per class of link (within
+        a host, across hosts): assumed, then measured from the moves this executor's
+        workers report (``link_costs.summary()`` gives latency, bandwidth and samples)."""
+        return self._router.links
 
     @property
     def closed(self) -> bool:

@@ -6,19 +6,20 @@ order, the queue is sized from the tasks' learned durations), its *load* (how ma
 has) and its *host* (see :func:`dispatcher.transport.worker_host`). A task goes where it
 would finish soonest, counting the cost of moving its inputs and its result over the link
 each move takes (:meth:`Placement.place`): none on the worker that holds it, a cheap one
-within its host, a dear one across hosts. A chain is sent ahead to the worker computing
+within its host, a dear one across hosts, each as the executor's moves measured it (see
+:mod:`dispatcher._links`; the rough figures :data:`WITHIN_HOST` and :data:`ACROSS_HOSTS`
+until then). A chain is sent ahead to the worker computing
 its inputs, or anywhere on a transport that accepts pending inputs
 (:meth:`Placement.place_ahead`). No I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ._hosts import worker_host
+from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
 from ._tasks import RUNNING, TaskTable
 
-__all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]
+__all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: from ._links
 
 # On workers that run their tasks in order, keep about this much work (by the mean task
 # duration so far) queued behind the running task: enough to hide a round trip to the
@@ -26,34 +27,6 @@ __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]
 QUEUED_SECONDS = 0.002
 # What placement assumes before any task has reported its duration.
 UNKNOWN_DURATION = 0.001
-
-
-@dataclass(frozen=True)
-class Link:
-    """What moving one result between two workers costs over one class of link."""
-
-    latency: float
-    """Seconds per move, whatever its size: asking for it, the messages, the wake-ups."""
-    bandwidth: float
-    """Bytes per second, once it flows: pickling, copying, the wire."""
-
-    def seconds(self, nbytes: float) -> float:
-        """How long moving ``nbytes`` takes."""
-        return self.latency + nbytes / self.bandwidth
-
-
-# Rough figures for a move between two workers as a task sees it, from the request to its
-# inputs being there; what matters is the order of magnitude and the ratio between them.
-# Within a host: pipes and shared memory (MPI is faster on both counts).
-WITHIN_HOST = Link(latency=100e-6, bandwidth=1e9)
-# Across hosts: the same, scaled by what MPI measured between emulated hosts (TCP over a
-# bridge, see docs/clusters.md) beside the same messages within a host: round trips of a
-# byte 10-27 us within, 30-110 us across (about 3x); 16 MiB at 1.9-2.4 GB/s within,
-# 0.64-1.1 GB/s across (about 2.5x fewer bytes per second). Ethernet between machines is
-# mostly slower than a bridge inside one (10 GbE moves 1.2 GB/s); InfiniBand can match
-# shared memory, and then this only overstates a difference that ranks the data's host
-# first all the same.
-ACROSS_HOSTS = Link(latency=300e-6, bandwidth=0.4e9)
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
@@ -84,6 +57,9 @@ class Placement:
         """The workers on each host."""
         self.spread = False
         """The workers span more than one host: moves across hosts cost more."""
+        self.links = LinkCosts()
+        """What a move costs per class of link: the executor's, once the run is attached
+        to its router (a fresh one, with the assumed links, before)."""
         self.mean_duration: float | None = None
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
@@ -174,7 +150,7 @@ class Placement:
                 return None
         # Beyond the usual queue only when the move saved outweighs the extra wait there.
         beyond = load[best] + 1 - room[best]
-        if beyond <= 0 or near.get(best, 0.0) >= WITHIN_HOST.latency + beyond * mean:
+        if beyond <= 0 or near.get(best, 0.0) >= self.links.within.link.latency + beyond * mean:
             return best
         usual = [w for w in open_ if load[w] < room[w]]
         return min(usual, key=finish) if usual else None
@@ -213,8 +189,9 @@ class Placement:
         near: dict[str, float] = {}
         if not self.spread:
             moving = 0.0
+            link = self.links.within.link
             for where, size in weighed:
-                cost = WITHIN_HOST.seconds(size)
+                cost = link.seconds(size)
                 moving += cost
                 for w in where:
                     near[w] = near.get(w, 0.0) + cost
@@ -234,13 +211,14 @@ class Placement:
         near_host: dict[str | None, float] = {}
         load = self.load
         total = sum(load.values()) if unplaced else 0
+        within_host, across_hosts = self.links.within.link, self.links.across.link
         if total:
-            spared = ACROSS_HOSTS.seconds(unplaced) - WITHIN_HOST.seconds(unplaced)
+            spared = across_hosts.seconds(unplaced) - within_host.seconds(unplaced)
             for h, workers in self.on_host.items():
                 near_host[h] = spared * sum(load[w] for w in workers) / total
         for where, size in weighed:
-            within = WITHIN_HOST.seconds(size)
-            across = ACROSS_HOSTS.seconds(size)
+            within = within_host.seconds(size)
+            across = max(within, across_hosts.seconds(size))  # noise never inverts the two
             moving += across
             hosts = set()
             for w in where:

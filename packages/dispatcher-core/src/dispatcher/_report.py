@@ -65,6 +65,7 @@ class ReportWriter:
         self._running: dict[DispatchNode, Attempt] = {}
         self._last: dict[DispatchNode, Attempt] = {}
         self._graphs: list[DispatchGraph] = []
+        self._executor: Executor | None = None
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
@@ -116,9 +117,10 @@ class ReportWriter:
         self.record = RunRecord(executor.name, len(graph), datetime.now().astimezone())
         # Workers that run one task at a time, in the order sent: the page can then tell
         # when each call really ran from when its end was reported.
-        self.record.in_order = bool(
-            getattr(getattr(executor, "capabilities", None), "runs_tasks_in_order", False)
-        )
+        capabilities = getattr(executor, "capabilities", None)
+        self.record.in_order = bool(getattr(capabilities, "runs_tasks_in_order", False))
+        # Its link costs are read at the end, when they say what this run's moves took.
+        self._executor = executor if getattr(capabilities, "separate_processes", False) else None
 
     @hookimpl
     def dispatcher_run_replanned(self, graph: DispatchGraph) -> None:
@@ -205,6 +207,10 @@ class ReportWriter:
         self._running.clear()
         record.wall = now
         record.error = None if error is None else _one_line(error)
+        executor, self._executor = self._executor, None
+        links = getattr(executor, "link_costs", None)
+        if links is not None:
+            record.links = links.summary()
         self.write(record)
 
     def write(self, record: RunRecord) -> None:

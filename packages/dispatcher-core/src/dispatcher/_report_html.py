@@ -72,6 +72,7 @@ def render(record: RunRecord) -> str:
     parts.append(timeline(record, colors))
     parts.append(_by_label(record, colors))
     parts.append(_by_worker(record))
+    parts.append(_links(record))
     parts.append(_failures(record))
     parts.append(_attempts_table(record, colors))
     parts.append(f"<script>{SCRIPT}</script></body></html>")
@@ -226,6 +227,29 @@ def _by_worker(record: RunRecord) -> str:
     )
     table = _table(head, rows, set(range(1 + spread, len(head))))
     return "<section><h2>By worker</h2>" + hint + table + "</section>"
+
+
+def _links(record: RunRecord) -> str:
+    """What placement took a move to cost, per class of link, and whether it measured it."""
+    if not record.links:
+        return ""
+    rows = []
+    for label, (latency, bandwidth, samples) in record.links.items():
+        rows.append(
+            [
+                _td(escape(label)),
+                _td(escape(seconds(latency)), "n", latency),
+                _td(f"{bandwidth / 1e9:.3g} GB/s", "n", bandwidth),
+                _td(f"measured, {samples:,} fetches" if samples else "assumed", "", samples),
+            ]
+        )
+    hint = (
+        '<p class="hint">What placement takes moving a result between two workers to cost: '
+        "latency plus bytes at the bandwidth, fitted to the fetches the workers timed (the "
+        "assumed figures until there are enough).</p>"
+    )
+    table = _table(["link", "latency", "bandwidth", "from"], rows, {1, 2})
+    return "<section><h2>Links</h2>" + hint + table + "</section>"
 
 
 def _failures(record: RunRecord) -> str:

@@ -81,6 +81,11 @@ class RunRecord:
     read, and what it had made unnecessary ran after all."""
     in_order: bool = False
     """Each worker ran one task at a time, in the order it was sent them (``mp``, ``mpi``)."""
+    links: dict[str, tuple[float, float, int]] | None = None
+    """What placement took a move between workers to cost at the run's end, per class of
+    link (``"within a host"``, ``"across hosts"``): latency in seconds, bandwidth in bytes
+    per second, and the fetches measured (0: assumed); ``None`` for an executor whose
+    workers share the caller's memory."""
 
     def described(self, task: int) -> str:
         """Node ``task`` as a user recognises it (a record made before descriptions were

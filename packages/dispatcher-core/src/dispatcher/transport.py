@@ -9,7 +9,7 @@ it is told, and reports what happened. The whole contract is this module:
   ``cancel``, ``close``);
 * :class:`EventSink` -- the methods the transport calls back (``task_finished``,
   ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_paused``,
-  ``worker_lost``, ``no_worker_left``);
+  ``worker_lost``, ``no_worker_left``, and, optionally, ``inputs_moved``);
 * :class:`TaskSpec` -- one task to run: a function, an argument template whose
   :class:`Ref` placeholders stand for results named by key, and where those results live;
 * :class:`Unloaded` -- a reported value or exception still in its serialised form, which
@@ -26,7 +26,9 @@ worker to worker). A result the caller asked for comes back with its completion
 Workers and hosts: a worker runs on a *host*, a machine. Moving a result between two
 workers of one host is cheap (shared memory, a pipe); between hosts it crosses a network
 link, and costs more per byte and per message, so the scheduler keeps a task on its data's
-host first. A transport whose workers span more than one host names each ``name@host``
+host first. What each class of link costs is assumed until the transport says what its
+moves took (:meth:`EventSink.inputs_moved`, optional): then it is measured. A transport
+whose workers span more than one host names each ``name@host``
 (:func:`worker_name`; :func:`worker_host` reads it back): the host then shows wherever the
 worker does, in hooks, logs, the progress bar and the run report. A worker whose name has
 no ``@host`` runs on the caller's host.
@@ -291,6 +293,21 @@ class EventSink(Protocol):
         started): every run with tasks left that no worker can take fails them at once
         with ``reason``, instead of waiting for a worker. A worker added later lifts
         this."""
+
+    def inputs_moved(
+        self, worker: str, moves: Sequence[tuple[tuple[str, ...], int, float]]
+    ) -> None:
+        """Optional: ``worker`` fetched inputs from other workers, and timed it. Each move
+        is ``(sources, nbytes, seconds)``: the workers the inputs came from, their size
+        added up (as ``nbytes`` of :meth:`task_finished` gives a result's), and the
+        seconds one task waited for them, from asking to having them usable (fetches a
+        task makes at once are one move: their overlap is part of what it waited).
+
+        The scheduler fits each class of link's latency and bandwidth (within a host,
+        across hosts) to these and places tasks by them; a move whose sources are on
+        both sides is not counted. A transport that never calls this keeps the assumed
+        costs. Call it when the inputs are there, or with the completion that follows
+        (batched as completions are); a run without moves must not pay for it."""
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker is gone with every result it held and every task it was running.

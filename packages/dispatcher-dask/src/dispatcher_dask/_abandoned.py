@@ -11,13 +11,18 @@ be); a thread of our own then asks its worker, a few times a second, which of th
 still runs, and gives back each thread as soon as its task is gone. When it finds every
 thread of a worker taken, it says so (``full``): the transport restarts the worker if it
 started the cluster, or else hands back the tasks queued there meanwhile (sent before the
-worker was known to be busy) to be placed elsewhere. A worker that does not answer (a
-frozen one) is asked again at the next check, the others one by one meanwhile.
+worker was known to be busy) to be placed elsewhere. Tasks known to run (past their
+timeout: their worker said they started, and they have not returned) count at once,
+without waiting for a check.
+
+A worker that does not answer within :data:`ASK_TIMEOUT` while it holds a task given up
+on is taken whole: its event loop is starved (a task holding the GIL in C code) or it is
+frozen, so none of its threads would take work, and only its nanny (another process) can
+end it. The others are then asked one by one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,7 +40,11 @@ CHECK_INTERVAL = 0.2
 """Seconds between asking the workers about tasks given up on."""
 
 ASK_TIMEOUT = 2.0
-"""Seconds a worker has to answer: a frozen one never does."""
+"""Seconds a worker has to answer: a frozen one never does, nor one whose event loop a
+task holding the GIL starves."""
+
+SILENT: Any = object()
+"""A worker's answer when it gave none within :data:`ASK_TIMEOUT`."""
 
 MISSES = 2
 """Checks a task must be unknown to its worker in before it counts as gone: the release
@@ -72,15 +81,22 @@ class Abandoned:
         """Threads of ``worker`` still running tasks given up on."""
         return self._busy.get(worker, 0)
 
-    def add(self, worker: str, labels: Mapping[str, str]) -> None:
+    def add(self, worker: str, labels: Mapping[str, str], running: bool = False) -> None:
         """These tasks of ``worker`` (dask key -> the node's label) were given up on, and
-        may be running."""
+        may be running; ``running``: they are known to run (they said they started and
+        have not returned), so a worker they take whole is ``full`` at once."""
         with self._lock:
             known = self._keys.setdefault(worker, {})
             for key, label in labels.items():
                 known[key] = 0
                 self._labels[key] = label
-            self._set_busy(worker, min(self._threads(worker), len(known)))
+            threads = self._threads(worker)
+            self._set_busy(worker, min(threads, len(known)))
+            if running:
+                runs = self._running.setdefault(worker, [])
+                runs += [key for key in labels if key not in runs]
+                if len(runs) >= threads:
+                    self._full(worker)
             if self._thread is None and not self._closed:
                 self._thread = start_thread("dispatcher-dask-abandoned", self._run, self._died)
             self._lock.notify()
@@ -131,11 +147,11 @@ class Abandoned:
                 for worker, found in answers.items():
                     self._update(worker, found)
 
-    def _ask(self, asked: dict[str, list[str]]) -> dict[str, dict[str, bool] | None]:
+    def _ask(self, asked: dict[str, list[str]]) -> dict[str, Any]:
         """Each worker's answer: for each of its keys it still knows, whether it runs it;
-        None when the worker could not be asked (it is gone: its loss is reported apart;
-        or it does not answer within :data:`ASK_TIMEOUT`, frozen, say: asked again next
-        time, while the others are asked one by one)."""
+        None when the worker could not be asked (it is gone: its loss is reported apart);
+        :data:`SILENT` when it does not answer within :data:`ASK_TIMEOUT` (frozen, or its
+        event loop starved), while the others are then asked one by one."""
         client = self._client()
         replies: dict[str, Any]
         try:
@@ -143,10 +159,12 @@ class Abandoned:
         except TimeoutError:
             replies = {}
             for worker, keys in asked.items():
-                with contextlib.suppress(TimeoutError):
+                try:
                     replies.update(self._ask_workers(client, {worker: keys}))
+                except TimeoutError:
+                    replies[worker] = SILENT
         return {
-            worker: reply if isinstance(reply, dict) else None
+            worker: reply if isinstance(reply, dict) or reply is SILENT else None
             for worker, reply in ((w, replies.get(w)) for w in asked)
         }
 
@@ -162,12 +180,17 @@ class Abandoned:
         )
         return replies
 
-    def _update(self, worker: str, found: dict[str, bool] | None) -> None:
+    def _update(self, worker: str, found: Any) -> None:
         known = self._keys.get(worker)
         if known is None:
             return  # forgotten meanwhile
         if found is None:
             return  # could not be asked: asked again next time, or its loss clears it
+        if found is SILENT:
+            # Starved or frozen with a task given up on: no thread of it takes work.
+            self._set_busy(worker, self._threads(worker))
+            self._full(worker)
+            return
         running: list[str] = []
         for key in list(known):
             if key in found:

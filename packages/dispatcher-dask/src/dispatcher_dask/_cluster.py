@@ -50,11 +50,19 @@ class WorkerNames:
 
 
 def check_options(
-    address: str | None, client: Client | None, threads_per_worker: int, prefetch: int
+    address: str | None,
+    client: Client | None,
+    workers: int | None,
+    threads_per_worker: int,
+    prefetch: int,
 ) -> None:
-    """Refuse options that cannot go together, before anything is started."""
+    """Refuse options that cannot go together, or counts that are none, before anything
+    is started or reached. ``workers`` is how many to start, or to wait for; ``None``:
+    the CPUs here, or whatever the cluster has."""
     if address is not None and client is not None:
         raise TypeError("give the dask executor address= or client=, not both")
+    if workers is not None:
+        check_count("workers", workers, 1)
     check_count("threads_per_worker", threads_per_worker, 1)
     check_count("prefetch", prefetch, 0)
 

@@ -9,11 +9,13 @@ call to the end in its worker thread. The transport (:class:`GivingUp`, a part o
   wait for its result;
 - counts the threads such tasks take (:class:`~._abandoned.Abandoned`) and gives their
   workers fewer slots meanwhile;
-- once every thread of a worker is taken: restarts it if the executor started the cluster
-  (its nanny starts a new worker under a new address), or else moves elsewhere what was
-  queued there; meanwhile it reports the worker paused, naming the tasks that hold it, so
-  that when no worker of a user's cluster has a thread left the scheduler's rule ends the
-  runs with that reason (see :meth:`~dispatcher.transport.EventSink.worker_paused`).
+- once every thread of a worker is taken (or it does not answer while it holds such a
+  task: a task holding the GIL starves its event loop): restarts it if the executor
+  started the cluster (its nanny kills it and starts a new worker under a new address),
+  or else moves elsewhere what was queued there; meanwhile it reports the worker paused,
+  naming the tasks that hold it, so that when no worker of a user's cluster has a thread
+  left the scheduler's rule ends the runs with that reason (see
+  :meth:`~dispatcher.transport.EventSink.worker_paused`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,37 @@ RESTART_SECONDS = 30.0
 """How long a worker of our own may take to be restarted."""
 
 log = logging.getLogger("dispatcher.dask")
+
+
+KILL_GRACE = 1.0
+"""Seconds a worker being restarted is given to close before its nanny kills it: it runs
+nothing that anyone waits for, and its event loop may be starved (a task holding the GIL)
+so that it could not close at all. dask's own restart waits four seconds."""
+
+
+async def _restart_worker(client: Client, address: str, nanny: str | None) -> None:
+    """Have the nanny at ``nanny`` kill its worker at ``address`` after
+    :data:`KILL_GRACE`; it then starts a new one (its own rule for a worker that exits).
+    Without a nanny, or if that fails, dask's scheduler restarts (or removes) it."""
+    from distributed.core import rpc
+
+    if nanny is not None:
+        try:
+            async with rpc(nanny, connection_args=client.connection_args) as keeper:
+                await asyncio.wait_for(
+                    keeper.kill(timeout=KILL_GRACE, reason="dispatcher-restart"),
+                    RESTART_SECONDS,
+                )
+            return
+        except Exception:
+            log.debug("the nanny of %s did not kill it", address, exc_info=True)
+    await client.scheduler.restart_workers(
+        workers=[address],
+        timeout=RESTART_SECONDS,
+        wait_for_workers=False,
+        on_error="return",
+        stimulus_id=f"dispatcher-restart-{time.time()}",
+    )
 
 
 @dataclass(eq=False)
@@ -132,17 +165,13 @@ class GivingUp:
         reason = f"restarted: each of its threads ran a task given up on ({held})"
         log.warning("dask worker %s %s", self._names.of.get(address, address), reason)
         try:
+            client = self.client
+            nanny = (client.scheduler_info(n_workers=-1)["workers"].get(address) or {}).get("nanny")
             # Nothing else ran there: the tasks queued behind are not charged.
             self._worker_lost(address, reason, running=[])
-            client = self.client
-            restart = client.scheduler.restart_workers(
-                workers=[address],
-                timeout=RESTART_SECONDS,
-                wait_for_workers=False,
-                on_error="return",
-                stimulus_id=f"dispatcher-restart-{time.time()}",
+            done = asyncio.run_coroutine_threadsafe(
+                _restart_worker(client, address, nanny), client.loop.asyncio_loop
             )
-            done = asyncio.run_coroutine_threadsafe(restart, client.loop.asyncio_loop)
         except BaseException:
             self._restarting.discard(address)
             raise
@@ -173,7 +202,7 @@ class GivingUp:
             future.release()
         address = self._names.address[spec.worker]
         if address in self._workers:  # (a worker lost meanwhile took its thread with it)
-            self._abandoned.add(address, {pending.future.key: spec.label})
+            self._abandoned.add(address, {pending.future.key: spec.label}, running=True)
         pending.future.release()
 
     def _waiting_for(self, gone: set[Key]) -> list[tuple[Key, str, list[Key], Future]]:

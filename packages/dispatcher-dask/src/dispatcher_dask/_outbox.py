@@ -2,9 +2,10 @@
 
 dask's scheduler pays for each graph it is sent (materializing, ordering, a hop to a
 thread and back) many times what it pays per task in it, and dispatcher submits a task or
-two per completion: while the workers have work queued (``busy()``), the outbox sends at
-most one batch every ``interval``, so that one graph carries the tasks of many
-completions; when they may run short, or after a pause, at once.
+two per completion: the outbox holds a batch back until ``interval()`` seconds after the
+last one was sent, so that one graph carries the tasks of many completions while the
+workers have work queued; ``interval()`` says 0 when they may run short (a batch then goes
+at once, as after a pause).
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ __all__ = ["Outbox"]
 
 
 class Outbox:
-    """Queues tasks for ``send``, called with each batch on the outbox's thread;
-    ``failed`` is called with a batch whose ``send`` raised, and the exception."""
+    """Queues tasks for ``send``, called with each batch on the outbox's thread, at most
+    one batch every ``interval`` seconds (or as often as ``interval()`` says, asked before
+    each batch); ``failed`` is called with a batch whose ``send`` raised, and the
+    exception."""
 
     def __init__(
         self,
         send: Callable[[Sequence[TaskSpec]], None],
         failed: Callable[[Sequence[TaskSpec], BaseException], None],
-        interval: float,
-        busy: Callable[[], bool] = lambda: True,
+        interval: Callable[[], float] | float,
     ) -> None:
         self._send = send
         self._failed = failed
-        self._interval = interval
-        self._busy = busy
+        self._interval = interval if callable(interval) else lambda: interval
         self._queued: list[TaskSpec] = []
         self._ready = threading.Condition(threading.Lock())
         self.sending = threading.Lock()
@@ -82,8 +83,8 @@ class Outbox:
                     self._ready.wait()
                 if self._closed:
                     return
-            wait = last + self._interval - time.monotonic()
-            if wait > 0 and self._busy():
+            wait = last + self._interval() - time.monotonic()
+            if wait > 0:
                 time.sleep(wait)
             with self.sending:
                 with self._ready:

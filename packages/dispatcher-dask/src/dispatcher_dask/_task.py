@@ -20,6 +20,9 @@ ahead of dask's own completion message on the same connection. A wanted value of
 pickled bytes (:data:`CARRIED_BYTES`) travels in that message too: the caller then has
 it without gathering it, a round trip through the scheduler saved. A task with a timeout
 also says when it starts (another event, on its own topic): the caller times it from then.
+It waits for that word to leave the worker before calling the function: a function that
+holds the GIL from its first instruction (a long call into C code) starves the worker's
+event loop, which would otherwise never send it, and the task would never be timed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
+import time
 from time import perf_counter
 from typing import Any
 
@@ -142,7 +146,7 @@ def run_task(
     # (imports, on a fresh worker) does not count.
     called = perf_counter()
     if timeout is not None and timeout < math.inf:
-        _log_event(start_topic, key)
+        _say_started(start_topic, key)
     try:
         if inline:
             given = iter(inputs)
@@ -252,6 +256,47 @@ def _log_event(topic: str, message: Any) -> None:
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
     worker.log_event(topic, message)
+
+
+START_WORD_WAIT = 1.0
+"""Seconds a timed task waits at most for the word that it started to leave its worker
+(a worker whose connection to the scheduler is down drops it anyway)."""
+
+
+def _say_started(topic: str, key: int) -> None:
+    """Tell the caller, through the scheduler, that task ``key`` starts now, and return
+    once that message has been written to the scheduler's connection (or after
+    :data:`START_WORD_WAIT`): the task's function may hold the GIL from its first
+    instruction, and the worker's event loop, which sends the message, then never runs."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
+        return
+    message = {"op": "log-event", "topic": topic, "msg": key}
+    worker.loop.add_callback(worker.batched_send, message)
+    deadline = perf_counter() + START_WORD_WAIT
+    while not _written(worker, message) and perf_counter() < deadline:
+        time.sleep(0.0005)  # (sleeping gives the event loop the GIL)
+
+
+def _written(worker: Any, message: dict[str, Any]) -> bool:
+    """Has ``message``, given to the worker's stream to the scheduler, been written?
+    A batch is logged once written; without that log, once it left the buffer."""
+    stream = getattr(worker, "batched_stream", None)
+    if stream is None or stream.comm is None or stream.comm.closed():
+        return True  # never sent: waiting would not help
+    if any(sent is message for sent in stream.buffer):
+        return False
+    log = stream.recent_message_log
+    if not log.maxlen:
+        return True
+    # The batches written last (the message's, if it was written, is among them).
+    for batch in list(log)[-4:]:
+        if isinstance(batch, list) and any(sent is message for sent in batch):
+            return True
+    return False
 
 
 def still_running(keys: list[str], dask_worker: Any = None) -> dict[str, bool]:

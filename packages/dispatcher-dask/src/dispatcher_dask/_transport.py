@@ -60,8 +60,10 @@ __all__ = ["DaskTransport"]
 
 from ._capabilities import CAPABILITIES
 
-# While the workers have work queued, send tasks at most this often (see _outbox).
+# While the workers have work queued, send tasks at most this often (see _outbox), or
+# less often, up to LONGEST_SEND_INTERVAL, when what is queued lasts longer.
 SEND_INTERVAL = 0.01
+LONGEST_SEND_INTERVAL = 0.05
 
 # How long a worker the scheduler announced may take to appear in its worker table.
 _ANNOUNCE_SECONDS = 5.0
@@ -93,7 +95,7 @@ class DaskTransport(GivingUp, Transport):
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
-        check_options(address, client, threads_per_worker, prefetch)
+        check_options(address, client, workers, threads_per_worker, prefetch)
         self._want_workers = workers
         self._threads = threads_per_worker
         self._address = address
@@ -133,7 +135,8 @@ class DaskTransport(GivingUp, Transport):
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[Pending] = []
         self._closed = False
-        self._outbox = Outbox(self._send, self._not_sent, SEND_INTERVAL, self._busy)
+        self._mean_run = 0.0  # seconds, of the tasks reported lately (moving average)
+        self._outbox = Outbox(self._send, self._not_sent, self._send_interval)
 
     # -- the SPI ---------------------------------------------------------------------------
 
@@ -166,10 +169,20 @@ class DaskTransport(GivingUp, Transport):
             "the dask executor starts itself restarts such workers on its own"
         )
 
-    def _busy(self) -> bool:
-        """Do the workers have about two tasks each per thread still to run? (Finished
-        ones being gathered count too: an estimate, asked once per batch.)"""
-        return len(self._pending) >= 2 * sum(self._nthreads.values())
+    def _send_interval(self) -> float:
+        """How long after a batch the next may wait (see :mod:`._outbox`): not at all
+        unless the workers have about two tasks per thread still to run (finished ones
+        being gathered count too: an estimate, asked once per batch); then a quarter of
+        the time the work queued per thread lasts, by the tasks' mean run time, between
+        :data:`SEND_INTERVAL` and :data:`LONGEST_SEND_INTERVAL`: one graph per ten
+        completions of 10 ms tasks rather than one per two, where dask's scheduler
+        pays per graph."""
+        threads = sum(self._nthreads.values())
+        pending = len(self._pending)
+        if pending < 2 * threads or not threads:
+            return 0.0
+        queued = pending / threads * self._mean_run
+        return min(max(queued / 4, SEND_INTERVAL), LONGEST_SEND_INTERVAL)
 
     def _not_sent(self, tasks: Sequence[TaskSpec], exc: BaseException) -> None:
         """The client failed to send ``tasks`` (it is closing, or lost its scheduler):
@@ -395,6 +408,7 @@ class DaskTransport(GivingUp, Transport):
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
         key, duration, nbytes, carried = event[1]
+        self._mean_run += (duration - self._mean_run) / 16
         if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
             self._stats[key] = (duration, nbytes, carried)
 

@@ -84,6 +84,38 @@ class _Waiting:
     spec: TaskSpec
     missing: set[Key]
     payloads: dict[Key, Payload] = field(default_factory=dict)
+    asked: float = 0.0
+    """When the first input it waits for was asked for (``time.perf_counter``)."""
+    sources: dict[str, None] = field(default_factory=dict)
+    """The workers its fetched inputs came from, in order."""
+    fetched: int = 0
+    """Bytes of the inputs fetched for it (those at hand cost no wait)."""
+
+    def ask(self, key: Key) -> None:
+        """It waits for ``key`` too, from now if it waited for nothing yet."""
+        if not self.missing:
+            self.asked = time.perf_counter()
+        self.missing.add(key)
+
+    def arrived(self, key: Key, payload: Payload, source: str | None) -> bool:
+        """``key`` came from ``source``: True once nothing is missing."""
+        self.missing.discard(key)
+        self.payloads[key] = payload
+        self.fetched += payload.nbytes
+        if source is not None:
+            self.sources[source] = None
+        return not self.missing
+
+
+def _report_move(events: EventSink | None, waiting: _Waiting) -> None:
+    """Report the wait of a task whose fetched inputs have all arrived (see
+    ``EventSink.inputs_moved``): they come through the caller, so the caller times them,
+    from asking for them to having them; the worker then only maps them."""
+    if events is not None and waiting.sources:
+        seconds = time.perf_counter() - waiting.asked
+        events.inputs_moved(
+            waiting.spec.worker, [(tuple(waiting.sources), waiting.fetched, seconds)]
+        )
 
 
 def _check_main_is_a_file(start_method: str) -> None:
@@ -317,7 +349,7 @@ class MpTransport(WorkerSupervision, Transport):
             if cached is not None:
                 waiting.payloads[key] = cached[1]
                 continue
-            waiting.missing.add(key)
+            waiting.ask(key)
             if key in self._fetching:
                 self._fetching[key].append(waiting)
                 continue
@@ -451,12 +483,12 @@ class MpTransport(WorkerSupervision, Transport):
         return Pickled(payload.data, buffers)
 
     def fetched(self, key: Key, payload: Payload) -> None:
-        """Result ``key`` arrived serialised: send what waited for it. Under the lock."""
-        self._fetch_source.pop(key, None)
+        """Result ``key`` arrived serialised: send what waited for it, and report the
+        move each task that has all its inputs now waited for. Under the lock."""
+        source = self._fetch_source.pop(key, None)
         for waiting in self._fetching.pop(key, ()):
-            waiting.missing.discard(key)
-            waiting.payloads[key] = payload
-            if not waiting.missing:
+            if waiting.arrived(key, payload, source):
+                _report_move(self.events, waiting)
                 self.send_outbox(waiting.spec.worker)
 
     def send_outbox(self, name: str) -> None:

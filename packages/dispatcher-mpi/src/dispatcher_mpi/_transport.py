@@ -409,8 +409,11 @@ class MpiTransport(Transport):
                     "(or reuse it: with get_executor('mpi') as ex: ...)"
                 )
             self.events = events
-            self.reports = Reports(self.inflight, events, _received, self._free_stale)
             root = self.root
+            # A rank names the ranks it fetched from by number.
+            self.reports = Reports(
+                self.inflight, events, _received, self._free_stale, lambda rank: root.names[rank]
+            )
             for rank in list(root.why_busy):
                 if rank in self.ranks:  # retired by an executor before this one
                     events.worker_paused(root.names[rank], root.paused_reason(rank))

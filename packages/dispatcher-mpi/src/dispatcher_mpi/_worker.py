@@ -109,7 +109,10 @@ class WorkerRank(TaskRunner):
 
     def remote_inputs(self, deps: tuple[int, ...], sources: tuple[int, ...]) -> dict[int, Any]:
         """Fetched from the ranks that hold them (``sources``, in ``deps`` order; 0 for an
-        input sent with the task): one request to each such rank, all sent at once."""
+        input sent with the task): one request to each such rank, all sent at once. The
+        wait, from the requests to the values unpickled, is reported as one move (see
+        :meth:`~dispatcher.remote.TaskRunner.moved`): they overlap, and it is what the
+        task waited."""
         wanted: dict[int, dict[int, None]] = {}  # rank -> keys, in order, once each
         store = self.store
         for key, source in zip(deps, sources, strict=True):
@@ -118,6 +121,9 @@ class WorkerRank(TaskRunner):
                 if source in self.unreachable:
                     continue  # left out: reported lost, and recomputed elsewhere
                 wanted.setdefault(source, {})[key] = None
+        if not wanted:
+            return {}
+        start = time.perf_counter()
         waiters: list[tuple[threading.Event, list[Data], int]] = []
         for source, keys in wanted.items():
             request = self._requests = self._requests + 1
@@ -143,7 +149,11 @@ class WorkerRank(TaskRunner):
         if unsendable is not None:
             raise InputError(f"cannot pickle '{unsendable}'")
         # Unpickled here, by the task that wants them: one that cannot be fails the task.
-        return {key: pickle.loads(raw[0], buffers=raw[1:]) for key, raw in packed.items()}
+        values = {key: pickle.loads(raw[0], buffers=raw[1:]) for key, raw in packed.items()}
+        if len(values) == sum(map(len, wanted.values())):  # a wait cut short says nothing
+            nbytes = sum(map(size_of, values.values()))
+            self.moved(tuple(wanted), nbytes, time.perf_counter() - start)
+        return values
 
     # -- on the hub thread -----------------------------------------------------------------
 

@@ -244,6 +244,10 @@ class Done(NamedTuple):
 
     finished: list[tuple[Key, float, int | None, Any]]
     """:class:`Finished` entries, as plain tuples."""
+    moves: list[tuple[tuple[Any, ...], int, float]] | None = None
+    """The inputs the worker fetched from other workers since its last report, timed:
+    ``(sources, nbytes, seconds)`` per task that fetched, ``sources`` naming the workers
+    in the backend's own terms (see :meth:`TaskRunner.moved`); ``None``: none."""
 
 
 @message("failed")

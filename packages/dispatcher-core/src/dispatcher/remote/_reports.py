@@ -77,7 +77,9 @@ class Reports:
     into what is reported: an :class:`~dispatcher.transport.Unloaded` (a
     :class:`Pickled`), the run's driver unpickling it; it runs on the transport's thread
     and so must not unpickle anything itself. ``stale(worker, keys)`` frees results
-    nobody expects any more."""
+    nobody expects any more. ``source_name(source)`` names a worker as the backend's
+    workers name a source of their timed fetches (see :meth:`TaskRunner.moved`); by
+    default they name it as the caller does."""
 
     def __init__(
         self,
@@ -85,11 +87,13 @@ class Reports:
         events: EventSink,
         received: Callable[[str, Key, Any], Any],
         stale: Callable[[str, list[Key]], None],
+        source_name: Callable[[Any], str] | None = None,
     ) -> None:
         self.inflight = inflight
         self.events = events
         self.received = received
         self.stale = stale
+        self.source_name = source_name
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
             Failed: self.failed,
@@ -137,6 +141,19 @@ class Reports:
                 finished(key, worker, duration, nbytes, value)
         if unwanted:
             self.stale(worker, unwanted)
+        if message.moves:
+            self.moved(worker, message.moves)
+
+    def moved(self, worker: str, moves: list[tuple[tuple[Any, ...], int, float]]) -> None:
+        """Fetches ``worker`` timed: passed on with their sources named, to a sink that
+        takes them (``inputs_moved`` is optional)."""
+        report = getattr(self.events, "inputs_moved", None)
+        if report is None:
+            return
+        name = self.source_name
+        if name is not None:
+            moves = [(tuple(map(name, sources)), n, s) for sources, n, s in moves]
+        report(worker, moves)
 
     def failed(self, worker: str, message: Failed) -> None:
         """A task that raised on ``worker``: its exception reported, to be restored in

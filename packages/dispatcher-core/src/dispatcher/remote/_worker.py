@@ -134,6 +134,8 @@ class TaskRunner:
         self.dropped = 0
         """Counts :meth:`drop_queued`: a batch received before the last drop stops."""
         self.finished: list[tuple[Key, float, int | None, Any]] = []
+        self.moves: list[tuple[tuple[Any, ...], int, float]] | None = None
+        """Fetches timed since the last report (see :meth:`moved`)."""
         self.current: Key | None = None
         """The task running now."""
         self.current_lock = threading.Lock()
@@ -151,8 +153,18 @@ class TaskRunner:
         """The values of the inputs ``deps`` held by other workers, by key, got from where
         ``remote`` (:attr:`Task.remote`) says (those it cannot get are left out, and
         reported lost); ``None`` when there are none. Raises :class:`InputError` when one
-        exists but cannot be sent."""
+        exists but cannot be sent. A backend that fetches them from the workers holding
+        them times it and says so (:meth:`moved`)."""
         return None
+
+    def moved(self, sources: tuple[Any, ...], nbytes: int, seconds: float) -> None:
+        """One task waited ``seconds`` for ``nbytes`` of inputs fetched from ``sources``
+        (workers, in the backend's own terms, which its caller side turns into names:
+        see :class:`Reports`). Reported with the next completions, so the scheduler
+        learns what moves cost (see ``EventSink.inputs_moved``)."""
+        if self.moves is None:
+            self.moves = []
+        self.moves.append((sources, nbytes, seconds))
 
     def pack_result(self, key: Key, value: Any) -> tuple[Any, int]:
         """The form in which ``value`` travels to the caller, and its size in bytes.
@@ -285,7 +297,14 @@ class TaskRunner:
         """Send the completions not reported yet."""
         finished, self.finished = self.finished, []
         if finished:
-            self.send(Done(finished))
+            # (Moves wait for completions to travel with: those of a task that failed
+            # go with the next ones.)
+            moves = self.moves
+            if moves is None:
+                self.send(Done(finished))
+            else:
+                self.moves = None
+                self.send(Done(finished, moves))
 
     def fail(self, key: Key, error: BaseException, duration: float) -> None:
         """Report task ``key`` failed with ``error`` at once (the completions batched

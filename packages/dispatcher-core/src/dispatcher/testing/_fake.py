@@ -7,6 +7,9 @@ subclass that declares ``keeps_fetched_inputs``). Faults are injected with
 :meth:`FakeTransport.kill_on`: the worker dies as that task starts, losing everything it
 held, and comes back empty under the same name. ``in_caller`` names the functions the
 scheduler may call itself (see :meth:`~dispatcher.transport.Transport.runs_in_caller`).
+``move_seconds(source, worker, nbytes)``, when given, is what copying an input is taken to
+have cost: each task's copies are then reported as one timed move
+(:meth:`~dispatcher.transport.EventSink.inputs_moved`); without it none is.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ class FakeTransport(Transport):
         workers: int = 2,
         slots: int = 1,
         in_caller: Callable[[Callable[..., Any]], bool] | None = None,
+        move_seconds: Callable[[str, str, int], float] | None = None,
     ) -> None:
         self.in_caller = in_caller
+        self.move_seconds = move_seconds
         self.names = [f"fake-{i}" for i in range(workers)]
         self.slots = slots
         self.stores: dict[str, dict[Key, Any]] = {name: {} for name in self.names}
@@ -94,6 +99,8 @@ class FakeTransport(Transport):
         if missing:
             events.task_inputs_lost(spec.key, worker, missing)
             return
+        if copies and self.move_seconds is not None:
+            self._report_move(spec, copies)
         if self.capabilities.keeps_fetched_inputs:
             store.update(copies)
         for key in spec.last_use:
@@ -111,6 +118,24 @@ class FakeTransport(Transport):
             events.task_finished(spec.key, worker, perf_counter() - start, nbytes, value)
         else:
             events.task_finished(spec.key, worker, perf_counter() - start, nbytes)
+
+    def _report_move(self, spec: TaskSpec, copies: dict[Key, Any]) -> None:
+        """The copies ``spec``'s task took, as one move costed by :attr:`move_seconds`."""
+        assert self.move_seconds is not None
+        assert self._events is not None
+        sources: dict[str, None] = {}
+        nbytes, seconds = 0, 0.0
+        counted: set[Key] = set()
+        for i, key in enumerate(spec.deps):
+            if key in copies and key not in counted:
+                counted.add(key)
+                source = spec.source_of(i)
+                assert source is not None
+                size = len(copies[key]) if isinstance(copies[key], (bytes, bytearray)) else 0
+                sources[source] = None
+                nbytes += size
+                seconds += self.move_seconds(source, spec.worker, size)
+        self._events.inputs_moved(spec.worker, [(tuple(sources), nbytes, seconds)])
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         store = self.stores[worker]
