@@ -34,6 +34,7 @@ __all__ = [
     "kill",
     "spawn",
     "wait_exits",
+    "worker_limit",
     "write_output",
 ]
 
@@ -263,6 +264,41 @@ def await_all_ready(workers: Sequence[WorkerProcess], start_method: str, initial
                 "starting %d mp workers: %d ready after %.0f s", len(workers), count, now - began
             )
             tell_at = now + 3 * STARTING_NOTICE
+
+
+WORKER_BYTES = 16 << 20
+"""The least memory a worker process takes (an idle one holds about twice that): more
+workers than the memory available holds at this size cannot all start."""
+
+
+def worker_limit() -> tuple[int, str]:
+    """The most workers this machine can start, and what sets it: the processes this user
+    may run (``RLIMIT_NPROC``), and the memory available at :data:`WORKER_BYTES` each."""
+    limits: list[tuple[int, str]] = []
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            limits.append((soft, f"this user may run {soft} processes (RLIMIT_NPROC)"))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        available = 0
+    if available > 0:
+        most = max(1, available // WORKER_BYTES)
+        limits.append(
+            (
+                most,
+                f"{available >> 20} MiB of memory is available, room for {most} worker "
+                f"processes of at least {WORKER_BYTES >> 20} MiB each",
+            )
+        )
+    if not limits:
+        return 1 << 62, "no limit known"
+    return min(limits)
 
 
 def kill(process: Any) -> None:

@@ -66,6 +66,7 @@ from ._process import (
     kill_all,
     spawn,
     wait_exits,
+    worker_limit,
 )
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
@@ -555,41 +556,6 @@ def _unshare(workers: Iterable[WorkerProcess], segments: list[str]) -> None:
         for worker in workers:
             with contextlib.suppress(OSError):  # lost: its mappings went with it
                 worker.send(Unshare(segments))
-
-
-WORKER_BYTES = 16 << 20
-"""The least memory a worker process takes (an idle one holds about twice that): more
-workers than the memory available holds at this size cannot all start."""
-
-
-def worker_limit() -> tuple[int, str]:
-    """The most workers this machine can start, and what sets it: the processes this user
-    may run (``RLIMIT_NPROC``), and the memory available at :data:`WORKER_BYTES` each."""
-    limits: list[tuple[int, str]] = []
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
-        if soft != resource.RLIM_INFINITY:
-            limits.append((soft, f"this user may run {soft} processes (RLIMIT_NPROC)"))
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        available = 0
-    if available > 0:
-        most = max(1, available // WORKER_BYTES)
-        limits.append(
-            (
-                most,
-                f"{available >> 20} MiB of memory is available, room for {most} worker "
-                f"processes of at least {WORKER_BYTES >> 20} MiB each",
-            )
-        )
-    if not limits:
-        return 1 << 62, "no limit known"
-    return min(limits)
 
 
 def _setup(initializer: Callable[..., Any] | None, initargs: Sequence[Any]) -> bytes | None:

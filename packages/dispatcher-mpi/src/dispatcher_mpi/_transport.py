@@ -398,8 +398,7 @@ class MpiTransport(Transport):
         self.held = HeldArguments(self._out_on)
         """Large plain arguments, sent to each rank once per run."""
         self.gave_up: dict[int, set[int]] = {}
-        """By run, the ranks still running or holding tasks of it that it gave up on
-        (cancelled, past their timeout): told when it ends (see :meth:`run_finished`)."""
+        """By run, the ranks with tasks it gave up on: told when it ends (run_finished)."""
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         with self.root.lock:
@@ -498,10 +497,9 @@ class MpiTransport(Transport):
         self.root.hub.post(_rank(worker), Free(list(keys)))
 
     def run_finished(self, run: int) -> None:
-        """The ranks that hold run ``run``'s large arguments drop them, and the ranks with
-        tasks it gave up on drop whatever else of the run they hold or those tasks will
-        keep (the inputs such a task fetches, its result): their reports, coming after
-        the run is over, are heard by nobody who could free them. (A run that gave up on
+        """The ranks that hold run ``run``'s large arguments drop them; those with tasks
+        it gave up on drop what else of it they hold or those tasks keep (their fetched
+        inputs, results), which their late reports cannot free. (A run that gave up on
         nothing has had every result it made freed already.)"""
         self._drop_held(self.held.finish(run))
         for rank in self.gave_up.pop(run, ()):
