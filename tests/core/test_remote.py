@@ -3,14 +3,17 @@ in-flight table, the task loop and error transport."""
 
 from __future__ import annotations
 
+import copyreg
 import pickle
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from dispatcher import RemoteError, SerializationError
 from dispatcher.remote import (
+    Cancel,
     Define,
     Done,
     Failed,
@@ -18,6 +21,7 @@ from dispatcher.remote import (
     FunctionShipper,
     InFlight,
     Run,
+    RunEnded,
     Started,
     Stop,
     TaskRunner,
@@ -28,7 +32,7 @@ from dispatcher.remote import (
     task_record,
     to_wire,
 )
-from dispatcher.transport import SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec
+from dispatcher.transport import KEY_BITS, SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -141,6 +145,75 @@ def test_a_task_whose_input_is_gone_is_reported_lost() -> None:
     assert runner.sent[0].missing == [1]
 
 
+RELEASE = threading.Event()
+
+
+def wait_for_release() -> str:
+    RELEASE.wait(10)
+    return "made after its run ended"
+
+
+def test_a_run_that_ended_leaves_nothing_of_it_in_the_runner() -> None:
+    run1, run2 = 1 << KEY_BITS, 2 << KEY_BITS
+    runner = Recording()
+    runner.store[run1 | 9] = "made before its run ended"
+    shipper = FunctionShipper(dumps)
+
+    def records(*specs: TaskSpec) -> list[tuple[Any, ...]]:
+        out = []
+        for s in specs:
+            token, define = shipper.ship("w", s)
+            if define is not None:
+                runner.receive(define)
+            out.append(task_record(s, token, None, None))
+        return out
+
+    RELEASE.clear()
+    runner.receive(Run(records(spec(run1 | 1, wait_for_release), spec(run1 | 2, abs, -2))))
+    thread = threading.Thread(target=runner.serve)
+    thread.start()
+    while runner.current != run1 | 1:
+        time.sleep(0.001)
+    runner.receive(Cancel([run1 | 2]))
+    runner.receive(RunEnded(1))
+    assert run1 | 9 not in runner.store  # at once
+    runner.drop_queued()  # as when the worker is reset: the end of the run stays queued
+    runner.receive(Run(records(spec(run2 | 1, abs, -4))))
+    runner.receive(Stop())
+    RELEASE.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the task loop did not stop"
+    # The run's late task still reports (its caller frees nothing of it any more) ...
+    done = [entry[0] for m in runner.sent if type(m) is Done for entry in m.finished]
+    assert done == [run1 | 1, run2 | 1]
+    # ... and what it made is gone with the rest of its run, and its cancellations.
+    assert set(runner.store) == {run2 | 1}
+    assert not runner.cancelled
+
+
+def test_completions_held_back_for_the_end_of_a_run_are_reported() -> None:
+    # A batch's completions wait while more is queued; the end of another run queued
+    # behind it is no task, and the wait for what follows it was for ever.
+    runner = Recording()
+    shipper = FunctionShipper(dumps)
+    task = spec(2 << KEY_BITS | 1, abs, -1)
+    token, define = shipper.ship("w", task)
+    assert define is not None
+    runner.receive(define)
+    runner.receive(Run([task_record(task, token, None, None)]))
+    runner.receive(RunEnded(1))
+    thread = threading.Thread(target=runner.serve)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not runner.sent and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert [type(m) for m in runner.sent] == [Done]
+    finally:
+        runner.receive(Stop())
+        thread.join(10)
+
+
 def test_restore_keeps_the_part_of_a_cause_chain_that_travels() -> None:
     try:
         try:
@@ -152,6 +225,35 @@ def test_restore_keeps_the_part_of_a_cause_chain_that_travels() -> None:
     restored = restore_error(wire, "node", pickle.loads)
     assert type(restored) is ValueError
     assert restored.__cause__ is None
+
+
+def _rebuilt_with_cause(cls: type[BaseException], args: Any, cause: Any) -> BaseException:
+    exc = cls(*args)
+    exc.__cause__ = cause  # a str here: TypeError, as under tblib's pickling support
+    return exc
+
+
+def test_an_exception_keeps_its_type_where_exceptions_pickle_with_their_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Importing dask.distributed makes every exception pickle with its chain (tblib): a
+    # cause that does not unpickle as an exception took the whole error down with it.
+    def with_cause(exc: BaseException) -> Any:
+        return (_rebuilt_with_cause, (type(exc), exc.args, exc.__cause__))
+
+    monkeypatch.setitem(copyreg.dispatch_table, ValueError, with_cause)
+    try:
+        try:
+            raise Weird("w")
+        except Weird as weird:
+            raise ValueError("outer") from weird
+    except ValueError as exc:
+        wire = capture_error(exc, dumps)
+        cause = exc.__cause__
+    assert type(cause) is Weird  # left as it was
+    restored = restore_error(wire, "node", pickle.loads)
+    assert type(restored) is ValueError
+    assert restored.args == ("outer",)
 
 
 def test_an_exception_that_cannot_be_pickled_or_printed_becomes_remote_error() -> None:

@@ -62,3 +62,7 @@ def fail_at(values: Any, i: int, bad: int) -> int:
     if i == bad:
         raise ValueError(f"task {i} fails on purpose")
     return i
+
+
+def length_plus(text: Any, i: int) -> int:
+    return len(text) + i

@@ -69,3 +69,17 @@ def test_a_worker_whose_abandoned_tasks_end_at_once_is_kept() -> None:
             ex.run([boom, *quick])
         time.sleep(0.5)  # past the grace a worker has to confirm
         assert ex.run(Op(mp_tasks.pid)) == first
+
+
+@pytest.mark.parametrize("seconds", [0.1, 2.0], ids=["ends-within-grace", "restarted"])
+def test_a_failed_run_leaves_nothing_held_on_the_workers(seconds: float) -> None:
+    with get_executor("mp", workers=2, retries=0) as ex:
+        quick_run(ex)
+        data = op(mp_tasks.array)(8, 1)
+        readers = [op(mp_tasks.sleep_then)(seconds, data) for _ in range(3)]
+        boom = op(mp_tasks.fail_after, label="boom")(0.05)
+        with pytest.raises(ValueError, match="on purpose"):
+            ex.run([*readers, boom])
+        time.sleep(seconds + 0.5)  # the abandoned tasks are over, one way or the other
+        held = ex.run([op(mp_tasks.held_bytes)(i) for i in range(8)])
+        assert {nbytes for _, nbytes in held} == {0}, held

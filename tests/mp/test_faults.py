@@ -136,6 +136,37 @@ def test_a_worker_whose_death_is_not_reported_is_lost_at_the_end_of_its_pipe() -
             forkserver[0].resume()
 
 
+@pytest.mark.timeout(60)
+def test_closing_with_the_forkserver_frozen_kills_it_rather_than_wait_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker lost while the forkserver is frozen: its replacement's start waits for the
+    # forkserver for ever, and closing waited for that start (5 s; here, for ever).
+    import psutil
+
+    import dispatcher_mp._process
+
+    monkeypatch.setattr(dispatcher_mp._process, "SPAWNER_STOP_WAIT", 3600.0)
+    ex = get_executor("mp", workers=2, start_method="forkserver")
+    try:
+        pids = set(ex.run([Op(mp_tasks.pid, i) for i in range(8)]))
+        forkserver = [
+            p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())
+        ]
+        assert len(forkserver) == 1, forkserver
+        forkserver[0].suspend()
+        os.kill(min(pids), signal.SIGKILL)
+        assert ex.run([Op(mp_tasks.sleep_then, 0.05, i) for i in range(4)]) == [0, 1, 2, 3]
+    finally:
+        ex.close()
+    # Killed (it dies as soon as the kernel gets to it; multiprocessing reaps it later).
+    while forkserver[0].is_running() and forkserver[0].status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.01)
+    # The next executor starts a forkserver of its own.
+    with get_executor("mp", workers=1, start_method="forkserver") as again:
+        assert again.run(Op(abs, -3)) == 3
+
+
 @pytest.mark.parametrize("timeout", [2.2e6, 1e10, 1e308])
 def test_a_timeout_of_years_is_a_valid_timeout(timeout: float) -> None:
     # Waiting for such a deadline overflowed poll() and killed the reader thread.

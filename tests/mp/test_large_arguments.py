@@ -81,6 +81,18 @@ def test_large_bytes_nested_in_a_tuple_and_given_by_keyword_travel_once(
         assert ex._transport.shared_arguments.writes == 2  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("kind", [str, bytes, bytearray])
+def test_a_large_string_or_bytes_given_to_many_tasks_travels_once(
+    task_bytes: list[int], kind: type
+) -> None:
+    text = "dispatcher" * (1 << 20) if kind is str else kind(b"x" * (8 << 20))
+    with get_executor("mp", workers=2) as ex:
+        results = ex.run([op(tasks.length_plus)(text, i) for i in range(30)])
+        assert results == [len(text) + i for i in range(30)]
+        assert max(task_bytes) < 4096, f"a task's message holds {max(task_bytes)} bytes"
+        assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
+
+
 def test_a_worker_maps_the_argument_once_and_gives_every_task_the_same_value() -> None:
     values = np.ones(MEGABYTES * 1024 * 1024 // 8)
     with get_executor("mp", workers=1) as ex:

@@ -134,6 +134,23 @@ with get_executor("mpi") as ex:
     assert lines.count("released True ['1', '2']") == 2, lines
 
 
+def test_a_large_string_given_to_many_tasks_reaches_each_rank_once(tmp_path: Path) -> None:
+    lines = run_program(
+        tmp_path,
+        """
+text = "dispatcher" * 2**20  # 10 MiB
+with get_executor("mpi") as ex:
+    ex.run([op(item)(np.zeros(4), i) for i in range(4)])  # functions shipped, ranks up
+    results, sent = sent_during(ex, [op(len)(text) for i in range(30)])
+    assert results == [len(text)] * 30, results
+    print("sent", sent)
+    print("released", *nothing_held(ex))
+""",
+    )
+    assert_sent_at_most(lines, 2 * 10 * MEBIBYTE + MEBIBYTE, "sent")
+    assert "released True ['1', '2']" in lines, lines
+
+
 def test_a_run_after_a_failed_one_gets_the_values_as_they_are_now(tmp_path: Path) -> None:
     lines = run_program(
         tmp_path,

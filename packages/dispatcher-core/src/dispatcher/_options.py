@@ -54,13 +54,16 @@ def _check_retry_on(retry_on: Any) -> tuple[type[BaseException], ...]:
     return types
 
 
-def check_count(name: str, value: object, least: int) -> int:
+def check_count(name: str, value: object, least: int, most: tuple[int, str] | None = None) -> int:
     """``value``, a count option called ``name`` (``workers``, ``threads``, ``retries``...)
-    that must be at least ``least``; a ``ValueError`` naming it otherwise. ``True`` is no
-    count, though Python takes it for 1."""
+    that must be at least ``least``, and at most ``most[0]`` when given (``most[1]`` says
+    what sets that limit); a ``ValueError`` naming it otherwise. ``True`` is no count,
+    though Python takes it for 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         kind = {0: "non-negative", 1: "positive"}.get(least, f"at-least-{least}")
         raise ValueError(f"{name} must be a {kind} int, got {value!r}")
+    if most is not None and value > most[0]:
+        raise ValueError(f"{name}={value!r} is more than this machine allows: {most[1]}")
     return value
 
 

@@ -29,12 +29,18 @@ __all__ = [
     "KilledWhileStarting",
     "Spawner",
     "WorkerProcess",
+    "await_all_ready",
     "exit_reason",
     "kill",
     "spawn",
+    "wait_exits",
+    "worker_limit",
     "write_output",
 ]
 
+STARTING_NOTICE = 10.0
+"""Seconds of starting workers after which the caller is told how far it got, and every
+three times that after."""
 START_TIMEOUT = 120.0
 """Seconds a new worker may take to import what it needs, run its initializer and say it
 is ready."""
@@ -159,6 +165,11 @@ T = TypeVar("T")
 
 SPAWNER_STOP_WAIT = 5.0
 """Seconds closing an executor waits for a worker start already under way to finish."""
+_SPAWNER_NUDGE = 0.2  # seconds a start under way gets before a frozen forkserver is killed
+_EXIT_POLL = 0.01  # seconds between looks at processes whose exits are awaited
+_ZOMBIE_WAIT = 0.1  # seconds a zombie waits for its parent's word before it counts
+
+log = logging.getLogger("dispatcher.mp")
 
 
 class Spawner:
@@ -199,6 +210,9 @@ class Spawner:
             if thread is not None:
                 self._requests.put(None)
         if thread is not None and thread is not threading.current_thread():
+            thread.join(_SPAWNER_NUDGE)
+            if thread.is_alive() and _kill_frozen_forkserver():
+                log.warning("the forkserver was frozen (stopped by a signal): killed it")
             thread.join(SPAWNER_STOP_WAIT)
 
     def _serve(self) -> None:
@@ -236,6 +250,57 @@ def spawn(
     return WorkerProcess(name, prefix, process, parent, running=running)
 
 
+def await_all_ready(workers: Sequence[WorkerProcess], start_method: str, initializer: bool) -> None:
+    """Wait for each of ``workers`` to be ready (see :meth:`WorkerProcess.await_ready`),
+    saying how far it got when that takes long: each worker imports what it needs, and
+    many of them on a busy machine take minutes."""
+    began = time.monotonic()
+    tell_at = began + STARTING_NOTICE
+    for count, worker in enumerate(workers, 1):
+        worker.await_ready(start_method, initializer)
+        now = time.monotonic()
+        if now >= tell_at and count < len(workers):
+            log.warning(
+                "starting %d mp workers: %d ready after %.0f s", len(workers), count, now - began
+            )
+            tell_at = now + 3 * STARTING_NOTICE
+
+
+WORKER_BYTES = 16 << 20
+"""The least memory a worker process takes (an idle one holds about twice that): more
+workers than the memory available holds at this size cannot all start."""
+
+
+def worker_limit() -> tuple[int, str]:
+    """The most workers this machine can start, and what sets it: the processes this user
+    may run (``RLIMIT_NPROC``), and the memory available at :data:`WORKER_BYTES` each."""
+    limits: list[tuple[int, str]] = []
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            limits.append((soft, f"this user may run {soft} processes (RLIMIT_NPROC)"))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        available = 0
+    if available > 0:
+        most = max(1, available // WORKER_BYTES)
+        limits.append(
+            (
+                most,
+                f"{available >> 20} MiB of memory is available, room for {most} worker "
+                f"processes of at least {WORKER_BYTES >> 20} MiB each",
+            )
+        )
+    if not limits:
+        return 1 << 62, "no limit known"
+    return min(limits)
+
+
 def kill(process: Any) -> None:
     kill_all([process])
 
@@ -251,9 +316,71 @@ def kill_all(processes: Sequence[Any], grace: float = 5.0) -> None:
             os.kill(process.pid, signal.SIGKILL)
         except (ProcessLookupError, TypeError):
             pass
-    deadline = time.monotonic() + grace
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
+    wait_exits(processes, grace)
+
+
+def wait_exits(processes: Sequence[Any], seconds: float) -> None:
+    """Wait until every one of ``processes`` has exited, ``seconds`` at most in all.
+
+    A process's exit is taken from its parent's word (``exitcode``) or, where the parent
+    says nothing, from Linux: a forkserver's child reports its exit through the forkserver,
+    and a frozen forkserver never does, but its dead child stays a zombie. A zombie counts
+    once it has been one for :data:`_ZOMBIE_WAIT` (a forkserver that runs reaps it at
+    once, and then its exit is known)."""
+    deadline = time.monotonic() + seconds
+    zombies: dict[int, float] = {}  # id of a process -> when it was first seen a zombie
+    left = list(processes)
+    while True:
+        now = time.monotonic()
+        left = [p for p in left if not _exited(p, zombies, now)]
+        if not left or now >= deadline:
+            return
+        time.sleep(_EXIT_POLL)
+
+
+def _exited(process: Any, zombies: dict[int, float], now: float) -> bool:
+    """Has ``process`` exited? (``zombies``: when each was first seen a zombie.)"""
+    if process.exitcode is not None:
+        return True
+    state = _state(process.pid)
+    if state is None:
+        return True  # reaped: its parent's word is on its way
+    if state not in ("Z", "X"):
+        return False
+    return now - zombies.setdefault(id(process), now) >= _ZOMBIE_WAIT
+
+
+def _state(pid: int | None) -> str | None:
+    """The state letter of process ``pid`` in ``/proc`` ("R", "S", "T", "Z"...); ``None``
+    if there is no such process, "?" where ``/proc`` cannot tell."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            line = stat.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+    # "pid (command) state ...": the command may hold spaces and parentheses.
+    return line[line.rindex(b")") + 2 :][:1].decode() or "?"
+
+
+def _kill_frozen_forkserver() -> bool:
+    """Kill this process's forkserver if it is stopped by a signal (SIGSTOP): frozen, it
+    starts no worker and reports no exit, for any executor, and a start waiting for it
+    waits for ever. Killed, the next start runs a new one. True if it was killed."""
+    import multiprocessing.forkserver
+
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if not isinstance(pid, int) or _state(pid) not in ("T", "t"):
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def exit_reason(code: int | None) -> str:

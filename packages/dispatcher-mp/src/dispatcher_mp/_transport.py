@@ -58,7 +58,16 @@ from dispatcher.transport import (
 from . import _worker
 from ._caller_values import CallerValues
 from ._messages import Fetch, Unshare
-from ._process import Spawner, WorkerProcess, kill, kill_all, spawn
+from ._process import (
+    Spawner,
+    WorkerProcess,
+    await_all_ready,
+    kill,
+    kill_all,
+    spawn,
+    wait_exits,
+    worker_limit,
+)
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
@@ -176,7 +185,7 @@ class MpTransport(WorkerSupervision, Transport):
                 if hasattr(os, "sched_getaffinity")
                 else (os.cpu_count() or 1)
             )
-        check_count("workers", workers, 1)
+        check_count("workers", workers, 1, worker_limit())
         if start_method is None:
             methods = multiprocessing.get_all_start_methods()
             start_method = "forkserver" if "forkserver" in methods else "spawn"
@@ -237,9 +246,8 @@ class MpTransport(WorkerSupervision, Transport):
         try:
             for i in range(self.size):
                 started.append(self.spawn(f"mp-{i}"))
-            for worker in started:
-                worker.await_ready(self.start_method, self.setup is not None)
-                self.workers[worker.name] = worker
+            await_all_ready(started, self.start_method, self.setup is not None)
+            self.workers.update((worker.name, worker) for worker in started)
         except BaseException:
             for worker in started:
                 kill(worker.process)
@@ -270,9 +278,7 @@ class MpTransport(WorkerSupervision, Transport):
         kill_all(starting_processes, grace=0.0)  # its thread sees ``closing`` and stops there
         for worker in workers:
             worker.stop()
-        deadline = time.monotonic() + 1.0  # seconds workers get to exit by themselves
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+        wait_exits([w.process for w in workers], 1.0)  # seconds to exit by themselves
         # Waited for together (a frozen forkserver reports no exit: waits would add up).
         kill_all(starting_processes + [w.process for w in workers if w.process.is_alive()])
         for worker in workers:

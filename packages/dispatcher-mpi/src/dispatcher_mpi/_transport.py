@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import shutil
 import sys
 import threading
 import time
@@ -59,9 +57,11 @@ from dispatcher.remote import (
     Free,
     FunctionShipper,
     InFlight,
+    Lost,
     Pickled,
     Reports,
     Run,
+    RunEnded,
     Stop,
     check_count,
     dumps,
@@ -69,31 +69,24 @@ from dispatcher.remote import (
     packs_arguments,
     task_record,
 )
-from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport, worker_name
+from dispatcher.transport import (
+    KEY_BITS,
+    Capabilities,
+    EventSink,
+    Key,
+    TaskSpec,
+    Transport,
+    worker_name,
+)
 
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
+from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
 from ._silence import SILENT, silence_limit, silent_ranks
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
-
-
-def _launch_help() -> str:
-    # This interpreter, and the mpiexec beside it (the mpich wheel's) if there is one: a
-    # bare `python` under mpiexec is often another environment's, without dispatcher_mpi.
-    python = sys.executable or "python"
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(python)) or "mpiexec"
-    return (
-        "the 'mpi' executor runs inside an MPI job started by the dispatcher launcher, with "
-        "at least one worker rank besides rank 0:\n"
-        f"    {mpiexec} -n 4 {python} -m dispatcher_mpi your_script.py [args...]\n"
-        "(also `-m module` or `-c code`, like python -m mpi4py.futures)"
-    )
-
-
-LAUNCH_HELP = _launch_help()
 
 
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
@@ -197,7 +190,9 @@ class Root:
                 # executor is open by then.
                 self.retire(source, message.key, "finishing a task that was abandoned")
             return
-        if kind is Done or kind is Failed:
+        if kind is Done or kind is Failed or kind is Lost:
+            # Lost is an outcome too: an abandoned task whose inputs were gone by the
+            # time it asked for them never runs, and its rank must come back all the same.
             keys = [entry[0] for entry in message.finished] if kind is Done else [message.key]
             recent = self.reported.setdefault(source, {})
             recent.update(dict.fromkeys(keys))
@@ -412,6 +407,8 @@ class MpiTransport(Transport):
         self.reports: Reports
         self.held = HeldArguments(self._out_on)
         """Large plain arguments, sent to each rank once per run."""
+        self.gave_up: dict[int, set[int]] = {}
+        """By run, the ranks with tasks it gave up on: told when it ends (run_finished)."""
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         with self.root.lock:
@@ -510,8 +507,18 @@ class MpiTransport(Transport):
         self.root.hub.post(_rank(worker), Free(list(keys)))
 
     def run_finished(self, run: int) -> None:
-        """The ranks that hold run ``run``'s large arguments drop them."""
+        """The ranks that hold run ``run``'s large arguments drop them; those with tasks
+        it gave up on drop what else of it they hold or those tasks keep (their fetched
+        inputs, results), which their late reports cannot free. (A run that gave up on
+        nothing has had every result it made freed already.)"""
         self._drop_held(self.held.finish(run))
+        for rank in self.gave_up.pop(run, ()):
+            self.root.hub.post(rank, RunEnded(run))
+
+    def _giving_up(self, spec: TaskSpec) -> None:
+        """``spec`` is given up on: its rank is told when its run ends."""
+        # setdefault: the hub thread (deadlines) and a driver (cancel) may both be here.
+        self.gave_up.setdefault(spec.key >> KEY_BITS, set()).add(_rank(spec.worker))
 
     def _out_on(self, rank: int) -> list[TaskSpec]:
         """The tasks sent to ``rank`` and not reported yet."""
@@ -529,6 +536,7 @@ class MpiTransport(Transport):
         by_rank: dict[int, list[Key]] = {}
         for spec in waiting + running:
             by_rank.setdefault(_rank(spec.worker), []).append(spec.key)
+            self._giving_up(spec)
         for rank, keys in by_rank.items():
             self.root.hub.post(rank, Cancel(keys))
 
@@ -549,6 +557,7 @@ class MpiTransport(Transport):
         assert self.events is not None
         for spec in self.inflight.expired(time.monotonic()):
             assert spec.timeout is not None
+            self._giving_up(spec)
             self.events.task_failed(
                 spec.key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
@@ -574,6 +583,7 @@ class MpiTransport(Transport):
             del self.unstarted[key]
             if self.inflight.take(key, spec.worker) is None:
                 continue
+            self._giving_up(spec)
             self.events.task_failed(
                 key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
@@ -587,7 +597,8 @@ class MpiTransport(Transport):
         none of those queued behind it, which never started, is charged."""
         if rank not in self.ranks or self.events is None:
             return
-        self.inflight.drop_worker(self.root.names[rank])
+        for spec in self.inflight.drop_worker(self.root.names[rank]):
+            self._giving_up(spec)  # the one it runs may report after its run is over
         self.events.worker_lost(self.root.names[rank], reason, running)
 
 

@@ -44,6 +44,7 @@ from ._messages import Forget as Forget
 from ._messages import Free as Free
 from ._messages import Lost as Lost
 from ._messages import Run as Run
+from ._messages import RunEnded as RunEnded
 from ._messages import Started as Started
 from ._messages import Stop as Stop
 from ._messages import Task as Task
@@ -65,6 +66,7 @@ from ._worker import BATCH_SIZE as BATCH_SIZE
 from ._worker import REPORT_NOW as REPORT_NOW
 from ._worker import InputError as InputError
 from ._worker import TaskRunner as TaskRunner
+from ._worker import held_here as held_here
 from ._worker import size_of as size_of
 from ._worker import start_thread as start_thread
 from ._worker import supervised as supervised
@@ -92,6 +94,7 @@ __all__ = [
     "Pickled",
     "Reports",
     "Run",
+    "RunEnded",
     "Started",
     "Stop",
     "Task",
@@ -107,6 +110,7 @@ __all__ = [
     "dumps_split",
     "fragment",
     "from_wire",
+    "held_here",
     "loads",
     "message",
     "objects_in",

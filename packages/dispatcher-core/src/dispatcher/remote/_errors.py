@@ -82,18 +82,37 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
-        payload: bytes | None = dumps(exc)
+        payload: bytes | None = _dumps_alone(exc, dumps)
     except BaseException:
         payload = None
     causes: list[bytes] = []
     cause = exc.__cause__
     while cause is not None and len(causes) < _MAX_CAUSES:
         try:
-            causes.append(dumps(cause))
+            causes.append(_dumps_alone(cause, dumps))
         except BaseException:
             break  # keep the part of the chain that travels
         cause = cause.__cause__
     return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes), whole)
+
+
+def _dumps_alone(exc: BaseException, dumps: Callable[[Any], bytes]) -> bytes:
+    """``exc`` pickled without its chain and traceback: its causes travel apart, each on
+    its own, and its traceback as text. Where exceptions pickle with their chain (tblib's
+    support, which importing dask.distributed installs), a cause that does not unpickle
+    would otherwise take the exception down with it."""
+    cause, context, suppress, tb = (
+        exc.__cause__,
+        exc.__context__,
+        exc.__suppress_context__,
+        exc.__traceback__,
+    )
+    try:
+        exc.__cause__ = exc.__context__ = exc.__traceback__ = None
+        return dumps(exc)
+    finally:
+        exc.__cause__, exc.__context__, exc.__traceback__ = cause, context, tb
+        exc.__suppress_context__ = suppress
 
 
 def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException | None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .._template import SHAPE_POSITIONAL
 from ._errors import WireError
+from ._pickle import OUT_OF_BAND_BYTES
 
 if TYPE_CHECKING:
     from ..transport import TaskSpec
@@ -34,6 +35,7 @@ __all__ = [
     "Free",
     "Lost",
     "Run",
+    "RunEnded",
     "Started",
     "Stop",
     "Task",
@@ -108,17 +110,28 @@ class Task(NamedTuple):
 _PLAIN = frozenset({int, float, bool, str, type(None)})
 
 
+_LONG_STR = OUT_OF_BAND_BYTES // 4
+"""A ``str`` this long may be a large argument once encoded (up to 4 bytes a character):
+it is packed, so that the backend keeps it once per run if it is (see
+:class:`~dispatcher.remote.LargeArguments`), instead of sending it with every task."""
+
+
 def packs_arguments(spec: TaskSpec) -> bool:
     """Should ``spec``'s arguments travel packed (see :attr:`Task.args`)? Only plain
-    scalar arguments travel as they are, in the pickle of the message itself."""
+    scalar arguments, and strings too short to be large arguments (under a quarter of
+    :data:`~dispatcher.remote.LARGE_ARGUMENT_BYTES` characters), travel as they are, in
+    the pickle of the message itself."""
     if spec.inline is not None:
         return True
     if spec.shape == SHAPE_POSITIONAL:
         return False
     if spec.kwargs:
         return True
+    args = spec.args
     # Once per task: C-level, not all() over a generator.
-    return not _PLAIN.issuperset(map(type, spec.args))
+    if not _PLAIN.issuperset(map(type, args)):
+        return True
+    return any(type(arg) is str and len(arg) >= _LONG_STR for arg in args)
 
 
 def task_record(
@@ -196,6 +209,15 @@ class Cancel(NamedTuple):
     """Tasks not to start, if they have not started yet."""
 
     keys: list[Key]
+
+
+@message("ended")
+class RunEnded(NamedTuple):
+    """Run ``run`` is over: drop every result of it held here, and whatever its tasks
+    still queued or running here would keep (the keys of a run carry it in their high
+    bits: ``key >> KEY_BITS``)."""
+
+    run: int
 
 
 @message("stop")

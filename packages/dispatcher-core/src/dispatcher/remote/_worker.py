@@ -9,6 +9,11 @@ A backend subclasses :class:`TaskRunner`, gives it a way to send a message to th
 Nothing a task does ends this loop: any exception it raises -- ``SystemExit``,
 ``KeyboardInterrupt``, ``GeneratorExit``, one that cannot be printed or pickled -- fails
 its node, and the next task runs.
+
+When a run ends, the caller says so (:class:`RunEnded`): everything of that run held here
+goes at once, and again once the tasks of it already queued or running here are over, so
+that what they keep (their results, the inputs they fetched) is not left behind by a
+report that came after the run stopped listening.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import threading
 from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from .._template import call_task
+from ..transport import KEY_BITS
 from ._errors import capture_error, serialization_error, unpickling_error
 from ._functions import Unloadable
 from ._messages import (
@@ -33,6 +39,7 @@ from ._messages import (
     Free,
     Lost,
     Run,
+    RunEnded,
     Started,
     Stop,
     Task,
@@ -44,6 +51,7 @@ __all__ = [
     "REPORT_NOW",
     "InputError",
     "TaskRunner",
+    "held_here",
     "size_of",
     "start_thread",
     "supervised",
@@ -61,6 +69,26 @@ _KEY = Task._fields.index("key")
 _TOKEN = Task._fields.index("token")
 
 Key = int
+
+
+class _Ended(NamedTuple):
+    """On the task queue, after every task of run ``run`` sent here: they are over."""
+
+    run: int
+
+
+_serving: TaskRunner | None = None
+"""The runner serving in this process (see :func:`held_here`)."""
+
+
+def held_here() -> dict[Key, int]:
+    """The results held by the worker this is called in (from a task), by key, with their
+    estimated sizes (:func:`size_of`); empty outside a worker. For checks that a finished
+    run left nothing behind."""
+    runner = _serving
+    if runner is None:
+        return {}
+    return {key: size_of(value) for key, value in list(runner.store.items())}
 
 
 def size_of(value: Any) -> int:
@@ -173,6 +201,8 @@ class TaskRunner:
             self.drop(message.keys)
         elif kind is Cancel:
             self.cancel(message.keys)
+        elif kind is RunEnded:
+            self.run_ended(message.run)
         elif kind is Stop:
             self.queue.put(_STOP)
         else:
@@ -187,6 +217,24 @@ class TaskRunner:
             current = self.current
             return current if current is not None and current in keys else None
 
+    def run_ended(self, run: int) -> None:
+        """Run ``run`` is over: drop what of it is held now, and what its tasks queued or
+        running here keep, once they are over. On the communication thread."""
+        self.drop_run(run, at_once=True)
+        self.queue.put(_Ended(run))
+
+    def drop_run(self, run: int, at_once: bool = False) -> None:
+        """Drop every result of run ``run`` held here. ``at_once``: on the communication
+        thread, while tasks of it may still be queued (the cancellations they wait for
+        are kept then)."""
+        keys = [key for key in list(self.store) if key >> KEY_BITS == run]
+        if keys:
+            self.drop(keys)
+        if not at_once and self.cancelled:
+            self.cancelled.difference_update(
+                [key for key in list(self.cancelled) if key >> KEY_BITS == run]
+            )
+
     def drop_queued(self) -> None:
         """Skip every task received and not started yet."""
         self.dropped += 1  # the rest of the batch being run, too
@@ -197,7 +245,7 @@ class TaskRunner:
                 item = queue.get_nowait()
             except Empty:
                 break
-            if item is _STOP:
+            if item is _STOP or type(item) is _Ended:  # the end of a run is not a task
                 kept.append(item)
         for item in kept:
             queue.put(item)
@@ -206,11 +254,18 @@ class TaskRunner:
 
     def serve(self) -> None:
         """Run tasks until :class:`Stop`; report what is still unreported at the end."""
+        global _serving
+        _serving = self
         queue = self.queue
         while True:
             item = queue.get()
             if item is _STOP:
                 break
+            if type(item) is _Ended:
+                self.drop_run(item.run)
+                if self.finished and queue.empty():
+                    self.flush()  # what the batch before it held back for it
+                continue
             records, functions, dropped = item
             left, half = len(records), len(records) // 2
             for record, func in zip(records, functions):
