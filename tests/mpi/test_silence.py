@@ -13,7 +13,7 @@ import pytest
 
 from dispatcher.remote import Failed, from_wire
 from dispatcher_mpi._messages import IDLE, Busy, Data, Fetch, Peer, Reset
-from dispatcher_mpi._silence import DEFAULT_LIMIT, silence_limit, silent_ranks
+from dispatcher_mpi._silence import DEFAULT_LIMIT, _give_up, silence_limit, silent_ranks
 from dispatcher_mpi._transport import Root
 from dispatcher_mpi._worker import WorkerRank
 
@@ -107,7 +107,7 @@ def _posted(root: Any) -> list[tuple[int, Any]]:
 @pytest.mark.parametrize("speaks", ["idle", "finishing its task"])
 def test_a_rank_given_up_on_for_its_silence_is_given_back_to_the_others(speaks: str) -> None:
     root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
-    root.silenced(2, 7.0)
+    _give_up(root, 2, 7.0)
     posted = _posted(root)
     assert (1, Peer(2, False)) in posted
     assert (2, Reset()) in posted

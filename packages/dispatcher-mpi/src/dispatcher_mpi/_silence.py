@@ -16,9 +16,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-__all__ = ["LIMIT_VARIABLE", "SILENT", "silence_limit", "silent_ranks"]
+from ._messages import Peer
+
+if TYPE_CHECKING:
+    from ._transport import MpiTransport, Root
+
+__all__ = ["LIMIT_VARIABLE", "SILENT", "give_up_silent", "silence_limit", "silent_ranks"]
 
 LIMIT_VARIABLE = "DISPATCHER_MPI_SILENCE_LIMIT"
 DEFAULT_LIMIT = 300.0
@@ -69,3 +76,34 @@ def silent_ranks(
         if quiet >= limit:
             silent.append((rank, quiet))
     return silent
+
+
+def give_up_silent(root: Root, transport: MpiTransport, now: float) -> None:
+    """On rank 0's hub thread: give up on the ranks in scheduling that have been silent
+    with tasks out for the limit."""
+    idle = [rank for rank in transport.ranks if rank not in root.busy]
+    for rank, quiet in silent_ranks(
+        idle, root.heard, root.sent, now, root.silence_limit, root.resumed
+    ):
+        if transport._out_on(rank):
+            _give_up(root, rank, quiet)
+
+
+def _give_up(root: Root, rank: int, quiet: float) -> None:
+    """Take ``rank``, silent for ``quiet`` seconds with tasks out, out of scheduling; the
+    other ranks give up what they fetch from it."""
+    host = root.peers[rank][0] if rank < len(root.peers) else "?"
+    reason = (
+        f"silent for {quiet:.0f} s with tasks out: its host {host} may be cut off from "
+        f"the network, or the process frozen (the limit is {root.silence_limit:g} s: "
+        f"{LIMIT_VARIABLE})"
+    )
+    print(f"dispatcher_mpi: {root.where(rank)} {reason}; its tasks run elsewhere", file=sys.stderr)
+    root.unreachable.add(rank)
+    for other in root.ranks:
+        if other != rank:
+            root.hub.post(other, Peer(rank, False))
+    # The task it runs is charged an attempt (the first sent there and still out: they
+    # run in order), so that one that silences every rank it runs on (holding the GIL
+    # past the limit, freezing its process) ends, as out of retries.
+    root.retire(rank, SILENT, reason, running=None)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import threading
 import time
 import traceback
@@ -83,7 +82,7 @@ from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
 from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
-from ._silence import SILENT, silence_limit, silent_ranks
+from ._silence import SILENT, give_up_silent, silence_limit
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
@@ -222,26 +221,6 @@ class Root:
             if transport.events is not None and rank in transport.ranks:
                 transport.events.worker_paused(self.names[rank], self.paused_reason(rank))
 
-    def silenced(self, rank: int, quiet: float) -> None:
-        """Take ``rank``, silent for ``quiet`` seconds with tasks out, out of scheduling;
-        the other ranks give up what they fetch from it (see :mod:`._silence`)."""
-        host = self.peers[rank][0] if rank < len(self.peers) else "?"
-        reason = (
-            f"silent for {quiet:.0f} s with tasks out: its host {host} may be cut off from "
-            f"the network, or the process frozen (the limit is {self.silence_limit:g} s: "
-            "DISPATCHER_MPI_SILENCE_LIMIT)"
-        )
-        where = self.where(rank)
-        print(f"dispatcher_mpi: {where} {reason}; its tasks run elsewhere", file=sys.stderr)
-        self.unreachable.add(rank)
-        for other in self.ranks:
-            if other != rank:
-                self.hub.post(other, Peer(rank, False))
-        # The task it runs is charged an attempt (the first sent there and still out:
-        # they run in order), so that one that silences every rank it runs on (holding
-        # the GIL past the limit, freezing its process) ends, as out of retries.
-        self.retire(rank, SILENT, reason, running=None)
-
     def _back(self, rank: int) -> None:
         del self.busy[rank]
         if rank in self.unreachable:
@@ -280,20 +259,12 @@ class Root:
             now = time.monotonic()
             if now >= self._next_quiet_check:
                 self._next_quiet_check = now + _QUIET_CHECK
-                self._find_silent(transport, now)
+                give_up_silent(self, transport, now)
         if transport is not None and transport.unstarted:
             now = time.monotonic()
             if now >= self._next_silence_check:
                 self._next_silence_check = now + _SILENCE_CHECK
                 transport.enforce_silence(now)
-
-    def _find_silent(self, transport: MpiTransport, now: float) -> None:
-        idle = [rank for rank in transport.ranks if rank not in self.busy]
-        for rank, quiet in silent_ranks(
-            idle, self.heard, self.sent, now, self.silence_limit, self.resumed
-        ):
-            if transport._out_on(rank):
-                self.silenced(rank, quiet)
 
     def doing(self) -> dict[int, str]:
         """What each worker rank does now, as far as rank 0 knows, for :class:`Watcher`."""
