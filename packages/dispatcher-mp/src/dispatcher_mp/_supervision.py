@@ -13,6 +13,7 @@ killed and treated as one that died: an untimed task on it would otherwise wait 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,8 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import TaskTimeoutError
-from dispatcher.remote import InFlight, Reports, Started, start_thread
-from dispatcher.transport import EventSink, Key, TaskSpec
+from dispatcher.remote import InFlight, Reports, RunEnded, Started, start_thread
+from dispatcher.transport import KEY_BITS, EventSink, Key, TaskSpec
 
 from ._process import KilledWhileStarting, WorkerProcess, kill
 
@@ -98,6 +99,7 @@ class WorkerSupervision:
     _next_frozen_check = 0.0
     _last_frozen_check = 0.0
     _frozen_since: dict[str, float] | None = None
+    _gave_up: dict[int, set[str]] | None = None
     events: EventSink | None
     cache: dict[Key, tuple[str, Payload]]
     _fetch_source: dict[Key, str]
@@ -213,6 +215,28 @@ class WorkerSupervision:
             victim = self.workers.get(name)
             if victim is not None and victim.alive:
                 self.restart(victim, why)
+
+    def given_up(self, keys_by_worker: dict[str, list[Key]]) -> None:
+        """These tasks, sent to these workers, were given up on: each worker is told when
+        their run ends (:meth:`tell_run_ended`)."""
+        gave_up = self._gave_up
+        if gave_up is None:
+            gave_up = self._gave_up = {}
+        for name, keys in keys_by_worker.items():
+            for key in keys:
+                gave_up.setdefault(key >> KEY_BITS, set()).add(name)
+
+    def tell_run_ended(self, run: int) -> None:
+        """The workers sent tasks that run ``run`` gave up on drop what of it they still
+        hold (an input that reached a task skipped since, a late result), which no late
+        report frees. (A run that gave up on nothing has had all it made freed.)"""
+        if self._gave_up is None:
+            return
+        for name in self._gave_up.pop(run, ()):
+            worker = self.workers.get(name)
+            if worker is not None and worker.alive:
+                with contextlib.suppress(OSError):
+                    worker.send(RunEnded(run))
 
     def _kill_frozen(self, now: float) -> None:
         """Kill the workers stopped for :data:`FROZEN_LIMIT` seconds with tasks out, and

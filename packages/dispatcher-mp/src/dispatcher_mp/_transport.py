@@ -432,9 +432,11 @@ class MpTransport(WorkerSupervision, Transport):
                 pass
 
     def run_finished(self, run: int) -> None:
-        """Unlink the segments of run ``run``'s large arguments; workers drop them."""
+        """Unlink the segments of run ``run``'s large arguments; workers drop them, and
+        what else of it they hold for tasks it gave up on."""
         with self.lock:
             _unshare(self.workers.values(), self.shared_arguments.segments_of(run))
+            self.tell_run_ended(run)
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them
@@ -467,6 +469,7 @@ class MpTransport(WorkerSupervision, Transport):
             except (OSError, KeyError):
                 pass
         if by_worker:
+            self.given_up(by_worker)
             self.new_deadline = True
         self._wake_for_deadlines()
 
