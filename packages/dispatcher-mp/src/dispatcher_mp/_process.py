@@ -342,7 +342,7 @@ def _exited(process: Any, zombies: dict[int, float], now: float) -> bool:
     """Has ``process`` exited? (``zombies``: when each was first seen a zombie.)"""
     if process.exitcode is not None:
         return True
-    state = _state(process.pid)
+    state = process_state(process.pid)
     if state is None:
         return True  # reaped: its parent's word is on its way
     if state not in ("Z", "X"):
@@ -350,7 +350,7 @@ def _exited(process: Any, zombies: dict[int, float], now: float) -> bool:
     return now - zombies.setdefault(id(process), now) >= _ZOMBIE_WAIT
 
 
-def _state(pid: int | None) -> str | None:
+def process_state(pid: int | None) -> str | None:
     """The state letter of process ``pid`` in ``/proc`` ("R", "S", "T", "Z"...); ``None``
     if there is no such process, "?" where ``/proc`` cannot tell."""
     if pid is None:
@@ -363,7 +363,8 @@ def _state(pid: int | None) -> str | None:
     except OSError:
         return "?"
     # "pid (command) state ...": the command may hold spaces and parentheses.
-    return line[line.rindex(b")") + 2 :][:1].decode() or "?"
+    end = line.rfind(b")")
+    return (line[end + 2 :][:1].decode() or "?") if end >= 0 else "?"
 
 
 def _kill_frozen_forkserver() -> bool:
@@ -374,7 +375,7 @@ def _kill_frozen_forkserver() -> bool:
 
     server = getattr(multiprocessing.forkserver, "_forkserver", None)
     pid = getattr(server, "_forkserver_pid", None)
-    if not isinstance(pid, int) or _state(pid) not in ("T", "t"):
+    if not isinstance(pid, int) or process_state(pid) not in ("T", "t"):
         return False
     try:
         os.kill(pid, signal.SIGKILL)

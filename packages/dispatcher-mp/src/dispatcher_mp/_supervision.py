@@ -24,7 +24,7 @@ from dispatcher import TaskTimeoutError
 from dispatcher.remote import InFlight, Reports, RunEnded, Started, start_thread
 from dispatcher.transport import KEY_BITS, EventSink, Key, TaskSpec
 
-from ._process import KilledWhileStarting, WorkerProcess, kill
+from ._process import KilledWhileStarting, WorkerProcess, kill, process_state
 
 if TYPE_CHECKING:
     from ._reader import Reader
@@ -53,22 +53,13 @@ _FROZEN_CHECK = 1.0  # how often the workers' states are read while tasks are ou
 def stopped_by_signal(pid: int) -> bool:
     """Is process ``pid`` stopped by a signal (``SIGSTOP``, ``SIGTSTP``)? ``False`` where
     the system cannot tell."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"T"
-    except (OSError, IndexError):
-        return False
+    return process_state(pid) == "T"
 
 
 def is_stopped(pid: int) -> bool:
     """Is process ``pid`` stopped (``SIGSTOP``, a debugger) or gone? Where the system
     cannot tell, assume so."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in (b"T", b"t", b"Z", b"X")
+    return process_state(pid) in (None, "?", "T", "t", "Z", "X")
 
 
 class SupervisedReports(Reports):
@@ -190,9 +181,9 @@ class WorkerSupervision:
             self._next_frozen_check = now + _FROZEN_CHECK
             if self.inflight.tasks:
                 self._kill_frozen(now)
+                now = time.monotonic()  # reading /proc took a while
         if not self.inflight.deadlines and not self.abandoning:
             return
-        now = time.monotonic()
         victims: dict[str, str] = {}
         assert self.events is not None
         with self.lock:
