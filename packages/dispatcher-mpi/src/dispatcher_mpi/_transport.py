@@ -245,26 +245,23 @@ class Root:
         )
         if transport is not None and transport.inflight.deadlines:
             transport.enforce_deadlines()
-        if self.watcher is not None and self.watcher.process is not None:
-            now = time.monotonic()
-            if now >= self._next_watch:
-                self._next_watch = now + _WATCH_EVERY
-                try:
-                    doing = self.doing()
-                except Exception:  # naming a lost rank is not worth ending the job for
-                    self.watcher.stop()
-                else:
-                    self.watcher.tell(doing)
-        if transport is not None and transport.inflight.tasks:
-            now = time.monotonic()
-            if now >= self._next_quiet_check:
-                self._next_quiet_check = now + _QUIET_CHECK
-                give_up_silent(self, transport, now)
-        if transport is not None and transport.unstarted:
-            now = time.monotonic()
-            if now >= self._next_silence_check:
-                self._next_silence_check = now + _SILENCE_CHECK
-                transport.enforce_silence(now)
+        watcher = self.watcher
+        if now >= self._next_watch and watcher is not None and watcher.process is not None:
+            self._next_watch = now + _WATCH_EVERY
+            try:
+                doing = self.doing()
+            except Exception:  # naming a lost rank is not worth ending the job for
+                watcher.stop()
+            else:
+                watcher.tell(doing)
+        if transport is None:
+            return
+        if now >= self._next_quiet_check and transport.inflight.tasks:
+            self._next_quiet_check = now + _QUIET_CHECK
+            give_up_silent(self, transport, now)
+        if now >= self._next_silence_check and transport.unstarted:
+            self._next_silence_check = now + _SILENCE_CHECK
+            transport.enforce_silence(now)
 
     def doing(self) -> dict[int, str]:
         """What each worker rank does now, as far as rank 0 knows, for :class:`Watcher`."""
