@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from ._cache_plan import CachePlan
     from ._graph import DispatchGraph
     from ._hooks import Observers
+    from ._tiny import TinyCalls
 
 __all__ = ["Run"]
 
@@ -127,6 +128,8 @@ class Run:
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
         self._idle_asks: Callable[[Callable[..., Any]], bool] | None = None
         self._idle_in_caller: dict[Any, bool] = {}  # function -> what _idle_asks said
+        self._tiny: TinyCalls | None = None
+        self._tiny_seen = 0  # its promotions when the run last asked afresh
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
@@ -154,6 +157,8 @@ class Run:
             nodes = table.nodes
             for p in cache.calls:
                 self._in_caller[nodes[p]._func] = False
+        self._pinned = frozenset(self._in_caller)
+        """Functions that must go as specs, whatever the transport says."""
 
     @property
     def finished(self) -> bool:
@@ -173,6 +178,22 @@ class Run:
         self._idle_asks = asks
         # What must go as a spec (a cached node's replaced call) stays so.
         self._idle_in_caller = {f: False for f, here in self._in_caller.items() if not here}
+
+    def call_tiny(self, tiny: TinyCalls) -> None:
+        """Let the driving thread call the functions ``tiny`` has found too cheap to hand
+        to a worker (the transport's ``runs_in_caller`` says which, from ``tiny``): asked
+        afresh whenever ``tiny`` proves one more; a task with a timeout never; a call that
+        turns out slow bars its function (see :mod:`._tiny`)."""
+        self._tiny = tiny
+        self._tiny_seen = tiny.promotions
+
+    def _ask_again(self, tiny: TinyCalls) -> None:
+        """``tiny`` has proven functions since this run asked: forget what it was told,
+        but for what must go as a spec (a cached node's replaced call)."""
+        self._tiny_seen = tiny.promotions
+        in_caller = self._in_caller
+        in_caller.clear()
+        in_caller.update(dict.fromkeys(self._pinned, False))
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -206,11 +227,13 @@ class Run:
         place, asks, sends_ahead = self.placement.place, self._asks, self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
-        in_caller = self._in_caller
+        in_caller, tiny = self._in_caller, self._tiny
+        if tiny is not None and tiny.promotions != self._tiny_seen:
+            self._ask_again(tiny)
         while ready:
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
-                if table.call_ready_in_caller(asks, in_caller):
+                if table.call_ready_in_caller(asks, in_caller, False, tiny):
                     progressed = True
                     if table.failure is not None:
                         if self._caller_failed():
