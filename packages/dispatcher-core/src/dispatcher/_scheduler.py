@@ -129,7 +129,7 @@ class Run:
         self._idle_asks: Callable[[Callable[..., Any]], bool] | None = None
         self._idle_in_caller: dict[Any, bool] = {}  # function -> what _idle_asks said
         self._tiny: TinyCalls | None = None
-        self._tiny_seen = 0  # its promotions when the run last asked afresh
+        self._tiny_seen = 0  # its changes when the run last asked afresh
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
@@ -182,15 +182,15 @@ class Run:
     def call_tiny(self, tiny: TinyCalls) -> None:
         """Let the driving thread call the functions ``tiny`` has found too cheap to hand
         to a worker (the transport's ``runs_in_caller`` says which, from ``tiny``): asked
-        afresh whenever ``tiny`` proves one more; a task with a timeout never; a call that
-        turns out slow bars its function (see :mod:`._tiny`)."""
+        afresh whenever a verdict of ``tiny`` changes; a task with a timeout never; a call
+        that turns out slow bars its function (see :mod:`._tiny`)."""
         self._tiny = tiny
-        self._tiny_seen = tiny.promotions
+        self._tiny_seen = tiny.changes
 
     def _ask_again(self, tiny: TinyCalls) -> None:
-        """``tiny`` has proven functions since this run asked: forget what it was told,
+        """``tiny`` has changed a verdict since this run asked: forget what it was told,
         but for what must go as a spec (a cached node's replaced call)."""
-        self._tiny_seen = tiny.promotions
+        self._tiny_seen = tiny.changes
         in_caller = self._in_caller
         in_caller.clear()
         in_caller.update(dict.fromkeys(self._pinned, False))
@@ -228,7 +228,7 @@ class Run:
         progressed = False
         specs: list[TaskSpec] = []
         in_caller, tiny = self._in_caller, self._tiny
-        if tiny is not None and tiny.promotions != self._tiny_seen:
+        if tiny is not None and tiny.changes != self._tiny_seen:
             self._ask_again(tiny)
         while ready:
             # (A function known not to run in the caller skips the hot loop's call.)

@@ -40,14 +40,14 @@ class TinyCalls:
     :meth:`observe` is told of calls in worker threads (from those threads);
     :meth:`allows` and :meth:`bar` are used by the driving threads of runs."""
 
-    __slots__ = ("_lock", "_streaks", "promotions", "verdicts")
+    __slots__ = ("_lock", "_streaks", "changes", "verdicts")
 
     def __init__(self) -> None:
         self.verdicts: dict[Callable[..., Any], bool] = {}
         """True: proven tiny; False: barred. Absent: still being learned."""
         self._streaks: dict[Callable[..., Any], int] = {}
-        self.promotions = 0
-        """Bumped at every new verdict of True: a run that asked before asks again."""
+        self.changes = 0
+        """Bumped at every new verdict: a run that asked before asks again."""
         self._lock = threading.Lock()
 
     def allows(self, func: Callable[..., Any]) -> bool:
@@ -77,7 +77,7 @@ class TinyCalls:
             if len(self.verdicts) >= _MAX_FUNCTIONS:
                 self.verdicts.clear()  # learned again; what was barred is tried again
             self.verdicts[func] = True
-            self.promotions += 1
+            self.changes += 1
 
     def bar(self, func: Callable[..., Any]) -> None:
         """A call of ``func`` in the driving thread took longer than :data:`SLOW`: never
@@ -85,3 +85,4 @@ class TinyCalls:
         with self._lock:
             self.verdicts[func] = False
             self._streaks.pop(func, None)
+            self.changes += 1
