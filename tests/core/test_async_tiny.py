@@ -65,15 +65,21 @@ def test_a_tiny_function_is_called_on_the_loop_of_a_run_that_needs_one() -> None
         assert called == [loop] * 4
 
 
-def test_a_slow_call_sends_its_function_back_to_threads_and_frees_the_loop() -> None:
-    """Once one call in the driving thread took longer than SLOW, the function goes to
-    threads again: a later call waiting for a coroutine of the same run no longer holds
-    the loop that coroutine needs (called there, it would wait out its guard)."""
+@pytest.mark.parametrize("slow", ["sleeps", "computes"])
+def test_a_slow_call_sends_its_function_back_to_threads_and_frees_the_loop(slow: str) -> None:
+    """Once one call in the driving thread took longer than SLOW (it blocked, or used the
+    CPU that long), the function goes to threads again: a later call waiting for a
+    coroutine of the same run no longer holds the loop that coroutine needs (called
+    there, it would wait out its guard)."""
     released = threading.Event()
 
     def step(mode: str) -> bool:
-        if mode == "slow":
+        if mode == "sleeps":
             time.sleep(SLOW * 5)
+        elif mode == "computes":
+            until = time.thread_time() + SLOW * 5
+            while time.thread_time() < until:
+                pass
         elif mode == "wait":
             return released.wait(GUARD)
         return True
@@ -85,7 +91,7 @@ def test_a_slow_call_sends_its_function_back_to_threads_and_frees_the_loop() -> 
 
     with get_executor("async", threads=2) as ex:
         proven(ex, step, "fast")
-        assert ex.run(Op(step, "slow"))  # called by the driving thread: it bars step
+        assert ex.run(Op(step, slow))  # called by the driving thread: it bars step
         assert not ex._loop_transport.tiny.allows(step)  # type: ignore[attr-defined]
         assert ex.run([Op(step, "wait"), Op(release)]) == [True, True]
 
@@ -203,3 +209,21 @@ def test_tiny_calls_learn_from_consecutive_tiny_calls_and_bar_for_good() -> None
     for _ in range(2 * PROVEN_AFTER):
         tiny.observe(where, 1e-6)
     assert not tiny.allows(where)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread's usage")
+def test_a_call_kept_from_running_is_not_slow_of_its_own_doing() -> None:
+    """The clock bars a function for a call that blocked or computed, not for one whose
+    thread was preempted: one that did neither, however long the wall clock says."""
+    clock = TinyCalls().clock()
+    begun = time.perf_counter()
+    clock.read(begun)
+    assert not clock.own_doing(begun)  # neither blocked nor computed: preempted
+    begun = time.perf_counter()
+    time.sleep(SLOW)
+    assert clock.own_doing(begun)
+    begun = time.perf_counter()
+    until = time.thread_time() + SLOW
+    while time.thread_time() < until:
+        pass
+    assert clock.own_doing(begun)

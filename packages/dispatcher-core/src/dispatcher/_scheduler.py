@@ -157,8 +157,7 @@ class Run:
             nodes = table.nodes
             for p in cache.calls:
                 self._in_caller[nodes[p]._func] = False
-        self._pinned = frozenset(self._in_caller)
-        """Functions that must go as specs, whatever the transport says."""
+        self._pinned = dict(self._in_caller)  # what goes as a spec, whatever is said
 
     @property
     def finished(self) -> bool:
@@ -180,20 +179,11 @@ class Run:
         self._idle_in_caller = {f: False for f, here in self._in_caller.items() if not here}
 
     def call_tiny(self, tiny: TinyCalls) -> None:
-        """Let the driving thread call the functions ``tiny`` has found too cheap to hand
-        to a worker (the transport's ``runs_in_caller`` says which, from ``tiny``): asked
-        afresh whenever a verdict of ``tiny`` changes; a task with a timeout never; a call
-        that turns out slow bars its function (see :mod:`._tiny`)."""
+        """Let the driving thread call the functions ``tiny`` found too cheap for a worker
+        (which ``runs_in_caller`` reads from it), asking again whenever a verdict of
+        ``tiny`` changes; never a task with a timeout; a slow call bars its function."""
         self._tiny = tiny
         self._tiny_seen = tiny.changes
-
-    def _ask_again(self, tiny: TinyCalls) -> None:
-        """``tiny`` has changed a verdict since this run asked: forget what it was told,
-        but for what must go as a spec (a cached node's replaced call)."""
-        self._tiny_seen = tiny.changes
-        in_caller = self._in_caller
-        in_caller.clear()
-        in_caller.update(dict.fromkeys(self._pinned, False))
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -228,8 +218,10 @@ class Run:
         progressed = False
         specs: list[TaskSpec] = []
         in_caller, tiny = self._in_caller, self._tiny
-        if tiny is not None and tiny.changes != self._tiny_seen:
-            self._ask_again(tiny)
+        if tiny is not None and tiny.changes != self._tiny_seen:  # forget what it said
+            self._tiny_seen = tiny.changes
+            in_caller.clear()
+            in_caller.update(self._pinned)
         while ready:
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):

@@ -335,9 +335,9 @@ class TaskTable:
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
         awaitable_type = AWAITABLE_TYPES.get
-        watched = watch is not None
+        clock = watch.clock() if watch is not None else None
         # Timed only when anyone looks (a timeout, an observer, a watch): how long it ran.
-        always_timed = default_timeout is not None or finished is not None or watched
+        always_timed = default_timeout is not None or finished is not None or clock is not None
         ran = False
         last_allowed: object = None  # the last function the transport let us call here
         settled = 0  # subtracted from ``remaining`` once, on the way out
@@ -370,7 +370,7 @@ class TaskTable:
                     timed = always_timed
                 else:
                     timed = True
-                if watched and timeout is not None and timeout != NO_LIMIT:
+                if clock is not None and timeout is not None and timeout != NO_LIMIT:
                     return ran  # a deadline to enforce: a worker's can be
                 deps = deps_of[p]
                 # Inputs of one- and two-input calls go in locals: building a list to
@@ -392,6 +392,8 @@ class TaskTable:
                     started(node=node, worker=CALLER)
                 if timed:
                     begun = perf_counter()
+                    if clock is not None and begun > clock.stale_at:
+                        clock.read(begun)
                 try:
                     if shape == SHAPE_POSITIONAL:
                         if count == 1:
@@ -422,8 +424,8 @@ class TaskTable:
                         # returns.
                         self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                         return True
-                    if watch is not None and duration > SLOW:
-                        watch.bar(func)
+                    if clock is not None and duration > SLOW and clock.own_doing(begun):
+                        clock.tiny.bar(func)
                         in_caller[func] = False
                         last_allowed = None
                 if needed[p]:

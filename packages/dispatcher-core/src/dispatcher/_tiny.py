@@ -15,11 +15,22 @@ calls of one function) learns once.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
+from time import perf_counter, thread_time
 from typing import Any
 
-__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "TinyCalls"]
+_thread_usage: Callable[[], Any] | None
+"""This thread's resource usage (Linux); elsewhere a slow call is the function's doing."""
+try:
+    from resource import RUSAGE_THREAD, getrusage
+except ImportError:
+    _thread_usage = None
+else:
+    _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
+
+__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "CallClock", "TinyCalls"]
 
 TINY = 20e-6
 """A call this short costs less than handing it to a thread (seconds)."""
@@ -29,6 +40,9 @@ PROVEN_AFTER = 3
 
 SLOW = 1e-3
 """A call in the driving thread this long bars its function from it (seconds)."""
+
+_FRESH = 0.2e-3
+"""How old :class:`CallClock`'s reading may be when a call begins (seconds)."""
 
 _MAX_FUNCTIONS = 4096
 """Functions remembered at most (closures made afresh for every run must not pile up)."""
@@ -79,6 +93,10 @@ class TinyCalls:
             self.verdicts[func] = True
             self.changes += 1
 
+    def clock(self) -> CallClock:
+        """A clock for the calls one pass of the scheduler's hot loop makes."""
+        return CallClock(self)
+
     def bar(self, func: Callable[..., Any]) -> None:
         """A call of ``func`` in the driving thread took longer than :data:`SLOW`: never
         again there."""
@@ -86,3 +104,45 @@ class TinyCalls:
             self.verdicts[func] = False
             self._streaks.pop(func, None)
             self.changes += 1
+
+
+class CallClock:
+    """Tells a call slow of its own doing from a call whose thread was only kept from
+    running, so that a loaded machine (the thread preempted for a few milliseconds in the
+    middle of a call of a microsecond) bars no function.
+
+    The wall clock cannot tell them apart; the thread's resource usage can: a call that
+    blocked (slept, waited on a lock or for I/O) switched out of its own accord, and one
+    that computed used the CPU time. Reading them costs two system calls, so they are read
+    at most every 0.2 ms of calls (:meth:`read`, when a call begins past ``stale_at``) and
+    once more after a slow call."""
+
+    __slots__ = ("_cpu", "_switches", "_wall", "stale_at", "tiny")
+
+    def __init__(self, tiny: TinyCalls) -> None:
+        self.tiny = tiny
+        self.stale_at = 0.0  # read at the first call
+        self._wall = self._cpu = 0.0
+        self._switches = 0
+
+    def read(self, now: float) -> None:
+        """Note the thread's usage so far, at ``now`` (``perf_counter()``)."""
+        if _thread_usage is None:
+            return
+        self._wall = now
+        self.stale_at = now + _FRESH
+        self._cpu = thread_time()
+        self._switches = _thread_usage().ru_nvcsw
+
+    def own_doing(self, begun: float) -> bool:
+        """A call begun at ``begun`` (after the last :meth:`read`) has just taken longer
+        than :data:`SLOW` on the wall clock: did it block, or compute for half of that?"""
+        if _thread_usage is None:
+            return True
+        blocked: bool = _thread_usage().ru_nvcsw != self._switches
+        # The CPU time since the reading, but for what the calls before this one can have
+        # used: at most the wall time from the reading to this call's beginning. (The
+        # resource usage's own CPU times move by whole clock ticks: milliseconds.)
+        computed = thread_time() - self._cpu - (begun - self._wall)
+        self.read(perf_counter())
+        return blocked or computed > SLOW / 2
