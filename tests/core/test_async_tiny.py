@@ -46,12 +46,40 @@ def test_a_function_proven_tiny_is_called_by_the_driving_thread() -> None:
     here = threading.get_ident()
     with get_executor("async", threads=2) as ex:
         first = ex.run([Op(where, i) for i in range(4 * PROVEN_AFTER)])
-        assert here not in first  # ready together: sent to threads, and timed there
+        assert set(first) - {here}  # the first calls go to threads, and are timed there
         proven(ex, where, 0)
         recorder = Recorder()
         assert ex.run([Op(where, i) for i in range(8)], plugins=[recorder]) == [here] * 8
         workers = {event[2] for event in recorder.of("started") + recorder.of("finished")}
         assert workers == {"main"}
+
+
+def test_the_first_run_learns_from_a_few_calls_and_calls_the_rest_itself() -> None:
+    """Many calls of a function not yet learned: a few go to threads to be timed, the
+    rest wait for their reports, and once those have proven it tiny, the driving thread
+    calls the rest. (A machine too busy for calls of a microsecond to look tiny makes
+    the executor learn nothing: hence a few fresh executors.)"""
+    here = threading.get_ident()
+    for _ in range(20):
+        with get_executor("async", threads=2) as ex:
+            called = ex.run([Op(where, i) for i in range(100)])
+            if here in called:
+                assert set(called) - {here}  # the calls that proved it, in threads
+                return
+    pytest.fail("no first run ever called a tiny function itself")
+
+
+def test_a_function_being_learned_holds_back_no_thread_work() -> None:
+    """A run sends as many calls of a function being learned as there are threads:
+    when the calls are slow rather than tiny, every thread still has one."""
+    barrier = threading.Barrier(8, timeout=GUARD)  # a guard against a hang, not a bound
+
+    def together(x: int) -> int:
+        barrier.wait()  # returns only once 8 calls run at once, on 8 threads
+        return x
+
+    with get_executor("async", threads=8) as ex:
+        assert ex.run([Op(together, i) for i in range(16)]) == list(range(16))
 
 
 def test_a_tiny_function_is_called_on_the_loop_of_a_run_that_needs_one() -> None:
@@ -194,7 +222,7 @@ def test_ctrl_c_interrupts_a_tiny_function_that_blocks_the_loop(backend: str) ->
 
 
 def test_tiny_calls_learn_from_consecutive_tiny_calls_and_bar_for_good() -> None:
-    tiny = TinyCalls()
+    tiny = TinyCalls(lambda func: True, 2)
     changes = tiny.changes
     for _ in range(PROVEN_AFTER - 1):
         tiny.observe(where, 1e-6)
@@ -215,7 +243,7 @@ def test_tiny_calls_learn_from_consecutive_tiny_calls_and_bar_for_good() -> None
 def test_a_call_kept_from_running_is_not_slow_of_its_own_doing() -> None:
     """The clock bars a function for a call that blocked or computed, not for one whose
     thread was preempted: one that did neither, however long the wall clock says."""
-    clock = TinyCalls().clock()
+    clock = TinyCalls(lambda func: True, 2).clock()
     begun = time.perf_counter()
     clock.read(begun)
     assert not clock.own_doing(begun)  # neither blocked nor computed: preempted

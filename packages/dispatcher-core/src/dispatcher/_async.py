@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from time import perf_counter
@@ -97,7 +98,7 @@ class AsyncTransport(Transport):
 
     def __init__(self, threads: int) -> None:
         self.pool = DaemonThreadPool(threads) if threads else None
-        self.tiny = TinyCalls()
+        self.tiny = TinyCalls(self.never_awaits, threads)
         """Which plain functions cost less than a thread hand-off (learned in threads)."""
         self.store: dict[Key, Any] = {}
         self.tasks: dict[Key, _Handle] = {}  # what cancel() can still reach
@@ -418,11 +419,11 @@ class AsyncTransport(Transport):
                 return []  # cancelled, or abandoned at its deadline
             del tasks[key]
         handle.done = True
+        if getattr(spec._named, "_func", None) is spec.func:  # not a cache's call
+            self.tiny.observe(spec.func, duration if ok else math.inf)
         if not ok:
             self._failed(spec, value, duration)
             return []
-        if getattr(spec._named, "_func", None) is spec.func:  # not a cache's call
-            self.tiny.observe(spec.func, duration)
         if spec.timeout is None:
             return self._keep(spec, value, duration)
         return self._done(spec, value, min(duration, spec.timeout))

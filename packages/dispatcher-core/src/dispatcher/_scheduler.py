@@ -48,6 +48,7 @@ from ._placement import Placement
 from ._recovery import Recovery
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
+from ._tiny import Probes
 from .transport import TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Run:
         self._idle_in_caller: dict[Any, bool] = {}  # function -> what _idle_asks said
         self._tiny: TinyCalls | None = None
         self._tiny_seen = 0  # its changes when the run last asked afresh
+        self._probes: Probes | None = None
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
@@ -179,11 +181,18 @@ class Run:
         self._idle_in_caller = {f: False for f, here in self._in_caller.items() if not here}
 
     def call_tiny(self, tiny: TinyCalls) -> None:
-        """Let the driving thread call the functions ``tiny`` found too cheap for a worker
-        (which ``runs_in_caller`` reads from it), asking again whenever a verdict of
-        ``tiny`` changes; never a task with a timeout; a slow call bars its function."""
+        """Let the driving thread call the functions ``tiny`` finds too cheap for a worker
+        (``runs_in_caller`` reads it), never with a timeout; see :mod:`._tiny`."""
         self._tiny = tiny
         self._tiny_seen = tiny.changes
+        if self.table.timeout is None:  # (with one, every task goes to a thread)
+            self._probes = Probes(tiny, self._pinned)
+
+    def _ask_again(self, tiny: TinyCalls) -> None:
+        """A verdict of ``tiny`` changed: forget what ``runs_in_caller`` said."""
+        self._tiny_seen = tiny.changes
+        self._in_caller.clear()
+        self._in_caller.update(self._pinned)
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -217,11 +226,10 @@ class Run:
         place, asks, sends_ahead = self.placement.place, self._asks, self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
-        in_caller, tiny = self._in_caller, self._tiny
-        if tiny is not None and tiny.changes != self._tiny_seen:  # forget what it said
-            self._tiny_seen = tiny.changes
-            in_caller.clear()
-            in_caller.update(self._pinned)
+        in_caller, tiny, probes = self._in_caller, self._tiny, self._probes
+        held: list[int] = []  # calls of functions being learned, waiting for probes
+        if tiny is not None and tiny.changes != self._tiny_seen:
+            self._ask_again(tiny)
         while ready:
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
@@ -270,6 +278,9 @@ class Run:
                     break
                 continue
             else:
+                if probes is not None and probes.hold(node, bool(table.inflight)):
+                    held.append(ready.pop())
+                    continue
                 worker = place(p)
                 if worker is None:
                     break
@@ -277,6 +288,7 @@ class Run:
             specs.append(self._spec(p, node, worker))
             if sends_ahead:
                 table.ready_ahead(p)
+        ready.extend(reversed(held))
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)

@@ -9,17 +9,22 @@ does (:meth:`dispatcher._scheduler.Run.call_tiny`). One call there that takes lo
 :data:`SLOW` bars the function for the executor's life: it goes back to threads, and the
 driving thread (an event loop, maybe) is never held that long by it again.
 
-The verdicts are kept per executor, across its runs: a graph run again (or a graph of many
-calls of one function) learns once.
+The verdicts are kept per executor, across its runs: a graph run again learns once. A
+run with many ready calls of a function still being learned sends a few of them to
+threads and holds the rest back until their reports have decided (:class:`Probes`), so
+that even its first run calls the rest in the driving thread.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import perf_counter, thread_time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._nodes import DispatchNode
 
 _thread_usage: Callable[[], Any] | None
 """This thread's resource usage (Linux); elsewhere a slow call is the function's doing."""
@@ -30,7 +35,7 @@ except ImportError:
 else:
     _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
 
-__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "CallClock", "TinyCalls"]
+__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
 
 TINY = 20e-6
 """A call this short costs less than handing it to a thread (seconds)."""
@@ -54,9 +59,14 @@ class TinyCalls:
     :meth:`observe` is told of calls in worker threads (from those threads);
     :meth:`allows` and :meth:`bar` are used by the driving threads of runs."""
 
-    __slots__ = ("_lock", "_streaks", "changes", "verdicts")
+    __slots__ = ("_lock", "_streaks", "changes", "learnable", "probes", "verdicts")
 
-    def __init__(self) -> None:
+    def __init__(self, learnable: Callable[[Callable[..., Any]], bool], probes: int) -> None:
+        self.learnable = learnable
+        """Which functions may be learned at all (not those that may return awaitables)."""
+        self.probes = max(probes, 2 * PROVEN_AFTER)
+        """Calls of a function being learned that a run sends before it holds the rest
+        back: as many as the threads, whose work it then holds back none of."""
         self.verdicts: dict[Callable[..., Any], bool] = {}
         """True: proven tiny; False: barred. Absent: still being learned."""
         self._streaks: dict[Callable[..., Any], int] = {}
@@ -74,7 +84,7 @@ class TinyCalls:
         A slow call there only breaks the streak: a thread's clock also counts the time it
         waited for the interpreter lock, so it never bars a function."""
         if duration > TINY:
-            self._streaks.pop(func, None)
+            self._streaks[func] = 0  # not learning: nothing waits for its next calls
             return
         if func in self.verdicts:
             return
@@ -92,6 +102,10 @@ class TinyCalls:
                 self.verdicts.clear()  # learned again; what was barred is tried again
             self.verdicts[func] = True
             self.changes += 1
+
+    def learning(self, func: Callable[..., Any]) -> bool:
+        """Is ``func`` being learned: no verdict, and no call of late that was not tiny?"""
+        return func not in self.verdicts and self._streaks.get(func, 1) != 0
 
     def clock(self) -> CallClock:
         """A clock for the calls one pass of the scheduler's hot loop makes."""
@@ -146,3 +160,28 @@ class CallClock:
         computed = thread_time() - self._cpu - (begun - self._wall)
         self.read(perf_counter())
         return blocked or computed > SLOW / 2
+
+
+class Probes:
+    """A run's calls of functions still being learned, sent to threads to be timed; the
+    other ready calls of such a function wait for their reports (the run has something
+    out, whose report wakes it), then go to the driving thread or to threads."""
+
+    __slots__ = ("_never", "_sent", "tiny")
+
+    def __init__(self, tiny: TinyCalls, never: Iterable[Callable[..., Any]]) -> None:
+        self.tiny = tiny
+        self._never = frozenset(never)  # functions the run never calls itself
+        self._sent: dict[Callable[..., Any], int] = {}
+
+    def hold(self, node: DispatchNode, busy: bool) -> bool:
+        """Should ready ``node`` wait, rather than go to a thread? ``busy``: the run has
+        tasks out."""
+        func = node._func
+        if node._timeout is not None or func in self._never or not self.tiny.learning(func):
+            return False
+        sent = self._sent.get(func, 0)
+        if sent < self.tiny.probes:
+            self._sent[func] = sent + 1
+            return False
+        return busy and self.tiny.learnable(func)
