@@ -6,8 +6,9 @@ microsecond pays that twentyfold. So a plain function whose calls in threads hav
 returned, :data:`PROVEN_AFTER` times in a row, each within :data:`TINY`, has proven tiny:
 from then on the scheduler calls it in the thread that drives the run, as ``threads=0``
 does (:meth:`dispatcher._scheduler.Run.call_tiny`). One call there that takes longer than
-:data:`SLOW` bars the function for the executor's life: it goes back to threads, and the
-driving thread (an event loop, maybe) is never held that long by it again.
+:data:`SLOW`, blocking or computing (:class:`CallClock`), bars the function for the
+executor's life: it goes back to threads, and the driving thread (an event loop, maybe)
+is never held that long by it again.
 
 The verdicts are kept per executor, across its runs: a graph run again learns once. A
 run with many ready calls of a function still being learned sends a few of them to
@@ -83,16 +84,16 @@ class TinyCalls:
 
         A slow call there only breaks the streak: a thread's clock also counts the time it
         waited for the interpreter lock, so it never bars a function."""
-        if duration > TINY:
-            self._streaks[func] = 0  # not learning: nothing waits for its next calls
-            return
-        if func in self.verdicts:
-            return
-        streak = self._streaks.get(func, 0) + 1
+        streaks = self._streaks
+        # A call that was not tiny, or a verdict, ends the learning: nothing waits for
+        # the function's next calls (see Probes).
+        learnt = duration > TINY or func in self.verdicts
+        streak = 0 if learnt else streaks.get(func, 0) + 1
         if streak < PROVEN_AFTER:
-            if len(self._streaks) >= _MAX_FUNCTIONS:
-                self._streaks.clear()
-            self._streaks[func] = streak
+            if streaks.get(func) != streak:
+                if len(streaks) >= _MAX_FUNCTIONS:
+                    streaks.clear()
+                streaks[func] = streak
             return
         with self._lock:
             self._streaks.pop(func, None)
