@@ -7,9 +7,10 @@ already runs a loop). Either way, with threads, the driving thread calls a plain
 itself where a thread would cost more than the call:
 
 * a function proven tiny (:mod:`._tiny`: its last 3 calls in threads each returned
-  within 20 µs), unless the task has a timeout; one such call taking over 1 ms (that
-  blocked or computed: :class:`._tiny.CallClock`) sends that function back to threads
-  for the executor's life;
+  within 20 µs; while it is being learned, a run sends as many calls of it as there are
+  threads and holds the others back), unless the task has a timeout; one such call taking
+  over 1 ms (that blocked or computed: :class:`._tiny.CallClock`) sends that function
+  back to threads for the executor's life;
 * without a loop, also the one task ready while nothing else of the run is out on a
   thread (:meth:`Run.call_when_idle`): the thread would only wait for it otherwise, so a
   chain or a one-node run costs no hand-off per task.
