@@ -172,7 +172,7 @@ SCRIPT = textwrap.dedent(
     """
     import time
     import anyio
-    from dispatcher import Op, get_executor
+    from dispatcher import Op, get_executor, op
 
     def step(mode):
         if mode == "block":
@@ -187,7 +187,8 @@ SCRIPT = textwrap.dedent(
             ex.run([Op(step, "fast") for _ in range(12)])
         print("ready", flush=True)
         try:
-            ex.run([Op(coroutine), Op(step, "block")])  # step blocks the loop
+            # step blocks the loop (no timeout), or a thread while the loop waits
+            ex.run([Op(coroutine), op(step, timeout=TIMEOUT)("block")])
         except KeyboardInterrupt:
             print("interrupted", flush=True)
             raise
@@ -197,9 +198,14 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_ctrl_c_interrupts_a_tiny_function_that_blocks_the_loop(backend: str) -> None:
+@pytest.mark.parametrize("where", ["on the loop", "in a thread"])
+def test_ctrl_c_interrupts_a_run_on_a_loop(backend: str, where: str) -> None:
+    """Whether a tiny function turned slow blocks the loop, or a call in a thread keeps
+    the loop waiting (a timeout sends it there), Ctrl-C interrupts the run."""
+    timeout = "None" if where == "on the loop" else "3600"
+    script = SCRIPT.replace("BACKEND", repr(backend)).replace("TIMEOUT", timeout)
     child = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT.replace("BACKEND", repr(backend))],
+        [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
