@@ -39,6 +39,13 @@ class Table:
         return frozenset((worker,))
 
 
+class Spec:
+    """A task sent to a worker, as placement reads it."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+
+
 def placement(table: Table, *workers: str, capacity: int = 4) -> Placement:
     placed = Placement(table)  # type: ignore[arg-type]
     for worker in workers:
@@ -231,3 +238,48 @@ def test_moves_a_transport_reports_are_learned_and_outlive_the_run() -> None:
         assert learned.latency == ACROSS_HOSTS.latency
         assert learned.bandwidth == pytest.approx(MB / (0.011 - ACROSS_HOSTS.latency))
         assert ex.link_costs.within.link is WITHIN_HOST
+
+
+def test_before_any_size_is_known_the_inputs_of_one_consumer_gather() -> None:
+    # Four sources, two consumers of two each (W5's shape): once every worker has work,
+    # the second input of a consumer joins the first instead of alternating.
+    table = Table([(), (), (), (), (0, 1), (2, 3)])
+    placed = placement(table, "w1", "w2", capacity=8)
+
+    def send(p: int) -> str:
+        worker = placed.place(p)
+        assert worker is not None
+        table.inflight[p] = Spec(worker)
+        placed.load[worker] += 1
+        return worker
+
+    first, second = send(0), send(1)
+    assert first != second  # a worker idled: the work spreads
+    assert send(2) == first  # the shorter queue (equal: the first)
+    assert send(3) == first  # with its consumer's other input, one task deeper
+    assert placed.load == {"w1": 3, "w2": 1}
+
+
+def test_a_worker_never_gets_two_tasks_deeper_for_inputs_of_unknown_size() -> None:
+    # A source whose consumers' other inputs are all on one busy worker: the pull lasts
+    # only while that worker's queue is at most one task longer than the shortest.
+    table = Table([(), (), (), (), (0, 3), (1, 3), (2, 3)])
+    placed = placement(table, "w1", "w2", capacity=8)
+    for p in (0, 1, 2):
+        table.inflight[p] = Spec("w1")
+    placed.load.update(w1=2, w2=1)
+    assert placed.place(3) == "w1"
+    placed.load.update(w1=3, w2=1)
+    assert placed.place(3) == "w2"
+
+
+def test_once_a_size_is_known_it_decides_and_an_idle_worker_takes_nothing_extra() -> None:
+    table = Table([(), (), (0, 1)])
+    table.inflight[0] = Spec("w1")
+    placed = placement(table, "w1", "w2", capacity=8)
+    placed.load.update(w1=1, w2=0)
+    assert placed.place(1) == "w2"  # w2 idles: parallelism first
+    placed.load.update(w1=2, w2=1)
+    placed.mean_nbytes = 10  # tiny results: a move costs less than a task's wait
+    placed.mean_duration = 0.01
+    assert placed.place(1) == "w2"

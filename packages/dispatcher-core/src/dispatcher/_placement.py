@@ -27,6 +27,12 @@ __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: fro
 QUEUED_SECONDS = 0.002
 # What placement assumes before any task has reported its duration.
 UNKNOWN_DURATION = 0.001
+# Before any result's size is known, a worker already making another input of one of a
+# task's consumers draws the task by this many tasks' duration: more than one (so a pair
+# of inputs stays together over queues of equal length) and less than two (so no worker
+# gets more than one task deeper than the others on that account). Only while no worker
+# idles: then parallelism is a sure gain and a move an unknown one.
+SIBLING_PULL = 1.5
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
@@ -130,13 +136,16 @@ class Placement:
         open_ = [w for w in room if load[w] < capacity[w]]
         if not open_:
             return None
-        moving, near = self._moves(p)
-        if near is None:  # nothing to move, wherever it runs: the shortest queue
-            usual = [w for w in open_ if load[w] < room[w]]
-            return min(usual, key=load.__getitem__) if usual else None
         mean = self.mean_duration
         if mean is None:
             mean = UNKNOWN_DURATION
+        pull = 0.0
+        if self.mean_nbytes is None and all(load[w] for w in open_):
+            pull = SIBLING_PULL * mean
+        moving, near = self._moves(p, pull)
+        if near is None:  # nothing to move, wherever it runs: the shortest queue
+            usual = [w for w in open_ if load[w] < room[w]]
+            return min(usual, key=load.__getitem__) if usual else None
 
         def finish(w: str) -> tuple[float, int]:
             return load[w] * mean + moving - near.get(w, 0.0), load[w]
@@ -148,22 +157,26 @@ class Placement:
             full = min((w for w in room if capacity[w]), key=finish, default=best)
             if finish(full)[0] < finish(best)[0]:
                 return None
-        # Beyond the usual queue only when the move saved outweighs the extra wait there.
+        # Beyond the usual queue only when the move saved outweighs the extra wait there
+        # (a saving known, not the pull of a guess).
         beyond = load[best] + 1 - room[best]
-        if beyond <= 0 or near.get(best, 0.0) >= self.links.within.link.latency + beyond * mean:
+        saved = near.get(best, 0.0) - pull
+        if beyond <= 0 or saved >= self.links.within.link.latency + beyond * mean:
             return best
         usual = [w for w in open_ if load[w] < room[w]]
         return min(usual, key=finish) if usual else None
 
-    def _moves(self, p: int) -> tuple[float, dict[str, float] | None]:
+    def _moves(self, p: int, pull: float = 0.0) -> tuple[float, dict[str, float] | None]:
         """Seconds of moves task ``p`` would cause on a worker of a host holding none of
         what it weighs (its inputs, its consumers' other inputs), and what running on
         each worker would spare of that; None for the latter when there is nothing to
-        weigh."""
+        weigh. While no result's size is known, a consumer's other input counts ``pull``
+        seconds on each worker holding or making one (see :data:`SIBLING_PULL`)."""
         table = self.table
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
         expected = self.mean_nbytes or 0.0
+        pulled: set[str] = set()
         for d in deps[p]:
             where = holders[d]
             if where:
@@ -184,11 +197,13 @@ class Placement:
                         continue
                     where = table.held_on(spec.worker)  # still being computed there
                 weighed.append((where, min(expected, nbytes[d] or expected)))
+                if pull and d != p:
+                    pulled.update(where)
         if not weighed:
             return 0.0, None
-        near: dict[str, float] = {}
+        near = dict.fromkeys(pulled, pull)
         if not self.spread:
-            moving = 0.0
+            moving = pull if pulled else 0.0
             link = self.links.within.link
             for where, size in weighed:
                 cost = link.seconds(size)
@@ -196,7 +211,8 @@ class Placement:
                 for w in where:
                     near[w] = near.get(w, 0.0) + cost
             return moving, near
-        return self._moves_across(weighed, unplaced * expected, near)
+        moving, near = self._moves_across(weighed, unplaced * expected, near)
+        return moving + (pull if pulled else 0.0), near
 
     def _moves_across(
         self, weighed: list[tuple[frozenset[str], float]], unplaced: float, near: dict[str, float]
