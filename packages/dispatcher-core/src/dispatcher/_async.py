@@ -1,17 +1,14 @@
-"""The ``async`` executor: tasks on an anyio event loop (asyncio or trio).
+"""The ``async`` executor's transport: tasks on an anyio event loop (asyncio or trio).
 
 Coroutine functions are awaited concurrently on the loop; plain functions run in daemon
 worker threads (``threads=N``) or on the loop (``threads=0``: the scheduler calls them
 itself). One :class:`AsyncTransport` serves every run of an executor, each run on the
-loop that drives it, through the same scheduler and driver as every backend.
+loop that drives it, through the same scheduler and driver as every backend (the executor,
+and when the driving thread calls a plain function itself: :mod:`._async_executor`).
 
 A worker thread reports its task itself, straight to the run's event queue: the driver
-wakes once for every report that arrived while it worked, not once per task. A run that
-needs no loop at all -- no coroutine function, nothing that may return an awaitable, no
-timeout to enforce -- is driven from the calling thread without starting one. That
-thread then calls a plain task itself whenever nothing else of the run is out on a thread
-and it is the one task ready (see :meth:`Run.call_when_idle`): it would only wait for the
-thread otherwise, and a chain or a one-node run costs no hand-off per task.
+wakes once for every report that arrived while it worked, not once per task. It times each
+call for :class:`._tiny.TinyCalls`, which learns the functions too cheap for a thread.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import os
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from time import perf_counter
@@ -29,24 +26,16 @@ import anyio
 import anyio.lowlevel
 
 from ._awaiting import await_blocking, is_awaitable
-from ._driver import drive_async
 from ._errors import TaskTimeoutError
-from ._executor import Executor
 from ._inline import may_return_awaitable
-from ._loop import LoopScope, first_leaf, in_event_loop, interruptible, loop_scope, stops_the_loop
-from ._options import check_count
-from ._scheduler import Run
+from ._loop import LoopScope, loop_scope, stops_the_loop
 from ._threads import DaemonThreadPool, Job
+from ._tiny import TinyCalls
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
-__all__ = ["AsyncExecutor", "AsyncTransport"]
+__all__ = ["AsyncTransport"]
 
 UNLIMITED = 1 << 30
-
-
-def _default_threads() -> int:
-    # The same default as concurrent.futures.ThreadPoolExecutor.
-    return min(32, (os.cpu_count() or 1) + 4)
 
 
 class _Handle:
@@ -109,6 +98,8 @@ class AsyncTransport(Transport):
 
     def __init__(self, threads: int) -> None:
         self.pool = DaemonThreadPool(threads) if threads else None
+        self.tiny = TinyCalls(self.never_awaits, threads)
+        """Which plain functions cost less than a thread hand-off (learned in threads)."""
         self.store: dict[Key, Any] = {}
         self.tasks: dict[Key, _Handle] = {}  # what cancel() can still reach
         self._waiting = _Waiting()
@@ -140,8 +131,11 @@ class AsyncTransport(Transport):
 
     def runs_in_caller(self, func: Any) -> bool:
         # With threads=0 a plain function runs on the loop anyway; the scheduler may as
-        # well call it itself.
-        return self.pool is None and not may_return_awaitable(func)
+        # well call it itself. With threads, a function proven tiny: a hand-off to a
+        # thread would cost more than the call (the run watches it: Run.call_tiny).
+        if self.pool is None:
+            return not may_return_awaitable(func)
+        return self.tiny.allows(func) and self.never_awaits(func)
 
     def _values(self, spec: TaskSpec) -> list[Any]:
         store, shipped = self.store, spec.inline
@@ -364,7 +358,7 @@ class AsyncTransport(Transport):
         if spec.timeout is not None:
             if scope is None:
                 raise RuntimeError("AsyncTransport: a timeout to enforce without a loop")
-            scope.start_soon(self._watch, handle)
+            scope.start_soon(_abandon_at_deadline, self, handle)
 
     def _claim(self, handle: _Handle) -> bool:
         """Take ``handle`` out of the tasks in flight; False if someone else did (it was
@@ -425,30 +419,14 @@ class AsyncTransport(Transport):
                 return []  # cancelled, or abandoned at its deadline
             del tasks[key]
         handle.done = True
+        if getattr(spec._named, "_func", None) is spec.func:  # not a cache's call
+            self.tiny.observe(spec.func, duration if ok else math.inf)
         if not ok:
             self._failed(spec, value, duration)
             return []
         if spec.timeout is None:
             return self._keep(spec, value, duration)
         return self._done(spec, value, min(duration, spec.timeout))
-
-    async def _watch(self, handle: _Handle) -> None:
-        """Abandon a thread task at its deadline, counted from when it started."""
-        spec = handle.spec
-        assert spec.timeout is not None
-        while handle.start is None:
-            if handle.done or handle.cancelled:
-                return
-            await anyio.sleep(0.01)
-        remaining = handle.start + spec.timeout - perf_counter()
-        if remaining > 0:
-            await anyio.sleep(remaining)
-        if not handle.done and not handle.cancelled and self._claim(handle):
-            handle.cancelled = True
-            if handle.job is not None:
-                handle.job.abandon()  # its thread no longer counts toward the pool's size
-            duration = perf_counter() - handle.start
-            self._failed(spec, TaskTimeoutError(spec.label, spec.timeout), duration)
 
     # -- the rest of the SPI -----------------------------------------------------------------
 
@@ -511,90 +489,21 @@ def _await_on_loop(
             transport._failed(handle.spec, exc, perf_counter() - handle.start)
 
 
-class AsyncExecutor(Executor):
-    """Tasks on an anyio event loop; see the module docstring."""
-
-    def __init__(
-        self,
-        *,
-        workers: int | None = None,
-        threads: int | None = None,
-        backend: str = "asyncio",
-        **options: Any,
-    ) -> None:
-        if threads is None:
-            threads = workers if workers is not None else _default_threads()
-        check_count("threads", threads, 0)
-        if backend not in ("asyncio", "trio"):
-            raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")
-        self._loop_transport = AsyncTransport(threads)
-        super().__init__("async", self._loop_transport, **options)
-        self.threads = threads
-        self.backend = backend
-
-    @property
-    def capabilities(self) -> Capabilities:
-        # A plain function running on the loop cannot be stopped at its deadline.
-        return Capabilities(interrupts_running_tasks=self.threads > 0, accepts_pending_inputs=True)
-
-    def _needs_loop(self, run: Run) -> bool:
-        """Does ``run`` need an event loop: a coroutine function (or a callable that may
-        return an awaitable) to await, or a timeout to enforce? Without one, its tasks run
-        in threads (or in the caller, with ``threads=0``) and no loop is started."""
-        table = run.table
-        nodes = table.nodes
-        if table.timeout is not None or any(node.timeout is not None for node in nodes):
-            return True
-        funcs = {node._func for node in nodes}
-        if run._cache_calls:  # what the cache calls instead of those nodes' functions
-            funcs.update(call[0] for call in run._cache_calls.values())
-        return not all(map(self._loop_transport.never_awaits, funcs))
-
-    def _drive(self, run: Run) -> None:
-        """Run to the end: from this thread when the run needs no loop; otherwise on a
-        loop of its own, here, or on another thread when this one already runs a loop (a
-        notebook, or a task calling run()) that is busy with us."""
-        if not self._needs_loop(run):
-            if self.threads:
-                run.call_when_idle(self._loop_transport.never_awaits)
-            token = loop_scope.set(None)  # not the loop of a run this one is nested in
-            try:
-                super()._drive(run)
-            finally:
-                loop_scope.reset(token)
+async def _abandon_at_deadline(transport: AsyncTransport, handle: _Handle) -> None:
+    """Give up on a thread task at its deadline, counted from when it started: a task of
+    the loop, while the thread goes on (its function cannot be stopped)."""
+    spec = handle.spec
+    assert spec.timeout is not None
+    while handle.start is None:
+        if handle.done or handle.cancelled:
             return
-        if not in_event_loop():
-            with interruptible(self.threads == 0):
-                anyio.run(self._adrive, run, backend=self.backend)
-            return
-        box: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                anyio.run(self._adrive, run, backend=self.backend)
-            except BaseException as exc:
-                box.append(exc)
-
-        thread = threading.Thread(target=target, name="dispatcher-run", daemon=True)
-        thread.start()
-        try:
-            thread.join()
-        except BaseException as exc:
-            run.abort(run.error or exc)
-            thread.join(5)
-            raise
-        if box:
-            raise box[0]
-
-    async def _adrive(self, run: Run) -> None:
-        """Run to the end on the current loop, its tasks with it."""
-        transport = self._loop_transport
-        self._router.attach(run)
-        try:
-            async with transport.serving() as scope:
-                await drive_async(run, transport, dict(self._workers), scope.call_soon)
-        except BaseExceptionGroup as group:
-            # A task group wraps what escapes it; callers get the exception itself.
-            raise first_leaf(group) from None
-        finally:
-            self._router.detach(run)
+        await anyio.sleep(0.01)
+    remaining = handle.start + spec.timeout - perf_counter()
+    if remaining > 0:
+        await anyio.sleep(remaining)
+    if not handle.done and not handle.cancelled and transport._claim(handle):
+        handle.cancelled = True
+        if handle.job is not None:
+            handle.job.abandon()  # its thread no longer counts toward the pool's size
+        duration = perf_counter() - handle.start
+        transport._failed(spec, TaskTimeoutError(spec.label, spec.timeout), duration)

@@ -22,7 +22,7 @@ def _sync(**options: Any) -> Executor:
 
 
 def _async(**options: Any) -> Executor:
-    from ._async import AsyncExecutor  # anyio is imported when an async executor is made
+    from ._async_executor import AsyncExecutor  # anyio is imported when an async executor is made
 
     return AsyncExecutor(**options)
 

@@ -48,12 +48,14 @@ from ._placement import Placement
 from ._recovery import Recovery
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
+from ._tiny import Probes
 from .transport import TaskSpec, Transport, Unloaded
 
 if TYPE_CHECKING:
     from ._cache_plan import CachePlan
     from ._graph import DispatchGraph
     from ._hooks import Observers
+    from ._tiny import TinyCalls
 
 __all__ = ["Run"]
 
@@ -127,6 +129,9 @@ class Run:
         self._in_caller: dict[Any, bool] = {}  # function -> what runs_in_caller said
         self._idle_asks: Callable[[Callable[..., Any]], bool] | None = None
         self._idle_in_caller: dict[Any, bool] = {}  # function -> what _idle_asks said
+        self._tiny: TinyCalls | None = None
+        self._tiny_seen = 0  # its changes when the run last asked afresh
+        self._probes: Probes | None = None
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
         self._unannounced: set[int] | None = None
@@ -154,6 +159,7 @@ class Run:
             nodes = table.nodes
             for p in cache.calls:
                 self._in_caller[nodes[p]._func] = False
+        self._pinned = dict(self._in_caller)  # what goes as a spec, whatever is said
 
     @property
     def finished(self) -> bool:
@@ -173,6 +179,20 @@ class Run:
         self._idle_asks = asks
         # What must go as a spec (a cached node's replaced call) stays so.
         self._idle_in_caller = {f: False for f, here in self._in_caller.items() if not here}
+
+    def call_tiny(self, tiny: TinyCalls) -> None:
+        """Let the driving thread call the functions ``tiny`` finds too cheap for a worker
+        (``runs_in_caller`` reads it), never with a timeout; see :mod:`._tiny`."""
+        self._tiny = tiny
+        self._tiny_seen = tiny.changes
+        if self.table.timeout is None:  # (with one, every task goes to a thread)
+            self._probes = Probes(tiny, self._pinned)
+
+    def _ask_again(self, tiny: TinyCalls) -> None:
+        """A verdict of ``tiny`` changed: forget what ``runs_in_caller`` said."""
+        self._tiny_seen = tiny.changes
+        self._in_caller.clear()
+        self._in_caller.update(self._pinned)
 
     def start(self, transport: Transport, workers: Mapping[str, int]) -> None:
         """Begin on ``transport``, whose workers are ``workers`` (name: capacity) so far."""
@@ -206,11 +226,14 @@ class Run:
         place, asks, sends_ahead = self.placement.place, self._asks, self._sends_ahead
         progressed = False
         specs: list[TaskSpec] = []
-        in_caller = self._in_caller
+        in_caller, tiny, probes = self._in_caller, self._tiny, self._probes
+        held: list[int] = []  # calls of functions being learned, waiting for probes
+        if tiny is not None and tiny.changes != self._tiny_seen:
+            self._ask_again(tiny)
         while ready:
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
-                if table.call_ready_in_caller(asks, in_caller):
+                if table.call_ready_in_caller(asks, in_caller, False, tiny):
                     progressed = True
                     if table.failure is not None:
                         if self._caller_failed():
@@ -255,6 +278,9 @@ class Run:
                     break
                 continue
             else:
+                if probes is not None and probes.hold(node, bool(table.inflight)):
+                    held.append(ready.pop())
+                    continue
                 worker = place(p)
                 if worker is None:
                     break
@@ -262,6 +288,7 @@ class Run:
             specs.append(self._spec(p, node, worker))
             if sends_ahead:
                 table.ready_ahead(p)
+        ready.extend(reversed(held))
         if specs:
             assert self.transport is not None
             self.transport.submit(specs)

@@ -19,12 +19,15 @@ from ._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from ._errors import TaskTimeoutError
 from ._graph import gc_paused
 from ._hosts import worker_host
+from ._options import NO_LIMIT
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
+from ._tiny import SLOW
 
 if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._hooks import Observers
     from ._nodes import DispatchNode
+    from ._tiny import TinyCalls
     from .transport import Key, TaskSpec
 
 __all__ = [
@@ -305,14 +308,17 @@ class TaskTable:
         asks: Callable[[Callable[..., Any]], bool],
         in_caller: dict[Any, bool],
         alone: bool = False,
+        watch: TinyCalls | None = None,
     ) -> bool:
         """Call in this thread the tasks atop the ready stack that the transport lets the
         scheduler call (``asks``, answers cached in ``in_caller``) and whose inputs the
         caller holds, taking their dependents as they become ready; stop at the first task
         that must be submitted, or at the first that raises (left in :attr:`failure` for
         the run to retry or fail); with ``alone``, also as soon as more than one task is
-        ready (those go to workers, in parallel). The same bookkeeping as a submitted
-        task, without a spec or a report. True if any task ran.
+        ready (those go to workers, in parallel); with ``watch``, also at a task with a
+        timeout (a worker's deadline can be enforced), and a call that turns out slow bars
+        its function (``watch.bar``). The same bookkeeping as a submitted task, without a
+        spec or a report. True if any task ran.
 
         This is the whole per-task cost of the in-process executors, hence one flat loop:
         :meth:`settle` is written out here rather than called, and only here."""
@@ -329,8 +335,9 @@ class TaskTable:
         started, finished = self.started_hook, self.finished_hook
         default_timeout = self.timeout
         awaitable_type = AWAITABLE_TYPES.get
-        # Timed only when anyone looks (a timeout, an observer): how long it ran.
-        always_timed = default_timeout is not None or finished is not None
+        clock = watch.clock() if watch is not None else None
+        # Timed only when anyone looks (a timeout, an observer, a watch): how long it ran.
+        always_timed = default_timeout is not None or finished is not None or clock is not None
         ran = False
         last_allowed: object = None  # the last function the transport let us call here
         settled = 0  # subtracted from ``remaining`` once, on the way out
@@ -357,6 +364,14 @@ class TaskTable:
                     if not allowed:
                         return ran
                     last_allowed = func
+                timeout = node._timeout
+                if timeout is None:
+                    timeout = default_timeout  # both positive when set
+                    timed = always_timed
+                else:
+                    timed = True
+                if clock is not None and timeout is not None and timeout != NO_LIMIT:
+                    return ran  # a deadline to enforce: a worker's can be
                 deps = deps_of[p]
                 # Inputs of one- and two-input calls go in locals: building a list to
                 # unpack into the call was a quarter of the cost of a task in a chain.
@@ -375,14 +390,10 @@ class TaskTable:
                 attempts[p] += 1
                 if started is not None:
                     started(node=node, worker=CALLER)
-                timeout = node._timeout
-                if timeout is None:
-                    timeout = default_timeout  # both positive when set
-                    timed = always_timed
-                else:
-                    timed = True
                 if timed:
                     begun = perf_counter()
+                    if clock is not None and begun > clock.stale_at:
+                        clock.read(begun)
                 try:
                     if shape == SHAPE_POSITIONAL:
                         if count == 1:
@@ -413,6 +424,10 @@ class TaskTable:
                         # returns.
                         self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                         return True
+                    if clock is not None and duration > SLOW and clock.own_doing(begun):
+                        clock.tiny.bar(func)
+                        in_caller[func] = False
+                        last_allowed = None
                 if needed[p]:
                     state[p] = DONE
                     caller_values[p] = value

@@ -1,0 +1,188 @@
+"""Which plain functions are cheap enough for the ``async`` executor's driving thread to
+call itself, rather than hand each call to a worker thread.
+
+Handing a task to a thread and hearing back from it costs about 20 µs; a task of a
+microsecond pays that twentyfold. So a plain function whose calls in threads have
+returned, :data:`PROVEN_AFTER` times in a row, each within :data:`TINY`, has proven tiny:
+from then on the scheduler calls it in the thread that drives the run, as ``threads=0``
+does (:meth:`dispatcher._scheduler.Run.call_tiny`). One call there that takes longer than
+:data:`SLOW`, blocking or computing (:class:`CallClock`), bars the function for the
+executor's life: it goes back to threads, and the driving thread (an event loop, maybe)
+is never held that long by it again.
+
+The verdicts are kept per executor, across its runs: a graph run again learns once. A
+run with many ready calls of a function still being learned sends a few of them to
+threads and holds the rest back until their reports have decided (:class:`Probes`), so
+that even its first run calls the rest in the driving thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from time import perf_counter, thread_time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._nodes import DispatchNode
+
+_thread_usage: Callable[[], Any] | None
+"""This thread's resource usage (Linux); elsewhere a slow call is the function's doing."""
+try:
+    from resource import RUSAGE_THREAD, getrusage
+except ImportError:
+    _thread_usage = None
+else:
+    _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
+
+__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
+
+TINY = 20e-6
+"""A call this short costs less than handing it to a thread (seconds)."""
+
+PROVEN_AFTER = 3
+"""Consecutive tiny calls in threads before a function is called in the driving thread."""
+
+SLOW = 1e-3
+"""A call in the driving thread this long bars its function from it (seconds)."""
+
+_FRESH = 0.2e-3
+"""How old :class:`CallClock`'s reading may be when a call begins (seconds)."""
+
+_MAX_FUNCTIONS = 4096
+"""Functions remembered at most (closures made afresh for every run must not pile up)."""
+
+
+class TinyCalls:
+    """The verdicts of one executor: which functions have proven tiny, which are barred.
+
+    :meth:`observe` is told of calls in worker threads (from those threads);
+    :meth:`allows` and :meth:`bar` are used by the driving threads of runs."""
+
+    __slots__ = ("_lock", "_streaks", "changes", "learnable", "probes", "verdicts")
+
+    def __init__(self, learnable: Callable[[Callable[..., Any]], bool], probes: int) -> None:
+        self.learnable = learnable
+        """Which functions may be learned at all (not those that may return awaitables)."""
+        self.probes = max(probes, 2 * PROVEN_AFTER)
+        """Calls of a function being learned that a run sends before it holds the rest
+        back: as many as the threads, whose work it then holds back none of."""
+        self.verdicts: dict[Callable[..., Any], bool] = {}
+        """True: proven tiny; False: barred. Absent: still being learned."""
+        self._streaks: dict[Callable[..., Any], int] = {}
+        self.changes = 0
+        """Bumped at every new verdict: a run that asked before asks again."""
+        self._lock = threading.Lock()
+
+    def allows(self, func: Callable[..., Any]) -> bool:
+        """May the driving thread call ``func`` itself?"""
+        return self.verdicts.get(func) is True
+
+    def observe(self, func: Callable[..., Any], duration: float) -> None:
+        """``func`` returned after ``duration`` seconds in a worker thread.
+
+        A slow call there only breaks the streak: a thread's clock also counts the time it
+        waited for the interpreter lock, so it never bars a function."""
+        streaks = self._streaks
+        # A call that was not tiny, or a verdict, ends the learning: nothing waits for
+        # the function's next calls (see Probes).
+        learnt = duration > TINY or func in self.verdicts
+        streak = 0 if learnt else streaks.get(func, 0) + 1
+        if streak < PROVEN_AFTER:
+            if streaks.get(func) != streak:
+                if len(streaks) >= _MAX_FUNCTIONS:
+                    streaks.clear()
+                streaks[func] = streak
+            return
+        with self._lock:
+            self._streaks.pop(func, None)
+            if func in self.verdicts:
+                return
+            if len(self.verdicts) >= _MAX_FUNCTIONS:
+                self.verdicts.clear()  # learned again; what was barred is tried again
+            self.verdicts[func] = True
+            self.changes += 1
+
+    def learning(self, func: Callable[..., Any]) -> bool:
+        """Is ``func`` being learned: no verdict, and no call of late that was not tiny?"""
+        return func not in self.verdicts and self._streaks.get(func, 1) != 0
+
+    def clock(self) -> CallClock:
+        """A clock for the calls one pass of the scheduler's hot loop makes."""
+        return CallClock(self)
+
+    def bar(self, func: Callable[..., Any]) -> None:
+        """A call of ``func`` in the driving thread took longer than :data:`SLOW`: never
+        again there."""
+        with self._lock:
+            self.verdicts[func] = False
+            self._streaks.pop(func, None)
+            self.changes += 1
+
+
+class CallClock:
+    """Tells a call slow of its own doing from a call whose thread was only kept from
+    running, so that a loaded machine (the thread preempted for a few milliseconds in the
+    middle of a call of a microsecond) bars no function.
+
+    The wall clock cannot tell them apart; the thread's resource usage can: a call that
+    blocked (slept, waited on a lock or for I/O) switched out of its own accord, and one
+    that computed used the CPU time. Reading them costs two system calls, so they are read
+    at most every 0.2 ms of calls (:meth:`read`, when a call begins past ``stale_at``) and
+    once more after a slow call."""
+
+    __slots__ = ("_cpu", "_switches", "_wall", "stale_at", "tiny")
+
+    def __init__(self, tiny: TinyCalls) -> None:
+        self.tiny = tiny
+        self.stale_at = 0.0  # read at the first call
+        self._wall = self._cpu = 0.0
+        self._switches = 0
+
+    def read(self, now: float) -> None:
+        """Note the thread's usage so far, at ``now`` (``perf_counter()``)."""
+        if _thread_usage is None:
+            return
+        self._wall = now
+        self.stale_at = now + _FRESH
+        self._cpu = thread_time()
+        self._switches = _thread_usage().ru_nvcsw
+
+    def own_doing(self, begun: float) -> bool:
+        """A call begun at ``begun`` (after the last :meth:`read`) has just taken longer
+        than :data:`SLOW` on the wall clock: did it block, or compute for half of that?"""
+        if _thread_usage is None:
+            return True
+        blocked: bool = _thread_usage().ru_nvcsw != self._switches
+        # The CPU time since the reading, but for what the calls before this one can have
+        # used: at most the wall time from the reading to this call's beginning. (The
+        # resource usage's own CPU times move by whole clock ticks: milliseconds.)
+        computed = thread_time() - self._cpu - (begun - self._wall)
+        self.read(perf_counter())
+        return blocked or computed > SLOW / 2
+
+
+class Probes:
+    """A run's calls of functions still being learned, sent to threads to be timed; the
+    other ready calls of such a function wait for their reports (the run has something
+    out, whose report wakes it), then go to the driving thread or to threads."""
+
+    __slots__ = ("_never", "_sent", "tiny")
+
+    def __init__(self, tiny: TinyCalls, never: Iterable[Callable[..., Any]]) -> None:
+        self.tiny = tiny
+        self._never = frozenset(never)  # functions the run never calls itself
+        self._sent: dict[Callable[..., Any], int] = {}
+
+    def hold(self, node: DispatchNode, busy: bool) -> bool:
+        """Should ready ``node`` wait, rather than go to a thread? ``busy``: the run has
+        tasks out."""
+        func = node._func
+        if node._timeout is not None or func in self._never or not self.tiny.learning(func):
+            return False
+        sent = self._sent.get(func, 0)
+        if sent < self.tiny.probes:
+            self._sent[func] = sent + 1
+            return False
+        return busy and self.tiny.learnable(func)
