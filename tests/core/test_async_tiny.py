@@ -151,6 +151,36 @@ def test_a_tiny_function_with_a_timeout_still_times_out() -> None:
                 released.set()
 
 
+def test_a_tiny_call_that_holds_the_driving_thread_is_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A function proven tiny that then waits for another task of its run waits for
+    ever (that task cannot start): the call is named, with what to do, while it waits."""
+    import dispatcher._tiny as tiny
+
+    monkeypatch.setattr(tiny, "HELD_WARNING", 0.3)
+    released = threading.Event()
+
+    def step(mode: str) -> bool:
+        return mode == "fast" or released.wait(GUARD)
+
+    with get_executor("async", threads=2) as ex:
+        proven(ex, step, "fast")
+        # The releasing side here is the test itself, so the run does end.
+        timer = threading.Timer(2.0, released.set)
+        timer.start()
+        try:
+            with caplog.at_level("WARNING", logger="dispatcher"):
+                assert ex.run(op(step, label="waits-for-its-peer")("wait"))
+        finally:
+            timer.cancel()
+            released.set()
+    named = [r.getMessage() for r in caplog.records if "waits-for-its-peer" in r.getMessage()]
+    assert len(named) == 1, named  # once per call
+    assert "held the thread driving its run" in named[0]
+    assert "timeout=" in named[0]
+
+
 @pytest.mark.parametrize("on_a_loop", [False, True])
 def test_a_tiny_function_may_run_a_graph_on_its_own_executor(on_a_loop: bool) -> None:
     async def coroutine(x: int) -> int:

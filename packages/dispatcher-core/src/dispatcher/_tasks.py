@@ -323,12 +323,8 @@ class TaskTable:
         This is the whole per-task cost of the in-process executors, hence one flat loop:
         :meth:`settle` is written out here rather than called, and only here."""
         ready, state, nodes, deps_of = self.ready, self.state, self.nodes, self.deps
-        dependents, waiting, needed, wanted = (
-            self.dependents,
-            self.waiting,
-            self.needed,
-            self.wanted,
-        )
+        dependents, waiting, needed = self.dependents, self.waiting, self.needed
+        wanted = self.wanted
         caller_values, kept = self.caller_values, self.kept
         value_of = caller_values.__getitem__
         attempts, results, release = self.attempts, self.results, self.release
@@ -392,8 +388,8 @@ class TaskTable:
                     started(node=node, worker=CALLER)
                 if timed:
                     begun = perf_counter()
-                    if clock is not None and begun > clock.stale_at:
-                        clock.read(begun)
+                    if clock is not None:
+                        clock.calling(node, begun)
                 try:
                     if shape == SHAPE_POSITIONAL:
                         if count == 1:
@@ -458,6 +454,8 @@ class TaskTable:
             return ran
         finally:
             self.remaining -= settled
+            if clock is not None:
+                clock.node = None
 
 
 def _nearest(holders: frozenset[str], worker: str) -> str:

@@ -19,9 +19,11 @@ that even its first run calls the rest in the driving thread.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable
-from time import perf_counter, thread_time
+from time import perf_counter, sleep, thread_time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,7 +38,9 @@ except ImportError:
 else:
     _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
 
-__all__ = ["PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
+__all__ = ["HELD_WARNING", "PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
+
+log = logging.getLogger("dispatcher")
 
 TINY = 20e-6
 """A call this short costs less than handing it to a thread (seconds)."""
@@ -52,6 +56,10 @@ _FRESH = 0.2e-3
 
 _MAX_FUNCTIONS = 4096
 """Functions remembered at most (closures made afresh for every run must not pile up)."""
+
+HELD_WARNING = 10.0
+"""A call in the driving thread still running after this long is named in a warning
+(seconds): no other task of its run starts until it returns (see :func:`_watch_calls`)."""
 
 
 class TinyCalls:
@@ -109,8 +117,13 @@ class TinyCalls:
         return func not in self.verdicts and self._streaks.get(func, 1) != 0
 
     def clock(self) -> CallClock:
-        """A clock for the calls one pass of the scheduler's hot loop makes."""
-        return CallClock(self)
+        """A clock for the calls one pass of the scheduler's hot loop makes, watched
+        while it lives (:func:`_watch_calls`)."""
+        clock = CallClock(self)
+        _watched.add(clock)
+        if _watcher is None:
+            _start_watcher()
+        return clock
 
     def bar(self, func: Callable[..., Any]) -> None:
         """A call of ``func`` in the driving thread took longer than :data:`SLOW`: never
@@ -132,13 +145,24 @@ class CallClock:
     at most every 0.2 ms of calls (:meth:`read`, when a call begins past ``stale_at``) and
     once more after a slow call."""
 
-    __slots__ = ("_cpu", "_switches", "_wall", "stale_at", "tiny")
+    __slots__ = ("__weakref__", "_cpu", "_switches", "_wall", "begun", "node", "stale_at", "tiny")
 
     def __init__(self, tiny: TinyCalls) -> None:
         self.tiny = tiny
         self.stale_at = 0.0  # read at the first call
         self._wall = self._cpu = 0.0
         self._switches = 0
+        self.node: DispatchNode | None = None
+        """The task called last in this pass of the hot loop, until the pass ends."""
+        self.begun = 0.0
+        """... and when its call began (``perf_counter()``)."""
+
+    def calling(self, node: DispatchNode, begun: float) -> None:
+        """The hot loop calls ``node``'s function, from ``begun``: watched until the pass
+        ends (when :attr:`node` goes back to ``None``)."""
+        if begun > self.stale_at:
+            self.read(begun)
+        self.node, self.begun = node, begun
 
     def read(self, now: float) -> None:
         """Note the thread's usage so far, at ``now`` (``perf_counter()``)."""
@@ -186,3 +210,50 @@ class Probes:
             self._sent[func] = sent + 1
             return False
         return busy and self.tiny.learnable(func)
+
+
+_watched: weakref.WeakSet[CallClock] = weakref.WeakSet()
+_watcher: threading.Thread | None = None
+_watcher_lock = threading.Lock()
+
+
+def _start_watcher() -> None:
+    global _watcher
+    with _watcher_lock:
+        if _watcher is None:
+            _watcher = threading.Thread(
+                target=_watch_calls, name="dispatcher-tiny-calls", daemon=True
+            )
+            _watcher.start()
+
+
+def _watch_calls() -> None:
+    """Name, once each, the calls in a driving thread that have run past
+    :data:`HELD_WARNING`. A function proven tiny that then waits for another task of its
+    own run (an event, a queue) waits for ever: that task cannot start while it holds
+    the thread that would start it. Nothing can interrupt the call, but the user learns
+    which it is and what to do. Only warns: should it fail, it says so and stops, and
+    the runs go on as they were."""
+    named: weakref.WeakKeyDictionary[CallClock, float] = weakref.WeakKeyDictionary()
+    try:
+        while True:
+            sleep(HELD_WARNING / 10)
+            now = perf_counter()
+            for clock in list(_watched):
+                node, begun = clock.node, clock.begun
+                if node is None or now - begun < HELD_WARNING or named.get(clock) == begun:
+                    continue
+                named[clock] = begun
+                log.warning(
+                    "%s has held the thread driving its run for %.0f s. Its function "
+                    "returned within %.0f us on its earlier calls, so the async executor "
+                    "calls it on that thread, and no other task of the run starts until it "
+                    "returns: if it waits for another task of the run (an event, a queue, "
+                    "a lock), it waits for ever. Give that node a timeout= (a task with one "
+                    "always runs on a worker thread).",
+                    node.label,
+                    now - begun,
+                    TINY * 1e6,
+                )
+    except BaseException as exc:  # a thread of the library never dies unseen
+        log.error("the watch of calls on a driving thread stopped: %r", exc)
