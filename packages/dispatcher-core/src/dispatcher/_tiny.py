@@ -186,6 +186,18 @@ class CallClock:
         self.read(perf_counter())
         return blocked or computed > SLOW / 2
 
+    def bar_if_slow(
+        self, func: Callable[..., Any], begun: float, in_caller: dict[Any, bool]
+    ) -> bool:
+        """A call of ``func`` begun at ``begun`` has just returned or raised: if it took
+        longer than :data:`SLOW` of its own doing, bar ``func``, for this run at once (its
+        ``in_caller`` answers) and for the executor's later runs. True if it did."""
+        if perf_counter() - begun <= SLOW or not self.own_doing(begun):
+            return False
+        self.tiny.bar(func)
+        in_caller[func] = False
+        return True
+
 
 class Probes:
     """A run's calls of functions still being learned, sent to threads to be timed; the
@@ -227,6 +239,17 @@ def _start_watcher() -> None:
             _watcher.start()
 
 
+def _watched_now() -> list[CallClock]:
+    """The clocks alive now. Every run's driving thread adds one at each pass of its hot
+    loop and drops it at the end: a set changed by another thread in the middle of the
+    copy is copied again."""
+    while True:
+        try:
+            return list(_watched)
+        except RuntimeError:  # "Set changed size during iteration"
+            continue
+
+
 def _watch_calls() -> None:
     """Name, once each, the calls in a driving thread that have run past
     :data:`HELD_WARNING`. A function proven tiny that then waits for another task of its
@@ -239,7 +262,7 @@ def _watch_calls() -> None:
         while True:
             sleep(HELD_WARNING / 10)
             now = perf_counter()
-            for clock in list(_watched):
+            for clock in _watched_now():
                 node, begun = clock.node, clock.begun
                 if node is None or now - begun < HELD_WARNING or named.get(clock) == begun:
                     continue
