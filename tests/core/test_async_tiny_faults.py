@@ -4,9 +4,12 @@ many runs come and go."""
 
 from __future__ import annotations
 
+import gc
+import operator
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -93,3 +96,37 @@ def test_the_watch_of_long_calls_outlives_runs_coming_and_going(
         assert watcher.is_alive()
     finally:
         sys.setswitchinterval(interval)
+
+
+class Payload:
+    """What a closure made for one run holds (a large array, say)."""
+
+
+def test_closures_made_afresh_for_each_run_are_not_kept_alive() -> None:
+    """The executor learns which functions are tiny, and which return awaitables, but
+    keeps none alive: a closure made for one run goes, with what it holds, when its graph
+    does, however many runs make one."""
+    payloads: weakref.WeakSet[Payload] = weakref.WeakSet()
+    with get_executor("async", threads=2) as ex:
+        for _ in range(20):
+            payload = Payload()
+            payloads.add(payload)
+
+            def fresh(x: int, payload: Payload = payload) -> int:
+                return x + 1
+
+            assert ex.run([Op(fresh, i) for i in range(4 * PROVEN_AFTER)])[-1] == 4 * PROVEN_AFTER
+            del payload, fresh
+        gc.collect()
+        assert len(payloads) == 0
+
+
+def test_callables_without_weak_references_are_learned_too() -> None:
+    """A callable that takes no weak reference (an itemgetter, a method descriptor) is
+    remembered all the same."""
+    first = operator.itemgetter(0)
+    with get_executor("async", threads=2) as ex:
+        proven(ex, first, (1, 2))
+        proven(ex, str.upper, "a")
+        assert ex.run([Op(first, (i, 0)) for i in range(5)]) == list(range(5))
+        assert ex.run([Op(str.upper, "b"), Op(first, "c")]) == ["B", "c"]

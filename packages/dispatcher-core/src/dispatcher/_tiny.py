@@ -24,7 +24,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from time import perf_counter, sleep, thread_time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._nodes import DispatchNode
@@ -38,7 +38,16 @@ except ImportError:
 else:
     _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
 
-__all__ = ["HELD_WARNING", "PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
+__all__ = [
+    "HELD_WARNING",
+    "PROVEN_AFTER",
+    "SLOW",
+    "TINY",
+    "ByFunction",
+    "CallClock",
+    "Probes",
+    "TinyCalls",
+]
 
 log = logging.getLogger("dispatcher")
 
@@ -62,6 +71,59 @@ HELD_WARNING = 10.0
 (seconds): no other task of its run starts until it returns (see :func:`_watch_calls`)."""
 
 
+_V = TypeVar("_V")
+
+
+class ByFunction(weakref.WeakKeyDictionary[Any, _V]):
+    """What an executor knows of each function, without keeping the function alive: a
+    closure made afresh for every run goes, with all it holds, when its graph does. A
+    callable that takes no weak reference (``operator.itemgetter(1)``, ``str.upper``) is
+    held in a plain dict, emptied past :data:`_MAX_FUNCTIONS` of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._strong: dict[Any, _V] = {}
+
+    def get(self, func: Any, default: Any = None) -> Any:
+        try:
+            return super().get(func, default)
+        except TypeError:  # not weak-referenceable
+            return self._strong.get(func, default)
+
+    def __getitem__(self, func: Any) -> _V:
+        try:
+            return super().__getitem__(func)
+        except TypeError:
+            return self._strong[func]
+
+    def __setitem__(self, func: Any, value: _V) -> None:
+        try:
+            super().__setitem__(func, value)
+        except TypeError:
+            if len(self._strong) >= _MAX_FUNCTIONS:
+                self._strong.clear()
+            self._strong[func] = value
+
+    def __contains__(self, func: object) -> bool:
+        return self.get(func, _ABSENT) is not _ABSENT
+
+    def pop(self, func: Any, *default: Any) -> Any:
+        try:
+            return super().pop(func, *default)
+        except TypeError:
+            return self._strong.pop(func, *default)
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._strong)
+
+    def clear(self) -> None:
+        super().clear()
+        self._strong.clear()
+
+
+_ABSENT = object()
+
+
 class TinyCalls:
     """The verdicts of one executor: which functions have proven tiny, which are barred.
 
@@ -76,9 +138,9 @@ class TinyCalls:
         self.probes = max(probes, 2 * PROVEN_AFTER)
         """Calls of a function being learned that a run sends before it holds the rest
         back: as many as the threads, whose work it then holds back none of."""
-        self.verdicts: dict[Callable[..., Any], bool] = {}
+        self.verdicts: ByFunction[bool] = ByFunction()
         """True: proven tiny; False: barred. Absent: still being learned."""
-        self._streaks: dict[Callable[..., Any], int] = {}
+        self._streaks: ByFunction[int] = ByFunction()
         self.changes = 0
         """Bumped at every new verdict: a run that asked before asks again."""
         self._lock = threading.Lock()
