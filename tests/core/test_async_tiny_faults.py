@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
 
 import dispatcher._tiny as tiny_module
@@ -130,3 +131,34 @@ def test_callables_without_weak_references_are_learned_too() -> None:
         proven(ex, str.upper, "a")
         assert ex.run([Op(first, (i, 0)) for i in range(5)]) == list(range(5))
         assert ex.run([Op(str.upper, "b"), Op(first, "c")]) == ["B", "c"]
+
+
+@pytest.mark.timeout(60)
+def test_calls_held_back_for_probes_wait_for_those_probes_only() -> None:
+    """A function whose probes all report without deciding (its streak broken, then
+    begun again) is probed again: the rest of its calls do not wait for an unrelated
+    task of the run to end."""
+    lock = threading.Lock()
+    calls = 0
+
+    def flaky(i: int) -> int:
+        nonlocal calls
+        with lock:
+            calls += 1
+            nth = calls
+        if nth in (2, 4):  # the first probes: tiny, not, tiny, not, tiny, tiny
+            time.sleep(SLOW)
+        return i
+
+    async def unrelated() -> bool:
+        """Out until every call of flaky has returned (or the guard ran out)."""
+        until = time.monotonic() + GUARD
+        while calls < 40 and time.monotonic() < until:
+            await anyio.sleep(0.01)
+        return calls == 40
+
+    with get_executor("async", threads=1) as ex:  # one thread: the probes report in order
+        assert ex.run([Op(unrelated), *[Op(flaky, i) for i in range(40)]]) == [
+            True,
+            *range(40),
+        ]

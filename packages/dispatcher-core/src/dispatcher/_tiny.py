@@ -22,7 +22,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from time import perf_counter, sleep, thread_time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -263,27 +263,38 @@ class CallClock:
 
 class Probes:
     """A run's calls of functions still being learned, sent to threads to be timed; the
-    other ready calls of such a function wait for their reports (the run has something
-    out, whose report wakes it), then go to the driving thread or to threads."""
+    other ready calls of such a function wait while one of those is out (its report
+    wakes the run), then go to the driving thread or to threads. Should every one report
+    and leave the function still being learned (its streak broken, then begun again),
+    the run sends as many again, rather than hold the rest for whatever else it has out."""
 
-    __slots__ = ("_never", "_sent", "tiny")
+    __slots__ = ("_live", "_never", "_sent", "tiny")
 
     def __init__(self, tiny: TinyCalls, never: Iterable[Callable[..., Any]]) -> None:
         self.tiny = tiny
         self._never = frozenset(never)  # functions the run never calls itself
-        self._sent: dict[Callable[..., Any], int] = {}
+        self._sent: dict[Callable[..., Any], list[int]] = {}  # this round's probes
+        self._live: dict[Callable[..., Any], int] = {}  # one of them found out last
 
-    def hold(self, node: DispatchNode, busy: bool) -> bool:
-        """Should ready ``node`` wait, rather than go to a thread? ``busy``: the run has
-        tasks out."""
+    def hold(self, p: int, node: DispatchNode, out: Container[int]) -> bool:
+        """Should ready ``node`` (at ``p``) wait, rather than go to a thread? ``out``:
+        the run's tasks out (submitted, not yet reported)."""
         func = node._func
         if node._timeout is not None or func in self._never or not self.tiny.learning(func):
             return False
-        sent = self._sent.get(func, 0)
-        if sent < self.tiny.probes:
-            self._sent[func] = sent + 1
+        sent = self._sent.get(func)
+        if sent is None:
+            sent = self._sent[func] = []
+        if len(sent) < self.tiny.probes:
+            sent.append(p)
             return False
-        return busy and self.tiny.learnable(func)
+        if self._live.get(func) not in out:
+            live = next((q for q in sent if q in out), None)
+            if live is None:  # all reported, and it is still being learned: a new round
+                self._sent[func] = [p]
+                return False
+            self._live[func] = live
+        return self.tiny.learnable(func)
 
 
 _watched: weakref.WeakSet[CallClock] = weakref.WeakSet()
