@@ -30,7 +30,7 @@ from ._errors import TaskTimeoutError
 from ._inline import may_return_awaitable
 from ._loop import LoopScope, loop_scope, stops_the_loop
 from ._threads import DaemonThreadPool, Job
-from ._tiny import TinyCalls
+from ._tiny import ByFunction, TinyCalls
 from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
 
 __all__ = ["AsyncTransport"]
@@ -108,8 +108,9 @@ class AsyncTransport(Transport):
         # It also orders storing a result against a task that arrives to wait for it.
         self._lock = threading.Lock()
         self._events: EventSink | None = None
-        self._is_coroutine: dict[Any, bool] = {}
-        self._plain: dict[Any, bool] = {}  # known never to return an awaitable
+        # What is known of each function, without keeping closures made afresh alive.
+        self._is_coroutine: ByFunction[bool] = ByFunction()
+        self._plain: ByFunction[bool] = ByFunction()  # known never to return an awaitable
 
     def start(self, events: EventSink) -> Mapping[str, int]:
         self._events = events
@@ -145,7 +146,7 @@ class AsyncTransport(Transport):
 
     def never_awaits(self, func: Any) -> bool:
         """Is ``func`` known never to return an awaitable (so it needs no loop)?"""
-        plain = self._plain.get(func)
+        plain: bool | None = self._plain.get(func)
         if plain is None:
             plain = self._plain[func] = not may_return_awaitable(func)
         return plain

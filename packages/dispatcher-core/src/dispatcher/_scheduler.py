@@ -278,7 +278,7 @@ class Run:
                     break
                 continue
             else:
-                if probes is not None and probes.hold(node, bool(table.inflight)):
+                if probes is not None and probes.hold(p, node, table.inflight):
                     held.append(ready.pop())
                     continue
                 worker = place(p)

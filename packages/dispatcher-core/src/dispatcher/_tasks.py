@@ -317,8 +317,8 @@ class TaskTable:
         the run to retry or fail); with ``alone``, also as soon as more than one task is
         ready (those go to workers, in parallel); with ``watch``, also at a task with a
         timeout (a worker's deadline can be enforced), and a call that turns out slow bars
-        its function (``watch.bar``). The same bookkeeping as a submitted task, without a
-        spec or a report. True if any task ran.
+        its function, whether it returns or raises (``CallClock.bar_if_slow``). The same
+        bookkeeping as a submitted task, without a spec or a report. True if any task ran.
 
         This is the whole per-task cost of the in-process executors, hence one flat loop:
         :meth:`settle` is written out here rather than called, and only here."""
@@ -412,6 +412,8 @@ class TaskTable:
                     if isinstance(exc, KeyboardInterrupt):
                         raise  # in the caller's thread it cannot be told from Ctrl-C: stop
                     self.failure = (p, exc, perf_counter() - begun if timed else None)
+                    if clock is not None:  # (one that raised late held the thread too)
+                        clock.bar_if_slow(func, begun, in_caller)
                     return True
                 if timed:
                     duration = perf_counter() - begun
@@ -420,9 +422,7 @@ class TaskTable:
                         # returns.
                         self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
                         return True
-                    if clock is not None and duration > SLOW and clock.own_doing(begun):
-                        clock.tiny.bar(func)
-                        in_caller[func] = False
+                    if clock and duration > SLOW and clock.bar_if_slow(func, begun, in_caller):
                         last_allowed = None
                 if needed[p]:
                     state[p] = DONE

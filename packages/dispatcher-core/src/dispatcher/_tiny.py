@@ -22,9 +22,9 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from time import perf_counter, sleep, thread_time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._nodes import DispatchNode
@@ -38,7 +38,16 @@ except ImportError:
 else:
     _thread_usage = functools.partial(getrusage, RUSAGE_THREAD)
 
-__all__ = ["HELD_WARNING", "PROVEN_AFTER", "SLOW", "TINY", "CallClock", "Probes", "TinyCalls"]
+__all__ = [
+    "HELD_WARNING",
+    "PROVEN_AFTER",
+    "SLOW",
+    "TINY",
+    "ByFunction",
+    "CallClock",
+    "Probes",
+    "TinyCalls",
+]
 
 log = logging.getLogger("dispatcher")
 
@@ -62,6 +71,59 @@ HELD_WARNING = 10.0
 (seconds): no other task of its run starts until it returns (see :func:`_watch_calls`)."""
 
 
+_V = TypeVar("_V")
+
+
+class ByFunction(weakref.WeakKeyDictionary[Any, _V]):
+    """What an executor knows of each function, without keeping the function alive: a
+    closure made afresh for every run goes, with all it holds, when its graph does. A
+    callable that takes no weak reference (``operator.itemgetter(1)``, ``str.upper``) is
+    held in a plain dict, emptied past :data:`_MAX_FUNCTIONS` of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._strong: dict[Any, _V] = {}
+
+    def get(self, func: Any, default: Any = None) -> Any:
+        try:
+            return super().get(func, default)
+        except TypeError:  # not weak-referenceable
+            return self._strong.get(func, default)
+
+    def __getitem__(self, func: Any) -> _V:
+        try:
+            return super().__getitem__(func)
+        except TypeError:
+            return self._strong[func]
+
+    def __setitem__(self, func: Any, value: _V) -> None:
+        try:
+            super().__setitem__(func, value)
+        except TypeError:
+            if len(self._strong) >= _MAX_FUNCTIONS:
+                self._strong.clear()
+            self._strong[func] = value
+
+    def __contains__(self, func: object) -> bool:
+        return self.get(func, _ABSENT) is not _ABSENT
+
+    def pop(self, func: Any, *default: Any) -> Any:
+        try:
+            return super().pop(func, *default)
+        except TypeError:
+            return self._strong.pop(func, *default)
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._strong)
+
+    def clear(self) -> None:
+        super().clear()
+        self._strong.clear()
+
+
+_ABSENT = object()
+
+
 class TinyCalls:
     """The verdicts of one executor: which functions have proven tiny, which are barred.
 
@@ -76,9 +138,9 @@ class TinyCalls:
         self.probes = max(probes, 2 * PROVEN_AFTER)
         """Calls of a function being learned that a run sends before it holds the rest
         back: as many as the threads, whose work it then holds back none of."""
-        self.verdicts: dict[Callable[..., Any], bool] = {}
+        self.verdicts: ByFunction[bool] = ByFunction()
         """True: proven tiny; False: barred. Absent: still being learned."""
-        self._streaks: dict[Callable[..., Any], int] = {}
+        self._streaks: ByFunction[int] = ByFunction()
         self.changes = 0
         """Bumped at every new verdict: a run that asked before asks again."""
         self._lock = threading.Lock()
@@ -186,30 +248,53 @@ class CallClock:
         self.read(perf_counter())
         return blocked or computed > SLOW / 2
 
+    def bar_if_slow(
+        self, func: Callable[..., Any], begun: float, in_caller: dict[Any, bool]
+    ) -> bool:
+        """A call of ``func`` begun at ``begun`` has just returned or raised: if it took
+        longer than :data:`SLOW` of its own doing, bar ``func``, for this run at once (its
+        ``in_caller`` answers) and for the executor's later runs. True if it did."""
+        if perf_counter() - begun <= SLOW or not self.own_doing(begun):
+            return False
+        self.tiny.bar(func)
+        in_caller[func] = False
+        return True
+
 
 class Probes:
     """A run's calls of functions still being learned, sent to threads to be timed; the
-    other ready calls of such a function wait for their reports (the run has something
-    out, whose report wakes it), then go to the driving thread or to threads."""
+    other ready calls of such a function wait while one of those is out (its report
+    wakes the run), then go to the driving thread or to threads. Should every one report
+    and leave the function still being learned (its streak broken, then begun again),
+    the run sends as many again, rather than hold the rest for whatever else it has out."""
 
-    __slots__ = ("_never", "_sent", "tiny")
+    __slots__ = ("_live", "_never", "_sent", "tiny")
 
     def __init__(self, tiny: TinyCalls, never: Iterable[Callable[..., Any]]) -> None:
         self.tiny = tiny
         self._never = frozenset(never)  # functions the run never calls itself
-        self._sent: dict[Callable[..., Any], int] = {}
+        self._sent: dict[Callable[..., Any], list[int]] = {}  # this round's probes
+        self._live: dict[Callable[..., Any], int] = {}  # one of them found out last
 
-    def hold(self, node: DispatchNode, busy: bool) -> bool:
-        """Should ready ``node`` wait, rather than go to a thread? ``busy``: the run has
-        tasks out."""
+    def hold(self, p: int, node: DispatchNode, out: Container[int]) -> bool:
+        """Should ready ``node`` (at ``p``) wait, rather than go to a thread? ``out``:
+        the run's tasks out (submitted, not yet reported)."""
         func = node._func
         if node._timeout is not None or func in self._never or not self.tiny.learning(func):
             return False
-        sent = self._sent.get(func, 0)
-        if sent < self.tiny.probes:
-            self._sent[func] = sent + 1
+        sent = self._sent.get(func)
+        if sent is None:
+            sent = self._sent[func] = []
+        if len(sent) < self.tiny.probes:
+            sent.append(p)
             return False
-        return busy and self.tiny.learnable(func)
+        if self._live.get(func) not in out:
+            live = next((q for q in sent if q in out), None)
+            if live is None:  # all reported, and it is still being learned: a new round
+                self._sent[func] = [p]
+                return False
+            self._live[func] = live
+        return self.tiny.learnable(func)
 
 
 _watched: weakref.WeakSet[CallClock] = weakref.WeakSet()
@@ -227,6 +312,17 @@ def _start_watcher() -> None:
             _watcher.start()
 
 
+def _watched_now() -> list[CallClock]:
+    """The clocks alive now. Every run's driving thread adds one at each pass of its hot
+    loop and drops it at the end: a set changed by another thread in the middle of the
+    copy is copied again."""
+    while True:
+        try:
+            return list(_watched)
+        except RuntimeError:  # "Set changed size during iteration"
+            continue
+
+
 def _watch_calls() -> None:
     """Name, once each, the calls in a driving thread that have run past
     :data:`HELD_WARNING`. A function proven tiny that then waits for another task of its
@@ -239,7 +335,7 @@ def _watch_calls() -> None:
         while True:
             sleep(HELD_WARNING / 10)
             now = perf_counter()
-            for clock in list(_watched):
+            for clock in _watched_now():
                 node, begun = clock.node, clock.begun
                 if node is None or now - begun < HELD_WARNING or named.get(clock) == begun:
                     continue
