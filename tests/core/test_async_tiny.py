@@ -1,13 +1,10 @@
 """The ``async`` executor with threads calls a plain function proven tiny in the thread
-that drives the run: never one with a timeout, never again one that turned out slow, and
-Ctrl-C still interrupts it."""
+that drives the run: never one with a timeout, never again one that turned out slow.
+(That Ctrl-C still interrupts such a call: test_interrupt.py.)"""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -196,65 +193,6 @@ def test_a_tiny_function_may_run_a_graph_on_its_own_executor(on_a_loop: bool) ->
         proven(ex, maybe_nested, 0)
         other = Op(coroutine, 1) if on_a_loop else Op(tasks.inc, 0)
         assert ex.run([Op(maybe_nested, 3), Op(maybe_nested, 2), other]) == [3, 2, 1]
-
-
-SCRIPT = textwrap.dedent(
-    """
-    import time
-    import anyio
-    from dispatcher import Op, get_executor, op
-
-    def step(mode):
-        if mode == "block":
-            time.sleep(3600)
-        return mode
-
-    async def coroutine():
-        await anyio.sleep(0)
-
-    with get_executor("async", threads=2, backend=BACKEND) as ex:
-        while not ex._loop_transport.tiny.allows(step):
-            ex.run([Op(step, "fast") for _ in range(12)])
-        print("ready", flush=True)
-        try:
-            # step blocks the loop (no timeout), or a thread while the loop waits
-            ex.run([Op(coroutine), op(step, timeout=TIMEOUT)("block")])
-        except KeyboardInterrupt:
-            print("interrupted", flush=True)
-            raise
-    """
-)
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("where", ["on the loop", "in a thread"])
-def test_ctrl_c_interrupts_a_run_on_a_loop(backend: str, where: str) -> None:
-    """Whether a tiny function turned slow blocks the loop, or a call in a thread keeps
-    the loop waiting (a timeout sends it there), Ctrl-C interrupts the run."""
-    timeout = "None" if where == "on the loop" else "3600"
-    script = SCRIPT.replace("BACKEND", repr(backend)).replace("TIMEOUT", timeout)
-    child = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A shell's background job ignores SIGINT; the child must see it as a terminal would.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.5)  # let the call start
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=50)
-    finally:
-        if child.poll() is None:  # never leave a stuck child behind
-            child.kill()
-            child.wait()
-    assert "interrupted" in out, err
-    assert "KeyboardInterrupt" in err
-    assert child.returncode != 0
 
 
 def test_tiny_calls_learn_from_consecutive_tiny_calls_and_bar_for_good() -> None:

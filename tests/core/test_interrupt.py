@@ -34,8 +34,59 @@ SCRIPT = textwrap.dedent(
     [("sync", "{}"), ("async", "{'threads': 2}"), ("async", "{'threads': 0}")],
 )
 def test_sigint_interrupts_a_run(executor: str, options: str) -> None:
+    out, err, returncode = interrupted(SCRIPT, executor, options)
+    assert "interrupted" in out
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+
+
+ON_A_LOOP = textwrap.dedent(
+    """
+    import time
+    import anyio
+    from dispatcher import Op, get_executor, op
+
+    def step(mode):
+        if mode == "block":
+            time.sleep(3600)
+        return mode
+
+    async def coroutine():
+        await anyio.sleep(0)
+
+    with get_executor("async", threads=2, backend=BACKEND) as ex:
+        while not ex._loop_transport.tiny.allows(step):
+            ex.run([Op(step, "fast") for _ in range(12)])
+        print("ready", flush=True)
+        try:
+            # step blocks the loop (no timeout), or a thread while the loop waits
+            ex.run([Op(coroutine), op(step, timeout=TIMEOUT)("block")])
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("where", ["on the loop", "in a thread"])
+def test_ctrl_c_interrupts_a_run_on_a_loop(backend: str, where: str) -> None:
+    """Whether a tiny function turned slow blocks the loop, or a call in a thread keeps
+    the loop waiting (a timeout sends it there), Ctrl-C interrupts the run."""
+    timeout = "None" if where == "on the loop" else "3600"
+    script = ON_A_LOOP.replace("BACKEND", repr(backend)).replace("TIMEOUT", timeout)
+    out, err, returncode = interrupted(script)
+    assert "interrupted" in out, err
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+
+
+def interrupted(script: str, *args: str) -> tuple[str, str, int]:
+    """Run ``script`` in a child; once it prints "ready" and its call has had time to
+    start, send it SIGINT as Ctrl-C would. Its output, errors and exit status."""
     child = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, executor, options],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -45,13 +96,11 @@ def test_sigint_interrupts_a_run(executor: str, options: str) -> None:
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.5)  # let the task start
+        time.sleep(0.5)  # let the call start
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=50)
     finally:
         if child.poll() is None:  # never leave a stuck child behind
             child.kill()
             child.wait()
-    assert "interrupted" in out
-    assert "KeyboardInterrupt" in err
-    assert child.returncode != 0
+    return out, err, child.returncode
