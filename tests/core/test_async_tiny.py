@@ -4,6 +4,7 @@ that drives the run: never one with a timeout, never again one that turned out s
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -156,22 +157,31 @@ def test_a_tiny_call_that_holds_the_driving_thread_is_named(
     import dispatcher._tiny as tiny
 
     monkeypatch.setattr(tiny, "HELD_WARNING", 0.3)
-    released = threading.Event()
+    named_once = threading.Event()
+
+    class Named(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waits-for-its-peer" in record.getMessage():
+                named_once.set()
 
     def step(mode: str) -> bool:
-        return mode == "fast" or released.wait(GUARD)
+        if mode == "fast":
+            return True
+        # Waits for what it waits for (here: being named, so the run does end), then
+        # holds on while the watcher looks a few more times.
+        named_once.wait(GUARD)
+        time.sleep(tiny.HELD_WARNING)
+        return True
 
-    with get_executor("async", threads=2) as ex:
-        proven(ex, step, "fast")
-        # The releasing side here is the test itself, so the run does end.
-        timer = threading.Timer(2.0, released.set)
-        timer.start()
-        try:
+    handler = Named()
+    logging.getLogger("dispatcher").addHandler(handler)
+    try:
+        with get_executor("async", threads=2) as ex:
+            proven(ex, step, "fast")
             with caplog.at_level("WARNING", logger="dispatcher"):
                 assert ex.run(op(step, label="waits-for-its-peer")("wait"))
-        finally:
-            timer.cancel()
-            released.set()
+    finally:
+        logging.getLogger("dispatcher").removeHandler(handler)
     named = [r.getMessage() for r in caplog.records if "waits-for-its-peer" in r.getMessage()]
     assert len(named) == 1, named  # once per call
     assert "held the thread driving its run" in named[0]
