@@ -88,6 +88,11 @@ from ._watch import Watcher
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
 
+PREFETCH = 256
+"""The most tasks queued on a rank beyond the one it runs, by default. The scheduler keeps
+about 2 ms of work queued there (``QUEUED_SECONDS``), so this caps only the queues of tasks
+under 8 µs; those need it long: a round trip to a rank takes hundreds of µs on a busy
+machine, and each one refills only the half of its queue it reported done."""
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
 _IDLE_SLEEP = 2e-3
 SILENCE_GRACE = 2.0
@@ -361,7 +366,7 @@ class MpiTransport(Transport):
         separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
     )
 
-    def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
+    def __init__(self, workers: int | None = None, prefetch: int = PREFETCH) -> None:
         self.root = current_root()
         if workers is not None:
             check_count("workers", workers, 1)
