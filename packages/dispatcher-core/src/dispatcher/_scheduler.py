@@ -243,24 +243,21 @@ class Run:
             self._ask_again(tiny)
         turn_ends = perf_counter() + self.turn
         while ready:
-            if (progressed or len(specs) & 63 == 63) and perf_counter() > turn_ends:
+            if len(specs) & 63 == 63 and perf_counter() > turn_ends:
                 break  # the driver's turn is over: the rest at its next step
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
                 if table.call_ready_in_caller(asks, in_caller, False, tiny, turn_ends):
                     progressed = True
-                    if table.failure is not None and self._caller_failed():
-                        return True
-                    continue
+                    if table.failure is not None:
+                        if self._caller_failed():
+                            return True
+                        continue
+                    if perf_counter() > turn_ends:
+                        break  # the driver's turn is over: the rest at its next step
                 if not ready:  # (the loop above may have emptied it of stale entries)
                     break
-            if (
-                self._idle_asks is not None
-                and len(ready) == 1
-                and not table.inflight
-                and not specs
-                and table.call_ready_in_caller(self._idle_asks, self._idle_in_caller, True)
-            ):
+            if not specs and self._idle_asks is not None and self._called_alone(self._idle_asks):
                 progressed = True
                 if table.failure is not None and self._caller_failed():
                     return True
@@ -283,7 +280,7 @@ class Run:
                     continue
             elif self._hits_in_caller and p in self.hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
-                self._hit_in_caller(ready.pop())
+                _read_hit_in_caller(self, ready.pop())
                 progressed = True
                 if self.stale_hits:
                     break
@@ -307,6 +304,13 @@ class Run:
         if table.frees:
             self._send_frees()
         return progressed
+
+    def _called_alone(self, asks: Callable[[Callable[..., Any]], bool]) -> bool:
+        """Call the one ready task in this thread, if nothing is out (``call_when_idle``)."""
+        table = self.table
+        if len(table.ready) != 1 or table.inflight:
+            return False
+        return table.call_ready_in_caller(asks, self._idle_in_caller, True)
 
     def _caller_failed(self) -> bool:
         """A task called in the caller raised (see ``TaskTable.failure``): retry or fail
@@ -361,25 +365,6 @@ class Run:
         elif self.started_hook is not None:  # (no call per task when nobody watches)
             announce(self, p, node, worker)
         return spec
-
-    def _hit_in_caller(self, p: int) -> None:
-        """Read hit ``p``'s value from the cache in this thread and settle it."""
-        from ._cache import CacheEntryError
-
-        func, args, _, _ = self._cache_calls[p]  # type: ignore[index]
-        table = self.table
-        try:
-            value = func(*args)
-        except CacheEntryError:
-            self.stale_hits.append(self._cache_keys[p])
-            return
-        table.state[p] = DONE
-        table.caller_values[p] = value
-        if table.wanted[p]:
-            table.results[p] = value
-        if self._cached_hook is not None:
-            self._cached_hook(node=table.nodes[p], worker=CALLER)
-        table.settle(p)
 
     # -- applying reports --------------------------------------------------------------------
 
@@ -505,6 +490,26 @@ class Run:
                     table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
+
+
+def _read_hit_in_caller(run: Run, p: int) -> None:
+    """Read hit ``p``'s value from the cache in this thread and settle it."""
+    from ._cache import CacheEntryError
+
+    func, args, _, _ = run._cache_calls[p]  # type: ignore[index]
+    table = run.table
+    try:
+        value = func(*args)
+    except CacheEntryError:
+        run.stale_hits.append(run._cache_keys[p])
+        return
+    table.state[p] = DONE
+    table.caller_values[p] = value
+    if table.wanted[p]:
+        table.results[p] = value
+    if run._cached_hook is not None:
+        run._cached_hook(node=table.nodes[p], worker=CALLER)
+    table.settle(p)
 
 
 def _unreadable_entry(error: BaseException) -> bool:
