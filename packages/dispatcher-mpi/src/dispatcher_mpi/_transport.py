@@ -88,11 +88,14 @@ from ._watch import Watcher
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
 
-PREFETCH = 256
+PREFETCH = 1024
 """The most tasks queued on a rank beyond the one it runs, by default. The scheduler keeps
-about 2 ms of work queued there (``QUEUED_SECONDS``), so this caps only the queues of tasks
-under 8 µs; those need it long: a round trip to a rank takes hundreds of µs on a busy
-machine, and each one refills only the half of its queue it reported done."""
+about 2 ms of work queued there (``QUEUED_SECONDS``, by the tasks' calls alone), so this
+caps only the queues of tasks under 2 µs; those need it long: a round trip to a rank takes
+hundreds of µs on a busy machine, each one refills only the half of a queue reported done,
+and rank 0's cost per task falls with the size of what it sends and hears at once. (The
+price: that many tiny tasks' arguments may wait on a rank; pass ``prefetch`` lower for
+tiny tasks with large list or dict arguments.)"""
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
 _IDLE_SLEEP = 2e-3
 SILENCE_GRACE = 2.0
