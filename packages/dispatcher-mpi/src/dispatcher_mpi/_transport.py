@@ -97,7 +97,7 @@ and rank 0's cost per task falls with the size of what it sends and hears at onc
 price: that many tiny tasks' arguments may wait on a rank; pass ``prefetch`` lower for
 tiny tasks with large list or dict arguments.)"""
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
-_IDLE_SLEEP = 2e-3
+_IDLE_SLEEP = 5e-3  # with nothing out no report is awaited, and what rank 0 sends wakes it
 SILENCE_GRACE = 2.0
 """Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
 presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
