@@ -90,7 +90,7 @@ def _on_finished(
     unannounced = run.unannounced
     if unannounced:
         announce_at_own_report(run, p, worker)
-    placement.learn(duration, nbytes)
+    placement.learn(table.nodes[p]._func, duration, nbytes)
     table.state[p] = DONE
     table.holders[p] = table._alone.get(worker) or table.held_on(worker)
     table.nbytes[p] = nbytes
