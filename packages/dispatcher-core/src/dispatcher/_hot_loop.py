@@ -46,6 +46,7 @@ def call_ready_in_caller(
     This is the whole per-task cost of the in-process executors, hence one flat loop:
     :meth:`TaskTable.settle` is written out here rather than called, and only here."""
     ready, state, nodes, deps_of = table.ready, table.state, table.nodes, table.deps
+
     dependents, waiting, needed = table.dependents, table.waiting, table.needed
     wanted = table.wanted
     caller_values, kept = table.caller_values, table.kept
@@ -65,14 +66,12 @@ def call_ready_in_caller(
         while ready:
             if alone and len(ready) > 1:
                 return ran
-            p = ready[-1]
+            p = ready.pop()  # put back if it is not called here after all
             if state[p] != READY:  # a stale entry (the node went back to waiting)
-                ready.pop()
                 continue
             node = nodes[p]
             shape = node._shape
             if shape == SHAPE_CONSTANT:
-                ready.pop()
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 ran = True
                 continue
@@ -82,6 +81,7 @@ def call_ready_in_caller(
                 if allowed is None:
                     allowed = in_caller[func] = asks(func)
                 if not allowed:
+                    ready.append(p)
                     return ran
                 last_allowed = func
             timeout = node._timeout
@@ -91,6 +91,7 @@ def call_ready_in_caller(
             else:
                 timed = True
             if clock is not None and timeout is not None and timeout != NO_LIMIT:
+                ready.append(p)
                 return ran  # a deadline to enforce: a worker's can be
             deps = deps_of[p]
             # Inputs of one- and two-input calls go in locals: building a list to
@@ -101,11 +102,11 @@ def call_ready_in_caller(
                     first = caller_values[deps[0]]
                 elif count == 2:
                     first, second = caller_values[deps[0]], caller_values[deps[1]]
-                else:
-                    values = list(map(value_of, deps)) if deps else []
+                elif count:
+                    values = list(map(value_of, deps))
             except KeyError:
+                ready.append(p)
                 return ran  # an input is held by a worker: submit it like any task
-            ready.pop()
             ran = True
             if started is not None:
                 started(node=node, worker=CALLER)
@@ -128,6 +129,8 @@ def call_ready_in_caller(
                         values = [first]
                     elif count == 2:
                         values = [first, second]
+                    elif not count:
+                        values = []
                     value = call_task(func, node._args, node._kwargs, shape, values)
                 kind = type(value)
                 if kind is not last_plain:  # (results of a graph are of few types)
@@ -172,7 +175,9 @@ def call_ready_in_caller(
             for d in deps:
                 needed[d] -= 1
                 if not needed[d]:
-                    if state[d] == DONE and d in caller_values and d not in kept:
+                    # Read from the caller's values above: held there, so made there
+                    # unless it is a constant or an input (kept), and none of those.
+                    if state[d] == DONE and d not in kept:
                         state[d] = RELEASED
                         del caller_values[d]
                     else:
