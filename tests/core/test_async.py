@@ -110,6 +110,40 @@ def test_threads_limit_concurrency() -> None:
     assert most <= 3
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [0, 6])
+def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, threads: int) -> None:
+    # 30,000 calls of a microsecond: a run that never waits for anything, so only turns
+    # the driver gives let the loop's other tasks (the user's) run meanwhile.
+    chain = Op(tasks.inc, 0)
+    for _ in range(29_999):
+        chain = Op(tasks.inc, chain)
+
+    async def main() -> tuple[int, int]:
+        ticks, running = 0, True
+
+        async def tick() -> None:
+            nonlocal ticks
+            while running:
+                ticks += 1
+                await anyio.sleep(0)
+
+        with get_executor("async", threads=threads) as ex:
+            await ex.arun(chain)  # (with threads, calls proven tiny run on the loop)
+            async with anyio.create_task_group() as group:
+                group.start_soon(tick)
+                await anyio.sleep(0)
+                before = ticks
+                value = await ex.arun(chain)
+                during, running = ticks - before, False
+        return value, during
+
+    value, during = anyio.run(main, backend=backend)
+    assert value == 30_000
+    assert during >= 2
+
+
 def test_run_inside_a_running_loop_still_works() -> None:
     async def notebook_cell() -> int:
         return run(Op(tasks.inc, 41), executor="async")  # type: ignore[no-any-return]

@@ -10,10 +10,14 @@ import pytest
 
 from dispatcher import Op
 from dispatcher._capacity import Capacity
-from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router
+from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router, step
+from dispatcher._executor import Executor
 from dispatcher._placement import Placement
+from dispatcher._plan import Plan
+from dispatcher._plugins import run_observers
+from dispatcher._scheduler import Run
 from dispatcher.testing import FakeTransport, fake_executor, tasks
-from dispatcher.transport import TaskSpec
+from dispatcher.transport import Capabilities, TaskSpec
 
 
 class _Run:
@@ -158,3 +162,69 @@ def test_the_transport_hears_once_that_each_run_is_over_however_it_ended() -> No
     runs = [key >> KEY_BITS for key in transport.keys]
     assert transport.finished_runs == runs
     assert len(set(runs)) == 2
+
+
+class _Wide(FakeTransport):
+    """One worker with room for many tasks at once (not in order)."""
+
+    capabilities = Capabilities(survives_worker_loss=True)
+
+    def __init__(self) -> None:
+        super().__init__(workers=1, slots=1000)
+
+
+def _gather(*values: int) -> list[int]:
+    return list(values)
+
+
+def _fan_run(ex: Executor, width: int) -> Run:
+    """A run of ``width`` independent tasks and one that collects them, on ``ex``."""
+    plan = Plan(Op(_gather, *[Op(tasks.inc, i) for i in range(width)]), None, None)
+    run = Run(
+        plan.graph,
+        plan.targets,
+        plan.inputs,
+        ex.options,
+        run_observers((), progress=False, report=None),
+        throw=True,
+    )
+    ex._router.attach(run)  # type: ignore[attr-defined]
+    run.start(ex._transport, dict(ex._workers))  # type: ignore[attr-defined]
+    return run
+
+
+def _finish(run: Run) -> None:
+    """Step ``run`` to its end; it never waits: the fake transport reports as it submits."""
+    while not run.finished:
+        step(run)
+
+
+def test_a_turn_ends_handing_out_tasks_and_applying_reports_and_the_next_goes_on() -> None:
+    transport = _Wide()
+    with fake_executor(transport) as ex:
+        run = _fan_run(ex, 300)
+        run.turn = 0.0  # every turn is over as soon as it is looked at
+        run.dispatch()
+        assert [len(batch) for batch in transport.batches] == [63]
+        run.dispatch()
+        assert len(run.queue.events) == 126  # the fake transport reports as it runs
+        run.apply_events()
+        assert len(run.queue.events) == 63
+        _finish(run)
+        (target,) = run.table.target_positions
+        assert run.table.results[target] == list(range(1, 301))
+
+
+def test_a_turn_ends_calling_tasks_in_the_caller_and_the_next_goes_on() -> None:
+    transport = FakeTransport(workers=1, in_caller=lambda func: True)
+    with fake_executor(transport) as ex:
+        run = _fan_run(ex, 300)
+        run.turn = 0.0
+        remaining = run.table.remaining
+        run.dispatch()
+        assert remaining - run.table.remaining == 63
+        assert not transport.batches  # the rest waits for the next turn, not for a worker
+        _finish(run)
+        (target,) = run.table.target_positions
+        assert run.table.results[target] == list(range(1, 301))
+        assert not transport.batches

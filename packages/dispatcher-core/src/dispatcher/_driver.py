@@ -38,6 +38,7 @@ __all__ = [
     "EV_WORKER_LOST",
     "EV_WORKER_PAUSED",
     "KEY_BITS",
+    "LOOP_TURN",
     "EventQueue",
     "Router",
     "RunCancelled",
@@ -61,6 +62,11 @@ EV_WORKER_PAUSED = 5
 EV_NO_WORKER_LEFT = 6
 
 _NOVALUE: Any = ...
+
+LOOP_TURN = 0.005
+"""The longest a run that keeps making progress holds its event loop's thread (seconds,
+on the driver's clock): then the loop's other tasks get a turn, the user's among them
+when the run was awaited (``arun``)."""
 
 
 class RunCancelled(BaseException):
@@ -344,8 +350,12 @@ async def drive_async(
 ) -> None:
     """Run to the end on the current event loop, whose ``call_soon_threadsafe`` (or
     trio's ``run_sync_soon``) is ``call_soon``; reports may come from any thread."""
+    from anyio.lowlevel import checkpoint  # only drivers on an event loop need anyio
+
     run.start(transport, workers)
-    wait, capacity = run.queue.wait_async, run.capacity
+    run.turn = LOOP_TURN
+    wait, capacity, clock = run.queue.wait_async, run.capacity, time.perf_counter
+    turn_ends = clock() + LOOP_TURN
     try:
         while not run.finished:
             if step(run):
@@ -353,6 +363,10 @@ async def drive_async(
                 await wait(call_soon, None if deadline is None else deadline - time.monotonic())
                 if run.queue.stopped is not None:
                     raise run.queue.stopped
+                turn_ends = clock() + LOOP_TURN
+            elif clock() > turn_ends:
+                await checkpoint()  # progressing all the while: the loop's other tasks too
+                turn_ends = clock() + LOOP_TURN
     except BaseException as exc:
         run.abort(run.error or exc)
         raise

@@ -9,6 +9,7 @@ written out.
 from __future__ import annotations
 
 from collections.abc import Callable
+from math import inf
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ def call_ready_in_caller(
     in_caller: dict[Any, bool],
     alone: bool = False,
     watch: TinyCalls | None = None,
+    until: float = inf,
 ) -> bool:
     """Call in this thread the tasks atop the ready stack that the transport lets the
     scheduler call (``asks``, answers cached in ``in_caller``) and whose inputs the
@@ -39,9 +41,10 @@ def call_ready_in_caller(
     that must be submitted, or at the first that raises (left in :attr:`TaskTable.failure` for
     the run to retry or fail); with ``alone``, also as soon as more than one task is
     ready (those go to workers, in parallel); with ``watch``, also at a task with a
-    timeout (a worker's deadline can be enforced), and a call that turns out slow bars
-    its function, whether it returns or raises (``CallClock.bar_if_slow``). The same
-    bookkeeping as a submitted task, without a spec or a report. True if any task ran.
+    timeout (a worker's deadline can be enforced), a call that turns out slow bars
+    its function, whether it returns or raises (``CallClock.bar_if_slow``); and past
+    ``until`` (``perf_counter()``, read every 64 calls: a loop's turn). The same
+    bookkeeping as a submitted task, without a spec or a report. True if any ran.
 
     This is the whole per-task cost of the in-process executors, hence one flat loop:
     :meth:`TaskTable.settle` is written out here rather than called, and only here."""
@@ -64,7 +67,7 @@ def call_ready_in_caller(
     settled = 0  # subtracted from ``remaining`` once, on the way out
     try:
         while ready:
-            if alone and len(ready) > 1:
+            if (alone and len(ready) > 1) or (settled & 63 == 63 and perf_counter() > until):
                 return ran
             p = ready.pop()  # put back if it is not called here after all
             if state[p] != READY:  # a stale entry (the node went back to waiting)

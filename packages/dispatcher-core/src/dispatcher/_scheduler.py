@@ -20,7 +20,9 @@ never blocks: a driver (see :mod:`._driver`) calls :meth:`Run.dispatch` and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from math import inf
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._capacity import (
@@ -46,6 +48,13 @@ from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
 from ._placement import Placement
 from ._recovery import Recovery
+from ._starts import (
+    announce,
+    announce_at_own_report,
+    announce_inputs_made,
+    announce_unless_ahead,
+    never_started,
+)
 from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
 from ._template import SHAPE_CONSTANT
 from ._tiny import Probes
@@ -78,9 +87,9 @@ def _on_finished(
         loaded, value = _load_result(run, p, worker, spec, value, duration)
         if not loaded:
             return
-    unannounced = run._unannounced
+    unannounced = run.unannounced
     if unannounced:
-        _announce_at_own_report(run, p, worker)
+        announce_at_own_report(run, p, worker)
     placement.learn(duration, nbytes)
     table.state[p] = DONE
     table.holders[p] = table._alone.get(worker) or table.held_on(worker)
@@ -89,14 +98,14 @@ def _on_finished(
         table.results[p] = value
     if spec.sources is not None:
         copied(table, p, spec, worker, True)
-    if run._hits is not None and p in run._hits:
+    if run.hits is not None and p in run.hits:
         if run._cached_hook is not None:
             run._cached_hook(node=table.nodes[p], worker=worker)
     elif run._finished_hook is not None:
         run._finished_hook(node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes)
     table.settle(p)
     if unannounced:
-        _announce_started(run, table.dependents[p])
+        announce_inputs_made(run, table.dependents[p])
 
 
 class Run:
@@ -123,6 +132,7 @@ class Run:
         self.throw = throw
         self.error: BaseException | None = None  # what ends the run (throw=True)
         self.aborted = False
+        self.turn = inf  # seconds a dispatch() may take: a loop's driver sets its turn
 
         self.transport: Transport | None = None
         self._asks: Callable[[Callable[..., Any]], bool] | None = None
@@ -134,14 +144,15 @@ class Run:
         self._probes: Probes | None = None
         self._sends_ahead = False
         """Tasks go before their inputs are made (see ``start``)."""
-        self._unannounced: set[int] | None = None
-        """Tasks sent ahead whose task_started waits for their inputs to be made."""
-        self._started_hook = observers.task_started
+        self.unannounced: set[int] | None = None
+        """Tasks sent ahead whose task_started waits for their inputs to be made
+        (:mod:`._starts`)."""
+        self.started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:
         # ``None`` without a cache, so a run without one pays a test per task, no more.
         self._cache_calls: dict[int, Any] | None = None
-        self._hits: set[int] | None = None
+        self.hits: set[int] | None = None  # the cache's hits to read, not run
         self._hits_in_caller = False
         """Hits are read in the caller's thread: the transport calls plain functions
         there (``sync``, ``async`` with ``threads=0``)."""
@@ -151,7 +162,7 @@ class Run:
         ancestors were pruned: only a new plan can compute them)."""
         if cache is not None and cache.calls:
             self._cache_calls = cache.calls
-            self._hits = cache.hits
+            self.hits = cache.hits
             self._cache_keys = cache.keys
             self._cached_hook = observers.task_cached
             # These must be submitted as specs (whose calls are replaced), never called
@@ -205,9 +216,9 @@ class Run:
         # A worker that runs its tasks in order runs one sent behind its inputs after them.
         self._sends_ahead = in_order or pending
         self.table.keeps_copies = capabilities.keeps_fetched_inputs
-        if pending and self._started_hook is not None:
-            self._unannounced = set()  # told started when their inputs are made
-        if self._hits is not None and self._asks is not None:
+        if pending and self.started_hook is not None:
+            self.unannounced = set()  # told started when their inputs are made
+        if self.hits is not None and self._asks is not None:
             from ._cache import load_entry
 
             self._hits_in_caller = self._asks(load_entry)
@@ -230,24 +241,23 @@ class Run:
         held: list[int] = []  # calls of functions being learned, waiting for probes
         if tiny is not None and tiny.changes != self._tiny_seen:
             self._ask_again(tiny)
+        turn_ends = perf_counter() + self.turn
         while ready:
+            if len(specs) & 63 == 63 and perf_counter() > turn_ends:
+                break  # the driver's turn is over: the rest at its next step
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
-                if table.call_ready_in_caller(asks, in_caller, False, tiny):
+                if table.call_ready_in_caller(asks, in_caller, False, tiny, turn_ends):
                     progressed = True
                     if table.failure is not None:
                         if self._caller_failed():
                             return True
                         continue
+                    if perf_counter() > turn_ends:
+                        break  # the driver's turn is over: the rest at its next step
                 if not ready:  # (the loop above may have emptied it of stale entries)
                     break
-            if (
-                self._idle_asks is not None
-                and len(ready) == 1
-                and not table.inflight
-                and not specs
-                and table.call_ready_in_caller(self._idle_asks, self._idle_in_caller, True)
-            ):
+            if not specs and self._idle_asks is not None and self._called_alone(self._idle_asks):
                 progressed = True
                 if table.failure is not None and self._caller_failed():
                     return True
@@ -262,17 +272,15 @@ class Run:
                 table.complete_at_caller(p, node._args[0], hooks=True)
                 progressed = True
                 continue
-            if waiting[p]:
-                # Readied ahead of an input still being computed (see ready_ahead).
+            if waiting[p]:  # readied ahead of an input still being made (see ready_ahead)
                 worker = self.placement.place_ahead(p)
                 if worker is None:  # (or an input went back to waiting since)
                     ready.pop()
                     state[p] = WAITING  # readied again once its inputs are made
                     continue
-            elif self._hits_in_caller and p in self._hits:  # type: ignore[operator]
+            elif self._hits_in_caller and p in self.hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
-                ready.pop()
-                self._hit_in_caller(p)
+                _read_hit_in_caller(self, ready.pop())
                 progressed = True
                 if self.stale_hits:
                     break
@@ -296,6 +304,13 @@ class Run:
         if table.frees:
             self._send_frees()
         return progressed
+
+    def _called_alone(self, asks: Callable[[Callable[..., Any]], bool]) -> bool:
+        """Call the one ready task in this thread, if nothing is out (``call_when_idle``)."""
+        table = self.table
+        if len(table.ready) != 1 or table.inflight:
+            return False
+        return table.call_ready_in_caller(asks, self._idle_in_caller, True)
 
     def _caller_failed(self) -> bool:
         """A task called in the caller raised (see ``TaskTable.failure``): retry or fail
@@ -345,40 +360,26 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self._unannounced is not None:
-            _announce_unless_ahead(self, p, node, worker)
-        elif self._started_hook is not None:  # (no call per task when nobody watches)
-            _announce(self, p, node, worker)
+        if self.unannounced is not None:
+            announce_unless_ahead(self, p, node, worker)
+        elif self.started_hook is not None:  # (no call per task when nobody watches)
+            announce(self, p, node, worker)
         return spec
-
-    def _hit_in_caller(self, p: int) -> None:
-        """Read hit ``p``'s value from the cache in this thread and settle it."""
-        from ._cache import CacheEntryError
-
-        func, args, _, _ = self._cache_calls[p]  # type: ignore[index]
-        table = self.table
-        try:
-            value = func(*args)
-        except CacheEntryError:
-            self.stale_hits.append(self._cache_keys[p])
-            return
-        table.state[p] = DONE
-        table.caller_values[p] = value
-        if table.wanted[p]:
-            table.results[p] = value
-        if self._cached_hook is not None:
-            self._cached_hook(node=table.nodes[p], worker=CALLER)
-        table.settle(p)
 
     # -- applying reports --------------------------------------------------------------------
 
     def apply_events(self) -> None:
-        """Apply every report waiting in the queue."""
+        """Apply the reports waiting in the queue: all of them, or as many as fit in the
+        driver's :attr:`turn`."""
         events = self.queue.events
         popleft = events.popleft
         handlers = self._handlers
         recovery = self.recovery
+        turn_ends, applied = perf_counter() + self.turn, 0
         while events:
+            applied += 1
+            if not applied & 63 and perf_counter() > turn_ends:
+                break  # the driver's turn is over: the rest at its next step
             event = popleft()
             handlers[event[0]](self, *event[1:])
             if recovery.fatal is not None or recovery.to_cancel:
@@ -396,7 +397,7 @@ class Run:
             self.abort(recovery.fatal)
         if recovery.to_cancel:
             ahead, recovery.to_cancel = recovery.to_cancel, []
-            _never_started(self, ahead)
+            never_started(self, ahead)
             assert self.transport is not None
             with contextlib.suppress(Exception):  # best effort: its report is ignored anyway
                 self.transport.cancel(ahead)
@@ -425,8 +426,8 @@ class Run:
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
         if spec is not None:
-            if self._unannounced:
-                self._unannounced.discard(p)  # it never started
+            if self.unannounced:
+                self.unannounced.discard(p)  # it never started
             self.recovery.inputs_lost(p, spec, missing)
 
     _handlers: ClassVar[dict[int, Callable[..., None]]] = {
@@ -491,6 +492,26 @@ class Run:
             self._send_frees()
 
 
+def _read_hit_in_caller(run: Run, p: int) -> None:
+    """Read hit ``p``'s value from the cache in this thread and settle it."""
+    from ._cache import CacheEntryError
+
+    func, args, _, _ = run._cache_calls[p]  # type: ignore[index]
+    table = run.table
+    try:
+        value = func(*args)
+    except CacheEntryError:
+        run.stale_hits.append(run._cache_keys[p])
+        return
+    table.state[p] = DONE
+    table.caller_values[p] = value
+    if table.wanted[p]:
+        table.results[p] = value
+    if run._cached_hook is not None:
+        run._cached_hook(node=table.nodes[p], worker=CALLER)
+    table.settle(p)
+
+
 def _unreadable_entry(error: BaseException) -> bool:
     from ._cache import CacheEntryError
 
@@ -514,7 +535,7 @@ def _cancel_sent_ahead_of(run: Run, p: int) -> None:
             cancelled.append(spec)
             stack.extend(dependents[j])
     if cancelled:
-        _never_started(run, cancelled)
+        never_started(run, cancelled)
         assert run.transport is not None
         with contextlib.suppress(Exception):  # best effort: their reports are ignored
             run.transport.cancel(cancelled)
@@ -540,58 +561,10 @@ def _load_result(
 def _failed(run: Run, p: int, worker: str, error: BaseException, duration: float) -> None:
     """Task ``p``, no longer in flight, failed with ``error``: retried, failed for good,
     or (a cache entry that cannot be read) planned again."""
-    if run._unannounced:
-        _announce_at_own_report(run, p, worker)
-    if run._hits is not None and p in run._hits and _unreadable_entry(error):
+    if run.unannounced:
+        announce_at_own_report(run, p, worker)
+    if run.hits is not None and p in run.hits and _unreadable_entry(error):
         run.stale_hits.append(run._cache_keys[p])
         _cancel_sent_ahead_of(run, p)
         return
     run.recovery.task_failed(p, worker, error, duration)
-
-
-def _never_started(run: Run, cancelled: list[TaskSpec]) -> None:
-    """These tasks, sent ahead, are cancelled before they started: never tell it."""
-    if run._unannounced:
-        run._unannounced.difference_update(spec.key - run.base for spec in cancelled)
-
-
-def _announce(run: Run, p: int, node: DispatchNode, worker: str) -> None:
-    if run._started_hook is not None and (run._hits is None or p not in run._hits):
-        run._started_hook(node=node, worker=worker)
-
-
-def _announce_unless_ahead(run: Run, p: int, node: DispatchNode, worker: str) -> None:
-    """``p`` was just sent: tell its start now, unless it went ahead of its inputs (then
-    it is told once they are made: :func:`_announce_started`)."""
-    unannounced = run._unannounced
-    assert unannounced is not None
-    if run.table.waiting[p]:
-        unannounced.add(p)
-    else:
-        unannounced.discard(p)  # sent again, not ahead this time
-        _announce(run, p, node, worker)
-
-
-def _announce_at_own_report(run: Run, p: int, worker: str) -> None:
-    """``p``, sent ahead, reported before its inputs did (their reports may come in any
-    order): it ran, so it started; tell that first, if not yet told."""
-    unannounced = run._unannounced
-    assert unannounced is not None
-    if p in unannounced:
-        unannounced.discard(p)
-        _announce(run, p, run.table.nodes[p], worker)
-
-
-def _announce_started(run: Run, positions: Iterable[int]) -> None:
-    """Of ``positions`` (the dependents of a task just settled), tell the start of the
-    tasks sent ahead whose inputs are now all made. A transport that accepts pending
-    inputs starts such a task the moment its last input is made, which the run learns
-    from that input's report: its start is told then (or at its own report, if that came
-    first); a task whose input failed was never started, only skipped or sent again."""
-    unannounced, table = run._unannounced, run.table
-    assert unannounced is not None
-    waiting, inflight = table.waiting, table.inflight
-    for j in positions:
-        if j in unannounced and not waiting[j] and (spec := inflight.get(j)) is not None:
-            unannounced.discard(j)
-            _announce(run, j, table.nodes[j], spec.worker)

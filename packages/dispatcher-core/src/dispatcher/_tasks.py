@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from itertools import compress
+from math import inf
 from operator import not_
 from typing import TYPE_CHECKING, Any
 
@@ -303,11 +304,12 @@ class TaskTable:
         in_caller: dict[Any, bool],
         alone: bool = False,
         watch: TinyCalls | None = None,
+        until: float = inf,
     ) -> bool:
         """Call in this thread the ready tasks the transport lets the scheduler call, and
         settle them: see :func:`dispatcher._hot_loop.call_ready_in_caller`. True if any
         task ran."""
-        return call_ready_in_caller(self, asks, in_caller, alone, watch)
+        return call_ready_in_caller(self, asks, in_caller, alone, watch, until)
 
 
 def _nearest(holders: frozenset[str], worker: str) -> str:
