@@ -65,9 +65,12 @@ def call_ready_in_caller(
     last_allowed: object = None  # the last function the transport let us call here
     last_plain: type | None = None  # the last result type known not to be awaitable
     settled = 0  # subtracted from ``remaining`` once, on the way out
+    bounded = alone or until != inf  # one test per task when neither bounds the loop
     try:
         while ready:
-            if (alone and len(ready) > 1) or (settled & 63 == 63 and perf_counter() > until):
+            if bounded and (
+                (alone and len(ready) > 1) or (settled & 63 == 63 and perf_counter() > until)
+            ):
                 return ran
             p = ready.pop()  # put back if it is not called here after all
             if state[p] != READY:  # a stale entry (the node went back to waiting)
