@@ -111,7 +111,7 @@ def _describe(node: DispatchNode, depth: int) -> str:
     label = node.label
     reads_as = node._reads_as
     if reads_as != "call":
-        if reads_as == "index" and node._label is None:
+        if reads_as == "index" and getattr(node, "_label", None) is None:
             return f"{_describe(node._deps[0], depth)}[{short_repr(node._args[1])}]"
         return label
     if depth <= 0:

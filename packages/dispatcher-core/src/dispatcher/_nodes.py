@@ -154,7 +154,8 @@ class DispatchNode:
     @property
     def label(self) -> str:
         """A name for messages and pictures; need not be unique."""
-        return self._label if self._label is not None else self._default_label()
+        label = getattr(self, "_label", None)  # (an Op leaves it unset unless given)
+        return label if label is not None else self._default_label()
 
     @label.setter
     def label(self, value: str) -> None:
@@ -217,9 +218,9 @@ class Op(DispatchNode):
     searched. ``Op(op(f, ...), x)`` is the same as ``op(f, ...)(x)``.
     """
 
-    # ``_cache`` is set only by ``op(..., cache=False)``: left unset (read with a
-    # default), it costs a node neither time nor memory (the slot fits the object's
-    # allocation size class).
+    # ``_cache`` is set only by ``op(..., cache=False)``, ``_nout`` and ``_label`` only
+    # when given: left unset (read with a default), they cost a node no store (and the
+    # slots fit the object's allocation size class).
     __slots__ = ("_cache", "_nout")
     _reads_as = "call"
 
@@ -231,14 +232,17 @@ class Op(DispatchNode):
         if type(func) is OpFunction:
             # Op(op(f, ...), x) is op(f, ...)(x): calling the wrapper at run time would
             # return a node instead of a value.
-            self._label = func._op_label
+            if func._op_label is not None:
+                self._label = func._op_label
             self._timeout = func._op_timeout
-            self._nout = func._op_nout
+            if func._op_nout is not None:
+                self._nout = func._op_nout
             if not func._op_cache:
                 self._cache = False
             func = func._op_func
         elif callable(func):
-            self._label = self._timeout = self._nout = None
+            # _label and _nout stay unset (read with a default): two stores less.
+            self._timeout = None
         else:
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
         self._func = func
@@ -289,9 +293,10 @@ class Op(DispatchNode):
         return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
     def __iter__(self) -> Iterator[IndexNode]:
-        if self._nout is None:
+        nout = getattr(self, "_nout", None)
+        if nout is None:
             return super().__iter__()
-        return iter([IndexNode(self, i) for i in range(self._nout)])
+        return iter([IndexNode(self, i) for i in range(nout)])
 
 
 class DataNode(DispatchNode):
@@ -432,9 +437,11 @@ class OpFunction(Generic[P, R]):
         node = Op.__new__(Op)
         node._seq = next(_sequence)
         node._func = self._op_func
-        node._label = self._op_label
+        if self._op_label is not None:
+            node._label = self._op_label
         node._timeout = self._op_timeout
-        node._nout = self._op_nout
+        if self._op_nout is not None:
+            node._nout = self._op_nout
         if not self._op_cache:
             node._cache = False
         node._capture_call(self._op_func, args, kwargs)
