@@ -144,6 +144,39 @@ def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, thread
     assert during >= 2
 
 
+_counted: list[int] = []
+
+
+def _counted_inc(x: int) -> int:
+    _counted.append(x)
+    return x + 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [0, 6])
+def test_a_cancelled_arun_stops_a_run_that_never_waits(backend: str, threads: int) -> None:
+    # Before the driver gave its loop turns, the cancellation reached it only once every
+    # call had been made.
+    length = 100_000
+    chain = Op(_counted_inc, 0)
+    for _ in range(length - 1):
+        chain = Op(_counted_inc, chain)
+
+    async def main() -> int:
+        with get_executor("async", threads=threads) as ex:
+            for _ in range(2):  # (with threads, calls proven tiny run on the loop)
+                await ex.arun(Op(_counted_inc, Op(_counted_inc, 1)))
+            _counted.clear()
+            with anyio.move_on_after(0.01):
+                await ex.arun(chain)
+            made = len(_counted)
+            assert await ex.arun(Op(_counted_inc, 1)) == 2  # the executor goes on
+        return made
+
+    assert anyio.run(main, backend=backend) < length
+
+
 def test_run_inside_a_running_loop_still_works() -> None:
     async def notebook_cell() -> int:
         return run(Op(tasks.inc, 41), executor="async")  # type: ignore[no-any-return]
