@@ -483,11 +483,12 @@ class Run:
     def release_all(self) -> None:
         """At the end of a run: free whatever workers still hold for it."""
         table = self.table
-        for p, where in enumerate(table.holders):
-            if where:
-                table.holders[p] = None
-                for w in where:
-                    table.free_on(w, p)
+        if any(table.holders):  # (scanned in C: tasks run in the caller leave it empty)
+            for p, where in enumerate(table.holders):
+                if where:
+                    table.holders[p] = None
+                    for w in where:
+                        table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
 
