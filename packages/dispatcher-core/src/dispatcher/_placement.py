@@ -92,7 +92,7 @@ class Placement:
         self.mean_duration: float | None = None
         self.durations: dict[Any, float] = {}
         """The mean duration of each function's tasks so far (see :func:`_kind`)."""
-        self._rooms: dict[int, dict[str, int]] = {}  # queue length: room per worker
+        self._rooms: dict[int, dict[str, int]] = {}  # queue length: room for such tasks
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
 
@@ -145,6 +145,7 @@ class Placement:
         queued = _queue_for(mean)
         if queued != self._queued and not (self._queued // 2 < queued < self._queued * 2):
             self._queued = queued
+            self._rooms.clear()
             for worker in self.room:
                 self.room[worker] = self._room_of(worker)
 
@@ -195,21 +196,24 @@ class Placement:
         return min(usual, key=finish) if usual else None
 
     def expected(self, p: int) -> tuple[float, dict[str, int]]:
-        """How long task ``p`` is expected to run: its function's mean duration so far in
-        this run; until one of its tasks has finished, the longer of
-        :data:`UNKNOWN_DURATION` and all tasks' mean (tasks of a new function may be long
-        after thousands of tiny ones); and the room each worker has for it (on in-order
-        workers, by that duration)."""
+        """How long task ``p`` is expected to run, and the room each worker has for it.
+        Its function's mean duration so far in this run; until one of its tasks has
+        finished, the longer of :data:`UNKNOWN_DURATION` and all tasks' mean, and no
+        deeper a queue on in-order workers than such a duration allows: tasks of a new
+        function may be long after thousands of tiny ones."""
         mean = self.durations.get(_kind(self.table.nodes[p]._func))
-        if mean is None:
-            overall = self.mean_duration
-            mean = UNKNOWN_DURATION if overall is None else max(overall, UNKNOWN_DURATION)
+        if mean is not None:
+            return mean, self.room
+        overall = self.mean_duration
+        if overall is None:  # (the room is already that of tasks of unknown length)
+            return UNKNOWN_DURATION, self.room
+        mean = max(overall, UNKNOWN_DURATION)
         if not self.in_order:
             return mean, self.room
         queued = _queue_for(mean)
         room = self._rooms.get(queued)
         if room is None:
-            room = self._rooms[queued] = {w: min(c, 1 + queued) for w, c in self.capacity.items()}
+            room = self._rooms[queued] = {w: min(r, 1 + queued) for w, r in self.room.items()}
         return mean, room
 
     def _moves(self, p: int, pull: float = 0.0) -> tuple[float, dict[str, float] | None]:
