@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -142,6 +143,55 @@ def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, thread
     value, during = anyio.run(main, backend=backend)
     assert value == 30_000
     assert during >= 2
+
+
+class Started:
+    """The user's ticks counted when the run started (``run_started``: its plan made)."""
+
+    def __init__(self, ticks: Callable[[], int]) -> None:
+        self.ticks = ticks
+        self.at: int | None = None
+
+    @hookimpl
+    def dispatcher_run_started(self) -> None:
+        self.at = self.ticks()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="arun plans the run (Plan, Run) on the loop's thread without giving the loop a "
+    "turn: the turns start only with the driver",
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_gives_the_loop_turns_while_it_plans_a_large_graph(backend: str) -> None:
+    chain = Op(tasks.inc, 0)
+    for _ in range(99_999):
+        chain = Op(tasks.inc, chain)
+
+    async def main() -> tuple[int, int | None]:
+        ticks, running = 0, True
+
+        async def tick() -> None:
+            nonlocal ticks
+            while running:
+                ticks += 1
+                await anyio.sleep(0)
+
+        started = Started(lambda: ticks)
+        with get_executor("async", threads=0) as ex:
+            async with anyio.create_task_group() as group:
+                group.start_soon(tick)
+                await anyio.sleep(0)
+                before = ticks
+                value = await ex.arun(chain, plugins=[started])
+                running = False
+        return value, None if started.at is None else started.at - before
+
+    value, planning = anyio.run(main, backend=backend)
+    assert value == 100_000
+    assert planning is not None
+    assert planning >= 2
 
 
 _counted: list[int] = []
