@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -225,6 +226,37 @@ def test_a_cancelled_arun_stops_a_run_that_never_waits(backend: str, threads: in
         return made
 
     assert anyio.run(main, backend=backend) < length
+
+
+async def _ainc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_cancelled_while_threads_start_coroutines_sent_ahead_stops_cleanly(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A chain of plain functions (in threads) and coroutine functions, each sent ahead
+    # of its input: the thread that makes an input starts the next link. Cancelled at
+    # any moment, the run's inputs are freed while such a start is on its way; it read
+    # them anyway, and the KeyError escaped from arun in place of the cancellation (or
+    # ended a pool thread's job).
+    def chain() -> Any:
+        link = Op(tasks.inc, 0)
+        for i in range(2_999):
+            link = Op(_ainc if i % 3 == 0 else tasks.inc, link)
+        return link
+
+    async def main() -> None:
+        with get_executor("async", threads=4) as ex:
+            for i in range(40):
+                with anyio.move_on_after(0.0005 * (i % 20)):
+                    await ex.arun(chain())
+            assert await ex.arun(chain()) == 3_000
+
+    anyio.run(main, backend=backend)
+    assert "raised" not in caplog.text
 
 
 def test_run_inside_a_running_loop_still_works() -> None:
