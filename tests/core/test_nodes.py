@@ -325,3 +325,49 @@ def test_descriptions_of_deep_huge_or_unprintable_arguments_are_short_and_safe()
     for _ in range(1000):
         chain = Op(f, chain)
     assert str(chain) == "f(f(f(...)))"
+
+
+class _Custom(DispatchNode):
+    """A node class of a user's, made through the general construction."""
+
+    __slots__ = ()
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self._init_call(f, args, kwargs or None, None)
+
+
+@pytest.mark.parametrize(
+    "shape_of",
+    [
+        "one node",
+        "one scalar",
+        "two nodes",
+        "the same node twice",
+        "three nodes",
+        "a node and a scalar",
+        "a list",
+        "a keyword",
+        "nothing",
+    ],
+)
+def test_every_way_of_making_a_call_keeps_the_same_call(shape_of: str) -> None:
+    # Op takes the commonest shapes itself, op() and other node classes through the
+    # general capture: each must keep what the other would.
+    a, b, c = DataNode(1), DataNode(2), DataNode(3)
+    args, kwargs = {
+        "one node": ((a,), {}),
+        "one scalar": ((4,), {}),
+        "two nodes": ((a, b), {}),
+        "the same node twice": ((a, a), {}),
+        "three nodes": ((a, b, c), {}),
+        "a node and a scalar": ((a, 5), {}),
+        "a list": (([a, b],), {}),
+        "a keyword": ((a,), {"k": b}),
+        "nothing": ((), {}),
+    }[shape_of]
+    made = [Op(f, *args, **kwargs), op(f)(*args, **kwargs), _Custom(*args, **kwargs)]
+    kept = {(n._shape, n._deps, repr(n._args), repr(n._kwargs)) for n in made}
+    assert len(kept) == 1, kept
+    from dispatcher import run
+
+    assert run(made, executor="sync") == [None, None, None]

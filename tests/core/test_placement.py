@@ -17,6 +17,17 @@ from dispatcher.transport import worker_host, worker_name
 MB = 1_000_000
 
 
+def _task(*inputs: Any) -> None:
+    """The function of every task of a :class:`Table`, unless a test says otherwise."""
+
+
+class _Node:
+    """What placement reads of a node: its function."""
+
+    def __init__(self, func: Any) -> None:
+        self._func = func
+
+
 class Table:
     """What placement reads of a task table: tasks 0 .. n-1, their inputs, where each
     result is held and how big it is."""
@@ -30,6 +41,7 @@ class Table:
         self.holders: list[frozenset[str] | None] = [None] * len(deps)
         self.nbytes: list[int | None] = [None] * len(deps)
         self.inflight: dict[int, Any] = {}
+        self.nodes = [_Node(_task) for _ in deps]
 
     def hold(self, p: int, worker: str, nbytes: int) -> None:
         self.holders[p] = frozenset((worker,))
@@ -283,3 +295,33 @@ def test_once_a_size_is_known_it_decides_and_an_idle_worker_takes_nothing_extra(
     placed.mean_nbytes = 10  # tiny results: a move costs less than a task's wait
     placed.mean_duration = 0.01
     assert placed.place(1) == "w2"
+
+
+def _tiny_task(*inputs: Any) -> None:
+    """A function learned to take microseconds."""
+
+
+def test_tasks_of_a_function_not_yet_seen_to_finish_are_not_queued_like_tiny_ones() -> None:
+    # Thousands of tiny tasks taught the run that tasks take 2 µs: in-order workers may
+    # queue a thousand. Then 50 tasks of another function read a result held by w1: were
+    # they assumed as quick, all 50 would queue there, behind each other, while w2 idles.
+    table = Table([(), *[(0,)] * 50])
+    table.nodes[0] = _Node(_tiny_task)
+    table.hold(0, "w1", 8)
+    placed = Placement(table)  # type: ignore[arg-type]
+    placed.in_order = True
+    for worker in ("w1", "w2"):
+        placed.add_worker(worker, 1025)
+    for _ in range(200):
+        placed.learn(_tiny_task, 2e-6, 8)
+    assert placed.room["w1"] > 500  # tiny tasks still queue deep
+    for p in range(1, 51):
+        worker = placed.place(p)
+        if worker is None:  # no room for it anywhere now: it waits for a report
+            break
+        placed.load[worker] += 1
+    # As at the start of a run: a few queued on each worker, the rest kept back.
+    assert 2 <= placed.load["w2"] <= placed.load["w1"] <= 3
+    # Once one has finished, its function's own durations decide.
+    placed.learn(_task, 2e-6, 8)
+    assert placed.expected(1) == (pytest.approx(2e-6), {"w1": 1001, "w2": 1001})

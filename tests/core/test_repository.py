@@ -57,7 +57,7 @@ MAX_FUNCTION_LINES = 80
 
 # The one function allowed past the function limit: the scheduler's hot loop, which calls
 # and settles in-caller tasks in one flat loop because a call per task saved is measured.
-HOT_LOOP = "dispatcher._tasks.TaskTable.call_ready_in_caller"
+HOT_LOOP = "dispatcher._hot_loop.call_ready_in_caller"
 
 # Over a limit today and being split. An entry that fits its limit again fails the test
 # (so this list only shrinks): remove it when its split lands, until the list is empty.
@@ -70,6 +70,7 @@ LEAVES = (
     "dispatcher._hosts",
     "dispatcher._report_assets",
     "dispatcher._report_model",
+    "dispatcher._states",
     "dispatcher._template",
     "dispatcher._version",
 )
@@ -83,6 +84,7 @@ OBSERVER_IMPORTS = {
     "dispatcher._report_assets",
     "dispatcher._report_html",
     "dispatcher._report_model",
+    "dispatcher._states",
 }
 
 

@@ -79,5 +79,5 @@ def test_large_bytes_move_between_ranks_and_the_caller_out_of_band(tmp_path: Pat
         assert [int(v) for v in views] == [size], (rank, caller, views)
     origins = {(rank == "0", caller) for rank, caller, *_ in records}
     assert (True, "keep") in origins  # the caller's argument, pickled once for every rank
-    assert (False, "_pack_held") in origins  # a result fetched by another rank
+    assert (False, "_serve_fetch") in origins  # a result fetched by another rank
     assert (False, "pack_result") in origins  # results sent to the caller

@@ -115,29 +115,40 @@ class DispatchGraph:
         those in ``cut``; ``captured`` says, when the caller knows already, whether every
         node's class depends on exactly what its nodes captured when made."""
         index = dict(zip(nodes, range(len(nodes))))
-        lookup = index.__getitem__
         if captured is None:
             captured = all(_captures(kind) for kind in set(map(type, nodes)))
         if not cut and captured:
             # Every node's dependencies were captured when it was made, from nodes made
-            # before it: in creation order they are topological, nothing to check.
+            # before it: in creation order they are topological, nothing to check. Both
+            # directions of every edge in one pass: no inputs, one and two inputs, the
+            # commonest cases, spelled out (a call or a second pass per node was a third
+            # of a long chain's or a tree's set-up).
+            n = len(nodes)
+            deps: list[tuple[int, ...]] = [()] * n
+            dependents: list[list[int]] = [[] for _ in range(n)]
+            for i, node in enumerate(nodes):
+                captured_deps = node._deps
+                if captured_deps:
+                    if len(captured_deps) == 1:
+                        p = index[captured_deps[0]]
+                        deps[i] = (p,)
+                        dependents[p].append(i)
+                    elif len(captured_deps) == 2:
+                        p, q = index[captured_deps[0]], index[captured_deps[1]]
+                        deps[i] = (p, q)
+                        dependents[p].append(i)
+                        dependents[q].append(i)
+                    else:
+                        positions = deps[i] = tuple([index[d] for d in captured_deps])
+                        for p in positions:
+                            dependents[p].append(i)
             self._nodes = nodes
             self._index = index
-            # No inputs, one and two inputs, the commonest cases, spelled out: map and
-            # tuple would double the cost of a long chain's or a tree's set-up.
-            self._deps = [
-                ()
-                if not d
-                else (lookup(d[0]),)
-                if len(d) == 1
-                else (lookup(d[0]), lookup(d[1]))
-                if len(d) == 2
-                else tuple(map(lookup, d))
-                for d in map(_captured, nodes)
-            ]
-            self._dependents = None
+            self._deps = deps
+            self._dependents = dependents
             return
-        deps: list[tuple[int, ...]] = []
+        lookup = index.__getitem__
+        deps = []
         append = deps.append
         for i, node in enumerate(nodes):
             if cut and node in cut:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-import reprlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
+from ._describe import DESCRIPTION_LIMIT, describe, short_repr
 from ._options import check_timeout
 from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
 
@@ -62,6 +62,10 @@ class DispatchNode:
 
     __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
 
+    _reads_as: ClassVar[str] = "label"
+    """How :func:`describe` reads nodes of this class: by their label; ``"call"``, label
+    and arguments; ``"index"``, the node indexed and the index (unless labelled)."""
+
     _func: Callable[..., Any]
     _args: tuple[Any, ...]
     _kwargs: dict[str, Any] | None
@@ -78,12 +82,20 @@ class DispatchNode:
         label: str | None,
         timeout: float | None = None,
     ) -> None:
+        """Make this node the call ``func(*args, **kwargs)``: what a node class calls from
+        its constructor (``Op`` takes its commonest shapes itself, without this call)."""
         self._seq = next(_sequence)
         self._func = func
         self._label = label
         self._timeout = timeout
-        # Fast paths, for the common shapes of a million-node graph: every positional
-        # argument a distinct node; or nothing but plain scalars.
+        self._capture_call(func, args, kwargs)
+
+    def _capture_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> None:
+        """Set the call's arguments: as they are when no node can be among them; the
+        nodes themselves when every argument is a distinct node; otherwise copied with a
+        :class:`Ref` in place of each node found, at any depth."""
         if not kwargs and args:
             count = len(args)
             if count == 1:
@@ -142,7 +154,8 @@ class DispatchNode:
     @property
     def label(self) -> str:
         """A name for messages and pictures; need not be unique."""
-        return self._label if self._label is not None else self._default_label()
+        label = getattr(self, "_label", None)  # (an Op leaves it unset unless given)
+        return label if label is not None else self._default_label()
 
     @label.setter
     def label(self, value: str) -> None:
@@ -205,27 +218,65 @@ class Op(DispatchNode):
     searched. ``Op(op(f, ...), x)`` is the same as ``op(f, ...)(x)``.
     """
 
-    # ``_cache`` is set only by ``op(..., cache=False)``: left unset (read with a
-    # default), it costs a node neither time nor memory (the slot fits the object's
-    # allocation size class).
+    # ``_cache`` is set only by ``op(..., cache=False)``, ``_nout`` and ``_label`` only
+    # when given: left unset (read with a default), they cost a node no store (and the
+    # slots fit the object's allocation size class).
     __slots__ = ("_cache", "_nout")
+    _reads_as = "call"
 
     _nout: int | None
     _cache: bool
 
     def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        self._seq = next(_sequence)
         if type(func) is OpFunction:
             # Op(op(f, ...), x) is op(f, ...)(x): calling the wrapper at run time would
             # return a node instead of a value.
-            self._nout = func.nout
-            if not func.cache:
+            if func._op_label is not None:
+                self._label = func._op_label
+            self._timeout = func._op_timeout
+            if func._op_nout is not None:
+                self._nout = func._op_nout
+            if not func._op_cache:
                 self._cache = False
-            self._init_call(func.func, args, kwargs, func.label, func.timeout)
-            return
-        if not callable(func):
+            func = func._op_func
+        elif callable(func):
+            # _label and _nout stay unset (read with a default): two stores less.
+            self._timeout = None
+        else:
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
-        self._nout = None
-        self._init_call(func, args, kwargs, None)
+        self._func = func
+        # The commonest shapes of a large graph, f(node), f(scalar) and f(node, other),
+        # taken here as _capture_call would: a call less is a fifth of the cost of Op(...).
+        if not kwargs:
+            count = len(args)
+            if count == 1:
+                first = args[0]
+                if isinstance(first, DispatchNode):
+                    self._deps = args
+                    self._args = ()
+                    self._kwargs = None
+                    self._shape = SHAPE_POSITIONAL
+                    return
+                if type(first) in _SCALARS:
+                    self._deps = ()
+                    self._args = args
+                    self._kwargs = None
+                    self._shape = SHAPE_CALL
+                    return
+            elif count == 2:
+                first, second = args
+                if (
+                    isinstance(first, DispatchNode)
+                    and isinstance(second, DispatchNode)
+                    and first is not second
+                ):
+                    self._deps = args
+                    self._args = ()
+                    self._kwargs = None
+                    self._shape = SHAPE_POSITIONAL
+                    return
+        self._capture_call(func, args, kwargs)
 
     @property
     def func(self) -> Callable[..., Any]:
@@ -242,9 +293,10 @@ class Op(DispatchNode):
         return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
 
     def __iter__(self) -> Iterator[IndexNode]:
-        if self._nout is None:
+        nout = getattr(self, "_nout", None)
+        if nout is None:
             return super().__iter__()
-        return iter([IndexNode(self, i) for i in range(self._nout)])
+        return iter([IndexNode(self, i) for i in range(nout)])
 
 
 class DataNode(DispatchNode):
@@ -268,13 +320,14 @@ class DataNode(DispatchNode):
         return self._args[0]
 
     def _default_label(self) -> str:
-        return f"DataNode({_short_repr(self._args[0])})"
+        return f"DataNode({short_repr(self._args[0])})"
 
 
 class IndexNode(DispatchNode):
     """``result(node)[index]``; also spelled ``node[index]``. The index is a constant."""
 
     __slots__ = ()
+    _reads_as = "index"
 
     def __init__(self, node: DispatchNode, index: Any) -> None:
         if not isinstance(node, DispatchNode):
@@ -299,7 +352,7 @@ class IndexNode(DispatchNode):
         return self._args[1]
 
     def _default_label(self) -> str:
-        return f"{self._deps[0].label}[{_short_repr(self._args[1])}]"
+        return f"{self._deps[0].label}[{short_repr(self._args[1])}]"
 
 
 class CollectNode(DispatchNode):
@@ -323,121 +376,6 @@ class CollectNode(DispatchNode):
 
     def _default_label(self) -> str:
         return f"CollectNode({len(self._deps)})"
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel = 3
-_REPR.maxstring = _REPR.maxother = 40
-
-
-def _short_repr(value: Any) -> str:
-    """At most about 40 characters of ``repr(value)``, for a label: cheap for a huge
-    value, safe for one nested thousands deep or whose ``__repr__`` raises."""
-    try:
-        text = _REPR.repr(value)
-    except Exception:  # RecursionError included: a label must never fail
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-DESCRIPTION_LIMIT = 80
-"""The longest :func:`describe` makes a description, in characters."""
-
-
-class _ArgumentRepr(reprlib.Repr):
-    """reprlib's bounded repr, naming a dependency (a :class:`Ref`) by its description."""
-
-    def __init__(self, deps: tuple[DispatchNode, ...] = (), depth: int = 0) -> None:
-        super().__init__()
-        self.maxlevel = 2
-        self.maxstring = self.maxother = 40
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdict = 4
-        self.deps = deps
-        self.depth = depth
-
-    def repr_Ref(self, ref: Ref, level: int) -> str:
-        return _describe(self.deps[ref.index], self.depth)
-
-    def repr_bytes(self, value: bytes, level: int) -> str:
-        # reprlib would repr all of it before cutting it short.
-        text = repr(value[: self.maxstring])
-        return text if len(value) <= self.maxstring else text + "..."
-
-    repr_bytearray = repr_bytes
-
-    def repr_instance(self, value: Any, level: int) -> str:
-        try:
-            text = repr(value)
-        except Exception:
-            return f"<{type(value).__name__}>"  # not reprlib's "instance at 0x...": noise
-        if text.startswith("<") and " at 0x" in text:
-            # object's own repr: its address tells a reader nothing, its type does.
-            cls = type(value)
-            module = "" if cls.__module__ in ("builtins", "__main__") else cls.__module__ + "."
-            return f"<{module}{cls.__qualname__}>"
-        if len(text) > self.maxother:
-            half = max(0, (self.maxother - 3) // 2)
-            text = text[:half] + "..." + text[len(text) - half :]
-        return text
-
-
-_CONSTANTS = _ArgumentRepr()  # holds no state of a call: shared by every thread
-
-DESCRIPTION_LIMIT = 80
-"""The longest :func:`describe` makes a description, in characters."""
-
-
-def describe(node: DispatchNode, limit: int = DESCRIPTION_LIMIT) -> str:
-    """How a user recognises ``node``, for messages, logs and pictures.
-
-    A call reads as its label with its arguments: constants as a short ``repr``,
-    dependencies described the same way, two levels deep (``count(load('b.txt'))``,
-    ``total([count(load(...)), ...])``). Other nodes read as their label. Never longer than
-    ``limit`` characters, and never raises: a ``repr`` that fails, or is huge, or a value
-    nested thousands deep, is cut short.
-    """
-    try:
-        text = _describe(node, 2)
-    except Exception:  # a description must never be the error
-        text = node.label
-    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
-
-
-_PLAIN = frozenset({int, float, bool, type(None)})
-
-
-def _argument(value: Any, shown: _ArgumentRepr) -> str:
-    kind = type(value)
-    # The common arguments, without reprlib's dispatch: a report describes every node.
-    if kind is str and len(value) <= 38:
-        return repr(value)
-    if kind in _PLAIN and (kind is not int or -(10**30) < value < 10**30):
-        return repr(value)
-    return shown.repr(value)
-
-
-def _describe(node: DispatchNode, depth: int) -> str:
-    label = node.label
-    if not isinstance(node, Op):
-        if isinstance(node, IndexNode) and node._label is None:
-            return f"{_describe(node._deps[0], depth)}[{_short_repr(node._args[1])}]"
-        return label
-    if depth <= 0:
-        return f"{label}(...)" if node._args or node._kwargs or node._deps else f"{label}()"
-    deps = node._deps
-    if node._shape == SHAPE_POSITIONAL:
-        parts = [_describe(dep, depth - 1) for dep in deps]
-    else:
-        shown = _ArgumentRepr(deps, depth - 1) if deps else _CONSTANTS
-        parts = [_argument(arg, shown) for arg in node._args]
-        if node._kwargs:
-            parts += [f"{key}={_argument(value, shown)}" for key, value in node._kwargs.items()]
-    text = label + "("
-    for i, part in enumerate(parts):
-        text += part if i == 0 else ", " + part
-        if len(text) > DESCRIPTION_LIMIT:  # no need to make more than can be shown
-            return text
-    return text + ")"
 
 
 def _identity(value: Any) -> Any:
@@ -497,10 +435,16 @@ class OpFunction(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Op:
         node = Op.__new__(Op)
-        node._nout = self._op_nout
+        node._seq = next(_sequence)
+        node._func = self._op_func
+        if self._op_label is not None:
+            node._label = self._op_label
+        node._timeout = self._op_timeout
+        if self._op_nout is not None:
+            node._nout = self._op_nout
         if not self._op_cache:
             node._cache = False
-        node._init_call(self._op_func, args, kwargs, self._op_label, self._op_timeout)
+        node._capture_call(self._op_func, args, kwargs)
         return node
 
     def __repr__(self) -> str:

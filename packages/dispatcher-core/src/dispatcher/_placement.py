@@ -2,7 +2,8 @@
 
 Per worker: its *capacity* (how many tasks its transport says may be assigned to it at
 once), its *room* (how many it may be assigned now: on workers that run their tasks in
-order, the queue is sized from the tasks' learned durations), its *load* (how many it
+order, the queue is sized from the tasks' learned durations, per function: a function
+not yet seen to finish in the run is not assumed as quick as the others), its *load* (how many it
 has) and its *host* (see :func:`dispatcher.transport.worker_host`). A task goes where it
 would finish soonest, counting the cost of moving its inputs and its result over the link
 each move takes (:meth:`Placement.place`): none on the worker that holds it, a cheap one
@@ -14,6 +15,8 @@ its inputs, or anywhere on a transport that accepts pending inputs
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
@@ -35,9 +38,29 @@ UNKNOWN_DURATION = 0.001
 SIBLING_PULL = 1.5
 
 
+def _kind(func: Any) -> Any:
+    """What durations are learned by: a function's code, shared by the closures made
+    afresh for each node, or the callable itself (its type, if it cannot be hashed)."""
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    try:
+        hash(func)
+    except TypeError:
+        return type(func)
+    return func
+
+
 def _running_mean(mean: float | None, sample: float) -> float:
     """An exponential moving average that follows the last few dozen samples."""
     return sample if mean is None else mean + (sample - mean) * 0.05
+
+
+def _queue_for(duration: float) -> int:
+    """How many tasks of ``duration`` an in-order worker keeps queued behind its running
+    one: about :data:`QUEUED_SECONDS` of them, at least one."""
+    queued = int(QUEUED_SECONDS / duration) if duration > 0 else 1 << 30
+    return max(1, min(queued, 1 << 30))
 
 
 class Placement:
@@ -67,6 +90,9 @@ class Placement:
         """What a move costs per class of link: the executor's, once the run is attached
         to its router (a fresh one, with the assumed links, before)."""
         self.mean_duration: float | None = None
+        self.durations: dict[Any, float] = {}
+        """The mean duration of each function's tasks so far (see :func:`_kind`)."""
+        self._rooms: dict[int, dict[str, int]] = {}  # queue length: room per worker
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
 
@@ -93,6 +119,7 @@ class Placement:
         self._workers_changed()
 
     def _workers_changed(self) -> None:
+        self._rooms.clear()
         # With one worker there is nothing to place, and inputs are always local.
         self.single = next(iter(self.room)) if len(self.room) == 1 else None
         self.spread = len(self.on_host) > 1
@@ -103,16 +130,19 @@ class Placement:
 
     # -- learning ---------------------------------------------------------------------------
 
-    def learn(self, duration: float, nbytes: int | None) -> None:
+    def learn(self, func: Any, duration: float, nbytes: int | None) -> None:
         """Fold a finished task's duration (and result size, if known) into the running
-        means; resize the queues when the mean duration moved much."""
+        means, its function's and all tasks'; resize the queues when the mean duration
+        moved much."""
+        kind = _kind(func)
+        durations = self.durations
+        durations[kind] = _running_mean(durations.get(kind), duration)
         self.mean_duration = mean = _running_mean(self.mean_duration, duration)
         if nbytes is not None:
             self.mean_nbytes = _running_mean(self.mean_nbytes, nbytes)
         if not self.in_order:
             return
-        queued = int(QUEUED_SECONDS / mean) if mean > 0 else 1 << 30
-        queued = max(1, min(queued, 1 << 30))
+        queued = _queue_for(mean)
         if queued != self._queued and not (self._queued // 2 < queued < self._queued * 2):
             self._queued = queued
             for worker in self.room:
@@ -132,13 +162,11 @@ class Placement:
         single = self.single
         if single is not None:
             return single if self.load[single] < self.room[single] else None
-        load, room, capacity = self.load, self.room, self.capacity
-        open_ = [w for w in room if load[w] < capacity[w]]
+        load, capacity = self.load, self.capacity
+        open_ = [w for w in capacity if load[w] < capacity[w]]
         if not open_:
             return None
-        mean = self.mean_duration
-        if mean is None:
-            mean = UNKNOWN_DURATION
+        mean, room = self.expected(p)
         pull = 0.0
         if self.mean_nbytes is None and all(load[w] for w in open_):
             pull = SIBLING_PULL * mean
@@ -165,6 +193,24 @@ class Placement:
             return best
         usual = [w for w in open_ if load[w] < room[w]]
         return min(usual, key=finish) if usual else None
+
+    def expected(self, p: int) -> tuple[float, dict[str, int]]:
+        """How long task ``p`` is expected to run: its function's mean duration so far in
+        this run; until one of its tasks has finished, the longer of
+        :data:`UNKNOWN_DURATION` and all tasks' mean (tasks of a new function may be long
+        after thousands of tiny ones); and the room each worker has for it (on in-order
+        workers, by that duration)."""
+        mean = self.durations.get(_kind(self.table.nodes[p]._func))
+        if mean is None:
+            overall = self.mean_duration
+            mean = UNKNOWN_DURATION if overall is None else max(overall, UNKNOWN_DURATION)
+        if not self.in_order:
+            return mean, self.room
+        queued = _queue_for(mean)
+        room = self._rooms.get(queued)
+        if room is None:
+            room = self._rooms[queued] = {w: min(c, 1 + queued) for w, c in self.capacity.items()}
+        return mean, room
 
     def _moves(self, p: int, pull: float = 0.0) -> tuple[float, dict[str, float] | None]:
         """Seconds of moves task ``p`` would cause on a worker of a host holding none of
@@ -270,6 +316,6 @@ class Placement:
                 worker = spec.worker
             elif state[d] != DONE:
                 return None
-        if worker is None or self.load[worker] >= self.room[worker]:
+        if worker is None or self.load[worker] >= self.expected(p)[1][worker]:
             return None
         return worker

@@ -90,7 +90,7 @@ def _on_finished(
     unannounced = run.unannounced
     if unannounced:
         announce_at_own_report(run, p, worker)
-    placement.learn(duration, nbytes)
+    placement.learn(table.nodes[p]._func, duration, nbytes)
     table.state[p] = DONE
     table.holders[p] = table._alone.get(worker) or table.held_on(worker)
     table.nbytes[p] = nbytes
@@ -483,11 +483,12 @@ class Run:
     def release_all(self) -> None:
         """At the end of a run: free whatever workers still hold for it."""
         table = self.table
-        for p, where in enumerate(table.holders):
-            if where:
-                table.holders[p] = None
-                for w in where:
-                    table.free_on(w, p)
+        if any(table.holders):  # (scanned in C: tasks run in the caller leave it empty)
+            for p, where in enumerate(table.holders):
+                if where:
+                    table.holders[p] = None
+                    for w in where:
+                        table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
 

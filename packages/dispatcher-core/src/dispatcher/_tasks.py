@@ -1,10 +1,10 @@
 """The task table: what every node of one run is waiting for, holds and has become.
 
-Per-node arrays indexed by the node's position in the graph, the ready stack, the rule
-that settles a task once it has its result, and the one flat loop that calls in-caller
-tasks (see :meth:`dispatcher.transport.Transport.runs_in_caller`) and settles them.
-No I/O: results a worker may drop are queued in :attr:`TaskTable.frees` for the run to
-send.
+Per-node arrays indexed by the node's position in the graph, the ready stack, and the rule
+that settles a task once it has its result; the one flat loop that calls in-caller tasks
+(see :meth:`dispatcher.transport.Transport.runs_in_caller`) and settles them reads and
+writes them directly (:mod:`dispatcher._hot_loop`). No I/O: results a worker may drop are
+queued in :attr:`TaskTable.frees` for the run to send.
 """
 
 from __future__ import annotations
@@ -13,16 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import compress
 from math import inf
 from operator import not_
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
-from ._errors import TaskTimeoutError
 from ._graph import gc_paused
 from ._hosts import worker_host
-from ._options import NO_LIMIT
-from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, call_task
-from ._tiny import SLOW
+from ._hot_loop import call_ready_in_caller
+from ._states import (
+    CALLER,
+    DONE,
+    FAILED,
+    READY,
+    RELEASED,
+    RUNNING,
+    SKIPPED,
+    TERMINAL,
+    WAITING,
+)
 
 if TYPE_CHECKING:
     from ._graph import DispatchGraph
@@ -43,18 +49,6 @@ __all__ = [
     "WAITING",
     "TaskTable",
 ]
-
-# Node states.
-WAITING = 0  # some input is not available yet
-READY = 1  # in the ready stack
-RUNNING = 2  # handed to a worker
-DONE = 3  # result held by a worker (or by the caller)
-RELEASED = 4  # result no longer held: nobody needed it, or it was lost and is not needed
-FAILED = 5  # its own call raised
-SKIPPED = 6  # an ancestor failed
-TERMINAL = (DONE, RELEASED, FAILED, SKIPPED)
-
-CALLER = "main"  # where constants and inputs live, and the worker named in their hooks
 
 _ABSENT = object()  # a task's result may be anything, ``...`` included
 
@@ -312,153 +306,10 @@ class TaskTable:
         watch: TinyCalls | None = None,
         until: float = inf,
     ) -> bool:
-        """Call in this thread the tasks atop the ready stack that the transport lets the
-        scheduler call (``asks``, answers cached in ``in_caller``) and whose inputs the
-        caller holds, taking their dependents as they become ready; stop at the first task
-        that must be submitted, or at the first that raises (left in :attr:`failure` for
-        the run to retry or fail); with ``alone``, also as soon as more than one task is
-        ready (those go to workers, in parallel); with ``watch``, also at a task with a
-        timeout (a worker's deadline can be enforced), a call that turns out slow bars
-        its function, whether it returns or raises (``CallClock.bar_if_slow``); and past
-        ``until`` (``perf_counter()``, read every 64 calls: a loop's turn). The same
-        bookkeeping as a submitted task, without a spec or a report. True if any ran.
-
-        This is the whole per-task cost of the in-process executors, hence one flat loop:
-        :meth:`settle` is written out here rather than called, and only here."""
-        ready, state, nodes, deps_of = self.ready, self.state, self.nodes, self.deps
-        dependents, waiting, needed = self.dependents, self.waiting, self.needed
-        wanted = self.wanted
-        caller_values, kept = self.caller_values, self.kept
-        value_of = caller_values.__getitem__
-        attempts, results, release = self.attempts, self.results, self.release
-        started, finished = self.started_hook, self.finished_hook
-        default_timeout = self.timeout
-        awaitable_type = AWAITABLE_TYPES.get
-        clock = watch.clock() if watch is not None else None
-        # Timed only when anyone looks (a timeout, an observer, a watch): how long it ran.
-        always_timed = default_timeout is not None or finished is not None or clock is not None
-        ran = False
-        last_allowed: object = None  # the last function the transport let us call here
-        settled = 0  # subtracted from ``remaining`` once, on the way out
-        try:
-            while ready:
-                if (alone and len(ready) > 1) or (settled & 63 == 63 and perf_counter() > until):
-                    return ran
-                p = ready[-1]
-                if state[p] != READY:  # a stale entry (the node went back to waiting)
-                    ready.pop()
-                    continue
-                node = nodes[p]
-                shape = node._shape
-                if shape == SHAPE_CONSTANT:
-                    ready.pop()
-                    self.complete_at_caller(p, node._args[0], hooks=True)
-                    ran = True
-                    continue
-                func = node._func
-                if func is not last_allowed:  # (most graphs call few functions, in runs)
-                    allowed = in_caller.get(func)
-                    if allowed is None:
-                        allowed = in_caller[func] = asks(func)
-                    if not allowed:
-                        return ran
-                    last_allowed = func
-                timeout = node._timeout
-                if timeout is None:
-                    timeout = default_timeout  # both positive when set
-                    timed = always_timed
-                else:
-                    timed = True
-                if clock is not None and timeout is not None and timeout != NO_LIMIT:
-                    return ran  # a deadline to enforce: a worker's can be
-                deps = deps_of[p]
-                # Inputs of one- and two-input calls go in locals: building a list to
-                # unpack into the call was a quarter of the cost of a task in a chain.
-                count = len(deps)
-                try:
-                    if count == 1:
-                        first = caller_values[deps[0]]
-                    elif count == 2:
-                        first, second = caller_values[deps[0]], caller_values[deps[1]]
-                    else:
-                        values = list(map(value_of, deps)) if deps else []
-                except KeyError:
-                    return ran  # an input is held by a worker: submit it like any task
-                ready.pop()
-                ran = True
-                attempts[p] += 1
-                if started is not None:
-                    started(node=node, worker=CALLER)
-                if timed:
-                    begun = perf_counter()
-                    if clock is not None:
-                        clock.calling(node, begun)
-                try:
-                    if shape == SHAPE_POSITIONAL:
-                        if count == 1:
-                            value = func(first)
-                        elif count == 2:
-                            value = func(first, second)
-                        else:
-                            value = func(*values)
-                    elif shape == SHAPE_CALL and not node._kwargs:
-                        value = func(*node._args)
-                    else:
-                        if count == 1:
-                            values = [first]
-                        elif count == 2:
-                            values = [first, second]
-                        value = call_task(func, node._args, node._kwargs, shape, values)
-                    if awaitable_type(type(value)) is not False and is_awaitable(value):
-                        value = await_blocking(value)  # a plain function's awaitable
-                except BaseException as exc:
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise  # in the caller's thread it cannot be told from Ctrl-C: stop
-                    self.failure = (p, exc, perf_counter() - begun if timed else None)
-                    if clock is not None:  # (one that raised late held the thread too)
-                        clock.bar_if_slow(func, begun, in_caller)
-                    return True
-                if timed:
-                    duration = perf_counter() - begun
-                    if timeout is not None and duration > timeout:
-                        # A call in this thread cannot be interrupted: it fails when it
-                        # returns.
-                        self.failure = (p, TaskTimeoutError(node.label, timeout), duration)
-                        return True
-                    if clock and duration > SLOW and clock.bar_if_slow(func, begun, in_caller):
-                        last_allowed = None
-                if needed[p]:
-                    state[p] = DONE
-                    caller_values[p] = value
-                else:
-                    # Nothing will read it (a target, or its readers were skipped): what
-                    # release() would do at the end of settling, done at once.
-                    state[p] = RELEASED
-                if wanted[p]:
-                    results[p] = value
-                if finished is not None:
-                    finished(node=node, worker=CALLER, duration=duration, nbytes=None)
-                # settle(p), written out, and release() of a result the caller made (the
-                # usual input here) with it.
-                settled += 1
-                for d in deps:
-                    needed[d] -= 1
-                    if not needed[d]:
-                        if state[d] == DONE and d in caller_values and d not in kept:
-                            state[d] = RELEASED
-                            del caller_values[d]
-                        else:
-                            release(d)
-                for j in dependents[p]:
-                    waiting[j] -= 1
-                    if not waiting[j] and state[j] == WAITING:
-                        state[j] = READY
-                        ready.append(j)
-            return ran
-        finally:
-            self.remaining -= settled
-            if clock is not None:
-                clock.node = None
+        """Call in this thread the ready tasks the transport lets the scheduler call, and
+        settle them: see :func:`dispatcher._hot_loop.call_ready_in_caller`. True if any
+        task ran."""
+        return call_ready_in_caller(self, asks, in_caller, alone, watch, until)
 
 
 def _nearest(holders: frozenset[str], worker: str) -> str:

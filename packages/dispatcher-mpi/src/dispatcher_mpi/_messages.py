@@ -38,13 +38,18 @@ class Fetch(NamedTuple):
 
 @message("mpi.data")
 class Data(NamedTuple):
-    """Rank to rank: the answer to :class:`Fetch` ``request``, one ``(key, found, value)``
-    entry per key asked for: ``found`` True with ``value`` the result's pickle stream
-    followed by its out-of-band buffers; ``found`` False with ``value`` a str: it could
-    not be serialised (why); with ``value`` ``None``: it is not here."""
+    """Rank to rank: the answer to :class:`Fetch` ``request``. The results held there,
+    ``keys``, travel as one pickle of the tuple of their values (``values``: its stream
+    followed by its out-of-band buffers), which costs one pickling, not one per result.
+    ``entries`` has one ``(key, found, value)`` for each other key asked for, or for every
+    key when one of them could not be pickled: ``found`` True with ``value`` the result's
+    pickle stream followed by its out-of-band buffers; ``found`` False with ``value`` a
+    str: it could not be serialised (why); with ``value`` ``None``: it is not here."""
 
     request: int
     entries: list[tuple[int, bool, Any]]
+    keys: tuple[int, ...] = ()
+    values: list[Any] | None = None
 
 
 @message("mpi.hold")

@@ -14,14 +14,15 @@ def make_executor(
     retries: int = 2,
     retry_on: Sequence[type[BaseException]] | type[BaseException] = (),
     timeout: float | None = None,
-    prefetch: int = 16,
+    prefetch: int | None = None,
 ) -> Executor:
-    """An executor on the worker ranks of the current ``python -m dispatcher_mpi`` job."""
-    from ._transport import MpiTransport
+    """An executor on the worker ranks of the current ``python -m dispatcher_mpi`` job;
+    ``prefetch``: the most tasks queued on a rank beyond the one it runs (default
+    :data:`~._transport.PREFETCH`)."""
+    from ._transport import PREFETCH, MpiTransport
 
-    return Executor(
-        "mpi", MpiTransport(workers, prefetch), retries=retries, retry_on=retry_on, timeout=timeout
-    )
+    transport = MpiTransport(workers, PREFETCH if prefetch is None else prefetch)
+    return Executor("mpi", transport, retries=retries, retry_on=retry_on, timeout=timeout)
 
 
 @hookimpl

@@ -88,8 +88,16 @@ from ._watch import Watcher
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
 
 
+PREFETCH = 1024
+"""The most tasks queued on a rank beyond the one it runs, by default. The scheduler keeps
+about 2 ms of work queued there (``QUEUED_SECONDS``, by the tasks' calls alone), so this
+caps only the queues of tasks under 2 µs; those need it long: a round trip to a rank takes
+hundreds of µs on a busy machine, each one refills only the half of a queue reported done,
+and rank 0's cost per task falls with the size of what it sends and hears at once. (The
+price: that many tiny tasks' arguments may wait on a rank; pass ``prefetch`` lower for
+tiny tasks with large list or dict arguments.)"""
 _BUSY_SLEEP = 200e-6  # rank 0's longest nap while tasks are out
-_IDLE_SLEEP = 2e-3
+_IDLE_SLEEP = 5e-3  # with nothing out no report is awaited, and what rank 0 sends wakes it
 SILENCE_GRACE = 2.0
 """Seconds of silence, beyond its timeout, after which a rank's unreported timed task is
 presumed stuck (the rank says :class:`~._messages.Alive` every 0.5 s while it can)."""
@@ -361,7 +369,7 @@ class MpiTransport(Transport):
         separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
     )
 
-    def __init__(self, workers: int | None = None, prefetch: int = 16) -> None:
+    def __init__(self, workers: int | None = None, prefetch: int = PREFETCH) -> None:
         self.root = current_root()
         if workers is not None:
             check_count("workers", workers, 1)

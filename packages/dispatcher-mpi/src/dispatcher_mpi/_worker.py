@@ -136,20 +136,26 @@ class WorkerRank(TaskRunner):
                 self._give_up(request, waiter)
         # Wait for every reply before looking at any, so none is left behind.
         packed: dict[int, list[Any]] = {}
+        together: list[tuple[tuple[int, ...], list[Any]]] = []
         unsendable: str | None = None
         for event, reply, _ in waiters:
             event.wait()
             self.hub.expecting -= 1
             self.replies.pop(reply[0].request, None)
-            for key, found, value in reply[0].entries:
+            data = reply[0]
+            for key, found, value in data.entries:
                 if found:
                     packed[key] = value
                 elif value is not None:
                     unsendable = value
+            if data.values is not None:
+                together.append((data.keys, data.values))
         if unsendable is not None:
             raise InputError(f"cannot pickle '{unsendable}'")
         # Unpickled here, by the task that wants them: one that cannot be fails the task.
         values = {key: pickle.loads(raw[0], buffers=raw[1:]) for key, raw in packed.items()}
+        for held, raw in together:
+            values.update(zip(held, pickle.loads(raw[0], buffers=raw[1:]), strict=True))
         if len(values) == sum(map(len, wanted.values())):  # a wait cut short says nothing
             nbytes = sum(map(size_of, values.values()))
             self.moved(tuple(wanted), nbytes, time.perf_counter() - start)
@@ -207,7 +213,20 @@ class WorkerRank(TaskRunner):
         waiter[0].set()
 
     def _serve_fetch(self, source: int, fetch: Fetch) -> None:
-        self.hub.post(source, Data(fetch.request, [self._pack_held(key) for key in fetch.keys]))
+        store = self.store
+        held = tuple(key for key in fetch.keys if key in store)
+        try:
+            # Pickled apart from the message, so that the fetching rank unpickles them on
+            # the task thread that wants them: a value that cannot be unpickled there
+            # fails that task, not the rank's hub.
+            header, buffers = encode(tuple([store[key] for key in held]))
+        except BaseException:  # pickling runs the values' own code: say which one failed
+            reply = Data(fetch.request, [self._pack_held(key) for key in fetch.keys])
+        else:
+            missing = [(key, False, None) for key in fetch.keys if key not in store]
+            values = [header, *map(pickle.PickleBuffer, buffers)]
+            reply = Data(fetch.request, missing, held, values)
+        self.hub.post(source, reply)
 
     def _pack_held(self, key: int) -> tuple[int, bool, Any]:
         """A :class:`Data` entry for result ``key``."""
