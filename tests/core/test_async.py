@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -144,6 +146,55 @@ def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, thread
     assert during >= 2
 
 
+class Started:
+    """The user's ticks counted when the run started (``run_started``: its plan made)."""
+
+    def __init__(self, ticks: Callable[[], int]) -> None:
+        self.ticks = ticks
+        self.at: int | None = None
+
+    @hookimpl
+    def dispatcher_run_started(self) -> None:
+        self.at = self.ticks()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="arun plans the run (Plan, Run) on the loop's thread without giving the loop a "
+    "turn: the turns start only with the driver",
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_gives_the_loop_turns_while_it_plans_a_large_graph(backend: str) -> None:
+    chain = Op(tasks.inc, 0)
+    for _ in range(99_999):
+        chain = Op(tasks.inc, chain)
+
+    async def main() -> tuple[int, int | None]:
+        ticks, running = 0, True
+
+        async def tick() -> None:
+            nonlocal ticks
+            while running:
+                ticks += 1
+                await anyio.sleep(0)
+
+        started = Started(lambda: ticks)
+        with get_executor("async", threads=0) as ex:
+            async with anyio.create_task_group() as group:
+                group.start_soon(tick)
+                await anyio.sleep(0)
+                before = ticks
+                value = await ex.arun(chain, plugins=[started])
+                running = False
+        return value, None if started.at is None else started.at - before
+
+    value, planning = anyio.run(main, backend=backend)
+    assert value == 100_000
+    assert planning is not None
+    assert planning >= 2
+
+
 _counted: list[int] = []
 
 
@@ -175,6 +226,37 @@ def test_a_cancelled_arun_stops_a_run_that_never_waits(backend: str, threads: in
         return made
 
     assert anyio.run(main, backend=backend) < length
+
+
+async def _ainc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_cancelled_while_threads_start_coroutines_sent_ahead_stops_cleanly(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A chain of plain functions (in threads) and coroutine functions, each sent ahead
+    # of its input: the thread that makes an input starts the next link. Cancelled at
+    # any moment, the run's inputs are freed while such a start is on its way; it read
+    # them anyway, and the KeyError escaped from arun in place of the cancellation (or
+    # ended a pool thread's job).
+    def chain() -> Any:
+        link = Op(tasks.inc, 0)
+        for i in range(2_999):
+            link = Op(_ainc if i % 3 == 0 else tasks.inc, link)
+        return link
+
+    async def main() -> None:
+        with get_executor("async", threads=4) as ex:
+            for i in range(40):
+                with anyio.move_on_after(0.0005 * (i % 20)):
+                    await ex.arun(chain())
+            assert await ex.arun(chain()) == 3_000
+
+    anyio.run(main, backend=backend)
+    assert "raised" not in caplog.text
 
 
 def test_run_inside_a_running_loop_still_works() -> None:

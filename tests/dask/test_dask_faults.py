@@ -368,3 +368,114 @@ def test_a_dask_run_inside_a_dask_task_is_refused_naming_what_to_use() -> None:
         done.stdout
     ), done.stdout + done.stderr
     assert "Nanny failed" not in done.stderr
+
+
+class FirstStart:
+    """Set once the run's first task is started on a worker."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    @hookimpl
+    def dispatcher_task_started(self, node: Any, worker: str) -> None:
+        self.event.set()
+
+
+def test_a_users_client_closed_under_a_run_is_named_as_the_cause(dask_cluster: Any) -> None:
+    """dask cancels every task of a client that closes: the error says the client was
+    closed (and when to close it), not that the cluster cancelled the task."""
+    from distributed import Client
+
+    client = Client(dask_cluster, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    first = FirstStart()
+
+    def close_when_started() -> None:
+        first.event.wait(60)
+        time.sleep(0.3)
+        client.close()
+
+    closer = threading.Thread(target=close_when_started)
+    closer.start()
+    try:
+        with pytest.raises(WorkerLostError) as raised:
+            run(
+                [Op(dask_tasks.sleep_then, 5, i) for i in range(4)],
+                executor="dask",
+                client=client,
+                plugins=[first],
+            )
+    finally:
+        closer.join()
+        client.close()
+    message = str(raised.value)
+    assert "sleep_then(5, " in message
+    assert "dask client was closed" in message, message
+    assert "cluster cancelled" not in message
+
+
+def test_a_scheduler_that_died_under_a_run_is_named_as_the_cause(tmp_path: Path) -> None:
+    """An external cluster's scheduler killed mid-run: the run fails naming the node and
+    the lost connection to the scheduler."""
+    from distributed import Client
+
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--no-nanny",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    first = FirstStart()
+
+    def kill_when_started() -> None:
+        first.event.wait(60)
+        time.sleep(0.3)
+        scheduler.kill()
+
+    killer = threading.Thread(target=kill_when_started)
+    try:
+        assert wait_for(scheduler_file.exists, 60)
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+        killer.start()
+        with (
+            get_executor("dask", address=str(scheduler_file)) as ex,
+            pytest.raises(WorkerLostError) as raised,
+        ):
+            ex.run([Op(dask_tasks.sleep_then, 5, i) for i in range(2)], plugins=[first])
+    finally:
+        first.event.set()
+        if killer.ident is not None:  # started
+            killer.join()
+        for process in (scheduler, worker):
+            process.kill()
+            process.wait()
+    message = str(raised.value)
+    assert "sleep_then(5, " in message
+    assert "lost its connection to the scheduler" in message, message

@@ -167,6 +167,50 @@ def test_closing_with_the_forkserver_frozen_kills_it_rather_than_wait_for_it(
         assert again.run(Op(abs, -3)) == 3
 
 
+FROZEN_FORKSERVER_AT_EXIT = textwrap.dedent(
+    """
+    import os, signal
+    from multiprocessing import forkserver
+    from dispatcher import Op, get_executor
+
+    if __name__ == "__main__":
+        with get_executor("mp", workers=2, start_method="forkserver") as ex:
+            assert ex.run([Op(abs, -i) for i in range(8)]) == list(range(8))
+            frozen = forkserver._forkserver._forkserver_pid
+            print(frozen, flush=True)
+            os.kill(frozen, signal.SIGSTOP)
+        print("closed", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(90)
+def test_a_program_that_closed_its_executor_with_the_forkserver_frozen_exits(
+    tmp_path: Path,
+) -> None:
+    # The workers' exits travel through the forkserver: frozen, it never reported them,
+    # and the interpreter's exit, which joins every process multiprocessing started,
+    # waited for them for ever.
+    script = tmp_path / "frozen_forkserver.py"
+    script.write_text(FROZEN_FORKSERVER_AT_EXIT)
+    out, err = tmp_path / "out", tmp_path / "err"
+    # Into files: the processes left behind by a hang would hold pipes open.
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, str(script)], stdout=stdout, stderr=stderr)
+    try:
+        child.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    finally:
+        forkserver = out.read_text().split()[:1]
+        if forkserver:  # frozen by the program, and left if it hung
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(forkserver[0]), signal.SIGKILL)
+    assert child.returncode == 0, (out.read_text(), err.read_text())
+    assert out.read_text().split()[1:] == ["closed"]
+
+
 @pytest.mark.parametrize("timeout", [2.2e6, 1e10, 1e308])
 def test_a_timeout_of_years_is_a_valid_timeout(timeout: float) -> None:
     # Waiting for such a deadline overflowed poll() and killed the reader thread.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,34 @@ def test_a_long_task_is_reported_without_waiting_for_the_next(tmp_path: Path) ->
     second = op(tasks.wait_for_file, label="second")(str(marker), 10)
     with get_executor("mp", workers=1, prefetch=1) as one:
         assert one.run([first, second], plugins=[MarkFirst()]) == ["first", True]
+
+
+class FinishOrder:
+    """The labels of the finished tasks, in the order they finished."""
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    @hookimpl
+    def dispatcher_task_finished(self, node: Any, worker: str) -> None:
+        self.labels.append(node.label)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="placement queues a task behind a running one on a busy worker and never takes "
+    "it back when another worker goes idle",
+)
+def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_idles() -> None:
+    # One worker gets a quick chain (its two tasks fill its room), the other the long
+    # task and, queued behind it, the short one; the first worker then idles for the
+    # whole long task while the short one waits.
+    seen = FinishOrder()
+    with get_executor("mp", workers=2) as ex:
+        ex.run([Op(abs, -i) for i in range(4)])  # both workers up
+        quick = op(len, label="quick")(Op(tasks.sleep_then, 0, "ab"))
+        long = op(tasks.sleep_then, label="long")(10, 1)
+        short = op(tasks.sleep_then, label="short")(0.2, 2)
+        assert ex.run([quick, long, short], plugins=[seen]) == [2, 1, 2]
+    assert seen.labels.index("short") < seen.labels.index("long"), seen.labels

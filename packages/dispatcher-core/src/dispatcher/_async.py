@@ -127,6 +127,7 @@ class AsyncTransport(Transport):
             try:
                 yield scope
             finally:
+                scope.open = False
                 loop_scope.reset(token)
                 group.cancel_scope.cancel()
 
@@ -345,17 +346,20 @@ class AsyncTransport(Transport):
         scope.group.start_soon(self._await, scope, handle, self._values(handle.spec))
 
     async def _await_ahead(self, scope: LoopScope, handle: _Handle) -> None:
-        await self._await(scope, handle, self._values(handle.spec))
+        values = _inputs_of(self, handle)
+        if values is not None:
+            await self._await(scope, handle, values)
 
     # -- plain functions in threads ----------------------------------------------------------
 
     def _to_thread(self, scope: LoopScope | None, handle: _Handle) -> None:
         assert self.pool is not None
+        values = _inputs_of(self, handle)
+        if values is None:
+            return
         spec = handle.spec
         self.tasks[spec.key] = handle
-        handle.job = self.pool.submit(
-            functools.partial(self._in_thread, scope, handle, self._values(spec))
-        )
+        handle.job = self.pool.submit(functools.partial(self._in_thread, scope, handle, values))
         if spec.timeout is not None:
             if scope is None:
                 raise RuntimeError("AsyncTransport: a timeout to enforce without a loop")
@@ -387,7 +391,10 @@ class AsyncTransport(Transport):
             self._start_ready(scope, ready[1:])
             # This thread's job goes on with it: abandoning it frees the thread.
             follow.job = handle.job
-            handle, values = follow, self._values(spec)
+            inputs = _inputs_of(self, follow)
+            if inputs is None:
+                return
+            handle, values = follow, inputs
 
     def _run_in_thread(
         self, scope: LoopScope | None, handle: _Handle, values: list[Any]
@@ -469,6 +476,18 @@ class AsyncTransport(Transport):
         self.store.clear()
         if self.pool is not None:
             self.pool.close()
+
+
+def _inputs_of(transport: AsyncTransport, handle: _Handle) -> list[Any] | None:
+    """The input values of a task sent ahead of them, read as it starts; ``None`` if it
+    was cancelled: its run stopped, and may have freed them meanwhile (on the loop, while
+    a worker thread starts the task)."""
+    try:
+        return transport._values(handle.spec)
+    except KeyError:
+        if handle.cancelled:
+            return None
+        raise
 
 
 def _await_on_loop(

@@ -48,10 +48,12 @@ def in_event_loop() -> bool:
 class LoopScope:
     """The event loop a run is driven on, and the task group its tasks live in."""
 
-    __slots__ = ("call_soon", "context", "group", "thread")
+    __slots__ = ("call_soon", "context", "group", "open", "thread")
 
     def __init__(self, group: TaskGroup) -> None:
         self.group = group
+        self.open = True
+        """Does the group take new tasks? Set on the loop, when the run's block ends."""
         self.thread = threading.get_ident()
         self.context = self.capture_context()
         native: Any = anyio.lowlevel.current_token().native_token
@@ -77,11 +79,24 @@ class LoopScope:
         return context
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Start a task in the group, from any thread."""
+        """Start a task in the group, from any thread. From another thread, a task that
+        arrives after the group closed is dropped: the run it served is over (raised in
+        the loop's callback, that error would reach no one, and trio would take it for
+        its own and end the user's program); a loop already closed is a RuntimeError."""
         if threading.get_ident() == self.thread:
             self.group.start_soon(func, *args)
         else:
-            self.call_soon(self.context.run, self.group.start_soon, func, *args)
+            self.call_soon(self.context.run, self._start_if_open, func, args)
+
+    def _start_if_open(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]
+    ) -> None:
+        if not self.open:
+            return  # (starting it would make the coroutine, never to be awaited)
+        try:
+            self.group.start_soon(func, *args)
+        except RuntimeError:
+            pass  # the group is closed
 
 
 loop_scope: contextvars.ContextVar[LoopScope | None] = contextvars.ContextVar(

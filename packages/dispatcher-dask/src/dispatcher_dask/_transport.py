@@ -192,7 +192,8 @@ class DaskTransport(GivingUp, Transport):
         assert self._events is not None
         for spec in tasks:
             if spec.key not in self._made:
-                error = WorkerLostError(spec.label, spec.worker, f"dask: {exc}")
+                reason = self._client_gone() or f"dask: {exc}"
+                error = WorkerLostError(spec.label, spec.worker, reason)
                 self._events.task_failed(spec.key, spec.worker, error, 0.0)
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
@@ -535,9 +536,29 @@ class DaskTransport(GivingUp, Transport):
             return
         self._drop(key, future)
         if status != "lost":
-            reason = f"the dask cluster {status} the task"
+            reason = self._client_gone() or f"the dask cluster {status} the task"
             error = WorkerLostError(spec.label, spec.worker, reason)
             events.task_failed(key, spec.worker, error, 0.0)
+
+    def _client_gone(self) -> str | None:
+        """Why the client can no longer run anything, if it cannot: it was closed, or lost
+        its scheduler (then dask cancels every task it had, and the task is not to blame)."""
+        client = self._client
+        status = getattr(client, "status", None)
+        if status in ("closing", "closed"):
+            return (
+                "the dask client was closed while the run used it (close a client given "
+                "with client= only after the runs on it have ended)"
+            )
+        if status == "connecting":
+            scheduler = getattr(getattr(client, "scheduler", None), "address", None)
+            at = f" at {scheduler}" if scheduler else ""
+            return (
+                f"the dask client lost its connection to the scheduler{at} (it stopped, "
+                "or the network failed): once the cluster is back, run again with a new "
+                "executor"
+            )
+        return None
 
     def _not_made(self, pending: Pending) -> list[Key]:
         """The inputs ``pending`` read that were never reported made (all of them, if

@@ -32,6 +32,8 @@ __all__ = [
     "await_all_ready",
     "exit_reason",
     "kill",
+    "kill_all",
+    "reported_exits",
     "spawn",
     "wait_exits",
     "worker_limit",
@@ -317,6 +319,17 @@ def kill_all(processes: Sequence[Any], grace: float = 5.0) -> None:
         except (ProcessLookupError, TypeError):
             pass
     wait_exits(processes, grace)
+
+
+def reported_exits(processes: Sequence[Any]) -> None:
+    """Make sure the exits of ``processes``, all killed, get reported to this process.
+
+    A forkserver's child reports its exit through the forkserver: frozen, it never does,
+    and the interpreter's exit, which joins every process multiprocessing started, would
+    wait for them for ever. Killed, the forkserver closes the pipes they report through,
+    which then say they ended."""
+    if any(process.exitcode is None for process in processes) and _kill_frozen_forkserver():
+        log.warning("the forkserver was frozen (stopped by a signal): killed it")
 
 
 def wait_exits(processes: Sequence[Any], seconds: float) -> None:

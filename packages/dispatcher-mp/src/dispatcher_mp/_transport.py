@@ -64,6 +64,7 @@ from ._process import (
     await_all_ready,
     kill,
     kill_all,
+    reported_exits,
     spawn,
     wait_exits,
     worker_limit,
@@ -281,6 +282,7 @@ class MpTransport(WorkerSupervision, Transport):
         wait_exits([w.process for w in workers], 1.0)  # seconds to exit by themselves
         # Waited for together (a frozen forkserver reports no exit: waits would add up).
         kill_all(starting_processes + [w.process for w in workers if w.process.is_alive()])
+        reported_exits(starting_processes + [w.process for w in workers])
         for worker in workers:
             worker.close_pipe()
         if self._reader is not None:
