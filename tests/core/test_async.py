@@ -159,11 +159,6 @@ class Started:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="arun plans the run (Plan, Run) on the loop's thread without giving the loop a "
-    "turn: the turns start only with the driver",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_arun_gives_the_loop_turns_while_it_plans_a_large_graph(backend: str) -> None:
     chain = Op(tasks.inc, 0)

@@ -7,6 +7,8 @@ import gc
 import pytest
 
 from dispatcher import CycleError, DataNode, DispatchGraph, DispatchNode, Op
+from dispatcher._plan import needs_more_than
+from dispatcher.testing import tasks
 
 
 def f(*args: object) -> None:
@@ -130,3 +132,15 @@ def test_building_a_graph_leaves_the_garbage_collector_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_needs_more_than_looks_no_further_than_its_limit() -> None:
+    chain = Op(tasks.inc, 0)
+    for _ in range(9):
+        chain = Op(tasks.inc, chain)  # 10 nodes
+    assert not needs_more_than(chain, 10)
+    assert needs_more_than(chain, 9)
+    assert needs_more_than([[chain], {"x": Op(tasks.inc, 5)}], 10)  # 11, nested
+    assert not needs_more_than(DispatchGraph(chain), 10)
+    assert needs_more_than(DispatchGraph(chain), 5)
+    assert not needs_more_than("not a node", 0)  # planning it says what is wrong

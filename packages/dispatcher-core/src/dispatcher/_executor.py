@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -18,13 +19,17 @@ from ._errors import DispatcherError
 from ._hooks import Observers
 from ._links import LinkCosts
 from ._options import Options
-from ._plan import Plan, Result
+from ._plan import Plan, Result, needs_more_than
 from ._plugins import run_observers
 from ._scheduler import Run
 from ._threads import waiting
 from .transport import Capabilities, Transport
 
-__all__ = ["COMMON_OPTIONS", "Executor", "ExecutorInfo"]
+__all__ = ["COMMON_OPTIONS", "PLANNED_ASIDE", "Executor", "ExecutorInfo"]
+
+PLANNED_ASIDE = 5_000
+"""``arun`` plans a graph of more nodes than this in a thread: planning takes about 1.5 µs
+a node, and the loop's other tasks wait for none of it there."""
 
 COMMON_OPTIONS = ("workers", "retries", "retry_on", "timeout")
 
@@ -211,10 +216,17 @@ class Executor:
         plugins: Iterable[object],
         cache: str | os.PathLike[str] | Cache | None = None,
     ) -> tuple[Any, BaseException | None]:
-        """:meth:`_execute` for :meth:`arun`."""
-        plan, run, observers = self._prepare(
-            targets, inputs, throw, progress, report, plugins, cache
+        """:meth:`_execute` for :meth:`arun`; a large graph is planned in a thread, which
+        lets the loop's other tasks run meanwhile."""
+        prepare = functools.partial(
+            self._prepare, targets, inputs, throw, progress, report, plugins, cache
         )
+        if needs_more_than(targets, PLANNED_ASIDE):
+            plan, run, observers = await _in_a_thread(functools.partial(prepare, announce=False))
+            if observers.run_started is not None:  # (observers hear from the run's loop)
+                observers.run_started(graph=plan.graph, executor=self)
+        else:
+            plan, run, observers = prepare()
         error: BaseException | None = None
         try:
             await self._adrive(run)
@@ -238,13 +250,15 @@ class Executor:
         report: str | None,
         plugins: Iterable[object],
         cache: str | os.PathLike[str] | Cache | None = None,
+        announce: bool = True,
     ) -> tuple[Plan, Run, Observers]:
+        """Plan a run and make it; with ``announce``, tell the observers it started."""
         if self._closed:
             raise DispatcherError(f"the {self.name!r} executor is closed")
         plan = Plan(targets, inputs, cache)
         observers = run_observers(plugins, progress=progress, report=report)
         run = self._new_run(plan, observers, throw)
-        if observers.run_started is not None:
+        if announce and observers.run_started is not None:
             observers.run_started(graph=plan.graph, executor=self)
         return plan, run, observers
 
@@ -316,3 +330,14 @@ class Executor:
             cancelled.set()
             run.queue.wake()  # the driver sees the cancellation at once
             raise
+
+
+async def _in_a_thread(
+    prepare: Callable[[], tuple[Plan, Run, Observers]],
+) -> tuple[Plan, Run, Observers]:
+    """``prepare()`` in a worker thread. Cancelled meanwhile, the thread still plans to its
+    end (planning cannot be interrupted); the run it planned is dropped unstarted, which
+    holds nothing (a cache plan only opens its store)."""
+    import anyio.to_thread  # only arun comes here, with a loop running
+
+    return await anyio.to_thread.run_sync(prepare)

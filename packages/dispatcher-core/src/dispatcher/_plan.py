@@ -9,7 +9,7 @@ from ._cache_plan import CachePlan, as_cache
 from ._graph import DispatchGraph
 from ._nodes import DispatchNode
 
-__all__ = ["Plan", "Result"]
+__all__ = ["Plan", "Result", "needs_more_than"]
 
 T = TypeVar("T")
 
@@ -47,6 +47,28 @@ class Result(Generic[T]):
         return self.value == other.value and self.error is other.error
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def needs_more_than(targets: Any, limit: int) -> bool:
+    """Do ``targets`` need more than ``limit`` nodes? Looks at no more than that many (and
+    says no to what is not targets at all: planning them says what is wrong)."""
+    if isinstance(targets, DispatchGraph):
+        return len(targets) > limit
+    roots: list[DispatchNode] = []
+    try:
+        _leaves(targets, roots)
+    except (TypeError, RecursionError):
+        return False
+    seen = set(roots)
+    stack = list(seen)
+    while stack:
+        for dep in stack.pop().dependencies():
+            if dep not in seen:
+                if len(seen) >= limit:
+                    return True
+                seen.add(dep)
+                stack.append(dep)
+    return len(seen) > limit
 
 
 def _leaves(template: Any, found: list[DispatchNode]) -> None:
