@@ -239,3 +239,23 @@ def test_a_call_kept_from_running_is_not_slow_of_its_own_doing() -> None:
     while time.thread_time() < until:
         pass
     assert clock.own_doing(begun)
+
+
+def where_pair(a: object, b: object) -> int:
+    """The thread that called it, with two inputs."""
+    return threading.get_ident()
+
+
+def test_a_tiny_task_reads_the_results_threads_made_where_they_are_kept() -> None:
+    """Its inputs made by slow calls in threads, a proven-tiny task with two of them is
+    called by the driving thread, not sent to a thread for want of holding them; and the
+    inputs it read are dropped where they were kept."""
+    here = threading.get_ident()
+    with get_executor("async", threads=4) as ex:
+        proven(ex, where_pair, 0, 1)
+        pairs = [
+            Op(where_pair, Op(tasks.sleep_then, 0.002, i), Op(tasks.sleep_then, 0.002, -i))
+            for i in range(10)
+        ]
+        assert ex.run(pairs) == [here] * 10
+        assert not ex._loop_transport.store  # type: ignore[attr-defined]

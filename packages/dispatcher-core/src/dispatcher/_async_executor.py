@@ -85,6 +85,7 @@ class AsyncExecutor(Executor):
         """Run to the end: from this thread when the run needs no loop; otherwise on a
         loop of its own, here, or on another thread when this one already runs a loop (a
         notebook, or a task calling run()) that is busy with us."""
+        run.table.kept_here = self._loop_transport.store  # (threads' results, in process)
         if not self._needs_loop(run):
             if self.threads:
                 run.call_tiny(self._loop_transport.tiny)
@@ -123,6 +124,7 @@ class AsyncExecutor(Executor):
     async def _adrive(self, run: Run) -> None:
         """Run to the end on the current loop, its tasks with it."""
         transport = self._loop_transport
+        run.table.kept_here = transport.store
         if self.threads:
             run.call_tiny(transport.tiny)
         self._router.attach(run)

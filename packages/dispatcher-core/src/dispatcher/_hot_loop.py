@@ -103,6 +103,7 @@ def call_ready_in_caller(
             # Inputs of one- and two-input calls go in locals: building a list to
             # unpack into the call was a quarter of the cost of a task in a chain.
             count = len(deps)
+            aside = False  # an input read where the transport keeps it
             try:
                 if count == 1:
                     first = caller_values[deps[0]]
@@ -111,8 +112,15 @@ def call_ready_in_caller(
                 elif count:
                     values = list(map(value_of, deps))
             except KeyError:
-                ready.append(p)
-                return ran  # an input is held by a worker: submit it like any task
+                kept_here = _kept_here(table, p, deps)  # (made by a thread of this process?)
+                if kept_here is None:
+                    ready.append(p)
+                    return ran  # an input is held by a worker: submit it like any task
+                values, aside = kept_here, True
+                if count == 1:
+                    first = values[0]
+                elif count == 2:
+                    first, second = values
             ran = True
             if started is not None:
                 started(node=node, worker=CALLER)
@@ -181,9 +189,11 @@ def call_ready_in_caller(
             for d in deps:
                 needed[d] -= 1
                 if not needed[d]:
+                    if aside and d not in caller_values:
+                        release(d)  # the transport is told to drop it
                     # Read from the caller's values above: held there, so made there
                     # unless it is a constant or an input (kept), and none of those.
-                    if state[d] == DONE and d not in kept:
+                    elif state[d] == DONE and d not in kept:
                         state[d] = RELEASED
                         del caller_values[d]
                     else:
@@ -198,3 +208,18 @@ def call_ready_in_caller(
         table.remaining -= settled
         if clock is not None:
             clock.node = None
+
+
+def _kept_here(table: TaskTable, p: int, deps: tuple[int, ...]) -> list[Any] | None:
+    """The inputs of ``p``, all made, from the caller's values or from where the transport
+    keeps its results in this process (:attr:`TaskTable.kept_here`: a thread's result
+    need not cost a tiny task a hand-off to a thread); None if any is elsewhere. Read,
+    not taken: the input is released as any worker's is, the transport told to drop it."""
+    kept = table.kept_here
+    if kept is None or table.waiting[p]:
+        return None
+    caller_values, base = table.caller_values, table.base
+    try:
+        return [caller_values[d] if d in caller_values else kept[base + d] for d in deps]
+    except KeyError:
+        return None

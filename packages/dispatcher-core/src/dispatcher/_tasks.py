@@ -93,6 +93,9 @@ class TaskTable:
             # Values held by the caller: constants, inputs, and results of tasks called in the
             # caller. Only the last are ever released.
             self.caller_values: dict[int, Any] = {}
+            self.kept_here: Mapping[Key, Any] | None = None
+            """Where the transport keeps, in this process, the results its workers made
+            (by key): the caller's hot loop reads inputs there too (``_hot_loop._kept_here``)."""
             self.kept: set[int] = set()  # constants and inputs: never released
             self.results: dict[int, Any] = {}
             self.errors: dict[int, BaseException] = {}
