@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,38 +113,27 @@ def test_threads_limit_concurrency() -> None:
     assert most <= 3
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("threads", [0, 6])
-def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, threads: int) -> None:
-    # 30,000 calls of a microsecond: a run that never waits for anything, so only turns
-    # the driver gives let the loop's other tasks (the user's) run meanwhile.
-    chain = Op(tasks.inc, 0)
-    for _ in range(29_999):
-        chain = Op(tasks.inc, chain)
+class Ticker:
+    """A task of the user's on the loop, counting the turns it gets (:attr:`ticks`)."""
 
-    async def main() -> tuple[int, int]:
-        ticks, running = 0, True
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._running = True
 
-        async def tick() -> None:
-            nonlocal ticks
-            while running:
-                ticks += 1
-                await anyio.sleep(0)
+    async def _tick(self) -> None:
+        while self._running:
+            self.ticks += 1
+            await anyio.sleep(0)
 
-        with get_executor("async", threads=threads) as ex:
-            await ex.arun(chain)  # (with threads, calls proven tiny run on the loop)
-            async with anyio.create_task_group() as group:
-                group.start_soon(tick)
-                await anyio.sleep(0)
-                before = ticks
-                value = await ex.arun(chain)
-                during, running = ticks - before, False
-        return value, during
-
-    value, during = anyio.run(main, backend=backend)
-    assert value == 30_000
-    assert during >= 2
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Ticker]:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._tick)
+            await anyio.sleep(0)
+            try:
+                yield self
+            finally:
+                self._running = False
 
 
 class Started:
@@ -160,28 +150,41 @@ class Started:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [0, 6])
+def test_arun_gives_the_loop_turns_while_its_run_progresses(backend: str, threads: int) -> None:
+    # 30,000 calls of a microsecond: a run that never waits for anything, so only turns
+    # the driver gives let the loop's other tasks (the user's) run meanwhile.
+    chain = Op(tasks.inc, 0)
+    for _ in range(29_999):
+        chain = Op(tasks.inc, chain)
+
+    async def main() -> tuple[int, int]:
+        with get_executor("async", threads=threads) as ex:
+            await ex.arun(chain)  # (with threads, calls proven tiny run on the loop)
+            async with Ticker().running() as ticker:
+                started = Started(lambda: ticker.ticks)  # (planned aside, in a thread)
+                value = await ex.arun(chain, plugins=[started])
+                assert started.at is not None
+                return value, ticker.ticks - started.at
+
+    value, during = anyio.run(main, backend=backend)
+    assert value == 30_000
+    assert during >= 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_arun_gives_the_loop_turns_while_it_plans_a_large_graph(backend: str) -> None:
     chain = Op(tasks.inc, 0)
     for _ in range(99_999):
         chain = Op(tasks.inc, chain)
 
     async def main() -> tuple[int, int | None]:
-        ticks, running = 0, True
-
-        async def tick() -> None:
-            nonlocal ticks
-            while running:
-                ticks += 1
-                await anyio.sleep(0)
-
-        started = Started(lambda: ticks)
         with get_executor("async", threads=0) as ex:
-            async with anyio.create_task_group() as group:
-                group.start_soon(tick)
-                await anyio.sleep(0)
-                before = ticks
+            async with Ticker().running() as ticker:
+                started = Started(lambda: ticker.ticks)
+                before = ticker.ticks
                 value = await ex.arun(chain, plugins=[started])
-                running = False
         return value, None if started.at is None else started.at - before
 
     value, planning = anyio.run(main, backend=backend)
@@ -196,6 +199,21 @@ _counted: list[int] = []
 def _counted_inc(x: int) -> int:
     _counted.append(x)
     return x + 1
+
+
+class CancelsAfter:
+    """Cancels ``scope`` once ``count`` tasks have finished: from the run's loop, where
+    observers are called, so the cancellation waits for the driver's next turn."""
+
+    def __init__(self, scope: anyio.CancelScope, count: int) -> None:
+        self.scope = scope
+        self.count = count
+
+    @hookimpl
+    def dispatcher_task_finished(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.scope.cancel()
 
 
 @pytest.mark.timeout(60)
@@ -214,8 +232,8 @@ def test_a_cancelled_arun_stops_a_run_that_never_waits(backend: str, threads: in
             for _ in range(2):  # (with threads, calls proven tiny run on the loop)
                 await ex.arun(Op(_counted_inc, Op(_counted_inc, 1)))
             _counted.clear()
-            with anyio.move_on_after(0.01):
-                await ex.arun(chain)
+            with anyio.CancelScope() as scope:
+                await ex.arun(chain, plugins=[CancelsAfter(scope, 1_000)])
             made = len(_counted)
             assert await ex.arun(Op(_counted_inc, 1)) == 2  # the executor goes on
         return made
