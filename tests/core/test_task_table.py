@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from dispatcher import DataNode, DispatchGraph, Op
+from dispatcher._hot_loop import call_ready_in_caller
 from dispatcher._plugins import run_observers
-from dispatcher._tasks import DONE, RELEASED, TaskTable
+from dispatcher._states import DONE, RELEASED
+from dispatcher._tasks import TaskTable
 from dispatcher.testing import tasks
 
 _NO_OBSERVERS = run_observers((), progress=False, report=None)
@@ -15,7 +17,7 @@ _NO_OBSERVERS = run_observers((), progress=False, report=None)
 def _run_in_caller(targets: list[Any], inputs: dict[Any, Any] | None = None) -> TaskTable:
     graph = DispatchGraph(targets)
     table = TaskTable(graph, targets, inputs or {}, _NO_OBSERVERS, None, 0)
-    assert table.call_ready_in_caller(lambda func: True, {})
+    assert call_ready_in_caller(table, lambda func: True, {})
     assert table.remaining == 0
     return table
 
@@ -55,6 +57,6 @@ def test_a_result_whose_readers_were_skipped_is_not_kept() -> None:
     table.consume_inputs(graph._position(reader))  # as skipping the reader does
     table.remaining -= 1
     table.state[graph._position(reader)] = RELEASED
-    assert table.call_ready_in_caller(lambda func: True, {})
+    assert call_ready_in_caller(table, lambda func: True, {})
     assert table.caller_values == {}
     assert table.state[graph._position(made)] == RELEASED

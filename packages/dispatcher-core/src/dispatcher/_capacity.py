@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import DispatcherError
-from ._tasks import READY
+from ._states import READY
 from .transport import Key
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._tasks import DONE, RUNNING
+from ._states import DONE, RUNNING
 
 if TYPE_CHECKING:
     from ._tasks import TaskTable

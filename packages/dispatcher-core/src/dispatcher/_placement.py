@@ -20,7 +20,8 @@ from typing import Any
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
-from ._tasks import DONE, RUNNING, TaskTable
+from ._states import DONE, RUNNING
+from ._tasks import TaskTable
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: from ._links
 

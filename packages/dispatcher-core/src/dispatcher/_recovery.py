@@ -24,7 +24,7 @@ from ._errors import (
 )
 from ._nodes import DispatchNode
 from ._options import Options
-from ._tasks import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
+from ._states import CALLER, DONE, FAILED, READY, RELEASED, RUNNING, SKIPPED, TERMINAL, WAITING
 
 if TYPE_CHECKING:
     from ._hooks import Observers

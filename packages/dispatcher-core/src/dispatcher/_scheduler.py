@@ -44,6 +44,7 @@ from ._driver import (
     EventQueue,
     load_reported,
 )
+from ._hot_loop import call_ready_in_caller
 from ._nodes import DispatchNode
 from ._options import NO_LIMIT, Options
 from ._placement import Placement
@@ -55,7 +56,8 @@ from ._starts import (
     announce_unless_ahead,
     never_started,
 )
-from ._tasks import CALLER, DONE, READY, RUNNING, WAITING, TaskTable
+from ._states import CALLER, DONE, READY, RUNNING, WAITING
+from ._tasks import TaskTable
 from ._template import SHAPE_CONSTANT
 from ._tiny import Probes
 from .transport import TaskSpec, Transport, Unloaded
@@ -247,7 +249,7 @@ class Run:
                 break  # the driver's turn is over: the rest at its next step
             # (A function known not to run in the caller skips the hot loop's call.)
             if asks is not None and in_caller.get(nodes[ready[-1]]._func, True):
-                if table.call_ready_in_caller(asks, in_caller, False, tiny, turn_ends):
+                if call_ready_in_caller(table, asks, in_caller, False, tiny, turn_ends):
                     progressed = True
                     if table.failure is not None:
                         if self._caller_failed():
@@ -310,7 +312,7 @@ class Run:
         table = self.table
         if len(table.ready) != 1 or table.inflight:
             return False
-        return table.call_ready_in_caller(asks, self._idle_in_caller, True)
+        return call_ready_in_caller(table, asks, self._idle_in_caller, True)
 
     def _caller_failed(self) -> bool:
         """A task called in the caller raised (see ``TaskTable.failure``): retry or fail

@@ -9,24 +9,19 @@ queued in :attr:`TaskTable.frees` for the run to send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from itertools import compress
-from math import inf
 from operator import not_
 from typing import TYPE_CHECKING, Any
 
 from ._graph import gc_paused
 from ._hosts import worker_host
-from ._hot_loop import call_ready_in_caller
 from ._states import (
     CALLER,
     DONE,
-    FAILED,
     READY,
     RELEASED,
     RUNNING,
-    SKIPPED,
-    TERMINAL,
     WAITING,
 )
 
@@ -34,21 +29,9 @@ if TYPE_CHECKING:
     from ._graph import DispatchGraph
     from ._hooks import Observers
     from ._nodes import DispatchNode
-    from ._tiny import TinyCalls
     from .transport import Key, TaskSpec
 
-__all__ = [
-    "CALLER",
-    "DONE",
-    "FAILED",
-    "READY",
-    "RELEASED",
-    "RUNNING",
-    "SKIPPED",
-    "TERMINAL",
-    "WAITING",
-    "TaskTable",
-]
+__all__ = ["TaskTable"]
 
 _ABSENT = object()  # a task's result may be anything, ``...`` included
 
@@ -112,7 +95,7 @@ class TaskTable:
             """Keys each worker may drop, for the run to send."""
             self.remaining = n
             self.failure: tuple[int, BaseException, float | None] | None = None
-            """Set by :meth:`call_ready_in_caller` when an in-caller task raised."""
+            """Set by the hot loop (:mod:`._hot_loop`) when an in-caller task raised."""
             self.ready: list[int] = []
             """Positions ready to run, the next on top; stale entries are skipped."""
 
@@ -300,19 +283,6 @@ class TaskTable:
         return keys, sources, shipped, tuple(used_up) if used_up else ()
 
     # -- the hot loop ----------------------------------------------------------------------
-
-    def call_ready_in_caller(
-        self,
-        asks: Callable[[Callable[..., Any]], bool],
-        in_caller: dict[Any, bool],
-        alone: bool = False,
-        watch: TinyCalls | None = None,
-        until: float = inf,
-    ) -> bool:
-        """Call in this thread the ready tasks the transport lets the scheduler call, and
-        settle them: see :func:`dispatcher._hot_loop.call_ready_in_caller`. True if any
-        task ran."""
-        return call_ready_in_caller(self, asks, in_caller, alone, watch, until)
 
 
 def _nearest(holders: frozenset[str], worker: str) -> str:
