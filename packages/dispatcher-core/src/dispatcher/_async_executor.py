@@ -29,8 +29,10 @@ import anyio
 from ._async import AsyncTransport
 from ._driver import drive_async
 from ._executor import Executor
+from ._hooks import Observers
 from ._loop import first_leaf, in_event_loop, interruptible, loop_scope
 from ._options import check_count
+from ._plan import Plan
 from ._scheduler import Run
 from .transport import Capabilities
 
@@ -81,11 +83,16 @@ class AsyncExecutor(Executor):
             funcs.update(call[0] for call in run._cache_calls.values())
         return not all(map(self._loop_transport.never_awaits, funcs))
 
+    def _new_run(self, plan: Plan, observers: Observers, throw: bool) -> Run:
+        run = super()._new_run(plan, observers, throw)
+        # The hot loop reads the inputs that threads made where the transport keeps them.
+        run.table.kept_here = self._loop_transport.store
+        return run
+
     def _drive(self, run: Run) -> None:
         """Run to the end: from this thread when the run needs no loop; otherwise on a
         loop of its own, here, or on another thread when this one already runs a loop (a
         notebook, or a task calling run()) that is busy with us."""
-        run.table.kept_here = self._loop_transport.store  # (threads' results, in process)
         if not self._needs_loop(run):
             if self.threads:
                 run.call_tiny(self._loop_transport.tiny)
@@ -124,7 +131,6 @@ class AsyncExecutor(Executor):
     async def _adrive(self, run: Run) -> None:
         """Run to the end on the current loop, its tasks with it."""
         transport = self._loop_transport
-        run.table.kept_here = transport.store
         if self.threads:
             run.call_tiny(transport.tiny)
         self._router.attach(run)
