@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +381,16 @@ class FirstStart:
     def dispatcher_task_started(self, node: Any, worker: str) -> None:
         self.event.set()
 
+    def then(self, action: Callable[[], object]) -> threading.Thread:
+        """A thread (not started) that does ``action`` shortly after the first start."""
+
+        def act() -> None:
+            self.event.wait(60)
+            time.sleep(0.3)
+            action()
+
+        return threading.Thread(target=act)
+
 
 def test_a_users_client_closed_under_a_run_is_named_as_the_cause(dask_cluster: Any) -> None:
     """dask cancels every task of a client that closes: the error says the client was
@@ -389,13 +400,7 @@ def test_a_users_client_closed_under_a_run_is_named_as_the_cause(dask_cluster: A
     client = Client(dask_cluster, set_as_default=False)
     client.wait_for_workers(2, timeout=60)
     first = FirstStart()
-
-    def close_when_started() -> None:
-        first.event.wait(60)
-        time.sleep(0.3)
-        client.close()
-
-    closer = threading.Thread(target=close_when_started)
+    closer = first.then(client.close)
     closer.start()
     try:
         with pytest.raises(WorkerLostError) as raised:
@@ -452,13 +457,7 @@ def test_a_scheduler_that_died_under_a_run_is_named_as_the_cause(tmp_path: Path)
         env=env,
     )
     first = FirstStart()
-
-    def kill_when_started() -> None:
-        first.event.wait(60)
-        time.sleep(0.3)
-        scheduler.kill()
-
-    killer = threading.Thread(target=kill_when_started)
+    killer = first.then(scheduler.kill)
     try:
         assert wait_for(scheduler_file.exists, 60)
         with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
