@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import pytest
 
-from dispatcher import Op
+from dispatcher import DispatcherError, Op, get_executor
 from dispatcher._capacity import Capacity
 from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router, step
-from dispatcher._executor import Executor
+from dispatcher._executor import PLANNED_ASIDE, Executor
+from dispatcher._hooks import Observers
 from dispatcher._placement import Placement
 from dispatcher._plan import Plan
 from dispatcher._plugins import run_observers
@@ -228,3 +229,41 @@ def test_a_turn_ends_calling_tasks_in_the_caller_and_the_next_goes_on() -> None:
         (target,) = run.table.target_positions
         assert run.table.results[target] == list(range(1, 301))
         assert not transport.batches
+
+
+@pytest.mark.timeout(10)
+def test_an_async_wait_of_a_stopped_queue_returns_at_once() -> None:
+    """A queue stopped before its driver waits (the executor closed meanwhile: the wake
+    found no waiter) must not wait for an event that will never come."""
+    queue = EventQueue()
+    queue.stopped = DispatcherError("closed")
+
+    async def main() -> None:
+        def call_soon(callback: Callable[[], object]) -> None:
+            callback()
+
+        await queue.wait_async(call_soon)
+
+    anyio.run(main)
+    queue.wait(None)  # and the blocking wait, with no timeout, neither
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_executor_closed_while_arun_plans_a_large_graph_stops_the_run(backend: str) -> None:
+    """arun plans a large graph in a thread: an executor closed meanwhile ends the run
+    with the error that says so. Its driver used to wait forever for tasks that the
+    closed executor would never run."""
+    ex = get_executor("async", backend=backend)
+    new_run = ex._new_run
+
+    def closed_meanwhile(plan: Plan, observers: Observers, throw: bool) -> Run:
+        ex.close()
+        return new_run(plan, observers, throw)
+
+    ex._new_run = closed_meanwhile  # type: ignore[method-assign]
+    node = Op(tasks.inc, 0)
+    for _ in range(PLANNED_ASIDE):
+        node = Op(tasks.inc, node)
+    with pytest.raises(DispatcherError, match="closed while the run was going on"):
+        anyio.run(ex.arun, node, backend=backend)

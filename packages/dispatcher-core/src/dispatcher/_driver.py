@@ -123,7 +123,8 @@ class EventQueue:
             # Announce the sleep before looking, so a post in between is not missed.
             self._sleeping = True
             try:
-                if not self.events:
+                # (Stopped before this wait, the wake that said so found nobody asleep.)
+                if not self.events and self.stopped is None:
                     self._cond.wait(timeout)
             finally:
                 self._sleeping = False
@@ -141,7 +142,7 @@ class EventQueue:
                 await self.wait_async(call_soon)
             return
 
-        if self.events:
+        if self.events or self.stopped is not None:
             return
         woken = anyio.Event()
         here = threading.get_ident()
@@ -158,7 +159,7 @@ class EventQueue:
         # Installed before looking again, so a post in between is not missed.
         self._waker = waker
         try:
-            if not self.events:
+            if not self.events and self.stopped is None:
                 await woken.wait()
         finally:
             self._waker = None
