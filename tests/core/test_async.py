@@ -31,6 +31,7 @@ from dispatcher import (
     op,
     run,
 )
+from dispatcher._executor import PLANNED_ASIDE
 from dispatcher._loop import in_event_loop
 from dispatcher.testing import tasks
 
@@ -239,6 +240,42 @@ def test_a_cancelled_arun_stops_a_run_that_never_waits(backend: str, threads: in
         return made
 
     assert anyio.run(main, backend=backend) < length
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_arun_cancelled_while_it_plans_a_large_graph_starts_none_of_it(backend: str) -> None:
+    # The plan was made in a thread that could not be abandoned: the cancellation waited
+    # for it, and then the run started and called thousands of tasks before it heard.
+    chain = Op(_counted_inc, 0)
+    for _ in range(PLANNED_ASIDE):
+        chain = Op(_counted_inc, chain)
+    planning, cancelled, planned = threading.Event(), threading.Event(), threading.Event()
+
+    with get_executor("async", threads=0) as ex:
+        new_run = ex._new_run
+
+        def slow_to_plan(*args: Any) -> Any:
+            planning.set()
+            cancelled.wait(10)
+            try:
+                return new_run(*args)
+            finally:
+                planned.set()
+
+        ex._new_run = slow_to_plan  # type: ignore[method-assign]
+
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(ex.arun, chain)
+                await anyio.to_thread.run_sync(planning.wait)
+                group.cancel_scope.cancel()
+                cancelled.set()
+
+        _counted.clear()
+        anyio.run(main, backend=backend)
+        assert planned.wait(10)
+        assert _counted == []
 
 
 async def _ainc(x: int) -> int:

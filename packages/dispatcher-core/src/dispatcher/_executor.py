@@ -229,6 +229,9 @@ class Executor:
             plan, run, observers = prepare()
         error: BaseException | None = None
         try:
+            from anyio.lowlevel import checkpoint_if_cancelled
+
+            await checkpoint_if_cancelled()  # cancelled while planning: start none of it
             await self._adrive(run)
             while run.replan:
                 plan, run = self._replan(plan, run, observers)
@@ -335,9 +338,10 @@ class Executor:
 async def _in_a_thread(
     prepare: Callable[[], tuple[Plan, Run, Observers]],
 ) -> tuple[Plan, Run, Observers]:
-    """``prepare()`` in a worker thread. Cancelled meanwhile, the thread still plans to its
-    end (planning cannot be interrupted); the run it planned is dropped unstarted, which
-    holds nothing (a cache plan only opens its store)."""
+    """``prepare()`` in a worker thread. Cancelled meanwhile, the caller goes at once
+    and the thread plans on to its end (planning cannot be interrupted); the run it
+    planned is dropped unstarted, which holds nothing (a cache plan only opens its
+    store)."""
     import anyio.to_thread  # only arun comes here, with a loop running
 
-    return await anyio.to_thread.run_sync(prepare)
+    return await anyio.to_thread.run_sync(prepare, abandon_on_cancel=True)
