@@ -162,3 +162,63 @@ def test_calls_held_back_for_probes_wait_for_those_probes_only() -> None:
             True,
             *range(40),
         ]
+
+
+_failed_once: set[str] = set()
+
+
+def _fails_once(tag: str) -> str:
+    if tag not in _failed_once:
+        _failed_once.add(tag)
+        raise ValueError(tag)
+    return tag
+
+
+@pytest.mark.timeout(30)
+def test_a_task_sent_ahead_of_an_input_that_already_failed_is_sent_again() -> None:
+    # A task sent ahead of its input waits for it in the transport; that input failed in
+    # its thread just before (the failure found nobody waiting), and its retry ran on the
+    # driving thread (proven tiny meanwhile): nothing would ever put the result where the
+    # waiting task looked for it, and the run waited forever.
+    _failed_once.clear()
+    with get_executor("async", threads=2, retries=1, retry_on=(ValueError,)) as ex:
+        transport: Any = ex._loop_transport
+        failed = threading.Event()
+        report_failure, send_ahead = transport._failed, transport._sent_ahead
+
+        def failure_reported(*args: Any) -> None:
+            report_failure(*args)
+            tiny_calls(ex).changes += 1  # (the run asks again where calls run)
+            failed.set()
+
+        def sent_ahead_after_the_failure(spec: Any) -> bool:
+            failed.wait(GUARD)
+            return send_ahead(spec)  # type: ignore[no-any-return]
+
+        transport._failed = failure_reported
+        transport._sent_ahead = sent_ahead_after_the_failure
+        transport.runs_in_caller = lambda func: func is _fails_once and failed.is_set()
+        targets = [Op(len, Op(_fails_once, "a")), Op(len, Op(_fails_once, "bc"))]
+        assert ex.run(targets) == [1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_a_chain_sent_ahead_of_an_input_that_fails_is_sent_again_link_by_link() -> None:
+    # A chain sent ahead waits in the transport, each link for the one before. Its first
+    # input failed: the next link was put back, but the links after it went on waiting
+    # for results that the retries, called on the driving thread, never put in the store.
+    _failed_once.clear()
+    with get_executor("async", threads=2, retries=1, retry_on=(ValueError,)) as ex:
+        transport: Any = ex._loop_transport
+        failed = threading.Event()
+        report_failure = transport._failed
+
+        def failure_reported(*args: Any) -> None:
+            report_failure(*args)
+            tiny_calls(ex).changes += 1  # (the run asks again where calls run)
+            failed.set()
+
+        transport._failed = failure_reported
+        transport.runs_in_caller = lambda func: failed.is_set()
+        chains = [Op(len, Op(str, Op(_fails_once, tag))) for tag in ("a", "bc")]
+        assert ex.run(chains) == [1, 2]

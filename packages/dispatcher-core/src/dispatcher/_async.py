@@ -31,7 +31,15 @@ from ._inline import may_return_awaitable
 from ._loop import LoopScope, loop_scope, stops_the_loop
 from ._threads import DaemonThreadPool, Job
 from ._tiny import ByFunction, TinyCalls
-from .transport import Capabilities, EventSink, Key, TaskSpec, Transport, call_task
+from .transport import (
+    KEY_BITS,
+    Capabilities,
+    EventSink,
+    Key,
+    TaskSpec,
+    Transport,
+    call_task,
+)
 
 __all__ = ["AsyncTransport"]
 
@@ -72,6 +80,24 @@ class _Waiting(dict[Key, list[_Handle]]):
                 ready.append(handle)
         return ready
 
+    def unmake(self, key: Key, tasks: dict[Key, _Handle], unmade: set[Key]) -> list[_Handle]:
+        """``key``'s result will not be made here (added to ``unmade``): the tasks that
+        waited for it, or for one of those, which never run now (taken out of ``tasks``;
+        those someone else took out, cancelled, are left out)."""
+        lost: list[_Handle] = []
+        keys = [key]
+        while keys:
+            key = keys.pop()
+            unmade.add(key)
+            for handle in self.pop(key, None) or ():
+                self.unwait(handle)
+                if tasks.get(handle.spec.key) is handle and not handle.cancelled:
+                    del tasks[handle.spec.key]
+                    lost.append(handle)
+                    keys.append(handle.spec.key)
+                handle.cancelled = True
+        return lost
+
     def unwait(self, handle: _Handle) -> None:
         """``handle`` no longer waits for its inputs."""
         for key in handle.spec.deps:
@@ -103,6 +129,9 @@ class AsyncTransport(Transport):
         self.store: dict[Key, Any] = {}
         self.tasks: dict[Key, _Handle] = {}  # what cancel() can still reach
         self._waiting = _Waiting()
+        # Keys whose results will not be made here unless sent again (they failed, or
+        # waited for one that did; a retry may run on the driving thread): _sent_ahead.
+        self._unmade: set[Key] = set()
         # Worker threads report on their own: whoever takes a handle out of ``tasks``
         # under this lock (its thread, its deadline, cancel()) is the one that reports.
         # It also orders storing a result against a task that arrives to wait for it.
@@ -158,6 +187,9 @@ class AsyncTransport(Transport):
         scope = loop_scope.get()
         is_coroutine = self._is_coroutine
         failed = False
+        if self._unmade:  # (sent again: made here after all)
+            with self._lock:
+                self._unmade.difference_update([spec.key for spec in tasks])
         for spec in tasks:
             func = spec.func
             coro = is_coroutine.get(func)
@@ -239,22 +271,11 @@ class AsyncTransport(Transport):
         events = self._events
         assert events is not None
         events.task_failed(spec.key, "main", error, duration)
-        if not self._waiting:
-            return
-        # What was sent to run after it waits no more: the scheduler puts it back, to be
-        # sent again after a retry, or skipped.
+        # What waited for it, or for those, never runs: the scheduler sends it again or skips it.
         with self._lock:
-            waiters = self._waiting.pop(spec.key, None) or []
-            for handle in waiters:
-                self._waiting.unwait(handle)
-                if self.tasks.get(handle.spec.key) is handle:
-                    del self.tasks[handle.spec.key]
-                else:
-                    handle.cancelled = True
-        for handle in waiters:
-            if not handle.cancelled:
-                handle.cancelled = True
-                events.task_inputs_lost(handle.spec.key, "main", [spec.key])
+            lost = self._waiting.unmake(spec.key, self.tasks, self._unmade)
+        for handle in lost:
+            events.task_inputs_lost(handle.spec.key, "main", [])
 
     # -- coroutines --------------------------------------------------------------------------
 
@@ -304,7 +325,8 @@ class AsyncTransport(Transport):
     # -- tasks sent ahead of their inputs ------------------------------------------------------
 
     def _sent_ahead(self, spec: TaskSpec) -> bool:
-        """If an input of ``spec`` is still being computed, make it wait (True)."""
+        """If an input of ``spec`` is still being computed, make it wait (True); if one
+        will not be made here (``_unmade``), report ``spec``'s inputs lost (True too)."""
         store, shipped = self.store, spec.inline
         with self._lock:
             missing = [
@@ -312,8 +334,13 @@ class AsyncTransport(Transport):
             ]
             if not missing:
                 return False
-            handle = self.tasks[spec.key] = _Handle(spec)
-            self._waiting.park(handle, missing)
+            if not (self._unmade and self._unmade.intersection(missing)):
+                handle = self.tasks[spec.key] = _Handle(spec)
+                self._waiting.park(handle, missing)
+                return True
+            self._unmade.add(spec.key)  # (what is sent ahead of it in turn is lost too)
+        assert self._events is not None
+        self._events.task_inputs_lost(spec.key, "main", [])
         return True
 
     def _stored(self, key: Key, value: Any) -> list[_Handle]:
@@ -443,6 +470,10 @@ class AsyncTransport(Transport):
         for key in keys:
             store.pop(key, None)
 
+    def run_finished(self, run: int) -> None:
+        with self._lock:  # (a run over sends nothing again)
+            self._unmade = {k for k in self._unmade if k >> KEY_BITS != run}
+
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         for spec in tasks:
             with self._lock:
@@ -461,6 +492,7 @@ class AsyncTransport(Transport):
             handles = list(self.tasks.values())
             self.tasks.clear()
             self._waiting.clear()
+            self._unmade.clear()
         for handle in handles:
             handle.cancelled = True
             scope, loop = handle.cancel_scope, handle.loop
