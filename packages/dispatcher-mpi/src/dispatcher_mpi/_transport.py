@@ -323,7 +323,8 @@ class Root:
             self.all_said_bye.set()
         self.all_said_bye.wait(STOP_GRACE)
         silent = [rank for rank in self.ranks if rank not in self.said_bye]
-        self.hub.stop()
+        late = self.hub.stop(unreachable=silent)
+        silent += [rank for rank in late if rank not in silent]  # said bye, then froze
         if not silent:
             return None
         lines = [f"  {self.where(rank)}: {self.why_busy.get(rank, 'no answer')}" for rank in silent]
