@@ -68,3 +68,30 @@ def test_a_job_whose_rank_froze_with_sends_on_their_way_ends(tmp_path: Path) -> 
     assert "values [0, 1, 2, 3, 4, 5, 6, 7]" in out, err[-3000:]
     assert status is not None, "the job did not end: " + err[-3000:]
     assert "do not answer" in err
+
+
+# Holds its rank's GIL for seconds (backtracking), untimed; timed tasks that need its
+# result are sent ahead, to wait behind it on its rank.
+BEHIND_A_GIL_HOLDER = """
+import re
+from dispatcher import Op, op, run
+
+def hog(n):
+    re.match(r"(a*)*b", "a" * n)
+    return 1
+
+def after(x, i):
+    return x + i
+
+head = Op(hog, 26)
+results = run([op(after, timeout=1)(head, i) for i in range(50)], executor="mpi", throw=False)
+errors = sorted({repr(r.error) for r in results if not r.ok})
+print("ok", sum(r.ok for r in results), "errors", errors, flush=True)
+"""
+
+
+def test_timed_tasks_queued_behind_a_task_holding_the_gil_wait_for_it(tmp_path: Path) -> None:
+    program = script(tmp_path, BEHIND_A_GIL_HOLDER)
+    status, out, err = ended_job(3, program, timeout=120)
+    assert status == 0, err[-3000:]
+    assert "ok 50 errors []" in out, out + err[-3000:]
