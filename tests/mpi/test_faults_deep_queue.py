@@ -60,12 +60,6 @@ print("values", values, flush=True)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Root.stop waits for every send to complete (Hub.stop -> flush -> Request.Wait) "
-    "before naming the ranks that do not answer: a send to a frozen rank never completes, "
-    "so the job never ends",
-)
 def test_a_job_whose_rank_froze_with_sends_on_their_way_ends(tmp_path: Path) -> None:
     program = script(tmp_path, FREEZES_ONCE)
     status, out, err = ended_job(
@@ -96,14 +90,6 @@ print("ok", sum(r.ok for r in results), "errors", errors, flush=True)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MpiTransport.enforce_silence presumes every timed task its rank has not "
-    "reported started to be running once the rank is silent for its timeout plus "
-    "SILENCE_GRACE, even one queued behind another task still out there (which cannot "
-    "have started): the tasks waiting behind an untimed task that holds the GIL time "
-    "out, and their rank is retired",
-)
 def test_timed_tasks_queued_behind_a_task_holding_the_gil_wait_for_it(tmp_path: Path) -> None:
     program = script(tmp_path, BEHIND_A_GIL_HOLDER)
     status, out, err = ended_job(3, program, timeout=120)
