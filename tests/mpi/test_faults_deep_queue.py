@@ -132,12 +132,6 @@ os.kill(root.peers[frozen[0]][1], signal.SIGCONT)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rank 0 gives up on a silent rank only while it has tasks out "
-    "(_silence.give_up_silent): a rank frozen while idle, holding results another "
-    "rank's task fetches, is never given up on, and that fetch waits forever",
-)
 def test_a_fetch_from_a_rank_frozen_while_idle_ends(tmp_path: Path) -> None:
     program = script(tmp_path, FROZEN_WHILE_IDLE)
     status, out, err = ended_job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"})
