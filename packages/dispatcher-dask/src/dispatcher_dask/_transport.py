@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import pickle
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dispatcher import SerializationError, WorkerLostError
@@ -47,11 +49,12 @@ from ._cluster import (
     registered,
 )
 from ._deadlines import Deadlines
+from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
 from ._outbox import Outbox
 from ._outcome import left_pickled, restored
 from ._quiet import QuietFailures, plugin_name
-from ._task import Shipped, TaskFailure, pack, run_task
+from ._task import Shipped, TaskFailure, pack, run_task, run_tasks
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -128,6 +131,12 @@ class DaskTransport(GivingUp, Transport):
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
         # Each task's run time, result size, and the wanted value it carried (or None).
         self._stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
+        # Of the tasks in fused runs (see _fusing): each one's index in its run, while
+        # its future is held; and its run time, result size and failure (pickled), once
+        # its run reported them.
+        self._fusing = Fusing()
+        self._index: dict[Key, int] = {}
+        self._member_stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
         # Cluster events are handled here, in order, off dask's loop (they make blocking
         # client calls) and off the scheduler's thread.
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
@@ -198,24 +207,31 @@ class DaskTransport(GivingUp, Transport):
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
         """Send ``tasks`` to dask as one graph, a layer per worker pinned there: dask's
-        scheduler pays per graph far more than per task. A task reading the result of
-        another of the same batch names it by its dask key."""
+        scheduler pays per graph far more than per task. Short tasks that read no other
+        task's result run as fused runs (see :mod:`._fusing`). A task reading the result
+        of another of the same batch names it by its dask key."""
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-        graphs: dict[str, dict[str, Any]] = {}
-        made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
-        batch: dict[Key, str] = {}  # key -> dask key, of this batch
-        order: dict[str, int] = {}
+        by_worker: dict[str, list[TaskSpec]] = {}
         for spec in tasks:
-            found = self._task(spec, batch)
-            if found is not None:
-                task, reads = found
-                graph = graphs.get(spec.worker)
-                if graph is None:
-                    graph = graphs[spec.worker] = {}
+            by_worker.setdefault(spec.worker, []).append(spec)
+        graphs: dict[str, dict[str, Any]] = {}
+        made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]] = []
+        batch: dict[Key, tuple[str, int | None]] = {}  # key -> dask key (and index), of this batch
+        order: dict[str, int] = {}
+        for worker, specs in by_worker.items():
+            graph = graphs[worker] = {}
+            groups = self._fusing.cut(specs) if self._stats_topic else [[s] for s in specs]
+            for group in groups:
+                fused = len(group) > 1
+                found = self._fused(group) if fused else self._task(group[0], batch)
+                if found is None:
+                    continue
+                task, members, reads = found
                 graph[task.key] = task
-                made.append((spec, task.key, reads))
-                batch[spec.key] = task.key
+                made.append((members, task.key, reads, fused))
+                for i, spec in enumerate(members):
+                    batch[spec.key] = (task.key, i if fused else None)
                 # A worker runs what it is sent in the order it was sent, as dispatcher
                 # placed it (dask's own ordering of a graph might put a long task before
                 # a short one sent earlier); on a shared worker, other clients' work,
@@ -230,43 +246,69 @@ class DaskTransport(GivingUp, Transport):
                 annotations={"workers": [addresses[worker]], "priority": order.__getitem__},
             )
             for i, (worker, graph) in enumerate(graphs.items())
+            if graph
         }
         # No layer dependencies: they would only serve optimizations that never run on
         # a graph of plain tasks, and two workers' layers may read each other.
         everything = HighLevelGraph(layers, {name: set() for name in layers})
-        keys = [dask_key for _, dask_key, _ in made]
+        keys = [dask_key for _, dask_key, _, _ in made]
         # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks of
         # earlier submissions first, as they were sent.
         futures = self.client.get(
             everything, keys, allow_other_workers=False, fifo_timeout=0, sync=False
         )
-        submitted: dict[str, Future] = dict(zip(keys, futures))
+        self._register(made, dict(zip(keys, futures)))
+
+    def _register(
+        self,
+        made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]],
+        submitted: dict[str, Future],
+    ) -> None:
+        """Record the tasks just sent, each with a future of its own (the members of a
+        fused run each hold one of the run's: dask keeps the run's values while one is
+        held), and release the inputs they were the last to read."""
+        from distributed import Future
+
+        client = self.client
         released: list[Future] = []
+        callbacks: list[tuple[Future, Any]] = []
         with self._lock:
             pending = self._pending
-            for spec, dask_key, reads in made:
+            for members, dask_key, reads, fused in made:
                 future = submitted[dask_key]
-                self._futures[spec.key] = future
-                self._made[spec.key] = spec
-                pending[spec.key] = Pending(spec, future, reads)
-                self._keys[dask_key] = spec.key
-                # dask keeps an input while a task waiting for it is queued: dispatcher's
-                # last use of a result need not wait for ``free`` (one still being made
-                # is released once reported, by ``free``).
-                for k in spec.last_use:
-                    maker = self._made.get(k)
-                    if maker is not None and maker.worker == spec.worker and k not in pending:
-                        released.append(self._futures.pop(k))
-                        del self._made[k]
-        for future in submitted.values():
-            future.add_done_callback(self._done)
+                for i, spec in enumerate(members):
+                    if fused:
+                        own = future if i == 0 else Future(dask_key, client)
+                        self._index[spec.key] = i
+                        callbacks.append((own, partial(self._member_done, spec.key)))
+                    else:
+                        own = future
+                        self._index.pop(spec.key, None)
+                        self._keys[dask_key] = spec.key
+                        callbacks.append((own, self._done))
+                    self._futures[spec.key] = own
+                    self._made[spec.key] = spec
+                    pending[spec.key] = Pending(spec, own, reads)
+                    # dask keeps an input while a task waiting for it is queued:
+                    # dispatcher's last use of a result need not wait for ``free`` (one
+                    # still being made is released once reported, by ``free``).
+                    for k in spec.last_use:
+                        maker = self._made.get(k)
+                        if maker is not None and maker.worker == spec.worker and k not in pending:
+                            released.append(self._futures.pop(k))
+                            self._index.pop(k, None)
+                            del self._made[k]
+        for future, callback in callbacks:
+            future.add_done_callback(callback)
         for old in released:
             old.release()
 
-    def _task(self, spec: TaskSpec, batch: Mapping[Key, str]) -> tuple[Any, tuple[Key, ...]] | None:
-        """The dask task for ``spec`` and the keys of the results it reads; None (and
-        reported) when it cannot be made. ``batch`` maps the tasks of the graph being
-        made to their dask keys."""
+    def _task(
+        self, spec: TaskSpec, batch: Mapping[Key, tuple[str, int | None]]
+    ) -> tuple[Any, list[TaskSpec], tuple[Key, ...]] | None:
+        """The dask task for ``spec``, with ``spec`` alone as its tasks, and the keys of
+        the results it reads; None (and reported) when it cannot be made. ``batch`` maps
+        the tasks of the graph being made to their dask keys (and index in a fused run)."""
         from dask._task_spec import Task, TaskRef
 
         events = self._events
@@ -274,6 +316,7 @@ class DaskTransport(GivingUp, Transport):
         inputs: list[TaskRef] = []
         reads: list[Key] = []
         inline: dict[int, Any] = {}
+        picks: dict[int, int] = {}  # dask input -> index of the member read, in a fused run
         missing: list[Key] = []
         given = spec.inline
         with self._lock:
@@ -281,17 +324,23 @@ class DaskTransport(GivingUp, Transport):
                 # Lost since it was placed: the loss is reported, and dispatcher retries
                 # what it had sent there.
                 return None
-            futures = self._futures
+            futures, index = self._futures, self._index
             for i, k in enumerate(spec.deps):
                 if given is not None and k in given:
                     inline[i] = given[k]
                     continue
                 future = futures.get(k)
                 if future is not None:
+                    member = index.get(k)
+                    if member is not None:
+                        picks[len(inputs)] = member
                     inputs.append(future)
                     reads.append(k)
                 elif k in batch:
-                    inputs.append(TaskRef(batch[k]))
+                    dask_key, member = batch[k]
+                    if member is not None:
+                        picks[len(inputs)] = member
+                    inputs.append(TaskRef(dask_key))
                     reads.append(k)
                 else:
                     missing.append(k)
@@ -299,7 +348,7 @@ class DaskTransport(GivingUp, Transport):
             events.task_inputs_lost(spec.key, spec.worker, missing)
             return None
         try:
-            payload = pack(spec, inline)
+            payload = pack(spec, inline, picks)
         except SerializationError as exc:
             events.task_failed(spec.key, spec.worker, exc, 0.0)
             return None
@@ -308,7 +357,37 @@ class DaskTransport(GivingUp, Transport):
         task = Task(
             dask_key, run_task, spec.key, payload, self._stats_topic, self._start_topic, *inputs
         )
-        return task, tuple(reads)
+        return task, [spec], tuple(reads)
+
+    def _fused(
+        self, group: Sequence[TaskSpec]
+    ) -> tuple[Any, list[TaskSpec], tuple[Key, ...]] | None:
+        """The dask task running ``group`` as a fused run (see :mod:`._fusing`), and the
+        tasks in it: those that could be made (the others are reported)."""
+        from dask._task_spec import Task
+
+        events = self._events
+        assert events is not None
+        members: list[TaskSpec] = []
+        payloads: list[tuple[Key, bytes]] = []
+        with self._lock:
+            if self._names.address.get(group[0].worker) not in self._workers:
+                return None  # lost since it was placed: see _task
+        for spec in group:
+            given = spec.inline or {}
+            inline = {i: given[k] for i, k in enumerate(spec.deps)}
+            try:
+                payloads.append((spec.key, pack(spec, inline)))
+            except SerializationError as exc:
+                events.task_failed(spec.key, spec.worker, exc, 0.0)
+                continue
+            members.append(spec)
+        if not members:
+            return None
+        name = getattr(members[0].func, "__name__", "task")
+        dask_key = f"{name}-fused-{self._token}-{next(self._serial)}"
+        task = Task(dask_key, run_tasks, pickle.dumps(payloads, protocol=5), self._stats_topic)
+        return task, members, ()
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         released: list[Future] = []
@@ -319,6 +398,7 @@ class DaskTransport(GivingUp, Transport):
                 if maker is not None and maker.worker == worker and k not in self._pending:
                     del made[k]
                     released.append(futures.pop(k))
+                    self._index.pop(k, None)
         for future in released:
             future.release()
 
@@ -334,6 +414,8 @@ class DaskTransport(GivingUp, Transport):
                 # Its inputs all made, it may have started (one that waits cannot have).
                 if found is not None and not any(k in pending for k in found.inputs):
                     may_run.setdefault(spec.worker, {})[found.future.key] = spec.label
+            if any(spec.key in self._index for spec in tasks):
+                self._keep_live_runs(tasks, may_run)
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
@@ -349,6 +431,22 @@ class DaskTransport(GivingUp, Transport):
         for future in dropped:
             future.release()
 
+    def _keep_live_runs(
+        self, tasks: Sequence[TaskSpec], may_run: dict[str, dict[str, str]]
+    ) -> None:
+        """A fused run of which tasks not among ``tasks`` are still pending stays held
+        (they run, and the cancelled ones with them: their reports are ignored): it is
+        no task given up on. The caller holds the lock."""
+        cancelled = {spec.key for spec in tasks}
+        live = {
+            p.future.key
+            for k, p in self._pending.items()
+            if k not in cancelled and k in self._index
+        }
+        for keys in may_run.values():
+            for dask_key in live.intersection(keys):
+                del keys[dask_key]
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -363,6 +461,8 @@ class DaskTransport(GivingUp, Transport):
             self._made.clear()
             self._pending.clear()
             self._keys.clear()
+            self._index.clear()
+            self._member_stats.clear()
         for future in futures:
             future.release()
         topics = [t for t in (*_CLUSTER_TOPICS, self._start_topic, self._stats_topic) if t]
@@ -408,10 +508,25 @@ class DaskTransport(GivingUp, Transport):
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
-        key, duration, nbytes, carried = event[1]
-        self._mean_run += (duration - self._mean_run) / 16
-        if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
+        report = event[1]
+        if report and isinstance(report[0], list | tuple):  # a fused run's: one per task
+            for key, duration, nbytes, failure in report:
+                pending = self._learn(key, duration, nbytes)
+                if pending is not None:
+                    self._member_stats[key] = (duration, nbytes, failure)
+            return
+        key, duration, nbytes, carried = report
+        if self._learn(key, duration, nbytes) is not None:
             self._stats[key] = (duration, nbytes, carried)
+
+    def _learn(self, key: Key, duration: float, nbytes: int | None) -> Pending | None:
+        """Fold a task's run time and result size in; its record, if it is still pending
+        (not for a task cancelled meanwhile: nobody would read its report)."""
+        self._mean_run += (duration - self._mean_run) / 16
+        pending = self._pending.get(key)
+        if pending is not None:
+            self._fusing.learn(pending.spec.func, duration, nbytes)
+        return pending
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
@@ -478,6 +593,8 @@ class DaskTransport(GivingUp, Transport):
         future = self._futures.pop(key, None)
         self._made.pop(key, None)
         self._stats.pop(key, None)
+        self._index.pop(key, None)
+        self._member_stats.pop(key, None)
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._deadlines.discard(pending)
@@ -520,6 +637,15 @@ class DaskTransport(GivingUp, Transport):
                 duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
                 events.task_finished(key, spec.worker, duration, nbytes)
             return
+        self._unfinished(pending, future, status)
+
+    def _unfinished(self, pending: Pending, future: Future, status: str) -> None:
+        """Report ``pending`` failed, or waiting for its inputs again: its future ended
+        with ``status``, not "finished"."""
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        key = spec.key
         if status == "error":
             try:
                 raised = future.exception()
@@ -539,6 +665,39 @@ class DaskTransport(GivingUp, Transport):
             reason = self._client_gone() or f"the dask cluster {status} the task"
             error = WorkerLostError(spec.label, spec.worker, reason)
             events.task_failed(key, spec.worker, error, 0.0)
+
+    def _member_done(self, key: Key, future: Future) -> None:
+        """The fused run that ran task ``key`` settled (on dask's callback thread): report
+        the task as its run reported it, unless that is stale."""
+        status = future.status
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None or pending.future is not future:
+                return
+            del self._pending[key]
+            stats = self._member_stats.pop(key, None)
+        if status != "finished":
+            self._unfinished(pending, future, status)
+            return
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        if stats is None:
+            # Its run's report never came (it cannot be told whether the task failed):
+            # it runs again, which counts as no attempt.
+            self._drop(key, future)
+            events.task_inputs_lost(key, spec.worker, [])
+            return
+        duration, nbytes, failure = stats
+        if failure is None:
+            events.task_finished(key, spec.worker, duration, nbytes)
+            return
+        self._drop(key, future)
+        try:
+            raised: BaseException = pickle.loads(failure)
+        except Exception as exc:
+            raised = exc
+        events.task_failed(key, spec.worker, restored(spec, raised), duration)
 
     def _client_gone(self) -> str | None:
         """Why the client can no longer run anything, if it cannot: it was closed, or lost
@@ -606,4 +765,5 @@ class DaskTransport(GivingUp, Transport):
             if self._futures.get(key) is future:
                 del self._futures[key]
                 del self._made[key]
+                self._index.pop(key, None)
         future.release()
