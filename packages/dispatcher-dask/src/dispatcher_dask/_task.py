@@ -5,6 +5,9 @@ function, its argument template and the caller's inline values, pickled by the c
 a value that does not pickle fails as that node's :class:`~dispatcher.SerializationError`
 before dask sees it); ``inputs`` are the results of earlier tasks, which dask moves from
 worker to worker itself. The task's value is returned to dask and stays on the worker.
+A fused run of short tasks (:func:`run_tasks`, see :mod:`._fusing`) calls each the same
+way, one after another, and returns their values together; a task reading one of them is
+told its index (``picks``).
 
 A value the caller wants is pickled once, on its worker, and kept with its bytes as a
 :class:`Shipped`: dask carries those bytes to the caller, who unpickles them itself, so

@@ -4,10 +4,13 @@ dispatcher's scheduler decides what runs where; dask.distributed moves the value
 the calls. Each task becomes a dask task calling :func:`~dispatcher_dask._task.run_task`,
 pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's
 own retries off: dispatcher's retries and lineage recovery are the only ones. The tasks of
-one :meth:`~DaskTransport.submit` go as one low-level graph per worker. Inputs are the
-futures of earlier results, so dask fetches them worker to worker; a result stays on its
-worker until :meth:`~DaskTransport.free` releases its future, and only the values the
-caller wants are gathered, in batches.
+one :meth:`~DaskTransport.submit` go as one low-level graph per worker; short tasks there
+that read no other task's result run as one dask task, a fused run
+(:func:`~dispatcher_dask._task.run_tasks`, chosen by :mod:`._fusing`), each holding a
+future of the run's key, and read by their index in it. Inputs are the futures of earlier
+results, so dask fetches them worker to worker; a result stays on its worker until
+:meth:`~DaskTransport.free` releases its future, and only the values the caller wants are
+gathered, in batches.
 
 Workers are keyed by their address, and named ``dask-PORT@HOST`` (:func:`~._cluster.name_of`,
 the host as the scheduler knows it): a worker restarted by its nanny comes back under a new
