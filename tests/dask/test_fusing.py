@@ -94,6 +94,24 @@ def test_a_fused_run_is_bounded_by_its_expected_length_its_count_and_its_run() -
     assert keys(taught().cut([spec(1), spec(2), spec(other_run)])) == [[1, 2], [other_run]]
 
 
+def test_a_batch_is_made_in_the_order_sent_so_a_reader_comes_after_its_input() -> None:
+    from dispatcher_dask._transport import DaskTransport
+
+    transport = DaskTransport(workers=2)
+    transport._fusing.learn(quick, 0.001, 28)
+    first = spec(1, other)  # on the second worker, whose tasks were made first
+    first.worker = "w2"
+    made = spec(2)
+    reader = spec(3, other, deps=(2,))
+    reader.worker = "w2"
+    fused = [spec(4), spec(5)]
+    try:
+        groups = transport._groups([first, made, reader, *fused])
+    finally:
+        transport.close()
+    assert keys(groups) == [[1], [2, 4, 5], [3]]
+
+
 # -- on the worker ------------------------------------------------------------------------
 
 

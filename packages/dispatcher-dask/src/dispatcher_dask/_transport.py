@@ -215,31 +215,30 @@ class DaskTransport(GivingUp, Transport):
         of another of the same batch names it by its dask key."""
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-        by_worker: dict[str, list[TaskSpec]] = {}
-        for spec in tasks:
-            by_worker.setdefault(spec.worker, []).append(spec)
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]] = []
         batch: dict[Key, tuple[str, int | None]] = {}  # key -> dask key (and index), of this batch
         order: dict[str, int] = {}
-        for worker, specs in by_worker.items():
-            graph = graphs[worker] = {}
-            groups = self._fusing.cut(specs) if self._stats_topic else [[s] for s in specs]
-            for group in groups:
-                fused = len(group) > 1
-                found = self._fused(group) if fused else self._task(group[0], batch)
-                if found is None:
-                    continue
-                task, members, reads = found
-                graph[task.key] = task
-                made.append((members, task.key, reads, fused))
-                for i, spec in enumerate(members):
-                    batch[spec.key] = (task.key, i if fused else None)
-                # A worker runs what it is sent in the order it was sent, as dispatcher
-                # placed it (dask's own ordering of a graph might put a long task before
-                # a short one sent earlier); on a shared worker, other clients' work,
-                # of priority 0, goes first.
-                order[task.key] = -next(self._sent)
+        # Made in the order sent, where a task comes after the inputs it reads (a fused
+        # run, which reads none, at the place of its first task).
+        for group in self._groups(tasks):
+            fused = len(group) > 1
+            found = self._fused(group) if fused else self._task(group[0], batch)
+            if found is None:
+                continue
+            task, members, reads = found
+            graph = graphs.get(group[0].worker)
+            if graph is None:
+                graph = graphs[group[0].worker] = {}
+            graph[task.key] = task
+            made.append((members, task.key, reads, fused))
+            for i, spec in enumerate(members):
+                batch[spec.key] = (task.key, i if fused else None)
+            # A worker runs what it is sent in the order it was sent, as dispatcher
+            # placed it (dask's own ordering of a graph might put a long task before a
+            # short one sent earlier); on a shared worker, other clients' work, of
+            # priority 0, goes first.
+            order[task.key] = -next(self._sent)
         if not made:
             return
         addresses = self._names.address
@@ -249,7 +248,6 @@ class DaskTransport(GivingUp, Transport):
                 annotations={"workers": [addresses[worker]], "priority": order.__getitem__},
             )
             for i, (worker, graph) in enumerate(graphs.items())
-            if graph
         }
         # No layer dependencies: they would only serve optimizations that never run on
         # a graph of plain tasks, and two workers' layers may read each other.
@@ -261,6 +259,20 @@ class DaskTransport(GivingUp, Transport):
             everything, keys, allow_other_workers=False, fifo_timeout=0, sync=False
         )
         self._register(made, dict(zip(keys, futures)))
+
+    def _groups(self, tasks: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+        """``tasks`` as the groups sent as one dask task each (fused runs, and single
+        tasks; see :mod:`._fusing`), each at the place of its first task."""
+        if self._stats_topic is None:  # a fused run's tasks are reported by those stats
+            return [[spec] for spec in tasks]
+        by_worker: dict[str, list[TaskSpec]] = {}
+        for spec in tasks:
+            by_worker.setdefault(spec.worker, []).append(spec)
+        first: dict[int, list[TaskSpec]] = {}
+        for specs in by_worker.values():
+            for group in self._fusing.cut(specs):
+                first[id(group[0])] = group
+        return [first[id(spec)] for spec in tasks if id(spec) in first]
 
     def _register(
         self,
