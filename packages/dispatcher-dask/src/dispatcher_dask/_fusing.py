@@ -15,7 +15,9 @@ want (the caller would gather the whole run). A run is bounded by its expected l
 :data:`FUSED_SECONDS`: its tasks are reported when it ends, and a failure among them
 ends a fail-fast run that much later. Its values are held together until the last of
 them is freed (hence small results only, :data:`FUSED_BYTES`), and a task elsewhere that
-reads one of them fetches the run's values.
+reads one of them fetches the run's values. A run whose tasks are all cancelled is
+released, and starts none of its tasks left; a task cancelled alone, while others of its
+run are not, still runs with them (its report is ignored).
 """
 
 from __future__ import annotations
