@@ -23,9 +23,10 @@ been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted
 later of the task's send and the last word from its rank. Such a task fails with
 :class:`~dispatcher.TaskTimeoutError` at most that grace late.
 
-An untimed task has no deadline: a rank silent for the silence limit while it has tasks
-out (a host cut off from the network, a frozen process) is retired the same way, and the
-other ranks give up what they fetch from it (:mod:`._silence`).
+An untimed task has no deadline: a rank silent for the silence limit while tasks are out
+(a host cut off from the network, a frozen process; idle or not, since another rank's task
+may fetch what it holds) is retired the same way, and the other ranks give up what they
+fetch from it (:mod:`._silence`).
 
 No capacity: a retired rank is reported paused, with the task it still runs; once every
 rank is, the scheduler's one rule applies (runs wait :attr:`MpiTransport.paused_wait` for
@@ -105,7 +106,7 @@ STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
-_QUIET_CHECK = 1.0  # how often rank 0 looks for ranks silent with tasks out (see _silence)
+_QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
 _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
@@ -323,7 +324,8 @@ class Root:
             self.all_said_bye.set()
         self.all_said_bye.wait(STOP_GRACE)
         silent = [rank for rank in self.ranks if rank not in self.said_bye]
-        self.hub.stop()
+        late = self.hub.stop(unreachable=silent)
+        silent += [rank for rank in late if rank not in silent]  # said bye, then froze
         if not silent:
             return None
         lines = [f"  {self.where(rank)}: {self.why_busy.get(rank, 'no answer')}" for rank in silent]
@@ -542,13 +544,20 @@ class MpiTransport(Transport):
             )
 
     def enforce_silence(self, now: float) -> None:
-        """Fail the timed tasks whose ranks went silent without saying they started."""
+        """Fail the timed tasks whose ranks went silent without saying they started. A
+        rank runs its tasks in the order sent: only the first of them still out there can
+        be running, and one queued behind it waits (for as long as that one takes)."""
         assert self.events is not None
         tasks, deadlines, heard = self.inflight.tasks, self.inflight.deadlines, self.root.heard
+        first: dict[str, Key] = {}
+        for key, spec in tasks.items():  # in the order sent
+            first.setdefault(spec.worker, key)
         for key, (sent, spec) in list(self.unstarted.items()):
             if tasks.get(key) is not spec or key in deadlines:
                 del self.unstarted[key]  # reported, cancelled, or its deadline runs
                 continue
+            if first[spec.worker] != key:
+                continue  # queued behind a task still out: its clock has not started
             rank = _rank(spec.worker)
             assert spec.timeout is not None
             if (
