@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import time
@@ -76,6 +77,12 @@ def test_a_timed_task_or_one_reading_a_result_is_never_fused(odd: TaskSpec) -> N
 def test_inputs_the_caller_holds_and_an_infinite_timeout_do_not_stop_fusing() -> None:
     given = spec(2, deps=(99,), inline={99: 5})
     assert keys(taught().cut([spec(1, timeout=math.inf), given])) == [[1, 2]]
+
+
+def test_partials_of_one_function_made_afresh_per_node_are_learned_as_that_function() -> None:
+    fusing = Fusing()
+    fusing.learn(functools.partial(quick), 0.001, 28)
+    assert keys(fusing.cut([spec(1, functools.partial(quick)), spec(2)])) == [[1, 2]]
 
 
 def test_slow_functions_and_large_results_are_not_fused() -> None:

@@ -22,6 +22,7 @@ run are not, still runs with them (its report is ignored).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,10 @@ _MOST_FUNCTIONS = 4096  # functions remembered; past that, forgotten and learned
 
 def _kind(func: Any) -> Any:
     """What durations are learned by: a function's code, shared by the closures made
-    afresh for each node, or the callable itself (its type, if it cannot be hashed)."""
+    afresh for each node (and the code of the function a ``functools.partial`` calls), or
+    the callable itself (its type, if it cannot be hashed)."""
+    while isinstance(func, functools.partial):
+        func = func.func
     code = getattr(func, "__code__", None)
     if code is not None:
         return code
