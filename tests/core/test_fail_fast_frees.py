@@ -8,12 +8,6 @@ from dispatcher import Op, op
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Run.apply_events clears the queue once the run aborts: results reported in "
-    "the same batch after the failure are neither applied nor freed (Router.detach frees "
-    "only what is left in the queue), so they stay on their workers for good",
-)
 def test_results_reported_after_the_failure_that_stopped_the_run_are_freed() -> None:
     # The fake runs each batch as it is sent: the failure is reported in the middle of
     # the second batch, and the results after it wait in the queue with it.

@@ -26,13 +26,6 @@ class Retries:
         self.by_error[type(error).__name__] += 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker reports the task queued behind a failed input as unable to start "
-    "(inputs missing); when that report is applied after the input's retry has finished, "
-    "Recovery.inputs_lost (spec.sources None: every holder) takes the retry's result for "
-    "lost: it recomputes it, charged as a WorkerLostError though no worker was lost",
-)
 def test_a_retried_input_is_not_recomputed_for_a_report_about_its_failed_attempt(
     tmp_path: Path,
 ) -> None:
