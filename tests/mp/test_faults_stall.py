@@ -36,9 +36,10 @@ def _graph(seed: int, size: int) -> list[DispatchNode]:
     strict=True,
     raises=RuntimeError,
     reason="about one such run in three ends in the driver's 'scheduler stalled: nothing "
-    "is running or ready but N nodes remain' (dispatcher._driver.step): a node neither "
-    "in flight nor ready nor settled, after retries of inputs whose dependents were "
-    "queued behind them on a worker; not diagnosed further",
+    "is running or ready but N nodes remain' (dispatcher._driver.step): nodes are left "
+    "WAITING on an input that FAILED or was SKIPPED, so neither run nor skipped (seen: "
+    "they were queued behind their input on a worker; a late inputs-lost report seems "
+    "to requeue them after the skip walk passed)",
 )
 def test_runs_with_inputs_failing_once_per_worker_never_stall() -> None:
     with get_executor("mp", workers=2, retries=3, retry_on=(ValueError,)) as ex:
