@@ -36,10 +36,10 @@ def _graph(seed: int, size: int) -> list[DispatchNode]:
     strict=True,
     raises=RuntimeError,
     reason="about one such run in three ends in the driver's 'scheduler stalled: nothing "
-    "is running or ready but N nodes remain' (dispatcher._driver.step): nodes are left "
-    "WAITING on an input that FAILED or was SKIPPED, so neither run nor skipped: put "
-    "back to waiting after Recovery._fail's skip walk passed them, by a path other than "
-    "Recovery.inputs_lost (checked); not found yet",
+    "is running or ready but N nodes remain' (dispatcher._driver.step): a report of "
+    "inputs missing makes Recovery._recompute requeue a node that was DONE, whose own "
+    "input has since FAILED or been SKIPPED (a recomputation of it failed on a fresh "
+    "process): that node waits forever for an input that will never be made",
 )
 def test_runs_with_inputs_failing_once_per_worker_never_stall() -> None:
     with get_executor("mp", workers=2, retries=3, retry_on=(ValueError,)) as ex:
