@@ -32,15 +32,6 @@ def _graph(seed: int, size: int) -> list[DispatchNode]:
     return rng.sample(nodes, 20) + nodes[-5:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="about one such run in three ends in the driver's 'scheduler stalled: nothing "
-    "is running or ready but N nodes remain' (dispatcher._driver.step): a report of "
-    "inputs missing makes Recovery._recompute requeue a node that was DONE, whose own "
-    "input has since FAILED or been SKIPPED (a recomputation of it failed on a fresh "
-    "process): that node waits forever for an input that will never be made",
-)
 def test_runs_with_inputs_failing_once_per_worker_never_stall() -> None:
     with get_executor("mp", workers=2, retries=3, retry_on=(ValueError,)) as ex:
         for seed in range(60):

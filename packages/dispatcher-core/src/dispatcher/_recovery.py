@@ -126,9 +126,15 @@ class Recovery:
             self.fatal = error
             return
         table.consume_inputs(p)
-        # Everything downstream cannot run: skip it, naming this node.
+        self._skip(table.dependents[p], p)
+
+    def _skip(self, start: Sequence[int], cause: int) -> None:
+        """Everything from ``start`` down cannot run, for the failure of ``cause``: skip
+        it, naming that node."""
+        table = self.table
+        state, node, error = table.state, table.nodes[cause], table.errors[cause]
         dependents, inflight, load = table.dependents, table.inflight, self.placement.load
-        stack = list(dependents[p])
+        stack = list(start)
         while stack:
             j = stack.pop()
             if state[j] == RUNNING:
@@ -171,7 +177,8 @@ class Recovery:
                     lost.append(m)
         table.state[p] = WAITING  # so the recomputation does not count it as waiting twice
         self._recompute(lost, spec.worker, "inputs missing")
-        table.requeue(p)
+        if table.state[p] == WAITING:  # (not skipped: an input can no longer be made)
+            table.requeue(p)
 
     def worker_lost(
         self, worker: str, reason: str, running_keys: Sequence[Key] | None = None
@@ -212,7 +219,8 @@ class Recovery:
             self._recompute(
                 [d for d in table.deps[p] if table.state[d] == RELEASED], worker, reason
             )
-            table.requeue(p)
+            if table.state[p] == WAITING:  # (not skipped: an input can no longer be made)
+                table.requeue(p)
         for p in running:
             table.inflight.pop(p, None)
             if table.state[p] != RUNNING:
@@ -222,7 +230,8 @@ class Recovery:
                 table.state[p] = WAITING
                 released = [d for d in table.deps[p] if table.state[d] == RELEASED]
                 self._recompute(released, worker, reason)
-                self._retry(p, worker, error)
+                if table.state[p] == WAITING:  # (not skipped, as above)
+                    self._retry(p, worker, error)
             else:
                 self._fail(p, worker, error)
                 if self.fatal is not None:
@@ -268,3 +277,9 @@ class Recovery:
             for j in table.dependents[p]:
                 if j not in seen and state[j] in (WAITING, READY):
                     table.requeue(j)
+        # A result made from an input that has failed since (a recomputation of it, on a
+        # run with throw=False) cannot be made again: it and what waits for it are skipped.
+        for p in order:
+            failed = next((d for d in deps[p] if state[d] in (FAILED, SKIPPED)), None)
+            if failed is not None and state[p] in (WAITING, READY):
+                self._skip([p], failed)
