@@ -217,6 +217,14 @@ class Placement:
             room = self._rooms[queued] = {w: min(r, 1 + queued) for w, r in self.room.items()}
         return mean, room
 
+    def moving(self, p: int, workers: list[str]) -> dict[str, float]:
+        """Seconds of moves task ``p`` would cause on each of ``workers`` (its inputs and
+        its result, as :meth:`place` weighs them)."""
+        moving, near = self._moves(p)
+        if near is None:
+            return dict.fromkeys(workers, 0.0)
+        return {w: moving - near.get(w, 0.0) for w in workers}
+
     def _moves(self, p: int, pull: float = 0.0) -> tuple[float, dict[str, float] | None]:
         """Seconds of moves task ``p`` would cause on a worker of a host holding none of
         what it weighs (its inputs, its consumers' other inputs), and what running on

@@ -62,6 +62,7 @@ from dispatcher.remote import (
     Run,
     RunEnded,
     Stop,
+    TakeBack,
     check_count,
     dumps,
     dumps_for,
@@ -366,7 +367,10 @@ class MpiTransport(Transport):
     """Worker ranks of the current job; one such transport may be open at a time."""
 
     capabilities = Capabilities(
-        separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
+        separate_processes=True,
+        runs_tasks_in_order=True,
+        keeps_fetched_inputs=True,
+        takes_back_queued_tasks=True,
     )
 
     def __init__(self, workers: int | None = None, prefetch: int = PREFETCH) -> None:
@@ -515,6 +519,9 @@ class MpiTransport(Transport):
             self._giving_up(spec)
         for rank, keys in by_rank.items():
             self.root.hub.post(rank, Cancel(keys))
+
+    def take_back(self, worker: str, keys: Sequence[Key]) -> None:
+        self.root.hub.post(_rank(worker), TakeBack(list(keys)))
 
     def close(self) -> None:
         root = self.root
