@@ -109,6 +109,12 @@ class Placement:
             self.on_host.setdefault(host, []).append(worker)
         self._workers_changed()
 
+    def last_among_equals(self, worker: str) -> None:
+        """Break ties between workers against ``worker`` from now on (it just gave back
+        tasks queued behind one that runs long)."""
+        for table in (self.capacity, self.room, self.load):
+            table[worker] = table.pop(worker)
+
     def remove_worker(self, worker: str) -> None:
         del self.room[worker]
         del self.capacity[worker]

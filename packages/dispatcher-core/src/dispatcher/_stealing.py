@@ -187,6 +187,8 @@ def taken_back(run: Run, worker: str, positions: list[int]) -> None:
             load[worker] -= 1
         attempts[p] -= 1
         back.append(p)
+    if back:
+        run.placement.last_among_equals(worker)
     told = stealing.told
     for p in reversed(back):  # the first asked back is placed first (a stack)
         if told is not None:

@@ -150,6 +150,9 @@ class TaskRunner:
         both (see :meth:`cancel`, :meth:`take_back`)."""
         self.queued: set[Key] = set()
         """Tasks received and not started yet: those :meth:`take_back` may give back."""
+        self.taken: dict[Key, int] = {}
+        """Per task given back, how many of its entries still queued are to be skipped
+        (it may have been sent here again since: that last entry runs)."""
 
     # -- what a backend provides ---------------------------------------------------------
 
@@ -239,10 +242,11 @@ class TaskRunner:
         """Of these tasks, those still queued here, removed: they will not start. Called
         from another thread than the task thread."""
         with self.current_lock:
-            queued, cancelled = self.queued, self.cancelled
-            taken = [key for key in keys if key in queued and key not in cancelled]
+            queued, skip = self.queued, self.taken
+            taken = [key for key in keys if key in queued]
             queued.difference_update(taken)
-            cancelled.update(taken)  # skipped when their turn comes
+            for key in taken:  # skipped when their turn comes
+                skip[key] = skip.get(key, 0) + 1
         return taken
 
     def run_ended(self, run: int) -> None:
@@ -267,6 +271,7 @@ class TaskRunner:
         """Skip every task received and not started yet."""
         self.dropped += 1  # the rest of the batch being run, too
         self.queued.clear()
+        self.taken.clear()
         queue = self.queue
         kept = []
         while True:
@@ -302,6 +307,9 @@ class TaskRunner:
                     break
                 key = record[_KEY]
                 with self.current_lock:
+                    if self.taken and key in self.taken:  # given back: it runs elsewhere
+                        _skip_taken(self.taken, key)
+                        continue
                     self.queued.discard(key)
                     if key in self.cancelled:  # never started: nothing to report
                         self.cancelled.discard(key)
@@ -427,6 +435,14 @@ class TaskRunner:
         if remote and self.keep_fetched:
             store.update(remote)
         return values
+
+
+def _skip_taken(taken: dict[Key, int], key: Key) -> None:
+    """An entry of ``key``, given back, is skipped: one fewer left to skip."""
+    if taken[key] > 1:
+        taken[key] -= 1
+    else:
+        del taken[key]
 
 
 def supervised(target: Callable[[], None], on_failure: Callable[[BaseException], None]) -> Any:
