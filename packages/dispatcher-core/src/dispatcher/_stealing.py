@@ -25,11 +25,11 @@ move-cost model), and the round trip that asks it back. Never asked back: a task
 inputs are not all made (sent ahead behind its own producer) and one with a task sent
 ahead behind it (a chain stays a chain).
 
-Rate: looks are at most :data:`LOOK_EVERY` apart, further apart (up to
-:data:`LOOK_AT_MOST`) while they find nothing to ask back; a worker has at most one
-request out at a time, until it answers, it is lost, none of the tasks asked is still
-queued there, or :data:`ANSWER_WAIT` has passed (a worker answers only when it gave back
-some). No I/O: the run sends the requests.
+Rate: while a worker idles beside queues, looks are :data:`LOOK_EVERY` apart, and
+further apart (up to :data:`LOOK_AT_MOST`) while they find nothing to ask back. A worker
+has at most one request out at a time, until it answers, it is lost, none of the tasks
+asked is still queued there, or :data:`ANSWER_WAIT` has passed (a worker answers only
+when it gave back some). No I/O: the run sends the requests.
 """
 
 from __future__ import annotations
@@ -110,8 +110,11 @@ class Stealing:
                 if picked:
                     wanted[worker] = picked
                     self.asked[worker] = (now, picked)
-        self.every = LOOK_EVERY if wanted else min(2 * self.every, LOOK_AT_MOST)
-        self.next_look = now + self.every
+        if not self.watching:  # nothing to watch: look at the next chance
+            self.every, self.next_look = LOOK_EVERY, 0.0
+        else:
+            self.every = LOOK_EVERY if wanted else min(2 * self.every, LOOK_AT_MOST)
+            self.next_look = now + self.every
         return wanted
 
     def _forget_answered(self, now: float) -> None:
