@@ -175,3 +175,12 @@ def held_bytes(_: Any = None) -> tuple[int, int]:
 
     time.sleep(0.05)  # so that every worker gets some
     return os.getpid(), sum(held_here().values())
+
+
+def logged_sleep(log: str, name: str, seconds: float, value: Any) -> Any:
+    """Leaves a ``name`` marker in ``log`` (see ``tasks.calls``), sleeps, returns ``value``."""
+    from dispatcher.testing.tasks import logged
+
+    logged(log, name, None)
+    time.sleep(seconds)
+    return value
