@@ -91,6 +91,9 @@ class Stealing:
             return {}
         table, placement = self.table, self.placement
         load, room = placement.load, placement.room
+        if 0 not in load.values():  # (the usual case, once per dispatch: in C)
+            self.watching, self.next_look = False, 0.0
+            return {}
         idle = [w for w, slots in room.items() if slots > 0 and load[w] == 0]
         self._forget_answered(now)
         busy: dict[str, list[int]] = {
