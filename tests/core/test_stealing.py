@@ -337,3 +337,26 @@ def test_a_run_failing_fast_with_a_request_out_ends_and_the_late_answer_is_ignor
             queues.answer(worker, keys)  # after the run: nobody's
         gate.set()
         assert ex.run([op(value)(5)]) == [5]
+
+
+def test_ctrl_c_as_tasks_are_asked_back_stops_the_run_and_the_executor_goes_on() -> None:
+    queues, gate = Queues(), threading.Event()
+    long = op(blocked, label="long")(gate, "long")
+    short = op(value, label="short")(1)
+    asked: list[tuple[str, list[Key]]] = []
+
+    def interrupted(worker: str, keys: list[Key]) -> None:
+        asked.append((worker, keys))
+        raise KeyboardInterrupt  # the user's Ctrl-C, landing as the request goes out
+
+    queues.on_take_back = interrupted
+    queues.cancel = lambda tasks: None  # type: ignore[method-assign]  # (allowed: best effort)
+    _open_once_q0_runs(queues)
+    with Executor("queues", queues) as ex:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run([long, short])
+        assert asked
+        for worker, keys in asked:
+            queues.answer(worker, keys)  # after the run: nobody's
+        gate.set()
+        assert ex.run([op(value)(5)]) == [5]
