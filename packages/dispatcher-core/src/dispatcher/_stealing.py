@@ -25,8 +25,9 @@ move-cost model), and the round trip that asks it back. Never asked back: a task
 inputs are not all made (sent ahead behind its own producer) and one with a task sent
 ahead behind it (a chain stays a chain).
 
-Rate: while a worker idles beside queues, looks are :data:`LOOK_EVERY` apart, and
-further apart (up to :data:`LOOK_AT_MOST`) while they find nothing to ask back. A worker
+Rate: looks are :data:`LOOK_EVERY` apart, and further apart (up to
+:data:`LOOK_AT_MOST`) while workers idle beside queues with nothing worth asking back; a
+dispatch with no worker idle, or none with a task queued, pays two tests in C. A worker
 has at most one request out at a time, until it answers, it is lost, none of the tasks
 asked is still queued there, or :data:`ANSWER_WAIT` has passed (a worker answers only
 when it gave back some). No I/O: the run sends the requests.
@@ -87,12 +88,16 @@ class Stealing:
     def look(self, now: float) -> dict[str, list[int]]:
         """The tasks to ask back now, by worker (see the module docstring); none before
         :attr:`next_look`."""
-        if now < self.next_look:
-            return {}
         table, placement = self.table, self.placement
         load, room = placement.load, placement.room
-        if 0 not in load.values():  # (the usual case, once per dispatch: in C)
-            self.watching, self.next_look = False, 0.0
+        counts = load.values()
+        # No worker idles, or none has a task queued: the usual case, once per
+        # dispatch, told in C.
+        if 0 not in counts or max(counts) < 2:
+            self.watching, self.every = False, LOOK_EVERY
+            return {}
+        if now < self.next_look:
+            self.watching = True  # the driver comes back for it
             return {}
         idle = [w for w, slots in room.items() if slots > 0 and load[w] == 0]
         self._forget_answered(now)
@@ -113,11 +118,8 @@ class Stealing:
                 if picked:
                     wanted[worker] = picked
                     self.asked[worker] = (now, picked)
-        if not self.watching:  # nothing to watch: look at the next chance
-            self.every, self.next_look = LOOK_EVERY, 0.0
-        else:
-            self.every = LOOK_EVERY if wanted else min(2 * self.every, LOOK_AT_MOST)
-            self.next_look = now + self.every
+        self.every = LOOK_EVERY if wanted else min(2 * self.every, LOOK_AT_MOST)
+        self.next_look = now + self.every
         return wanted
 
     def _forget_answered(self, now: float) -> None:
