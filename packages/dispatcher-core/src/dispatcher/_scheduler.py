@@ -319,9 +319,9 @@ class Run:
         return progressed
 
     def look_again_at(self) -> float | None:
-        """When the driver should dispatch again though nothing was reported
-        (``time.monotonic``; ``None``: only when something is)."""
-        return None if self.stealing is None else self.stealing.wake_at(monotonic())
+        """When to dispatch again though nothing was reported (``None``: not before)."""
+        stealing = self.stealing  # (watching: only while a worker idles beside queues)
+        return stealing.wake_at(monotonic()) if stealing and stealing.watching else None
 
     def _called_alone(self, asks: Callable[[Callable[..., Any]], bool]) -> bool:
         """Call the one ready task in this thread, if nothing is out (``call_when_idle``)."""
@@ -513,8 +513,9 @@ class Run:
 
 
 def _ask_back(run: Run, stealing: Stealing) -> None:
-    """Nothing ready is left: ask back, for idle workers, what waits too long on the
-    others' queues (see :mod:`._stealing`)."""
+    """Nothing ready is left: ask back what waits too long behind others (:mod:`._stealing`)."""
+    if stealing.quiet():
+        return
     assert run.transport is not None
     for worker, positions in stealing.look(monotonic()).items():
         with contextlib.suppress(Exception):  # best effort: what is not given back runs

@@ -85,20 +85,25 @@ class Stealing:
         worker idles beside queues, at the next look; else ``None``."""
         return self.next_look if self.watching and self.next_look > now else None
 
-    def look(self, now: float) -> dict[str, list[int]]:
-        """The tasks to ask back now, by worker (see the module docstring); none before
-        :attr:`next_look`."""
-        table, placement = self.table, self.placement
-        load, room = placement.load, placement.room
-        counts = load.values()
-        # No worker idles, or none has a task queued: the usual case, once per
-        # dispatch, told in C.
+    def quiet(self) -> bool:
+        """No worker idles, or none has a task queued: nothing to look at. The usual
+        case, asked once per dispatch that leaves nothing ready: told in C."""
+        counts = self.placement.load.values()
         if 0 not in counts or max(counts) < 2:
             self.watching, self.every = False, LOOK_EVERY
+            return True
+        return False
+
+    def look(self, now: float) -> dict[str, list[int]]:
+        """The tasks to ask back now, by worker (see the module docstring); none before
+        :attr:`next_look`, nor while :meth:`quiet`."""
+        if self.quiet():
             return {}
         if now < self.next_look:
             self.watching = True  # the driver comes back for it
             return {}
+        table, placement = self.table, self.placement
+        load, room = placement.load, placement.room
         idle = [w for w, slots in room.items() if slots > 0 and load[w] == 0]
         self._forget_answered(now)
         busy: dict[str, list[int]] = {
