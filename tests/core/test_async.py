@@ -25,6 +25,7 @@ from dispatcher import (
     Op,
     Result,
     TaskTimeoutError,
+    _driver,
     arun,
     get_executor,
     hookimpl,
@@ -387,6 +388,20 @@ def test_a_failure_on_the_loop_stops_the_rest_of_its_batch_only_when_throwing(
     else:
         results = run([bad, *others], executor="async", threads=0, throw=False)
         assert [r.value for r in results[1:]] == list(range(5))
+
+
+def test_a_failure_on_the_loop_stops_the_rest_of_its_batch_even_once_the_turn_is_over(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A driver whose turn is over gives the loop a turn, which would run the rest of the
+    # batch: the failure reported meanwhile is applied first.
+    monkeypatch.setattr(_driver, "LOOP_TURN", 0.0)
+    log = str(tmp_path)
+    bad = Op(functools.partial(tasks.fail), "boom")
+    others = [Op(functools.partial(tasks.logged, log), f"other{i}", i) for i in range(5)]
+    with pytest.raises(ValueError, match="boom"):
+        run([bad, *others], executor="async", threads=0)
+    assert sum(tasks.calls(log, f"other{i}") for i in range(5)) == 0
 
 
 @pytest.mark.parametrize("threads", [0, 2])

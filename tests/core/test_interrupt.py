@@ -104,3 +104,67 @@ def interrupted(script: str, *args: str) -> tuple[str, str, int]:
             child.kill()
             child.wait()
     return out, err, child.returncode
+
+
+IN_THE_USERS_LOOP = textwrap.dedent(
+    """
+    import time
+    import anyio
+    from dispatcher import Op, get_executor, op
+
+    def step(mode):
+        if mode == "block":
+            time.sleep(3600)
+        return mode
+
+    async def coroutine():
+        await anyio.sleep(0)
+
+    async def main():
+        with get_executor("async", threads=2) as ex:
+            while not ex._loop_transport.tiny.allows(step):
+                await ex.arun([Op(step, "fast") for _ in range(12)])
+            print("ready", flush=True)
+            try:
+                await ex.arun([Op(coroutine), op(step)("block")])  # step blocks the loop
+            except BaseException as exc:
+                print("stopped by", type(exc).__name__, flush=True)
+                raise
+
+    anyio.run(main, backend=BACKEND)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_one_ctrl_c_interrupts_a_task_blocking_the_users_own_loop(backend: str) -> None:
+    """Inside the user's own ``asyncio.run``, the runner answers Ctrl-C by cancelling its
+    main task, which a function proven tiny that turned blocking on the loop never
+    notices: one Ctrl-C must still stop it, as it does under trio."""
+    out, err, returncode = interrupted(IN_THE_USERS_LOOP.replace("BACKEND", repr(backend)))
+    assert "stopped by" in out, err
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+
+
+def test_asyncio_gets_its_own_ctrl_c_handler_back_after_a_run() -> None:
+    """While a run is driven on the loop of ``asyncio.run`` its Ctrl-C handler is wrapped;
+    after it, the runner finds its own, so that it restores the default at its end."""
+    import asyncio
+
+    from dispatcher import Op, get_executor
+
+    async def handler_now() -> object:
+        return signal.getsignal(signal.SIGINT)
+
+    async def main() -> tuple[object, list[object], object]:
+        with get_executor("async", threads=2) as ex:
+            before = signal.getsignal(signal.SIGINT)
+            during = await asyncio.gather(*(ex.arun(Op(handler_now)) for _ in range(3)))
+            return before, during, signal.getsignal(signal.SIGINT)
+
+    before, during, after = asyncio.run(main())
+    assert all(handler is not before for handler in during)
+    assert after is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -27,10 +27,10 @@ from typing import Any
 import anyio
 
 from ._async import AsyncTransport
-from ._driver import drive_async
+from ._driver import drive_async, step
 from ._executor import Executor
 from ._hooks import Observers
-from ._loop import first_leaf, in_event_loop, interruptible, loop_scope
+from ._loop import first_leaf, in_event_loop, interruptible, interrupts_calls_in, loop_scope
 from ._options import check_count
 from ._plan import Plan
 from ._scheduler import Run
@@ -136,7 +136,8 @@ class AsyncExecutor(Executor):
         self._router.attach(run)
         try:
             async with transport.serving() as scope:
-                await drive_async(run, transport, dict(self._workers), scope.call_soon)
+                with interrupts_calls_in(step.__code__):
+                    await drive_async(run, transport, dict(self._workers), scope.call_soon)
         except BaseExceptionGroup as group:
             # A task group wraps what escapes it; callers get the exception itself.
             raise first_leaf(group) from None

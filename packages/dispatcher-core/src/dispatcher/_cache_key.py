@@ -35,7 +35,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._template import Ref
+from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
 
@@ -168,6 +168,7 @@ class _Hasher:
 
     def _function(self, func: Any) -> None:
         update = self.h.update
+        func = user_callable(func)
         if isinstance(func, types.FunctionType):
             update(b"fn" + _name_of(func))
             update(_code_digest(func.__code__))

@@ -368,6 +368,7 @@ async def drive_async(
     run.turn = LOOP_TURN
     wait, capacity, clock = run.queue.wait_async, run.capacity, time.perf_counter
     turn_ends = clock() + LOOP_TURN
+    extra_step = False
     try:
         while not run.finished:
             if step(run):
@@ -377,6 +378,13 @@ async def drive_async(
                     raise run.queue.stopped
                 turn_ends = clock() + LOOP_TURN
             elif clock() > turn_ends:
+                if run.queue.events and not extra_step:
+                    # What was reported is applied first, in one more step: a failure
+                    # posted as tasks were handed out stops the rest before the loop runs
+                    # them.
+                    extra_step = True
+                    continue
+                extra_step = False
                 await checkpoint()  # progressing all the while: the loop's other tasks too
                 turn_ends = clock() + LOOP_TURN
     except BaseException as exc:

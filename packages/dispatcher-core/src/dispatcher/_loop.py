@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
+from types import CodeType, FrameType
 from typing import Any
 
 import anyio
@@ -23,6 +24,7 @@ __all__ = [
     "first_leaf",
     "in_event_loop",
     "interruptible",
+    "interrupts_calls_in",
     "loop_scope",
     "stops_the_loop",
 ]
@@ -141,6 +143,84 @@ def interruptible(on_loop: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _RunnerInterrupts:
+    """The SIGINT handler of asyncio's runner, wrapped while runs are driven on its loop."""
+
+    def __init__(self, runner_handler: Callable[[int, FrameType | None], Any]) -> None:
+        self.runner_handler = runner_handler
+        self.calls: list[CodeType] = []
+        """The code of the functions under which the loop's thread calls tasks, one entry
+        per run driven now (runs on one loop all share the loop's thread)."""
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.runner_handler(signum, frame)  # the runner cancels its main task, as ever
+        calls = set(self.calls)
+        while frame is not None:
+            if frame.f_code in calls:
+                # The loop's thread is calling a task: that call would never notice.
+                raise KeyboardInterrupt
+            frame = frame.f_back
+
+
+_runner_interrupts: _RunnerInterrupts | None = None
+
+
+def _is_asyncio_runner_handler(handler: object) -> bool:
+    runner = getattr(asyncio, "Runner", None)  # Python 3.11 on; 3.10's asyncio.run has none
+    method = getattr(handler, "func", handler)  # the runner binds its task with a partial
+    return runner is not None and isinstance(getattr(method, "__self__", None), runner)
+
+
+def _wrap_runner_handler() -> _RunnerInterrupts | None:
+    """The wrapper of asyncio's runner's SIGINT handler, installed now if it was not yet;
+    None where there is no such runner (or this is not the main thread)."""
+    global _runner_interrupts
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGINT)
+    if _runner_interrupts is not None and handler is _runner_interrupts:
+        return _runner_interrupts
+    if not (callable(handler) and _is_asyncio_runner_handler(handler)):
+        return None
+    _runner_interrupts = _RunnerInterrupts(handler)
+    signal.signal(signal.SIGINT, _runner_interrupts)
+    return _runner_interrupts
+
+
+@contextlib.contextmanager
+def interrupts_calls_in(code: CodeType) -> Iterator[None]:
+    """Inside ``asyncio.run``, make Ctrl-C raise KeyboardInterrupt in a task called on the
+    loop (under ``code``: the driver's step) while a run is driven there.
+
+    asyncio's runner answers the first Ctrl-C by cancelling its main task, which a plain
+    function running on the loop (one proven tiny that turned blocking) never notices: only
+    a second Ctrl-C would stop it. While the loop's thread is anywhere else, the runner's
+    own answer stands. trio raises KeyboardInterrupt in such code itself.
+    """
+    wrapper = _wrap_runner_handler()
+    if wrapper is None:
+        yield
+        return
+    wrapper.calls.append(code)
+    try:
+        yield
+    finally:
+        wrapper.calls.remove(code)
+        if not wrapper.calls:
+            _unwrap_runner_handler(wrapper)
+
+
+def _unwrap_runner_handler(wrapper: _RunnerInterrupts) -> None:
+    """The last run on the loop is over: give the runner its own handler back."""
+    global _runner_interrupts
+    runner_handler = wrapper.runner_handler
+    if signal.getsignal(signal.SIGINT) is wrapper:
+        # The runner restores the default handler at its end only if its own is there.
+        signal.signal(signal.SIGINT, runner_handler)
+    if _runner_interrupts is wrapper:
+        _runner_interrupts = None
 
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

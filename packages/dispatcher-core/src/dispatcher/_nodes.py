@@ -17,7 +17,16 @@ from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from ._describe import DESCRIPTION_LIMIT, describe, short_repr
 from ._options import check_timeout
-from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, capturer
+from ._template import (
+    SHAPE_CALL,
+    SHAPE_CONSTANT,
+    SHAPE_POSITIONAL,
+    SHAPE_TEMPLATE,
+    Ref,
+    capturer,
+    hashable,
+    user_callable,
+)
 
 __all__ = [
     "DESCRIPTION_LIMIT",
@@ -85,7 +94,7 @@ class DispatchNode:
         """Make this node the call ``func(*args, **kwargs)``: what a node class calls from
         its constructor (``Op`` takes its commonest shapes itself, without this call)."""
         self._seq = next(_sequence)
-        self._func = func
+        self._func = hashable(func)
         self._label = label
         self._timeout = timeout
         self._capture_call(func, args, kwargs)
@@ -239,10 +248,12 @@ class Op(DispatchNode):
                 self._nout = func._op_nout
             if not func._op_cache:
                 self._cache = False
-            func = func._op_func
+            func = func._op_call
         elif callable(func):
             # _label and _nout stay unset (read with a default): two stores less.
             self._timeout = None
+            if type(func).__hash__ is None:
+                func = hashable(func)
         else:
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")
         self._func = func
@@ -281,7 +292,7 @@ class Op(DispatchNode):
     @property
     def func(self) -> Callable[..., Any]:
         """The function this node calls."""
-        return self._func
+        return user_callable(self._func)
 
     @property
     def cache(self) -> bool:
@@ -402,6 +413,7 @@ class OpFunction(Generic[P, R]):
         # attributes; the options below are properties, so none of those can shadow them.
         functools.update_wrapper(self, func)
         self._op_func = func
+        self._op_call = hashable(func)  # what its nodes hold
         self._op_label = label
         self._op_timeout = timeout
         self._op_nout = nout
@@ -436,7 +448,7 @@ class OpFunction(Generic[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Op:
         node = Op.__new__(Op)
         node._seq = next(_sequence)
-        node._func = self._op_func
+        node._func = self._op_call
         if self._op_label is not None:
             node._label = self._op_label
         node._timeout = self._op_timeout

@@ -16,12 +16,14 @@ its inputs, or anywhere on a transport that accepts pending inputs
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
 from ._states import DONE, RUNNING
 from ._tasks import TaskTable
+from ._template import user_callable
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: from ._links
 
@@ -40,9 +42,16 @@ SIBLING_PULL = 1.5
 
 
 def _kind(func: Any) -> Any:
-    """What durations are learned by: a function's code, shared by the closures made
-    afresh for each node, or the callable itself (its type, if it cannot be hashed)."""
+    """What durations are learned by, shared by the callables a graph makes afresh for
+    each node: a function's code (closures), the code of the function a
+    ``functools.partial`` calls, the ``__call__`` of a user's callable class (its
+    instances); otherwise the callable itself (its type, if it cannot be hashed)."""
+    func = user_callable(func)
+    while isinstance(func, functools.partial):
+        func = func.func
     code = getattr(func, "__code__", None)
+    if code is None:
+        code = getattr(type(func).__call__, "__code__", None)  # every callable has one
     if code is not None:
         return code
     try:

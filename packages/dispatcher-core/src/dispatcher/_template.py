@@ -1,4 +1,5 @@
-"""The call template: how a node's arguments are kept with its dependencies taken out.
+"""The call template: how a node's function and arguments are kept, its dependencies taken
+out.
 
 Building a node replaces every dependency found in its arguments (inside plain containers,
 at any depth) by a :class:`Ref` placeholder (:func:`capture`); running it fills the
@@ -16,10 +17,49 @@ __all__ = [
     "SHAPE_CONSTANT",
     "SHAPE_POSITIONAL",
     "SHAPE_TEMPLATE",
+    "ByIdentity",
     "Ref",
     "call_task",
     "capturer",
+    "hashable",
+    "user_callable",
 ]
+
+
+class ByIdentity:
+    """A node's callable that cannot be hashed (an instance of a ``@dataclass``, whose
+    ``eq=True`` takes its hash away), held so that it can be: the scheduler keeps what it
+    learns of each function in tables keyed by it. Hashed and compared by identity; its
+    calls, attributes, ``repr`` and pickle are the callable's."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "func":  # not set yet (never, outside __init__)
+            raise AttributeError(name)
+        return getattr(self.func, name)
+
+    def __repr__(self) -> str:
+        return repr(self.func)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ByIdentity, (self.func,))
+
+
+def hashable(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, or for one that cannot be hashed, a :class:`ByIdentity` holding it."""
+    return ByIdentity(func) if type(func).__hash__ is None else func
+
+
+def user_callable(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The callable the user gave, ``func`` unless :func:`hashable` wrapped it."""
+    return func.func if type(func) is ByIdentity else func
 
 
 class Ref:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from dispatcher.remote import dumps_split, from_wire, start_thread, to_wire
@@ -55,6 +55,8 @@ TAG = 77
 _SPIN_SECONDS = 0.002  # keep probing this long after the last activity
 _MAX_SLEEP = 0.002  # then sleep between probes, doubling up to this
 _TICK_EVERY = 0.0005  # the owner's tick runs at most this often (seconds)
+FLUSH_WAIT = 10.0
+"""Seconds a stopping rank waits for its sends to complete (to ranks that answer)."""
 
 
 OUT_OF_BAND_BYTES = 64 * 1024
@@ -101,7 +103,7 @@ class Hub:
         self.wakeup = threading.Event()
         self.running = True
         self.expecting = 0  # replies other threads wait for: keep spinning meanwhile
-        self._pending: list[tuple[Any, Any]] = []  # (request, buffer kept alive)
+        self._pending: list[tuple[Any, Any, int]] = []  # (request, buffer kept alive, dest)
         self.bytes_received = 0
         self.tick: Callable[[], None] | None = None  # called at most every _TICK_EVERY s
         self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
@@ -119,12 +121,15 @@ class Hub:
         ``on_failure`` (nothing can reach the other ranks any more)."""
         self.thread = start_thread("dispatcher-mpi-hub", self.loop, on_failure)
 
-    def stop(self) -> None:
+    def stop(self, unreachable: Collection[int] = ()) -> list[int]:
+        """Stop the thread, send what is queued, and wait (at most :data:`FLUSH_WAIT`
+        seconds) until the sends complete, but those to ``unreachable`` ranks (frozen or
+        gone: theirs may never complete). Returns the ranks whose sends did not complete."""
         self.running = False
         self.wakeup.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(10)
-        self.flush()
+        return self.flush(unreachable)
 
     def loop(self) -> None:
         """Send, receive and deliver until stopped."""
@@ -147,7 +152,7 @@ class Hub:
                 self.deliver(source, self._receive(source))
                 busy = True
             if self._pending:
-                self._pending = [(r, b) for r, b in self._pending if not r.Test()]
+                self._pending = [entry for entry in self._pending if not entry[0].Test()]
             if busy or self._pending:
                 last_activity = time.monotonic()
                 sleep = 0.0
@@ -161,12 +166,19 @@ class Hub:
             self.wakeup.wait(sleep)
             self.wakeup.clear()
 
-    def flush(self) -> None:
-        """Send what is queued and wait until every send has completed."""
+    def flush(self, unreachable: Collection[int] = ()) -> list[int]:
+        """Send what is queued and wait (at most :data:`FLUSH_WAIT` seconds) until every
+        send but those to ``unreachable`` ranks has completed. Returns the ranks whose sends
+        did not complete."""
         self._send_some()
-        for request, _ in self._pending:
-            request.Wait()
-        self._pending.clear()
+        waited = [entry for entry in self._pending if entry[2] not in unreachable]
+        deadline = time.monotonic() + FLUSH_WAIT
+        while waited and time.monotonic() < deadline:
+            waited = [entry for entry in waited if not entry[0].Test()]
+            if waited:
+                time.sleep(0.001)
+        # What is left keeps its buffers: a rank that thaws may still read them.
+        return sorted({dest for _, _, dest in waited})
 
     def _send_some(self) -> bool:
         sent = False
@@ -179,13 +191,13 @@ class Hub:
                 buffers = [memoryview(header), *buffers]
             else:
                 first = (header, sizes)
-            self._pending.append((comm.isend(first, dest=dest, tag=TAG), None))
+            self._pending.append((comm.isend(first, dest=dest, tag=TAG), None, dest))
             for buffer in buffers:
                 view = buffer.cast("B")
                 for start in range(0, max(view.nbytes, 1), limit):
                     piece = view[start : start + limit]
                     self._pending.append(
-                        (comm.Isend([piece, self.MPI.BYTE], dest=dest, tag=TAG), piece)
+                        (comm.Isend([piece, self.MPI.BYTE], dest=dest, tag=TAG), piece, dest)
                     )
             if started is not None:
                 started.set()

@@ -324,7 +324,8 @@ class Root:
             self.all_said_bye.set()
         self.all_said_bye.wait(STOP_GRACE)
         silent = [rank for rank in self.ranks if rank not in self.said_bye]
-        self.hub.stop()
+        late = self.hub.stop(unreachable=silent)
+        silent += [rank for rank in late if rank not in silent]  # said bye, then froze
         if not silent:
             return None
         lines = [f"  {self.where(rank)}: {self.why_busy.get(rank, 'no answer')}" for rank in silent]
@@ -549,13 +550,20 @@ class MpiTransport(Transport):
             )
 
     def enforce_silence(self, now: float) -> None:
-        """Fail the timed tasks whose ranks went silent without saying they started."""
+        """Fail the timed tasks whose ranks went silent without saying they started. A
+        rank runs its tasks in the order sent: only the first of them still out there can
+        be running, and one queued behind it waits (for as long as that one takes)."""
         assert self.events is not None
         tasks, deadlines, heard = self.inflight.tasks, self.inflight.deadlines, self.root.heard
+        first: dict[str, Key] = {}
+        for key, spec in tasks.items():  # in the order sent
+            first.setdefault(spec.worker, key)
         for key, (sent, spec) in list(self.unstarted.items()):
             if tasks.get(key) is not spec or key in deadlines:
                 del self.unstarted[key]  # reported, cancelled, or its deadline runs
                 continue
+            if first[spec.worker] != key:
+                continue  # queued behind a task still out: its clock has not started
             rank = _rank(spec.worker)
             assert spec.timeout is not None
             if (

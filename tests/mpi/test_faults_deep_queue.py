@@ -1,0 +1,97 @@
+"""Faults of ranks with work queued on them, in real MPI jobs: frozen ranks, tasks deep
+in a rank's queue, results that cannot travel, and what each leaves behind.
+
+Every job runs in a session of its own, killed whole when it outlives its time: a hang
+fails the test and leaves no rank behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from mpi_jobs import HERE, MISSING, MPIEXEC, command, script
+
+pytestmark = [pytest.mark.mpi, pytest.mark.timeout(150)]
+
+if MPIEXEC is None:
+    pytest.skip(MISSING, allow_module_level=True)
+
+
+def ended_job(
+    ranks: int, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int | None, str, str]:
+    """Run a job; its exit status (``None`` when it had not ended after ``timeout``
+    seconds, and was killed), output and errors."""
+    process = subprocess.Popen(
+        command(ranks, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=HERE,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        return None, out, err
+    return process.returncode, out, err
+
+
+# The first call freezes its rank (SIGSTOP), once per job, after a large argument of the
+# run was sent there: rank 0's sends to a frozen rank never complete.
+FREEZES_ONCE = """
+import os, signal, sys
+from dispatcher import Op, run
+
+def freeze_once(marker, i, payload):
+    if i == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return i
+
+values = run([Op(freeze_once, sys.argv[1], i, bytes(4_000_000)) for i in range(8)], executor="mpi")
+print("values", values, flush=True)
+"""
+
+
+def test_a_job_whose_rank_froze_with_sends_on_their_way_ends(tmp_path: Path) -> None:
+    program = script(tmp_path, FREEZES_ONCE)
+    status, out, err = ended_job(
+        3, program, str(tmp_path / "frozen"), env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"}
+    )
+    assert "values [0, 1, 2, 3, 4, 5, 6, 7]" in out, err[-3000:]
+    assert status is not None, "the job did not end: " + err[-3000:]
+    assert "do not answer" in err
+
+
+# Holds its rank's GIL for seconds (backtracking), untimed; timed tasks that need its
+# result are sent ahead, to wait behind it on its rank.
+BEHIND_A_GIL_HOLDER = """
+import re
+from dispatcher import Op, op, run
+
+def hog(n):
+    re.match(r"(a*)*b", "a" * n)
+    return 1
+
+def after(x, i):
+    return x + i
+
+head = Op(hog, 26)
+results = run([op(after, timeout=1)(head, i) for i in range(50)], executor="mpi", throw=False)
+errors = sorted({repr(r.error) for r in results if not r.ok})
+print("ok", sum(r.ok for r in results), "errors", errors, flush=True)
+"""
+
+
+def test_timed_tasks_queued_behind_a_task_holding_the_gil_wait_for_it(tmp_path: Path) -> None:
+    program = script(tmp_path, BEHIND_A_GIL_HOLDER)
+    status, out, err = ended_job(3, program, timeout=120)
+    assert status == 0, err[-3000:]
+    assert "ok 50 errors []" in out, out + err[-3000:]
