@@ -95,10 +95,8 @@ class Stealing:
         return False
 
     def look(self, now: float) -> dict[str, list[int]]:
-        """The tasks to ask back now, by worker (see the module docstring); none before
-        :attr:`next_look`, nor while :meth:`quiet`."""
-        if self.quiet():
-            return {}
+        """Unless :meth:`quiet`: the tasks to ask back now, by worker (see the module
+        docstring); none before :attr:`next_look`."""
         if now < self.next_look:
             self.watching = True  # the driver comes back for it
             return {}
