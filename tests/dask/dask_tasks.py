@@ -58,3 +58,19 @@ def hold_the_gil(*_: object) -> None:
     """Holds the GIL from its first instruction for ever, as a long call into C code does:
     the regular expression engine backtracks without releasing it (2**60 steps)."""
     re.match(r"(a*)*b", "a" * 60)
+
+
+def raise_on(bad: int, i: int) -> int:
+    """``i``, or a ValueError naming it when it is ``bad``."""
+    if i == bad:
+        raise ValueError(f"raise_on({i})")
+    return i
+
+
+def mark_then_wait(path: str, go: str) -> None:
+    """Creates ``path``, then waits (up to a minute) for ``go`` to exist."""
+    with open(path, "w"):
+        pass
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.01)

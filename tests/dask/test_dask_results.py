@@ -8,7 +8,7 @@ from typing import Any
 import dask_tasks
 import pytest
 
-import dispatcher_dask._transport as transport
+import dispatcher_dask._completions as completions
 from dispatcher import Op, run
 
 pytestmark = pytest.mark.timeout(120)
@@ -18,13 +18,13 @@ def test_small_values_come_with_their_reports_and_large_ones_are_gathered(
     dask_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gathered: list[int] = []
-    gather = transport.gather
+    gather = completions.gather
 
     def counted(client: Any, futures: list[Any]) -> list[tuple[bool, Any]]:
         gathered.append(len(futures))
         return gather(client, futures)
 
-    monkeypatch.setattr(transport, "gather", counted)
+    monkeypatch.setattr(completions, "gather", counted)
     address = dask_client.scheduler.address
     small = [Op(dask_tasks.total, i, 1) for i in range(6)]
     assert run(small, executor="dask", address=address) == [1, 2, 3, 4, 5, 6]

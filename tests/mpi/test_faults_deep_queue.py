@@ -95,3 +95,45 @@ def test_timed_tasks_queued_behind_a_task_holding_the_gil_wait_for_it(tmp_path: 
     status, out, err = ended_job(3, program, timeout=120)
     assert status == 0, err[-3000:]
     assert "ok 50 errors []" in out, out + err[-3000:]
+
+
+# Rank 0 freezes the rank that does not run the gate, once the inputs are made and held
+# on both ranks; the sum then runs where the gate's large result is, and fetches the
+# inputs held by the frozen rank.
+FROZEN_WHILE_IDLE = """
+import os, signal, threading, time
+from dispatcher import Op, run
+from dispatcher_mpi import _transport
+
+def make(i):
+    return i
+
+def gate(seconds):
+    time.sleep(seconds)
+    return bytes(20_000_000)
+
+def total(large, *values):
+    return sum(values)
+
+root = _transport._root
+
+def freeze_the_idle_rank():
+    time.sleep(1.5)
+    busy = {spec.worker for spec in list(root.transport.inflight.tasks.values())}
+    idle = [rank for rank in root.ranks if root.names[rank] not in busy]
+    os.kill(root.peers[idle[0]][1], signal.SIGSTOP)
+    frozen.append(idle[0])
+
+frozen = []
+threading.Thread(target=freeze_the_idle_rank, daemon=True).start()
+value = run(Op(total, Op(gate, 3), *[Op(make, i) for i in range(200)]), executor="mpi")
+print("value", value == sum(range(200)), flush=True)
+os.kill(root.peers[frozen[0]][1], signal.SIGCONT)
+"""
+
+
+def test_a_fetch_from_a_rank_frozen_while_idle_ends(tmp_path: Path) -> None:
+    program = script(tmp_path, FROZEN_WHILE_IDLE)
+    status, out, err = ended_job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"})
+    assert "value True" in out, err[-3000:]
+    assert status == 0, err[-3000:]

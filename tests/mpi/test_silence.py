@@ -107,7 +107,7 @@ def _posted(root: Any) -> list[tuple[int, Any]]:
 @pytest.mark.parametrize("speaks", ["idle", "finishing its task"])
 def test_a_rank_given_up_on_for_its_silence_is_given_back_to_the_others(speaks: str) -> None:
     root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
-    _give_up(root, 2, 7.0)
+    _give_up(root, 2, 7.0, True)
     posted = _posted(root)
     assert (1, Peer(2, False)) in posted
     assert (2, Reset()) in posted

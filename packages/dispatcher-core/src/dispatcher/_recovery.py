@@ -159,11 +159,14 @@ class Recovery:
         table = self.table
         table.attempts[p] -= 1
         lost = []
+        deps = table.deps[p]
         for m in missing:
             if table.state[m] == DONE and m not in table.caller_values:
-                for w in list(table.holders[m] or ()):
-                    if spec.sources is None or w in spec.sources:
-                        table.forget_holder(m, w)
+                # Only where the spec said it was: a result made since (the input's retry,
+                # elsewhere) is not what the report is about.
+                source = spec.source_of(deps.index(m))
+                if source is not None and source in (table.holders[m] or ()):
+                    table.forget_holder(m, source)
                 if not table.holders[m]:
                     lost.append(m)
         table.state[p] = WAITING  # so the recomputation does not count it as waiting twice

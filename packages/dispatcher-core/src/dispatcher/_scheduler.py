@@ -389,6 +389,8 @@ class Run:
     def apply_events(self) -> None:
         """Apply the reports waiting in the queue: all of them, or as many as fit in the
         driver's :attr:`turn`."""
+        if self.aborted:
+            return  # its reports are the router's to free
         events = self.queue.events
         popleft = events.popleft
         handlers = self._handlers
@@ -403,8 +405,7 @@ class Run:
             if recovery.fatal is not None or recovery.to_cancel:
                 self.act_on_recovery()
             if self.aborted:
-                events.clear()
-                break
+                break  # what is left is freed when the run is detached from its router
         if self.table.frees:
             self._send_frees()
 

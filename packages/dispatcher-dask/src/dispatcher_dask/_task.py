@@ -5,6 +5,9 @@ function, its argument template and the caller's inline values, pickled by the c
 a value that does not pickle fails as that node's :class:`~dispatcher.SerializationError`
 before dask sees it); ``inputs`` are the results of earlier tasks, which dask moves from
 worker to worker itself. The task's value is returned to dask and stays on the worker.
+A fused run of short tasks (:func:`run_tasks`, see :mod:`._fusing`) calls each the same
+way, one after another, and returns their values together; a task reading one of them is
+told its index (``picks``).
 
 A value the caller wants is pickled once, on its worker, and kept with its bytes as a
 :class:`Shipped`: dask carries those bytes to the caller, who unpickles them itself, so
@@ -48,7 +51,7 @@ from dispatcher.remote import (
 from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
-__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task", "still_running"]
+__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task", "run_tasks", "still_running"]
 
 _ABSENT: Any = object()
 
@@ -113,11 +116,22 @@ class Shipped:
         return value
 
 
-def pack(spec: TaskSpec, inline: dict[int, Any]) -> bytes:
+def pack(spec: TaskSpec, inline: dict[int, Any], picks: dict[int, int] | None = None) -> bytes:
     """The caller's side of :func:`run_task`: ``spec``'s payload, with ``inline`` the
-    values of the inputs the caller holds, by position. Raises
+    values of the inputs the caller holds, by position, and ``picks`` the inputs that are
+    one member of a fused run's values (see :func:`run_tasks`): the position among the
+    task's dask inputs, and the member's index. Raises
     :class:`~dispatcher.SerializationError` naming the node when it does not pickle."""
-    call = (spec.func, spec.args, spec.kwargs, spec.shape, inline, spec.want_result, spec.timeout)
+    call = (
+        spec.func,
+        spec.args,
+        spec.kwargs,
+        spec.shape,
+        inline,
+        spec.want_result,
+        spec.timeout,
+        picks or None,
+    )
     return dumps_for(spec, "function or arguments", call, dumps)
 
 
@@ -126,27 +140,114 @@ def run_task(
 ) -> Any:
     """Run one task on this worker and return its value (see the module's docstring).
 
-    ``payload`` unpickles to ``(func, args, kwargs, shape, inline, want, timeout)``:
+    ``payload`` unpickles to ``(func, args, kwargs, shape, inline, want, timeout, picks)``:
     ``inline`` maps the position of each input the caller held to its value; ``inputs``
-    fill the other positions in order. A task with a timeout says on ``start_topic`` that
+    fill the other positions in order (``picks``: those that are a fused run's values, of
+    which the task reads one member). A task with a timeout says on ``start_topic`` that
     it starts: the caller times it from then.
     """
+    start = perf_counter()
+    outcome, want = _call(key, payload, inputs, start_topic, start)
+    if isinstance(outcome, TaskFailure):
+        raise outcome
+    duration = perf_counter() - start
+    if not want:
+        if stats_topic is not None:
+            _report(stats_topic, key, duration, size_of(outcome), None)
+        return outcome
+    shipped = _shipped(key, outcome, duration)
+    if isinstance(shipped, TaskFailure):
+        raise shipped
+    if stats_topic is not None:
+        data = shipped.data
+        _report(
+            stats_topic,
+            key,
+            duration,
+            size_of(outcome),
+            data if len(data) <= CARRIED_BYTES else None,
+        )
+    return shipped
+
+
+def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
+    """Run a fused run of tasks on this worker, one after another in this thread, and
+    return their values, by position (a failed task's :class:`TaskFailure` in its place).
+
+    ``tasks`` unpickles to ``[(key, payload), ...]``, each as :func:`run_task` takes
+    them, of tasks that read no other task's result, are not timed and whose values the
+    caller does not want. dask's worker pays for each task it runs (a turn of its event
+    loop and two thread hand-offs): short tasks run this way pay it once. Each task's run
+    time, result size and failure (pickled) go to the caller in one event on
+    ``stats_topic``, ahead of the run's completion. Once the run is released (cancelled:
+    dask cannot stop a thread), the tasks not yet started are not.
+    """
+    members: list[tuple[int, bytes]] = pickle.loads(tasks)
+    values: list[Any] = []
+    stats: list[tuple[int, float, int | None, bytes | None]] = []
+    for key, payload in members:
+        if values and _released():
+            values.append(TaskFailure(key, None, 0.0))
+            continue
+        start = perf_counter()
+        outcome, _ = _call(key, payload, (), "", start)
+        duration = perf_counter() - start
+        values.append(outcome)
+        if isinstance(outcome, TaskFailure):
+            stats.append((key, duration, None, _failure_bytes(outcome)))
+        else:
+            stats.append((key, duration, size_of(outcome), None))
+    _log_event(stats_topic, stats)
+    return tuple(values)
+
+
+def _failure_bytes(failure: TaskFailure) -> bytes:
+    try:
+        return dumps(failure)
+    except Exception as exc:  # (a WireError is made to pickle: only in a broken process)
+        error = capture_error(RuntimeError(f"the failure would not pickle: {exc!r}"), dumps)
+        return dumps(TaskFailure(failure.key, error, failure.duration))
+
+
+def _released() -> bool:
+    """Has the dask task running in this thread been released by its client (or its
+    worker started closing)? Asked between the tasks of a fused run."""
+    from distributed import get_worker
+    from distributed.worker import thread_state
+
+    try:
+        worker = get_worker()
+        task = worker.state.tasks.get(thread_state.key)
+    except Exception:  # not on a worker: nobody releases it
+        return False
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
+def _call(
+    key: int, payload: bytes, inputs: tuple[Any, ...], start_topic: str, start: float
+) -> tuple[Any, bool]:
+    """Task ``key``'s value, or the :class:`TaskFailure` it ended with; and whether the
+    caller wants the value."""
     # Failures are raised outside the ``except`` blocks that catch them: dask pickles an
     # exception's context too (tblib), and the user's exception may refuse pickling.
-    start = perf_counter()
     failure: TaskFailure | None = None
     try:
-        func, args, kwargs, shape, inline, want, timeout = pickle.loads(payload)
+        func, args, kwargs, shape, inline, want, timeout, picks = pickle.loads(payload)
     except BaseException as exc:  # SystemExit included: it fails the node, not the worker
         error = unpickling_error(key, "function or arguments", exc)
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
-        raise failure
+        return failure, False
     # Timed from here, as the caller times it from the event below: loading the function
     # (imports, on a fresh worker) does not count.
     called = perf_counter()
     if timeout is not None and timeout < math.inf:
         _say_started(start_topic, key)
+    if picks:
+        picked = _picked(inputs, picks)
+        if isinstance(picked, TaskFailure):
+            return picked, want  # an input failed: the caller tells by its key
+        inputs = picked
     try:
         if inline:
             given = iter(inputs)
@@ -162,7 +263,7 @@ def run_task(
         error = unpickling_error(key, "input", exc)
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
-        raise failure
+        return failure, want
     try:
         value = call_task(func, args, kwargs, shape, values)
         if is_awaitable(value):
@@ -172,24 +273,23 @@ def run_task(
     except BaseException as exc:
         failure = TaskFailure(key, capture_error(exc, dumps), perf_counter() - start)
     if failure is not None:
-        raise failure
-    duration = perf_counter() - start
+        return failure, want
     if timeout is not None and perf_counter() - called > timeout:
         # Late, but back before the caller failed it at its deadline (or untimed there).
-        raise TaskFailure(key, None, duration, timeout)
-    if not want:
-        if stats_topic is not None:
-            _report(stats_topic, key, duration, size_of(value), None)
-        return value
-    shipped = _shipped(key, value, duration)
-    if isinstance(shipped, TaskFailure):
-        raise shipped
-    if stats_topic is not None:
-        data = shipped.data
-        _report(
-            stats_topic, key, duration, size_of(value), data if len(data) <= CARRIED_BYTES else None
-        )
-    return shipped
+        return TaskFailure(key, None, perf_counter() - start, timeout), want
+    return value, want
+
+
+def _picked(inputs: tuple[Any, ...], picks: dict[int, int]) -> tuple[Any, ...] | TaskFailure:
+    """``inputs`` with each fused run's values replaced by the member read (see
+    :func:`run_tasks`); the member's own failure if it failed (or never ran)."""
+    values = list(inputs)
+    for position, index in picks.items():
+        value = values[position][index]
+        if isinstance(value, TaskFailure):
+            return TaskFailure(value.key, value.error, value.duration, value.timeout)
+        values[position] = value
+    return tuple(values)
 
 
 def _shipped(key: int, value: Any, duration: float) -> Shipped | TaskFailure:

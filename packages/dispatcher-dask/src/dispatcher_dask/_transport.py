@@ -4,10 +4,13 @@ dispatcher's scheduler decides what runs where; dask.distributed moves the value
 the calls. Each task becomes a dask task calling :func:`~dispatcher_dask._task.run_task`,
 pinned to its worker (``workers=[address]``, ``allow_other_workers=False``), with dask's
 own retries off: dispatcher's retries and lineage recovery are the only ones. The tasks of
-one :meth:`~DaskTransport.submit` go as one low-level graph per worker. Inputs are the
-futures of earlier results, so dask fetches them worker to worker; a result stays on its
-worker until :meth:`~DaskTransport.free` releases its future, and only the values the
-caller wants are gathered, in batches.
+one :meth:`~DaskTransport.submit` go as one low-level graph per worker; short tasks there
+that read no other task's result run as one dask task, a fused run
+(:func:`~dispatcher_dask._task.run_tasks`, chosen by :mod:`._fusing`), each holding a
+future of the run's key, and read by their index in it. Inputs are the futures of earlier
+results, so dask fetches them worker to worker; a result stays on its worker until
+:meth:`~DaskTransport.free` releases its future, and only the values the caller wants are
+gathered, in batches.
 
 Workers are keyed by their address, and named ``dask-PORT@HOST`` (:func:`~._cluster.name_of`,
 the host as the scheduler knows it): a worker restarted by its nanny comes back under a new
@@ -26,14 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import pickle
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dispatcher import SerializationError, WorkerLostError
-from dispatcher.remote import unpickling_error
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
@@ -41,17 +45,17 @@ from ._cluster import (
     WorkerNames,
     check_options,
     disconnect,
-    gather,
     keep_workers,
     reach,
     registered,
 )
+from ._completions import Completions
 from ._deadlines import Deadlines
+from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
 from ._outbox import Outbox
-from ._outcome import left_pickled, restored
 from ._quiet import QuietFailures, plugin_name
-from ._task import Shipped, TaskFailure, pack, run_task
+from ._task import pack, run_task, run_tasks
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -76,7 +80,7 @@ _CLUSTER_TOPICS = ("all", "scheduler")
 _UNREGISTER_SECONDS = 5.0
 
 
-class DaskTransport(GivingUp, Transport):
+class DaskTransport(Completions, GivingUp, Transport):
     """Runs tasks on a dask.distributed cluster: one the transport starts (a
     ``LocalCluster`` of worker processes, closed with it), one at ``address`` (a scheduler
     address or a scheduler file), or the one an existing ``client`` talks to."""
@@ -128,6 +132,12 @@ class DaskTransport(GivingUp, Transport):
         self._keys: dict[str, Key] = {}  # dask key -> dispatcher key, while pending
         # Each task's run time, result size, and the wanted value it carried (or None).
         self._stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
+        # Of the tasks in fused runs (see _fusing): each one's index in its run, while
+        # its future is held; and its run time, result size and failure (pickled), once
+        # its run reported them.
+        self._fusing = Fusing()
+        self._index: dict[Key, int] = {}
+        self._member_stats: dict[Key, tuple[float, int | None, bytes | None]] = {}
         # Cluster events are handled here, in order, off dask's loop (they make blocking
         # client calls) and off the scheduler's thread.
         self._control = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask")
@@ -198,29 +208,35 @@ class DaskTransport(GivingUp, Transport):
 
     def _send(self, tasks: Sequence[TaskSpec]) -> None:
         """Send ``tasks`` to dask as one graph, a layer per worker pinned there: dask's
-        scheduler pays per graph far more than per task. A task reading the result of
-        another of the same batch names it by its dask key."""
+        scheduler pays per graph far more than per task. Short tasks that read no other
+        task's result run as fused runs (see :mod:`._fusing`). A task reading the result
+        of another of the same batch names it by its dask key."""
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
         graphs: dict[str, dict[str, Any]] = {}
-        made: list[tuple[TaskSpec, str, tuple[Key, ...]]] = []
-        batch: dict[Key, str] = {}  # key -> dask key, of this batch
+        made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]] = []
+        batch: dict[Key, tuple[str, int | None]] = {}  # key -> dask key (and index), of this batch
         order: dict[str, int] = {}
-        for spec in tasks:
-            found = self._task(spec, batch)
-            if found is not None:
-                task, reads = found
-                graph = graphs.get(spec.worker)
-                if graph is None:
-                    graph = graphs[spec.worker] = {}
-                graph[task.key] = task
-                made.append((spec, task.key, reads))
-                batch[spec.key] = task.key
-                # A worker runs what it is sent in the order it was sent, as dispatcher
-                # placed it (dask's own ordering of a graph might put a long task before
-                # a short one sent earlier); on a shared worker, other clients' work,
-                # of priority 0, goes first.
-                order[task.key] = -next(self._sent)
+        # Made in the order sent, where a task comes after the inputs it reads (a fused
+        # run, which reads none, at the place of its first task).
+        for group in self._groups(tasks):
+            fused = len(group) > 1
+            found = self._fused(group) if fused else self._task(group[0], batch)
+            if found is None:
+                continue
+            task, members, reads = found
+            graph = graphs.get(group[0].worker)
+            if graph is None:
+                graph = graphs[group[0].worker] = {}
+            graph[task.key] = task
+            made.append((members, task.key, reads, fused))
+            for i, spec in enumerate(members):
+                batch[spec.key] = (task.key, i if fused else None)
+            # A worker runs what it is sent in the order it was sent, as dispatcher
+            # placed it (dask's own ordering of a graph might put a long task before a
+            # short one sent earlier); on a shared worker, other clients' work, of
+            # priority 0, goes first.
+            order[task.key] = -next(self._sent)
         if not made:
             return
         addresses = self._names.address
@@ -234,39 +250,78 @@ class DaskTransport(GivingUp, Transport):
         # No layer dependencies: they would only serve optimizations that never run on
         # a graph of plain tasks, and two workers' layers may read each other.
         everything = HighLevelGraph(layers, {name: set() for name in layers})
-        keys = [dask_key for _, dask_key, _ in made]
+        keys = [dask_key for _, dask_key, _, _ in made]
         # fifo_timeout=0: each graph is a new generation, so a worker runs the tasks of
         # earlier submissions first, as they were sent.
         futures = self.client.get(
             everything, keys, allow_other_workers=False, fifo_timeout=0, sync=False
         )
-        submitted: dict[str, Future] = dict(zip(keys, futures))
+        self._register(made, dict(zip(keys, futures)))
+
+    def _groups(self, tasks: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+        """``tasks`` as the groups sent as one dask task each (fused runs, and single
+        tasks; see :mod:`._fusing`), each at the place of its first task."""
+        if self._stats_topic is None:  # a fused run's tasks are reported by those stats
+            return [[spec] for spec in tasks]
+        by_worker: dict[str, list[TaskSpec]] = {}
+        for spec in tasks:
+            by_worker.setdefault(spec.worker, []).append(spec)
+        first: dict[int, list[TaskSpec]] = {}
+        for specs in by_worker.values():
+            for group in self._fusing.cut(specs):
+                first[id(group[0])] = group
+        return [first[id(spec)] for spec in tasks if id(spec) in first]
+
+    def _register(
+        self,
+        made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]],
+        submitted: dict[str, Future],
+    ) -> None:
+        """Record the tasks just sent, each with a future of its own (the members of a
+        fused run each hold one of the run's: dask keeps the run's values while one is
+        held), and release the inputs they were the last to read."""
+        from distributed import Future
+
+        client = self.client
         released: list[Future] = []
+        callbacks: list[tuple[Future, Any]] = []
         with self._lock:
             pending = self._pending
-            for spec, dask_key, reads in made:
+            for members, dask_key, reads, fused in made:
                 future = submitted[dask_key]
-                self._futures[spec.key] = future
-                self._made[spec.key] = spec
-                pending[spec.key] = Pending(spec, future, reads)
-                self._keys[dask_key] = spec.key
-                # dask keeps an input while a task waiting for it is queued: dispatcher's
-                # last use of a result need not wait for ``free`` (one still being made
-                # is released once reported, by ``free``).
-                for k in spec.last_use:
-                    maker = self._made.get(k)
-                    if maker is not None and maker.worker == spec.worker and k not in pending:
-                        released.append(self._futures.pop(k))
-                        del self._made[k]
-        for future in submitted.values():
-            future.add_done_callback(self._done)
+                for i, spec in enumerate(members):
+                    if fused:
+                        own = future if i == 0 else Future(dask_key, client)
+                        self._index[spec.key] = i
+                        callbacks.append((own, partial(self._member_done, spec.key)))
+                    else:
+                        own = future
+                        self._index.pop(spec.key, None)
+                        self._keys[dask_key] = spec.key
+                        callbacks.append((own, self._done))
+                    self._futures[spec.key] = own
+                    self._made[spec.key] = spec
+                    pending[spec.key] = Pending(spec, own, reads)
+                    # dask keeps an input while a task waiting for it is queued:
+                    # dispatcher's last use of a result need not wait for ``free`` (one
+                    # still being made is released once reported, by ``free``).
+                    for k in spec.last_use:
+                        maker = self._made.get(k)
+                        if maker is not None and maker.worker == spec.worker and k not in pending:
+                            released.append(self._futures.pop(k))
+                            self._index.pop(k, None)
+                            del self._made[k]
+        for future, callback in callbacks:
+            future.add_done_callback(callback)
         for old in released:
             old.release()
 
-    def _task(self, spec: TaskSpec, batch: Mapping[Key, str]) -> tuple[Any, tuple[Key, ...]] | None:
-        """The dask task for ``spec`` and the keys of the results it reads; None (and
-        reported) when it cannot be made. ``batch`` maps the tasks of the graph being
-        made to their dask keys."""
+    def _task(
+        self, spec: TaskSpec, batch: Mapping[Key, tuple[str, int | None]]
+    ) -> tuple[Any, list[TaskSpec], tuple[Key, ...]] | None:
+        """The dask task for ``spec``, with ``spec`` alone as its tasks, and the keys of
+        the results it reads; None (and reported) when it cannot be made. ``batch`` maps
+        the tasks of the graph being made to their dask keys (and index in a fused run)."""
         from dask._task_spec import Task, TaskRef
 
         events = self._events
@@ -274,6 +329,7 @@ class DaskTransport(GivingUp, Transport):
         inputs: list[TaskRef] = []
         reads: list[Key] = []
         inline: dict[int, Any] = {}
+        picks: dict[int, int] = {}  # dask input -> index of the member read, in a fused run
         missing: list[Key] = []
         given = spec.inline
         with self._lock:
@@ -281,17 +337,23 @@ class DaskTransport(GivingUp, Transport):
                 # Lost since it was placed: the loss is reported, and dispatcher retries
                 # what it had sent there.
                 return None
-            futures = self._futures
+            futures, index = self._futures, self._index
             for i, k in enumerate(spec.deps):
                 if given is not None and k in given:
                     inline[i] = given[k]
                     continue
                 future = futures.get(k)
                 if future is not None:
+                    member = index.get(k)
+                    if member is not None:
+                        picks[len(inputs)] = member
                     inputs.append(future)
                     reads.append(k)
                 elif k in batch:
-                    inputs.append(TaskRef(batch[k]))
+                    dask_key, member = batch[k]
+                    if member is not None:
+                        picks[len(inputs)] = member
+                    inputs.append(TaskRef(dask_key))
                     reads.append(k)
                 else:
                     missing.append(k)
@@ -299,7 +361,7 @@ class DaskTransport(GivingUp, Transport):
             events.task_inputs_lost(spec.key, spec.worker, missing)
             return None
         try:
-            payload = pack(spec, inline)
+            payload = pack(spec, inline, picks)
         except SerializationError as exc:
             events.task_failed(spec.key, spec.worker, exc, 0.0)
             return None
@@ -308,7 +370,37 @@ class DaskTransport(GivingUp, Transport):
         task = Task(
             dask_key, run_task, spec.key, payload, self._stats_topic, self._start_topic, *inputs
         )
-        return task, tuple(reads)
+        return task, [spec], tuple(reads)
+
+    def _fused(
+        self, group: Sequence[TaskSpec]
+    ) -> tuple[Any, list[TaskSpec], tuple[Key, ...]] | None:
+        """The dask task running ``group`` as a fused run (see :mod:`._fusing`), and the
+        tasks in it: those that could be made (the others are reported)."""
+        from dask._task_spec import Task
+
+        events = self._events
+        assert events is not None
+        members: list[TaskSpec] = []
+        payloads: list[tuple[Key, bytes]] = []
+        with self._lock:
+            if self._names.address.get(group[0].worker) not in self._workers:
+                return None  # lost since it was placed: see _task
+        for spec in group:
+            given = spec.inline or {}
+            inline = {i: given[k] for i, k in enumerate(spec.deps)}
+            try:
+                payloads.append((spec.key, pack(spec, inline)))
+            except SerializationError as exc:
+                events.task_failed(spec.key, spec.worker, exc, 0.0)
+                continue
+            members.append(spec)
+        if not members:
+            return None
+        name = getattr(members[0].func, "__name__", "task")
+        dask_key = f"{name}-fused-{self._token}-{next(self._serial)}"
+        task = Task(dask_key, run_tasks, pickle.dumps(payloads, protocol=5), self._stats_topic)
+        return task, members, ()
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         released: list[Future] = []
@@ -319,6 +411,7 @@ class DaskTransport(GivingUp, Transport):
                 if maker is not None and maker.worker == worker and k not in self._pending:
                     del made[k]
                     released.append(futures.pop(k))
+                    self._index.pop(k, None)
         for future in released:
             future.release()
 
@@ -334,6 +427,8 @@ class DaskTransport(GivingUp, Transport):
                 # Its inputs all made, it may have started (one that waits cannot have).
                 if found is not None and not any(k in pending for k in found.inputs):
                     may_run.setdefault(spec.worker, {})[found.future.key] = spec.label
+            if any(spec.key in self._index for spec in tasks):
+                self._keep_live_runs(tasks, may_run)
             for spec in tasks:
                 # Pending, or reported a moment ago (a report the run will never read).
                 if self._made.get(spec.key) is not spec:
@@ -349,6 +444,22 @@ class DaskTransport(GivingUp, Transport):
         for future in dropped:
             future.release()
 
+    def _keep_live_runs(
+        self, tasks: Sequence[TaskSpec], may_run: dict[str, dict[str, str]]
+    ) -> None:
+        """A fused run of which tasks not among ``tasks`` are still pending stays held
+        (they run, and the cancelled ones with them: their reports are ignored): it is
+        no task given up on. The caller holds the lock."""
+        cancelled = {spec.key for spec in tasks}
+        live = {
+            p.future.key
+            for k, p in self._pending.items()
+            if k not in cancelled and k in self._index
+        }
+        for keys in may_run.values():
+            for dask_key in live.intersection(keys):
+                del keys[dask_key]
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -363,6 +474,8 @@ class DaskTransport(GivingUp, Transport):
             self._made.clear()
             self._pending.clear()
             self._keys.clear()
+            self._index.clear()
+            self._member_stats.clear()
         for future in futures:
             future.release()
         topics = [t for t in (*_CLUSTER_TOPICS, self._start_topic, self._stats_topic) if t]
@@ -405,13 +518,6 @@ class DaskTransport(GivingUp, Transport):
                 self._workers[address] = self._slots(address)
                 self._names.add(address, worker.get("host"))
             return {self._names.of[address]: slots for address, slots in self._workers.items()}
-
-    def _on_stats(self, event: tuple[float, Any]) -> None:
-        # On dask's event loop: keep it short.
-        key, duration, nbytes, carried = event[1]
-        self._mean_run += (duration - self._mean_run) / 16
-        if key in self._pending:  # not for a task cancelled meanwhile: nobody would read it
-            self._stats[key] = (duration, nbytes, carried)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
@@ -478,132 +584,11 @@ class DaskTransport(GivingUp, Transport):
         future = self._futures.pop(key, None)
         self._made.pop(key, None)
         self._stats.pop(key, None)
+        self._index.pop(key, None)
+        self._member_stats.pop(key, None)
         pending = self._pending.pop(key, None)
         if pending is not None:
             self._deadlines.discard(pending)
             self._keys.pop(pending.future.key, None)
         elif future is not None:
             self._keys.pop(future.key, None)
-
-    # -- completions -------------------------------------------------------------------------
-
-    def _done(self, future: Future) -> None:
-        """A future settled (on dask's callback thread): report it, unless it is stale."""
-        status = future.status
-        gather = False
-        carried = None  # the wanted value, if it came with the task's report
-        with self._lock:
-            key = self._keys.get(future.key)
-            pending = None if key is None else self._pending.get(key)
-            if key is None or pending is None or pending.future is not future:
-                return
-            self._deadlines.discard(pending)
-            if status == "finished" and pending.spec.want_result:
-                carried = self._stats.get(key, (0.0, None, None))[2]
-            if carried is None and status == "finished" and pending.spec.want_result:
-                # Pending until its value is here: cancelling it meanwhile still works.
-                self._to_gather.append(pending)
-                gather = len(self._to_gather) == 1
-            else:
-                del self._pending[key]
-                del self._keys[future.key]
-        if gather:
-            self._gatherer.submit(self._gather)
-        events = self._events
-        assert events is not None
-        spec = pending.spec
-        if status == "finished":
-            if carried is not None:
-                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
-                self._finished_with(spec, future, duration, nbytes, (True, Shipped(carried)))
-            elif not spec.want_result:
-                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
-                events.task_finished(key, spec.worker, duration, nbytes)
-            return
-        if status == "error":
-            try:
-                raised = future.exception()
-            except Exception as err:  # the exception itself could not be brought back
-                raised = err
-            self._drop(key, future)
-            if isinstance(raised, TaskFailure) and raised.key != key:
-                # An input failed, or one of its own inputs, after this task was sent:
-                # dispatcher decides their fate, and this task waits for them again.
-                events.task_inputs_lost(key, spec.worker, self._not_made(pending))
-            else:
-                duration = raised.duration if isinstance(raised, TaskFailure) else 0.0
-                events.task_failed(key, spec.worker, restored(spec, raised), duration)
-            return
-        self._drop(key, future)
-        if status != "lost":
-            reason = self._client_gone() or f"the dask cluster {status} the task"
-            error = WorkerLostError(spec.label, spec.worker, reason)
-            events.task_failed(key, spec.worker, error, 0.0)
-
-    def _client_gone(self) -> str | None:
-        """Why the client can no longer run anything, if it cannot: it was closed, or lost
-        its scheduler (then dask cancels every task it had, and the task is not to blame)."""
-        client = self._client
-        status = getattr(client, "status", None)
-        if status in ("closing", "closed"):
-            return (
-                "the dask client was closed while the run used it (close a client given "
-                "with client= only after the runs on it have ended)"
-            )
-        if status == "connecting":
-            scheduler = getattr(getattr(client, "scheduler", None), "address", None)
-            at = f" at {scheduler}" if scheduler else ""
-            return (
-                f"the dask client lost its connection to the scheduler{at} (it stopped, "
-                "or the network failed): once the cluster is back, run again with a new "
-                "executor"
-            )
-        return None
-
-    def _not_made(self, pending: Pending) -> list[Key]:
-        """The inputs ``pending`` read that were never reported made (all of them, if
-        that cannot be told)."""
-        with self._lock:
-            made = self._made
-            missing = [k for k in pending.inputs if k in self._pending or k not in made]
-        return missing or list(pending.inputs)
-
-    def _gather(self) -> None:
-        """Bring the values the caller wants, all that finished meanwhile in one call."""
-        with self._lock:
-            batch, self._to_gather = self._to_gather, []
-        if not batch or self._closed:
-            return
-        values = gather(self.client, [pending.future for pending in batch])
-        for pending, fetched in zip(batch, values):
-            spec, future = pending.spec, pending.future
-            with self._lock:
-                if self._pending.get(spec.key) is not pending:
-                    continue  # cancelled while it travelled
-                del self._pending[spec.key]
-                self._keys.pop(future.key, None)
-            duration, nbytes, _ = self._stats.pop(spec.key, (0.0, None, None))
-            self._finished_with(spec, future, duration, nbytes, fetched)
-
-    def _finished_with(
-        self, spec: TaskSpec, future: Future, duration: float, nbytes: int | None, fetched: Any
-    ) -> None:
-        """Report ``spec`` finished with the value its worker sent (``fetched``: ``(True,
-        the Shipped value)``, or ``(False, why it could not be brought)``), or failed in
-        the caller if it did not come. The run's driver unpickles it."""
-        ok, value = fetched
-        events = self._events
-        assert events is not None
-        if ok:
-            events.task_finished(spec.key, spec.worker, duration, nbytes, left_pickled(value))
-            return
-        self._drop(spec.key, future)
-        error = unpickling_error(spec.label, "result", value, in_caller=True)
-        events.task_failed(spec.key, spec.worker, error, duration)
-
-    def _drop(self, key: Key, future: Future) -> None:
-        with self._lock:
-            if self._futures.get(key) is future:
-                del self._futures[key]
-                del self._made[key]
-        future.release()

@@ -1,12 +1,13 @@
-"""Ranks that go silent with tasks out: a host cut off from the network, a frozen process.
+"""Ranks that go silent: a host cut off from the network, a frozen process.
 
-A rank running a task says :class:`~._messages.Alive` every half second. When one has said
-nothing for :func:`silence_limit` seconds since it was last sent work, while it has tasks
-out, rank 0 cannot tell it from a rank whose host dropped off the network (no connection
-closes then: TCP retries for many minutes) or a frozen (``SIGSTOP``) process. Rank 0 takes
-it out of scheduling: the task it runs is charged an attempt, the others sent there run
-elsewhere, what it held is recomputed, and the other ranks stop waiting for what they fetch
-from it. If it speaks again, it comes back.
+A rank says :class:`~._messages.Alive` every half second, idle or not. When one has said
+nothing for :func:`silence_limit` seconds since it was last sent work, while tasks are out
+(on it, or on a rank that may be fetching what it holds), rank 0 cannot tell it from a rank
+whose host dropped off the network (no connection closes then: TCP retries for many
+minutes) or a frozen (``SIGSTOP``) process. Rank 0 takes it out of scheduling: the task it
+runs is charged an attempt, the others sent there run elsewhere, what it held is
+recomputed, and the other ranks stop waiting for what they fetch from it. If it speaks
+again, it comes back.
 
 A task that holds the GIL for longer than the limit silences its rank too, and fails once
 its retries are spent. Raise the limit for such tasks.
@@ -37,7 +38,7 @@ negative): it comes back on the first word it says."""
 
 
 def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
-    """Seconds of silence, with tasks out, after which a rank is given up on; a
+    """Seconds of silence, while tasks are out, after which a rank is given up on; a
     ``ValueError`` that says why when ``DISPATCHER_MPI_SILENCE_LIMIT`` is not a number of
     seconds above 0."""
     raw = environ.get(LIMIT_VARIABLE)
@@ -49,8 +50,8 @@ def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
         limit = math.nan
     if not limit > 0:  # also NaN
         raise ValueError(
-            f"{LIMIT_VARIABLE} must be the seconds of silence after which a rank with tasks "
-            f"out is given up on, a number above 0 (default {DEFAULT_LIMIT:g}), not {raw!r}"
+            f"{LIMIT_VARIABLE} must be the seconds of silence after which a rank is given "
+            f"up on, a number above 0 (default {DEFAULT_LIMIT:g}), not {raw!r}"
         )
     return limit
 
@@ -79,26 +80,27 @@ def silent_ranks(
 
 
 def give_up_silent(root: Root, transport: MpiTransport, now: float) -> None:
-    """On rank 0's hub thread: give up on the ranks in scheduling that have been silent
-    with tasks out for the limit."""
+    """On rank 0's hub thread, while tasks are out: give up on the ranks in scheduling
+    that have been silent for the limit. Those with no task out too: a task elsewhere may
+    be fetching what they hold."""
     idle = [rank for rank in transport.ranks if rank not in root.busy]
     for rank, quiet in silent_ranks(
         idle, root.heard, root.sent, now, root.silence_limit, root.resumed
     ):
-        if transport._out_on(rank):
-            _give_up(root, rank, quiet)
+        _give_up(root, rank, quiet, bool(transport._out_on(rank)))
 
 
-def _give_up(root: Root, rank: int, quiet: float) -> None:
-    """Take ``rank``, silent for ``quiet`` seconds with tasks out, out of scheduling; the
-    other ranks give up what they fetch from it."""
+def _give_up(root: Root, rank: int, quiet: float, tasks_out: bool) -> None:
+    """Take ``rank``, silent for ``quiet`` seconds, out of scheduling; the other ranks
+    give up what they fetch from it."""
     host = root.peers[rank][0] if rank < len(root.peers) else "?"
     reason = (
-        f"silent for {quiet:.0f} s with tasks out: its host {host} may be cut off from "
-        f"the network, or the process frozen (the limit is {root.silence_limit:g} s: "
-        f"{LIMIT_VARIABLE})"
+        f"silent for {quiet:.0f} s{' with tasks out' if tasks_out else ''}: its host {host} "
+        f"may be cut off from the network, or the process frozen (the limit is "
+        f"{root.silence_limit:g} s: {LIMIT_VARIABLE})"
     )
-    print(f"dispatcher_mpi: {root.where(rank)} {reason}; its tasks run elsewhere", file=sys.stderr)
+    then = "its tasks run elsewhere" if tasks_out else "what it holds is made again"
+    print(f"dispatcher_mpi: {root.where(rank)} {reason}; {then}", file=sys.stderr)
     root.unreachable.add(rank)
     for other in root.ranks:
         if other != rank:

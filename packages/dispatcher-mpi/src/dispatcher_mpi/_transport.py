@@ -23,9 +23,10 @@ been silent for the task's timeout plus :data:`SILENCE_GRACE` -- silence counted
 later of the task's send and the last word from its rank. Such a task fails with
 :class:`~dispatcher.TaskTimeoutError` at most that grace late.
 
-An untimed task has no deadline: a rank silent for the silence limit while it has tasks
-out (a host cut off from the network, a frozen process) is retired the same way, and the
-other ranks give up what they fetch from it (:mod:`._silence`).
+An untimed task has no deadline: a rank silent for the silence limit while tasks are out
+(a host cut off from the network, a frozen process; idle or not, since another rank's task
+may fetch what it holds) is retired the same way, and the other ranks give up what they
+fetch from it (:mod:`._silence`).
 
 No capacity: a retired rank is reported paused, with the task it still runs; once every
 rank is, the scheduler's one rule applies (runs wait :attr:`MpiTransport.paused_wait` for
@@ -106,7 +107,7 @@ STOP_GRACE = 5.0
 """Seconds every rank gets to answer the stop at the end of the job."""
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
-_QUIET_CHECK = 1.0  # how often rank 0 looks for ranks silent with tasks out (see _silence)
+_QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
 _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 

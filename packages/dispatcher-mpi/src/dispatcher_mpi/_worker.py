@@ -2,9 +2,10 @@
 tasks in order (the kit's :class:`~dispatcher.remote.TaskRunner`). Results stay here until
 freed; another rank that needs one asks for it and gets it straight from here.
 
-While a task runs, the hub says :class:`Alive` to rank 0 when it has said nothing for
-:data:`HEARTBEAT` seconds. A task that holds the GIL (a long regular expression, a C
-extension) stops the hub too: rank 0 reads the silence as "stuck" (see the transport)."""
+The hub says :class:`Alive` to rank 0 when it has said nothing for :data:`HEARTBEAT`
+seconds, whether a task runs or not: a rank frozen while idle may hold results another
+rank's task waits for. A task that holds the GIL (a long regular expression, a C extension)
+stops the hub too: rank 0 reads the silence as "stuck" (see the transport)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from ._messages import (
 
 ROOT = 0
 HEARTBEAT = 0.5
-"""Seconds of silence after which a rank running a task says :class:`Alive`."""
+"""Seconds of silence after which a rank says :class:`Alive`."""
 _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 
@@ -95,8 +96,8 @@ class WorkerRank(TaskRunner):
         sent.wait(_STARTED_WAIT)
 
     def _tick(self) -> None:
-        """On the hub thread, every turn: a sign of life while a task runs."""
-        if self.current is not None and time.monotonic() - self.reported >= HEARTBEAT:
+        """On the hub thread, every turn: a sign of life."""
+        if time.monotonic() - self.reported >= HEARTBEAT:
             self.reported = time.monotonic()
             self.hub.post(ROOT, Alive())
 

@@ -1,0 +1,247 @@
+"""How the dask transport learns that its tasks ended, and reports them.
+
+A task's run time, result size (and a small wanted value) come ahead of its completion, as
+an event its worker logs (:func:`~._task.run_task`; one event per fused run,
+:func:`~._task.run_tasks`); the completion is its dask future settling, on dask's callback
+thread. A wanted value not carried by the event is gathered, in batches, on a thread of
+its own. :class:`Completions` is a part of :class:`~._transport.DaskTransport` and works on
+its records.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any
+
+from dispatcher import WorkerLostError
+from dispatcher.remote import unpickling_error
+from dispatcher.transport import EventSink, Key, TaskSpec
+
+from ._cluster import gather
+from ._giving_up import Pending
+from ._outcome import left_pickled, restored
+from ._task import Shipped, TaskFailure
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Client, Future
+
+    from ._deadlines import Deadlines
+    from ._fusing import Fusing
+
+__all__ = ["Completions"]
+
+
+class Completions:
+    """The part of the dask transport that reports what its tasks did (see the module's
+    docstring)."""
+
+    _lock: threading.Lock
+    _closed: bool
+    _client: Client | None
+    _events: EventSink | None
+    _pending: dict[Key, Pending]
+    _keys: dict[str, Key]
+    _futures: dict[Key, Future]
+    _made: dict[Key, TaskSpec]
+    _index: dict[Key, int]
+    _stats: dict[Key, tuple[float, int | None, bytes | None]]
+    _member_stats: dict[Key, tuple[float, int | None, bytes | None]]
+    _deadlines: Deadlines[Pending]
+    _gatherer: ThreadPoolExecutor
+    _to_gather: list[Pending]
+    _fusing: Fusing
+    _mean_run: float
+
+    if TYPE_CHECKING:
+
+        @property
+        def client(self) -> Client: ...
+
+    def _on_stats(self, event: tuple[float, Any]) -> None:
+        # On dask's event loop: keep it short.
+        report = event[1]
+        if report and isinstance(report[0], list | tuple):  # a fused run's: one per task
+            for key, duration, nbytes, failure in report:
+                pending = self._learn(key, duration, nbytes)
+                if pending is not None:
+                    self._member_stats[key] = (duration, nbytes, failure)
+            return
+        key, duration, nbytes, carried = report
+        if self._learn(key, duration, nbytes) is not None:
+            self._stats[key] = (duration, nbytes, carried)
+
+    def _learn(self, key: Key, duration: float, nbytes: int | None) -> Pending | None:
+        """Fold a task's run time and result size in; its record, if it is still pending
+        (not for a task cancelled meanwhile: nobody would read its report)."""
+        self._mean_run += (duration - self._mean_run) / 16
+        pending = self._pending.get(key)
+        if pending is not None:
+            self._fusing.learn(pending.spec.func, duration, nbytes)
+        return pending
+
+    def _done(self, future: Future) -> None:
+        """A future settled (on dask's callback thread): report it, unless it is stale."""
+        status = future.status
+        gather = False
+        carried = None  # the wanted value, if it came with the task's report
+        with self._lock:
+            key = self._keys.get(future.key)
+            pending = None if key is None else self._pending.get(key)
+            if key is None or pending is None or pending.future is not future:
+                return
+            self._deadlines.discard(pending)
+            if status == "finished" and pending.spec.want_result:
+                carried = self._stats.get(key, (0.0, None, None))[2]
+            if carried is None and status == "finished" and pending.spec.want_result:
+                # Pending until its value is here: cancelling it meanwhile still works.
+                self._to_gather.append(pending)
+                gather = len(self._to_gather) == 1
+            else:
+                del self._pending[key]
+                del self._keys[future.key]
+        if gather:
+            self._gatherer.submit(self._gather)
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        if status == "finished":
+            if carried is not None:
+                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
+                self._finished_with(spec, future, duration, nbytes, (True, Shipped(carried)))
+            elif not spec.want_result:
+                duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
+                events.task_finished(key, spec.worker, duration, nbytes)
+            return
+        self._unfinished(pending, future, status)
+
+    def _unfinished(self, pending: Pending, future: Future, status: str) -> None:
+        """Report ``pending`` failed, or waiting for its inputs again: its future ended
+        with ``status``, not "finished"."""
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        key = spec.key
+        if status == "error":
+            try:
+                raised = future.exception()
+            except Exception as err:  # the exception itself could not be brought back
+                raised = err
+            self._drop(key, future)
+            if isinstance(raised, TaskFailure) and raised.key != key:
+                # An input failed, or one of its own inputs, after this task was sent:
+                # dispatcher decides their fate, and this task waits for them again.
+                events.task_inputs_lost(key, spec.worker, self._not_made(pending))
+            else:
+                duration = raised.duration if isinstance(raised, TaskFailure) else 0.0
+                events.task_failed(key, spec.worker, restored(spec, raised), duration)
+            return
+        self._drop(key, future)
+        if status != "lost":
+            reason = self._client_gone() or f"the dask cluster {status} the task"
+            error = WorkerLostError(spec.label, spec.worker, reason)
+            events.task_failed(key, spec.worker, error, 0.0)
+
+    def _member_done(self, key: Key, future: Future) -> None:
+        """The fused run that ran task ``key`` settled (on dask's callback thread): report
+        the task as its run reported it, unless that is stale."""
+        status = future.status
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None or pending.future is not future:
+                return
+            del self._pending[key]
+            stats = self._member_stats.pop(key, None)
+        if status != "finished":
+            self._unfinished(pending, future, status)
+            return
+        events = self._events
+        assert events is not None
+        spec = pending.spec
+        if stats is None:
+            # Its run's report never came (it cannot be told whether the task failed):
+            # it runs again, which counts as no attempt.
+            self._drop(key, future)
+            events.task_inputs_lost(key, spec.worker, [])
+            return
+        duration, nbytes, failure = stats
+        if failure is None:
+            events.task_finished(key, spec.worker, duration, nbytes)
+            return
+        self._drop(key, future)
+        try:
+            raised: BaseException = pickle.loads(failure)
+        except Exception as exc:
+            raised = exc
+        events.task_failed(key, spec.worker, restored(spec, raised), duration)
+
+    def _client_gone(self) -> str | None:
+        """Why the client can no longer run anything, if it cannot: it was closed, or lost
+        its scheduler (then dask cancels every task it had, and the task is not to blame)."""
+        client = self._client
+        status = getattr(client, "status", None)
+        if status in ("closing", "closed"):
+            return (
+                "the dask client was closed while the run used it (close a client given "
+                "with client= only after the runs on it have ended)"
+            )
+        if status == "connecting":
+            scheduler = getattr(getattr(client, "scheduler", None), "address", None)
+            at = f" at {scheduler}" if scheduler else ""
+            return (
+                f"the dask client lost its connection to the scheduler{at} (it stopped, "
+                "or the network failed): once the cluster is back, run again with a new "
+                "executor"
+            )
+        return None
+
+    def _not_made(self, pending: Pending) -> list[Key]:
+        """The inputs ``pending`` read that were never reported made (all of them, if
+        that cannot be told)."""
+        with self._lock:
+            made = self._made
+            missing = [k for k in pending.inputs if k in self._pending or k not in made]
+        return missing or list(pending.inputs)
+
+    def _gather(self) -> None:
+        """Bring the values the caller wants, all that finished meanwhile in one call."""
+        with self._lock:
+            batch, self._to_gather = self._to_gather, []
+        if not batch or self._closed:
+            return
+        values = gather(self.client, [pending.future for pending in batch])
+        for pending, fetched in zip(batch, values):
+            spec, future = pending.spec, pending.future
+            with self._lock:
+                if self._pending.get(spec.key) is not pending:
+                    continue  # cancelled while it travelled
+                del self._pending[spec.key]
+                self._keys.pop(future.key, None)
+            duration, nbytes, _ = self._stats.pop(spec.key, (0.0, None, None))
+            self._finished_with(spec, future, duration, nbytes, fetched)
+
+    def _finished_with(
+        self, spec: TaskSpec, future: Future, duration: float, nbytes: int | None, fetched: Any
+    ) -> None:
+        """Report ``spec`` finished with the value its worker sent (``fetched``: ``(True,
+        the Shipped value)``, or ``(False, why it could not be brought)``), or failed in
+        the caller if it did not come. The run's driver unpickles it."""
+        ok, value = fetched
+        events = self._events
+        assert events is not None
+        if ok:
+            events.task_finished(spec.key, spec.worker, duration, nbytes, left_pickled(value))
+            return
+        self._drop(spec.key, future)
+        error = unpickling_error(spec.label, "result", value, in_caller=True)
+        events.task_failed(spec.key, spec.worker, error, duration)
+
+    def _drop(self, key: Key, future: Future) -> None:
+        with self._lock:
+            if self._futures.get(key) is future:
+                del self._futures[key]
+                del self._made[key]
+                self._index.pop(key, None)
+        future.release()

@@ -1,0 +1,130 @@
+"""Which tasks sent to one worker together run as one dask task (a *fused run*).
+
+dask's worker pays for every task it runs, between the end of one and the start of the
+next: a turn of its event loop through its state machine, and two thread hand-offs
+(about a millisecond, more on a busy machine). dask's own clients pay it too. For tasks
+of a few milliseconds that is the better part of the time lost; a run of them sent to
+the same worker together runs as one dask task (:func:`~._task.run_tasks`), which pays
+it once.
+
+Only tasks whose function is known to be short and to make small results are fused, and
+only those the fused run does not change the meaning of: a task that reads no other
+task's result (dask would hold the whole run until they were all made), is not timed
+(its deadline could not free the tasks behind it) and whose value the caller does not
+want (the caller would gather the whole run). A run is bounded by its expected length,
+:data:`FUSED_SECONDS`: its tasks are reported when it ends, and a failure among them
+ends a fail-fast run that much later. Its values are held together until the last of
+them is freed (hence small results only, :data:`FUSED_BYTES`), and a task elsewhere that
+reads one of them fetches the run's values. A run whose tasks are all cancelled is
+released, and starts none of its tasks left; a task cancelled alone, while others of its
+run are not, still runs with them (its report is ignored).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from dispatcher.transport import KEY_BITS, TaskSpec
+
+__all__ = ["FUSED_BYTES", "FUSED_SECONDS", "MOST_FUSED", "Fusing"]
+
+FUSED_SECONDS = 0.08
+"""A fused run is expected to last at most this long (by its functions' mean durations)."""
+
+FUSED_BYTES = 16 * 1024
+"""Tasks are fused only if their function's results are this small, on average."""
+
+MOST_FUSED = 64
+"""Tasks in one fused run, at most."""
+
+_MOST_FUNCTIONS = 4096  # functions remembered; past that, forgotten and learned again
+
+
+def _kind(func: Any) -> Any:
+    """What durations are learned by: a function's code, shared by the closures made
+    afresh for each node (and the code of the function a ``functools.partial`` calls), or
+    the callable itself (its type, if it cannot be hashed)."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    try:
+        hash(func)
+    except TypeError:
+        return type(func)
+    return func
+
+
+class Fusing:
+    """Learns each function's mean duration and result size from its tasks' reports, and
+    cuts what is sent to one worker into fused runs and single tasks."""
+
+    def __init__(self) -> None:
+        # function -> (mean duration, mean result size): moving averages.
+        self._means: dict[Any, tuple[float, float]] = {}
+
+    def learn(self, func: Any, duration: float, nbytes: int | None) -> None:
+        """Fold a task's run time and result size (None: unknown, taken as large) in."""
+        kind = _kind(func)
+        size = float(FUSED_BYTES + 1 if nbytes is None else nbytes)
+        means = self._means
+        mean = means.get(kind)
+        if mean is None:
+            if len(means) >= _MOST_FUNCTIONS:
+                means.clear()
+            means[kind] = (duration, size)
+        else:
+            seconds, nbytes_mean = mean
+            means[kind] = (
+                seconds + (duration - seconds) / 8,
+                nbytes_mean + (size - nbytes_mean) / 8,
+            )
+
+    def _expected(self, spec: TaskSpec) -> float | None:
+        """How long ``spec`` is expected to run, if it may be fused; None if not."""
+        if spec.want_result or (spec.timeout is not None and spec.timeout != float("inf")):
+            return None
+        if spec.deps:
+            given = spec.inline
+            if given is None or any(k not in given for k in spec.deps):
+                return None
+        mean = self._means.get(_kind(spec.func))
+        if mean is None:
+            return None
+        seconds, nbytes = mean
+        if seconds > FUSED_SECONDS / 2 or nbytes > FUSED_BYTES:
+            return None
+        return seconds
+
+    def cut(self, specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+        """``specs``, sent to one worker in this order, as the groups to send as one dask
+        task each, in the same order: fused runs of consecutive tasks of one run, and
+        single tasks."""
+        groups: list[list[TaskSpec]] = []
+        run: list[TaskSpec] = []
+        total = 0.0
+        for spec in specs:
+            expected = self._expected(spec)
+            if expected is None:
+                if run:
+                    groups.append(run)
+                    run = []
+                groups.append([spec])
+                continue
+            if run and (
+                total + expected > FUSED_SECONDS
+                or len(run) >= MOST_FUSED
+                or run[0].key >> KEY_BITS != spec.key >> KEY_BITS
+            ):
+                groups.append(run)
+                run = []
+            if not run:
+                total = 0.0
+            run.append(spec)
+            total += expected
+        if run:
+            groups.append(run)
+        return groups
