@@ -153,8 +153,7 @@ class Run:
         self.unannounced: set[int] | None = None
         """Tasks sent ahead whose task_started waits for their inputs to be made
         (:mod:`._starts`)."""
-        self.stealing: Stealing | None = None
-        """Work taken back for idle workers (see ``start``)."""
+        self.stealing: Stealing | None = None  # taking back work for idle workers: start
         self.started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:

@@ -342,8 +342,7 @@ _root: Root | None = None
 
 
 IN_WORKER_RANK = False
-"""Whether this process is a worker rank (it serves rank 0, and cannot have ranks of its
-own)."""
+"""Whether this process is a worker rank (it serves rank 0; it has no ranks of its own)."""
 
 
 def current_root() -> Root:
