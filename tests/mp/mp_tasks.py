@@ -170,8 +170,21 @@ def held_array(log: str, gate: str, megabytes: int, pid_path: str) -> Any:
 
 
 def held_bytes(_: Any = None) -> tuple[int, int]:
-    """This worker's pid, and the bytes of the results it holds."""
-    from dispatcher.remote import held_here
+    """This worker's pid, and the bytes of the results it holds from other runs than
+    this task's own (whose results may be freed only after its next task here starts)."""
+    from dispatcher.remote import _worker, held_here
+    from dispatcher.transport import KEY_BITS
 
     time.sleep(0.05)  # so that every worker gets some
-    return os.getpid(), sum(held_here().values())
+    runner = _worker._serving
+    own = None if runner is None or runner.current is None else runner.current >> KEY_BITS
+    return os.getpid(), sum(n for key, n in held_here().items() if key >> KEY_BITS != own)
+
+
+def logged_sleep(log: str, name: str, seconds: float, value: Any) -> Any:
+    """Leaves a ``name`` marker in ``log`` (see ``tasks.calls``), sleeps, returns ``value``."""
+    from dispatcher.testing.tasks import logged
+
+    logged(log, name, None)
+    time.sleep(seconds)
+    return value

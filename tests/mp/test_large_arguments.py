@@ -65,7 +65,7 @@ def test_a_large_array_given_to_many_tasks_is_not_in_their_messages(
     with get_executor("mp", workers=2) as ex:
         results = ex.run([op(tasks.item_plus_size)(values, i) for i in range(40)])
         assert results == [float(i) + len(values) for i in range(40)]
-        assert len(task_bytes) == 40
+        assert len(task_bytes) >= 40  # each sent (again, if taken back for an idle worker)
         assert max(task_bytes) < 4096, f"a task's message holds {max(task_bytes)} bytes"
         assert ex._transport.shared_arguments.writes == 1  # type: ignore[attr-defined]
 

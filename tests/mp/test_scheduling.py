@@ -67,11 +67,6 @@ class FinishOrder:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement queues a task behind a running one on a busy worker and never takes "
-    "it back when another worker goes idle",
-)
 def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_idles() -> None:
     # One worker gets a quick chain (its two tasks fill its room), the other the long
     # task and, queued behind it, the short one; the first worker then idles for the

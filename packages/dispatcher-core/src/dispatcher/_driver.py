@@ -34,6 +34,7 @@ __all__ = [
     "EV_FINISHED",
     "EV_INPUTS_LOST",
     "EV_NO_WORKER_LEFT",
+    "EV_TAKEN_BACK",
     "EV_WORKER_ADDED",
     "EV_WORKER_LOST",
     "EV_WORKER_PAUSED",
@@ -60,6 +61,7 @@ EV_WORKER_ADDED = 3
 EV_WORKER_LOST = 4
 EV_WORKER_PAUSED = 5
 EV_NO_WORKER_LEFT = 6
+EV_TAKEN_BACK = 7
 
 _NOVALUE: Any = ...
 
@@ -249,6 +251,15 @@ class Router:
             lost = [m & _POSITION for m in missing]
             queue.post((EV_INPUTS_LOST, key & _POSITION, worker, lost))
 
+    def tasks_taken_back(self, worker: str, keys: Sequence[Key]) -> None:
+        by_run: dict[int, list[int]] = {}
+        for key in keys:
+            by_run.setdefault(key >> KEY_BITS, []).append(key & _POSITION)
+        for number, positions in by_run.items():
+            queue = self.runs.get(number)
+            if queue is not None:
+                queue.post((EV_TAKEN_BACK, worker, positions))
+
     def worker_added(self, worker: str, slots: int) -> None:
         self.workers[worker] = slots
         self.pauses.added(worker, slots)
@@ -305,7 +316,8 @@ def step(run: Run) -> bool:
     if progressed or run.queue.events or run.finished:
         return False  # tasks called in the caller may have readied others
     if run.table.inflight:
-        run.capacity.deadline = None  # not stalled: a report will come
+        # Not stalled: a report will come (look again by then if a queue is watched).
+        run.capacity.deadline = run.look_again_at()
         return True
     if when_stalled(run):  # no worker can take what is left: that failed it
         return False

@@ -118,6 +118,12 @@ class Placement:
             self.on_host.setdefault(host, []).append(worker)
         self._workers_changed()
 
+    def last_among_equals(self, worker: str) -> None:
+        """Break ties between workers against ``worker`` from now on (it just gave back
+        tasks queued behind one that runs long)."""
+        for table in (self.capacity, self.room, self.load):
+            table[worker] = table.pop(worker)
+
     def remove_worker(self, worker: str) -> None:
         del self.room[worker]
         del self.capacity[worker]
@@ -225,6 +231,14 @@ class Placement:
         if room is None:
             room = self._rooms[queued] = {w: min(r, 1 + queued) for w, r in self.room.items()}
         return mean, room
+
+    def moving(self, p: int, workers: list[str]) -> dict[str, float]:
+        """Seconds of moves task ``p`` would cause on each of ``workers`` (its inputs and
+        its result, as :meth:`place` weighs them)."""
+        moving, near = self._moves(p)
+        if near is None:
+            return dict.fromkeys(workers, 0.0)
+        return {w: moving - near.get(w, 0.0) for w in workers}
 
     def _moves(self, p: int, pull: float = 0.0) -> tuple[float, dict[str, float] | None]:
         """Seconds of moves task ``p`` would cause on a worker of a host holding none of

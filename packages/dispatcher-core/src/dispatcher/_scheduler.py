@@ -11,6 +11,8 @@ only moves things (see :mod:`dispatcher.transport`). A :class:`Run` composes
   recomputing lost results from their lineage;
 * capacity (:mod:`._capacity`): workers coming, pausing and going, and failing what no
   worker can take rather than waiting for ever;
+* stealing (:mod:`._stealing`): taking back, for a worker gone idle, tasks queued behind
+  a long one on a worker that runs its tasks in order;
 
 and is the only one of them that talks to the transport. It does no I/O of its own and
 never blocks: a driver (see :mod:`._driver`) calls :meth:`Run.dispatch` and
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from math import inf
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._capacity import (
@@ -38,6 +40,7 @@ from ._driver import (
     EV_FINISHED,
     EV_INPUTS_LOST,
     EV_NO_WORKER_LEFT,
+    EV_TAKEN_BACK,
     EV_WORKER_ADDED,
     EV_WORKER_LOST,
     EV_WORKER_PAUSED,
@@ -57,6 +60,7 @@ from ._starts import (
     never_started,
 )
 from ._states import CALLER, DONE, READY, RUNNING, WAITING
+from ._stealing import Stealing, taken_back, told_before
 from ._tasks import TaskTable
 from ._template import SHAPE_CONSTANT
 from ._tiny import Probes
@@ -149,6 +153,7 @@ class Run:
         self.unannounced: set[int] | None = None
         """Tasks sent ahead whose task_started waits for their inputs to be made
         (:mod:`._starts`)."""
+        self.stealing: Stealing | None = None  # taking back work for idle workers: start
         self.started_hook = observers.task_started
         self._finished_hook = observers.task_finished
         # The cache's calls (load a hit, or call and store) replace those nodes' own:
@@ -218,6 +223,9 @@ class Run:
         # A worker that runs its tasks in order runs one sent behind its inputs after them.
         self._sends_ahead = in_order or pending
         self.table.keeps_copies = capabilities.keeps_fetched_inputs
+        if in_order and not pending and capabilities.takes_back_queued_tasks:
+            told = self.started_hook is not None
+            self.stealing = Stealing(self.table, self.placement, told)
         if pending and self.started_hook is not None:
             self.unannounced = set()  # told started when their inputs are made
         if self.hits is not None and self._asks is not None:
@@ -305,7 +313,14 @@ class Run:
             progressed = True
         if table.frees:
             self._send_frees()
+        if self.stealing is not None and not ready:
+            _ask_back(self, self.stealing)
         return progressed
+
+    def look_again_at(self) -> float | None:
+        """When to dispatch again though nothing was reported (``None``: not before)."""
+        stealing = self.stealing  # (watching: only while a worker idles beside queues)
+        return stealing.wake_at(monotonic()) if stealing and stealing.watching else None
 
     def _called_alone(self, asks: Callable[[Callable[..., Any]], bool]) -> bool:
         """Call the one ready task in this thread, if nothing is out (``call_when_idle``)."""
@@ -364,8 +379,8 @@ class Run:
         self.placement.load[worker] += 1
         if self.unannounced is not None:
             announce_unless_ahead(self, p, node, worker)
-        elif self.started_hook is not None:  # (no call per task when nobody watches)
-            announce(self, p, node, worker)
+        elif self.started_hook is not None and not told_before(self.stealing, p):
+            announce(self, p, node, worker)  # (no call per task when nobody watches)
         return spec
 
     # -- applying reports --------------------------------------------------------------------
@@ -441,6 +456,7 @@ class Run:
         EV_WORKER_PAUSED: on_worker_paused,
         EV_WORKER_LOST: on_worker_lost,
         EV_NO_WORKER_LEFT: on_no_worker_left,
+        EV_TAKEN_BACK: taken_back,
     }
 
     @property
@@ -494,6 +510,16 @@ class Run:
                         table.free_on(w, p)
         if self.transport is not None:
             self._send_frees()
+
+
+def _ask_back(run: Run, stealing: Stealing) -> None:
+    """Nothing ready is left: ask back what waits too long behind others (:mod:`._stealing`)."""
+    if stealing.quiet():
+        return
+    assert run.transport is not None
+    for worker, positions in stealing.look(monotonic()).items():
+        with contextlib.suppress(Exception):  # best effort: what is not given back runs
+            run.transport.take_back(worker, [run.base + p for p in positions])
 
 
 def _read_hit_in_caller(run: Run, p: int) -> None:

@@ -6,10 +6,11 @@ only *moves things*: it starts and stops workers, runs the tasks it is handed on
 it is told, and reports what happened. The whole contract is this module:
 
 * :class:`Transport` -- the methods the scheduler calls (``start``, ``submit``, ``free``,
-  ``cancel``, ``close``);
+  ``cancel``, ``close``, and, optionally, ``take_back``);
 * :class:`EventSink` -- the methods the transport calls back (``task_finished``,
   ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_paused``,
-  ``worker_lost``, ``no_worker_left``, and, optionally, ``inputs_moved``);
+  ``worker_lost``, ``no_worker_left``, and, optionally, ``inputs_moved`` and
+  ``tasks_taken_back``);
 * :class:`TaskSpec` -- one task to run: a function, an argument template whose
   :class:`Ref` placeholders stand for results named by key, and where those results live;
 * :class:`Unloaded` -- a reported value or exception still in its serialised form, which
@@ -309,6 +310,13 @@ class EventSink(Protocol):
         costs. Call it when the inputs are there, or with the completion that follows
         (batched as completions are); a run without moves must not pay for it."""
 
+    def tasks_taken_back(self, worker: str, keys: Sequence[Key]) -> None:
+        """Optional, with :meth:`Transport.take_back`: these tasks, asked back from
+        ``worker``, were still queued there and were removed before they started. They
+        will not run there and nothing more is reported about them; the scheduler places
+        them again (not an attempt). A task asked back that had started is not named:
+        it finishes, or fails, as usual. Called only with keys, never empty."""
+
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker is gone with every result it held and every task it was running.
 
@@ -340,6 +348,14 @@ class Capabilities:
     such a worker is lost and the transport does not say what it was running (see
     :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
     as an attempt: the others are run again uncharged."""
+    takes_back_queued_tasks: bool = False
+    """With ``runs_tasks_in_order``: a task queued on a worker behind others can be asked
+    back before it starts (:meth:`Transport.take_back`, answered through
+    :meth:`EventSink.tasks_taken_back`). The scheduler then asks back, for a worker gone
+    idle, a task whose inputs are all made and that is expected to wait clearly longer
+    where it is than moving it would cost, and places it again; it never asks back a task
+    sent ahead behind its own producer, nor one with a task sent ahead behind it (a chain
+    stays a chain), and has at most one request out per worker at a time."""
     keeps_fetched_inputs: bool = False
     """A worker keeps each input it took from another worker for a task that got all its
     inputs there, as if it had made it, until :meth:`Transport.free` drops it. The
@@ -415,6 +431,15 @@ class Transport(abc.ABC):
         Nothing more needs to be reported about them. The default does nothing: their
         reports arrive later and are ignored.
         """
+
+    def take_back(self, worker: str, keys: Sequence[Key]) -> None:  # noqa: B027 - optional
+        """Of these tasks, sent to ``worker`` and not reported yet, give back those that
+        have not started (see ``Capabilities.takes_back_queued_tasks``): remove them from
+        the worker's queue, forget them, and name them in one
+        :meth:`EventSink.tasks_taken_back` (from any thread, at any time; not at all when
+        none was removed). A task that started, or starts meanwhile, is not named: it
+        runs and is reported as usual, so a task is either taken back or run, never both.
+        Must not block. The default gives back nothing."""
 
     def capacity_advice(self) -> str:
         """What the user can do when no worker can take a task: the last line of the "no

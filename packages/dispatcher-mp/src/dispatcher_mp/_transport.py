@@ -40,6 +40,7 @@ from dispatcher.remote import (
     InFlight,
     Pickled,
     Run,
+    TakeBack,
     check_count,
     dumps,
     dumps_for,
@@ -162,6 +163,7 @@ class MpTransport(WorkerSupervision, Transport):
         interrupts_running_tasks=True,
         separate_processes=True,
         runs_tasks_in_order=True,
+        takes_back_queued_tasks=True,
     )
 
     def __init__(
@@ -296,7 +298,7 @@ class MpTransport(WorkerSupervision, Transport):
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         if self.broken is not None:
-            self._fail_all(tasks, self.broken)
+            _fail_all(self, tasks, self.broken)
             return
         batches: dict[str, _Batch] = {}
         fetches: dict[str, list[Key]] = {}
@@ -440,6 +442,13 @@ class MpTransport(WorkerSupervision, Transport):
             _unshare(self.workers.values(), self.shared_arguments.segments_of(run))
             self.tell_run_ended(run)
 
+    def take_back(self, worker: str, keys: Sequence[Key]) -> None:
+        """The worker gives back those still queued; a task still in its outbox stays."""
+        target = self.workers.get(worker)
+        if target is not None and target.alive:
+            with contextlib.suppress(OSError):  # lost: its loss says what becomes of them
+                target.send(TakeBack(list(keys)))
+
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         """Forget these tasks. Those sent already are abandoned: the worker skips them
         if queued, and must confirm within :data:`ABANDON_GRACE` that it is not running
@@ -545,14 +554,16 @@ class MpTransport(WorkerSupervision, Transport):
         with self.lock:
             self.broken = reason
             specs = self.inflight.all()
-        self._fail_all(specs, reason)
+        _fail_all(self, specs, reason)
 
-    def _fail_all(self, specs: Sequence[TaskSpec], reason: str) -> None:
-        events = self.events
-        assert events is not None
-        for spec in specs:
-            self.inflight.take(spec.key, spec.worker)
-            events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)
+
+def _fail_all(transport: MpTransport, specs: Sequence[TaskSpec], reason: str) -> None:
+    """Fail ``specs`` with ``reason``: ``transport`` can run nothing more."""
+    events = transport.events
+    assert events is not None
+    for spec in specs:
+        transport.inflight.take(spec.key, spec.worker)
+        events.task_failed(spec.key, spec.worker, DispatcherError(reason), 0.0)
 
 
 def _unshare(workers: Iterable[WorkerProcess], segments: list[str]) -> None:

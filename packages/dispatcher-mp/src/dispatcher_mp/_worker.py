@@ -190,6 +190,9 @@ class Worker(TaskRunner):
     def send(self, message: Any) -> None:
         self.channel.send(message)
 
+    def answer(self, message: Any) -> None:
+        self.channel.send_soon(message)
+
     def remote_inputs(self, deps: tuple[int, ...], remote: dict[int, Payload]) -> dict[int, Any]:
         values = {}
         for key, payload in remote.items():

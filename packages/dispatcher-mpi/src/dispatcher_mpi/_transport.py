@@ -63,6 +63,7 @@ from dispatcher.remote import (
     Run,
     RunEnded,
     Stop,
+    TakeBack,
     check_count,
     dumps,
     dumps_for,
@@ -341,8 +342,7 @@ _root: Root | None = None
 
 
 IN_WORKER_RANK = False
-"""Whether this process is a worker rank (it serves rank 0, and cannot have ranks of its
-own)."""
+"""Whether this process is a worker rank (it serves rank 0; it has no ranks of its own)."""
 
 
 def current_root() -> Root:
@@ -368,7 +368,10 @@ class MpiTransport(Transport):
     """Worker ranks of the current job; one such transport may be open at a time."""
 
     capabilities = Capabilities(
-        separate_processes=True, runs_tasks_in_order=True, keeps_fetched_inputs=True
+        separate_processes=True,
+        runs_tasks_in_order=True,
+        keeps_fetched_inputs=True,
+        takes_back_queued_tasks=True,
     )
 
     def __init__(self, workers: int | None = None, prefetch: int = PREFETCH) -> None:
@@ -517,6 +520,9 @@ class MpiTransport(Transport):
             self._giving_up(spec)
         for rank, keys in by_rank.items():
             self.root.hub.post(rank, Cancel(keys))
+
+    def take_back(self, worker: str, keys: Sequence[Key]) -> None:
+        self.root.hub.post(_rank(worker), TakeBack(list(keys)))
 
     def close(self) -> None:
         root = self.root

@@ -47,6 +47,8 @@ from ._messages import Run as Run
 from ._messages import RunEnded as RunEnded
 from ._messages import Started as Started
 from ._messages import Stop as Stop
+from ._messages import TakeBack as TakeBack
+from ._messages import TakenBack as TakenBack
 from ._messages import Task as Task
 from ._messages import as_task as as_task
 from ._messages import from_wire as from_wire
@@ -97,6 +99,8 @@ __all__ = [
     "RunEnded",
     "Started",
     "Stop",
+    "TakeBack",
+    "TakenBack",
     "Task",
     "TaskRunner",
     "Unloadable",

@@ -38,6 +38,8 @@ __all__ = [
     "RunEnded",
     "Started",
     "Stop",
+    "TakeBack",
+    "TakenBack",
     "Task",
     "as_task",
     "from_wire",
@@ -211,6 +213,14 @@ class Cancel(NamedTuple):
     keys: list[Key]
 
 
+@message("take_back")
+class TakeBack(NamedTuple):
+    """Tasks to give back if they are still queued here, not started: answered by
+    :class:`TakenBack` with those removed (none: no answer)."""
+
+    keys: list[Key]
+
+
 @message("ended")
 class RunEnded(NamedTuple):
     """Run ``run`` is over: drop every result of it held here, and whatever its tasks
@@ -264,6 +274,14 @@ class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
+
+
+@message("taken_back")
+class TakenBack(NamedTuple):
+    """Tasks asked back (:class:`TakeBack`) that were removed from the queue here before
+    they started: they will not run here, and nothing more is said about them."""
+
+    keys: list[Key]
 
 
 @message("lost")

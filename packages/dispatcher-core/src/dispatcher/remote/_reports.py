@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..transport import Unloaded
 from ._errors import WireError, restore_error, unpickling_error
 from ._inflight import InFlight
-from ._messages import Done, Failed, Lost, Started
+from ._messages import Done, Failed, Lost, Started, TakenBack
 
 if TYPE_CHECKING:
     from ..transport import EventSink, Key, TaskSpec
@@ -72,11 +72,12 @@ class UnrestoredError(Unloaded):
 
 
 class Reports:
-    """Hands :class:`Done`, :class:`Failed`, :class:`Started` and :class:`Lost` to the
-    event sink. ``received(worker, key, result)`` turns a result as the backend sent it
-    into what is reported: an :class:`~dispatcher.transport.Unloaded` (a
-    :class:`Pickled`), the run's driver unpickling it; it runs on the transport's thread
-    and so must not unpickle anything itself. ``stale(worker, keys)`` frees results
+    """Hands :class:`Done`, :class:`Failed`, :class:`Started`, :class:`Lost` and
+    :class:`TakenBack` to the event sink. ``received(worker, key, result)`` turns a result
+    as the backend sent it into what is reported: an
+    :class:`~dispatcher.transport.Unloaded` (a :class:`Pickled`), the run's driver
+    unpickling it; it runs on the transport's thread and so must not unpickle anything
+    itself. ``stale(worker, keys)`` frees results
     nobody expects any more. ``source_name(source)`` names a worker as the backend's
     workers name a source of their timed fetches (see :meth:`TaskRunner.moved`); by
     default they name it as the caller does."""
@@ -99,10 +100,11 @@ class Reports:
             Failed: self.failed,
             Started: self.started,
             Lost: self.lost,
+            TakenBack: self.taken_back,
         }
 
     def handle(self, worker: str, message: Any) -> bool:
-        """Handle ``message`` if it is one of the four; False if it is not."""
+        """Handle ``message`` if it is one of the five; False if it is not."""
         handler = self._handlers.get(type(message))
         if handler is None:
             return False
@@ -171,3 +173,11 @@ class Reports:
         """A task could not start on ``worker``: some of its inputs were not there."""
         if self.inflight.take(message.key, worker) is not None:
             self.events.task_inputs_lost(message.key, worker, message.missing)
+
+    def taken_back(self, worker: str, message: TakenBack) -> None:
+        """Tasks asked back from ``worker`` and removed there before they started: no
+        longer out (a late report of one is stale), and placed again by the scheduler."""
+        take = self.inflight.take
+        taken = [key for key in message.keys if take(key, worker) is not None]
+        if taken:
+            self.events.tasks_taken_back(worker, taken)

@@ -10,6 +10,10 @@ Nothing a task does ends this loop: any exception it raises -- ``SystemExit``,
 ``KeyboardInterrupt``, ``GeneratorExit``, one that cannot be printed or pickled -- fails
 its node, and the next task runs.
 
+A task queued here and not started yet can be asked back (:class:`TakeBack`): it is
+removed, and the answer (:class:`TakenBack`) names exactly the tasks removed; one that
+started meanwhile runs and is reported as usual (the same lock decides both).
+
 When a run ends, the caller says so (:class:`RunEnded`): everything of that run held here
 goes at once, and again once the tasks of it already queued or running here are over, so
 that what they keep (their results, the inputs they fetched) is not left behind by a
@@ -42,6 +46,8 @@ from ._messages import (
     RunEnded,
     Started,
     Stop,
+    TakeBack,
+    TakenBack,
     Task,
 )
 from ._pickle import dumps, loads
@@ -141,7 +147,12 @@ class TaskRunner:
         self.current_lock = threading.Lock()
         """Taken to start a task unless it was cancelled, and to cancel tasks and see
         whether one of them runs: so a task is either skipped or seen running, never
-        both (see :meth:`cancel`)."""
+        both (see :meth:`cancel`, :meth:`take_back`)."""
+        self.queued: set[Key] = set()
+        """Tasks received and not started yet: those :meth:`take_back` may give back."""
+        self.taken: dict[Key, int] = {}
+        """Per task given back, how many of its entries still queued are to be skipped
+        (it may have been sent here again since: that last entry runs)."""
 
     # -- what a backend provides ---------------------------------------------------------
 
@@ -171,6 +182,11 @@ class TaskRunner:
         Raises when it cannot be serialised."""
         return value, size_of(value)
 
+    def answer(self, message: Any) -> None:
+        """Send ``message`` to the caller from the communication thread, which must
+        never block on it (extend it where :meth:`send` may block)."""
+        self.send(message)
+
     def drop(self, keys: Sequence[Key]) -> None:
         """Forget these results (extend it to release what the backend keeps for them)."""
         store = self.store
@@ -184,6 +200,7 @@ class TaskRunner:
         kind = type(message)
         if kind is Run:
             functions, tasks = self.functions, message.tasks
+            self.queued.update([record[_KEY] for record in tasks])
             # Looked up now, not when they run: a later Forget may drop a token.
             self.queue.put(
                 (tasks, [functions.get(record[_TOKEN]) for record in tasks], self.dropped)
@@ -201,6 +218,10 @@ class TaskRunner:
             self.drop(message.keys)
         elif kind is Cancel:
             self.cancel(message.keys)
+        elif kind is TakeBack:
+            taken = self.take_back(message.keys)
+            if taken:
+                self.answer(TakenBack(taken))
         elif kind is RunEnded:
             self.run_ended(message.run)
         elif kind is Stop:
@@ -216,6 +237,17 @@ class TaskRunner:
             self.cancelled.update(keys)
             current = self.current
             return current if current is not None and current in keys else None
+
+    def take_back(self, keys: Sequence[Key]) -> list[Key]:
+        """Of these tasks, those still queued here, removed: they will not start. Called
+        from another thread than the task thread."""
+        with self.current_lock:
+            queued, skip = self.queued, self.taken
+            taken = [key for key in keys if key in queued]
+            queued.difference_update(taken)
+            for key in taken:  # skipped when their turn comes
+                skip[key] = skip.get(key, 0) + 1
+        return taken
 
     def run_ended(self, run: int) -> None:
         """Run ``run`` is over: drop what of it is held now, and what its tasks queued or
@@ -238,6 +270,8 @@ class TaskRunner:
     def drop_queued(self) -> None:
         """Skip every task received and not started yet."""
         self.dropped += 1  # the rest of the batch being run, too
+        self.queued.clear()
+        self.taken.clear()
         queue = self.queue
         kept = []
         while True:
@@ -273,6 +307,10 @@ class TaskRunner:
                     break
                 key = record[_KEY]
                 with self.current_lock:
+                    if self.taken and key in self.taken:  # given back: it runs elsewhere
+                        _skip_taken(self.taken, key)
+                        continue
+                    self.queued.discard(key)
                     if key in self.cancelled:  # never started: nothing to report
                         self.cancelled.discard(key)
                         continue
@@ -397,6 +435,14 @@ class TaskRunner:
         if remote and self.keep_fetched:
             store.update(remote)
         return values
+
+
+def _skip_taken(taken: dict[Key, int], key: Key) -> None:
+    """An entry of ``key``, given back, is skipped: one fewer left to skip."""
+    if taken[key] > 1:
+        taken[key] -= 1
+    else:
+        del taken[key]
 
 
 def supervised(target: Callable[[], None], on_failure: Callable[[BaseException], None]) -> Any:

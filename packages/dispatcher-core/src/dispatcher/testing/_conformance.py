@@ -46,6 +46,7 @@ from .. import (
 from . import tasks
 from ._faults import ExecutorFaults
 from ._pending import ExecutorPendingInputs
+from ._taking_back import ExecutorTakingBack
 
 __all__ = ["ExecutorConformance", "Recorder"]
 
@@ -97,12 +98,13 @@ class Recorder:
         return [e for e in self.events if e[0] == kind]
 
 
-class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs):
+class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs, ExecutorTakingBack):
     """Subclass and set :attr:`executor` (a registered name) and :attr:`options`.
 
     The fault checks of :class:`~dispatcher.testing.ExecutorFaults` come with it, and
-    the checks of the pending-inputs contract for an executor that declares it; list
-    the checks a backend is known to fail in ``known_faults`` / ``known_hangs``.
+    the checks of the pending-inputs and taking-back contracts for an executor that
+    declares them; list the checks a backend is known to fail in ``known_faults`` /
+    ``known_hangs``.
     """
 
     # -- nodes and argument substitution -------------------------------------------------
