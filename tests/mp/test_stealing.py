@@ -3,6 +3,7 @@ runs once, whatever races the request (its start, its completion, its worker's d
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections import Counter
@@ -34,11 +35,14 @@ def _asked(ex: Any) -> list[tuple[str, list[Key]]]:
 
 @pytest.mark.timeout(120)
 def test_tasks_asked_back_amid_their_starts_and_completions_run_once(tmp_path: Path) -> None:
-    rounds, count = 3, 48
+    count = 48
     recorder = Recorder()
     with get_executor("mp", workers=2) as ex:
         asked = _asked(ex)
-        for r in range(rounds):
+        # Whether a queue forms behind a long task depends on timing: at least three
+        # rounds, and more until some task was asked back.
+        for rounds in itertools.count(1):
+            r = rounds - 1
             log = tmp_path / f"round{r}"
             log.mkdir()
             # Long tasks among quick ones: queues form behind them, and drain meanwhile.
@@ -50,6 +54,8 @@ def test_tasks_asked_back_amid_their_starts_and_completions_run_once(tmp_path: P
             ]
             assert ex.run(nodes, plugins=[recorder]) == list(range(count))
             assert [tasks.calls(str(log), f"t{i}") for i in range(count)] == [1] * count
+            if (rounds >= 3 and asked) or rounds == 20:
+                break
     started = Counter(id(event[1]) for event in recorder.of("started"))
     assert len(started) == rounds * count
     assert set(started.values()) == {1}
