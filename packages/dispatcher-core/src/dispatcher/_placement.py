@@ -16,14 +16,13 @@ its inputs, or anywhere on a transport that accepts pending inputs
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
 from ._states import DONE, RUNNING
 from ._tasks import TaskTable
-from ._template import user_callable
+from ._template import function_kind
 
 __all__ = ["ACROSS_HOSTS", "WITHIN_HOST", "Link", "Placement"]  # the links: from ._links
 
@@ -39,26 +38,6 @@ UNKNOWN_DURATION = 0.001
 # gets more than one task deeper than the others on that account). Only while no worker
 # idles: then parallelism is a sure gain and a move an unknown one.
 SIBLING_PULL = 1.5
-
-
-def _kind(func: Any) -> Any:
-    """What durations are learned by, shared by the callables a graph makes afresh for
-    each node: a function's code (closures), the code of the function a
-    ``functools.partial`` calls, the ``__call__`` of a user's callable class (its
-    instances); otherwise the callable itself (its type, if it cannot be hashed)."""
-    func = user_callable(func)
-    while isinstance(func, functools.partial):
-        func = func.func
-    code = getattr(func, "__code__", None)
-    if code is None:
-        code = getattr(type(func).__call__, "__code__", None)  # every callable has one
-    if code is not None:
-        return code
-    try:
-        hash(func)
-    except TypeError:
-        return type(func)
-    return func
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
@@ -101,7 +80,8 @@ class Placement:
         to its router (a fresh one, with the assumed links, before)."""
         self.mean_duration: float | None = None
         self.durations: dict[Any, float] = {}
-        """The mean duration of each function's tasks so far (see :func:`_kind`)."""
+        """The mean duration of each function's tasks so far, by
+        :func:`~dispatcher.transport.function_kind`."""
         self._rooms: dict[int, dict[str, int]] = {}  # queue length: room for such tasks
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
@@ -150,7 +130,7 @@ class Placement:
         """Fold a finished task's duration (and result size, if known) into the running
         means, its function's and all tasks'; resize the queues when the mean duration
         moved much."""
-        kind = _kind(func)
+        kind = function_kind(func)
         durations = self.durations
         durations[kind] = _running_mean(durations.get(kind), duration)
         self.mean_duration = mean = _running_mean(self.mean_duration, duration)
@@ -217,7 +197,7 @@ class Placement:
         finished, the longer of :data:`UNKNOWN_DURATION` and all tasks' mean, and no
         deeper a queue on in-order workers than such a duration allows: tasks of a new
         function may be long after thousands of tiny ones."""
-        mean = self.durations.get(_kind(self.table.nodes[p]._func))
+        mean = self.durations.get(function_kind(self.table.nodes[p]._func))
         if mean is not None:
             return mean, self.room
         overall = self.mean_duration

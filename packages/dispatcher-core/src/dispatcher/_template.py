@@ -9,6 +9,7 @@ they stay each other's inverse. A leaf module: worker processes import it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "Ref",
     "call_task",
     "capturer",
+    "function_kind",
     "hashable",
     "user_callable",
 ]
@@ -60,6 +62,26 @@ def hashable(func: Callable[..., Any]) -> Callable[..., Any]:
 def user_callable(func: Callable[..., Any]) -> Callable[..., Any]:
     """The callable the user gave, ``func`` unless :func:`hashable` wrapped it."""
     return func.func if type(func) is ByIdentity else func
+
+
+def function_kind(func: Callable[..., Any]) -> Any:
+    """What to learn a node's function's durations (or sizes) by, shared by the callables
+    a graph makes afresh for each node: a function's code (closures), the code of the
+    function a ``functools.partial`` calls, the ``__call__`` of a user's callable class (its
+    instances); otherwise the callable itself (its type, if it cannot be hashed)."""
+    func = user_callable(func)
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(func, "__code__", None)
+    if code is None:
+        code = getattr(type(func).__call__, "__code__", None)  # every callable has one
+    if code is not None:
+        return code
+    try:
+        hash(func)
+    except TypeError:
+        return type(func)
+    return func
 
 
 class Ref:

@@ -48,7 +48,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ._hosts import worker_host, worker_name
-from ._template import SHAPE_CALL, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref, call_task
+from ._template import (
+    SHAPE_CALL,
+    SHAPE_POSITIONAL,
+    SHAPE_TEMPLATE,
+    Ref,
+    call_task,
+    function_kind,
+)
 
 __all__ = [
     "KEY_BITS",
@@ -63,6 +70,7 @@ __all__ = [
     "Transport",
     "Unloaded",
     "call_task",
+    "function_kind",
     "worker_host",
     "worker_name",
 ]

@@ -22,11 +22,10 @@ run are not, still runs with them (its report is ignored).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.transport import KEY_BITS, TaskSpec
+from dispatcher.transport import KEY_BITS, TaskSpec, function_kind
 
 __all__ = ["FUSED_BYTES", "FUSED_SECONDS", "MOST_FUSED", "Fusing"]
 
@@ -42,22 +41,6 @@ MOST_FUSED = 64
 _MOST_FUNCTIONS = 4096  # functions remembered; past that, forgotten and learned again
 
 
-def _kind(func: Any) -> Any:
-    """What durations are learned by: a function's code, shared by the closures made
-    afresh for each node (and the code of the function a ``functools.partial`` calls), or
-    the callable itself (its type, if it cannot be hashed)."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    code = getattr(func, "__code__", None)
-    if code is not None:
-        return code
-    try:
-        hash(func)
-    except TypeError:
-        return type(func)
-    return func
-
-
 class Fusing:
     """Learns each function's mean duration and result size from its tasks' reports, and
     cuts what is sent to one worker into fused runs and single tasks."""
@@ -68,7 +51,7 @@ class Fusing:
 
     def learn(self, func: Any, duration: float, nbytes: int | None) -> None:
         """Fold a task's run time and result size (None: unknown, taken as large) in."""
-        kind = _kind(func)
+        kind = function_kind(func)
         size = float(FUSED_BYTES + 1 if nbytes is None else nbytes)
         means = self._means
         mean = means.get(kind)
@@ -91,7 +74,7 @@ class Fusing:
             given = spec.inline
             if given is None or any(k not in given for k in spec.deps):
                 return None
-        mean = self._means.get(_kind(spec.func))
+        mean = self._means.get(function_kind(spec.func))
         if mean is None:
             return None
         seconds, nbytes = mean
