@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+from typing import Any
 
 # Shared with every backend's tests.
 from dispatcher.testing.tasks import pid as pid
@@ -74,3 +75,9 @@ def mark_then_wait(path: str, go: str) -> None:
     deadline = time.monotonic() + 60
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def state_of(key: str, dask_worker: Any = None) -> str | None:
+    """The state of task ``key`` on this worker, if it knows it."""
+    task = dask_worker.state.tasks.get(key)
+    return None if task is None else str(task.state)

@@ -194,15 +194,9 @@ def test_a_released_fused_run_starts_none_of_its_tasks_left(
         time.sleep(0.01)
     future.release()
     del future
-    while "cancelled" not in dask_client.run(state_of, key).values():
+    while "cancelled" not in dask_client.run(dask_tasks.state_of, key).values():
         time.sleep(0.01)
     (tmp_path / "go").touch()  # the first task returns: the worker has released its run
-    while any(dask_client.run(state_of, key).values()):
+    while any(dask_client.run(dask_tasks.state_of, key).values()):
         time.sleep(0.01)
     assert sorted(p.name for p in tmp_path.glob("started-*")) == ["started-1"]
-
-
-def state_of(key: str, dask_worker: Any = None) -> str | None:
-    """The state of task ``key`` on this worker, if it knows it."""
-    task = dask_worker.state.tasks.get(key)
-    return None if task is None else str(task.state)
