@@ -40,7 +40,8 @@ def test_sigint_interrupts_a_run(executor: str, options: str) -> None:
     assert returncode != 0
 
 
-ON_A_LOOP = textwrap.dedent(
+# A function that blocks once it is proven tiny, and a coroutine that makes a run need a loop.
+BLOCKS_WHEN_TOLD = textwrap.dedent(
     """
     import time
     import anyio
@@ -53,6 +54,11 @@ ON_A_LOOP = textwrap.dedent(
 
     async def coroutine():
         await anyio.sleep(0)
+    """
+)
+
+ON_A_LOOP = BLOCKS_WHEN_TOLD + textwrap.dedent(
+    """
 
     with get_executor("async", threads=2, backend=BACKEND) as ex:
         while not ex._loop_transport.tiny.allows(step):
@@ -106,19 +112,8 @@ def interrupted(script: str, *args: str) -> tuple[str, str, int]:
     return out, err, child.returncode
 
 
-IN_THE_USERS_LOOP = textwrap.dedent(
+IN_THE_USERS_LOOP = BLOCKS_WHEN_TOLD + textwrap.dedent(
     """
-    import time
-    import anyio
-    from dispatcher import Op, get_executor, op
-
-    def step(mode):
-        if mode == "block":
-            time.sleep(3600)
-        return mode
-
-    async def coroutine():
-        await anyio.sleep(0)
 
     async def main():
         with get_executor("async", threads=2) as ex:
