@@ -282,8 +282,6 @@ class TaskTable:
         sources = tuple(picked) if not local and sourced else None
         return keys, sources, shipped, tuple(used_up) if used_up else ()
 
-    # -- the hot loop ----------------------------------------------------------------------
-
 
 def _nearest(holders: frozenset[str], worker: str) -> str:
     """The holder to take a result from for a task on ``worker``: one on its host, if any."""
