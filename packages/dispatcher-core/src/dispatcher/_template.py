@@ -69,6 +69,9 @@ def function_kind(func: Callable[..., Any]) -> Any:
     a graph makes afresh for each node: a function's code (closures), the code of the
     function a ``functools.partial`` calls, the ``__call__`` of a user's callable class (its
     instances); otherwise the callable itself (its type, if it cannot be hashed)."""
+    code = getattr(func, "__code__", None)  # (twice per task: a function's answer comes first)
+    if code is not None:
+        return code
     func = user_callable(func)
     while isinstance(func, functools.partial):
         func = func.func
