@@ -38,11 +38,14 @@ UNKNOWN_DURATION = 0.001
 # gets more than one task deeper than the others on that account). Only while no worker
 # idles: then parallelism is a sure gain and a move an unknown one.
 SIBLING_PULL = 1.5
+# The weight of the newest sample in the running means of durations and sizes: they
+# follow the last few dozen tasks.
+SMOOTHING = 0.05
 
 
 def _running_mean(mean: float | None, sample: float) -> float:
-    """An exponential moving average that follows the last few dozen samples."""
-    return sample if mean is None else mean + (sample - mean) * 0.05
+    """An exponential moving average (see :data:`SMOOTHING`)."""
+    return sample if mean is None else mean + (sample - mean) * SMOOTHING
 
 
 def _queue_for(duration: float) -> int:
@@ -85,6 +88,8 @@ class Placement:
         self._rooms: dict[int, dict[str, int]] = {}  # queue length: room for such tasks
         self.mean_nbytes: float | None = None  # of results whose size is known
         self._queued = 1  # tasks queued behind the running one, on in-order workers
+        self._steady = (0.0, 0.0)
+        self._set_queued(1)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -130,20 +135,31 @@ class Placement:
         """Fold a finished task's duration (and result size, if known) into the running
         means, its function's and all tasks'; resize the queues when the mean duration
         moved much."""
+        # (_running_mean, written out: once per reported task.)
         kind = function_kind(func)
         durations = self.durations
-        durations[kind] = _running_mean(durations.get(kind), duration)
-        self.mean_duration = mean = _running_mean(self.mean_duration, duration)
+        known = durations.get(kind)
+        durations[kind] = duration if known is None else known + (duration - known) * SMOOTHING
+        mean = self.mean_duration
+        mean = duration if mean is None else mean + (duration - mean) * SMOOTHING
+        self.mean_duration = mean
         if nbytes is not None:
             self.mean_nbytes = _running_mean(self.mean_nbytes, nbytes)
-        if not self.in_order:
+        if not self.in_order or self._steady[0] < mean <= self._steady[1]:
             return
         queued = _queue_for(mean)
         if queued != self._queued and not (self._queued // 2 < queued < self._queued * 2):
-            self._queued = queued
+            self._set_queued(queued)
             self._rooms.clear()
             for worker in self.room:
                 self.room[worker] = self._room_of(worker)
+
+    def _set_queued(self, queued: int) -> None:
+        """Queue ``queued`` tasks behind the running one on in-order workers, until the
+        mean duration leaves the range whose :func:`_queue_for` is within half to twice
+        that (``_steady``: inside it, :meth:`learn` skips the sum)."""
+        self._queued = queued
+        self._steady = (QUEUED_SECONDS / (2 * queued), QUEUED_SECONDS / (queued // 2 + 1))
 
     # -- placing --------------------------------------------------------------------------
 
