@@ -45,6 +45,7 @@ __all__ = [
     "from_wire",
     "message",
     "packs_arguments",
+    "reported_keys",
     "task_record",
     "to_wire",
 ]
@@ -258,6 +259,11 @@ class Done(NamedTuple):
     """The inputs the worker fetched from other workers since its last report, timed:
     ``(sources, nbytes, seconds)`` per task that fetched, ``sources`` naming the workers
     in the backend's own terms (see :meth:`TaskRunner.moved`); ``None``: none."""
+    failed: list[tuple[Key, float, WireError]] | None = None
+    """Tasks that failed since the last report, as :class:`Failed`'s fields, in the order
+    they ran; ``None``: none. The first failure after a report goes at once, alone, as a
+    :class:`Failed`; those that follow it travel here, batched like completions: one
+    message per failure cost a task that raised ten times one that returned."""
 
 
 @message("failed")
@@ -267,6 +273,17 @@ class Failed(NamedTuple):
     key: Key
     duration: float
     error: WireError
+
+
+def reported_keys(report: Any) -> list[Key]:
+    """The tasks whose outcome a :class:`Done`, :class:`Failed` or :class:`Lost` reports."""
+    kind = type(report)
+    if kind is Done:
+        keys = [entry[0] for entry in report.finished]
+        if report.failed:
+            keys += [entry[0] for entry in report.failed]
+        return keys
+    return [report.key]
 
 
 @message("started")
