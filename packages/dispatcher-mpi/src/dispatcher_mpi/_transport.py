@@ -125,7 +125,7 @@ class Root:
         self.names = rank_names(self.peers)
         """The worker name of every rank, by rank."""
         self.ranks = list(range(1, comm.Get_size()))
-        self.hub = Hub(comm, self.deliver)
+        self.hub = Hub(comm, self.deliver, peers=peers)
         self.hub.tick = self.tick
         # Ranks outlive executors: what each holds is the job's to track.
         self.shipper = FunctionShipper(dumps)
