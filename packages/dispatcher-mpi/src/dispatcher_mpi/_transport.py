@@ -409,14 +409,15 @@ class MpiTransport(Transport):
         root = self.root
         shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}
+        defines: dict[int, list[tuple[int, bytes]]] = {}  # sent with the batch, before it
         out, unstarted = self.inflight.tasks, self.unstarted
         for spec in tasks:
             rank = rank_of(spec.worker)
             try:
                 token, define = shipper.ship(spec.worker, spec)
                 if define is not None:
-                    # Now: the shipper counts it held there, whatever becomes of the task.
-                    post(rank, define)
+                    # Sent whatever becomes of the task: the shipper counts it held there.
+                    defines.setdefault(rank, []).append((define.token, define.data))
                 packed = None
                 if packs_arguments(spec):
                     # Unpickled by the task's rank on its task thread: arguments that
@@ -440,16 +441,18 @@ class MpiTransport(Transport):
             if batch is None:
                 batch = batches[rank] = []
             batch.append(task_record(spec, token, packed, sources))
-        for rank, batch in batches.items():
-            self._post_tasks(rank, batch)
+        for rank in batches.keys() | defines.keys():
+            self._post_tasks(rank, batches.get(rank, []), defines.get(rank))
             forget = shipper.trim(root.names[rank])
             if forget is not None:
                 post(rank, forget)
 
-    def _post_tasks(self, rank: int, batch: list[tuple[Any, ...]]) -> None:
+    def _post_tasks(
+        self, rank: int, batch: list[tuple[Any, ...]], defines: list[tuple[int, bytes]] | None
+    ) -> None:
         self.root.sent[rank] = time.monotonic()
         try:
-            self.root.hub.post(rank, Run(batch))
+            self.root.hub.post(rank, Run(batch, defines))
             return
         except Exception:
             pass
@@ -470,8 +473,8 @@ class MpiTransport(Transport):
                 except DispatcherError as serialization:
                     error = serialization
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
-        if good:
-            self.root.hub.post(rank, Run(good))
+        if good or defines:
+            self.root.hub.post(rank, Run(good, defines))
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         self.root.hub.post(rank_of(worker), Free(list(keys)))

@@ -183,6 +183,10 @@ class Run(NamedTuple):
 
     tasks: list[tuple[Any, ...]]
     """:class:`Task` entries (see :func:`task_record`)."""
+    defines: list[tuple[int, bytes]] | None = None
+    """Functions the tasks call that the worker does not hold yet, as :class:`Define`'s
+    fields, defined before the tasks are read: one message for a batch whose tasks each
+    call a function of their own (a closure per node), not one more per function."""
 
 
 @message("define")

@@ -204,6 +204,9 @@ class TaskRunner:
         """Act on one of the kit's messages; False if ``message`` is not one of them."""
         kind = type(message)
         if kind is Run:
+            if message.defines:
+                for token, data in message.defines:
+                    self.define(token, data)
             functions, tasks = self.functions, message.tasks
             self.queued.update([record[_KEY] for record in tasks])
             # Looked up now, not when they run: a later Forget may drop a token.
@@ -211,10 +214,7 @@ class TaskRunner:
                 (tasks, [functions.get(record[_TOKEN]) for record in tasks], self.dropped)
             )
         elif kind is Define:
-            try:
-                self.functions[message.token] = loads(message.data)
-            except BaseException as exc:  # kept for the tasks that call it to report
-                self.functions[message.token] = Unloadable(exc)
+            self.define(message.token, message.data)
         elif kind is Forget:
             for token in message.tokens:
                 self.functions.pop(token, None)
@@ -234,6 +234,13 @@ class TaskRunner:
         else:
             return False
         return True
+
+    def define(self, token: int, data: bytes) -> None:
+        """Hold the function pickled as ``data`` under ``token``."""
+        try:
+            self.functions[token] = loads(data)
+        except BaseException as exc:  # kept for the tasks that call it to report
+            self.functions[token] = Unloadable(exc)
 
     def cancel(self, keys: Sequence[Key]) -> Key | None:
         """Do not start these tasks; the one of them running now, if any (its outcome is
