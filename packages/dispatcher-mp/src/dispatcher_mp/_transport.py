@@ -145,11 +145,14 @@ class _Batch:
     """What one dispatch sends one worker: the :class:`Run` entries, and their specs in
     the same order (for the worker's :attr:`~._process.WorkerProcess.sent`)."""
 
-    __slots__ = ("records", "specs", "timed", "worker")
+    __slots__ = ("defines", "records", "specs", "timed", "worker")
 
     def __init__(self, worker: WorkerProcess) -> None:
         self.worker = worker
         self.records: list[tuple[Any, ...]] = []
+        self.defines: list[tuple[int, bytes]] = []
+        """The functions to define first (sent whatever becomes of their tasks: the
+        shipper counts them held there)."""
         self.specs: list[TaskSpec] = []
         self.timed = 0
         """How many of them have a timeout."""
@@ -374,7 +377,7 @@ class MpTransport(WorkerSupervision, Transport):
         try:
             token, define = self.shipper.ship(name, spec)
             if define is not None:
-                batch.worker.send(define)
+                batch.defines.append((define.token, define.data))
             inline = spec.inline
             if not packs_arguments(spec):
                 # Plain values travel as they are, in the batch's own pickle.
@@ -409,7 +412,7 @@ class MpTransport(WorkerSupervision, Transport):
             if self.workers.get(name) is not worker:
                 continue  # replaced meanwhile: what was out on it is being dealt with
             try:
-                worker.send(Run(batch.records))
+                worker.send(Run(batch.records, batch.defines or None))
                 forget = self.shipper.trim(name)
                 if forget is not None:
                     worker.send(forget)

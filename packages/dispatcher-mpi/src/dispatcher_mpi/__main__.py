@@ -84,7 +84,7 @@ def main() -> None:
         faulthandler.enable()
 
         try:
-            WorkerRank(comm).serve()
+            WorkerRank(comm, peers).serve()
         except BaseException:
             abort_job(comm, traceback.format_exc(), 1)
         _exit_within(EXIT_GRACE, comm.Get_rank(), peers[comm.Get_rank()])

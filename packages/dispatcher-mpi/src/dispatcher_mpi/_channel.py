@@ -11,7 +11,9 @@ are non-blocking, so two hubs sending each other large data never wait on each o
 
 Polling: while work is expected the hub spins on ``Iprobe``; once idle it backs off to
 sleeping (waking at once for outgoing messages), so an idle rank costs well under 5% of a
-core, and a busy one adds microseconds, not the milliseconds of a fixed poll interval.
+core, and a busy one adds microseconds, not the milliseconds of a fixed poll interval. A
+rank on the same host rings the napping receiver's doorbell as it sends (see
+:mod:`._doorbell`), so that a message after a pause does not wait out the nap.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from dispatcher.remote import dumps_split, from_wire, start_thread, to_wire
+
+from ._doorbell import Doorbell
 
 CHUNK_LIMIT = 1 << 30
 """Largest raw piece of one message, in bytes (MPI counts are 32-bit), unless the
@@ -55,6 +59,7 @@ TAG = 77
 _SPIN_SECONDS = 0.002  # keep probing this long after the last activity
 _MAX_SLEEP = 0.002  # then sleep between probes, doubling up to this
 _TICK_EVERY = 0.0005  # the owner's tick runs at most this often (seconds)
+_RING_AGAIN = _SPIN_SECONDS / 2  # a rank rung this lately still spins: no need to ring
 FLUSH_WAIT = 10.0
 """Seconds a stopping rank waits for its sends to complete (to ranks that answer)."""
 
@@ -91,8 +96,14 @@ class Hub:
     this thread for every message received; keep it quick."""
 
     def __init__(
-        self, comm: Any, deliver: Callable[[int, Any], None], chunk: int | None = None
+        self,
+        comm: Any,
+        deliver: Callable[[int, Any], None],
+        chunk: int | None = None,
+        peers: Sequence[tuple[str, int]] | None = None,
     ) -> None:
+        """``peers``: every rank's (host, pid), so that ranks on one host wake each other
+        (:mod:`._doorbell`); without them, every message waits for its receiver's probe."""
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -108,13 +119,24 @@ class Hub:
         self.tick: Callable[[], None] | None = None  # called at most every _TICK_EVERY s
         self.max_sleep = _MAX_SLEEP  # the longest nap while idle; the owner may lower it
         self.thread: threading.Thread | None = None
+        self.doorbell = Doorbell.open(comm.Get_rank(), peers)
+        self.napping = False  # in the doorbell's wait: a post must ring it
+        self._rung: dict[int, float] = {}  # rank -> when its bell was last rung
 
     def post(self, dest: int, message: Any, sent: threading.Event | None = None) -> None:
         """Queue ``message`` (one of :mod:`dispatcher.remote`'s message types) for rank
         ``dest`` (from any thread); ``sent`` is set once its send has been started."""
         header, buffers = encode(to_wire(message))
         self.outbox.append((dest, header, buffers, sent))
-        self.wakeup.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Have the hub's thread take a turn now (from any thread): something was posted,
+        or it is to stop."""
+        if self.doorbell is None:
+            self.wakeup.set()
+        elif self.napping:  # (see _nap: it set this before it looked at the outbox)
+            self.doorbell.ring_own()
 
     def start(self, on_failure: Callable[[BaseException], None]) -> None:
         """Run :meth:`loop` on a thread of its own; whatever escapes it goes to
@@ -126,7 +148,7 @@ class Hub:
         seconds) until the sends complete, but those to ``unreachable`` ranks (frozen or
         gone: theirs may never complete). Returns the ranks whose sends did not complete."""
         self.running = False
-        self.wakeup.set()
+        self.wake()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(10)
         return self.flush(unreachable)
@@ -163,8 +185,25 @@ class Hub:
                 time.sleep(0)  # spin, but never hold the GIL against the other threads
                 continue
             sleep = min(self.max_sleep, sleep * 2 or 50e-6)
-            self.wakeup.wait(sleep)
+            if self._nap(sleep):
+                # Rung: a message is on its way, maybe not in yet. Spin for it.
+                last_activity = time.monotonic()
+                sleep = 0.0
+
+    def _nap(self, seconds: float) -> bool:
+        """Wait ``seconds``, or until woken; whether a bell woke it."""
+        doorbell = self.doorbell
+        if doorbell is None:
+            self.wakeup.wait(seconds)
             self.wakeup.clear()
+            return False
+        self.napping = True
+        try:
+            if self.outbox or not self.running:  # posted before it could ring
+                return False
+            return doorbell.wait(seconds)
+        finally:
+            self.napping = False
 
     def flush(self, unreachable: Collection[int] = ()) -> list[int]:
         """Send what is queued and wait (at most :data:`FLUSH_WAIT` seconds) until every
@@ -201,8 +240,17 @@ class Hub:
                     )
             if started is not None:
                 started.set()
+            if self.doorbell is not None:
+                self._ring(dest)
             sent = True
         return sent
+
+    def _ring(self, dest: int) -> None:
+        """Ring ``dest``'s bell, unless it was rung so lately that it still spins."""
+        now = time.monotonic()
+        bell = self.doorbell
+        if now - self._rung.get(dest, -1.0) >= _RING_AGAIN and bell is not None and bell.ring(dest):
+            self._rung[dest] = now
 
     def _receive(self, source: int) -> Any:
         header, sizes = self.comm.recv(source=source, tag=TAG)

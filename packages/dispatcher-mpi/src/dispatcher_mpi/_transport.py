@@ -39,7 +39,6 @@ the program's own exit status, since otherwise ``mpiexec`` would wait for it for
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 import time
@@ -68,6 +67,7 @@ from dispatcher.remote import (
     dumps,
     dumps_for,
     packs_arguments,
+    reported_keys,
     task_record,
 )
 from dispatcher.transport import (
@@ -77,13 +77,13 @@ from dispatcher.transport import (
     Key,
     TaskSpec,
     Transport,
-    worker_name,
 )
 
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
 from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
+from ._ranks import rank_names, rank_of
 from ._silence import SILENT, give_up_silent, silence_limit
 from ._watch import Watcher
 
@@ -112,18 +112,7 @@ _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run me
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
-def _names(peers: Sequence[tuple[str, int]]) -> list[str]:
-    """Every rank's worker name: with its host once worker ranks run on several."""
-    spread = len({host for host, _ in peers[1:]}) > 1
-    return [worker_name(f"rank-{r}", host if spread else None) for r, (host, _) in enumerate(peers)]
-
-
 _WORKER = attrgetter("worker")
-
-
-@functools.cache
-def _rank(worker: str) -> int:
-    return int(worker.partition("@")[0].rsplit("-", 1)[1])
 
 
 class Root:
@@ -133,10 +122,10 @@ class Root:
         self.comm = comm
         self.peers = list(peers) if peers is not None else [("?", 0)] * comm.Get_size()
         """(host, pid) of every rank, by rank."""
-        self.names = _names(self.peers)
+        self.names = rank_names(self.peers)
         """The worker name of every rank, by rank."""
         self.ranks = list(range(1, comm.Get_size()))
-        self.hub = Hub(comm, self.deliver)
+        self.hub = Hub(comm, self.deliver, peers=peers)
         self.hub.tick = self.tick
         # Ranks outlive executors: what each holds is the job's to track.
         self.shipper = FunctionShipper(dumps)
@@ -202,7 +191,7 @@ class Root:
         if kind is Done or kind is Failed or kind is Lost:
             # Lost is an outcome too: an abandoned task whose inputs were gone by the
             # time it asked for them never runs, and its rank must come back all the same.
-            keys = [entry[0] for entry in message.finished] if kind is Done else [message.key]
+            keys = reported_keys(message)
             recent = self.reported.setdefault(source, {})
             recent.update(dict.fromkeys(keys))
             if len(recent) > 2 * _REMEMBERED:  # trimmed now and then, not once per task
@@ -293,7 +282,7 @@ class Root:
                     break
                 shown.setdefault(spec.worker, spec)
             for worker, count in out.items():
-                doing[_rank(worker)] = f"running {shown[worker].label!r}" + (
+                doing[rank_of(worker)] = f"running {shown[worker].label!r}" + (
                     f" ({count - 1} more queued there)" if count > 1 else ""
                 )
         for rank, why in list(self.why_busy.items()):
@@ -420,14 +409,15 @@ class MpiTransport(Transport):
         root = self.root
         shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}
+        defines: dict[int, list[tuple[int, bytes]]] = {}  # sent with the batch, before it
         out, unstarted = self.inflight.tasks, self.unstarted
         for spec in tasks:
-            rank = _rank(spec.worker)
+            rank = rank_of(spec.worker)
             try:
                 token, define = shipper.ship(spec.worker, spec)
                 if define is not None:
-                    # Now: the shipper counts it held there, whatever becomes of the task.
-                    post(rank, define)
+                    # Sent whatever becomes of the task: the shipper counts it held there.
+                    defines.setdefault(rank, []).append((define.token, define.data))
                 packed = None
                 if packs_arguments(spec):
                     # Unpickled by the task's rank on its task thread: arguments that
@@ -440,7 +430,7 @@ class MpiTransport(Transport):
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
                 continue
             sources = (
-                tuple(_rank(s) if s is not None else 0 for s in spec.sources)
+                tuple(rank_of(s) if s is not None else 0 for s in spec.sources)
                 if spec.sources is not None
                 else None
             )
@@ -451,16 +441,18 @@ class MpiTransport(Transport):
             if batch is None:
                 batch = batches[rank] = []
             batch.append(task_record(spec, token, packed, sources))
-        for rank, batch in batches.items():
-            self._post_tasks(rank, batch)
+        for rank in batches.keys() | defines.keys():
+            self._post_tasks(rank, batches.get(rank, []), defines.get(rank))
             forget = shipper.trim(root.names[rank])
             if forget is not None:
                 post(rank, forget)
 
-    def _post_tasks(self, rank: int, batch: list[tuple[Any, ...]]) -> None:
+    def _post_tasks(
+        self, rank: int, batch: list[tuple[Any, ...]], defines: list[tuple[int, bytes]] | None
+    ) -> None:
         self.root.sent[rank] = time.monotonic()
         try:
-            self.root.hub.post(rank, Run(batch))
+            self.root.hub.post(rank, Run(batch, defines))
             return
         except Exception:
             pass
@@ -481,11 +473,11 @@ class MpiTransport(Transport):
                 except DispatcherError as serialization:
                     error = serialization
                 self.events.task_failed(spec.key, spec.worker, error, 0.0)
-        if good:
-            self.root.hub.post(rank, Run(good))
+        if good or defines:
+            self.root.hub.post(rank, Run(good, defines))
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
-        self.root.hub.post(_rank(worker), Free(list(keys)))
+        self.root.hub.post(rank_of(worker), Free(list(keys)))
 
     def run_finished(self, run: int) -> None:
         """The ranks that hold run ``run``'s large arguments drop them; those with tasks
@@ -499,30 +491,30 @@ class MpiTransport(Transport):
     def _giving_up(self, spec: TaskSpec) -> None:
         """``spec`` is given up on: its rank is told when its run ends."""
         # setdefault: the hub thread (deadlines) and a driver (cancel) may both be here.
-        self.gave_up.setdefault(spec.key >> KEY_BITS, set()).add(_rank(spec.worker))
+        self.gave_up.setdefault(spec.key >> KEY_BITS, set()).add(rank_of(spec.worker))
 
     def _out_on(self, rank: int) -> list[TaskSpec]:
         """The tasks sent to ``rank`` and not reported yet."""
-        return [s for s in list(self.inflight.tasks.values()) if _rank(s.worker) == rank]
+        return [s for s in list(self.inflight.tasks.values()) if rank_of(s.worker) == rank]
 
     def _drop_held(self, by_rank: Mapping[int, list[str]]) -> None:
         for rank, names in by_rank.items():
             self.root.hub.post(rank, DropArguments(names))
 
     def _free_stale(self, worker: str, keys: list[Key]) -> None:
-        self.root.hub.post(_rank(worker), Free(keys))
+        self.root.hub.post(rank_of(worker), Free(keys))
 
     def cancel(self, tasks: Sequence[TaskSpec]) -> None:
         waiting, running = self.inflight.cancel(tasks)
         by_rank: dict[int, list[Key]] = {}
         for spec in waiting + running:
-            by_rank.setdefault(_rank(spec.worker), []).append(spec.key)
+            by_rank.setdefault(rank_of(spec.worker), []).append(spec.key)
             self._giving_up(spec)
         for rank, keys in by_rank.items():
             self.root.hub.post(rank, Cancel(keys))
 
     def take_back(self, worker: str, keys: Sequence[Key]) -> None:
-        self.root.hub.post(_rank(worker), TakeBack(list(keys)))
+        self.root.hub.post(rank_of(worker), TakeBack(list(keys)))
 
     def close(self) -> None:
         root = self.root
@@ -546,7 +538,7 @@ class MpiTransport(Transport):
                 spec.key, spec.worker, TaskTimeoutError(spec.label, spec.timeout), spec.timeout
             )
             self.root.retire(
-                _rank(spec.worker), spec.key, f"still running {spec.label!r}, past its timeout"
+                rank_of(spec.worker), spec.key, f"still running {spec.label!r}, past its timeout"
             )
 
     def enforce_silence(self, now: float) -> None:
@@ -564,7 +556,7 @@ class MpiTransport(Transport):
                 continue
             if first[spec.worker] != key:
                 continue  # queued behind a task still out: its clock has not started
-            rank = _rank(spec.worker)
+            rank = rank_of(spec.worker)
             assert spec.timeout is not None
             if (
                 now - max(sent, heard.get(rank, 0.0), self.root.resumed)

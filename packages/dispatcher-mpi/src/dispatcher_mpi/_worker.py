@@ -13,6 +13,7 @@ import pickle
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from dispatcher.remote import (
@@ -51,10 +52,11 @@ class WorkerRank(TaskRunner):
     report_at_half = True
     keep_fetched = True  # a second task here, or on this host, reads the copy
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, peers: Sequence[tuple[str, int]] | None = None) -> None:
+        """``peers``: every rank's (host, pid), for the hub (see :class:`Hub`)."""
         super().__init__()
         self.rank = comm.Get_rank()
-        self.hub = Hub(comm, self.deliver)
+        self.hub = Hub(comm, self.deliver, peers=peers)
         self.hub.tick = self._tick
         self.reported = time.monotonic()
         """When this rank last sent rank 0 something."""
@@ -80,7 +82,7 @@ class WorkerRank(TaskRunner):
     def _tasks_failed(self, error: BaseException) -> None:
         self.failure = "".join(traceback.format_exception(error))
         self.hub.running = False
-        self.hub.wakeup.set()
+        self.hub.wake()
 
     # -- the kit's hooks (on the task thread) ----------------------------------------------
 

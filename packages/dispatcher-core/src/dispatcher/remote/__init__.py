@@ -54,6 +54,7 @@ from ._messages import as_task as as_task
 from ._messages import from_wire as from_wire
 from ._messages import message as message
 from ._messages import packs_arguments as packs_arguments
+from ._messages import reported_keys as reported_keys
 from ._messages import task_record as task_record
 from ._messages import to_wire as to_wire
 from ._pickle import OUT_OF_BAND_BYTES as OUT_OF_BAND_BYTES
@@ -120,6 +121,7 @@ __all__ = [
     "objects_in",
     "packs_arguments",
     "pickle_by_reference",
+    "reported_keys",
     "restore_error",
     "serialization_error",
     "size_of",

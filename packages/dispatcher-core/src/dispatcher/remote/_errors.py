@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import RemoteError, SerializationError, user_traceback
@@ -73,11 +75,7 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
     """Worker side: package ``exc`` with its traceback text. Never raises: whatever part of
     the exception cannot be pickled or printed is left out."""
     try:
-        whole = "".join(traceback.format_exception(exc))
-        # The user's frames only; none at all for an error of dispatcher's own (a result
-        # that does not pickle...), whose message says what happened.
-        tb = user_traceback(exc.__traceback__)
-        tb_text = "".join(traceback.format_exception(type(exc), exc, tb))
+        tb_text, whole = _traceback_texts(exc)
     except BaseException:
         whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -94,6 +92,82 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
             break  # keep the part of the chain that travels
         cause = cause.__cause__
     return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes), whole)
+
+
+_HEADER = "Traceback (most recent call last):\n"
+_FRAMES_KEPT = 1024
+_FAST_FRAMES = 32  # longer tracebacks (recursion) go the standard way, which folds repeats
+
+_frame_texts: dict[tuple[CodeType, int], str] = {}
+"""A traceback entry's text by its code and instruction: the same each time that code
+raises there (cleared when full)."""
+
+
+def _frame_text(tb: TracebackType) -> str:
+    """The text of ``tb``'s first entry, as the standard traceback shows it (file, line,
+    function, source line, carets). Formatting an entry reads its file's status and
+    source and compiles the line for its carets: tens of microseconds, paid once per
+    code and instruction. Its source line is the one of the code that ran, even if the
+    file has changed since."""
+    key = (tb.tb_frame.f_code, tb.tb_lasti)
+    text = _frame_texts.get(key)
+    if text is None:
+        if len(_frame_texts) >= _FRAMES_KEPT:
+            _frame_texts.clear()
+        text = _frame_texts[key] = "".join(traceback.extract_tb(tb, limit=1).format())
+    return text
+
+
+def _traceback_texts(exc: BaseException) -> tuple[str, str]:
+    """``exc``'s traceback as the user sees it (from the user's code down; none at all
+    for an error of dispatcher's own, a result that does not pickle..., whose message
+    says what happened), and whole, with the worker's frames above the user's.
+
+    Each entry's text is made once per place (:func:`_frame_text`), and the whole text
+    is the user's with the worker's entries put in: formatting every traceback twice,
+    afresh, made a task that raised cost ten times one that returned."""
+    whole_tb = exc.__traceback__
+    user = user_traceback(whole_tb)
+    own: list[str] = []
+    tb = whole_tb
+    while tb is not None and tb is not user:
+        own.append(_frame_text(tb))
+        tb = tb.tb_next
+    entries: list[str] = []
+    while tb is not None and len(entries) < _FAST_FRAMES:
+        entries.append(_frame_text(tb))
+        tb = tb.tb_next
+    shown_chain = exc.__cause__ is not None or (
+        exc.__context__ is not None and not exc.__suppress_context__
+    )
+    if tb is not None or shown_chain or hasattr(sys, "tracebacklimit"):
+        return _standard_texts(exc, user, own)
+    last = traceback.format_exception_only(type(exc), exc)
+    text = "".join([_HEADER, *entries, *last] if entries else last)
+    if not own:
+        return text, text
+    return text, "".join([_HEADER, *own, *entries, *last])
+
+
+def _standard_texts(
+    exc: BaseException, user: TracebackType | None, own: list[str]
+) -> tuple[str, str]:
+    """:func:`_traceback_texts` the standard way: with the causes and contexts shown,
+    long tracebacks folded, ``sys.tracebacklimit`` obeyed."""
+    summary = traceback.TracebackException(type(exc), exc, user)
+    parts = list(summary.format())
+    text = "".join(parts)
+    if not own:
+        return text, text
+    # The exception's own lines end the text; its frames, if any, follow the last header
+    # before them (those before it are its causes' and contexts').
+    end = len(parts) - len(list(summary.format_exception_only()))
+    if user is None:
+        parts[end:end] = [_HEADER, *own]
+    else:
+        at = max(i for i in range(end) if parts[i] == _HEADER) + 1
+        parts[at:at] = own
+    return text, "".join(parts)
 
 
 def _dumps_alone(exc: BaseException, dumps: Callable[[Any], bytes]) -> bytes:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._closures import dumps_function
 from ._errors import dumps_for
 from ._messages import Define, Forget
 
@@ -121,7 +122,7 @@ class FunctionShipper:
             return token, None
         data = self._pickles.get(token)
         if data is None:
-            data = dumps_for(spec, "function", spec.func, self._dumps)
+            data = dumps_for(spec, "function", spec.func, self._dump_function)
             self._pickles[token] = data
             self._pickled_bytes += len(data)
             self._trim_pickles(keep=token)
@@ -131,6 +132,9 @@ class FunctionShipper:
         held.nbytes += len(data)
         held.last = token
         return token, Define(token, data)
+
+    def _dump_function(self, func: Any) -> bytes:
+        return dumps_function(func, self._dumps)
 
     def trim(self, worker: str) -> Forget | None:
         """What ``worker`` should forget to be back within budget; ``None`` if nothing.

@@ -45,6 +45,7 @@ __all__ = [
     "from_wire",
     "message",
     "packs_arguments",
+    "reported_keys",
     "task_record",
     "to_wire",
 ]
@@ -182,6 +183,10 @@ class Run(NamedTuple):
 
     tasks: list[tuple[Any, ...]]
     """:class:`Task` entries (see :func:`task_record`)."""
+    defines: list[tuple[int, bytes]] | None = None
+    """Functions the tasks call that the worker does not hold yet, as :class:`Define`'s
+    fields, defined before the tasks are read: one message for a batch whose tasks each
+    call a function of their own (a closure per node), not one more per function."""
 
 
 @message("define")
@@ -258,6 +263,11 @@ class Done(NamedTuple):
     """The inputs the worker fetched from other workers since its last report, timed:
     ``(sources, nbytes, seconds)`` per task that fetched, ``sources`` naming the workers
     in the backend's own terms (see :meth:`TaskRunner.moved`); ``None``: none."""
+    failed: list[tuple[Key, float, WireError]] | None = None
+    """Tasks that failed since the last report, as :class:`Failed`'s fields, in the order
+    they ran; ``None``: none. The first failure after a report goes at once, alone, as a
+    :class:`Failed`; those that follow it travel here, batched like completions: one
+    message per failure cost a task that raised ten times one that returned."""
 
 
 @message("failed")
@@ -267,6 +277,17 @@ class Failed(NamedTuple):
     key: Key
     duration: float
     error: WireError
+
+
+def reported_keys(report: Any) -> list[Key]:
+    """The tasks whose outcome a :class:`Done`, :class:`Failed` or :class:`Lost` reports."""
+    kind = type(report)
+    if kind is Done:
+        keys = [entry[0] for entry in report.finished]
+        if report.failed:
+            keys += [entry[0] for entry in report.failed]
+        return keys
+    return [report.key]
 
 
 @message("started")

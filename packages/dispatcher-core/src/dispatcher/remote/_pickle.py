@@ -15,6 +15,7 @@ buffers=...)`` reads it.
 
 from __future__ import annotations
 
+import builtins
 import io
 import marshal
 import pickle
@@ -74,6 +75,16 @@ def pickle_by_reference(cls: type) -> type:
     return cls
 
 
+# The exceptions of the language itself: importable everywhere, and made of their
+# arguments (and their attributes), as cloudpickle pickles them too. A task that raises
+# one is reported without cloudpickle's cost, several times the rest of the report.
+_BUILTIN_ERRORS = frozenset(
+    cls
+    for cls in vars(builtins).values()
+    if isinstance(cls, type) and issubclass(cls, BaseException)
+)
+
+
 class _NotPlain(Exception):
     """Raised by :class:`_PlainPickler` at the first object it must leave to cloudpickle."""
 
@@ -84,8 +95,9 @@ class _PlainPickler(pickle.Pickler):
     Exact ``int``, ``float``, ``bool``, ``None``, ``str``, ``bytes``, ``bytearray``,
     ``tuple``, ``list``, ``dict``, ``set``, ``frozenset`` and ``PickleBuffer`` never reach
     :meth:`reducer_override`, and pickle exactly as cloudpickle would pickle them.
-    Anything else (a function, a class, an instance) ends the attempt: cloudpickle
-    decides whether it travels by reference or by value. Most of what travels (messages,
+    So do the builtin exceptions (with builtin data for arguments). Anything else (a
+    function, a class, an instance) ends the attempt: cloudpickle decides whether it
+    travels by reference or by value. Most of what travels (messages,
     plain arguments, small results) is plain, and cloudpickle's pickler costs several
     times what the C pickler alone does on such objects.
     """
@@ -95,6 +107,8 @@ class _PlainPickler(pickle.Pickler):
         if cls in _BY_REFERENCE or (
             (cls is type or cls is types.FunctionType) and obj in _BY_REFERENCE
         ):
+            return NotImplemented
+        if cls in _BUILTIN_ERRORS or (cls is type and obj in _BUILTIN_ERRORS):
             return NotImplemented
         raise _NotPlain
 

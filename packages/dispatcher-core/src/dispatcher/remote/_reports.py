@@ -113,7 +113,7 @@ class Reports:
 
     def done(self, worker: str, message: Done) -> None:
         """Tasks that finished on ``worker``: each result passed on, still pickled, if the
-        caller wants it; stale ones freed."""
+        caller wants it; stale ones freed; then those that failed (:meth:`failed`)."""
         # InFlight.take, written out: this loop runs once per task.
         out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
         finished = events.task_finished
@@ -143,6 +143,9 @@ class Reports:
                 finished(key, worker, duration, nbytes, value)
         if unwanted:
             self.stale(worker, unwanted)
+        if message.failed:
+            for key, duration, wire in message.failed:
+                self.failed(worker, Failed(key, duration, wire))
         if message.moves:
             self.moved(worker, message.moves)
 

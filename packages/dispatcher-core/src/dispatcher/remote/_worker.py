@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
 from .._template import call_task
 from ..transport import KEY_BITS
-from ._errors import capture_error, serialization_error, unpickling_error
+from ._errors import WireError, capture_error, serialization_error, unpickling_error
 from ._functions import Unloadable
 from ._messages import (
     Cancel,
@@ -140,6 +140,11 @@ class TaskRunner:
         self.dropped = 0
         """Counts :meth:`drop_queued`: a batch received before the last drop stops."""
         self.finished: list[tuple[Key, float, int | None, Any]] = []
+        self.failed: list[tuple[Key, float, WireError]] = []
+        """Failures not reported yet: those after the one reported at once (see
+        :meth:`fail`)."""
+        self.failing = False
+        """A failure went at once since the last report: the next ones wait for it."""
         self.moves: list[tuple[tuple[Any, ...], int, float]] | None = None
         """Fetches timed since the last report (see :meth:`moved`)."""
         self.current: Key | None = None
@@ -199,6 +204,9 @@ class TaskRunner:
         """Act on one of the kit's messages; False if ``message`` is not one of them."""
         kind = type(message)
         if kind is Run:
+            if message.defines:
+                for token, data in message.defines:
+                    self.define(token, data)
             functions, tasks = self.functions, message.tasks
             self.queued.update([record[_KEY] for record in tasks])
             # Looked up now, not when they run: a later Forget may drop a token.
@@ -206,10 +214,7 @@ class TaskRunner:
                 (tasks, [functions.get(record[_TOKEN]) for record in tasks], self.dropped)
             )
         elif kind is Define:
-            try:
-                self.functions[message.token] = loads(message.data)
-            except BaseException as exc:  # kept for the tasks that call it to report
-                self.functions[message.token] = Unloadable(exc)
+            self.define(message.token, message.data)
         elif kind is Forget:
             for token in message.tokens:
                 self.functions.pop(token, None)
@@ -229,6 +234,13 @@ class TaskRunner:
         else:
             return False
         return True
+
+    def define(self, token: int, data: bytes) -> None:
+        """Hold the function pickled as ``data`` under ``token``."""
+        try:
+            self.functions[token] = loads(data)
+        except BaseException as exc:  # kept for the tasks that call it to report
+            self.functions[token] = Unloadable(exc)
 
     def cancel(self, keys: Sequence[Key]) -> Key | None:
         """Do not start these tasks; the one of them running now, if any (its outcome is
@@ -297,7 +309,7 @@ class TaskRunner:
                 break
             if type(item) is _Ended:
                 self.drop_run(item.run)
-                if self.finished and queue.empty():
+                if queue.empty():
                     self.flush()  # what the batch before it held back for it
                 continue
             records, functions, dropped = item
@@ -327,28 +339,38 @@ class TaskRunner:
                     # Half the batch done: report it now, so that the caller sends more
                     # while this thread runs the rest, instead of after it (then idle).
                     self.flush()
-            if self.finished and queue.empty():
+            if queue.empty():  # (with nothing to report: a failure goes at once again)
                 self.flush()
         self.flush()
 
     def flush(self) -> None:
-        """Send the completions not reported yet."""
-        finished, self.finished = self.finished, []
-        if finished:
-            # (Moves wait for completions to travel with: those of a task that failed
-            # go with the next ones.)
-            moves = self.moves
-            if moves is None:
-                self.send(Done(finished))
-            else:
-                self.moves = None
-                self.send(Done(finished, moves))
+        """Send the outcomes not reported yet; the next failure goes at once."""
+        self.failing = False
+        finished, failed = self.finished, self.failed
+        if finished or failed:
+            self.finished = []
+            if failed:
+                self.failed = []
+            # (Moves wait for outcomes to travel with: those of a task that failed at
+            # once go with the next ones.)
+            moves, self.moves = self.moves, None
+            self.send(Done(finished, moves, failed or None))
 
     def fail(self, key: Key, error: BaseException, duration: float) -> None:
-        """Report task ``key`` failed with ``error`` at once (the completions batched
-        before it go first, so the caller sees them in order)."""
+        """Report task ``key`` failed with ``error``: at once (the outcomes batched before
+        it go first, so the caller sees them in order) if it is the first since the last
+        report, or ran long; else batched with the completions, so that a burst of
+        failures costs a message per batch, not per task (the first is what a run that
+        stops at its first failure waits for)."""
+        report = (key, duration, capture_error(error, dumps))
+        if self.failing and duration < REPORT_NOW:
+            self.failed.append(report)
+            if len(self.finished) + len(self.failed) >= BATCH_SIZE:
+                self.flush()
+            return
         self.flush()
-        self.send(Failed(key, duration, capture_error(error, dumps)))
+        self.send(Failed(*report))
+        self.failing = True
 
     def execute(self, record: tuple[Any, ...], func: Any) -> None:
         """Run one task (a :class:`Task` entry of :class:`Run`) and record or report its
@@ -399,7 +421,7 @@ class TaskRunner:
         else:
             result, nbytes = None, size_of(value)
         self.finished.append((key, duration, nbytes, result))
-        if len(self.finished) >= BATCH_SIZE or duration >= REPORT_NOW:
+        if len(self.finished) + len(self.failed) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
 
     def _inputs(
