@@ -325,3 +325,20 @@ def test_tasks_of_a_function_not_yet_seen_to_finish_are_not_queued_like_tiny_one
     # Once one has finished, its function's own durations decide.
     placed.learn(_task, 2e-6, 8)
     assert placed.expected(1) == (pytest.approx(2e-6), {"w1": 1001, "w2": 1001})
+
+
+def _refuses(x: int) -> int:
+    raise ValueError(x)
+
+
+@pytest.mark.timeout(30)
+def test_tasks_that_fail_teach_placement_how_long_their_function_takes() -> None:
+    """Failures take time too: until a task of a function is learned, in-order workers
+    queue few of its tasks (it may be long), so a function that only ever fails quickly
+    would cost a round trip every few tasks."""
+    transport = FakeTransport(workers=2, slots=1025)
+    with fake_executor(transport) as ex:
+        results = ex.run([op(_refuses)(i) for i in range(200)], throw=False)
+    assert all(isinstance(r.error, ValueError) for r in results)
+    # Unknown, a task is assumed to take 1 ms: 3 per worker at most in one hand-out.
+    assert max(len(batch) for batch in transport.batches) > 6

@@ -330,8 +330,7 @@ class Run:
         return call_ready_in_caller(table, asks, self._idle_in_caller, True)
 
     def _caller_failed(self) -> bool:
-        """A task called in the caller raised (see ``TaskTable.failure``): retry or fail
-        it. True if that ended the run."""
+        """A task called here raised (``TaskTable.failure``); True if that ended the run."""
         table = self.table
         assert table.failure is not None
         p, error, duration = table.failure
@@ -437,6 +436,8 @@ class Run:
             stale_copies(self.table, p, worker)
             return
         copied(self.table, p, spec, worker, False)
+        if duration > 0:  # time spent failing counts too: placement sizes queues by it
+            self.placement.learn(self.table.nodes[p]._func, duration, None)
         if isinstance(error, Unloaded):
             error = load_reported(error, spec, "exception")[1]
         _failed(self, p, worker, error, duration)
@@ -589,8 +590,7 @@ def _load_result(
 
 
 def _failed(run: Run, p: int, worker: str, error: BaseException, duration: float) -> None:
-    """Task ``p``, no longer in flight, failed with ``error``: retried, failed for good,
-    or (a cache entry that cannot be read) planned again."""
+    """Task ``p`` failed: retried, failed for good, or (an unreadable hit) planned again."""
     if run.unannounced:
         announce_at_own_report(run, p, worker)
     if run.hits is not None and p in run.hits and _unreadable_entry(error):
