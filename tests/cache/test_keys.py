@@ -184,3 +184,31 @@ def test_mutually_recursive_globals_are_hashed() -> None:
     assert digest(compiled(GLOBALS, "ping")) == digest(compiled(GLOBALS, "ping"))
     changed = GLOBALS.replace("return ping(n)", "return ping(n) + 1")
     assert digest(compiled(GLOBALS, "ping")) != digest(compiled(changed, "ping"))
+
+
+def test_a_function_hashed_inside_another_ones_recursion_keeps_what_it_calls() -> None:
+    # pong is first met inside ping's hash, where ping stands as a placeholder: the digest
+    # pong gets there must not serve as pong's own, or editing ping would leave pong's key.
+    def keys(source: str) -> tuple[bytes, bytes]:
+        namespace: dict[str, Any] = {"__name__": "keys_module"}
+        exec(compile(textwrap.dedent(source), "keys_module.py", "exec"), namespace)
+        memo: dict[int, Any] = {}  # one run's memo, shared by its nodes
+        return (
+            function_digest(namespace["ping"], memo),
+            function_digest(namespace["pong"], memo),
+        )
+
+    edited = GLOBALS.replace("return 0 if n == 0", "return 1 if n == 0")
+    assert keys(GLOBALS)[1] != keys(edited)[1]
+    assert keys(GLOBALS) == keys(GLOBALS)
+
+
+def test_editing_a_mutually_recursive_function_reruns_its_partner(tmp_path: Any) -> None:
+    def nodes(source: str) -> list[Any]:
+        namespace: dict[str, Any] = {"__name__": "keys_module"}
+        exec(compile(textwrap.dedent(source), "keys_module.py", "exec"), namespace)
+        return [op(namespace["ping"])(3), op(namespace["pong"])(3)]
+
+    assert run(nodes(GLOBALS), executor="sync", cache=tmp_path) == [0, 0]
+    edited = GLOBALS.replace("return 0 if n == 0", "return 1 if n == 0")
+    assert run(nodes(edited), executor="sync", cache=tmp_path) == [1, 1]

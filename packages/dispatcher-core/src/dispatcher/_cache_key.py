@@ -60,14 +60,16 @@ _code_digests: dict[int, tuple[types.CodeType, bytes]] = {}
 
 
 class _Hasher:
-    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions."""
+    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions, and
+    ``cut`` holds those of them that a digest being made stands for by a placeholder."""
 
-    __slots__ = ("functions", "h", "seen")
+    __slots__ = ("cut", "functions", "h", "seen")
 
     def __init__(self, functions: dict[int, tuple[Any, bytes]]) -> None:
         self.h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
         self.functions = functions
         self.seen: set[int] = set()
+        self.cut: set[int] = set()
 
     def feed(self, value: Any) -> None:
         update = self.h.update
@@ -122,7 +124,7 @@ class _Hasher:
 
     def _sub(self, value: Any) -> bytes:
         sub = _Hasher(self.functions)
-        sub.seen = self.seen
+        sub.seen, sub.cut = self.seen, self.cut
         sub.feed(value)
         return sub.h.digest()
 
@@ -154,16 +156,24 @@ class _Hasher:
         if entry is not None and entry[0] is func:
             return entry[1]
         if id(func) in self.seen:  # a closure that refers to itself, or mutual recursion
+            self.cut.add(id(func))
             return b"<recursive>"
         self.seen.add(id(func))
+        cut, outer = self.cut, set(self.cut)
+        cut.clear()
         try:
             sub = _Hasher(self.functions)
-            sub.seen = self.seen
+            sub.seen, sub.cut = self.seen, cut
             sub._function(func)
             digest = sub.h.digest()
+            cut.discard(id(func))
+            # Met inside another function's hash, a function calling back into it has that
+            # one as a placeholder: the digest holds there only, so it is not kept as its own.
+            if not cut:
+                self.functions[id(func)] = (func, digest)
         finally:
             self.seen.discard(id(func))
-        self.functions[id(func)] = (func, digest)
+            cut.update(outer)
         return digest
 
     def _function(self, func: Any) -> None:
