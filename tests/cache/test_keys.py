@@ -212,3 +212,64 @@ def test_editing_a_mutually_recursive_function_reruns_its_partner(tmp_path: Any)
     assert run(nodes(GLOBALS), executor="sync", cache=tmp_path) == [0, 0]
     edited = GLOBALS.replace("return 0 if n == 0", "return 1 if n == 0")
     assert run(nodes(edited), executor="sync", cache=tmp_path) == [1, 1]
+
+
+CLASSES = """
+from dataclasses import dataclass
+
+def transform(x):
+    return x + 1
+
+class Base:
+    def offset(self):
+        return 0
+
+@dataclass
+class Config:
+    k: int
+    def scale(self, x):
+        return x * self.k
+
+class Derived(Base):
+    BIAS = 5
+    def apply(self, x):
+        return x + self.offset() + self.BIAS
+
+class Holder:
+    def __init__(self, f):
+        self.f = f
+"""
+
+
+def _classes(source: str) -> dict[str, Any]:
+    import sys
+    import types
+
+    module = types.ModuleType("keys_classes")
+    sys.modules["keys_classes"] = module  # instances pickle by reference to their class
+    exec(compile(textwrap.dedent(source), "keys_classes.py", "exec"), module.__dict__)
+    return module.__dict__
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("x * self.k", "x * self.k + 1", lambda ns: ns["Config"](2)),
+        ("return 0", "return 1", lambda ns: ns["Derived"]()),
+        ("BIAS = 5", "BIAS = 6", lambda ns: ns["Derived"]()),
+        ("return x + 1", "return x + 2", lambda ns: ns["Holder"](ns["transform"])),
+        ("return 0", "return 1", lambda ns: ns["Derived"]),
+    ],
+    ids=["its method", "a base class's method", "a class attribute", "a function", "a class"],
+)
+def test_an_object_argument_is_keyed_by_the_code_of_what_it_holds(
+    old: str, new: str, value: Any
+) -> None:
+    before = value_digest(value(_classes(CLASSES)))
+    assert before == value_digest(value(_classes(CLASSES)))
+    assert before != value_digest(value(_classes(CLASSES.replace(old, new))))
+
+
+def test_a_bound_method_is_keyed_by_the_methods_it_may_call() -> None:
+    before = digest(_classes(CLASSES)["Derived"]().apply)
+    assert before != digest(_classes(CLASSES.replace("return 0", "return 1"))["Derived"]().apply)

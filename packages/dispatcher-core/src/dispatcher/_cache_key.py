@@ -13,7 +13,9 @@ module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
-bytes, functions by their code; anything else by its standard pickle. What cannot be
+bytes, functions by their code; anything else by its pickle, in which the functions and
+classes it holds count by their code too (a class: its methods and plain attributes, over
+its bases), so editing a method of an argument's class changes the key. What cannot be
 hashed that way (an object that does not pickle, an object-dtype array, a cycle) makes
 the node -- and everything downstream of it -- uncacheable, with a debug log line saying
 why: never an error, never a wrong hit.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import pickle
 import struct
@@ -113,8 +116,7 @@ class _Hasher:
         elif callable(value) and not isinstance(value, type) and _is_function_like(value):
             update(b"F" + self.function(value))
         elif isinstance(value, type):
-            update(b"T" + _type_name(value))
-            self._class_code(value)
+            update(b"T" + _type_name(value) + self.function(value))
         elif isinstance(value, tuple) and hasattr(cls, "_fields"):  # a namedtuple
             update(b"n" + _type_name(cls) + _pack_q(len(value)))
             for item in value:
@@ -139,7 +141,11 @@ class _Hasher:
 
     def _pickled(self, value: Any) -> None:
         try:
-            data = pickle.dumps(value, protocol=5)
+            out = io.BytesIO()
+            _CodePickler(out, self).dump(value)
+            data = out.getbuffer()
+        except Uncacheable:
+            raise
         except Exception as exc:
             raise Uncacheable(
                 f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc})"
@@ -159,7 +165,8 @@ class _Hasher:
             self.cut.add(id(func))
             return b"<recursive>"
         self.seen.add(id(func))
-        cut, outer = self.cut, set(self.cut)
+        cut = self.cut
+        outer = set(cut) if cut else None
         cut.clear()
         try:
             sub = _Hasher(self.functions)
@@ -173,7 +180,8 @@ class _Hasher:
                 self.functions[id(func)] = (func, digest)
         finally:
             self.seen.discard(id(func))
-            cut.update(outer)
+            if outer:
+                cut.update(outer)
         return digest
 
     def _function(self, func: Any) -> None:
@@ -246,13 +254,45 @@ class _Hasher:
                 )
 
     def _class_code(self, cls: type) -> None:
-        if cls.__module__ == "builtins":
-            return
-        for name, member in vars(cls).items():
-            if isinstance(member, (staticmethod, classmethod)):
-                member = member.__func__
-            if isinstance(member, types.FunctionType):
-                self.h.update(name.encode() + _code_digest(member.__code__))
+        """What a class's instances compute with: over its bases too, its methods (and
+        properties) by their code and its plain attributes by value (dunders aside;
+        one that cannot be hashed is left out, as a global would be)."""
+        update = self.h.update
+        for klass in cls.__mro__:
+            if klass.__module__ == "builtins":
+                continue
+            update(b"K" + _type_name(klass))
+            for name, member in vars(klass).items():
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                if isinstance(member, property):
+                    member = (member.fget, member.fset, member.fdel)
+                elif not isinstance(member, types.FunctionType) and (
+                    name.startswith("__") and name.endswith("__")
+                ):
+                    continue
+                update(b"a" + name.encode() + b"\0")
+                try:
+                    update(self._sub(member))
+                except Exception:  # Uncacheable, or a __reduce__ that fails oddly
+                    update(b"<unhashable>")
+
+
+class _CodePickler(pickle.Pickler):
+    """Pickles a value for its digest with the functions and classes in it by their code:
+    a plain pickle names them only, so editing a method of an argument's class, or a
+    function an argument holds, would keep the key."""
+
+    def __init__(self, file: Any, hasher: _Hasher) -> None:
+        super().__init__(file, protocol=5)
+        self.hasher = hasher
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType or (
+            isinstance(obj, type) and obj.__module__ != "builtins"
+        ):
+            return self.hasher.function(obj)
+        return None
 
 
 _global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
