@@ -273,3 +273,37 @@ def test_an_object_argument_is_keyed_by_the_code_of_what_it_holds(
 def test_a_bound_method_is_keyed_by_the_methods_it_may_call() -> None:
     before = digest(_classes(CLASSES)["Derived"]().apply)
     assert before != digest(_classes(CLASSES.replace("return 0", "return 1"))["Derived"]().apply)
+
+
+SET_IN_AN_OBJECT = """
+from dataclasses import dataclass
+from dispatcher._cache_key import value_digest
+
+@dataclass
+class Config:
+    tags: frozenset
+    names: set
+
+print(value_digest(Config(frozenset({"alpha", "beta", "gamma"}), {"x", "y", "z", "w"})))
+"""
+
+
+def test_a_set_inside_an_object_keys_alike_in_every_process() -> None:
+    # A set's pickle follows its iteration order, which follows the process's string hash
+    # seed: keyed by it, such an argument would never hit in another run.
+    import os
+    import subprocess
+    import sys
+
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", SET_IN_AN_OBJECT],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for seed in range(1, 5)
+    }
+    assert len(digests) == 1

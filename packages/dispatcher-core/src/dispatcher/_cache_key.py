@@ -279,19 +279,22 @@ class _Hasher:
 
 
 class _CodePickler(pickle.Pickler):
-    """Pickles a value for its digest with the functions and classes in it by their code:
-    a plain pickle names them only, so editing a method of an argument's class, or a
-    function an argument holds, would keep the key."""
+    """Pickles a value for its digest with the functions and classes in it by their code
+    (a plain pickle names them only, so editing a method of an argument's class, or a
+    function an argument holds, would keep the key), and its sets by their items' digests
+    in sorted order (a plain pickle follows the set's iteration order, which differs
+    between processes: the key would never be found again)."""
 
     def __init__(self, file: Any, hasher: _Hasher) -> None:
         super().__init__(file, protocol=5)
         self.hasher = hasher
 
     def persistent_id(self, obj: Any) -> Any:
-        if type(obj) is types.FunctionType or (
-            isinstance(obj, type) and obj.__module__ != "builtins"
-        ):
+        cls = type(obj)
+        if cls is types.FunctionType or (isinstance(obj, type) and obj.__module__ != "builtins"):
             return self.hasher.function(obj)
+        if cls is set or cls is frozenset:
+            return self.hasher._sub(obj)
         return None
 
 
