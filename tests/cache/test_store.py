@@ -84,6 +84,19 @@ def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, s
     assert not path.exists()
 
 
+def test_without_verify_a_small_entry_is_still_checked(tmp_path: Path) -> None:
+    # verify=False spares the read of a large entry's pages; a small entry is read whole
+    # anyway, and a flipped byte in it must not come back as a value.
+    cache = Cache(tmp_path, verify=False)
+    cache.save(KEY, "value-1234")
+    path = Path(cache._entry_path(KEY))
+    data = bytearray(path.read_bytes())
+    data[data.index(b"1234")] = ord("9")
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="unusable"), pytest.raises(CacheEntryError):
+        cache.load(KEY)
+
+
 # A writer in a process of its own: a program, not a function of this module, which the
 # test's process imports under a name a child could not import.
 WRITE_MANY = """

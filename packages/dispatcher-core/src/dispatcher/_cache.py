@@ -91,8 +91,9 @@ class Cache:
 
     ``max_bytes``: past this many bytes of entries, the least recently used are evicted
     at the end of a run (``None``: no limit). ``verify``: check each entry's checksum when
-    it is read (a large hit then reads its pages once; off, a corruption of a buffer's
-    bytes goes unnoticed, while truncation still does not). ``min_seconds``: store only
+    it is read (a large hit then reads its pages once; off, a corruption of a large
+    entry's bytes goes unnoticed, while truncation still does not, and entries under 1 MiB,
+    read whole anyway, are still checked). ``min_seconds``: store only
     results whose call took at least this long (the default, 0, stores every result);
     cheaper nodes run again on the next run instead, which saves writing results that
     cost more to store than to compute.
@@ -266,13 +267,16 @@ class Cache:
             raise ValueError("a stream longer than the entry")
         stream = view[table_end : table_end + stream_len]
         buffers = []
-        check = zlib.crc32(stream) if self.verify else crc
+        # Unverified, only a memory-mapped entry goes unchecked: a smaller one was read
+        # whole, and its checksum costs little beside that.
+        verify = self.verify or size < _MAP_AT
+        check = zlib.crc32(stream) if verify else crc
         for i in range(count):
             start, length = _SPAN.unpack_from(view, _HEADER.size + _SPAN.size * i)
             if start + length > size:
                 raise ValueError("a buffer past the end of the entry")
             buf = view[start : start + length]
-            if self.verify:
+            if verify:
                 check = zlib.crc32(buf, check)
             buffers.append(buf)
         if check != crc:
