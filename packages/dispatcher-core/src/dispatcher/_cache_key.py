@@ -255,8 +255,10 @@ class _Hasher:
 
     def _class_code(self, cls: type) -> None:
         """What a class's instances compute with: over its bases too, its methods (and
-        properties) by their code and its plain attributes by value (dunders aside;
-        one that cannot be hashed is left out, as a global would be)."""
+        properties) by their code and its constants (numbers, strings, tuples of them)
+        by value. Dunders aside, and mutable attributes, which hold state (a registry, a
+        counter), not a value results depend on; one that cannot be hashed is left out,
+        as a global would be."""
         update = self.h.update
         for klass in cls.__mro__:
             if klass.__module__ == "builtins":
@@ -268,7 +270,7 @@ class _Hasher:
                 if isinstance(member, property):
                     member = (member.fget, member.fset, member.fdel)
                 elif not isinstance(member, types.FunctionType) and (
-                    name.startswith("__") and name.endswith("__")
+                    (name.startswith("__") and name.endswith("__")) or not _constant(member)
                 ):
                     continue
                 update(b"a" + name.encode() + b"\0")
@@ -315,6 +317,17 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     found = tuple(sorted(names))
     _global_names_of[id(code)] = (code, found)
     return found
+
+
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes, type)
+
+
+def _constant(value: Any) -> bool:
+    """Is a class attribute a constant: a number, a string, a class, or a tuple or
+    frozenset of constants?"""
+    if isinstance(value, (tuple, frozenset)):
+        return all(_constant(item) for item in value)
+    return isinstance(value, _CONSTANT_TYPES)
 
 
 def _is_ndarray(value: Any) -> bool:
