@@ -179,6 +179,24 @@ def test_cli_cache_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["cache", "clear", str(tmp_path), "--older-than", "soon"]) == 2
 
 
+@pytest.mark.parametrize(
+    "record",
+    ["[1, 2]", '"text"', '{"finished": "x", "hits": "a"}', '{"finished": 1e30}', "{", ""],
+    ids=["a list", "a string", "strings", "out of range", "cut short", "empty"],
+)
+def test_cli_cache_info_with_a_damaged_last_run_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], record: str
+) -> None:
+    # The record of the last run is the one file a reader of the cache does not check
+    # for damage: whatever is in it, info shows the entries and no traceback.
+    run([op(inc)(i) for i in range(2)], executor="sync", cache=tmp_path)
+    (tmp_path / "last-run.json").write_text(record)
+    assert main(["cache", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "entries  2" in out
+    assert "last run none recorded" in out
+
+
 def test_cli_run_with_a_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     script = tmp_path / "pipe.py"
     script.write_text(

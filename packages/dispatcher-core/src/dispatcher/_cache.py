@@ -45,6 +45,7 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 __all__ = ["Cache", "CacheEntryError", "CacheInfo", "CacheWarning", "load_entry"]
@@ -324,12 +325,14 @@ class Cache:
         import json
 
         entries = self._scan()
-        last: dict[str, Any] | None
+        last: Any
         try:
             with open(os.path.join(self.path, "last-run.json"), encoding="utf-8") as fh:
                 last = json.load(fh)
         except (OSError, ValueError):
             last = None
+        if not _run_record(last):
+            last = None  # damaged, or written by something else: as if none was recorded
         return CacheInfo(self.path, len(entries), sum(e[1] for e in entries), last)
 
     def clear(self, older_than: float | None = None) -> int:
@@ -387,6 +390,21 @@ class Cache:
 
 def _rebuild(path: str, max_bytes: int | None, verify: bool, min_seconds: float) -> Cache:
     return Cache(path, max_bytes, verify=verify, min_seconds=min_seconds)
+
+
+def _run_record(record: Any) -> bool:
+    """Is ``record`` what :meth:`Cache._record_run` writes: counts, and a time that a
+    date can be made of?"""
+    if not isinstance(record, dict):
+        return False
+    numbers = [record.get(name, 0) for name in ("hits", "misses", "uncacheable", "finished")]
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+        return False
+    try:
+        datetime.fromtimestamp(numbers[-1])
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:
