@@ -148,3 +148,25 @@ def test_a_run_planned_again_keeps_the_failures_of_the_plan_before(
     assert after.error is not None
     assert counters.calls.count(("fails", 2)) == 1
     assert sorted(seen.failed) == ["after", "bad"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_a_hit_is_not_held_to_its_functions_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: str, options: dict[str, Any]
+) -> None:
+    """A node's timeout bounds its function, which a hit does not call: reading a large
+    entry from a slow disk must not fail the node as if the function ran past it."""
+    import time
+
+    from dispatcher._cache import Cache as Store
+
+    assert run(op(inc, timeout=0.2)(1), executor="sync", cache=tmp_path) == 2
+    load = Store.load
+
+    def slow(self: Any, key: str) -> Any:
+        time.sleep(0.5)
+        return load(self, key)
+
+    monkeypatch.setattr(Store, "load", slow)
+    assert run(op(inc, timeout=0.2)(1), executor=executor, cache=tmp_path, **options) == 2
