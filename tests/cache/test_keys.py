@@ -307,3 +307,26 @@ def test_a_set_inside_an_object_keys_alike_in_every_process() -> None:
         for seed in range(1, 5)
     }
     assert len(digests) == 1
+
+
+@pytest.mark.timeout(30)
+def test_many_mutually_recursive_functions_hash_in_linear_time() -> None:
+    # Every function calls every other: hashed afresh on each path, that is n! digests.
+    n = 40
+    source = "".join(
+        f"def f{i}(x):\n    return x and ({' + '.join(f'f{j}(x - 1)' for j in range(n))})\n"
+        for i in range(n)
+    )
+    namespace: dict[str, Any] = {"__name__": "keys_module"}
+    exec(compile(source, "keys_module.py", "exec"), namespace)
+    memo: dict[int, Any] = {}
+    digests = {function_digest(namespace[f"f{i}"], memo) for i in range(n)}
+    assert len(digests) == n
+
+
+@pytest.mark.timeout(30)
+def test_an_object_of_a_large_librarys_class_is_hashed_quickly() -> None:
+    np = pytest.importorskip("numpy")
+    masked = np.ma.array([1, 2, 3], mask=[0, 1, 0])
+    assert value_digest(masked) == value_digest(np.ma.array([1, 2, 3], mask=[0, 1, 0]))
+    assert value_digest(masked) != value_digest(np.ma.array([1, 2, 3], mask=[0, 0, 0]))

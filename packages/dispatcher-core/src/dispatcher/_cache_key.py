@@ -63,16 +63,18 @@ _code_digests: dict[int, tuple[types.CodeType, bytes]] = {}
 
 
 class _Hasher:
-    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions, and
-    ``cut`` holds those of them that a digest being made stands for by a placeholder."""
+    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions,
+    ``cut`` holds those of them that a digest being made stands for by a placeholder, and
+    ``local`` keeps such digests until the outermost function's is made."""
 
-    __slots__ = ("cut", "functions", "h", "seen")
+    __slots__ = ("cut", "functions", "h", "local", "seen")
 
     def __init__(self, functions: dict[int, tuple[Any, bytes]]) -> None:
         self.h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
         self.functions = functions
         self.seen: set[int] = set()
         self.cut: set[int] = set()
+        self.local: dict[int, tuple[Any, bytes, frozenset[int]]] = {}
 
     def feed(self, value: Any) -> None:
         update = self.h.update
@@ -126,7 +128,7 @@ class _Hasher:
 
     def _sub(self, value: Any) -> bytes:
         sub = _Hasher(self.functions)
-        sub.seen, sub.cut = self.seen, self.cut
+        sub.seen, sub.cut, sub.local = self.seen, self.cut, self.local
         sub.feed(value)
         return sub.h.digest()
 
@@ -140,6 +142,15 @@ class _Hasher:
             self.h.update(value.tobytes())
 
     def _pickled(self, value: Any) -> None:
+        # One object is often the argument of many nodes: its digest is kept for the run
+        # (planning runs no user code but __reduce__, so it does not change meanwhile),
+        # when made outside any function's (where it would hold placeholders).
+        outside = not self.seen
+        if outside:
+            kept = self.functions.get(id(value))
+            if kept is not None and kept[0] is value:
+                self.h.update(kept[1])
+                return
         try:
             out = io.BytesIO()
             _CodePickler(out, self).dump(value)
@@ -150,8 +161,14 @@ class _Hasher:
             raise Uncacheable(
                 f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc})"
             ) from None
-        self.h.update(b"p" + _type_name(type(value)) + _pack_q(len(data)))
-        self.h.update(data)
+        h = hashlib.blake2b(
+            b"p" + _type_name(type(value)) + _pack_q(len(data)), digest_size=_DIGEST_SIZE
+        )
+        h.update(data)
+        digest = h.digest()
+        if outside:
+            self.functions[id(value)] = (value, digest)
+        self.h.update(digest)
 
     # -- functions ---------------------------------------------------------------------
 
@@ -164,24 +181,35 @@ class _Hasher:
         if id(func) in self.seen:  # a closure that refers to itself, or mutual recursion
             self.cut.add(id(func))
             return b"<recursive>"
+        local = self.local
+        kept = local.get(id(func))
+        if kept is not None and kept[0] is func:
+            self.cut.update(kept[2])
+            return kept[1]
         self.seen.add(id(func))
         cut = self.cut
         outer = set(cut) if cut else None
         cut.clear()
         try:
             sub = _Hasher(self.functions)
-            sub.seen, sub.cut = self.seen, cut
+            sub.seen, sub.cut, sub.local = self.seen, cut, local
             sub._function(func)
             digest = sub.h.digest()
             cut.discard(id(func))
             # Met inside another function's hash, a function calling back into it has that
-            # one as a placeholder: the digest holds there only, so it is not kept as its own.
-            if not cut:
+            # one as a placeholder: the digest holds within the outermost one's only, so it
+            # is kept there (each function is expanded once: linear, not one expansion per
+            # path), not as its own. The outermost digest covers every function reachable.
+            if not cut or len(self.seen) == 1:  # (or the outermost: complete)
                 self.functions[id(func)] = (func, digest)
+            else:
+                local[id(func)] = (func, digest, frozenset(cut))
         finally:
             self.seen.discard(id(func))
             if outer:
                 cut.update(outer)
+            if not self.seen:
+                local.clear()
         return digest
 
     def _function(self, func: Any) -> None:
@@ -255,10 +283,10 @@ class _Hasher:
 
     def _class_code(self, cls: type) -> None:
         """What a class's instances compute with: over its bases too, its methods (and
-        properties) by their code and its constants (numbers, strings, tuples of them)
-        by value. Dunders aside, and mutable attributes, which hold state (a registry, a
-        counter), not a value results depend on; one that cannot be hashed is left out,
-        as a global would be."""
+        properties) by their code (not the globals they read) and its constants (numbers,
+        strings, tuples of them) by value. Dunders aside, and mutable attributes, which
+        hold state (a registry, a counter), not a value results depend on; one that
+        cannot be hashed is left out, as a global would be."""
         update = self.h.update
         for klass in cls.__mro__:
             if klass.__module__ == "builtins":
@@ -268,16 +296,20 @@ class _Hasher:
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
                 if isinstance(member, property):
-                    member = (member.fget, member.fset, member.fdel)
-                elif not isinstance(member, types.FunctionType) and (
-                    (name.startswith("__") and name.endswith("__")) or not _constant(member)
-                ):
-                    continue
-                update(b"a" + name.encode() + b"\0")
-                try:
-                    update(self._sub(member))
-                except Exception:  # Uncacheable, or a __reduce__ that fails oddly
-                    update(b"<unhashable>")
+                    update(b"p" + name.encode() + b"\0")
+                    for f in (member.fget, member.fset, member.fdel):
+                        if isinstance(f, types.FunctionType):
+                            update(_code_digest(f.__code__))
+                elif isinstance(member, types.FunctionType):
+                    # By its code only: through the globals of every method, an instance
+                    # of a library's class would hash much of the library.
+                    update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
+                elif not (name.startswith("__") and name.endswith("__")) and _constant(member):
+                    update(b"a" + name.encode() + b"\0")
+                    try:
+                        update(self._sub(member))
+                    except Exception:  # Uncacheable, or a __reduce__ that fails oddly
+                        update(b"<unhashable>")
 
 
 class _CodePickler(pickle.Pickler):
