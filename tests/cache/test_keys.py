@@ -330,3 +330,13 @@ def test_an_object_of_a_large_librarys_class_is_hashed_quickly() -> None:
     masked = np.ma.array([1, 2, 3], mask=[0, 1, 0])
     assert value_digest(masked) == value_digest(np.ma.array([1, 2, 3], mask=[0, 1, 0]))
     assert value_digest(masked) != value_digest(np.ma.array([1, 2, 3], mask=[0, 0, 0]))
+
+
+def test_values_of_different_types_never_share_a_key() -> None:
+    # A function may answer differently for each (data + b"x" keeps its argument's type):
+    # one key for both would serve one's result for the other.
+    assert value_digest(b"ab") != value_digest(bytearray(b"ab"))
+    assert value_digest({1, 2}) != value_digest(frozenset({1, 2}))
+    np = pytest.importorskip("numpy")
+    assert value_digest(np.float64(2.0)) != value_digest(np.array(2.0))
+    assert value_digest(np.int64(3)) != value_digest(np.array(3))

@@ -91,7 +91,7 @@ class _Hasher:
             update(b"s" + _pack_q(len(data)))
             update(data)
         elif cls is bytes or cls is bytearray:
-            update(b"b" + _pack_q(len(value)))
+            update((b"b" if cls is bytes else b"B") + _pack_q(len(value)))
             update(value)
         elif cls is tuple or cls is list:
             update((b"t" if cls is tuple else b"l") + _pack_q(len(value)))
@@ -105,7 +105,7 @@ class _Hasher:
         elif cls is set or cls is frozenset:
             # Iteration order of a set depends on the process's hash seed: sort by digest.
             digests = sorted(self._sub(item) for item in value)
-            update(b"S" + _pack_q(len(digests)) + b"".join(digests))
+            update((b"S" if cls is set else b"Z") + _pack_q(len(digests)) + b"".join(digests))
         elif cls is Ref:
             update(b"R" + _pack_q(value.index))
         elif cls is complex:
@@ -135,7 +135,9 @@ class _Hasher:
     def _array(self, value: Any) -> None:
         if value.dtype.hasobject:
             raise Uncacheable(f"a NumPy array of dtype {value.dtype} is hashed by its objects")
-        self.h.update(b"a" + value.dtype.str.encode() + repr(value.shape).encode())
+        # (the class too: a NumPy scalar and a 0-d array of its value are not alike)
+        self.h.update(b"a" + _type_name(type(value)) + value.dtype.str.encode())
+        self.h.update(repr(value.shape).encode())
         if value.flags.c_contiguous:
             self.h.update(memoryview(value).cast("B") if value.size else b"")
         else:
