@@ -81,6 +81,10 @@ class CacheInfo:
     entries: int
     nbytes: int
     last_run: dict[str, Any] | None
+    partial: int = 0
+    """Files being written, or left by writers that died (swept by ``clear``, and by
+    eviction an hour after they were last written)."""
+    partial_bytes: int = 0
 
 
 def _aligned(n: int) -> int:
@@ -324,7 +328,14 @@ class Cache:
         """Entries, bytes, and the last run's hits and misses."""
         import json
 
-        entries = self._scan()
+        partial: list[tuple[float, str]] = []
+        entries = self._scan(partial)
+        partial_bytes = 0
+        for _, name in partial:
+            try:
+                partial_bytes += os.stat(name).st_size
+            except OSError:  # renamed into place, or swept, meanwhile
+                pass
         last: Any
         try:
             with open(os.path.join(self.path, "last-run.json"), encoding="utf-8") as fh:
@@ -333,7 +344,8 @@ class Cache:
             last = None
         if not _run_record(last):
             last = None  # damaged, or written by something else: as if none was recorded
-        return CacheInfo(self.path, len(entries), sum(e[1] for e in entries), last)
+        nbytes = sum(e[1] for e in entries)
+        return CacheInfo(self.path, len(entries), nbytes, last, len(partial), partial_bytes)
 
     def clear(self, older_than: float | None = None) -> int:
         """Delete every entry (or those not used for ``older_than`` seconds); return how
