@@ -259,3 +259,34 @@ def test_files_left_by_dead_writers_are_ignored_then_swept(tmp_path: Path) -> No
     assert fresh.exists()  # perhaps still being written
     assert not stale.exists()
     assert cache.load(KEY) == 1
+
+
+class RaisesWhenPickled:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        raise self.error
+
+
+def make_odd(kind: str) -> RaisesWhenPickled:
+    return RaisesWhenPickled(SystemExit(3) if kind == "exit" else GeneratorExit())
+
+
+def kind_of(value: Any) -> str:
+    return type(value).__name__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["exit", "generator exit"])
+def test_a_result_whose_pickling_raises_oddly_is_a_warning(
+    tmp_path: Path, executor: str, kind: str
+) -> None:
+    # Without a cache such a result never pickles on these executors and the run succeeds;
+    # with one, its store must not end the run (SystemExit would end the program).
+    from dispatcher import op, run
+
+    with pytest.warns(CacheWarning, match="not stored"):
+        value = run(op(kind_of)(op(make_odd)(kind)), executor=executor, cache=tmp_path)
+    assert value == "RaisesWhenPickled"

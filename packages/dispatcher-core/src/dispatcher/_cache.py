@@ -41,6 +41,7 @@ import mmap
 import os
 import pickle
 import struct
+import threading
 import time
 import warnings
 import zlib
@@ -167,7 +168,8 @@ class Cache:
 
         try:
             stream, buffers = dumps_split(value, threshold=64 * 1024)
-        except Exception as exc:
+        except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             warnings.warn(
                 f"dispatcher cache: a {type(value).__name__} result is not stored "
                 f"(it does not pickle: {exc})",
@@ -252,7 +254,8 @@ class Cache:
                 except OSError:
                     pass
             return value
-        except Exception as exc:
+        except BaseException as exc:  # unpickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             self._discard(key, path, exc)
             raise CacheEntryError(f"cache entry {key} is unusable: {exc}") from None
         finally:
@@ -398,6 +401,13 @@ class Cache:
             os.replace(tmp, os.path.join(self.path, "last-run.json"))
         except OSError:
             _unlink(tmp)
+
+
+def _reraise_ctrl_c(exc: BaseException) -> None:
+    """Raise ``exc`` again if it is the user's Ctrl-C: a KeyboardInterrupt in the main
+    thread (anything else that (un)pickling raised is the entry's or the value's fault)."""
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise exc
 
 
 def _rebuild(path: str, max_bytes: int | None, verify: bool, min_seconds: float) -> Cache:
