@@ -340,3 +340,29 @@ def test_values_of_different_types_never_share_a_key() -> None:
     np = pytest.importorskip("numpy")
     assert value_digest(np.float64(2.0)) != value_digest(np.array(2.0))
     assert value_digest(np.int64(3)) != value_digest(np.array(3))
+
+
+class ReduceRaises:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        raise self.error
+
+
+def name_of_type(value: Any) -> str:
+    return type(value).__name__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("error", [SystemExit(3), GeneratorExit()], ids=["exit", "generator"])
+def test_an_argument_whose_pickling_raises_oddly_is_uncacheable(
+    tmp_path: Any, error: BaseException
+) -> None:
+    # Hashing it runs its __reduce__: what that raises makes the node uncacheable, and
+    # must not end the run (nor, for SystemExit, the program) while it is planned.
+    argument = ReduceRaises(error)
+    assert value_digest(1)  # (the module's own hashing works)
+    with pytest.raises(Uncacheable):
+        value_digest(argument)
+    assert run(op(name_of_type)(argument), executor="sync", cache=tmp_path) == "ReduceRaises"

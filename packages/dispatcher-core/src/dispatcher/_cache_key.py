@@ -38,6 +38,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._cache import _reraise_ctrl_c
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -159,9 +160,10 @@ class _Hasher:
             data = out.getbuffer()
         except Uncacheable:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             raise Uncacheable(
-                f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc})"
+                f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc!r})"
             ) from None
         h = hashlib.blake2b(
             b"p" + _type_name(type(value)) + _pack_q(len(data)), digest_size=_DIGEST_SIZE
@@ -274,7 +276,8 @@ class _Hasher:
                 continue
             try:
                 update(self._sub(value))
-            except Exception as exc:  # Uncacheable, or a __reduce__ that fails oddly
+            except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
+                _reraise_ctrl_c(exc)
                 update(b"<unhashable>")
                 log.debug(
                     "global %r of %s is left out of its key: %s",
@@ -310,7 +313,8 @@ class _Hasher:
                     update(b"a" + name.encode() + b"\0")
                     try:
                         update(self._sub(member))
-                    except Exception:  # Uncacheable, or a __reduce__ that fails oddly
+                    except BaseException as exc:  # Uncacheable, or a __reduce__ failing oddly
+                        _reraise_ctrl_c(exc)
                         update(b"<unhashable>")
 
 
@@ -473,5 +477,6 @@ def _guarded(step: Callable[[Any], Any], value: Any) -> Any:
         raise
     except RecursionError:
         raise Uncacheable("a value nested too deeply (or containing itself)") from None
-    except Exception as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
+    except BaseException as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
+        _reraise_ctrl_c(exc)
         raise Uncacheable(f"hashing it raised {type(exc).__name__}: {exc}") from None
