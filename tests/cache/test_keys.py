@@ -366,3 +366,30 @@ def test_an_argument_whose_pickling_raises_oddly_is_uncacheable(
     with pytest.raises(Uncacheable):
         value_digest(argument)
     assert run(op(name_of_type)(argument), executor="sync", cache=tmp_path) == "ReduceRaises"
+
+
+DECORATED = """
+import functools
+
+@functools.lru_cache(maxsize=None)
+def memoised(x):
+    return x + 1
+
+@functools.cache
+def cached(x):
+    return x + 1
+
+def calls_it(x):
+    return memoised(x) * 2
+"""
+
+
+@pytest.mark.parametrize("name", ["memoised", "cached", "calls_it"])
+def test_editing_a_function_behind_lru_cache_changes_the_key(name: str) -> None:
+    # functools' caches are C objects that pickle by name: their code is the wrapped one's.
+    def key(source: str) -> bytes:
+        namespace = _classes(source)
+        return digest(namespace[name])
+
+    assert key(DECORATED) == key(DECORATED)
+    assert key(DECORATED) != key(DECORATED.replace("x + 1", "x + 2"))

@@ -116,7 +116,11 @@ class _Hasher:
             update(value.tobytes() if not value.c_contiguous else value.cast("B"))
         elif _is_ndarray(value):
             self._array(value)
-        elif callable(value) and not isinstance(value, type) and _is_function_like(value):
+        elif (
+            callable(value)
+            and not isinstance(value, type)
+            and (_is_function_like(value) or _wraps(value))
+        ):
             update(b"F" + self.function(value))
         elif isinstance(value, type):
             update(b"T" + _type_name(value) + self.function(value))
@@ -253,6 +257,8 @@ class _Hasher:
         else:  # a callable instance: its class's code and its own state
             update(b"ob" + _type_name(type(func)))
             self._class_code(type(func))
+            if _wraps(func):  # functools.lru_cache and its kind pickle by name alone
+                self.feed(func.__wrapped__)
             self._pickled(func)
 
     def _globals(self, func: types.FunctionType) -> None:
@@ -384,6 +390,14 @@ def _is_function_like(value: Any) -> bool:
             functools.partial,
         ),
     )
+
+
+def _wraps(value: Any) -> bool:
+    """Does ``value`` wrap a function (``functools.lru_cache``, ``functools.wraps``)?"""
+    try:
+        return isinstance(getattr(value, "__wrapped__", None), types.FunctionType)
+    except Exception:  # a __getattr__ that fails: wraps nothing we can see
+        return False
 
 
 def _name_of(func: Any) -> bytes:
