@@ -153,8 +153,8 @@ class _Hasher:
         # (planning runs no user code but __reduce__, so it does not change meanwhile),
         # when made outside any function's (where it would hold placeholders).
         outside = not self.seen
-        if outside:
-            kept = self.functions.get(id(value))
+        if outside:  # (keyed apart from the same object's digest as a function)
+            kept = self.functions.get(~id(value))
             if kept is not None and kept[0] is value:
                 self.h.update(kept[1])
                 return
@@ -175,7 +175,7 @@ class _Hasher:
         h.update(data)
         digest = h.digest()
         if outside:
-            self.functions[id(value)] = (value, digest)
+            self.functions[~id(value)] = (value, digest)
         self.h.update(digest)
 
     # -- functions ---------------------------------------------------------------------
