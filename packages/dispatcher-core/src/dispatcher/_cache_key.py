@@ -14,8 +14,8 @@ module constant is a wrong hit there.)
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
 bytes, functions by their code; anything else by its pickle, in which the functions and
-classes it holds count by their code too (a class: its methods and plain attributes, over
-its bases), so editing a method of an argument's class changes the key. What cannot be
+classes it holds count by their code too (a class: its methods and constant attributes,
+over its bases), so editing a method of an argument's class changes the key. What cannot be
 hashed that way (an object that does not pickle, an object-dtype array, a cycle) makes
 the node -- and everything downstream of it -- uncacheable, with a debug log line saying
 why: never an error, never a wrong hit.
