@@ -290,3 +290,27 @@ def test_a_result_whose_pickling_raises_oddly_is_a_warning(
     with pytest.warns(CacheWarning, match="not stored"):
         value = run(op(kind_of)(op(make_odd)(kind)), executor=executor, cache=tmp_path)
     assert value == "RaisesWhenPickled"
+
+
+@pytest.mark.timeout(60)
+def test_a_directory_where_an_entry_belongs_is_a_miss(tmp_path: Path) -> None:
+    # It cannot be read nor deleted: taken for an entry, it would be planned as a hit and
+    # found unreadable in every run, each then planned again.
+    from dispatcher import hookimpl, op, run
+
+    class Replans:
+        count = 0
+
+        @hookimpl
+        def dispatcher_run_replanned(self) -> None:
+            Replans.count += 1
+
+    cache = Cache(tmp_path)
+    assert run(op(kind_of)(1), executor="sync", cache=cache) == "int"
+    (entry,) = (tmp_path / "entries").glob("*/*")
+    entry.unlink()
+    (entry / "inside").mkdir(parents=True)
+    assert not cache.contains(entry.name)
+    with pytest.warns(CacheWarning, match="not stored"):
+        assert run(op(kind_of)(1), executor="sync", cache=cache, plugins=[Replans()]) == "int"
+    assert Replans.count == 0

@@ -40,6 +40,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import stat
 import struct
 import threading
 import time
@@ -157,9 +158,11 @@ class Cache:
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
         try:
-            return os.stat(self._entry_path(key)).st_size >= _HEADER.size
+            st = os.stat(self._entry_path(key))
         except OSError:
             return False
+        # (a directory in its place is no entry: it could be neither read nor deleted)
+        return stat.S_ISREG(st.st_mode) and st.st_size >= _HEADER.size
 
     def save(self, key: str, value: Any) -> int | None:
         """Store ``value`` under ``key``; its size in bytes, or ``None`` (with a warning)
