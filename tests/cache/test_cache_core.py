@@ -10,7 +10,7 @@ import counters
 import pytest
 from cache_scenarios import SCENARIOS, Pipeline
 
-from dispatcher import op, run
+from dispatcher import hookimpl, op, run
 
 EXECUTORS = [("sync", {}), ("async", {}), ("async", {"threads": 0})]
 
@@ -94,3 +94,79 @@ def test_arun_takes_a_cache(tmp_path: Path) -> None:
     for _ in range(2):
         assert asyncio.run(arun(op(slow_double)(4), cache=tmp_path)) == 8
     assert counters.calls == [4]
+
+
+def fails(x: int) -> int:
+    counters.calls.append(("fails", x))
+    raise ValueError(f"no {x}")
+
+
+class Failures:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    @hookimpl
+    def dispatcher_task_failed(self, node: Any) -> None:
+        self.failed.append(node.label)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_a_run_planned_again_keeps_the_failures_of_the_plan_before(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    """With throw=False, a node that failed before a hit was found unreadable is not
+    called again in the new plan (it has no retries left), nor reported failed twice."""
+    import warnings
+
+    from dispatcher import Cache, CacheWarning, DispatchGraph, Result
+    from dispatcher._cache_plan import CachePlan
+
+    cache = Cache(tmp_path)
+
+    def targets() -> list[Any]:
+        low = op(inc, label="low")(1)
+        top = op(counted, label="top")(op(inc, label="mid")(low))
+        bad = op(fails, label="bad")(low)
+        return [top, bad, op(inc, label="after")(bad)]
+
+    first = targets()
+    run(first, executor="sync", cache=cache, throw=False)
+    key = CachePlan(cache, DispatchGraph([first[0]]), [first[0]], {}).keys[0]
+    entry = Path(cache._entry_path(key))
+    entry.write_bytes(entry.read_bytes()[:-5])  # found truncated when it is read
+    counters.calls.clear()
+    seen = Failures()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        top, bad, after = run(
+            targets(), executor=executor, cache=cache, throw=False, plugins=[seen], **options
+        )
+    assert top == Result(30, None)
+    assert isinstance(bad.error, ValueError)
+    assert str(bad.error) == "no 2"
+    assert after.error is not None
+    assert counters.calls.count(("fails", 2)) == 1
+    assert sorted(seen.failed) == ["after", "bad"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_a_hit_is_not_held_to_its_functions_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: str, options: dict[str, Any]
+) -> None:
+    """A node's timeout bounds its function, which a hit does not call: reading a large
+    entry from a slow disk must not fail the node as if the function ran past it."""
+    import time
+
+    from dispatcher._cache import Cache as Store
+
+    assert run(op(inc, timeout=0.2)(1), executor="sync", cache=tmp_path) == 2
+    load = Store.load
+
+    def slow(self: Any, key: str) -> Any:
+        time.sleep(0.5)
+        return load(self, key)
+
+    monkeypatch.setattr(Store, "load", slow)
+    assert run(op(inc, timeout=0.2)(1), executor=executor, cache=tmp_path, **options) == 2

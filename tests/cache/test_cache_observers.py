@@ -169,6 +169,22 @@ def test_cli_cache_info_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "entries  0" in capsys.readouterr().out
 
 
+def test_cli_cache_info_shows_what_dead_writers_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A writer killed mid-store leaves its file beside the entries; without max_bytes no
+    # run lists the store, so info is where the space it takes shows.
+    run(op(inc)(1), executor="sync", cache=tmp_path)
+    shard = next((tmp_path / "entries").glob("*"))
+    (shard / ".0123abcd.dead").write_bytes(b"x" * 3000)
+    info = Cache(tmp_path).info()
+    assert (info.entries, info.partial, info.partial_bytes) == (1, 1, 3000)
+    assert main(["cache", "info", str(tmp_path)]) == 0
+    assert "partial  1 file (2.9 KiB)" in capsys.readouterr().out
+    assert main(["cache", "clear", str(tmp_path)]) == 0
+    assert Cache(tmp_path).info().partial == 0
+
+
 def test_cli_cache_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cache", "info", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
@@ -177,6 +193,24 @@ def test_cli_cache_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "not a dispatcher cache" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").exists()
     assert main(["cache", "clear", str(tmp_path), "--older-than", "soon"]) == 2
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["[1, 2]", '"text"', '{"finished": "x", "hits": "a"}', '{"finished": 1e30}', "{", ""],
+    ids=["a list", "a string", "strings", "out of range", "cut short", "empty"],
+)
+def test_cli_cache_info_with_a_damaged_last_run_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], record: str
+) -> None:
+    # The record of the last run is the one file a reader of the cache does not check
+    # for damage: whatever is in it, info shows the entries and no traceback.
+    run([op(inc)(i) for i in range(2)], executor="sync", cache=tmp_path)
+    (tmp_path / "last-run.json").write_text(record)
+    assert main(["cache", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "entries  2" in out
+    assert "last run none recorded" in out
 
 
 def test_cli_run_with_a_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

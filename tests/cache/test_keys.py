@@ -184,3 +184,212 @@ def test_mutually_recursive_globals_are_hashed() -> None:
     assert digest(compiled(GLOBALS, "ping")) == digest(compiled(GLOBALS, "ping"))
     changed = GLOBALS.replace("return ping(n)", "return ping(n) + 1")
     assert digest(compiled(GLOBALS, "ping")) != digest(compiled(changed, "ping"))
+
+
+def test_a_function_hashed_inside_another_ones_recursion_keeps_what_it_calls() -> None:
+    # pong is first met inside ping's hash, where ping stands as a placeholder: the digest
+    # pong gets there must not serve as pong's own, or editing ping would leave pong's key.
+    def keys(source: str) -> tuple[bytes, bytes]:
+        namespace: dict[str, Any] = {"__name__": "keys_module"}
+        exec(compile(textwrap.dedent(source), "keys_module.py", "exec"), namespace)
+        memo: dict[int, Any] = {}  # one run's memo, shared by its nodes
+        return (
+            function_digest(namespace["ping"], memo),
+            function_digest(namespace["pong"], memo),
+        )
+
+    edited = GLOBALS.replace("return 0 if n == 0", "return 1 if n == 0")
+    assert keys(GLOBALS)[1] != keys(edited)[1]
+    assert keys(GLOBALS) == keys(GLOBALS)
+
+
+def test_editing_a_mutually_recursive_function_reruns_its_partner(tmp_path: Any) -> None:
+    def nodes(source: str) -> list[Any]:
+        namespace: dict[str, Any] = {"__name__": "keys_module"}
+        exec(compile(textwrap.dedent(source), "keys_module.py", "exec"), namespace)
+        return [op(namespace["ping"])(3), op(namespace["pong"])(3)]
+
+    assert run(nodes(GLOBALS), executor="sync", cache=tmp_path) == [0, 0]
+    edited = GLOBALS.replace("return 0 if n == 0", "return 1 if n == 0")
+    assert run(nodes(edited), executor="sync", cache=tmp_path) == [1, 1]
+
+
+CLASSES = """
+from dataclasses import dataclass
+
+def transform(x):
+    return x + 1
+
+class Base:
+    def offset(self):
+        return 0
+
+@dataclass
+class Config:
+    k: int
+    def scale(self, x):
+        return x * self.k
+
+class Derived(Base):
+    BIAS = 5
+    def apply(self, x):
+        return x + self.offset() + self.BIAS
+
+class Holder:
+    def __init__(self, f):
+        self.f = f
+"""
+
+
+def _classes(source: str) -> dict[str, Any]:
+    import sys
+    import types
+
+    module = types.ModuleType("keys_classes")
+    sys.modules["keys_classes"] = module  # instances pickle by reference to their class
+    exec(compile(textwrap.dedent(source), "keys_classes.py", "exec"), module.__dict__)
+    return module.__dict__
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "value"),
+    [
+        ("x * self.k", "x * self.k + 1", lambda ns: ns["Config"](2)),
+        ("return 0", "return 1", lambda ns: ns["Derived"]()),
+        ("BIAS = 5", "BIAS = 6", lambda ns: ns["Derived"]()),
+        ("return x + 1", "return x + 2", lambda ns: ns["Holder"](ns["transform"])),
+        ("return 0", "return 1", lambda ns: ns["Derived"]),
+    ],
+    ids=["its method", "a base class's method", "a class attribute", "a function", "a class"],
+)
+def test_an_object_argument_is_keyed_by_the_code_of_what_it_holds(
+    old: str, new: str, value: Any
+) -> None:
+    before = value_digest(value(_classes(CLASSES)))
+    assert before == value_digest(value(_classes(CLASSES)))
+    assert before != value_digest(value(_classes(CLASSES.replace(old, new))))
+
+
+def test_a_bound_method_is_keyed_by_the_methods_it_may_call() -> None:
+    before = digest(_classes(CLASSES)["Derived"]().apply)
+    assert before != digest(_classes(CLASSES.replace("return 0", "return 1"))["Derived"]().apply)
+
+
+SET_IN_AN_OBJECT = """
+from dataclasses import dataclass
+from dispatcher._cache_key import value_digest
+
+@dataclass
+class Config:
+    tags: frozenset
+    names: set
+
+print(value_digest(Config(frozenset({"alpha", "beta", "gamma"}), {"x", "y", "z", "w"})))
+"""
+
+
+def test_a_set_inside_an_object_keys_alike_in_every_process() -> None:
+    # A set's pickle follows its iteration order, which follows the process's string hash
+    # seed: keyed by it, such an argument would never hit in another run.
+    import os
+    import subprocess
+    import sys
+
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", SET_IN_AN_OBJECT],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for seed in range(1, 5)
+    }
+    assert len(digests) == 1
+
+
+@pytest.mark.timeout(30)
+def test_many_mutually_recursive_functions_hash_in_linear_time() -> None:
+    # Every function calls every other: hashed afresh on each path, that is n! digests.
+    n = 40
+    source = "".join(
+        f"def f{i}(x):\n    return x and ({' + '.join(f'f{j}(x - 1)' for j in range(n))})\n"
+        for i in range(n)
+    )
+    namespace: dict[str, Any] = {"__name__": "keys_module"}
+    exec(compile(source, "keys_module.py", "exec"), namespace)
+    memo: dict[int, Any] = {}
+    digests = {function_digest(namespace[f"f{i}"], memo) for i in range(n)}
+    assert len(digests) == n
+
+
+@pytest.mark.timeout(30)
+def test_an_object_of_a_large_librarys_class_is_hashed_quickly() -> None:
+    np = pytest.importorskip("numpy")
+    masked = np.ma.array([1, 2, 3], mask=[0, 1, 0])
+    assert value_digest(masked) == value_digest(np.ma.array([1, 2, 3], mask=[0, 1, 0]))
+    assert value_digest(masked) != value_digest(np.ma.array([1, 2, 3], mask=[0, 0, 0]))
+
+
+def test_values_of_different_types_never_share_a_key() -> None:
+    # A function may answer differently for each (data + b"x" keeps its argument's type):
+    # one key for both would serve one's result for the other.
+    assert value_digest(b"ab") != value_digest(bytearray(b"ab"))
+    assert value_digest({1, 2}) != value_digest(frozenset({1, 2}))
+    np = pytest.importorskip("numpy")
+    assert value_digest(np.float64(2.0)) != value_digest(np.array(2.0))
+    assert value_digest(np.int64(3)) != value_digest(np.array(3))
+
+
+class ReduceRaises:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        raise self.error
+
+
+def name_of_type(value: Any) -> str:
+    return type(value).__name__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("error", [SystemExit(3), GeneratorExit()], ids=["exit", "generator"])
+def test_an_argument_whose_pickling_raises_oddly_is_uncacheable(
+    tmp_path: Any, error: BaseException
+) -> None:
+    # Hashing it runs its __reduce__: what that raises makes the node uncacheable, and
+    # must not end the run (nor, for SystemExit, the program) while it is planned.
+    argument = ReduceRaises(error)
+    assert value_digest(1)  # (the module's own hashing works)
+    with pytest.raises(Uncacheable):
+        value_digest(argument)
+    assert run(op(name_of_type)(argument), executor="sync", cache=tmp_path) == "ReduceRaises"
+
+
+DECORATED = """
+import functools
+
+@functools.lru_cache(maxsize=None)
+def memoised(x):
+    return x + 1
+
+@functools.cache
+def cached(x):
+    return x + 1
+
+def calls_it(x):
+    return memoised(x) * 2
+"""
+
+
+@pytest.mark.parametrize("name", ["memoised", "cached", "calls_it"])
+def test_editing_a_function_behind_lru_cache_changes_the_key(name: str) -> None:
+    # functools' caches are C objects that pickle by name: their code is the wrapped one's.
+    def key(source: str) -> bytes:
+        namespace = _classes(source)
+        return digest(namespace[name])
+
+    assert key(DECORATED) == key(DECORATED)
+    assert key(DECORATED) != key(DECORATED.replace("x + 1", "x + 2"))

@@ -84,6 +84,19 @@ def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, s
     assert not path.exists()
 
 
+def test_without_verify_a_small_entry_is_still_checked(tmp_path: Path) -> None:
+    # verify=False spares the read of a large entry's pages; a small entry is read whole
+    # anyway, and a flipped byte in it must not come back as a value.
+    cache = Cache(tmp_path, verify=False)
+    cache.save(KEY, "value-1234")
+    path = Path(cache._entry_path(KEY))
+    data = bytearray(path.read_bytes())
+    data[data.index(b"1234")] = ord("9")
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="unusable"), pytest.raises(CacheEntryError):
+        cache.load(KEY)
+
+
 # A writer in a process of its own: a program, not a function of this module, which the
 # test's process imports under a name a child could not import.
 WRITE_MANY = """
@@ -246,3 +259,58 @@ def test_files_left_by_dead_writers_are_ignored_then_swept(tmp_path: Path) -> No
     assert fresh.exists()  # perhaps still being written
     assert not stale.exists()
     assert cache.load(KEY) == 1
+
+
+class RaisesWhenPickled:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        raise self.error
+
+
+def make_odd(kind: str) -> RaisesWhenPickled:
+    return RaisesWhenPickled(SystemExit(3) if kind == "exit" else GeneratorExit())
+
+
+def kind_of(value: Any) -> str:
+    return type(value).__name__
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["exit", "generator exit"])
+def test_a_result_whose_pickling_raises_oddly_is_a_warning(
+    tmp_path: Path, executor: str, kind: str
+) -> None:
+    # Without a cache such a result never pickles on these executors and the run succeeds;
+    # with one, its store must not end the run (SystemExit would end the program).
+    from dispatcher import op, run
+
+    with pytest.warns(CacheWarning, match="not stored"):
+        value = run(op(kind_of)(op(make_odd)(kind)), executor=executor, cache=tmp_path)
+    assert value == "RaisesWhenPickled"
+
+
+@pytest.mark.timeout(60)
+def test_a_directory_where_an_entry_belongs_is_a_miss(tmp_path: Path) -> None:
+    # It cannot be read nor deleted: taken for an entry, it would be planned as a hit and
+    # found unreadable in every run, each then planned again.
+    from dispatcher import hookimpl, op, run
+
+    class Replans:
+        count = 0
+
+        @hookimpl
+        def dispatcher_run_replanned(self) -> None:
+            Replans.count += 1
+
+    cache = Cache(tmp_path)
+    assert run(op(kind_of)(1), executor="sync", cache=cache) == "int"
+    (entry,) = (tmp_path / "entries").glob("*/*")
+    entry.unlink()
+    (entry / "inside").mkdir(parents=True)
+    assert not cache.contains(entry.name)
+    with pytest.warns(CacheWarning, match="not stored"):
+        assert run(op(kind_of)(1), executor="sync", cache=cache, plugins=[Replans()]) == "int"
+    assert Replans.count == 0

@@ -40,11 +40,14 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import stat
 import struct
+import threading
 import time
 import warnings
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 __all__ = ["Cache", "CacheEntryError", "CacheInfo", "CacheWarning", "load_entry"]
@@ -80,6 +83,10 @@ class CacheInfo:
     entries: int
     nbytes: int
     last_run: dict[str, Any] | None
+    partial: int = 0
+    """Files being written, or left by writers that died (swept by ``clear``, and by
+    eviction an hour after they were last written)."""
+    partial_bytes: int = 0
 
 
 def _aligned(n: int) -> int:
@@ -91,8 +98,9 @@ class Cache:
 
     ``max_bytes``: past this many bytes of entries, the least recently used are evicted
     at the end of a run (``None``: no limit). ``verify``: check each entry's checksum when
-    it is read (a large hit then reads its pages once; off, a corruption of a buffer's
-    bytes goes unnoticed, while truncation still does not). ``min_seconds``: store only
+    it is read (a large hit then reads its pages once; off, a corruption of a large
+    entry's bytes goes unnoticed, while truncation still does not, and entries under 1 MiB,
+    read whole anyway, are still checked). ``min_seconds``: store only
     results whose call took at least this long (the default, 0, stores every result);
     cheaper nodes run again on the next run instead, which saves writing results that
     cost more to store than to compute.
@@ -150,9 +158,11 @@ class Cache:
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
         try:
-            return os.stat(self._entry_path(key)).st_size >= _HEADER.size
+            st = os.stat(self._entry_path(key))
         except OSError:
             return False
+        # (a directory in its place is no entry: it could be neither read nor deleted)
+        return stat.S_ISREG(st.st_mode) and st.st_size >= _HEADER.size
 
     def save(self, key: str, value: Any) -> int | None:
         """Store ``value`` under ``key``; its size in bytes, or ``None`` (with a warning)
@@ -161,7 +171,8 @@ class Cache:
 
         try:
             stream, buffers = dumps_split(value, threshold=64 * 1024)
-        except Exception as exc:
+        except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             warnings.warn(
                 f"dispatcher cache: a {type(value).__name__} result is not stored "
                 f"(it does not pickle: {exc})",
@@ -246,7 +257,8 @@ class Cache:
                 except OSError:
                     pass
             return value
-        except Exception as exc:
+        except BaseException as exc:  # unpickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             self._discard(key, path, exc)
             raise CacheEntryError(f"cache entry {key} is unusable: {exc}") from None
         finally:
@@ -266,13 +278,16 @@ class Cache:
             raise ValueError("a stream longer than the entry")
         stream = view[table_end : table_end + stream_len]
         buffers = []
-        check = zlib.crc32(stream) if self.verify else crc
+        # Unverified, only a memory-mapped entry goes unchecked: a smaller one was read
+        # whole, and its checksum costs little beside that.
+        verify = self.verify or size < _MAP_AT
+        check = zlib.crc32(stream) if verify else crc
         for i in range(count):
             start, length = _SPAN.unpack_from(view, _HEADER.size + _SPAN.size * i)
             if start + length > size:
                 raise ValueError("a buffer past the end of the entry")
             buf = view[start : start + length]
-            if self.verify:
+            if verify:
                 check = zlib.crc32(buf, check)
             buffers.append(buf)
         if check != crc:
@@ -319,14 +334,24 @@ class Cache:
         """Entries, bytes, and the last run's hits and misses."""
         import json
 
-        entries = self._scan()
-        last: dict[str, Any] | None
+        partial: list[tuple[float, str]] = []
+        entries = self._scan(partial)
+        partial_bytes = 0
+        for _, name in partial:
+            try:
+                partial_bytes += os.stat(name).st_size
+            except OSError:  # renamed into place, or swept, meanwhile
+                pass
+        last: Any
         try:
             with open(os.path.join(self.path, "last-run.json"), encoding="utf-8") as fh:
                 last = json.load(fh)
         except (OSError, ValueError):
             last = None
-        return CacheInfo(self.path, len(entries), sum(e[1] for e in entries), last)
+        if not _run_record(last):
+            last = None  # damaged, or written by something else: as if none was recorded
+        nbytes = sum(e[1] for e in entries)
+        return CacheInfo(self.path, len(entries), nbytes, last, len(partial), partial_bytes)
 
     def clear(self, older_than: float | None = None) -> int:
         """Delete every entry (or those not used for ``older_than`` seconds); return how
@@ -381,8 +406,30 @@ class Cache:
             _unlink(tmp)
 
 
+def _reraise_ctrl_c(exc: BaseException) -> None:
+    """Raise ``exc`` again if it is the user's Ctrl-C: a KeyboardInterrupt in the main
+    thread (anything else that (un)pickling raised is the entry's or the value's fault)."""
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise exc
+
+
 def _rebuild(path: str, max_bytes: int | None, verify: bool, min_seconds: float) -> Cache:
     return Cache(path, max_bytes, verify=verify, min_seconds=min_seconds)
+
+
+def _run_record(record: Any) -> bool:
+    """Is ``record`` what :meth:`Cache._record_run` writes: counts, and a time that a
+    date can be made of?"""
+    if not isinstance(record, dict):
+        return False
+    numbers = [record.get(name, 0) for name in ("hits", "misses", "uncacheable", "finished")]
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+        return False
+    try:
+        datetime.fromtimestamp(numbers[-1])
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:

@@ -72,6 +72,13 @@ def cache_command(args: argparse.Namespace) -> int:
         print(f"cache    {info.path}", file=out)
         print(f"entries  {info.entries:,}", file=out)
         print(f"size     {_size(info.nbytes)} ({info.nbytes:,} bytes)", file=out)
+        if info.partial:
+            print(
+                f"partial  {info.partial:,} file{'s' if info.partial > 1 else ''} "
+                f"({_size(info.partial_bytes)}) being written, or left by writers that "
+                f"died; 'dispatcher cache clear {info.path}' deletes them",
+                file=out,
+            )
         last = info.last_run
         if last is None:
             print("last run none recorded", file=out)

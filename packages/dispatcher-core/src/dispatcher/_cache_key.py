@@ -13,7 +13,9 @@ module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
-bytes, functions by their code; anything else by its standard pickle. What cannot be
+bytes, functions by their code; anything else by its pickle, in which the functions and
+classes it holds count by their code too (a class: its methods and constant attributes,
+over its bases), so editing a method of an argument's class changes the key. What cannot be
 hashed that way (an object that does not pickle, an object-dtype array, a cycle) makes
 the node -- and everything downstream of it -- uncacheable, with a debug log line saying
 why: never an error, never a wrong hit.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import pickle
 import struct
@@ -35,6 +38,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ._cache import _reraise_ctrl_c
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -60,14 +64,18 @@ _code_digests: dict[int, tuple[types.CodeType, bytes]] = {}
 
 
 class _Hasher:
-    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions."""
+    """Feeds values into one blake2b hash; ``seen`` breaks cycles through functions,
+    ``cut`` holds those of them that a digest being made stands for by a placeholder, and
+    ``local`` keeps such digests until the outermost function's is made."""
 
-    __slots__ = ("functions", "h", "seen")
+    __slots__ = ("cut", "functions", "h", "local", "seen")
 
     def __init__(self, functions: dict[int, tuple[Any, bytes]]) -> None:
         self.h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
         self.functions = functions
         self.seen: set[int] = set()
+        self.cut: set[int] = set()
+        self.local: dict[int, tuple[Any, bytes, frozenset[int]]] = {}
 
     def feed(self, value: Any) -> None:
         update = self.h.update
@@ -84,7 +92,7 @@ class _Hasher:
             update(b"s" + _pack_q(len(data)))
             update(data)
         elif cls is bytes or cls is bytearray:
-            update(b"b" + _pack_q(len(value)))
+            update((b"b" if cls is bytes else b"B") + _pack_q(len(value)))
             update(value)
         elif cls is tuple or cls is list:
             update((b"t" if cls is tuple else b"l") + _pack_q(len(value)))
@@ -98,7 +106,7 @@ class _Hasher:
         elif cls is set or cls is frozenset:
             # Iteration order of a set depends on the process's hash seed: sort by digest.
             digests = sorted(self._sub(item) for item in value)
-            update(b"S" + _pack_q(len(digests)) + b"".join(digests))
+            update((b"S" if cls is set else b"Z") + _pack_q(len(digests)) + b"".join(digests))
         elif cls is Ref:
             update(b"R" + _pack_q(value.index))
         elif cls is complex:
@@ -108,11 +116,14 @@ class _Hasher:
             update(value.tobytes() if not value.c_contiguous else value.cast("B"))
         elif _is_ndarray(value):
             self._array(value)
-        elif callable(value) and not isinstance(value, type) and _is_function_like(value):
+        elif (
+            callable(value)
+            and not isinstance(value, type)
+            and (_is_function_like(value) or _wraps(value))
+        ):
             update(b"F" + self.function(value))
         elif isinstance(value, type):
-            update(b"T" + _type_name(value))
-            self._class_code(value)
+            update(b"T" + _type_name(value) + self.function(value))
         elif isinstance(value, tuple) and hasattr(cls, "_fields"):  # a namedtuple
             update(b"n" + _type_name(cls) + _pack_q(len(value)))
             for item in value:
@@ -122,28 +133,50 @@ class _Hasher:
 
     def _sub(self, value: Any) -> bytes:
         sub = _Hasher(self.functions)
-        sub.seen = self.seen
+        sub.seen, sub.cut, sub.local = self.seen, self.cut, self.local
         sub.feed(value)
         return sub.h.digest()
 
     def _array(self, value: Any) -> None:
         if value.dtype.hasobject:
             raise Uncacheable(f"a NumPy array of dtype {value.dtype} is hashed by its objects")
-        self.h.update(b"a" + value.dtype.str.encode() + repr(value.shape).encode())
+        # (the class too: a NumPy scalar and a 0-d array of its value are not alike)
+        self.h.update(b"a" + _type_name(type(value)) + value.dtype.str.encode())
+        self.h.update(repr(value.shape).encode())
         if value.flags.c_contiguous:
             self.h.update(memoryview(value).cast("B") if value.size else b"")
         else:
             self.h.update(value.tobytes())
 
     def _pickled(self, value: Any) -> None:
+        # One object is often the argument of many nodes: its digest is kept for the run
+        # (planning runs no user code but __reduce__, so it does not change meanwhile),
+        # when made outside any function's (where it would hold placeholders).
+        outside = not self.seen
+        if outside:  # (keyed apart from the same object's digest as a function)
+            kept = self.functions.get(~id(value))
+            if kept is not None and kept[0] is value:
+                self.h.update(kept[1])
+                return
         try:
-            data = pickle.dumps(value, protocol=5)
-        except Exception as exc:
+            out = io.BytesIO()
+            _CodePickler(out, self).dump(value)
+            data = out.getbuffer()
+        except Uncacheable:
+            raise
+        except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
+            _reraise_ctrl_c(exc)
             raise Uncacheable(
-                f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc})"
+                f"{type(value).__name__} cannot be hashed by value (it does not pickle: {exc!r})"
             ) from None
-        self.h.update(b"p" + _type_name(type(value)) + _pack_q(len(data)))
-        self.h.update(data)
+        h = hashlib.blake2b(
+            b"p" + _type_name(type(value)) + _pack_q(len(data)), digest_size=_DIGEST_SIZE
+        )
+        h.update(data)
+        digest = h.digest()
+        if outside:
+            self.functions[~id(value)] = (value, digest)
+        self.h.update(digest)
 
     # -- functions ---------------------------------------------------------------------
 
@@ -154,16 +187,37 @@ class _Hasher:
         if entry is not None and entry[0] is func:
             return entry[1]
         if id(func) in self.seen:  # a closure that refers to itself, or mutual recursion
+            self.cut.add(id(func))
             return b"<recursive>"
+        local = self.local
+        kept = local.get(id(func))
+        if kept is not None and kept[0] is func:
+            self.cut.update(kept[2])
+            return kept[1]
         self.seen.add(id(func))
+        cut = self.cut
+        outer = set(cut) if cut else None
+        cut.clear()
         try:
             sub = _Hasher(self.functions)
-            sub.seen = self.seen
+            sub.seen, sub.cut, sub.local = self.seen, cut, local
             sub._function(func)
             digest = sub.h.digest()
+            cut.discard(id(func))
+            # Met inside another function's hash, a function calling back into it has that
+            # one as a placeholder: the digest holds within the outermost one's only, so it
+            # is kept there (each function is expanded once: linear, not one expansion per
+            # path), not as its own. The outermost digest covers every function reachable.
+            if not cut or len(self.seen) == 1:  # (or the outermost: complete)
+                self.functions[id(func)] = (func, digest)
+            else:
+                local[id(func)] = (func, digest, frozenset(cut))
         finally:
             self.seen.discard(id(func))
-        self.functions[id(func)] = (func, digest)
+            if outer:
+                cut.update(outer)
+            if not self.seen:
+                local.clear()
         return digest
 
     def _function(self, func: Any) -> None:
@@ -203,6 +257,8 @@ class _Hasher:
         else:  # a callable instance: its class's code and its own state
             update(b"ob" + _type_name(type(func)))
             self._class_code(type(func))
+            if _wraps(func):  # functools.lru_cache and its kind pickle by name alone
+                self.feed(func.__wrapped__)
             self._pickled(func)
 
     def _globals(self, func: types.FunctionType) -> None:
@@ -226,7 +282,8 @@ class _Hasher:
                 continue
             try:
                 update(self._sub(value))
-            except Exception as exc:  # Uncacheable, or a __reduce__ that fails oddly
+            except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
+                _reraise_ctrl_c(exc)
                 update(b"<unhashable>")
                 log.debug(
                     "global %r of %s is left out of its key: %s",
@@ -236,13 +293,55 @@ class _Hasher:
                 )
 
     def _class_code(self, cls: type) -> None:
-        if cls.__module__ == "builtins":
-            return
-        for name, member in vars(cls).items():
-            if isinstance(member, (staticmethod, classmethod)):
-                member = member.__func__
-            if isinstance(member, types.FunctionType):
-                self.h.update(name.encode() + _code_digest(member.__code__))
+        """What a class's instances compute with: over its bases too, its methods (and
+        properties) by their code (not the globals they read) and its constants (numbers,
+        strings, tuples of them) by value. Dunders aside, and mutable attributes, which
+        hold state (a registry, a counter), not a value results depend on; one that
+        cannot be hashed is left out, as a global would be."""
+        update = self.h.update
+        for klass in cls.__mro__:
+            if klass.__module__ == "builtins":
+                continue
+            update(b"K" + _type_name(klass))
+            for name, member in vars(klass).items():
+                if isinstance(member, (staticmethod, classmethod)):
+                    member = member.__func__
+                if isinstance(member, property):
+                    update(b"p" + name.encode() + b"\0")
+                    for f in (member.fget, member.fset, member.fdel):
+                        if isinstance(f, types.FunctionType):
+                            update(_code_digest(f.__code__))
+                elif isinstance(member, types.FunctionType):
+                    # By its code only: through the globals of every method, an instance
+                    # of a library's class would hash much of the library.
+                    update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
+                elif not (name.startswith("__") and name.endswith("__")) and _constant(member):
+                    update(b"a" + name.encode() + b"\0")
+                    try:
+                        update(self._sub(member))
+                    except BaseException as exc:  # Uncacheable, or a __reduce__ failing oddly
+                        _reraise_ctrl_c(exc)
+                        update(b"<unhashable>")
+
+
+class _CodePickler(pickle.Pickler):
+    """Pickles a value for its digest with the functions and classes in it by their code
+    (a plain pickle names them only, so editing a method of an argument's class, or a
+    function an argument holds, would keep the key), and its sets by their items' digests
+    in sorted order (a plain pickle follows the set's iteration order, which differs
+    between processes: the key would never be found again)."""
+
+    def __init__(self, file: Any, hasher: _Hasher) -> None:
+        super().__init__(file, protocol=5)
+        self.hasher = hasher
+
+    def persistent_id(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is types.FunctionType or (isinstance(obj, type) and obj.__module__ != "builtins"):
+            return self.hasher.function(obj)
+        if cls is set or cls is frozenset:
+            return self.hasher._sub(obj)
+        return None
 
 
 _global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
@@ -264,6 +363,17 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     return found
 
 
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes, type)
+
+
+def _constant(value: Any) -> bool:
+    """Is a class attribute a constant: a number, a string, a class, or a tuple or
+    frozenset of constants?"""
+    if isinstance(value, (tuple, frozenset)):
+        return all(_constant(item) for item in value)
+    return isinstance(value, _CONSTANT_TYPES)
+
+
 def _is_ndarray(value: Any) -> bool:
     cls = type(value)
     return cls.__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "shape")
@@ -280,6 +390,14 @@ def _is_function_like(value: Any) -> bool:
             functools.partial,
         ),
     )
+
+
+def _wraps(value: Any) -> bool:
+    """Does ``value`` wrap a function (``functools.lru_cache``, ``functools.wraps``)?"""
+    try:
+        return isinstance(getattr(value, "__wrapped__", None), types.FunctionType)
+    except Exception:  # a __getattr__ that fails: wraps nothing we can see
+        return False
 
 
 def _name_of(func: Any) -> bytes:
@@ -373,5 +491,6 @@ def _guarded(step: Callable[[Any], Any], value: Any) -> Any:
         raise
     except RecursionError:
         raise Uncacheable("a value nested too deeply (or containing itself)") from None
-    except Exception as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
+    except BaseException as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
+        _reraise_ctrl_c(exc)
         raise Uncacheable(f"hashing it raised {type(exc).__name__}: {exc}") from None

@@ -277,6 +277,7 @@ class Executor:
         the ended run stored is a hit now) and start a new run."""
         plan = plan.replanned(run.stale_hits)
         new = self._new_run(plan, observers, run.throw)
+        new.recovery.carry_over(run.table, plan.graph._index)
         if observers.run_replanned is not None:
             observers.run_replanned(graph=plan.graph, executor=self)
         return plan, new

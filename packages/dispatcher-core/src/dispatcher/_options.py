@@ -7,7 +7,7 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["NO_LIMIT", "Options", "check_timeout"]
+__all__ = ["NO_LIMIT", "Options", "check_timeout", "task_timeout"]
 
 NO_LIMIT = math.inf
 """A timeout of ``math.inf``: no limit. A node given it runs unlimited whatever the
@@ -87,3 +87,10 @@ class Options:
         self.retries = retries
         self.retry_on = _check_retry_on(retry_on)
         self.timeout = None if seconds == NO_LIMIT else seconds
+
+
+def task_timeout(own: float | None, default: float | None) -> float | None:
+    """A task's timeout: its node's own (``op(f, timeout=...)``), else the run's; ``None``
+    for none, ``op(f, timeout=math.inf)`` included, whatever the run's."""
+    timeout = own if own is not None else default
+    return None if timeout == NO_LIMIT else timeout

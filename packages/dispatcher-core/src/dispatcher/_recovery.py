@@ -11,7 +11,7 @@ in :attr:`Recovery.fatal`, for the run to act on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import (
@@ -87,6 +87,22 @@ class Recovery:
                 self._fail(p, CALLER, error, note=False)
                 if self.fatal is not None:
                     return
+
+    def carry_over(self, before: TaskTable, index: Mapping[DispatchNode, int]) -> None:
+        """This run goes on from ``before``, a plan of it that ended to be planned again
+        (a cache entry could not be read): what failed there for good fails here at once,
+        without running again or being told twice (``index``: this run's positions)."""
+        hook, self._failed_hook = self._failed_hook, None
+        try:
+            state = self.table.state
+            for p, error in before.errors.items():
+                if isinstance(error, DependencyError):
+                    continue  # skipped again below, by the failure that caused it
+                q = index.get(before.nodes[p])
+                if q is not None and state[q] not in TERMINAL:
+                    self._fail(q, CALLER, error, note=False)
+        finally:
+            self._failed_hook = hook
 
     def _retry(
         self, p: int, worker: str, error: BaseException, duration: float | None = None

@@ -49,7 +49,7 @@ from ._driver import (
 )
 from ._hot_loop import call_ready_in_caller
 from ._nodes import DispatchNode
-from ._options import NO_LIMIT, Options
+from ._options import Options, task_timeout
 from ._placement import Placement
 from ._recovery import Recovery
 from ._starts import (
@@ -349,14 +349,14 @@ class Run:
         else:
             keys, sources, shipped, last_use = (), None, None, ()
         table.attempts[p] += 1
-        timeout = node._timeout if node._timeout is not None else table.timeout
-        if timeout == NO_LIMIT:  # op(f, timeout=math.inf): unlimited, whatever the default
-            timeout = None
+        timeout = task_timeout(node._timeout, table.timeout)
         func, args, kwargs, shape = node._func, node._args, node._kwargs, node._shape
         if self._cache_calls is not None:
             call = self._cache_calls.get(p)
             if call is not None:
                 func, args, kwargs, shape = call
+                if p in self.hits:  # type: ignore[operator]
+                    timeout = None  # (the timeout bounds the function, which a hit skips)
         spec = TaskSpec(
             base + p,
             node,
