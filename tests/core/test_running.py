@@ -172,20 +172,26 @@ def test_a_run_leaves_nothing_for_the_garbage_collector(
     executor: str, options: dict[str, int]
 ) -> None:
     # The state of a run (per-node arrays, the graph) is freed as soon as the run ends,
-    # not when the cycle collector next passes: nothing of it may sit in a cycle.
+    # not when the cycle collector next passes: nothing of it may sit in a cycle. What
+    # else of the process turns to garbage meanwhile (a thread of an earlier test ending,
+    # on a loaded machine) is not the run's, and not there every time: three tries.
+    found = []
     with get_executor(executor, **options) as ex:
         ex.run(Op(tasks.inc, 1))
-        node = Op(tasks.inc, 0)
-        for _ in range(100):
-            node = Op(tasks.inc, node)
-        gc.collect()
-        gc.disable()
-        try:
-            assert ex.run(node) == 101
-            found = gc.collect()
-        finally:
-            gc.enable()
-    assert found == 0
+        for _ in range(3):
+            node = Op(tasks.inc, 0)
+            for _ in range(100):
+                node = Op(tasks.inc, node)
+            gc.collect()
+            gc.disable()
+            try:
+                assert ex.run(node) == 101
+                found.append(gc.collect())
+            finally:
+                gc.enable()
+            if found[-1] == 0:
+                break
+    assert found[-1] == 0, f"objects left in cycles by each run: {found}"
 
 
 def test_targets_nest_like_arguments() -> None:
