@@ -53,6 +53,7 @@ from ._completions import Completions
 from ._deadlines import Deadlines
 from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
+from ._order import rank
 from ._outbox import Outbox
 from ._quiet import QuietFailures, plugin_name
 from ._task import pack, run_task, run_tasks
@@ -75,6 +76,7 @@ _ANNOUNCE_SECONDS = 5.0
 # The scheduler's topics watched: workers arriving and leaving ("all"), and workers it
 # gave up on for their silence ("scheduler").
 _CLUSTER_TOPICS = ("all", "scheduler")
+_CLUSTER_ACTIONS = frozenset(("add-worker", "worker-ttl-timed-out", "remove-worker"))
 
 # How long a worker of a cluster that is not ours may take to drop the plugin at close.
 _UNREGISTER_SECONDS = 5.0
@@ -113,8 +115,7 @@ class DaskTransport(Completions, GivingUp, Transport):
         self._token = token = uuid.uuid4().hex[:8]
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._start_topic = f"dispatcher-started-{token}"
-        self._serial = itertools.count()
-        self._sent = itertools.count(1)  # tasks sent so far: their order on their workers
+        self._serial = itertools.count(1)  # dask tasks made so far: see _rank
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}  # address -> slots
         self._nthreads: dict[str, int] = {}
@@ -232,11 +233,7 @@ class DaskTransport(Completions, GivingUp, Transport):
             made.append((members, task.key, reads, fused))
             for i, spec in enumerate(members):
                 batch[spec.key] = (task.key, i if fused else None)
-            # A worker runs what it is sent in the order it was sent, as dispatcher
-            # placed it (dask's own ordering of a graph might put a long task before a
-            # short one sent earlier); on a shared worker, other clients' work, of
-            # priority 0, goes first.
-            order[task.key] = -next(self._sent)
+            order[task.key] = -rank(task)
         if not made:
             return
         addresses = self._names.address
@@ -498,9 +495,8 @@ class DaskTransport(Completions, GivingUp, Transport):
     def _watch(self, client: Client) -> dict[str, int]:
         """On the control thread: subscribe to the cluster's events, then take its
         workers (events that arrive meanwhile wait behind this call)."""
-        control = self._control
         for topic in _CLUSTER_TOPICS:
-            client.subscribe_topic(topic, lambda event: control.submit(self._on_cluster, event[1]))
+            client.subscribe_topic(topic, self._on_cluster_event)
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
         client.subscribe_topic(self._start_topic, self._on_started)
@@ -518,6 +514,13 @@ class DaskTransport(Completions, GivingUp, Transport):
                 self._workers[address] = self._slots(address)
                 self._names.add(address, worker.get("host"))
             return {self._names.of[address]: slots for address, slots in self._workers.items()}
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        # On dask's event loop: only the events handled go to the control thread (the
+        # scheduler's topic also carries one per graph sent, and "all" one per gather).
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("action") in _CLUSTER_ACTIONS:
+            self._control.submit(self._on_cluster, msg)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
