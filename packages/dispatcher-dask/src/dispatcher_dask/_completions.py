@@ -10,8 +10,11 @@ its records.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import WorkerLostError
@@ -19,7 +22,7 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import EventSink, Key, TaskSpec
 
 from ._cluster import gather
-from ._giving_up import Pending
+from ._giving_up import Pending, log
 from ._outcome import left_pickled, restored
 from ._task import Shipped, TaskFailure
 
@@ -54,11 +57,40 @@ class Completions:
     _to_gather: list[Pending]
     _fusing: Fusing
     _mean_run: float
+    _watching: set[asyncio.Future[None]]
 
     if TYPE_CHECKING:
 
         @property
         def client(self) -> Client: ...
+
+    def _when_settled(self, settled: Sequence[tuple[Future, Callable[[Future], None]]]) -> None:
+        """Call each callback with its future once that settles: on dask's event loop if
+        it finished (reporting it there is quick), else on dask's callback thread (reading
+        an error blocks). dask's own ``add_done_callback`` hands every future to that
+        thread, a thread switch per task that the caller's process pays, where a local
+        cluster's scheduler runs too."""
+        self.client.loop.add_callback(self._when_settled_on_loop, settled)
+
+    def _when_settled_on_loop(
+        self, settled: Sequence[tuple[Future, Callable[[Future], None]]]
+    ) -> None:
+        from distributed.client import done_callback
+
+        watching = self._watching
+        for future, callback in settled:
+            task = asyncio.ensure_future(done_callback(future, partial(self._settled, callback)))
+            watching.add(task)  # (the loop keeps only a weak reference to a task)
+            task.add_done_callback(watching.discard)
+
+    def _settled(self, callback: Callable[[Future], None], future: Future) -> None:
+        if future.status != "finished":
+            future.add_done_callback(callback)
+            return
+        try:
+            callback(future)
+        except Exception:  # as dask's callback thread does with what escapes a callback
+            log.exception("reporting the dask task %s failed", future.key)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.

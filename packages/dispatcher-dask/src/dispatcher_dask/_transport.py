@@ -27,6 +27,7 @@ transport does about such tasks, and about those past their timeout, is in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import pickle
@@ -145,6 +146,7 @@ class DaskTransport(Completions, GivingUp, Transport):
         # Values the caller wants travel in batches: one gather while the next fills.
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[Pending] = []
+        self._watching: set[asyncio.Future[None]] = set()  # see Completions._when_settled
         self._closed = False
         self._mean_run = 0.0  # seconds, of the tasks reported lately (moving average)
         self._outbox = Outbox(self._send, self._not_sent, self._send_interval)
@@ -308,8 +310,8 @@ class DaskTransport(Completions, GivingUp, Transport):
                             released.append(self._futures.pop(k))
                             self._index.pop(k, None)
                             del self._made[k]
-        for future, callback in callbacks:
-            future.add_done_callback(callback)
+        if callbacks:
+            self._when_settled(callbacks)
         for old in released:
             old.release()
 
