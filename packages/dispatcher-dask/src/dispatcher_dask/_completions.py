@@ -58,6 +58,9 @@ class Completions:
     _fusing: Fusing
     _mean_run: float
     _watching: set[asyncio.Future[None]]
+    _release_made: set[Key]
+    """Results still being made whose last reader was sent to their worker: released once
+    reported made, as dask then keeps them only while that reader needs them."""
 
     if TYPE_CHECKING:
 
@@ -89,7 +92,7 @@ class Completions:
             return
         try:
             callback(future)
-        except Exception:  # as dask's callback thread does with what escapes a callback
+        except BaseException:  # as dask's callback thread does; nothing may end its loop
             log.exception("reporting the dask task %s failed", future.key)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
@@ -119,6 +122,7 @@ class Completions:
         status = future.status
         gather = False
         carried = None  # the wanted value, if it came with the task's report
+        release = None
         with self._lock:
             key = self._keys.get(future.key)
             pending = None if key is None else self._pending.get(key)
@@ -134,6 +138,15 @@ class Completions:
             else:
                 del self._pending[key]
                 del self._keys[future.key]
+            if key in self._release_made:
+                self._release_made.discard(key)
+                wanted = pending.spec.want_result
+                if status == "finished" and not wanted and self._futures.get(key) is future:
+                    # Its last reader, on its worker, was sent: dask keeps it for that
+                    # reader alone (a chain sent ahead holds no more than its last links).
+                    del self._futures[key]
+                    del self._made[key]
+                    release = future
         if gather:
             self._gatherer.submit(self._gather)
         events = self._events
@@ -146,6 +159,8 @@ class Completions:
             elif not spec.want_result:
                 duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
                 events.task_finished(key, spec.worker, duration, nbytes)
+            if release is not None:
+                release.release()
             return
         self._unfinished(pending, future, status)
 
@@ -277,3 +292,18 @@ class Completions:
                 del self._made[key]
                 self._index.pop(key, None)
         future.release()
+
+    def _forget(self, key: Key) -> None:
+        """Drop every record of ``key``; the caller holds the lock."""
+        future = self._futures.pop(key, None)
+        self._made.pop(key, None)
+        self._release_made.discard(key)
+        self._stats.pop(key, None)
+        self._index.pop(key, None)
+        self._member_stats.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._deadlines.discard(pending)
+            self._keys.pop(pending.future.key, None)
+        elif future is not None:
+            self._keys.pop(future.key, None)

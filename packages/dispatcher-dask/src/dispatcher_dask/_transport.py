@@ -147,6 +147,7 @@ class DaskTransport(Completions, GivingUp, Transport):
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[Pending] = []
         self._watching: set[asyncio.Future[None]] = set()  # see Completions._when_settled
+        self._release_made: set[Key] = set()  # see Completions._done
         self._closed = False
         self._mean_run = 0.0  # seconds, of the tasks reported lately (moving average)
         self._outbox = Outbox(self._send, self._not_sent, self._send_interval)
@@ -306,10 +307,14 @@ class DaskTransport(Completions, GivingUp, Transport):
                     # still being made is released once reported, by ``free``).
                     for k in spec.last_use:
                         maker = self._made.get(k)
-                        if maker is not None and maker.worker == spec.worker and k not in pending:
+                        if maker is None or maker.worker != spec.worker:
+                            continue
+                        if k not in pending:
                             released.append(self._futures.pop(k))
                             self._index.pop(k, None)
                             del self._made[k]
+                        elif k not in self._index:  # (a fused run's are freed as usual)
+                            self._release_made.add(k)  # once reported: see _done
         if callbacks:
             self._when_settled(callbacks)
         for old in released:
@@ -583,17 +588,3 @@ class DaskTransport(Completions, GivingUp, Transport):
             future.release()
         if self._cluster is not None:
             keep_workers(self._cluster, self.client.loop)
-
-    def _forget(self, key: Key) -> None:
-        """Drop every record of ``key``; the caller holds the lock."""
-        future = self._futures.pop(key, None)
-        self._made.pop(key, None)
-        self._stats.pop(key, None)
-        self._index.pop(key, None)
-        self._member_stats.pop(key, None)
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            self._deadlines.discard(pending)
-            self._keys.pop(pending.future.key, None)
-        elif future is not None:
-            self._keys.pop(future.key, None)
