@@ -28,6 +28,14 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+def started_then_slept(seconds: float, *_: object) -> float:
+    """When this call started (the clock every process of one machine shares), after
+    sleeping ``seconds``."""
+    start = time.time()
+    time.sleep(seconds)
+    return start
+
+
 def forever(*_: object) -> None:
     """Never returns (a task dask cannot stop)."""
     threading.Event().wait()

@@ -10,8 +10,11 @@ its records.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import WorkerLostError
@@ -19,7 +22,7 @@ from dispatcher.remote import unpickling_error
 from dispatcher.transport import EventSink, Key, TaskSpec
 
 from ._cluster import gather
-from ._giving_up import Pending
+from ._giving_up import Pending, log
 from ._outcome import left_pickled, restored
 from ._task import Shipped, TaskFailure
 
@@ -54,11 +57,43 @@ class Completions:
     _to_gather: list[Pending]
     _fusing: Fusing
     _mean_run: float
+    _watching: set[asyncio.Future[None]]
+    _release_made: set[Key]
+    """Results still being made whose last reader was sent to their worker: released once
+    reported made, as dask then keeps them only while that reader needs them."""
 
     if TYPE_CHECKING:
 
         @property
         def client(self) -> Client: ...
+
+    def _when_settled(self, settled: Sequence[tuple[Future, Callable[[Future], None]]]) -> None:
+        """Call each callback with its future once that settles: on dask's event loop if
+        it finished (reporting it there is quick), else on dask's callback thread (reading
+        an error blocks). dask's own ``add_done_callback`` hands every future to that
+        thread, a thread switch per task that the caller's process pays, where a local
+        cluster's scheduler runs too."""
+        self.client.loop.add_callback(self._when_settled_on_loop, settled)
+
+    def _when_settled_on_loop(
+        self, settled: Sequence[tuple[Future, Callable[[Future], None]]]
+    ) -> None:
+        from distributed.client import done_callback
+
+        watching = self._watching
+        for future, callback in settled:
+            task = asyncio.ensure_future(done_callback(future, partial(self._settled, callback)))
+            watching.add(task)  # (the loop keeps only a weak reference to a task)
+            task.add_done_callback(watching.discard)
+
+    def _settled(self, callback: Callable[[Future], None], future: Future) -> None:
+        if future.status != "finished":
+            future.add_done_callback(callback)
+            return
+        try:
+            callback(future)
+        except BaseException:  # as dask's callback thread does; nothing may end its loop
+            log.exception("reporting the dask task %s failed", future.key)
 
     def _on_stats(self, event: tuple[float, Any]) -> None:
         # On dask's event loop: keep it short.
@@ -87,6 +122,7 @@ class Completions:
         status = future.status
         gather = False
         carried = None  # the wanted value, if it came with the task's report
+        release = None
         with self._lock:
             key = self._keys.get(future.key)
             pending = None if key is None else self._pending.get(key)
@@ -102,6 +138,15 @@ class Completions:
             else:
                 del self._pending[key]
                 del self._keys[future.key]
+            if key in self._release_made:
+                self._release_made.discard(key)
+                wanted = pending.spec.want_result
+                if status == "finished" and not wanted and self._futures.get(key) is future:
+                    # Its last reader, on its worker, was sent: dask keeps it for that
+                    # reader alone (a chain sent ahead holds no more than its last links).
+                    del self._futures[key]
+                    del self._made[key]
+                    release = future
         if gather:
             self._gatherer.submit(self._gather)
         events = self._events
@@ -114,6 +159,8 @@ class Completions:
             elif not spec.want_result:
                 duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
                 events.task_finished(key, spec.worker, duration, nbytes)
+            if release is not None:
+                release.release()
             return
         self._unfinished(pending, future, status)
 
@@ -245,3 +292,18 @@ class Completions:
                 del self._made[key]
                 self._index.pop(key, None)
         future.release()
+
+    def _forget(self, key: Key) -> None:
+        """Drop every record of ``key``; the caller holds the lock."""
+        future = self._futures.pop(key, None)
+        self._made.pop(key, None)
+        self._release_made.discard(key)
+        self._stats.pop(key, None)
+        self._index.pop(key, None)
+        self._member_stats.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._deadlines.discard(pending)
+            self._keys.pop(pending.future.key, None)
+        elif future is not None:
+            self._keys.pop(future.key, None)

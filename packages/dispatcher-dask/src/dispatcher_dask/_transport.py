@@ -27,6 +27,7 @@ transport does about such tasks, and about those past their timeout, is in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import pickle
@@ -53,6 +54,7 @@ from ._completions import Completions
 from ._deadlines import Deadlines
 from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
+from ._order import rank
 from ._outbox import Outbox
 from ._quiet import QuietFailures, plugin_name
 from ._task import pack, run_task, run_tasks
@@ -75,6 +77,7 @@ _ANNOUNCE_SECONDS = 5.0
 # The scheduler's topics watched: workers arriving and leaving ("all"), and workers it
 # gave up on for their silence ("scheduler").
 _CLUSTER_TOPICS = ("all", "scheduler")
+_CLUSTER_ACTIONS = frozenset(("add-worker", "worker-ttl-timed-out", "remove-worker"))
 
 # How long a worker of a cluster that is not ours may take to drop the plugin at close.
 _UNREGISTER_SECONDS = 5.0
@@ -113,8 +116,7 @@ class DaskTransport(Completions, GivingUp, Transport):
         self._token = token = uuid.uuid4().hex[:8]
         self._stats_topic = f"dispatcher-stats-{token}" if stats else None
         self._start_topic = f"dispatcher-started-{token}"
-        self._serial = itertools.count()
-        self._sent = itertools.count(1)  # tasks sent so far: their order on their workers
+        self._serial = itertools.count(1)  # dask tasks made so far: see _rank
         self._lock = threading.Lock()
         self._workers: dict[str, int] = {}  # address -> slots
         self._nthreads: dict[str, int] = {}
@@ -144,6 +146,8 @@ class DaskTransport(Completions, GivingUp, Transport):
         # Values the caller wants travel in batches: one gather while the next fills.
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-dask-gather")
         self._to_gather: list[Pending] = []
+        self._watching: set[asyncio.Future[None]] = set()  # see Completions._when_settled
+        self._release_made: set[Key] = set()  # see Completions._done
         self._closed = False
         self._mean_run = 0.0  # seconds, of the tasks reported lately (moving average)
         self._outbox = Outbox(self._send, self._not_sent, self._send_interval)
@@ -232,11 +236,7 @@ class DaskTransport(Completions, GivingUp, Transport):
             made.append((members, task.key, reads, fused))
             for i, spec in enumerate(members):
                 batch[spec.key] = (task.key, i if fused else None)
-            # A worker runs what it is sent in the order it was sent, as dispatcher
-            # placed it (dask's own ordering of a graph might put a long task before a
-            # short one sent earlier); on a shared worker, other clients' work, of
-            # priority 0, goes first.
-            order[task.key] = -next(self._sent)
+            order[task.key] = -rank(task)
         if not made:
             return
         addresses = self._names.address
@@ -307,12 +307,16 @@ class DaskTransport(Completions, GivingUp, Transport):
                     # still being made is released once reported, by ``free``).
                     for k in spec.last_use:
                         maker = self._made.get(k)
-                        if maker is not None and maker.worker == spec.worker and k not in pending:
+                        if maker is None or maker.worker != spec.worker:
+                            continue
+                        if k not in pending:
                             released.append(self._futures.pop(k))
                             self._index.pop(k, None)
                             del self._made[k]
-        for future, callback in callbacks:
-            future.add_done_callback(callback)
+                        elif k not in self._index:  # (a fused run's are freed as usual)
+                            self._release_made.add(k)  # once reported: see _done
+        if callbacks:
+            self._when_settled(callbacks)
         for old in released:
             old.release()
 
@@ -498,9 +502,8 @@ class DaskTransport(Completions, GivingUp, Transport):
     def _watch(self, client: Client) -> dict[str, int]:
         """On the control thread: subscribe to the cluster's events, then take its
         workers (events that arrive meanwhile wait behind this call)."""
-        control = self._control
         for topic in _CLUSTER_TOPICS:
-            client.subscribe_topic(topic, lambda event: control.submit(self._on_cluster, event[1]))
+            client.subscribe_topic(topic, self._on_cluster_event)
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
         client.subscribe_topic(self._start_topic, self._on_started)
@@ -518,6 +521,13 @@ class DaskTransport(Completions, GivingUp, Transport):
                 self._workers[address] = self._slots(address)
                 self._names.add(address, worker.get("host"))
             return {self._names.of[address]: slots for address, slots in self._workers.items()}
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        # On dask's event loop: only the events handled go to the control thread (the
+        # scheduler's topic also carries one per graph sent, and "all" one per gather).
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("action") in _CLUSTER_ACTIONS:
+            self._control.submit(self._on_cluster, msg)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
@@ -578,17 +588,3 @@ class DaskTransport(Completions, GivingUp, Transport):
             future.release()
         if self._cluster is not None:
             keep_workers(self._cluster, self.client.loop)
-
-    def _forget(self, key: Key) -> None:
-        """Drop every record of ``key``; the caller holds the lock."""
-        future = self._futures.pop(key, None)
-        self._made.pop(key, None)
-        self._stats.pop(key, None)
-        self._index.pop(key, None)
-        self._member_stats.pop(key, None)
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            self._deadlines.discard(pending)
-            self._keys.pop(pending.future.key, None)
-        elif future is not None:
-            self._keys.pop(future.key, None)
