@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import pytest
 
 from dispatcher import CollectNode, DataNode, DependencyError, Op, WorkerLostError, hookimpl, op
-from dispatcher.testing import FakeTransport, Recorder, fake_executor, tasks
+from dispatcher.testing import FakeTransport, Recorder, _fake, fake_executor, tasks
 from dispatcher.transport import Capabilities, TaskSpec
 
 
@@ -381,9 +382,15 @@ def test_tiny_tasks_stay_with_their_data_and_long_ones_spread() -> None:
     assert len({where[f"long{i}"] for i in range(4)}) == 2
 
 
-def test_tiny_tasks_wait_for_room_where_their_data_is_rather_than_move() -> None:
+def test_tiny_tasks_wait_for_room_where_their_data_is_rather_than_move(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The worker holding the input has room for two tasks at a time; a move costs far
-    # more than waiting behind two tiny tasks, so the other worker gets none.
+    # more than waiting behind two tiny tasks, so the other worker gets none. (Each call
+    # takes 1 µs by the transport's clock: on a loaded machine, one preempted call
+    # measured by the real clock is no longer tiny.)
+    clock = itertools.count()
+    monkeypatch.setattr(_fake, "perf_counter", lambda: next(clock) * 1e-6)
     transport = FakeTransport(workers=2, slots=2)
     source = op(tasks.inc, label="source")(0)
     tiny = [op(tasks.add, label=f"tiny{i}")(source, i) for i in range(8)]
