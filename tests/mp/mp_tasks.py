@@ -188,3 +188,7 @@ def logged_sleep(log: str, name: str, seconds: float, value: Any) -> Any:
     logged(log, name, None)
     time.sleep(seconds)
     return value
+
+
+def refuse_number(x: int) -> int:
+    raise ValueError(f"bad {x}")
