@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from kit_runner import Recording, spec
 
 from dispatcher import RemoteError, SerializationError
 from dispatcher.remote import (
@@ -24,45 +25,14 @@ from dispatcher.remote import (
     RunEnded,
     Started,
     Stop,
-    TaskRunner,
     capture_error,
     dumps,
-    from_wire,
     restore_error,
     task_record,
-    to_wire,
 )
-from dispatcher.transport import KEY_BITS, SHAPE_CALL, SHAPE_POSITIONAL, TaskSpec
+from dispatcher.transport import KEY_BITS, SHAPE_POSITIONAL, TaskSpec
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def spec(key: int, func: Any, *args: Any, worker: str = "w", **options: Any) -> TaskSpec:
-    return TaskSpec(
-        key,
-        f"task-{key}",
-        func,
-        args,
-        None,
-        options.pop("shape", SHAPE_CALL),
-        options.pop("deps", ()),
-        None,
-        None,
-        worker,
-        options.pop("timeout", None),
-        options.pop("want_result", True),
-        1,
-    )
-
-
-class Recording(TaskRunner):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[Any] = []
-
-    def send(self, message: Any) -> None:
-        # Through a pickle, as on a real wire.
-        self.sent.append(from_wire(pickle.loads(pickle.dumps(to_wire(message), protocol=5))))
 
 
 def run_tasks(specs: list[TaskSpec], report_at_half: bool = False) -> Recording:
