@@ -52,6 +52,7 @@ from ._nodes import DispatchNode
 from ._options import Options, task_timeout
 from ._placement import Placement
 from ._recovery import Recovery
+from ._stale_hits import hit_unreadable, read_hit_in_caller
 from ._starts import (
     announce,
     announce_at_own_report,
@@ -290,7 +291,7 @@ class Run:
                     continue
             elif self._hits_in_caller and p in self.hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
-                _read_hit_in_caller(self, ready.pop())
+                read_hit_in_caller(self, ready.pop())
                 progressed = True
                 if self.stale_hits:
                     break
@@ -523,55 +524,6 @@ def _ask_back(run: Run, stealing: Stealing) -> None:
             run.transport.take_back(worker, [run.base + p for p in positions])
 
 
-def _read_hit_in_caller(run: Run, p: int) -> None:
-    """Read hit ``p``'s value from the cache in this thread and settle it."""
-    from ._cache import CacheEntryError
-
-    func, args, _, _ = run._cache_calls[p]  # type: ignore[index]
-    table = run.table
-    try:
-        value = func(*args)
-    except CacheEntryError:
-        run.stale_hits.append(run._cache_keys[p])
-        return
-    table.state[p] = DONE
-    table.caller_values[p] = value
-    if table.wanted[p]:
-        table.results[p] = value
-    if run._cached_hook is not None:
-        run._cached_hook(node=table.nodes[p], worker=CALLER)
-    table.settle(p)
-
-
-def _unreadable_entry(error: BaseException) -> bool:
-    from ._cache import CacheEntryError
-
-    return isinstance(error, CacheEntryError)
-
-
-def _cancel_sent_ahead_of(run: Run, p: int) -> None:
-    """``p`` will not be made in this run (it ends, to be planned again): cancel the tasks
-    sent ahead to wait for it, and theirs in turn, which would wait for ever."""
-    table, load = run.table, run.placement.load
-    state, inflight, dependents = table.state, table.inflight, table.dependents
-    cancelled: list[TaskSpec] = []
-    stack = list(dependents[p])
-    while stack:
-        j = stack.pop()
-        spec = inflight.get(j)
-        if spec is not None and state[j] == RUNNING and table.waiting[j]:
-            del inflight[j]
-            load[spec.worker] -= 1
-            state[j] = WAITING
-            cancelled.append(spec)
-            stack.extend(dependents[j])
-    if cancelled:
-        never_started(run, cancelled)
-        assert run.transport is not None
-        with contextlib.suppress(Exception):  # best effort: their reports are ignored
-            run.transport.cancel(cancelled)
-
-
 def _load_result(
     run: Run, p: int, worker: str, spec: TaskSpec, value: Unloaded, duration: float
 ) -> tuple[bool, Any]:
@@ -593,8 +545,5 @@ def _failed(run: Run, p: int, worker: str, error: BaseException, duration: float
     """Task ``p`` failed: retried, failed for good, or (an unreadable hit) planned again."""
     if run.unannounced:
         announce_at_own_report(run, p, worker)
-    if run.hits is not None and p in run.hits and _unreadable_entry(error):
-        run.stale_hits.append(run._cache_keys[p])
-        _cancel_sent_ahead_of(run, p)
-        return
-    run.recovery.task_failed(p, worker, error, duration)
+    if run.hits is None or not hit_unreadable(run, p, error):
+        run.recovery.task_failed(p, worker, error, duration)
