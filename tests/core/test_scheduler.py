@@ -349,6 +349,17 @@ def test_inputs_used_last_are_dropped_on_the_worker_at_once() -> None:
     assert watch.most <= 2
 
 
+def test_inputs_a_worker_dropped_itself_are_not_freed_there_again() -> None:
+    # Each link read its input last: its worker dropped it on reading it, so telling the
+    # worker to free it too would be a message per batch for nothing.
+    transport = FakeTransport(workers=1)
+    links = _chain(20)
+    with fake_executor(transport) as ex:
+        assert ex.run(links[-1]) == 20
+    assert transport.held() == 0
+    assert len(transport.freed) == 1  # only the target, once delivered
+
+
 def test_long_tasks_get_short_queues_and_tiny_ones_long_queues() -> None:
     sleepy = [op(tasks.sleep_then, label=f"nap{i}")(0.004, i) for i in range(6)]
     transport = FakeTransport(workers=1, slots=17)

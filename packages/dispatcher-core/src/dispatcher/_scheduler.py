@@ -110,7 +110,7 @@ def _on_finished(
             run._cached_hook(node=table.nodes[p], worker=worker)
     elif run._finished_hook is not None:
         run._finished_hook(node=table.nodes[p], worker=worker, duration=duration, nbytes=nbytes)
-    table.settle(p)
+    table.settle(p, worker, spec.last_use)
     if unannounced:
         announce_inputs_made(run, table.dependents[p])
 

@@ -116,11 +116,22 @@ class TaskTable:
 
     # -- the settle rule -----------------------------------------------------------------
 
-    def settle(self, p: int) -> None:
+    def settle(self, p: int, worker: str = CALLER, dropped: Sequence[Key] = ()) -> None:
         """``p`` has its result: release the inputs it used last, wake its dependents, and
-        release its result at once if nothing needs it."""
+        release its result at once if nothing needs it. ``dropped``: inputs ``worker``
+        dropped itself once ``p`` had read them (its ``last_use``), which are then not to
+        be freed there: a message per batch that would only repeat it. (Only while ``p``
+        is their last reader: one that reads them since finds them gone, and the run
+        recovers them, as before.)"""
         self.remaining -= 1
         needed, release = self.needed, self.release
+        if dropped:
+            base, holders = self.base, self.holders
+            for key in dropped:
+                d = key - base
+                where = holders[d]
+                if where is not None and needed[d] == 1 and worker in where:
+                    holders[d] = where - {worker} or None
         for d in self.deps[p]:  # consume_inputs(p), written out: once per reported task
             needed[d] -= 1
             if needed[d] == 0:
