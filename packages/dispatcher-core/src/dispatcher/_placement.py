@@ -43,11 +43,6 @@ SIBLING_PULL = 1.5
 SMOOTHING = 0.05
 
 
-def _running_mean(mean: float | None, sample: float) -> float:
-    """An exponential moving average (see :data:`SMOOTHING`)."""
-    return sample if mean is None else mean + (sample - mean) * SMOOTHING
-
-
 def _queue_for(duration: float) -> int:
     """How many tasks of ``duration`` an in-order worker keeps queued behind its running
     one: about :data:`QUEUED_SECONDS` of them, at least one."""
@@ -135,8 +130,9 @@ class Placement:
         """Fold a finished task's duration (and result size, if known) into the running
         means, its function's and all tasks'; resize the queues when the mean duration
         moved much."""
-        # (_running_mean, written out: once per reported task.)
-        kind = function_kind(func)
+        # Exponential moving averages (see SMOOTHING), and function_kind's answer for a
+        # function, written out: once per reported task.
+        kind = getattr(func, "__code__", None) or function_kind(func)
         durations = self.durations
         known = durations.get(kind)
         durations[kind] = duration if known is None else known + (duration - known) * SMOOTHING
@@ -144,7 +140,10 @@ class Placement:
         mean = duration if mean is None else mean + (duration - mean) * SMOOTHING
         self.mean_duration = mean
         if nbytes is not None:
-            self.mean_nbytes = _running_mean(self.mean_nbytes, nbytes)
+            mean_nbytes = self.mean_nbytes
+            self.mean_nbytes = (
+                nbytes if mean_nbytes is None else mean_nbytes + (nbytes - mean_nbytes) * SMOOTHING
+            )
         if not self.in_order or self._steady[0] < mean <= self._steady[1]:
             return
         queued = _queue_for(mean)
@@ -213,7 +212,8 @@ class Placement:
         finished, the longer of :data:`UNKNOWN_DURATION` and all tasks' mean, and no
         deeper a queue on in-order workers than such a duration allows: tasks of a new
         function may be long after thousands of tiny ones."""
-        mean = self.durations.get(function_kind(self.table.nodes[p]._func))
+        func = self.table.nodes[p]._func
+        mean = self.durations.get(getattr(func, "__code__", None) or function_kind(func))
         if mean is not None:
             return mean, self.room
         overall = self.mean_duration
@@ -275,8 +275,9 @@ class Placement:
         if not self.spread:
             moving = pull if pulled else 0.0
             link = self.links.within.link
+            latency, bandwidth = link.latency, link.bandwidth
             for where, size in weighed:
-                cost = link.seconds(size)
+                cost = latency + size / bandwidth  # (Link.seconds, written out)
                 moving += cost
                 for w in where:
                     near[w] = near.get(w, 0.0) + cost
@@ -340,6 +341,12 @@ class Placement:
                 worker = spec.worker
             elif state[d] != DONE:
                 return None
-        if worker is None or self.load[worker] >= self.expected(p)[1][worker]:
+        if worker is None:
             return None
-        return worker
+        # (expected's room, written out for a function already timed: once per task.)
+        func = table.nodes[p]._func
+        if (getattr(func, "__code__", None) or function_kind(func)) in self.durations:
+            room = self.room
+        else:
+            room = self.expected(p)[1]
+        return worker if self.load[worker] < room[worker] else None

@@ -350,7 +350,7 @@ class Run:
         else:
             keys, sources, shipped, last_use = (), None, None, ()
         table.attempts[p] += 1
-        timeout = task_timeout(node._timeout, table.timeout)
+        timeout = table.timeout if node._timeout is None else task_timeout(node._timeout, None)
         func, args, kwargs, shape = node._func, node._args, node._kwargs, node._shape
         if self._cache_calls is not None:
             call = self._cache_calls.get(p)

@@ -131,9 +131,11 @@ def packs_arguments(spec: TaskSpec) -> bool:
     if spec.kwargs:
         return True
     args = spec.args
-    # Once per task: C-level, not all() over a generator.
+    # Once per task: C-level, not all() over a generator (nor any() without a string).
     if not _PLAIN.issuperset(map(type, args)):
         return True
+    if str not in map(type, args):
+        return False
     return any(type(arg) is str and len(arg) >= _LONG_STR for arg in args)
 
 
