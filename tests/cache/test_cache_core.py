@@ -170,3 +170,49 @@ def test_a_hit_is_not_held_to_its_functions_timeout(
 
     monkeypatch.setattr(Store, "load", slow)
     assert run(op(inc, timeout=0.2)(1), executor=executor, cache=tmp_path, **options) == 2
+
+
+def flaky(x: int) -> int:
+    counters.calls.append(("flaky", x))
+    raise ValueError(f"flaky {x}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_a_run_planned_again_keeps_the_retry_budget_of_the_plan_before(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    """A node that failed and waits for a retry when a hit is found unreadable has only
+    what is left of its retries in the new plan: retries=1 is two calls in all."""
+    import warnings
+
+    from dispatcher import Cache, CacheWarning, DispatchGraph
+    from dispatcher._cache_plan import CachePlan
+
+    cache = Cache(tmp_path)
+
+    def targets() -> list[Any]:
+        # Made first, flaky runs (and fails) before the hit is read, on sync.
+        bad = op(flaky, label="flaky")(7)
+        return [bad, op(counted, label="top")(op(inc, label="mid")(op(inc, label="low")(1)))]
+
+    first = targets()[1]
+    run(first, executor="sync", cache=cache)
+    key = CachePlan(cache, DispatchGraph([first]), [first], {}).keys[0]
+    entry = Path(cache._entry_path(key))
+    entry.write_bytes(entry.read_bytes()[:-5])  # found truncated when it is read
+    counters.calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        bad, top = run(
+            targets(),
+            executor=executor,
+            cache=cache,
+            throw=False,
+            retries=1,
+            retry_on=ValueError,
+            **options,
+        )
+    assert top.value == 30
+    assert isinstance(bad.error, ValueError)
+    assert counters.calls.count(("flaky", 7)) == 2
