@@ -70,6 +70,24 @@ def big(n):
     import numpy as np
     _count("big")
     return np.arange(n, dtype=np.float64)
+
+class SlowToStore:
+    # A result that takes `seconds` to pickle, so to store (as a large result takes on
+    # a slow disk); its copies pickle at once.
+    def __init__(self, seconds):
+        self.seconds = seconds
+    def __reduce__(self):
+        import time
+        time.sleep(self.seconds)
+        return (SlowToStore, (0.0,))
+
+def quick(seconds):
+    _count("quick")
+    return SlowToStore(seconds)
+
+def done(x):
+    _count("done")
+    return "done"
 """
 
 
@@ -259,6 +277,22 @@ def large_hit_is_a_memory_map(p: Pipeline) -> None:
     assert second.flags.writeable  # copy on write
 
 
+def storing_is_not_held_to_the_timeout(p: Pipeline) -> None:
+    """A node's timeout bounds its function, not the store of its result: a result that
+    takes longer to store than the timeout is stored whole, and the node finishes."""
+    m = p.module
+
+    def graph() -> Any:
+        return op(m.done)(op(m.quick, timeout=0.5)(1.5))
+
+    assert p.run(graph()) == "done"
+    assert p.take_calls() == {"quick": 1, "done": 1}
+    info = Cache(p.cache).info()
+    assert (info.entries, info.partial) == (2, 0)
+    assert p.run(graph()) == "done"
+    assert p.take_calls() == {}
+
+
 SCENARIOS = [
     second_run_calls_nothing,
     editing_a_function_reruns_it_and_its_descendants,
@@ -268,4 +302,5 @@ SCENARIOS = [
     changed_closure_value_is_a_miss,
     uncached_nodes_always_run,
     large_hit_is_a_memory_map,
+    storing_is_not_held_to_the_timeout,
 ]

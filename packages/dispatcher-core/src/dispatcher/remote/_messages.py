@@ -38,6 +38,7 @@ __all__ = [
     "RunEnded",
     "Started",
     "Stop",
+    "Storing",
     "TakeBack",
     "TakenBack",
     "Task",
@@ -295,6 +296,16 @@ class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
+
+
+@message("storing")
+class Storing(NamedTuple):
+    """A timed task's function returned in time, and its result is being stored in the
+    run's cache: its deadline is now ``seconds`` from here, a bound on the store (the
+    timeout bounds the user's function, not our store)."""
+
+    key: Key
+    seconds: float
 
 
 @message("taken_back")

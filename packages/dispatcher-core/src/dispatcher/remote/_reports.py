@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..transport import Unloaded
 from ._errors import WireError, restore_error, unpickling_error
 from ._inflight import InFlight
-from ._messages import Done, Failed, Lost, Started, TakenBack
+from ._messages import Done, Failed, Lost, Started, Storing, TakenBack
 
 if TYPE_CHECKING:
     from ..transport import EventSink, Key, TaskSpec
@@ -73,7 +73,8 @@ class UnrestoredError(Unloaded):
 
 class Reports:
     """Hands :class:`Done`, :class:`Failed`, :class:`Started`, :class:`Lost` and
-    :class:`TakenBack` to the event sink. ``received(worker, key, result)`` turns a result
+    :class:`TakenBack` to the event sink; :class:`Storing` moves a deadline.
+    ``received(worker, key, result)`` turns a result
     as the backend sent it into what is reported: an
     :class:`~dispatcher.transport.Unloaded` (a :class:`Pickled`), the run's driver
     unpickling it; it runs on the transport's thread and so must not unpickle anything
@@ -99,6 +100,7 @@ class Reports:
             Done: self.done,
             Failed: self.failed,
             Started: self.started,
+            Storing: self.storing,
             Lost: self.lost,
             TakenBack: self.taken_back,
         }
@@ -171,6 +173,11 @@ class Reports:
     def started(self, worker: str, message: Started) -> None:
         """A timed task started on ``worker``: its deadline runs from now."""
         self.inflight.started(message.key, worker, time.monotonic())
+
+    def storing(self, worker: str, message: Storing) -> None:
+        """A timed task's function returned on ``worker``, its result being stored: its
+        deadline is now the store's bound."""
+        self.inflight.storing(message.key, worker, time.monotonic(), message.seconds)
 
     def lost(self, worker: str, message: Lost) -> None:
         """A task could not start on ``worker``: some of its inputs were not there."""

@@ -22,6 +22,7 @@ report that came after the run stopped listening.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from time import perf_counter
 from typing import Any, NamedTuple
 
 from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
+from .._cache_plan import function_returned, store_seconds, stores_result
 from .._template import call_task
 from ..transport import KEY_BITS
 from ._errors import WireError, capture_error, serialization_error, unpickling_error
@@ -46,6 +48,7 @@ from ._messages import (
     RunEnded,
     Started,
     Stop,
+    Storing,
     TakeBack,
     TakenBack,
     Task,
@@ -398,9 +401,12 @@ class TaskRunner:
             return
         if last_use:
             self.drop(last_use)  # nothing else reads them: do not wait to be told
+        storing = None
         if timed:
             self.flush()
             self.send(Started(key))
+            if stores_result(func):  # the caller's deadline stops when the function returns
+                storing = function_returned.set(functools.partial(self._storing, key))
         start = perf_counter()
         try:
             value = call_task(func, args, kwargs, shape, values)
@@ -409,6 +415,9 @@ class TaskRunner:
         except BaseException as exc:  # the task's own: it fails its node, never this loop
             self.fail(key, exc, perf_counter() - start)
             return
+        finally:
+            if storing is not None:
+                function_returned.reset(storing)
         duration = perf_counter() - start
         self.store[key] = value
         if want_result:
@@ -423,6 +432,13 @@ class TaskRunner:
         self.finished.append((key, duration, nbytes, result))
         if len(self.finished) + len(self.failed) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
+
+    def _storing(self, key: Key, value: Any) -> bool:
+        """Task ``key``'s function returned ``value``, which is stored now: the caller
+        stops its deadline, and bounds the store instead. (Stored even if the caller
+        gave up on the task meanwhile: it stops this process then.)"""
+        self.send(Storing(key, store_seconds(value)))
+        return True
 
     def _inputs(
         self, key: Key, deps: tuple[Key, ...], remote: Any, inline: dict[Key, Any] | None
