@@ -293,6 +293,22 @@ def storing_is_not_held_to_the_timeout(p: Pipeline) -> None:
     assert p.take_calls() == {}
 
 
+def stores_that_fail_are_warned_in_the_caller(p: Pipeline) -> None:
+    """A store that fails on a worker (a full disk, a directory it cannot write) is a
+    CacheWarning where the user runs the graph, naming the node; the run goes on."""
+    Path(p.cache).mkdir(parents=True, exist_ok=True)
+    (Path(p.cache) / "entries").write_text("where entries go: no directory can be made")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert p.run(p.graph()) == EXPECTED
+    said = [str(w.message) for w in seen if issubclass(w.category, CacheWarning)]
+    not_stored = [text for text in said if "not stored" in text]
+    assert len(not_stored) == 6, said
+    if p.executor in ("mp", "mpi"):
+        assert sum("node 'report'" in text for text in not_stored) == 1, not_stored
+    assert p.take_calls() == {"load": 2, "square": 2, "total": 1, "report": 1}
+
+
 SCENARIOS = [
     second_run_calls_nothing,
     editing_a_function_reruns_it_and_its_descendants,
@@ -303,4 +319,5 @@ SCENARIOS = [
     uncached_nodes_always_run,
     large_hit_is_a_memory_map,
     storing_is_not_held_to_the_timeout,
+    stores_that_fail_are_warned_in_the_caller,
 ]

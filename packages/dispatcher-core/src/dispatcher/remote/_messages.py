@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..transport import TaskSpec
 
 __all__ = [
+    "CacheWarned",
     "Cancel",
     "Define",
     "Done",
@@ -296,6 +297,15 @@ class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
+
+
+@message("cache_warned")
+class CacheWarned(NamedTuple):
+    """The run's cache warned while task ``key`` ran (a result not stored, a damaged
+    entry): warned again in the caller, where the user sees it."""
+
+    key: Key
+    text: str
 
 
 @message("storing")

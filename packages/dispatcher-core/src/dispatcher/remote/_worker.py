@@ -31,12 +31,14 @@ from time import perf_counter
 from typing import Any, NamedTuple
 
 from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
+from .._cache import send_warnings_to
 from .._cache_plan import function_returned, store_seconds, stores_result
 from .._template import call_task
 from ..transport import KEY_BITS
 from ._errors import WireError, capture_error, serialization_error, unpickling_error
 from ._functions import Unloadable
 from ._messages import (
+    CacheWarned,
     Cancel,
     Define,
     Done,
@@ -159,6 +161,7 @@ class TaskRunner:
         self.queued: set[Key] = set()
         """Tasks received and not started yet: those :meth:`take_back` may give back."""
         self.taken: dict[Key, int] = {}
+        self._task_thread: threading.Thread | None = None  # where serve() runs tasks
         """Per task given back, how many of its entries still queued are to be skipped
         (it may have been sent here again since: that last entry runs)."""
 
@@ -305,6 +308,8 @@ class TaskRunner:
         """Run tasks until :class:`Stop`; report what is still unreported at the end."""
         global _serving
         _serving = self
+        self._task_thread = threading.current_thread()
+        send_warnings_to(self._cache_warned)
         queue = self.queue
         while True:
             item = queue.get()
@@ -432,6 +437,14 @@ class TaskRunner:
         self.finished.append((key, duration, nbytes, result))
         if len(self.finished) + len(self.failed) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
+
+    def _cache_warned(self, text: str) -> bool:
+        """The cache warned: sent to the caller, if a task of this thread's runs (True)."""
+        key = self.current
+        if key is None or threading.current_thread() is not self._task_thread:
+            return False
+        self.send(CacheWarned(key, text))
+        return True
 
     def _storing(self, key: Key, value: Any) -> bool:
         """Task ``key``'s function returned ``value``, which is stored now: the caller
