@@ -216,3 +216,35 @@ def test_a_run_planned_again_keeps_the_retry_budget_of_the_plan_before(
     assert top.value == 30
     assert isinstance(bad.error, ValueError)
     assert counters.calls.count(("flaky", 7)) == 2
+
+
+class SlowToStore:
+    """A result that takes ``seconds`` to pickle, so to store (its copies pickle at once)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import time
+
+        time.sleep(self.seconds)
+        return (SlowToStore, (0.0,))
+
+
+def slow_to_store(seconds: float) -> SlowToStore:
+    return SlowToStore(seconds)
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_hangs_fails_its_node_at_the_stores_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store after a function that returned in time is not held to the node's timeout,
+    but to a bound of its own: one that hangs (a frozen network file system) fails the
+    node as timed out rather than hang the run."""
+    from dispatcher import TaskTimeoutError, _cache_plan
+
+    monkeypatch.setattr(_cache_plan, "STORE_SECONDS", 0.3)  # (60 s, in earnest)
+    slow = op(slow_to_store, timeout=0.2)(30.0)
+    with pytest.raises(TaskTimeoutError):
+        run(slow, executor="async", cache=tmp_path, threads=2)
