@@ -70,6 +70,24 @@ def big(n):
     import numpy as np
     _count("big")
     return np.arange(n, dtype=np.float64)
+
+class SlowToStore:
+    # A result that takes `seconds` to pickle, so to store (as a large result takes on
+    # a slow disk); its copies pickle at once.
+    def __init__(self, seconds):
+        self.seconds = seconds
+    def __reduce__(self):
+        import time
+        time.sleep(self.seconds)
+        return (SlowToStore, (0.0,))
+
+def quick(seconds):
+    _count("quick")
+    return SlowToStore(seconds)
+
+def done(x):
+    _count("done")
+    return "done"
 """
 
 
@@ -259,6 +277,38 @@ def large_hit_is_a_memory_map(p: Pipeline) -> None:
     assert second.flags.writeable  # copy on write
 
 
+def storing_is_not_held_to_the_timeout(p: Pipeline) -> None:
+    """A node's timeout bounds its function, not the store of its result: a result that
+    takes longer to store than the timeout is stored whole, and the node finishes."""
+    m = p.module
+
+    def graph() -> Any:
+        return op(m.done)(op(m.quick, timeout=0.5)(1.5))
+
+    assert p.run(graph()) == "done"
+    assert p.take_calls() == {"quick": 1, "done": 1}
+    info = Cache(p.cache).info()
+    assert (info.entries, info.partial) == (2, 0)
+    assert p.run(graph()) == "done"
+    assert p.take_calls() == {}
+
+
+def stores_that_fail_are_warned_in_the_caller(p: Pipeline) -> None:
+    """A store that fails on a worker (a full disk, a directory it cannot write) is a
+    CacheWarning where the user runs the graph, naming the node; the run goes on."""
+    Path(p.cache).mkdir(parents=True, exist_ok=True)
+    (Path(p.cache) / "entries").write_text("where entries go: no directory can be made")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert p.run(p.graph()) == EXPECTED
+    said = [str(w.message) for w in seen if issubclass(w.category, CacheWarning)]
+    not_stored = [text for text in said if "not stored" in text]
+    assert len(not_stored) == 6, said
+    if p.executor in ("mp", "mpi"):
+        assert sum("node 'report'" in text for text in not_stored) == 1, not_stored
+    assert p.take_calls() == {"load": 2, "square": 2, "total": 1, "report": 1}
+
+
 SCENARIOS = [
     second_run_calls_nothing,
     editing_a_function_reruns_it_and_its_descendants,
@@ -268,4 +318,6 @@ SCENARIOS = [
     changed_closure_value_is_a_miss,
     uncached_nodes_always_run,
     large_hit_is_a_memory_map,
+    storing_is_not_held_to_the_timeout,
+    stores_that_fail_are_warned_in_the_caller,
 ]

@@ -170,3 +170,81 @@ def test_a_hit_is_not_held_to_its_functions_timeout(
 
     monkeypatch.setattr(Store, "load", slow)
     assert run(op(inc, timeout=0.2)(1), executor=executor, cache=tmp_path, **options) == 2
+
+
+def flaky(x: int) -> int:
+    counters.calls.append(("flaky", x))
+    raise ValueError(f"flaky {x}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), EXECUTORS, ids=["sync", "async", "async-loop"])
+def test_a_run_planned_again_keeps_the_retry_budget_of_the_plan_before(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    """A node that failed and waits for a retry when a hit is found unreadable has only
+    what is left of its retries in the new plan: retries=1 is two calls in all."""
+    import warnings
+
+    from dispatcher import Cache, CacheWarning, DispatchGraph
+    from dispatcher._cache_plan import CachePlan
+
+    cache = Cache(tmp_path)
+
+    def targets() -> list[Any]:
+        # Made first, flaky runs (and fails) before the hit is read, on sync.
+        bad = op(flaky, label="flaky")(7)
+        return [bad, op(counted, label="top")(op(inc, label="mid")(op(inc, label="low")(1)))]
+
+    first = targets()[1]
+    run(first, executor="sync", cache=cache)
+    key = CachePlan(cache, DispatchGraph([first]), [first], {}).keys[0]
+    entry = Path(cache._entry_path(key))
+    entry.write_bytes(entry.read_bytes()[:-5])  # found truncated when it is read
+    counters.calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        bad, top = run(
+            targets(),
+            executor=executor,
+            cache=cache,
+            throw=False,
+            retries=1,
+            retry_on=ValueError,
+            **options,
+        )
+    assert top.value == 30
+    assert isinstance(bad.error, ValueError)
+    assert counters.calls.count(("flaky", 7)) == 2
+
+
+class SlowToStore:
+    """A result that takes ``seconds`` to pickle, so to store (its copies pickle at once)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import time
+
+        time.sleep(self.seconds)
+        return (SlowToStore, (0.0,))
+
+
+def slow_to_store(seconds: float) -> SlowToStore:
+    return SlowToStore(seconds)
+
+
+@pytest.mark.timeout(60)
+def test_a_store_that_hangs_fails_its_node_at_the_stores_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store after a function that returned in time is not held to the node's timeout,
+    but to a bound of its own: one that hangs (a frozen network file system) fails the
+    node as timed out rather than hang the run."""
+    from dispatcher import TaskTimeoutError, _cache_plan
+
+    monkeypatch.setattr(_cache_plan, "STORE_SECONDS", 0.3)  # (60 s, in earnest)
+    slow = op(slow_to_store, timeout=0.2)(30.0)
+    with pytest.raises(TaskTimeoutError):
+        run(slow, executor="async", cache=tmp_path, threads=2)

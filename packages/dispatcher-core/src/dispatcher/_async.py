@@ -20,12 +20,14 @@ import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
+from ._async_deadlines import abandon_at_deadline, claim, store_deadline
 from ._awaiting import await_blocking, is_awaitable
+from ._cache_plan import timed_call
 from ._errors import TaskTimeoutError
 from ._inline import may_return_awaitable
 from ._loop import LoopScope, loop_scope, stops_the_loop
@@ -41,6 +43,9 @@ from .transport import (
     call_task,
 )
 
+if TYPE_CHECKING:
+    from ._cache_plan import FunctionClock
+
 __all__ = ["AsyncTransport"]
 
 UNLIMITED = 1 << 30
@@ -49,7 +54,17 @@ UNLIMITED = 1 << 30
 class _Handle:
     """A submitted task while it runs as a coroutine, in a thread, or waits for the loop."""
 
-    __slots__ = ("cancel_scope", "cancelled", "done", "job", "loop", "missing", "spec", "start")
+    __slots__ = (
+        "cancel_scope",
+        "cancelled",
+        "done",
+        "job",
+        "loop",
+        "missing",
+        "spec",
+        "start",
+        "storing_until",
+    )
 
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
@@ -60,6 +75,8 @@ class _Handle:
         self.start: float | None = None  # when its call began
         self.job: Job | None = None  # its place in the thread pool, for plain functions
         self.missing = 0  # inputs it waits for, sent ahead of them
+        # A cache's call whose function returned in time: when its store is given up on.
+        self.storing_until: float | None = None
 
 
 class _Waiting(dict[Key, list[_Handle]]):
@@ -219,8 +236,10 @@ class AsyncTransport(Transport):
         events = self._events
         assert events is not None
         start = perf_counter()
+        clock = None if spec.timeout is None else timed_call(spec, start)  # (see _done)
+        call = call_task if clock is None else clock.call
         try:
-            value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, self._values(spec))
+            value = call(spec.func, spec.args, spec.kwargs, spec.shape, self._values(spec))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise  # on the loop, in the caller's thread, it cannot be told from Ctrl-C
@@ -230,7 +249,7 @@ class AsyncTransport(Transport):
             handle = self.tasks[spec.key] = _Handle(spec)
             scope.group.start_soon(self._await_value, handle, value, start)
         else:
-            ready = self._done(spec, value, perf_counter() - start)
+            ready = self._done(spec, value, perf_counter() - start, clock)
             if ready:
                 self._start_ready(scope, ready)
         return True
@@ -239,11 +258,14 @@ class AsyncTransport(Transport):
         if self.tasks.pop(handle.spec.key, None) is not None:  # not cancelled meanwhile
             self._call_on_loop(scope, handle.spec)
 
-    def _done(self, spec: TaskSpec, value: Any, duration: float) -> list[_Handle]:
+    def _done(
+        self, spec: TaskSpec, value: Any, duration: float, clock: FunctionClock | None = None
+    ) -> list[_Handle]:
         """Keep and report a result; the tasks sent ahead that can start now."""
         events = self._events
         assert events is not None
-        if spec.timeout is not None and duration > spec.timeout:
+        ran = duration if clock is None else clock.ran(duration)  # (a store is not timed)
+        if spec.timeout is not None and ran > spec.timeout:
             events.task_failed(
                 spec.key, "main", TaskTimeoutError(spec.label, spec.timeout), duration
             )
@@ -296,6 +318,7 @@ class AsyncTransport(Transport):
 
     async def _await_value(self, handle: _Handle, awaitable: Awaitable[Any], start: float) -> None:
         spec = handle.spec
+        clock = None if spec.timeout is None else timed_call(spec, start, in_task=True)
         with anyio.CancelScope() as cancel_scope:
             handle.loop = loop_scope.get()
             handle.cancel_scope = cancel_scope
@@ -318,7 +341,7 @@ class AsyncTransport(Transport):
         if cancel_scope.cancelled_caught:
             self._failed(spec, TaskTimeoutError(spec.label, spec.timeout or 0.0), duration)
             return
-        ready = self._done(spec, value, duration)
+        ready = self._done(spec, value, duration, clock)
         if ready:
             self._start_ready(loop_scope.get(), ready)
 
@@ -390,17 +413,7 @@ class AsyncTransport(Transport):
         if spec.timeout is not None:
             if scope is None:
                 raise RuntimeError("AsyncTransport: a timeout to enforce without a loop")
-            scope.start_soon(_abandon_at_deadline, self, handle)
-
-    def _claim(self, handle: _Handle) -> bool:
-        """Take ``handle`` out of the tasks in flight; False if someone else did (it was
-        cancelled, or abandoned at its deadline): then nothing more is reported of it."""
-        key = handle.spec.key
-        with self._lock:
-            if self.tasks.get(key) is not handle:
-                return False
-            del self.tasks[key]
-            return True
+            scope.start_soon(abandon_at_deadline, self, handle)
 
     def _in_thread(self, scope: LoopScope | None, handle: _Handle, values: list[Any]) -> None:
         """Run a plain function in a worker thread and report it from there; then the
@@ -429,9 +442,11 @@ class AsyncTransport(Transport):
         if handle.cancelled:
             return []
         spec = handle.spec
+        # (A cache's call: its store has a deadline of its own, see StoreDeadline.)
+        call = call_task if spec.timeout is None else store_deadline(self, handle)
         handle.start = start = perf_counter()
         try:
-            value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
+            value = call(spec.func, spec.args, spec.kwargs, spec.shape, values)
             ok = True
         except BaseException as exc:  # SystemExit and the like fail the node too
             value, ok = exc, False
@@ -449,7 +464,7 @@ class AsyncTransport(Transport):
                 value, ok = exc, False
         duration = perf_counter() - start
         key, tasks = spec.key, self.tasks
-        with self._lock:  # _claim(), written out: once per task
+        with self._lock:  # claim(), written out: once per task
             if tasks.get(key) is not handle:
                 return []  # cancelled, or abandoned at its deadline
             del tasks[key]
@@ -459,8 +474,8 @@ class AsyncTransport(Transport):
         if not ok:
             self._failed(spec, value, duration)
             return []
-        if spec.timeout is None:
-            return self._keep(spec, value, duration)
+        if spec.timeout is None or handle.storing_until is not None:
+            return self._keep(spec, value, duration)  # (a store's time is not the timeout's)
         return self._done(spec, value, min(duration, spec.timeout))
 
     # -- the rest of the SPI -----------------------------------------------------------------
@@ -537,25 +552,5 @@ def _await_on_loop(
         close = getattr(awaitable, "close", None)
         if close is not None:
             close()
-        if transport._claim(handle):
+        if claim(transport, handle):
             transport._failed(handle.spec, exc, perf_counter() - handle.start)
-
-
-async def _abandon_at_deadline(transport: AsyncTransport, handle: _Handle) -> None:
-    """Give up on a thread task at its deadline, counted from when it started: a task of
-    the loop, while the thread goes on (its function cannot be stopped)."""
-    spec = handle.spec
-    assert spec.timeout is not None
-    while handle.start is None:
-        if handle.done or handle.cancelled:
-            return
-        await anyio.sleep(0.01)
-    remaining = handle.start + spec.timeout - perf_counter()
-    if remaining > 0:
-        await anyio.sleep(remaining)
-    if not handle.done and not handle.cancelled and transport._claim(handle):
-        handle.cancelled = True
-        if handle.job is not None:
-            handle.job.abandon()  # its thread no longer counts toward the pool's size
-        duration = perf_counter() - handle.start
-        transport._failed(spec, TaskTimeoutError(spec.label, spec.timeout), duration)

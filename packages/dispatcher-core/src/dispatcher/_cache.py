@@ -46,11 +46,19 @@ import threading
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Cache", "CacheEntryError", "CacheInfo", "CacheWarning", "load_entry"]
+__all__ = [
+    "Cache",
+    "CacheEntryError",
+    "CacheInfo",
+    "CacheWarning",
+    "load_entry",
+    "send_warnings_to",
+]
 
 _MAGIC = b"DSPCACHE"
 _VERSION = 1
@@ -173,21 +181,16 @@ class Cache:
             stream, buffers = dumps_split(value, threshold=64 * 1024)
         except BaseException as exc:  # pickling runs arbitrary code: SystemExit included
             _reraise_ctrl_c(exc)
-            warnings.warn(
+            _warn(
                 f"dispatcher cache: a {type(value).__name__} result is not stored "
                 f"(it does not pickle: {exc})",
-                CacheWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return None
         try:
             return self._write(key, stream, buffers)
         except OSError as exc:
-            warnings.warn(
-                f"dispatcher cache: entry {key} not stored in {self.path}: {exc}",
-                CacheWarning,
-                stacklevel=2,
-            )
+            _warn(f"dispatcher cache: entry {key} not stored in {self.path}: {exc}", stacklevel=3)
             return None
 
     def _write(self, key: str, stream: bytes, buffers: list[memoryview]) -> int:
@@ -295,11 +298,10 @@ class Cache:
         return pickle.loads(stream, buffers=buffers)
 
     def _discard(self, key: str, path: str, reason: BaseException) -> None:
-        warnings.warn(
+        _warn(
             f"dispatcher cache: entry {key} in {self.path} is unusable ({reason}); "
             "it is deleted and its node computed again",
-            CacheWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         _unlink(path)
 
@@ -404,6 +406,26 @@ class Cache:
             os.replace(tmp, os.path.join(self.path, "last-run.json"))
         except OSError:
             _unlink(tmp)
+
+
+_warning_sink: Callable[[str], bool] | None = None
+"""Where this process's cache warnings go instead of ``warnings.warn``: a worker process
+sends them to its caller (see :func:`send_warnings_to`)."""
+
+
+def send_warnings_to(sink: Callable[[str], bool] | None) -> None:
+    """Hand this process's cache warnings to ``sink(text)`` (``None``: warn here again).
+    A worker process sets it, so that a "not stored" on its disk reaches the user, as a
+    :class:`CacheWarning` in the caller, rather than the worker's own stderr; the sink
+    returns False for one it does not take (one said outside a task), warned here."""
+    global _warning_sink
+    _warning_sink = sink
+
+
+def _warn(text: str, stacklevel: int) -> None:
+    sink = _warning_sink
+    if sink is None or not sink(text):
+        warnings.warn(text, CacheWarning, stacklevel=stacklevel)
 
 
 def _reraise_ctrl_c(exc: BaseException) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
@@ -24,9 +26,28 @@ from ._cache import Cache, load_entry
 from ._cache_key import Uncacheable, node_key, value_digest
 from ._graph import DispatchGraph
 from ._nodes import DispatchNode, Op
-from ._template import SHAPE_CALL, SHAPE_CONSTANT, SHAPE_POSITIONAL, SHAPE_TEMPLATE, Ref
+from ._template import (
+    SHAPE_CALL,
+    SHAPE_CONSTANT,
+    SHAPE_POSITIONAL,
+    SHAPE_TEMPLATE,
+    Ref,
+    call_task,
+)
 
-__all__ = ["CachePlan", "StoreResult", "as_cache"]
+__all__ = [
+    "STORE_RATE",
+    "STORE_SECONDS",
+    "CachePlan",
+    "FunctionClock",
+    "ReturnHook",
+    "StoreResult",
+    "as_cache",
+    "function_returned",
+    "store_seconds",
+    "stores_result",
+    "timed_call",
+]
 
 log = logging.getLogger("dispatcher.cache")
 
@@ -45,12 +66,115 @@ def as_cache(cache: Any) -> Cache | None:
     )
 
 
+function_returned: ContextVar[Callable[[Any], bool] | None] = ContextVar(
+    "dispatcher_function_returned", default=None
+)
+"""Set by an executor around the call of a cache wrapper (:func:`stores_result`) with a
+timeout: called with the value when the node's own function returns, before the value is
+stored, so that the node's clock stops there (its timeout bounds the user's function, not
+the store). It returns whether to store the value: False when the function ran past its
+timeout (the node fails: a result it never reported is not stored)."""
+
+STORE_SECONDS = 60.0
+STORE_RATE = 10e6
+"""Bytes a second: a store of a node with a timeout may take :data:`STORE_SECONDS`, plus a
+second per this many bytes of its result's buffers (:func:`store_seconds`), before the node
+fails as timed out (a store that hangs, on a frozen network file system say, must not hang
+the run). Generous: a disk writes 100 to 1000 times as fast."""
+
+
+def store_seconds(value: Any) -> float:
+    """How long storing ``value`` may take, once its function returned in time."""
+    nbytes = getattr(value, "nbytes", None)
+    if type(nbytes) is not int:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            nbytes = len(value)
+        else:
+            try:
+                nbytes = sys.getsizeof(value)
+            except Exception:  # a __sizeof__ that fails: the base bound
+                nbytes = 0
+    return STORE_SECONDS + nbytes / STORE_RATE
+
+
+def stores_result(func: Any) -> bool:
+    """Is ``func`` a cache wrapper that tells :data:`function_returned`? (Asked only of
+    tasks with a timeout: the rest pay nothing.)"""
+    return getattr(func, "_dispatcher_stores_result", False) is True
+
+
+class ReturnHook:
+    """A :data:`function_returned` that an executor sets around one task's call."""
+
+    __slots__ = ()
+
+    def __call__(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def call(
+        self, func: Any, args: Any, kwargs: Mapping[str, Any] | None, shape: int, values: Any
+    ) -> Any:
+        """``call_task(func, args, kwargs, shape, values)`` with this hook set."""
+        token = function_returned.set(self)
+        try:
+            return call_task(func, args, kwargs, shape, values)
+        finally:
+            function_returned.reset(token)
+
+
+class FunctionClock(ReturnHook):
+    """A :data:`function_returned` for an executor that times a call where it runs (in
+    its own thread or task): when the function returned, and whether that was within
+    its ``timeout`` from ``start``. Set around a call (:meth:`call`), or for the rest of
+    an awaiting task (:meth:`set`)."""
+
+    __slots__ = ("limit", "returned", "start")
+
+    def __init__(self, start: float, timeout: float) -> None:
+        self.start = start
+        self.limit = start + timeout
+        self.returned: float | None = None
+
+    def __call__(self, value: Any) -> bool:
+        self.returned = now = perf_counter()
+        return now <= self.limit
+
+    def ran(self, duration: float) -> float:
+        """Seconds the function ran, of a task that took ``duration`` (the store after
+        it not counted)."""
+        return duration if self.returned is None else self.returned - self.start
+
+    def set(self) -> Any:
+        """Set it (in the current context): the token that resets it."""
+        return function_returned.set(self)
+
+
+def timed_call(spec: Any, start: float, in_task: bool = False) -> FunctionClock | None:
+    """For a task with a timeout (``spec``, a :class:`~dispatcher.transport.TaskSpec`)
+    starting at ``start``: a :class:`FunctionClock` if it is a cache's call, else
+    ``None``. ``in_task``: set it for the rest of the current task of a loop (which
+    awaits the call; its store then blocks the loop, so no deadline can stop it)."""
+    if not stores_result(spec.func):
+        return None
+    clock = FunctionClock(start, spec.timeout)
+    if in_task:
+        clock.set()
+    return clock
+
+
+def _may_store(value: Any) -> bool:
+    """The function returned ``value``: tell the executor timing it, if one does."""
+    returned = function_returned.get()
+    return returned is None or returned(value)
+
+
 class StoreResult:
     """A node's function, called as ``wrapper(key, *args, **kwargs)``: calls it and
     stores what it returns under ``key`` before returning it (after awaiting it, for a
     coroutine). A store that fails is a warning, never the task's failure."""
 
     __slots__ = ("cache", "func")
+    _dispatcher_stores_result = True
 
     def __init__(self, func: Any, cache: Cache) -> None:
         self.func = func
@@ -62,7 +186,9 @@ class StoreResult:
         value = self.func(*args, **kwargs)
         if inspect.isawaitable(value):
             return _store_when_done(cache, key, value, start)
-        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+        if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(
+            value
+        ):
             cache.save(key, value)
         return value
 
@@ -80,17 +206,20 @@ def _store_coroutine(func: Any, cache: Cache) -> Any:
     async def cached(key: str, /, *args: Any, **kwargs: Any) -> Any:
         start = perf_counter()
         value = await func(*args, **kwargs)
-        if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+        if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(
+            value
+        ):
             cache.save(key, value)
         return value
 
     cached.__qualname__ = f"cached {getattr(func, '__qualname__', func)!r}"
+    cached._dispatcher_stores_result = True  # type: ignore[attr-defined]
     return cached
 
 
 async def _store_when_done(cache: Cache, key: str, awaitable: Any, start: float) -> Any:
     value = await awaitable
-    if not cache.min_seconds or perf_counter() - start >= cache.min_seconds:
+    if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(value):
         cache.save(key, value)
     return value
 

@@ -14,6 +14,7 @@ from time import perf_counter
 from typing import Any
 
 from ._awaiting import await_blocking, is_awaitable
+from ._cache_plan import function_returned, timed_call
 from ._errors import TaskTimeoutError
 from ._executor import Executor
 from ._scheduler import Run
@@ -54,6 +55,9 @@ class InlineTransport(Transport):
             else:
                 values = [shipped[k] if k in shipped else store[k] for k in spec.deps]
             start = perf_counter()
+            # (A cache's call: the timeout bounds the function, not the store after it.)
+            clock = None if spec.timeout is None else timed_call(spec, start)
+            token = None if clock is None else clock.set()
             try:
                 value = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
                 if is_awaitable(value):
@@ -63,8 +67,12 @@ class InlineTransport(Transport):
                     raise  # in the caller's thread it cannot be told from Ctrl-C: stop
                 events.task_failed(key, "main", exc, perf_counter() - start)
                 continue
+            finally:
+                if token is not None:
+                    function_returned.reset(token)
             duration = perf_counter() - start
-            if spec.timeout is not None and duration > spec.timeout:
+            ran = duration if clock is None else clock.ran(duration)
+            if spec.timeout is not None and ran > spec.timeout:
                 # A call in this thread cannot be interrupted: it fails when it returns.
                 events.task_failed(
                     key, "main", TaskTimeoutError(spec.label, spec.timeout), duration

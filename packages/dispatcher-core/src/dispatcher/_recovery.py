@@ -91,10 +91,18 @@ class Recovery:
     def carry_over(self, before: TaskTable, index: Mapping[DispatchNode, int]) -> None:
         """This run goes on from ``before``, a plan of it that ended to be planned again
         (a cache entry could not be read): what failed there for good fails here at once,
-        without running again or being told twice (``index``: this run's positions)."""
+        without running again or being told twice, and what waits for a retry there keeps
+        the attempts it made (``index``: this run's positions)."""
         hook, self._failed_hook = self._failed_hook, None
         try:
-            state = self.table.state
+            state, attempts = self.table.state, self.table.attempts
+            # The retry budget is the node's, not the plan's: one that failed and waits
+            # for a retry has only what is left of it.
+            for p, made in enumerate(before.attempts):
+                if made and before.state[p] not in TERMINAL:
+                    q = index.get(before.nodes[p])
+                    if q is not None:
+                        attempts[q] = made
             for p, error in before.errors.items():
                 if isinstance(error, DependencyError):
                     continue  # skipped again below, by the failure that caused it

@@ -47,6 +47,7 @@ from ._messages import Run as Run
 from ._messages import RunEnded as RunEnded
 from ._messages import Started as Started
 from ._messages import Stop as Stop
+from ._messages import Storing as Storing
 from ._messages import TakeBack as TakeBack
 from ._messages import TakenBack as TakenBack
 from ._messages import Task as Task
@@ -100,6 +101,7 @@ __all__ = [
     "RunEnded",
     "Started",
     "Stop",
+    "Storing",
     "TakeBack",
     "TakenBack",
     "Task",

@@ -65,6 +65,13 @@ class InFlight:
         if spec is not None and spec.timeout is not None and spec.timeout < math.inf:
             self.deadlines[key] = (now + spec.timeout, spec)
 
+    def storing(self, key: Key, worker: str, now: float, seconds: float) -> None:
+        """Task ``key``'s function returned on ``worker`` and its result is being
+        stored: its deadline is now ``seconds`` from ``now``, however long its timeout."""
+        spec = self.get(key, worker)
+        if spec is not None and key in self.deadlines:
+            self.deadlines[key] = (now + seconds, spec)
+
     def next_deadline(self) -> float | None:
         """The earliest deadline, or ``None`` when no timed task runs."""
         if not self.deadlines:

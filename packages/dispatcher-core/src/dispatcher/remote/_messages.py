@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..transport import TaskSpec
 
 __all__ = [
+    "CacheWarned",
     "Cancel",
     "Define",
     "Done",
@@ -38,6 +39,7 @@ __all__ = [
     "RunEnded",
     "Started",
     "Stop",
+    "Storing",
     "TakeBack",
     "TakenBack",
     "Task",
@@ -297,6 +299,25 @@ class Started(NamedTuple):
     """A task with a timeout starts now."""
 
     key: Key
+
+
+@message("cache_warned")
+class CacheWarned(NamedTuple):
+    """The run's cache warned while task ``key`` ran (a result not stored, a damaged
+    entry): warned again in the caller, where the user sees it."""
+
+    key: Key
+    text: str
+
+
+@message("storing")
+class Storing(NamedTuple):
+    """A timed task's function returned in time, and its result is being stored in the
+    run's cache: its deadline is now ``seconds`` from here, a bound on the store (the
+    timeout bounds the user's function, not our store)."""
+
+    key: Key
+    seconds: float
 
 
 @message("taken_back")

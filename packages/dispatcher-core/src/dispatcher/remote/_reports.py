@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import pickle
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..transport import Unloaded
+from .._cache import CacheWarning
+from ..transport import KEY_BITS, Unloaded
 from ._errors import WireError, restore_error, unpickling_error
 from ._inflight import InFlight
-from ._messages import Done, Failed, Lost, Started, TakenBack
+from ._messages import CacheWarned, Done, Failed, Lost, Started, Storing, TakenBack
 
 if TYPE_CHECKING:
     from ..transport import EventSink, Key, TaskSpec
 
 __all__ = ["Pickled", "Reports", "UnrestoredError"]
+
+_RUNS_REMEMBERED = 16
+"""Runs whose cache warnings are remembered, to say each once per run."""
 
 
 class Pickled(Unloaded):
@@ -73,7 +78,8 @@ class UnrestoredError(Unloaded):
 
 class Reports:
     """Hands :class:`Done`, :class:`Failed`, :class:`Started`, :class:`Lost` and
-    :class:`TakenBack` to the event sink. ``received(worker, key, result)`` turns a result
+    :class:`TakenBack` to the event sink; :class:`Storing` moves a deadline, and
+    :class:`CacheWarned` is warned here. ``received(worker, key, result)`` turns a result
     as the backend sent it into what is reported: an
     :class:`~dispatcher.transport.Unloaded` (a :class:`Pickled`), the run's driver
     unpickling it; it runs on the transport's thread and so must not unpickle anything
@@ -95,10 +101,14 @@ class Reports:
         self.received = received
         self.stale = stale
         self.source_name = source_name
+        self._warned: dict[int, set[str]] = {}
+        """Per run, the cache warnings said already (see :meth:`cache_warned`)."""
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
             Failed: self.failed,
             Started: self.started,
+            Storing: self.storing,
+            CacheWarned: self.cache_warned,
             Lost: self.lost,
             TakenBack: self.taken_back,
         }
@@ -171,6 +181,27 @@ class Reports:
     def started(self, worker: str, message: Started) -> None:
         """A timed task started on ``worker``: its deadline runs from now."""
         self.inflight.started(message.key, worker, time.monotonic())
+
+    def storing(self, worker: str, message: Storing) -> None:
+        """A timed task's function returned on ``worker``, its result being stored: its
+        deadline is now the store's bound."""
+        self.inflight.storing(message.key, worker, time.monotonic(), message.seconds)
+
+    def cache_warned(self, worker: str, message: CacheWarned) -> None:
+        """The run's cache warned on ``worker``: a :class:`~dispatcher.CacheWarning` here,
+        naming the node, once per message and run (a full disk says so per node)."""
+        spec = self.inflight.tasks.get(message.key)
+        run = message.key >> KEY_BITS
+        said = self._warned.get(run)
+        if said is None:
+            if len(self._warned) >= _RUNS_REMEMBERED:
+                del self._warned[next(iter(self._warned))]  # the oldest run's
+            said = self._warned[run] = set()
+        if message.text in said:
+            return
+        said.add(message.text)
+        node = f"node {spec.label!r}" if spec is not None else f"task {message.key}"
+        warnings.warn(f"{message.text} ({node}, on worker {worker})", CacheWarning, stacklevel=2)
 
     def lost(self, worker: str, message: Lost) -> None:
         """A task could not start on ``worker``: some of its inputs were not there."""

@@ -22,6 +22,7 @@ report that came after the run stopped listening.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -30,11 +31,14 @@ from time import perf_counter
 from typing import Any, NamedTuple
 
 from .._awaiting import AWAITABLE_TYPES, await_blocking, is_awaitable
+from .._cache import send_warnings_to
+from .._cache_plan import function_returned, store_seconds, stores_result
 from .._template import call_task
 from ..transport import KEY_BITS
 from ._errors import WireError, capture_error, serialization_error, unpickling_error
 from ._functions import Unloadable
 from ._messages import (
+    CacheWarned,
     Cancel,
     Define,
     Done,
@@ -46,6 +50,7 @@ from ._messages import (
     RunEnded,
     Started,
     Stop,
+    Storing,
     TakeBack,
     TakenBack,
     Task,
@@ -156,6 +161,7 @@ class TaskRunner:
         self.queued: set[Key] = set()
         """Tasks received and not started yet: those :meth:`take_back` may give back."""
         self.taken: dict[Key, int] = {}
+        self._task_thread: threading.Thread | None = None  # where serve() runs tasks
         """Per task given back, how many of its entries still queued are to be skipped
         (it may have been sent here again since: that last entry runs)."""
 
@@ -302,6 +308,8 @@ class TaskRunner:
         """Run tasks until :class:`Stop`; report what is still unreported at the end."""
         global _serving
         _serving = self
+        self._task_thread = threading.current_thread()
+        send_warnings_to(self._cache_warned)
         queue = self.queue
         while True:
             item = queue.get()
@@ -398,9 +406,12 @@ class TaskRunner:
             return
         if last_use:
             self.drop(last_use)  # nothing else reads them: do not wait to be told
+        storing = None
         if timed:
             self.flush()
             self.send(Started(key))
+            if stores_result(func):  # the caller's deadline stops when the function returns
+                storing = function_returned.set(functools.partial(self._storing, key))
         start = perf_counter()
         try:
             value = call_task(func, args, kwargs, shape, values)
@@ -409,6 +420,9 @@ class TaskRunner:
         except BaseException as exc:  # the task's own: it fails its node, never this loop
             self.fail(key, exc, perf_counter() - start)
             return
+        finally:
+            if storing is not None:
+                function_returned.reset(storing)
         duration = perf_counter() - start
         self.store[key] = value
         if want_result:
@@ -423,6 +437,21 @@ class TaskRunner:
         self.finished.append((key, duration, nbytes, result))
         if len(self.finished) + len(self.failed) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
+
+    def _cache_warned(self, text: str) -> bool:
+        """The cache warned: sent to the caller, if a task of this thread's runs (True)."""
+        key = self.current
+        if key is None or threading.current_thread() is not self._task_thread:
+            return False
+        self.send(CacheWarned(key, text))
+        return True
+
+    def _storing(self, key: Key, value: Any) -> bool:
+        """Task ``key``'s function returned ``value``, which is stored now: the caller
+        stops its deadline, and bounds the store instead. (Stored even if the caller
+        gave up on the task meanwhile: it stops this process then.)"""
+        self.send(Storing(key, store_seconds(value)))
+        return True
 
     def _inputs(
         self, key: Key, deps: tuple[Key, ...], remote: Any, inline: dict[Key, Any] | None
