@@ -37,6 +37,30 @@ def test_an_unhashable_callable_runs_as_any_function(name: str, options: dict[st
             assert ex.run([*nodes, op(Scale(5), timeout=10)(1)]) == [0, 3, 6, 9, 5]
 
 
+class RefusesHash:
+    """A callable whose own ``__hash__`` raises (not ``TypeError``)."""
+
+    def __call__(self, x: int) -> int:
+        return x + 1
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash for this one")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("name", "options"), [("sync", {}), ("async", {}), ("async", {"threads": 0})]
+)
+def test_a_callable_whose_hash_raises_runs_as_any_function(
+    name: str, options: dict[str, Any]
+) -> None:
+    refuses = RefusesHash()
+    with get_executor(name, **options) as ex:
+        for _ in range(3):  # once learned, too
+            assert ex.run([Op(refuses, k) for k in range(3)]) == [1, 2, 3]
+    assert Op(refuses, 1).func is refuses
+
+
 def test_a_node_of_an_unhashable_callable_shows_the_callable() -> None:
     scale = Scale(2)
     for node in (Op(scale, 3), op(scale)(3), op(scale, label="s")(3)):

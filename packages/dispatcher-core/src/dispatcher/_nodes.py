@@ -13,6 +13,7 @@ import functools
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from types import FunctionType
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, overload
 
 from ._describe import DESCRIPTION_LIMIT, describe, short_repr
@@ -252,7 +253,7 @@ class Op(DispatchNode):
         elif callable(func):
             # _label and _nout stay unset (read with a default): two stores less.
             self._timeout = None
-            if type(func).__hash__ is None:
+            if type(func) is not FunctionType:  # (a plain function hashes; others may not)
                 func = hashable(func)
         else:
             raise TypeError(f"Op needs a callable as its first argument, got {func!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 __all__ = [
@@ -55,8 +56,18 @@ class ByIdentity:
 
 
 def hashable(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func``, or for one that cannot be hashed, a :class:`ByIdentity` holding it."""
-    return ByIdentity(func) if type(func).__hash__ is None else func
+    """``func``, or for one that cannot be hashed, a :class:`ByIdentity` holding it: one
+    whose class takes its hash away, or whose own ``__hash__`` raises."""
+    kind = type(func)
+    if kind is FunctionType or kind is BuiltinFunctionType:
+        return func  # (the usual case, once per node made: no hash to try)
+    if kind.__hash__ is None:
+        return ByIdentity(func)
+    try:
+        hash(func)
+    except Exception:
+        return ByIdentity(func)
+    return func
 
 
 def user_callable(func: Callable[..., Any]) -> Callable[..., Any]:
