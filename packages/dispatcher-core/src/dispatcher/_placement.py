@@ -190,7 +190,8 @@ class Placement:
         wait = self._input_wait(p, mean) if self.anywhere else 0.0
 
         def finish(w: str) -> tuple[float, int]:
-            return max(load[w] * mean, wait) + moving - near.get(w, 0.0), load[w]
+            queued = load[w] * mean
+            return (queued if queued > wait else wait) + moving - near.get(w, 0.0), load[w]
 
         best = min(open_, key=finish)
         if len(open_) < len(room):
