@@ -342,3 +342,26 @@ def test_tasks_that_fail_teach_placement_how_long_their_function_takes() -> None
     assert all(isinstance(r.error, ValueError) for r in results)
     # Unknown, a task is assumed to take 1 ms: 3 per worker at most in one hand-out.
     assert max(len(batch) for batch in transport.batches) > 6
+
+
+def test_a_link_sent_ahead_stays_with_the_worker_making_its_input() -> None:
+    # W7's shape on a transport that accepts pending inputs: a link sent ahead of its
+    # input starts nowhere before that input is made, so a shorter queue elsewhere is no
+    # reason to move the input there (each link of a chain moved 10 MiB).
+    table = Table([(), (0,)])
+    table.inflight[0] = Spec("w1")
+    placed = placement(table, "w1", "w2", capacity=8)
+    placed.anywhere = True
+    placed.mean_nbytes = 10 * MB
+    placed.mean_duration = 0.005
+    placed.load.update(w1=3, w2=0)
+    assert placed.place(1) == "w1"
+    # Its worker full, the link waits for room there rather than move its input.
+    placed.load.update(w1=8, w2=0)
+    assert placed.place(1) is None
+    # An input already made and held weighs as before: an idle worker takes the task
+    # when the wait behind a long queue outweighs the move.
+    table.hold(0, "w1", 10 * MB)
+    del table.inflight[0]
+    placed.load.update(w1=7, w2=0)
+    assert placed.place(1) == "w2"

@@ -85,6 +85,12 @@ def mark_then_wait(path: str, go: str) -> None:
         time.sleep(0.01)
 
 
+def wait_then(path: str, go: str, value: int) -> int:
+    """``value``, once :func:`mark_then_wait` has returned."""
+    mark_then_wait(path, go)
+    return value
+
+
 def state_of(key: str, dask_worker: Any = None) -> str | None:
     """The state of task ``key`` on this worker, if it knows it."""
     task = dask_worker.state.tasks.get(key)

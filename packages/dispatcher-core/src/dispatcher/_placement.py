@@ -186,9 +186,11 @@ class Placement:
         if near is None:  # nothing to move, wherever it runs: the shortest queue
             usual = [w for w in open_ if load[w] < room[w]]
             return min(usual, key=load.__getitem__) if usual else None
+        wait = self._input_wait(p, mean) if self.anywhere else 0.0
 
         def finish(w: str) -> tuple[float, int]:
-            return load[w] * mean + moving - near.get(w, 0.0), load[w]
+            queued = load[w] * mean
+            return (queued if queued > wait else wait) + moving - near.get(w, 0.0), load[w]
 
         best = min(open_, key=finish)
         if len(open_) < len(room):
@@ -205,6 +207,22 @@ class Placement:
             return best
         usual = [w for w in open_ if load[w] < room[w]]
         return min(usual, key=finish) if usual else None
+
+    def _input_wait(self, p: int, mean: float) -> float:
+        """How long task ``p`` waits, wherever it runs, for the inputs it was sent ahead
+        of: the queue of the worker making each (``mean`` seconds per task, as
+        :meth:`place` counts every queue), the longest of them. No worker starts ``p``
+        sooner, so a shorter queue elsewhere is no reason to move those inputs: a chain
+        sent ahead stays on the worker making it rather than moving each link's input."""
+        table = self.table
+        holders, inflight, load = table.holders, table.inflight, self.load
+        wait = 0
+        for d in table.deps[p]:
+            if holders[d] is None:
+                spec = inflight.get(d)
+                if spec is not None:
+                    wait = max(wait, load.get(spec.worker, 0))
+        return wait * mean
 
     def expected(self, p: int) -> tuple[float, dict[str, int]]:
         """How long task ``p`` is expected to run, and the room each worker has for it.

@@ -24,6 +24,7 @@ from dispatcher.transport import EventSink, Key, TaskSpec
 from ._cluster import gather
 from ._giving_up import Pending, log
 from ._outcome import left_pickled, restored
+from ._released_ahead import ReleasedAhead
 from ._task import Shipped, TaskFailure
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Completions"]
 
 
-class Completions:
+class Completions(ReleasedAhead):
     """The part of the dask transport that reports what its tasks did (see the module's
     docstring)."""
 
@@ -105,7 +106,9 @@ class Completions:
                     self._member_stats[key] = (duration, nbytes, failure)
             return
         key, duration, nbytes, carried = report
-        if self._learn(key, duration, nbytes) is not None:
+        if self._learn(key, duration, nbytes) is not None and not self._made_ahead(
+            key, duration, nbytes
+        ):
             self._stats[key] = (duration, nbytes, carried)
 
     def _learn(self, key: Key, duration: float, nbytes: int | None) -> Pending | None:
@@ -127,6 +130,8 @@ class Completions:
             key = self._keys.get(future.key)
             pending = None if key is None else self._pending.get(key)
             if key is None or pending is None or pending.future is not future:
+                return
+            if key in self._ahead:  # released ahead: its stats or its reader report it
                 return
             self._deadlines.discard(pending)
             if status == "finished" and pending.spec.want_result:
@@ -153,6 +158,7 @@ class Completions:
         assert events is not None
         spec = pending.spec
         if status == "finished":
+            self._before(pending)
             if carried is not None:
                 duration, nbytes, _ = self._stats.pop(key, (0.0, None, None))
                 self._finished_with(spec, future, duration, nbytes, (True, Shipped(carried)))
@@ -177,6 +183,7 @@ class Completions:
             except Exception as err:  # the exception itself could not be brought back
                 raised = err
             self._drop(key, future)
+            self._failed_ahead(pending, raised, status)
             if isinstance(raised, TaskFailure) and raised.key != key:
                 # An input failed, or one of its own inputs, after this task was sent:
                 # dispatcher decides their fate, and this task waits for them again.
@@ -186,6 +193,7 @@ class Completions:
                 events.task_failed(key, spec.worker, restored(spec, raised), duration)
             return
         self._drop(key, future)
+        self._failed_ahead(pending, None, status)
         if status != "lost":
             reason = self._client_gone() or f"the dask cluster {status} the task"
             error = WorkerLostError(spec.label, spec.worker, reason)
@@ -267,6 +275,8 @@ class Completions:
                 del self._pending[spec.key]
                 self._keys.pop(future.key, None)
             duration, nbytes, _ = self._stats.pop(spec.key, (0.0, None, None))
+            if fetched[0]:
+                self._before(pending)
             self._finished_with(spec, future, duration, nbytes, fetched)
 
     def _finished_with(
@@ -298,6 +308,7 @@ class Completions:
         future = self._futures.pop(key, None)
         self._made.pop(key, None)
         self._release_made.discard(key)
+        self._ahead.discard(key)
         self._stats.pop(key, None)
         self._index.pop(key, None)
         self._member_stats.pop(key, None)

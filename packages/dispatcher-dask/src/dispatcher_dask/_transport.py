@@ -148,6 +148,7 @@ class DaskTransport(Completions, GivingUp, Transport):
         self._to_gather: list[Pending] = []
         self._watching: set[asyncio.Future[None]] = set()  # see Completions._when_settled
         self._release_made: set[Key] = set()  # see Completions._done
+        self._ahead: set[Key] = set()  # see _released_ahead
         self._closed = False
         self._mean_run = 0.0  # seconds, of the tasks reported lately (moving average)
         self._outbox = Outbox(self._send, self._not_sent, self._send_interval)
@@ -303,8 +304,8 @@ class DaskTransport(Completions, GivingUp, Transport):
                     self._made[spec.key] = spec
                     pending[spec.key] = Pending(spec, own, reads)
                     # dask keeps an input while a task waiting for it is queued:
-                    # dispatcher's last use of a result need not wait for ``free`` (one
-                    # still being made is released once reported, by ``free``).
+                    # dispatcher's last use of a result need not wait for ``free``, nor
+                    # one still being made for its report (see _released_ahead).
                     for k in spec.last_use:
                         maker = self._made.get(k)
                         if maker is None or maker.worker != spec.worker:
@@ -314,7 +315,9 @@ class DaskTransport(Completions, GivingUp, Transport):
                             self._index.pop(k, None)
                             del self._made[k]
                         elif k not in self._index:  # (a fused run's are freed as usual)
-                            self._release_made.add(k)  # once reported: see _done
+                            early = self._reader_sent(k)  # see _released_ahead
+                            if early is not None:
+                                released.append(early)
         if callbacks:
             self._when_settled(callbacks)
         for old in released:
@@ -480,6 +483,7 @@ class DaskTransport(Completions, GivingUp, Transport):
             self._keys.clear()
             self._index.clear()
             self._member_stats.clear()
+            self._ahead.clear()
         for future in futures:
             future.release()
         topics = [t for t in (*_CLUSTER_TOPICS, self._start_topic, self._stats_topic) if t]
