@@ -26,3 +26,8 @@ def late(seconds: float) -> str:
     """Returns after ``seconds``."""
     time.sleep(seconds)
     return "late"
+
+
+async def aquick(seconds: float) -> SlowToStore:
+    """:func:`quick`, awaited."""
+    return SlowToStore(seconds)

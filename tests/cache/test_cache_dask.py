@@ -12,7 +12,7 @@ import pytest
 from cache_scenarios import SCENARIOS, Pipeline
 
 from dispatcher import Cache, CacheWarning
-from dispatcher._cache_plan import STORE_SECONDS, StoreResult
+from dispatcher._cache_plan import STORE_SECONDS, StoreResult, _store_coroutine
 from dispatcher.transport import KEY_BITS, SHAPE_CALL, TaskSpec
 
 pytest.importorskip("dispatcher_dask")
@@ -71,12 +71,16 @@ def test_only_a_timed_cached_task_says_that_its_function_returned(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("awaited", [False, True], ids=["plain", "coroutine"])
 def test_a_store_longer_than_the_timeout_is_not_timed_where_the_task_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, awaited: bool
 ) -> None:
     words = _said(monkeypatch)
     cache = Cache(tmp_path)
-    func = StoreResult(dask_cache_tasks.quick, cache)
+    if awaited:
+        func = _store_coroutine(dask_cache_tasks.aquick, cache)
+    else:
+        func = StoreResult(dask_cache_tasks.quick, cache)
     value = run_task(7, pack(_spec(func, (ENTRY, 0.6), 0.2), {}), None, "words")
     assert isinstance(value, dask_cache_tasks.SlowToStore)
     assert cache.contains(ENTRY)
