@@ -20,7 +20,7 @@ pytest.importorskip("dispatcher_dask")
 from dispatcher_dask import _task
 from dispatcher_dask._deadlines import Deadlines
 from dispatcher_dask._outcome import CacheWarnings
-from dispatcher_dask._task import STORING, TaskFailure, pack, run_task
+from dispatcher_dask._task import QUICK_STORE_BYTES, STORING, TaskFailure, pack, run_task
 
 
 @pytest.mark.timeout(180)
@@ -40,10 +40,18 @@ def _spec(func: Any, args: tuple[Any, ...], timeout: float | None, key: int = 7)
     )  # fmt: skip
 
 
-def _said(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The words a task says to the caller, recorded instead of sent."""
+def _said(monkeypatch: pytest.MonkeyPatch, waited: list[Any] | None = None) -> list[Any]:
+    """The words a task says to the caller, recorded instead of sent (those it waits to
+    see leave its worker in ``waited`` too)."""
     words: list[Any] = []
-    monkeypatch.setattr(_task, "_say", lambda topic, word: words.append(word))
+
+    def say(topic: str, word: Any) -> None:
+        words.append(word)
+        if waited is not None:
+            waited.append(word)
+
+    monkeypatch.setattr(_task, "_say", say)
+    monkeypatch.setattr(_task, "_log_event", lambda topic, word: words.append(word))
     return words
 
 
@@ -85,6 +93,25 @@ def test_a_store_longer_than_the_timeout_is_not_timed_where_the_task_runs(
     assert isinstance(value, dask_cache_tasks.SlowToStore)
     assert cache.contains(ENTRY)
     assert [w if type(w) is int else w[0] for w in words] == [7, STORING]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("size", "timeout", "waits"),
+    [(10, 30.0, False), (10, 0.5, True), (QUICK_STORE_BYTES, 30.0, True)],
+    ids=["small-far", "small-near", "large"],
+)
+def test_the_storing_word_waits_to_leave_unless_its_store_is_small_and_its_deadline_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, timeout: float, waits: bool
+) -> None:
+    """A large store may hold the GIL, and starve the worker's event loop that sends the
+    word, past the caller's deadline; a small one cannot for long."""
+    waited: list[Any] = []
+    words = _said(monkeypatch, waited)
+    func = StoreResult(bytes, Cache(tmp_path))
+    run_task(7, pack(_spec(func, (ENTRY, size), timeout), {}), None, "words")
+    assert [w[0] for w in words[1:]] == [STORING]
+    assert (words[1] in waited) is waits
 
 
 @pytest.mark.timeout(30)

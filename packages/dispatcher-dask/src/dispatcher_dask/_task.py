@@ -30,8 +30,9 @@ event loop, which would otherwise never send it, and the task would never be tim
 With the run's cache (:mod:`dispatcher._cache_plan`), a task's timeout bounds its function,
 not the store of its result: a cached task with a timeout is timed until its function
 returns (:data:`~dispatcher._cache_plan.function_returned`), and, returned in time, says so
-on the same topic (:data:`STORING`, waiting for that word to leave too: storing a large
-result may hold the GIL), with the store's own bound, which the caller's deadline becomes.
+on the same topic (:data:`STORING`), with the store's own bound, which the caller's deadline
+becomes. It waits for that word to leave too (storing a large result may hold the GIL),
+unless the result is small and its deadline far (:data:`QUICK_STORE_BYTES`).
 A result whose function ran past its timeout is not stored. The cache's warnings on a
 worker (a result not stored on a full disk, say) go to the caller on that topic too
 (:data:`CACHE_WARNED`, :func:`dispatcher._cache.send_warnings_to`), to be warned there,
@@ -51,7 +52,14 @@ from typing import Any
 import cloudpickle
 
 from dispatcher._cache import send_warnings_to
-from dispatcher._cache_plan import FunctionClock, function_returned, store_seconds, stores_result
+from dispatcher._cache_plan import (
+    STORE_RATE,
+    STORE_SECONDS,
+    FunctionClock,
+    function_returned,
+    store_seconds,
+    stores_result,
+)
 from dispatcher.remote import (
     WireError,
     capture_error,
@@ -66,6 +74,7 @@ from dispatcher.transport import TaskSpec, call_task
 
 __all__ = [
     "CACHE_WARNED",
+    "QUICK_STORE_BYTES",
     "STORING",
     "Shipped",
     "TaskFailure",
@@ -90,6 +99,13 @@ and its result is being stored in the run's cache, which may take ``seconds`` at
 CACHE_WARNED = "cache-warned"
 """A task's word ``(CACHE_WARNED, key, text, worker address)``: the run's cache warned
 ``text`` while it ran."""
+
+QUICK_STORE_BYTES = 1 << 20
+"""A timed cached task's result smaller than this (by
+:func:`~dispatcher._cache_plan.store_seconds`), stored with more than
+:data:`START_WORD_WAIT` left before its deadline, does not wait for its :data:`STORING`
+word to leave its worker (a wait of a few ms, the worker's batching interval): its store
+cannot hold the GIL for that long."""
 
 _running = threading.local()
 """``task``: the task this thread runs, and the topic its words go on (see
@@ -344,7 +360,14 @@ class _StoreWord(FunctionClock):
         """The function returned ``value``: store it if that was within the timeout."""
         if not super().__call__(value):
             return False  # the task fails as timed out: nothing it never reported is stored
-        _say(self.topic, (STORING, self.key, store_seconds(value)))
+        seconds = store_seconds(value)
+        word = (STORING, self.key, seconds)
+        assert self.returned is not None
+        small = seconds < STORE_SECONDS + QUICK_STORE_BYTES / STORE_RATE
+        if small and self.limit - self.returned > START_WORD_WAIT:
+            _log_event(self.topic, word)  # (sent on the event loop's next turn)
+        else:
+            _say(self.topic, word)
         return True
 
 
