@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import queue
 import warnings
 from pathlib import Path
@@ -20,7 +21,15 @@ pytest.importorskip("dispatcher_dask")
 from dispatcher_dask import _task
 from dispatcher_dask._deadlines import Deadlines
 from dispatcher_dask._outcome import CacheWarnings
-from dispatcher_dask._task import QUICK_STORE_BYTES, STORING, TaskFailure, pack, run_task
+from dispatcher_dask._task import (
+    CACHE_WARNED,
+    QUICK_STORE_BYTES,
+    STORING,
+    TaskFailure,
+    pack,
+    run_task,
+    run_tasks,
+)
 
 
 @pytest.mark.timeout(180)
@@ -141,6 +150,44 @@ def test_a_cache_warning_off_a_dask_worker_is_warned_where_it_happens(tmp_path: 
     ):
         with pytest.warns(CacheWarning, match="not stored"):
             call()
+
+
+class _Worker:
+    """What a task finds as its dask worker (``get_worker``): the events it logs."""
+
+    address = "tcp://10.0.0.1:4000"
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def log_event(self, topic: str, message: Any) -> None:
+        self.events.append((topic, message))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused"])
+def test_a_cache_warning_on_a_worker_goes_to_the_caller_on_the_tasks_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
+) -> None:
+    """Alone or in a fused run, a task's cache warning is its word to the caller, naming
+    it, on the topic the caller listens to; nothing is warned on the worker."""
+    import distributed
+
+    worker = _Worker()
+    monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    (tmp_path / "entries").write_text("no directory can be made here")
+    func = StoreResult(dask_cache_tasks.quick, Cache(tmp_path))
+    payload = pack(_spec(func, (ENTRY, 0.0), None), {})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        if fused:
+            run_tasks(pickle.dumps([(7, payload)]), "stats", "words")
+        else:
+            run_task(7, payload, "stats", "words")
+    assert not [w for w in seen if w.category is CacheWarning]
+    said = [message for topic, message in worker.events if topic == "words"]
+    assert [(m[0], m[1], m[3]) for m in said] == [(CACHE_WARNED, 7, worker.address)]
+    assert "not stored" in said[0][2]
 
 
 # -- the caller's side ------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def run_task(
     return shipped
 
 
-def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
+def run_tasks(tasks: bytes, stats_topic: str, word_topic: str = "") -> tuple[Any, ...]:
     """Run a fused run of tasks on this worker, one after another in this thread, and
     return their values, by position (a failed task's :class:`TaskFailure` in its place).
 
@@ -231,8 +231,9 @@ def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
     caller does not want. dask's worker pays for each task it runs (a turn of its event
     loop and two thread hand-offs): short tasks run this way pay it once. Each task's run
     time, result size and failure (pickled) go to the caller in one event on
-    ``stats_topic``, ahead of the run's completion. Once the run is released (cancelled:
-    dask cannot stop a thread), the tasks not yet started are not.
+    ``stats_topic``, ahead of the run's completion; the run's cache warnings go on
+    ``word_topic`` (:data:`CACHE_WARNED`), as a task run alone says them. Once the run is
+    released (cancelled: dask cannot stop a thread), the tasks not yet started are not.
     """
     members: list[tuple[int, bytes]] = pickle.loads(tasks)
     values: list[Any] = []
@@ -242,7 +243,7 @@ def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
             values.append(TaskFailure(key, None, 0.0))
             continue
         start = perf_counter()
-        outcome, _ = _call(key, payload, (), "", start)
+        outcome, _ = _call(key, payload, (), word_topic, start)
         duration = perf_counter() - start
         values.append(outcome)
         if isinstance(outcome, TaskFailure):

@@ -408,7 +408,13 @@ class DaskTransport(Completions, GivingUp, Transport):
             return None
         name = getattr(members[0].func, "__name__", "task")
         dask_key = f"{name}-fused-{self._token}-{next(self._serial)}"
-        task = Task(dask_key, run_tasks, pickle.dumps(payloads, protocol=5), self._stats_topic)
+        task = Task(
+            dask_key,
+            run_tasks,
+            pickle.dumps(payloads, protocol=5),
+            self._stats_topic,
+            self._start_topic,  # (where its cache's warnings go)
+        )
         return task, members, ()
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
