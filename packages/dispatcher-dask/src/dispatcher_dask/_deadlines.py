@@ -5,7 +5,9 @@ A task's worker says when it starts it (a worker event, sent only by timed tasks
 deadline counts from when the caller hears that: a task queued on its worker behind others
 is not timed while it waits. A thread of our own sleeps until the earliest deadline and
 hands each task past its own to ``expired``, which decides, under the transport's lock,
-whether it still runs.
+whether it still runs. A deadline may be moved while it runs (:meth:`Deadlines.move`): a
+cached task's function returned in time and its result is being stored, and the store is
+bounded on its own (see :mod:`._task`).
 """
 
 from __future__ import annotations
@@ -47,17 +49,28 @@ class Deadlines(Generic[T]):
         """``item`` started now: expire it ``seconds`` from now."""
         deadline = time.monotonic() + seconds
         with self._wake:
-            if self._closed:
-                return
-            self._live[id(item)] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._order), item))
-            if len(self._heap) > 2 * len(self._live) + 64:  # mostly discarded: compact
-                self._heap = [e for e in self._heap if self._live.get(id(e[2])) == e[0]]
-                heapq.heapify(self._heap)
-            if self._thread is None:
-                self._thread = start_thread("dispatcher-dask-deadlines", self._run, self._death)
-            elif self._heap[0][2] is item:
-                self._wake.notify()
+            if not self._closed:
+                self._set(item, deadline)
+
+    def move(self, item: T, seconds: float) -> None:
+        """Expire ``item`` ``seconds`` from now instead, if it still has a deadline (one
+        that expired, or was discarded, stays so)."""
+        deadline = time.monotonic() + seconds
+        with self._wake:
+            if not self._closed and id(item) in self._live:
+                self._set(item, deadline)
+
+    def _set(self, item: T, deadline: float) -> None:
+        """``item`` expires at ``deadline``; the caller holds the lock."""
+        self._live[id(item)] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._order), item))
+        if len(self._heap) > 2 * len(self._live) + 64:  # mostly discarded: compact
+            self._heap = [e for e in self._heap if self._live.get(id(e[2])) == e[0]]
+            heapq.heapify(self._heap)
+        if self._thread is None:
+            self._thread = start_thread("dispatcher-dask-deadlines", self._run, self._death)
+        elif self._heap[0][2] is item:
+            self._wake.notify()
 
     def discard(self, item: T) -> None:
         """``item`` is over (reported, cancelled, lost): forget its deadline."""

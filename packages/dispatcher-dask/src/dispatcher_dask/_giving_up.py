@@ -6,7 +6,8 @@ call to the end in its worker thread. The transport (:class:`GivingUp`, a part o
 
 - fails a task past its timeout at its deadline, counted from when its worker said it
   started (:class:`~._deadlines.Deadlines`), and hands back the tasks sent ahead that
-  wait for its result;
+  wait for its result; a cached task whose function returned in time has the store of
+  its result bounded instead (its worker says so: :data:`~._task.STORING`);
 - counts the threads such tasks take (:class:`~._abandoned.Abandoned`) and gives their
   workers fewer slots meanwhile;
 - once every thread of a worker is taken (or it does not answer while it holds such a
@@ -31,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from dispatcher import TaskTimeoutError, WorkerLostError
 from dispatcher.transport import EventSink, Key, TaskSpec
 
+from ._task import CACHE_WARNED, STORING
+
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
     from ._abandoned import Abandoned
     from ._cluster import WorkerNames
     from ._deadlines import Deadlines
+    from ._outcome import CacheWarnings
 
 __all__ = ["GivingUp", "Pending"]
 
@@ -106,6 +110,7 @@ class GivingUp:
     _abandoned: Abandoned
     _deadlines: Deadlines[Pending]
     _restarting: set[str]
+    _cache_warnings: CacheWarnings
 
     if TYPE_CHECKING:
 
@@ -177,12 +182,36 @@ class GivingUp:
             raise
         done.add_done_callback(lambda _: self._restarting.discard(address))
 
-    def _on_started(self, event: tuple[float, Any]) -> None:
-        """A timed task started on its worker (on dask's event loop): its deadline runs."""
-        pending = self._pending.get(event[1])
+    def _on_task_word(self, event: tuple[float, Any]) -> None:
+        """What a task's worker says while it runs (on dask's event loop; said only by
+        timed or cached tasks, see :mod:`._task`): that it started (its key), that its
+        function returned in time and its result is being stored, or that the run's
+        cache warned."""
+        word = event[1]
+        if type(word) is int:
+            self._on_started(word)
+        elif word[0] == STORING:
+            self._on_storing(word[1], word[2])
+        elif word[0] == CACHE_WARNED:
+            key, text, address = word[1], word[2], word[3]
+            pending = self._pending.get(key)
+            worker = self._names.of.get(address, address)
+            self._cache_warnings.warn(key, None if pending is None else pending.spec, worker, text)
+
+    def _on_started(self, key: Key) -> None:
+        """A timed task started on its worker: its deadline runs."""
+        pending = self._pending.get(key)
         timeout = None if pending is None else pending.spec.timeout
         if pending is not None and timeout is not None and not pending.future.done():
             self._deadlines.add(pending, timeout)
+
+    def _on_storing(self, key: Key, seconds: float) -> None:
+        """A timed task's function returned in time on its worker, which stores its
+        result now: its deadline is the store's bound, ``seconds`` from now (its timeout
+        bounds the user's function, not the store)."""
+        pending = self._pending.get(key)
+        if pending is not None and not pending.future.done():
+            self._deadlines.move(pending, seconds)
 
     def _timed_out(self, pending: Pending) -> None:
         """``pending`` ran past its timeout and still runs: fail it now, give up its

@@ -26,6 +26,17 @@ also says when it starts (another event, on its own topic): the caller times it 
 It waits for that word to leave the worker before calling the function: a function that
 holds the GIL from its first instruction (a long call into C code) starves the worker's
 event loop, which would otherwise never send it, and the task would never be timed.
+
+With the run's cache (:mod:`dispatcher._cache_plan`), a task's timeout bounds its function,
+not the store of its result: a cached task with a timeout is timed until its function
+returns (:data:`~dispatcher._cache_plan.function_returned`), and, returned in time, says so
+on the same topic (:data:`STORING`), with the store's own bound, which the caller's deadline
+becomes. It waits for that word to leave too (storing a large result may hold the GIL),
+unless the result is small and its deadline far (:data:`QUICK_STORE_BYTES`).
+A result whose function ran past its timeout is not stored. The cache's warnings on a
+worker (a result not stored on a full disk, say) go to the caller on that topic too
+(:data:`CACHE_WARNED`, :func:`dispatcher._cache.send_warnings_to`), to be warned there,
+naming the node. Tasks without a timeout or a cache say nothing more.
 """
 
 from __future__ import annotations
@@ -33,12 +44,22 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
+import threading
 import time
 from time import perf_counter
 from typing import Any
 
 import cloudpickle
 
+from dispatcher._cache import send_warnings_to
+from dispatcher._cache_plan import (
+    STORE_RATE,
+    STORE_SECONDS,
+    FunctionClock,
+    function_returned,
+    store_seconds,
+    stores_result,
+)
 from dispatcher.remote import (
     WireError,
     capture_error,
@@ -51,13 +72,44 @@ from dispatcher.remote import (
 from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
-__all__ = ["Shipped", "TaskFailure", "dumps", "pack", "run_task", "run_tasks", "still_running"]
+__all__ = [
+    "CACHE_WARNED",
+    "QUICK_STORE_BYTES",
+    "STORING",
+    "Shipped",
+    "TaskFailure",
+    "dumps",
+    "pack",
+    "run_task",
+    "run_tasks",
+    "still_running",
+]
 
 _ABSENT: Any = object()
 
 CARRIED_BYTES = 1024
 """A wanted value pickled to at most this many bytes travels with its task's report.
 (dask's scheduler keeps the last thousand events of a topic: at most a MiB of these.)"""
+
+STORING = "storing"
+"""A task's word ``(STORING, key, seconds)``: its function returned within its timeout,
+and its result is being stored in the run's cache, which may take ``seconds`` at most
+(:func:`~dispatcher._cache_plan.store_seconds`). (The word that it started is its key.)"""
+
+CACHE_WARNED = "cache-warned"
+"""A task's word ``(CACHE_WARNED, key, text, worker address)``: the run's cache warned
+``text`` while it ran."""
+
+QUICK_STORE_BYTES = 1 << 20
+"""A timed cached task's result smaller than this (by
+:func:`~dispatcher._cache_plan.store_seconds`), stored with more than
+:data:`START_WORD_WAIT` left before its deadline, does not wait for its :data:`STORING`
+word to leave its worker (a wait of a few ms, the worker's batching interval): its store
+cannot hold the GIL for that long."""
+
+_running = threading.local()
+"""``task``: the task this thread runs, and the topic its words go on (see
+:func:`_cache_warned`); None between tasks."""
 
 
 def dumps(obj: Any) -> bytes:
@@ -170,7 +222,7 @@ def run_task(
     return shipped
 
 
-def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
+def run_tasks(tasks: bytes, stats_topic: str, word_topic: str = "") -> tuple[Any, ...]:
     """Run a fused run of tasks on this worker, one after another in this thread, and
     return their values, by position (a failed task's :class:`TaskFailure` in its place).
 
@@ -179,8 +231,9 @@ def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
     caller does not want. dask's worker pays for each task it runs (a turn of its event
     loop and two thread hand-offs): short tasks run this way pay it once. Each task's run
     time, result size and failure (pickled) go to the caller in one event on
-    ``stats_topic``, ahead of the run's completion. Once the run is released (cancelled:
-    dask cannot stop a thread), the tasks not yet started are not.
+    ``stats_topic``, ahead of the run's completion; the run's cache warnings go on
+    ``word_topic`` (:data:`CACHE_WARNED`), as a task run alone says them. Once the run is
+    released (cancelled: dask cannot stop a thread), the tasks not yet started are not.
     """
     members: list[tuple[int, bytes]] = pickle.loads(tasks)
     values: list[Any] = []
@@ -190,7 +243,7 @@ def run_tasks(tasks: bytes, stats_topic: str) -> tuple[Any, ...]:
             values.append(TaskFailure(key, None, 0.0))
             continue
         start = perf_counter()
-        outcome, _ = _call(key, payload, (), "", start)
+        outcome, _ = _call(key, payload, (), word_topic, start)
         duration = perf_counter() - start
         values.append(outcome)
         if isinstance(outcome, TaskFailure):
@@ -241,8 +294,11 @@ def _call(
     # Timed from here, as the caller times it from the event below: loading the function
     # (imports, on a fresh worker) does not count.
     called = perf_counter()
+    clock = None
     if timeout is not None and timeout < math.inf:
-        _say_started(start_topic, key)
+        _say(start_topic, key)
+        if stores_result(func):  # its store is not its function: see _StoreWord
+            clock = _StoreWord(called, timeout, start_topic, key)
     if picks:
         picked = _picked(inputs, picks)
         if isinstance(picked, TaskFailure):
@@ -264,6 +320,8 @@ def _call(
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
     if failure is not None:
         return failure, want
+    _running.task = (key, start_topic)  # whom the cache's warnings name
+    token = None if clock is None else function_returned.set(clock)
     try:
         value = call_task(func, args, kwargs, shape, values)
         if is_awaitable(value):
@@ -272,12 +330,66 @@ def _call(
         failure = TaskFailure(key, None, perf_counter() - start, timeout)
     except BaseException as exc:
         failure = TaskFailure(key, capture_error(exc, dumps), perf_counter() - start)
+    _running.task = None
+    if token is not None:
+        function_returned.reset(token)
     if failure is not None:
         return failure, want
-    if timeout is not None and perf_counter() - called > timeout:
-        # Late, but back before the caller failed it at its deadline (or untimed there).
-        return TaskFailure(key, None, perf_counter() - start, timeout), want
+    if timeout is not None:
+        ran = perf_counter() - called
+        if clock is not None:
+            ran = clock.ran(ran)  # (its store not counted)
+        if ran > timeout:
+            # Late, but back before the caller failed it at its deadline (or untimed there).
+            return TaskFailure(key, None, perf_counter() - start, timeout), want
     return value, want
+
+
+class _StoreWord(FunctionClock):
+    """The :data:`~dispatcher._cache_plan.function_returned` of a cached task with a
+    timeout: it times the function alone and, when it returned in time, tells the caller
+    (:data:`STORING`), whose deadline for the task becomes the bound on its store."""
+
+    __slots__ = ("key", "topic")
+
+    def __init__(self, start: float, timeout: float, topic: str, key: int) -> None:
+        super().__init__(start, timeout)
+        self.topic = topic
+        self.key = key
+
+    def __call__(self, value: Any) -> bool:
+        """The function returned ``value``: store it if that was within the timeout."""
+        if not super().__call__(value):
+            return False  # the task fails as timed out: nothing it never reported is stored
+        seconds = store_seconds(value)
+        word = (STORING, self.key, seconds)
+        assert self.returned is not None
+        small = seconds < STORE_SECONDS + QUICK_STORE_BYTES / STORE_RATE
+        if small and self.limit - self.returned > START_WORD_WAIT:
+            _log_event(self.topic, word)  # (sent on the event loop's next turn)
+        else:
+            _say(self.topic, word)
+        return True
+
+
+def _cache_warned(text: str) -> bool:
+    """The run's cache warned ``text`` in this process: sent to the caller if a task of
+    this thread runs on a dask worker (True), else warned here."""
+    task = getattr(_running, "task", None)
+    if task is None:
+        return False
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
+        return False
+    key, topic = task
+    worker.log_event(topic, (CACHE_WARNED, key, text, worker.address))
+    return True
+
+
+send_warnings_to(_cache_warned)
 
 
 def _picked(inputs: tuple[Any, ...], picks: dict[int, int]) -> tuple[Any, ...] | TaskFailure:
@@ -363,18 +475,19 @@ START_WORD_WAIT = 1.0
 (a worker whose connection to the scheduler is down drops it anyway)."""
 
 
-def _say_started(topic: str, key: int) -> None:
-    """Tell the caller, through the scheduler, that task ``key`` starts now, and return
-    once that message has been written to the scheduler's connection (or after
-    :data:`START_WORD_WAIT`): the task's function may hold the GIL from its first
-    instruction, and the worker's event loop, which sends the message, then never runs."""
+def _say(topic: str, word: Any) -> None:
+    """Tell the caller, through the scheduler, a task's ``word`` (its key: it starts now;
+    or :data:`STORING`), and return once that message has been written to the scheduler's
+    connection (or after :data:`START_WORD_WAIT`): the task's function (or the store of
+    its result) may hold the GIL from its first instruction, and the worker's event loop,
+    which sends the message, then never runs."""
     from distributed import get_worker
 
     try:
         worker = get_worker()
     except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
         return
-    message = {"op": "log-event", "topic": topic, "msg": key}
+    message = {"op": "log-event", "topic": topic, "msg": word}
     worker.loop.add_callback(worker.batched_send, message)
     deadline = perf_counter() + START_WORD_WAIT
     while not _written(worker, message) and perf_counter() < deadline:

@@ -56,6 +56,7 @@ from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
 from ._order import rank
 from ._outbox import Outbox
+from ._outcome import CacheWarnings
 from ._quiet import QuietFailures, plugin_name
 from ._task import pack, run_task, run_tasks
 
@@ -125,6 +126,7 @@ class DaskTransport(Completions, GivingUp, Transport):
             lambda: self.client, self._capacity_changed, self._full, self._threads_of
         )
         self._restarting: set[str] = set()  # workers of our own being restarted
+        self._cache_warnings = CacheWarnings()
         self._deadlines: Deadlines[Pending] = Deadlines(self._timed_out, self._no_deadlines)
         self._futures: dict[Key, Future] = {}  # every result held or being computed
         # The task that made each of those (its ``worker`` holds the result): a late
@@ -406,7 +408,13 @@ class DaskTransport(Completions, GivingUp, Transport):
             return None
         name = getattr(members[0].func, "__name__", "task")
         dask_key = f"{name}-fused-{self._token}-{next(self._serial)}"
-        task = Task(dask_key, run_tasks, pickle.dumps(payloads, protocol=5), self._stats_topic)
+        task = Task(
+            dask_key,
+            run_tasks,
+            pickle.dumps(payloads, protocol=5),
+            self._stats_topic,
+            self._start_topic,  # (where its cache's warnings go)
+        )
         return task, members, ()
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
@@ -510,7 +518,7 @@ class DaskTransport(Completions, GivingUp, Transport):
             client.subscribe_topic(topic, self._on_cluster_event)
         if self._stats_topic is not None:
             client.subscribe_topic(self._stats_topic, self._on_stats)
-        client.subscribe_topic(self._start_topic, self._on_started)
+        client.subscribe_topic(self._start_topic, self._on_task_word)
         try:
             client.register_plugin(QuietFailures(self._token), plugin_name(self._token))
         except Exception:  # only dask's log is at stake
