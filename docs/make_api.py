@@ -337,7 +337,12 @@ def render() -> str:
                 out += [f"### {prefix}function `{signature(obj, qual)}`", ""]
                 out += [docstring(obj) or "", ""]
             else:
-                shown = obj.__name__ if inspect.isclass(obj) else repr(obj)
+                # (An object's address differs from one run to the next.)
+                shown = (
+                    obj.__name__
+                    if inspect.isclass(obj)
+                    else re.sub(" at 0x[0-9a-f]+", "", repr(obj))
+                )
                 if callable(obj) and not inspect.isclass(obj):
                     out += [f"### `{qual}`", ""]
                 else:

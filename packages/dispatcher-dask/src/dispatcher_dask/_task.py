@@ -51,22 +51,20 @@ from typing import Any
 
 import cloudpickle
 
-from dispatcher._cache import send_warnings_to
-from dispatcher._cache_plan import (
+from dispatcher.remote import (
     STORE_RATE,
     STORE_SECONDS,
     FunctionClock,
-    function_returned,
-    store_seconds,
-    stores_result,
-)
-from dispatcher.remote import (
     WireError,
     capture_error,
     dumps_for,
+    function_returned,
     is_awaitable,
+    send_warnings_to,
     serialization_error,
     size_of,
+    store_seconds,
+    stores_result,
     unpickling_error,
 )
 from dispatcher.remote import dumps as _kit_dumps

@@ -8,8 +8,12 @@ scheduler events with values and exceptions left for the run's driver to unpickl
 (:class:`Reports`, :class:`Pickled`, :class:`UnrestoredError`), the worker's task loop
 (:class:`TaskRunner`), pickling with large buffers out of band (:func:`dumps_split`), large
 plain arguments kept once per run and named in each task's pickle (:class:`LargeArguments`),
-exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`), and the
-one test of which results are awaited (:func:`is_awaitable`).
+exceptions that survive the trip (:func:`capture_error`, :func:`restore_error`), the
+one test of which results are awaited (:func:`is_awaitable`), and what a worker does for
+the run's cache: stop a task's clock when its function returns, before the store
+(:data:`function_returned`, :class:`FunctionClock`, :func:`stores_result`), bound the
+store (:func:`store_seconds`), and hand the cache's warnings to the caller
+(:func:`send_warnings_to`).
 ``dispatcher_mp`` and ``dispatcher_mpi`` are built from it, and keep only what is their
 own: processes, pipes and shared memory; MPI channels and rank-to-rank fetches.
 
@@ -17,6 +21,13 @@ Worker processes import this package: it stays light.
 """
 
 from .._awaiting import is_awaitable as is_awaitable
+from .._cache import send_warnings_to as send_warnings_to
+from .._cache_plan import STORE_RATE as STORE_RATE
+from .._cache_plan import STORE_SECONDS as STORE_SECONDS
+from .._cache_plan import FunctionClock as FunctionClock
+from .._cache_plan import function_returned as function_returned
+from .._cache_plan import store_seconds as store_seconds
+from .._cache_plan import stores_result as stores_result
 from .._options import check_count as check_count
 from ._errors import WireError as WireError
 from ._errors import capture_error as capture_error
@@ -82,6 +93,8 @@ __all__ = [
     "LARGE_ARGUMENT_BYTES",
     "OUT_OF_BAND_BYTES",
     "REPORT_NOW",
+    "STORE_RATE",
+    "STORE_SECONDS",
     "Cancel",
     "Define",
     "Done",
@@ -89,6 +102,7 @@ __all__ = [
     "Finished",
     "Forget",
     "Free",
+    "FunctionClock",
     "FunctionShipper",
     "InFlight",
     "InputError",
@@ -117,6 +131,7 @@ __all__ = [
     "dumps_split",
     "fragment",
     "from_wire",
+    "function_returned",
     "held_here",
     "loads",
     "message",
@@ -125,9 +140,12 @@ __all__ = [
     "pickle_by_reference",
     "reported_keys",
     "restore_error",
+    "send_warnings_to",
     "serialization_error",
     "size_of",
     "start_thread",
+    "store_seconds",
+    "stores_result",
     "supervised",
     "task_record",
     "to_wire",
