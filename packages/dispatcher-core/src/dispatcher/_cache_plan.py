@@ -76,6 +76,8 @@ the store). It returns whether to store the value: False when the function ran p
 timeout (the node fails: a result it never reported is not stored)."""
 
 STORE_SECONDS = 60.0
+"""Seconds the store of a node with a timeout may take whatever its size, before the
+bytes its result's buffers add (:data:`STORE_RATE`, :func:`store_seconds`)."""
 STORE_RATE = 10e6
 """Bytes a second: a store of a node with a timeout may take :data:`STORE_SECONDS`, plus a
 second per this many bytes of its result's buffers (:func:`store_seconds`), before the node
