@@ -13,6 +13,7 @@ completion there, so that both leave in one batch, the report first.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ._quiet import QuietFailures
@@ -45,8 +46,9 @@ class TaskReports(QuietFailures):
         super().teardown(worker)
         self._worker = None
         held, self._held = self._held, {}
-        for message in held.values():  # (a task still running at close: sent as it was)
-            worker.batched_send(message)
+        with contextlib.suppress(Exception):  # (the worker's stream may be closed)
+            for message in held.values():  # a task still running at close: sent as it was
+                worker.batched_send(message)
 
     def hold(self, dask_key: Any, message: dict[str, Any]) -> None:
         """Send ``message`` when the dask task ``dask_key`` completes (from its thread)."""
