@@ -95,3 +95,27 @@ def state_of(key: str, dask_worker: Any = None) -> str | None:
     """The state of task ``key`` on this worker, if it knows it."""
     task = dask_worker.state.tasks.get(key)
     return None if task is None else str(task.state)
+
+
+def batches_sent(dask_worker: Any = None) -> int:
+    """How many batches this worker has written to the scheduler so far."""
+    return int(dask_worker.batched_stream.batch_count)
+
+
+def reports_in_batches(since: int, dask_worker: Any = None) -> list[list[str]]:
+    """The batches this worker wrote to the scheduler after its first ``since`` that
+    carry a task's report, each as its messages' ops ("report" for a report)."""
+    stream = dask_worker.batched_stream
+    written = stream.batch_count - since
+    batches = list(stream.recent_message_log)[-written:] if written else []
+    found = []
+    for batch in batches:
+        if not isinstance(batch, list):
+            continue
+        ops = [
+            "report" if str(m.get("topic")).startswith("dispatcher-stats-") else m.get("op")
+            for m in batch
+        ]
+        if "report" in ops:
+            found.append(ops)
+    return found

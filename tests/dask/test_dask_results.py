@@ -32,3 +32,24 @@ def test_small_values_come_with_their_reports_and_large_ones_are_gathered(
     big = Op(dask_tasks.megabyte_after, 0)
     assert len(run(big, executor="dask", address=address)) == 1 << 20
     assert gathered == [1]
+
+
+def test_a_tasks_report_leaves_its_worker_with_its_completion(dask_client: Any) -> None:
+    # Sent alone, a report leaves at once and holds the completion after it back for the
+    # worker's batching interval (a few ms): a chain would wait that long between links.
+    address = dask_client.scheduler.address
+    links = 20
+    chain = Op(dask_tasks.total, 0, 1)
+    for _ in range(links - 1):
+        chain = Op(dask_tasks.total, chain, 1)
+    run(Op(dask_tasks.total, 0), executor="dask", address=address)  # workers warmed up
+    before = dask_client.run(dask_tasks.batches_sent)
+    assert run(chain, executor="dask", address=address) == links
+    found = [
+        ops
+        for worker, since in before.items()
+        for ops in dask_client.run(dask_tasks.reports_in_batches, since, workers=[worker])[worker]
+    ]
+    assert len(found) == links
+    for ops in found:
+        assert "task-finished" in ops[ops.index("report") :], ops

@@ -18,11 +18,12 @@ A failure is raised as :class:`TaskFailure`, carrying the exception made ready t
 processes (:func:`dispatcher.transport.capture_error`): the caller restores the user's own
 exception with the worker's traceback, or a :class:`~dispatcher.RemoteError` when it
 cannot be brought back. The run time and result size travel to the caller as a worker
-event on a topic named by the caller (``Worker.log_event``): one small message per task,
-ahead of dask's own completion message on the same connection. A wanted value of a few
-pickled bytes (:data:`CARRIED_BYTES`) travels in that message too: the caller then has
-it without gathering it, a round trip through the scheduler saved. A task with a timeout
-also says when it starts (another event, on its own topic): the caller times it from then.
+event on a topic named by the caller: one small message per task, ahead of dask's own
+completion message on the same connection, and in the same batch (:mod:`._reports`).
+A wanted value of a few pickled bytes (:data:`CARRIED_BYTES`) travels in that message
+too: the caller then has it without gathering it, a round trip through the scheduler
+saved. A task with a timeout also says when it starts (another event, on its own topic):
+the caller times it from then.
 It waits for that word to leave the worker before calling the function: a function that
 holds the GIL from its first instruction (a long call into C code) starves the worker's
 event loop, which would otherwise never send it, and the task would never be timed.
@@ -248,7 +249,7 @@ def run_tasks(tasks: bytes, stats_topic: str, word_topic: str = "") -> tuple[Any
             stats.append((key, duration, None, _failure_bytes(outcome)))
         else:
             stats.append((key, duration, size_of(outcome), None))
-    _log_event(stats_topic, stats)
+    _send_report(stats_topic, stats)
     return tuple(values)
 
 
@@ -455,7 +456,22 @@ def _wait(awaitable: Any, seconds: float | None) -> Any:
 
 
 def _report(topic: str, key: int, duration: float, nbytes: int, data: bytes | None) -> None:
-    _log_event(topic, (key, duration, nbytes, data))
+    _send_report(topic, (key, duration, nbytes, data))
+
+
+def _send_report(topic: str, report: Any) -> None:
+    """Send a task's ``report`` ahead of its completion, in the same batch if this
+    worker has the transport's plugin (see :mod:`._reports`)."""
+    from distributed import get_worker
+
+    from ._reports import hold_report
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (dask's own local scheduler): nobody listens
+        return
+    if not hold_report(worker, topic, report):
+        worker.log_event(topic, report)
 
 
 def _log_event(topic: str, message: Any) -> None:

@@ -57,7 +57,8 @@ from ._giving_up import GivingUp, Pending, log
 from ._order import rank
 from ._outbox import Outbox
 from ._outcome import CacheWarnings
-from ._quiet import QuietFailures, plugin_name
+from ._quiet import plugin_name
+from ._reports import TaskReports
 from ._task import pack, run_task, run_tasks
 
 if TYPE_CHECKING:
@@ -520,9 +521,11 @@ class DaskTransport(Completions, GivingUp, Transport):
             client.subscribe_topic(self._stats_topic, self._on_stats)
         client.subscribe_topic(self._start_topic, self._on_task_word)
         try:
-            client.register_plugin(QuietFailures(self._token), plugin_name(self._token))
-        except Exception:  # only dask's log is at stake
-            log.debug("could not quiet dask's log of failed tasks", exc_info=True)
+            client.register_plugin(
+                TaskReports(self._token, self._stats_topic), plugin_name(self._token)
+            )
+        except Exception:  # only dask's log, and a few ms per task, are at stake
+            log.debug("could not register the worker plugin", exc_info=True)
         if not self._own_client and self._want_workers:
             # A given client's cluster may still be growing (see connect() for address=).
             client.wait_for_workers(self._want_workers)
