@@ -18,9 +18,9 @@ from dispatcher.transport import KEY_BITS, SHAPE_CALL, TaskSpec
 
 pytest.importorskip("dispatcher_dask")
 
+from dispatcher.remote import CacheWarnings
 from dispatcher_dask import _task
 from dispatcher_dask._deadlines import Deadlines
-from dispatcher_dask._outcome import CacheWarnings
 from dispatcher_dask._task import (
     CACHE_WARNED,
     QUICK_STORE_BYTES,

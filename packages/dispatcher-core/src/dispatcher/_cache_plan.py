@@ -164,8 +164,12 @@ def timed_call(spec: Any, start: float, in_task: bool = False) -> FunctionClock 
     return clock
 
 
-def _may_store(value: Any) -> bool:
-    """The function returned ``value``: tell the executor timing it, if one does."""
+def _worth_storing(cache: Cache, start: float, value: Any) -> bool:
+    """The function called at ``start`` returned ``value``: store it? Not if it ran for
+    less than the cache's ``min_seconds``; else as the executor timing it says, if one
+    does (told only then: it stops the node's clock)."""
+    if cache.min_seconds and perf_counter() - start < cache.min_seconds:
+        return False
     returned = function_returned.get()
     return returned is None or returned(value)
 
@@ -188,9 +192,7 @@ class StoreResult:
         value = self.func(*args, **kwargs)
         if inspect.isawaitable(value):
             return _store_when_done(cache, key, value, start)
-        if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(
-            value
-        ):
+        if _worth_storing(cache, start, value):
             cache.save(key, value)
         return value
 
@@ -208,9 +210,7 @@ def _store_coroutine(func: Any, cache: Cache) -> Any:
     async def cached(key: str, /, *args: Any, **kwargs: Any) -> Any:
         start = perf_counter()
         value = await func(*args, **kwargs)
-        if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(
-            value
-        ):
+        if _worth_storing(cache, start, value):
             cache.save(key, value)
         return value
 
@@ -221,7 +221,7 @@ def _store_coroutine(func: Any, cache: Cache) -> Any:
 
 async def _store_when_done(cache: Cache, key: str, awaitable: Any, start: float) -> Any:
     value = await awaitable
-    if (not cache.min_seconds or perf_counter() - start >= cache.min_seconds) and _may_store(value):
+    if _worth_storing(cache, start, value):
         cache.save(key, value)
     return value
 

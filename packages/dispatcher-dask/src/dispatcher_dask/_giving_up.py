@@ -39,10 +39,11 @@ if TYPE_CHECKING:
 
     from distributed import Client, Future, LocalCluster
 
+    from dispatcher.remote import CacheWarnings
+
     from ._abandoned import Abandoned
     from ._cluster import WorkerNames
     from ._deadlines import Deadlines
-    from ._outcome import CacheWarnings
 
 __all__ = ["GivingUp", "Pending"]
 

@@ -39,6 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dispatcher import SerializationError, WorkerLostError
+from dispatcher.remote import CacheWarnings
 from dispatcher.transport import Capabilities, EventSink, Key, TaskSpec, Transport
 
 from ._abandoned import Abandoned
@@ -56,7 +57,6 @@ from ._fusing import Fusing
 from ._giving_up import GivingUp, Pending, log
 from ._order import rank
 from ._outbox import Outbox
-from ._outcome import CacheWarnings
 from ._quiet import plugin_name
 from ._reports import TaskReports
 from ._task import pack, run_task, run_tasks

@@ -74,6 +74,7 @@ from ._pickle import dumps as dumps
 from ._pickle import dumps_split as dumps_split
 from ._pickle import loads as loads
 from ._pickle import pickle_by_reference as pickle_by_reference
+from ._reports import CacheWarnings as CacheWarnings
 from ._reports import Pickled as Pickled
 from ._reports import Reports as Reports
 from ._reports import UnrestoredError as UnrestoredError
@@ -95,6 +96,7 @@ __all__ = [
     "REPORT_NOW",
     "STORE_RATE",
     "STORE_SECONDS",
+    "CacheWarnings",
     "Cancel",
     "Define",
     "Done",

@@ -10,6 +10,7 @@ slow to unpickle, or never finishes unpickling, holds up that run alone.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 import warnings
@@ -25,10 +26,41 @@ from ._messages import CacheWarned, Done, Failed, Lost, Started, Storing, TakenB
 if TYPE_CHECKING:
     from ..transport import EventSink, Key, TaskSpec
 
-__all__ = ["Pickled", "Reports", "UnrestoredError"]
+__all__ = ["CacheWarnings", "Pickled", "Reports", "UnrestoredError"]
 
 _RUNS_REMEMBERED = 16
 """Runs whose cache warnings are remembered, to say each once per run."""
+
+log = logging.getLogger("dispatcher.cache")
+
+
+class CacheWarnings:
+    """The run's cache warnings on workers, warned again in the caller, where the user
+    runs the graph: a :class:`~dispatcher.CacheWarning` naming the node and the worker,
+    each message once per run (a full disk says so for every node). Called on the
+    transport's thread, which serves every run: a warning made an error is logged instead
+    of ending that thread."""
+
+    def __init__(self) -> None:
+        self._said: dict[int, set[str]] = {}  # per run (the oldest first), what was said
+
+    def warn(self, key: Key, spec: TaskSpec | None, worker: str, text: str) -> None:
+        """The cache warned ``text`` on ``worker`` while task ``key`` ran (``spec``, if it
+        is still known)."""
+        run = key >> KEY_BITS
+        said = self._said.get(run)
+        if said is None:
+            if len(self._said) >= _RUNS_REMEMBERED:
+                del self._said[next(iter(self._said))]
+            said = self._said[run] = set()
+        if text in said:
+            return
+        said.add(text)
+        node = f"node {spec.label!r}" if spec is not None else f"task {key}"
+        try:
+            warnings.warn(f"{text} ({node}, on worker {worker})", CacheWarning, stacklevel=2)
+        except Exception:
+            log.warning("%s (%s, on worker %s)", text, node, worker)
 
 
 class Pickled(Unloaded):
@@ -101,8 +133,7 @@ class Reports:
         self.received = received
         self.stale = stale
         self.source_name = source_name
-        self._warned: dict[int, set[str]] = {}
-        """Per run, the cache warnings said already (see :meth:`cache_warned`)."""
+        self._cache_warnings = CacheWarnings()
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
             Failed: self.failed,
@@ -188,20 +219,9 @@ class Reports:
         self.inflight.storing(message.key, worker, time.monotonic(), message.seconds)
 
     def cache_warned(self, worker: str, message: CacheWarned) -> None:
-        """The run's cache warned on ``worker``: a :class:`~dispatcher.CacheWarning` here,
-        naming the node, once per message and run (a full disk says so per node)."""
-        spec = self.inflight.tasks.get(message.key)
-        run = message.key >> KEY_BITS
-        said = self._warned.get(run)
-        if said is None:
-            if len(self._warned) >= _RUNS_REMEMBERED:
-                del self._warned[next(iter(self._warned))]  # the oldest run's
-            said = self._warned[run] = set()
-        if message.text in said:
-            return
-        said.add(message.text)
-        node = f"node {spec.label!r}" if spec is not None else f"task {message.key}"
-        warnings.warn(f"{message.text} ({node}, on worker {worker})", CacheWarning, stacklevel=2)
+        """The run's cache warned on ``worker``: see :class:`CacheWarnings`."""
+        key = message.key
+        self._cache_warnings.warn(key, self.inflight.tasks.get(key), worker, message.text)
 
     def lost(self, worker: str, message: Lost) -> None:
         """A task could not start on ``worker``: some of its inputs were not there."""

@@ -161,9 +161,9 @@ class TaskRunner:
         self.queued: set[Key] = set()
         """Tasks received and not started yet: those :meth:`take_back` may give back."""
         self.taken: dict[Key, int] = {}
-        self._task_thread: threading.Thread | None = None  # where serve() runs tasks
         """Per task given back, how many of its entries still queued are to be skipped
         (it may have been sent here again since: that last entry runs)."""
+        self._task_thread: threading.Thread | None = None  # where serve() runs tasks
 
     # -- what a backend provides ---------------------------------------------------------
 
