@@ -33,23 +33,28 @@ def _asked(ex: Any) -> list[tuple[str, list[Key]]]:
     return asked
 
 
+def _seconds(i: int) -> float:
+    """How long task ``i`` of a round sleeps: one long first, some medium, most quick."""
+    return 0.5 if i == 0 else 0.1 if i % 6 == 0 else 0.002
+
+
 @pytest.mark.timeout(120)
 def test_tasks_asked_back_amid_their_starts_and_completions_run_once(tmp_path: Path) -> None:
     count = 48
     recorder = Recorder()
     with get_executor("mp", workers=2) as ex:
         asked = _asked(ex)
-        # Whether a queue forms behind a long task depends on timing: at least three
-        # rounds, and more until some task was asked back.
+        # The first task of each round outlasts the whole rest of it: what is queued
+        # behind it waits while the other worker runs out of work, so every round asks
+        # some back. Shorter long tasks among quick ones: queues form and drain behind
+        # them, so requests meet tasks starting and finishing. At least three rounds,
+        # and more until some task was asked back.
         for rounds in itertools.count(1):
             r = rounds - 1
             log = tmp_path / f"round{r}"
             log.mkdir()
-            # Long tasks among quick ones: queues form behind them, and drain meanwhile.
             nodes = [
-                op(mp_tasks.logged_sleep, label=f"t{i}")(
-                    str(log), f"t{i}", 0.25 if i % 6 == 0 else 0.002, i
-                )
+                op(mp_tasks.logged_sleep, label=f"t{i}")(str(log), f"t{i}", _seconds(i), i)
                 for i in range(count)
             ]
             assert ex.run(nodes, plugins=[recorder]) == list(range(count))
