@@ -49,6 +49,7 @@ DISTRIBUTIONS = {
     "dispatcher-core": "dispatcher",
     "dispatcher-mp": "dispatcher_mp",
     "dispatcher-mpi": "dispatcher_mpi",
+    "dispatcher-dask": "dispatcher_dask",
 }
 
 MAX_MODULE_LINES = 600
