@@ -178,7 +178,13 @@ class Placement:
         open_ = [w for w in capacity if load[w] < capacity[w]]
         if not open_:
             return None
-        mean, room = self.expected(p)
+        # expected(p) written out for a function already timed: once per task placed.
+        func = self.table.nodes[p]._func
+        mean = self.durations.get(getattr(func, "__code__", None) or function_kind(func))
+        if mean is None:
+            mean, room = self.expected(p)
+        else:
+            room = self.room
         pull = 0.0
         if self.mean_nbytes is None and all(load[w] for w in open_):
             pull = SIBLING_PULL * mean
@@ -264,7 +270,7 @@ class Placement:
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
         expected = self.mean_nbytes or 0.0
-        pulled: set[str] = set()
+        pulled: set[str] | None = set() if pull else None  # (none while sizes are known)
         for d in deps[p]:
             where = holders[d]
             if where:
@@ -285,11 +291,11 @@ class Placement:
                         continue
                     where = table.held_on(spec.worker)  # still being computed there
                 weighed.append((where, min(expected, nbytes[d] or expected)))
-                if pull and d != p:
+                if pulled is not None and d != p:
                     pulled.update(where)
         if not weighed:
             return 0.0, None
-        near = dict.fromkeys(pulled, pull)
+        near = dict.fromkeys(pulled, pull) if pulled else {}
         if not self.spread:
             moving = pull if pulled else 0.0
             link = self.links.within.link

@@ -131,7 +131,7 @@ class TaskTable:
                 d = key - base
                 where = holders[d]
                 if where is not None and needed[d] == 1 and worker in where:
-                    holders[d] = where - {worker} or None
+                    holders[d] = (where - {worker}) if len(where) > 1 else None
         for d in self.deps[p]:  # consume_inputs(p), written out: once per reported task
             needed[d] -= 1
             if needed[d] == 0:
