@@ -248,3 +248,34 @@ def test_a_store_that_hangs_fails_its_node_at_the_stores_bound(
     slow = op(slow_to_store, timeout=0.2)(30.0)
     with pytest.raises(TaskTimeoutError):
         run(slow, executor="async", cache=tmp_path, threads=2)
+
+
+async def _slow_to_store_later(seconds: float) -> SlowToStore:
+    return SlowToStore(seconds)
+
+
+def returns_awaitable(seconds: float) -> Any:
+    """A plain function whose result is awaited: a coroutine."""
+    counters.calls.append(("returns_awaitable", seconds))
+    return _slow_to_store_later(seconds)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("executor", "options"), [("sync", {}), ("async", {"threads": 0})])
+def test_a_store_awaited_beside_a_running_loop_is_not_held_to_the_timeout(
+    tmp_path: Path, executor: str, options: dict[str, Any]
+) -> None:
+    """A plain function's awaitable result, awaited in a helper thread because the
+    calling thread runs an event loop (a run from inside a coroutine): the store after
+    it is still not held to the node's timeout."""
+    import asyncio
+
+    node = op(returns_awaitable, timeout=0.5)(1.5)
+
+    async def main() -> Any:
+        return run(node, executor=executor, cache=tmp_path, **options)
+
+    counters.calls.clear()
+    assert isinstance(asyncio.run(main()), SlowToStore)
+    assert isinstance(asyncio.run(main()), SlowToStore)  # read from the cache
+    assert counters.calls == [("returns_awaitable", 1.5)]

@@ -10,6 +10,7 @@ thread as a plain call would. A leaf module: worker processes import it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from collections.abc import Awaitable
@@ -65,7 +66,12 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
         except BaseException as exc:  # handed to the waiting thread, never lost
             box.append((False, exc))
 
-    thread = threading.Thread(target=target, name="dispatcher-await", daemon=True)
+    # In this thread's context: what the awaitable reads of it (the cache's clock, say)
+    # is what it would read awaited here.
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(target,), name="dispatcher-await", daemon=True
+    )
     thread.start()
     thread.join()
     ok, value = box[0]
