@@ -270,7 +270,7 @@ class Placement:
         holders, nbytes, inflight, deps = table.holders, table.nbytes, table.inflight, table.deps
         weighed: list[tuple[frozenset[str], float]] = []
         expected = self.mean_nbytes or 0.0
-        pulled: set[str] | None = set() if pull else None  # (none while sizes are known)
+        pulled: set[str] | None = set() if pull else None  # (no pull: none to collect)
         for d in deps[p]:
             where = holders[d]
             if where:
