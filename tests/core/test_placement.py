@@ -11,6 +11,7 @@ import pytest
 from dispatcher import op
 from dispatcher._links import ENOUGH
 from dispatcher._placement import ACROSS_HOSTS, WITHIN_HOST, Link, Placement
+from dispatcher._states import DONE, READY, RUNNING, WAITING
 from dispatcher.testing import FakeTransport, fake_executor, tasks
 from dispatcher.transport import worker_host, worker_name
 
@@ -42,6 +43,13 @@ class Table:
         self.nbytes: list[int | None] = [None] * len(deps)
         self.inflight: dict[int, Any] = {}
         self.nodes = [_Node(_task) for _ in deps]
+        # (What sending ahead reads and does: tasks' states, the ready stack.)
+        self.state = [WAITING] * len(deps)
+        self.waiting = [len(inputs) for inputs in deps]
+        self.ready: list[int] = []
+
+    def inputs_sent(self, p: int) -> bool:
+        return all(self.state[d] in (RUNNING, DONE) for d in self.deps[p])
 
     def hold(self, p: int, worker: str, nbytes: int) -> None:
         self.holders[p] = frozenset((worker,))
@@ -342,6 +350,53 @@ def test_tasks_that_fail_teach_placement_how_long_their_function_takes() -> None
     assert all(isinstance(r.error, ValueError) for r in results)
     # Unknown, a task is assumed to take 1 ms: 3 per worker at most in one hand-out.
     assert max(len(batch) for batch in transport.batches) > 6
+
+
+def _link_ahead(placed: Placement, table: Table) -> str | None:
+    """Offer task 1 (its input, task 0, being made on w1) as dispatch does, ahead of it."""
+    table.state[1] = READY
+    worker = placed.place_ahead(1)
+    if worker is None:
+        table.state[1] = WAITING
+    return worker
+
+
+@pytest.mark.parametrize("anywhere", [False, True])
+def test_a_link_refused_room_ahead_of_its_input_is_offered_again_once_half_is_free(
+    anywhere: bool,
+) -> None:
+    # A chain longer than its worker's room: the next link waits for room there, not for
+    # the report of its input, the last link sent (which comes once all before it ran).
+    table = Table([(), (0,)])
+    table.state[0] = RUNNING
+    table.inflight[0] = Spec("w1")
+    placed = placement(table, "w1", "w2", capacity=8)
+    placed.in_order = not anywhere
+    placed.anywhere = anywhere
+    placed.durations[_task.__code__] = placed.mean_duration = 0.001
+    placed.mean_nbytes = 10 * MB  # (on a transport that accepts pending inputs: stay)
+    placed.room.update(w1=8, w2=8)
+    placed.load.update(w1=8, w2=0)
+    assert _link_ahead(placed, table) is None
+    for load in (8, 7, 5):  # an idle w2 is no room for it: its input is on w1
+        placed.load["w1"] = load
+        placed.unpark()
+        assert not table.ready
+    placed.load["w1"] = 4
+    placed.unpark()
+    assert table.ready == [1]
+    assert table.state[1] == READY
+    assert _link_ahead(placed, table) == "w1"
+    # Readied by its input's report meanwhile, a parked link is not offered twice.
+    placed.load["w1"] = 8
+    table.ready.clear()
+    assert _link_ahead(placed, table) is None
+    table.waiting[1] = 0
+    table.state[1] = READY
+    placed.load["w1"] = 0
+    placed.unpark()
+    assert not table.ready
+    assert not placed.parked
 
 
 def test_a_link_sent_ahead_stays_with_the_worker_making_its_input() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._hosts import worker_host
 from ._links import ACROSS_HOSTS, WITHIN_HOST, Link, LinkCosts
-from ._states import DONE, RUNNING
+from ._states import DONE, READY, RUNNING, WAITING
 from ._tasks import TaskTable
 from ._template import function_kind
 
@@ -85,6 +85,11 @@ class Placement:
         self._queued = 1  # tasks queued behind the running one, on in-order workers
         self._steady = (0.0, 0.0)
         self._set_queued(1)
+        self.waits_for: str | None = None
+        """The full worker :meth:`place` last chose to wait for, rather than move."""
+        self.parked: dict[str | None, list[int]] = {}
+        """Tasks refused only for want of room ahead of their inputs, by the worker whose
+        room they wait for (``None``: any worker's; see :meth:`place_ahead`)."""
 
     # -- workers --------------------------------------------------------------------------
 
@@ -204,6 +209,7 @@ class Placement:
             # no capacity at all gives no room to wait for).
             full = min((w for w in room if capacity[w]), key=finish, default=best)
             if finish(full)[0] < finish(best)[0]:
+                self.waits_for = full
                 return None
         # Beyond the usual queue only when the move saved outweighs the extra wait there
         # (a saving known, not the pull of a guess).
@@ -350,10 +356,18 @@ class Placement:
         order, only behind its inputs, on the worker computing all of them, while that
         worker has room. None: nowhere now (or an input is neither made nor being made:
         it went back to waiting since ``p`` was readied); it waits for its inputs'
-        reports."""
+        reports, or, refused only for want of room, is parked until room is made
+        (:meth:`unpark`): a chain longer than a worker's room streams out as its links
+        finish instead of waiting, a roomful at a time, for the last one sent."""
         table = self.table
         if self.anywhere:
-            return self.place(p) if table.inputs_sent(p) else None
+            if not table.inputs_sent(p):
+                return None
+            self.waits_for = None
+            worker = self.place(p)
+            if worker is None:
+                self.parked.setdefault(self.waits_for, []).append(p)
+            return worker
         state, inflight = table.state, table.inflight
         worker = None
         # (TaskTable.inputs_sent, checked in the same pass: once per task sent ahead.)
@@ -373,4 +387,32 @@ class Placement:
             room = self.room
         else:
             room = self.expected(p)[1]
-        return worker if self.load[worker] < room[worker] else None
+        if self.load[worker] < room[worker]:
+            return worker
+        parked = self.parked.get(worker)
+        if parked is None:
+            self.parked[worker] = [p]
+        else:
+            parked.append(p)
+        return None
+
+    def unpark(self) -> None:
+        """Put back on the ready stack, first parked on top, the tasks parked by
+        :meth:`place_ahead` whose worker has half its room free again (any worker, for
+        those parked under ``None``; all of a worker's once it is gone): its queue is
+        topped up by half a roomful at a time, before it runs dry, not by a task per
+        report. One still waiting ahead of its inputs goes back; one readied by its
+        inputs' reports since, or sent back to waiting, is already where it belongs."""
+        parked, load, room = self.parked, self.load, self.room
+        table = self.table
+        state, waiting, ready = table.state, table.waiting, table.ready
+        for worker in list(parked):
+            if worker is None:
+                if not any(load[w] <= room[w] // 2 for w in room):
+                    continue
+            elif worker in room and load[worker] > room[worker] // 2:
+                continue
+            for p in reversed(parked.pop(worker)):
+                if state[p] == WAITING and waiting[p]:
+                    state[p] = READY
+                    ready.append(p)

@@ -287,7 +287,7 @@ class Run:
                 worker = self.placement.place_ahead(p)
                 if worker is None:  # (or an input went back to waiting since)
                     ready.pop()
-                    state[p] = WAITING  # readied again once its inputs are made
+                    state[p] = WAITING  # readied again once its inputs are made, or room
                     continue
             elif self._hits_in_caller and p in self.hits:  # type: ignore[operator]
                 # A hit where tasks run in the caller: read it here, without a spec.
@@ -405,6 +405,8 @@ class Run:
                 self.act_on_recovery()
             if self.aborted:
                 break  # what is left is freed when the run is detached from its router
+        if self.placement.parked:  # reports made room for tasks parked ahead of inputs
+            self.placement.unpark()
         if self.table.frees:
             self._send_frees()
 
