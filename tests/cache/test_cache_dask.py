@@ -181,7 +181,7 @@ def test_a_cache_warning_on_a_worker_goes_to_the_caller_on_the_tasks_topic(
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         if fused:
-            run_tasks(pickle.dumps([(7, payload)]), "stats", "words")
+            run_tasks(pickle.dumps(([(7, payload, (), ())], {})), "stats", "words")
         else:
             run_task(7, payload, "stats", "words")
     assert not [w for w in seen if w.category is CacheWarning]

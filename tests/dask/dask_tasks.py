@@ -28,6 +28,26 @@ def length(data: bytes) -> int:
     return len(data)
 
 
+def block_after(previous: bytes | None, link: int, bad: int = -1) -> bytes:
+    """A fresh 64 KiB block counting the links so far in its first byte; link ``bad``
+    fails."""
+    if link == bad:
+        raise ValueError(f"link {link} is bad")
+    count = 0 if previous is None else previous[0] + 1
+    return bytes([count % 256]) * (64 * 1024)
+
+
+def first_byte(data: bytes) -> int:
+    return data[0]
+
+
+def values_held(data: bytes) -> int:
+    """How many values the worker running this holds (``data`` among them)."""
+    from distributed import get_worker
+
+    return len(get_worker().data)
+
+
 def started_then_slept(seconds: float, *_: object) -> float:
     """When this call started (the clock every process of one machine shares), after
     sleeping ``seconds``."""
@@ -100,6 +120,20 @@ def state_of(key: str, dask_worker: Any = None) -> str | None:
 def batches_sent(dask_worker: Any = None) -> int:
     """How many batches this worker has written to the scheduler so far."""
     return int(dask_worker.batched_stream.batch_count)
+
+
+def completions_sent(since: int, dask_worker: Any = None) -> int:
+    """How many tasks this worker reported finished to the scheduler after its first
+    ``since`` batches."""
+    stream = dask_worker.batched_stream
+    written = stream.batch_count - since
+    batches = list(stream.recent_message_log)[-written:] if written else []
+    return sum(
+        m.get("op") == "task-finished"
+        for batch in batches
+        if isinstance(batch, list)
+        for m in batch
+    )
 
 
 def reports_in_batches(since: int, dask_worker: Any = None) -> list[list[str]]:

@@ -203,12 +203,23 @@ class Completions(ReleasedAhead):
         """The fused run that ran task ``key`` settled (on dask's callback thread): report
         the task as its run reported it, unless that is stale."""
         status = future.status
+        release = None
         with self._lock:
             pending = self._pending.get(key)
             if pending is None or pending.future is not future:
                 return
             del self._pending[key]
             stats = self._member_stats.pop(key, None)
+            if key in self._release_made:
+                self._release_made.discard(key)
+                made = status == "finished" and stats is not None and stats[2] is None
+                if made and self._futures.get(key) is future:
+                    # Its last reader was sent: dask keeps the run's values for that
+                    # reader alone, or the run dropped it (see _fusing).
+                    del self._futures[key]
+                    del self._made[key]
+                    del self._index[key]
+                    release = future
         if status != "finished":
             self._unfinished(pending, future, status)
             return
@@ -224,12 +235,19 @@ class Completions(ReleasedAhead):
         duration, nbytes, failure = stats
         if failure is None:
             events.task_finished(key, spec.worker, duration, nbytes)
+            if release is not None:
+                release.release()
             return
         self._drop(key, future)
         try:
             raised: BaseException = pickle.loads(failure)
         except Exception as exc:
             raised = exc
+        if isinstance(raised, TaskFailure) and raised.key != key:
+            # An input made earlier in its run failed: dispatcher decides its fate, and
+            # this task waits for it again.
+            events.task_inputs_lost(key, spec.worker, [raised.key])
+            return
         events.task_failed(key, spec.worker, restored(spec, raised), duration)
 
     def _client_gone(self) -> str | None:

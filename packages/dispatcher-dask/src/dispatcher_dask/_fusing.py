@@ -7,17 +7,20 @@ of a few milliseconds that is the better part of the time lost; a run of them se
 the same worker together runs as one dask task (:func:`~._task.run_tasks`), which pays
 it once.
 
-Only tasks whose function is known to be short and to make small results are fused, and
-only those the fused run does not change the meaning of: a task that reads no other
-task's result (dask would hold the whole run until they were all made), is not timed
-(its deadline could not free the tasks behind it) and whose value the caller does not
-want (the caller would gather the whole run). A run is bounded by its expected length,
-:data:`FUSED_SECONDS`: its tasks are reported when it ends, and a failure among them
-ends a fail-fast run that much later. Its values are held together until the last of
-them is freed (hence small results only, :data:`FUSED_BYTES`), and a task elsewhere that
-reads one of them fetches the run's values. A run whose tasks are all cancelled is
-released, and starts none of its tasks left; a task cancelled alone, while others of its
-run are not, still runs with them (its report is ignored).
+Only tasks whose function is known to be short are fused, and only those the fused run
+does not change the meaning of: a task that reads no other task's result but those of
+earlier tasks of its run (dask would hold the whole run until other inputs were all
+made), is not timed (its deadline could not free the tasks behind it) and whose value
+the caller does not want (the caller would gather the whole run). A run is bounded by
+its expected length, :data:`FUSED_SECONDS`: its tasks are reported when it ends, and a
+failure among them ends a fail-fast run that much later. Its values are held together
+until the last of them is freed, but for those whose last reader ran in the run, which
+it drops at once (a chain's links, sent to one worker, run as one dask task holding one
+value at a time); a task elsewhere that reads one of them fetches the run's values. So a
+task whose results are large (above :data:`FUSED_BYTES`, on average) is fused only as
+the last of its run, or followed by the last reader of its value. A run whose tasks are
+all cancelled is released, and starts none of its tasks left; a task cancelled alone,
+while others of its run are not, still runs with them (its report is ignored).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dispatcher.transport import KEY_BITS, TaskSpec, function_kind
+from dispatcher.transport import KEY_BITS, Key, TaskSpec, function_kind
 
 __all__ = ["FUSED_BYTES", "FUSED_SECONDS", "MOST_FUSED", "Fusing"]
 
@@ -33,7 +36,8 @@ FUSED_SECONDS = 0.08
 """A fused run is expected to last at most this long (by its functions' mean durations)."""
 
 FUSED_BYTES = 16 * 1024
-"""Tasks are fused only if their function's results are this small, on average."""
+"""Results larger than this, on average, are fused only where the run drops them at once
+(see the module's docstring)."""
 
 MOST_FUSED = 64
 """Tasks in one fused run, at most."""
@@ -66,21 +70,31 @@ class Fusing:
                 nbytes_mean + (size - nbytes_mean) / 8,
             )
 
-    def _expected(self, spec: TaskSpec) -> float | None:
-        """How long ``spec`` is expected to run, if it may be fused; None if not."""
+    def _expected(self, spec: TaskSpec, run: set[Key], waits: bool) -> tuple[float, bool] | None:
+        """How long ``spec`` is expected to run, and whether its results are large, if it
+        may be fused into a run of the tasks ``run``; None if not. The first task of a run
+        (``run`` empty) may read results made outside it; a later one, only those of the
+        run (and, unless the run ``waits`` for such outside results, none at all: a task
+        that needs none of them does not wait for them)."""
         if spec.want_result or (spec.timeout is not None and spec.timeout != float("inf")):
             return None
-        if spec.deps:
+        if run and (spec.deps or waits):
             given = spec.inline
-            if given is None or any(k not in given for k in spec.deps):
+            reads_run = False
+            for k in spec.deps:
+                if k in run:
+                    reads_run = True
+                elif given is None or k not in given:
+                    return None
+            if waits and not reads_run:
                 return None
         mean = self._means.get(function_kind(spec.func))
         if mean is None:
             return None
         seconds, nbytes = mean
-        if seconds > FUSED_SECONDS / 2 or nbytes > FUSED_BYTES:
+        if seconds > FUSED_SECONDS / 2:
             return None
-        return seconds
+        return seconds, nbytes > FUSED_BYTES
 
     def cut(self, specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
         """``specs``, sent to one worker in this order, as the groups to send as one dask
@@ -88,26 +102,33 @@ class Fusing:
         single tasks."""
         groups: list[list[TaskSpec]] = []
         run: list[TaskSpec] = []
-        total = 0.0
+        keys: set[Key] = set()  # the tasks of ``run``
+        total = 0.0  # its expected length
+        waits = False  # its first task reads results made outside it
+        large: Key | None = None  # its last task, if that one's results are large
         for spec in specs:
-            expected = self._expected(spec)
-            if expected is None:
-                if run:
-                    groups.append(run)
-                    run = []
-                groups.append([spec])
-                continue
+            found = self._expected(spec, keys, waits)
             if run and (
-                total + expected > FUSED_SECONDS
+                found is None
+                or total + found[0] > FUSED_SECONDS
                 or len(run) >= MOST_FUSED
                 or run[0].key >> KEY_BITS != spec.key >> KEY_BITS
+                or (large is not None and large not in spec.last_use)
             ):
                 groups.append(run)
-                run = []
+                run, keys, total = [], set(), 0.0
+                found = self._expected(spec, keys, False)  # the first of a new run?
+            if found is None:
+                groups.append([spec])
+                continue
             if not run:
-                total = 0.0
+                waits = bool(spec.deps) and any(
+                    spec.inline is None or k not in spec.inline for k in spec.deps
+                )
             run.append(spec)
-            total += expected
+            keys.add(spec.key)
+            total += found[0]
+            large = spec.key if found[1] else None
         if run:
             groups.append(run)
         return groups

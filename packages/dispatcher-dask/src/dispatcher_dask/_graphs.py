@@ -60,7 +60,7 @@ class TaskGraphs(Completions):
         # run, which reads none, at the place of its first task).
         for group in self._groups(tasks):
             fused = len(group) > 1
-            found = self._fused(group) if fused else self._task(group[0], batch)
+            found = self._fused(group, batch) if fused else self._task(group[0], batch)
             if found is None:
                 continue
             task, members, reads = found
@@ -148,10 +148,12 @@ class TaskGraphs(Completions):
                             released.append(self._futures.pop(k))
                             self._index.pop(k, None)
                             del self._made[k]
-                        elif k not in self._index:  # (a fused run's are freed as usual)
+                        elif k not in self._index:
                             early = self._reader_sent(k)  # see _released_ahead
                             if early is not None:
                                 released.append(early)
+                        else:  # a fused run's: released once its run reports it made
+                            self._release_made.add(k)
         if callbacks:
             self._when_settled(callbacks)
         for old in released:
@@ -214,28 +216,63 @@ class TaskGraphs(Completions):
         return task, [spec], tuple(reads)
 
     def _fused(
-        self, group: Sequence[TaskSpec]
+        self, group: Sequence[TaskSpec], batch: Mapping[Key, tuple[str, int | None]]
     ) -> tuple[Any, list[TaskSpec], tuple[Key, ...]] | None:
-        """The dask task running ``group`` as a fused run (see :mod:`._fusing`), and the
-        tasks in it: those that could be made (the others are reported)."""
-        from dask._task_spec import Task
+        """The dask task running ``group`` as a fused run (see :mod:`._fusing`), the
+        tasks in it (those that could be made: the others are reported) and the keys of
+        the results it reads from outside the run (``batch`` as :meth:`_task` takes it)."""
+        from dask._task_spec import Task, TaskRef
 
         events = self._events
         assert events is not None
         members: list[TaskSpec] = []
-        payloads: list[tuple[Key, bytes]] = []
+        payloads: list[tuple[Key, bytes, tuple[int, ...], tuple[int, ...]]] = []
+        index: dict[Key, int] = {}  # member -> its place in the run's values
+        inputs: list[Any] = []  # futures and references of what it reads from outside
+        outside: list[Key] = []  # ... and their keys
+        picks: dict[int, int] = {}  # input -> the member read, of another fused run's
         with self._lock:
             if self._names.address.get(group[0].worker) not in self._workers:
                 return None  # lost since it was placed: see _task
-        for spec in group:
-            given = spec.inline or {}
-            inline = {i: given[k] for i, k in enumerate(spec.deps)}
-            try:
-                payloads.append((spec.key, pack(spec, inline)))
-            except SerializationError as exc:
-                events.task_failed(spec.key, spec.worker, exc, 0.0)
-                continue
-            members.append(spec)
+            for spec in group:
+                given = spec.inline or {}
+                inline: dict[int, Any] = {}
+                reads: list[int] = []  # what it reads, in order (see run_tasks)
+                missing: list[Key] = []
+                for i, k in enumerate(spec.deps):
+                    if k in given:
+                        inline[i] = given[k]
+                    elif k in index:
+                        reads.append(index[k])
+                    elif k in outside:
+                        reads.append(-1 - outside.index(k))
+                    else:
+                        found = self._futures.get(k)
+                        if found is not None:
+                            member = self._index.get(k)
+                            ref: Any = found
+                        elif k in batch:
+                            ref, member = TaskRef(batch[k][0]), batch[k][1]
+                        else:  # lost, or an earlier member that could not be made
+                            missing.append(k)
+                            continue
+                        if member is not None:
+                            picks[len(inputs)] = member
+                        reads.append(-1 - len(inputs))
+                        inputs.append(ref)
+                        outside.append(k)
+                if missing:
+                    events.task_inputs_lost(spec.key, spec.worker, missing)
+                    continue
+                # The values it was the last to read are dropped once it has run.
+                drops = tuple(index[k] for k in spec.last_use if k in index)
+                try:
+                    payloads.append((spec.key, pack(spec, inline), tuple(reads), drops))
+                except SerializationError as exc:
+                    events.task_failed(spec.key, spec.worker, exc, 0.0)
+                    continue
+                index[spec.key] = len(members)
+                members.append(spec)
         if not members:
             return None
         name = getattr(members[0].func, "__name__", "task")
@@ -243,8 +280,9 @@ class TaskGraphs(Completions):
         task = Task(
             dask_key,
             run_tasks,
-            pickle.dumps(payloads, protocol=5),
+            pickle.dumps((payloads, picks), protocol=5),
             self._stats_topic,
             self._start_topic,  # (where its cache's warnings go)
+            *inputs,
         )
-        return task, members, ()
+        return task, members, tuple(outside)

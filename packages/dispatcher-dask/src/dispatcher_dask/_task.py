@@ -221,36 +221,62 @@ def run_task(
     return shipped
 
 
-def run_tasks(tasks: bytes, stats_topic: str, word_topic: str = "") -> tuple[Any, ...]:
+def run_tasks(
+    tasks: bytes, stats_topic: str, word_topic: str = "", *inputs: Any
+) -> tuple[Any, ...]:
     """Run a fused run of tasks on this worker, one after another in this thread, and
     return their values, by position (a failed task's :class:`TaskFailure` in its place).
 
-    ``tasks`` unpickles to ``[(key, payload), ...]``, each as :func:`run_task` takes
-    them, of tasks that read no other task's result, are not timed and whose values the
-    caller does not want. dask's worker pays for each task it runs (a turn of its event
-    loop and two thread hand-offs): short tasks run this way pay it once. Each task's run
-    time, result size and failure (pickled) go to the caller in one event on
-    ``stats_topic``, ahead of the run's completion; the run's cache warnings go on
-    ``word_topic`` (:data:`CACHE_WARNED`), as a task run alone says them. Once the run is
-    released (cancelled: dask cannot stop a thread), the tasks not yet started are not.
+    ``tasks`` unpickles to ``([(key, payload, reads, drops), ...], picks)``: each task's
+    key and payload as :func:`run_task` takes them; what it reads, in the order of its
+    inputs the caller did not hold: the value of an earlier task of the run (its
+    position, from 0) or one of ``inputs`` (``-1 - index``; ``picks`` maps such an index
+    to the member read when that input is another fused run's values); and the positions
+    of the run's values it was the last to read, dropped once it has run (a stand-in in
+    their place says so to any task that would still read them). Its tasks are not timed
+    and their values not wanted by the caller. dask's worker pays for each task it runs
+    (a turn of its event loop and two thread hand-offs): short tasks run this way pay it
+    once. Each task's run time, result size and failure (pickled) go to the caller in one
+    event on ``stats_topic``, ahead of the run's completion; the run's cache warnings go
+    on ``word_topic`` (:data:`CACHE_WARNED`), as a task run alone says them. Once the run
+    is released (cancelled: dask cannot stop a thread), the tasks not yet started are
+    not; nor is a task whose input failed, which fails with that input's failure (the
+    caller tells the two apart by its key).
     """
-    members: list[tuple[int, bytes]] = pickle.loads(tasks)
+    members: list[tuple[int, bytes, tuple[int, ...], tuple[int, ...]]]
+    members, picks = pickle.loads(tasks)
     values: list[Any] = []
     stats: list[tuple[int, float, int | None, bytes | None]] = []
-    for key, payload in members:
+    for key, payload, reads, drops in members:
         if values and _released():
             values.append(TaskFailure(key, None, 0.0))
             continue
-        start = perf_counter()
-        outcome, _ = _call(key, payload, (), word_topic, start)
-        duration = perf_counter() - start
+        read = tuple(values[i] if i >= 0 else _input(inputs, -1 - i, picks) for i in reads)
+        failed = next((v for v in read if isinstance(v, TaskFailure)), None)
+        if failed is not None:
+            outcome: Any = TaskFailure(failed.key, failed.error, failed.duration, failed.timeout)
+            duration = 0.0
+        else:
+            start = perf_counter()
+            outcome, _ = _call(key, payload, read, word_topic, start)
+            duration = perf_counter() - start
+        del read
         values.append(outcome)
         if isinstance(outcome, TaskFailure):
             stats.append((key, duration, None, _failure_bytes(outcome)))
         else:
             stats.append((key, duration, size_of(outcome), None))
+        for i in drops:
+            values[i] = TaskFailure(members[i][0], None, 0.0)
     _send_report(stats_topic, stats)
     return tuple(values)
+
+
+def _input(inputs: tuple[Any, ...], index: int, picks: dict[int, int]) -> Any:
+    """Input ``index`` of a fused run: the member read, where it is another run's values."""
+    value = inputs[index]
+    member = picks.get(index)
+    return value if member is None else value[member]
 
 
 def _failure_bytes(failure: TaskFailure) -> bytes:
