@@ -225,54 +225,61 @@ class TaskGraphs(Completions):
 
         events = self._events
         assert events is not None
-        members: list[TaskSpec] = []
-        payloads: list[tuple[Key, bytes, tuple[int, ...], tuple[int, ...]]] = []
-        index: dict[Key, int] = {}  # member -> its place in the run's values
-        inputs: list[Any] = []  # futures and references of what it reads from outside
-        outside: list[Key] = []  # ... and their keys
-        picks: dict[int, int] = {}  # input -> the member read, of another fused run's
+        in_run = {spec.key for spec in group}
+        found: dict[Key, tuple[Any, int | None]] = {}  # outside result -> (reference, pick)
         with self._lock:
             if self._names.address.get(group[0].worker) not in self._workers:
                 return None  # lost since it was placed: see _task
+            futures, made_index = self._futures, self._index
             for spec in group:
                 given = spec.inline or {}
-                inline: dict[int, Any] = {}
-                reads: list[int] = []  # what it reads, in order (see run_tasks)
-                missing: list[Key] = []
-                for i, k in enumerate(spec.deps):
-                    if k in given:
-                        inline[i] = given[k]
-                    elif k in index:
-                        reads.append(index[k])
-                    elif k in outside:
-                        reads.append(-1 - outside.index(k))
-                    else:
-                        found = self._futures.get(k)
-                        if found is not None:
-                            member = self._index.get(k)
-                            ref: Any = found
-                        elif k in batch:
-                            ref, member = TaskRef(batch[k][0]), batch[k][1]
-                        else:  # lost, or an earlier member that could not be made
-                            missing.append(k)
-                            continue
-                        if member is not None:
-                            picks[len(inputs)] = member
-                        reads.append(-1 - len(inputs))
-                        inputs.append(ref)
-                        outside.append(k)
-                if missing:
-                    events.task_inputs_lost(spec.key, spec.worker, missing)
-                    continue
-                # The values it was the last to read are dropped once it has run.
-                drops = tuple(index[k] for k in spec.last_use if k in index)
-                try:
-                    payloads.append((spec.key, pack(spec, inline), tuple(reads), drops))
-                except SerializationError as exc:
-                    events.task_failed(spec.key, spec.worker, exc, 0.0)
-                    continue
-                index[spec.key] = len(members)
-                members.append(spec)
+                for k in spec.deps:
+                    if k in given or k in in_run or k in found:
+                        continue
+                    future = futures.get(k)
+                    if future is not None:
+                        found[k] = (future, made_index.get(k))
+                    elif k in batch:
+                        found[k] = (TaskRef(batch[k][0]), batch[k][1])
+        members: list[TaskSpec] = []
+        payloads: list[tuple[Key, bytes, tuple[int, ...], tuple[int, ...]]] = []
+        index: dict[Key, int] = {}  # member -> its place in the run's values
+        inputs: list[Any] = []  # references to what it reads from outside
+        outside: dict[Key, int] = {}  # ... their keys, and their place among them
+        picks: dict[int, int] = {}  # input -> the member read, of another fused run's
+        for spec in group:
+            given = spec.inline or {}
+            inline: dict[int, Any] = {}
+            reads: list[int] = []  # what it reads, in order (see run_tasks)
+            missing: list[Key] = []
+            for i, k in enumerate(spec.deps):
+                if k in given:
+                    inline[i] = given[k]
+                elif k in index:
+                    reads.append(index[k])
+                elif k in outside:
+                    reads.append(-1 - outside[k])
+                elif k in found:
+                    ref, member = found[k]
+                    if member is not None:
+                        picks[len(inputs)] = member
+                    outside[k] = len(inputs)
+                    reads.append(-1 - len(inputs))
+                    inputs.append(ref)
+                else:  # lost, or an earlier member that could not be made
+                    missing.append(k)
+            if missing:
+                events.task_inputs_lost(spec.key, spec.worker, missing)
+                continue
+            # The values it was the last to read are dropped once it has run.
+            drops = tuple(index[k] for k in spec.last_use if k in index)
+            try:
+                payloads.append((spec.key, pack(spec, inline), tuple(reads), drops))
+            except SerializationError as exc:
+                events.task_failed(spec.key, spec.worker, exc, 0.0)
+                continue
+            index[spec.key] = len(members)
+            members.append(spec)
         if not members:
             return None
         name = getattr(members[0].func, "__name__", "task")
