@@ -190,6 +190,16 @@ def test_a_link_after_a_failed_one_is_not_run_and_fails_with_its_inputs_failure(
     assert values[1].error.message == "no 1"
 
 
+def test_a_link_that_fails_keeps_the_value_it_read_for_its_next_attempt() -> None:
+    first = spec(1)
+    second = spec(2, failing, deps=(1,), last_use=(1,))
+    members = [(1, pack(first, {}), (), ()), (2, pack(second, {}), (0,), (0,))]
+    values = run_tasks(pickle.dumps((members, {})), "topic")
+    assert values[0] == 1
+    assert isinstance(values[1], TaskFailure)
+    assert values[1].key == 2
+
+
 def test_a_task_reads_one_member_of_a_fused_run_and_its_failure_as_its_inputs() -> None:
     values = (10, TaskFailure(2, None, 0.0), 30)
     reader = spec(7, dask_tasks.total, deps=(1, 3))

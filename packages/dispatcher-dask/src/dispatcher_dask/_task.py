@@ -232,16 +232,16 @@ def run_tasks(
     inputs the caller did not hold: the value of an earlier task of the run (its
     position, from 0) or one of ``inputs`` (``-1 - index``; ``picks`` maps such an index
     to the member read when that input is another fused run's values); and the positions
-    of the run's values it was the last to read, dropped once it has run (a stand-in in
-    their place says so to any task that would still read them). Its tasks are not timed
-    and their values not wanted by the caller. dask's worker pays for each task it runs
-    (a turn of its event loop and two thread hand-offs): short tasks run this way pay it
-    once. Each task's run time, result size and failure (pickled) go to the caller in one
-    event on ``stats_topic``, ahead of the run's completion; the run's cache warnings go
-    on ``word_topic`` (:data:`CACHE_WARNED`), as a task run alone says them. Once the run
-    is released (cancelled: dask cannot stop a thread), the tasks not yet started are
-    not; nor is a task whose input failed, which fails with that input's failure (the
-    caller tells the two apart by its key).
+    of the run's values it was the last to read, dropped once it has run without failing
+    (a stand-in in their place says so to any task that would still read them). Its
+    tasks are not timed and their values not wanted by the caller. dask's worker pays
+    for each task it runs (a turn of its event loop and two thread hand-offs): short
+    tasks run this way pay it once. Each task's run time, result size and failure
+    (pickled) go to the caller in one event on ``stats_topic``, ahead of the run's
+    completion; the run's cache warnings go on ``word_topic`` (:data:`CACHE_WARNED`), as
+    a task run alone says them. Once the run is released (cancelled: dask cannot stop a
+    thread), the tasks not yet started are not; nor is a task whose input failed, which
+    fails with that input's failure (the caller tells the two apart by its key).
     """
     members: list[tuple[int, bytes, tuple[int, ...], tuple[int, ...]]]
     members, picks = pickle.loads(tasks)
@@ -263,9 +263,10 @@ def run_tasks(
         del read
         values.append(outcome)
         if isinstance(outcome, TaskFailure):
+            # Its inputs stay: the task may be tried again, and read them again.
             stats.append((key, duration, None, _failure_bytes(outcome)))
-        else:
-            stats.append((key, duration, size_of(outcome), None))
+            continue
+        stats.append((key, duration, size_of(outcome), None))
         for i in drops:
             values[i] = TaskFailure(members[i][0], None, 0.0)
     _send_report(stats_topic, stats)
