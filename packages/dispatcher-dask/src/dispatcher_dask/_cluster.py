@@ -54,7 +54,7 @@ def check_options(
     client: Client | None,
     workers: int | None,
     threads_per_worker: int,
-    prefetch: int,
+    prefetch: int | None,
 ) -> None:
     """Refuse options that cannot go together, or counts that are none, before anything
     is started or reached. ``workers`` is how many to start, or to wait for; ``None``:
@@ -64,7 +64,8 @@ def check_options(
     if workers is not None:
         check_count("workers", workers, 1)
     check_count("threads_per_worker", threads_per_worker, 1)
-    check_count("prefetch", prefetch, 0)
+    if prefetch is not None:
+        check_count("prefetch", prefetch, 0)
 
 
 def reach(

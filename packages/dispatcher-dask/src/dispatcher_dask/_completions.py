@@ -11,6 +11,7 @@ its records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from ._deadlines import Deadlines
     from ._fusing import Fusing
+    from ._prefetch import QueueDepth
 
 __all__ = ["Completions"]
 
@@ -58,6 +60,8 @@ class Completions(ReleasedAhead):
     _to_gather: list[Pending]
     _fusing: Fusing
     _mean_run: float
+    _depth: QueueDepth
+    _control: ThreadPoolExecutor
     _watching: set[asyncio.Future[None]]
     _release_made: set[Key]
     """Results still being made whose last reader was sent to their worker: released once
@@ -67,6 +71,8 @@ class Completions(ReleasedAhead):
 
         @property
         def client(self) -> Client: ...
+
+        def _depth_changed(self) -> None: ...
 
     def _when_settled(self, settled: Sequence[tuple[Future, Callable[[Future], None]]]) -> None:
         """Call each callback with its future once that settles: on dask's event loop if
@@ -114,7 +120,11 @@ class Completions(ReleasedAhead):
     def _learn(self, key: Key, duration: float, nbytes: int | None) -> Pending | None:
         """Fold a task's run time and result size in; its record, if it is still pending
         (not for a task cancelled meanwhile: nobody would read its report)."""
-        self._mean_run += (duration - self._mean_run) / 16
+        mean = self._mean_run
+        mean = self._mean_run = duration if mean == 0.0 else mean + (duration - mean) / 16
+        if self._depth.retuned(mean) and not self._closed:
+            with contextlib.suppress(RuntimeError):  # (closing meanwhile: nothing to say)
+                self._control.submit(self._depth_changed)
         pending = self._pending.get(key)
         if pending is not None:
             self._fusing.learn(pending.spec.func, duration, nbytes)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ._abandoned import Abandoned
     from ._cluster import WorkerNames
     from ._deadlines import Deadlines
+    from ._prefetch import QueueDepth
 
 __all__ = ["GivingUp", "Pending"]
 
@@ -107,7 +108,7 @@ class GivingUp:
     _workers: dict[str, int]
     _nthreads: dict[str, int]
     _names: WorkerNames
-    _prefetch: int
+    _depth: QueueDepth
     _abandoned: Abandoned
     _deadlines: Deadlines[Pending]
     _restarting: set[str]
@@ -128,7 +129,7 @@ class GivingUp:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
         on, and the prefetch queue behind them; none while every thread is taken."""
         free = self._nthreads[address] - self._abandoned.busy(address)
-        return free + self._prefetch if free > 0 else 0
+        return free + self._depth.depth if free > 0 else 0
 
     def _threads_of(self, address: str) -> int:
         return self._nthreads.get(address, 1)
@@ -149,6 +150,21 @@ class GivingUp:
         self._sink().worker_paused(
             name, f"each of its {threads} threads still runs a task given up on ({held})"
         )
+
+    def _depth_changed(self) -> None:
+        """The queue depth moved (see :mod:`._prefetch`): say each worker's new slots (a
+        worker paused meanwhile keeps its pause)."""
+        changed: list[tuple[str, int]] = []
+        with self._lock:
+            if self._closed or self._events is None:
+                return
+            for address, slots in self._workers.items():
+                now = self._slots(address)
+                if slots and now and now != slots:
+                    self._workers[address] = now
+                    changed.append((self._names.of[address], now))
+        for name, slots in changed:
+            self._sink().worker_added(name, slots)
 
     def _sink(self) -> EventSink:
         assert self._events is not None

@@ -21,7 +21,7 @@ def make_executor(
     address: str | None = None,
     client: Client | None = None,
     threads_per_worker: int = 1,
-    prefetch: int = 16,
+    prefetch: int | None = None,
     dashboard_address: str | None = None,
 ) -> Executor:
     """An executor on a dask.distributed cluster.

@@ -51,6 +51,7 @@ from ._giving_up import Pending
 from ._graphs import TaskGraphs
 from ._membership import CLUSTER_TOPICS, Membership
 from ._outbox import Outbox
+from ._prefetch import QueueDepth
 from ._quiet import plugin_name
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class DaskTransport(TaskGraphs, Membership, Transport):
         threads_per_worker: int = 1,
         address: str | None = None,
         client: Client | None = None,
-        prefetch: int = 16,
+        prefetch: int | None = None,
         dashboard_address: str | None = None,
         stats: bool = True,
     ) -> None:
@@ -93,7 +94,7 @@ class DaskTransport(TaskGraphs, Membership, Transport):
         self._client: Client | None = client
         self._own_client = client is None
         self._cluster: LocalCluster | None = None
-        self._prefetch = prefetch
+        self._depth = QueueDepth(prefetch)  # see _prefetch
         self._dashboard = dashboard_address
         self._events: EventSink | None = None
         # Keys must not collide with another client's on a shared cluster.
