@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,31 @@ def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_idles() -> 
         short = op(tasks.sleep_then, label="short")(0.2, 2)
         assert ex.run([quick, long, short], plugins=[seen]) == [2, 1, 2]
     assert seen.labels.index("short") < seen.labels.index("long"), seen.labels
+
+
+def test_a_kept_executor_keeps_no_copy_of_inputs_moved_for_runs_that_ended(ex) -> None:  # type: ignore[no-untyped-def]
+    # An input moved between workers passes through the caller, which keeps its
+    # serialised copy while its holder has it (another reader may need it moved too).
+    # One whose last reader ran on its holder is dropped there without a Free: its copy
+    # must go then too, or a kept executor grows with every run.
+    transport = ex._transport
+    fetched: list[int] = []
+    real_fetched = transport.fetched
+
+    def counting(key: int, payload: Any) -> None:
+        fetched.append(key)
+        real_fetched(key, payload)
+
+    width, layers = 20, 150
+    rng = random.Random(7)
+    transport.fetched = counting
+    try:
+        for _ in range(3):
+            layer = [Op(tasks.inc, j) for j in range(width)]
+            for _ in range(layers):
+                layer = [Op(tasks.add, rng.choice(layer), rng.choice(layer)) for _ in range(width)]
+            ex.run(layer)
+    finally:
+        del transport.fetched
+    assert len(fetched) >= 10  # inputs did move between the workers
+    assert not transport.cache

@@ -49,6 +49,7 @@ from dispatcher.remote import (
     task_record,
 )
 from dispatcher.transport import (
+    KEY_BITS,
     Capabilities,
     EventSink,
     Key,
@@ -398,8 +399,20 @@ class MpTransport(WorkerSupervision, Transport):
             return  # the worker is dying; its loss will be reported
         batch.records.append(record)
         batch.specs.append(spec)
+        if spec.last_use:
+            self._forget_used_up(spec)
         if spec.timeout is not None:
             batch.timed += 1
+
+    def _forget_used_up(self, spec: TaskSpec) -> None:
+        """The serialised copies of the inputs ``spec``'s worker drops once it has run
+        (its ``last_use``): no Free will come for them there, and no other task reads
+        them. Under the lock."""
+        cache, name = self.cache, spec.worker
+        for key in spec.last_use:
+            cached = cache.get(key)
+            if cached is not None and cached[0] == name:
+                del cache[key]
 
     def _in_use(self, key: Key) -> bool:
         """Does a task out read caller value ``key``?"""
@@ -444,6 +457,11 @@ class MpTransport(WorkerSupervision, Transport):
         with self.lock:
             _unshare(self.workers.values(), self.shared_arguments.segments_of(run))
             self.tell_run_ended(run)
+            # What no Free reached (results of tasks the run gave up on, held still):
+            # serialised copies of a run's results serve no other run.
+            cache = self.cache
+            for key in [k for k in cache if k >> KEY_BITS == run]:
+                del cache[key]
 
     def take_back(self, worker: str, keys: Sequence[Key]) -> None:
         """The worker gives back those still queued; a task still in its outbox stays."""
