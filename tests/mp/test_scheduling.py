@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mp_tasks
 import pytest
 
 from dispatcher import Op, get_executor, hookimpl, op
@@ -82,12 +85,9 @@ def test_a_short_task_does_not_wait_behind_a_long_one_while_a_worker_idles() -> 
     assert seen.labels.index("short") < seen.labels.index("long"), seen.labels
 
 
-def test_a_kept_executor_keeps_no_copy_of_inputs_moved_for_runs_that_ended(ex) -> None:  # type: ignore[no-untyped-def]
-    # An input moved between workers passes through the caller, which keeps its
-    # serialised copy while its holder has it (another reader may need it moved too).
-    # One whose last reader ran on its holder is dropped there without a Free: its copy
-    # must go then too, or a kept executor grows with every run.
-    transport = ex._transport
+@contextlib.contextmanager
+def fetches_counted(transport: Any) -> Iterator[list[int]]:
+    """The keys fetched from one worker for a task on another, while in the block."""
     fetched: list[int] = []
     real_fetched = transport.fetched
 
@@ -95,16 +95,52 @@ def test_a_kept_executor_keeps_no_copy_of_inputs_moved_for_runs_that_ended(ex) -
         fetched.append(key)
         real_fetched(key, payload)
 
-    width, layers = 20, 150
-    rng = random.Random(7)
     transport.fetched = counting
     try:
-        for _ in range(3):
-            layer = [Op(tasks.inc, j) for j in range(width)]
-            for _ in range(layers):
-                layer = [Op(tasks.add, rng.choice(layer), rng.choice(layer)) for _ in range(width)]
-            ex.run(layer)
+        yield fetched
     finally:
         del transport.fetched
+
+
+def random_layers(
+    rng: random.Random, make: Callable[[int], Any], join: Callable[[Any, Any], Any]
+) -> list[Any]:
+    """150 layers of 20 tasks, each joining two of the layer before, chosen at random."""
+    layer = [Op(make, j) for j in range(20)]
+    for _ in range(150):
+        layer = [Op(join, rng.choice(layer), rng.choice(layer)) for _ in range(20)]
+    return layer
+
+
+def test_a_kept_executor_keeps_no_copy_of_inputs_moved_for_runs_that_ended(ex) -> None:  # type: ignore[no-untyped-def]
+    # An input moved between workers passes through the caller, which keeps its
+    # serialised copy while its holder has it (another reader may need it moved too).
+    # One whose last reader ran on its holder is dropped there without a Free: its copy
+    # must go then too, or a kept executor grows with every run.
+    rng = random.Random(7)
+    with fetches_counted(ex._transport) as fetched:
+        for _ in range(3):
+            ex.run(random_layers(rng, mp_tasks.boxed, mp_tasks.add_boxed))
     assert len(fetched) >= 10  # inputs did move between the workers
-    assert not transport.cache
+    assert not ex._transport.cache
+    # Nor of small results carried along with their completion (none fetched).
+    with fetches_counted(ex._transport) as fetched:
+        for _ in range(3):
+            ex.run(random_layers(rng, tasks.inc, tasks.add))
+    assert not fetched
+    assert not ex._transport.cache
+
+
+def test_a_small_result_read_on_another_worker_is_not_fetched_from_its_own(ex) -> None:  # type: ignore[no-untyped-def]
+    # Numbers and short strings travel with their completion: a task on another worker
+    # is sent them with it, not held back while they are fetched through the caller.
+    # Other values (which a later task might change in place) are fetched as before.
+    rng = random.Random(11)
+    with fetches_counted(ex._transport) as fetched:
+        boxed = ex.run(random_layers(rng, mp_tasks.boxed, mp_tasks.add_boxed))
+    assert len(fetched) >= 10
+    rng = random.Random(11)
+    with fetches_counted(ex._transport) as fetched:
+        plain = ex.run(random_layers(rng, tasks.identity, tasks.add))
+    assert not fetched
+    assert plain == [b[0] for b in boxed]

@@ -38,7 +38,7 @@ class Owner(Protocol):
     lock: Any
     workers: dict[str, WorkerProcess]
     inflight: InFlight
-    cache: dict[int, tuple[str, Payload]]
+    cache: dict[int, tuple[str, Payload | bytes]]
 
     def lost(self, worker: WorkerProcess, reason: str) -> None: ...
     def advance(self, worker: WorkerProcess) -> None: ...

@@ -92,7 +92,7 @@ class WorkerSupervision:
     _frozen_since: dict[str, float] | None = None
     _gave_up: dict[int, set[str]] | None = None
     events: EventSink | None
-    cache: dict[Key, tuple[str, Payload]]
+    cache: dict[Key, tuple[str, Payload | bytes]]
     _fetch_source: dict[Key, str]
     _reader: Reader | None
     shipper: Any

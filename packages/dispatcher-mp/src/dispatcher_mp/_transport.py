@@ -221,7 +221,13 @@ class MpTransport(WorkerSupervision, Transport):
         self.shared_arguments = SharedArguments(self.prefix, shared_memory, self.inflight.all)
         self.shipper = FunctionShipper(dumps)
         self.lock = threading.RLock()
-        self.cache: dict[Key, tuple[str, Payload]] = {}  # key -> (holder, serialised form)
+        self.cache: dict[Key, tuple[str, Payload | bytes]] = {}
+        """Results at hand here, by key: their holder, and their serialised form (a
+        small one carried along with its completion as its pickle alone, see
+        :meth:`_carried`)."""
+        self._used_up: set[Key] = set()
+        """Results whose last reader was sent to their own worker before they finished:
+        not to be kept when carried along (see :meth:`_forget_used_up`)."""
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
         self.unconfirmed: dict[Key, TaskSpec] = {}
@@ -261,7 +267,10 @@ class MpTransport(WorkerSupervision, Transport):
             self.close()
             raise
         self._reader = Reader(
-            self, SupervisedReports(self, self.inflight, events, self._received, self.free)
+            self,
+            SupervisedReports(
+                self, self.inflight, events, self._received, self.free, None, self._carried
+            ),
         )
         self._reader.start()
         return {name: self.slots for name in self.workers}
@@ -356,7 +365,8 @@ class MpTransport(WorkerSupervision, Transport):
                 continue
             cached = self.cache.get(key)
             if cached is not None:
-                waiting.payloads[key] = cached[1]
+                held = cached[1]
+                waiting.payloads[key] = Payload(held) if isinstance(held, bytes) else held
                 continue
             waiting.ask(key)
             if key in self._fetching:
@@ -407,12 +417,16 @@ class MpTransport(WorkerSupervision, Transport):
     def _forget_used_up(self, spec: TaskSpec) -> None:
         """The serialised copies of the inputs ``spec``'s worker drops once it has run
         (its ``last_use``): no Free will come for them there, and no other task reads
-        them. Under the lock."""
-        cache, name = self.cache, spec.worker
+        them; those still being made there are not to be kept when they come. Under the
+        lock."""
+        cache, name, out = self.cache, spec.worker, self.inflight.tasks
         for key in spec.last_use:
             cached = cache.get(key)
-            if cached is not None and cached[0] == name:
-                del cache[key]
+            if cached is not None:
+                if cached[0] == name:
+                    del cache[key]
+            elif key in out:
+                self._used_up.add(key)
 
     def _in_use(self, key: Key) -> bool:
         """Does a task out read caller value ``key``?"""
@@ -462,6 +476,7 @@ class MpTransport(WorkerSupervision, Transport):
             cache = self.cache
             for key in [k for k in cache if k >> KEY_BITS == run]:
                 del cache[key]
+            self._used_up = {k for k in self._used_up if k >> KEY_BITS != run}
 
     def take_back(self, worker: str, keys: Sequence[Key]) -> None:
         """The worker gives back those still queued; a task still in its outbox stays."""
@@ -517,6 +532,21 @@ class MpTransport(WorkerSupervision, Transport):
         with self.lock:
             self.cache[key] = (worker, payload)
         return Pickled(payload.data, buffers)
+
+    def _carried(self, worker: str, finished: list[tuple[Key, float, int | None, Any]]) -> None:
+        """Keep the small results ``worker`` sent along unasked, as if fetched: a task
+        on another worker that reads one is sent it at once (see ``_gather_inputs``).
+        Not a stale one: a task run twice may have made two values, and its readers
+        must all get the one the scheduler keeps."""
+        with self.lock:
+            cache, used_up, out = self.cache, self._used_up, self.inflight.tasks
+            for key, _, _, result in finished:
+                if used_up and key in used_up:
+                    used_up.discard(key)  # read where it is, by its last reader
+                elif type(result) is bytes:
+                    spec = out.get(key)
+                    if spec is not None and spec.worker == worker:
+                        cache[key] = (worker, result)
 
     def fetched(self, key: Key, payload: Payload) -> None:
         """Result ``key`` arrived serialised: send what waited for it, and report the

@@ -142,6 +142,10 @@ class _ForwardLogs(logging.Handler):
 class Worker(TaskRunner):
     """A worker process's tasks, results and pipe."""
 
+    # Inputs move between workers through the caller: a small result there already
+    # saves a fetch's two trips through it, and the wait of everything queued behind.
+    carried_types = frozenset({int, float, complex, bool, str, bytes})
+
     def __init__(self, conn: Connection, prefix: str, shm: bool, running: Any = None) -> None:
         super().__init__()
         self.running = running

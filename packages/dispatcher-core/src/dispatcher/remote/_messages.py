@@ -254,7 +254,9 @@ class Finished(NamedTuple):
     duration: float
     nbytes: int | None
     result: Any
-    """The value's serialised form, when the caller asked for it; else ``None``."""
+    """The value's serialised form, when the caller asked for it; else a small value's
+    pickle (``bytes``), where the worker carries such values along (see
+    ``TaskRunner.carried_types``), or ``None``."""
 
 
 @message("done")

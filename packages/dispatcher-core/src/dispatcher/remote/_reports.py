@@ -118,7 +118,10 @@ class Reports:
     itself. ``stale(worker, keys)`` frees results
     nobody expects any more. ``source_name(source)`` names a worker as the backend's
     workers name a source of their timed fetches (see :meth:`TaskRunner.moved`); by
-    default they name it as the caller does."""
+    default they name it as the caller does. ``carried(worker, finished)``, if given,
+    sees each :class:`Done`'s entries before any is reported, to keep the small values
+    carried along unasked (see ``TaskRunner.carried_types``): kept before the scheduler
+    hears of them, so no Free for one can come before it is kept."""
 
     def __init__(
         self,
@@ -127,12 +130,14 @@ class Reports:
         received: Callable[[str, Key, Any], Any],
         stale: Callable[[str, list[Key]], None],
         source_name: Callable[[Any], str] | None = None,
+        carried: Callable[[str, list[tuple[Key, float, int | None, Any]]], None] | None = None,
     ) -> None:
         self.inflight = inflight
         self.events = events
         self.received = received
         self.stale = stale
         self.source_name = source_name
+        self.carried = carried
         self._cache_warnings = CacheWarnings()
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
@@ -155,6 +160,8 @@ class Reports:
     def done(self, worker: str, message: Done) -> None:
         """Tasks that finished on ``worker``: each result passed on, still pickled, if the
         caller wants it; stale ones freed; then those that failed (:meth:`failed`)."""
+        if self.carried is not None:
+            self.carried(worker, message.finished)
         # InFlight.take, written out: this loop runs once per task.
         out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
         finished = events.task_finished

@@ -23,6 +23,7 @@ report that came after the run stopped listening.
 from __future__ import annotations
 
 import functools
+import pickle
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -117,6 +118,11 @@ def size_of(value: Any) -> int:
         return 0
 
 
+CARRIED_BYTES = 256
+"""The largest result (by :func:`size_of`) of one of :attr:`TaskRunner.carried_types`
+that travels with its completion unasked."""
+
+
 class InputError(Exception):
     """An input held by another worker could not be sent from there."""
 
@@ -133,6 +139,14 @@ class TaskRunner:
     """Keep the inputs fetched from other workers for a task that got all its inputs, as
     results held here, until freed (the transport declares
     ``Capabilities.keeps_fetched_inputs``): worth it where a move costs a network link."""
+
+    carried_types: frozenset[type] = frozenset()
+    """Results of these types (exactly), at most :data:`CARRIED_BYTES` big, travel
+    pickled with their completion even when the caller does not want them (see
+    :class:`Finished`), so that a task elsewhere that reads one is sent it with the task
+    instead of waiting for it to be fetched from here: worth it where inputs move
+    between workers through the caller. Only types whose values never change in place,
+    so that the copy is the value any later fetch would get."""
 
     def __init__(self) -> None:
         self.store: dict[Key, Any] = {}
@@ -434,6 +448,8 @@ class TaskRunner:
                 return
         else:
             result, nbytes = None, size_of(value)
+            if type(value) in self.carried_types and nbytes <= CARRIED_BYTES:
+                result = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
         self.finished.append((key, duration, nbytes, result))
         if len(self.finished) + len(self.failed) >= BATCH_SIZE or duration >= REPORT_NOW:
             self.flush()
