@@ -122,13 +122,13 @@ def test_a_kept_executor_keeps_no_copy_of_inputs_moved_for_runs_that_ended(ex) -
         for _ in range(3):
             ex.run(random_layers(rng, mp_tasks.boxed, mp_tasks.add_boxed))
     assert len(fetched) >= 10  # inputs did move between the workers
-    assert not ex._transport.cache
+    assert not ex._transport.copies
     # Nor of small results carried along with their completion (none fetched).
     with fetches_counted(ex._transport) as fetched:
         for _ in range(3):
             ex.run(random_layers(rng, tasks.inc, tasks.add))
     assert not fetched
-    assert not ex._transport.cache
+    assert not ex._transport.copies
 
 
 def test_a_small_result_read_on_another_worker_is_not_fetched_from_its_own(ex) -> None:  # type: ignore[no-untyped-def]

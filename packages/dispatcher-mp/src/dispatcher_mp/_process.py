@@ -19,7 +19,7 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from dispatcher import DispatcherError
-from dispatcher.remote import Stop, from_wire, restore_error, start_thread, to_wire
+from dispatcher.remote import Stop, check_count, from_wire, restore_error, start_thread, to_wire
 
 from . import _worker
 from ._messages import InitFailed, Initializing, Log, Output, Ready
@@ -30,6 +30,7 @@ __all__ = [
     "Spawner",
     "WorkerProcess",
     "await_all_ready",
+    "checked_options",
     "exit_reason",
     "kill",
     "kill_all",
@@ -424,3 +425,55 @@ def write_output(message: Output | Log) -> None:
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)
+
+
+def checked_options(
+    workers: int | None, start_method: str | None, prefetch: int
+) -> tuple[int, str]:
+    """The worker count and start method an ``mp`` executor uses; raises for options
+    that cannot work here, before any process starts."""
+    if _worker.IN_WORKER:
+        raise DispatcherError(
+            "an mp executor cannot be made inside an mp task (a worker process cannot "
+            "start processes of its own); run a graph inside a task with "
+            "executor='sync' or 'async', or make it part of the outer graph"
+        )
+    if workers is None:
+        workers = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    check_count("workers", workers, 1, worker_limit())
+    if start_method is None:
+        methods = multiprocessing.get_all_start_methods()
+        start_method = "forkserver" if "forkserver" in methods else "spawn"
+    if start_method == "fork" and threading.active_count() > 1:
+        raise ValueError(
+            "start_method='fork' with threads running can deadlock the workers; "
+            "use 'forkserver' or 'spawn'"
+        )
+    if start_method != "fork":
+        _check_main_is_a_file(start_method)
+    check_count("prefetch", prefetch, 0)
+    return workers, start_method
+
+
+def _check_main_is_a_file(start_method: str) -> None:
+    """Fail before any worker starts when the main module names a file that is not there
+    (``python - < job.py`` reads it from ``<stdin>``): multiprocessing would make every
+    worker run that file first, and every worker would die of it."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or not isinstance(path, str):
+        return  # run with -m, or -c, or interactively: workers do not run it
+    where = os.path.join(getattr(multiprocessing.process, "ORIGINAL_DIR", None) or "", path)
+    if not os.path.isfile(where):
+        raise DispatcherError(
+            f"the main module was read from {path}, not from a file, and worker processes "
+            f"started with start_method={start_method!r} run the main module's file first: "
+            "save the script to a file and run that (python job.py), or pass "
+            "start_method='fork'"
+        )

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from dispatcher.remote import InFlight, Reports, from_wire, start_thread
 
+from ._copies import Copies
 from ._frames import FrameReader
 from ._messages import Data, Log, Output, Skipped
 from ._process import WorkerProcess, exit_reason, write_output
@@ -38,7 +39,7 @@ class Owner(Protocol):
     lock: Any
     workers: dict[str, WorkerProcess]
     inflight: InFlight
-    cache: dict[int, tuple[str, Payload | bytes]]
+    copies: Copies
 
     def lost(self, worker: WorkerProcess, reason: str) -> None: ...
     def advance(self, worker: WorkerProcess) -> None: ...
@@ -184,7 +185,7 @@ class Reader:
             with transport.lock:
                 for key, reply in message.replies:
                     if isinstance(reply, Payload):
-                        transport.cache[key] = (worker.name, reply)
+                        transport.copies.keep(worker.name, key, reply)
                         transport.fetched(key, reply)
                     else:
                         transport.fetch_failed(key, missing=reply is None, reason=reply)

@@ -27,8 +27,8 @@ from dispatcher.transport import KEY_BITS, EventSink, Key, TaskSpec
 from ._process import KilledWhileStarting, WorkerProcess, kill, process_state
 
 if TYPE_CHECKING:
+    from ._copies import Copies
     from ._reader import Reader
-    from ._wire import Payload
 
 __all__ = ["ABANDON_GRACE", "FROZEN_LIMIT", "SupervisedReports", "WorkerSupervision", "is_stopped"]
 
@@ -92,7 +92,7 @@ class WorkerSupervision:
     _frozen_since: dict[str, float] | None = None
     _gave_up: dict[int, set[str]] | None = None
     events: EventSink | None
-    cache: dict[Key, tuple[str, Payload | bytes]]
+    copies: Copies
     _fetch_source: dict[Key, str]
     _reader: Reader | None
     shipper: Any
@@ -323,8 +323,7 @@ class WorkerSupervision:
         worker.abandoned.clear()
         worker.outbox.clear()
         self.shipper.forget_worker(worker.name)
-        for key in [k for k, (holder, _) in self.cache.items() if holder == worker.name]:
-            del self.cache[key]
+        self.copies.holder_lost(worker.name)
         return [k for k, source in self._fetch_source.items() if source == worker.name]
 
     def _start_replacement(self, name: str, restarted: str | None) -> None:

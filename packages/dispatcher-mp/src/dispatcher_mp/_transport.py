@@ -41,7 +41,6 @@ from dispatcher.remote import (
     Pickled,
     Run,
     TakeBack,
-    check_count,
     dumps,
     dumps_for,
     packs_arguments,
@@ -49,7 +48,6 @@ from dispatcher.remote import (
     task_record,
 )
 from dispatcher.transport import (
-    KEY_BITS,
     Capabilities,
     EventSink,
     Key,
@@ -57,19 +55,19 @@ from dispatcher.transport import (
     Transport,
 )
 
-from . import _worker
 from ._caller_values import CallerValues
+from ._copies import Copies
 from ._messages import Fetch, Unshare
 from ._process import (
     Spawner,
     WorkerProcess,
     await_all_ready,
+    checked_options,
     kill,
     kill_all,
     reported_exits,
     spawn,
     wait_exits,
-    worker_limit,
 )
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
@@ -122,26 +120,6 @@ def _report_move(events: EventSink | None, waiting: _Waiting) -> None:
         )
 
 
-def _check_main_is_a_file(start_method: str) -> None:
-    """Fail before any worker starts when the main module names a file that is not there
-    (``python - < job.py`` reads it from ``<stdin>``): multiprocessing would make every
-    worker run that file first, and every worker would die of it."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if getattr(main, "__spec__", None) is not None or not isinstance(path, str):
-        return  # run with -m, or -c, or interactively: workers do not run it
-    where = os.path.join(getattr(multiprocessing.process, "ORIGINAL_DIR", None) or "", path)
-    if not os.path.isfile(where):
-        raise DispatcherError(
-            f"the main module was read from {path}, not from a file, and worker processes "
-            f"started with start_method={start_method!r} run the main module's file first: "
-            "save the script to a file and run that (python job.py), or pass "
-            "start_method='fork'"
-        )
-
-
 class _Batch:
     """What one dispatch sends one worker: the :class:`Run` entries, and their specs in
     the same order (for the worker's :attr:`~._process.WorkerProcess.sent`)."""
@@ -180,30 +158,7 @@ class MpTransport(WorkerSupervision, Transport):
         prefetch: int = 16,
         shared_memory: bool = True,
     ) -> None:
-        if _worker.IN_WORKER:
-            raise DispatcherError(
-                "an mp executor cannot be made inside an mp task (a worker process cannot "
-                "start processes of its own); run a graph inside a task with "
-                "executor='sync' or 'async', or make it part of the outer graph"
-            )
-        if workers is None:
-            workers = (
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1)
-            )
-        check_count("workers", workers, 1, worker_limit())
-        if start_method is None:
-            methods = multiprocessing.get_all_start_methods()
-            start_method = "forkserver" if "forkserver" in methods else "spawn"
-        if start_method == "fork" and threading.active_count() > 1:
-            raise ValueError(
-                "start_method='fork' with threads running can deadlock the workers; "
-                "use 'forkserver' or 'spawn'"
-            )
-        if start_method != "fork":
-            _check_main_is_a_file(start_method)
-        check_count("prefetch", prefetch, 0)
+        workers, start_method = checked_options(workers, start_method, prefetch)
         self.size = workers
         self.slots = 1 + prefetch
         self.context: Any = multiprocessing.get_context(start_method)
@@ -221,13 +176,7 @@ class MpTransport(WorkerSupervision, Transport):
         self.shared_arguments = SharedArguments(self.prefix, shared_memory, self.inflight.all)
         self.shipper = FunctionShipper(dumps)
         self.lock = threading.RLock()
-        self.cache: dict[Key, tuple[str, Payload | bytes]] = {}
-        """Results at hand here, by key: their holder, and their serialised form (a
-        small one carried along with its completion as its pickle alone, see
-        :meth:`_carried`)."""
-        self._used_up: set[Key] = set()
-        """Results whose last reader was sent to their own worker before they finished:
-        not to be kept when carried along (see :meth:`_forget_used_up`)."""
+        self.copies = Copies()
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
         self.unconfirmed: dict[Key, TaskSpec] = {}
@@ -266,12 +215,10 @@ class MpTransport(WorkerSupervision, Transport):
                 kill(worker.process)
             self.close()
             raise
-        self._reader = Reader(
-            self,
-            SupervisedReports(
-                self, self.inflight, events, self._received, self.free, None, self._carried
-            ),
+        reports = SupervisedReports(
+            self, self.inflight, events, self._received, self.free, None, self._carried
         )
+        self._reader = Reader(self, reports)
         self._reader.start()
         return {name: self.slots for name in self.workers}
 
@@ -363,10 +310,9 @@ class MpTransport(WorkerSupervision, Transport):
         for key, source in zip(spec.deps, spec.sources, strict=True):
             if source is None or source == spec.worker:
                 continue
-            cached = self.cache.get(key)
-            if cached is not None:
-                held = cached[1]
-                waiting.payloads[key] = Payload(held) if isinstance(held, bytes) else held
+            copy = self.copies.get(key)
+            if copy is not None:
+                waiting.payloads[key] = copy
                 continue
             waiting.ask(key)
             if key in self._fetching:
@@ -410,23 +356,9 @@ class MpTransport(WorkerSupervision, Transport):
         batch.records.append(record)
         batch.specs.append(spec)
         if spec.last_use:
-            self._forget_used_up(spec)
+            self.copies.used_up_by(spec, self.inflight.tasks)
         if spec.timeout is not None:
             batch.timed += 1
-
-    def _forget_used_up(self, spec: TaskSpec) -> None:
-        """The serialised copies of the inputs ``spec``'s worker drops once it has run
-        (its ``last_use``): no Free will come for them there, and no other task reads
-        them; those still being made there are not to be kept when they come. Under the
-        lock."""
-        cache, name, out = self.cache, spec.worker, self.inflight.tasks
-        for key in spec.last_use:
-            cached = cache.get(key)
-            if cached is not None:
-                if cached[0] == name:
-                    del cache[key]
-            elif key in out:
-                self._used_up.add(key)
 
     def _in_use(self, key: Key) -> bool:
         """Does a task out read caller value ``key``?"""
@@ -452,10 +384,7 @@ class MpTransport(WorkerSupervision, Transport):
 
     def free(self, worker: str, keys: Sequence[Key]) -> None:
         with self.lock:
-            for key in keys:
-                cached = self.cache.get(key)
-                if cached is not None and cached[0] == worker:
-                    del self.cache[key]
+            self.copies.freed(worker, keys)
             target = self.workers.get(worker)
             if target is not None:
                 self.advance(target)  # so that what is over is not kept until the next send
@@ -471,12 +400,7 @@ class MpTransport(WorkerSupervision, Transport):
         with self.lock:
             _unshare(self.workers.values(), self.shared_arguments.segments_of(run))
             self.tell_run_ended(run)
-            # What no Free reached (results of tasks the run gave up on, held still):
-            # serialised copies of a run's results serve no other run.
-            cache = self.cache
-            for key in [k for k in cache if k >> KEY_BITS == run]:
-                del cache[key]
-            self._used_up = {k for k in self._used_up if k >> KEY_BITS != run}
+            self.copies.run_ended(run)
 
     def take_back(self, worker: str, keys: Sequence[Key]) -> None:
         """The worker gives back those still queued; a task still in its outbox stays."""
@@ -530,23 +454,13 @@ class MpTransport(WorkerSupervision, Transport):
             return Pickled(payload.data, payload.buffers)
         buffers = mapped(payload)
         with self.lock:
-            self.cache[key] = (worker, payload)
+            self.copies.keep(worker, key, payload)
         return Pickled(payload.data, buffers)
 
     def _carried(self, worker: str, finished: list[tuple[Key, float, int | None, Any]]) -> None:
-        """Keep the small results ``worker`` sent along unasked, as if fetched: a task
-        on another worker that reads one is sent it at once (see ``_gather_inputs``).
-        Not a stale one: a task run twice may have made two values, and its readers
-        must all get the one the scheduler keeps."""
+        """The small results ``worker`` sent along unasked are kept as if fetched."""
         with self.lock:
-            cache, used_up, out = self.cache, self._used_up, self.inflight.tasks
-            for key, _, _, result in finished:
-                if used_up and key in used_up:
-                    used_up.discard(key)  # read where it is, by its last reader
-                elif type(result) is bytes:
-                    spec = out.get(key)
-                    if spec is not None and spec.worker == worker:
-                        cache[key] = (worker, result)
+            self.copies.carried(worker, finished, self.inflight.tasks)
 
     def fetched(self, key: Key, payload: Payload) -> None:
         """Result ``key`` arrived serialised: send what waited for it, and report the
