@@ -90,6 +90,8 @@ class Copies:
                 del held[key]
 
     def holder_lost(self, holder: str) -> None:
+        """``holder`` is gone: its copies go with it (the scheduler makes again what it
+        held alone, and a copy of a value it no longer counts would be kept for good)."""
         held = self.held
         for key in [k for k, (h, _) in held.items() if h == holder]:
             del held[key]
