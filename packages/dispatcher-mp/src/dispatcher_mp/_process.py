@@ -463,8 +463,6 @@ def _check_main_is_a_file(start_method: str) -> None:
     """Fail before any worker starts when the main module names a file that is not there
     (``python - < job.py`` reads it from ``<stdin>``): multiprocessing would make every
     worker run that file first, and every worker would die of it."""
-    import sys
-
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if getattr(main, "__spec__", None) is not None or not isinstance(path, str):

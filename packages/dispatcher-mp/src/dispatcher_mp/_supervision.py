@@ -66,8 +66,8 @@ class SupervisedReports(Reports):
     """The kit's reports; a task's own "started" replaces the clock
     :meth:`WorkerSupervision.advance` started for it."""
 
-    def __init__(self, transport: WorkerSupervision, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, transport: WorkerSupervision, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
         self.unconfirmed = transport.unconfirmed
 
     def started(self, worker: str, message: Started) -> None:

@@ -216,7 +216,7 @@ class MpTransport(WorkerSupervision, Transport):
             self.close()
             raise
         reports = SupervisedReports(
-            self, self.inflight, events, self._received, self.free, None, self._carried
+            self, self.inflight, events, self._received, self.free, carried=self._carried
         )
         self._reader = Reader(self, reports)
         self._reader.start()
