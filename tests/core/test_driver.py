@@ -8,9 +8,17 @@ from collections.abc import Callable, Sequence
 import anyio
 import pytest
 
-from dispatcher import DispatcherError, Op, get_executor
+from dispatcher import DispatcherError, Op, SerializationError, get_executor
 from dispatcher._capacity import Capacity
-from dispatcher._driver import EV_FINISHED, EV_WORKER_LOST, KEY_BITS, EventQueue, Router, step
+from dispatcher._driver import (
+    EV_FINISHED,
+    EV_FINISHED_MANY,
+    EV_WORKER_LOST,
+    KEY_BITS,
+    EventQueue,
+    Router,
+    step,
+)
 from dispatcher._executor import PLANNED_ASIDE, Executor
 from dispatcher._hooks import Observers
 from dispatcher._placement import Placement
@@ -18,7 +26,7 @@ from dispatcher._plan import Plan
 from dispatcher._plugins import run_observers
 from dispatcher._scheduler import Run
 from dispatcher.testing import FakeTransport, fake_executor, tasks
-from dispatcher.transport import Capabilities, TaskSpec
+from dispatcher.transport import Capabilities, Key, TaskSpec, Unloaded
 
 
 class _Run:
@@ -29,6 +37,15 @@ class _Run:
         self.queue = EventQueue()
         self.capacity = Capacity()
         self.placement = Placement(None)  # type: ignore[arg-type]
+
+
+def _router_with_runs() -> tuple[Router, _Run, _Run]:
+    """A router, on a one-worker fake transport, with runs 1 and 2 attached."""
+    router = Router(FakeTransport(workers=1))
+    first, second = _Run(1), _Run(2)
+    router.attach(first)  # type: ignore[arg-type]
+    router.attach(second)  # type: ignore[arg-type]
+    return router, first, second
 
 
 @pytest.mark.timeout(30)
@@ -50,11 +67,7 @@ def test_wake_ends_a_blocking_wait_without_an_event() -> None:
 
 
 def test_reports_go_to_the_run_their_key_belongs_to() -> None:
-    transport = FakeTransport(workers=1)
-    router = Router(transport)
-    first, second = _Run(1), _Run(2)
-    router.attach(first)
-    router.attach(second)
+    router, first, second = _router_with_runs()
     router.task_finished(second.base + 7, "fake-0", 0.5, None, "value")
     assert list(second.queue.events) == [(EV_FINISHED, 7, "fake-0", 0.5, None, "value")]
     assert not first.queue.events
@@ -106,6 +119,102 @@ def test_a_result_posted_while_its_run_is_detached_is_freed() -> None:
     router.task_finished(run.base + 6, "fake-0", 0.1, None)
     assert transport.freed == [("fake-0", run.base + 6)]
     assert not run.queue.events
+
+
+def test_completions_reported_together_are_one_event_of_their_run_or_one_per_run() -> None:
+    router, first, second = _router_with_runs()
+    together = [(second.base + 4, 0.1, None, ...), (second.base + 5, 0.2, 8, "value")]
+    router.tasks_finished("fake-0", together)
+    assert list(second.queue.events) == [(EV_FINISHED_MANY, "fake-0", together)]
+    assert not first.queue.events
+    second.queue.events.clear()
+    # Runs that share the executor at once: each hears of its own.
+    router.tasks_finished(
+        "fake-0", [(first.base + 1, 0.1, None, ...), (second.base + 2, 0.2, None, "value")]
+    )
+    assert list(first.queue.events) == [(EV_FINISHED, 1, "fake-0", 0.1, None, ...)]
+    assert list(second.queue.events) == [(EV_FINISHED, 2, "fake-0", 0.2, None, "value")]
+
+
+def test_completions_reported_together_for_a_run_that_ended_or_never_read_are_freed() -> None:
+    transport = FakeTransport(workers=1)
+    router = Router(transport)
+    ended, aborted = _Run(3), _Run(4)
+    router.attach(ended)
+    router.detach(ended)
+    router.tasks_finished("fake-0", [(ended.base + 1, 0.1, None, ...)])
+    router.attach(aborted)
+    router.tasks_finished("fake-0", [(aborted.base + 2, 0.1, None, ...)])
+    router.detach(aborted)
+    assert transport.freed == [("fake-0", ended.base + 1), ("fake-0", aborted.base + 2)]
+    assert not aborted.queue.events
+
+
+class _CannotLoad(Unloaded):
+    def load(self) -> object:
+        raise ValueError("these bytes are not a pickle")
+
+
+class _Together(FakeTransport):
+    """Reports what each :meth:`submit` ran together, as a worker's batch is; the
+    ``unreadable``-th result of the first batch cannot be loaded in the caller."""
+
+    capabilities = Capabilities(survives_worker_loss=True)
+
+    def __init__(self, unreadable: int) -> None:
+        super().__init__(workers=1, slots=1000)
+        self.unreadable = unreadable
+        self.reported: list[list[Key]] = []
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        sink = self._events
+        assert sink is not None
+        together: list[tuple[Key, float, int | None, object]] = []
+
+        class Gather:
+            def task_finished(
+                self,
+                key: Key,
+                worker: str,
+                duration: float,
+                nbytes: int | None,
+                value: object = ...,
+            ) -> None:
+                together.append((key, duration, nbytes, value))
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(sink, name)
+
+        self._events = Gather()  # type: ignore[assignment]
+        try:
+            super().submit(tasks)
+        finally:
+            self._events = sink
+        if not self.reported:
+            key, duration, nbytes, _ = together[self.unreadable]
+            together[self.unreadable] = (key, duration, nbytes, _CannotLoad())
+        self.reported.append([entry[0] for entry in together])
+        sink.tasks_finished(tasks[0].worker, together)  # type: ignore[attr-defined]
+
+
+def test_what_follows_a_completion_that_ends_the_run_in_its_batch_is_freed() -> None:
+    transport = _Together(unreadable=2)
+    with fake_executor(transport, retries=0) as ex:
+        with pytest.raises(SerializationError):
+            ex.run([Op(tasks.inc, i) for i in range(6)])
+        (batch,) = transport.reported
+        assert len(batch) == 6
+        freed = {key for _, key in transport.freed}
+        assert set(batch[3:]) <= freed  # never applied: freed when the run was detached
+        assert transport.held() == 0
+
+
+def test_completions_reported_together_are_applied_like_one_by_one() -> None:
+    transport = _Together(unreadable=-1)
+    transport.reported.append([])  # every result readable
+    with fake_executor(transport) as ex:
+        assert ex.run([Op(tasks.inc, i) for i in range(6)]) == [1, 2, 3, 4, 5, 6]
+        assert len(transport.reported[1]) == 6
 
 
 class _Silent(FakeTransport):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EV_FAILED",
     "EV_FINISHED",
+    "EV_FINISHED_MANY",
     "EV_INPUTS_LOST",
     "EV_NO_WORKER_LEFT",
     "EV_TAKEN_BACK",
@@ -62,6 +63,7 @@ EV_WORKER_LOST = 4
 EV_WORKER_PAUSED = 5
 EV_NO_WORKER_LEFT = 6
 EV_TAKEN_BACK = 7
+EV_FINISHED_MANY = 8
 
 _NOVALUE: Any = ...
 
@@ -219,6 +221,8 @@ class Router:
                 return
             if event[0] == EV_FINISHED:
                 self.transport.free(event[2], [base | event[1]])
+            elif event[0] == EV_FINISHED_MANY:
+                self.transport.free(event[1], [entry[0] for entry in event[2]])
 
     def inputs_moved(
         self, worker: str, moves: Sequence[tuple[tuple[str, ...], int, float]]
@@ -237,6 +241,25 @@ class Router:
             queue.post((EV_FINISHED, key & _POSITION, worker, duration, nbytes, value))
             if number not in self.runs:  # detached while this was posted
                 self._free_unread(queue, key & ~_POSITION)
+
+    def tasks_finished(
+        self, worker: str, finished: Sequence[tuple[Key, float, int | None, Any]]
+    ) -> None:
+        # One event for the lot, its keys left whole: a worker's batch is one run's but
+        # for the few runs that share an executor at once, which go one by one.
+        number = finished[0][0] >> KEY_BITS
+        for entry in finished:
+            if entry[0] >> KEY_BITS != number:
+                for key, duration, nbytes, value in finished:
+                    self.task_finished(key, worker, duration, nbytes, value)
+                return
+        queue = self.runs.get(number)
+        if queue is None:
+            self.transport.free(worker, [entry[0] for entry in finished])
+        else:
+            queue.post((EV_FINISHED_MANY, worker, finished))
+            if number not in self.runs:  # detached while this was posted
+                self._free_unread(queue, number << KEY_BITS)
 
     def task_failed(
         self, key: Key, worker: str, error: BaseException | Unloaded, duration: float

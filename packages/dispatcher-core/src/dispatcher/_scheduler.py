@@ -38,6 +38,7 @@ from ._copies import copied, stale_copies
 from ._driver import (
     EV_FAILED,
     EV_FINISHED,
+    EV_FINISHED_MANY,
     EV_INPUTS_LOST,
     EV_NO_WORKER_LEFT,
     EV_TAKEN_BACK,
@@ -113,6 +114,26 @@ def _on_finished(
     table.settle(p, worker, spec.last_use)
     if unannounced:
         announce_inputs_made(run, table.dependents[p])
+
+
+def _on_finished_many(
+    run: Run, worker: str, finished: list[tuple[int, float, int | None, Any]]
+) -> None:
+    """Tasks finished on ``worker``, reported together (keys whole): each as
+    :func:`_on_finished`. One that gives recovery something to act on (or ends the run)
+    ends the loop: the rest go back to the front of the queue, applied after recovery
+    acted, or freed by the router if the run is over."""
+    base, recovery = run.base, run.recovery
+    applied = 0
+    try:
+        for key, duration, nbytes, value in finished:
+            applied += 1
+            _on_finished(run, key - base, worker, duration, nbytes, value)
+            if recovery.fatal is not None or recovery.to_cancel or run.aborted:
+                break
+    finally:
+        if applied < len(finished):
+            run.queue.events.appendleft((EV_FINISHED_MANY, worker, finished[applied:]))
 
 
 class Run:
@@ -454,6 +475,7 @@ class Run:
 
     _handlers: ClassVar[dict[int, Callable[..., None]]] = {
         EV_FINISHED: _on_finished,
+        EV_FINISHED_MANY: _on_finished_many,
         EV_FAILED: _on_failed,
         EV_INPUTS_LOST: _on_inputs_lost,
         EV_WORKER_ADDED: on_worker_added,

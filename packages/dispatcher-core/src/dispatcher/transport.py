@@ -9,8 +9,8 @@ it is told, and reports what happened. The whole contract is this module:
   ``cancel``, ``close``, and, optionally, ``take_back``);
 * :class:`EventSink` -- the methods the transport calls back (``task_finished``,
   ``task_failed``, ``task_inputs_lost``, ``worker_added``, ``worker_paused``,
-  ``worker_lost``, ``no_worker_left``, and, optionally, ``inputs_moved`` and
-  ``tasks_taken_back``);
+  ``worker_lost``, ``no_worker_left``, and, optionally, ``tasks_finished``,
+  ``inputs_moved`` and ``tasks_taken_back``);
 * :class:`TaskSpec` -- one task to run: a function, an argument template whose
   :class:`Ref` placeholders stand for results named by key, and where those results live;
 * :class:`Unloaded` -- a reported value or exception still in its serialised form, which
@@ -265,6 +265,14 @@ class EventSink(Protocol):
         or an :class:`Unloaded` that the run's driver loads. ``duration`` is the run time
         in seconds measured on the worker; ``nbytes`` the result's size where known.
         """
+
+    def tasks_finished(
+        self, worker: str, finished: Sequence[tuple[Key, float, int | None, Any]]
+    ) -> None:
+        """Optional: :meth:`task_finished` for each ``(key, duration, nbytes, value)``, in
+        one call, for a transport that hears of completions in batches; ``value`` is
+        ``...`` where the spec did not have ``want_result``. The run applies them in one
+        event rather than one per task. Never called with an empty list."""
 
     def task_failed(
         self, key: Key, worker: str, error: BaseException | Unloaded, duration: float

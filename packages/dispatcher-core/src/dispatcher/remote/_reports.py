@@ -139,6 +139,7 @@ class Reports:
         self.source_name = source_name
         self.carried = carried
         self._cache_warnings = CacheWarnings()
+        self._finished = getattr(events, "tasks_finished", None) or self._one_by_one
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
             Failed: self.failed,
@@ -164,7 +165,7 @@ class Reports:
             self.carried(worker, message.finished)
         # InFlight.take, written out: this loop runs once per task.
         out, deadlines, events = self.inflight.tasks, self.inflight.deadlines, self.events
-        finished = events.task_finished
+        finished: list[tuple[Key, float, int | None, Any]] = []
         unwanted: list[Key] = []
         for key, duration, nbytes, result in message.finished:
             spec = out.get(key)
@@ -180,7 +181,7 @@ class Reports:
             if spec.timeout is not None:
                 deadlines.pop(key, None)
             if not spec.want_result:
-                finished(key, worker, duration, nbytes)
+                finished.append((key, duration, nbytes, ...))
             else:
                 try:
                     value = self.received(worker, key, result)
@@ -188,7 +189,9 @@ class Reports:
                     error = unpickling_error(spec.label, "result", exc, in_caller=True)
                     events.task_failed(key, worker, error, duration)
                     continue
-                finished(key, worker, duration, nbytes, value)
+                finished.append((key, duration, nbytes, value))
+        if finished:
+            self._finished(worker, finished)
         if unwanted:
             self.stale(worker, unwanted)
         if message.failed:
@@ -196,6 +199,15 @@ class Reports:
                 self.failed(worker, Failed(key, duration, wire))
         if message.moves:
             self.moved(worker, message.moves)
+
+    def _one_by_one(self, worker: str, finished: list[tuple[Key, float, int | None, Any]]) -> None:
+        """For a sink without ``tasks_finished``."""
+        report = self.events.task_finished
+        for key, duration, nbytes, value in finished:
+            if value is ...:  # (a wanted result is always an Unloaded here)
+                report(key, worker, duration, nbytes)
+            else:
+                report(key, worker, duration, nbytes, value)
 
     def moved(self, worker: str, moves: list[tuple[tuple[Any, ...], int, float]]) -> None:
         """Fetches ``worker`` timed: passed on with their sources named, to a sink that
