@@ -6,7 +6,7 @@ start: the processes this user may run (``RLIMIT_NPROC``) and the memory availab
 16 MiB a worker; more is a ``ValueError`` saying which. Options besides the common
 ones: ``start_method`` ("forkserver" by default where it exists, else "spawn"),
 ``initializer`` and ``initargs`` (run once in each worker at start), ``prefetch`` (the
-most tasks queued in a worker beyond the one it runs, default 16; the scheduler queues
+most tasks queued in a worker beyond the one it runs, default 256; the scheduler queues
 fewer while tasks are long) and ``shared_memory`` (default True).
 """
 

@@ -18,7 +18,7 @@ def make_executor(
     start_method: str | None = None,
     initializer: Callable[..., Any] | None = None,
     initargs: Sequence[Any] = (),
-    prefetch: int = 16,
+    prefetch: int = 256,
     shared_memory: bool = True,
 ) -> Executor:
     """An executor on ``workers`` processes (default: the CPUs this process may use)."""

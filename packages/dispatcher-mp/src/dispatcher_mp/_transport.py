@@ -155,7 +155,7 @@ class MpTransport(WorkerSupervision, Transport):
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: Sequence[Any] = (),
-        prefetch: int = 16,
+        prefetch: int = 256,
         shared_memory: bool = True,
     ) -> None:
         workers, start_method = checked_options(workers, start_method, prefetch)
