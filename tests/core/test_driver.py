@@ -157,11 +157,11 @@ class _CannotLoad(Unloaded):
 
 class _Together(FakeTransport):
     """Reports what each :meth:`submit` ran together, as a worker's batch is; the
-    ``unreadable``-th result of the first batch cannot be loaded in the caller."""
+    ``unreadable``-th result of the first batch, if given, cannot be loaded in the caller."""
 
     capabilities = Capabilities(survives_worker_loss=True)
 
-    def __init__(self, unreadable: int) -> None:
+    def __init__(self, unreadable: int | None = None) -> None:
         super().__init__(workers=1, slots=1000)
         self.unreadable = unreadable
         self.reported: list[list[Key]] = []
@@ -190,7 +190,7 @@ class _Together(FakeTransport):
             super().submit(tasks)
         finally:
             self._events = sink
-        if not self.reported:
+        if not self.reported and self.unreadable is not None:
             key, duration, nbytes, _ = together[self.unreadable]
             together[self.unreadable] = (key, duration, nbytes, _CannotLoad())
         self.reported.append([entry[0] for entry in together])
@@ -210,11 +210,10 @@ def test_what_follows_a_completion_that_ends_the_run_in_its_batch_is_freed() -> 
 
 
 def test_completions_reported_together_are_applied_like_one_by_one() -> None:
-    transport = _Together(unreadable=-1)
-    transport.reported.append([])  # every result readable
+    transport = _Together()
     with fake_executor(transport) as ex:
         assert ex.run([Op(tasks.inc, i) for i in range(6)]) == [1, 2, 3, 4, 5, 6]
-        assert len(transport.reported[1]) == 6
+        assert [len(batch) for batch in transport.reported] == [6]
 
 
 class _Silent(FakeTransport):
@@ -323,6 +322,21 @@ def test_a_turn_ends_handing_out_tasks_and_applying_reports_and_the_next_goes_on
         _finish(run)
         (target,) = run.table.target_positions
         assert run.table.results[target] == list(range(1, 301))
+
+
+def test_a_turn_ends_after_as_many_completions_reported_together_as_one_by_one() -> None:
+    transport = _Together()
+    with fake_executor(transport) as ex:
+        run = _fan_run(ex, 120)
+        run.turn = 0.0
+        run.dispatch()
+        run.dispatch()
+        assert [len(batch) for batch in transport.reported] == [63, 57]
+        run.apply_events()  # the first batch's 63 tasks, then the turn is over
+        assert [len(event[2]) for event in run.queue.events] == [57]
+        _finish(run)
+        (target,) = run.table.target_positions
+        assert run.table.results[target] == list(range(1, 121))
 
 
 def test_a_turn_ends_calling_tasks_in_the_caller_and_the_next_goes_on() -> None:

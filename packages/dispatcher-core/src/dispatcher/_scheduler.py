@@ -415,12 +415,17 @@ class Run:
         popleft = events.popleft
         handlers = self._handlers
         recovery = self.recovery
-        turn_ends, applied = perf_counter() + self.turn, 0
+        # (Tasks counted, not events: a batch of completions is one event.)
+        turn_ends, applied, look_at = perf_counter() + self.turn, 0, 64
         while events:
             applied += 1
-            if not applied & 63 and perf_counter() > turn_ends:
-                break  # the driver's turn is over: the rest at its next step
+            if applied >= look_at:
+                if perf_counter() > turn_ends:
+                    break  # the driver's turn is over: the rest at its next step
+                look_at = applied + 64
             event = popleft()
+            if event[0] == EV_FINISHED_MANY:
+                applied += len(event[2]) - 1
             handlers[event[0]](self, *event[1:])
             if recovery.fatal is not None or recovery.to_cancel:
                 self.act_on_recovery()
