@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dask_tasks
@@ -107,3 +108,84 @@ def test_a_link_released_ahead_that_fails_once_is_retried_to_the_right_value(
     with get_executor("dask", address=address, retries=1, retry_on=ValueError) as executor:
         value, _ = _run_behind_the_gate(executor, target, started, go)
     assert value == LINKS - 1  # the flaky link passes its input on instead of adding one
+
+
+class _Future:
+    """What the transport reads of a settled dask future."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.status = "finished"
+
+    def release(self) -> None:
+        pass
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, int]] = []
+
+    def task_finished(self, key: int, worker: str, *rest: Any) -> None:
+        self.reports.append(("finished", key))
+
+    def task_failed(self, key: int, worker: str, *rest: Any) -> None:
+        self.reports.append(("failed", key))
+
+    def task_inputs_lost(self, key: int, worker: str, *rest: Any) -> None:
+        self.reports.append(("inputs lost", key))
+
+
+def _read_first_in_a_fused_run(member_stats: Any) -> tuple[_Sink, Any]:
+    """A link released ahead whose stats came before its release (so its reader reports
+    it), read by the first task of a fused run whose run just settled with
+    ``member_stats`` for that task: the transport's records, as they are then."""
+    from dispatcher_dask._completions import Completions
+    from dispatcher_dask._giving_up import Pending
+
+    class Records(Completions):
+        pass
+
+    records: Any = Records.__new__(Records)
+    link, reader = SimpleNamespace(key=1, worker="w"), SimpleNamespace(key=2, worker="w")
+    link_future, run_future = _Future("link"), _Future("run")
+    records._lock = threading.Lock()
+    records._events = sink = _Sink()
+    records._pending = {
+        1: Pending(link, link_future, ()),  # type: ignore[arg-type]
+        2: Pending(reader, run_future, (1,)),  # type: ignore[arg-type]
+    }
+    records._keys = {"link": 1}
+    records._futures = {1: link_future, 2: run_future}
+    records._made = {1: link, 2: reader}
+    records._index = {2: 0}
+    records._ahead = {1}
+    records._stats = {1: (0.001, 28, None)}
+    records._member_stats = {2: member_stats}
+    records._release_made = set()
+    return sink, lambda: records._member_done(2, run_future)
+
+
+def test_a_link_released_ahead_is_reported_made_by_a_fused_run_that_read_it() -> None:
+    sink, settle = _read_first_in_a_fused_run((0.001, 28, None))
+    settle()
+    assert sink.reports == [("finished", 1), ("finished", 2)]
+
+
+def test_a_link_released_ahead_is_reported_made_when_the_fused_run_reading_it_failed() -> None:
+    import pickle
+
+    sink, settle = _read_first_in_a_fused_run((0.001, None, pickle.dumps(ValueError("no"))))
+    settle()
+    assert sink.reports == [("finished", 1), ("failed", 2)]
+
+
+def test_a_long_chain_of_tiny_tasks_ends(dask_client: Any) -> None:
+    # Fused runs read links released ahead: a link whose stats came before its release
+    # was reported by nobody, and the run waited for it for ever (most runs of this).
+    address = dask_client.scheduler.address
+    with get_executor("dask", address=address) as executor:
+        for _ in range(3):
+            node = Op(tasks.inc, 0)
+            for _ in range(5_000):
+                node = Op(tasks.inc, node)
+            assert executor.run(node) == 5_001

@@ -238,12 +238,15 @@ class Completions(ReleasedAhead):
         spec = pending.spec
         if stats is None:
             # Its run's report never came (it cannot be told whether the task failed):
-            # it runs again, which counts as no attempt.
+            # it runs again, which counts as no attempt. Its run ended, so what it read
+            # was made: those released ahead are reported so, by it alone.
+            self._before(pending)
             self._drop(key, future)
             events.task_inputs_lost(key, spec.worker, [])
             return
         duration, nbytes, failure = stats
         if failure is None:
+            self._before(pending)  # the first of a run may read a result released ahead
             events.task_finished(key, spec.worker, duration, nbytes)
             if release is not None:
                 release.release()
@@ -253,6 +256,7 @@ class Completions(ReleasedAhead):
             raised: BaseException = pickle.loads(failure)
         except Exception as exc:
             raised = exc
+        self._failed_ahead(pending, raised, "error")
         if isinstance(raised, TaskFailure) and raised.key != key:
             # An input made earlier in its run failed: dispatcher decides its fate, and
             # this task waits for it again.
