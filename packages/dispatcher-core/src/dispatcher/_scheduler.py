@@ -136,6 +136,20 @@ def _on_finished_many(
             run.queue.events.appendleft((EV_FINISHED_MANY, worker, finished[applied:]))
 
 
+def _on_failed(run: Run, p: int, worker: str, error: Any, duration: float) -> None:
+    """Task ``p`` raised on ``worker`` (or could not run there): retried, or failed."""
+    spec = run._reported(p, worker)
+    if spec is None:
+        stale_copies(run.table, p, worker)
+        return
+    copied(run.table, p, spec, worker, False)
+    if duration > 0:  # time spent failing counts too: placement sizes queues by it
+        run.placement.learn(run.table.nodes[p]._func, duration, None)
+    if isinstance(error, Unloaded):
+        error = load_reported(error, spec, "exception")[1]
+    _failed(run, p, worker, error, duration)
+
+
 class Run:
     """One run of ``graph`` towards ``targets``, from start to its end."""
 
@@ -458,18 +472,6 @@ class Run:
         del table.inflight[p]
         self.placement.load[worker] -= 1
         return spec
-
-    def _on_failed(self, p: int, worker: str, error: Any, duration: float) -> None:
-        spec = self._reported(p, worker)
-        if spec is None:
-            stale_copies(self.table, p, worker)
-            return
-        copied(self.table, p, spec, worker, False)
-        if duration > 0:  # time spent failing counts too: placement sizes queues by it
-            self.placement.learn(self.table.nodes[p]._func, duration, None)
-        if isinstance(error, Unloaded):
-            error = load_reported(error, spec, "exception")[1]
-        _failed(self, p, worker, error, duration)
 
     def _on_inputs_lost(self, p: int, worker: str, missing: list[int]) -> None:
         spec = self._reported(p, worker)
