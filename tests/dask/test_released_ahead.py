@@ -142,10 +142,7 @@ def _read_first_in_a_fused_run(member_stats: Any) -> tuple[_Sink, Any]:
     from dispatcher_dask._completions import Completions
     from dispatcher_dask._giving_up import Pending
 
-    class Records(Completions):
-        pass
-
-    records: Any = Records.__new__(Records)
+    records: Any = Completions.__new__(Completions)  # its records alone, set below
     link, reader = SimpleNamespace(key=1, worker="w"), SimpleNamespace(key=2, worker="w")
     link_future, run_future = _Future("link"), _Future("run")
     records._lock = threading.Lock()
