@@ -87,7 +87,9 @@ class EventQueue:
         # Set (with a wake) when the run can go on no longer, whatever it waits for: its
         # executor was closed under it. Its driver raises it.
         self.stopped: BaseException | None = None
-        self._cond = threading.Condition(threading.Lock())
+        # Made by the first wait: a run that never waits (every task called in the
+        # caller) does without. Posters touch it only once a sleep is announced under it.
+        self._cond: threading.Condition | None = None
         self._sleeping = False
         # An async driver's, while it waits: callable from any thread, wanted once.
         self._waker: Callable[[], object] | None = None
@@ -96,8 +98,10 @@ class EventQueue:
         self.events.append(event)
         # What wake() does, written out: a report per task comes through here.
         if self._sleeping:
-            with self._cond:
-                self._cond.notify()
+            cond = self._cond
+            assert cond is not None  # (made before any sleep was announced)
+            with cond:
+                cond.notify()
                 self._sleeping = False
         else:
             waker = self._waker
@@ -110,8 +114,10 @@ class EventQueue:
     def wake(self) -> None:
         """Make the waiting driver look again (at new events, or at why it should stop)."""
         if self._sleeping:
-            with self._cond:
-                self._cond.notify()
+            cond = self._cond
+            assert cond is not None  # (made before any sleep was announced)
+            with cond:
+                cond.notify()
                 # Once woken, the driver takes every event there: the others posted
                 # before it runs need not wake it again.
                 self._sleeping = False
@@ -123,13 +129,16 @@ class EventQueue:
 
     def wait(self, timeout: float | None) -> None:
         """Block until an event is posted, :meth:`wake` is called, or ``timeout`` passes."""
-        with self._cond:
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(threading.Lock())
+        with cond:
             # Announce the sleep before looking, so a post in between is not missed.
             self._sleeping = True
             try:
                 # (Stopped before this wait, the wake that said so found nobody asleep.)
                 if not self.events and self.stopped is None:
-                    self._cond.wait(timeout)
+                    cond.wait(timeout)
             finally:
                 self._sleeping = False
 
