@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher import op
-from dispatcher._links import ENOUGH
+from dispatcher._links import ENOUGH, LinkCosts
 from dispatcher._placement import ACROSS_HOSTS, WITHIN_HOST, Link, Placement
 from dispatcher._states import DONE, READY, RUNNING, WAITING
 from dispatcher.testing import FakeTransport, fake_executor, tasks
@@ -68,6 +68,7 @@ class Spec:
 
 def placement(table: Table, *workers: str, capacity: int = 4) -> Placement:
     placed = Placement(table)  # type: ignore[arg-type]
+    placed.links = LinkCosts()  # an executor's, as its router gives every run
     for worker in workers:
         placed.add_worker(worker, capacity)
     return placed
@@ -420,3 +421,12 @@ def test_a_link_sent_ahead_stays_with_the_worker_making_its_input() -> None:
     del table.inflight[0]
     placed.load.update(w1=7, w2=0)
     assert placed.place(1) == "w2"
+
+
+def test_a_run_not_yet_attached_reads_assumed_links_that_learn_nothing() -> None:
+    # Every run shares them until its router gives it the executor's: a sample taken
+    # into them would change every later run's placement.
+    placed = Placement(Table([()]))  # type: ignore[arg-type]
+    placed.links.observe("a1@A", ("b1@B",), MB, 0.010)
+    assert placed.links.across.samples == 0
+    assert placed.links.across.link is placed.links.across.assumed

@@ -43,6 +43,12 @@ SIBLING_PULL = 1.5
 SMOOTHING = 0.05
 
 
+# Every run's until attached to its router: one for all, learning nothing (a run's
+# placement only reads its links; what transports measure goes to the router's).
+_ASSUMED_LINKS = LinkCosts()
+_ASSUMED_LINKS.learning = False
+
+
 def _queue_for(duration: float) -> int:
     """How many tasks of ``duration`` an in-order worker keeps queued behind its running
     one: about :data:`QUEUED_SECONDS` of them, at least one."""
@@ -73,9 +79,9 @@ class Placement:
         """The workers on each host."""
         self.spread = False
         """The workers span more than one host: moves across hosts cost more."""
-        self.links = LinkCosts()
+        self.links = _ASSUMED_LINKS
         """What a move costs per class of link: the executor's, once the run is attached
-        to its router (a fresh one, with the assumed links, before)."""
+        to its router (the assumed links, before)."""
         self.mean_duration: float | None = None
         self.durations: dict[Any, float] = {}
         """The mean duration of each function's tasks so far, by
