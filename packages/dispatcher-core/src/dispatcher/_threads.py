@@ -27,12 +27,22 @@ __all__ = ["DaemonThreadPool", "Job", "in_pool_thread", "waiting"]
 
 logger = logging.getLogger("dispatcher")
 
-_this_thread = threading.local()
+
+class _ThreadState(threading.local):
+    # Defaults on the class: a thread that set nothing reads them without the
+    # AttributeError a getattr with a default raises and swallows (every run() asks twice).
+    pooled = False
+    """This thread is a worker of some pool."""
+    job: Job | None = None
+    """The pool's job this thread runs now."""
+
+
+_this_thread = _ThreadState()
 
 
 def in_pool_thread() -> bool:
     """Is this a worker thread of some :class:`DaemonThreadPool`?"""
-    return getattr(_this_thread, "pooled", False)
+    return _this_thread.pooled
 
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED, _WAITING = range(5)
@@ -41,7 +51,7 @@ _QUEUED, _RUNNING, _DONE, _ABANDONED, _WAITING = range(5)
 def waiting() -> contextlib.AbstractContextManager[None]:
     """Around a blocking wait for a nested run: if this thread runs a job of a pool, the
     job stops counting toward the pool's size meanwhile (see the module docstring)."""
-    job: Job | None = getattr(_this_thread, "job", None)
+    job = _this_thread.job
     if job is None:
         return contextlib.nullcontext()
     return job._pool._waiting(job)
