@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import attrgetter, methodcaller
 from typing import Any
 
@@ -22,7 +22,7 @@ def _captures(kind: type[DispatchNode]) -> bool:
 
 
 def _reachable(
-    roots: list[DispatchNode],
+    roots: Sequence[DispatchNode],
     dependencies: Callable[[DispatchNode], Iterable[DispatchNode]] | None = None,
 ) -> set[DispatchNode]:
     """The nodes ``roots`` need, themselves included: through the dependencies each node
@@ -83,15 +83,26 @@ class DispatchGraph:
 
     def __init__(self, targets: DispatchNode | Iterable[DispatchNode]) -> None:
         roots = _as_node_list(targets)
-        self._targets = tuple(dict.fromkeys(roots))
+        self._of_targets(tuple(dict.fromkeys(roots)))
+
+    @classmethod
+    def _of(cls, targets: tuple[DispatchNode, ...]) -> DispatchGraph:
+        """The graph of ``targets``: nodes already, each once (as a plan has them)."""
+        graph = cls.__new__(cls)
+        graph._of_targets(targets)
+        return graph
+
+    def _of_targets(self, targets: tuple[DispatchNode, ...]) -> None:
+        self._targets = targets
         with gc_paused():
             # The dependencies captured at construction are what dependencies() returns,
             # unless a custom node class says otherwise: then walk again, asking each node.
-            seen = _reachable(roots)
-            captured = all(_captures(kind) for kind in set(map(type, seen)))
+            seen = _reachable(targets)
+            captured = all(map(_captures, set(map(type, seen))))
             if not captured:
-                seen = _reachable(roots, methodcaller("dependencies"))
-            self._set_nodes(sorted(seen, key=_by_sequence), captured=captured)
+                seen = _reachable(targets, methodcaller("dependencies"))
+            nodes = sorted(seen, key=_by_sequence) if len(seen) > 1 else list(seen)
+            self._set_nodes(nodes, captured=captured)
 
     @classmethod
     def _from_parts(
@@ -116,7 +127,7 @@ class DispatchGraph:
         node's class depends on exactly what its nodes captured when made."""
         index = dict(zip(nodes, range(len(nodes))))
         if captured is None:
-            captured = all(_captures(kind) for kind in set(map(type, nodes)))
+            captured = all(map(_captures, set(map(type, nodes))))
         if not cut and captured:
             # Every node's dependencies were captured when it was made, from nodes made
             # before it: in creation order they are topological, nothing to check. Both

@@ -137,9 +137,9 @@ class Plan:
                 "run() takes a node, a DispatchGraph, or lists, tuples and dicts of nodes; "
                 f"got {type(targets).__name__}: {targets!r}"
             )
-        unique = list(dict.fromkeys(nodes))
+        unique = nodes if len(nodes) == 1 else list(dict.fromkeys(nodes))
         self.targets = unique
-        graph = targets if isinstance(targets, DispatchGraph) else DispatchGraph(unique)
+        graph = targets if isinstance(targets, DispatchGraph) else DispatchGraph._of(tuple(unique))
         if inputs:
             if not isinstance(inputs, Mapping):
                 raise TypeError(f"inputs must be a mapping {{node: value}}, got {inputs!r}")
