@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+from operator import attrgetter
 from typing import Any
 
 import anyio
@@ -37,6 +38,9 @@ from ._scheduler import Run
 from .transport import Capabilities
 
 __all__ = ["AsyncExecutor"]
+
+_timeout_of = attrgetter("_timeout")
+_func_of = attrgetter("_func")
 
 
 def _default_threads() -> int:
@@ -76,9 +80,10 @@ class AsyncExecutor(Executor):
         in threads (or in the caller, with ``threads=0``) and no loop is started."""
         table = run.table
         nodes = table.nodes
-        if table.timeout is not None or any(node.timeout is not None for node in nodes):
+        # (A node's timeout is a positive number, or None.)
+        if table.timeout is not None or any(map(_timeout_of, nodes)):
             return True
-        funcs = {node._func for node in nodes}
+        funcs = set(map(_func_of, nodes))
         if run._cache_calls:  # what the cache calls instead of those nodes' functions
             funcs.update(call[0] for call in run._cache_calls.values())
         return not all(map(self._loop_transport.never_awaits, funcs))
