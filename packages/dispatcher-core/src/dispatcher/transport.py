@@ -405,8 +405,10 @@ class Transport(abc.ABC):
     instance from your executor factory (see :class:`dispatcher.ExecutorInfo`).
 
     One transport serves one executor: it may see tasks of several runs at once, and must
-    keep going after any one task fails. Methods are called from the scheduler's thread
-    and must not block for long (queue, then return).
+    keep going after any one task fails. Methods are called from the thread driving each
+    run, so runs on several threads call them at once: they must be thread-safe (what
+    one call sends, such as a function's definition, must reach a worker before what
+    another call sends that needs it), and must not block for long (queue, then return).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities()

@@ -129,6 +129,10 @@ class Root:
         self.hub.tick = self.tick
         # Ranks outlive executors: what each holds is the job's to track.
         self.shipper = FunctionShipper(dumps)
+        self.sending = threading.Lock()
+        """Held while tasks are shipped and posted: runs on several threads submit at once,
+        and the shipper counts a function held when it makes its definition, so a rank
+        must get that before another run's tasks using it (and a ``Forget`` after them)."""
         self.transport: MpiTransport | None = None
         self.busy: dict[int, Key] = {}  # rank -> key of a task given up on, still running
         self.why_busy: dict[int, str] = {}
@@ -406,6 +410,10 @@ class MpiTransport(Transport):
         )
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        with self.root.sending:
+            self._submit(tasks)
+
+    def _submit(self, tasks: Sequence[TaskSpec]) -> None:
         root = self.root
         shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}

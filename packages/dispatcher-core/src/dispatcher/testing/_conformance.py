@@ -44,6 +44,7 @@ from .. import (
     run,
 )
 from . import tasks
+from ._concurrent import ExecutorConcurrentRuns
 from ._faults import ExecutorFaults
 from ._pending import ExecutorPendingInputs
 from ._taking_back import ExecutorTakingBack
@@ -98,7 +99,9 @@ class Recorder:
         return [e for e in self.events if e[0] == kind]
 
 
-class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs, ExecutorTakingBack):
+class ExecutorConformance(
+    ExecutorFaults, ExecutorPendingInputs, ExecutorTakingBack, ExecutorConcurrentRuns
+):
     """Subclass and set :attr:`executor` (a registered name) and :attr:`options`.
 
     The fault checks of :class:`~dispatcher.testing.ExecutorFaults` come with it, and
@@ -377,26 +380,6 @@ class ExecutorConformance(ExecutorFaults, ExecutorPendingInputs, ExecutorTakingB
     def test_instance_rejects_options(self, ex: Executor) -> None:
         with pytest.raises(TypeError):
             run(Op(tasks.inc, 1), executor=ex, retries=1)
-
-    @pytest.mark.timeout(120)
-    def test_concurrent_runs_on_one_executor(self, ex: Executor) -> None:
-        results: dict[int, Any] = {}
-
-        def one(i: int) -> None:
-            chain = Op(tasks.inc, i)
-            for _ in range(10):
-                chain = Op(tasks.inc, chain)
-            try:
-                results[i] = ex.run(chain)
-            except BaseException as exc:  # reported below
-                results[i] = exc
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results == {i: i + 11 for i in range(4)}
 
     def test_closed_executor_refuses(self) -> None:
         executor = get_executor(self.executor, **self.options)

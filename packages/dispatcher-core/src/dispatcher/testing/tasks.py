@@ -26,6 +26,15 @@ def double(x: int) -> int:
     return 2 * x
 
 
+def adder(n: int) -> Any:
+    """A closure adding ``n``: a function no worker holds until it is sent (by value)."""
+
+    def add_n(x: int) -> int:
+        return x + n
+
+    return add_n
+
+
 def identity(x: Any) -> Any:
     return x
 
