@@ -3,7 +3,10 @@ stream wherever they sit, and the stream stays one ``pickle.loads`` reads."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,3 +125,67 @@ def test_a_pickler_that_memoised_many_objects_is_replaced_not_reused() -> None:
     assert plain.pickler is not reused
     assert pickle.loads(stream, buffers=views) == batch
     assert pickle.loads(dumps_split([3, "three"])[0]) == [3, "three"]
+
+
+LAZY_PACKAGE = {
+    "__init__.py": "from ._impl import Thing, make\n",
+    # numpy's way with np.recarray: the class names a submodule loaded on first use.
+    "_impl.py": (
+        "class Thing:\n"
+        "    def __init__(self, n):\n"
+        "        self.n = n\n"
+        "def make(n):\n"
+        "    return Thing(n)\n"
+        "Thing.__module__ = make.__module__ = 'lazypkg.sub'\n"
+    ),
+    "sub.py": "from ._impl import Thing, make\n",
+}
+
+PICKLE_LAZY = """
+import pickle, sys
+import lazypkg
+from dispatcher.remote import dumps, dumps_split
+assert "lazypkg.sub" not in sys.modules
+thing = lazypkg.Thing(5)
+stream, buffers = dumps_split([thing])
+assert not buffers
+made = type("Made", (), {"__module__": "lazypkg.made_at_run_time"})
+pickle.dump([dumps(thing), stream, dumps(lazypkg.Thing), dumps(lazypkg.make), dumps(made)],
+            sys.stdout.buffer)
+"""
+
+# Unpickled in another process, as a worker would: cloudpickle gives a process back the
+# very class it copied, so a round trip in one process cannot tell a copy.
+LOAD_LAZY = """
+import pickle, sys
+import lazypkg
+thing, in_list, cls, func, made = [pickle.loads(p) for p in pickle.load(sys.stdin.buffer)]
+print(
+    type(thing) is lazypkg.Thing,
+    type(in_list[0]) is lazypkg.Thing,
+    cls is lazypkg.Thing,
+    func is lazypkg.make,
+    made.__name__,
+)
+"""
+
+
+def test_a_class_of_a_lazily_loaded_submodule_travels_by_reference(tmp_path: Any) -> None:
+    # cloudpickle copies a class whose module is not in sys.modules, and the copy is
+    # another class where it arrives (np.recarray's methods then fail on it). A class
+    # made at run time under a module name that does not import still travels by value.
+    package = tmp_path / "lazypkg"
+    package.mkdir()
+    for name, text in LAZY_PACKAGE.items():
+        (package / name).write_text(text)
+    options: dict[str, Any] = {
+        "capture_output": True,
+        "timeout": 60,
+        "cwd": tmp_path,
+        "env": {**os.environ, "PYTHONPATH": str(tmp_path)},
+    }
+    pickled = subprocess.run([sys.executable, "-c", PICKLE_LAZY], **options)
+    assert pickled.returncode == 0, pickled.stderr.decode()
+    loaded = subprocess.run([sys.executable, "-c", LOAD_LAZY], input=pickled.stdout, **options)
+    assert loaded.returncode == 0, loaded.stderr.decode()
+    assert loaded.stdout.decode().split() == ["True", "True", "True", "True", "Made"]

@@ -16,6 +16,7 @@ buffers=...)`` reads it.
 from __future__ import annotations
 
 import builtins
+import importlib
 import io
 import marshal
 import pickle
@@ -53,13 +54,43 @@ def _reduce_code(code: types.CodeType) -> Any:
         return _cloudpickle_code_reduce(code)
 
 
+_cloudpickle_reducer_override = cloudpickle.Pickler.reducer_override
+_NOT_IMPORTABLE: set[str] = set()
+"""Modules :func:`_import_declaring_module` tried and could not import: not tried again."""
+
+
+def _import_declaring_module(obj: Any) -> None:
+    """Import the module a class or function says it is from, when its package is loaded
+    but the module is not: a package that loads a submodule on first use (``numpy.rec``,
+    declaring ``np.recarray``) leaves it out of ``sys.modules`` until then. cloudpickle
+    takes such a module for one made at run time and copies the class by value, and the
+    copy is another class where it arrives: ``np.recarray``'s own methods fail on it.
+    Imported, the class travels by reference, as the plain pickler would send it."""
+    module = getattr(obj, "__module__", None)
+    if type(module) is not str or module in sys.modules or module in _NOT_IMPORTABLE:
+        return
+    package = module.partition(".")[0]
+    if package == module or package not in sys.modules:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception:  # made at run time after all: it travels by value, as before
+        _NOT_IMPORTABLE.add(module)
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, keeping the file names of the code it pickles by value."""
+    """cloudpickle, keeping the file names of the code it pickles by value, and sending
+    classes and functions of lazily loaded submodules by reference."""
 
     # One level of maps, as cloudpickle's own: looked up for every object pickled.
     dispatch_table = ChainMap(
         {types.CodeType: _reduce_code}, *cloudpickle.Pickler.dispatch_table.maps
     )
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (type, types.FunctionType)):
+            _import_declaring_module(obj)
+        return _cloudpickle_reducer_override(self, obj)
 
 
 # What the plain pickler may name by reference (importable wherever it is unpickled):
@@ -175,7 +206,7 @@ class _SplitPickler(_Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is type and obj in _BY_REFERENCE:
             return NotImplemented
-        return super().reducer_override(obj)
+        return _Pickler.reducer_override(self, obj)
 
 
 class _FindingPickler(_SplitPickler):
