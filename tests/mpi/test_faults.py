@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,41 @@ def test_ctrl_c_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:
     assert process.returncode != 0
     assert names
     assert [n for n in names if os.path.exists(n)] == []
+
+
+def test_ctrl_c_is_the_programs_to_handle(tmp_path: Path) -> None:
+    # mpiexec passes SIGINT to every rank: the worker ranks leave it to rank 0, whose
+    # program here catches it, takes its time to save, and ends the job its own way.
+    program = script(
+        tmp_path,
+        """
+        import sys, time
+        from dispatcher import Op, run
+        print("started", flush=True)
+        try:
+            run([Op(time.sleep, 3600) for _ in range(4)], executor="mpi")
+        except KeyboardInterrupt:
+            time.sleep(2)
+            print("saved", flush=True)
+            sys.exit(0)
+        """,
+    )
+    process = subprocess.Popen(
+        command(3, program), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "started\n"
+        time.sleep(1)  # the sleeps have reached their ranks
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err[-3000:]
+    assert "saved" in out.splitlines(), out
+    assert "Traceback" not in err, err[-3000:]
 
 
 # Every rank, once past MPI_Init and before its segments lose their names, prints them and

@@ -82,6 +82,9 @@ def main() -> None:
 
         # A task that crashes the interpreter (a segfault in C code) shows where it was.
         faulthandler.enable()
+        # Ctrl-C (mpiexec passes it to every rank) is rank 0's to act on: its program may
+        # catch it and go on, or save its work first; the ranks stop when it says so.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         try:
             WorkerRank(comm, peers).serve()
