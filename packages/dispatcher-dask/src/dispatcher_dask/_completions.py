@@ -64,6 +64,10 @@ class Completions(ReleasedAhead):
     _control: ThreadPoolExecutor
     _watching: set[asyncio.Future[None]]
     _release_made: set[Key]
+    _own_client: bool
+    _scheduler_lost = False
+    """Set once the client was seen reconnecting: its closing later is dask giving up."""
+    _told_lost = False  # the runs were told no worker is left, the scheduler being lost
     """Results still being made whose last reader was sent to their worker: released once
     reported made, as dask then keeps them only while that reader needs them."""
 
@@ -269,20 +273,30 @@ class Completions(ReleasedAhead):
         its scheduler (then dask cancels every task it had, and the task is not to blame)."""
         client = self._client
         status = getattr(client, "status", None)
-        if status in ("closing", "closed"):
+        if status == "connecting":
+            self._scheduler_lost = True
+        elif status not in ("closing", "closed"):
+            return None
+        elif not (self._scheduler_lost or self._own_client):
             return (
                 "the dask client was closed while the run used it (close a client given "
                 "with client= only after the runs on it have ended)"
             )
-        if status == "connecting":
-            scheduler = getattr(getattr(client, "scheduler", None), "address", None)
-            at = f" at {scheduler}" if scheduler else ""
-            return (
-                f"the dask client lost its connection to the scheduler{at} (it stopped, "
-                "or the network failed): once the cluster is back, run again with a new "
-                "executor"
-            )
-        return None
+        # Reconnecting, or closed by dask once it gave up (nobody else closes the
+        # client this executor made).
+        scheduler = getattr(getattr(client, "scheduler", None), "address", None)
+        at = f" at {scheduler}" if scheduler else ""
+        reason = (
+            f"the dask client lost its connection to the scheduler{at} (it stopped, or "
+            "the network failed): this executor cannot run anything more; once the "
+            "cluster is back, run again with a new executor"
+        )
+        if not self._told_lost and self._events is not None:
+            # Runs that wait for a worker's thread (one still running a task given up
+            # on) would wait for one that never comes back: they fail now, saying why.
+            self._told_lost = True
+            self._events.no_worker_left(reason)
+        return reason
 
     def _not_made(self, pending: Pending) -> list[Key]:
         """The inputs ``pending`` read that were never reported made (all of them, if

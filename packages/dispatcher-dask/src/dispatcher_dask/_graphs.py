@@ -52,6 +52,9 @@ class TaskGraphs(Completions):
         of another of the same batch names it by its dask key."""
         from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+        gone = self._client_gone()
+        if gone is not None:  # (sending would wait for dask to reconnect, then fail)
+            raise ConnectionError(gone)  # the outbox fails the batch with it
         graphs: dict[str, dict[str, Any]] = {}
         made: list[tuple[list[TaskSpec], str, tuple[Key, ...], bool]] = []
         batch: dict[Key, tuple[str, int | None]] = {}  # key -> dask key (and index), of this batch
