@@ -97,6 +97,20 @@ def test_without_verify_a_small_entry_is_still_checked(tmp_path: Path) -> None:
         cache.load(KEY)
 
 
+@pytest.mark.timeout(60)
+def test_a_fifo_put_in_an_entrys_place_is_a_warning_not_a_hang(tmp_path: Path) -> None:
+    # Another process may replace an entry between the run's planning (which found a
+    # regular file) and its reading: opening a FIFO without a writer blocks for ever.
+    cache = Cache(tmp_path)
+    cache.save(KEY, "value")
+    path = Path(cache._entry_path(KEY))
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.warns(CacheWarning, match="not a regular file"), pytest.raises(CacheEntryError):
+        cache.load(KEY)
+    assert not path.exists()
+
+
 # A writer in a process of its own: a program, not a function of this module, which the
 # test's process imports under a name a child could not import.
 WRITE_MANY = """

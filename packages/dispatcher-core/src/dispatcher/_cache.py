@@ -241,11 +241,15 @@ class Cache:
         deleted, with a :class:`CacheWarning`, and raises :class:`CacheEntryError`."""
         path = self._entry_path(key)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Non-blocking: a FIFO put in an entry's place since the run was planned
+            # would block an open for ever (a regular file reads the same either way).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise CacheEntryError(f"cache entry {key} is gone: {exc}") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError("not a regular file")
             size = st.st_size
             if size >= _MAP_AT:
                 data: Any = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
