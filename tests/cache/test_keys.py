@@ -393,3 +393,70 @@ def test_editing_a_function_behind_lru_cache_changes_the_key(name: str) -> None:
 
     assert key(DECORATED) == key(DECORATED)
     assert key(DECORATED) != key(DECORATED.replace("x + 1", "x + 2"))
+
+
+OWN_MODULE = """
+import threading
+
+RATE = 2
+
+def scale(x):
+    return x * 2
+
+class Pricer:
+    def price(self, x):
+        return x * RATE
+
+class Settings:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.factor = 2
+
+SETTINGS = Settings()
+"""
+
+
+@pytest.fixture
+def helpers(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A module of the program's own (a file beside it, not an installed one)."""
+    import importlib
+    import sys
+
+    (tmp_path / "own_helpers.py").write_text(OWN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "own_helpers", raising=False)
+    module = importlib.import_module("own_helpers")
+    yield module
+    sys.modules.pop("own_helpers", None)
+
+
+def reading(helpers: Any, body: str) -> Any:
+    """A function whose ``body`` reads the module ``helpers`` by that name."""
+    namespace: dict[str, Any] = {"__name__": "keys_module", "helpers": helpers}
+    exec(f"def f(x):\n    return {body}\n", namespace)
+    return namespace["f"]
+
+
+@pytest.mark.parametrize(
+    ("body", "change"),
+    [
+        ("helpers.scale(x)", "def scale(x):\n    return x * 3\n"),
+        ("x * helpers.RATE", "RATE = 3\n"),
+        ("helpers.Pricer().price(x)", "RATE = 3\n"),
+        ("x * helpers.SETTINGS.factor", "SETTINGS.factor = 3\n"),
+    ],
+    ids=[
+        "a helper it calls through its module",
+        "a constant it reads through its module",
+        "a constant a method of its module's class reads",
+        "data of an object that holds a lock",
+    ],
+)
+def test_what_a_function_reads_through_a_module_of_the_programs_own_is_keyed(
+    helpers: Any, body: str, change: str
+) -> None:
+    f = reading(helpers, body)
+    before = digest(f)
+    assert digest(reading(helpers, body)) == before
+    exec(change, vars(helpers))  # as an edit of the file between two runs would
+    assert digest(reading(helpers, body)) != before
