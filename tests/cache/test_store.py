@@ -328,3 +328,18 @@ def test_a_directory_where_an_entry_belongs_is_a_miss(tmp_path: Path) -> None:
     with pytest.warns(CacheWarning, match="not stored"):
         assert run(op(kind_of)(1), executor="sync", cache=cache, plugins=[Replans()]) == "int"
     assert Replans.count == 0
+
+
+def test_clear_removes_a_directory_found_in_an_entrys_place(tmp_path: Path) -> None:
+    # No entry: not counted as one, and swept by clear as a dead writer's file is, so
+    # that the key can be stored again.
+    cache = Cache(tmp_path)
+    cache.save(KEY, "value")
+    path = Path(cache._entry_path(KEY))
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+    assert cache.info().entries == 0
+    cache.clear()
+    assert not path.exists()
+    assert cache.save(KEY, "value")
+    assert cache.load(KEY) == "value"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
+import shutil
 import stat
 import struct
 import threading
@@ -327,7 +328,9 @@ class Cache:
                             st = entry.stat()
                         except OSError:
                             continue
-                        if entry.name.startswith("."):
+                        if entry.name.startswith(".") or not stat.S_ISREG(st.st_mode):
+                            # (something else in an entry's place, a directory say, is
+                            # no entry: swept as a dead writer's file is)
                             if partial is not None:
                                 partial.append((st.st_mtime, entry.path))
                         else:
@@ -484,6 +487,9 @@ def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
         return True
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
     except OSError:
         return False
 
