@@ -343,3 +343,30 @@ def test_clear_removes_a_directory_found_in_an_entrys_place(tmp_path: Path) -> N
     assert not path.exists()
     assert cache.save(KEY, "value")
     assert cache.load(KEY) == "value"
+
+
+def test_an_entry_moved_to_another_keys_name_is_not_served_for_it(tmp_path: Path) -> None:
+    # Both stay whole (their checksums hold): only the key in the header tells them apart.
+    cache = Cache(tmp_path)
+    other = "cd" + "0" * 30
+    cache.save(KEY, "value of KEY")
+    cache.save(other, "value of other")
+    mine, theirs = Path(cache._entry_path(KEY)), Path(cache._entry_path(other))
+    swap = mine.read_bytes()
+    mine.write_bytes(theirs.read_bytes())
+    theirs.write_bytes(swap)
+    for key in (KEY, other):
+        with pytest.warns(CacheWarning, match="another key"), pytest.raises(CacheEntryError):
+            cache.load(key)
+
+
+def test_an_entry_written_without_a_key_check_is_still_read(tmp_path: Path) -> None:
+    from dispatcher._cache import _HEADER
+
+    cache = Cache(tmp_path)
+    cache.save(KEY, "value")
+    path = Path(cache._entry_path(KEY))
+    data = bytearray(path.read_bytes())
+    data[_HEADER.size - 4 : _HEADER.size] = bytes(4)  # as entries had it before
+    path.write_bytes(bytes(data))
+    assert cache.load(KEY) == "value"

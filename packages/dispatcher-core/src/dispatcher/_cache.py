@@ -26,7 +26,8 @@ An entry is a header, the pickle stream, and the pickle's out-of-band buffers (N
 arrays, large bytes) stored raw, each 64-byte aligned. A large entry is read back through
 a private memory map (``ACCESS_COPY``): an array in it is a view of the file's pages, not
 a copy, and writable (copy on write). A CRC-32 over the stream and buffers, the sizes in
-the header and the file's length catch truncated and corrupted entries: such an entry is
+the header and the file's length catch truncated and corrupted entries, and a CRC-32 of
+the key in the header an entry moved or copied to another key's name: such an entry is
 deleted with a :class:`CacheWarning` and its node recomputed. A store that fails (full
 disk, a value that does not pickle) is a warning, never a failed task. Nothing is fsynced:
 after a power cut an entry is complete or it is caught by its checksum.
@@ -63,8 +64,9 @@ __all__ = [
 
 _MAGIC = b"DSPCACHE"
 _VERSION = 1
-# magic, version, buffer count, stream length, total length, crc32
-_HEADER = struct.Struct("<8sIIQQI4x")
+# magic, version, buffer count, stream length, total length, crc32, key check (see
+# _key_check; 0 in entries written before it was, which are read without it)
+_HEADER = struct.Struct("<8sIIQQII")
 _SPAN = struct.Struct("<QQ")
 _ALIGN = 64
 _MAP_AT = 1 << 20
@@ -205,7 +207,9 @@ class Cache:
             offset = _aligned(offset + buf.nbytes)
         total = spans[-1][0] + spans[-1][1] if spans else table_end + len(stream)
         parts: list[Any] = [
-            _HEADER.pack(_MAGIC, _VERSION, len(buffers), len(stream), total, crc),
+            _HEADER.pack(
+                _MAGIC, _VERSION, len(buffers), len(stream), total, crc, _key_check(key)
+            ),
             *(_SPAN.pack(*span) for span in spans),
             stream,
         ]
@@ -258,7 +262,7 @@ class Cache:
                 data = bytearray(size)
                 if os.readv(fd, [data]) != size:
                     raise ValueError("short read")
-            value = self._decode(data, size)
+            value = self._decode(data, size, key)
             if time.time() - st.st_mtime > _TOUCH_AFTER:
                 try:
                     os.utime(fd)  # least recently used: this one was used now
@@ -272,13 +276,15 @@ class Cache:
         finally:
             os.close(fd)
 
-    def _decode(self, data: Any, size: int) -> Any:
+    def _decode(self, data: Any, size: int, key: str) -> Any:
         view = memoryview(data)
         if size < _HEADER.size:
             raise ValueError(f"truncated to {size} bytes")
-        magic, version, count, stream_len, total, crc = _HEADER.unpack_from(view)
+        magic, version, count, stream_len, total, crc, check = _HEADER.unpack_from(view)
         if magic != _MAGIC or version != _VERSION:
             raise ValueError("not a dispatcher cache entry")
+        if check and check != _key_check(key):
+            raise ValueError("written under another key (an entry moved or copied)")
         if total != size:
             raise ValueError(f"{size} bytes where {total} were written")
         table_end = _HEADER.size + _SPAN.size * count
@@ -459,6 +465,12 @@ def _run_record(record: Any) -> bool:
     except (OverflowError, OSError, ValueError):
         return False
     return True
+
+
+def _key_check(key: str) -> int:
+    """What an entry's header holds of its key (never 0): an entry moved or copied to
+    another key's name is caught, not served for it (its checksum still holds)."""
+    return zlib.crc32(key.encode()) or 1
 
 
 def _write_all(fd: int, parts: list[Any]) -> None:
