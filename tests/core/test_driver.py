@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -390,3 +391,86 @@ def test_an_executor_closed_while_arun_plans_a_large_graph_stops_the_run(backend
         node = Op(tasks.inc, node)
     with pytest.raises(DispatcherError, match="closed while the run was going on"):
         anyio.run(ex.arun, node, backend=backend)
+
+
+def _paused_before_taking_the_waker(queue: EventQueue, event: tuple[object, ...]) -> Any:
+    """A thread posting ``event``, stopped (by a line trace) just before its line that
+    takes the driver's waker, the window where another poster may wake the driver and
+    the driver wait again; returns (thread, paused, resume)."""
+    import inspect
+    import sys
+
+    lines, first = inspect.getsourcelines(EventQueue.post)
+    (take,) = [
+        first + i
+        for i, line in enumerate(lines)
+        if "self._waker.pop(" in line or "self._waker = None" in line
+    ]
+    paused, resume = threading.Event(), threading.Event()
+
+    def trace(frame: Any, event_name: str, arg: Any) -> Any:
+        if frame.f_code is not EventQueue.post.__code__:
+            return None
+
+        def line(frame: Any, event_name: str, arg: Any) -> Any:
+            if event_name == "line" and frame.f_lineno == take:
+                paused.set()
+                resume.wait(30)
+            return line
+
+        return line
+
+    def post() -> None:
+        sys.settrace(trace)
+        try:
+            queue.post(event)
+        finally:
+            sys.settrace(None)
+
+    return threading.Thread(target=post), paused, resume
+
+
+def _soon(condition: Callable[[], bool]) -> bool:
+    import time
+
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+@pytest.mark.timeout(60)
+def test_a_late_poster_never_takes_away_the_waker_of_the_drivers_next_wait() -> None:
+    # P reads the waker, Q wakes the driver, which takes both events and waits again
+    # with a new waker; P must not clear that one, or the next post wakes nobody.
+    import asyncio
+
+    queue = EventQueue()
+    got: list[object] = []
+    done = threading.Event()
+
+    async def drive() -> None:
+        loop = asyncio.get_running_loop()
+        while len(got) < 3:
+            while queue.events:
+                got.append(queue.events.popleft())
+            if len(got) < 3:
+                await queue.wait_async(loop.call_soon_threadsafe, 20)
+        done.set()
+
+    driver = threading.Thread(target=asyncio.run, args=(drive(),), daemon=True)
+    driver.start()
+    assert _soon(lambda: bool(queue._waker))  # the driver waits
+    late, paused, resume = _paused_before_taking_the_waker(queue, ("e1",))
+    late.start()
+    assert paused.wait(10)
+    queue.post(("e2",))  # wakes the driver: it takes e1 and e2, then waits again
+    assert _soon(lambda: len(got) == 2 and bool(queue._waker))
+    resume.set()
+    late.join(10)
+    queue.post(("e3",))
+    assert done.wait(10), "the driver slept through a post"
+    driver.join(10)
+    assert got == [("e1",), ("e2",), ("e3",)]

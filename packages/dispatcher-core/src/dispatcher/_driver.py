@@ -91,8 +91,10 @@ class EventQueue:
         # caller) does without. Posters touch it only once a sleep is announced under it.
         self._cond: threading.Condition | None = None
         self._sleeping = False
-        # An async driver's, while it waits: callable from any thread, wanted once.
-        self._waker: Callable[[], object] | None = None
+        # An async driver's, while it waits: callable from any thread, wanted once. In a
+        # slot of its own, taken in one step (dict.pop): a read then a clear could clear
+        # the waker of the woken driver's next wait, which would then sleep for good.
+        self._waker: dict[int, Callable[[], object]] = {}
 
     def post(self, event: tuple[Any, ...]) -> None:
         self.events.append(event)
@@ -103,12 +105,11 @@ class EventQueue:
             with cond:
                 cond.notify()
                 self._sleeping = False
-        else:
-            waker = self._waker
+        elif self._waker:
+            # Once woken, the driver takes every event there: the others posted before
+            # it runs need not wake it again.
+            waker = self._waker.pop(0, None)
             if waker is not None:
-                # Once woken, the driver takes every event there: the others posted
-                # before it runs need not wake it again.
-                self._waker = None
                 waker()
 
     def wake(self) -> None:
@@ -121,10 +122,9 @@ class EventQueue:
                 # Once woken, the driver takes every event there: the others posted
                 # before it runs need not wake it again.
                 self._sleeping = False
-        else:
-            waker = self._waker
+        elif self._waker:
+            waker = self._waker.pop(0, None)
             if waker is not None:
-                self._waker = None
                 waker()
 
     def wait(self, timeout: float | None) -> None:
@@ -170,12 +170,12 @@ class EventQueue:
                 pass  # the loop is closed: its run is over
 
         # Installed before looking again, so a post in between is not missed.
-        self._waker = waker
+        self._waker[0] = waker
         try:
             if not self.events and self.stopped is None:
                 await woken.wait()
         finally:
-            self._waker = None
+            self._waker.pop(0, None)
 
 
 class Router:
