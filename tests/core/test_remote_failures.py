@@ -242,3 +242,43 @@ def test_failed_messages_still_read(monkeypatch: Any) -> None:
         wire = capture_error(exc, dumps)
     reports.handle("w", Failed(5, 0.0, wire))
     assert sink.events == [("failed", 5)]
+
+
+class TimedSink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, Any]] = []
+
+    def task_finished(self, key: int, worker: str, *rest: Any) -> None:
+        self.events.append(("finished", key, None))
+
+    def task_failed(self, key: int, worker: str, error: Any, duration: float) -> None:
+        self.events.append(("failed", key, error))
+
+
+def test_a_report_of_a_task_that_ran_past_its_timeout_fails_it() -> None:
+    # The deadline is enforced by a thread that can be late on a busy machine: a result
+    # reported meanwhile must not count as made in time. A function that returned in
+    # time and whose result was then stored (the report's time counts the store) does.
+    from dispatcher import TaskTimeoutError
+    from dispatcher.remote import Started, Storing
+
+    inflight = InFlight()
+    for key in (1, 2, 3):
+        inflight.add(spec(key, abs, key, timeout=0.05))
+    sink = TimedSink()
+    stale: list[int] = []
+    reports = Reports(inflight, sink, lambda w, k, r: r, lambda w, keys: stale.extend(keys))  # type: ignore[arg-type]
+    for key in (1, 2, 3):
+        reports.handle("w", Started(key))
+    reports.handle("w", Storing(3, 10.0))
+    reports.handle("w", Done([(1, 0.2, 8, 1), (2, 0.01, 8, 2), (3, 0.2, 8, 3)]))
+    assert [(kind, key) for kind, key, _ in sink.events] == [
+        ("failed", 1),
+        ("finished", 2),
+        ("finished", 3),
+    ]
+    error = sink.events[0][2]
+    assert isinstance(error, TaskTimeoutError)
+    assert "task-1" in str(error)
+    assert stale == [1]
+    assert not inflight.tasks

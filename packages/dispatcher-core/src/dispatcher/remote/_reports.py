@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._cache import CacheWarning
+from .._errors import TaskTimeoutError
 from ..transport import KEY_BITS, Unloaded
 from ._errors import WireError, restore_error, unpickling_error
 from ._inflight import InFlight
@@ -139,6 +140,9 @@ class Reports:
         self.source_name = source_name
         self.carried = carried
         self._cache_warnings = CacheWarnings()
+        self._returned_in_time: set[Key] = set()
+        """Timed tasks whose function returned before their deadline, their result then
+        stored (:class:`Storing`): their reported time counts the store too."""
         self._finished = getattr(events, "tasks_finished", None) or self._one_by_one
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
@@ -180,6 +184,13 @@ class Reports:
                 continue
             if spec.timeout is not None:
                 deadlines.pop(key, None)
+                if duration > spec.timeout and not self._in_time(key):
+                    # Reported before its deadline was enforced (this thread was late,
+                    # the machine busy): it fails as it would have then.
+                    unwanted.append(key)
+                    late = TaskTimeoutError(spec.label, spec.timeout)
+                    events.task_failed(key, worker, late, spec.timeout)
+                    continue
             if not spec.want_result:
                 finished.append((key, duration, nbytes, ...))
             else:
@@ -225,6 +236,8 @@ class Reports:
         the run's driver."""
         spec = self.inflight.take(message.key, worker)
         if spec is not None:
+            if spec.timeout is not None:
+                self._returned_in_time.discard(message.key)
             error = UnrestoredError(message.error, spec)
             self.events.task_failed(message.key, worker, error, message.duration)
 
@@ -235,7 +248,19 @@ class Reports:
     def storing(self, worker: str, message: Storing) -> None:
         """A timed task's function returned on ``worker``, its result being stored: its
         deadline is now the store's bound."""
-        self.inflight.storing(message.key, worker, time.monotonic(), message.seconds)
+        now = time.monotonic()
+        deadline = self.inflight.deadlines.get(message.key)
+        if deadline is not None and now <= deadline[0]:
+            self._returned_in_time.add(message.key)
+        self.inflight.storing(message.key, worker, now, message.seconds)
+
+    def _in_time(self, key: Key) -> bool:
+        """Did timed task ``key``'s function return before its deadline, though its report
+        says it took longer (its result was stored meanwhile)?"""
+        if key in self._returned_in_time:
+            self._returned_in_time.discard(key)
+            return True
+        return False
 
     def cache_warned(self, worker: str, message: CacheWarned) -> None:
         """The run's cache warned on ``worker``: see :class:`CacheWarnings`."""
