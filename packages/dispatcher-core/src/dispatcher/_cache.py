@@ -207,9 +207,7 @@ class Cache:
             offset = _aligned(offset + buf.nbytes)
         total = spans[-1][0] + spans[-1][1] if spans else table_end + len(stream)
         parts: list[Any] = [
-            _HEADER.pack(
-                _MAGIC, _VERSION, len(buffers), len(stream), total, crc, _key_check(key)
-            ),
+            _HEADER.pack(_MAGIC, _VERSION, len(buffers), len(stream), total, crc, _key_check(key)),
             *(_SPAN.pack(*span) for span in spans),
             stream,
         ]
