@@ -4,13 +4,12 @@ A node's key hashes the function's identity and code, the node's constant argume
 value and the keys of its inputs, so two nodes with the same key compute the same value
 (for functions without side effects). A function is hashed by its bytecode, constants,
 names, nested code objects, default arguments, the values its closure captured and the
-globals its code names (functions by their code in turn, other values by content;
-a module by name, and, when it is the program's own, by the members the code names:
-``utils.scale(x)`` keys ``utils.scale``) -- never by its line numbers or source text, so
-editing a comment or moving the function changes nothing, while editing its body, a
-helper it calls or a constant it reads does. (joblib's ``Memory`` hashes the source
-text instead, so a comment edit re-runs it, and it ignores closure values and globals,
-so a changed captured value or module constant is a wrong hit there.)
+globals its code names (functions by their code in turn, modules by name, other values
+by content) -- never by its line numbers or source text, so editing a comment or moving
+the function changes nothing, while editing its body, a helper it calls or a constant
+it reads does. (joblib's ``Memory`` hashes the source text instead, so a comment edit
+re-runs it, and it ignores closure values and globals, so a changed captured value or
+module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
@@ -21,18 +20,9 @@ hashed that way (an object that does not pickle, an object-dtype array, a cycle)
 the node -- and everything downstream of it -- uncacheable, with a debug log line saying
 why: never an error, never a wrong hit.
 
-Installed code (the standard library, site-packages) and the program's own are hashed
-apart. A class counts by its methods and its constant attributes (numbers, strings,
-tuples of them), over its bases; a method of the program's own class by its code and
-the globals it reads, an installed class's by its code alone (through the globals of
-every method, an instance of a library's class would hash much of the library). Mutable
-class attributes are left out: they hold state (a registry, a memo, a counter), so a
-class-level list changed at run time is not seen. A global that cannot be hashed by
-content is left out of the key, with a debug line: an installed class's object that
-does not pickle (a lock, a connection, a client) holds state, not a value. An object of
-the program's own class that does not pickle (settings holding a lock) counts by its
-class and its attributes, those that cannot be hashed left out. What a function reads
-from outside the program -- files, databases, the clock -- no key sees.
+A global that cannot be hashed by content (a lock, a connection) is left out of the key,
+with a debug line: such objects hold state, not a value a result depends on. What a
+function reads from outside the program -- files, databases, the clock -- no key sees.
 """
 
 from __future__ import annotations
@@ -41,12 +31,9 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import pickle
-import site
 import struct
 import sys
-import sysconfig
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -288,68 +275,34 @@ class _Hasher:
             else:
                 continue  # a builtin, an attribute name, or not defined yet
             update(b"g" + name.encode() + b"\0")
-            if value is not builtins_:
-                self._global(name, value, names, func)
-
-    def _global(
-        self, name: str, value: Any, names: tuple[str, ...], func: Any, depth: int = 0
-    ) -> None:
-        update = self.h.update
-        if isinstance(value, types.ModuleType):
-            update(b"M" + value.__name__.encode() + b"\0")
-            if depth < 3 and not _installed(value.__name__):
-                # utils.scale(x): the members of the program's own module its code names
-                # (attribute names among them find nothing, or hash a member more).
-                members = vars(value)
-                for member in names:
-                    if member in members:
-                        update(b"." + member.encode() + b"\0")
-                        self._global(member, members[member], names, func, depth + 1)
-            return
-        try:
-            update(self._sub(value))
-        except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
-            _reraise_ctrl_c(exc)
-            if not _installed(type(value).__module__):
-                update(self._own_object(value, depth))
-                return
-            update(b"<unhashable>")
-            log.debug(
-                "global %r of %s is left out of its key: %s",
-                name,
-                getattr(func, "__qualname__", func),
-                exc,
-            )
-
-    def _own_object(self, value: Any, depth: int) -> bytes:
-        """An object of the program's own class that does not pickle (it holds a lock):
-        its class and its attributes, those that cannot be hashed left out."""
-        sub = _Hasher(self.functions)
-        sub.seen, sub.cut, sub.local = self.seen, self.cut, self.local
-        sub.h.update(b"o" + self.function(type(value)))
-        state = getattr(value, "__dict__", None)
-        for key, item in state.items() if type(state) is dict and depth < 3 else ():
-            sub.h.update(b"." + str(key).encode() + b"\0")
+            if isinstance(value, types.ModuleType):
+                update(b"M" + value.__name__.encode() + b"\0")
+                continue
+            if value is builtins_:
+                continue
             try:
-                sub.h.update(self._sub(item))
-            except BaseException as exc:  # as for a global: left out, or by its members
+                update(self._sub(value))
+            except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
                 _reraise_ctrl_c(exc)
-                own = not _installed(type(item).__module__)
-                sub.h.update(self._own_object(item, depth + 1) if own else b"<unhashable>")
-        return sub.h.digest()
+                update(b"<unhashable>")
+                log.debug(
+                    "global %r of %s is left out of its key: %s",
+                    name,
+                    getattr(func, "__qualname__", func),
+                    exc,
+                )
 
     def _class_code(self, cls: type) -> None:
-        """What a class's instances compute with, over its bases too: its methods (and
-        properties), an installed class's by their code alone (see the module's doc), and
-        its constants (numbers, strings, tuples of them) by value. Dunders aside, and
-        mutable attributes, which hold state (a registry, a memo, a counter), not a value
-        results depend on; one that cannot be hashed is left out, as a global would be."""
+        """What a class's instances compute with: over its bases too, its methods (and
+        properties) by their code (not the globals they read) and its constants (numbers,
+        strings, tuples of them) by value. Dunders aside, and mutable attributes, which
+        hold state (a registry, a counter), not a value results depend on; one that
+        cannot be hashed is left out, as a global would be."""
         update = self.h.update
         for klass in cls.__mro__:
             if klass.__module__ == "builtins":
                 continue
             update(b"K" + _type_name(klass))
-            own = not _installed(klass.__module__)
             for name, member in vars(klass).items():
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
@@ -357,10 +310,11 @@ class _Hasher:
                     update(b"p" + name.encode() + b"\0")
                     for f in (member.fget, member.fset, member.fdel):
                         if isinstance(f, types.FunctionType):
-                            update(self.function(f) if own else _code_digest(f.__code__))
+                            update(_code_digest(f.__code__))
                 elif isinstance(member, types.FunctionType):
-                    code = self.function(member) if own else _code_digest(member.__code__)
-                    update(b"m" + name.encode() + b"\0" + code)
+                    # By its code only: through the globals of every method, an instance
+                    # of a library's class would hash much of the library.
+                    update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
                 elif not (name.startswith("__") and name.endswith("__")) and _constant(member):
                     update(b"a" + name.encode() + b"\0")
                     try:
@@ -388,34 +342,6 @@ class _CodePickler(pickle.Pickler):
         if cls is set or cls is frozenset:
             return self.hasher._sub(obj)
         return None
-
-
-@functools.cache
-def _library_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.update(getattr(site, "getsitepackages", list)())
-    roots.add(site.getusersitepackages())
-    return tuple(os.path.join(os.path.realpath(root), "") for root in roots if root)
-
-
-_installed_modules: dict[str, bool] = {"__main__": False}
-
-
-def _installed(module_name: str) -> bool:
-    """Is this module installed code (the standard library, site-packages, built in),
-    not the program's own (its scripts and modules, a package it develops in place)?
-    One not imported (yet) counts as installed: hashed by name, as before it is known."""
-    known = _installed_modules.get(module_name)
-    if known is not None:
-        return known
-    module = sys.modules.get(module_name)
-    if module is None:
-        return True
-    file = getattr(module, "__file__", None)
-    known = not file or os.path.realpath(file).startswith(_library_roots())
-    _installed_modules[module_name] = known
-    return known
 
 
 _global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
