@@ -270,6 +270,7 @@ def test_a_report_of_a_task_that_ran_past_its_timeout_fails_it() -> None:
     reports = Reports(inflight, sink, lambda w, k, r: r, lambda w, keys: stale.extend(keys))  # type: ignore[arg-type]
     for key in (1, 2, 3):
         reports.handle("w", Started(key))
+    reports.handle("w", Storing(2, 10.0))  # stored in time: finished within its timeout
     reports.handle("w", Storing(3, 10.0))
     reports.handle("w", Done([(1, 0.2, 8, 1), (2, 0.01, 8, 2), (3, 0.2, 8, 3)]))
     assert [(kind, key) for kind, key, _ in sink.events] == [
@@ -282,3 +283,4 @@ def test_a_report_of_a_task_that_ran_past_its_timeout_fails_it() -> None:
     assert "task-1" in str(error)
     assert stale == [1]
     assert not inflight.tasks
+    assert not reports._returned_in_time  # each forgotten at its report

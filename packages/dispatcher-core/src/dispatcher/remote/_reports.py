@@ -184,7 +184,8 @@ class Reports:
                 continue
             if spec.timeout is not None:
                 deadlines.pop(key, None)
-                if duration > spec.timeout and not self._in_time(key):
+                # (_in_time first: it also forgets the key, whatever the duration)
+                if not self._in_time(key) and duration > spec.timeout:
                     # Reported before its deadline was enforced (this thread was late,
                     # the machine busy): it fails as it would have then.
                     unwanted.append(key)
@@ -204,6 +205,8 @@ class Reports:
         if finished:
             self._finished(worker, finished)
         if unwanted:
+            if self._returned_in_time:  # (taken meanwhile: cancelled, given up on)
+                self._returned_in_time.difference_update(unwanted)
             self.stale(worker, unwanted)
         if message.failed:
             for key, duration, wire in message.failed:
@@ -255,8 +258,8 @@ class Reports:
         self.inflight.storing(message.key, worker, now, message.seconds)
 
     def _in_time(self, key: Key) -> bool:
-        """Did timed task ``key``'s function return before its deadline, though its report
-        says it took longer (its result was stored meanwhile)?"""
+        """Did timed task ``key``'s function return before its deadline (its reported time
+        may then count the store too)? Asked once, at its report: the key is forgotten."""
         if key in self._returned_in_time:
             self._returned_in_time.discard(key)
             return True
