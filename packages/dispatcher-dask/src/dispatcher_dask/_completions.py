@@ -64,12 +64,12 @@ class Completions(ReleasedAhead):
     _control: ThreadPoolExecutor
     _watching: set[asyncio.Future[None]]
     _release_made: set[Key]
+    """Results still being made whose last reader was sent to their worker: released once
+    reported made, as dask then keeps them only while that reader needs them."""
     _own_client: bool
     _scheduler_lost = False
     """Set once the client was seen reconnecting: its closing later is dask giving up."""
     _told_lost = False  # the runs were told no worker is left, the scheduler being lost
-    """Results still being made whose last reader was sent to their worker: released once
-    reported made, as dask then keeps them only while that reader needs them."""
 
     if TYPE_CHECKING:
 
@@ -270,7 +270,9 @@ class Completions(ReleasedAhead):
 
     def _client_gone(self) -> str | None:
         """Why the client can no longer run anything, if it cannot: it was closed, or lost
-        its scheduler (then dask cancels every task it had, and the task is not to blame)."""
+        its scheduler (then dask cancels every task it had, and the task is not to blame).
+        The first time it finds the scheduler lost, it also tells the runs that no worker
+        is left."""
         client = self._client
         status = getattr(client, "status", None)
         if status == "connecting":
