@@ -3,13 +3,15 @@
 A node's key hashes the function's identity and code, the node's constant arguments by
 value and the keys of its inputs, so two nodes with the same key compute the same value
 (for functions without side effects). A function is hashed by its bytecode, constants,
-names, nested code objects, default arguments, the values its closure captured and the
-globals its code names (functions by their code in turn, modules by name, other values
-by content) -- never by its line numbers or source text, so editing a comment or moving
-the function changes nothing, while editing its body, a helper it calls or a constant
-it reads does. (joblib's ``Memory`` hashes the source text instead, so a comment edit
-re-runs it, and it ignores closure values and globals, so a changed captured value or
-module constant is a wrong hit there.)
+names, nested code objects, default arguments, the values its closure captured, the
+globals its code loads (functions by their code in turn, modules by name, other values
+by content) and what it loads through the program's own modules (``utils.scale(x)``,
+a module imported in its body: functions and classes by their code, constants by value;
+see :mod:`._cache_reads`) -- never by its line numbers or source text, so editing a
+comment or moving the function changes nothing, while editing its body, a helper it
+calls or a constant it reads does. (joblib's ``Memory`` hashes the source text instead,
+so a comment edit re-runs it, and it ignores closure values and globals, so a changed
+captured value or module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
@@ -21,12 +23,17 @@ the node -- and everything downstream of it -- uncacheable, with a debug log lin
 why: never an error, never a wrong hit.
 
 A global that cannot be hashed by content (a lock, a connection) is left out of the key,
-with a debug line: such objects hold state, not a value a result depends on. What a
+with a debug line: such objects hold state, not a value a result depends on. So are
+mutable values read through a module (``counters.calls``, a registry, a memo) and
+mutable class attributes. Installed code (the standard library, site-packages) is not
+followed through its modules, and the functions a value is rebuilt with from its pickle
+count by name there: a library's version is not keyed. What a
 function reads from outside the program -- files, databases, the clock -- no key sees.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import io
@@ -39,6 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._cache import _reraise_ctrl_c
+from ._cache_reads import Chain, code_reads, installed, module_member
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -262,47 +270,74 @@ class _Hasher:
             self._pickled(func)
 
     def _globals(self, func: types.FunctionType) -> None:
-        """The globals ``func``'s code names (nested code included), by name and value."""
-        names = _global_names(func.__code__)
-        if not names:
-            return
+        """The globals ``func``'s code loads (nested code included), by name and value, and
+        what it loads from the program's own modules (see :meth:`_members`)."""
+        reads = code_reads(func.__code__)
         namespace = func.__globals__
         builtins_ = namespace.get("__builtins__")
         update = self.h.update
-        for name in names:
+        for name in reads.globals:
             if name in namespace:
                 value = namespace[name]
             else:
-                continue  # a builtin, an attribute name, or not defined yet
+                continue  # a builtin, or not defined yet
             update(b"g" + name.encode() + b"\0")
             if isinstance(value, types.ModuleType):
                 update(b"M" + value.__name__.encode() + b"\0")
                 continue
             if value is builtins_:
                 continue
-            try:
-                update(self._sub(value))
-            except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
-                _reraise_ctrl_c(exc)
-                update(b"<unhashable>")
-                log.debug(
-                    "global %r of %s is left out of its key: %s",
-                    name,
-                    getattr(func, "__qualname__", func),
-                    exc,
-                )
+            self._global(name, value, func)
+        if reads.chains:
+            self._members(reads.chains, namespace, func)
+
+    def _members(self, chains: tuple[Chain, ...], namespace: dict[str, Any], func: Any) -> None:
+        """What ``func`` reads through the program's own modules (``utils.scale(x)``, or a
+        module it imports in its body): functions and classes by their code, constants
+        (numbers, strings, tuples of them) by value. Other values read that way (a list, a
+        dict, an object) are taken for state -- a registry, a memo, a counter -- as mutable
+        class attributes are, and left out; a module by its name, as before. Installed
+        modules are not followed: their code changes with their version, which keys do
+        not see."""
+        update = self.h.update
+        for root, attributes in chains:
+            value = module_member(root, attributes, namespace)
+            if value is None:
+                continue
+            update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
+            if _is_function_like(value) or _wraps(value) or _constant(value):  # (classes too)
+                self._global(".".join(attributes), value, func)
+            else:
+                update(b"<state>")
+
+    def _global(self, name: str, value: Any, func: Any) -> None:
+        try:
+            self.h.update(self._sub(value))
+        except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
+            _reraise_ctrl_c(exc)
+            self.h.update(b"<unhashable>")
+            log.debug(
+                "global %r of %s is left out of its key: %s",
+                name,
+                getattr(func, "__qualname__", func),
+                exc,
+            )
 
     def _class_code(self, cls: type) -> None:
         """What a class's instances compute with: over its bases too, its methods (and
         properties) by their code (not the globals they read) and its constants (numbers,
-        strings, tuples of them) by value. Dunders aside, and mutable attributes, which
-        hold state (a registry, a counter), not a value results depend on; one that
-        cannot be hashed is left out, as a global would be."""
+        strings, tuples of them, an enum's members) by value. Dunders aside, and mutable
+        attributes, which hold state (a registry, a counter), not a value results depend
+        on; one that cannot be hashed is left out, as a global would be."""
         update = self.h.update
         for klass in cls.__mro__:
             if klass.__module__ == "builtins":
                 continue
             update(b"K" + _type_name(klass))
+            if isinstance(klass, enum.EnumMeta):  # its members are constants, by value
+                for name, member in klass.__members__.items():
+                    update(b"e" + name.encode() + b"\0")
+                    self._attribute(member.value)
             for name, member in vars(klass).items():
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
@@ -317,11 +352,15 @@ class _Hasher:
                     update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
                 elif not (name.startswith("__") and name.endswith("__")) and _constant(member):
                     update(b"a" + name.encode() + b"\0")
-                    try:
-                        update(self._sub(member))
-                    except BaseException as exc:  # Uncacheable, or a __reduce__ failing oddly
-                        _reraise_ctrl_c(exc)
-                        update(b"<unhashable>")
+                    self._attribute(member)
+
+    def _attribute(self, value: Any) -> None:
+        """A class's constant: one that cannot be hashed is left out, as a global is."""
+        try:
+            self.h.update(self._sub(value))
+        except BaseException as exc:  # Uncacheable, or a __reduce__ failing oddly
+            _reraise_ctrl_c(exc)
+            self.h.update(b"<unhashable>")
 
 
 class _CodePickler(pickle.Pickler):
@@ -337,30 +376,16 @@ class _CodePickler(pickle.Pickler):
 
     def persistent_id(self, obj: Any) -> Any:
         cls = type(obj)
+        if cls is types.FunctionType and _installed_by_name(obj):
+            # A library's function a value is rebuilt with (``re._compile`` for a compiled
+            # pattern): by name, as a library's version is not keyed; through its globals
+            # (``re``'s cache of patterns) the key would change with what ran before.
+            return _name_of(obj)
         if cls is types.FunctionType or (isinstance(obj, type) and obj.__module__ != "builtins"):
             return self.hasher.function(obj)
         if cls is set or cls is frozenset:
             return self.hasher._sub(obj)
         return None
-
-
-_global_names_of: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
-
-
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """Names ``code`` (and the code nested in it) may read as globals, sorted: its
-    ``co_names`` (which also hold attribute names; looking those up finds nothing, or
-    hashes one global more than needed)."""
-    entry = _global_names_of.get(id(code))
-    if entry is not None and entry[0] is code:
-        return entry[1]
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.update(_global_names(const))
-    found = tuple(sorted(names))
-    _global_names_of[id(code)] = (code, found)
-    return found
 
 
 _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes, type)
@@ -372,6 +397,17 @@ def _constant(value: Any) -> bool:
     if isinstance(value, (tuple, frozenset)):
         return all(_constant(item) for item in value)
     return isinstance(value, _CONSTANT_TYPES)
+
+
+def _installed_by_name(func: types.FunctionType) -> bool:
+    """Is ``func`` installed code that its module and name find again (not a function
+    made at run time, whose closure holds values)?"""
+    if installed(func.__module__):
+        found: Any = sys.modules.get(func.__module__)
+        for part in func.__qualname__.split("."):
+            found = getattr(found, part, None)
+        return found is func
+    return False
 
 
 def _is_ndarray(value: Any) -> bool:

@@ -1,0 +1,160 @@
+"""Keys and the program's modules: what a function reads through a module counts, as what
+it names directly does; state read that way, and installed code, do not."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher import op, run
+from dispatcher._cache_key import function_digest, value_digest
+
+MODULES = {
+    "kutils.py": """
+        import enum
+
+        RATE = 1
+        calls = []
+
+        def _inner(x):
+            return x * 2
+
+        def scale(x):
+            return _inner(x)
+
+        class Level(enum.Enum):
+            HIGH = 0.9
+    """,
+    "kpkg/__init__.py": "",
+    "kpkg/sub.py": """
+        def shift(x):
+            return x + 1
+    """,
+}
+
+
+class Program:
+    """Modules of a program in a directory of its own, written (and rewritten) by a test,
+    and imported afresh for each function made from them."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.files = dict(MODULES)
+        monkeypatch.syspath_prepend(str(root))
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)  # an edit in the same second
+        self.monkeypatch = monkeypatch
+
+    def edit(self, path: str, old: str, new: str) -> None:
+        assert old in self.files[path]
+        self.files[path] = self.files[path].replace(old, new)
+
+    def function(self, source: str, *, imported: bool = True) -> Any:
+        """``f`` of ``source`` (a script of the program), its modules imported afresh
+        (``imported=False``: left for ``f``'s own imports to find)."""
+        for path, text in self.files.items():
+            (self.root / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / path).write_text(textwrap.dedent(text))
+        for name in ("kutils", "kpkg", "kpkg.sub"):
+            self.monkeypatch.delitem(sys.modules, name, raising=False)
+        importlib.invalidate_caches()
+        if imported:
+            importlib.import_module("kpkg.sub")
+        namespace: dict[str, Any] = {"__name__": "__main__", "__package__": None}
+        exec(compile(textwrap.dedent(source), str(self.root / "script.py"), "exec"), namespace)
+        return namespace["f"]
+
+    def digest(self, source: str, **how: bool) -> bytes:
+        return function_digest(self.function(source, **how), {})
+
+
+@pytest.fixture
+def program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Program:
+    return Program(tmp_path, monkeypatch)
+
+
+THROUGH_MODULES = """
+    import kutils
+    import kpkg.sub
+
+    def f(x):
+        return kpkg.sub.shift(kutils.scale(x)) * kutils.RATE
+"""
+IMPORTED_IN_BODY = """
+    def f(x):
+        import kutils as u
+        from kpkg.sub import shift
+        return shift(u.scale(x)) * u.RATE
+"""
+EDITS = [
+    ("kutils.py", "return _inner(x)", "return _inner(x) + 1"),
+    ("kutils.py", "return x * 2", "return x * 3"),
+    ("kutils.py", "RATE = 1", "RATE = 2"),
+    ("kpkg/sub.py", "x + 1", "x + 2"),
+]
+EDIT_NAMES = ["a helper", "what the helper calls", "a constant", "a helper in a package"]
+
+
+@pytest.mark.parametrize(("path", "old", "new"), EDITS, ids=EDIT_NAMES)
+@pytest.mark.parametrize("source", [THROUGH_MODULES, IMPORTED_IN_BODY], ids=["global", "body"])
+def test_what_a_function_reads_through_a_module_is_part_of_its_key(
+    program: Program, source: str, path: str, old: str, new: str
+) -> None:
+    before = program.digest(source)
+    assert before == program.digest(source)
+    program.edit(path, old, new)
+    assert before != program.digest(source)
+
+
+def test_a_module_imported_in_the_body_is_followed_before_it_is_first_imported(
+    program: Program,
+) -> None:
+    before = program.digest(IMPORTED_IN_BODY, imported=False)
+    assert before == program.digest(IMPORTED_IN_BODY, imported=True)
+    program.edit("kutils.py", "return x * 2", "return x * 3")
+    assert before != program.digest(IMPORTED_IN_BODY, imported=False)
+
+
+def test_state_read_through_a_module_is_left_out(program: Program) -> None:
+    # A list (a registry, a memo, a counter) read through a module holds state: a run that
+    # appends to it must not change the key of the next run.
+    f = program.function("import kutils\ndef f(x):\n    kutils.calls.append(x)\n    return x\n")
+    before = function_digest(f, {})
+    sys.modules["kutils"].calls.append(1)
+    assert before == function_digest(f, {})
+
+
+def test_an_attribute_named_as_a_global_is_not_that_global(program: Program) -> None:
+    source = "import time\nstart = {}\ndef f(span):\n    return span.start\n"
+    assert program.digest(source.format(1)) == program.digest(source.format(2))
+
+
+def test_a_compiled_pattern_keys_alike_whatever_patterns_were_compiled_before() -> None:
+    # It pickles as re._compile(pattern, flags): the library's function counts by its
+    # name, not through re's cache of the patterns the process compiled.
+    before = value_digest(re.compile(r"[a-z]+"))
+    re.compile(r"another pattern, compiled once \d+")
+    assert before == value_digest(re.compile(r"[a-z]+"))
+
+
+def test_editing_a_helper_called_through_its_module_reruns_the_node(
+    program: Program, tmp_path: Path
+) -> None:
+    def rerun() -> Any:
+        return run(op(program.function(THROUGH_MODULES))(5), executor="sync", cache=tmp_path)
+
+    assert rerun() == 11
+    program.edit("kutils.py", "return x * 2", "return x * 3")
+    assert rerun() == 16
+
+
+def test_an_enums_member_values_are_part_of_its_key(program: Program) -> None:
+    source = "import kutils\ndef f(x):\n    return x > kutils.Level.HIGH.value\n"
+    before = program.digest(source)
+    program.edit("kutils.py", "HIGH = 0.9", "HIGH = 0.8")
+    assert before != program.digest(source)
