@@ -335,9 +335,10 @@ class _Hasher:
                 continue
             update(b"K" + _type_name(klass))
             if isinstance(klass, enum.EnumMeta):  # its members are constants, by value
-                for name, member in klass.__members__.items():
+                members: Mapping[str, enum.Enum] = klass.__members__
+                for name, constant in members.items():
                     update(b"e" + name.encode() + b"\0")
-                    self._attribute(member.value)
+                    self._attribute(constant.value)
             for name, member in vars(klass).items():
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
