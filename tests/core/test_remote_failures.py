@@ -284,3 +284,23 @@ def test_a_report_of_a_task_that_ran_past_its_timeout_fails_it() -> None:
     assert stale == [1]
     assert not inflight.tasks
     assert not reports._returned_in_time  # each forgotten at its report
+
+
+def test_a_retry_on_another_worker_is_timed_afresh_after_its_worker_died_storing() -> None:
+    # Its first attempt returned in time and died storing its result: the retry's
+    # function ran past the timeout, and its report must not count as returned in time.
+    from dispatcher import TaskTimeoutError
+    from dispatcher.remote import Started, Storing
+
+    inflight = InFlight()
+    inflight.add(spec(1, abs, 1, timeout=0.05, worker="a"))
+    sink = TimedSink()
+    reports = Reports(inflight, sink, lambda w, k, r: r, lambda w, keys: None)  # type: ignore[arg-type]
+    reports.handle("a", Started(1))
+    reports.handle("a", Storing(1, 10.0))
+    assert [s.key for s in inflight.drop_worker("a")] == [1]
+    inflight.add(spec(1, abs, 1, timeout=0.05, worker="b"))
+    reports.handle("b", Started(1))
+    reports.handle("b", Done([(1, 0.2, 8, 1)]))
+    assert [(kind, key) for kind, key, _ in sink.events] == [("failed", 1)]
+    assert isinstance(sink.events[0][2], TaskTimeoutError)

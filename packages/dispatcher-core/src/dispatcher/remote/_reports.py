@@ -142,7 +142,8 @@ class Reports:
         self._cache_warnings = CacheWarnings()
         self._returned_in_time: set[Key] = set()
         """Timed tasks whose function returned before their deadline, their result then
-        stored (:class:`Storing`): their reported time counts the store too."""
+        stored (:class:`Storing`): their reported time counts the store too. Forgotten
+        at the task's report, or when it starts again (a retry: timed afresh)."""
         self._finished = getattr(events, "tasks_finished", None) or self._one_by_one
         self._handlers: dict[type, Callable[[str, Any], None]] = {
             Done: self.done,
@@ -245,7 +246,10 @@ class Reports:
             self.events.task_failed(message.key, worker, error, message.duration)
 
     def started(self, worker: str, message: Started) -> None:
-        """A timed task started on ``worker``: its deadline runs from now."""
+        """A timed task started on ``worker``: its deadline runs from now. An earlier
+        attempt's return in time (its worker died storing the result) is void."""
+        if self._returned_in_time:
+            self._returned_in_time.discard(message.key)
         self.inflight.started(message.key, worker, time.monotonic())
 
     def storing(self, worker: str, message: Storing) -> None:
