@@ -5,13 +5,13 @@ value and the keys of its inputs, so two nodes with the same key compute the sam
 (for functions without side effects). A function is hashed by its bytecode, constants,
 names, nested code objects, default arguments, the values its closure captured, the
 globals its code loads (functions by their code in turn, modules by name, other values
-by content) and what it loads through the program's own modules (``utils.scale(x)``,
-a module imported in its body: functions and classes by their code, constants by value;
-see :mod:`._cache_reads`) -- never by its line numbers or source text, so editing a
-comment or moving the function changes nothing, while editing its body, a helper it
-calls or a constant it reads does. (joblib's ``Memory`` hashes the source text instead,
-so a comment edit re-runs it, and it ignores closure values and globals, so a changed
-captured value or module constant is a wrong hit there.)
+by content) and what it loads through the program's own modules (``utils.scale(x)``:
+functions and classes by their code, constants by value; a module imported in its body
+by its source file; see :mod:`._cache_reads`) -- never by its line numbers or source
+text, so editing a comment or moving the function changes nothing, while editing its
+body, a helper it calls or a constant it reads does. (joblib's ``Memory`` hashes the
+source text instead, so a comment edit re-runs it, and it ignores closure values and
+globals, so a changed captured value or module constant is a wrong hit there.)
 
 Constants are hashed by value: scalars, strings, bytes, containers (dicts in their order,
 sets in sorted order of their items' hashes), NumPy arrays and other buffers by their
@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._cache import _reraise_ctrl_c
-from ._cache_reads import Chain, code_reads, installed, module_member
+from ._cache_reads import Chain, code_reads, imported_source, installed, module_member
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -292,15 +292,19 @@ class _Hasher:
             self._members(reads.chains, namespace, func)
 
     def _members(self, chains: tuple[Chain, ...], namespace: dict[str, Any], func: Any) -> None:
-        """What ``func`` reads through the program's own modules (``utils.scale(x)``, or a
-        module it imports in its body): functions and classes by their code, constants
-        (numbers, strings, tuples of them) by value. Other values read that way (a list, a
-        dict, an object) are taken for state -- a registry, a memo, a counter -- as mutable
-        class attributes are, and left out; a module by its name, as before. Installed
-        modules are not followed: their code changes with their version, which keys do
-        not see."""
+        """What ``func`` reads through the program's own modules: through a global module
+        (``utils.scale(x)``), functions and classes by their code and constants (numbers,
+        strings, tuples of them) by value. Other values read that way (a list, a dict,
+        an object) are taken for state -- a registry, a memo, a counter -- as mutable
+        class attributes are, and left out. A module imported in its body counts by its
+        source file (see :func:`imported_source`). Installed modules are not followed:
+        their code changes with their version, which keys do not see."""
         update = self.h.update
+        sources: set[str] = set()
         for root, attributes in chains:
+            if root.imported:
+                sources.add(imported_source(root, attributes, namespace))
+                continue
             value = module_member(root, attributes, namespace)
             if value is None:
                 continue
@@ -309,6 +313,9 @@ class _Hasher:
                 self._global(".".join(attributes), value, func)
             else:
                 update(b"<state>")
+        sources.discard("")
+        for path in sorted(sources):
+            update(b"S" + path.encode() + b"\0" + _file_digest(path))
 
     def _global(self, name: str, value: Any, func: Any) -> None:
         try:
@@ -398,6 +405,16 @@ def _constant(value: Any) -> bool:
     if isinstance(value, (tuple, frozenset)):
         return all(_constant(item) for item in value)
     return isinstance(value, _CONSTANT_TYPES)
+
+
+def _file_digest(path: str) -> bytes:
+    """The digest of a source file's bytes (read once per function per run: function
+    digests are kept for the run); empty when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return hashlib.blake2b(file.read(), digest_size=_DIGEST_SIZE).digest()
+    except OSError:
+        return b""
 
 
 def _installed_by_name(func: types.FunctionType) -> bool:

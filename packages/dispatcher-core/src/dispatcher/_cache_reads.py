@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import dis
 import functools
-import importlib
 import importlib.util
 import os
 import site
 import sys
 import sysconfig
 import types
+from importlib.machinery import PathFinder
 from typing import Any, NamedTuple
 
-__all__ = ["CodeReads", "code_reads", "installed", "module_member"]
+__all__ = ["CodeReads", "code_reads", "imported_source", "installed", "module_member"]
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
 _LOCAL_LOADS = frozenset(
@@ -130,15 +130,11 @@ _MISSING = object()
 
 
 def module_member(root: Root, attributes: tuple[str, ...], namespace: dict[str, Any]) -> Any:
-    """What ``attributes`` reach from ``root`` (resolved in a function's ``namespace``),
-    through the program's own modules only: the first value that is not a module, or
-    ``None`` when the chain leaves them, ends at a module or finds nothing. Reads module
-    dictionaries, so no module ``__getattr__`` runs; imports a module of the program's own
-    that an import in the code names and nothing has imported yet."""
-    if root.imported:
-        value: Any = _own_module(root, namespace)
-    else:
-        value = namespace.get(root.name)
+    """What ``attributes`` reach from the global module ``root`` names in a function's
+    ``namespace``, through the program's own modules only: the first value that is not a
+    module, or ``None`` when the chain leaves them, ends at a module or finds nothing.
+    Reads module dictionaries, so no module ``__getattr__`` runs."""
+    value = namespace.get(root.name)
     if not isinstance(value, types.ModuleType):
         return None
     for attribute in attributes:
@@ -152,22 +148,42 @@ def module_member(root: Root, attributes: tuple[str, ...], namespace: dict[str, 
     return None
 
 
-def _own_module(root: Root, namespace: dict[str, Any]) -> types.ModuleType | None:
-    try:
-        name = root.name
-        if root.level:
-            name = importlib.util.resolve_name("." * root.level + name, namespace["__package__"])
-        module = sys.modules.get(name)
-        if module is not None:
-            return module
-        spec = importlib.util.find_spec(name)
-        origin = spec and (spec.origin or next(iter(spec.submodule_search_locations or ()), None))
-        if not origin or _installed_path(origin):
-            return None
-        # The task imports it when it runs; importing it here, once, keys what it will run.
-        return importlib.import_module(name)
-    except Exception:  # not importable from here: keyed by the code that names it alone
-        return None
+def imported_source(root: Root, attributes: tuple[str, ...], namespace: dict[str, Any]) -> str:
+    """The source file of the deepest module a chain from an import in a function's
+    body reaches (``import kpkg.sub``, then ``kpkg.sub.shift``: ``kpkg/sub.py``), if it
+    is the program's own; ``""`` if not, or if it cannot be found.
+
+    Such a module may not be imported yet when the key is made (the task imports it
+    when it runs), and importing it here could cost, or do, what the program keeps
+    out of this process (a GPU library's set-up, say): it is found, not imported, and
+    keyed by its file whether imported or not, so a key does not change once it is."""
+    name = root.name
+    if root.level:
+        package = namespace.get("__package__")
+        if not package:
+            return ""
+        try:
+            name = importlib.util.resolve_name("." * root.level + name, package)
+        except ImportError:
+            return ""
+    parts = [*name.split("."), *attributes]
+    found = ""
+    search: Any = None  # sys.path for a top-level module
+    for depth in range(1, len(parts) + 1):
+        full = ".".join(parts[:depth])
+        module = sys.modules.get(full)
+        try:
+            spec = module.__spec__ if module is not None else PathFinder.find_spec(full, search)
+        except Exception:  # (an odd finder, an unreadable directory): as far as it went
+            spec = None
+        if spec is None:
+            break
+        if spec.origin and spec.has_location:
+            found = spec.origin
+        search = spec.submodule_search_locations
+        if search is None:  # a module, not a package: the rest are its attributes
+            break
+    return found if found and not _installed_path(found) else ""
 
 
 @functools.cache
