@@ -65,11 +65,13 @@ class Program:
         for path, text in self.files.items():
             (self.root / path).parent.mkdir(parents=True, exist_ok=True)
             (self.root / path).write_text(textwrap.dedent(text))
-        for name in ("kutils", "kpkg", "kpkg.sub", "kpkg.tasks"):
+        for name in ("kutils", "kpkg", "kpkg.sub", "kpkg.tasks", "kpkg.deep", "kpkg.deep.leaf"):
             self.monkeypatch.delitem(sys.modules, name, raising=False)
         importlib.invalidate_caches()
         if imported:
-            importlib.import_module("kpkg.sub")
+            for name in ("kutils", "kpkg.sub", "kpkg.deep.leaf"):
+                if (self.root / (name.replace(".", "/") + ".py")).exists():
+                    importlib.import_module(name)
         namespace: dict[str, Any] = {"__name__": "__main__", "__package__": None}
         exec(compile(textwrap.dedent(source), str(self.root / "script.py"), "exec"), namespace)
         return namespace["f"]
@@ -116,16 +118,44 @@ def test_what_a_function_reads_through_a_module_is_part_of_its_key(
     assert before != program.digest(source)
 
 
-def test_a_module_imported_in_the_body_is_followed_before_it_is_first_imported(
+def test_a_module_imported_in_the_body_is_keyed_by_its_file_until_it_is_imported(
     program: Program,
 ) -> None:
     # Found, not imported: importing it could do what the program keeps out of this
-    # process (a GPU library's set-up); and the key stays once the task has imported it.
+    # process (a GPU library's set-up).
     before = program.digest(IMPORTED_IN_BODY, imported=False)
     assert "kutils" not in sys.modules
-    assert before == program.digest(IMPORTED_IN_BODY, imported=True)
+    assert before == program.digest(IMPORTED_IN_BODY, imported=False)
     program.edit("kutils.py", "return x * 2", "return x * 3")
     assert before != program.digest(IMPORTED_IN_BODY, imported=False)
+
+
+def test_a_module_imported_in_the_body_is_keyed_by_the_code_a_task_would_run(
+    program: Program,
+) -> None:
+    # Imported (an earlier run in this process), then its file edited without reloading
+    # it: the task runs the code in memory, so its result must not be stored under the
+    # key of the edited file, where a fresh process would take it for the new code's.
+    f = program.function(IMPORTED_IN_BODY, imported=True)
+    in_memory = function_digest(f, {})
+    (program.root / "kutils.py").write_text(
+        (program.root / "kutils.py").read_text().replace("return x * 2", "return x * 3")
+    )
+    assert function_digest(f, {}) == in_memory
+    program.edit("kutils.py", "return x * 2", "return x * 3")
+    assert program.digest(IMPORTED_IN_BODY, imported=False) != in_memory
+
+
+def test_an_import_three_levels_deep_in_the_body_is_followed(program: Program) -> None:
+    program.files["kpkg/deep/__init__.py"] = ""
+    program.files["kpkg/deep/leaf.py"] = "def grow(x):\n    return x + 1\n"
+    # (its package imported at the top: the submodule is not, until the task runs)
+    source = "import kpkg\ndef f(x):\n    import kpkg.deep.leaf as leaf\n    return leaf.grow(x)\n"
+    for imported in (False, True):
+        before = program.digest(source, imported=imported)
+        program.edit("kpkg/deep/leaf.py", "x + 1", "x + 2")
+        assert before != program.digest(source, imported=imported)
+        program.edit("kpkg/deep/leaf.py", "x + 2", "x + 1")
 
 
 def test_a_relative_import_in_a_packages_function_is_followed(program: Program) -> None:
@@ -176,3 +206,16 @@ def test_an_enums_member_values_are_part_of_its_key(program: Program) -> None:
     before = program.digest(source)
     program.edit("kutils.py", "HIGH = 0.9", "HIGH = 0.8")
     assert before != program.digest(source)
+
+
+def test_immutable_values_read_through_a_module_are_keyed_by_value(program: Program) -> None:
+    program.files["kutils.py"] += textwrap.indent(
+        "\nimport datetime, pathlib\nMODE = Level.HIGH\nDATA = pathlib.Path('a')\n"
+        "SINCE = datetime.date(2026, 1, 1)\n",
+        " " * 8,
+    )
+    source = "import kutils\ndef f(x):\n    return (kutils.MODE, kutils.DATA, kutils.SINCE)\n"
+    for old, new in [("HIGH = 0.9", "HIGH = 0.8"), ("'a'", "'b'"), ("1, 1)", "1, 2)")]:
+        before = program.digest(source)
+        program.edit("kutils.py", old, new)
+        assert before != program.digest(source), old

@@ -33,7 +33,10 @@ function reads from outside the program -- files, databases, the clock -- no key
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
+import fractions
 import functools
 import hashlib
 import io
@@ -43,10 +46,20 @@ import struct
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 from ._cache import _reraise_ctrl_c
-from ._cache_reads import Chain, code_reads, imported_source, installed, module_member
+from ._cache_reads import (
+    UNLOADED,
+    Chain,
+    absolute_name,
+    code_reads,
+    installed,
+    module_member,
+    root_module,
+    source_file,
+)
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -63,6 +76,10 @@ class Uncacheable(Exception):
     """A value or function that cannot be hashed by content; the message says why."""
 
 
+Memo = dict[int | str, tuple[Any, bytes]]
+"""One run's digests of functions (by ``id``), of values (by ``~id``) and of source
+files (by path), each with what it is the digest of."""
+
 _pack_q = struct.Struct("<q").pack
 _pack_d = struct.Struct("<d").pack
 
@@ -78,7 +95,7 @@ class _Hasher:
 
     __slots__ = ("cut", "functions", "h", "local", "seen")
 
-    def __init__(self, functions: dict[int, tuple[Any, bytes]]) -> None:
+    def __init__(self, functions: Memo) -> None:
         self.h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
         self.functions = functions
         self.seen: set[int] = set()
@@ -292,20 +309,24 @@ class _Hasher:
             self._members(reads.chains, namespace, func)
 
     def _members(self, chains: tuple[Chain, ...], namespace: dict[str, Any], func: Any) -> None:
-        """What ``func`` reads through the program's own modules: through a global module
-        (``utils.scale(x)``), functions and classes by their code and constants (numbers,
-        strings, tuples of them) by value. Other values read that way (a list, a dict,
-        an object) are taken for state -- a registry, a memo, a counter -- as mutable
-        class attributes are, and left out. A module imported in its body counts by its
-        source file (see :func:`imported_source`). Installed modules are not followed:
-        their code changes with their version, which keys do not see."""
+        """What ``func`` reads through the program's own modules (``utils.scale(x)``, or
+        a module imported in its body): functions and classes by their code, constants
+        (numbers, strings, enum members, paths, dates, tuples of them) by value. Other
+        values read that way (a list, a dict, an object) are taken for state -- a
+        registry, a memo, a counter -- as mutable class attributes are, and left out. A
+        module not imported yet counts by its source file (see
+        :func:`._cache_reads.source_file`). Installed modules are not followed: their
+        code changes with their version, which keys do not see."""
         update = self.h.update
         sources: set[str] = set()
         for root, attributes in chains:
-            if root.imported:
-                sources.add(imported_source(root, attributes, namespace))
+            module = root_module(root, namespace)
+            value = UNLOADED if module is None else module_member(module, attributes)
+            if value is UNLOADED:  # a module, or a submodule, that is not imported yet
+                name = absolute_name(root, namespace)
+                if name:
+                    sources.add(source_file(name, attributes))
                 continue
-            value = module_member(root, attributes, namespace)
             if value is None:
                 continue
             update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
@@ -314,8 +335,23 @@ class _Hasher:
             else:
                 update(b"<state>")
         sources.discard("")
-        for path in sorted(sources):
-            update(b"S" + path.encode() + b"\0" + _file_digest(path))
+        # By their contents alone: a key must hold for a copy of the program elsewhere.
+        for digest in sorted(self._file(path) for path in sources):
+            update(b"S" + digest)
+
+    def _file(self, path: str) -> bytes:
+        """The digest of a source file's bytes, read once per run (empty when it cannot
+        be read)."""
+        kept = self.functions.get(path)
+        if kept is not None:
+            return kept[1]
+        try:
+            with open(path, "rb") as file:
+                digest = hashlib.blake2b(file.read(), digest_size=_DIGEST_SIZE).digest()
+        except OSError:
+            digest = b""
+        self.functions[path] = (path, digest)
+        return digest
 
     def _global(self, name: str, value: Any, func: Any) -> None:
         try:
@@ -341,12 +377,15 @@ class _Hasher:
             if klass.__module__ == "builtins":
                 continue
             update(b"K" + _type_name(klass))
+            members: Mapping[str, enum.Enum] = {}
             if isinstance(klass, enum.EnumMeta):  # its members are constants, by value
-                members: Mapping[str, enum.Enum] = klass.__members__
-                for name, constant in members.items():
+                members = klass.__members__
+                for name in members:
                     update(b"e" + name.encode() + b"\0")
-                    self._attribute(constant.value)
+                    self._attribute(members[name].value)
             for name, member in vars(klass).items():
+                if name in members:
+                    continue
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
                 if isinstance(member, property):
@@ -396,25 +435,35 @@ class _CodePickler(pickle.Pickler):
         return None
 
 
-_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes, type)
+_CONSTANT_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    type,
+    range,
+    enum.Enum,
+    PurePath,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    fractions.Fraction,
+)
 
 
 def _constant(value: Any) -> bool:
-    """Is a class attribute a constant: a number, a string, a class, or a tuple or
-    frozenset of constants?"""
+    """Is a value read through a module, or a class attribute, a constant: a number (a
+    NumPy scalar too), a string, a class, an enum's member, a path, a date, or a tuple
+    or frozenset of constants?"""
     if isinstance(value, (tuple, frozenset)):
         return all(_constant(item) for item in value)
-    return isinstance(value, _CONSTANT_TYPES)
-
-
-def _file_digest(path: str) -> bytes:
-    """The digest of a source file's bytes (read once per function per run: function
-    digests are kept for the run); empty when it cannot be read."""
-    try:
-        with open(path, "rb") as file:
-            return hashlib.blake2b(file.read(), digest_size=_DIGEST_SIZE).digest()
-    except OSError:
-        return b""
+    if isinstance(value, _CONSTANT_TYPES):
+        return True
+    return _is_ndarray(value) and value.shape == () and not value.dtype.hasobject
 
 
 def _installed_by_name(func: types.FunctionType) -> bool:
@@ -501,7 +550,7 @@ def _code_digest(code: types.CodeType) -> bytes:
     return digest
 
 
-def function_digest(func: Callable[..., Any], memo: dict[int, tuple[Any, bytes]]) -> bytes:
+def function_digest(func: Callable[..., Any], memo: Memo) -> bytes:
     """The digest of ``func``'s identity and code; raises :class:`Uncacheable`."""
     return _Hasher(memo).function(func)
 
@@ -521,7 +570,7 @@ def node_key(
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None,
     input_keys: Sequence[str],
-    memo: dict[int, tuple[Any, bytes]],
+    memo: Memo,
 ) -> str:
     """The hex key of a call node: its kind, function, argument template (``Ref``
     placeholders stand for the inputs) and its inputs' keys, in order. Raises

@@ -23,7 +23,7 @@ from time import perf_counter
 from typing import Any
 
 from ._cache import Cache, load_entry
-from ._cache_key import Uncacheable, node_key, value_digest
+from ._cache_key import Memo, Uncacheable, node_key, value_digest
 from ._graph import DispatchGraph
 from ._nodes import DispatchNode, Op
 from ._template import (
@@ -330,7 +330,7 @@ def _keys(graph: DispatchGraph, inputs: Mapping[DispatchNode, Any]) -> list[str 
     """Every node's key, in graph order; ``None`` where it cannot be hashed (logged)."""
     nodes, deps = graph._nodes, graph._deps
     keys: list[str | None] = [None] * len(nodes)
-    memo: dict[int, tuple[Any, bytes]] = {}
+    memo: Memo = {}
     debug = log.isEnabledFor(logging.DEBUG)
     for p, node in enumerate(nodes):
         try:

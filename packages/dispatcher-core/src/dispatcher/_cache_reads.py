@@ -24,7 +24,16 @@ import types
 from importlib.machinery import PathFinder
 from typing import Any, NamedTuple
 
-__all__ = ["CodeReads", "code_reads", "imported_source", "installed", "module_member"]
+__all__ = [
+    "UNLOADED",
+    "CodeReads",
+    "absolute_name",
+    "code_reads",
+    "installed",
+    "module_member",
+    "root_module",
+    "source_file",
+]
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
 _LOCAL_LOADS = frozenset(
@@ -78,8 +87,9 @@ def _scan(
     # import that last stored it (control flow aside: at worst a chain more is keyed).
     bound = {name: outer[name] for name in code.co_freevars if name in outer}
     chain: Chain | None = None  # the chain the instructions are loading
-    module: Root | None = None  # a module an import left on the stack
-    imported: Chain | None = None  # what the last import or IMPORT_FROM pushed
+    source: Chain | None = None  # what an import's IMPORT_FROM reads from
+    imported: Chain | None = None  # what the last IMPORT_NAME or IMPORT_FROM pushed
+    swapping = False  # ``import a.b.c as x``: an attribute replaces the module under it
     consts: list[Any] = [None, None]  # the last two constants loaded: an import's operands
     for ins in dis.get_instructions(code):
         op = ins.opname
@@ -99,26 +109,35 @@ def _scan(
             name = str(ins.argval)
             # ``import a.b`` binds ``a``; ``from a.b import c`` takes ``c`` from ``a.b``
             top = not fromlist and not level
-            module = Root(name.partition(".")[0] if top else name, level or 0, True)
-            imported = (module, ())
+            source = imported = (
+                Root(name.partition(".")[0] if top else name, level or 0, True),
+                (),
+            )
             continue
-        elif op == "IMPORT_FROM" and module is not None:
-            imported = (module, (str(ins.argval),))
+        elif op == "IMPORT_FROM" and source is not None:
+            imported = (source[0], (*source[1], str(ins.argval)))
             chains.add(imported)
+            continue
+        elif op == "SWAP" and imported is not None and imported is not source:
+            source, swapping = imported, True
+            continue
+        elif op == "POP_TOP" and swapping:
+            swapping = False  # (the module the attribute replaced)
             continue
         elif op in _STORES:
             if imported is not None:
                 bound[ins.argval] = imported
             else:
                 bound.pop(ins.argval, None)
-            if imported is not None and not imported[1]:
-                module = None  # ``import a as b``: nothing more comes from it
+            if imported is source:
+                source = None  # ``import a as b``: nothing more comes from it
             imported = None
             continue
         elif op == "LOAD_CONST":
             consts = [consts[1], ins.argval]
             continue
-        module = imported = None
+        source = imported = None
+        swapping = False
     if chain is not None and chain[1]:
         chains.add(chain)
     for const in code.co_consts:
@@ -129,43 +148,47 @@ def _scan(
 _MISSING = object()
 
 
-def module_member(root: Root, attributes: tuple[str, ...], namespace: dict[str, Any]) -> Any:
-    """What ``attributes`` reach from the global module ``root`` names in a function's
-    ``namespace``, through the program's own modules only: the first value that is not a
-    module, or ``None`` when the chain leaves them, ends at a module or finds nothing.
-    Reads module dictionaries, so no module ``__getattr__`` runs."""
-    value = namespace.get(root.name)
-    if not isinstance(value, types.ModuleType):
-        return None
+def root_module(root: Root, namespace: dict[str, Any]) -> types.ModuleType | None:
+    """The module a chain starts from: the global ``root`` names in a function's
+    ``namespace``, or the module an import in its body names, if it is imported (see
+    :func:`source_file` for one that is not); ``None`` otherwise."""
+    if root.imported:
+        module = sys.modules.get(_absolute(root, namespace))  # (not imported here)
+    else:
+        module = namespace.get(root.name)
+    return module if isinstance(module, types.ModuleType) else None
+
+
+UNLOADED = object()
+"""What :func:`module_member` finds where a module of the program's own lacks the
+attribute: a submodule not imported yet, most often."""
+
+
+def module_member(module: types.ModuleType, attributes: tuple[str, ...]) -> Any:
+    """What ``attributes`` reach from ``module``, through the program's own modules
+    only: the first value that is not a module; :data:`UNLOADED` where one of them
+    lacks the attribute; ``None`` when the chain leaves them or ends at a module. Reads
+    module dictionaries, so no module ``__getattr__`` runs."""
+    value: Any = module
     for attribute in attributes:
         if installed(value.__name__):
             return None
-        value = vars(value).get(attribute, _MISSING)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, types.ModuleType):
+        value = vars(value).get(attribute, UNLOADED)
+        if value is UNLOADED or not isinstance(value, types.ModuleType):
             return value
     return None
 
 
-def imported_source(root: Root, attributes: tuple[str, ...], namespace: dict[str, Any]) -> str:
-    """The source file of the deepest module a chain from an import in a function's
-    body reaches (``import kpkg.sub``, then ``kpkg.sub.shift``: ``kpkg/sub.py``), if it
-    is the program's own; ``""`` if not, or if it cannot be found.
+def source_file(name: str, attributes: tuple[str, ...]) -> str:
+    """The source file of the deepest module ``name`` and ``attributes`` reach (module
+    ``kpkg``, then ``sub.shift``: ``kpkg/sub.py``), if it is the program's own; ``""``
+    if not, or if it cannot be found. For a module an import in a function's body names
+    and nothing has imported yet, or a submodule not imported yet.
 
-    Such a module may not be imported yet when the key is made (the task imports it
-    when it runs), and importing it here could cost, or do, what the program keeps
-    out of this process (a GPU library's set-up, say): it is found, not imported, and
-    keyed by its file whether imported or not, so a key does not change once it is."""
-    name = root.name
-    if root.level:
-        package = namespace.get("__package__")
-        if not package:
-            return ""
-        try:
-            name = importlib.util.resolve_name("." * root.level + name, package)
-        except ImportError:
-            return ""
+    Importing it to follow its members could cost, or do, what the program keeps out of
+    this process (a GPU library's set-up, say): it is found on the path, not imported.
+    Once imported (the task ran in this process), what the chain reaches is followed in
+    memory instead: the code the task will run, even if its file changed since."""
     parts = [*name.split("."), *attributes]
     found = ""
     search: Any = None  # sys.path for a top-level module
@@ -184,6 +207,29 @@ def imported_source(root: Root, attributes: tuple[str, ...], namespace: dict[str
         if search is None:  # a module, not a package: the rest are its attributes
             break
     return found if found and not _installed_path(found) else ""
+
+
+def absolute_name(root: Root, namespace: dict[str, Any]) -> str:
+    """The module a chain's root names: a global module's name, or the module an import
+    in a function's body names, resolved against the importing package; ``""`` if it
+    cannot be."""
+    if not root.imported:
+        module = namespace.get(root.name)
+        return module.__name__ if isinstance(module, types.ModuleType) else ""
+    return _absolute(root, namespace)
+
+
+def _absolute(root: Root, namespace: dict[str, Any]) -> str:
+    """The module name an import names, resolved against the importing package."""
+    if not root.level:
+        return root.name
+    package = namespace.get("__package__")
+    if not package:
+        return ""
+    try:
+        return importlib.util.resolve_name("." * root.level + root.name, package)
+    except ImportError:
+        return ""
 
 
 @functools.cache
