@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
+import stat
 import threading
 from datetime import datetime
 from html.parser import HTMLParser
@@ -251,6 +254,40 @@ def test_the_file_is_replaced_whole(tmp_path: Path) -> None:
     run(Op(tasks.inc, 1), report=str(report))
     assert report.read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_a_symbolic_link_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "latest.html").symlink_to(tmp_path / "kept" / "r.html")
+    run(Op(tasks.inc, 1), report=str(tmp_path / "latest.html"))
+    assert (tmp_path / "latest.html").is_symlink()
+    assert (tmp_path / "kept" / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_is_written_into_and_one_nobody_reads_is_no_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As a shell's redirection would (``--report /dev/stdout``): a device or a FIFO is
+    # never replaced by a file; with no reader, the report is an error, not a hang.
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, there before the run ends
+    with os.fdopen(fd, "rb") as reader:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)  # (the whole report fits: no thread)
+        assert run(Op(tasks.inc, 1), report=str(fifo)) == 2
+        assert reader.read().startswith(b"<!DOCTYPE html>")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    with caplog.at_level("ERROR"):
+        assert run(Op(tasks.inc, 1), report=str(fifo)) == 2  # nobody reads it now
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert any("nothing reads the FIFO" in str(r.exc_info) + r.getMessage() for r in caplog.records)
+
+
+def test_a_label_that_is_not_utf8_is_escaped_not_fatal(tmp_path: Path) -> None:
+    report = tmp_path / "r.html"
+    run(labelled(tasks.inc, 1, label="data-\udcff.csv"), report=str(report))
+    assert "data-\\udcff.csv" in report.read_text()
 
 
 def test_big_runs_are_summarised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

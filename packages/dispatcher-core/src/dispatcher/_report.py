@@ -8,8 +8,10 @@ no scripts from anywhere, so the file can be mailed, archived and opened offline
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import tempfile
 import time
 import traceback
@@ -214,22 +216,52 @@ class ReportWriter:
         self.write(record)
 
     def write(self, record: RunRecord) -> None:
-        """Write ``record`` as HTML to :attr:`path`, replacing the file in one step."""
+        """Write ``record`` as HTML to :attr:`path`: a file is replaced in one step (through
+        a symbolic link, the file it names); a FIFO, a terminal or another device
+        (``/dev/stdout``) is written into, as a shell's redirection would."""
         from ._report_html import render
 
-        text = render(record)
+        # (a lone surrogate, from a file name that is not UTF-8, is escaped, not fatal)
+        data = render(record).encode("utf-8", "backslashreplace")
+        target = Path(os.path.realpath(self.path))
+        try:
+            mode = os.stat(target).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            _write_into(target, data)
+            log.info("report written to %s", self.path)
+            return
         # Into a temporary file beside the target, then renamed: a reader never sees half a
         # report, and a failed write leaves the previous one in place.
-        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
-            os.replace(tmp, self.path)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         log.info("report written to %s", self.path)
+
+
+def _write_into(target: Path, data: bytes) -> None:
+    """Write ``data`` into a file that is not a regular one. A FIFO nobody reads is an
+    error, not a wait for ever: it is opened without blocking (which fails then)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(exc.errno, f"nothing reads the FIFO {str(target)!r}") from None
+        raise
+    try:
+        os.set_blocking(fd, True)  # (a reader is there: the report may exceed its buffer)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _one_line(error: BaseException) -> str:
