@@ -284,6 +284,18 @@ def test_a_fifo_is_written_into_and_one_nobody_reads_is_no_wait(
     assert any("nothing reads the FIFO" in str(r.exc_info) + r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd here")
+def test_a_pipe_named_as_dev_stdout_names_it_is_written_into() -> None:
+    r, w = os.pipe()  # /dev/stdout, when the output goes to a pipe, is such a path
+    with os.fdopen(r, "rb") as reader:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        try:
+            assert run(Op(tasks.inc, 1), report=f"/proc/self/fd/{w}") == 2
+        finally:
+            os.close(w)
+        assert reader.read().startswith(b"<!DOCTYPE html>")
+
+
 def test_a_label_that_is_not_utf8_is_escaped_not_fatal(tmp_path: Path) -> None:
     report = tmp_path / "r.html"
     run(labelled(tasks.inc, 1, label="data-\udcff.csv"), report=str(report))

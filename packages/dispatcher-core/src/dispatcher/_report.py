@@ -223,15 +223,15 @@ class ReportWriter:
 
         # (a lone surrogate, from a file name that is not UTF-8, is escaped, not fatal)
         data = render(record).encode("utf-8", "backslashreplace")
-        target = Path(os.path.realpath(self.path))
         try:
-            mode = os.stat(target).st_mode
+            mode = os.stat(self.path).st_mode  # (through links: /dev/stdout, a pipe's)
         except FileNotFoundError:
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
-            _write_into(target, data)
+            _write_into(self.path, data)
             log.info("report written to %s", self.path)
             return
+        target = Path(os.path.realpath(self.path))
         # Into a temporary file beside the target, then renamed: a reader never sees half a
         # report, and a failed write leaves the previous one in place.
         fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
