@@ -169,6 +169,35 @@ def test_task_failure_exits_1_with_the_users_traceback(cli: Cli, flow: Path, exe
     )
 
 
+@pytest.mark.parametrize("code", [0, 5])
+def test_a_task_calling_sys_exit_fails_its_node_not_the_command(
+    cli: Cli, tmp_path: Path, code: int
+) -> None:
+    # A helper that calls sys.exit() in a task: the command must not exit as it says
+    # (0: a failed job looking green), but fail as for any task's exception.
+    script = tmp_path / "exits.py"
+    script.write_text(
+        f"import sys\nfrom dispatcher import op\n\n@op\ndef check(x):\n    sys.exit({code})\n\n"
+        "def g():\n    return check(-1)\n"
+    )
+    status, out, err = cli("run", f"{script}:g", "-e", "sync")
+    assert status == 1
+    assert out == ""
+    assert err.splitlines()[-1] == "dispatcher: task check(-1) failed on worker 'main'"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    script = tmp_path / "many.py"
+    script.write_text(
+        "from dispatcher import op\n\ndef g():\n    return [op(abs)(-i) for i in range(20000)]\n"
+    )
+    command = f"{sys.executable} -m dispatcher run {script}:g -e sync"
+    shell = f"{command} | head -c 10 >/dev/null; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "141", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_task_failure_still_writes_the_report(cli: Cli, flow: Path, tmp_path: Path) -> None:
     report = tmp_path / "failed.html"
     status, _, err = cli("run", f"{flow}:failing", "--report", report)

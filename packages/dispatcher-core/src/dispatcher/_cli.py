@@ -43,6 +43,7 @@ OK = 0
 FAILED = 1  # a task failed (or, rarely, something else did: dot, a broken plugin)
 USAGE = 2
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process SIGPIPE ended
 
 PROG = "dispatcher"
 GRAPH_FORMATS = {".dot": None, ".gv": None, ".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -195,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return INTERRUPTED
+    except BrokenPipeError:  # ``dispatcher run ... | head``: the reader has what it wanted
+        # (and the interpreter's last flush of stdout must not fail again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
 
 
 def _say(message: str) -> None:
@@ -261,9 +266,9 @@ def _run(args: argparse.Namespace) -> int:
                     plugins=[watcher],
                     cache=args.cache,
                 )
-        except Exception as exc:
-            if watcher.node is None:
-                raise  # not a task's failure: a bug, shown with its traceback
+        except BaseException as exc:  # a task's SystemExit too: not this command's exit
+            if watcher.node is None or isinstance(exc, KeyboardInterrupt):
+                raise  # not a task's failure: a bug, shown with its traceback, or Ctrl-C
             sys.stdout.flush()
             print(format_exception(exc), end="", file=sys.stderr)
             _say(f"task {watcher.node} failed on worker {watcher.worker!r}")
