@@ -185,6 +185,27 @@ def test_cli_cache_info_shows_what_dead_writers_left(
     assert Cache(tmp_path).info().partial == 0
 
 
+def test_cli_cache_clear_says_what_it_could_not_delete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cache another user owns, say: "deleted 0 entries" and status 0 would hide it.
+    run([op(inc)(i) for i in range(3)], executor="sync", cache=tmp_path)
+
+    def refused(path: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "unlink", refused)
+    assert main(["cache", "clear", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "deleted 0 entries" in captured.out
+    assert "3 entries could not be deleted" in captured.err
+    monkeypatch.setattr(os, "scandir", refused)  # and one it cannot even read
+    assert main(["cache", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Permission denied" in err
+
+
 def test_cli_cache_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cache", "info", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from datetime import datetime
@@ -59,6 +60,13 @@ def add_cache_command(commands: Any) -> None:
 
 def cache_command(args: argparse.Namespace) -> int:
     """Run ``dispatcher cache ...``; the exit status."""
+    try:
+        return _cache_command(args)
+    except PermissionError as exc:  # one line, as for any path that cannot be used
+        raise UsageError(f"{exc.filename or args.path!r}: {exc.strerror}") from None
+
+
+def _cache_command(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_dir():
         raise UsageError(f"{str(path)!r} is not a directory (no cache there)")
@@ -66,6 +74,10 @@ def cache_command(args: argparse.Namespace) -> int:
     if not is_cache and any(path.iterdir()):
         raise UsageError(f"{str(path)!r} is not a dispatcher cache")
     cache = Cache(path)
+    entries = path / "entries"
+    if entries.is_dir():  # (a run tolerates what it cannot list; this command says so)
+        with os.scandir(entries):
+            pass
     if args.cache_command == "info":
         info = cache.info()
         out = sys.stdout
@@ -91,8 +103,14 @@ def cache_command(args: argparse.Namespace) -> int:
                 file=out,
             )
         return 0
+    if entries.is_dir() and not os.access(entries, os.W_OK | os.X_OK):
+        raise UsageError(f"{str(entries)!r}: permission denied (nothing deleted)")
     removed = cache.clear(args.older_than)
     print(f"deleted {removed:,} entr{'y' if removed == 1 else 'ies'} from {cache.path}")
+    left = cache.info().entries if args.older_than is None else 0
+    if left:
+        print(f"{left:,} entr{'y' if left == 1 else 'ies'} could not be deleted", file=sys.stderr)
+        return 1
     return 0
 
 
