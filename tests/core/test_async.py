@@ -318,6 +318,24 @@ def test_run_inside_a_running_loop_still_works() -> None:
 
 
 @pytest.mark.parametrize("executor", ["sync", "async"])
+def test_a_coroutine_awaited_outside_the_loop_runs_under_trio(executor: str) -> None:
+    # "sync" awaits a coroutine node itself, and both await the coroutine a plain function
+    # returns: in trio's thread, anyio must not take that asyncio loop for trio's.
+    trio = pytest.importorskip("trio")
+
+    def returns_a_coroutine(x: int) -> Any:
+        return async_inc(x)
+
+    async def program() -> list[int]:
+        first = run(Op(async_inc, 1), executor=executor)
+        second = run(Op(returns_a_coroutine, 2), executor=executor)
+        third = await arun(Op(returns_a_coroutine, 3), executor=executor)
+        return [first, second, third]
+
+    assert trio.run(program) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
 def test_nested_run_from_a_task(executor: str) -> None:
     def inner(x: int) -> int:
         return run(Op(tasks.inc, Op(tasks.inc, x)), executor=executor)  # type: ignore[no-any-return]

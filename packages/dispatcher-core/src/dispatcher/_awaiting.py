@@ -48,7 +48,9 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
     """Run an awaitable to completion from synchronous code.
 
     A fresh asyncio loop runs it here, or in a helper thread when this thread already
-    runs a loop (a nested ``run`` from inside a coroutine, or a task called on the loop).
+    runs a loop (a nested ``run`` from inside a coroutine, or a task called on the loop),
+    of asyncio or of another library: under trio, anyio would take an asyncio loop run
+    in trio's thread for trio's.
     """
 
     async def wrapper() -> Any:
@@ -57,7 +59,8 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(wrapper())
+        if not _in_another_librarys_loop():
+            return asyncio.run(wrapper())
     box: list[Any] = []
 
     def target() -> None:
@@ -78,3 +81,13 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
     if ok:
         return value
     raise value
+
+
+def _in_another_librarys_loop() -> bool:
+    """Does this thread run the event loop of an async library other than asyncio?"""
+    try:
+        import sniffio
+
+        return sniffio.current_async_library() != "asyncio"
+    except Exception:  # none runs here (or sniffio is not there: anyio would need it)
+        return False
