@@ -7,10 +7,12 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,47 @@ def test_a_coroutine_awaited_outside_the_loop_runs_under_trio(executor: str) -> 
         return [first, second, third]
 
     assert trio.run(program) == [2, 3, 4]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+@pytest.mark.timeout(120)
+def test_a_child_a_task_forks_runs_graphs_of_its_own() -> None:
+    # The child runs in the place of the pool's thread that forked it, but in no pool:
+    # it must not wait on its parent's pool, whose lock another thread held at the fork.
+    from dispatcher import _threads
+
+    def forks_and_runs(x: int) -> tuple[int, bool]:
+        job = _threads._this_thread.job  # (None in the calling thread: no pool's lock)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with job._pool._lock if job is not None else contextlib.nullcontext():
+                held.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os._exit(0 if run(Op(tasks.inc, x), executor="async") == x + 1 else 1)
+            finally:
+                os._exit(2)
+        release.set()
+        holder.join()
+        for _ in range(400):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), job is not None
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)  # stuck: the deadlock this test is about
+        os.waitpid(pid, 0)
+        return -9, job is not None
+
+    outcomes = run([Op(forks_and_runs, i) for i in range(4)], executor="async")
+    assert [code for code, _ in outcomes] == [0, 0, 0, 0]
+    assert any(pooled for _, pooled in outcomes)
 
 
 @pytest.mark.parametrize("executor", ["sync", "async"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from queue import SimpleQueue
@@ -38,6 +39,18 @@ class _ThreadState(threading.local):
 
 
 _this_thread = _ThreadState()
+
+
+def _forked() -> None:
+    # A child forked by a task of some pool's thread runs in that thread's place, but
+    # belongs to no pool: its parent's pools (and their locks, which another thread may
+    # have held at the fork) are not its own.
+    _this_thread.pooled = False
+    _this_thread.job = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def in_pool_thread() -> bool:
