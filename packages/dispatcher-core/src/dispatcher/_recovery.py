@@ -50,6 +50,10 @@ class Recovery:
         self.placement = placement
         self.retries = options.retries
         self.retry_on = options.retry_on
+        self.retry_timeouts = any(issubclass(cls, TimeoutError) for cls in self.retry_on)
+        """Past its timeout, a task is retried only when ``retry_on`` names a timeout
+        (``TaskTimeoutError``, or ``TimeoutError``): ``retry_on=Exception`` asks to retry
+        what a function raised, not to wait for a hung one again and again."""
         self.throw = throw
         self._failed_hook = observers.task_failed
         self._retried_hook = observers.task_retried
@@ -73,6 +77,13 @@ class Recovery:
         if isinstance(error, (TaskTimeoutError, SerializationError, WorkerLostError)):
             if not isinstance(error.node, DispatchNode):
                 error.node = node  # the transport knew only the label
+            if (
+                self.retry_timeouts
+                and isinstance(error, TaskTimeoutError)
+                and self._attempts_left(p)
+            ):
+                self._retry(p, worker, error, duration)
+                return
         elif self.retry_on and isinstance(error, self.retry_on) and self._attempts_left(p):
             self._retry(p, worker, error, duration)
             return

@@ -354,6 +354,18 @@ class ExecutorConformance(
         assert isinstance(results[0].error, TaskTimeoutError)
         assert results[1].value == 2
 
+    def test_a_timeout_is_retried_when_retry_on_names_it(self, log: str) -> None:
+        interrupts = self.capabilities.interrupts_running_tasks
+        seconds = 60 if interrupts else 0.6
+        hangs = op(tasks.hangs_once, label="hangs", timeout=0.3)(log, "hangs", seconds, "again")
+        assert self.run(hangs, retry_on=TaskTimeoutError, retries=1) == "again"
+        assert tasks.calls(log, "hangs") == 2
+        # Exception names what a function raises, not a wait for a hung one: not retried.
+        stuck = op(tasks.hangs_once, timeout=0.3)(log, "stuck", seconds, "again")
+        with pytest.raises(TaskTimeoutError):
+            self.run(stuck, retry_on=Exception, retries=1)
+        assert tasks.calls(log, "stuck") == 1
+
     def test_unknown_option(self) -> None:
         with pytest.raises(TypeError, match="retries"):
             get_executor(self.executor, **self.options, not_an_option=1)

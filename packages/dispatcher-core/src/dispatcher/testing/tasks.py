@@ -145,6 +145,15 @@ def flaky(log: str, name: str, failures: int, value: Any) -> Any:
     return value
 
 
+def hangs_once(log: str, name: str, seconds: float, value: Any) -> Any:
+    """Sleeps ``seconds`` the first time (past its timeout, say), then returns ``value``."""
+    seen = calls(log, name)
+    (Path(log) / f"{name}.{uuid.uuid4().hex}").touch()
+    if not seen:
+        time.sleep(seconds)
+    return value
+
+
 def die_once(log: str, name: str, value: Any) -> Any:
     """Kills its own process the first time (a worker crash), then returns ``value``."""
     marker = Path(log) / f"{name}.died"
