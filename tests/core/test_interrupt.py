@@ -143,6 +143,43 @@ def test_one_ctrl_c_interrupts_a_task_blocking_the_users_own_loop(backend: str) 
     assert returncode != 0
 
 
+BLOCKING_RUN_IN_A_COROUTINE = textwrap.dedent(
+    """
+    import sys, threading
+    import anyio
+    from dispatcher import Op, run
+
+    release = threading.Event()
+
+    def waits(x):
+        release.wait(60)  # (not interrupted: the run outlives the test's timeout)
+        return x
+
+    async def main():
+        print("ready", flush=True)
+        try:
+            run([Op(waits, i) for i in range(4)], executor=sys.argv[1])
+        except BaseException as exc:
+            print("stopped by", type(exc).__name__, flush=True)
+            release.set()
+            raise
+
+    anyio.run(main, backend=sys.argv[2])
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("executor", ["async", "sync"])
+def test_one_ctrl_c_stops_a_blocking_run_called_in_a_coroutine(backend: str, executor: str) -> None:
+    """``run()`` (not ``arun``) in the user's coroutine blocks the loop: asyncio's runner
+    answers Ctrl-C by cancelling its main task, which that call never notices."""
+    out, err, returncode = interrupted(BLOCKING_RUN_IN_A_COROUTINE, executor, backend)
+    assert "stopped by KeyboardInterrupt" in out, err
+    assert returncode != 0
+
+
 def test_asyncio_gets_its_own_ctrl_c_handler_back_after_a_run() -> None:
     """While a run is driven on the loop of ``asyncio.run`` its Ctrl-C handler is wrapped;
     after it, the runner finds its own, so that it restores the default at its end."""

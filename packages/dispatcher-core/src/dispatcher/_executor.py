@@ -18,6 +18,7 @@ from ._driver import KEY_BITS, Router, drive_blocking
 from ._errors import DispatcherError
 from ._hooks import Observers
 from ._links import LinkCosts
+from ._loop import interrupts_calls_in
 from ._options import Options
 from ._plan import Plan, Result, needs_more_than
 from ._plugins import run_observers
@@ -193,7 +194,10 @@ class Executor:
         )
         error: BaseException | None = None
         try:
-            with waiting():  # from a task in a pool thread: let the pool grow meanwhile
+            # waiting: from a task in a pool thread, let the pool grow meanwhile.
+            # interrupts_calls_in: run() in a coroutine blocks asyncio's loop, whose runner
+            # answers Ctrl-C by cancelling its main task: this call would never notice.
+            with waiting(), interrupts_calls_in(_EXECUTE):
                 self._drive(run)
                 while run.replan:
                     plan, run = self._replan(plan, run, observers)
@@ -346,3 +350,7 @@ async def _in_a_thread(
     import anyio.to_thread  # only arun comes here, with a loop running
 
     return await anyio.to_thread.run_sync(prepare, abandon_on_cancel=True)
+
+
+_EXECUTE = Executor._execute.__code__
+"""Under this code, a thread waits for a run that its ``run()`` drives."""

@@ -189,8 +189,20 @@ def _wrap_runner_handler() -> _RunnerInterrupts | None:
     return _runner_interrupts
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+def interrupts_calls_in(code: CodeType) -> contextlib.AbstractContextManager[None]:
+    """Inside ``asyncio.run``, make Ctrl-C raise KeyboardInterrupt in a task called on the
+    loop (under ``code``) while a run is driven there; see :func:`_interrupts_calls_in`.
+    Costs next to nothing where no asyncio loop runs in this thread (most calls)."""
+    if asyncio._get_running_loop() is None:
+        return _NOTHING
+    return _interrupts_calls_in(code)
+
+
 @contextlib.contextmanager
-def interrupts_calls_in(code: CodeType) -> Iterator[None]:
+def _interrupts_calls_in(code: CodeType) -> Iterator[None]:
     """Inside ``asyncio.run``, make Ctrl-C raise KeyboardInterrupt in a task called on the
     loop (under ``code``: the driver's step) while a run is driven there.
 
