@@ -168,9 +168,9 @@ class _Hasher:
         # (the class too: a NumPy scalar and a 0-d array of its value are not alike)
         self.h.update(b"a" + _type_name(type(value)) + value.dtype.str.encode())
         self.h.update(repr(value.shape).encode())
-        if value.flags.c_contiguous:
+        if value.flags.c_contiguous and value.dtype.kind not in "mM":
             self.h.update(memoryview(value).cast("B") if value.size else b"")
-        else:
+        else:  # (dates and durations have no buffer format: copied)
             self.h.update(value.tobytes())
 
     def _pickled(self, value: Any) -> None:
