@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 import threading
 from collections.abc import Awaitable
 from types import GeneratorType
@@ -85,9 +86,10 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
 
 def _in_another_librarys_loop() -> bool:
     """Does this thread run the event loop of an async library other than asyncio?"""
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is None:  # (trio imports it; without it, anyio takes any loop for asyncio's)
+        return False
     try:
-        import sniffio
-
-        return sniffio.current_async_library() != "asyncio"
-    except Exception:  # none runs here (or sniffio is not there: anyio would need it)
+        return bool(sniffio.current_async_library() != "asyncio")
+    except Exception:  # none runs here
         return False
