@@ -378,27 +378,6 @@ def test_a_child_a_task_forks_runs_graphs_of_its_own() -> None:
     assert any(pooled for _, pooled in outcomes)
 
 
-def test_nested_runs_on_the_default_executor_share_its_threads() -> None:
-    # Each nested run() had an executor, and a pool of threads, of its own: 20 tasks each
-    # running 20 that each run 20 more took over 500 threads at once. The shared pool
-    # grows by one thread per task waiting for its nested run.
-    seen: list[int] = []
-
-    def leaf(x: int) -> int:
-        seen.append(threading.active_count())
-        return x
-
-    def inner(x: int) -> int:
-        return sum(run([Op(leaf, i) for i in range(20)]))
-
-    def outer(x: int) -> int:
-        return sum(run([Op(inner, i) for i in range(20)]))
-
-    assert run([Op(outer, i) for i in range(20)]) == [3800] * 20
-    assert len(seen) == 8000
-    assert max(seen) < 200, max(seen)
-
-
 @pytest.mark.parametrize("executor", ["sync", "async"])
 def test_nested_run_from_a_task(executor: str) -> None:
     def inner(x: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from ._cache import Cache
 from ._executor import Executor
 from ._registry import DEFAULT_EXECUTOR, ENVIRONMENT_VARIABLE, get_executor, resolve_executor
+from ._threads import in_pool_thread
 
 __all__ = ["arun", "run"]
 
@@ -39,10 +40,9 @@ def _executor_for(
     name = executor
     if name is None:
         name = os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_EXECUTOR
-    # A task calling run() shares it too: while the task waits for its nested run, its
-    # thread stops counting toward its pool's size (_threads.waiting), so the pool grows
-    # by one thread per waiting task, not by a pool per nested run.
-    if options or name not in SHARED_EXECUTORS:
+    # From a thread of a pool (a task calling run()), a run of its own: waiting there
+    # for tasks of the same pool could take every thread of it.
+    if options or name not in SHARED_EXECUTORS or in_pool_thread():
         return resolve_executor(executor, options)
     assert isinstance(name, str)
     shared = _shared.get(name)
