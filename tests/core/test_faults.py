@@ -221,22 +221,3 @@ def test_pool_thread_survives_a_job_that_raises(caplog: Any) -> None:
     assert done.wait(30)
     assert any("raised" in record.message for record in caplog.records)
     pool.close()
-
-
-SHARED = ValueError("one exception object, raised by every call")
-
-
-def raise_shared(x: int) -> int:
-    raise SHARED
-
-
-@pytest.mark.parametrize("executor", ["sync", "async"])
-def test_one_exception_object_raised_again_names_the_node_that_raised_it_last(
-    executor: str,
-) -> None:
-    for x in range(3):
-        with pytest.raises(ValueError) as info:
-            run(Op(raise_shared, x), executor=executor)
-        notes = [n for n in getattr(info.value, "__notes__", []) if "raised by node" in n]
-        assert len(notes) == 1, notes
-        assert f"raise_shared({x})" in notes[0]

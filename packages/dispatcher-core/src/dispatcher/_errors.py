@@ -25,7 +25,6 @@ __all__ = [
     "WorkerLostError",
     "failure_note",
     "hide_own_frames",
-    "is_failure_note",
     "is_own_frame",
     "node_name",
     "user_traceback",
@@ -92,21 +91,13 @@ def node_name(node: Any) -> str:
         return f"<{type(node).__name__}>"
 
 
-_FAILURE_NOTE = "dispatcher: raised by node "
-
-
 def failure_note(node: Any, worker: str, error: BaseException) -> str:
     """The note a run's failure gets: which node raised it, and where."""
     where = f"on worker {worker!r}"
     if isinstance(error, SerializationError) and error.in_caller:
         what = "receiving its result from" if error.what == "result" else "sending it to"
         where = f"in the caller, {what} worker {worker!r}"
-    return f"{_FAILURE_NOTE}{node_name(node)} {where}"
-
-
-def is_failure_note(note: object) -> bool:
-    """Is ``note`` one :func:`failure_note` made?"""
-    return isinstance(note, str) and note.startswith(_FAILURE_NOTE)
+    return f"dispatcher: raised by node {node_name(node)} {where}"
 
 
 class CycleError(DispatcherError):

@@ -21,7 +21,6 @@ from ._errors import (
     WorkerLostError,
     failure_note,
     hide_own_frames,
-    is_failure_note,
 )
 from ._nodes import DispatchNode
 from ._options import Options
@@ -156,11 +155,6 @@ class Recovery:
         if self.throw:
             if note:
                 try:
-                    # One exception object raised again (a module-level instance, a shared
-                    # future's): the note of an earlier run must not name its node instead.
-                    notes = getattr(error, "__notes__", None)
-                    if type(notes) is list:
-                        notes[:] = [n for n in notes if not is_failure_note(n)]
                     error.add_note(failure_note(node, worker, error))
                 except Exception:  # its __notes__ is not a list, it is frozen: raised without
                     pass
