@@ -378,6 +378,26 @@ def test_a_child_a_task_forks_runs_graphs_of_its_own() -> None:
     assert any(pooled for _, pooled in outcomes)
 
 
+@pytest.mark.timeout(30)
+def test_a_nested_run_given_up_on_does_not_hold_the_next_run() -> None:
+    # A task given up on at its timeout keeps running its nested run: that run's tasks
+    # (hung here) must not hold the threads a later, unrelated run needs.
+    never = threading.Event()
+
+    def hung(i: int) -> None:
+        never.wait(120)  # (past the test's timeout: a later run waiting for it hangs it)
+
+    def nests(i: int) -> Any:
+        return run([Op(hung, j) for j in range((os.cpu_count() or 1) + 4)])  # a pool's size
+
+    try:
+        results = run([op(nests, timeout=0.2)(0)], throw=False)
+        assert isinstance(results[0].error, TaskTimeoutError)
+        assert run([Op(abs, -1), Op(time.sleep, 0.01)]) == [1, None]
+    finally:
+        never.set()
+
+
 @pytest.mark.parametrize("executor", ["sync", "async"])
 def test_nested_run_from_a_task(executor: str) -> None:
     def inner(x: int) -> int:
