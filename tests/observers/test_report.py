@@ -7,6 +7,8 @@ import fcntl
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 from datetime import datetime
 from html.parser import HTMLParser
@@ -294,6 +296,22 @@ def test_a_pipe_named_as_dev_stdout_names_it_is_written_into() -> None:
         finally:
             os.close(w)
         assert reader.read().startswith(b"<!DOCTYPE html>")
+
+
+def test_dev_stdout_redirected_to_a_file_is_appended_to(tmp_path: Path) -> None:
+    # ``python prog.py >> log`` with report="/dev/stdout": the report goes where the
+    # program's output goes, after it; the file is not replaced.
+    log = tmp_path / "log.txt"
+    log.write_text("kept\n")
+    program = (
+        "from dispatcher import Op, run\nprint('before', flush=True)\n"
+        "run(Op(abs, -1), report='/dev/stdout')\nprint('after')\n"
+    )
+    with log.open("a") as out:
+        subprocess.run([sys.executable, "-c", program], stdout=out, check=True, timeout=60)
+    text = log.read_text()
+    assert text.startswith("kept\nbefore\n<!DOCTYPE html>")
+    assert text.endswith("</html>\nafter\n")
 
 
 def test_a_label_that_is_not_utf8_is_escaped_not_fatal(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ no scripts from anywhere, so the file can be mailed, archived and opened offline
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
 import stat
+import sys
 import tempfile
 import time
 import traceback
@@ -223,8 +226,16 @@ class ReportWriter:
 
         # (a lone surrogate, from a file name that is not UTF-8, is escaped, not fatal)
         data = render(record).encode("utf-8", "backslashreplace")
+        fd = _own_stream(self.path)
+        if fd is not None:  # /dev/stdout: what that stream has open, where it is
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            _write_all(fd, data)
+            log.info("report written to %s", self.path)
+            return
         try:
-            mode = os.stat(self.path).st_mode  # (through links: /dev/stdout, a pipe's)
+            mode = os.stat(self.path).st_mode  # (through links: a FIFO's)
         except FileNotFoundError:
             mode = stat.S_IFREG
         if not stat.S_ISREG(mode):
@@ -257,11 +268,34 @@ def _write_into(target: Path, data: bytes) -> None:
         raise
     try:
         os.set_blocking(fd, True)  # (a reader is there: the report may exceed its buffer)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_STREAM = re.compile(r"/dev/(stdout|stderr|fd/(\d+))|/proc/self/fd/(\d+)")
+
+
+def _own_stream(path: Path) -> int | None:
+    """The descriptor ``path`` names in this process (``/dev/stdout``, ``/dev/fd/3``,
+    ``/proc/self/fd/3``), if it does: written there, not opened anew, so a file the
+    shell redirected it to (``>> log``) is appended to at its offset, not replaced."""
+    match = _STREAM.fullmatch(str(path))
+    if match is None:
+        return None
+    named, number, proc = match.groups()
+    fd = int(number or proc) if (number or proc) else (1 if named == "stdout" else 2)
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None  # not open here: let opening the path say what is wrong
+    return fd
 
 
 def _one_line(error: BaseException) -> str:
