@@ -126,6 +126,9 @@ def test_a_module_imported_in_the_body_is_keyed_by_its_file_until_it_is_imported
     before = program.digest(IMPORTED_IN_BODY, imported=False)
     assert "kutils" not in sys.modules
     assert before == program.digest(IMPORTED_IN_BODY, imported=False)
+    # Imported since (a run in this process), its file unchanged: the key stays, so a
+    # second run in this process hits what the first stored.
+    assert before == program.digest(IMPORTED_IN_BODY, imported=True)
     program.edit("kutils.py", "return x * 2", "return x * 3")
     assert before != program.digest(IMPORTED_IN_BODY, imported=False)
 

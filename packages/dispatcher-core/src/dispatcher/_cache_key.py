@@ -322,13 +322,25 @@ class _Hasher:
         for root, attributes in chains:
             module = root_module(root, namespace)
             value = UNLOADED if module is None else module_member(module, attributes)
-            if value is UNLOADED:  # a module, or a submodule, that is not imported yet
-                name = absolute_name(root, namespace)
-                if name:
-                    sources.add(source_file(name, attributes))
-                continue
             if value is None:
                 continue
+            if value is UNLOADED or _keyed_by_file:
+                name = absolute_name(root, namespace)
+                path = source_file(name, attributes) if name else ""
+                if path:
+                    digest = self._file(path)
+                    if value is UNLOADED:  # a module, or a submodule, not imported yet
+                        _keyed_by_file[path] = digest
+                        sources.add(path)
+                        continue
+                    if _keyed_by_file.get(path) == digest:
+                        # Imported since this process keyed it by that very file (the
+                        # task imported it): the code in memory is the file's, and the
+                        # key stays, so a second run here hits.
+                        sources.add(path)
+                        continue
+                if value is UNLOADED:
+                    continue
             update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
             if _is_function_like(value) or _wraps(value) or _constant(value):  # (classes too)
                 self._global(".".join(attributes), value, func)
@@ -464,6 +476,11 @@ def _constant(value: Any) -> bool:
     if isinstance(value, _CONSTANT_TYPES):
         return True
     return _is_ndarray(value) and value.shape == () and not value.dtype.hasobject
+
+
+_keyed_by_file: dict[str, bytes] = {}
+"""Source files this process keyed a module by before it was imported, with their
+digests then: see :meth:`_Hasher._members`."""
 
 
 def _installed_by_name(func: types.FunctionType) -> bool:
