@@ -222,3 +222,41 @@ def test_immutable_values_read_through_a_module_are_keyed_by_value(program: Prog
         before = program.digest(source)
         program.edit("kutils.py", old, new)
         assert before != program.digest(source), old
+
+
+READS = """
+def a(x):  # (utils: a global module, never imported here)
+    return utils.scale(x) + utils.sub.RATE
+
+def b(xs):
+    import kutils as u
+    return [u.RATE * i for i in xs]
+
+def c(x):
+    import a.b.c as leaf
+    return leaf.grow(x)
+
+def d(x):
+    from . import sib
+    return sib.f(x) + x
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "chains"),
+    [
+        ("a", {("utils", 0, ("scale",)), ("utils", 0, ("sub", "RATE"))}),
+        ("b", {("kutils", 0, ("RATE",))}),  # (a paired load and store on 3.13)
+        ("c", {("a", 0, ("b",)), ("a", 0, ("b", "c")), ("a", 0, ("b", "c", "grow"))}),
+        ("d", {("", 1, ("sib",)), ("", 1, ("sib", "f"))}),
+    ],
+)
+def test_the_chains_a_functions_bytecode_loads_from_modules(
+    name: str, chains: set[tuple[str, int, tuple[str, ...]]]
+) -> None:
+    from dispatcher._cache_reads import code_reads
+
+    namespace: dict[str, Any] = {}
+    exec(compile(READS, "reads.py", "exec"), {"__name__": "reads"}, namespace)
+    found = code_reads(namespace[name].__code__).chains
+    assert {(root.name, root.level, attributes) for root, attributes in found} == chains

@@ -33,10 +33,7 @@ function reads from outside the program -- files, databases, the clock -- no key
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import enum
-import fractions
 import functools
 import hashlib
 import io
@@ -46,7 +43,6 @@ import struct
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import PurePath
 from typing import Any
 
 from ._cache import _reraise_ctrl_c
@@ -55,6 +51,7 @@ from ._cache_reads import (
     Chain,
     absolute_name,
     code_reads,
+    constant,
     installed,
     module_member,
     root_module,
@@ -342,7 +339,7 @@ class _Hasher:
                 if value is UNLOADED:
                     continue
             update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
-            if _is_function_like(value) or _wraps(value) or _constant(value):  # (classes too)
+            if _is_function_like(value) or _wraps(value) or constant(value):  # (classes too)
                 self._global(".".join(attributes), value, func)
             else:
                 update(b"<state>")
@@ -409,7 +406,7 @@ class _Hasher:
                     # By its code only: through the globals of every method, an instance
                     # of a library's class would hash much of the library.
                     update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
-                elif not (name.startswith("__") and name.endswith("__")) and _constant(member):
+                elif not (name.startswith("__") and name.endswith("__")) and constant(member):
                     update(b"a" + name.encode() + b"\0")
                     self._attribute(member)
 
@@ -445,37 +442,6 @@ class _CodePickler(pickle.Pickler):
         if cls is set or cls is frozenset:
             return self.hasher._sub(obj)
         return None
-
-
-_CONSTANT_TYPES = (
-    type(None),
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    type,
-    range,
-    enum.Enum,
-    PurePath,
-    datetime.date,
-    datetime.time,
-    datetime.timedelta,
-    decimal.Decimal,
-    fractions.Fraction,
-)
-
-
-def _constant(value: Any) -> bool:
-    """Is a value read through a module, or a class attribute, a constant: a number (a
-    NumPy scalar too), a string, a class, an enum's member, a path, a date, or a tuple
-    or frozenset of constants?"""
-    if isinstance(value, (tuple, frozenset)):
-        return all(_constant(item) for item in value)
-    if isinstance(value, _CONSTANT_TYPES):
-        return True
-    return _is_ndarray(value) and value.shape == () and not value.dtype.hasobject
 
 
 _keyed_by_file: dict[str, bytes] = {}

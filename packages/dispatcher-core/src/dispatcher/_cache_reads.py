@@ -2,9 +2,11 @@
 and the attribute chains it loads from modules (``utils.scale``, ``pkg.sub.RATE``, a
 module imported in its body and used as ``h.scale`` or ``from utils import scale``).
 
-The bytecode says this exactly. ``co_names`` would not: it also holds attribute names,
-so ``m.start`` on any object would count as reading a global ``start``, and it does not
-say which attribute is loaded from which module.
+The bytecode says this, where a linear pass can read it (a module bound to another
+local, or looped over, is not followed). ``co_names`` would not: it also holds attribute
+names, so ``m.start`` on any object would count as reading a global ``start``, and it
+does not say which attribute is loaded from which module. The instructions read are
+those of Python 3.11 to 3.13 (3.13's paired loads and stores of locals included).
 
 Also here: which modules are the program's own (its scripts, its modules, a package it
 develops in place) and which are installed code (the standard library, site-packages).
@@ -13,7 +15,11 @@ Keys follow attributes into the first only.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import dis
+import enum
+import fractions
 import functools
 import importlib.util
 import os
@@ -22,6 +28,7 @@ import sys
 import sysconfig
 import types
 from importlib.machinery import PathFinder
+from pathlib import PurePath
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "CodeReads",
     "absolute_name",
     "code_reads",
+    "constant",
     "installed",
     "module_member",
     "root_module",
@@ -37,8 +45,25 @@ __all__ = [
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
 _LOCAL_LOADS = frozenset(
-    {"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_FROM_DICT_OR_DEREF"}
+    {
+        "LOAD_FAST",
+        "LOAD_FAST_CHECK",
+        "LOAD_FAST_BORROW",
+        "LOAD_FAST_AND_CLEAR",
+        "LOAD_DEREF",
+        "LOAD_CLASSDEREF",
+        "LOAD_FROM_DICT_OR_DEREF",
+    }
 )
+_PAIRS = frozenset(
+    {
+        "LOAD_FAST_LOAD_FAST",
+        "LOAD_FAST_BORROW_LOAD_FAST_BORROW",
+        "STORE_FAST_LOAD_FAST",
+        "STORE_FAST_STORE_FAST",
+    }
+)
+"""Two locals loaded or stored in one instruction (Python 3.13 on)."""
 _ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 _STORES = frozenset({"STORE_FAST", "STORE_DEREF", "STORE_NAME", "STORE_GLOBAL"})
 
@@ -104,6 +129,14 @@ def _scan(
             chain = (Root(ins.argval, 0, False), ())
         elif op in _LOCAL_LOADS and ins.argval in bound:
             chain = bound[ins.argval]
+        elif op in _PAIRS and isinstance(ins.argval, tuple) and len(ins.argval) == 2:
+            first, second = ins.argval
+            if op.startswith("STORE"):
+                bound.pop(first, None)
+            if op.endswith("STORE_FAST"):
+                bound.pop(second, None)
+            elif second in bound:
+                chain = bound[second]  # (the second is on top, where LOAD_ATTR reads)
         elif op == "IMPORT_NAME":
             level, fromlist = consts
             name = str(ins.argval)
@@ -143,6 +176,44 @@ def _scan(
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _scan(const, bound, names, chains)
+
+
+_CONSTANT_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    type,
+    range,
+    enum.Enum,
+    PurePath,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    fractions.Fraction,
+)
+
+
+def constant(value: Any) -> bool:
+    """Is a value read through a module, or a class attribute, a constant (keyed by
+    value, where anything else read that way is state): a number (a NumPy scalar too), a
+    string, a class, an enum's member, a path, a date, or a tuple or frozenset of them?"""
+    if isinstance(value, (tuple, frozenset)):
+        return all(constant(item) for item in value)
+    if isinstance(value, _CONSTANT_TYPES):
+        return True
+    cls = type(value)
+    return (  # a NumPy scalar (not a 0-d array: that one is mutable)
+        cls.__module__ == "numpy"
+        and cls.__name__ != "ndarray"
+        and getattr(value, "shape", None) == ()
+        and getattr(value, "dtype", None) is not None
+        and not value.dtype.hasobject
+    )
 
 
 _MISSING = object()
