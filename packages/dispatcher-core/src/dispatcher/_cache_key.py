@@ -49,6 +49,7 @@ from ._cache import _reraise_ctrl_c
 from ._cache_reads import (
     UNLOADED,
     Chain,
+    Root,
     absolute_name,
     code_reads,
     constant,
@@ -321,32 +322,37 @@ class _Hasher:
             value = UNLOADED if module is None else module_member(module, attributes)
             if value is None:
                 continue
-            if value is UNLOADED or _keyed_by_file:
-                name = absolute_name(root, namespace)
-                path = source_file(name, attributes) if name else ""
-                if path:
-                    digest = self._file(path)
-                    if value is UNLOADED:  # a module, or a submodule, not imported yet
-                        _keyed_by_file[path] = digest
-                        sources.add(path)
-                        continue
-                    if _keyed_by_file.get(path) == digest:
-                        # Imported since this process keyed it by that very file (the
-                        # task imported it): the code in memory is the file's, and the
-                        # key stays, so a second run here hits.
-                        sources.add(path)
-                        continue
-                if value is UNLOADED:
-                    continue
-            update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
-            if _is_function_like(value) or _wraps(value) or constant(value):  # (classes too)
-                self._global(".".join(attributes), value, func)
-            else:
-                update(b"<state>")
-        sources.discard("")
+            path = self._keyed_file(root, attributes, namespace, value)
+            if path:
+                sources.add(path)
+            elif value is not UNLOADED:
+                update(b"A" + ".".join((root.name, *attributes)).encode() + b"\0")
+                if _is_function_like(value) or _wraps(value) or constant(value):  # (classes)
+                    self._global(".".join(attributes), value, func)
+                else:
+                    update(b"<state>")
         # By their contents alone: a key must hold for a copy of the program elsewhere.
         for digest in sorted(self._file(path) for path in sources):
             update(b"S" + digest)
+
+    def _keyed_file(
+        self, root: Root, attributes: tuple[str, ...], namespace: dict[str, Any], value: Any
+    ) -> str:
+        """The source file a chain reaching ``value`` is keyed by instead of ``value``
+        (``""``: none): that of a module, or a submodule, not imported yet; or of one
+        imported since this process keyed it by that very file (the task imported it):
+        the code in memory is the file's, and the key stays, so a second run here hits."""
+        if value is not UNLOADED and not _keyed_by_file:
+            return ""
+        name = absolute_name(root, namespace)
+        path = source_file(name, attributes) if name else ""
+        if not path:
+            return ""
+        digest = self._file(path)
+        if value is UNLOADED:
+            _keyed_by_file[path] = digest
+            return path
+        return path if _keyed_by_file.get(path) == digest else ""
 
     def _file(self, path: str) -> bytes:
         """The digest of a source file's bytes, read once per run (empty when it cannot
@@ -363,11 +369,8 @@ class _Hasher:
         return digest
 
     def _global(self, name: str, value: Any, func: Any) -> None:
-        try:
-            self.h.update(self._sub(value))
-        except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
-            _reraise_ctrl_c(exc)
-            self.h.update(b"<unhashable>")
+        exc = self._value_or_left_out(value)
+        if exc is not None:
             log.debug(
                 "global %r of %s is left out of its key: %s",
                 name,
@@ -391,7 +394,7 @@ class _Hasher:
                 members = klass.__members__
                 for name in members:
                     update(b"e" + name.encode() + b"\0")
-                    self._attribute(members[name].value)
+                    self._value_or_left_out(members[name].value)
             for name, member in vars(klass).items():
                 if name in members:
                     continue
@@ -408,15 +411,18 @@ class _Hasher:
                     update(b"m" + name.encode() + b"\0" + _code_digest(member.__code__))
                 elif not (name.startswith("__") and name.endswith("__")) and constant(member):
                     update(b"a" + name.encode() + b"\0")
-                    self._attribute(member)
+                    self._value_or_left_out(member)
 
-    def _attribute(self, value: Any) -> None:
-        """A class's constant: one that cannot be hashed is left out, as a global is."""
+    def _value_or_left_out(self, value: Any) -> BaseException | None:
+        """Feed a global's or a class constant's digest; one that cannot be hashed is left
+        out (a placeholder instead), and what that raised is returned."""
         try:
             self.h.update(self._sub(value))
-        except BaseException as exc:  # Uncacheable, or a __reduce__ failing oddly
+        except BaseException as exc:  # Uncacheable, or a __reduce__ that fails oddly
             _reraise_ctrl_c(exc)
             self.h.update(b"<unhashable>")
+            return exc
+        return None
 
 
 class _CodePickler(pickle.Pickler):

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "UNLOADED",
     "CodeReads",
+    "Root",
     "absolute_name",
     "code_reads",
     "constant",
@@ -216,9 +217,6 @@ def constant(value: Any) -> bool:
     )
 
 
-_MISSING = object()
-
-
 def root_module(root: Root, namespace: dict[str, Any]) -> types.ModuleType | None:
     """The module a chain starts from: the global ``root`` names in a function's
     ``namespace``, or the module an import in its body names, if it is imported (see
@@ -258,8 +256,9 @@ def source_file(name: str, attributes: tuple[str, ...]) -> str:
 
     Importing it to follow its members could cost, or do, what the program keeps out of
     this process (a GPU library's set-up, say): it is found on the path, not imported.
-    Once imported (the task ran in this process), what the chain reaches is followed in
-    memory instead: the code the task will run, even if its file changed since."""
+    Once the task has imported it, the key keeps to this file while it is unchanged, and
+    otherwise follows the code in memory, which the task runs (see
+    ``_cache_key._Hasher._keyed_file``)."""
     parts = [*name.split("."), *attributes]
     found = ""
     search: Any = None  # sys.path for a top-level module
