@@ -226,35 +226,38 @@ class ReportWriter:
 
         # (a lone surrogate, from a file name that is not UTF-8, is escaped, not fatal)
         data = render(record).encode("utf-8", "backslashreplace")
-        fd = _own_stream(self.path)
-        if fd is not None:  # /dev/stdout: what that stream has open, where it is
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            _write_all(fd, data)
-            log.info("report written to %s", self.path)
-            return
-        try:
-            mode = os.stat(self.path).st_mode  # (through links: a FIFO's)
-        except FileNotFoundError:
-            mode = stat.S_IFREG
-        if not stat.S_ISREG(mode):
-            _write_into(self.path, data)
-            log.info("report written to %s", self.path)
-            return
-        target = Path(os.path.realpath(self.path))
-        # Into a temporary file beside the target, then renamed: a reader never sees half a
-        # report, and a failed write leaves the previous one in place.
-        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _put(self.path, data)
         log.info("report written to %s", self.path)
+
+
+def _put(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path``, as :meth:`ReportWriter.write` says."""
+    fd = _own_stream(path)
+    if fd is not None:  # /dev/stdout: what that stream has open, where it is
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        _write_all(fd, data)
+        return
+    try:
+        mode = os.stat(path).st_mode  # (through links: a FIFO's)
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    if not stat.S_ISREG(mode):
+        _write_into(path, data)
+        return
+    target = Path(os.path.realpath(path))
+    # Into a temporary file beside the target, then renamed: a reader never sees half a
+    # report, and a failed write leaves the previous one in place.
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_into(target: Path, data: bytes) -> None:
@@ -274,6 +277,7 @@ def _write_into(target: Path, data: bytes) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    # (_cache has one for several buffers; an observer does not import the store)
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -290,7 +294,8 @@ def _own_stream(path: Path) -> int | None:
     if match is None:
         return None
     named, number, proc = match.groups()
-    fd = int(number or proc) if (number or proc) else (1 if named == "stdout" else 2)
+    digits = number or proc
+    fd = int(digits) if digits else {"stdout": 1, "stderr": 2}[named]
     try:
         os.fstat(fd)
     except OSError:
