@@ -18,13 +18,14 @@ import functools
 import inspect
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
+from ._async_coroutines import await_value
 from ._async_deadlines import abandon_at_deadline, claim, store_deadline
 from ._awaiting import await_blocking, is_awaitable
 from ._cache_plan import timed_call
@@ -247,7 +248,7 @@ class AsyncTransport(Transport):
             return False
         if is_awaitable(value):
             handle = self.tasks[spec.key] = _Handle(spec)
-            scope.group.start_soon(self._await_value, handle, value, start)
+            scope.group.start_soon(await_value, self, handle, value, start)
         else:
             ready = self._done(spec, value, perf_counter() - start, clock)
             if ready:
@@ -314,36 +315,7 @@ class AsyncTransport(Transport):
             self.tasks.pop(spec.key, None)
             self._failed(spec, exc, perf_counter() - start)
             return
-        await self._await_value(handle, awaitable, start)
-
-    async def _await_value(self, handle: _Handle, awaitable: Awaitable[Any], start: float) -> None:
-        spec = handle.spec
-        clock = None if spec.timeout is None else timed_call(spec, start, in_task=True)
-        with anyio.CancelScope() as cancel_scope:
-            handle.loop = loop_scope.get()
-            handle.cancel_scope = cancel_scope
-            if handle.cancelled:
-                cancel_scope.cancel()
-            if spec.timeout is not None:
-                cancel_scope.deadline = anyio.current_time() + spec.timeout
-            try:
-                value = await awaitable
-            except BaseException as exc:
-                if stops_the_loop(exc):
-                    raise
-                self.tasks.pop(spec.key, None)
-                self._failed(spec, exc, perf_counter() - start)
-                return
-        self.tasks.pop(spec.key, None)
-        if handle.cancelled:
-            return
-        duration = perf_counter() - start
-        if cancel_scope.cancelled_caught:
-            self._failed(spec, TaskTimeoutError(spec.label, spec.timeout or 0.0), duration)
-            return
-        ready = self._done(spec, value, duration, clock)
-        if ready:
-            self._start_ready(loop_scope.get(), ready)
+        await await_value(self, handle, awaitable, start)
 
     # -- tasks sent ahead of their inputs ------------------------------------------------------
 
@@ -547,7 +519,7 @@ def _await_on_loop(
     handle.done = True  # its own deadline now applies on the loop
     assert handle.start is not None
     try:
-        scope.group.start_soon(transport._await_value, handle, awaitable, handle.start)
+        scope.group.start_soon(await_value, transport, handle, awaitable, handle.start)
     except BaseException as exc:  # a callback's error reaches nobody: end the task with it
         close = getattr(awaitable, "close", None)
         if close is not None:

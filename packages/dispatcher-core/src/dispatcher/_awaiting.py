@@ -14,11 +14,16 @@ import contextvars
 import inspect
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Generator
+from time import perf_counter
 from types import GeneratorType
 from typing import Any
 
-__all__ = ["AWAITABLE_TYPES", "await_blocking", "is_awaitable"]
+__all__ = ["AWAITABLE_TYPES", "CANCEL_GRACE", "Stoppable", "await_blocking", "is_awaitable"]
+
+CANCEL_GRACE = 1.0
+"""Seconds an awaitable may go on after its first cancellation, while the loop keeps
+cancelling it, before it is stopped (see :class:`Stoppable`)."""
 
 AWAITABLE_TYPES: dict[type, bool] = dict.fromkeys(
     (int, float, complex, str, bytes, bool, type(None), list, tuple, dict), False
@@ -43,6 +48,75 @@ def is_awaitable(value: Any) -> bool:
         if len(AWAITABLE_TYPES) < _MOST_TYPES:
             AWAITABLE_TYPES[kind] = known
     return known
+
+
+class Stoppable:
+    """Awaits ``awaitable`` as ``await`` would, passing on what the loop sends and throws,
+    but stops an awaitable that ignores its cancellation.
+
+    A coroutine that catches its cancellation and goes on (``except CancelledError: pass``
+    in a loop) would keep its task, and the run waiting for it, alive for ever: anyio and
+    trio cancel again at each of its waits, without end. Once it has gone on for
+    :data:`CANCEL_GRACE` seconds after the first cancellation thrown into it, the next
+    one is not passed on: the awaitable is closed (best effort: it is never resumed
+    again either way), :attr:`ignored_cancellation` is set, and the cancellation is
+    raised here, as if the awaitable had let it through.
+    """
+
+    __slots__ = ("awaitable", "ignored_cancellation")
+
+    def __init__(self, awaitable: Awaitable[Any]) -> None:
+        self.awaitable = awaitable
+        self.ignored_cancellation = False
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        inner = self.awaitable.__await__()
+        send, throw = inner.send, inner.throw
+        sent: Any = None
+        thrown: BaseException | None = None
+        first: float | None = None  # when the first cancellation came
+        while True:
+            try:
+                yielded = send(sent) if thrown is None else throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            thrown = None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                inner.close()
+                raise
+            except BaseException as exc:  # what asyncio throws in: its cancellation
+                cancellation: BaseException = exc
+                sent, thrown = None, exc
+            else:
+                if sent is None:
+                    continue
+                sent_cancellation = _cancellation_sent(sent)
+                if sent_cancellation is None:
+                    continue
+                cancellation = sent_cancellation
+            now = perf_counter()
+            if first is None:
+                first = now
+            elif now - first > CANCEL_GRACE:
+                self.ignored_cancellation = True
+                try:
+                    inner.close()
+                except BaseException:  # (RuntimeError: it ignored GeneratorExit too)
+                    pass
+                raise cancellation
+
+
+def _cancellation_sent(sent: Any) -> BaseException | None:
+    """The cancellation in what trio resumed a task with, if any: trio sends an outcome,
+    and a cancellation comes as ``outcome.Error(trio.Cancelled)``, raised inside the
+    awaitable when unwrapped (never thrown in)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return None
+    error = getattr(sent, "error", None)
+    return error if isinstance(error, trio.Cancelled) else None
 
 
 def await_blocking(awaitable: Awaitable[Any]) -> Any:
