@@ -221,3 +221,45 @@ def test_pool_thread_survives_a_job_that_raises(caplog: Any) -> None:
     assert done.wait(30)
     assert any("raised" in record.message for record in caplog.records)
     pool.close()
+
+
+# -- the notes a failure leaves on its exception ------------------------------------------
+
+SHARED = ValueError("one exception object, raised by every call")
+
+
+def raise_shared(x: int) -> int:
+    raise SHARED
+
+
+def runs_a_failing_graph(executor: str) -> Any:
+    return run(Op(tasks.fail, "inner failure"), executor=executor)
+
+
+def _failure_notes(error: BaseException) -> list[str]:
+    return [n for n in getattr(error, "__notes__", []) if n.startswith("dispatcher: raised by")]
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_one_exception_object_raised_again_names_the_node_that_raised_it_last(
+    executor: str,
+) -> None:
+    """Each run used to add its note to the object, which named the first run's node
+    first and grew without end in a program that runs again and again."""
+    for x in range(3):
+        with pytest.raises(ValueError) as info:
+            run(Op(raise_shared, x), executor=executor)
+        notes = _failure_notes(info.value)
+        assert len(notes) == 1, notes
+        assert f"raise_shared({x})" in notes[0]
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_a_nested_runs_failure_names_both_nodes(executor: str) -> None:
+    for _ in range(2):  # (raised again: a new object, each note once)
+        with pytest.raises(ValueError, match="inner failure") as info:
+            run(Op(runs_a_failing_graph, executor), executor=executor)
+        notes = _failure_notes(info.value)
+        assert len(notes) == 2, notes
+        assert "fail('inner failure')" in notes[0]
+        assert "runs_a_failing_graph(" in notes[1]

@@ -159,6 +159,13 @@ def nested_run(executor: str) -> Any:
     return run(Op(total, 1, 2), executor=executor)
 
 
+def nested_failing_run(executor: str) -> Any:
+    """Run a graph that fails from inside a task."""
+    from dispatcher import Op, run
+
+    return run(Op(raise_custom), executor=executor)
+
+
 def held_array(log: str, gate: str, megabytes: int, pid_path: str) -> Any:
     """An array of ``megabytes`` (all 7.0) whose unpickling leaves ``held-loading`` in
     ``log`` and waits for the file ``gate``; this worker's pid written to ``pid_path``."""

@@ -506,3 +506,14 @@ def test_a_function_workers_cannot_import_is_named_with_the_fix(tmp_path: Path) 
         notes = getattr(info.value, "__notes__", [])
         assert notes == ["dispatcher: raised by node twice(4) on worker 'mp-0'"]
         assert ex.run(Op(mp_tasks.sleep_then, 0, "still serving")) == "still serving"
+
+
+def test_a_nested_runs_failure_in_a_worker_names_both_nodes() -> None:
+    """The failure note of a run nested in a worker's task travels back with the error,
+    and stays beside the note of the caller's run (which started before it)."""
+    with get_executor("mp", workers=1) as ex, pytest.raises(mp_tasks.Custom) as info:
+        ex.run(Op(mp_tasks.nested_failing_run, "sync"))
+    notes = [n for n in info.value.__notes__ if n.startswith("dispatcher: raised by")]
+    assert len(notes) == 2, notes
+    assert "raise_custom()" in notes[0]
+    assert "nested_failing_run('sync') on worker 'mp-0'" in notes[1]

@@ -23,6 +23,7 @@ __all__ = [
     "SerializationError",
     "TaskTimeoutError",
     "WorkerLostError",
+    "add_failure_note",
     "failure_note",
     "hide_own_frames",
     "is_own_frame",
@@ -98,6 +99,32 @@ def failure_note(node: Any, worker: str, error: BaseException) -> str:
         what = "receiving its result from" if error.what == "result" else "sending it to"
         where = f"in the caller, {what} worker {worker!r}"
     return f"dispatcher: raised by node {node_name(node)} {where}"
+
+
+def add_failure_note(error: BaseException, note: str, run_started: float) -> None:
+    """Add ``note`` (a :func:`failure_note`) to ``error``, failing a run that started at
+    ``run_started`` (``time.time()``).
+
+    One exception object may be raised again (a module-level instance, a shared future's
+    error): the notes of runs that started before this one are taken out first, so that
+    the object names the node that raised it this time, and does not grow with every run.
+    Those of runs started since stay: a run nested in a task of this one, whose failure
+    became that task's. Raises what ``add_note`` does for an object that refuses notes.
+    """
+    noted: list[tuple[str, float]] = error.__dict__.get(_NOTED, [])
+    notes = getattr(error, "__notes__", None)
+    if noted and type(notes) is list:
+        for text, started in noted:
+            if started < run_started and text in notes:
+                notes.remove(text)
+        noted = [(text, started) for text, started in noted if started >= run_started]
+    error.add_note(note)
+    setattr(error, _NOTED, [*noted, (note, run_started)])
+
+
+_NOTED = "_dispatcher_failure_notes"
+"""The attribute where an exception keeps the failure notes runs gave it, with when each
+run started (it travels with the exception when pickled)."""
 
 
 class CycleError(DispatcherError):

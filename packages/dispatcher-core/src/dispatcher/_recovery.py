@@ -11,6 +11,7 @@ in :attr:`Recovery.fatal`, for the run to act on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from ._errors import (
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
+    add_failure_note,
     failure_note,
     hide_own_frames,
 )
@@ -61,6 +63,9 @@ class Recovery:
         """Tasks sent ahead of a failure: they will never run."""
         self.fatal: BaseException | None = None
         """The failure that ends the run (``throw=True``)."""
+        self.started = time.time()
+        """When the run started, by the clock every process on a host shares (see
+        :func:`~._errors.add_failure_note`)."""
 
     def _attempts_left(self, p: int) -> bool:
         return self.table.attempts[p] <= self.retries
@@ -155,7 +160,7 @@ class Recovery:
         if self.throw:
             if note:
                 try:
-                    error.add_note(failure_note(node, worker, error))
+                    add_failure_note(error, failure_note(node, worker, error), self.started)
                 except Exception:  # its __notes__ is not a list, it is frozen: raised without
                     pass
             self.fatal = error
