@@ -205,3 +205,31 @@ def test_targets_nest_like_arguments() -> None:
         assert run(targets, executor=executor) == {"a": [2, (3, {"c": 4})], "p": pair(2, [4])}
     with pytest.raises(TypeError, match="must be nodes"):
         run({"a": [a, 5]})
+
+
+class _Batch(list):  # type: ignore[type-arg]
+    pass
+
+
+class _Pair(tuple):  # type: ignore[type-arg]
+    pass
+
+
+class _Built(list):  # type: ignore[type-arg]
+    def __init__(self, first: Any, second: Any) -> None:
+        super().__init__([first, second])
+
+
+def test_targets_in_subclasses_of_list_and_tuple_come_back_in_them() -> None:
+    """They were accepted, and the graph ran, but rebuilding them as namedtuples raised
+    TypeError after the run, and the values were lost."""
+    a, b = Op(tasks.inc, 1), Op(tasks.inc, 2)
+    for executor in ("sync", "async"):
+        batch = run(_Batch([a, b]), executor=executor)
+        assert type(batch) is _Batch
+        assert batch == [2, 3]
+        pair = run(_Pair((a, b)), executor=executor)
+        assert type(pair) is _Pair
+        assert pair == (2, 3)
+        # Made otherwise than from its items: a plain list, with the values.
+        assert run(_Built(a, b), executor=executor) == [2, 3]

@@ -103,7 +103,12 @@ def _filled(template: Any, values: dict[DispatchNode, Any]) -> Any:
         return items
     if type(template) is tuple:
         return tuple(items)
-    return type(template)(*items)  # a namedtuple
+    if hasattr(template, "_fields"):
+        return type(template)(*items)  # a namedtuple
+    try:  # a subclass of list or tuple, made from its items as they are
+        return type(template)(items)
+    except Exception:  # made otherwise: the values must not be lost for its sake
+        return items if isinstance(template, list) else tuple(items)
 
 
 class Plan:
