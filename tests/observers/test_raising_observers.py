@@ -72,3 +72,32 @@ def test_an_observer_raising_keyboard_interrupt_stops_the_run() -> None:
             executor="sync",
             plugins=[Raising("task_started", KeyboardInterrupt())],
         )
+
+
+class Counting:
+    def __init__(self) -> None:
+        self.started = self.finished = 0
+
+    @hookimpl
+    def dispatcher_task_started(self) -> None:
+        self.started += 1
+
+    @hookimpl
+    def dispatcher_task_finished(self) -> None:
+        self.finished += 1
+
+
+@pytest.mark.parametrize("executor", ["sync", "async"])
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_an_observer_that_raises_does_not_silence_the_others(
+    executor: str, order: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pluggy stops a hook's call at the first implementation that raises: the others,
+    registered before it, saw nothing."""
+    counting = Counting()
+    raising = Raising("task_started", RuntimeError("observer"))
+    plugins = [counting, raising] if order == "before" else [raising, counting]
+    with caplog.at_level(logging.ERROR, logger="dispatcher"):
+        assert run([Op(tasks.inc, i) for i in range(5)], executor=executor, plugins=plugins)
+    assert (counting.started, counting.finished) == (5, 5)
+    assert "an observer of dispatcher_task_started raised (Raising)" in caplog.text

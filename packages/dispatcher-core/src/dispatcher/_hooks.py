@@ -142,8 +142,12 @@ class Observers:
 
     def _bind(self, manager: pluggy.PluginManager, short: str) -> None:
         caller = getattr(manager.hook, f"dispatcher_{short}")
-        if not caller.get_hookimpls():
+        impls = caller.get_hookimpls()
+        if not impls:
             setattr(self, short, None)
+            return
+        if len(impls) > 1 and not any(i.hookwrapper or getattr(i, "wrapper", False) for i in impls):
+            setattr(self, short, _each_apart(impls, short))
             return
 
         def call(**kwargs: Any) -> None:
@@ -155,3 +159,29 @@ class Observers:
                 log.exception("an observer of dispatcher_%s raised; the run goes on", short)
 
         setattr(self, short, call)
+
+
+def _each_apart(impls: list[Any], short: str) -> Callable[..., None]:
+    """Call each implementation of hook ``short`` (pluggy's order, last registered
+    first) on its own: pluggy stops at the first that raises, and one faulty observer
+    would silence every other."""
+    bound = [(impl.function, impl.argnames, _named(impl.plugin)) for impl in reversed(impls)]
+
+    def call(**kwargs: Any) -> None:
+        for function, names, plugin in bound:
+            try:
+                function(*[kwargs[name] for name in names])
+            except KeyboardInterrupt:
+                raise  # Ctrl-C, landing in the driver while an observer runs
+            except BaseException:  # SystemExit and the like included: the observer's
+                log.exception(
+                    "an observer of dispatcher_%s raised (%s); the run goes on", short, plugin
+                )
+
+    return call
+
+
+def _named(plugin: object) -> str:
+    """A plugin as its author knows it: a module by its name, an object by its class's."""
+    name = getattr(plugin, "__name__", None)
+    return name if isinstance(name, str) else type(plugin).__qualname__
