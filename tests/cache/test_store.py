@@ -84,6 +84,20 @@ def test_a_damaged_entry_is_a_warning_and_is_deleted(tmp_path: Path, how: str, s
     assert not path.exists()
 
 
+@pytest.mark.parametrize("keep", [0, 5])
+def test_an_entry_cut_shorter_than_its_header_is_a_warning_when_planned(
+    tmp_path: Path, keep: int
+) -> None:
+    """Planning took such an entry for none, silently, and left it in place."""
+    cache = Cache(tmp_path)
+    cache.save(KEY, "value")
+    path = Path(cache._entry_path(KEY))
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.warns(CacheWarning, match=f"truncated to {keep} bytes"):
+        assert not cache.contains(KEY)
+    assert not path.exists()
+
+
 def test_without_verify_a_small_entry_is_still_checked(tmp_path: Path) -> None:
     # verify=False spares the read of a large entry's pages; a small entry is read whole
     # anyway, and a flipped byte in it must not come back as a value.

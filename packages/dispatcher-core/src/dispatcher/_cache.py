@@ -168,12 +168,18 @@ class Cache:
 
     def contains(self, key: str) -> bool:
         """Is an entry stored for ``key``? (Its content is checked when it is read.)"""
+        path = self._entry_path(key)
         try:
-            st = os.stat(self._entry_path(key))
+            st = os.stat(path)
         except OSError:
             return False
         # (a directory in its place is no entry: it could be neither read nor deleted)
-        return stat.S_ISREG(st.st_mode) and st.st_size >= _HEADER.size
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if st.st_size < _HEADER.size:  # (never written so: entries are renamed whole)
+            self._discard(key, path, ValueError(f"truncated to {st.st_size} bytes"))
+            return False
+        return True
 
     def save(self, key: str, value: Any) -> int | None:
         """Store ``value`` under ``key``; its size in bytes, or ``None`` (with a warning)
