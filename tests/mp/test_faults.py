@@ -517,3 +517,29 @@ def test_a_nested_runs_failure_in_a_worker_names_both_nodes() -> None:
     assert len(notes) == 2, notes
     assert "raise_custom()" in notes[0]
     assert "nested_failing_run('sync') on worker 'mp-0'" in notes[1]
+
+
+NEVER_CLOSED = """
+import os
+import sys
+
+from dispatcher import Op, get_executor
+
+if __name__ == "__main__":
+    ex = get_executor("mp", workers=2)
+    print(sorted(set(ex.run([Op(os.getpid), Op(os.getpid)]))) != [], flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_an_executor_never_closed_is_closed_quietly_at_exit(tmp_path: Path) -> None:
+    """multiprocessing's exit handler, registered after dispatcher's, ran first and
+    terminated the workers: the executor closing then warned of each as lost."""
+    script = tmp_path / "never_closed.py"
+    script.write_text(NEVER_CLOSED)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+    assert done.stderr == ""

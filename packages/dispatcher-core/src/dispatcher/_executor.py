@@ -41,11 +41,18 @@ _open_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 _run_numbers = itertools.count(1)
 
 
-@atexit.register
 def _close_open_executors() -> None:
     for executor in list(_open_executors):
         with contextlib.suppress(Exception):
             executor.close()
+
+
+def _close_at_exit_first() -> None:
+    """Close open executors at exit before any exit handler registered so far runs:
+    multiprocessing's terminates worker processes, which a closing executor would take for
+    lost workers. (Exit handlers run last registered first.)"""
+    atexit.unregister(_close_open_executors)
+    atexit.register(_close_open_executors)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ class Executor:
         for worker, capacity in workers.items():
             self._workers.setdefault(worker, capacity)
         _open_executors.add(self)
+        _close_at_exit_first()
 
     @property
     def capabilities(self) -> Capabilities:
