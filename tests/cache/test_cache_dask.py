@@ -98,7 +98,7 @@ def test_a_store_longer_than_the_timeout_is_not_timed_where_the_task_runs(
         func = _store_coroutine(dask_cache_tasks.aquick, cache)
     else:
         func = StoreResult(dask_cache_tasks.quick, cache)
-    value = run_task(7, pack(_spec(func, (ENTRY, 0.6), 0.2), {}), None, "words")
+    value = run_task(7, pack(_spec(func, (ENTRY, 0.6), 0.2), {}), None, "words").load()
     assert isinstance(value, dask_cache_tasks.SlowToStore)
     assert cache.contains(ENTRY)
     assert [w if type(w) is int else w[0] for w in words] == [7, STORING]

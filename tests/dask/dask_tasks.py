@@ -153,3 +153,47 @@ def reports_in_batches(since: int, dask_worker: Any = None) -> list[list[str]]:
         if "report" in ops:
             found.append(ops)
     return found
+
+
+class Locked:
+    """A value that cannot be pickled: it holds a lock."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.lock = threading.Lock()
+
+
+def _refuse_loading(value: int) -> Any:
+    raise RuntimeError("this value cannot be loaded on another process")
+
+
+class LoadsOnlyWhereMade:
+    """A value that pickles, but whose unpickling raises."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_loading, (self.value,))
+
+
+class ExitsWhenPickled:
+    """A value whose pickling raises SystemExit."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise SystemExit("no pickling")
+
+
+def make(kind: str, value: int, seconds: float) -> Any:
+    """A value of ``kind`` after ``seconds`` (long enough for its siblings to run at
+    once, on every worker)."""
+    time.sleep(seconds)
+    return {"locked": Locked, "loads-only-where-made": LoadsOnlyWhereMade}[kind](value)
+
+
+def values_of(*made: Any) -> int:
+    return sum(m.value for m in made)
+
+
+def exits_when_pickled() -> ExitsWhenPickled:
+    return ExitsWhenPickled()

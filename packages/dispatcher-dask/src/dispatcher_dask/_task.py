@@ -71,6 +71,8 @@ from dispatcher.remote import (
 from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
+from ._held import Held, Moved, Unsendable, _CouldNotSend
+
 __all__ = [
     "CACHE_WARNED",
     "QUICK_STORE_BYTES",
@@ -205,7 +207,7 @@ def run_task(
     if not want:
         if stats_topic is not None:
             _report(stats_topic, key, duration, size_of(outcome), None)
-        return outcome
+        return Held(key, outcome)
     shipped = _shipped(key, outcome, duration)
     if isinstance(shipped, TaskFailure):
         raise shipped
@@ -270,7 +272,10 @@ def run_tasks(
         for i in drops:
             values[i] = TaskFailure(members[i][0], None, 0.0)
     _send_report(stats_topic, stats)
-    return tuple(values)
+    return tuple(
+        v if isinstance(v, TaskFailure) else Held(member[0], v)
+        for v, member in zip(values, members, strict=True)
+    )
 
 
 def _input(inputs: tuple[Any, ...], index: int, picks: dict[int, int]) -> Any:
@@ -339,8 +344,10 @@ def _call(
         else:
             values = list(inputs)
         for i, value in enumerate(values):
-            if type(value) is Shipped:
+            if type(value) in _LOADED:
                 values[i] = value.load()
+    except _CouldNotSend as exc:
+        failure = TaskFailure(key, capture_error(exc.error_of(key), dumps), perf_counter() - start)
     except BaseException as exc:
         error = unpickling_error(key, "input", exc)
         failure = TaskFailure(key, capture_error(error, dumps), perf_counter() - start)
@@ -432,13 +439,14 @@ def _picked(inputs: tuple[Any, ...], picks: dict[int, int]) -> tuple[Any, ...] |
 
 def _shipped(key: int, value: Any, duration: float) -> Shipped | TaskFailure:
     """``value`` pickled for the caller, or a failure naming the node if it cannot travel."""
+    # (Whatever pickling raises, SystemExit included, fails the node, never the worker.)
     try:
         return Shipped(pickle.dumps(value, protocol=5), value)
-    except Exception:
+    except BaseException:
         pass
     try:
         return Shipped(cloudpickle.dumps(value, protocol=5), value)
-    except Exception as exc:
+    except BaseException as exc:
         error = serialization_error(key, "result", value, exc)
         return TaskFailure(key, capture_error(error, dumps), duration)
 
@@ -458,6 +466,9 @@ def _register_sizeof() -> None:
 
 
 _register_sizeof()
+
+_LOADED = frozenset({Shipped, Held, Moved, Unsendable})
+"""The types of inputs a task loads before its call (see :mod:`._held`)."""
 
 
 class _Late(Exception):
