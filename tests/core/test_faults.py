@@ -44,6 +44,19 @@ def test_an_infinite_executor_timeout_is_no_timeout(executor: str) -> None:
         assert ex.run(Op(tasks.inc, 1)) == 2
 
 
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_a_timeout_past_any_float_is_no_timeout(executor: str) -> None:
+    """float(10**400) raised OverflowError, where a bad timeout is a ValueError."""
+    with get_executor(executor, timeout=10**400) as ex:
+        assert ex.options.timeout is None
+        assert ex.run(Op(tasks.inc, 1)) == 2
+
+
+def test_a_bad_worker_count_for_async_is_named_as_given() -> None:
+    with pytest.raises(ValueError, match="workers must be"):
+        get_executor("async", workers=2.0)
+
+
 class RecordingTransport(FakeTransport):
     """Keeps the timeout of every task it is sent."""
 

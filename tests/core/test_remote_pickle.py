@@ -189,3 +189,18 @@ def test_a_class_of_a_lazily_loaded_submodule_travels_by_reference(tmp_path: Any
     loaded = subprocess.run([sys.executable, "-c", LOAD_LAZY], input=pickled.stdout, **options)
     assert loaded.returncode == 0, loaded.stderr.decode()
     assert loaded.stdout.decode().split() == ["True", "True", "True", "True", "Made"]
+
+
+class _ExitsWhenPickled:
+    def __reduce__(self) -> Any:
+        raise SystemExit("no pickling")
+
+
+def test_a_member_whose_pickling_exits_is_named_not_its_container() -> None:
+    """Without a pickling message to go by, the arguments' tuple was named."""
+    from dispatcher.remote import serialization_error
+
+    arguments = (1, {"x": [2, _ExitsWhenPickled()]})
+    error = serialization_error("f", "arguments", arguments, SystemExit("no pickling"))
+    assert error.type_name.endswith("_ExitsWhenPickled"), error.type_name
+    assert "raised SystemExit" in str(error)

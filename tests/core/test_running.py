@@ -233,3 +233,13 @@ def test_targets_in_subclasses_of_list_and_tuple_come_back_in_them() -> None:
         assert pair == (2, 3)
         # Made otherwise than from its items: a plain list, with the values.
         assert run(_Built(a, b), executor=executor) == [2, 3]
+
+
+def test_inputs_that_name_no_ancestor_say_which_node_or_what_else() -> None:
+    a = Op(tasks.inc, 1)
+    b = Op(tasks.inc, a)
+    other = Op(tasks.inc, 7)
+    with pytest.raises(ValueError, match=r"inputs names inc\(7\), which is not among"):
+        run(b, executor="sync", inputs={other: 0})
+    with pytest.raises(ValueError, match="inputs names 'b', a str: inputs are keyed by nodes"):
+        run(b, executor="sync", inputs={"b": 0})

@@ -59,8 +59,11 @@ class AsyncExecutor(Executor):
         backend: str = "asyncio",
         **options: Any,
     ) -> None:
-        if threads is None:
-            threads = workers if workers is not None else _default_threads()
+        if threads is None and workers is not None:
+            check_count("workers", workers, 0)  # (named as given: it sets the threads)
+            threads = workers
+        elif threads is None:
+            threads = _default_threads()
         check_count("threads", threads, 0)
         if backend not in ("asyncio", "trio"):
             raise ValueError(f"backend must be 'asyncio' or 'trio', got {backend!r}")

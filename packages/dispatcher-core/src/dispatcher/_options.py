@@ -31,7 +31,10 @@ def check_timeout(timeout: Any, where: str = "timeout") -> float | None:
             f"{where} must be a positive number of seconds (or math.inf for none), "
             f"got {type(timeout).__name__}: {timeout!r}"
         )
-    seconds = float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int past any float (10**400): as good as none
+        seconds = math.inf
     if not seconds > 0:  # also catches nan, which compares false with everything
         raise ValueError(
             f"{where} must be a positive number of seconds (or math.inf for none), got {timeout!r}"

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from ._cache_plan import CachePlan, as_cache
+from ._errors import node_name
 from ._graph import DispatchGraph
 from ._nodes import DispatchNode
 
@@ -149,10 +150,15 @@ class Plan:
             if not isinstance(inputs, Mapping):
                 raise TypeError(f"inputs must be a mapping {{node: value}}, got {inputs!r}")
             for key in inputs:
+                if not isinstance(key, DispatchNode):
+                    raise ValueError(
+                        f"inputs names {key!r}, a {type(key).__name__}: inputs are keyed by "
+                        "nodes (those whose values are given)"
+                    )
                 if key not in graph:
                     raise ValueError(
-                        f"inputs names {key!r}, which is not among the targets' ancestors "
-                        "(nor a target): nothing would use its value"
+                        f"inputs names {node_name(key)}, which is not among the targets' "
+                        "ancestors (nor a target): nothing would use its value"
                     )
             graph = graph.subgraph(unique, inputs)
             self.inputs: Mapping[Any, Any] = {k: v for k, v in inputs.items() if k in graph}

@@ -276,6 +276,8 @@ def serialization_error(
     culprit = _culprit(obj, exc)
     detail = None
     if not isinstance(exc, Exception):  # SystemExit and the like: no pickling message to go by
+        found = _refusing(obj)
+        culprit = f"{type(found).__module__}.{type(found).__qualname__}"
         detail = f"{culprit} cannot be pickled: pickling it raised {type(exc).__name__}"
         text = _safe_str(exc)
         detail += f" ({text})" if text else ""
@@ -307,3 +309,19 @@ def _culprit(obj: Any, exc: BaseException) -> str:
     if isinstance(exc, pickle.PicklingError) or "pickle" in text:
         return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _refusing(obj: Any, depth: int = 4) -> Any:
+    """The innermost member of ``obj`` (tuples, lists and dicts, ``depth`` levels down)
+    whose pickling raises, or ``obj`` itself: what a message should name when the
+    exception does not say (the arguments' tuple never refuses, a member does)."""
+    if depth == 0 or type(obj) not in (tuple, list, dict):
+        return obj
+    from ._pickle import dumps  # (only on the way to an error)
+
+    for member in obj.values() if type(obj) is dict else obj:
+        try:
+            dumps(member)
+        except BaseException:  # as it raised for the whole: SystemExit included
+            return _refusing(member, depth - 1)
+    return obj
