@@ -276,3 +276,24 @@ def test_a_nested_runs_failure_names_both_nodes(executor: str) -> None:
         assert len(notes) == 2, notes
         assert "fail('inner failure')" in notes[0]
         assert "runs_a_failing_graph(" in notes[1]
+
+
+@pytest.mark.parametrize("kind", ["partial", "coroutine"])
+def test_sync_keeps_no_result_past_its_last_reader(kind: str) -> None:
+    """Results of tasks the transport runs (not plain functions) stayed in its store
+    after the run, one more with every run of the process's sync executor."""
+    import asyncio
+    import functools
+
+    async def ainc(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    step = functools.partial(tasks.add, 1) if kind == "partial" else ainc
+    with get_executor("sync") as ex:
+        for _ in range(3):
+            chain = Op(step, 0)
+            for _ in range(20):
+                chain = Op(step, chain)
+            assert ex.run(chain) == 21
+        assert ex._transport.store == {}  # type: ignore[attr-defined]

@@ -79,6 +79,8 @@ class InlineTransport(Transport):
                 )
                 continue
             store[key] = value
+            for dropped in spec.last_use:  # read by this task only: the scheduler frees none
+                store.pop(dropped, None)
             if spec.want_result:
                 events.task_finished(key, "main", duration, None, value)
             else:
