@@ -26,3 +26,23 @@ def test_large_bytes_travel_in_a_segment_and_come_back_intact(wrap: Callable[[by
         assert load(payload) == value
     finally:
         shm.sweep()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_ctrl_c_while_a_segment_is_written_leaves_no_descriptor_and_no_segment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The descriptor and the segment were left (until the process exited) when a
+    KeyboardInterrupt came while the pages were reserved or copied."""
+    prefix = f"dispatcher-test-{os.getpid()}-interrupted-"
+    shm = SharedMemory(prefix)
+
+    def interrupted(fd: int, offset: int, length: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "posix_fallocate", interrupted)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(KeyboardInterrupt):
+        shm.dump(os.urandom(SHM_THRESHOLD * 2))
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]

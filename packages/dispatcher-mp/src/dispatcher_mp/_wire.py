@@ -88,9 +88,11 @@ class SharedMemory:
             if self.tracked:
                 _track(name, resource_tracker.register)
             fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except OSError as exc:
+        except BaseException as exc:
             if self.tracked and name is not None:
                 _track(name, resource_tracker.unregister)
+            if not isinstance(exc, OSError):
+                raise
             self._fall_back(exc)
             return None
         try:
@@ -102,9 +104,11 @@ class SharedMemory:
                     size = view.nbytes
                     target[offset : offset + size] = view.cast("B")
                     offset += size
-        except OSError as exc:
+        except BaseException as exc:  # Ctrl-C too: neither the descriptor nor the name left
             os.close(fd)
             self.release(name)
+            if not isinstance(exc, OSError):
+                raise
             self._fall_back(exc)
             return None
         os.close(fd)
