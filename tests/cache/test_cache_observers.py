@@ -234,6 +234,20 @@ def test_cli_cache_info_with_a_damaged_last_run_record(
     assert "last run none recorded" in out
 
 
+@pytest.mark.timeout(30)
+def test_cli_cache_info_with_a_fifo_for_the_last_run_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Opened blocking, a FIFO in the record's place hung info for ever."""
+    run([op(inc)(i) for i in range(2)], executor="sync", cache=tmp_path)
+    (tmp_path / "last-run.json").unlink()
+    os.mkfifo(tmp_path / "last-run.json")
+    assert main(["cache", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "entries  2" in out
+    assert "last run none recorded" in out
+
+
 def test_cli_run_with_a_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     script = tmp_path / "pipe.py"
     script.write_text(

@@ -363,7 +363,11 @@ class Cache:
                 pass
         last: Any
         try:
-            with open(os.path.join(self.path, "last-run.json"), encoding="utf-8") as fh:
+            # Non-blocking, and a regular file only: a FIFO in its place would block for ever.
+            fd = os.open(os.path.join(self.path, "last-run.json"), os.O_RDONLY | os.O_NONBLOCK)
+            with open(fd, encoding="utf-8") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ValueError("not a regular file")
                 last = json.load(fh)
         except (OSError, ValueError):
             last = None
