@@ -543,3 +543,26 @@ def test_an_executor_never_closed_is_closed_quietly_at_exit(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
     assert done.stderr == ""
+
+
+def test_a_ctrl_c_before_a_batch_is_sent_leaves_its_functions_to_be_sent_again() -> None:
+    """The worker was counted as holding the function of a batch that a KeyboardInterrupt
+    kept from being sent: every later task calling it failed there ("no function N")."""
+    with get_executor("mp", workers=1) as ex:
+        transport: Any = ex._transport
+        pack = transport.shared_arguments.pack
+        calls = []
+
+        def interrupted(*args: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return pack(*args)
+
+        transport.shared_arguments.pack = interrupted
+        numpy = pytest.importorskip("numpy")
+        large = numpy.ones(1 << 18)  # packed apart from the batch: where Ctrl-C came
+        with pytest.raises(KeyboardInterrupt):
+            ex.run(Op(mp_tasks.array_sum, large))
+        for _ in range(3):
+            assert ex.run(Op(mp_tasks.array_sum, large)) == float(1 << 18)

@@ -264,29 +264,15 @@ class MpTransport(WorkerSupervision, Transport):
         fetches: dict[str, list[Key]] = {}
         unsent: list[TaskSpec] = []
         with self.lock:
-            out, workers = self.inflight.tasks, self.workers
-            for spec in tasks:
-                worker = workers.get(spec.worker)
-                if worker is None or not worker.alive:
-                    held = self.held.get(spec.worker)
-                    if held is not None:  # being restarted: it will go to the replacement
-                        out[spec.key] = spec
-                        held.append(spec)
-                    else:
-                        unsent.append(spec)  # its loss is being reported
-                    continue
-                out[spec.key] = spec
-                if spec.sources is None and not worker.outbox:
-                    self._encode(spec, None, batches)  # every input is there or inline
-                    continue
-                waiting = self._gather_inputs(spec, fetches)
-                if waiting.missing or worker.outbox:
-                    worker.outbox.append(waiting)
-                else:
-                    self._encode(spec, waiting.payloads or None, batches)
-            # Under the lock, before any fetch is asked for: the reader thread sends
-            # what was held back only once these are on their way, never before them.
-            self._send_batches(batches)
+            try:
+                self._encode_all(tasks, batches, fetches, unsent)
+                # Under the lock, before any fetch is asked for: the reader thread sends
+                # what was held back only once these are on their way, never before them.
+                self._send_batches(batches)
+            except BaseException:  # Ctrl-C: the functions of batches not sent are not held
+                for name, batch in batches.items():
+                    self.shipper.unship(name, [token for token, _ in batch.defines])
+                raise
             for source, keys in fetches.items():
                 holder = self.workers.get(source)
                 try:
@@ -322,6 +308,36 @@ class MpTransport(WorkerSupervision, Transport):
             self._fetch_source[key] = source
             fetches.setdefault(source, []).append(key)
         return waiting
+
+    def _encode_all(
+        self,
+        tasks: Sequence[TaskSpec],
+        batches: dict[str, _Batch],
+        fetches: dict[str, list[Key]],
+        unsent: list[TaskSpec],
+    ) -> None:
+        """Serialise ``tasks`` into ``batches`` (the inputs to ask for into ``fetches``,
+        what cannot go now into ``unsent``). Under the lock."""
+        out, workers = self.inflight.tasks, self.workers
+        for spec in tasks:
+            worker = workers.get(spec.worker)
+            if worker is None or not worker.alive:
+                held = self.held.get(spec.worker)
+                if held is not None:  # being restarted: it will go to the replacement
+                    out[spec.key] = spec
+                    held.append(spec)
+                else:
+                    unsent.append(spec)  # its loss is being reported
+                continue
+            out[spec.key] = spec
+            if spec.sources is None and not worker.outbox:
+                self._encode(spec, None, batches)  # every input is there or inline
+                continue
+            waiting = self._gather_inputs(spec, fetches)
+            if waiting.missing or worker.outbox:
+                worker.outbox.append(waiting)
+            else:
+                self._encode(spec, waiting.payloads or None, batches)
 
     def _encode(
         self, spec: TaskSpec, remote: dict[Key, Payload] | None, batches: dict[str, _Batch]
@@ -365,13 +381,15 @@ class MpTransport(WorkerSupervision, Transport):
         return any(s.inline is not None and key in s.inline for s in self.inflight.all())
 
     def _send_batches(self, batches: dict[str, _Batch]) -> None:
-        """Send each worker its tasks. Under the lock."""
-        for name, batch in batches.items():
+        """Send each worker its tasks, taking each batch sent out of ``batches``. Under
+        the lock."""
+        for name, batch in list(batches.items()):
             worker = batch.worker
             if self.workers.get(name) is not worker:
                 continue  # replaced meanwhile: what was out on it is being dealt with
             try:
                 worker.send(Run(batch.records, batch.defines or None))
+                del batches[name]
                 forget = self.shipper.trim(name)
                 if forget is not None:
                     worker.send(forget)

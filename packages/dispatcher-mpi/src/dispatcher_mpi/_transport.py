@@ -418,6 +418,27 @@ class MpiTransport(Transport):
         shipper, post = root.shipper, root.hub.post
         batches: dict[int, list[tuple[Any, ...]]] = {}
         defines: dict[int, list[tuple[int, bytes]]] = {}  # sent with the batch, before it
+        try:
+            self._encode_all(tasks, batches, defines)
+        except BaseException:  # Ctrl-C: the functions of batches not sent are not held
+            for rank, sent in defines.items():
+                shipper.unship(root.names[rank], [token for token, _ in sent])
+            raise
+        for rank in batches.keys() | defines.keys():
+            self._post_tasks(rank, batches.get(rank, []), defines.get(rank))
+            forget = shipper.trim(root.names[rank])
+            if forget is not None:
+                post(rank, forget)
+
+    def _encode_all(
+        self,
+        tasks: Sequence[TaskSpec],
+        batches: dict[int, list[tuple[Any, ...]]],
+        defines: dict[int, list[tuple[int, bytes]]],
+    ) -> None:
+        """Serialise ``tasks`` into ``batches``, by rank, with the functions each rank
+        must be sent first into ``defines``."""
+        shipper, post = self.root.shipper, self.root.hub.post
         out, unstarted = self.inflight.tasks, self.unstarted
         for spec in tasks:
             rank = rank_of(spec.worker)
@@ -449,11 +470,6 @@ class MpiTransport(Transport):
             if batch is None:
                 batch = batches[rank] = []
             batch.append(task_record(spec, token, packed, sources))
-        for rank in batches.keys() | defines.keys():
-            self._post_tasks(rank, batches.get(rank, []), defines.get(rank))
-            forget = shipper.trim(root.names[rank])
-            if forget is not None:
-                post(rank, forget)
 
     def _post_tasks(
         self, rank: int, batch: list[tuple[Any, ...]], defines: list[tuple[int, bytes]] | None

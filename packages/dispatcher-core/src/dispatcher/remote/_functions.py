@@ -133,6 +133,20 @@ class FunctionShipper:
         held.last = token
         return token, Define(token, data)
 
+    def unship(self, worker: str, tokens: list[int]) -> None:
+        """The :class:`Define` of each of ``tokens`` that :meth:`ship` gave for ``worker``
+        was never sent (the batch carrying it was dropped: Ctrl-C, say): it does not hold
+        them, and the next task calling one sends it again."""
+        held = self._held.get(worker)
+        if held is None:
+            return
+        for token in tokens:
+            size = held.tokens.pop(token, None)
+            if size is not None:
+                held.nbytes -= size
+            if token == held.last:
+                held.last = 0
+
     def _dump_function(self, func: Any) -> bytes:
         return dumps_function(func, self._dumps)
 
