@@ -44,3 +44,19 @@ def test_a_large_input_value_is_pickled_once_for_all_the_tasks_that_read_it() ->
         )
         assert sums == [float(value.sum())] * 40
         assert counted.PICKLED[0] == 1
+
+
+def test_a_large_value_given_to_every_run_keeps_one_finalizer() -> None:
+    """Each run put another finalizer on a long-lived caller value (released only when
+    the value went), and a closed executor stayed alive through them."""
+    import weakref
+
+    numpy = pytest.importorskip("numpy")
+    big = numpy.ones(1 << 18)
+    registry = weakref.finalize._registry  # type: ignore[attr-defined]
+    before = len(registry)
+    with get_executor("mp", workers=1) as ex:
+        for _ in range(5):
+            assert ex.run(Op(mp_tasks.array_sum, DataNode(big))) == float(1 << 18)
+        assert len(registry) - before <= 1
+    assert len(registry) == before

@@ -37,6 +37,8 @@ class CallerValues:
         self.entries: dict[Key, tuple[weakref.ref[Any], Payload | None]] = {}
         """Key -> (the value, its payload; ``None`` when it is not worth a segment)."""
         self._keys_of: dict[int, list[Key]] = {}  # id(value) -> its keys with a segment
+        self._finalizers: dict[Key, weakref.finalize[Any, Any]] = {}
+        """By key, the finalizer that releases its segment when its value goes."""
         self.writes = 0
         """Values written to shared memory so far."""
 
@@ -77,11 +79,14 @@ class CallerValues:
             keys.remove(old)
             self.release(old)
         keys.append(key)
-        weakref.finalize(value, self.release, key)
+        self._finalizers[key] = weakref.finalize(value, self.release, key)
         return payload
 
     def release(self, key: Key) -> None:
         """Unlink ``key``'s segment and forget it."""
+        finalizer = self._finalizers.pop(key, None)
+        if finalizer is not None:  # (a value that lives on must not keep one per run)
+            finalizer.detach()
         entry = self.entries.pop(key, None)
         if entry is not None and entry[1] is not None and entry[1].segment is not None:
             self.shm.release(entry[1].segment)
