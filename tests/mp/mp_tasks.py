@@ -208,3 +208,13 @@ def boxed(x: int) -> list[int]:
 
 def add_boxed(a: list[int], b: list[int]) -> list[int]:
     return [a[0] + b[0]]
+
+
+def ones_noting_pid(path: str, seconds: float, n: int) -> Any:
+    """``n`` ones after ``seconds``, the worker's pid written to ``path`` first."""
+    import numpy as np
+
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return np.ones(n)

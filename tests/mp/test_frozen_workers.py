@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from pathlib import Path
+from typing import Any
 
 import mp_tasks
 import pytest
 
-from dispatcher import Op, TaskTimeoutError, get_executor, op
+from dispatcher import Op, TaskTimeoutError, get_executor, hookimpl, op, run
 from dispatcher_mp import _supervision
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,3 +57,45 @@ def test_a_worker_stopped_with_an_untimed_task_is_killed_and_the_task_retried(
                 os.kill(frozen, signal.SIGCONT)
         assert ex.run(Op(mp_tasks.pid)) != frozen  # replaced
     assert "killed: stopped (SIGSTOP) for 1 s with tasks out" in caplog.text
+
+
+class _FreezeWhenFinished:
+    """Stops the worker whose pid ``path`` holds once a node labelled ``label`` finishes."""
+
+    def __init__(self, path: str, label: str) -> None:
+        self.path, self.label = path, label
+        self.frozen: int | None = None
+
+    @hookimpl
+    def dispatcher_task_finished(self, node: Any) -> None:
+        if self.frozen is None and node.label == self.label:
+            self.frozen = int(Path(self.path).read_text())
+            os.kill(self.frozen, signal.SIGSTOP)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stopped_idle_holding_an_input_a_task_waits_for_is_killed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only workers with tasks out were killed: one holding the input of a task out on
+    another worker was left stopped, and the run waited for it for ever."""
+    pytest.importorskip("numpy")
+    monkeypatch.setattr(_supervision, "FROZEN_LIMIT", 1.0)
+    path = str(tmp_path / "pid")
+    small = op(mp_tasks.ones_noting_pid, label="small")(path, 0.3, 10)
+    large = Op(mp_tasks.array, 32, 1)  # the reader goes where this is
+    freeze = _FreezeWhenFinished(path, "small")
+    try:
+        total = run(
+            Op(mp_tasks.array_sum, small, Op(mp_tasks.sleep_then, 1.0, large)),
+            executor="mp",
+            workers=2,
+            plugins=[freeze],
+        )
+    finally:
+        if freeze.frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(freeze.frozen, signal.SIGCONT)
+    assert freeze.frozen is not None
+    assert total == 10 + 32 * (1 << 20) // 8
+    assert "killed: stopped (SIGSTOP)" in caplog.text

@@ -230,8 +230,9 @@ class WorkerSupervision:
                     worker.send(RunEnded(run))
 
     def _kill_frozen(self, now: float) -> None:
-        """Kill the workers stopped for :data:`FROZEN_LIMIT` seconds with tasks out, and
-        treat each as lost (on the reader's thread, which would otherwise see it die)."""
+        """Kill the workers stopped for :data:`FROZEN_LIMIT` seconds with tasks out (or
+        holding an input a task out elsewhere waits for), and treat each as lost (on the
+        reader's thread, which would otherwise see it die)."""
         since = self._frozen_since
         if since is None or now - self._last_frozen_check > 3 * _FROZEN_CHECK:
             # None yet, or this process did not run either (the whole job was stopped
@@ -247,7 +248,12 @@ class WorkerSupervision:
             stopped = now - since.setdefault(worker.name, now)
             if stopped < FROZEN_LIMIT:
                 continue
-            if not any(spec.worker == worker.name for spec in self.inflight.all()):
+            with self.lock:  # a task out on it, or an input another task waits to fetch
+                waited_for = (
+                    any(spec.worker == worker.name for spec in self.inflight.all())
+                    or worker.name in self._fetch_source.values()
+                )
+            if not waited_for:
                 continue  # nothing waits for it
             del since[worker.name]
             kill(worker.process)
