@@ -381,8 +381,7 @@ class MpTransport(WorkerSupervision, Transport):
         return any(s.inline is not None and key in s.inline for s in self.inflight.all())
 
     def _send_batches(self, batches: dict[str, _Batch]) -> None:
-        """Send each worker its tasks, taking each batch sent out of ``batches``. Under
-        the lock."""
+        """Send each worker its batch, taking those sent out of ``batches``. Locked."""
         for name, batch in list(batches.items()):
             worker = batch.worker
             if self.workers.get(name) is not worker:

@@ -39,7 +39,6 @@ the program's own exit status, since otherwise ``mpiexec`` would wait for it for
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import traceback
@@ -66,9 +65,7 @@ from dispatcher.remote import (
     check_count,
     dumps,
     dumps_for,
-    packs_arguments,
     reported_keys,
-    task_record,
 )
 from dispatcher.transport import (
     KEY_BITS,
@@ -79,6 +76,7 @@ from dispatcher.transport import (
     Transport,
 )
 
+from ._batches import encode_batches
 from ._channel import Hub, abort_job, encode
 from ._held_arguments import HeldArguments
 from ._launch import LAUNCH_HELP
@@ -419,7 +417,7 @@ class MpiTransport(Transport):
         batches: dict[int, list[tuple[Any, ...]]] = {}
         defines: dict[int, list[tuple[int, bytes]]] = {}  # sent with the batch, before it
         try:
-            self._encode_all(tasks, batches, defines)
+            encode_batches(self, tasks, batches, defines)
         except BaseException:  # Ctrl-C: the functions of batches not sent are not held
             for rank, sent in defines.items():
                 shipper.unship(root.names[rank], [token for token, _ in sent])
@@ -429,47 +427,6 @@ class MpiTransport(Transport):
             forget = shipper.trim(root.names[rank])
             if forget is not None:
                 post(rank, forget)
-
-    def _encode_all(
-        self,
-        tasks: Sequence[TaskSpec],
-        batches: dict[int, list[tuple[Any, ...]]],
-        defines: dict[int, list[tuple[int, bytes]]],
-    ) -> None:
-        """Serialise ``tasks`` into ``batches``, by rank, with the functions each rank
-        must be sent first into ``defines``."""
-        shipper, post = self.root.shipper, self.root.hub.post
-        out, unstarted = self.inflight.tasks, self.unstarted
-        for spec in tasks:
-            rank = rank_of(spec.worker)
-            try:
-                token, define = shipper.ship(spec.worker, spec)
-                if define is not None:
-                    # Sent whatever becomes of the task: the shipper counts it held there.
-                    defines.setdefault(rank, []).append((define.token, define.data))
-                packed = None
-                if packs_arguments(spec):
-                    # Unpickled by the task's rank on its task thread: arguments that
-                    # cannot be fail that task alone.
-                    packed, before = self.held.pack_for(spec, rank)
-                    for message in before:
-                        post(rank, message)
-            except DispatcherError as error:
-                assert self.events is not None
-                self.events.task_failed(spec.key, spec.worker, error, 0.0)
-                continue
-            sources = (
-                tuple(rank_of(s) if s is not None else 0 for s in spec.sources)
-                if spec.sources is not None
-                else None
-            )
-            out[spec.key] = spec  # InFlight.add
-            if spec.timeout is not None and spec.timeout < math.inf:
-                unstarted[spec.key] = (time.monotonic(), spec)
-            batch = batches.get(rank)
-            if batch is None:
-                batch = batches[rank] = []
-            batch.append(task_record(spec, token, packed, sources))
 
     def _post_tasks(
         self, rank: int, batch: list[tuple[Any, ...]], defines: list[tuple[int, bytes]] | None
