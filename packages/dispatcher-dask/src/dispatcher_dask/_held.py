@@ -22,7 +22,7 @@ import cloudpickle
 from dispatcher import SerializationError
 from dispatcher.remote import serialization_error, size_of
 
-__all__ = ["Held", "Moved", "Unsendable"]
+__all__ = ["Held", "Moved", "Unsendable", "pickled"]
 
 
 class Held:
@@ -35,22 +35,35 @@ class Held:
         self.value = value
 
     def __reduce__(self) -> tuple[Any, ...]:
-        value = self.value
         buffers: list[pickle.PickleBuffer] = []
-        try:
-            data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        except BaseException:
-            buffers.clear()
-            try:
-                data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-            except BaseException as exc:  # SystemExit included: it must not end the worker
-                error = serialization_error(self.key, "input", value, exc)
-                return (Unsendable, (error.type_name, error.detail))
+        data = pickled(self.key, "input", self.value, buffers)
+        if isinstance(data, SerializationError):
+            return (Unsendable, (data.type_name, data.detail))
         return (Moved, (data, *buffers))
 
     def load(self) -> Any:
         """The value (it never left its worker)."""
         return self.value
+
+
+def pickled(
+    key: int, what: str, value: Any, buffers: list[pickle.PickleBuffer] | None = None
+) -> bytes | SerializationError:
+    """``value`` pickled (its buffers out of band into ``buffers``, if given), or the error
+    naming the ``what`` of task ``key`` if it cannot be: whatever pickling raises, SystemExit
+    included, fails the task and never ends the worker."""
+    callback = None if buffers is None else buffers.append
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=callback)
+    except BaseException:
+        pass
+    if buffers is not None:
+        buffers.clear()
+    try:
+        data: bytes = cloudpickle.dumps(value, protocol=5, buffer_callback=callback)
+        return data
+    except BaseException as exc:
+        return serialization_error(key, what, value, exc)
 
 
 class Moved:

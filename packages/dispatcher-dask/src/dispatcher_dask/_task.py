@@ -50,8 +50,7 @@ import time
 from time import perf_counter
 from typing import Any
 
-import cloudpickle
-
+from dispatcher import SerializationError
 from dispatcher.remote import (
     STORE_RATE,
     STORE_SECONDS,
@@ -62,7 +61,6 @@ from dispatcher.remote import (
     function_returned,
     is_awaitable,
     send_warnings_to,
-    serialization_error,
     size_of,
     store_seconds,
     stores_result,
@@ -71,7 +69,7 @@ from dispatcher.remote import (
 from dispatcher.remote import dumps as _kit_dumps
 from dispatcher.transport import TaskSpec, call_task
 
-from ._held import Held, Moved, Unsendable, _CouldNotSend
+from ._held import Held, Moved, Unsendable, _CouldNotSend, pickled
 
 __all__ = [
     "CACHE_WARNED",
@@ -439,16 +437,10 @@ def _picked(inputs: tuple[Any, ...], picks: dict[int, int]) -> tuple[Any, ...] |
 
 def _shipped(key: int, value: Any, duration: float) -> Shipped | TaskFailure:
     """``value`` pickled for the caller, or a failure naming the node if it cannot travel."""
-    # (Whatever pickling raises, SystemExit included, fails the node, never the worker.)
-    try:
-        return Shipped(pickle.dumps(value, protocol=5), value)
-    except BaseException:
-        pass
-    try:
-        return Shipped(cloudpickle.dumps(value, protocol=5), value)
-    except BaseException as exc:
-        error = serialization_error(key, "result", value, exc)
-        return TaskFailure(key, capture_error(error, dumps), duration)
+    data = pickled(key, "result", value)
+    if isinstance(data, SerializationError):
+        return TaskFailure(key, capture_error(data, dumps), duration)
+    return Shipped(data, value)
 
 
 def _sizeof_shipped(shipped: Shipped) -> int:

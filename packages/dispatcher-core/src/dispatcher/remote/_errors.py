@@ -78,7 +78,7 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         tb_text, whole = _traceback_texts(exc)
     except BaseException:
         whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
-    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    type_name = _qualified_type(exc)
     try:
         payload: bytes | None = _dumps_alone(exc, dumps)
     except BaseException:
@@ -273,14 +273,13 @@ def serialization_error(
 
     A worker, which knows its tasks by key alone, passes the key: :func:`restore_error`
     puts the node's label in its place in the caller."""
-    culprit = _culprit(obj, exc)
-    detail = None
-    if not isinstance(exc, Exception):  # SystemExit and the like: no pickling message to go by
-        found = _refusing(obj)
-        culprit = f"{type(found).__module__}.{type(found).__qualname__}"
-        detail = f"{culprit} cannot be pickled: pickling it raised {type(exc).__name__}"
-        text = _safe_str(exc)
-        detail += f" ({text})" if text else ""
+    if isinstance(exc, Exception):
+        return SerializationError(label, what, _culprit(obj, exc), None, in_caller)
+    # SystemExit and the like: no pickling message to go by, so name the member that refuses.
+    culprit = _qualified_type(_refusing(obj))
+    detail = f"{culprit} cannot be pickled: pickling it raised {type(exc).__name__}"
+    text = _safe_str(exc)
+    detail += f" ({text})" if text else ""
     return SerializationError(label, what, culprit, detail, in_caller)
 
 
@@ -307,7 +306,11 @@ def _culprit(obj: Any, exc: BaseException) -> str:
     if "cannot pickle '" in text:
         return text.split("cannot pickle '", 1)[1].split("'", 1)[0]
     if isinstance(exc, pickle.PicklingError) or "pickle" in text:
-        return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
+        return f"{_qualified_type(obj)}: {text}"
+    return _qualified_type(obj)
+
+
+def _qualified_type(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
