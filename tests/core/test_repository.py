@@ -246,3 +246,14 @@ def test_no_module_class_or_function_outgrows_its_limit() -> None:
 def test_the_hot_loop_allowance_names_a_function_that_exists() -> None:
     functions = {name for name, kind, _ in measured() if kind == "function"}
     assert HOT_LOOP in functions, f"{HOT_LOOP} is gone: name the hot loop where it lives now"
+
+
+@pytest.mark.skipif(not (ROOT / "ARCHITECTURE.md").exists(), reason="not run from a clone")
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "ARCHITECTURE.md").read_text()
+    unnamed = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ROOT.glob("packages/*/src/*/*.py"))
+        if path.stem != "__init__" and f"`{path.stem}" not in page and f" {path.stem}`" not in page
+    ]
+    assert not unnamed, "ARCHITECTURE.md says nothing of: " + ", ".join(unnamed)
