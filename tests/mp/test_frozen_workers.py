@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,53 @@ def test_a_worker_stopped_idle_holding_an_input_a_task_waits_for_is_killed(
     assert freeze.frozen is not None
     assert total == 10 + 32 * (1 << 20) // 8
     assert "killed: stopped (SIGSTOP)" in caplog.text
+
+
+PAUSED_CALLER = """
+import os, sys
+from dispatcher import get_executor, op
+import mp_tasks
+
+if __name__ == "__main__":
+    with get_executor("mp", workers=2, retries=0) as ex:
+        ex.run(op(mp_tasks.pid)())  # the workers are up
+        nodes = [op(mp_tasks.sleep_then, timeout=1.5)(0.3, i) for i in range(12)]
+        print(os.getpid(), flush=True)
+        results = ex.run(nodes, throw=False)
+        print([r.value for r in results] == list(range(12)) or [r.error for r in results])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_caller_stopped_for_a_while_keeps_what_its_workers_finished_in_time(
+    tmp_path: Path,
+) -> None:
+    # The reader's wait for the next deadline timed out while the caller was stopped; the
+    # reports written meanwhile were not read before deadlines were judged, so tasks that
+    # took 0.3 s of their 1.5 s failed as timed out.
+    script = tmp_path / "paused_caller.py"
+    script.write_text(PAUSED_CALLER)
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(mp_tasks.__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    with out.open("w") as stdout:
+        child = subprocess.Popen(
+            [sys.executable, str(script)], stdout=stdout, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not out.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # its first tasks are running
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(3)
+        child.send_signal(signal.SIGCONT)
+        child.wait(timeout=40)
+    finally:
+        child.kill()
+        child.wait()
+    assert out.read_text().split("\n")[1] == "True", out.read_text()

@@ -55,6 +55,11 @@ _LONGEST_WAIT = 86400.0
 """Seconds the reader waits at most for a deadline (days-long timeouts are valid)."""
 
 
+_DRAIN_ROUNDS = 64
+"""Reads of every ready pipe, at most, before a deadline is judged (one read takes what
+one ``os.read`` returns: a long pause can leave more than that in a pipe)."""
+
+
 class Reader:
     """The thread that listens to ``transport``'s workers."""
 
@@ -109,27 +114,48 @@ class Reader:
                     continue
                 if transport.closing:
                     return
-                exited: list[tuple[WorkerProcess, FrameReader]] = []
-                for selected, _ in ready:
-                    what = selected.data
-                    if what is None:
-                        os.read(self._wake_r, 4096)
-                        continue  # woken: look at the workers again
-                    worker, frames = what[1], what[2]
-                    if what[0] == "exit":
-                        exited.append((worker, frames))
-                    elif worker.alive and not self._receive(worker, frames):
-                        # The end of its pipe: it is gone, whether or not its exit was
-                        # seen (a frozen forkserver never reports it).
-                        exited.append((worker, frames))
-                for worker, frames in exited:
-                    if worker.alive:
-                        while self._receive(worker, frames, check=True):
-                            pass  # what it wrote before it died
-                        transport.lost(worker, _ending(worker))
+                self._take(ready)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._drain(selector)
                 transport.enforce_deadlines()
         finally:
             selector.close()
+
+    def _drain(self, selector: selectors.BaseSelector) -> None:
+        """Read what the workers wrote while this thread did not run (its process stopped,
+        or starved), before any deadline is judged: a report waiting in a pipe says its
+        task ended in time. (A wait that timed out may not say what became readable
+        meanwhile.)"""
+        for _ in range(_DRAIN_ROUNDS):
+            try:
+                ready = selector.select(0)
+            except OSError:  # a pipe closed meanwhile: the next turn watches anew
+                return
+            if not ready or self.transport.closing:
+                return
+            self._take(ready)
+
+    def _take(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Handle what the selector found: messages, and workers that ended."""
+        transport = self.transport
+        exited: list[tuple[WorkerProcess, FrameReader]] = []
+        for selected, _ in ready:
+            what = selected.data
+            if what is None:
+                os.read(self._wake_r, 4096)
+                continue  # woken: look at the workers again
+            worker, frames = what[1], what[2]
+            if what[0] == "exit":
+                exited.append((worker, frames))
+            elif worker.alive and not self._receive(worker, frames):
+                # The end of its pipe: it is gone, whether or not its exit was
+                # seen (a frozen forkserver never reports it).
+                exited.append((worker, frames))
+        for worker, frames in exited:
+            if worker.alive:
+                while self._receive(worker, frames, check=True):
+                    pass  # what it wrote before it died
+                transport.lost(worker, _ending(worker))
 
     def _watch(
         self,
