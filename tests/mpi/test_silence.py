@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -135,3 +136,31 @@ def test_a_gap_between_rank_0s_ticks_restarts_every_ranks_silence() -> None:
     root._last_tick -= 5  # the program held the GIL, or the job was stopped, for 5 s
     root.tick()
     assert root.resumed == pytest.approx(time.monotonic(), abs=1)
+
+
+class _TimedTasksOut:
+    """A transport, as far as rank 0's tick sees it: a timed task out, past its deadline."""
+
+    def __init__(self) -> None:
+        self.inflight = SimpleNamespace(tasks={}, deadlines={1: (0.0, None)})
+        self.unstarted: dict[int, Any] = {}
+        self.judged = 0
+
+    def enforce_deadlines(self) -> None:
+        self.judged += 1
+
+
+def test_deadlines_wait_after_rank_0_comes_back_from_not_running() -> None:
+    # Stopped (SIGSTOP, Ctrl-Z) while its ranks finished their tasks in time, rank 0 judged
+    # the deadlines at its first tick back, before reading the completions waiting for it.
+    root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    transport = _TimedTasksOut()
+    root.transport = transport  # type: ignore[assignment]
+    root.tick()
+    assert transport.judged == 1  # ticking as usual
+    root._last_tick -= 5  # not running for 5 s
+    root.tick()
+    assert transport.judged == 1  # what the ranks reported meanwhile is read first
+    root.resumed -= 1  # the grace is over
+    root.tick()
+    assert transport.judged == 2

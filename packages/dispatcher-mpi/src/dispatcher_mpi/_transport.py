@@ -107,6 +107,9 @@ _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.rep
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
 _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
+_RESUMED_GRACE = 0.5
+"""Seconds after rank 0's hub comes back from not running (``_STARVED``) before deadlines
+are judged: what the ranks reported meanwhile, a task that ended in time, is read first."""
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
@@ -244,7 +247,11 @@ class Root:
         self.hub.max_sleep = (
             _BUSY_SLEEP if transport is not None and transport.inflight.tasks else _IDLE_SLEEP
         )
-        if transport is not None and transport.inflight.deadlines:
+        if (
+            transport is not None
+            and transport.inflight.deadlines
+            and now - self.resumed >= _RESUMED_GRACE
+        ):
             transport.enforce_deadlines()
         watcher = self.watcher
         if now >= self._next_watch and watcher is not None and watcher.process is not None:
