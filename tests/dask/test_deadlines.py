@@ -4,6 +4,7 @@ was discarded; a thread that dies hands over and is replaced."""
 from __future__ import annotations
 
 import queue
+import time
 
 import pytest
 
@@ -63,3 +64,21 @@ def test_a_deadline_years_away_keeps_the_thread_and_the_nearer_ones() -> None:
     assert expired.get(timeout=10) == "soon"
     deadlines.close()
     assert died.empty(), died.get()
+
+
+def test_a_deadline_missed_while_the_caller_did_not_run_waits_for_the_reports() -> None:
+    # The deadlines' thread cannot wake while the test holds its lock, as if the caller
+    # were stopped: back, it must leave the client time to read what arrived meanwhile (a
+    # completion in time, discarding the deadline) before judging.
+    expired: queue.Queue[str] = queue.Queue()
+    deadlines: Deadlines[Task] = Deadlines(lambda t: expired.put(t.name), lambda e: None)
+    reported, late = Task("reported"), Task("late")
+    deadlines.add(reported, 0.05)
+    deadlines.add(late, 0.06)
+    with deadlines._wake:
+        time.sleep(1.5)  # the thread's wait ends, and it cannot go on
+    time.sleep(0.05)  # the client's thread reads the completion
+    deadlines.discard(reported)
+    assert expired.get(timeout=10) == "late"  # judged all the same, after the grace
+    deadlines.close()
+    assert expired.empty()

@@ -8,12 +8,17 @@ hands each task past its own to ``expired``, which decides, under the transport'
 whether it still runs. A deadline may be moved while it runs (:meth:`Deadlines.move`): a
 cached task's function returned in time and its result is being stored, and the store is
 bounded on its own (see :mod:`._task`).
+
+A deadline seen much later than it passed (the caller was stopped, or starved) means that
+the client's own thread did not run either: completions may wait unread on its connection.
+Deadlines are then judged only after a grace (:data:`RESUMED_GRACE`), once those are read.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +33,11 @@ T = TypeVar("T")
 _LONGEST_WAIT = 86400.0
 """The longest single wait for a deadline: a timeout of years (``1e10`` s) is valid, but
 ``Condition.wait`` refuses one past ``threading.TIMEOUT_MAX``."""
+
+_STARVED = 1.0
+"""Seconds a deadline may be seen late before the process is taken not to have run."""
+RESUMED_GRACE = 0.5
+"""Seconds after the caller comes back from not running before a deadline is judged."""
 
 
 class Deadlines(Generic[T]):
@@ -95,6 +105,7 @@ class Deadlines(Generic[T]):
         self._died(exc)
 
     def _run(self) -> None:
+        resumed = -math.inf  # when this thread last came back from not running
         while True:
             with self._wake:
                 while True:
@@ -103,6 +114,11 @@ class Deadlines(Generic[T]):
                     now = time.monotonic()
                     heap = self._heap
                     if heap and heap[0][0] <= now:
+                        if now - heap[0][0] > _STARVED and resumed < heap[0][0]:
+                            resumed = now  # this late, the client's thread did not run either
+                        if now - resumed < RESUMED_GRACE:
+                            self._wake.wait(resumed + RESUMED_GRACE - now)
+                            continue
                         deadline, _, item = heapq.heappop(heap)
                         if self._live.get(id(item)) != deadline:
                             continue  # discarded, or its id reused by a later item
