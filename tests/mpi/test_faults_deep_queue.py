@@ -137,3 +137,29 @@ def test_a_fetch_from_a_rank_frozen_while_idle_ends(tmp_path: Path) -> None:
     status, out, err = ended_job(3, program, env={"DISPATCHER_MPI_SILENCE_LIMIT": "2"})
     assert "value True" in out, err[-3000:]
     assert status == 0, err[-3000:]
+
+
+# Messages no one receives, as a rank that thawed late sends them (an answer to a fetch
+# given up on): one to rank 0, sent by a task; one to worker rank 1, sent by rank 0 before
+# the end.
+UNRECEIVED = """
+from mpi4py import MPI
+from dispatcher import Op, run
+
+def stray():
+    MPI.COMM_WORLD.send("late", dest=0, tag=4242)
+    return 1
+
+assert run(Op(stray), executor="mpi") == 1
+print("done", flush=True)
+MPI.COMM_WORLD.send("late", dest=1, tag=4242)
+"""
+
+
+def test_a_message_no_one_received_does_not_fail_a_job_that_did_its_work(
+    tmp_path: Path,
+) -> None:
+    status, out, err = ended_job(3, script(tmp_path, UNRECEIVED))
+    assert "done" in out, err[-3000:]
+    assert "unmatched" not in err, err[-3000:]
+    assert status == 0, err[-3000:]

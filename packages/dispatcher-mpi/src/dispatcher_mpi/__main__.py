@@ -56,7 +56,7 @@ def main() -> None:
                     "better; this one offers less\n"
                 )
             comm.Abort(2)
-        from ._channel import abort_job, chunk_limit
+        from ._channel import abort_job, chunk_limit, discard_unreceived, finalize
         from ._segments import unlink_own_segments
         from ._silence import silence_limit
 
@@ -93,7 +93,7 @@ def main() -> None:
         _exit_within(EXIT_GRACE, comm.Get_rank(), peers[comm.Get_rank()])
         # Now, not at exit: code a task left behind runs before the interpreter's own
         # finalisation, and the rank must have said its goodbye to MPI if it is ended.
-        MPI.Finalize()
+        finalize(comm)
         return
 
     from ._transport import Root, install_root
@@ -111,6 +111,7 @@ def main() -> None:
     sys.stderr.flush()
     if stuck is not None:
         abort_job(comm, stuck, status)
+    discard_unreceived(comm)  # every rank said goodbye: what none received is late
     if status:
         # Every rank has stopped cleanly, so the job can end the ordinary way: MPI is
         # finalized at exit and the launcher reports the highest status of its ranks.

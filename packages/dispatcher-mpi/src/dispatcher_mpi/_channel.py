@@ -91,6 +91,35 @@ def abort_job(comm: Any, message: str, status: int) -> None:
     comm.Abort(status)
 
 
+def finalize(comm: Any) -> None:
+    """``MPI_Finalize``, once this rank's part of the job is over. What reached it too
+    late to matter is read and dropped first: a rank that froze and thawed may still answer
+    a fetch another rank gave up on, and MPICH refuses to finalize a communicator holding
+    a message no one received, which would turn a job that did its work into a failed one.
+    A message that arrives after that check is let go the same way."""
+    from mpi4py import MPI
+
+    discard_unreceived(comm)
+    try:
+        MPI.Finalize()
+    except MPI.Exception as exc:
+        if "unmatched message" not in str(exc) or not MPI.Is_finalized():
+            raise
+
+
+def discard_unreceived(comm: Any) -> int:
+    """Receive and drop every message waiting for this rank on ``comm``; how many."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    dropped = 0
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+        message = comm.Mprobe(source=status.Get_source(), tag=status.Get_tag(), status=status)
+        message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
+        dropped += 1
+    return dropped
+
+
 class Hub:
     """The one thread of a rank that talks MPI. ``deliver(source, message)`` is called on
     this thread for every message received; keep it quick."""
