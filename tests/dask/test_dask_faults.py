@@ -209,6 +209,20 @@ def test_fail_fast_leaves_no_cluster_process_behind() -> None:
     assert not wait_gone(set(started))
 
 
+def test_the_workers_of_a_cluster_started_here_leave_ctrl_c_to_the_caller() -> None:
+    # The terminal sends Ctrl-C to every process of its group, the cluster's workers
+    # included: they died of it, with a traceback each, and were started again.
+    with get_executor("dask", workers=2, threads_per_worker=1) as ex:
+        workers = set(ex.run([Op(tasks.sleep_then, 0.3, Op(tasks.pid, i)) for i in range(4)]))
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker, signal.SIGINT)
+        time.sleep(1)
+        assert all(psutil.pid_exists(worker) for worker in workers)
+        again = set(ex.run([Op(tasks.sleep_then, 0.3, Op(tasks.pid, i)) for i in range(4)]))
+        assert again == workers
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys, time

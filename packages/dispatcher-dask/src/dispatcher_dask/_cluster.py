@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -146,12 +148,22 @@ def start_local(
         processes=True,
         dashboard_address=dashboard_address,
         scheduler_kwargs=scheduler,
+        preload=[__name__],  # each worker runs dask_setup below as it starts
     )
     try:
         return cluster, Client(cluster, set_as_default=False)
     except BaseException:
         cluster.close()
         raise
+
+
+def dask_setup(worker: Any) -> None:
+    """In each worker process of a cluster started here: Ctrl-C is the caller's. The
+    terminal sends it to every process of its group, and the workers, children of the
+    caller, died of it with a traceback each, to be restarted for the next run (seconds
+    per worker); the caller ends its run on it, and its workers stay for the next."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 SILENT_WORKER_TTL = 30.0
