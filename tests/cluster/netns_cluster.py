@@ -162,6 +162,10 @@ def cut_off(host: str) -> None:
 def reconnect(host: str) -> None:
     """Bring ``host``'s link back up after :func:`cut_off`."""
     _ip("link", "set", link(host), "up")
+    # What was sent meanwhile left failed neighbour entries on both ends: each would refuse
+    # the next connection ("No route to host") until probed again.
+    _ip("-n", namespace(host), "neigh", "flush", "all", check=False)
+    _ip("neigh", "flush", "to", address(host), check=False)
     _wait_reachable(host)
 
 

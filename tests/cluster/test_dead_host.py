@@ -140,3 +140,31 @@ def test_results_held_on_a_host_cut_off_are_made_again_elsewhere(
     assert "the job finished" in out, err
     assert f"total {float((1 << 17) * 2 * sum(range(tasks)))}" in out, out
     assert "(host node3, pid" in err, err
+
+
+def test_rank_0s_host_cut_off_from_the_network_ends_the_job(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The worker ranks stop hearing from rank 0: once it has been silent for the silence
+    limit they end the job, naming its rank and host, rather than wait for it for ever."""
+    try:
+        status, out, err = run_until_node3_is_struck(
+            cluster,
+            tmp_path,
+            1,
+            lambda _: netns_cluster.cut_off("node1"),  # rank 0's host
+            environment={
+                "DISPATCHER_MPI_SILENCE_LIMIT": "5",
+                "DISPATCHER_MPI_ROOT_SILENCE_LIMIT": "5",
+            },
+        )
+        # Cut off, rank 0 cannot reach the launcher either: it gives up on the ranks it
+        # no longer hears, then on finalising MPI, and ends.
+        left_on_node1 = netns_cluster.wait_empty(("node1",), tries=900)
+    finally:
+        netns_cluster.reconnect("node1")
+        netns_cluster.kill("node1")
+    assert status != 0
+    assert "the job finished" not in out
+    assert "rank 0 (host node1, pid" in err, err
+    assert not left_on_node1, "rank 0 outlived its job on its host cut off"

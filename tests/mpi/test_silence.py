@@ -13,8 +13,16 @@ from typing import Any
 import pytest
 
 from dispatcher.remote import Failed, from_wire
-from dispatcher_mpi._messages import IDLE, Busy, Data, Fetch, Peer, Reset
-from dispatcher_mpi._silence import DEFAULT_LIMIT, _give_up, silence_limit, silent_ranks
+from dispatcher_mpi import _worker
+from dispatcher_mpi._messages import IDLE, Alive, Busy, Data, Fetch, Peer, Reset
+from dispatcher_mpi._silence import (
+    DEFAULT_LIMIT,
+    DEFAULT_ROOT_LIMIT,
+    _give_up,
+    root_silence_limit,
+    silence_limit,
+    silent_ranks,
+)
 from dispatcher_mpi._transport import Root
 from dispatcher_mpi._worker import WorkerRank
 
@@ -25,12 +33,16 @@ def test_the_limit_defaults_and_reads_the_environment() -> None:
     assert silence_limit({}) == DEFAULT_LIMIT
     assert silence_limit({"DISPATCHER_MPI_SILENCE_LIMIT": " "}) == DEFAULT_LIMIT
     assert silence_limit({"DISPATCHER_MPI_SILENCE_LIMIT": "2.5"}) == 2.5
+    assert root_silence_limit({}) == DEFAULT_ROOT_LIMIT > DEFAULT_LIMIT
+    assert root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": "7"}) == 7.0
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "-inf"])
 def test_a_limit_that_is_not_seconds_above_zero_says_so(raw: str) -> None:
     with pytest.raises(ValueError, match=f"DISPATCHER_MPI_SILENCE_LIMIT must be .*{raw!r}"):
         silence_limit({"DISPATCHER_MPI_SILENCE_LIMIT": raw})
+    with pytest.raises(ValueError, match=f"_ROOT_SILENCE_LIMIT must be .*{raw!r}"):
+        root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": raw})
 
 
 def test_silence_counts_from_the_later_of_the_last_word_and_the_last_work_sent() -> None:
@@ -164,3 +176,29 @@ def test_deadlines_wait_after_rank_0_comes_back_from_not_running() -> None:
     root.resumed -= 1  # the grace is over
     root.tick()
     assert transport.judged == 2
+
+
+def test_a_rank_that_stops_hearing_from_rank_0_ends_the_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rank 0's host cut off closes no connection: the ranks waited for it for ever.
+    ended: list[str] = []
+    monkeypatch.setattr(_worker, "abort_job", lambda comm, message, status: ended.append(message))
+    worker = WorkerRank(_Comm(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    worker.root_silence_limit = 5.0
+    worker.root_heard -= 4
+    worker._tick()
+    assert ended == []  # within the limit
+    worker.root_heard -= 2
+    worker.deliver(0, Alive())  # rank 0 spoke
+    worker._tick()
+    assert ended == []
+    worker.root_heard -= 6
+    worker._last_tick -= 3  # this rank did not run meanwhile: its silence counts anew
+    worker._tick()
+    assert ended == []
+    worker.root_heard -= 6
+    worker._tick()
+    assert len(ended) == 1
+    assert "rank 2 (host node3) has not heard from rank 0 (host node1, pid 10) for 6 s" in ended[0]
+    assert "DISPATCHER_MPI_ROOT_SILENCE_LIMIT" in ended[0]

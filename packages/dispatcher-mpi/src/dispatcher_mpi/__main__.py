@@ -56,13 +56,14 @@ def main() -> None:
                     "better; this one offers less\n"
                 )
             comm.Abort(2)
-        from ._channel import abort_job, chunk_limit, discard_unreceived, finalize
+        from ._channel import abort_job, chunk_limit, finalize
         from ._segments import unlink_own_segments
-        from ._silence import silence_limit
+        from ._silence import root_silence_limit, silence_limit
 
         try:
             chunk_limit()
             silence_limit()
+            root_silence_limit()
         except ValueError as exc:
             # Every rank reads the same environment: each stops, rank 0 says why.
             if comm.Get_rank() == 0:
@@ -107,16 +108,24 @@ def main() -> None:
     # close at interpreter exit as anywhere else.
     stuck = root.stop()
     install_root(None)
+    _end_rank_0(comm, stuck, status)
+
+
+def _end_rank_0(comm: Any, stuck: str | None, status: int) -> None:
+    """The program is over with ``status``, the worker ranks stopped but for ``stuck``
+    (why some did not): end the job."""
+    from ._channel import abort_job, discard_unreceived, finalize
+
     sys.stdout.flush()
     sys.stderr.flush()
     if stuck is not None:
         abort_job(comm, stuck, status)
     discard_unreceived(comm)  # every rank said goodbye: what none received is late
+    # Every rank has stopped cleanly, so the job can end the ordinary way, and the launcher
+    # reports the highest status of its ranks. (MPI_Abort would also carry the status, but
+    # it can cut off output still on its way to the launcher, and srun turns it into 137.)
+    finalize(comm)
     if status:
-        # Every rank has stopped cleanly, so the job can end the ordinary way: MPI is
-        # finalized at exit and the launcher reports the highest status of its ranks.
-        # (MPI_Abort would also carry the status, but it can cut off output still on its
-        # way to the launcher, and srun turns it into 137.)
         raise SystemExit(status)
 
 

@@ -18,6 +18,7 @@ rank on the same host rings the napping receiver's doorbell as it sends (see
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import sys
@@ -88,7 +89,15 @@ def abort_job(comm: Any, message: str, status: int) -> None:
     quiet()
     os.write(2, message.encode("utf-8", "replace"))
     time.sleep(_FORWARD_GRACE)
+    # MPI_Abort asks the process manager to end the job and waits for it, holding the GIL:
+    # with the launcher out of reach (this host cut off), for ever. Then a watchdog that
+    # needs no GIL ends this rank alone.
+    faulthandler.dump_traceback_later(ABORT_WAIT, exit=True)
     comm.Abort(status)
+
+
+ABORT_WAIT = 10.0
+"""Seconds :func:`abort_job` waits for MPI to end the job before ending its rank itself."""
 
 
 def finalize(comm: Any) -> None:
@@ -96,15 +105,27 @@ def finalize(comm: Any) -> None:
     late to matter is read and dropped first: a rank that froze and thawed may still answer
     a fetch another rank gave up on, and MPICH refuses to finalize a communicator holding
     a message no one received, which would turn a job that did its work into a failed one.
-    A message that arrives after that check is let go the same way."""
+    A message that arrives after that check is let go the same way.
+
+    ``MPI_Finalize`` waits for the process manager, holding the GIL: with it out of reach
+    (this host cut off from the network), for ever. Past :data:`FINALIZE_WAIT` seconds a
+    watchdog that needs no GIL (:func:`faulthandler.dump_traceback_later`) ends the process,
+    with the stack of where it waited."""
     from mpi4py import MPI
 
     discard_unreceived(comm)
+    faulthandler.dump_traceback_later(FINALIZE_WAIT, exit=True)
     try:
         MPI.Finalize()
     except MPI.Exception as exc:
         if "unmatched message" not in str(exc) or not MPI.Is_finalized():
             raise
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+FINALIZE_WAIT = 30.0
+"""Seconds :func:`finalize` waits for ``MPI_Finalize`` before it ends the process."""
 
 
 def discard_unreceived(comm: Any) -> int:

@@ -26,11 +26,24 @@ from ._messages import Peer
 if TYPE_CHECKING:
     from ._transport import MpiTransport, Root
 
-__all__ = ["LIMIT_VARIABLE", "SILENT", "give_up_silent", "silence_limit", "silent_ranks"]
+__all__ = [
+    "LIMIT_VARIABLE",
+    "ROOT_LIMIT_VARIABLE",
+    "SILENT",
+    "give_up_silent",
+    "root_silence_limit",
+    "silence_limit",
+    "silent_ranks",
+]
 
 LIMIT_VARIABLE = "DISPATCHER_MPI_SILENCE_LIMIT"
 DEFAULT_LIMIT = 300.0
 """Seconds: dask.distributed's default ``worker-ttl``, which users of clusters know."""
+
+ROOT_LIMIT_VARIABLE = "DISPATCHER_MPI_ROOT_SILENCE_LIMIT"
+DEFAULT_ROOT_LIMIT = 600.0
+"""Seconds: longer than a rank's, since rank 0 runs the program, which may hold the GIL
+(and so silence rank 0's hub) for long between runs."""
 
 SILENT = -2
 """The task a rank taken out for its silence is said to run (task keys are never
@@ -41,17 +54,30 @@ def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds of silence, while tasks are out, after which a rank is given up on; a
     ``ValueError`` that says why when ``DISPATCHER_MPI_SILENCE_LIMIT`` is not a number of
     seconds above 0."""
-    raw = environ.get(LIMIT_VARIABLE)
+    return _seconds(LIMIT_VARIABLE, DEFAULT_LIMIT, "a rank is given up on", environ)
+
+
+def root_silence_limit(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds a worker rank goes without a word from rank 0 before it ends the job (see
+    :mod:`._worker`); a ``ValueError`` that says why when
+    ``DISPATCHER_MPI_ROOT_SILENCE_LIMIT`` is not a number of seconds above 0."""
+    return _seconds(
+        ROOT_LIMIT_VARIABLE, DEFAULT_ROOT_LIMIT, "the ranks end a job rank 0 left", environ
+    )
+
+
+def _seconds(variable: str, default: float, meaning: str, environ: Mapping[str, str]) -> float:
+    raw = environ.get(variable)
     if raw is None or not raw.strip():
-        return DEFAULT_LIMIT
+        return default
     try:
         limit = float(raw)
     except ValueError:
         limit = math.nan
     if not limit > 0:  # also NaN
         raise ValueError(
-            f"{LIMIT_VARIABLE} must be the seconds of silence after which a rank is given "
-            f"up on, a number above 0 (default {DEFAULT_LIMIT:g}), not {raw!r}"
+            f"{variable} must be the seconds of silence after which {meaning}, a number "
+            f"above 0 (default {default:g}), not {raw!r}"
         )
     return limit
 

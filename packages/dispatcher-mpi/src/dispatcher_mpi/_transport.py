@@ -110,6 +110,9 @@ _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run me
 _RESUMED_GRACE = 0.5
 """Seconds after rank 0's hub comes back from not running (``_STARVED``) before deadlines
 are judged: what the ranks reported meanwhile, a task that ended in time, is read first."""
+ROOT_HEARTBEAT = 1.0
+"""Seconds between the :class:`~._messages.Alive` rank 0 says to every worker rank, so that
+the ranks can tell rank 0 gone (its host cut off) from rank 0 with nothing to send."""
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 
@@ -154,6 +157,7 @@ class Root:
         self._next_silence_check = 0.0
         self.watcher: Watcher | None = None
         self._next_watch = 0.0
+        self._next_heartbeat = 0.0
         self.lock = threading.RLock()
 
     def start(self) -> None:
@@ -242,6 +246,10 @@ class Root:
         if now - self._last_tick > _STARVED:
             self.resumed = now
         self._last_tick = now
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + ROOT_HEARTBEAT
+            for rank in self.ranks:
+                self.hub.post(rank, Alive())
         transport = self.transport
         # While tasks are out, a completion should not wait out a long nap: nap briefly.
         self.hub.max_sleep = (

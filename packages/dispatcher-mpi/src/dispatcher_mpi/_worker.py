@@ -5,7 +5,12 @@ freed; another rank that needs one asks for it and gets it straight from here.
 The hub says :class:`Alive` to rank 0 when it has said nothing for :data:`HEARTBEAT`
 seconds, whether a task runs or not: a rank frozen while idle may hold results another
 rank's task waits for. A task that holds the GIL (a long regular expression, a C extension)
-stops the hub too: rank 0 reads the silence as "stuck" (see the transport)."""
+stops the hub too: rank 0 reads the silence as "stuck" (see the transport).
+
+Rank 0 says :class:`Alive` to every rank too, each second. A rank that has heard nothing
+from it for its limit (``DISPATCHER_MPI_ROOT_SILENCE_LIMIT``) ends the job, naming it:
+rank 0's host cut off from the network closes no connection, and the ranks would wait
+for it for ever."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from dispatcher.remote import (
     start_thread,
 )
 
-from ._channel import Hub, encode
+from ._channel import Hub, abort_job, encode
 from ._held_arguments import drop_held, hold
 from ._messages import (
     IDLE,
@@ -41,11 +46,13 @@ from ._messages import (
     Peer,
     Reset,
 )
+from ._silence import ROOT_LIMIT_VARIABLE, root_silence_limit
 
 ROOT = 0
 HEARTBEAT = 0.5
 """Seconds of silence after which a rank says :class:`Alive`."""
 _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
+_STARVED = 1.0  # a gap between two ticks this long: this rank's hub did not run meanwhile
 
 
 class WorkerRank(TaskRunner):
@@ -58,8 +65,13 @@ class WorkerRank(TaskRunner):
         self.rank = comm.Get_rank()
         self.hub = Hub(comm, self.deliver, peers=peers)
         self.hub.tick = self._tick
+        self.peers = peers
         self.reported = time.monotonic()
         """When this rank last sent rank 0 something."""
+        self.root_silence_limit = root_silence_limit()
+        self.root_heard = self._last_tick = self.reported
+        """When rank 0 was last heard (or this rank's hub came back from not running)."""
+        self.root_spoke = False
         self.replies: dict[int, tuple[threading.Event, list[Data], int]] = {}
         """The task thread's fetches waiting for their :class:`Data`, by request, with the
         rank asked."""
@@ -98,10 +110,32 @@ class WorkerRank(TaskRunner):
         sent.wait(_STARTED_WAIT)
 
     def _tick(self) -> None:
-        """On the hub thread, every turn: a sign of life."""
-        if time.monotonic() - self.reported >= HEARTBEAT:
-            self.reported = time.monotonic()
+        """On the hub thread, every turn: a sign of life, and a look at rank 0's."""
+        now = time.monotonic()
+        if now - self._last_tick > _STARVED:
+            self.root_heard = now  # this rank did not run: rank 0's silence counts anew
+        self._last_tick = now
+        if now - self.reported >= HEARTBEAT:
+            self.reported = now
             self.hub.post(ROOT, Alive())
+        if self.root_spoke:
+            self.root_spoke = False
+            self.root_heard = now
+        elif now - self.root_heard > self.root_silence_limit:
+            self._root_silent(now - self.root_heard)
+
+    def _root_silent(self, seconds: float) -> None:
+        """Rank 0 has said nothing for ``seconds``: end the job, naming it."""
+        host, pid = self.peers[ROOT] if self.peers else ("?", 0)
+        own = self.peers[self.rank][0] if self.peers else "?"
+        abort_job(
+            self.hub.comm,
+            f"dispatcher_mpi: rank {self.rank} (host {own}) has not heard from rank 0 (host "
+            f"{host}, pid {pid}) for {seconds:.0f} s: its host may be cut off from the network, "
+            f"or the process frozen (the limit is {self.root_silence_limit:g} s: "
+            f"{ROOT_LIMIT_VARIABLE}); ending the job\n",
+            1,
+        )
 
     def pack_result(self, key: int, value: Any) -> tuple[Any, int]:
         # Pickled here, so that a value that cannot be fails its own node rather than the
@@ -167,6 +201,8 @@ class WorkerRank(TaskRunner):
     # -- on the hub thread -----------------------------------------------------------------
 
     def deliver(self, source: int, message: Any) -> None:
+        if source == ROOT:
+            self.root_spoke = True
         kind = type(message)
         if kind is Run:
             self.receive(message)
@@ -196,6 +232,8 @@ class WorkerRank(TaskRunner):
         elif kind is Stop:
             self.hub.post(source, Bye())
             self.hub.running = False
+        elif kind is Alive:
+            pass  # rank 0 is there (see root_spoke)
         else:
             self.receive(message)
 
