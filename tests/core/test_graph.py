@@ -83,7 +83,8 @@ class Loop(DispatchNode):
     __slots__ = ("partner",)
 
     def __init__(self, name: str) -> None:
-        self._init_call(f, (), None, name)
+        super().__init__(f)
+        self.label = name
         self.partner: DispatchNode | None = None
 
     def dependencies(self) -> tuple[DispatchNode, ...]:

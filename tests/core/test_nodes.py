@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 
 import pytest
 
-from dispatcher import CollectNode, DataNode, DispatchNode, IndexNode, Op, OpFunction, op
+from dispatcher import CollectNode, DataNode, DispatchNode, IndexNode, Op, OpFunction, op, run
 
 
 def f(*args: object, **kwargs: object) -> None:
@@ -333,7 +334,41 @@ class _Custom(DispatchNode):
     __slots__ = ()
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        self._init_call(f, args, kwargs or None, None)
+        super().__init__(f, *args, **kwargs)
+
+
+class _Twice(DispatchNode):
+    """A node class of a user's: twice its input."""
+
+    def __init__(self, node: DispatchNode) -> None:
+        super().__init__(operator.mul, 2, node)
+
+
+class _Forgetful(DispatchNode):
+    """A node class of a user's that never says what its nodes compute."""
+
+    def __init__(self, node: DispatchNode) -> None:
+        self.node = node
+
+    def dependencies(self) -> tuple[DispatchNode, ...]:
+        return (self.node,)
+
+
+def test_a_node_class_of_ones_own_says_what_it_computes_through_the_base_class() -> None:
+    node = _Twice(_Twice(DataNode(3)))
+    assert node.label == "_Twice"
+    assert node.dependencies()[0].kind == "_Twice"
+    assert run(node) == 12
+    assert run(node, executor="sync") == 12
+
+
+def test_a_node_class_that_never_says_what_it_computes_is_named() -> None:
+    # It failed deep in the graph's walk with "'_Forgetful' object has no attribute
+    # '_deps'".
+    with pytest.raises(TypeError, match=r"_Forgetful node has nothing to compute.*__init__"):
+        run(Op(str, _Forgetful(DataNode(1))))
+    with pytest.raises(TypeError, match="needs a callable"):
+        _Custom.__base__.__init__(_Custom(), 3)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

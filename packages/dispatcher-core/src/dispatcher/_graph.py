@@ -21,6 +21,27 @@ def _captures(kind: type[DispatchNode]) -> bool:
     return kind.dependencies is DispatchNode.dependencies
 
 
+def _refuse_nodes_without_a_call(roots: Sequence[DispatchNode]) -> None:
+    """Raise a ``TypeError`` naming the first node that ``roots`` need whose class never
+    said what it computes (its constructor did not call ``DispatchNode.__init__``)."""
+    seen: set[DispatchNode] = set(roots)
+    stack = list(seen)
+    while stack:
+        node = stack.pop()
+        deps = getattr(node, "_deps", None)
+        if deps is None or not hasattr(node, "_func"):
+            kind = type(node).__name__
+            raise TypeError(
+                f"a {kind} node has nothing to compute: {kind}.__init__ must say what, "
+                f"with super().__init__(func, *args, **kwargs) (nodes among the arguments "
+                "are its dependencies), or subclass Op"
+            )
+        for dep in deps:
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+
+
 def _reachable(
     roots: Sequence[DispatchNode],
     dependencies: Callable[[DispatchNode], Iterable[DispatchNode]] | None = None,
@@ -97,7 +118,11 @@ class DispatchGraph:
         with gc_paused():
             # The dependencies captured at construction are what dependencies() returns,
             # unless a custom node class says otherwise: then walk again, asking each node.
-            seen = _reachable(targets)
+            try:
+                seen = _reachable(targets)
+            except AttributeError:
+                _refuse_nodes_without_a_call(targets)
+                raise
             captured = all(map(_captures, set(map(type, seen))))
             if not captured:
                 seen = _reachable(targets, methodcaller("dependencies"))

@@ -68,6 +68,9 @@ class DispatchNode:
     the executor's), or ``None`` for the executor's; it is checked where it is given.
     ``str(node)`` reads as the call, label and arguments (``load('b.txt')``, see
     :func:`describe`): how messages, logs and pictures name it.
+
+    A node class of one's own subclasses it and says what its nodes compute, with
+    ``super().__init__(func, *args, **kwargs)``.
     """
 
     __slots__ = ("_args", "_deps", "_func", "_kwargs", "_label", "_seq", "_shape", "_timeout")
@@ -83,6 +86,14 @@ class DispatchNode:
     _shape: int
     _label: str | None
     _timeout: float | None
+
+    def __init__(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        """A node that computes ``func(*args, **kwargs)``: what a node class of one's own
+        calls from its constructor (``super().__init__(func, *args, **kwargs)``) to say
+        what its nodes compute. Its label is the class's name."""
+        if not callable(func):
+            raise TypeError(f"a node needs a callable to compute with, got {func!r}")
+        self._init_call(func, args, kwargs or None, None)
 
     def _init_call(
         self,
