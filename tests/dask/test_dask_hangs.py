@@ -26,8 +26,9 @@ from test_dask_faults import (
     wait_gone,
 )
 
-from dispatcher import DispatcherError, Op, TaskTimeoutError, get_executor, op
+from dispatcher import DispatcherError, Op, TaskTimeoutError, WorkerLostError, get_executor, op
 from dispatcher.testing import tasks
+from dispatcher_dask import _completions
 
 
 def started_since(before: set[int]) -> set[int]:
@@ -336,3 +337,20 @@ def test_a_worker_whose_nanny_dask_closed_is_started_again(
         _cluster.keep_workers(cluster, client.loop)
         assert wait_for(lambda: len(cluster.workers) == 2, 45)
         client.wait_for_workers(2, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_of_the_caller_that_fails_fails_the_run_rather_than_hang(
+    dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its pool kept what escaped in a future no one read: the large result it was
+    # bringing was never reported, and the run waited for ever.
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the gather broke")
+
+    monkeypatch.setattr(_completions, "gather", broken)
+    with (
+        get_executor("dask", address=dask_client.scheduler.address, retries=0) as ex,
+        pytest.raises(WorkerLostError, match="the gather broke"),
+    ):
+        ex.run(op(bytes, label="large")(8_000_000))

@@ -78,6 +78,10 @@ class Completions(ReleasedAhead):
 
         def _depth_changed(self) -> None: ...
 
+        def _on_thread(
+            self, pool: ThreadPoolExecutor, work: Callable[..., None], *args: Any
+        ) -> None: ...
+
     def _when_settled(self, settled: Sequence[tuple[Future, Callable[[Future], None]]]) -> None:
         """Call each callback with its future once that settles: on dask's event loop if
         it finished (reporting it there is quick), else on dask's callback thread (reading
@@ -128,7 +132,7 @@ class Completions(ReleasedAhead):
         mean = self._mean_run = duration if mean == 0.0 else mean + (duration - mean) / 16
         if self._depth.retuned(mean) and not self._closed:
             with contextlib.suppress(RuntimeError):  # (closing meanwhile: nothing to say)
-                self._control.submit(self._depth_changed)
+                self._on_thread(self._control, self._depth_changed)
         pending = self._pending.get(key)
         if pending is not None:
             self._fusing.learn(pending.spec.func, duration, nbytes)
@@ -167,7 +171,7 @@ class Completions(ReleasedAhead):
                     del self._made[key]
                     release = future
         if gather:
-            self._gatherer.submit(self._gather)
+            self._on_thread(self._gatherer, self._gather)
         events = self._events
         assert events is not None
         spec = pending.spec

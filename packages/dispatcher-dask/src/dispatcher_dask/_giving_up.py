@@ -25,7 +25,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,33 @@ class GivingUp:
             self, address: str, reason: str, running: Sequence[Key] | None = None
         ) -> None: ...
 
+    def _on_thread(self, pool: ThreadPoolExecutor, work: Callable[..., None], *args: Any) -> None:
+        """Have ``pool``'s thread call ``work(*args)``, supervised: what escapes it fails
+        every task out, with the reason, where the report it would have made would
+        otherwise be waited for for ever. Once the pool refuses work (the transport closed,
+        or the interpreter exits), nothing."""
+        try:
+            pool.submit(self._supervised, work, *args)
+        except RuntimeError:  # shut down
+            return
+
+    def _supervised(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        except BaseException as exc:  # SystemExit included: it would end nothing here
+            if self._closed:
+                return
+            what = getattr(work, "__name__", repr(work))
+            log.error("the dask transport's %s failed", what, exc_info=exc)
+            with self._lock:
+                out = [pending.spec for pending in self._pending.values()]
+                for spec in out:
+                    self._forget(spec.key)
+            why = f"dask: the caller's thread failed in {what}: {exc!r}"
+            for spec in out:
+                error = WorkerLostError(spec.label, spec.worker, why)
+                self._sink().task_failed(spec.key, spec.worker, error, 0.0)
+
     def _slots(self, address: str) -> int:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
         on, and the prefetch queue behind them; none while every thread is taken."""
@@ -177,7 +204,7 @@ class GivingUp:
             self._withdraw(address)
         elif address not in self._restarting:
             self._restarting.add(address)
-            self._control.submit(self._restart, address)
+            self._on_thread(self._control, self._restart, address)
 
     def _restart(self, address: str) -> None:
         """On the control thread: restart our worker at ``address`` through its nanny (it

@@ -84,7 +84,7 @@ class Membership(GivingUp):
         # scheduler's topic also carries one per graph sent, and "all" one per gather).
         msg = event[1]
         if isinstance(msg, dict) and msg.get("action") in _CLUSTER_ACTIONS:
-            self._control.submit(self._on_cluster, msg)
+            self._on_thread(self._control, self._on_cluster, msg)
 
     def _on_cluster(self, msg: Any) -> None:
         if self._closed or not isinstance(msg, dict):
