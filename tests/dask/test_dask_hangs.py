@@ -190,6 +190,26 @@ def test_work_abandoned_by_fail_fast_on_a_cluster_of_its_own_gives_back_every_wo
 
 
 @pytest.mark.timeout(90)
+def test_a_task_given_up_on_that_soon_returns_does_not_restart_its_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first check that found a worker's only thread running a task given up on
+    # restarted the worker (seconds each): runs failing fast restarted their workers
+    # about once a run, though the tasks returned a moment later.
+    log, never = str(tmp_path), str(tmp_path / "never")
+    with get_executor("dask", workers=2, threads_per_worker=1, prefetch=0) as ex:
+        for i in range(3):
+            # The blocked task runs 0.4 s on one worker; the other fails meanwhile.
+            blocker = op(tasks.blocked, label="blocked")(log, f"b{i}", never, 0.4)
+            failing = op(tasks.fail_once_started, label="fails")(log, f"b{i}", 30, "x")
+            with pytest.raises(ValueError, match="x"):
+                ex.run([blocker, failing])
+        assert ex.run([Op(tasks.inc, i) for i in range(4)]) == [1, 2, 3, 4]
+    assert tasks.calls(log, "b2-finished") == 1
+    assert "restarted" not in caplog.text
+
+
+@pytest.mark.timeout(90)
 def test_no_free_thread_on_a_users_cluster_is_a_clear_error(dask_client: Any) -> None:
     # Two stuck tasks held both workers' threads; the next run waited for ever.
     stuck = [op(dask_tasks.forever, label=f"stuck-{i}", timeout=1)() for i in range(2)]

@@ -54,6 +54,10 @@ RESTART_SECONDS = 30.0
 log = logging.getLogger("dispatcher.dask")
 
 
+RESTART_AFTER = 1.0
+"""Seconds every thread of a worker of our own must stay taken by tasks given up on before
+it is restarted."""
+
 KILL_GRACE = 1.0
 """Seconds a worker being restarted is given to close before its nanny kills it: it runs
 nothing that anyone waits for, and its event loop may be starved (a task holding the GIL)
@@ -112,6 +116,7 @@ class GivingUp:
     _abandoned: Abandoned
     _deadlines: Deadlines[Pending]
     _restarting: set[str]
+    _full_since: dict[str, float]  # workers found full, since when (see _full)
     _cache_warnings: CacheWarnings
 
     if TYPE_CHECKING:
@@ -170,6 +175,7 @@ class GivingUp:
             slots = self._workers[address] = self._slots(address)
             name = self._names.of[address]
         if slots:
+            self._full_since.pop(address, None)
             self._sink().worker_added(name, slots)
             return
         held = ", ".join(repr(label) for label in holding) if holding else "tasks unknown"
@@ -198,11 +204,17 @@ class GivingUp:
         return self._events
 
     def _full(self, address: str) -> None:
-        """Every thread of ``address`` runs a task given up on: restart it if it is ours,
-        else move elsewhere what was queued there."""
-        if self._cluster is None:
+        """Every thread of ``address`` runs a task given up on (said at each check while
+        it does): move elsewhere what was queued there, and if the worker is ours and
+        stays so for :data:`RESTART_AFTER` seconds, restart it. (Tasks given up on by a
+        run that failed fast mostly return within that: a restart costs seconds.)"""
+        now = time.monotonic()
+        since = self._full_since.setdefault(address, now)
+        if since == now:
             self._withdraw(address)
-        elif address not in self._restarting:
+        if self._cluster is None or now - since < RESTART_AFTER:
+            return
+        if address not in self._restarting:
             self._restarting.add(address)
             self._on_thread(self._control, self._restart, address)
 
@@ -210,6 +222,7 @@ class GivingUp:
         """On the control thread: restart our worker at ``address`` through its nanny (it
         comes back under a new address, a new worker), reporting it lost first. The
         restart goes on in dask's event loop: other cluster events are not held up."""
+        self._full_since.pop(address, None)
         held = ", ".join(repr(label) for label in self._abandoned.running(address))
         reason = f"restarted: each of its threads ran a task given up on ({held})"
         log.warning("dask worker %s %s", self._names.of.get(address, address), reason)

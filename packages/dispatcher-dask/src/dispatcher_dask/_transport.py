@@ -110,6 +110,7 @@ class DaskTransport(TaskGraphs, Membership, Transport):
             lambda: self.client, self._capacity_changed, self._full, self._threads_of
         )
         self._restarting: set[str] = set()  # workers of our own being restarted
+        self._full_since: dict[str, float] = {}
         self._cache_warnings = CacheWarnings()
         self._deadlines: Deadlines[Pending] = Deadlines(self._timed_out, self._no_deadlines)
         self._futures: dict[Key, Future] = {}  # every result held or being computed
