@@ -102,7 +102,9 @@ async def arun(
     cache: str | os.PathLike[str] | Cache | None = None,
     **options: Any,
 ) -> Any:
-    """:func:`run` for a running asyncio or trio program; coroutine nodes run on its loop."""
+    """:func:`run` for a running asyncio or trio program. On the ``async`` executor (the
+    default) coroutine nodes run on the program's loop; other executors await them where
+    they call them (``sync``: on a loop of the task's own, while the program's loop waits)."""
     ex, owned = _executor_for(executor, options)
     try:
         values, failure = await ex._aexecute(
