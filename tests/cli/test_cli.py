@@ -294,6 +294,26 @@ def test_a_builder_that_returns_something_else(cli: Cli, tmp_path: Path) -> None
     assert "returned a list holding an int (2), not only nodes" in err
 
 
+def test_targets_nested_as_run_takes_them_run_and_print_in_their_shape(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # The command refused nested dicts and lists, which run() takes.
+    path = tmp_path / "nested.py"
+    path.write_text(
+        "from dispatcher import DataNode\n"
+        "targets = {'x': {'a': DataNode(1)}, 'y': [DataNode(2), (DataNode(3),)]}\n"
+        "odd = {'x': {'a': DataNode(1), 'b': 'text'}}\n"
+    )
+    status, out, err = cli("run", f"{path}:targets", "--executor", "sync")
+    assert status == 0, err
+    assert "x: {'a': 1}" in out
+    assert "y: [2, (3,)]" in out
+    status, _, err = cli("run", f"{path}:odd", "--executor", "sync")
+    assert status == 2
+    assert "odd in" in one_line(err)
+    assert "is a dict holding a str ('text'), not only nodes" in err
+
+
 # -- help, version, no command ---------------------------------------------------------------
 
 

@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 TARGET_KINDS = (
-    "a node, a list, tuple or dict of nodes, a DispatchGraph, "
-    "or a function without arguments that returns one"
+    "a node, nodes in lists, tuples and dicts (nested as deep as you like), a "
+    "DispatchGraph, or a function without arguments that returns one"
 )
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -154,20 +154,34 @@ def target(module: ModuleType, path: Path, name: str) -> Any:
 
 
 def _is_target(value: Any) -> bool:
-    if isinstance(value, (DispatchNode, DispatchGraph)):
+    """Whether ``run()`` takes ``value`` for its targets: a graph, a node, or nodes in
+    lists, tuples and dicts, nested as deep as one likes."""
+    if isinstance(value, DispatchGraph):
         return True
-    if isinstance(value, dict):
-        return all(isinstance(v, DispatchNode) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(isinstance(v, DispatchNode) for v in value)
-    return False
+    return isinstance(value, (DispatchNode, list, tuple, dict)) and _first_odd(value) is _NONE
+
+
+_NONE = object()
+
+
+def _first_odd(value: Any, depth: int = 200) -> Any:
+    """The first thing in ``value`` that is neither a node nor a list, tuple or dict
+    (``depth`` levels down at most), or ``_NONE``."""
+    if isinstance(value, DispatchNode):
+        return _NONE
+    if isinstance(value, (list, tuple, dict)) and depth:
+        for item in value.values() if isinstance(value, dict) else value:
+            odd = _first_odd(item, depth - 1)
+            if odd is not _NONE:
+                return odd
+        return _NONE
+    return value
 
 
 def _describe(value: Any) -> str:
     kind = type(value).__name__
     if isinstance(value, (list, tuple, dict)):
-        items = value.values() if isinstance(value, dict) else value
-        odd = next((v for v in items if not isinstance(v, DispatchNode)), None)
+        odd = _first_odd(value)
         odd_kind = type(odd).__name__
         return f"{_a(kind)} holding {_a(odd_kind)} ({_clip(repr(odd))}), not only nodes"
     return f"{_a(kind)} ({_clip(repr(value))})"
