@@ -223,6 +223,25 @@ def test_the_workers_of_a_cluster_started_here_leave_ctrl_c_to_the_caller() -> N
         assert again == workers
 
 
+def test_the_workers_own_setup_leaves_the_configured_preloads_in_place(tmp_path: Path) -> None:
+    # The executor's own preload replaced distributed.worker.preload.
+    import dask
+
+    marker = tmp_path / "preloaded"
+    preload = tmp_path / "users_preload.py"
+    preload.write_text(
+        "import os, pathlib\n"
+        "def dask_setup(worker):\n"
+        f"    pathlib.Path({str(marker)!r} + str(os.getpid())).touch()\n"
+    )
+    with (
+        dask.config.set({"distributed.worker.preload": [str(preload)]}),
+        get_executor("dask", workers=2) as ex,
+    ):
+        assert ex.run(Op(tasks.inc, 1)) == 2
+    assert len(list(tmp_path.glob("preloaded*"))) == 2
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys, time

@@ -148,13 +148,27 @@ def start_local(
         processes=True,
         dashboard_address=dashboard_address,
         scheduler_kwargs=scheduler,
-        preload=[__name__],  # each worker runs dask_setup below as it starts
+        **_with_own_preload(),  # each worker runs dask_setup below as it starts
     )
     try:
         return cluster, Client(cluster, set_as_default=False)
     except BaseException:
         cluster.close()
         raise
+
+
+def _with_own_preload() -> dict[str, list[Any]]:
+    """The workers' preloads: the ones configured (``distributed.worker.preload``, which
+    a ``preload=`` argument would replace), then this module, with no arguments."""
+    import dask
+
+    preload = list(dask.config.get("distributed.worker.preload") or [])
+    argv = list(dask.config.get("distributed.worker.preload-argv") or [])
+    if argv and isinstance(argv[0], str):  # one list of arguments for every preload
+        argv = [argv] * len(preload)
+    elif not argv:
+        argv = [[]] * len(preload)
+    return {"preload": [*preload, __name__], "preload_argv": [*argv, []]}
 
 
 def dask_setup(worker: Any) -> None:
