@@ -111,6 +111,24 @@ def test_a_worker_of_its_own_held_by_a_stuck_task_is_restarted(
 
 
 @pytest.mark.timeout(60)
+def test_when_every_worker_is_held_by_a_task_holding_the_gil_the_run_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker of its own was restarted only when a second look found it still held, and
+    # a worker whose event loop a task starves is looked at again only once asking it
+    # timed out: the run's other tasks failed first, for want of any capacity.
+    from dispatcher_dask import _cluster
+
+    monkeypatch.setattr(_cluster, "SILENT_WORKER_TTL", 600.0)
+    greedy = [op(dask_tasks.hold_the_gil, label=f"greedy-{i}", timeout=1)(i) for i in range(2)]
+    others = [Op(dask_tasks.total, i, 1) for i in range(2)]
+    with get_executor("dask", workers=2, threads_per_worker=1) as ex:
+        results = ex.run([*greedy, *others], throw=False)
+        assert [type(r.error) for r in results[:2]] == [TaskTimeoutError] * 2
+        assert [r.value for r in results[2:]] == [1, 2], [r.error for r in results[2:]]
+        assert ex.run(Op(dask_tasks.total, 1, 2)) == 3
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_task_holding_the_gil_fails_at_its_deadline_and_its_worker_is_restarted(
     threads: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -207,12 +207,24 @@ class GivingUp:
         """Every thread of ``address`` runs a task given up on (said at each check while
         it does): move elsewhere what was queued there, and if the worker is ours and
         stays so for :data:`RESTART_AFTER` seconds, restart it. (Tasks given up on by a
-        run that failed fast mostly return within that: a restart costs seconds.)"""
+        run that failed fast mostly return within that: a restart costs seconds.) The
+        look then is a timer's: the next check of a worker whose tasks hold the GIL comes
+        only once asking it has timed out, seconds later."""
         now = time.monotonic()
         since = self._full_since.setdefault(address, now)
-        if since == now:
-            self._withdraw(address)
-        if self._cluster is None or now - since < RESTART_AFTER:
+        if since != now:
+            return
+        self._withdraw(address)
+        if self._cluster is not None:
+            loop = self.client.loop.asyncio_loop
+            loop.call_soon_threadsafe(
+                loop.call_later, RESTART_AFTER, self._restart_if_still_full, address, since
+            )
+
+    def _restart_if_still_full(self, address: str, since: float) -> None:
+        """On dask's event loop, :data:`RESTART_AFTER` after ``address`` was found full at
+        ``since``: restart it if it has stayed so."""
+        if self._closed or self._full_since.get(address) != since:
             return
         if address not in self._restarting:
             self._restarting.add(address)
