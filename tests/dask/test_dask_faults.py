@@ -404,6 +404,27 @@ def test_a_dask_run_inside_a_dask_task_is_refused_naming_what_to_use() -> None:
     assert "Nanny failed" not in done.stderr
 
 
+def test_an_executor_never_closed_with_a_task_given_up_on_exits_without_a_traceback() -> None:
+    # The task's end, at interpreter exit, went to dask's callback thread, already shut
+    # down: a tornado ERROR with a RuntimeError traceback.
+    code = textwrap.dedent(
+        """
+        import time
+        from dispatcher import TaskTimeoutError, get_executor, op
+
+        if __name__ == "__main__":
+            ex = get_executor("dask", workers=1, threads_per_worker=2)
+            try:
+                ex.run(op(time.sleep, timeout=0.5)(3600))
+            except TaskTimeoutError:
+                print("timed out", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+    assert done.stdout == "timed out\n", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 class FirstStart:
     """Set once the run's first task is started on a worker."""
 

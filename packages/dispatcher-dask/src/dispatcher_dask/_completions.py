@@ -84,8 +84,8 @@ class Completions(ReleasedAhead):
 
     def _when_settled(self, settled: Sequence[tuple[Future, Callable[[Future], None]]]) -> None:
         """Call each callback with its future once that settles: on dask's event loop if
-        it finished (reporting it there is quick), else on dask's callback thread (reading
-        an error blocks). dask's own ``add_done_callback`` hands every future to that
+        it finished (reporting it there is quick), else on the transport's gather thread
+        (reading an error blocks). dask's own ``add_done_callback`` hands every future to that
         thread, a thread switch per task that the caller's process pays, where a local
         cluster's scheduler runs too."""
         self.client.loop.add_callback(self._when_settled_on_loop, settled)
@@ -103,7 +103,9 @@ class Completions(ReleasedAhead):
 
     def _settled(self, callback: Callable[[Future], None], future: Future) -> None:
         if future.status != "finished":
-            future.add_done_callback(callback)
+            # Reading its error blocks: on a thread of ours (dask's own callback thread
+            # refused it at interpreter exit, with a traceback in dask's log).
+            self._on_thread(self._gatherer, callback, future)
             return
         try:
             callback(future)
