@@ -566,3 +566,45 @@ def test_a_ctrl_c_before_a_batch_is_sent_leaves_its_functions_to_be_sent_again()
             ex.run(Op(mp_tasks.array_sum, large))
         for _ in range(3):
             assert ex.run(Op(mp_tasks.array_sum, large)) == float(1 << 18)
+
+
+REPLACEMENT_EXITS_ONCE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from dispatcher import Op, get_executor
+
+    MARKER = sys.argv[1]
+    if __name__ != "__main__" and os.path.exists(MARKER):
+        os.unlink(MARKER)  # (imported in a worker starting: as a Ctrl-C there would)
+        raise SystemExit(1)
+
+    def pid(_):
+        return os.getpid()
+
+    if __name__ == "__main__":
+        with get_executor("mp", workers=1) as ex:
+            first = ex.run(Op(pid, 0))
+            open(MARKER, "w").close()
+            os.kill(first, signal.SIGKILL)
+            print("next run:", ex.run(Op(pid, 1)) != first, flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_that_exits_while_it_starts_is_started_again(tmp_path: Path) -> None:
+    # A Ctrl-C reaching a replacement while it imports the main module (it ignores
+    # Ctrl-C only once it runs) gave the worker up for good, with a message blaming the
+    # main module: the executor went on with one worker fewer, or none.
+    script = tmp_path / "replacement_exits_once.py"
+    script.write_text(REPLACEMENT_EXITS_ONCE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "marker")],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert "next run: True" in done.stdout, done.stdout + done.stderr
+    assert "the replacement of worker mp-0 exited while it started; starting another" in (
+        done.stderr
+    ), done.stderr

@@ -26,6 +26,7 @@ from ._messages import InitFailed, Initializing, Log, Output, Ready
 from ._wire import sweep
 
 __all__ = [
+    "ExitedWhileStarting",
     "KilledWhileStarting",
     "Spawner",
     "WorkerProcess",
@@ -150,7 +151,7 @@ class WorkerProcess:
                     raise KilledWhileStarting(
                         f"worker {self.name} was {exit_reason(code)} while it started"
                     )
-                raise DispatcherError(
+                raise ExitedWhileStarting(
                     f"worker {self.name} did not start "
                     f"({exit_reason(self.process.exitcode)}); with start_method="
                     f"{start_method!r} the main module must be importable and guard "
@@ -161,6 +162,13 @@ class WorkerProcess:
 class KilledWhileStarting(DispatcherError):
     """A worker was killed by a signal before it was ready: from outside (the OOM
     killer, a user), not by what it runs, so starting another is worth trying."""
+
+
+class ExitedWhileStarting(DispatcherError):
+    """A worker exited before it was ready: its main module could not be imported, or a
+    Ctrl-C reached it while it imported (it ignores Ctrl-C only once it runs). For the
+    replacement of a worker that started, the second is the likely one, and starting
+    another is worth trying."""
 
 
 T = TypeVar("T")

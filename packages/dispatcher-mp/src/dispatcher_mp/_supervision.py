@@ -24,7 +24,13 @@ from dispatcher import TaskTimeoutError
 from dispatcher.remote import InFlight, Reports, RunEnded, Started, start_thread
 from dispatcher.transport import KEY_BITS, EventSink, Key, TaskSpec
 
-from ._process import KilledWhileStarting, WorkerProcess, kill, process_state
+from ._process import (
+    ExitedWhileStarting,
+    KilledWhileStarting,
+    WorkerProcess,
+    kill,
+    process_state,
+)
 
 if TYPE_CHECKING:
     from ._copies import Copies
@@ -35,8 +41,8 @@ __all__ = ["ABANDON_GRACE", "FROZEN_LIMIT", "SupervisedReports", "WorkerSupervis
 log = logging.getLogger("dispatcher.mp")
 
 START_TRIES = 5
-"""Replacements of one worker started in a row that may be killed while starting (by the
-OOM killer, say) before the worker is given up."""
+"""Replacements of one worker started in a row that may be killed, or exit, while starting
+(the OOM killer, a Ctrl-C while it imports) before the worker is given up."""
 
 ABANDON_GRACE = 0.25
 """Seconds a worker has to confirm it is not running a task no run wants any more (it was
@@ -391,9 +397,11 @@ class WorkerSupervision:
         run: say so to every task from now on."""
         if self.closing:
             return
-        if isinstance(error, KilledWhileStarting):
+        if isinstance(error, (KilledWhileStarting, ExitedWhileStarting)):
             tries = self.start_tries[name] = self.start_tries.get(name, 0) + 1
             if tries < START_TRIES:
+                if isinstance(error, ExitedWhileStarting):  # its main module imported before
+                    error = f"the replacement of worker {name} exited while it started"
                 log.warning("%s; starting another", error)
                 time.sleep(0.1 * tries)  # on the failed start's own thread
                 self._start_replacement(name, restarted)
