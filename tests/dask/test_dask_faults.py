@@ -223,6 +223,29 @@ def test_the_workers_of_a_cluster_started_here_leave_ctrl_c_to_the_caller() -> N
         assert again == workers
 
 
+def test_ctrl_c_while_the_executor_closes_is_raised_once_its_cluster_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It cut the cluster's close short, and distributed's exit handler then waited its
+    # whole timeout (10 s) on the half-closed cluster before the program could end.
+    from distributed import LocalCluster
+
+    closing: list[Any] = []
+    close = LocalCluster.close
+
+    def interrupted_close(self: Any, *args: Any, **kwargs: Any) -> Any:
+        closing.append(self)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the cluster starts closing
+        return close(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalCluster, "close", interrupted_close)
+    ex = get_executor("dask", workers=1)
+    assert ex.run(Op(tasks.inc, 1)) == 2
+    with pytest.raises(KeyboardInterrupt):
+        ex.close()
+    assert [str(cluster.status) for cluster in closing] == ["Status.closed"]
+
+
 def test_the_workers_own_setup_leaves_the_configured_preloads_in_place(tmp_path: Path) -> None:
     # The executor's own preload replaced distributed.worker.preload.
     import dask

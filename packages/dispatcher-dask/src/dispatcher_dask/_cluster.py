@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import DispatcherError
@@ -142,19 +142,54 @@ def start_local(
         # Without a dashboard the scheduler still serves /health: on any free port, not
         # the dashboard's usual one.
         scheduler["dashboard_address"] = ":0"
-    cluster = LocalCluster(
-        n_workers=workers or _cpus(),
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        dashboard_address=dashboard_address,
-        scheduler_kwargs=scheduler,
-        **_with_own_preload(),  # each worker runs dask_setup below as it starts
-    )
+    # A Ctrl-C while the cluster starts is raised once it has, and is closed again: cut
+    # short, it left a half-started cluster to distributed's exit handler, which failed.
+    # (Its workers, in the terminal's process group, still get it while they start.)
+    with ctrl_c_held() as interrupted:
+        cluster = LocalCluster(
+            n_workers=workers or _cpus(),
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+            scheduler_kwargs=scheduler,
+            **_with_own_preload(),  # each worker runs dask_setup below as it starts
+        )
+        try:
+            client = Client(cluster, set_as_default=False)
+            if interrupted():
+                client.close()
+                raise KeyboardInterrupt
+        except BaseException:
+            cluster.close()
+            raise
+    return cluster, client
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C (SIGINT) held back inside; what it yields says whether one came meanwhile,
+    and takes it. One not taken is raised on leaving. Only where Python would raise it:
+    on the main thread, with its default handler (a program's own is left alone)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False
+        return
+    came: list[int] = []
+
+    def interrupted() -> bool:
+        taken = bool(came)
+        came.clear()
+        return taken
+
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
     try:
-        return cluster, Client(cluster, set_as_default=False)
-    except BaseException:
-        cluster.close()
-        raise
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if came:
+        raise KeyboardInterrupt
 
 
 def _with_own_preload() -> dict[str, list[Any]]:
@@ -231,16 +266,21 @@ def disconnect(
 ) -> None:
     """Stop listening to ``topics``; close the client if it is ours, the cluster if we
     started it."""
-    try:
-        if client is not None:
-            for topic in topics:
-                with contextlib.suppress(Exception):
-                    client.unsubscribe_topic(topic)
-            if own_client:
-                client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
+    # A Ctrl-C in the middle left a cluster half closed, for distributed's exit handler to
+    # wait its whole timeout (10 s) on: it is raised once the cluster is closed.
+    with ctrl_c_held() as interrupted:
+        try:
+            if client is not None:
+                for topic in topics:
+                    with contextlib.suppress(Exception):
+                        client.unsubscribe_topic(topic)
+                if own_client:
+                    client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+        if interrupted():
+            raise KeyboardInterrupt
 
 
 def gather(client: Client, futures: list[Future]) -> list[tuple[bool, Any]]:

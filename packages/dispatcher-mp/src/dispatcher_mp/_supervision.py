@@ -400,9 +400,13 @@ class WorkerSupervision:
         if isinstance(error, (KilledWhileStarting, ExitedWhileStarting)):
             tries = self.start_tries[name] = self.start_tries.get(name, 0) + 1
             if tries < START_TRIES:
-                if isinstance(error, ExitedWhileStarting):  # its main module imported before
-                    error = f"the replacement of worker {name} exited while it started"
-                log.warning("%s; starting another", error)
+                # (Its main module imported before, for the worker it replaces.)
+                said = (
+                    f"the replacement of worker {name} exited while it started"
+                    if isinstance(error, ExitedWhileStarting)
+                    else str(error)
+                )
+                log.warning("%s; starting another", said)
                 time.sleep(0.1 * tries)  # on the failed start's own thread
                 self._start_replacement(name, restarted)
                 return
