@@ -146,14 +146,19 @@ def start_local(
     # short, it left a half-started cluster to distributed's exit handler, which failed.
     # (Its workers, in the terminal's process group, still get it while they start.)
     with ctrl_c_held() as interrupted:
-        cluster = LocalCluster(
-            n_workers=workers or _cpus(),
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=dashboard_address,
-            scheduler_kwargs=scheduler,
-            **_with_own_preload(),  # each worker runs dask_setup below as it starts
-        )
+        try:
+            cluster = LocalCluster(
+                n_workers=workers or _cpus(),
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=dashboard_address,
+                scheduler_kwargs=scheduler,
+                **_with_own_preload(),  # each worker runs dask_setup below as it starts
+            )
+        except Exception:
+            if interrupted():  # its workers died of it: "Nanny failed to start"
+                raise KeyboardInterrupt from None
+            raise
         try:
             client = Client(cluster, set_as_default=False)
             if interrupted():
