@@ -163,3 +163,61 @@ def test_a_message_no_one_received_does_not_fail_a_job_that_did_its_work(
     assert "done" in out, err[-3000:]
     assert "unmatched" not in err, err[-3000:]
     assert status == 0, err[-3000:]
+
+
+# How programs end: MPI used in the program's own exit hook, MPI.Finalize() called by the
+# program (a common habit), and a thread the program leaves running graphs.
+PROGRAM_ENDINGS = """
+import atexit, threading
+from mpi4py import MPI
+from dispatcher import Op, run
+
+atexit.register(lambda: print("hook sees", MPI.COMM_WORLD.Get_size(), "ranks", flush=True))
+
+def later():
+    print("thread", sum(run([Op(abs, -i) for i in range(50)], executor="mpi")), flush=True)
+
+threading.Thread(target=later).start()
+MPI.Finalize()
+"""
+
+
+def test_a_program_may_use_mpi_at_exit_finalize_and_leave_a_thread_running_graphs(
+    tmp_path: Path,
+) -> None:
+    # The exit hook failed (MPI already finalised); MPI.Finalize() hung the job, its hub
+    # cut off; the thread's run found the ranks stopped, and rank 0 was killed.
+    status, out, err = ended_job(3, script(tmp_path, PROGRAM_ENDINGS))
+    assert status == 0, err[-3000:]
+    assert "thread 1225" in out, err[-3000:]
+    assert "hook sees 3 ranks" in out, err[-3000:]
+    assert "MPI.Finalize() is left to dispatcher_mpi" in err
+
+
+# Rank 0 holds the GIL for under a second, past the deadline of a task that returned in
+# time: its report waits for the hub, which was held up between reading and judging.
+STALLED_BEFORE_THE_REPORT = """
+import re, threading, time
+from dispatcher import op, run
+
+failed = 0
+for _ in range(3):
+    out = []
+    def go():
+        out.append(run([op(time.sleep, timeout=0.4)(0.15)], executor="mpi", throw=False)[0])
+    thread = threading.Thread(target=go)
+    thread.start()
+    time.sleep(0.05)
+    re.match(r"(a*)*b", "a" * 24)  # holds the GIL for most of a second
+    thread.join()
+    failed += out[0].error is not None
+print("failed", failed, flush=True)
+"""
+
+
+def test_a_report_waiting_behind_a_short_stall_of_rank_0_counts_before_its_deadline(
+    tmp_path: Path,
+) -> None:
+    status, out, err = ended_job(3, script(tmp_path, STALLED_BEFORE_THE_REPORT))
+    assert "failed 0" in out, out + err[-3000:]
+    assert status == 0, err[-3000:]

@@ -45,6 +45,13 @@ def test_a_limit_that_is_not_seconds_above_zero_says_so(raw: str) -> None:
         root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": raw})
 
 
+def test_a_root_limit_shorter_than_a_few_heartbeats_says_so() -> None:
+    # Rank 0 speaks each second: a healthy idle job ended under a limit of 0.5 s.
+    with pytest.raises(ValueError, match=r"at least 3 s .* not '0.5'"):
+        root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": "0.5"})
+    assert root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": "3"}) == 3.0
+
+
 def test_silence_counts_from_the_later_of_the_last_word_and_the_last_work_sent() -> None:
     heard = {1: 100.0, 2: 50.0, 3: 10.0}
     sent = {1: 10.0, 2: 95.0, 3: 20.0}  # rank 4: never sent anything
@@ -154,7 +161,9 @@ class _TimedTasksOut:
     """A transport, as far as rank 0's tick sees it: a timed task out, past its deadline."""
 
     def __init__(self) -> None:
-        self.inflight = SimpleNamespace(tasks={}, deadlines={1: (0.0, None)})
+        self.inflight = SimpleNamespace(
+            tasks={}, deadlines={1: (0.0, None)}, next_deadline=lambda: 0.0
+        )
         self.unstarted: dict[int, Any] = {}
         self.judged = 0
 
@@ -166,6 +175,8 @@ def test_deadlines_wait_after_rank_0_comes_back_from_not_running() -> None:
     # Stopped (SIGSTOP, Ctrl-Z) while its ranks finished their tasks in time, rank 0 judged
     # the deadlines at its first tick back, before reading the completions waiting for it.
     root = Root(_World(), [("node1", 10), ("node2", 11), ("node3", 12)])
+    read: list[float] = []
+    root.hub.receive_all = lambda *_: bool(read.append(time.monotonic()))  # type: ignore[method-assign]
     transport = _TimedTasksOut()
     root.transport = transport  # type: ignore[assignment]
     root.tick()
@@ -173,9 +184,9 @@ def test_deadlines_wait_after_rank_0_comes_back_from_not_running() -> None:
     root._last_tick -= 5  # not running for 5 s
     root.tick()
     assert transport.judged == 1  # what the ranks reported meanwhile is read first
-    root.resumed -= 1  # the grace is over
-    root.tick()
+    root.tick()  # the next turn, once the hub has read again
     assert transport.judged == 2
+    assert len(read) == 2  # and each time, what came in was read just before
 
 
 def test_a_rank_that_stops_hearing_from_rank_0_ends_the_job(

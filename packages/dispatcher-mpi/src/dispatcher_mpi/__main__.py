@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import os
 import runpy
 import signal
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,10 +106,19 @@ def main() -> None:
     install_root(root)
     root.start()
     sys.argv = argv
+    # After the program's own exit hooks (registered later, so run first): MPI is
+    # finalised at exit, as it would be without dispatcher.
+    atexit.register(_finalize_within, FINALIZE_WAIT)
+    MPI.Finalize = _finalized_at_the_end  # a common habit, which would stop the hub
     status = _run_program(comm, kind, target)
-    # The open mpi executor's work is dropped and the worker ranks stop; other executors
-    # close at interpreter exit as anywhere else.
-    stuck = root.stop()
+    _join_program_threads()  # the program ends with them, as any Python program does
+    try:
+        with _sigint_deferred():
+            # The open mpi executor's work is dropped and the worker ranks stop; other
+            # executors close at interpreter exit as anywhere else.
+            stuck = root.stop()
+    except KeyboardInterrupt:  # the job ends all the same, and says it was interrupted
+        status = status or 130
     install_root(None)
     _end_rank_0(comm, stuck, status)
 
@@ -114,19 +126,51 @@ def main() -> None:
 def _end_rank_0(comm: Any, stuck: str | None, status: int) -> None:
     """The program is over with ``status``, the worker ranks stopped but for ``stuck``
     (why some did not): end the job."""
-    from ._channel import abort_job, discard_unreceived, finalize
+    from ._channel import abort_job, discard_unreceived
 
     sys.stdout.flush()
     sys.stderr.flush()
     if stuck is not None:
         abort_job(comm, stuck, status)
     discard_unreceived(comm)  # every rank said goodbye: what none received is late
-    # Every rank has stopped cleanly, so the job can end the ordinary way, and the launcher
-    # reports the highest status of its ranks. (MPI_Abort would also carry the status, but
-    # it can cut off output still on its way to the launcher, and srun turns it into 137.)
-    finalize(comm)
+    # Every rank has stopped cleanly, so the job can end the ordinary way: MPI is finalized
+    # at exit and the launcher reports the highest status of its ranks. (MPI_Abort would
+    # also carry the status, but it can cut off output still on its way to the launcher,
+    # and srun turns it into 137.)
     if status:
         raise SystemExit(status)
+
+
+FINALIZE_WAIT = 30
+"""Seconds rank 0's ``MPI_Finalize``, at exit, may wait for the process manager."""
+
+
+def _finalize_within(seconds: int) -> None:
+    """The last exit hook: ``MPI_Finalize`` comes next (mpi4py's, once Python is done),
+    and waits for the process manager, for ever when it is out of reach (this host cut
+    off from the network). The kernel's alarm, which needs no Python, then ends rank 0.
+    (Not where the program handles SIGALRM itself.)"""
+    if signal.getsignal(signal.SIGALRM) is signal.SIG_DFL:
+        signal.alarm(seconds)
+
+
+def _finalized_at_the_end() -> None:
+    """``MPI.Finalize()`` on rank 0 under ``python -m dispatcher_mpi``: MPI is finalised
+    when the job ends, after the worker ranks stop; finalised sooner, rank 0 could no
+    longer reach them, and the job would hang."""
+    warnings.warn(
+        "MPI.Finalize() is left to dispatcher_mpi, which finalizes MPI when the job ends",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _join_program_threads() -> None:
+    """Wait for the threads the program started and left running (not daemon threads):
+    Python ends a program once they end, and they may still run graphs on the ranks."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
 
 
 @contextlib.contextmanager

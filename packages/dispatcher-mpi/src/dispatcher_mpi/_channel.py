@@ -211,6 +211,8 @@ class Hub:
         sleep = 0.0
         next_tick = 0.0
         while self.running or self.outbox:
+            busy = self._send_some()
+            busy = self.receive_all(status) or busy
             if self.tick is not None:
                 # Not every turn: while spinning, every bytecode this thread runs is GIL
                 # time the threads doing the work (the scheduler, the tasks) wait for.
@@ -218,11 +220,6 @@ class Hub:
                 if now >= next_tick:
                     next_tick = now + _TICK_EVERY
                     self.tick()
-            busy = self._send_some()
-            while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG, status=status):
-                source = status.Get_source()
-                self.deliver(source, self._receive(source))
-                busy = True
             if self._pending:
                 self._pending = [entry for entry in self._pending if not entry[0].Test()]
             if busy or self._pending:
@@ -239,6 +236,17 @@ class Hub:
                 # Rung: a message is on its way, maybe not in yet. Spin for it.
                 last_activity = time.monotonic()
                 sleep = 0.0
+
+    def receive_all(self, status: Any = None) -> bool:
+        """On the hub's thread: deliver every message waiting; whether there was one."""
+        MPI = self.MPI
+        status = status if status is not None else MPI.Status()
+        received = False
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG, status=status):
+            source = status.Get_source()
+            self.deliver(source, self._receive(source))
+            received = True
+        return received
 
     def _nap(self, seconds: float) -> bool:
         """Wait ``seconds``, or until woken; whether a bell woke it."""

@@ -41,6 +41,7 @@ DEFAULT_LIMIT = 300.0
 """Seconds: dask.distributed's default ``worker-ttl``, which users of clusters know."""
 
 ROOT_LIMIT_VARIABLE = "DISPATCHER_MPI_ROOT_SILENCE_LIMIT"
+LEAST_ROOT_LIMIT = 3.0  # three of rank 0's heartbeats
 DEFAULT_ROOT_LIMIT = 600.0
 """Seconds: longer than a rank's, since rank 0 runs the program, which may hold the GIL
 (and so silence rank 0's hub) for long between runs."""
@@ -61,9 +62,15 @@ def root_silence_limit(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds a worker rank goes without a word from rank 0 before it ends the job (see
     :mod:`._worker`); a ``ValueError`` that says why when
     ``DISPATCHER_MPI_ROOT_SILENCE_LIMIT`` is not a number of seconds above 0."""
-    return _seconds(
+    limit = _seconds(
         ROOT_LIMIT_VARIABLE, DEFAULT_ROOT_LIMIT, "the ranks end a job rank 0 left", environ
     )
+    if limit < LEAST_ROOT_LIMIT:
+        raise ValueError(
+            f"{ROOT_LIMIT_VARIABLE} must be at least {LEAST_ROOT_LIMIT:g} s (rank 0 says it "
+            f"is alive each second), not {environ[ROOT_LIMIT_VARIABLE]!r}"
+        )
+    return limit
 
 
 def _seconds(variable: str, default: float, meaning: str, environ: Mapping[str, str]) -> float:

@@ -107,9 +107,6 @@ _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.rep
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
 _STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
-_RESUMED_GRACE = 0.5
-"""Seconds after rank 0's hub comes back from not running (``_STARVED``) before deadlines
-are judged: what the ranks reported meanwhile, a task that ended in time, is read first."""
 ROOT_HEARTBEAT = 1.0
 """Seconds between the :class:`~._messages.Alive` rank 0 says to every worker rank, so that
 the ranks can tell rank 0 gone (its host cut off) from rank 0 with nothing to send."""
@@ -243,7 +240,8 @@ class Root:
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_tick > _STARVED:
+        starved = now - self._last_tick > _STARVED
+        if starved:
             self.resumed = now
         self._last_tick = now
         if now >= self._next_heartbeat:
@@ -255,12 +253,14 @@ class Root:
         self.hub.max_sleep = (
             _BUSY_SLEEP if transport is not None and transport.inflight.tasks else _IDLE_SLEEP
         )
-        if (
-            transport is not None
-            and transport.inflight.deadlines
-            and now - self.resumed >= _RESUMED_GRACE
-        ):
-            transport.enforce_deadlines()
+        # A deadline passed is judged on what the ranks said until now: the hub reads
+        # first (it may have been held up, by a stall or the GIL, past a report); and,
+        # back from not running, once more, as reports sent meanwhile may still come in.
+        if transport is not None and transport.inflight.deadlines and not starved:
+            first = transport.inflight.next_deadline()
+            if first is not None and first <= now:
+                self.hub.receive_all()
+                transport.enforce_deadlines()
         watcher = self.watcher
         if now >= self._next_watch and watcher is not None and watcher.process is not None:
             self._next_watch = now + _WATCH_EVERY
@@ -359,14 +359,24 @@ def current_root() -> Root:
             "executor='sync' or 'async', or make it part of the outer graph"
         )
     if _root is None:
+        if _job_ending:
+            raise DispatcherError(
+                "this MPI job is ending (the program on rank 0 returned, and the worker "
+                "ranks stopped): run graphs before the program returns, from its main "
+                "thread or from threads it waits for"
+            )
         raise DispatcherError(LAUNCH_HELP)
     if not _root.ranks:
         raise DispatcherError("this MPI job has no worker ranks (-n 1): " + LAUNCH_HELP)
     return _root
 
 
+_job_ending = False  # rank 0's program returned: no root any more
+
+
 def install_root(root: Root | None) -> None:
-    global _root
+    global _root, _job_ending
+    _job_ending = _root is not None and root is None
     _root = root
 
 
