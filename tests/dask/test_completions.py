@@ -12,12 +12,13 @@ from dispatcher import Op, get_executor
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_finished_tasks_are_reported_on_the_event_loop_and_failed_ones_still_are(
+def test_tasks_are_reported_without_dasks_callback_thread(
     dask_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # dask's add_done_callback hands each future to a thread of its own: a thread switch
-    # per task in the caller's process. A task that finished is reported without it; one
-    # that failed (its error is read by a blocking call) still goes that way.
+    # per task in the caller's process. A task that finished is reported on the event
+    # loop; one that failed (its error is read by a blocking call) on the transport's own
+    # gather thread, since dask's callback thread is shut down at interpreter exit.
     from distributed import Future
 
     handed: list[str] = []
@@ -32,7 +33,6 @@ def test_finished_tasks_are_reported_on_the_event_loop_and_failed_ones_still_are
     with get_executor("dask", address=address, retries=0) as executor:
         sources = [Op(dask_tasks.total, i) for i in range(8)]
         assert executor.run(Op(dask_tasks.total, *sources)) == 28
-        assert handed == []
         results = executor.run(Op(dask_tasks.plain_failure), throw=False)
-    assert len(handed) == 1
+    assert handed == []
     assert isinstance(results.error, RuntimeError)
