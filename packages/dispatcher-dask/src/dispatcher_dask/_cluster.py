@@ -8,11 +8,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import DispatcherError
-from dispatcher.remote import check_count
+from dispatcher.remote import check_count, ctrl_c_held
 from dispatcher.transport import worker_name
 
 if TYPE_CHECKING:
@@ -168,33 +168,6 @@ def start_local(
             cluster.close()
             raise
     return cluster, client
-
-
-@contextlib.contextmanager
-def ctrl_c_held() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C (SIGINT) held back inside; what it yields says whether one came meanwhile,
-    and takes it. One not taken is raised on leaving. Only where Python would raise it:
-    on the main thread, with its default handler (a program's own is left alone)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield lambda: False
-        return
-    came: list[int] = []
-
-    def interrupted() -> bool:
-        taken = bool(came)
-        came.clear()
-        return taken
-
-    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
-    try:
-        yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if came:
-        raise KeyboardInterrupt
 
 
 def _with_own_preload() -> dict[str, list[Any]]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import faulthandler
 import os
 import runpy
@@ -14,8 +13,9 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from typing import Any
+
+from dispatcher.remote import ctrl_c_held
 
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     # Ctrl-C before every rank has its MPI segments and has unlinked their names would
     # leave them in /dev/shm: it is raised once they are gone.
-    with _sigint_deferred():
+    with ctrl_c_held():
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
@@ -113,7 +113,7 @@ def main() -> None:
     status = _run_program(comm, kind, target)
     _join_program_threads()  # the program ends with them, as any Python program does
     try:
-        with _sigint_deferred():
+        with ctrl_c_held():
             # The open mpi executor's work is dropped and the worker ranks stop; other
             # executors close at interpreter exit as anywhere else.
             stuck = root.stop()
@@ -171,23 +171,6 @@ def _join_program_threads() -> None:
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT, which mpiexec passes to every rank) received inside is raised as
-    KeyboardInterrupt on leaving, not in the middle."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield  # the program's own handling, or SIGINT ignored: not ours to change
-        return
-    received: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 EXIT_GRACE = 5.0

@@ -40,6 +40,7 @@ from ._functions import FUNCTION_CACHE_ENTRIES as FUNCTION_CACHE_ENTRIES
 from ._functions import FunctionShipper as FunctionShipper
 from ._functions import Unloadable as Unloadable
 from ._inflight import InFlight as InFlight
+from ._interrupts import ctrl_c_held as ctrl_c_held
 from ._large_arguments import LARGE_ARGUMENT_BYTES as LARGE_ARGUMENT_BYTES
 from ._large_arguments import Kept as Kept
 from ._large_arguments import LargeArguments as LargeArguments
@@ -127,6 +128,7 @@ __all__ = [
     "WireError",
     "as_task",
     "capture_error",
+    "ctrl_c_held",
     "dumps",
     "dumps_for",
     "dumps_naming",
