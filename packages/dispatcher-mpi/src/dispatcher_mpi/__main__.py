@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import math
 import os
 import runpy
 import signal
@@ -59,7 +60,7 @@ def main() -> None:
                     "better; this one offers less\n"
                 )
             comm.Abort(2)
-        from ._channel import abort_job, chunk_limit, finalize
+        from ._channel import FINALIZE_WAIT, abort_job, chunk_limit, finalize
         from ._segments import unlink_own_segments
         from ._silence import root_silence_limit, silence_limit
 
@@ -108,7 +109,7 @@ def main() -> None:
     sys.argv = argv
     # After the program's own exit hooks (registered later, so run first): MPI is
     # finalised at exit, as it would be without dispatcher.
-    atexit.register(_finalize_within, FINALIZE_WAIT)
+    atexit.register(_finalize_within, math.ceil(FINALIZE_WAIT))
     MPI.Finalize = _finalized_at_the_end  # a common habit, which would stop the hub
     status = _run_program(comm, kind, target)
     _join_program_threads()  # the program ends with them, as any Python program does
@@ -139,10 +140,6 @@ def _end_rank_0(comm: Any, stuck: str | None, status: int) -> None:
     # and srun turns it into 137.)
     if status:
         raise SystemExit(status)
-
-
-FINALIZE_WAIT = 30
-"""Seconds rank 0's ``MPI_Finalize``, at exit, may wait for the process manager."""
 
 
 def _finalize_within(seconds: int) -> None:

@@ -96,6 +96,11 @@ def abort_job(comm: Any, message: str, status: int) -> None:
     comm.Abort(status)
 
 
+STARVED = 1.0
+"""Seconds between two ticks of a hub (see :meth:`Hub.loop`) that mean it did not run
+meanwhile: its process was stopped, or starved of the GIL. What its owner missed then is
+not the other ranks' silence."""
+
 ABORT_WAIT = 10.0
 """Seconds :func:`abort_job` waits for MPI to end the job before ending its rank itself."""
 
@@ -125,7 +130,8 @@ def finalize(comm: Any) -> None:
 
 
 FINALIZE_WAIT = 30.0
-"""Seconds :func:`finalize` waits for ``MPI_Finalize`` before it ends the process."""
+"""Seconds a rank waits for ``MPI_Finalize`` before it ends without (:func:`finalize`;
+rank 0's at exit, in ``__main__``)."""
 
 
 def discard_unreceived(comm: Any) -> int:

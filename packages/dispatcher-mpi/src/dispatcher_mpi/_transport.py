@@ -77,7 +77,7 @@ from dispatcher.transport import (
 )
 
 from ._batches import encode_batches
-from ._channel import Hub, abort_job, encode
+from ._channel import STARVED, Hub, abort_job, encode
 from ._held_arguments import HeldArguments
 from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
@@ -106,7 +106,6 @@ STOP_GRACE = 5.0
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
-_STARVED = 1.0  # a gap between two ticks this long: rank 0's hub did not run meanwhile
 ROOT_HEARTBEAT = 1.0
 """Seconds between the :class:`~._messages.Alive` rank 0 says to every worker rank, so that
 the ranks can tell rank 0 gone (its host cut off) from rank 0 with nothing to send."""
@@ -240,7 +239,7 @@ class Root:
 
     def tick(self) -> None:
         now = time.monotonic()
-        starved = now - self._last_tick > _STARVED
+        starved = now - self._last_tick > STARVED
         if starved:
             self.resumed = now
         self._last_tick = now

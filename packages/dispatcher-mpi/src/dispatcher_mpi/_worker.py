@@ -32,7 +32,7 @@ from dispatcher.remote import (
     start_thread,
 )
 
-from ._channel import Hub, abort_job, encode
+from ._channel import STARVED, Hub, abort_job, encode
 from ._held_arguments import drop_held, hold
 from ._messages import (
     IDLE,
@@ -52,7 +52,6 @@ ROOT = 0
 HEARTBEAT = 0.5
 """Seconds of silence after which a rank says :class:`Alive`."""
 _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
-_STARVED = 1.0  # a gap between two ticks this long: this rank's hub did not run meanwhile
 
 
 class WorkerRank(TaskRunner):
@@ -112,7 +111,7 @@ class WorkerRank(TaskRunner):
     def _tick(self) -> None:
         """On the hub thread, every turn: a sign of life, and a look at rank 0's."""
         now = time.monotonic()
-        if now - self._last_tick > _STARVED:
+        if now - self._last_tick > STARVED:
             self.root_heard = now  # this rank did not run: rank 0's silence counts anew
         self._last_tick = now
         if now - self.reported >= HEARTBEAT:
