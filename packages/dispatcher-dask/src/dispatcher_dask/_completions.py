@@ -11,7 +11,6 @@ its records.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pickle
 import threading
 from collections.abc import Callable, Sequence
@@ -133,8 +132,7 @@ class Completions(ReleasedAhead):
         mean = self._mean_run
         mean = self._mean_run = duration if mean == 0.0 else mean + (duration - mean) / 16
         if self._depth.retuned(mean) and not self._closed:
-            with contextlib.suppress(RuntimeError):  # (closing meanwhile: nothing to say)
-                self._on_thread(self._control, self._depth_changed)
+            self._on_thread(self._control, self._depth_changed)  # (dropped once closing)
         pending = self._pending.get(key)
         if pending is not None:
             self._fusing.learn(pending.spec.func, duration, nbytes)

@@ -148,14 +148,22 @@ class GivingUp:
                 return
             what = getattr(work, "__name__", repr(work))
             log.error("the dask transport's %s failed", what, exc_info=exc)
-            with self._lock:
-                out = [pending.spec for pending in self._pending.values()]
-                for spec in out:
-                    self._forget(spec.key)
-            why = f"dask: the caller's thread failed in {what}: {exc!r}"
+            self._fail_out(f"dask: the caller's thread failed in {what}: {exc!r}")
+
+    def _fail_out(self, why: str, timed_only: bool = False) -> None:
+        """Fail every task out (or every timed one) with :class:`WorkerLostError` saying
+        ``why``: what would have reported them is gone."""
+        with self._lock:
+            out = [
+                pending.spec
+                for pending in self._pending.values()
+                if not timed_only or pending.spec.timeout is not None
+            ]
             for spec in out:
-                error = WorkerLostError(spec.label, spec.worker, why)
-                self._sink().task_failed(spec.key, spec.worker, error, 0.0)
+                self._forget(spec.key)
+        for spec in out:
+            error = WorkerLostError(spec.label, spec.worker, why)
+            self._sink().task_failed(spec.key, spec.worker, error, 0.0)
 
     def _slots(self, address: str) -> int:
         """The tasks ``address`` may be assigned: its threads not taken by tasks given up
@@ -316,13 +324,7 @@ class GivingUp:
 
     def _no_deadlines(self, exc: BaseException) -> None:
         """The deadline thread died: fail the timed tasks out rather than let one hang."""
-        with self._lock:
-            timed = [p.spec for p in self._pending.values() if p.spec.timeout is not None]
-            for spec in timed:
-                self._forget(spec.key)
-        for spec in timed:
-            error = WorkerLostError(spec.label, spec.worker, f"dask: deadlines lost: {exc!r}")
-            self._sink().task_failed(spec.key, spec.worker, error, 0.0)
+        self._fail_out(f"dask: deadlines lost: {exc!r}", timed_only=True)
 
     def _withdraw(self, address: str) -> None:
         """Every thread of ``address`` runs a task given up on: the tasks queued there
