@@ -21,25 +21,18 @@ def _captures(kind: type[DispatchNode]) -> bool:
     return kind.dependencies is DispatchNode.dependencies
 
 
-def _refuse_nodes_without_a_call(roots: Sequence[DispatchNode]) -> None:
-    """Raise a ``TypeError`` naming the first node that ``roots`` need whose class never
+def _call_deps(node: DispatchNode) -> tuple[DispatchNode, ...]:
+    """The dependencies ``node`` captured, or a ``TypeError`` naming its class if it never
     said what it computes (its constructor did not call ``DispatchNode.__init__``)."""
-    seen: set[DispatchNode] = set(roots)
-    stack = list(seen)
-    while stack:
-        node = stack.pop()
-        deps = getattr(node, "_deps", None)
-        if deps is None or not hasattr(node, "_func"):
-            kind = type(node).__name__
-            raise TypeError(
-                f"a {kind} node has nothing to compute: {kind}.__init__ must say what, "
-                f"with super().__init__(func, *args, **kwargs) (nodes among the arguments "
-                "are its dependencies), or subclass Op"
-            )
-        for dep in deps:
-            if dep not in seen:
-                seen.add(dep)
-                stack.append(dep)
+    deps: tuple[DispatchNode, ...] | None = getattr(node, "_deps", None)
+    if deps is None or not hasattr(node, "_func"):
+        kind = type(node).__name__
+        raise TypeError(
+            f"a {kind} node has nothing to compute: {kind}.__init__ must say what, "
+            f"with super().__init__(func, *args, **kwargs) (nodes among the arguments "
+            "are its dependencies), or subclass Op"
+        )
+    return deps
 
 
 def _reachable(
@@ -120,8 +113,8 @@ class DispatchGraph:
             # unless a custom node class says otherwise: then walk again, asking each node.
             try:
                 seen = _reachable(targets)
-            except AttributeError:
-                _refuse_nodes_without_a_call(targets)
+            except AttributeError:  # a node without a call: walk again, to name it
+                _reachable(targets, _call_deps)
                 raise
             captured = all(map(_captures, set(map(type, seen))))
             if not captured:
