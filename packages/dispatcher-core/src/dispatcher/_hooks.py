@@ -59,7 +59,8 @@ class HookSpecs:
 
     @hookspec
     def dispatcher_task_started(self, node: DispatchNode, worker: str) -> None:
-        """``node`` was handed to ``worker``."""
+        """``node`` was handed to ``worker``; for a task sent ahead of its inputs, once
+        they are made (never for one whose input failed)."""
 
     @hookspec
     def dispatcher_task_finished(

@@ -262,7 +262,7 @@ class Run:
         if in_order and not pending and capabilities.takes_back_queued_tasks:
             told = self.started_hook is not None
             self.stealing = Stealing(self.table, self.placement, told)
-        if pending and self.started_hook is not None:
+        if self._sends_ahead and self.started_hook is not None:
             self.unannounced = set()  # told started when their inputs are made
         if self.hits is not None and self._asks is not None:
             from ._cache import load_entry
@@ -412,10 +412,12 @@ class Run:
         table.state[p] = RUNNING
         table.inflight[p] = spec
         self.placement.load[worker] += 1
-        if self.unannounced is not None:
-            announce_unless_ahead(self, p, node, worker)
-        elif self.started_hook is not None and not told_before(self.stealing, p):
-            announce(self, p, node, worker)  # (no call per task when nobody watches)
+        # (No call per task when nobody watches; a task taken back was told already.)
+        if self.started_hook is not None and not told_before(self.stealing, p):
+            if self.unannounced is not None:
+                announce_unless_ahead(self, p, node, worker)
+            else:
+                announce(self, p, node, worker)
         return spec
 
     # -- applying reports --------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Telling ``task_started``: at once for a task sent to a worker, or, for a task sent
-ahead of its inputs (to a transport that accepts pending inputs), once they are made, since
-only then can it start. A hit read from the cache is told as cached, never started."""
+ahead of its inputs (to a transport that accepts pending inputs, or queued behind them on
+a worker that runs its tasks in order), once they are made, since only then can it start.
+A hit read from the cache is told as cached, never started."""
 
 from __future__ import annotations
 

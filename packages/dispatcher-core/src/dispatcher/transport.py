@@ -360,7 +360,8 @@ class Capabilities:
     while tasks are long, and may send a task to the worker that is still computing its
     last missing input, to run right after it without a round trip: such an input's
     source is the task's own worker, and if it is not there when the task starts (its
-    producer failed or was cancelled), the transport reports ``task_inputs_lost``. When
+    producer failed or was cancelled), the transport reports ``task_inputs_lost``. Such a
+    task is told started (``task_started``) once its inputs are made, never before. When
     such a worker is lost and the transport does not say what it was running (see
     :meth:`EventSink.worker_lost`), only the first of its tasks, in the order sent, counts
     as an attempt: the others are run again uncharged."""
