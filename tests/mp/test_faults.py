@@ -446,33 +446,6 @@ def test_workers_exit_when_the_caller_is_killed() -> None:
             os.killpg(child.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
-def test_a_killed_caller_leaves_no_segment_of_its_own_values(signal_name: str) -> None:
-    # The caller writes a large DataNode into shared memory; killed, it cannot unlink it.
-    code = textwrap.dedent(
-        f"""
-        import os, signal
-        import numpy as np
-        from dispatcher import DataNode, Op, get_executor
-
-        if __name__ == "__main__":
-            with get_executor("mp", workers=1) as ex:
-                data = DataNode(np.ones(2**20))  # held: its segment stays for reuse
-                ex.run(Op(len, data))
-                print(sorted(n for n in os.listdir("/dev/shm")
-                             if n.startswith(f"dispatcher-{{os.getpid()}}-")), flush=True)
-                os.kill(os.getpid(), signal.{signal_name})
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    segments = eval(done.stdout.strip().splitlines()[0])  # a list of names, printed
-    assert segments, done.stdout + done.stderr  # else nothing is tested
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and set(segments) & shm_entries():
-        time.sleep(0.1)
-    assert not set(segments) & shm_entries()
-
-
 def test_a_task_with_thousands_of_inputs_on_other_workers() -> None:
     # Thousands of fetch requests once filled the pipes both ways while both ends were
     # blocked sending: the run hung. Fetches are now batched, and a worker's listening

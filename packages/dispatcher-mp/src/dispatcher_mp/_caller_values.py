@@ -7,9 +7,9 @@ into a segment the first time a task of a run needs it; every task of that run t
 carries the segment's small descriptor, and the worker maps it, as it maps a result made
 by another worker. A value is written again for another run (it may have changed in
 between); the segment of an earlier run goes when no task out uses it any more, when the
-value itself is gone, or when the executor closes. Each segment is also registered with
-multiprocessing's resource tracker, a process that outlives the caller: should the caller
-be killed (SIGKILL, or SIGTERM from a batch system), the tracker unlinks what it left.
+value itself is gone, or when the executor closes. Should the caller be killed (SIGKILL,
+or SIGTERM from a batch system), its janitor unlinks what it left
+(:mod:`dispatcher_mp._janitor`).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ drop their mappings (:class:`~dispatcher_mp._messages.Unshare`). A run that give
 a different large object would otherwise keep them all in ``/dev/shm`` until it ends: once
 the segments of all runs add up to more than a quarter of ``/dev/shm``, those that no task
 out names are unlinked as soon as another is written (given to a task again, such an object
-is written anew). Each segment is also registered with multiprocessing's resource tracker,
-as the caller's values are: should the caller be killed, the tracker unlinks what it left.
+is written anew). Should the caller be killed, its janitor unlinks what it left, as it does
+the caller's values.
 
 Finding such arguments, keying them by identity within a run and naming them in each
 task's pickle is the kit's (:class:`~dispatcher.remote.LargeArguments`), shared with
@@ -54,7 +54,7 @@ class SharedArguments(LargeArguments[bytes]):
 
     def __init__(self, prefix: str, enabled: bool, out: Callable[[], Iterable[TaskSpec]]) -> None:
         super().__init__()
-        self.shm = SharedMemory(f"{prefix}a-", enabled, tracked=True)
+        self.shm = SharedMemory(f"{prefix}a-", enabled)
         """Segments named after the executor's ``prefix``, swept with the rest at close."""
         self.enabled = enabled
         self.out = out

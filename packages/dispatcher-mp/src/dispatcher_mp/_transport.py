@@ -57,6 +57,7 @@ from dispatcher.transport import (
 
 from ._caller_values import CallerValues
 from ._copies import Copies
+from ._janitor import Janitor
 from ._messages import Fetch, Unshare
 from ._process import (
     Spawner,
@@ -72,7 +73,7 @@ from ._process import (
 from ._reader import Reader
 from ._shared_arguments import SharedArguments
 from ._supervision import ABANDON_GRACE, SupervisedReports, WorkerSupervision
-from ._wire import Payload, SharedMemory, mapped, sweep
+from ._wire import Payload, SharedMemory, mapped
 
 __all__ = ["MpTransport"]
 
@@ -169,7 +170,8 @@ class MpTransport(WorkerSupervision, Transport):
         self.prefix = f"dispatcher-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._generation = itertools.count()
         self.spawner = Spawner()
-        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory, True))
+        self.janitor = Janitor(self.prefix)
+        self.caller_values = CallerValues(SharedMemory(f"{self.prefix}c-", shared_memory))
         self.workers: dict[str, WorkerProcess] = {}
         self.events: EventSink | None = None
         self.inflight = InFlight()
@@ -180,8 +182,7 @@ class MpTransport(WorkerSupervision, Transport):
         self._fetching: dict[Key, list[_Waiting]] = {}
         self._fetch_source: dict[Key, str] = {}
         self.unconfirmed: dict[Key, TaskSpec] = {}
-        """Timed tasks whose clock runs from their turn, not from their worker saying
-        they started (see :meth:`advance`)."""
+        """Timed tasks whose clock runs from their turn, not their start (:meth:`advance`)."""
         self.new_deadline = False
         """A deadline was set outside the reader thread, which must be woken to see it."""
         self.abandoning = False
@@ -252,7 +253,7 @@ class MpTransport(WorkerSupervision, Transport):
         self.spawner.stop()
         self.caller_values.close()
         self.shared_arguments.close()
-        sweep(self.prefix)
+        self.janitor.sweep_and_stop()
 
     # -- the scheduler's calls -------------------------------------------------------------
 

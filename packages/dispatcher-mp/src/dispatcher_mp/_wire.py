@@ -9,10 +9,8 @@ inline in the message.
 
 Segments are named ``<prefix><counter>``; a prefix is unique to one worker incarnation of
 one executor, so the caller can sweep every segment of a worker that died, and of the whole
-executor at close, even those that the process which made them never got to unlink. The
-caller's own segments are also registered with multiprocessing's resource tracker
-(``tracked=True``), before they exist: should the caller be killed, even while writing
-one, the tracker, which outlives it, unlinks them.
+executor at close, even those that the process which made them never got to unlink; and
+should the caller be killed, its janitor (:mod:`dispatcher_mp._janitor`) sweeps them all.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 from typing import Any
 
 from dispatcher.remote import OUT_OF_BAND_BYTES, dumps_split
@@ -57,12 +54,9 @@ class Payload:
 class SharedMemory:
     """Creates, maps and sweeps this process's segments, all named ``prefix + n``."""
 
-    def __init__(self, prefix: str, enabled: bool = True, tracked: bool = False) -> None:
+    def __init__(self, prefix: str, enabled: bool = True) -> None:
         self.prefix = prefix
         self.enabled = enabled and os.path.isdir(SHM_DIR)
-        self.tracked = tracked
-        """Register each segment with the resource tracker (see the module docstring);
-        whoever unlinks one then calls :meth:`release`."""
         self._numbers = itertools.count()
         self._warned = False
 
@@ -79,20 +73,13 @@ class SharedMemory:
         return Payload(data, [bytes(v) for v in views])
 
     def _write_segment(self, views: list[memoryview], total: int) -> str | None:
-        name = None
         try:
             stats = os.statvfs(SHM_DIR)
             if stats.f_bavail * stats.f_frsize < total + _SHM_HEADROOM:
                 raise OSError(28, "not enough room in /dev/shm")
             name = f"{self.prefix}{next(self._numbers)}"
-            if self.tracked:
-                _track(name, resource_tracker.register)
             fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except BaseException as exc:
-            if self.tracked and name is not None:
-                _track(name, resource_tracker.unregister)
-            if not isinstance(exc, OSError):
-                raise
+        except OSError as exc:
             self._fall_back(exc)
             return None
         try:
@@ -126,10 +113,8 @@ class SharedMemory:
             )
 
     def release(self, name: str) -> None:
-        """Unlink segment ``name``, made here (and no longer track it)."""
+        """Unlink segment ``name``, made here."""
         unlink(name)
-        if self.tracked:
-            _track(name, resource_tracker.unregister)
 
     def sweep(self, prefix: str | None = None) -> int:
         """Unlink every segment whose name starts with ``prefix`` (default: ours)."""
@@ -162,14 +147,6 @@ def mapped(payload: Payload) -> list[memoryview]:
         views.append(whole[offset : offset + size])
         offset += size
     return views
-
-
-def _track(name: str, change: Callable[[str, str], None]) -> None:
-    """Register segment ``name`` with the resource tracker, or unregister it (``change``)."""
-    try:
-        change("/" + name, "shared_memory")  # the name shm_unlink takes
-    except Exception:  # no tracker (it could not start): the executor's close still unlinks
-        pass
 
 
 def unlink(name: str) -> None:
