@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dispatcher import TaskTimeoutError, WorkerLostError
 from dispatcher.transport import EventSink, Key, TaskSpec
 
+from ._quiet import quiet_broadcasts_to
 from ._task import CACHE_WARNED, STORING
 
 if TYPE_CHECKING:
@@ -246,6 +247,7 @@ class GivingUp:
         held = ", ".join(repr(label) for label in self._abandoned.running(address))
         reason = f"restarted: each of its threads ran a task given up on ({held})"
         log.warning("dask worker %s %s", self._names.of.get(address, address), reason)
+        quiet_broadcasts_to(address)
         try:
             client = self.client
             nanny = (client.scheduler_info(n_workers=-1)["workers"].get(address) or {}).get("nanny")

@@ -1,4 +1,4 @@
-"""Keeping dask's workers quiet about dispatcher's failed tasks.
+"""Keeping dask quiet about what dispatcher reports itself: failed tasks, restarted workers.
 
 A dask worker logs a "Compute Failed" block (the task's key, its pickled call and the
 exception) on ``distributed.worker`` for every task that raises. dispatcher raises the
@@ -6,6 +6,11 @@ failure itself, labelled with its node, so for dispatcher's own tasks that block
 :class:`QuietFailures`, a worker plugin registered by the transport for its lifetime,
 filters out the blocks of the tasks whose keys carry the transport's token, and nothing
 else (other clients' tasks, and every other message, are logged as before).
+
+A worker of the executor's own cluster that a task given up on takes whole is restarted
+(:mod:`._giving_up`), a warning saying so; the check of such tasks may still be on its
+way to it, and the scheduler, in the caller, then logs an error for each failed
+"broadcast". :func:`quiet_broadcasts_to` drops those about such a worker, and only them.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-__all__ = ["FailureFilter", "QuietFailures", "plugin_name"]
+__all__ = ["FailureFilter", "QuietFailures", "plugin_name", "quiet_broadcasts_to"]
 
 WORKER_LOGGER = "distributed.worker"
+SCHEDULER_LOGGER = "distributed.scheduler"
 
 
 def plugin_name(token: str) -> str:
@@ -61,3 +67,28 @@ class FailureFilter(logging.Filter):
             and bool(args)
             and self.token in str(args[0])
         )
+
+
+class _BroadcastFilter(logging.Filter):
+    """Drops the scheduler's "broadcast to ADDRESS failed" errors about ``addresses``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if isinstance(message, str) and message.startswith("broadcast to "):
+            return message.split(" ", 3)[2] not in self.addresses
+        return True
+
+
+_broadcasts = _BroadcastFilter()
+
+
+def quiet_broadcasts_to(address: str) -> None:
+    """The worker at ``address`` is being restarted: its failed broadcasts are expected.
+    (A restarted worker comes back under a new address; this one is not reused.)"""
+    if not _broadcasts.addresses:
+        logging.getLogger(SCHEDULER_LOGGER).addFilter(_broadcasts)
+    _broadcasts.addresses.add(address)
