@@ -249,6 +249,7 @@ def test_ctrl_c_while_the_executor_closes_is_raised_once_its_cluster_is_closed(
 def test_the_workers_own_setup_leaves_the_configured_preloads_in_place(tmp_path: Path) -> None:
     # The executor's own preload replaced distributed.worker.preload.
     import dask
+    import distributed  # noqa: F401  (its defaults, loaded inside the with, would go with it)
 
     marker = tmp_path / "preloaded"
     preload = tmp_path / "users_preload.py"
@@ -263,6 +264,28 @@ def test_the_workers_own_setup_leaves_the_configured_preloads_in_place(tmp_path:
     ):
         assert ex.run(Op(tasks.inc, 1)) == 2
     assert len(list(tmp_path.glob("preloaded*"))) == 2
+
+
+@pytest.mark.timeout(90)
+def test_a_ctrl_c_that_reaches_a_worker_as_it_starts_leaves_it_be(tmp_path: Path) -> None:
+    # The terminal sends Ctrl-C to the workers too (they are in its process group). One
+    # that came before they set it aside killed them as they started, with a traceback
+    # each. Here a preload sends it to its own worker as it starts.
+    import dask
+    import distributed  # noqa: F401  (its defaults, loaded inside the with, would go with it)
+
+    preload = tmp_path / "interrupts_itself.py"
+    preload.write_text(
+        "import os, signal\ndef dask_setup(worker):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+    )
+    with (
+        dask.config.set({"distributed.worker.preload": [str(preload)]}),
+        get_executor("dask", workers=2) as ex,
+    ):
+        pids = set(ex.run([Op(tasks.sleep_then, 0.3, Op(tasks.pid, i)) for i in range(4)]))
+        assert len(pids) == 2  # both started, and stayed
+        assert ex.run(Op(tasks.inc, 1)) == 2
+        assert set(ex.run([Op(tasks.sleep_then, 0.3, Op(tasks.pid, i)) for i in range(4)])) == pids
 
 
 SCRIPT = textwrap.dedent(

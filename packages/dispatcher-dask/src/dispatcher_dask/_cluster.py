@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import DispatcherError
@@ -144,17 +144,17 @@ def start_local(
         scheduler["dashboard_address"] = ":0"
     # A Ctrl-C while the cluster starts is raised once it has, and is closed again: cut
     # short, it left a half-started cluster to distributed's exit handler, which failed.
-    # (Its workers, in the terminal's process group, still get it while they start.)
     with ctrl_c_held() as interrupted:
         try:
-            cluster = LocalCluster(
-                n_workers=workers or _cpus(),
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                dashboard_address=dashboard_address,
-                scheduler_kwargs=scheduler,
-                **_with_own_preload(),  # each worker runs dask_setup below as it starts
-            )
+            with _ctrl_c_blocked():
+                cluster = LocalCluster(
+                    n_workers=workers or _cpus(),
+                    threads_per_worker=threads_per_worker,
+                    processes=True,
+                    dashboard_address=dashboard_address,
+                    scheduler_kwargs=scheduler,
+                    **_with_own_preload(),  # each worker runs dask_setup below as it starts
+                )
         except Exception:
             if interrupted():  # its workers died of it: "Nanny failed to start"
                 raise KeyboardInterrupt from None
@@ -168,6 +168,30 @@ def start_local(
             cluster.close()
             raise
     return cluster, client
+
+
+@contextlib.contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread inside. The cluster's event loop thread, started
+    inside, inherits that, and so do the threads it starts and the worker processes they
+    start, now and on every restart: a Ctrl-C from the terminal, sent to the workers too
+    (they are in its process group), waits in each until :func:`dask_setup` has them
+    ignore it, instead of killing them as they start, with a traceback each. Here, it is
+    delivered on leaving."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # Starting multiprocessing's resource tracker, as the first worker's start would,
+    # unblocks SIGINT in the starting thread, whatever was blocked before: start it first.
+    from multiprocessing import resource_tracker
+
+    with contextlib.suppress(Exception):
+        resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _with_own_preload() -> dict[str, list[Any]]:
@@ -190,7 +214,9 @@ def dask_setup(worker: Any) -> None:
     caller, died of it with a traceback each, to be restarted for the next run (seconds
     per worker); the caller ends its run on it, and its workers stay for the next."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one already waiting is dropped
+        if hasattr(signal, "pthread_sigmask"):  # blocked by the start (_ctrl_c_blocked)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 SILENT_WORKER_TTL = 30.0
