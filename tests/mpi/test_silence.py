@@ -45,6 +45,13 @@ def test_a_limit_that_is_not_seconds_above_zero_says_so(raw: str) -> None:
         root_silence_limit({"DISPATCHER_MPI_ROOT_SILENCE_LIMIT": raw})
 
 
+@pytest.mark.parametrize("raw", ["0.001", "1"])
+def test_a_limit_shorter_than_a_few_heartbeats_says_so(raw: str) -> None:
+    # A rank speaks every half second: under a limit of 1 ms healthy ranks were given up on.
+    with pytest.raises(ValueError, match=rf"at least 1.5 s .* not {raw!r}"):
+        silence_limit({"DISPATCHER_MPI_SILENCE_LIMIT": raw})
+
+
 def test_a_root_limit_shorter_than_a_few_heartbeats_says_so() -> None:
     # Rank 0 speaks each second: a healthy idle job ended under a limit of 0.5 s.
     with pytest.raises(ValueError, match=r"at least 3 s .* not '0.5'"):

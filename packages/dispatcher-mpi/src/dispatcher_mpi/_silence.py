@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 LIMIT_VARIABLE = "DISPATCHER_MPI_SILENCE_LIMIT"
+LEAST_LIMIT = 1.5  # three of a rank's heartbeats
 DEFAULT_LIMIT = 300.0
 """Seconds: dask.distributed's default ``worker-ttl``, which users of clusters know."""
 
@@ -54,8 +55,14 @@ negative): it comes back on the first word it says."""
 def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds of silence, while tasks are out, after which a rank is given up on; a
     ``ValueError`` that says why when ``DISPATCHER_MPI_SILENCE_LIMIT`` is not a number of
-    seconds above 0."""
-    return _seconds(LIMIT_VARIABLE, DEFAULT_LIMIT, "a rank is given up on", environ)
+    seconds above 0, or one too short for a healthy rank to be heard within."""
+    limit = _seconds(LIMIT_VARIABLE, DEFAULT_LIMIT, "a rank is given up on", environ)
+    if limit < LEAST_LIMIT:
+        raise ValueError(
+            f"{LIMIT_VARIABLE} must be at least {LEAST_LIMIT:g} s (a rank says it is alive "
+            f"every half second), not {environ[LIMIT_VARIABLE]!r}"
+        )
+    return limit
 
 
 def root_silence_limit(environ: Mapping[str, str] = os.environ) -> float:
