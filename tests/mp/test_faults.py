@@ -74,6 +74,16 @@ def test_worker_lost_beyond_retries(tmp_path: Path) -> None:
         assert ex.run(Op(mp_tasks.sleep_then, 0, 1)) == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_task_that_replaces_its_workers_pipe_loses_that_worker_not_the_run() -> None:
+    # Its result, and everything after, went to /dev/null: the caller waited for ever.
+    clobber = op(mp_tasks.clobber_descriptors, label="clobber")(1)
+    with get_executor("mp", workers=1, retries=1) as ex:
+        with pytest.raises(WorkerLostError, match=r"clobber.*os.dup2\) its pipe"):
+            ex.run(clobber)
+        assert ex.run(Op(mp_tasks.sleep_then, 0, "still here")) == "still here"
+
+
 def test_worker_killed_from_outside_fails_only_the_task_it_ran(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     victim = op(mp_tasks.report_pid_then_sleep, label="victim")(str(marker), 30)

@@ -415,6 +415,12 @@ def exit_reason(code: int | None) -> str:
         except ValueError:
             name = str(-code)
         return f"killed by {name}"
+    if code == _worker.EXIT_PIPE_REPLACED:
+        return (
+            f"exited with status {code}: a task closed or replaced (os.dup2) its pipe to "
+            "the caller, a file descriptor the task did not open; let tasks close only "
+            "the descriptors they opened"
+        )
     return f"exited with status {code}"
 
 

@@ -56,12 +56,26 @@ def set_parent_death_signal() -> None:
         pass
 
 
+EXIT_THREAD_FAILED = 70
+"""A worker's exit status when one of its threads failed."""
+EXIT_PIPE_REPLACED = 71
+"""A worker's exit status when a task closed or replaced its pipe to the caller."""
+
+
 def _exit_now(exc: BaseException) -> None:
     # A thread of this worker failed: the caller sees the process end and replaces it.
     try:
         os.write(2, f"dispatcher-mp worker: {type(exc).__name__}: {exc}\n".encode())
     finally:
-        os._exit(70)
+        os._exit(EXIT_THREAD_FAILED)
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class _Channel:
@@ -152,6 +166,10 @@ class Worker(TaskRunner):
         """The caller's slot for the key of the task being run (see ``execute``)."""
         self.channel = _Channel(conn)
         self.conn = conn
+        self.pipe = _identity(conn.fileno())
+        """What the pipe's descriptor refers to: a task that closed it, or made it refer
+        to something else (``os.dup2`` over descriptors it did not open), cut the worker
+        off, and what it then sent went nowhere while the caller waited for ever."""
         self.shm = SharedMemory(prefix, enabled=shm)
         self.published: dict[int, Payload] = {}  # results already serialised for others
         # The caller stops a worker that does not confirm soon that it is not running a
@@ -181,6 +199,9 @@ class Worker(TaskRunner):
         try:
             super().execute(record, func)
         finally:
+            if _identity(self.conn.fileno()) != self.pipe:
+                # Lost to the caller, which charges this task (``running`` still names it).
+                os._exit(EXIT_PIPE_REPLACED)
             if running is not None:
                 running.value = -1
             with self.ack_lock:
