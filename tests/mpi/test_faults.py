@@ -155,6 +155,37 @@ def interrupted():
 channel.chunk_limit = interrupted
 """
 
+# Every rank gets SIGINT as `python -m dispatcher_mpi` starts importing dispatcher's core:
+# the window before MPI starts, a few tenths of a second long.
+CTRL_C_AT_IMPORT = """
+import os, signal, sys
+
+class InterruptsAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "dispatcher":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptsAtImport())
+"""
+
+
+@pytest.mark.parametrize("when", ["at import", "after MPI_Init"])
+def test_ctrl_c_before_the_program_starts_ends_the_job_quietly(tmp_path: Path, when: str) -> None:
+    # Before: each rank's traceback through dispatcher's imports, and hydra's "BAD
+    # TERMINATION ... Segmentation fault" for ranks that had in fact been interrupted.
+    site = tmp_path / "site"
+    site.mkdir()
+    hook = CTRL_C_AT_IMPORT if when == "at import" else CTRL_C_AT_START
+    (site / "sitecustomize.py").write_text(hook)
+    program = script(tmp_path, "print('the program ran')\n")
+    done = job(3, program, env={"PYTHONPATH": str(site)}, timeout=60)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "the program ran" not in done.stdout
+    assert "interrupted (Ctrl-C) before the program started" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm here")
 def test_ctrl_c_at_start_leaves_no_segment_in_dev_shm(tmp_path: Path) -> None:

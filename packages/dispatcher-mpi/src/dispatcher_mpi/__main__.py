@@ -18,6 +18,8 @@ from typing import Any
 
 from dispatcher.remote import ctrl_c_held
 
+from . import _early_ctrl_c
+
 USAGE = """usage: mpiexec -n N python -m dispatcher_mpi (script.py | -m module | -c code) [args...]
 
 Runs the program on rank 0; ranks 1..N-1 serve as workers for run(..., executor="mpi").
@@ -49,7 +51,8 @@ def main() -> None:
 
     # Ctrl-C before every rank has its MPI segments and has unlinked their names would
     # leave them in /dev/shm: it is raised once they are gone.
-    with ctrl_c_held():
+    came_early = _early_ctrl_c.release()
+    with ctrl_c_held() as interrupted:
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
@@ -60,24 +63,17 @@ def main() -> None:
                     "better; this one offers less\n"
                 )
             comm.Abort(2)
-        from ._channel import FINALIZE_WAIT, abort_job, chunk_limit, finalize
+        from ._channel import FINALIZE_WAIT, abort_job, finalize
         from ._segments import unlink_own_segments
-        from ._silence import root_silence_limit, silence_limit
 
-        try:
-            chunk_limit()
-            silence_limit()
-            root_silence_limit()
-        except ValueError as exc:
-            # Every rank reads the same environment: each stops, rank 0 says why.
-            if comm.Get_rank() == 0:
-                sys.stderr.write(f"dispatcher_mpi: {exc}\n")
-            raise SystemExit(2) from None
+        _check_environment(comm)
 
         # Every rank's host and pid, so that rank 0 can say where a rank it lost ran. Having
         # returned, it also means every rank is past MPI_Init: the segments can lose their names.
         peers = comm.allgather((MPI.Get_processor_name(), os.getpid()))
         unlink_own_segments()
+        if came_early or interrupted():
+            _interrupted_while_starting(comm)
 
     if comm.Get_rank() != 0:
         from . import _transport
@@ -122,6 +118,30 @@ def main() -> None:
         status = status or 130
     install_root(None)
     _end_rank_0(comm, stuck, status)
+
+
+def _check_environment(comm: Any) -> None:
+    """End the job, rank 0 saying why, if a ``DISPATCHER_MPI_*`` variable is bad."""
+    from ._channel import chunk_limit
+    from ._silence import root_silence_limit, silence_limit
+
+    try:
+        chunk_limit()
+        silence_limit()
+        root_silence_limit()
+    except ValueError as exc:
+        # Every rank reads the same environment: each stops, rank 0 says why.
+        if comm.Get_rank() == 0:
+            sys.stderr.write(f"dispatcher_mpi: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def _interrupted_while_starting(comm: Any) -> None:
+    """Ctrl-C came before the program started: every rank (``mpiexec`` passed it to
+    each) ends with the status of an interrupted program, and rank 0 says so."""
+    if comm.Get_rank() == 0:
+        sys.stderr.write("dispatcher_mpi: interrupted (Ctrl-C) before the program started\n")
+    raise SystemExit(130)
 
 
 def _end_rank_0(comm: Any, stuck: str | None, status: int) -> None:
