@@ -173,8 +173,13 @@ def test_a_cache_warning_on_a_worker_goes_to_the_caller_on_the_tasks_topic(
     it, on the topic the caller listens to; nothing is warned on the worker."""
     import distributed
 
+    from dispatcher import _cache
+
     worker = _Worker()
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
+    # The process's one sink, as in a dask worker (a worker of another kind, run in this
+    # process by an earlier test, may have set its own).
+    monkeypatch.setattr(_cache, "_warning_sink", _task._cache_warned)
     (tmp_path / "entries").write_text("no directory can be made here")
     func = StoreResult(dask_cache_tasks.quick, Cache(tmp_path))
     payload = pack(_spec(func, (ENTRY, 0.0), None), {})
