@@ -16,6 +16,7 @@ import pytest
 
 from dispatcher import Cache, CacheWarning, op, run
 from dispatcher._cache import CacheEntryError
+from dispatcher.testing import tasks
 
 KEY = "ab" + "0" * 30
 
@@ -203,6 +204,21 @@ def test_a_result_that_does_not_pickle_is_a_warning(tmp_path: Path) -> None:
     with pytest.warns(CacheWarning, match="does not pickle"):
         result = run(op(gen)(), executor="sync", cache=tmp_path)
     assert list(result) == [0, 1, 2]
+
+
+class _PicklingFailsUnprintably:
+    def __reduce__(self) -> Any:
+        raise tasks.BadStrError("unprintable")
+
+
+def test_a_result_whose_pickling_fails_unprintably_is_a_warning_too(tmp_path: Path) -> None:
+    # The warning's text asked str() of that error, which raised: the node failed.
+    def make() -> Any:
+        return _PicklingFailsUnprintably()
+
+    with pytest.warns(CacheWarning, match=r"does not pickle: <BadStrError: str\(\) failed>"):
+        result = run(op(make)(), executor="sync", cache=tmp_path)
+    assert isinstance(result, _PicklingFailsUnprintably)
 
 
 def test_least_recently_used_entries_are_evicted_past_max_bytes(tmp_path: Path) -> None:

@@ -120,6 +120,14 @@ def test_failures_and_skipped_tasks(tmp_path: Path) -> None:
     assert "never-ran" in text
 
 
+def test_a_failure_whose_str_fails_is_reported(tmp_path: Path) -> None:
+    # The report asked str() of the error, which raised: no report was written.
+    bad = Op(tasks.raise_odd, "BadStrError")
+    with pytest.raises(tasks.BadStrError):
+        run([bad, Op(tasks.inc, bad)], executor="sync", report=str(tmp_path / "r.html"))
+    assert "BadStrError: &lt;BadStrError: str() failed&gt;" in (tmp_path / "r.html").read_text()
+
+
 def test_a_failure_names_its_node_with_its_arguments(tmp_path: Path) -> None:
     def parse(name: str) -> str:
         if name == "b.txt":

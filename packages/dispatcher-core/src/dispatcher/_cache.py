@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ._errors import safe_str
+
 __all__ = [
     "Cache",
     "CacheEntryError",
@@ -192,7 +194,7 @@ class Cache:
             _reraise_ctrl_c(exc)
             _warn(
                 f"dispatcher cache: a {type(value).__name__} result is not stored "
-                f"(it does not pickle: {exc})",
+                f"(it does not pickle: {safe_str(exc)})",
                 stacklevel=3,
             )
             return None
@@ -276,7 +278,7 @@ class Cache:
         except BaseException as exc:  # unpickling runs arbitrary code: SystemExit included
             _reraise_ctrl_c(exc)
             self._discard(key, path, exc)
-            raise CacheEntryError(f"cache entry {key} is unusable: {exc}") from None
+            raise CacheEntryError(f"cache entry {key} is unusable: {safe_str(exc)}") from None
         finally:
             os.close(fd)
 
@@ -314,7 +316,7 @@ class Cache:
 
     def _discard(self, key: str, path: str, reason: BaseException) -> None:
         _warn(
-            f"dispatcher cache: entry {key} in {self.path} is unusable ({reason}); "
+            f"dispatcher cache: entry {key} in {self.path} is unusable ({safe_str(reason)}); "
             "it is deleted and its node computed again",
             stacklevel=4,
         )

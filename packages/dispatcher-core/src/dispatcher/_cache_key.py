@@ -58,6 +58,7 @@ from ._cache_reads import (
     root_module,
     source_file,
 )
+from ._errors import safe_str
 from ._template import Ref, user_callable
 
 __all__ = ["KEY_VERSION", "Uncacheable", "function_digest", "node_key", "value_digest"]
@@ -585,4 +586,4 @@ def _guarded(step: Callable[[Any], Any], value: Any) -> Any:
         raise Uncacheable("a value nested too deeply (or containing itself)") from None
     except BaseException as exc:  # a __reduce__ or __eq__ that fails: not hashable by value
         _reraise_ctrl_c(exc)
-        raise Uncacheable(f"hashing it raised {type(exc).__name__}: {exc}") from None
+        raise Uncacheable(f"hashing it raised {type(exc).__name__}: {safe_str(exc)}") from None

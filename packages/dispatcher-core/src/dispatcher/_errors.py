@@ -55,6 +55,22 @@ def user_traceback(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
+def safe_str(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when its ``__str__`` fails: describing an error
+    must never lose it, nor the run it ended."""
+    try:
+        return str(error)
+    except BaseException:
+        return f"<{type(error).__qualname__}: str() failed>"
+
+
+def set_link(error: BaseException, name: str, value: Any) -> None:
+    """Set ``error.__cause__``, ``__context__``, ``__traceback__`` or
+    ``__suppress_context__``, even on an exception that refuses attributes (a frozen
+    dataclass: its ``__setattr__`` raises), as Python's own ``raise`` does."""
+    object.__setattr__(error, name, value)
+
+
 def hide_own_frames(error: BaseException, node: object) -> None:
     """Drop from ``error``'s traceback the frames of dispatcher's code above the user's.
 
@@ -71,9 +87,9 @@ def hide_own_frames(error: BaseException, node: object) -> None:
     if _log.isEnabledFor(logging.DEBUG):
         text = "".join(traceback.format_exception(type(error), error, tb))
         _log.debug("the whole traceback of %s, dispatcher's frames included:\n%s", node, text)
-    error.__traceback__ = kept
+    set_link(error, "__traceback__", kept)
     if kept is None and error.__cause__ is not None:
-        error.__cause__.__traceback__ = None
+        set_link(error.__cause__, "__traceback__", None)
 
 
 class DispatcherError(Exception):
@@ -154,7 +170,7 @@ class DependencyError(DispatcherError):
         cause = self.cause
         return (
             f"{node_name(self.dependent)} did not run because its ancestor "
-            f"{node_name(self.node)} failed: {type(cause).__name__}: {cause}"
+            f"{node_name(self.node)} failed: {type(cause).__name__}: {safe_str(cause)}"
         )
 
     def __str__(self) -> str:

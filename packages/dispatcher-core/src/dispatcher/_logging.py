@@ -19,7 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from ._errors import DependencyError
+from ._errors import DependencyError, safe_str
 from ._hooks import hookimpl
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ class TaskLog(RunLog):
         if isinstance(error, DependencyError):
             task_log.debug("skipped %s: its ancestor %s failed", node, error.node)
         else:
-            task_log.debug("failed %s on %s: %s: %s", node, worker, type(error).__name__, error)
+            text = safe_str(error)
+            task_log.debug("failed %s on %s: %s: %s", node, worker, type(error).__name__, text)
 
     @hookimpl
     def dispatcher_task_retried(
@@ -110,5 +111,5 @@ class TaskLog(RunLog):
             attempt,
             type(error).__name__,
             worker,
-            error,
+            safe_str(error),
         )

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._errors import DependencyError
+from ._errors import DependencyError, safe_str
 from ._hooks import hookimpl
 from ._report_model import (
     ABANDONED,
@@ -304,5 +304,5 @@ def _own_stream(path: Path) -> int | None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = safe_str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import CodeType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._errors import RemoteError, SerializationError, user_traceback
+from .._errors import RemoteError, SerializationError, safe_str, set_link, user_traceback
 from ._pickle import pickle_by_reference
 
 if TYPE_CHECKING:
@@ -64,20 +64,13 @@ class WireError:
     """The traceback with the worker's own frames, for the DEBUG log."""
 
 
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except BaseException:  # a __str__ that fails must not lose the error it describes
-        return f"<{type(exc).__qualname__}: str() failed>"
-
-
 def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireError:
     """Worker side: package ``exc`` with its traceback text. Never raises: whatever part of
     the exception cannot be pickled or printed is left out."""
     try:
         tb_text, whole = _traceback_texts(exc)
     except BaseException:
-        whole = tb_text = f"{type(exc).__qualname__}: {_safe_str(exc)}\n"
+        whole = tb_text = f"{type(exc).__qualname__}: {safe_str(exc)}\n"
     type_name = _qualified_type(exc)
     try:
         payload: bytes | None = _dumps_alone(exc, dumps)
@@ -91,7 +84,7 @@ def capture_error(exc: BaseException, dumps: Callable[[Any], bytes]) -> WireErro
         except BaseException:
             break  # keep the part of the chain that travels
         cause = cause.__cause__
-    return WireError(payload, type_name, _safe_str(exc), tb_text, tuple(causes), whole)
+    return WireError(payload, type_name, safe_str(exc), tb_text, tuple(causes), whole)
 
 
 _HEADER = "Traceback (most recent call last):\n"
@@ -181,12 +174,15 @@ def _dumps_alone(exc: BaseException, dumps: Callable[[Any], bytes]) -> bytes:
         exc.__suppress_context__,
         exc.__traceback__,
     )
+    links = {"__cause__": cause, "__context__": context, "__traceback__": tb}
     try:
-        exc.__cause__ = exc.__context__ = exc.__traceback__ = None
+        for name in links:
+            set_link(exc, name, None)
         return dumps(exc)
     finally:
-        exc.__cause__, exc.__context__, exc.__traceback__ = cause, context, tb
-        exc.__suppress_context__ = suppress
+        for name, value in links.items():
+            set_link(exc, name, value)
+        set_link(exc, "__suppress_context__", suppress)
 
 
 def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException | None:
@@ -199,7 +195,7 @@ def _load_exception(data: bytes, loads: Callable[[bytes], Any]) -> BaseException
         return None
     # Where tracebacks pickle (dask installs tblib's support), the worker's frames would
     # show twice: the note has them, from the user's code down.
-    exc.__traceback__ = None
+    set_link(exc, "__traceback__", None)
     return exc
 
 
@@ -226,7 +222,7 @@ def restore_error(
         # traceback too.
         label_text = label if isinstance(label, str) else label.label
         named = SerializationError(label_text, exc.what, exc.type_name, exc.detail)
-        traceback_text = traceback_text.replace(_safe_str(exc), _safe_str(named))
+        traceback_text = traceback_text.replace(safe_str(exc), safe_str(named))
         exc = named
     # Without a frame of the user's code (an error of dispatcher's own, a result that does
     # not pickle...) the traceback would only repeat the message.
@@ -241,7 +237,7 @@ def restore_error(
         if cause is None:
             break
         try:
-            link.__cause__ = cause
+            set_link(link, "__cause__", cause)
         except BaseException:
             break
         link = cause
@@ -278,7 +274,7 @@ def serialization_error(
     # SystemExit and the like: no pickling message to go by, so name the member that refuses.
     culprit = _qualified_type(_refusing(obj))
     detail = f"{culprit} cannot be pickled: pickling it raised {type(exc).__name__}"
-    text = _safe_str(exc)
+    text = safe_str(exc)
     detail += f" ({text})" if text else ""
     return SerializationError(label, what, culprit, detail, in_caller)
 
@@ -289,7 +285,7 @@ def unpickling_error(
     """The error for the ``what`` of node ``label`` (or of task key ``label``, as for
     :func:`serialization_error`) failing to *un*pickle where it arrived (the caller, when
     ``in_caller``), with ``exc``: most often a module that process cannot import."""
-    detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {_safe_str(exc)})"
+    detail = f"it could not be unpickled where it arrived ({type(exc).__name__}: {safe_str(exc)})"
     if isinstance(exc, (ImportError, AttributeError)):
         detail += (
             "; what is pickled by reference (functions and classes of a module) must be "
@@ -302,7 +298,7 @@ def unpickling_error(
 def _culprit(obj: Any, exc: BaseException) -> str:
     # pickle names the offending type in its message ("cannot pickle '_thread.lock' object");
     # prefer that over the container's type.
-    text = _safe_str(exc)
+    text = safe_str(exc)
     if "cannot pickle '" in text:
         return text.split("cannot pickle '", 1)[1].split("'", 1)[0]
     if isinstance(exc, pickle.PicklingError) or "pickle" in text:

@@ -28,6 +28,7 @@ import anyio
 import pytest
 
 from .. import (
+    DependencyError,
     DispatcherError,
     Executor,
     Op,
@@ -127,11 +128,15 @@ class ExecutorFaults(ExecutorHarness):
     @pytest.mark.timeout(60)
     @pytest.mark.parametrize("kind", ODD_KINDS)
     def test_odd_exception_fails_its_node(self, ex: Executor, kind: str) -> None:
-        """A task raising any BaseException fails its node; others run; the executor lives."""
+        """A task raising any BaseException fails its node, and its dependents with a
+        :class:`DependencyError` naming it; others run; the executor lives."""
         bad = op(tasks.raise_odd, label=f"raises-{kind}")(kind)
-        results = _no_escape(lambda: ex.run([bad, Op(tasks.inc, 1)], throw=False), kind)
+        after = Op(tasks.inc, bad)
+        results = _no_escape(lambda: ex.run([bad, Op(tasks.inc, 1), after], throw=False), kind)
         _check_odd_error(kind, results[0].error)
         assert results[1].value == 2
+        assert isinstance(results[2].error, DependencyError), results[2].error
+        assert f"raises-{kind}" in str(results[2].error)
         assert _no_escape(lambda: ex.run(Op(tasks.inc, 2)), "the next run") == 3
 
     @pytest.mark.timeout(60)

@@ -6,6 +6,7 @@ can import them. Calls are counted with marker files, which works across process
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import types
@@ -252,6 +253,14 @@ class BadNotesError(Exception):
         self.__notes__ = "not a list"  # type: ignore[assignment]
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenError(Exception):
+    """An exception declared as a frozen dataclass: setting any attribute raises, its
+    ``__traceback__`` and ``__cause__`` included."""
+
+    reason: str = "frozen"
+
+
 ODD_EXCEPTIONS: dict[str, tuple[type[BaseException], Any]] = {
     "KeyboardInterrupt": (KeyboardInterrupt, lambda: KeyboardInterrupt()),
     "SystemExit": (SystemExit, lambda: SystemExit(4)),
@@ -259,6 +268,7 @@ ODD_EXCEPTIONS: dict[str, tuple[type[BaseException], Any]] = {
     "CustomBaseError": (CustomBaseError, lambda: CustomBaseError("custom")),
     "BadStrError": (BadStrError, lambda: BadStrError("unprintable")),
     "BadNotesError": (BadNotesError, lambda: BadNotesError("notes refused")),
+    "FrozenError": (FrozenError, lambda: FrozenError("cannot be changed")),
 }
 """Name -> (the type a task raises, a factory for the exception)."""
 
