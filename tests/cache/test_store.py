@@ -221,6 +221,13 @@ def test_a_result_whose_pickling_fails_unprintably_is_a_warning_too(tmp_path: Pa
     assert isinstance(result, _PicklingFailsUnprintably)
 
 
+def test_an_empty_path_is_refused_rather_than_the_working_directory_used() -> None:
+    with pytest.raises(ValueError, match="path given is empty"):
+        Cache("")
+    with pytest.raises(ValueError, match="path given is empty"):
+        run(op(tasks.inc)(1), executor="sync", cache="")
+
+
 def test_least_recently_used_entries_are_evicted_past_max_bytes(tmp_path: Path) -> None:
     cache = Cache(tmp_path, max_bytes=250_000)
     keys = [f"{i:02x}" + "0" * 30 for i in range(3)]

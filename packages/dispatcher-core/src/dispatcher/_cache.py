@@ -133,6 +133,8 @@ class Cache:
             isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
         ):
             raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r}")
+        if not os.fspath(path):  # abspath("") would make the working directory a cache
+            raise ValueError("a cache needs a directory; the path given is empty")
         self.path = os.path.abspath(os.fspath(path))
         self._entries = os.path.join(self.path, "entries", "")
         if (
