@@ -40,6 +40,39 @@ def test_sigint_interrupts_a_run(executor: str, options: str) -> None:
     assert returncode != 0
 
 
+# Coroutines that clean up when cancelled and return, as is usual.
+CLEANS_UP = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dispatcher import Op, run
+
+    async def work(i):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return "cleaned up"
+
+    print("ready", flush=True)
+    try:
+        print(run([Op(work, i) for i in range(3)], executor=sys.argv[1]), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor", ["sync", "async"])
+def test_ctrl_c_in_a_coroutine_that_cleans_up_still_stops_the_run(executor: str) -> None:
+    # On sync, asyncio took the Ctrl-C for the coroutine's cancellation alone: the first
+    # one returned "cleaned up", and the run went on to the next for an hour.
+    out, err, returncode = interrupted(CLEANS_UP, executor)
+    assert "interrupted" in out, (out, err)
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+
+
 # A function that blocks once it is proven tiny, and a coroutine that makes a run need a loop.
 BLOCKS_WHEN_TOLD = textwrap.dedent(
     """

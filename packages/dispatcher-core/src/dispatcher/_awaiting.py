@@ -135,7 +135,7 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
         asyncio.get_running_loop()
     except RuntimeError:
         if not _in_another_librarys_loop():
-            return asyncio.run(wrapper())
+            return _run_here(wrapper())
     box: list[Any] = []
 
     def target() -> None:
@@ -156,6 +156,20 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
     if ok:
         return value
     raise value
+
+
+def _run_here(coroutine: Any) -> Any:
+    """``asyncio.run(coroutine)``, but a Ctrl-C is never lost. asyncio turns it into a
+    cancellation of the coroutine, and raises ``KeyboardInterrupt`` only if that
+    cancellation comes out of it: one that catches it, cleans up and returns (as is
+    usual) took the Ctrl-C with it, and the run went on."""
+    with asyncio.Runner() as runner:
+        value = runner.run(coroutine)
+        # Counted by the Runner's own SIGINT handler (main thread only; private, hence
+        # read with a default).
+        if getattr(runner, "_interrupt_count", 0):
+            raise KeyboardInterrupt
+        return value
 
 
 def _in_another_librarys_loop() -> bool:
