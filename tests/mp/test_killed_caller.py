@@ -3,6 +3,7 @@ nothing left in /dev/shm, nothing blocked."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -122,3 +123,57 @@ def test_a_frozen_resource_tracker_blocks_nothing(tmp_path: Path) -> None:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+
+
+DAEMON = textwrap.dedent(
+    """
+    import multiprocessing.forkserver, os, sys, time
+    from multiprocessing import resource_tracker
+    from dispatcher import Op, get_executor
+
+    def start_daemon(path):
+        if os.fork() == 0:  # a daemon: a session of its own, outliving the task
+            os.setsid()
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+            os._exit(0)
+        return 1
+
+    if __name__ == "__main__":
+        with get_executor("mp", workers=1) as ex:
+            assert ex.run(Op(start_daemon, sys.argv[1])) == 1
+            helpers = [
+                multiprocessing.forkserver._forkserver._forkserver_pid,
+                resource_tracker._resource_tracker._pid,
+            ]
+        print(*helpers, flush=True)
+    """
+)
+
+
+def test_a_daemon_a_task_started_keeps_no_helper_process_alive(tmp_path: Path) -> None:
+    # It inherited the worker's pipes to multiprocessing's forkserver and resource
+    # tracker, which wait for them to close to end: both outlived the program, orphaned.
+    psutil = pytest.importorskip("psutil")
+    daemon_file, out, err = tmp_path / "daemon", tmp_path / "out", tmp_path / "err"
+    # Files, not pipes: the daemon holds the program's stdout and stderr.
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-c", DAEMON, str(daemon_file)], stdout=stdout, stderr=stderr
+        )
+    try:
+        assert child.wait(timeout=60) == 0, err.read_text()
+        pids = [int(pid) for pid in out.read_text().split()]
+        helpers = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+        _, alive = psutil.wait_procs(helpers, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if child.poll() is None:
+            child.kill()
+        deadline = time.monotonic() + 10
+        while not daemon_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if daemon_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(daemon_file.read_text()), signal.SIGKILL)

@@ -4,6 +4,7 @@ answered (new tasks, frees, data other workers need)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -68,6 +69,34 @@ def _exit_now(exc: BaseException) -> None:
         os.write(2, f"dispatcher-mp worker: {type(exc).__name__}: {exc}\n".encode())
     finally:
         os._exit(EXIT_THREAD_FAILED)
+
+
+def forget_pipes_in_children(conn: Connection) -> None:
+    """Make every process a task forks (a daemon, say) let go of this worker's pipes: to
+    the caller, and to multiprocessing's forkserver and resource tracker, which wait for
+    them to close to end. Held by a child that outlived the worker, they kept those
+    helpers alive, orphaned, for as long as it lived. Its descriptors are made to refer
+    to /dev/null, not closed: their numbers stay taken, so nothing the child inherited
+    closes a later file by mistake."""
+    from multiprocessing import forkserver, process, resource_tracker
+
+    # (Private names: where a later Python moves them, only that pipe stays held.)
+    fds = [
+        conn.fileno(),
+        getattr(getattr(process, "_parent_process", None), "_sentinel", None),
+        getattr(resource_tracker._resource_tracker, "_fd", None),
+        getattr(forkserver._forkserver, "_forkserver_alive_fd", None),
+    ]
+    held = [fd for fd in fds if isinstance(fd, int) and fd > 2]
+
+    def after_in_child() -> None:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+        os.close(null)
+
+    os.register_at_fork(after_in_child=after_in_child)
 
 
 def _identity(fd: int) -> tuple[int, int] | None:
@@ -296,6 +325,7 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_parent_death_signal()
     worker = Worker(conn, prefix, shm, running)
+    forget_pipes_in_children(conn)
     sys.stdout = _Forward(worker.channel, "stdout")  # type: ignore[assignment]
     sys.stderr = _Forward(worker.channel, "stderr")  # type: ignore[assignment]
     root = logging.getLogger()
