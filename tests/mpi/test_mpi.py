@@ -154,6 +154,39 @@ def test_task_error_then_recovery_in_the_same_script(tmp_path: Path) -> None:
     assert "recovered" in done.stdout
 
 
+def test_a_tasks_own_use_of_comm_world_never_meets_dispatchers_messages(
+    tmp_path: Path,
+) -> None:
+    # They went on COMM_WORLD: a receive a task posted there took the next message
+    # dispatcher sent its rank, lost to the rank's own listener.
+    program = script(
+        tmp_path,
+        """
+        import time
+        from dispatcher import Op, run
+
+        def listen(seconds):
+            from mpi4py import MPI
+
+            request = MPI.COMM_WORLD.irecv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if request.test()[0]:
+                    return "took a message"
+                time.sleep(0.01)
+            request.Cancel()
+            request.Free()
+            return "nothing"
+
+        print(run([Op(listen, 3), Op(listen, 3)], executor="mpi"), flush=True)
+        print(run([Op(abs, -i) for i in range(4)], executor="mpi"), flush=True)
+        """,
+    )
+    done = job(3, program)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "['nothing', 'nothing']\n[0, 1, 2, 3]" in done.stdout, done.stdout
+
+
 def test_an_uncaught_task_error_shows_the_users_code_only(tmp_path: Path) -> None:
     program = script(
         tmp_path,

@@ -63,6 +63,9 @@ def main() -> None:
                     "better; this one offers less\n"
                 )
             comm.Abort(2)
+        # dispatcher's messages go on a communicator of their own: a task's own use of
+        # COMM_WORLD (a receive from any rank, say) never sees them, nor they its.
+        comm = comm.Dup()
         from ._channel import FINALIZE_WAIT, abort_job, finalize
         from ._segments import unlink_own_segments
 

@@ -135,15 +135,18 @@ rank 0's at exit, in ``__main__``)."""
 
 
 def discard_unreceived(comm: Any) -> int:
-    """Receive and drop every message waiting for this rank on ``comm``; how many."""
+    """Receive and drop every message waiting for this rank on ``comm``, and on
+    ``COMM_WORLD``, where the program and its tasks send their own (one left there would
+    fail the finalisation too); how many."""
     from mpi4py import MPI
 
     status = MPI.Status()
     dropped = 0
-    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-        message = comm.Mprobe(source=status.Get_source(), tag=status.Get_tag(), status=status)
-        message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
-        dropped += 1
+    for each in [comm] if comm == MPI.COMM_WORLD else [comm, MPI.COMM_WORLD]:
+        while each.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            message = each.Mprobe(source=status.Get_source(), tag=status.Get_tag(), status=status)
+            message.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
+            dropped += 1
     return dropped
 
 
