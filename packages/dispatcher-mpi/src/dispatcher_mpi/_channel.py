@@ -93,7 +93,11 @@ def abort_job(comm: Any, message: str, status: int) -> None:
     # with the launcher out of reach (this host cut off), for ever. Then a watchdog that
     # needs no GIL ends this rank alone.
     faulthandler.dump_traceback_later(ABORT_WAIT, exit=True)
-    comm.Abort(status)
+    # On COMM_WORLD whatever ``comm`` is: aborting a duplicate of it, MPICH kills the
+    # ranks, and the job ends with status 9 instead of ``status``.
+    from mpi4py import MPI
+
+    MPI.COMM_WORLD.Abort(status)
 
 
 STARVED = 1.0
