@@ -221,6 +221,13 @@ def test_a_result_whose_pickling_fails_unprintably_is_a_warning_too(tmp_path: Pa
     assert isinstance(result, _PicklingFailsUnprintably)
 
 
+@pytest.mark.parametrize("verify", ["no", 0, None])
+def test_verify_is_a_bool(tmp_path: Path, verify: Any) -> None:
+    # Cache(path, verify="no") verified every entry, "no" being true.
+    with pytest.raises(ValueError, match="verify must be True or False"):
+        Cache(tmp_path, verify=verify)
+
+
 def test_an_empty_path_is_refused_rather_than_the_working_directory_used() -> None:
     with pytest.raises(ValueError, match="path given is empty"):
         Cache("")

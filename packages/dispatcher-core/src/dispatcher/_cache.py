@@ -143,6 +143,8 @@ class Cache:
             or not (min_seconds >= 0)
         ):
             raise ValueError(f"min_seconds must be a non-negative number, got {min_seconds!r}")
+        if not isinstance(verify, bool):  # "no" would be true, and verify
+            raise ValueError(f"verify must be True or False, got {verify!r}")
         self.max_bytes = max_bytes
         self.verify = verify
         self.min_seconds = float(min_seconds)
