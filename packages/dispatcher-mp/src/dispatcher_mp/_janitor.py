@@ -31,7 +31,8 @@ WATCH_EVERY = 0.5
 
 _log = logging.getLogger("dispatcher.mp")
 
-# Run with -I -S: no site packages, no environment, so it starts in some 10 ms.
+# Run with -I -S: no site packages, no environment, so it starts in some 10 ms. Its sweep
+# is :func:`~dispatcher_mp._wire.sweep` written again: importing ours would need both.
 _PROGRAM = f"""
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -6,6 +6,9 @@ killed each rank with a traceback through those imports, and hydra took the rank
 for crashes. The package's first lines call :func:`hold` when it is run as the program
 (``sys.argv[0]`` is ``"-m"`` while it is found); :func:`release` hands over to the
 startup's own hold, saying whether one came.
+
+It is :func:`dispatcher.remote.ctrl_c_held` spread over two calls, and kept apart from it
+because any module of dispatcher's would import the whole core first.
 """
 
 from __future__ import annotations

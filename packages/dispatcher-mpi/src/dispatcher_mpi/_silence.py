@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from ._transport import MpiTransport, Root
 
 __all__ = [
+    "HEARTBEAT",
     "LIMIT_VARIABLE",
+    "ROOT_HEARTBEAT",
     "ROOT_LIMIT_VARIABLE",
     "SILENT",
     "give_up_silent",
@@ -36,13 +38,19 @@ __all__ = [
     "silent_ranks",
 ]
 
+HEARTBEAT = 0.5
+"""Seconds of silence after which a worker rank says :class:`~._messages.Alive`."""
+ROOT_HEARTBEAT = 1.0
+"""Seconds between the :class:`~._messages.Alive` rank 0 says to every worker rank, so that
+the ranks can tell rank 0 gone (its host cut off) from rank 0 with nothing to send."""
+
 LIMIT_VARIABLE = "DISPATCHER_MPI_SILENCE_LIMIT"
-LEAST_LIMIT = 1.5  # three of a rank's heartbeats
+LEAST_LIMIT = 3 * HEARTBEAT  # shorter, healthy ranks would be given up on
 DEFAULT_LIMIT = 300.0
 """Seconds: dask.distributed's default ``worker-ttl``, which users of clusters know."""
 
 ROOT_LIMIT_VARIABLE = "DISPATCHER_MPI_ROOT_SILENCE_LIMIT"
-LEAST_ROOT_LIMIT = 3.0  # three of rank 0's heartbeats
+LEAST_ROOT_LIMIT = 3 * ROOT_HEARTBEAT
 DEFAULT_ROOT_LIMIT = 600.0
 """Seconds: longer than a rank's, since rank 0 runs the program, which may hold the GIL
 (and so silence rank 0's hub) for long between runs."""
@@ -56,31 +64,37 @@ def silence_limit(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds of silence, while tasks are out, after which a rank is given up on; a
     ``ValueError`` that says why when ``DISPATCHER_MPI_SILENCE_LIMIT`` is not a number of
     seconds above 0, or one too short for a healthy rank to be heard within."""
-    limit = _seconds(LIMIT_VARIABLE, DEFAULT_LIMIT, "a rank is given up on", environ)
-    if limit < LEAST_LIMIT:
-        raise ValueError(
-            f"{LIMIT_VARIABLE} must be at least {LEAST_LIMIT:g} s (a rank says it is alive "
-            f"every half second), not {environ[LIMIT_VARIABLE]!r}"
-        )
-    return limit
+    return _seconds(
+        LIMIT_VARIABLE,
+        DEFAULT_LIMIT,
+        "a rank is given up on",
+        (LEAST_LIMIT, f"a rank says it is alive every {HEARTBEAT:g} s"),
+        environ,
+    )
 
 
 def root_silence_limit(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds a worker rank goes without a word from rank 0 before it ends the job (see
     :mod:`._worker`); a ``ValueError`` that says why when
-    ``DISPATCHER_MPI_ROOT_SILENCE_LIMIT`` is not a number of seconds above 0."""
-    limit = _seconds(
-        ROOT_LIMIT_VARIABLE, DEFAULT_ROOT_LIMIT, "the ranks end a job rank 0 left", environ
+    ``DISPATCHER_MPI_ROOT_SILENCE_LIMIT`` is not a number of seconds above 0, or is too
+    short for rank 0 to be heard within."""
+    return _seconds(
+        ROOT_LIMIT_VARIABLE,
+        DEFAULT_ROOT_LIMIT,
+        "the ranks end a job rank 0 left",
+        (LEAST_ROOT_LIMIT, f"rank 0 says it is alive every {ROOT_HEARTBEAT:g} s"),
+        environ,
     )
-    if limit < LEAST_ROOT_LIMIT:
-        raise ValueError(
-            f"{ROOT_LIMIT_VARIABLE} must be at least {LEAST_ROOT_LIMIT:g} s (rank 0 says it "
-            f"is alive each second), not {environ[ROOT_LIMIT_VARIABLE]!r}"
-        )
-    return limit
 
 
-def _seconds(variable: str, default: float, meaning: str, environ: Mapping[str, str]) -> float:
+def _seconds(
+    variable: str,
+    default: float,
+    meaning: str,
+    least: tuple[float, str],
+    environ: Mapping[str, str],
+) -> float:
+    """``variable``'s seconds, or ``default``; ``least``: the shortest allowed, and why."""
     raw = environ.get(variable)
     if raw is None or not raw.strip():
         return default
@@ -93,6 +107,9 @@ def _seconds(variable: str, default: float, meaning: str, environ: Mapping[str, 
             f"{variable} must be the seconds of silence after which {meaning}, a number "
             f"above 0 (default {default:g}), not {raw!r}"
         )
+    shortest, why = least
+    if limit < shortest:
+        raise ValueError(f"{variable} must be at least {shortest:g} s ({why}), not {raw!r}")
     return limit
 
 

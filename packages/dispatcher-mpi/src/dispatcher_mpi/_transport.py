@@ -82,7 +82,7 @@ from ._held_arguments import HeldArguments
 from ._launch import LAUNCH_HELP
 from ._messages import IDLE, Alive, Busy, Bye, DropArguments, Peer, Reset
 from ._ranks import rank_names, rank_of
-from ._silence import SILENT, give_up_silent, silence_limit
+from ._silence import ROOT_HEARTBEAT, SILENT, give_up_silent, silence_limit
 from ._watch import Watcher
 
 __all__ = ["IN_WORKER_RANK", "LAUNCH_HELP", "MpiTransport", "Root", "current_root"]
@@ -106,9 +106,6 @@ STOP_GRACE = 5.0
 _REMEMBERED = 256  # tasks per rank whose outcome rank 0 remembers (see Root.reported)
 _SILENCE_CHECK = 0.1  # how often rank 0 looks for silent ranks
 _QUIET_CHECK = 1.0  # how often rank 0 looks for silent ranks while tasks are out (_silence)
-ROOT_HEARTBEAT = 1.0
-"""Seconds between the :class:`~._messages.Alive` rank 0 says to every worker rank, so that
-the ranks can tell rank 0 gone (its host cut off) from rank 0 with nothing to send."""
 _WATCH_EVERY = 0.02  # how often rank 0 tells the watcher what each rank does
 
 

@@ -46,11 +46,9 @@ from ._messages import (
     Peer,
     Reset,
 )
-from ._silence import ROOT_LIMIT_VARIABLE, root_silence_limit
+from ._silence import HEARTBEAT, ROOT_LIMIT_VARIABLE, root_silence_limit
 
 ROOT = 0
-HEARTBEAT = 0.5
-"""Seconds of silence after which a rank says :class:`Alive`."""
 _STARTED_WAIT = 1.0  # longest a timed task waits for its "started" to leave
 
 

@@ -168,13 +168,8 @@ def _dumps_alone(exc: BaseException, dumps: Callable[[Any], bytes]) -> bytes:
     its own, and its traceback as text. Where exceptions pickle with their chain (tblib's
     support, which importing dask.distributed installs), a cause that does not unpickle
     would otherwise take the exception down with it."""
-    cause, context, suppress, tb = (
-        exc.__cause__,
-        exc.__context__,
-        exc.__suppress_context__,
-        exc.__traceback__,
-    )
-    links = {"__cause__": cause, "__context__": context, "__traceback__": tb}
+    links = {name: getattr(exc, name) for name in ("__cause__", "__context__", "__traceback__")}
+    suppress = exc.__suppress_context__
     try:
         for name in links:
             set_link(exc, name, None)
