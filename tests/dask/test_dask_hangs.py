@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,34 @@ def test_no_free_thread_on_a_users_cluster_is_a_clear_error(dask_client: Any) ->
         assert "'stuck-0'" in message
         assert "'stuck-1'" in message
         assert "restart" in message
+    finally:
+        restart_workers(dask_client)
+
+
+@pytest.mark.timeout(60)
+def test_tasks_placed_on_a_worker_after_it_was_found_full_are_moved(
+    dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run hung (about one time in three, in the conformance suite): tasks the
+    # scheduler placed on a worker just after it was found full (before it heard that
+    # the worker was paused) were never moved, as the worker was moved from only once.
+    # Here the worker's pause reaches the scheduler late on purpose, so that the tasks
+    # moved off the first worker found full are placed on full workers again.
+    from dispatcher_dask._giving_up import GivingUp
+
+    said = GivingUp._capacity_changed
+
+    def said_late(self: GivingUp, address: str, holding: list[str]) -> None:
+        threading.Timer(0.5, said, (self, address, holding)).start()
+
+    monkeypatch.setattr(GivingUp, "_capacity_changed", said_late)
+    stuck = [op(dask_tasks.forever, label=f"stuck-{i}", timeout=0.5)() for i in range(8)]
+    try:
+        with get_executor("dask", address=dask_client.scheduler.address) as ex:
+            results = ex.run(stuck, throw=False)
+        for result in results:
+            if not isinstance(result.error, TaskTimeoutError):
+                assert "no capacity left" in str(result.error), result
     finally:
         restart_workers(dask_client)
 

@@ -218,13 +218,15 @@ class GivingUp:
         stays so for :data:`RESTART_AFTER` seconds, restart it. (Tasks given up on by a
         run that failed fast mostly return within that: a restart costs seconds.) The
         look then is a timer's: the next check of a worker whose tasks hold the GIL comes
-        only once asking it has timed out, seconds later."""
+        only once asking it has timed out, seconds later.
+
+        What was queued is moved at every check, not only the first: the scheduler may
+        have placed tasks there after the first, before it heard the worker was paused,
+        and they would wait behind tasks that may never return."""
+        self._withdraw(address)
         now = time.monotonic()
         since = self._full_since.setdefault(address, now)
-        if since != now:
-            return
-        self._withdraw(address)
-        if self._cluster is not None:
+        if since == now and self._cluster is not None:
             loop = self.client.loop.asyncio_loop
             loop.call_soon_threadsafe(
                 loop.call_later, RESTART_AFTER, self._restart_if_still_full, address, since
