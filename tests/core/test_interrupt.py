@@ -73,6 +73,47 @@ def test_ctrl_c_in_a_coroutine_that_cleans_up_still_stops_the_run(executor: str)
     assert returncode != 0
 
 
+# Coroutines that block the loop (a blocking call where an await belongs, a common slip).
+BLOCKS_THE_LOOP = textwrap.dedent(
+    """
+    import sys, time
+    from dispatcher import Op, get_executor
+
+    async def work(i):
+        time.sleep(3600)
+
+    print("ready", flush=True)
+    try:
+        with get_executor(sys.argv[1], **eval(sys.argv[2])) as ex:
+            ex.run([Op(work, i) for i in range(3)])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("executor", "options"),
+    [
+        ("sync", "{}"),
+        ("async", "{'threads': 2}"),
+        ("async", "{'threads': 0}"),
+        ("async", "{'backend': 'trio'}"),
+    ],
+)
+def test_one_ctrl_c_stops_a_coroutine_blocking_the_loop_and_says_nothing_else(
+    executor: str, options: str
+) -> None:
+    # On sync, the Ctrl-C waited for the coroutine's next await (an hour here). On async,
+    # the run stopped, but asyncio printed "Task exception was never retrieved" with a
+    # second traceback, and the next task's coroutine ran its first step (an hour too).
+    out, err, returncode = interrupted(BLOCKS_THE_LOOP, executor, options)
+    assert "interrupted" in out, (out, err)
+    assert returncode == 0
+    assert err == ""
+
+
 # A function that blocks once it is proven tiny, and a coroutine that makes a run need a loop.
 BLOCKS_WHEN_TOLD = textwrap.dedent(
     """

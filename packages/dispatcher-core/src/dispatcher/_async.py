@@ -177,6 +177,8 @@ class AsyncTransport(Transport):
                 scope.open = False
                 loop_scope.reset(token)
                 group.cancel_scope.cancel()
+        if scope.interrupted is not None:
+            raise scope.interrupted
 
     def runs_in_caller(self, func: Any) -> bool:
         # With threads=0 a plain function runs on the loop anyway; the scheduler may as
@@ -256,8 +258,12 @@ class AsyncTransport(Transport):
         return True
 
     async def _call_later(self, scope: LoopScope, handle: _Handle) -> None:
-        if self.tasks.pop(handle.spec.key, None) is not None:  # not cancelled meanwhile
-            self._call_on_loop(scope, handle.spec)
+        # Not cancelled meanwhile, and the run not interrupted:
+        if self.tasks.pop(handle.spec.key, None) is not None and scope.interrupted is None:
+            try:
+                self._call_on_loop(scope, handle.spec)
+            except KeyboardInterrupt as interrupt:
+                scope.interrupt(interrupt)
 
     def _done(
         self, spec: TaskSpec, value: Any, duration: float, clock: FunctionClock | None = None
@@ -304,12 +310,15 @@ class AsyncTransport(Transport):
 
     async def _await(self, scope: LoopScope, handle: _Handle, values: list[Any]) -> None:
         spec = handle.spec
-        if handle.cancelled:
+        if handle.cancelled or scope.interrupted is not None:
             return
         start = perf_counter()
         try:
             awaitable = call_task(spec.func, spec.args, spec.kwargs, spec.shape, values)
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                scope.interrupt(exc)
+                return
             if stops_the_loop(exc):
                 raise
             self.tasks.pop(spec.key, None)

@@ -34,9 +34,16 @@ async def await_value(
 ) -> None:
     """Await what the task of ``handle`` returned (at ``start``) and report it."""
     spec = handle.spec
+    scope = loop_scope.get()
+    if scope is not None and scope.interrupted is not None:
+        # The run was interrupted before this task's turn came: not a step of it runs.
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()
+        return
     clock = None if spec.timeout is None else timed_call(spec, start, in_task=True)
     with anyio.CancelScope() as cancel_scope:
-        handle.loop = loop_scope.get()
+        handle.loop = scope
         handle.cancel_scope = cancel_scope
         if handle.cancelled:
             cancel_scope.cancel()
@@ -49,6 +56,9 @@ async def await_value(
             if stops_the_loop(exc):
                 if handle.cancelled or not cancel_scope.cancel_called:  # (a timeout: below)
                     _stopped(stoppable, spec, "it was cancelled")
+                if isinstance(exc, KeyboardInterrupt) and handle.loop is not None:
+                    handle.loop.interrupt(exc)
+                    return
                 raise
             transport.tasks.pop(spec.key, None)
             transport._failed(spec, exc, perf_counter() - start)

@@ -19,6 +19,8 @@ from time import perf_counter
 from types import GeneratorType
 from typing import Any
 
+from ._loop import interrupts_calls_in
+
 __all__ = ["AWAITABLE_TYPES", "CANCEL_GRACE", "Stoppable", "await_blocking", "is_awaitable"]
 
 CANCEL_GRACE = 1.0
@@ -129,7 +131,10 @@ def await_blocking(awaitable: Awaitable[Any]) -> Any:
     """
 
     async def wrapper() -> Any:
-        return await awaitable
+        # A Ctrl-C while the awaitable blocks the loop (time.sleep in a coroutine) is
+        # raised there, as in a plain function, rather than wait for its next await.
+        with interrupts_calls_in(wrapper.__code__):
+            return await awaitable
 
     try:
         asyncio.get_running_loop()

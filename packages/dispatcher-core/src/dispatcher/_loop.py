@@ -50,12 +50,14 @@ def in_event_loop() -> bool:
 class LoopScope:
     """The event loop a run is driven on, and the task group its tasks live in."""
 
-    __slots__ = ("call_soon", "context", "group", "open", "thread")
+    __slots__ = ("call_soon", "context", "group", "interrupted", "open", "thread")
 
     def __init__(self, group: TaskGroup) -> None:
         self.group = group
         self.open = True
         """Does the group take new tasks? Set on the loop, when the run's block ends."""
+        self.interrupted: KeyboardInterrupt | None = None
+        """A Ctrl-C that came while a task of the group ran (see :meth:`interrupt`)."""
         self.thread = threading.get_ident()
         self.context = self.capture_context()
         native: Any = anyio.lowlevel.current_token().native_token
@@ -79,6 +81,16 @@ class LoopScope:
             library = sniffio.current_async_library()
             context.run(sniffio.current_async_library_cvar.set, library)
         return context
+
+    def interrupt(self, interrupt: KeyboardInterrupt) -> None:
+        """A task of the group was interrupted (Ctrl-C, or it raised KeyboardInterrupt):
+        end the group, to raise ``interrupt`` once it has ended. Raised out of the task
+        itself, it would leave the loop at once, and the run's own task would end later,
+        while the loop shuts down, with an error that nobody reads (asyncio then prints
+        "Task exception was never retrieved")."""
+        if self.interrupted is None:
+            self.interrupted = interrupt
+        self.group.cancel_scope.cancel()
 
     def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start a task in the group, from any thread. From another thread, a task that
