@@ -180,3 +180,71 @@ def test_starting_many_workers_says_how_far_it_got(
     said = [r.getMessage() for r in caplog.records if r.name == "dispatcher.mp"]
     assert said, "nothing was said while the workers started"
     assert said[0].startswith("starting 3 mp workers: 1 ready after"), said
+
+
+# Makes the processes multiprocessing starts for the executor (the forkserver, or each
+# worker under spawn) slow to import, as on a loaded machine: a Ctrl-C can come then.
+SLOW_TO_IMPORT = """
+import os, time
+with open("/proc/self/cmdline", "rb") as cmdline:
+    if {match!r} in cmdline.read():
+        open(os.path.join({folder!r}, f"starting-{{os.getpid()}}"), "w").close()
+        time.sleep(2)
+"""
+
+INTERRUPTED_AT_START = """
+import sys, time
+from dispatcher import Op, get_executor
+
+def slow(x):
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    try:
+        with get_executor("mp", workers=2, start_method=sys.argv[1]) as ex:
+            ex.run([Op(slow, i) for i in range(2)])
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("start_method", "match"),
+    [("forkserver", b"multiprocessing.forkserver"), ("spawn", b"--multiprocessing-fork")],
+)
+def test_a_ctrl_c_while_worker_processes_start_prints_no_traceback_from_them(
+    tmp_path: Path, start_method: str, match: bytes
+) -> None:
+    # The forkserver (or a spawned worker) that was still importing took the Ctrl-C,
+    # meant for the caller, and printed a KeyboardInterrupt traceback of its own.
+    (tmp_path / "sitecustomize.py").write_text(
+        SLOW_TO_IMPORT.format(match=match, folder=str(tmp_path))
+    )
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_AT_START)
+    out, err = tmp_path / "out", tmp_path / "err"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).parent)]))
+    with out.open("w") as stdout, err.open("w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, str(script), start_method],
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+            # A shell's background job ignores SIGINT; the child must see it as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("starting-*")):
+            assert time.monotonic() < deadline, "no process started"
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        child.wait(30)
+        time.sleep(2.5)  # for what a slow process would still print
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert out.read_text() == "interrupted\n", err.read_text()
+    assert "Traceback" not in err.read_text(), err.read_text()

@@ -245,7 +245,9 @@ def _spawner_died(error: BaseException) -> None:
 def spawn(
     context: Any, name: str, prefix: str, shared_memory: bool, setup: bytes | None
 ) -> WorkerProcess:
-    """Start a worker process (without waiting for it to be ready)."""
+    """Start a worker process (without waiting for it to be ready), on the spawner's
+    thread."""
+    _started_without_ctrl_c(context)
     parent, child = context.Pipe(duplex=True)
     level = logging.getLogger().getEffectiveLevel()
     # (Its memory is a file unlinked as soon as it is made: nothing to clean up.)
@@ -259,6 +261,19 @@ def spawn(
     process.start()
     child.close()
     return WorkerProcess(name, prefix, process, parent, running=running)
+
+
+def _started_without_ctrl_c(context: Any) -> None:
+    """Make the processes this thread starts (the worker, and the forkserver with the
+    first one) start with Ctrl-C blocked: it is sent to the whole process group, and one
+    that comes while they import, before they ignore it, would print a traceback from
+    each. The caller's other threads still take it. multiprocessing's resource tracker
+    unblocks it in the thread that starts the tracker: that is done first."""
+    if context.get_start_method() != "fork":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def await_all_ready(workers: Sequence[WorkerProcess], start_method: str, initializer: bool) -> None:
