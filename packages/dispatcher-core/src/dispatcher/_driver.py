@@ -191,6 +191,10 @@ class Router:
         """Paused workers, and whether none will come again (for runs yet to start)."""
         self.links = LinkCosts()
         """What moves between workers cost, as reported: every run's placement reads it."""
+        self._lost_while_starting: set[str] | None = set()
+        """Workers lost before the transport's ``start`` returned (its answer may still
+        name them); None once that answer is in (see :meth:`started`)."""
+        self._workers_lock = threading.Lock()
         self._closed: Callable[[], BaseException] | None = None
 
     def attach(self, run: Run) -> None:
@@ -292,18 +296,35 @@ class Router:
             if queue is not None:
                 queue.post((EV_TAKEN_BACK, worker, positions))
 
+    def started(self, workers: Mapping[str, int]) -> None:
+        """The transport's ``start`` returned ``workers``: those not reported since (added,
+        paused or lost while it started) join as it says. A worker lost meanwhile is not
+        brought back: tasks placed there would wait for it."""
+        with self._workers_lock:
+            lost, self._lost_while_starting = self._lost_while_starting, None
+            for worker, slots in workers.items():
+                if lost is None or worker not in lost:
+                    self.workers.setdefault(worker, slots)
+
     def worker_added(self, worker: str, slots: int) -> None:
-        self.workers[worker] = slots
+        with self._workers_lock:
+            self.workers[worker] = slots
+            if self._lost_while_starting is not None:
+                self._lost_while_starting.discard(worker)
         self.pauses.added(worker, slots)
         self._tell((EV_WORKER_ADDED, worker, slots))
 
     def worker_paused(self, worker: str, reason: str) -> None:
-        self.workers[worker] = 0
+        with self._workers_lock:
+            self.workers[worker] = 0
         since = self.pauses.pause(worker, reason)
         self._tell((EV_WORKER_PAUSED, worker, reason, since))
 
     def worker_lost(self, worker: str, reason: str, running: Sequence[Key] | None = None) -> None:
-        self.workers.pop(worker, None)
+        with self._workers_lock:
+            self.workers.pop(worker, None)
+            if self._lost_while_starting is not None:
+                self._lost_while_starting.add(worker)
         self.pauses.lost(worker, reason)
         self._tell((EV_WORKER_LOST, worker, reason, running))
 

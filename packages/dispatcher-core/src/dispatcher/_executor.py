@@ -98,8 +98,7 @@ class Executor:
         except BaseException:
             transport.close()
             raise
-        for worker, capacity in workers.items():
-            self._workers.setdefault(worker, capacity)
+        self._router.started(workers)
         _open_executors.add(self)
         _close_at_exit_first()
 
