@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ._abandoned import Abandoned
     from ._cluster import WorkerNames
     from ._deadlines import Deadlines
+    from ._outbox import Outbox
     from ._prefetch import QueueDepth
 
 __all__ = ["GivingUp", "Pending"]
@@ -119,6 +120,7 @@ class GivingUp:
     _restarting: set[str]
     _full_since: dict[str, float]  # workers found full, since when (see _full)
     _cache_warnings: CacheWarnings
+    _outbox: Outbox
 
     if TYPE_CHECKING:
 
@@ -280,8 +282,26 @@ class GivingUp:
             self._cache_warnings.warn(key, None if pending is None else pending.spec, worker, text)
 
     def _on_started(self, key: Key) -> None:
-        """A timed task started on its worker: its deadline runs."""
+        """A timed task started on its worker: its deadline runs. The word can come
+        before the send that made the task has recorded it (the thread sending it did
+        not run meanwhile): it is then looked at again once that send is done, from the
+        control thread (dask's event loop, which runs this, must not wait for a send)."""
+        sending = self._outbox.sending.locked()  # (before the look: see _started_after_send)
         pending = self._pending.get(key)
+        if pending is None:
+            if sending:
+                self._on_thread(self._control, self._started_after_send, key)
+            return  # (or forgotten since)
+        timeout = pending.spec.timeout
+        if timeout is not None and not pending.future.done():
+            self._deadlines.add(pending, timeout)
+
+    def _started_after_send(self, key: Key) -> None:
+        """:meth:`_on_started`, once the send under way when its word came is done. (A
+        task that starts was sent: if no send was under way then, its own was done, and
+        the task is known, or forgotten since.)"""
+        with self._outbox.sending:
+            pending = self._pending.get(key)
         timeout = None if pending is None else pending.spec.timeout
         if pending is not None and timeout is not None and not pending.future.done():
             self._deadlines.add(pending, timeout)
@@ -298,7 +318,8 @@ class GivingUp:
         """``pending`` ran past its timeout and still runs: fail it now, give up its
         thread (dask cannot stop it), and hand back the tasks waiting for its result."""
         spec = pending.spec
-        with self._lock:
+        # After a send under way has recorded its tasks: one may read this one's result.
+        with self._outbox.sending, self._lock:
             if self._pending.get(spec.key) is not pending or pending.future.done():
                 return
             self._forget(spec.key)
@@ -335,7 +356,7 @@ class GivingUp:
         (sent before that was known) would wait for them. Hand them back to be placed
         again, with the tasks elsewhere that wait for their results; none of this counts
         as an attempt."""
-        with self._lock:
+        with self._outbox.sending, self._lock:  # (see _timed_out)
             if self._closed:
                 return
             name = self._names.of[address]

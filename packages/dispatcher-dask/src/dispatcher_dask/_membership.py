@@ -122,7 +122,8 @@ class Membership(GivingUp):
     def _worker_lost(self, address: str, reason: str, running: Sequence[Key] | None = None) -> None:
         """The worker at ``address`` is gone (``running``: the tasks it had started, if
         known; see :meth:`EventSink.worker_lost`)."""
-        with self._lock:
+        # After a send under way has recorded its tasks: they may read results made there.
+        with self._outbox.sending, self._lock:
             if self._workers.pop(address, None) is None:
                 return
             self._nthreads.pop(address, None)
