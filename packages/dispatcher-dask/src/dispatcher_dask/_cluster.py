@@ -8,11 +8,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dispatcher import DispatcherError
-from dispatcher.remote import check_count, ctrl_c_held
+from dispatcher.remote import check_count, ctrl_c_blocked_for_children, ctrl_c_held
 from dispatcher.transport import worker_name
 
 if TYPE_CHECKING:
@@ -146,7 +146,10 @@ def start_local(
     # short, it left a half-started cluster to distributed's exit handler, which failed.
     with ctrl_c_held() as interrupted:
         try:
-            with _ctrl_c_blocked():
+            # The cluster's event loop thread, started inside, keeps SIGINT blocked, and so
+            # do the worker processes it starts, now and on every restart, until
+            # dask_setup has them ignore it.
+            with ctrl_c_blocked_for_children():
                 cluster = LocalCluster(
                     n_workers=workers or _cpus(),
                     threads_per_worker=threads_per_worker,
@@ -170,30 +173,6 @@ def start_local(
     return cluster, client
 
 
-@contextlib.contextmanager
-def _ctrl_c_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread inside. The cluster's event loop thread, started
-    inside, inherits that, and so do the threads it starts and the worker processes they
-    start, now and on every restart: a Ctrl-C from the terminal, sent to the workers too
-    (they are in its process group), waits in each until :func:`dask_setup` has them
-    ignore it, instead of killing them as they start, with a traceback each. Here, it is
-    delivered on leaving."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    # Starting multiprocessing's resource tracker, as the first worker's start would,
-    # unblocks SIGINT in the starting thread, whatever was blocked before: start it first.
-    from multiprocessing import resource_tracker
-
-    with contextlib.suppress(Exception):
-        resource_tracker.ensure_running()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _with_own_preload() -> dict[str, list[Any]]:
     """The workers' preloads: the ones configured (``distributed.worker.preload``, which
     a ``preload=`` argument would replace), then this module, with no arguments."""
@@ -215,7 +194,7 @@ def dask_setup(worker: Any) -> None:
     per worker); the caller ends its run on it, and its workers stay for the next."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # one already waiting is dropped
-        if hasattr(signal, "pthread_sigmask"):  # blocked by the start (_ctrl_c_blocked)
+        if hasattr(signal, "pthread_sigmask"):  # blocked by the start (ctrl_c_blocked_for_children)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 

@@ -19,7 +19,15 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from dispatcher import DispatcherError
-from dispatcher.remote import Stop, check_count, from_wire, restore_error, start_thread, to_wire
+from dispatcher.remote import (
+    Stop,
+    check_count,
+    ctrl_c_blocked_for_children,
+    from_wire,
+    restore_error,
+    start_thread,
+    to_wire,
+)
 
 from . import _worker
 from ._messages import InitFailed, Initializing, Log, Output, Ready
@@ -245,9 +253,7 @@ def _spawner_died(error: BaseException) -> None:
 def spawn(
     context: Any, name: str, prefix: str, shared_memory: bool, setup: bytes | None
 ) -> WorkerProcess:
-    """Start a worker process (without waiting for it to be ready), on the spawner's
-    thread."""
-    _started_without_ctrl_c(context)
+    """Start a worker process (without waiting for it to be ready)."""
     parent, child = context.Pipe(duplex=True)
     level = logging.getLogger().getEffectiveLevel()
     # (Its memory is a file unlinked as soon as it is made: nothing to clean up.)
@@ -258,22 +264,11 @@ def spawn(
         name=f"dispatcher-{name}",
         daemon=True,
     )
-    process.start()
+    # (The forkserver too, with the first: neither takes a Ctrl-C meant for the caller.)
+    with ctrl_c_blocked_for_children(resource_tracker=context.get_start_method() != "fork"):
+        process.start()
     child.close()
     return WorkerProcess(name, prefix, process, parent, running=running)
-
-
-def _started_without_ctrl_c(context: Any) -> None:
-    """Make the processes this thread starts (the worker, and the forkserver with the
-    first one) start with Ctrl-C blocked: it is sent to the whole process group, and one
-    that comes while they import, before they ignore it, would print a traceback from
-    each. The caller's other threads still take it. multiprocessing's resource tracker
-    unblocks it in the thread that starts the tracker: that is done first."""
-    if context.get_start_method() != "fork":
-        from multiprocessing import resource_tracker
-
-        resource_tracker.ensure_running()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def await_all_ready(workers: Sequence[WorkerProcess], start_method: str, initializer: bool) -> None:

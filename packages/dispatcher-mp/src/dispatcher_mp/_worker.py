@@ -323,7 +323,7 @@ def main(
     global IN_WORKER
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Started with it blocked (see _process.Spawner): a task's own handler must see it.
+    # Started with it blocked (see _process.spawn): a task's own handler must see it.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     set_parent_death_signal()
     worker = Worker(conn, prefix, shm, running)

@@ -40,6 +40,7 @@ from ._functions import FUNCTION_CACHE_ENTRIES as FUNCTION_CACHE_ENTRIES
 from ._functions import FunctionShipper as FunctionShipper
 from ._functions import Unloadable as Unloadable
 from ._inflight import InFlight as InFlight
+from ._interrupts import ctrl_c_blocked_for_children as ctrl_c_blocked_for_children
 from ._interrupts import ctrl_c_held as ctrl_c_held
 from ._large_arguments import LARGE_ARGUMENT_BYTES as LARGE_ARGUMENT_BYTES
 from ._large_arguments import Kept as Kept
@@ -128,6 +129,7 @@ __all__ = [
     "WireError",
     "as_task",
     "capture_error",
+    "ctrl_c_blocked_for_children",
     "ctrl_c_held",
     "dumps",
     "dumps_for",
