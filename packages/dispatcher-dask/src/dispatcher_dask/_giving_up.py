@@ -288,13 +288,11 @@ class GivingUp:
         control thread (dask's event loop, which runs this, must not wait for a send)."""
         sending = self._outbox.sending.locked()  # (before the look: see _started_after_send)
         pending = self._pending.get(key)
-        if pending is None:
-            if sending:
-                self._on_thread(self._control, self._started_after_send, key)
-            return  # (or forgotten since)
-        timeout = pending.spec.timeout
-        if timeout is not None and not pending.future.done():
-            self._deadlines.add(pending, timeout)
+        if pending is not None:
+            self._deadline_runs(pending)
+        elif sending:
+            self._on_thread(self._control, self._started_after_send, key)
+        # (else it was forgotten since)
 
     def _started_after_send(self, key: Key) -> None:
         """:meth:`_on_started`, once the send under way when its word came is done. (A
@@ -302,8 +300,13 @@ class GivingUp:
         the task is known, or forgotten since.)"""
         with self._outbox.sending:
             pending = self._pending.get(key)
-        timeout = None if pending is None else pending.spec.timeout
-        if pending is not None and timeout is not None and not pending.future.done():
+        if pending is not None:
+            self._deadline_runs(pending)
+
+    def _deadline_runs(self, pending: Pending) -> None:
+        """``pending`` started: if it is timed and has not returned, its deadline runs."""
+        timeout = pending.spec.timeout
+        if timeout is not None and not pending.future.done():
             self._deadlines.add(pending, timeout)
 
     def _on_storing(self, key: Key, seconds: float) -> None:
